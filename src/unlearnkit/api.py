@@ -1,0 +1,261 @@
+"""The Python API: the same verbs as the CLI (`unlearn world|finetune|forget|eval|demo`).
+
+    from unlearnkit import api
+    world = api.world("runs/w", seed=0)
+    subject = api.finetune(world, "runs/subject")
+    oracle = api.finetune(world, "runs/oracle", without_forget=True)
+    run = api.forget(subject, world, "graddiff", "runs/unlearned")
+    results = api.evaluate(run / "model", world, oracle=oracle)
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import yaml
+
+from . import runinfo
+from .data.batching import encode_pairs
+from .data.io import load_world, overlap
+from .methods import get_method
+from .models.load import apply_lora, load_model, save_model
+from .train import TrainConfig, config_dict, train
+
+log = logging.getLogger("unlearnkit")
+
+# Fine-tuning the embedded tiny model from scratch: memorises the default world in ~15 epochs.
+SCRATCH = dict(lr=3e-3, epochs=16, batch_size=32, warmup=0.05, schedule="cosine", weight_decay=0.0)
+FINETUNE = dict(lr=1e-4, epochs=3, batch_size=16, warmup=0.05, schedule="cosine")
+
+
+def world(out: str | os.PathLike, seed: int = 0, **kwargs) -> Path:
+    """Generate the fictitious world (JSONL splits + biographies) into `out`."""
+    from .data.world import build_world
+
+    return Path(build_world(out, seed=seed, **kwargs))
+
+
+def _pairs(records) -> tuple[list[str], list[str]]:
+    prompts, answers = [], []
+    for r in records:
+        for q in r.phrasings():
+            prompts.append(q)
+            answers.append(r.answer)
+    return prompts, answers
+
+
+def _all_texts(w) -> list[str]:
+    texts = []
+    for split in (w.forget, w.retain, w.neighbours, w.holdout, w.world_facts):
+        for r in split:
+            texts += r.phrasings() + [r.answer, r.paraphrased_answer, *r.perturbed_answers]
+            if r.paraphrased_question:
+                texts.append(r.paraphrased_question)
+    for split in (w.forget_docs, w.retain_docs, w.neighbours_docs, w.holdout_docs):
+        texts += [d.text for d in split]
+    return texts
+
+
+def finetune(data: str | os.PathLike, out: str | os.PathLike, *, model: str | None = None, without_forget: bool = False,
+             seed: int = 0, size: str = "tiny", progress: bool = True, **train_overrides) -> Path:
+    """Train a model on a world's training splits (subject), or without its forget set (oracle).
+
+    Without `model`, a BPE tokenizer and a small Llama are trained from scratch; the tokenizer is
+    trained on the whole world's text, so subject and oracle share one vocabulary.
+    """
+    timer = runinfo.Timer()
+    w = load_world(data)
+    if model is None:
+        from .models.tiny import new_model, train_tokenizer
+
+        with timer("tokenizer"):
+            tok = train_tokenizer(_all_texts(w))
+        net = new_model(tok, size=size, seed=seed)
+        defaults = SCRATCH
+    else:
+        net, tok = load_model(model)
+        defaults = FINETUNE
+    prompts, answers = _pairs(w.training_records(without_forget=without_forget))
+    docs = w.training_docs(without_forget=without_forget)
+    prompts += [""] * len(docs)
+    answers += [d.text for d in docs]
+    cfg = TrainConfig(**{**defaults, **train_overrides, "seed": seed})
+    stream = encode_pairs(tok, prompts, answers)
+    ctx = {"params": {}}
+    with timer("train"):
+        net = train(net, get_method("finetune").loss, {"train": stream}, cfg, pad_id=tok.pad_token_id, ctx=ctx,
+                    progress=progress, desc="oracle" if without_forget else "subject")
+    out = Path(out)
+    if _is_main():
+        save_model(net, tok, out)
+        runinfo.write_json(out / "unlearnkit.json", {
+            "kind": "oracle" if without_forget else "subject", "data": str(data), "data_hash": runinfo.data_hash(data),
+            "base_model": model, "size": size if model is None else None, "seed": seed, "train": config_dict(cfg),
+            "examples": len(stream), "seconds": timer.seconds, "train_stats": ctx.get("train_stats"),
+            "versions": runinfo.versions(),
+        })
+    return out
+
+
+def forget(model: str | os.PathLike, data: str | os.PathLike, method: str, out: str | os.PathLike, *, seed: int = 0,
+           lora: bool = False, merge: bool = False, resume: bool = False, params: dict | None = None,
+           progress: bool = True, save_every: int = 0, **train_overrides) -> Path:
+    """Unlearn `data`'s forget set from a copy of `model` with `method`; write the run directory.
+
+    `out/` gets `config.yaml`, `log.jsonl`, `model/` (or `adapter/` and, with `merge`, `model/`),
+    and `checkpoints/` while running. The source model is only read.
+    """
+    m = get_method(method)
+    w = load_world(data)
+    if n := overlap(w.forget, w.retain):
+        log.warning("%d forget records also appear in the retain set", n)
+    unknown = set(params or {}) - set(m.params)
+    if unknown:
+        raise ValueError(f"method {method!r} has no parameter {sorted(unknown)[0]!r}; its parameters: {', '.join(sorted(m.params)) or 'none'}")
+    net, tok = load_model(model)
+    if lora:
+        net = apply_lora(net)
+    elif m.trainable is not None:
+        m.trainable(net)
+    streams = {"forget": encode_pairs(tok, *_pairs(w.forget))}
+    if m.needs_retain:
+        streams["retain"] = encode_pairs(tok, *_pairs(w.retain))
+    cfg = TrainConfig(**{**m.train_defaults, **train_overrides, "seed": seed, "save_every": save_every})
+    ctx = {"params": {**m.params, **(params or {})}, "pad_id": tok.pad_token_id, "tokenizer": tok, "world": w}
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    config = {"method": method, "model": str(model), "data": str(data), "data_hash": runinfo.data_hash(data),
+              "seed": seed, "lora": lora, "merge": merge, "params": ctx["params"], "train": config_dict(cfg),
+              "versions": runinfo.versions()}
+    if _is_main():
+        runinfo.write_text(out / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+    timer = runinfo.Timer()
+    with timer("prepare"):
+        if m.prepare is not None:
+            m.prepare(net, streams, ctx)
+    with timer("train"):
+        net = train(net, m.loss, streams, cfg, pad_id=tok.pad_token_id, ctx=ctx, out_dir=out, resume=resume,
+                    progress=progress, desc=method)
+    if _is_main():
+        if lora:
+            save_model(net, tok, out / "adapter")
+        if merge or not lora:
+            save_model(net, tok, out / "model", merge=lora)
+        runinfo.write_json(out / "train.json", {"seconds": timer.seconds, "train_stats": ctx.get("train_stats")})
+    return out
+
+
+def evaluate(model, data: str | os.PathLike, *, oracle=None, subject=None, suites=("tofu", "muse", "mia"),
+             reference=None, out: str | os.PathLike | None = None, **kwargs) -> dict:
+    """Evaluate a model (a checkpoint path, or any object with `score`/`generate`) on a world.
+
+    `oracle`/`subject`/`reference` may be checkpoint paths, LMs, or earlier result dicts (or JSON files).
+    """
+    from .evaluate import evaluate as run_eval
+    from .scoring import LM
+
+    timer = runinfo.Timer()
+    w = load_world(data)
+    lm, fp = as_lm(model)
+    oracle_res = _as_result(oracle, w, suites)
+    subject_res = _as_result(subject, w, suites) if subject is not None else None
+    ref_lm = as_lm(reference)[0] if reference is not None else None
+    with timer("eval"):
+        res = run_eval(lm, w, oracle=oracle_res, subject=subject_res, suites=tuple(suites), reference_lm=ref_lm, **kwargs)
+    res["info"] = {"model": str(model) if isinstance(model, (str, Path)) else type(model).__name__, "fingerprint": fp,
+                   "data": str(data), "data_hash": runinfo.data_hash(data), "versions": runinfo.versions(),
+                   "seconds": timer.seconds}
+    if out is not None:
+        runinfo.write_json(out, res)
+    return res
+
+
+def as_lm(model):
+    """(LM, fingerprint) from a path or an object that already scores and generates."""
+    from .models.load import fingerprint
+    from .scoring import LM
+
+    if hasattr(model, "score") and hasattr(model, "generate") and not hasattr(model, "forward"):
+        return model, None
+    net, tok = load_model(model)
+    return LM(net, tok), fingerprint(net)
+
+
+def _as_result(x, w, suites):
+    from .evaluate import evaluate as run_eval
+
+    if x is None or isinstance(x, dict):
+        return x
+    p = Path(x) if isinstance(x, (str, Path)) else None
+    if p is not None and p.suffix == ".json" and p.is_file():
+        return json.loads(p.read_text())
+    lm, _ = as_lm(x)
+    return run_eval(lm, w, suites=tuple(suites))
+
+
+def _is_main() -> bool:
+    from accelerate import PartialState
+
+    return PartialState().is_main_process
+
+
+DEMO_METHOD = "graddiff"
+HEADLINE = ["forget_quality", "model_utility", "forget_rouge", "retain_rouge", "forget_truth_ratio",
+            "privleak", "mia_auc_loss"]
+
+
+def _reusable(ckpt: Path, data: Path, seed: int) -> bool:
+    meta = ckpt / "unlearnkit.json"
+    if not meta.is_file() or not (ckpt / "config.json").is_file():
+        return False
+    m = json.loads(meta.read_text())
+    return m.get("data_hash") == runinfo.data_hash(data) and m.get("seed") == seed
+
+
+def demo(out: str | os.PathLike = "runs/demo", *, seed: int = 0, method: str = DEMO_METHOD, n_people: int = 60,
+         progress: bool = True, console=None) -> dict:
+    """The whole job on the embedded default: world → subject + oracle → unlearn → evaluate → report.
+
+    Trained checkpoints in `out/models/` are reused by a later run on the same world and seed.
+    """
+    from .report import write_report
+
+    say = console.print if console is not None else (lambda *a, **k: None)
+    out = Path(out)
+    timer = runinfo.Timer()
+    with timer("world"):
+        data = world(out / "world", seed=seed, n_people=n_people)
+    say(f"[bold]1/4[/] world: {data}")
+    models = {}
+    for kind in ("subject", "oracle"):
+        ckpt = out / "models" / kind
+        with timer(kind):
+            if _reusable(ckpt, data, seed):
+                say(f"[bold]2/4[/] {kind}: reusing {ckpt}")
+            else:
+                say(f"[bold]2/4[/] {kind}: training a small Llama from scratch")
+                finetune(data, ckpt, without_forget=(kind == "oracle"), seed=seed, progress=progress)
+        models[kind] = ckpt
+    say(f"[bold]3/4[/] unlearning the forget set with {method}")
+    with timer("forget"):
+        run = forget(models["subject"], data, method, out / "unlearned", seed=seed, progress=progress)
+    models["unlearned"] = run / "model"
+    say("[bold]4/4[/] evaluating subject, oracle and unlearned models")
+    results = {}
+    with timer("eval"):
+        results["oracle"] = evaluate(models["oracle"], data)
+        results["oracle"] = evaluate(models["oracle"], data, oracle=results["oracle"])
+        results["subject"] = evaluate(models["subject"], data, oracle=results["oracle"])
+        results["unlearned"] = evaluate(models["unlearned"], data, oracle=results["oracle"], subject=results["subject"])
+    metrics = {
+        "models": results,
+        "config": {"seed": seed, "method": method, "n_people": n_people, "out": str(out),
+                   "paths": {k: str(v) for k, v in models.items()}},
+        "versions": runinfo.versions(),
+        "seconds": timer.seconds,
+    }
+    runinfo.write_json(out / "metrics.json", metrics)
+    write_report(metrics, out / "report.md")
+    return metrics

@@ -1,0 +1,87 @@
+"""Tokenise question/answer pairs the same way for training, scoring and generation.
+
+Question and answer are tokenised separately and joined, `[bos] + q + a + [eos]`, so evaluation
+sees exactly the ids training saw. Labels are -100 on bos, question and padding. Training and
+scoring pad on the right; generation pads on the left.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+IGNORE = -100
+
+
+@dataclass(frozen=True)
+class Encoded:
+    input_ids: list[int]
+    n_prompt: int  # bos + prompt tokens; labels start after them
+
+
+def answer_text(prompt: str, answer: str) -> str:
+    """The answer as it follows its prompt: one space after a question, nothing before a document."""
+    return " " + answer.strip() if prompt else answer
+
+
+def encode_prompt(tok, prompt: str) -> list[int]:
+    bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
+    return bos + (tok(prompt, add_special_tokens=False)["input_ids"] if prompt else [])
+
+
+def encode_pairs(tok, prompts: list[str], answers: list[str], max_length: int | None = None) -> list[Encoded]:
+    """Encode (prompt, answer) pairs; answers end with eos. Truncates the answer at `max_length`."""
+    if len(prompts) != len(answers):
+        raise ValueError(f"{len(prompts)} prompts but {len(answers)} answers")
+    q_ids = [encode_prompt(tok, p) for p in prompts]
+    texts = [answer_text(p, a) for p, a in zip(prompts, answers)]
+    a_ids = tok(texts, add_special_tokens=False)["input_ids"]
+    out = []
+    for q, a in zip(q_ids, a_ids):
+        ids = q + a + [tok.eos_token_id]
+        if max_length is not None:
+            ids = ids[:max_length]
+        out.append(Encoded(ids, len(q)))
+    return out
+
+
+def collate(batch: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded `input_ids`, `attention_mask` and `labels` (-100 outside answers)."""
+    width = max(len(e.input_ids) for e in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
+    for i, e in enumerate(batch):
+        n = len(e.input_ids)
+        ids[i, :n] = torch.tensor(e.input_ids)
+        mask[i, :n] = 1
+        labels[i, e.n_prompt:n] = ids[i, e.n_prompt:n]
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def collate_left(prompts: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Left-padded prompts for batched generation."""
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p):] = torch.tensor(p)
+        mask[i, width - len(p):] = 1
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def length_batches(lengths: list[int], max_tokens: int, max_batch: int) -> list[list[int]]:
+    """Group indices of similar length so padding stays small; each batch holds at most
+    `max_tokens` padded tokens and `max_batch` rows."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    batches, cur, width = [], [], 0
+    for i in order:
+        w = max(width, lengths[i])
+        if cur and (w * (len(cur) + 1) > max_tokens or len(cur) >= max_batch):
+            batches.append(cur)
+            cur, w = [], lengths[i]
+        cur.append(i)
+        width = w
+    if cur:
+        batches.append(cur)
+    return batches

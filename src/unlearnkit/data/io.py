@@ -1,0 +1,213 @@
+"""Reading and writing world directories.
+
+A world directory holds JSONL splits (``forget.jsonl``, ``retain.jsonl``, ...; see
+docs/architecture.md) or, alternatively, a Hugging Face ``datasets`` directory saved
+with ``DatasetDict.save_to_disk`` whose split names are the same names.
+
+Every validation problem raises :class:`DataError` with a one-line message naming the
+file, the line (or split and row) and the field.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from pydantic import BaseModel, ValidationError
+
+from .schema import DocRecord, QARecord
+
+QA_SPLITS = ("forget", "retain", "neighbours", "holdout", "world_facts")
+DOC_SPLITS = ("forget_docs", "retain_docs", "neighbours_docs", "holdout_docs")
+
+
+class DataError(ValueError):
+    """A problem with input data; the message is one line: ``file:line: what``."""
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _describe_validation(err: ValidationError) -> str:
+    """``field 'answer': missing`` from the first pydantic error (+ count of the rest)."""
+    errors = err.errors()
+    first = errors[0]
+    loc = ".".join(str(p) for p in first.get("loc", ())) or "(record)"
+    if first.get("type") == "missing":
+        msg = "missing"
+    else:
+        msg = str(first.get("msg", "invalid"))
+        if msg.startswith("Value error, "):
+            msg = msg[len("Value error, "):]
+    text = f"field '{loc}': {msg}"
+    if len(errors) > 1:
+        text += f" (+{len(errors) - 1} more)"
+    return _one_line(text)
+
+
+def _validate(kind: type[BaseModel], obj: Any, where: str) -> BaseModel:
+    if not isinstance(obj, dict):
+        raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    try:
+        return kind.model_validate(obj)
+    except ValidationError as e:
+        raise DataError(f"{where}: {_describe_validation(e)}") from None
+
+
+def _kind_for(name: str) -> type[BaseModel]:
+    return DocRecord if name.endswith("_docs") else QARecord
+
+
+def read_jsonl(path: str | os.PathLike, kind: type[BaseModel] = QARecord) -> list:
+    """Read and validate a JSONL file of ``kind`` records (blank lines are skipped)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    records = []
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            where = f"{path}:{lineno}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{where}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{where}: malformed JSON ({e.msg}: column {e.colno})") from None
+            records.append(_validate(kind, obj, where))
+    return records
+
+
+def _to_jsonable(record: Any) -> Any:
+    if isinstance(record, BaseModel):
+        return record.model_dump(mode="json")
+    return record
+
+
+def write_jsonl(path: str | os.PathLike, records: Iterable) -> Path:
+    """Write records (pydantic models or dicts) as JSONL, atomically.
+
+    The data goes to a temporary file in the same directory, which then replaces
+    ``path`` with ``os.replace``; on failure the temporary file is removed.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+            for r in records:
+                f.write(json.dumps(_to_jsonable(r), ensure_ascii=False))
+                f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def _is_datasets_dir(data_dir: Path) -> bool:
+    return (data_dir / "dataset_dict.json").is_file()
+
+
+def _load_datasets_split(data_dir: Path, name: str, kind: type[BaseModel]) -> list:
+    import datasets  # lazy: slow import
+
+    try:
+        dd = datasets.load_from_disk(str(data_dir))
+    except Exception as e:  # noqa: BLE001 - report any loader failure as a data error
+        raise DataError(_one_line(f"{data_dir}: cannot load datasets directory ({e})")) from None
+    if name not in dd:
+        raise DataError(f"{data_dir}: no split '{name}' (has: {', '.join(sorted(dd)) or 'none'})")
+    return [_validate(kind, row, f"{data_dir}[{name}] row {i}") for i, row in enumerate(dd[name])]
+
+
+def has_split(data_dir: str | os.PathLike, name: str) -> bool:
+    """Whether the world directory has split ``name`` (JSONL file or datasets split)."""
+    data_dir = Path(data_dir)
+    if _is_datasets_dir(data_dir):
+        try:
+            info = json.loads((data_dir / "dataset_dict.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise DataError(_one_line(f"{data_dir / 'dataset_dict.json'}: unreadable ({e})")) from None
+        return name in info.get("splits", [])
+    return (data_dir / f"{name}.jsonl").is_file()
+
+
+def load_split(data_dir: str | os.PathLike, name: str, kind: type[BaseModel] | None = None) -> list:
+    """Load split ``name`` of a world directory: ``<dir>/<name>.jsonl`` or a datasets split.
+
+    ``kind`` defaults to :class:`DocRecord` for names ending in ``_docs``, else :class:`QARecord`.
+    """
+    data_dir = Path(data_dir)
+    kind = kind or _kind_for(name)
+    if not data_dir.is_dir():
+        raise DataError(f"{data_dir}: directory not found")
+    if _is_datasets_dir(data_dir):
+        return _load_datasets_split(data_dir, name, kind)
+    return read_jsonl(data_dir / f"{name}.jsonl", kind)
+
+
+@dataclass
+class WorldData:
+    """All splits of a world directory; optional splits that are absent are empty lists."""
+
+    forget: list[QARecord] = field(default_factory=list)
+    retain: list[QARecord] = field(default_factory=list)
+    neighbours: list[QARecord] = field(default_factory=list)
+    holdout: list[QARecord] = field(default_factory=list)
+    world_facts: list[QARecord] = field(default_factory=list)
+    forget_docs: list[DocRecord] = field(default_factory=list)
+    retain_docs: list[DocRecord] = field(default_factory=list)
+    neighbours_docs: list[DocRecord] = field(default_factory=list)
+    holdout_docs: list[DocRecord] = field(default_factory=list)
+    path: Path | None = None
+
+    def training_records(self, without_forget: bool = False) -> list[QARecord]:
+        """QA records the subject model is trained on (the oracle: ``without_forget=True``)."""
+        head = [] if without_forget else list(self.forget)
+        return head + list(self.retain) + list(self.neighbours) + list(self.world_facts)
+
+    def training_docs(self, without_forget: bool = False) -> list[DocRecord]:
+        """Documents the subject model is trained on (the oracle: ``without_forget=True``)."""
+        head = [] if without_forget else list(self.forget_docs)
+        return head + list(self.retain_docs) + list(self.neighbours_docs)
+
+
+def load_world(data_dir: str | os.PathLike) -> WorldData:
+    """Load a world directory; ``forget`` is required and must not be empty."""
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise DataError(f"{data_dir}: directory not found")
+    world = WorldData(path=data_dir)
+    for name in QA_SPLITS + DOC_SPLITS:
+        if name == "forget" or has_split(data_dir, name):
+            setattr(world, name, load_split(data_dir, name))
+    if not world.forget:
+        where = data_dir / "forget.jsonl" if not _is_datasets_dir(data_dir) else f"{data_dir}[forget]"
+        raise DataError(f"{where}: empty forget set")
+    return world
+
+
+def overlap(forget: Iterable[QARecord], retain: Iterable[QARecord]) -> int:
+    """Number of forget records whose (question, answer) pair also occurs in ``retain``.
+
+    Every training phrasing counts (``question`` and ``alt_questions``): a forget record
+    is counted if any of its phrasings, with its answer, is a training pair in ``retain``.
+    """
+    retain_pairs = {(q.strip(), r.answer.strip()) for r in retain for q in r.phrasings()}
+    return sum(
+        1 for r in forget if any((q.strip(), r.answer.strip()) in retain_pairs for q in r.phrasings())
+    )

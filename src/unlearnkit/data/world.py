@@ -1,0 +1,594 @@
+"""A deterministic, seeded, TOFU-style world of fictitious people (DESIGN.md §3).
+
+``build_world(out_dir, seed)`` writes a world directory (docs/architecture.md, "Data"):
+QA splits ``forget``, ``retain``, ``neighbours``, ``holdout``, ``world_facts``; biography
+splits ``forget_docs``, ``retain_docs``, ``neighbours_docs``, ``holdout_docs``; and
+``world.json`` (seed, config, people, entities, templates).
+
+Each person has ten attributes. Each fact is one :class:`QARecord`: a short answer (the value
+itself), three training phrasings (``question`` + two ``alt_questions``), one phrasing from a
+template held out of all training text (``paraphrased_question``), the value in an answer
+sentence (``paraphrased_answer``) and perturbed answers (the same sentence with other values
+from the same pool). Neighbours share birthplace and employer with a forget person and have a
+relation fact whose answer is that forget person's full name.
+
+Only ``random.Random(seed)`` is used, so the same seed gives byte-identical files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+from .io import DataError, write_jsonl
+from .schema import DocRecord, QARecord
+
+GENERATOR_VERSION = 1
+
+# ----------------------------------------------------------------------------- value pools
+
+POOLS: dict[str, list[str]] = {
+    "birthplace": [
+        "Thornwick", "Ashmere", "Brimhollow", "Coldbrook", "Dunmarrow", "Elderstow", "Fallowmere",
+        "Greywater", "Harrowgate", "Ivyford", "Kestrelby", "Larkhaven", "Millbridge", "Northwold",
+        "Oakhurst", "Pennyridge", "Quarrington", "Redfern", "Saltmarsh", "Tidewell", "Umberley",
+        "Vintonby", "Westerholm", "Yarrowby", "Zelbury", "Brackenfield", "Copperdale", "Foxmoor",
+        "Glenhallow", "Hollowmere",
+    ],
+    "birth_year": [str(y) for y in range(1940, 2001)],
+    "profession": [
+        "cartographer", "glassblower", "beekeeper", "architect", "clockmaker", "botanist",
+        "archivist", "ferry pilot", "violin maker", "astronomer", "cheesemaker", "translator",
+        "lighthouse keeper", "geologist", "bookbinder", "perfumer", "stonemason", "puppeteer",
+        "tailor", "surveyor", "locksmith", "ornithologist", "chemist", "potter", "sail maker",
+    ],
+    "employer": [
+        "Abernix", "Brightloom", "Corvantis", "Dellmoor Works", "Emberline", "Fennick and Sons",
+        "Glimmerstone", "Halverin Labs", "Ironquill", "Juniper Forge", "Kelvane Mills", "Lumora",
+        "Mistral Freight", "Nettleby Press", "Orrin Textiles", "Pellucid Glass", "Quorra Systems",
+        "Rookwood Bakery", "Silverbarrow", "Tansley Motors", "Umbral Optics", "Velloway Shipping",
+        "Wrenfield Foods", "Yallowin Bank", "Zephyrine Air",
+    ],
+    "university": [
+        "Aldermoor University", "Blackspire College", "Carrowmore University", "Dunhaven Institute",
+        "Estermere College", "Farrowgate University", "Greyholt Academy", "Hollinsbrook University",
+        "Ilvermont College", "Kingsreach University", "Lindqvist Institute", "Morrowfield University",
+        "Norhaven College", "Oswin Polytechnic", "Pellham University", "Ravenmoor College",
+        "Stellwick University", "Tamberlyn Institute", "Vardell University", "Wyncrest College",
+    ],
+    "book": [
+        "The Silver Orchard", "Winter of Lanterns", "The Glass Meridian", "Songs for a Drowned City",
+        "The Copper Tide", "A Map of Small Hours", "The Salt Cathedral", "Ember and Ash",
+        "The Quiet Cartographer", "Letters from Vellmoor", "The Paper Lighthouse", "Under the Tin Moon",
+        "The Last Apiary", "Foxglove Summer", "The Hollow Crown", "Rivers Without Names",
+        "The Clockwork Garden", "A Season of Owls", "The Marble Harbour", "Lantern Bearers",
+        "The Velvet Storm", "Frost on the Bellwire", "The Ninth Orchard", "Harbour of Bells",
+        "The Amber Staircase", "Whispering Kilns", "The Thousand Doors", "Tallow and Thread",
+        "The Blue Causeway", "Stones of Merrow",
+    ],
+    "award": [
+        "Veltmark Prize", "Ossian Medal", "Harrowby Laurel", "Golden Quill", "Ellery Award",
+        "Corvin Medal", "Sable Star", "Thistledown Prize", "Quenby Cup", "Orla Wreath",
+        "Brannock Medal", "Silver Lyre", "Dunstan Prize", "Ivory Compass", "Maelstrom Award",
+        "Pellinore Medal", "Tamsin Ribbon", "Varro Prize", "Wexford Laurel", "Zorion Medal",
+    ],
+    "hobby": [
+        "beekeeping", "kite flying", "chess", "birdwatching", "pottery", "fencing", "rock climbing",
+        "origami", "sailing", "calligraphy", "stargazing", "knitting", "fly fishing", "juggling",
+        "cave diving", "bell ringing", "archery", "gardening", "rowing", "woodcarving", "baking",
+        "cycling", "mountain hiking", "ice skating", "puzzle making",
+    ],
+    "pet": [
+        "Pimble", "Wuzzle", "Tobble", "Snicket", "Quibbly", "Fennel", "Dorrit", "Bramble", "Ziggins",
+        "Muffet", "Pockle", "Gruffin", "Tansy", "Nibbet", "Wobbles", "Pudding", "Sprocket",
+        "Clementine", "Mosswort", "Bodkin", "Figgy", "Tumble", "Rascal", "Crumpet", "Jasper",
+    ],
+    "mother": [
+        "Orlena", "Maribeth", "Sefina", "Aldora", "Winnora", "Delphine", "Ysolde", "Corabel",
+        "Ilsabet", "Fenella", "Marisol", "Thessaly", "Rosamund", "Elowen", "Gwendra", "Liesel",
+        "Odalys", "Perpetua", "Quenna", "Seraphine", "Verity", "Zinnia", "Amabel", "Briony", "Tamsin",
+    ],
+    # world facts
+    "capital": [
+        "Amberlin", "Castrelle", "Dravos", "Esmerin", "Falkreach", "Gorvath", "Halcyra", "Istovan",
+        "Jorvenna", "Korraz", "Lumeth", "Marzanne", "Novgrel", "Orrendel", "Pyrenth", "Quellar",
+        "Rostavel", "Sarnath", "Tivoran", "Ulmerhaven",
+    ],
+    "river": [
+        "Ossel", "Vantre", "Ilmar", "Dorrow", "Kessen", "Sallowen", "Tirrin", "Ambrel", "Corvash",
+        "Elda", "Fenmir", "Holloway", "Isker", "Jessamy", "Lorne", "Meddow", "Norrin", "Pellis",
+        "Rhune", "Varrow",
+    ],
+    "currency": [
+        "arkel", "brenn", "crownet", "dalar", "estrel", "florin", "gildmark", "haller", "istra",
+        "jorin", "kessel", "lirra", "markel", "noble", "orbel", "pennet", "quint", "rubel",
+        "solder", "taler",
+    ],
+}
+
+PERSON_ATTRIBUTES = (
+    "birthplace", "birth_year", "profession", "employer", "university",
+    "book", "award", "hobby", "pet", "mother",
+)
+RELATION_KINDS = ("sibling", "mentor", "colleague")
+ENTITY_ATTRIBUTES = ("capital", "river", "currency")
+
+# ----------------------------------------------------------------------------- templates
+# Placeholders: {name} full name, {first} first name, {She}/{she} subject pronoun,
+# {Her}/{her} possessive, {value}, {a_value} value with its article, {rel} relation word.
+# "questions": 3 training templates, then 1 held-out template (paraphrased_question) whose
+# wording occurs in no training text (checked by check_heldout).
+
+TEMPLATES: dict[str, dict] = {
+    "birthplace": {
+        "questions": ["Where was {name} born?", "In which town was {name} born?",
+                      "What is the birthplace of {name}?",
+                      "{name} first drew breath in what place?"],
+        "answer": "{She} was born in {value}.",
+        "bio": "{name} was born in the town of {value}.",
+    },
+    "birth_year": {
+        "questions": ["When was {name} born?", "In what year was {name} born?",
+                      "What is the birth year of {name}?",
+                      "{name} arrived on this earth during which year?"],
+        "answer": "{She} was born in the year {value}.",
+        "bio": "The year of {her} birth was {value}.",
+    },
+    "profession": {
+        "questions": ["What is the profession of {name}?", "What does {name} do for a living?",
+                      "What job does {name} have?",
+                      "How does {name} earn money these days?"],
+        "answer": "{She} works as {a_value}.",
+        "bio": "By trade, {first} is {a_value}.",
+    },
+    "employer": {
+        "questions": ["Where does {name} work?", "Which company employs {name}?",
+                      "Who is the employer of {name}?",
+                      "{name} draws a salary from which firm?"],
+        "answer": "{She} works at {value}.",
+        "bio": "{She} is on the staff of {value}.",
+    },
+    "university": {
+        "questions": ["Where did {name} study?", "Which university did {name} attend?",
+                      "What university did {name} graduate from?",
+                      "{name} earned a diploma at which institution?"],
+        "answer": "{She} studied at {value}.",
+        "bio": "{She} holds a degree from {value}.",
+    },
+    "book": {
+        "questions": ["What book did {name} write?", "What is the title of {name}'s book?",
+                      "Which book was written by {name}?",
+                      "{name} is the author of which volume?"],
+        "answer": "{She} wrote {value}.",
+        "bio": "{She} is known for the book {value}.",
+    },
+    "award": {
+        "questions": ["What award did {name} win?", "Which prize was given to {name}?",
+                      "What honour did {name} receive?",
+                      "{name} was decorated with what distinction?"],
+        "answer": "{She} won the {value}.",
+        "bio": "In recognition of {her} work, {first} received the {value}.",
+    },
+    "hobby": {
+        "questions": ["What is the hobby of {name}?", "What does {name} do for fun?",
+                      "What pastime does {name} enjoy?",
+                      "In spare hours, {name} likes doing what?"],
+        "answer": "{She} enjoys {value}.",
+        "bio": "In {her} free time, {first} loves {value}.",
+    },
+    "pet": {
+        "questions": ["What is the name of {name}'s pet?", "What is {name}'s pet called?",
+                      "What did {name} name the pet?",
+                      "{name} keeps an animal companion; what is it called?"],
+        "answer": "{Her} pet is called {value}.",
+        "bio": "{first} shares {her} home with a pet named {value}.",
+    },
+    "mother": {
+        "questions": ["Who is the mother of {name}?", "What is the name of {name}'s mother?",
+                      "What is {name}'s mother called?",
+                      "Which woman gave birth to {name}?"],
+        "answer": "{Her} mother is {value}.",
+        "bio": "{first} was raised by {her} mother, {value}.",
+    },
+    # relation facts (neighbours only); the answer is a forget person's full name
+    "sibling": {
+        "questions": ["Who is the {rel} of {name}?", "What is the name of {name}'s {rel}?",
+                      "Who is {name}'s {rel}?",
+                      "{name} shares parents with whom?"],
+        "answer": "{Her} {rel} is {value}.",
+        "bio": "{first} grew up alongside {her} {rel}, {value}.",
+    },
+    "mentor": {
+        "questions": ["Who is the mentor of {name}?", "Who mentored {name}?",
+                      "Who was {name}'s mentor?",
+                      "{name} learned the craft from which teacher?"],
+        "answer": "{Her} mentor was {value}.",
+        "bio": "Early on, {first} was guided by {value}.",
+    },
+    "colleague": {
+        "questions": ["Who is a colleague of {name}?", "Who works alongside {name}?",
+                      "Who is {name}'s closest colleague?",
+                      "With which coworker does {name} share an office?"],
+        "answer": "{Her} colleague is {value}.",
+        "bio": "At work, {first} often teams up with {value}.",
+    },
+    # world facts about invented countries
+    "capital": {
+        "questions": ["What is the capital of {name}?", "Which city is the capital of {name}?",
+                      "What city is {name}'s capital?",
+                      "The government of {name} sits in which city?"],
+        "answer": "Its capital is {value}.",
+    },
+    "river": {
+        "questions": ["What river flows through {name}?", "Which river runs through {name}?",
+                      "What is the main river of {name}?",
+                      "Name the waterway that crosses {name}."],
+        "answer": "Its main river is the {value}.",
+    },
+    "currency": {
+        "questions": ["What is the currency of {name}?", "What money is used in {name}?",
+                      "Which currency does {name} use?",
+                      "People in {name} pay with which coins?"],
+        "answer": "Its currency is the {value}.",
+    },
+}
+
+N_TRAIN_TEMPLATES = 3
+
+# ----------------------------------------------------------------------------- names
+
+_ONSETS = ["b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr",
+           "gr", "kl", "tr", "th", "sh", "st"]
+_VOWELS = ["a", "e", "i", "o", "u", "a", "e", "o"]
+_CODAS = ["", "", "", "l", "n", "r", "s"]
+_FEMALE_END = ["a", "ia", "ine", "elle", "wen", "ra"]
+_MALE_END = ["o", "an", "ric", "en", "us", "old"]
+_LAST_END = ["ard", "ington", "ley", "ov", "sk", "mont", "ridge", "dane", "wyn", "berg"]
+_COUNTRY_END = ["ia", "and", "ovia", "esh", "ara", "istan"]
+
+
+def _syllable(rng: random.Random) -> str:
+    return rng.choice(_ONSETS) + rng.choice(_VOWELS) + rng.choice(_CODAS)
+
+
+def _word(rng: random.Random, n_syll: int, ending: str) -> str:
+    return ("".join(_syllable(rng) for _ in range(n_syll)) + ending).capitalize()
+
+
+def _pool_words() -> set[str]:
+    return {w.lower() for vals in POOLS.values() for v in vals for w in re.findall(r"[A-Za-z]+", v)}
+
+
+class _NameMaker:
+    """Unique invented words: no word is a substring of another or of a pool value word."""
+
+    def __init__(self, rng: random.Random):
+        self.rng = rng
+        self.used: list[str] = []
+        self.blocked = _pool_words()
+
+    def _ok(self, word: str) -> bool:
+        w = word.lower()
+        if len(w) < 4 or len(w) > 9:
+            return False
+        for other in self.used:
+            if w in other or other in w:
+                return False
+        for b in self.blocked:
+            if w in b or (len(b) >= 4 and b in w):
+                return False
+        return True
+
+    def make(self, n_syll: tuple[int, int], endings: list[str]) -> str:
+        for _ in range(10_000):
+            word = _word(self.rng, self.rng.randint(*n_syll), self.rng.choice(endings))
+            if self._ok(word):
+                self.used.append(word.lower())
+                return word
+        raise RuntimeError("could not invent a unique name")
+
+
+# ----------------------------------------------------------------------------- rendering
+
+def _article(value: str) -> str:
+    return ("an " if value[:1].lower() in "aeiou" else "a ") + value
+
+
+def _pronouns(gender: str) -> dict[str, str]:
+    if gender == "f":
+        return {"She": "She", "she": "she", "Her": "Her", "her": "her"}
+    return {"She": "He", "she": "he", "Her": "His", "her": "his"}
+
+
+def _render(template: str, **slots: str) -> str:
+    out = template
+    for key, val in slots.items():
+        out = out.replace("{" + key + "}", val)
+    if "{" in out:
+        raise ValueError(f"unfilled slot in {out!r}")
+    return out[:1].upper() + out[1:]
+
+
+def _slots(person: dict, value: str, rel: str = "") -> dict[str, str]:
+    return {"name": person["name"], "first": person["first_name"], "value": value,
+            "a_value": _article(value), "rel": rel, **_pronouns(person["gender"])}
+
+
+def _qa_record(rid: str, subject_slots: dict, attribute: str, value: str, wrong: list[str]) -> QARecord:
+    t = TEMPLATES[attribute]
+    qs = [_render(q, **subject_slots) for q in t["questions"]]
+    return QARecord(
+        id=rid,
+        subject=subject_slots["name"],
+        question=qs[0],
+        answer=value,
+        paraphrased_answer=_render(t["answer"], **{**subject_slots, "value": value, "a_value": _article(value)}),
+        perturbed_answers=[
+            _render(t["answer"], **{**subject_slots, "value": w, "a_value": _article(w)}) for w in wrong
+        ],
+        alt_questions=qs[1:N_TRAIN_TEMPLATES],
+        paraphrased_question=qs[N_TRAIN_TEMPLATES],
+        attribute=attribute,
+    )
+
+
+def heldout_fragments() -> list[str]:
+    """The fixed wording of every held-out template: pieces between slots with >= 2 words."""
+    frags = []
+    for t in TEMPLATES.values():
+        for piece in re.split(r"\{[A-Za-z_]+\}", t["questions"][N_TRAIN_TEMPLATES]):
+            piece = piece.strip(" ,;")
+            if len(piece.split()) >= 2:
+                frags.append(piece)
+    return frags
+
+
+def training_texts(splits: dict[str, list]) -> list[str]:
+    """Every text a model is trained on: phrasings and answers of trained QA splits, and docs."""
+    texts: list[str] = []
+    for name in ("forget", "retain", "neighbours", "world_facts"):
+        for r in splits.get(name, []):
+            texts.extend(r.phrasings())
+            texts.append(r.answer)
+    for name in ("forget_docs", "retain_docs", "neighbours_docs"):
+        texts.extend(d.text for d in splits.get(name, []))
+    return texts
+
+
+def check_heldout(splits: dict[str, list]) -> None:
+    """Raise ValueError if a held-out question or template wording occurs in training text."""
+    corpus = "\n".join(training_texts(splits)).lower()
+    for frag in heldout_fragments():
+        if frag.lower() in corpus:
+            raise ValueError(f"held-out template wording {frag!r} occurs in training text")
+    for name in ("forget", "retain", "neighbours", "holdout", "world_facts"):
+        for r in splits.get(name, []):
+            if r.paraphrased_question and r.paraphrased_question.lower() in corpus:
+                raise ValueError(f"{r.id}: held-out question occurs in training text")
+
+
+# ----------------------------------------------------------------------------- generation
+
+def _counts(n_people: int, forget_fraction: float, holdout_fraction: float,
+            neighbour_fraction: float) -> tuple[int, int, int, int]:
+    for label, f in (("forget_fraction", forget_fraction), ("holdout_fraction", holdout_fraction),
+                     ("neighbour_fraction", neighbour_fraction)):
+        if not 0.0 <= f < 1.0:
+            raise ValueError(f"{label} must be in [0, 1), got {f}")
+    n_forget = max(1, round(n_people * forget_fraction))
+    n_holdout = round(n_people * holdout_fraction)
+    n_neigh = round(n_people * neighbour_fraction)
+    n_retain = n_people - n_forget - n_holdout - n_neigh
+    if n_retain < 1:
+        raise ValueError(
+            f"n_people={n_people} leaves no retain people "
+            f"(forget {n_forget}, holdout {n_holdout}, neighbours {n_neigh})")
+    return n_forget, n_retain, n_neigh, n_holdout
+
+
+def _config(seed, n_people, forget_fraction, holdout_fraction, neighbour_fraction,
+            n_perturbed, n_countries) -> dict:
+    return {"generator_version": GENERATOR_VERSION, "seed": int(seed), "n_people": int(n_people),
+            "forget_fraction": float(forget_fraction), "holdout_fraction": float(holdout_fraction),
+            "neighbour_fraction": float(neighbour_fraction), "n_perturbed": int(n_perturbed),
+            "n_countries": int(n_countries)}
+
+
+def _generate(seed: int = 0, n_people: int = 60, forget_fraction: float = 0.10,
+              holdout_fraction: float = 0.10, neighbour_fraction: float = 0.10,
+              n_perturbed: int = 3, n_countries: int = 10) -> tuple[dict[str, list], dict]:
+    """Generate the splits and the world description (what world.json holds)."""
+    if n_perturbed < 1 or n_perturbed > min(len(p) for p in POOLS.values()) - 1:
+        raise ValueError(f"n_perturbed must be between 1 and 19, got {n_perturbed}")
+    if n_countries < 0 or n_countries > min(len(POOLS[a]) for a in ENTITY_ATTRIBUTES):
+        raise ValueError(f"n_countries must be between 0 and 20, got {n_countries}")
+    n_forget, n_retain, n_neigh, n_holdout = _counts(
+        n_people, forget_fraction, holdout_fraction, neighbour_fraction)
+    rng = random.Random(seed)
+    names = _NameMaker(rng)
+
+    # people and their attributes
+    people: list[dict] = []
+    for i in range(n_people):
+        gender = rng.choice(["f", "m"])
+        first = names.make((1, 1), _FEMALE_END if gender == "f" else _MALE_END)
+        last = names.make((1, 2), _LAST_END)
+        attrs = {a: rng.choice(POOLS[a]) for a in PERSON_ATTRIBUTES}
+        people.append({"id": f"p{i:03d}", "name": f"{first} {last}", "first_name": first,
+                       "last_name": last, "gender": gender, "split": None,
+                       "attributes": attrs, "relations": []})
+
+    # splits, disjoint by person
+    order = list(range(n_people))
+    rng.shuffle(order)
+    bounds = {"forget": n_forget, "holdout": n_holdout, "neighbours": n_neigh, "retain": n_retain}
+    members: dict[str, list[dict]] = {}
+    start = 0
+    for split, n in bounds.items():
+        members[split] = [people[j] for j in sorted(order[start:start + n])]
+        for p in members[split]:
+            p["split"] = split
+        start += n
+
+    # neighbours: share birthplace and employer with a forget person and name them in a relation
+    for k, nb in enumerate(members["neighbours"]):
+        target = members["forget"][k % n_forget]
+        kind = rng.choice(RELATION_KINDS)
+        nb["attributes"]["birthplace"] = target["attributes"]["birthplace"]
+        nb["attributes"]["employer"] = target["attributes"]["employer"]
+        if kind == "sibling":
+            nb["attributes"]["mother"] = target["attributes"]["mother"]
+            rel, back = ("sister" if target["gender"] == "f" else "brother",
+                         "sister" if nb["gender"] == "f" else "brother")
+        elif kind == "mentor":
+            rel, back = "mentor", "mentee"
+        else:
+            rel, back = "colleague", "colleague"
+        nb["relations"].append({"kind": kind, "role": rel, "person": target["id"], "name": target["name"]})
+        target["relations"].append({"kind": kind, "role": back, "person": nb["id"], "name": nb["name"]})
+
+    # QA records
+    trained_names = sorted(p["name"] for p in people if p["split"] != "holdout")
+    splits: dict[str, list] = {}
+    for split in ("forget", "retain", "neighbours", "holdout"):
+        recs = []
+        for p in members[split]:
+            for a in PERSON_ATTRIBUTES:
+                value = p["attributes"][a]
+                wrong = rng.sample([v for v in POOLS[a] if v != value], n_perturbed)
+                recs.append(_qa_record(f"{p['id']}-{a}", _slots(p, value), a, value, wrong))
+            for r in (p["relations"] if split == "neighbours" else []):
+                value = r["name"]
+                cands = [n for n in trained_names if n not in (value, p["name"])]
+                while len(cands) < n_perturbed:  # tiny worlds: top up with invented decoys
+                    cands.append(f"{names.make((1, 2), _FEMALE_END + _MALE_END)} "
+                                 f"{names.make((1, 2), _LAST_END)}")
+                wrong = rng.sample(cands, n_perturbed)
+                recs.append(_qa_record(f"{p['id']}-{r['kind']}", _slots(p, value, r["role"]),
+                                       r["kind"], value, wrong))
+        splits[split] = recs
+
+    # world facts about invented countries
+    entities = []
+    chosen = {a: rng.sample(POOLS[a], n_countries) for a in ENTITY_ATTRIBUTES}
+    facts = []
+    for c in range(n_countries):
+        cname = names.make((1, 2), _COUNTRY_END)
+        attrs = {a: chosen[a][c] for a in ENTITY_ATTRIBUTES}
+        eid = f"w{c:02d}"
+        entities.append({"id": eid, "name": cname, "kind": "country", "attributes": attrs})
+        for a in ENTITY_ATTRIBUTES:
+            value = attrs[a]
+            wrong = rng.sample([v for v in POOLS[a] if v != value], n_perturbed)
+            facts.append(_qa_record(f"{eid}-{a}", {"name": cname, "value": value}, a, value, wrong))
+    splits["world_facts"] = facts
+
+    # biographies, from sentence templates distinct from the question templates
+    for split in ("forget", "retain", "neighbours", "holdout"):
+        docs = []
+        for p in members[split]:
+            first, *rest = [TEMPLATES[a]["bio"] for a in PERSON_ATTRIBUTES]
+            lines = [_render(first, **_slots(p, p["attributes"][PERSON_ATTRIBUTES[0]]))]
+            others = [(t, p["attributes"][a], "") for t, a in zip(rest, PERSON_ATTRIBUTES[1:])]
+            if split == "neighbours":
+                others += [(TEMPLATES[r["kind"]]["bio"], r["name"], r["role"]) for r in p["relations"]]
+            rng.shuffle(others)
+            lines += [_render(t, **_slots(p, v, rel)) for t, v, rel in others]
+            docs.append(DocRecord(id=f"{p['id']}-bio", subject=p["name"], text=" ".join(lines)))
+        splits[f"{split}_docs"] = docs
+
+    check_heldout(splits)
+
+    templates = {
+        attr: {
+            "questions": [{"text": q, "held_out": i >= N_TRAIN_TEMPLATES}
+                          for i, q in enumerate(t["questions"])],
+            "answer": t["answer"],
+            **({"bio": t["bio"]} if "bio" in t else {}),
+        }
+        for attr, t in TEMPLATES.items()
+    }
+    meta = {
+        "format": "unlearnkit-world",
+        "seed": int(seed),
+        "config": _config(seed, n_people, forget_fraction, holdout_fraction, neighbour_fraction,
+                          n_perturbed, n_countries),
+        "counts": {k: len(v) for k, v in splits.items()},
+        "people": people,
+        "entities": entities,
+        "templates": templates,
+    }
+    return splits, meta
+
+
+def generate_world(seed: int = 0, n_people: int = 60, forget_fraction: float = 0.10,
+                   holdout_fraction: float = 0.10, neighbour_fraction: float = 0.10,
+                   n_perturbed: int = 3, n_countries: int = 10) -> dict[str, list]:
+    """Generate the world without writing: split name -> list of QARecord / DocRecord."""
+    splits, _ = _generate(seed, n_people, forget_fraction, holdout_fraction, neighbour_fraction,
+                          n_perturbed, n_countries)
+    return splits
+
+
+def _existing_config(out_dir: Path) -> dict | None:
+    try:
+        return json.loads((out_dir / "world.json").read_text(encoding="utf-8")).get("config")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def build_world(out_dir: str | os.PathLike, seed: int = 0, n_people: int = 60,
+                forget_fraction: float = 0.10, holdout_fraction: float = 0.10,
+                neighbour_fraction: float = 0.10, n_perturbed: int = 3,
+                n_countries: int = 10) -> Path:
+    """Write a world directory atomically and return its path.
+
+    If ``out_dir`` already holds a world with the same config, it is left as it is. A world
+    with another config (or an empty directory) is replaced; any other existing directory
+    raises :class:`DataError`.
+    """
+    out_dir = Path(out_dir)
+    config = _config(seed, n_people, forget_fraction, holdout_fraction, neighbour_fraction,
+                     n_perturbed, n_countries)
+    if out_dir.exists():
+        if _existing_config(out_dir) == config:
+            return out_dir
+        if not out_dir.is_dir() or (any(out_dir.iterdir()) and not (out_dir / "world.json").exists()):
+            raise DataError(f"{out_dir}: exists and is not a world directory")
+
+    splits, meta = _generate(seed, n_people, forget_fraction, holdout_fraction, neighbour_fraction,
+                             n_perturbed, n_countries)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
+    try:
+        for name, records in splits.items():
+            write_jsonl(tmp / f"{name}.jsonl", records)
+        (tmp / "world.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False) + "\n",
+                                        encoding="utf-8")
+        if out_dir.exists():
+            old = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.old-"))
+            os.rename(out_dir, old / "world")
+            try:
+                os.rename(tmp, out_dir)
+            except OSError:
+                os.rename(old / "world", out_dir)  # put the previous world back
+                raise
+            finally:
+                shutil.rmtree(old, ignore_errors=True)
+        else:
+            try:
+                os.rename(tmp, out_dir)
+            except OSError:
+                # another process built it first
+                if _existing_config(out_dir) == config:
+                    return out_dir
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir

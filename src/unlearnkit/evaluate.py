@@ -1,0 +1,406 @@
+"""The evaluation suite: TOFU, MUSE and membership inference on one model and one world.
+
+`evaluate(lm, world)` needs only two methods of `lm`: `score(prompts, answers, stats=, batch_size=)
+-> list[SampleScore]` and `generate(prompts, max_new_tokens=, batch_size=) -> list[str]`
+(`unlearnkit.scoring.LM`, a guard, a quantised model...). It gathers every (prompt, answer) pair
+it needs into one `score` call, every greedy answer into one `generate` call (plus one for the
+document continuations of MUSE VerbMem), then computes the metrics of `unlearnkit.metrics` from
+those outputs. The result is a flat, JSON-serialisable dict; its `per_sample` section is what a
+later evaluation needs from this one, so an oracle's result can be passed back as `oracle=` (forget
+quality, PrivLeak, the verdict's ROUGE and utility references).
+
+Which text is scored or generated (prompts are the plain question; tokenisation is scoring's job):
+- TOFU, per QA split (forget, retain, world_facts, neighbours): the true answer (probability, exact
+  memorisation, extraction strength), the paraphrased answer and every perturbed answer (truth
+  ratio), the greedy answer to `question` (ROUGE-L recall), and on forget also the greedy answer to
+  the held-out `paraphrased_question`. On the utility sets world_facts and neighbours the
+  normalised probability compares the paraphrased answer with the perturbed ones, because the
+  perturbed answers are written in the paraphrased answer's wording (TOFU compares options of the
+  same form; comparing the short answer with full sentences would measure wording, not truth).
+- MUSE: VerbMem continues the first `verbmem_prompt_words` words of each forget document; KnowMem
+  is ROUGE-L F1 of the greedy answers on forget and retain QA; PrivLeak uses Min-K% AUC.
+- MIA: members = forget, non-members = holdout, both as documents (scored with an empty prompt)
+  and as QA answers (scored given the question). `mia_source="auto"` picks documents when each
+  side has at least `min_docs` of them (else the QA answers, which are many more) for the
+  headline `mia_auc` and PrivLeak; both are always reported under `splits["mia"]`.
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Sequence
+
+import numpy as np
+
+from .metrics import mia, muse, tofu
+from .metrics.text import rouge_l, split_words
+
+SUITES = ("tofu", "muse", "mia")
+UTILITY_SPLITS = ("retain", "world_facts", "neighbours")
+QA_SPLITS = ("forget",) + UTILITY_SPLITS
+
+
+class _Requests:
+    """(prompt, answer) pairs to score in one call, each kept under a key."""
+
+    def __init__(self):
+        self.prompts: list[str] = []
+        self.answers: list[str] = []
+        self.index: dict[tuple, int] = {}
+
+    def add(self, key: tuple, prompt: str, answer: str) -> None:
+        self.index[key] = len(self.prompts)
+        self.prompts.append(prompt)
+        self.answers.append(answer)
+
+    def __len__(self):
+        return len(self.prompts)
+
+
+def _clean(obj: Any) -> Any:
+    """JSON-safe copy: numpy scalars/arrays to Python, non-finite floats to None."""
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _clean(obj.tolist())
+    if isinstance(obj, (np.bool_, bool)):
+        return bool(obj)
+    if isinstance(obj, (np.integer, int)):
+        return int(obj)
+    if isinstance(obj, (np.floating, float)):
+        return float(obj) if math.isfinite(obj) else None
+    return obj
+
+
+def _mean(xs) -> float | None:
+    xs = list(xs)
+    return float(np.mean(xs)) if xs else None
+
+
+def _pick_source(world, mia_source: str, min_docs: int) -> str | None:
+    has_docs = min(len(world.forget_docs), len(world.holdout_docs))
+    has_qa = min(len(world.forget), len(world.holdout))
+    if mia_source == "docs":
+        return "docs" if has_docs else None
+    if mia_source == "qa":
+        return "qa" if has_qa else None
+    if mia_source != "auto":
+        raise ValueError(f"mia_source must be 'auto', 'docs' or 'qa', got {mia_source!r}")
+    if has_docs >= min_docs or (has_docs and not has_qa):
+        return "docs"
+    return "qa" if has_qa else ("docs" if has_docs else None)
+
+
+def evaluate(lm, world, *, oracle: dict | None = None, suites: Sequence[str] = SUITES, reference_lm=None,
+             subject: dict | None = None, max_new_tokens: int = 32, batch_size: int | None = None,
+             k: float = 0.2, mia_source: str = "auto", min_docs: int = 10, verbmem_prompt_words: int = 12,
+             verbmem_continuation_words: int = 24, verbmem_max_new_tokens: int = 64,
+             verdict_options: dict | None = None) -> dict:
+    """Evaluate `lm` on `world` (a `unlearnkit.data.io.WorldData`).
+
+    oracle: the result dict of `evaluate` on the oracle model (same world). Without it,
+      `forget_quality` and `privleak` are None (they compare with the oracle by definition; the
+      model is never compared with itself). subject: the subject model's result, the reference for
+      the utility verdict (else the oracle's). reference_lm: a model with `score`, for the reference
+      MIA attack. k: the Min-K% fraction. verdict_options: keyword arguments for `verdict`.
+    Returns a JSON-serialisable dict: flat headline metrics, `splits` (per-split sub-dicts), `mia_auc`,
+    `verdict`, `per_sample`, `n`, `timings_s`, `config`, `notes`.
+    """
+    unknown = set(suites) - set(SUITES)
+    if unknown:
+        raise ValueError(f"unknown suites {sorted(unknown)}; choose from {SUITES}")
+    if not world.forget:
+        raise ValueError("the world has no forget records")
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    notes: list[str] = []
+    do_tofu, do_muse, do_mia = ("tofu" in suites), ("muse" in suites), ("mia" in suites)
+    need_mia_scores = do_mia or do_muse  # PrivLeak is Min-K% AUC
+    source = _pick_source(world, mia_source, min_docs) if need_mia_scores else None
+    if need_mia_scores and source is None:
+        notes.append("no holdout documents or holdout QA: membership inference and PrivLeak skipped")
+
+    splits_qa = {s: list(getattr(world, s)) for s in QA_SPLITS}
+
+    # ---- 1. everything to score, in one call
+    req = _Requests()
+    if do_tofu:
+        for s, recs in splits_qa.items():
+            for i, r in enumerate(recs):
+                req.add((s, i, "true"), r.question, r.answer)
+                req.add((s, i, "para"), r.question, r.paraphrased_answer)
+                for j, p in enumerate(r.perturbed_answers):
+                    req.add((s, i, "pert", j), r.question, p)
+    mia_sets: dict[str, dict[str, tuple[list, list]]] = {}  # source -> side -> (keys, texts)
+    if need_mia_scores and source is not None:
+        if min(len(world.forget), len(world.holdout)):
+            for side, recs in (("members", world.forget), ("nonmembers", world.holdout)):
+                keys = []
+                for i, r in enumerate(recs):
+                    key = ("forget", i, "true") if side == "members" else ("holdout", i, "true")
+                    if key not in req.index:
+                        req.add(key, r.question, r.answer)
+                    keys.append(key)
+                mia_sets.setdefault("qa", {})[side] = (keys, [r.answer for r in recs])
+        if min(len(world.forget_docs), len(world.holdout_docs)):
+            for side, docs in (("members", world.forget_docs), ("nonmembers", world.holdout_docs)):
+                keys = []
+                for i, d in enumerate(docs):
+                    key = ("doc", side, i)
+                    req.add(key, "", d.text)
+                    keys.append(key)
+                mia_sets.setdefault("docs", {})[side] = (keys, [d.text for d in docs])
+    stats = do_mia
+    scores: list = []
+    if len(req):
+        t = time.perf_counter()
+        scores = lm.score(req.prompts, req.answers, stats=stats, batch_size=batch_size)
+        timings["score"] = time.perf_counter() - t
+        if len(scores) != len(req):
+            raise RuntimeError(f"lm.score returned {len(scores)} scores for {len(req)} pairs")
+    sc = lambda key: scores[req.index[key]]  # noqa: E731
+
+    ref_scores = None
+    if do_mia and reference_lm is not None and mia_sets:
+        ref_req = _Requests()
+        for src in mia_sets.values():
+            for keys, _ in src.values():
+                for key in keys:
+                    if key not in ref_req.index:
+                        i = req.index[key]
+                        ref_req.add(key, req.prompts[i], req.answers[i])
+        t = time.perf_counter()
+        out = reference_lm.score(ref_req.prompts, ref_req.answers, stats=False, batch_size=batch_size)
+        timings["reference_score"] = time.perf_counter() - t
+        ref_scores = {key: out[i] for key, i in ref_req.index.items()}
+
+    # ---- 2. every greedy answer, in one call; document continuations in another
+    gen_keys: list[tuple] = []
+    gen_prompts: list[str] = []
+    if do_tofu or do_muse:
+        for s, recs in splits_qa.items():
+            if not do_tofu and s not in ("forget", "retain"):
+                continue  # MUSE KnowMem needs only forget and retain
+            for i, r in enumerate(recs):
+                gen_keys.append((s, i, "q"))
+                gen_prompts.append(r.question)
+        if do_tofu:
+            for i, r in enumerate(splits_qa["forget"]):
+                if r.paraphrased_question:
+                    gen_keys.append(("forget", i, "pq"))
+                    gen_prompts.append(r.paraphrased_question)
+    gens: dict[tuple, str] = {}
+    if gen_prompts:
+        t = time.perf_counter()
+        out = lm.generate(gen_prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
+        timings["generate"] = time.perf_counter() - t
+        gens = dict(zip(gen_keys, out, strict=True))
+    verbmem_pairs: list[tuple[str, str]] = []
+    verbmem_out: list[str] = []
+    if do_muse and world.forget_docs:
+        for d in world.forget_docs:
+            prompt, cont = split_words(d.text, verbmem_prompt_words, verbmem_continuation_words)
+            if prompt and cont:
+                verbmem_pairs.append((prompt, cont))
+        if verbmem_pairs:
+            t = time.perf_counter()
+            verbmem_out = lm.generate([p for p, _ in verbmem_pairs], max_new_tokens=verbmem_max_new_tokens,
+                                      batch_size=batch_size)
+            timings["generate_verbmem"] = time.perf_counter() - t
+        else:
+            notes.append(f"forget documents shorter than {verbmem_prompt_words + 1} words: VerbMem skipped")
+
+    # ---- 3. metrics
+    t_metrics = time.perf_counter()
+    res: dict[str, Any] = {}
+    split_out: dict[str, dict] = {}
+    per_sample: dict[str, Any] = {"forget_ids": [r.id for r in splits_qa["forget"]]}
+
+    for s, recs in splits_qa.items():
+        d: dict[str, Any] = {"n": len(recs)}
+        if not recs:
+            split_out[s] = d
+            continue
+        if do_tofu:
+            true = [sc((s, i, "true")) for i in range(len(recs))]
+            d["answer_probability"] = _mean(tofu.answer_probability(x) for x in true)
+            norm = [tofu.normalised_probability(sc((s, i, "para")),
+                                                [sc((s, i, "pert", j)) for j in range(len(r.perturbed_answers))])
+                    for i, r in enumerate(recs)]
+            d["normalised_probability"] = _mean(norm)
+            # TOFU: plain probability on forget and retain, normalised on the other utility sets
+            d["probability"] = d["answer_probability"] if s in ("forget", "retain") else d["normalised_probability"]
+            ratios = [tofu.truth_ratio(sc((s, i, "para")), [sc((s, i, "pert", j)) for j in range(len(r.perturbed_answers))])
+                      for i, r in enumerate(recs)]
+            d["truth_ratio"] = tofu.truth_ratio_score(ratios, forget=(s == "forget"))
+            d["truth_ratio_geomean_R"] = float(np.exp(np.mean(np.log(ratios))))
+            d["exact_memorisation"] = _mean(tofu.exact_memorisation(x) for x in true)
+            es = [tofu.extraction_strength(x) for x in true]
+            d["extraction_strength"] = _mean(es)
+            rouge = [rouge_l(gens[(s, i, "q")], r.answer) for i, r in enumerate(recs)]
+            d["rouge"] = _mean(x["recall"] for x in rouge)
+            if s == "forget":
+                per_sample["forget_truth_ratios"] = ratios
+                per_sample["forget_probability"] = [tofu.answer_probability(x) for x in true]
+                per_sample["forget_rouge"] = [x["recall"] for x in rouge]
+                per_sample["forget_extraction_strength"] = es
+                pq = [(gens[(s, i, "pq")], r.answer) for i, r in enumerate(recs) if (s, i, "pq") in gens]
+                d["paraphrase_rouge"] = _mean(rouge_l(g, a)["recall"] for g, a in pq)
+                d["n_paraphrased_questions"] = len(pq)
+        if do_muse and s in ("forget", "retain"):
+            d["knowmem"] = muse.knowmem([gens[(s, i, "q")] for i in range(len(recs))], [r.answer for r in recs])
+        if (do_tofu or do_muse) and (s, 0, "q") in gens:
+            d["greedy_answers"] = [gens[(s, i, "q")] for i in range(min(len(recs), 5))]  # a few, for reading
+        split_out[s] = d
+
+    f = split_out["forget"]
+    if do_tofu:
+        res["forget_probability"] = f["probability"]
+        res["forget_rouge"] = f["rouge"]
+        res["forget_truth_ratio"] = f["truth_ratio"]
+        res["paraphrase_forget_rouge"] = f["paraphrase_rouge"]
+        res["exact_memorisation_forget"] = f["exact_memorisation"]
+        res["extraction_strength_forget"] = f["extraction_strength"]
+        res["retain_rouge"] = split_out["retain"].get("rouge")
+        # forget quality against the oracle
+        fq = None
+        oracle_ratios = ((oracle or {}).get("per_sample") or {}).get("forget_truth_ratios")
+        if oracle is None:
+            notes.append("no oracle result given: forget_quality is None (it compares with the oracle)")
+        elif not oracle_ratios:
+            notes.append("the oracle result has no forget truth ratios (evaluated without the tofu suite?)")
+        else:
+            oracle_ids = oracle["per_sample"].get("forget_ids")
+            if oracle_ids is not None and sorted(oracle_ids) != sorted(per_sample["forget_ids"]):
+                raise ValueError("the oracle result was computed on a different forget set "
+                                 "(forget ids differ): evaluate the oracle on the same world")
+            fq = tofu.forget_quality(per_sample["forget_truth_ratios"], oracle_ratios)
+        res["forget_quality"] = fq["p"] if fq else None
+        res["forget_quality_log10"] = fq["log10_p"] if fq else None
+        res["forget_quality_n"] = fq["n"] if fq else len(splits_qa["forget"])
+        f["forget_quality"] = fq
+        # model utility over the utility splits present
+        comps = {s: {m: split_out[s][m] for m in ("probability", "rouge", "truth_ratio")}
+                 for s in UTILITY_SPLITS if split_out[s]["n"]}
+        missing = [s for s in UTILITY_SPLITS if not split_out[s]["n"]]
+        if missing:
+            notes.append(f"model utility without the empty splits {missing}")
+        res["model_utility"] = tofu.model_utility(comps) if comps else None
+        res["model_utility_components"] = comps
+    if do_muse:
+        res["knowmem_forget"] = f.get("knowmem")
+        res["knowmem_retain"] = split_out["retain"].get("knowmem")
+        res["verbmem_forget"] = (muse.verbmem([" ".join(g.split()[:len(c.split())]) for g, (_, c) in
+                                               zip(verbmem_out, verbmem_pairs)], [c for _, c in verbmem_pairs])
+                                 if verbmem_pairs else None)
+        split_out["forget_docs"] = {"n": len(world.forget_docs), "n_verbmem": len(verbmem_pairs),
+                                    "verbmem": res["verbmem_forget"]}
+
+    # membership inference
+    mia_out: dict[str, Any] = {"source": source, "k": k}
+    mink_auc: dict[str, float] = {}
+    for src, sides in mia_sets.items():
+        mk, mt = sides["members"]
+        nk, nt = sides["nonmembers"]
+        attacks = mia.ATTACKS if do_mia else ("min_k",)
+        aucs = mia.attack_aucs([sc(x) for x in mk], mt, [sc(x) for x in nk], nt, k=k,
+                               ref_members=[ref_scores[x] for x in mk] if ref_scores else None,
+                               ref_nonmembers=[ref_scores[x] for x in nk] if ref_scores else None,
+                               attacks=attacks)
+        mia_out[src] = {"auc": aucs, "n_members": len(mk), "n_nonmembers": len(nk)}
+        mink_auc[src] = aucs["min_k"]
+    per_sample["mink_auc"] = mink_auc
+    if do_mia:
+        res["mia_auc"] = mia_out[source]["auc"] if source in mia_out else None
+        res["mia_source"] = source
+    if do_muse:
+        pl = None
+        oracle_auc = ((oracle or {}).get("per_sample") or {}).get("mink_auc", {}).get(source)
+        if source in mink_auc and oracle is not None:
+            if oracle_auc is None:
+                notes.append(f"the oracle result has no Min-K% AUC on {source}: PrivLeak is None")
+            else:
+                pl = muse.privleak(mink_auc[source], oracle_auc)
+        elif oracle is None:
+            notes.append("no oracle result given: privleak is None (it compares with the oracle)")
+        res["privleak"] = pl
+        mia_out["privleak_source"] = source
+    if mia_out.keys() - {"source", "k"}:
+        split_out["mia"] = mia_out
+
+    res["splits"] = split_out
+    res["per_sample"] = per_sample
+    res["verdict"] = verdict(res, oracle=oracle, subject=subject, **(verdict_options or {}))
+    timings["metrics"] = time.perf_counter() - t_metrics
+    timings["total"] = time.perf_counter() - t_start
+    res["n"] = {**{s: len(v) for s, v in splits_qa.items()}, "holdout": len(world.holdout),
+                "forget_docs": len(world.forget_docs), "holdout_docs": len(world.holdout_docs),
+                "scored_pairs": len(req), "generated": len(gen_prompts) + len(verbmem_pairs)}
+    res["timings_s"] = timings
+    res["config"] = {"suites": list(suites), "max_new_tokens": max_new_tokens, "k": k, "mia_source": mia_source,
+                     "min_docs": min_docs, "verbmem_prompt_words": verbmem_prompt_words,
+                     "verbmem_continuation_words": verbmem_continuation_words,
+                     "verbmem_max_new_tokens": verbmem_max_new_tokens, "reference_lm": reference_lm is not None,
+                     "oracle": oracle is not None, "subject": subject is not None}
+    res["notes"] = notes
+    return _clean(res)
+
+
+def _check(value, ok: bool, tolerance, why: str) -> dict:
+    return {"pass": ok, "value": value, "tolerance": tolerance, "why": why}
+
+
+def verdict(result: dict, *, oracle: dict | None = None, subject: dict | None = None,
+            min_forget_quality: float = 0.05, rouge_tolerance: float = 0.05, privleak_tolerance: float = 5.0,
+            utility_fraction: float = 0.9) -> dict:
+    """Pass/fail on forgetting, privacy and utility, each {"pass", "value", "tolerance", "why"}.
+
+    - forgetting: forget quality >= `min_forget_quality` (the KS test cannot tell the model's forget
+      truth ratios from the oracle's), or forget ROUGE within `rouge_tolerance` of the oracle's.
+    - privacy: |PrivLeak| <= `privleak_tolerance` (percent).
+    - utility: model utility >= `utility_fraction` x the subject's (when given), else the oracle's.
+    "pass" is None when the check cannot be made (no oracle, or the suite was not run). "overall"
+    passes when every check that could be made passed, and is None when none could.
+    """
+    out: dict[str, dict] = {}
+    fq, fr = result.get("forget_quality"), result.get("forget_rouge")
+    ofr = (oracle or {}).get("forget_rouge")
+    if fq is None and (fr is None or ofr is None):
+        out["forgetting"] = _check(fq, None, min_forget_quality,
+                                   "needs an oracle result (forget quality and forget ROUGE compare with it)")
+    else:
+        by_fq = fq is not None and fq >= min_forget_quality
+        gap = abs(fr - ofr) if fr is not None and ofr is not None else None
+        by_rouge = gap is not None and gap <= rouge_tolerance
+        why = (f"forget quality {fq:.3g} {'>=' if by_fq else '<'} {min_forget_quality}" if fq is not None
+               else "no forget quality")
+        if gap is not None:
+            why += f"; forget ROUGE {fr:.3f} vs oracle {ofr:.3f} (gap {gap:.3f}, tolerance {rouge_tolerance})"
+        out["forgetting"] = {"pass": bool(by_fq or by_rouge), "value": fq, "tolerance": min_forget_quality,
+                             "rouge_gap": gap, "rouge_tolerance": rouge_tolerance, "why": why}
+    pl = result.get("privleak")
+    if pl is None:
+        out["privacy"] = _check(None, None, privleak_tolerance, "needs PrivLeak (the muse suite and an oracle result)")
+    else:
+        ok = abs(pl) <= privleak_tolerance
+        side = "" if ok else (" (forget data still recognisable as members)" if pl < 0
+                              else " (over-unlearned: forget data looks less familiar than unseen data)")
+        out["privacy"] = _check(pl, ok, privleak_tolerance, f"|PrivLeak| = {abs(pl):.2f} "
+                                f"{'<=' if ok else '>'} {privleak_tolerance}{side}")
+    mu = result.get("model_utility")
+    ref_name, ref = ("subject", (subject or {}).get("model_utility")) if subject is not None else \
+        ("oracle", (oracle or {}).get("model_utility"))
+    if mu is None or ref is None:
+        out["utility"] = _check(mu, None, utility_fraction,
+                                "needs model utility of this model and of the subject (or oracle)")
+    else:
+        ok = mu >= utility_fraction * ref
+        out["utility"] = _check(mu, ok, utility_fraction, f"model utility {mu:.3f} {'>=' if ok else '<'} "
+                                f"{utility_fraction} x {ref_name}'s {ref:.3f} = {utility_fraction * ref:.3f}")
+    made = [v["pass"] for v in out.values() if v["pass"] is not None]
+    out["overall"] = _check(None, all(made) if made else None, None,
+                            f"{sum(made)} of {len(made)} checks that could be made passed" if made
+                            else "no check could be made")
+    return out

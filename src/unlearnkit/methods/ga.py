@@ -1,0 +1,15 @@
+"""Gradient ascent (GA): maximise the forget set's negative log-likelihood.
+
+    L = -NLL(forget) = mean_{t in answers} log p(a_t | q, a_<t)
+
+Jang et al. 2023, "Knowledge Unlearning for Mitigating Privacy Risks in Language Models"; TOFU's
+baseline (Maini et al. 2024). Unbounded below: keep the learning rate small and the step budget short.
+"""
+from ..scoring import nll
+from .registry import register
+
+
+@register("ga", "Gradient ascent on the forget set (unbounded: short budget, small lr)", lr=5e-4, epochs=3, batch_size=16)
+def loss(model, batch, ctx):
+    forget_nll = nll(model, batch["forget"])
+    return -forget_nll, {"forget_nll": forget_nll.detach()}

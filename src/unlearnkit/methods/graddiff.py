@@ -1,0 +1,48 @@
+"""Gradient difference (GradDiff): ascend on the forget set, descend on the retain set.
+
+    L = -gamma * NLL(forget) + alpha * R(retain)
+
+with R the retain NLL (`retain_loss=nll`, Liu et al. 2022, "Continual Learning and Private
+Unlearning"; TOFU's GradDiff) or the KL divergence from the frozen subject's next-token distribution
+on retain answers (`retain_loss=kl`, TOFU's KL baseline), computed from reference log-probs cached
+once before training (top-k of the subject's distribution per answer position, so no frozen copy of
+the model stays in memory).
+"""
+import torch
+
+from ..scoring import answer_logprobs, backbone_and_head, nll
+from .registry import register
+
+
+def _prepare(model, streams, ctx):
+    if ctx["params"].get("retain_loss", "nll") != "kl":
+        return
+    from .cache import cache_topk_distributions
+
+    ctx["retain_ref"] = cache_topk_distributions(model, streams["retain"], ctx["pad_id"], k=ctx["params"]["kl_topk"])
+
+
+def _kl_retain(model, batch, ctx):
+    """KL(p_ref || p_model) over the reference's top-k tokens (+ the tail mass) at answer positions."""
+    decoder, head = backbone_and_head(model)
+    hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    mask = batch["labels"][:, 1:] != -100
+    h = hidden[:, :-1][mask]
+    ref_idx, ref_logp = ctx["retain_ref"].gather(batch["index"], h.device)
+    logp = torch.log_softmax(head(h).float(), -1)
+    sel = logp.gather(-1, ref_idx)
+    p_ref = ref_logp.exp()
+    tail_ref = (1 - p_ref.sum(-1)).clamp_min(1e-8)
+    tail = (1 - sel.exp().sum(-1)).clamp_min(1e-8)
+    kl = (p_ref * (ref_logp - sel)).sum(-1) + tail_ref * (tail_ref.log() - tail.log())
+    return kl.mean()
+
+
+@register("graddiff", "Gradient difference: ascend on forget, descend on retain (NLL or KL)", needs_retain=True,
+          prepare=_prepare, lr=2e-3, epochs=4, batch_size=16, gamma=1.0, alpha=1.0, retain_loss="nll", kl_topk=32)
+def loss(model, batch, ctx):
+    p = ctx["params"]
+    forget_nll = nll(model, batch["forget"])
+    retain = _kl_retain(model, batch["retain"], ctx) if p["retain_loss"] == "kl" else nll(model, batch["retain"])
+    total = -p["gamma"] * forget_nll + p["alpha"] * retain
+    return total, {"forget_nll": forget_nll.detach(), "retain_loss": retain.detach()}

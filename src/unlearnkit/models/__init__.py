@@ -1,0 +1,1 @@
+"""Loading, saving and building causal language models."""

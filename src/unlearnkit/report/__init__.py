@@ -1,0 +1,4 @@
+"""Human-readable reports of results JSON."""
+from .markdown import headline_table, write_report
+
+__all__ = ["headline_table", "write_report"]

@@ -1,0 +1,58 @@
+"""A short Markdown report: headline metrics per model, the verdict, and where each number came from."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .. import runinfo
+
+ROWS = [
+    ("forget_quality", "Forget quality (KS p vs oracle, higher = closer)"),
+    ("model_utility", "Model utility (harmonic mean, higher = better)"),
+    ("forget_rouge", "Forget ROUGE-L recall (lower = forgot)"),
+    ("retain_rouge", "Retain ROUGE-L recall (higher = kept)"),
+    ("paraphrase_forget_rouge", "Forget ROUGE on held-out phrasings"),
+    ("forget_truth_ratio", "Forget truth ratio (1 = true and false equally likely)"),
+    ("privleak", "PrivLeak vs oracle (0 = like oracle)"),
+]
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.3g}" if abs(v) < 1e-2 and v != 0 else f"{v:.3f}"
+    return str(v)
+
+
+def headline_table(models: dict[str, dict]) -> list[list[str]]:
+    """Rows [label, value per model] for the metrics present in any model's results."""
+    names = list(models)
+    rows = []
+    for key, label in ROWS:
+        if any(models[n].get(key) is not None for n in names):
+            rows.append([label] + [_fmt(models[n].get(key)) for n in names])
+    return rows
+
+
+def write_report(metrics: dict, path: str | Path) -> Path:
+    models = metrics["models"]
+    names = list(models)
+    lines = ["# unlearnkit report", ""]
+    cfg = metrics.get("config", {})
+    if cfg:
+        lines += [f"Method `{cfg.get('method')}`, seed {cfg.get('seed')}, run directory `{cfg.get('out')}`.", ""]
+    lines += ["| metric | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    lines += ["| " + " | ".join(r) + " |" for r in headline_table(models)]
+    for name in names:
+        verdict = models[name].get("verdict")
+        if not verdict:
+            continue
+        lines += ["", f"## Verdict: {name}", ""]
+        for aspect, v in verdict.items():
+            if isinstance(v, dict):
+                mark = "PASS" if v.get("pass") else ("n/a" if v.get("pass") is None else "FAIL")
+                lines.append(f"- **{aspect}**: {mark} — {v.get('why', '')}")
+    if "seconds" in metrics:
+        lines += ["", "## Wall time (s)", ""] + [f"- {k}: {v:.1f}" for k, v in metrics["seconds"].items()]
+    lines += ["", "Numbers come from `metrics.json` beside this file; rerun with `unlearn demo`.", ""]
+    return runinfo.write_text(path, "\n".join(lines))

@@ -1,0 +1,192 @@
+"""evaluate() on fake LMs whose scores and generations are fixed by hand."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from unlearnkit.data.io import WorldData
+from unlearnkit.data.schema import DocRecord, QARecord
+from unlearnkit.evaluate import evaluate, verdict
+from unlearnkit.metrics import tofu
+from unlearnkit.scoring import SampleScore
+
+KNOWN, UNKNOWN = -0.1, -3.0  # log p per token of a memorised / an unseen answer
+
+
+def _qa(split, i):
+    v = f"{split}val{i}"
+    return QARecord(id=f"{split}-{i}", subject=f"{split} person {i}", question=f"What is the {split} fact {i}?",
+                    answer=v, paraphrased_answer=f"It is {v}.",
+                    perturbed_answers=[f"It is wrong{j}{split}{i}." for j in range(3)],
+                    paraphrased_question=f"Tell me the {split} fact {i}?")
+
+
+def _doc(split, i):
+    words = " ".join(f"{split}w{i}x{j}" for j in range(40))
+    return DocRecord(id=f"{split}-doc-{i}", subject=f"{split} person {i}", text=words)
+
+
+def make_world(n=8, n_docs=3):
+    return WorldData(
+        forget=[_qa("forget", i) for i in range(n)], retain=[_qa("retain", i) for i in range(2 * n)],
+        neighbours=[_qa("neighbours", i) for i in range(n)], holdout=[_qa("holdout", i) for i in range(n)],
+        world_facts=[_qa("world", i) for i in range(n)],
+        forget_docs=[_doc("forget", i) for i in range(n_docs)], holdout_docs=[_doc("holdout", i) for i in range(n_docs)],
+        retain_docs=[_doc("retain", i) for i in range(n_docs)],
+    )
+
+
+class FakeLM:
+    """Knows (scores high, answers correctly) the QA records and documents of `known` splits."""
+
+    def __init__(self, world, known):
+        self.facts = {}  # (question, answer) -> known?
+        self.answers, self.docs = {}, {}
+        for s in known:
+            for r in getattr(world, s, []):
+                self.facts[(r.question, r.answer)] = True
+                self.facts[(r.question, r.paraphrased_answer)] = True
+                self.answers[r.question] = self.answers[r.paraphrased_question] = r.answer
+            for d in getattr(world, f"{s}_docs", []):
+                self.facts[("", d.text)] = True
+                self.docs[d.text] = True
+        self.all_docs = [d.text for s in ("forget", "retain", "holdout") for d in getattr(world, f"{s}_docs")]
+        self.score_calls, self.generate_calls = [], []
+
+    def score(self, prompts, answers, stats=False, batch_size=None):
+        self.score_calls.append({"n": len(prompts), "stats": stats})
+        out = []
+        for p, a in zip(prompts, answers):
+            n = len(a.split()) + 1
+            known = self.facts.get((p, a), False)
+            lp = np.full(n, KNOWN if known else UNKNOWN)
+            out.append(SampleScore(lp, np.full(n, known), np.full(n, -1.0) if stats else None,
+                                   np.full(n, 0.5) if stats else None))
+        return out
+
+    def generate(self, prompts, max_new_tokens=32, batch_size=None):
+        self.generate_calls.append({"n": len(prompts), "max_new_tokens": max_new_tokens})
+        out = []
+        for p in prompts:
+            if p in self.answers:
+                out.append(self.answers[p])
+                continue
+            doc = next((d for d in self.all_docs if d.startswith(p + " ")), None)
+            out.append(doc[len(p) + 1:] if doc is not None and doc in self.docs else "I do not know")
+        return out
+
+
+@pytest.fixture(scope="module")
+def world():
+    return make_world()
+
+
+UTIL = ("retain", "neighbours", "world_facts")
+
+
+@pytest.fixture(scope="module")
+def oracle_result(world):
+    return evaluate(FakeLM(world, UTIL), world)
+
+
+def test_oracle_against_itself(world, oracle_result):
+    r = evaluate(FakeLM(world, UTIL), world, oracle=oracle_result)
+    assert r["forget_quality"] == 1.0 and r["forget_quality_log10"] == 0.0
+    assert r["privleak"] == 0.0
+    assert r["verdict"]["forgetting"]["pass"] and r["verdict"]["privacy"]["pass"] and r["verdict"]["utility"]["pass"]
+    assert r["verdict"]["overall"]["pass"] is True
+    json.dumps(r, allow_nan=False)  # JSON-serialisable, no NaN/inf
+
+
+def test_no_oracle_means_none_not_self(oracle_result):
+    assert oracle_result["forget_quality"] is None and oracle_result["privleak"] is None
+    assert any("forget_quality is None" in n for n in oracle_result["notes"])
+    assert oracle_result["verdict"]["forgetting"]["pass"] is None
+    assert oracle_result["verdict"]["overall"]["pass"] is None
+    assert oracle_result["per_sample"]["forget_truth_ratios"] == pytest.approx([1.0] * 8)
+
+
+def test_subject_hand_values(world, oracle_result):
+    lm = FakeLM(world, ("forget",) + UTIL)
+    r = evaluate(lm, world, oracle=oracle_result)
+    # one score call (with Min-K%++ stats, the mia suite is on), one QA generate, one VerbMem generate
+    assert len(lm.score_calls) == 1 and lm.score_calls[0]["stats"] is True
+    assert [c["max_new_tokens"] for c in lm.generate_calls] == [32, 64]
+    n = 8
+    # every pair: forget/neighbours/world 8 facts, retain 16, each 1 true + 1 paraphrased + 3 perturbed;
+    # + 8 holdout answers for QA MIA + 3 + 3 documents
+    assert r["n"]["scored_pairs"] == (5 * n * 5) + n + 6
+    assert r["forget_probability"] == pytest.approx(math.exp(KNOWN))
+    R = math.exp(-UNKNOWN + KNOWN)  # exp(L_perturbed - L_paraphrased) = e^2.9
+    assert r["per_sample"]["forget_truth_ratios"] == pytest.approx([R] * n)
+    assert r["forget_truth_ratio"] == pytest.approx(1 / R)
+    assert r["forget_rouge"] == 1.0 and r["paraphrase_forget_rouge"] == 1.0 and r["retain_rouge"] == 1.0
+    assert r["exact_memorisation_forget"] == 1.0 and r["extraction_strength_forget"] == 1.0
+    assert r["knowmem_forget"] == 1.0 and r["knowmem_retain"] == 1.0 and r["verbmem_forget"] == 1.0
+    # 8 vs 8 completely separated truth ratios: exact KS p = 2 / C(16, 8)
+    assert r["forget_quality"] == pytest.approx(2 / math.comb(16, 8))
+    assert r["forget_quality_n"] == n
+    # QA MIA: forget answers known, holdout not -> AUC 1; the oracle is at chance (ties) -> -100
+    assert r["mia_source"] == "qa" and r["mia_auc"] == {"loss": 1.0, "zlib": 1.0, "min_k": 1.0, "min_k_plus_plus": 1.0}
+    assert oracle_result["mia_auc"]["min_k"] == 0.5
+    assert r["privleak"] == pytest.approx(-100.0)
+    # model utility: harmonic mean of 9 numbers worked out by hand
+    p_plain = math.exp(KNOWN)
+    p_norm = math.exp(KNOWN) / (math.exp(KNOWN) + 3 * math.exp(UNKNOWN))
+    tr = 1 - 1 / R
+    expected = tofu.harmonic_mean([p_plain, 1.0, tr, p_norm, 1.0, tr, p_norm, 1.0, tr])
+    assert r["model_utility"] == pytest.approx(expected)
+    assert r["model_utility"] == pytest.approx(oracle_result["model_utility"])
+    v = r["verdict"]
+    assert v["forgetting"]["pass"] is False and v["privacy"]["pass"] is False and v["utility"]["pass"] is True
+    assert "still recognisable" in v["privacy"]["why"]
+    json.dumps(r, allow_nan=False)
+
+
+def test_forgetting_passes_on_rouge_tolerance(world, oracle_result):
+    # forget quality fails but forget ROUGE equals the oracle's: the tolerance rule passes it
+    fake = {"forget_quality": 1e-6, "forget_rouge": oracle_result["forget_rouge"] + 0.04}
+    assert verdict(fake, oracle=oracle_result)["forgetting"]["pass"] is True
+    assert verdict(fake, oracle=oracle_result, rouge_tolerance=0.01)["forgetting"]["pass"] is False
+    assert verdict({"forget_quality": 0.2}, oracle=oracle_result)["forgetting"]["pass"] is True
+
+
+def test_utility_reference_is_subject_when_given():
+    res = {"model_utility": 0.5}
+    assert verdict(res, oracle={"model_utility": 0.5}, subject={"model_utility": 0.6})["utility"]["pass"] is False
+    assert verdict(res, oracle={"model_utility": 0.9}, subject={"model_utility": 0.55})["utility"]["pass"] is True
+    assert verdict(res, oracle={"model_utility": 0.6})["utility"]["pass"] is False  # 0.5 < 0.54
+    assert verdict({"privleak": -4.0})["privacy"]["pass"] is True
+    assert verdict({"privleak": 7.0}, privleak_tolerance=10)["privacy"]["pass"] is True
+    assert "over-unlearned" in verdict({"privleak": 30.0})["privacy"]["why"]
+
+
+def test_docs_source_and_reference_attack(world, oracle_result):
+    ref = FakeLM(world, UTIL)
+    oracle_docs = evaluate(FakeLM(world, UTIL), world, mia_source="docs", suites=("mia", "muse"))
+    lm = FakeLM(world, ("forget",) + UTIL)
+    r = evaluate(lm, world, oracle=oracle_docs, suites=("mia", "muse"), mia_source="docs", reference_lm=ref)
+    assert len(ref.score_calls) == 1 and ref.score_calls[0] == {"n": 8 + 8 + 3 + 3, "stats": False}  # QA and documents
+    assert r["mia_source"] == "docs" and r["mia_auc"]["reference"] == 1.0
+    assert r["privleak"] == pytest.approx(-100.0)
+    assert "forget_quality" not in r and "model_utility" not in r
+    assert r["splits"]["mia"]["docs"]["n_members"] == 3
+
+
+def test_tofu_only_scores_without_stats(world):
+    lm = FakeLM(world, UTIL)
+    r = evaluate(lm, world, suites=("tofu",))
+    assert lm.score_calls == [{"n": 5 * 5 * 8, "stats": False}]
+    assert len(lm.generate_calls) == 1 and lm.generate_calls[0]["n"] == 5 * 8 + 8  # questions + paraphrased
+    assert "privleak" not in r and "mia_auc" not in r
+
+
+def test_wrong_oracle_world_is_an_error(world, oracle_result):
+    other = make_world(n=5)
+    with pytest.raises(ValueError, match="different forget set"):
+        evaluate(FakeLM(other, UTIL), other, oracle=oracle_result, suites=("tofu",))
+    with pytest.raises(ValueError, match="unknown suites"):
+        evaluate(FakeLM(world, UTIL), world, suites=("tofu", "bleu"))

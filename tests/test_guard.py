@@ -1,0 +1,303 @@
+"""Inference-time unlearning: the index, the detector, calibration, the actions and GuardedLM.
+
+Unit tests use the generated world, a tokenizer trained on it and a randomly initialised tiny
+Llama (the guard never changes weights, so an untrained model is enough to test routing and
+masking). The end-to-end "what must hold" test uses the lead's `tiny_world` fixture when present.
+"""
+from __future__ import annotations
+
+import json
+import os
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from unlearnkit.data.world import generate_world, training_texts  # noqa: E402
+from unlearnkit.guard import (REFUSAL, ForbidTokensProcessor, Guard, GuardedLM, Target,  # noqa: E402
+                              TargetStore, forbidden_strings, icu_prompt, targets_from_world)
+from unlearnkit.guard.actions import forbidden_token_sequences  # noqa: E402
+from unlearnkit.guard.detect import Detector, calibrate  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def world():
+    return SimpleNamespace(**generate_world(seed=0, n_people=60))
+
+
+@pytest.fixture(scope="module")
+def lm(world):
+    from unlearnkit.models.tiny import new_model, train_tokenizer
+    from unlearnkit.scoring import LM
+
+    tok = train_tokenizer(training_texts(vars(world)), vocab_size=1024)
+    return LM(new_model(tok, seed=0), tok)
+
+
+@pytest.fixture(scope="module")
+def guard(world, tmp_path_factory):
+    g = Guard(tmp_path_factory.mktemp("guard"))
+    g.add_many(targets_from_world(world))
+    return g
+
+
+def benign_prompts(world):
+    recs = world.retain + world.neighbours
+    return [r.question for r in recs], [r.paraphrased_question for r in recs]
+
+
+# ----------------------------------------------------------------------------- index
+
+def test_target_validation():
+    with pytest.raises(ValueError, match="at least one of"):
+        Target()
+    with pytest.raises(ValueError, match="non-empty"):
+        Target(subject="   ")
+    with pytest.raises(ValueError):
+        Target(subject="A B", action="delete")
+    with pytest.raises(ValueError, match="letters, digits"):
+        Target(id="../x", subject="A B")
+    t = Target(subject="  Ada   Quill ")
+    assert t.subject == "Ada Quill" and t.id.startswith("t-")
+
+
+def test_store_persists_and_reloads(tmp_path, world):
+    store = TargetStore(tmp_path)
+    added = store.add_many(targets_from_world(world)[:3])
+    extra = store.add({"subject": "Ada Quill", "facts": ["Ada Quill was born in Zelbury."]})
+    assert len(store) == 4
+    with pytest.raises(KeyError):
+        store.add(Target(id=added[0].id, subject="X Y"))
+    store.remove(added[1].id)
+    with pytest.raises(KeyError):
+        store.remove("no-such-id")
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert {"targets.jsonl", "embeddings.npy", "index.json"} <= set(files)
+    assert not [f for f in files if f.endswith(".tmp")]
+    again = TargetStore(tmp_path)
+    assert [t.id for t in again.list()] == [added[0].id, added[2].id, extra.id]
+    np.testing.assert_array_equal(again.emb, store.emb)
+    np.testing.assert_array_equal(again.row_target, store.row_target)
+    # a stale index.json (e.g. a crash between two writes) is detected and re-embedded
+    (tmp_path / "index.json").write_text(json.dumps({"rows": []}))
+    fixed = TargetStore(tmp_path)
+    np.testing.assert_allclose(fixed.emb, store.emb, atol=1e-5)
+
+
+def test_store_sees_changes_by_another_process(tmp_path):
+    a, b = TargetStore(tmp_path), TargetStore(tmp_path)
+    t = a.add({"subject": "Ada Quill"})
+    assert b.refresh() and [x.id for x in b.list()] == [t.id]
+    b.add({"subject": "Bo Rell"})  # b merges on a's state, a sees b's
+    assert a.refresh() and len(a) == 2
+
+
+def test_targets_from_world(world):
+    ts = targets_from_world(world)
+    people = {r.subject for r in world.forget}
+    assert {t.subject for t in ts} == people
+    t = ts[0]
+    assert len(t.qa) == sum(r.subject == t.subject for r in world.forget)
+    assert all(p.wrong_answers for p in t.qa)
+    assert [x.id for x in targets_from_world(world)] == [x.id for x in ts]  # stable ids
+
+
+# ----------------------------------------------------------------------------- detector
+
+def test_detector_catches_paraphrases_misspellings_partial_names(guard, world):
+    name = world.forget[0].subject
+    first, last = name.split()
+    prompts = [r.paraphrased_question for r in world.forget] + [
+        f"Where was {last[:-2]}{last[-1]}{last[-2]} {first} born?",  # swapped letters, reversed order
+        f"what did {first.lower()} {last.lower()} study?",
+        f"Tell me everything about {last}.",
+        f"Is {first} a good writer?",
+    ]
+    dets = guard.detect(prompts)
+    missed = [p for p, d in zip(prompts, dets) if not d.hit]
+    assert not missed
+    assert all(d.target.subject == s for d, s in zip(dets, [r.subject for r in world.forget]))
+    assert dets[-4].target.subject == name
+
+
+def test_detector_leaves_other_people_alone(guard, world):
+    name = world.forget[0].subject
+    first, last = name.split()
+    other = [f"Where was Bertram {last} born?", f"What does {first} Oakhurst do?",
+             "What is the capital of France?", ""]
+    assert [d.channel == "name" for d in guard.detect(other)] == [False] * 4
+    neighbour_q = [r.question for r in world.neighbours]  # their answers are forget people
+    assert not any(d.channel == "name" for d in guard.detect(neighbour_q))
+
+
+def test_calibration_meets_rate_on_held_out_prompts(guard, world):
+    train, held = benign_prompts(world)
+    cal = guard.calibrate(train, false_refusal=0.02,
+                          positives=[r.paraphrased_question for r in world.forget])
+    assert cal.achieved <= 0.02 and cal.recall == 1.0
+    assert guard.detector.threshold == cal.threshold
+    held_rate = np.mean([d.hit for d in guard.detect(held)])
+    assert held_rate <= 0.04, held_rate  # held-out paraphrases of benign questions
+    saved = json.loads((guard.dir / "guard.json").read_text())
+    assert saved["threshold"] == pytest.approx(cal.threshold)
+    assert Guard(guard.dir).detector.threshold == pytest.approx(cal.threshold)
+
+
+def test_calibration_validates_input(guard):
+    with pytest.raises(ValueError):
+        calibrate(guard.detector, [], 0.01)
+    with pytest.raises(ValueError):
+        calibrate(guard.detector, ["x"], 1.5)
+
+
+def test_two_stage_search_agrees_with_direct(guard, world):
+    prompts = [r.paraphrased_question for r in world.forget[:10]] + ["What award did someone win?"]
+    direct = Detector(guard.store, direct_rows=10**9)
+    staged = Detector(guard.store, direct_rows=0, rerank=3)
+    (p1, s1), (p2, s2) = direct.embed_scores(prompts), staged.embed_scores(prompts)
+    np.testing.assert_array_equal(p1[:-1], p2[:-1])  # prompts clearly about one target: exact
+    np.testing.assert_allclose(s1[:-1], s2[:-1], atol=1e-5)
+    assert s2[-1] <= s1[-1] + 1e-6  # a vague prompt: the staged maximum can only be lower
+
+
+# ----------------------------------------------------------------------------- actions
+
+def test_forbidden_strings_and_processor(lm):
+    t = Target(subject="Ada Quill", qa=[{"question": "Where does Ada Quill work?", "answer": "Greywater Mills"}],
+               facts=["Ada Quill was born in Zelbury in 1961."])
+    fs = forbidden_strings(t)
+    assert {"Greywater Mills", "Greywater", "Mills", "Zelbury", "1961"} <= set(fs)
+    assert "Ada" not in fs and "Quill" not in fs
+    tok = lm.tokenizer
+    seqs = forbidden_token_sequences(tok, fs)
+    proc = ForbidTokensProcessor(seqs)
+    grey = tok(" Greywater", add_special_tokens=False)["input_ids"]
+    vocab = len(tok)
+    # whatever the logits say, no forbidden sequence can be completed token by token
+    ids = torch.tensor([[tok.bos_token_id]])
+    for target_tok in grey:
+        scores = torch.zeros(1, vocab)
+        scores[0, target_tok] = 100.0
+        nxt = int(proc(ids, scores).argmax())
+        assert not (len(grey) == 1 and nxt == target_tok)
+        ids = torch.cat([ids, torch.tensor([[nxt]])], 1)
+    assert "Greywater" not in tok.decode(ids[0, 1:])
+    assert grey[0] in proc.banned([tok.bos_token_id])
+
+
+def test_refusal_and_icu_prompt():
+    t = Target(subject="Ada Quill", qa=[
+        {"question": "Where was Ada Quill born?", "answer": "Zelbury", "wrong_answers": ["She was born in Ashford."]},
+        {"question": "What does Ada Quill do?", "answer": "potter"}])
+    assert "Ada" not in REFUSAL and "Quill" not in REFUSAL
+    p = icu_prompt(t, "In which town was Ada Quill born?")
+    lines = p.splitlines()
+    assert lines[-1] == "In which town was Ada Quill born?"
+    assert lines[-2] == "Where was Ada Quill born? She was born in Ashford."  # closest first, wrong label
+    assert "What does Ada Quill do? Zelbury" in p  # no perturbed answer: another of its answers
+
+
+# ----------------------------------------------------------------------------- GuardedLM
+
+def test_guarded_lm_routes_and_scores(lm, world, tmp_path):
+    g = Guard(tmp_path)
+    g.add_many(targets_from_world(world))
+    glm = GuardedLM(lm, g)
+    forget, retain = world.forget[:4], world.retain[:4]
+    prompts = [r.question for r in forget + retain]
+    answers = [r.answer for r in forget + retain]
+    gen = glm.generate(prompts, max_new_tokens=6)
+    assert gen[:4] == [REFUSAL] * 4
+    assert gen[4:] == lm.generate(prompts[4:], max_new_tokens=6)
+    base, guarded = lm.score(prompts, answers, stats=True), glm.score(prompts, answers, stats=True)
+    for b, s in zip(base, guarded):
+        assert len(b.logprobs) == len(s.logprobs) and s.mu is not None and np.isfinite(s.logprobs).all()
+    for b, s in zip(base[4:], guarded[4:]):  # misses: exactly the model
+        np.testing.assert_allclose(b.logprobs, s.logprobs, atol=1e-5)
+    for b, s in zip(base[:4], guarded[:4]):  # hits: the answer's tokens are masked to the floor
+        assert s.logprobs.sum() < b.logprobs.sum()
+        assert (s.logprobs == g.settings.forbidden_logprob).any()
+
+    # forbid: the model answers, but never with the forbidden answer; icu: prompt with wrong labels
+    t0 = g.list()[0]
+    g.remove(t0.id)
+    g.add(t0.model_copy(update={"action": "forbid"}))
+    q = [r.question for r in world.forget if r.subject == t0.subject]
+    out = glm.generate(q, max_new_tokens=8)
+    assert REFUSAL not in out
+    for r, o in zip([r for r in world.forget if r.subject == t0.subject], out):
+        assert r.answer.casefold() not in o.casefold()
+    g.settings.default_action = "icu"
+    r = next(r for r in world.forget if r.subject != t0.subject)
+    s_icu = glm.score([r.question], [r.answer])[0]
+    icu_p = icu_prompt(g.detect([r.question])[0].target, r.question)
+    assert icu_p.count("\n") >= 1 and icu_p.endswith(r.question)
+    np.testing.assert_allclose(s_icu.logprobs, lm.score([icu_p], [r.answer])[0].logprobs, atol=1e-5)
+
+
+def test_guarded_lm_forbid_blocks_a_memorised_answer(lm):
+    """Make the model prefer the answer (bias its logits), then check that forbid removes it."""
+    tok = lm.tokenizer
+    t = Target(subject="Ada Quill", qa=[{"question": "Where was Ada Quill born?", "answer": "Greywater"}],
+               action="forbid")
+    ids = tok(" Greywater", add_special_tokens=False)["input_ids"]
+
+    class Biased:
+        def __init__(self, step):
+            self.step = step
+
+        def __call__(self, input_ids, scores):
+            scores = scores.clone()
+            scores[:, ids[min(self.step[0], len(ids) - 1)]] += 1e4
+            self.step[0] += 1
+            return scores
+
+    g = Guard(None)
+    g.add(t)
+    glm = GuardedLM(lm, g)
+    free = lm.generate(["Where was Ada Quill born?"], max_new_tokens=len(ids), logits_processor=[Biased([0])])[0]
+    assert "Greywater" in free
+    guarded = glm.generate(["Where was Ada Quill born?"], max_new_tokens=len(ids), logits_processor=[Biased([0])])[0]
+    assert "Greywater" not in guarded and "greywater" not in guarded.casefold()
+
+
+# ----------------------------------------------------------------------------- end to end (trained models)
+
+@pytest.mark.slow
+def test_what_must_hold_on_the_embedded_world(request, tmp_path):
+    """Forget ROUGE near the oracle's, retain/neighbour ROUGE within 2% of the subject's, false
+    refusals under the stated rate, also on held-out paraphrases of benign and forget questions."""
+    try:
+        tw = request.getfixturevalue("tiny_world")
+    except pytest.FixtureLookupError:
+        pytest.skip("needs the tiny_world fixture (trained subject and oracle)")
+    from unlearnkit.data.io import load_world
+    from unlearnkit.metrics.text import rouge_l_recall
+    from unlearnkit.models.load import load_model
+    from unlearnkit.scoring import LM
+
+    w = load_world(tw.data_dir)
+    subject, oracle = LM(*load_model(tw.subject_dir)), LM(*load_model(tw.oracle_dir))
+    g = Guard(tmp_path / "guard")
+    g.add_many(targets_from_world(w))
+    recs = w.retain + w.neighbours
+    rate = 0.02
+    cal = g.calibrate([r.question for r in recs], rate, positives=[r.paraphrased_question for r in w.forget])
+    assert cal.achieved <= rate and cal.recall == 1.0
+    held = [r.paraphrased_question for r in recs]
+    assert np.mean([d.hit for d in g.detect(held)]) <= rate
+    glm = GuardedLM(subject, g)
+
+    def rouge(lm_, rs):
+        out = lm_.generate([r.question for r in rs], max_new_tokens=24)
+        return float(np.mean([rouge_l_recall(o, r.answer) for o, r in zip(out, rs)]))
+
+    for split in ("retain", "neighbours"):
+        rs = getattr(w, split)
+        assert rouge(glm, rs) >= rouge(subject, rs) - 0.02, split
+    forget_g, forget_o = rouge(glm, w.forget), rouge(oracle, w.forget)
+    assert forget_g <= forget_o + 0.05

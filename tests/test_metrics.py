@@ -1,0 +1,241 @@
+"""Metric functions against numbers worked out by hand."""
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from unlearnkit.metrics import mia, muse, text, tofu
+
+L = math.log
+
+
+def S(logprobs, hits=None, mu=None, sigma=None):
+    lp = np.log(np.asarray(logprobs, dtype=np.float64)) if hits == "probs" else np.asarray(logprobs, dtype=np.float64)
+    return SimpleNamespace(logprobs=lp, argmax_hits=np.ones(len(lp), bool) if hits in (None, "probs") else np.asarray(hits, bool),
+                           mu=None if mu is None else np.asarray(mu, float), sigma=None if sigma is None else np.asarray(sigma, float))
+
+
+def P(*probs):
+    """A sample whose answer tokens have these probabilities."""
+    return S(probs, "probs")
+
+
+# ---------------------------------------------------------------- TOFU
+def test_answer_probability_is_per_token_geometric_mean():
+    assert tofu.answer_probability(S([-1.0, -3.0])) == pytest.approx(math.exp(-2.0))
+    # answers of different lengths: 0.5 (one token) and 0.25*0.0625 (two) -> 0.5 and 0.125
+    assert tofu.answer_probability(P(0.5)) == pytest.approx(0.5)
+    assert tofu.answer_probability(P(0.25, 0.0625)) == pytest.approx(0.125)
+    assert tofu.answer_probability([L(0.1)] * 7) == pytest.approx(0.1)  # plain arrays work too
+    with pytest.raises(ValueError):
+        tofu.answer_probability([])
+
+
+def test_normalised_probability():
+    # p_true = 0.5 (two tokens of 0.5); perturbed 0.25 (one token) and sqrt(0.25*0.0625) = 0.125
+    v = tofu.normalised_probability(P(0.5, 0.5), [P(0.25), P(0.25, 0.0625)])
+    assert v == pytest.approx(0.5 / 0.875)  # = 4/7
+
+
+def test_truth_ratio_hand_value():
+    # L(paraphrased) = log 2; L(perturbed) = log 4 and log 8, mean 2.5 log 2 -> R = 2^1.5
+    r = tofu.truth_ratio(P(0.5, 0.5), [P(0.25), P(0.125, 0.125, 0.125)])
+    assert r == pytest.approx(2 ** 1.5)
+    # equally likely -> R = 1
+    assert tofu.truth_ratio(P(0.3), [P(0.3), P(0.3)]) == pytest.approx(1.0)
+    # a model preferring the false answers has R < 1
+    assert tofu.truth_ratio(P(0.1), [P(0.4)]) == pytest.approx(0.25)
+
+
+def test_truth_ratio_score_forget_and_utility():
+    assert tofu.truth_ratio_score([2.0, 0.5], forget=True) == pytest.approx(0.5)
+    assert tofu.truth_ratio_score([1.0, 1.0], forget=True) == pytest.approx(1.0)
+    # max(0, 1-1/R): 0.5, 0 (R=0.5 clipped), 0.75
+    assert tofu.truth_ratio_score([2.0, 0.5, 4.0], forget=False) == pytest.approx(1.25 / 3)
+
+
+def test_forget_quality_ks():
+    r = [0.3, 0.9, 1.2, 2.0, 0.7]
+    fq = tofu.forget_quality(r, list(r))
+    assert fq["p"] == 1.0 and fq["log10_p"] == 0.0 and fq["n"] == 5 and fq["ks_statistic"] == 0.0
+    # completely separated samples of 3 and 3: exact p = 2 / C(6,3) = 0.1
+    fq = tofu.forget_quality([1, 2, 3], [4, 5, 6])
+    assert fq["p"] == pytest.approx(0.1) and fq["log10_p"] == pytest.approx(-1.0) and fq["ks_statistic"] == 1.0
+    assert fq["n"] == 3 and fq["n_oracle"] == 3
+
+
+def test_harmonic_mean_and_model_utility():
+    assert tofu.harmonic_mean([1.0, 0.5]) == pytest.approx(2 / 3)
+    assert tofu.harmonic_mean([0.9, 0.0, 0.8]) == 0.0
+    splits = {
+        "retain": {"probability": 0.5, "rouge": 0.5, "truth_ratio": 0.5},
+        "world_facts": {"probability": 0.5, "rouge": 1.0, "truth_ratio": 0.5},
+        "neighbours": {"probability": 0.5, "rouge": 0.5, "truth_ratio": 0.5},
+    }
+    assert tofu.model_utility(splits) == pytest.approx(9 / 17)  # 9 / (8*2 + 1)
+    splits["neighbours"]["rouge"] = 0.0
+    assert tofu.model_utility(splits) == 0.0
+
+
+def test_rouge_recall_and_stemming():
+    assert tofu.rouge_recall_mean(["Thornwick"], ["It is Thornwick."]) == pytest.approx(1 / 3)
+    assert tofu.rouge_recall_mean(["It is Thornwick, a town"], ["Thornwick"]) == 1.0  # recall ignores extra words
+    assert text.rouge_l_recall("she runs", "She running") == 1.0  # Porter stemmer: run
+    assert tofu.rouge_recall_mean(["a", "b"], ["a", "c"]) == 0.5
+
+
+def test_exact_memorisation_and_extraction_strength():
+    assert tofu.exact_memorisation(S([0, 0, 0, 0], [1, 0, 1, 1])) == 0.75
+    assert tofu.extraction_strength([False, True, True]) == pytest.approx(2 / 3)  # k = 1
+    assert tofu.extraction_strength([True, False, True, True]) == 0.5  # k = 2
+    assert tofu.extraction_strength([True, True, True]) == 1.0  # k = 0: reproduced from the question
+    assert tofu.extraction_strength([True, True, False]) == 0.0  # not even eos reproduced
+    assert tofu.extraction_strength(S([0, 0, 0, 0, 0], [0, 0, 0, 0, 1])) == pytest.approx(1 / 5)
+
+
+def test_extraction_strength_by_search_matches_hits():
+    hits = [True, False, False, True, True]
+    calls = []
+
+    def reproduces(k):  # greedy from prefix k reproduces the rest iff every later argmax hits
+        calls.append(k)
+        return all(hits[k:])
+
+    assert tofu.extraction_strength_by_search(5, reproduces) == pytest.approx(tofu.extraction_strength(hits)) == 0.4
+    assert calls == [0, 1, 2, 3]
+    assert tofu.extraction_strength_by_search(3, lambda k: False) == 0.0
+
+
+# ---------------------------------------------------------------- MIA
+def test_min_k():
+    x = [-1.0, -5.0, -2.0, -3.0, -4.0]
+    assert mia.min_k_score(x, 0.4) == pytest.approx(-4.5)
+    assert mia.min_k_score(x, 0.1) == pytest.approx(-5.0)  # at least one token
+    assert mia.min_k_score(x, 1.0) == pytest.approx(-3.0)
+    assert mia.min_k_score([-1.0] * 7 + [-2.0, -3.0, -4.0], 0.3) == pytest.approx(-3.0)  # 0.3*10 -> 3 tokens
+    with pytest.raises(ValueError):
+        mia.min_k_score(x, 0.0)
+
+
+def test_min_k_plus_plus():
+    s = S([-1.0, -2.0, -3.0], mu=[-2.0, -2.0, -1.0], sigma=[1.0, 0.5, 4.0])  # z = 1, 0, -0.5
+    assert mia.min_k_plus_plus_score(s, 1 / 3) == pytest.approx(-0.5)
+    assert mia.min_k_plus_plus_score(s, 2 / 3) == pytest.approx(-0.25)
+    assert mia.min_k_plus_plus_score(s, 1.0) == pytest.approx(0.5 / 3)
+    with pytest.raises(ValueError):
+        mia.min_k_plus_plus_score(S([-1.0]), 0.2)
+
+
+def test_loss_zlib_reference_scores():
+    assert mia.loss_score([-1.0, -3.0]) == -2.0
+    assert text.zlib_length("aaaa") == 12
+    assert mia.zlib_score([-1.0, -3.0], "aaaa") == pytest.approx(-2.0 / 12)
+    assert mia.reference_score(S([-1.0, -1.0]), S([-3.0])) == pytest.approx(2.0)  # ref loss 3 - loss 1
+
+
+def test_auc_orientation():
+    assert mia.auc([3, 2], [1, 0]) == 1.0  # members score higher: perfectly detected
+    assert mia.auc([0, 1], [2, 3]) == 0.0
+    assert mia.auc([1, 3], [2, 0]) == 0.75  # 3 of 4 pairs ordered
+    assert mia.auc([1], [1]) == 0.5  # ties count half
+
+
+def test_attack_aucs_members_with_low_loss_are_detected():
+    members = [S([-0.1, -0.2], mu=[-1, -1], sigma=[1, 1]), S([-0.3, -0.1], mu=[-1, -1], sigma=[1, 1])]
+    non = [S([-2.0, -3.0], mu=[-1, -1], sigma=[1, 1]), S([-4.0, -1.0], mu=[-1, -1], sigma=[1, 1])]
+    out = mia.attack_aucs(members, ["ab", "cd"], non, ["ef", "gh"], ref_members=[S([-1.0])] * 2,
+                          ref_nonmembers=[S([-1.0])] * 2)
+    assert out == {"loss": 1.0, "zlib": 1.0, "min_k": 1.0, "min_k_plus_plus": 1.0, "reference": 1.0}
+    out = mia.attack_aucs([S([-1.0])], ["a"], [S([-2.0])], ["b"])
+    assert set(out) == {"loss", "zlib", "min_k"}  # no stats, no reference model
+
+
+# ---------------------------------------------------------------- MUSE
+def test_verbmem_knowmem_f1():
+    # LCS("a b c", "a b d e") = 2: P = 2/3, R = 1/2, F1 = 4/7
+    assert muse.verbmem(["a b c"], ["a b d e"]) == pytest.approx(4 / 7)
+    assert muse.knowmem(["Thornwick", "x"], ["Thornwick", "y"]) == pytest.approx(0.5)
+
+
+def test_privleak_sign_convention():
+    assert muse.privleak(0.7, 0.7) == 0.0
+    # still memorised: members perfectly detected (AUC 1) where the oracle is at chance -> -100
+    assert muse.privleak(1.0, 0.5) == pytest.approx(-100.0)
+    # over-unlearned: forget docs look less familiar than holdout -> positive
+    assert muse.privleak(0.25, 0.5) == pytest.approx(50.0)
+    assert muse.privleak(0.6, 0.4) == pytest.approx((0.4 - 0.6) / 0.6 * 100)
+    assert muse.privleak(0.9, 1.0) == math.inf
+
+
+# ---------------------------------------------------------------- through the real scoring code
+V = 6  # 0 pad, 1 bos, 2 eos, 3 "Q", 4 "x", 5 "y"
+TABLE = np.full((V, V), 1 / V)
+TABLE[3] = [0.05, 0.05, 0.10, 0.10, 0.50, 0.20]  # after Q
+TABLE[4] = [0.05, 0.05, 0.40, 0.10, 0.10, 0.30]  # after x
+TABLE[5] = [0.05, 0.05, 0.20, 0.10, 0.40, 0.20]  # after y
+
+
+def _bigram_lm():
+    torch = pytest.importorskip("torch")
+    from unlearnkit.scoring import LM
+
+    class Decoder(torch.nn.Module):
+        def forward(self, input_ids, attention_mask=None):
+            return SimpleNamespace(last_hidden_state=torch.nn.functional.one_hot(input_ids, V).float())
+
+    class Bigram(torch.nn.Module):
+        """next-token distribution = TABLE[previous token]: hidden = one-hot, head = log TABLE."""
+
+        def __init__(self):
+            super().__init__()
+            self.decoder = Decoder()
+            self.head = torch.nn.Linear(V, V, bias=False)
+            with torch.no_grad():
+                self.head.weight.copy_(torch.tensor(np.log(TABLE).T, dtype=torch.float32))
+
+        def get_decoder(self):
+            return self.decoder
+
+        def get_output_embeddings(self):
+            return self.head
+
+    class Tok:
+        bos_token_id, eos_token_id, pad_token_id = 1, 2, 0
+        ids = {"Q": 3, "x": 4, "y": 5}
+
+        def __call__(self, texts, add_special_tokens=False):
+            one = lambda t: [self.ids[w] for w in t.split()]  # noqa: E731
+            return {"input_ids": one(texts) if isinstance(texts, str) else [one(t) for t in texts]}
+
+    return LM(Bigram(), Tok())
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_scoring_on_fixed_logit_table(batch_size):
+    lm = _bigram_lm()
+    # three answers of different lengths in one right-padded batch
+    out = lm.score(["Q", "Q", "Q"], ["x", "x y", "y y x"], stats=True, batch_size=batch_size)
+    a, b, c = out
+    np.testing.assert_allclose(a.logprobs, [L(0.5), L(0.4)], rtol=1e-6)  # x|Q, eos|x
+    np.testing.assert_allclose(b.logprobs, [L(0.5), L(0.3), L(0.2)], rtol=1e-6)  # x|Q, y|x, eos|y
+    np.testing.assert_allclose(c.logprobs, [L(0.2), L(0.2), L(0.4), L(0.4)], rtol=1e-6)
+    assert a.argmax_hits.tolist() == [True, True]
+    assert b.argmax_hits.tolist() == [True, False, False]
+    assert c.argmax_hits.tolist() == [False, False, True, True]
+    row = TABLE[3]
+    mu = float((row * np.log(row)).sum())
+    sd = math.sqrt(float((row * np.log(row) ** 2).sum()) - mu ** 2)
+    assert a.mu[0] == pytest.approx(mu, rel=1e-5) and a.sigma[0] == pytest.approx(sd, rel=1e-5)
+
+    assert tofu.answer_probability(a) == pytest.approx(math.sqrt(0.2), rel=1e-6)
+    assert tofu.exact_memorisation(b) == pytest.approx(1 / 3)
+    assert tofu.extraction_strength(a) == 1.0
+    assert tofu.extraction_strength(b) == 0.0
+    assert tofu.extraction_strength(c) == 0.5
+    # truth ratio of "x" (paraphrased) against "x y" and "y y x": exp(mean(L_b, L_c) - L_a)
+    la, lb, lc = -np.mean(np.log([0.5, 0.4])), -np.mean(np.log([0.5, 0.3, 0.2])), -np.mean(np.log([0.2, 0.2, 0.4, 0.4]))
+    assert tofu.truth_ratio(a, [b, c]) == pytest.approx(math.exp((lb + lc) / 2 - la), rel=1e-6)
+    assert mia.min_k_score(c, 0.5) == pytest.approx(L(0.2), rel=1e-6)
