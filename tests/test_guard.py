@@ -147,6 +147,15 @@ def test_calibration_meets_rate_on_held_out_prompts(guard, world):
     assert Guard(guard.dir).detector.threshold == pytest.approx(cal.threshold)
 
 
+def test_calibration_holds_in_every_group(guard, world):
+    groups = {"retain": [r.question for r in world.retain], "neighbours": [r.question for r in world.neighbours]}
+    cal = guard.calibrate(groups, false_refusal=0.02)
+    assert set(cal.per_group) == {"retain", "neighbours"}
+    assert all(v <= 0.02 for v in cal.per_group.values())
+    for name, prompts in groups.items():
+        assert np.mean([d.hit for d in guard.detect(prompts)]) <= 0.02, name
+
+
 def test_calibration_validates_input(guard):
     with pytest.raises(ValueError):
         calibrate(guard.detector, [], 0.01)
@@ -286,8 +295,9 @@ def test_what_must_hold_on_the_embedded_world(request, tmp_path):
     g.add_many(targets_from_world(w))
     recs = w.retain + w.neighbours
     rate = 0.02
-    cal = g.calibrate([r.question for r in recs], rate, positives=[r.paraphrased_question for r in w.forget])
-    assert cal.achieved <= rate and cal.recall == 1.0
+    cal = g.calibrate({"retain": [r.question for r in w.retain], "neighbours": [r.question for r in w.neighbours]},
+                      rate, positives=[r.paraphrased_question for r in w.forget])
+    assert cal.achieved <= rate and max(cal.per_group.values()) <= rate and cal.recall == 1.0
     held = [r.paraphrased_question for r in recs]
     assert np.mean([d.hit for d in g.detect(held)]) <= rate
     glm = GuardedLM(subject, g)

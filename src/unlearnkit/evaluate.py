@@ -100,7 +100,8 @@ def evaluate(lm, world, *, oracle: dict | None = None, suites: Sequence[str] = S
              verdict_options: dict | None = None) -> dict:
     """Evaluate `lm` on `world` (a `unlearnkit.data.io.WorldData`).
 
-    oracle: the result dict of `evaluate` on the oracle model (same world). Without it,
+    oracle: the result dict of `evaluate` on the oracle model (same world), or "self" when `lm` is
+      the oracle (its forget quality is then 1 and its PrivLeak 0 by construction). Without it,
       `forget_quality` and `privleak` are None (they compare with the oracle by definition; the
       model is never compared with itself). subject: the subject model's result, the reference for
       the utility verdict (else the oracle's). reference_lm: a model with `score`, for the reference
@@ -217,6 +218,9 @@ def evaluate(lm, world, *, oracle: dict | None = None, suites: Sequence[str] = S
     res: dict[str, Any] = {}
     split_out: dict[str, dict] = {}
     per_sample: dict[str, Any] = {"forget_ids": [r.id for r in splits_qa["forget"]]}
+    if isinstance(oracle, str) and oracle == "self":  # this model is the oracle: compare it with itself
+        res["per_sample"] = per_sample
+        oracle = res
 
     for s, recs in splits_qa.items():
         d: dict[str, Any] = {"n": len(recs)}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import shutil
 import time
@@ -22,6 +23,11 @@ import torch
 from .data.batching import Encoded, collate
 
 Loss = Callable[..., "tuple[torch.Tensor, dict]"]
+
+# Launched by torchrun / `accelerate launch --multi_gpu` on a machine without GPUs: accelerate only
+# picks gloo data parallelism (MULTI_CPU) when told it runs on CPU, before its state is first built.
+if "LOCAL_RANK" in os.environ and not torch.cuda.is_available():
+    os.environ.setdefault("ACCELERATE_USE_CPU", "true")
 
 
 @dataclass
@@ -39,15 +45,19 @@ class TrainConfig:
     save_every: int = 0             # checkpoint every N steps (0: never)
     log_every: int = 10
     mixed_precision: str = "no"     # no | bf16 | fp16
+    group_by_length: bool = False   # batch similar lengths together (less padding; changes which examples meet)
     extra: dict = field(default_factory=dict)
 
 
 class Plan:
-    """Which examples each step sees: a seeded permutation per epoch, grouped by length so that short
-    QA pairs are not padded to the width of a long document (buckets of 32 tokens), cut into global batches of
-    `batch_size * world`, then sliced by rank. A pure function of (seed, step): exactly resumable."""
+    """Which examples each step sees: a seeded permutation per epoch, cut into global batches of
+    `batch_size * world`, then sliced by rank. A pure function of (seed, step): exactly resumable.
 
-    def __init__(self, lengths: list[int], batch_size: int, seed: int, world: int = 1, group: int = 32):
+    With `group > 1`, each window of `group` batches is ordered by coarse length bucket (32 tokens)
+    before cutting, so short QA pairs are not padded to a document's width. Buckets, not exact
+    lengths: sorting by exact length clusters same-template questions and hurts optimisation."""
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int, world: int = 1, group: int = 0):
         self.lengths, self.gb, self.seed, self.world, self.group = lengths, batch_size * world, seed, world, group
         self.per_epoch = max(1, math.ceil(len(lengths) / self.gb))
         self._cache: dict[int, list[list[int]]] = {}
@@ -58,14 +68,13 @@ class Plan:
             perm = list(range(len(self.lengths)))
             rng.shuffle(perm)
             perm += perm[: self.per_epoch * self.gb - len(perm)]  # top up the last batch
-            span = self.gb * self.group
-            batches = []
-            for s in range(0, len(perm), span):  # sort within windows of `group` batches
-                # coarse buckets (stable sort keeps the shuffle inside a bucket): sorting by exact
-                # length would cluster same-template questions and hurt optimisation
-                window = sorted(perm[s:s + span], key=lambda i: self.lengths[i] // 32)
-                batches += [window[k:k + self.gb] for k in range(0, len(window), self.gb)]
-            rng.shuffle(batches)
+            if self.group > 1:
+                span = self.gb * self.group
+                perm = [i for s in range(0, len(perm), span)
+                        for i in sorted(perm[s:s + span], key=lambda i: self.lengths[i] // 32)]
+            batches = [perm[k:k + self.gb] for k in range(0, len(perm), self.gb)]
+            if self.group > 1:
+                rng.shuffle(batches)
             self._cache = {epoch: batches}
         return self._cache[epoch]
 
@@ -134,7 +143,8 @@ def train(model, loss_fn: Loss, streams: dict[str, list[Encoded]], cfg: TrainCon
         if not streams[name]:
             raise ValueError(f"training stream {name!r} is empty")
     steps = total_steps(cfg, len(streams[names[0]]), acc.num_processes)
-    plans = {name: Plan([len(e.input_ids) for e in streams[name]], cfg.batch_size, cfg.seed + 7919 * i, acc.num_processes)
+    plans = {name: Plan([len(e.input_ids) for e in streams[name]], cfg.batch_size, cfg.seed + 7919 * i, acc.num_processes,
+                        group=32 if cfg.group_by_length else 0)
              for i, name in enumerate(names)}
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
@@ -146,6 +156,8 @@ def train(model, loss_fn: Loss, streams: dict[str, list[Encoded]], cfg: TrainCon
     model.train()
 
     out = Path(out_dir) if out_dir else None
+    if out is not None and acc.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
     start = 0
     if out is not None and resume and (ck := _latest_checkpoint(out)) is not None:
         acc.load_state(str(ck))

@@ -138,7 +138,8 @@ def calibrate(guard_dir: Path = GUARD_DIR,
     """Set the detection threshold to a false-refusal rate on benign prompts."""
     from .index import ACTIONS
 
-    prompts, positives = [], None
+    groups: dict[str, list[str]] = {}
+    positives = None
     if world is not None:
         from ..data.io import DataError, load_world
 
@@ -146,13 +147,15 @@ def calibrate(guard_dir: Path = GUARD_DIR,
             w = load_world(world)
         except DataError as e:
             _fail(str(e))
-        recs = w.retain + w.neighbours
-        prompts += [r.question for r in recs] + [r.paraphrased_question for r in recs if r.paraphrased_question]
+        for split in ("retain", "neighbours"):  # the rate must hold in each
+            recs = getattr(w, split)
+            groups[split] = [r.question for r in recs] + [r.paraphrased_question for r in recs if r.paraphrased_question]
         positives = [r.paraphrased_question for r in w.forget if r.paraphrased_question]
     if benign is not None:
         if not benign.is_file():
             _fail(f"{benign}: file not found")
-        prompts += [ln.strip() for ln in benign.read_text().splitlines() if ln.strip()]
+        groups[benign.name] = [ln.strip() for ln in benign.read_text().splitlines() if ln.strip()]
+    prompts = {k: v for k, v in groups.items() if v}
     if not prompts:
         _fail("no benign prompts: give --world or --benign")
     if not 0 <= false_refusal < 1:

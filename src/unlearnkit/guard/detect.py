@@ -102,6 +102,7 @@ class Calibration:
     recall: float | None = None  # on positive prompts, if given
     n_positive: int = 0
     notes: list[str] = field(default_factory=list)
+    per_group: dict[str, float] = field(default_factory=dict)  # achieved rate per benign group
 
 
 class _NameIndex:
@@ -306,36 +307,45 @@ class Detector:
         return out
 
 
-def calibrate(detector: Detector, benign: list[str], false_refusal: float = 0.01,
+def calibrate(detector: Detector, benign: list[str] | dict[str, list[str]], false_refusal: float = 0.01,
               positives: list[str] | None = None, min_threshold: float = 0.5) -> Calibration:
     """Set `detector.threshold` so that at most `false_refusal` of the `benign` prompts are hit.
 
-    Name-channel hits on benign prompts count against the budget; the embedding threshold is
-    placed just above the (k+1)-th highest benign embedding score, k = the remaining budget, and
-    never below `min_threshold`. With `positives` (e.g. held-out paraphrases of forget questions)
-    the recall at the new threshold is reported too.
+    `benign` is a list of prompts or a dict of named groups (e.g. {"retain": [...], "neighbours":
+    [...]}); with groups the rate must hold in *every* group, so a small group that sits close to
+    the targets (neighbours) cannot absorb the whole budget. Name-channel hits count against a
+    group's budget; the embedding threshold is placed just above the (k+1)-th highest benign
+    embedding score of the group, k = the remaining budget; the final threshold is the largest over
+    the groups and never below `min_threshold`. With `positives` (e.g. held-out paraphrases of
+    forget questions) the recall at the new threshold is reported too.
     """
-    if not benign:
+    groups = benign if isinstance(benign, dict) else {"benign": list(benign)}
+    groups = {k: list(v) for k, v in groups.items() if len(v)}
+    if not groups:
         raise ValueError("calibration needs at least one benign prompt")
     if not 0 <= false_refusal < 1:
         raise ValueError(f"false_refusal must be in [0, 1), got {false_refusal}")
-    _, esim = detector.embed_scores(benign)
-    name_hit = np.array([detector.name_scores(p)[1] > 0 for p in benign])
-    n = len(benign)
-    budget = math.floor(false_refusal * n + 1e-9) - int(name_hit.sum())
-    notes = []
-    rest = np.sort(esim[~name_hit])[::-1]
-    if budget < 0:
-        notes.append(f"the name channel alone hits {int(name_hit.sum())}/{n} benign prompts, more than "
-                     f"the {false_refusal:.1%} asked for; the embedding channel is set to hit none")
-        budget = 0
-    thr = float(np.nextafter(rest[budget], np.inf)) if budget < len(rest) else min_threshold
-    if thr < min_threshold:
-        thr = min_threshold
+    notes, thr = [], min_threshold
+    scores = {}
+    for name, prompts in groups.items():
+        _, esim = detector.embed_scores(prompts)
+        name_hit = np.array([detector.name_scores(p)[1] > 0 for p in prompts])
+        scores[name] = (esim, name_hit)
+        n = len(prompts)
+        budget = math.floor(false_refusal * n + 1e-9) - int(name_hit.sum())
+        rest = np.sort(esim[~name_hit])[::-1]
+        if budget < 0:
+            notes.append(f"{name}: the name channel alone hits {int(name_hit.sum())}/{n} prompts, more than "
+                         f"the {false_refusal:.1%} asked for; the embedding channel is set to hit none")
+            budget = 0
+        if budget < len(rest):
+            thr = max(thr, float(np.nextafter(rest[budget], np.inf)))
     detector.threshold = thr
-    achieved = float((name_hit | (esim >= thr)).mean())
-    cal = Calibration(threshold=thr, false_refusal=false_refusal, achieved=achieved,
-                      name_channel_rate=float(name_hit.mean()), n_benign=n, notes=notes)
+    hits = np.concatenate([nh | (e >= thr) for e, nh in scores.values()])
+    names = np.concatenate([nh for _, nh in scores.values()])
+    cal = Calibration(threshold=thr, false_refusal=false_refusal, achieved=float(hits.mean()),
+                      name_channel_rate=float(names.mean()), n_benign=int(hits.size), notes=notes)
+    cal.per_group = {k: float((nh | (e >= thr)).mean()) for k, (e, nh) in scores.items()}
     if positives:
         det = detector.detect(positives)
         cal.recall = float(np.mean([d.hit for d in det]))

@@ -81,7 +81,7 @@ class Guard:
         if self.dir is not None:
             atomic_write_bytes(self.dir / "guard.json", self.settings.model_dump_json(indent=2).encode())
 
-    def calibrate(self, benign: list[str], false_refusal: float = 0.01,
+    def calibrate(self, benign: list[str] | dict[str, list[str]], false_refusal: float = 0.01,
                   positives: list[str] | None = None) -> Calibration:
         """Calibrate the detector's threshold (see `detect.calibrate`) and save it."""
         cal = calibrate(self.detector, benign, false_refusal, positives)

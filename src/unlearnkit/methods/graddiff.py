@@ -39,7 +39,7 @@ def _kl_retain(model, batch, ctx):
 
 
 @register("graddiff", "Gradient difference: ascend on forget, descend on retain (NLL or KL)", needs_retain=True,
-          prepare=_prepare, lr=2e-3, epochs=4, batch_size=16, gamma=1.0, alpha=1.0, retain_loss="nll", kl_topk=32)
+          prepare=_prepare, lr=5e-4, epochs=4, batch_size=16, gamma=1.0, alpha=5.0, retain_loss="nll", kl_topk=32)
 def loss(model, batch, ctx):
     p = ctx["params"]
     forget_nll = nll(model, batch["forget"])

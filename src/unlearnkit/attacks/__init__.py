@@ -1,0 +1,257 @@
+"""Attacks that try to bring forgotten knowledge back, and how much they recover.
+
+    from unlearnkit.attacks import run_attack
+    res = run_attack("relearn", "runs/unlearned/model", "runs/w", subject="runs/subject", oracle="runs/oracle")
+    res["recovery"], res["oracle_recovery"]
+
+Every attack is a *plan*: the forget records it is measured on (for relearn and incontext, the part
+of the forget set the attack does not touch) and one or more *variants*. A variant changes the
+prompts (probes, facts in the context) or a private copy of the weights (relearning, quantization).
+The model, the subject and the oracle are each measured plainly (bare questions, own weights) and
+under every variant, on the same records, with `recovery.forget_metrics`; `recovery.recovery` turns
+those numbers into the recovery score (its docstring has the definition). The headline `recovery`
+is the strongest variant's (the defender's worst case).
+
+Inputs: `model`, `subject`, `oracle` are checkpoint paths, `scoring.LM` objects, (model, tokenizer)
+pairs or Hugging Face models whose tokenizer loads from `name_or_path`. Weight attacks (relearn,
+quantize) need weights; prompt attacks (probes, incontext) work with anything that has
+`score`/`generate` (a guarded model). Source checkpoints are never written to.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .recovery import MIN_GAP, RECOVERY_METRICS, forget_metrics, recovery
+
+ATTACKS: dict[str, str] = {
+    "relearn": "fine-tune a few steps on part of the forget set (or on neighbour data), evaluate on the rest",
+    "quantize": "round-to-nearest weight quantization (8 and 4 bits, per channel or per group), then evaluate",
+    "probes": "held-out paraphrases, fill-in-the-blank, multiple choice, conversation, many-shot and step-by-step prompts",
+    "incontext": "put part of each forgotten person's facts in the prompt and ask about the rest",
+}
+
+ROLES = ("model", "subject", "oracle")
+
+
+@dataclass
+class Variant:
+    """One way of attacking: new prompts for the plan's records and/or a transform of the weights."""
+    prompts: list[str] | None = None           # one per plan record; None: the bare questions
+    transform: Callable | None = None          # (net, tok) -> (net, info); gets a private copy
+    extra: Callable | None = None              # lm -> dict of extra metrics (e.g. multiple-choice accuracy)
+    info: dict = field(default_factory=dict)
+
+
+@dataclass
+class Plan:
+    records: list                              # the forget records measured
+    variants: dict[str, Variant]
+    options: dict                              # the attack's options, defaults filled in
+    info: dict = field(default_factory=dict)   # what was used (relearn ids, ...)
+    notes: list[str] = field(default_factory=list)
+
+
+def _module(kind: str):
+    if kind not in ATTACKS:
+        raise KeyError(f"unknown attack {kind!r}; valid attacks: {', '.join(ATTACKS)}")
+    from importlib import import_module
+
+    return import_module(f"{__name__}.{kind}")
+
+
+def make_plan(kind: str, world, *, seed: int = 0, **options) -> Plan:
+    """The attack's plan on a `WorldData` (no model needed)."""
+    mod = _module(kind)
+    import inspect
+
+    allowed = set(inspect.signature(mod.plan).parameters) - {"world", "seed"}
+    unknown = set(options) - allowed
+    if unknown:
+        raise ValueError(f"attack {kind!r} has no option {sorted(unknown)[0]!r}; its options: {', '.join(sorted(allowed))}")
+    return mod.plan(world, seed=seed, **options)
+
+
+# ------------------------------------------------------------------------------ model handling
+
+class _Target:
+    """A model to attack: an LM for prompts, and weights + tokenizer for weight attacks (lazily)."""
+
+    def __init__(self, x, role: str):
+        self.x, self.role = x, role
+        self._lm = self._net = self._tok = None
+
+    def name(self) -> str:
+        return str(self.x) if isinstance(self.x, (str, Path)) else type(self.x).__name__
+
+    def weights(self):
+        if self._net is None:
+            from ..models.load import load_model
+            from ..scoring import LM
+
+            x = self.x
+            if isinstance(x, (str, Path)):
+                self._net, self._tok = load_model(x)
+            elif isinstance(x, LM):
+                self._net, self._tok = x.model, x.tokenizer
+            elif isinstance(x, tuple) and len(x) == 2:
+                self._net, self._tok = x
+            elif hasattr(x, "forward") and hasattr(x, "parameters"):
+                from transformers import AutoTokenizer
+
+                src = getattr(x, "name_or_path", None) or getattr(getattr(x, "config", None), "_name_or_path", None)
+                if not src:
+                    raise ValueError(f"{self.role}: a bare model without a tokenizer; pass (model, tokenizer) or a checkpoint path")
+                self._net, self._tok = x, AutoTokenizer.from_pretrained(src)
+            else:
+                raise ValueError(f"{self.role}: weight attacks (relearn, quantize) need a checkpoint path, a scoring.LM or "
+                                 f"(model, tokenizer); got {type(x).__name__}")
+        return self._net, self._tok
+
+    def lm(self):
+        if self._lm is None:
+            x = self.x
+            if hasattr(x, "score") and hasattr(x, "generate") and not hasattr(x, "forward"):
+                self._lm = x
+            else:
+                from ..scoring import LM
+
+                self._lm = LM(*self.weights())
+        return self._lm
+
+    def attacked(self, v: Variant):
+        """(LM, info) under variant `v`'s weight transform (on a private copy), or the plain LM."""
+        if v.transform is None:
+            return self.lm(), {}
+        from ..scoring import LM
+
+        net, tok = self.weights()
+        net, info = v.transform(copy.deepcopy(net), tok)
+        net.eval()
+        return LM(net, tok), info
+
+
+def _subject_from_run(model) -> str | None:
+    """The source model recorded in an `unlearn forget` run directory (`<run>/config.yaml`)."""
+    if not isinstance(model, (str, Path)):
+        return None
+    import yaml
+
+    cfg = Path(model).parent / "config.yaml"
+    if Path(model).name not in ("model", "adapter") or not cfg.is_file():
+        return None
+    try:
+        src = (yaml.safe_load(cfg.read_text()) or {}).get("model")
+    except Exception:  # noqa: BLE001 - not a run directory's config
+        return None
+    if src and Path(src).exists():
+        return str(src)
+    return None
+
+
+def _key(kind, options, seed, data, role_input) -> str | None:
+    from .. import runinfo
+
+    if not isinstance(role_input, (str, Path)):
+        return None
+    return json.dumps([kind, options, seed, runinfo.data_hash(data), str(Path(role_input).resolve())], sort_keys=True)
+
+
+# ------------------------------------------------------------------------------ the one entry point
+
+def run_attack(kind: str, model, data, *, subject=None, oracle=None, seed: int = 0, reuse: dict | None = None,
+               progress: bool = False, min_gap: float = MIN_GAP, **options) -> dict:
+    """Attack `model` on world `data` (a directory) and report the forget metrics and the recovery.
+
+    kind: one of `ATTACKS`. subject: the model before unlearning (needed for recovery; found in the
+    run directory's config.yaml when `model` is `<run>/model`). oracle: the model never trained on the
+    forget set, attacked the same way as the baseline of what the attack itself teaches. reuse: an
+    earlier result of the same attack, options, seed and world whose subject and oracle measurements
+    are taken over (they do not depend on the attacked model). options: the attack's own (see
+    `unlearnkit.attacks.<kind>.plan`), e.g. relearn `steps`, `lr`, `fraction`, `source`; quantize
+    `bits`, `group_size`; probes `kinds`, `shots`; incontext `fraction`.
+    Returns a JSON-serialisable dict; see docs/robustness.md for its fields.
+    """
+    from .. import runinfo
+    from ..data.io import load_world
+    from ..evaluate import _clean
+
+    t0 = time.perf_counter()
+    w = load_world(data)
+    p = make_plan(kind, w, seed=seed, **options)
+    notes = list(p.notes)
+    if subject is None and (found := _subject_from_run(model)) is not None:
+        subject = found
+        notes.append(f"subject taken from the run directory's config.yaml: {found}")
+    if subject is None:
+        notes.append("no subject given: recovery cannot be computed (it is measured against the subject)")
+    inputs = {"model": model, "subject": subject, "oracle": oracle}
+    reused = {}
+    for role in ("subject", "oracle"):
+        k = _key(kind, p.options, seed, data, inputs[role])
+        if reuse and k is not None and (reuse.get("keys") or {}).get(role) == k:
+            reused[role] = reuse
+    plain, attacked, vinfo = {}, {name: {} for name in p.variants}, {name: dict(v.info) for name, v in p.variants.items()}
+    for role in ROLES:
+        if inputs[role] is None:
+            continue
+        if role in reused:
+            plain[role] = reused[role]["plain"][role]
+            for name in p.variants:
+                attacked[name][role] = reused[role]["variants"][name][role]
+            continue
+        target = _Target(inputs[role], role)
+        plain[role] = forget_metrics(target.lm(), p.records)
+        for name, v in p.variants.items():
+            t = time.perf_counter()
+            lm, info = target.attacked(v)
+            m = forget_metrics(lm, p.records, v.prompts)
+            if v.extra is not None:
+                m.update(v.extra(lm))
+            m["info"] = info
+            m["seconds"] = time.perf_counter() - t
+            attacked[name][role] = m
+            del lm
+    variants = {}
+    for name in p.variants:
+        a = attacked[name]
+        entry = {"info": vinfo[name], **{r: a[r] for r in ROLES if r in a}}
+        if "subject" in plain:
+            entry["recovery"] = recovery(plain["model"], a["model"], plain["subject"], a["subject"], min_gap=min_gap)
+            if "oracle" in plain:
+                entry["oracle_recovery"] = recovery(plain["oracle"], a["oracle"], plain["subject"], a["subject"],
+                                                    min_gap=min_gap)
+                entry["excess_recovery"] = entry["recovery"]["score"] - entry["oracle_recovery"]["score"]
+        variants[name] = entry
+    res = {"attack": kind, "description": ATTACKS[kind], "options": p.options, "seed": seed, "data": str(data),
+           "n_eval": len(p.records), "eval_ids": [r.id for r in p.records], "plan": p.info, "plain": plain,
+           "variants": variants}
+    scored = {n: v for n, v in variants.items() if "recovery" in v}
+    if scored:
+        best = max(scored, key=lambda n: scored[n]["recovery"]["score"])
+        v = scored[best]
+        res.update({"recovery": v["recovery"]["score"], "recovery_variant": best,
+                    **{f"recovery_{m}": v["recovery"]["recovery"][m] for m in RECOVERY_METRICS},
+                    "oracle_recovery": v["oracle_recovery"]["score"] if "oracle_recovery" in v else None,
+                    "excess_recovery": v.get("excess_recovery")})
+        for m in RECOVERY_METRICS:
+            res[f"attacked_{m}"] = v["model"][m]
+            res[f"plain_{m}"] = plain["model"][m]
+    else:
+        res.update({"recovery": None, "recovery_variant": None, "oracle_recovery": None, "excess_recovery": None})
+    res["notes"] = notes
+    res["keys"] = {role: _key(kind, p.options, seed, data, inputs[role]) for role in ("subject", "oracle")}
+    res["info"] = {role: (_Target(x, role).name() if x is not None else None) for role, x in inputs.items()}
+    res["info"].update(seconds=time.perf_counter() - t0, versions=runinfo.versions(), data_hash=runinfo.data_hash(data))
+    return _clean(res)
+
+
+def list_attacks() -> list[tuple[str, str]]:
+    return list(ATTACKS.items())
+
+
+__all__ = ["ATTACKS", "Plan", "Variant", "make_plan", "run_attack", "list_attacks", "recovery", "forget_metrics"]

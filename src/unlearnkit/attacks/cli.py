@@ -1,0 +1,65 @@
+"""`unlearn attack`: try to bring forgotten knowledge back and report how much came back.
+
+Mounted by `unlearnkit.cli` as `app.command("attack")(friendly(attack))`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def _bits(text: str) -> list[int]:
+    try:
+        return [int(b) for b in text.split(",") if b.strip()]
+    except ValueError:
+        raise ValueError(f"--bits {text!r}: expected comma-separated integers, e.g. 8,4") from None
+
+
+def attack(model: str = typer.Option(..., help="Checkpoint dir (e.g. RUN/model) or hub id of the unlearned model; never modified."),
+           data: Path = typer.Option(..., help="World directory with forget.jsonl."),
+           kind: str = typer.Option(..., help="Attack: relearn | quantize | probes | incontext."),
+           oracle: Optional[str] = typer.Option(None, help="Oracle checkpoint, attacked the same way: the baseline of what the attack itself teaches."),
+           subject: Optional[str] = typer.Option(None, help="Subject checkpoint (before unlearning); default: the `model` of RUN/config.yaml."),
+           out: Path = typer.Option(..., help="Results JSON to write."),
+           seed: int = typer.Option(0, help="Seed for the data split, option order and relearning."),
+           steps: int = typer.Option(20, help="relearn: optimizer steps."),
+           lr: float = typer.Option(3e-4, help="relearn: learning rate."),
+           fraction: float = typer.Option(0.5, help="relearn: fraction of forget people/facts (or neighbours) relearned; incontext: fraction of each person's facts put in the prompt."),
+           source: str = typer.Option("people", help="relearn: people | facts | neighbours."),
+           bits: str = typer.Option("8,4", help="quantize: comma-separated bit widths."),
+           group_size: int = typer.Option(0, help="quantize: input columns per scale (0: one scale per output channel)."),
+           probes: str = typer.Option("all", help="probes: comma-separated kinds (paraphrase, fill_blank, multiple_choice, conversation, many_shot, step_by_step) or all."),
+           shots: int = typer.Option(8, help="probes: retain examples in the many-shot prompt.")):
+    """Attack an unlearned model (relearning, quantization, probes, facts in context) and report the forget
+    metrics after the attack and the recovery: the share of the subject-vs-model gap the attack closes."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from .. import runinfo
+    from . import ATTACKS, run_attack
+    from .probes import KINDS as PROBE_KINDS
+
+    if kind not in ATTACKS:
+        raise KeyError(f"unknown attack {kind!r}; valid attacks: {', '.join(ATTACKS)}")
+    opts: dict = {
+        "relearn": dict(steps=steps, lr=lr, fraction=fraction, source=source),
+        "quantize": dict(bits=_bits(bits), group_size=group_size),
+        "probes": dict(kinds=list(PROBE_KINDS) if probes == "all" else probes, shots=shots),
+        "incontext": dict(fraction=fraction),
+    }[kind]
+    res = run_attack(kind, model, data, subject=subject, oracle=oracle, seed=seed, **opts)
+    runinfo.write_json(out, res)
+    table = Table(title=f"attack: {kind}")
+    for col in ("variant", "rouge before", "rouge after", "prob before", "prob after", "recovery", "oracle recovery"):
+        table.add_column(col, justify="right")
+    f = lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731
+    for name, v in res["variants"].items():
+        table.add_row(name, f(res["plain"]["model"]["forget_rouge"]), f(v["model"]["forget_rouge"]),
+                      f(res["plain"]["model"]["forget_probability"]), f(v["model"]["forget_probability"]),
+                      f((v.get("recovery") or {}).get("score")), f((v.get("oracle_recovery") or {}).get("score")))
+    Console().print(table)
+    for note in res["notes"]:
+        Console(stderr=True).print(f"note: {note}", highlight=False)
+    Console().print(f"recovery {f(res['recovery'])} ({res['recovery_variant']})   results: {out}")

@@ -1,0 +1,81 @@
+"""Quantization attack: round the weights of a copy of the model to 8 and 4 bits and evaluate.
+
+Zhang et al. 2025 ("Catastrophic failure of LLM unlearning via quantization", ICLR) found that
+unlearning with small learning rates moves the weights less than one 4-bit quantization step, so
+the quantized unlearned model rounds back to (nearly) the quantized subject and answers again.
+
+Here the quantization is simulated on CPU ("fake quantization": quantize, then dequantize to float):
+symmetric round-to-nearest, w_q = clamp(round(w / s), -q, q) * s with q = 2^(bits-1) - 1 and
+s = max|w| / q taken per output channel (one scale per row of a Linear weight; `group_size=0`) or per
+group of `group_size` consecutive input columns of each row (as GPTQ/AWQ/llama.cpp groups, e.g. 128;
+a row whose width is not a multiple falls back to per-channel). Every `torch.nn.Linear` is quantized;
+the embedding (and an output head tied to it) only with `embeddings=True`, as in common 4/8-bit
+inference setups. Biases and norms stay in full precision. Reported per variant: the mean relative
+weight error ||W_q - W||_F / ||W||_F over the quantized tensors.
+
+On a GPU, real low-bit kernels give the deployed model's behaviour: load the checkpoint with
+`transformers.BitsAndBytesConfig(load_in_8bit=True)` or `(load_in_4bit=True, bnb_4bit_quant_type="nf4")`
+(bitsandbytes), or a GPTQ/AWQ export, wrap it as `unlearnkit.scoring.LM(model, tokenizer)` and pass
+it to `unlearnkit.api.evaluate` (docs/robustness.md). Round-to-nearest is the simplest of these and
+the one the paper shows is enough.
+"""
+from __future__ import annotations
+
+import torch
+
+from . import Plan, Variant
+
+
+@torch.no_grad()
+def fake_quantize(w: torch.Tensor, bits: int, group_size: int = 0) -> torch.Tensor:
+    """Symmetric round-to-nearest quantization of a 2-D weight (out, in), dequantized back to its dtype."""
+    if bits < 2 or bits > 16:
+        raise ValueError(f"bits must be between 2 and 16, got {bits}")
+    q = 2 ** (bits - 1) - 1
+    x = w.detach().float()
+    rows, cols = x.shape
+    grouped = group_size and group_size > 0 and cols % group_size == 0 and group_size < cols
+    g = x.reshape(rows, cols // group_size, group_size) if grouped else x.reshape(rows, 1, cols)
+    scale = g.abs().amax(dim=-1, keepdim=True).clamp_min(1e-12) / q
+    out = (torch.round(g / scale).clamp_(-q, q) * scale).reshape(rows, cols)
+    return out.to(w.dtype)
+
+
+@torch.no_grad()
+def quantize_model(net, bits: int, group_size: int = 0, embeddings: bool = False) -> dict:
+    """Fake-quantize `net` in place; returns {"n_tensors", "mean_relative_error", "skipped"}."""
+    emb = net.get_input_embeddings() if hasattr(net, "get_input_embeddings") else None
+    emb_w = emb.weight if emb is not None else None
+    errors, skipped, done = [], [], set()
+    mods = [(n, m) for n, m in net.named_modules() if isinstance(m, torch.nn.Linear)]
+    if embeddings and emb is not None:
+        mods.append(("embed_tokens", emb))
+    for name, m in mods:
+        w = m.weight
+        if id(w) in done:
+            continue
+        if w is emb_w and not embeddings:
+            skipped.append(f"{name} (tied to the input embedding)")
+            continue
+        done.add(id(w))
+        new = fake_quantize(w, bits, group_size)
+        errors.append(float((new.float() - w.float()).norm() / w.float().norm().clamp_min(1e-12)))
+        w.copy_(new)
+    return {"n_tensors": len(errors), "mean_relative_error": sum(errors) / max(1, len(errors)), "skipped": skipped}
+
+
+def plan(world, *, seed: int = 0, bits=(8, 4), group_size: int = 0, embeddings: bool = False) -> Plan:
+    bits = [int(b) for b in ([bits] if isinstance(bits, (int, str)) else bits)]
+    for b in bits:
+        if b < 2 or b > 16:
+            raise ValueError(f"quantize bits must be between 2 and 16, got {b}")
+    if group_size < 0:
+        raise ValueError(f"group_size must be >= 0 (0: per output channel), got {group_size}")
+    variants = {}
+    for b in bits:
+        def transform(net, tok, b=b):
+            return net, quantize_model(net, b, group_size, embeddings)
+        name = f"int{b}" + (f"-g{group_size}" if group_size else "")
+        variants[name] = Variant(transform=transform, info={"bits": b, "group_size": group_size,
+                                                            "granularity": f"group {group_size}" if group_size else "per channel"})
+    return Plan(list(world.forget), variants, {"bits": bits, "group_size": group_size, "embeddings": embeddings})

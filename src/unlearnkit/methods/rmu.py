@@ -1,0 +1,100 @@
+"""Representation Misdirection for Unlearning (RMU).
+
+    L = mean_forget || h_l(x) - c * u ||^2  +  alpha * mean_retain || h_l(x) - h_l^frozen(x) ||^2
+
+with h_l the residual stream after decoder layer l (on forget: at the positions that predict answer
+tokens, `forget_tokens="answer"`, since QA prompts share their templates with retain prompts; the
+paper's setting, every token of a forget document, is `forget_tokens="all"`; on retain: every token),
+u a fixed random direction (uniform in [0, 1)^d, normalised; seeded), c the steering coefficient and
+h^frozen the starting model's activations. Only the MLP down-projections of layers l-2..l train.
+Li et al. 2024, "The WMDP Benchmark: Measuring and Reducing Malicious Use With Unlearning" (their
+Zephyr-7B setting: l=7, layers 5-7, c=6.5, alpha=1200, lr 5e-5). Here `layer=-1` means a quarter of the
+way in (layer 1 of the tiny model's 2, 8 of 32), and `steering_coeff=0` means `steering_scale` times the mean norm of the frozen
+forget activations, so the defaults carry across model sizes.
+
+Frozen retain activations are cached once before training when they fit in `cache_mb` (CPU);
+otherwise the starting values of the few trained matrices are kept, and the frozen pass swaps them
+in under no_grad (one extra forward up to layer l, no second model).
+"""
+import torch
+
+from ..scoring import backbone_and_head
+from .cache import activation_bytes, cache_activations, hidden_at
+from .registry import register
+
+
+def _layer(model, p) -> int:
+    n = backbone_and_head(model)[0].config.num_hidden_layers
+    return p["layer"] if p["layer"] >= 0 else max(1, n // 4) if n > 1 else 0
+
+
+def _trained(model, layer: int) -> list[torch.nn.Parameter]:
+    layers = backbone_and_head(model)[0].layers
+    return [layers[i].mlp.down_proj.weight for i in range(max(0, layer - 2), layer + 1)]
+
+
+def trainable(model, params=None):
+    """Freeze everything but the MLP down-projections of layers l-2..l."""
+    from .registry import REGISTRY
+
+    p = {**REGISTRY["rmu"].params, **(params or {})}
+    keep = {id(w) for w in _trained(model, _layer(model, p))}
+    for w in model.parameters():
+        w.requires_grad_(id(w) in keep)
+
+
+def prepare(model, streams, ctx):
+    p = ctx["params"]
+    if not hasattr(model, "peft_config"):  # under LoRA the adapter is what trains
+        trainable(model, p)
+    layer = ctx["rmu_layer"] = _layer(model, p)
+    g = torch.Generator().manual_seed(p["seed"])
+    u = torch.rand(model.config.hidden_size, generator=g)
+    coeff = p["steering_coeff"]
+    if not coeff:
+        norms = cache_activations(model, streams["forget"], ctx["pad_id"], layer).rows
+        coeff = p["steering_scale"] * torch.cat(norms).norm(dim=-1).mean().item()
+    ctx["rmu_target"] = coeff * u / u.norm()
+    if activation_bytes(model, streams["retain"]) <= p["cache_mb"] * 2**20:
+        ctx["retain_frozen"] = cache_activations(model, streams["retain"], ctx["pad_id"], layer)
+    else:
+        ctx["frozen_weights"] = [w.detach().clone() for w in _trained(model, layer)]
+
+
+def _frozen_hidden(model, batch, ctx):
+    if "retain_frozen" in ctx:
+        return ctx["retain_frozen"].gather(batch["index"], batch["input_ids"].shape[1], batch["input_ids"].device)
+    weights = _trained(model, ctx["rmu_layer"])
+    live = [w.data for w in weights]
+    with torch.no_grad():
+        try:
+            for w, f in zip(weights, ctx["frozen_weights"]):
+                w.data = f.to(w.device, w.dtype)
+            return hidden_at(model, ctx["rmu_layer"], batch["input_ids"], batch["attention_mask"]).float()
+        finally:
+            for w, d in zip(weights, live):
+                w.data = d
+
+
+def _masked_mse(h, target, mask):
+    return ((h.float() - target).square().mean(-1) * mask).sum() / mask.sum()
+
+
+@register("rmu", "Representation Misdirection: steer one layer's activations on forget to a random direction",
+          needs_retain=True, prepare=prepare, trainable=trainable, lr=1e-2, epochs=10, batch_size=16,
+          layer=-1, steering_coeff=0.0, steering_scale=1.0, alpha=3.0, forget_tokens="answer", seed=0, cache_mb=1024)
+def loss(model, batch, ctx):
+    f, r, layer = batch["forget"], batch["retain"], ctx["rmu_layer"]
+    h_f = hidden_at(model, layer, f["input_ids"], f["attention_mask"])
+    if ctx["params"]["forget_tokens"] == "answer":  # the positions that predict answer tokens
+        mask = torch.zeros_like(f["attention_mask"])
+        mask[:, :-1] = f["labels"][:, 1:] != -100
+    else:
+        mask = f["attention_mask"]
+    forget = _masked_mse(h_f, ctx["rmu_target"].to(h_f.device), mask)
+    h_r = hidden_at(model, layer, r["input_ids"], r["attention_mask"])
+    retain = _masked_mse(h_r, _frozen_hidden(model, r, ctx), r["attention_mask"])
+    total = forget + ctx["params"]["alpha"] * retain
+    # every trainable tensor in the graph, so DDP's reducer also sees those after layer l (LoRA)
+    total = total + 0.0 * sum(w.view(-1)[0] for w in model.parameters() if w.requires_grad)
+    return total, {"forget_mse": forget.detach(), "retain_mse": retain.detach()}

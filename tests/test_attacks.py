@@ -1,0 +1,180 @@
+"""Attacks and the recovery score: the pure parts by hand, then on the embedded 20-person world."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from unlearnkit.attacks import ATTACKS, make_plan, run_attack
+from unlearnkit.attacks.probes import KINDS, option_value
+from unlearnkit.attacks.quantize import fake_quantize, quantize_model
+from unlearnkit.attacks.recovery import recovery
+from unlearnkit.attacks.relearn import split
+
+
+def _m(rouge, prob):
+    return {"forget_rouge": rouge, "forget_probability": prob}
+
+
+# ------------------------------------------------------------------------------ recovery, by hand
+
+def test_recovery_by_hand():
+    # model 0.2 -> 0.5 under attack; the attacked subject reaches 0.8: (0.5 - 0.2) / (0.8 - 0.2) = 0.5
+    r = recovery(_m(0.2, 0.1), _m(0.5, 0.1), _m(1.0, 0.9), _m(0.8, 0.9))
+    assert r["recovery"]["forget_rouge"] == pytest.approx(0.5)
+    assert r["recovery"]["forget_probability"] == 0.0
+    assert r["score"] == pytest.approx(0.25)
+    assert r["raw"]["forget_rouge"]["gap"] == pytest.approx(0.8)
+    assert r["raw"]["forget_rouge"]["ceiling"] == pytest.approx(0.6)
+    assert not r["notes"]
+    # clipped to [0, 1]: beyond the attacked subject, and below the unattacked model
+    assert recovery(_m(0.2, 0.1), _m(0.95, 0.0), _m(1.0, 0.9), _m(0.8, 0.9))["recovery"] == {"forget_rouge": 1.0, "forget_probability": 0.0}
+
+
+def test_recovery_zero_with_a_note_when_nothing_to_recover():
+    same = _m(0.9, 0.8)
+    r = recovery(same, _m(0.5, 0.99), same, _m(0.7, 0.99))  # the subject attacked against itself
+    assert r["recovery"] == {"forget_rouge": 0.0, "forget_probability": 0.0}
+    assert len(r["notes"]) == 2 and all("nothing to recover" in n for n in r["notes"])
+    # the attack does not elicit the knowledge from the subject either
+    r = recovery(_m(0.1, 0.1), _m(0.3, 0.1), _m(0.9, 0.9), _m(0.12, 0.9))
+    assert r["recovery"]["forget_rouge"] == 0.0
+    assert any("does not elicit" in n for n in r["notes"])
+
+
+# ------------------------------------------------------------------------------ pieces without a model
+
+def test_fake_quantize_grid_and_error():
+    torch.manual_seed(0)
+    w = torch.randn(16, 64)
+    errs = {}
+    for bits in (8, 4, 2):
+        q = fake_quantize(w, bits)
+        for row, qrow in zip(w, q):  # values on a symmetric grid of 2^(b-1)-1 steps each side
+            assert len(torch.unique(qrow)) <= 2 ** bits - 1
+            assert qrow.abs().max() == pytest.approx(row.abs().max().item(), rel=1e-5)
+        errs[bits] = float((q - w).norm() / w.norm())
+    assert errs[8] < 0.01 < errs[4] < errs[2]
+    assert float((fake_quantize(w, 4, 16) - w).norm() / w.norm()) < errs[4]  # per group is finer
+    lin = torch.nn.Sequential(torch.nn.Linear(64, 16), torch.nn.Linear(16, 4))
+    info = quantize_model(lin, 4)
+    assert info["n_tensors"] == 2 and 0 < info["mean_relative_error"] < 0.2
+
+
+def test_plans(tiny_world):
+    from unlearnkit.data.io import load_world
+
+    w = load_world(tiny_world.data_dir)
+    for source in ("people", "facts", "neighbours"):
+        train, ev = split(w, source, 0.5, seed=0)
+        assert train and ev
+        assert not {r.id for r in train} & {r.id for r in ev}
+        assert [r.id for r in train] == [r.id for r in split(w, source, 0.5, seed=0)[0]]  # deterministic
+    train, ev = split(w, "people", 0.5, seed=0)
+    assert not {r.subject for r in train} & {r.subject for r in ev}
+    p = make_plan("probes", w)
+    assert list(p.variants) == list(KINDS)
+    assert all(len(v.prompts) == len(p.records) for v in p.variants.values())
+    assert p.variants["paraphrase"].prompts == [r.paraphrased_question for r in w.forget]
+    assert all("___" in x for x in p.variants["fill_blank"].prompts)
+    p = make_plan("incontext", w, fraction=0.5)
+    ctx = set(p.info["context_ids"])
+    assert p.records and not ctx & {r.id for r in p.records}
+    assert option_value("She works as a potter.", "potter", "She works as an architect.") == "architect"
+    assert option_value("She wrote Foxglove Summer.", "Foxglove Summer", "She wrote The Hollow Crown.") == "The Hollow Crown"
+    with pytest.raises(KeyError, match="valid attacks: relearn, quantize, probes, incontext"):
+        make_plan("jailbreak", w)
+    with pytest.raises(ValueError, match="has no option 'bits'"):
+        make_plan("relearn", w, bits=4)
+    with pytest.raises(ValueError, match="valid kinds"):
+        make_plan("probes", w, kinds="riddle")
+    assert set(ATTACKS) == {"relearn", "quantize", "probes", "incontext"}
+
+
+# ------------------------------------------------------------------------------ on the embedded world
+
+@pytest.fixture(scope="module")
+def weak(tiny_world, tmp_path_factory):
+    """A weakly unlearned model: a few gradient-ascent steps."""
+    from unlearnkit import api
+
+    run = api.forget(tiny_world.subject_dir, tiny_world.data_dir, "ga", tmp_path_factory.mktemp("weak") / "run",
+                     steps=10, progress=False)
+    return run / "model"
+
+
+def test_subject_has_nothing_to_recover(tiny_world):
+    res = run_attack("quantize", tiny_world.subject_dir, tiny_world.data_dir, subject=tiny_world.subject_dir, bits=[4])
+    assert res["recovery"] == 0.0
+    v = res["variants"]["int4"]
+    assert v["recovery"]["recovery"] == {"forget_rouge": 0.0, "forget_probability": 0.0}
+    assert all("nothing to recover" in n for n in v["recovery"]["notes"])
+    assert 0 < v["model"]["info"]["mean_relative_error"] < 0.2
+
+
+def _digest(path):
+    import hashlib
+
+    return {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(path.iterdir()) if f.is_file()}
+
+
+def test_relearn_recovers_hidden_knowledge_not_taught_knowledge(tiny_world, weak):
+    """The weakly unlearned model gets the held-out forget people back; the oracle, which never knew
+    them, only gets what relearning the other people teaches (close to nothing)."""
+    before = _digest(weak)
+    res = run_attack("relearn", weak, tiny_world.data_dir, oracle=tiny_world.oracle_dir, seed=0,
+                     steps=20, lr=3e-4, fraction=0.5, source="people")
+    assert _digest(weak) == before  # the source checkpoint is never written
+    assert any("config.yaml" in n for n in res["notes"])  # subject found in the run directory
+    assert res["plan"]["relearn_people"] and res["n_eval"] == 10
+    plain, after = res["plain"]["model"], res["variants"]["relearn-people"]["model"]
+    subj = res["plain"]["subject"]
+    assert subj["forget_rouge"] - plain["forget_rouge"] > 0.2  # unlearning did remove something
+    assert after["forget_rouge"] > plain["forget_rouge"] + 0.1  # and relearning brings it back
+    assert res["recovery"] > 0.3
+    assert res["oracle_recovery"] < 0.2
+    assert res["excess_recovery"] > 0.2
+    json.dumps(res)  # serialisable
+
+
+def test_prompt_attacks_run_on_any_lm(tiny_world, weak):
+    from unlearnkit.api import as_lm
+
+    lm, _ = as_lm(weak)
+
+    class Wrapped:  # an LM-like object without weights, e.g. a guard
+        def score(self, *a, **k):
+            return lm.score(*a, **k)
+
+        def generate(self, *a, **k):
+            return lm.generate(*a, **k)
+
+    res = run_attack("probes", Wrapped(), tiny_world.data_dir, subject=tiny_world.subject_dir,
+                     oracle=tiny_world.oracle_dir, kinds=["paraphrase", "multiple_choice"])
+    for name in ("paraphrase", "multiple_choice"):
+        v = res["variants"][name]
+        assert 0.0 <= v["recovery"]["score"] <= 1.0
+        assert {"forget_rouge", "forget_probability", "forget_truth_ratio", "forget_exact_match"} <= set(v["model"])
+    assert 0.0 <= res["variants"]["multiple_choice"]["model"]["mc_accuracy"] <= 1.0
+    res = run_attack("incontext", Wrapped(), tiny_world.data_dir, subject=tiny_world.subject_dir)
+    assert res["n_eval"] == len(res["eval_ids"]) > 0 and res["recovery"] is not None
+    with pytest.raises(ValueError, match="weight attacks"):
+        run_attack("quantize", Wrapped(), tiny_world.data_dir, subject=tiny_world.subject_dir)
+
+
+def test_cli(tiny_world, weak, tmp_path):
+    from typer.testing import CliRunner
+
+    from unlearnkit.cli import app
+
+    out = tmp_path / "q.json"
+    r = CliRunner().invoke(app, ["attack", "--model", str(weak), "--data", str(tiny_world.data_dir), "--kind", "quantize",
+                                 "--oracle", str(tiny_world.oracle_dir), "--bits", "4", "--group-size", "16",
+                                 "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    res = json.loads(out.read_text())
+    assert list(res["variants"]) == ["int4-g16"] and res["recovery"] is not None
+    r = CliRunner().invoke(app, ["attack", "--model", str(weak), "--data", str(tiny_world.data_dir), "--kind", "nope",
+                                 "--out", str(tmp_path / "x.json")])
+    assert r.exit_code == 2 and "valid attacks" in r.output

@@ -1,0 +1,180 @@
+"""The embedded default end to end: subject and oracle behave as the field expects, graddiff forgets,
+and the CLI contract (verbs, files, errors) holds."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from unlearnkit import api
+from unlearnkit.cli import app
+from unlearnkit.data.io import load_world
+from unlearnkit.models.load import ModelLoadError, load_model
+from unlearnkit.scoring import LM
+
+runner = CliRunner()
+
+
+def _tree_hash(path: Path) -> str:
+    h = hashlib.sha256()
+    for f in sorted(path.rglob("*")):
+        if f.is_file():
+            h.update(str(f.relative_to(path)).encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def _exact(lm, records) -> float:
+    gens = lm.generate([r.question for r in records], max_new_tokens=16)
+    return sum(g == r.answer for g, r in zip(gens, records)) / len(records)
+
+
+def test_subject_memorises_and_oracle_does_not(tiny_world):
+    w = load_world(tiny_world.data_dir)
+    subject = LM(*load_model(tiny_world.subject_dir))
+    oracle = LM(*load_model(tiny_world.oracle_dir))
+    assert _exact(subject, w.training_records()) >= 0.95
+    assert _exact(oracle, w.forget) <= 0.2          # close to guessing among ~30 values per attribute
+    assert _exact(oracle, w.retain) >= 0.9
+
+
+def test_forget_quality_orders_subject_and_oracle(tiny_results):
+    assert tiny_results["oracle"]["forget_quality"] == pytest.approx(1.0)
+    assert tiny_results["oracle"]["privleak"] == pytest.approx(0.0)
+    assert tiny_results["subject"]["forget_quality"] < 0.01
+    assert tiny_results["subject"]["forget_rouge"] > 0.9
+    assert tiny_results["oracle"]["forget_rouge"] < 0.3
+
+
+def test_graddiff_forgets_and_keeps_retain(tiny_world, tiny_results, tmp_path):
+    before = _tree_hash(tiny_world.subject_dir)
+    run = api.forget(tiny_world.subject_dir, tiny_world.data_dir, "graddiff", tmp_path / "run", progress=False)
+    assert _tree_hash(tiny_world.subject_dir) == before, "the source model was modified"
+    for name in ("config.yaml", "log.jsonl", "model/config.json", "model/model.safetensors", "train.json"):
+        assert (run / name).is_file(), name
+    res = api.evaluate(run / "model", tiny_world.data_dir, oracle=tiny_results["oracle"], suites=("tofu",))
+    subj = tiny_results["subject"]
+    assert res["forget_rouge"] <= 0.5 * subj["forget_rouge"]
+    assert res["retain_rouge"] >= 0.85 * subj["retain_rouge"]
+    assert res["forget_quality"] > subj["forget_quality"]
+
+
+def test_local_checkpoint_loads_and_hub_id_fails_clearly(tiny_world):
+    model, tok = load_model(str(tiny_world.subject_dir))
+    assert model.config.model_type == "llama" and tok.eos_token == "<eos>"
+    with pytest.raises(ModelLoadError, match="hub"):
+        load_model("unlearnkit-test/no-such-model")
+    with pytest.raises(ModelLoadError, match="no such model directory"):
+        load_model("./missing/model/dir")
+
+
+@pytest.fixture()
+def world_copy(tiny_world, tmp_path):
+    """A copy of the world's JSONL files that a test may break."""
+    d = tmp_path / "data"
+    d.mkdir()
+    for f in Path(tiny_world.data_dir).glob("*.jsonl"):
+        (d / f.name).write_text(f.read_text())
+    return d
+
+
+def _forget_cli(model, data, out, *extra):
+    return runner.invoke(app, ["forget", "--model", str(model), "--data", str(data), "--out", str(out), "--steps", "1", *extra])
+
+
+def _one_line_error(result) -> str:
+    assert result.exit_code == 2, result.output
+    lines = [ln for ln in result.output.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, result.output
+    return lines[0]
+
+
+def test_cli_errors_name_file_line_and_field(tiny_world, world_copy, tmp_path):
+    forget = world_copy / "forget.jsonl"
+    rows = forget.read_text().splitlines()
+    forget.write_text(rows[0] + "\n{not json\n")
+    msg = _one_line_error(_forget_cli(tiny_world.subject_dir, world_copy, tmp_path / "r"))
+    assert "forget.jsonl:2" in msg and "malformed JSON" in msg
+
+    rec = json.loads(rows[0])
+    del rec["answer"]
+    forget.write_text(rows[0] + "\n" + json.dumps(rec) + "\n")
+    msg = _one_line_error(_forget_cli(tiny_world.subject_dir, world_copy, tmp_path / "r"))
+    assert "forget.jsonl:2" in msg and "answer" in msg
+
+    forget.write_text("")
+    msg = _one_line_error(_forget_cli(tiny_world.subject_dir, world_copy, tmp_path / "r"))
+    assert "empty forget set" in msg
+
+    forget.unlink()
+    msg = _one_line_error(_forget_cli(tiny_world.subject_dir, world_copy, tmp_path / "r"))
+    assert "forget.jsonl" in msg and "not found" in msg
+
+
+def test_cli_unknown_method_lists_valid_ones(tiny_world, tmp_path):
+    msg = _one_line_error(_forget_cli(tiny_world.subject_dir, tiny_world.data_dir, tmp_path / "r", "--method", "nope"))
+    assert "unknown method 'nope'" in msg and "graddiff" in msg and "ga" in msg
+
+
+def test_cli_missing_model_is_one_line(tiny_world, tmp_path):
+    msg = _one_line_error(_forget_cli(tmp_path / "no-model", tiny_world.data_dir, tmp_path / "r"))
+    assert "no such model directory" in msg or "not a model checkpoint" in msg
+
+
+def test_overlap_is_a_warning_with_count(tiny_world, world_copy, tmp_path, caplog):
+    w = load_world(world_copy)
+    with open(world_copy / "retain.jsonl", "a") as f:
+        for r in w.forget[:3]:
+            f.write(r.model_dump_json() + "\n")
+    with caplog.at_level("WARNING", logger="unlearnkit"):
+        api.forget(tiny_world.subject_dir, world_copy, "ga", tmp_path / "r", steps=1, progress=False)
+    assert any("3 forget records also appear in the retain set" in r.message for r in caplog.records)
+
+
+def test_cli_world_finetune_eval_roundtrip(tiny_world, tiny_results, tmp_path):
+    r = runner.invoke(app, ["world", "--out", str(tmp_path / "w"), "--seed", "3", "--people", "20"])
+    assert r.exit_code == 0, r.output
+    for split in ("forget", "retain", "holdout", "world_facts", "neighbours"):
+        assert (tmp_path / "w" / f"{split}.jsonl").is_file()
+    oracle_json = tmp_path / "oracle.json"
+    oracle_json.write_text(json.dumps(tiny_results["oracle"]))
+    r = runner.invoke(app, ["eval", "--model", str(tiny_world.subject_dir), "--data", str(tiny_world.data_dir),
+                            "--oracle", str(oracle_json), "--suite", "tofu", "--out", str(tmp_path / "m.json")])
+    assert r.exit_code == 0, r.output
+    res = json.loads((tmp_path / "m.json").read_text())
+    assert res["forget_quality"] == pytest.approx(tiny_results["subject"]["forget_quality"])
+    assert len(res["info"]["fingerprint"]) == 16 and res["info"]["versions"]["torch"]
+
+
+def test_cli_help_explains_every_flag():
+    for verb in ("demo", "world", "finetune", "forget", "eval", "methods"):
+        r = runner.invoke(app, [verb, "--help"])
+        assert r.exit_code == 0 and "--" in r.output, verb
+
+
+def test_demo_end_to_end_reuses_checkpoints(tiny_world, tmp_path):
+    """`unlearn demo` on the test-sized world: the trained subject/oracle are picked up (same world,
+    same seed), the rest of the pipeline runs and writes the contract files."""
+    import shutil
+
+    out = tmp_path / "demo"
+    for kind, src in (("subject", tiny_world.subject_dir), ("oracle", tiny_world.oracle_dir)):
+        shutil.copytree(src, out / "models" / kind)
+    r = runner.invoke(app, ["demo", "--out", str(out), "--people", "20"])
+    assert r.exit_code == 0, r.output
+    assert "reusing" in r.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    models = metrics["models"]
+    assert set(models) >= {"subject", "oracle", "unlearned"}
+    for m in models.values():
+        for key in ("forget_quality", "model_utility", "forget_rouge", "retain_rouge", "forget_truth_ratio"):
+            assert key in m
+    assert models["oracle"]["forget_quality"] == pytest.approx(1.0)
+    assert models["unlearned"]["forget_rouge"] <= 0.5 * models["subject"]["forget_rouge"]
+    assert metrics["config"]["seed"] == 0 and metrics["versions"]["transformers"]
+    assert {"world", "subject+oracle", "forget", "eval"} <= set(metrics["seconds"])
+    assert (out / "report.md").read_text().startswith("# unlearnkit report")
+    assert (out / "world" / "forget.jsonl").is_file() and (out / "unlearned" / "model" / "config.json").is_file()

@@ -1,0 +1,90 @@
+"""Every unlearning method, with its default settings, at least halves forget ROUGE on the test world;
+the caches they rely on match what the model computes live."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+METHODS = ["ga", "graddiff", "npo", "npo_rt", "simnpo", "idk_dpo", "rmu"]
+
+
+@pytest.fixture(scope="module")
+def subject_rouge(tiny_world):
+    from unlearnkit import api
+
+    return api.evaluate(tiny_world.subject_dir, tiny_world.data_dir, suites=("tofu",))
+
+
+def test_registry_lists_every_method_with_a_description():
+    from unlearnkit.methods import list_methods
+
+    names = {m.name: m for m in list_methods()}
+    assert set(METHODS) <= set(names)
+    assert all(names[n].description and names[n].loss.__module__ for n in METHODS)
+    assert all(names[n].train_defaults.get("lr") for n in METHODS)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_default_settings_halve_forget_rouge(method, tiny_world, subject_rouge, tmp_path):
+    from unlearnkit import api
+
+    run = api.forget(tiny_world.subject_dir, tiny_world.data_dir, method, tmp_path / method, progress=False)
+    res = api.evaluate(run / "model", tiny_world.data_dir, suites=("tofu",))
+    assert subject_rouge["forget_rouge"] > 0.1
+    assert res["forget_rouge"] <= 0.5 * subject_rouge["forget_rouge"], (method, res["forget_rouge"])
+    assert res["retain_rouge"] > 0.0  # not destroyed outright
+
+
+def test_sequence_cache_matches_live_logprobs(tiny_world):
+    from test_train import _streams
+    from unlearnkit.data.batching import collate
+    from unlearnkit.methods.cache import cache_sequence_logprobs
+    from unlearnkit.scoring import sequence_logprob
+
+    net, m, streams, ctx, tok = _streams(tiny_world, "npo")
+    idx = [3, 0, 7]
+    b = collate([streams["forget"][i] for i in idx], tok.pad_token_id)
+    with torch.no_grad():
+        live = sequence_logprob(net, b)
+    assert torch.allclose(ctx["forget_ref"][idx], live, atol=1e-4)
+    # NPO at the start: log-ratio 0, so the loss is (2/beta) log 2
+    b["index"] = torch.tensor(idx)
+    with torch.no_grad():
+        loss, _ = m.loss(net, {"forget": b}, ctx)
+    assert math.isclose(loss.item(), 2 / ctx["params"]["beta"] * math.log(2), rel_tol=1e-4)
+
+
+def test_topk_cache_is_aligned_with_answer_positions(tiny_world):
+    """graddiff's KL retain term is ~0 at the start: the cached distribution is the model's own."""
+    from test_train import _streams
+    from unlearnkit.data.batching import collate
+    from unlearnkit.methods.cache import cache_topk_distributions
+    from unlearnkit.methods.graddiff import _kl_retain
+
+    net, _, streams, ctx, tok = _streams(tiny_world, "graddiff")
+    ctx["retain_ref"] = cache_topk_distributions(net, streams["retain"], tok.pad_token_id, k=8)
+    idx = [5, 1, 9, 2]
+    b = collate([streams["retain"][i] for i in idx], tok.pad_token_id)
+    b["index"] = torch.tensor(idx)
+    with torch.no_grad():
+        assert abs(_kl_retain(net, b, ctx).item()) < 1e-4
+
+
+def test_rmu_trains_only_chosen_down_projections_and_caches_retain(tiny_world):
+    from test_train import _streams
+
+    net, m, streams, ctx, tok = _streams(tiny_world, "rmu")
+    trained = [n for n, p in net.named_parameters() if p.requires_grad]
+    assert trained and all(n.endswith("mlp.down_proj.weight") for n in trained)
+    assert "retain_frozen" in ctx
+    norm = ctx["rmu_target"].norm().item()
+    assert norm > 0
+
+
+def test_idk_dpo_refusals_ship_with_the_project():
+    from unlearnkit.methods.idk_dpo import refusals
+
+    r = refusals()
+    assert len(r) >= 40 and len(set(r)) == len(r)
