@@ -100,7 +100,7 @@ def weak(tiny_world, tmp_path_factory):
     from unlearnkit import api
 
     run = api.forget(tiny_world.subject_dir, tiny_world.data_dir, "ga", tmp_path_factory.mktemp("weak") / "run",
-                     steps=10, progress=False)
+                     steps=10, lr=5e-4, progress=False)
     return run / "model"
 
 
