@@ -127,7 +127,7 @@ def test_relearn_recovers_hidden_knowledge_not_taught_knowledge(tiny_world, weak
                      steps=20, lr=3e-4, fraction=0.5, source="people")
     assert _digest(weak) == before  # the source checkpoint is never written
     assert any("config.yaml" in n for n in res["notes"])  # subject found in the run directory
-    assert res["plan"]["relearn_people"] and res["n_eval"] == 10
+    assert len(res["plan"]["relearn_people"]) == 3 and res["n_eval"] == 30  # half of the 6 forget people
     plain, after = res["plain"]["model"], res["variants"]["relearn-people"]["model"]
     subj = res["plain"]["subject"]
     assert subj["forget_rouge"] - plain["forget_rouge"] > 0.2  # unlearning did remove something

@@ -15,6 +15,8 @@ from unlearnkit.data.io import load_world
 from unlearnkit.models.load import ModelLoadError, load_model
 from unlearnkit.scoring import LM
 
+from conftest import TEST_FORGET, TEST_PEOPLE
+
 runner = CliRunner()
 
 
@@ -164,7 +166,7 @@ def test_demo_end_to_end_reuses_checkpoints(tiny_world, tmp_path):
     out = tmp_path / "demo"
     for kind, src in (("subject", tiny_world.subject_dir), ("oracle", tiny_world.oracle_dir)):
         shutil.copytree(src, out / "models" / kind)
-    r = runner.invoke(app, ["demo", "--out", str(out), "--people", "20"])
+    r = runner.invoke(app, ["demo", "--out", str(out), "--people", str(TEST_PEOPLE), "--forget-fraction", str(TEST_FORGET)])
     assert r.exit_code == 0, r.output
     assert "reusing" in r.output
     metrics = json.loads((out / "metrics.json").read_text())
@@ -179,3 +181,10 @@ def test_demo_end_to_end_reuses_checkpoints(tiny_world, tmp_path):
     assert {"world", "subject+oracle", "forget", "eval"} <= set(metrics["seconds"])
     assert (out / "report.md").read_text().startswith("# unlearnkit report")
     assert (out / "world" / "forget.jsonl").is_file() and (out / "unlearned" / "model" / "config.json").is_file()
+    # the attack stage: every attack's full result on disk, its headline in metrics.json and the report
+    assert set(metrics["attacks"]) == {"relearn", "quantize", "probes", "incontext"}
+    for kind, a in metrics["attacks"].items():
+        full = json.loads((out / "attacks" / f"{kind}.json").read_text())
+        assert a["recovery"] == pytest.approx(full["recovery"]) and 0.0 <= a["recovery"] <= 1.0
+        assert a["oracle_recovery"] is not None
+    assert "## Attacks on the unlearned model" in (out / "report.md").read_text()

@@ -311,3 +311,27 @@ def test_what_must_hold_on_the_embedded_world(request, tmp_path):
         assert rouge(glm, rs) >= rouge(subject, rs) - 0.02, split
     forget_g, forget_o = rouge(glm, w.forget), rouge(oracle, w.forget)
     assert forget_g <= forget_o + 0.05
+
+
+def test_guarded_model_is_attackable_from_the_cli(tiny_world, tmp_path):
+    """`unlearn attack --guard`: the guard stays in front of the attacked weights, and the subject
+    defaults to the same model without its guard."""
+    from typer.testing import CliRunner
+
+    from unlearnkit.cli import app
+    from unlearnkit.data.io import load_world
+
+    g = Guard(tmp_path / "guard")
+    g.add_many(targets_from_world(load_world(tiny_world.data_dir)))
+    out = tmp_path / "quantize.json"
+    r = CliRunner().invoke(app, ["attack", "--model", str(tiny_world.subject_dir), "--data", str(tiny_world.data_dir),
+                                 "--kind", "quantize", "--bits", "8", "--guard", str(tmp_path / "guard"),
+                                 "--oracle", str(tiny_world.oracle_dir), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    res = json.loads(out.read_text())
+    assert res["plain"]["subject"]["forget_rouge"] > 0.9      # the model behind the guard knows the facts
+    assert res["plain"]["model"]["forget_rouge"] < 0.1        # the guard hides them
+    (variant,) = res["variants"].values()
+    assert variant["model"]["forget_rouge"] < 0.1             # quantized weights are still behind the guard
+    assert variant["subject"]["forget_rouge"] > 0.9           # while 8-bit weights alone keep the knowledge
+    assert res["recovery"] < 0.1

@@ -88,3 +88,22 @@ def test_idk_dpo_refusals_ship_with_the_project():
 
     r = refusals()
     assert len(r) >= 40 and len(set(r)) == len(r)
+
+
+def test_an_epoch_budget_replaces_a_methods_step_budget(tiny_world, tmp_path):
+    """`--epochs` on a method whose defaults count steps (ga: 30 steps) trains for those epochs."""
+    import json
+
+    import yaml
+
+    from unlearnkit import api
+    from unlearnkit.data.io import load_world
+    from unlearnkit.methods import get_method
+
+    assert get_method("ga").train_defaults.get("steps")
+    run = api.forget(tiny_world.subject_dir, tiny_world.data_dir, "ga", tmp_path / "run", epochs=2, lr=1e-6,
+                     progress=False)
+    cfg = yaml.safe_load((run / "config.yaml").read_text())["train"]
+    n = sum(len(r.phrasings()) for r in load_world(tiny_world.data_dir).forget)
+    assert cfg["steps"] is None and cfg["epochs"] == 2
+    assert json.loads((run / "train.json").read_text())["train_stats"]["steps"] == 2 * math.ceil(n / cfg["batch_size"])

@@ -25,8 +25,11 @@ from .train import TrainConfig, config_dict, train
 
 log = logging.getLogger("unlearnkit")
 
-# Fine-tuning the embedded tiny model from scratch: memorises the default world in ~15 epochs.
-SCRATCH = dict(lr=3e-3, epochs=16, batch_size=32, warmup=0.05, schedule="cosine", weight_decay=0.0)
+# Training the embedded tiny model from scratch. On the default 60-person world (seeds 0 and 1) it
+# answers every training question exactly after 10 epochs, but only knows its facts well enough
+# beyond the trained wording (subject forget quality < 0.01 against the oracle) after ~20.
+SCRATCH = dict(lr=3e-3, epochs=20, batch_size=32, warmup=0.05, schedule="cosine", weight_decay=0.0)
+DOCS_BATCH = 1  # documents per step beside each QA batch (more made the knowledge shallower, not deeper)
 FINETUNE = dict(lr=1e-4, epochs=3, batch_size=16, warmup=0.05, schedule="cosine")
 
 
@@ -58,6 +61,10 @@ def _all_texts(w) -> list[str]:
     return texts
 
 
+def _train_config(defaults: dict, seed: int, overrides: dict) -> TrainConfig:
+    return TrainConfig(**{"stream_batch": {"docs": DOCS_BATCH}, **defaults, **overrides, "seed": seed})
+
+
 def finetune(data: str | os.PathLike, out: str | os.PathLike, *, model: str | None = None, without_forget: bool = False,
              seed: int = 0, size: str = "tiny", progress: bool = True, **train_overrides) -> Path:
     """Train a model on a world's training splits (subject), or without its forget set (oracle).
@@ -77,23 +84,26 @@ def finetune(data: str | os.PathLike, out: str | os.PathLike, *, model: str | No
     else:
         net, tok = load_model(model)
         defaults = FINETUNE
-    prompts, answers = _pairs(w.training_records(without_forget=without_forget))
     docs = w.training_docs(without_forget=without_forget)
-    prompts += [""] * len(docs)
-    answers += [d.text for d in docs]
-    cfg = TrainConfig(**{**defaults, **train_overrides, "seed": seed})
-    stream = encode_pairs(tok, prompts, answers)
+    cfg = _train_config(defaults, seed, train_overrides)
+    streams = {"train": encode_pairs(tok, *_pairs(w.training_records(without_forget=without_forget)))}
+    if docs:
+        streams["docs"] = encode_pairs(tok, [""] * len(docs), [d.text for d in docs])
     ctx = {"params": {}}
+    if docs:  # documents count as much as in one shuffled stream (methods/finetune.py)
+        ctx["params"]["docs_weight"] = (len(streams["docs"]) / len(streams["train"])) / (
+            cfg.stream_batch.get("docs", cfg.batch_size) / cfg.batch_size)
     with timer("train"):
-        net = train(net, get_method("finetune").loss, {"train": stream}, cfg, pad_id=tok.pad_token_id, ctx=ctx,
+        net = train(net, get_method("finetune").loss, streams, cfg, pad_id=tok.pad_token_id, ctx=ctx,
                     progress=progress, desc="oracle" if without_forget else "subject")
     out = Path(out)
     if _is_main():
-        save_model(net, tok, out)
+        save_model(net, tok, out, state_dict=ctx.get("full_state_dict"))
         runinfo.write_json(out / "unlearnkit.json", {
             "kind": "oracle" if without_forget else "subject", "data": str(data), "data_hash": runinfo.data_hash(data),
             "base_model": model, "size": size if model is None else None, "seed": seed, "train": config_dict(cfg),
-            "examples": len(stream), "seconds": timer.seconds, "train_stats": ctx.get("train_stats"),
+            "examples": {k: len(v) for k, v in streams.items()}, "loss_params": ctx["params"], "seconds": timer.seconds,
+            "train_stats": ctx.get("train_stats"),
             "versions": runinfo.versions(),
         })
     return out
@@ -108,6 +118,8 @@ def forget(model: str | os.PathLike, data: str | os.PathLike, method: str, out: 
     and `checkpoints/` while running. The source model is only read.
     """
     m = get_method(method)
+    if "epochs" in train_overrides and "steps" not in train_overrides:
+        train_overrides["steps"] = None  # an explicit epoch budget replaces a method's default step budget
     w = load_world(data)
     if n := overlap(w.forget, w.retain):
         log.warning("%d forget records also appear in the retain set", n)
@@ -118,7 +130,7 @@ def forget(model: str | os.PathLike, data: str | os.PathLike, method: str, out: 
     if lora:
         net = apply_lora(net)
     elif m.trainable is not None:
-        m.trainable(net)
+        m.trainable(net, {**m.params, **(params or {})})
     streams = {"forget": encode_pairs(tok, *_pairs(w.forget))}
     if m.needs_retain:
         streams["retain"] = encode_pairs(tok, *_pairs(w.retain))
@@ -139,10 +151,11 @@ def forget(model: str | os.PathLike, data: str | os.PathLike, method: str, out: 
         net = train(net, m.loss, streams, cfg, pad_id=tok.pad_token_id, ctx=ctx, out_dir=out, resume=resume,
                     progress=progress, desc=method)
     if _is_main():
+        full = ctx.get("full_state_dict")
         if lora:
-            save_model(net, tok, out / "adapter")
+            save_model(net, tok, out / "adapter", state_dict=full)
         if merge or not lora:
-            save_model(net, tok, out / "model", merge=lora)
+            save_model(net, tok, out / "model", merge=lora, state_dict=full)
         runinfo.write_json(out / "train.json", {"seconds": timer.seconds, "train_stats": ctx.get("train_stats")})
     return out
 
@@ -206,29 +219,36 @@ HEADLINE = ["forget_quality", "model_utility", "forget_rouge", "retain_rouge", "
             "privleak", "mia_auc_loss"]
 
 
-def _reusable(ckpt: Path, data: Path, seed: int) -> bool:
+ATTACK_HEADLINE = ["recovery", "recovery_variant", "oracle_recovery", "excess_recovery", "plain_forget_rouge",
+                   "attacked_forget_rouge"]
+
+
+def _reusable(ckpt: Path, data: Path, seed: int, kind: str) -> bool:
     meta = ckpt / "unlearnkit.json"
     if not meta.is_file() or not (ckpt / "config.json").is_file():
         return False
     m = json.loads(meta.read_text())
-    return m.get("data_hash") == runinfo.data_hash(data) and m.get("seed") == seed
+    return m.get("data_hash") == runinfo.data_hash(data) and m.get("seed") == seed and m.get("kind") == kind
 
 
 def _finetune_job(args):
     import torch
 
     torch.set_num_threads(1)
-    data, ckpt, without_forget, seed, progress = args
-    return str(finetune(data, ckpt, without_forget=without_forget, seed=seed, progress=progress))
+    data, ckpt, without_forget, seed, progress, overrides = args
+    return str(finetune(data, ckpt, without_forget=without_forget, seed=seed, progress=progress, **overrides))
 
 
-def _train_parallel(data: Path, todo: dict[str, Path], seed: int, progress: bool) -> None:
-    """Train subject and oracle side by side, one process and one thread each: at this model size
-    a step gains little from a second thread, so two processes nearly halve the wall time."""
-    jobs = [(data, ckpt, kind == "oracle", seed, progress) for kind, ckpt in todo.items()]
+def train_pair(data: str | os.PathLike, todo: dict[str, str | os.PathLike], *, seed: int = 0, progress: bool = True,
+               **train_overrides) -> None:
+    """Train from scratch the models named in `todo` ("subject" and/or "oracle" -> checkpoint dir).
+
+    Two at once run side by side, one process and one thread each: at this model size a step gains
+    little from a second thread, so two processes nearly halve the wall time."""
+    jobs = [(data, ckpt, kind == "oracle", seed, progress, train_overrides) for kind, ckpt in todo.items()]
     if len(jobs) < 2 or (os.cpu_count() or 1) < 2:
-        for data_, ckpt, without_forget, seed_, prog in jobs:
-            finetune(data_, ckpt, without_forget=without_forget, seed=seed_, progress=prog)
+        for _, ckpt, without_forget, *_ in jobs:
+            finetune(data, ckpt, without_forget=without_forget, seed=seed, progress=progress, **train_overrides)
         return
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
@@ -237,39 +257,57 @@ def _train_parallel(data: Path, todo: dict[str, Path], seed: int, progress: bool
         list(pool.map(_finetune_job, jobs))
 
 
-def demo(out: str | os.PathLike = "runs/demo", *, seed: int = 0, method: str = DEMO_METHOD, n_people: int = 60,
-         progress: bool = True, console=None) -> dict:
-    """The whole job on the embedded default: world → subject + oracle → unlearn → evaluate → report.
+DEMO_ATTACKS = ("relearn", "quantize", "probes", "incontext")
 
-    Trained checkpoints in `out/models/` are reused by a later run on the same world and seed.
+
+def demo(out: str | os.PathLike = "runs/demo", *, seed: int = 0, method: str = DEMO_METHOD, n_people: int = 60,
+         forget_fraction: float = 0.10, attacks: tuple[str, ...] = DEMO_ATTACKS, progress: bool = True, console=None) -> dict:
+    """The whole job on the embedded default: world → subject + oracle → unlearn → evaluate → attack → report.
+
+    Trained checkpoints in `out/models/` are reused by a later run on the same world and seed. Each
+    attack's full result goes to `out/attacks/<kind>.json`; `metrics["attacks"]` keeps its headline.
     """
+    from .attacks import ATTACKS, run_attack
     from .report import write_report
 
     say = console.print if console is not None else (lambda *a, **k: None)
+    if unknown := [a for a in attacks if a not in ATTACKS]:
+        raise ValueError(f"unknown attack {unknown[0]!r}; valid attacks: {', '.join(ATTACKS)}")
+    get_method(method)  # fail on an unknown method before any training
     out = Path(out)
     timer = runinfo.Timer()
     with timer("world"):
-        data = world(out / "world", seed=seed, n_people=n_people)
-    say(f"[bold]1/4[/] world: {data}")
+        data = world(out / "world", seed=seed, n_people=n_people, forget_fraction=forget_fraction)
+    say(f"[bold]1/5[/] world: {data}")
     models = {k: out / "models" / k for k in ("subject", "oracle")}
-    todo = [k for k, ckpt in models.items() if not _reusable(ckpt, data, seed)]
+    todo = [k for k, ckpt in models.items() if not _reusable(ckpt, data, seed, k)]
     for k in models:
-        say(f"[bold]2/4[/] {k}: " + ("training a small Llama from scratch" if k in todo else f"reusing {models[k]}"))
+        say(f"[bold]2/5[/] {k}: " + ("training a small Llama from scratch" if k in todo else f"reusing {models[k]}"))
     with timer("subject+oracle"):
-        _train_parallel(data, {k: models[k] for k in todo}, seed, progress)
-    say(f"[bold]3/4[/] unlearning the forget set with {method}")
+        train_pair(data, {k: models[k] for k in todo}, seed=seed, progress=progress)
+    say(f"[bold]3/5[/] unlearning the forget set with {method}")
     with timer("forget"):
         run = forget(models["subject"], data, method, out / "unlearned", seed=seed, progress=progress)
     models["unlearned"] = run / "model"
-    say("[bold]4/4[/] evaluating subject, oracle and unlearned models")
+    say("[bold]4/5[/] evaluating subject, oracle and unlearned models")
     results = {}
     with timer("eval"):
         results["oracle"] = evaluate(models["oracle"], data, oracle="self")
         results["subject"] = evaluate(models["subject"], data, oracle=results["oracle"])
         results["unlearned"] = evaluate(models["unlearned"], data, oracle=results["oracle"], subject=results["subject"])
+    attack_results = {}
+    with timer("attacks"):
+        for kind in attacks:
+            say(f"[bold]5/5[/] attack: {kind}")
+            res = run_attack(kind, models["unlearned"], data, subject=models["subject"], oracle=models["oracle"],
+                             seed=seed)
+            runinfo.write_json(out / "attacks" / f"{kind}.json", res)
+            attack_results[kind] = {k: res.get(k) for k in ATTACK_HEADLINE}
     metrics = {
         "models": results,
-        "config": {"seed": seed, "method": method, "n_people": n_people, "out": str(out),
+        "attacks": attack_results,
+        "config": {"seed": seed, "method": method, "n_people": n_people, "forget_fraction": forget_fraction,
+                   "attacks": list(attacks), "out": str(out),
                    "paths": {k: str(v) for k, v in models.items()}},
         "versions": runinfo.versions(),
         "seconds": timer.seconds,

@@ -73,12 +73,17 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log more.
 def demo(out: Path = typer.Option(Path("runs/demo"), help="Run directory (world, models, metrics.json, report.md)."),
          seed: int = typer.Option(0, help="Seed for the world, the models and unlearning."),
          method: str = typer.Option("graddiff", help="Unlearning method (see `unlearn methods`)."),
-         people: int = typer.Option(60, help="Number of fictitious people in the world.")):
-    """The whole job on the embedded default: world, subject and oracle, unlearning, evaluation, report."""
+         people: int = typer.Option(60, help="Number of fictitious people in the world."),
+         forget_fraction: float = typer.Option(0.10, help="Fraction of the people in the forget split."),
+         attacks: str = typer.Option("relearn,quantize,probes,incontext",
+                                     help="Comma-separated attacks to run on the unlearned model; empty: none.")):
+    """The whole job on the embedded default: world, subject and oracle, unlearning, evaluation, attacks, report."""
     from . import api
-    from .report import headline_table
+    from .report import fmt, headline_table
 
-    metrics = api.demo(out, seed=seed, method=method, n_people=people, console=console)
+    kinds = tuple(a.strip() for a in attacks.split(",") if a.strip())
+    metrics = api.demo(out, seed=seed, method=method, n_people=people, forget_fraction=forget_fraction, attacks=kinds,
+                       console=console)
     table = Table(title="unlearnkit demo")
     table.add_column("metric")
     for name in metrics["models"]:
@@ -86,6 +91,13 @@ def demo(out: Path = typer.Option(Path("runs/demo"), help="Run directory (world,
     for row in headline_table(metrics["models"]):
         table.add_row(*row)
     out_console.print(table)
+    if metrics["attacks"]:
+        at = Table(title="attacks on the unlearned model (recovery: 0 = nothing comes back, 1 = all)")
+        for col in ("attack", "strongest variant", "recovery", "oracle recovery"):
+            at.add_column(col, justify="left" if col in ("attack", "strongest variant") else "right")
+        for kind, a in metrics["attacks"].items():
+            at.add_row(kind, a["recovery_variant"] or "–", fmt(a["recovery"]), fmt(a["oracle_recovery"]))
+        out_console.print(at)
     out_console.print(f"metrics: {out / 'metrics.json'}   report: {out / 'report.md'}")
 
 

@@ -18,6 +18,9 @@ from torch.utils.checkpoint import checkpoint
 from .data.batching import IGNORE, collate, collate_left, encode_pairs, encode_prompt, length_batches
 
 CHUNK = 4096  # answer positions per head/log-softmax chunk
+# A chunk's logits are recomputed in backward instead of kept, once they exceed this many elements
+# (16 MiB in float32); below it, keeping them is cheaper than a second head pass.
+RECOMPUTE_ABOVE = 1 << 22
 
 
 def backbone_and_head(model):
@@ -55,7 +58,7 @@ def answer_logprobs(model, input_ids, attention_mask, labels, stats: bool = Fals
     parts = []
     for s in range(0, t.numel(), CHUNK):
         args = (h[s:s + CHUNK], t[s:s + CHUNK])
-        if torch.is_grad_enabled() and h.requires_grad:
+        if torch.is_grad_enabled() and h.requires_grad and args[1].numel() * head.out_features > RECOMPUTE_ABOVE:
             parts.append(checkpoint(lambda a, b: _chunk_stats(head, a, b, stats), *args, use_reentrant=False))
         else:
             parts.append(_chunk_stats(head, *args, stats))

@@ -36,6 +36,7 @@ class TrainConfig:
     steps: int | None = None        # optimizer steps; if None, `epochs` over the first stream
     epochs: float = 1.0
     batch_size: int = 16            # per stream, per process, per micro-step
+    stream_batch: dict = field(default_factory=dict)  # per-stream batch sizes overriding batch_size
     grad_accum: int = 1
     warmup: float = 0.0             # fraction of steps with linear warm-up
     schedule: str = "constant"      # constant | linear | cosine (decay after warm-up)
@@ -133,7 +134,7 @@ def train(model, loss_fn: Loss, streams: dict[str, list[Encoded]], cfg: TrainCon
     continues from the latest one. `stop(step, logs)` may end training early.
     """
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
+    from accelerate.utils import DistributedType, set_seed
 
     acc = accelerator or Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=cfg.mixed_precision)
     set_seed(cfg.seed)
@@ -143,7 +144,7 @@ def train(model, loss_fn: Loss, streams: dict[str, list[Encoded]], cfg: TrainCon
         if not streams[name]:
             raise ValueError(f"training stream {name!r} is empty")
     steps = total_steps(cfg, len(streams[names[0]]), acc.num_processes)
-    plans = {name: Plan([len(e.input_ids) for e in streams[name]], cfg.batch_size, cfg.seed + 7919 * i, acc.num_processes,
+    plans = {name: Plan([len(e.input_ids) for e in streams[name]], cfg.stream_batch.get(name, cfg.batch_size), cfg.seed + 7919 * i, acc.num_processes,
                         group=32 if cfg.group_by_length else 0)
              for i, name in enumerate(names)}
     params = [p for p in model.parameters() if p.requires_grad]
@@ -208,6 +209,11 @@ def train(model, loss_fn: Loss, streams: dict[str, list[Encoded]], cfg: TrainCon
     acc.wait_for_everyone()
     ctx["train_stats"] = {"steps": steps - start, "seconds": time.perf_counter() - t0, "tokens": tokens * acc.num_processes}
     unwrapped = acc.unwrap_model(model).model
+    if acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        # parameters are sharded across processes: gather a full state dict (a collective, every
+        # process calls it) for the main process to save; `models.load.save_model` takes it
+        full = acc.get_state_dict(model)
+        ctx["full_state_dict"] = {k.removeprefix("model."): v for k, v in full.items()} if full else None
     unwrapped.eval()
     return unwrapped
 

@@ -15,7 +15,8 @@ is the strongest variant's (the defender's worst case).
 Inputs: `model`, `subject`, `oracle` are checkpoint paths, `scoring.LM` objects, (model, tokenizer)
 pairs or Hugging Face models whose tokenizer loads from `name_or_path`. Weight attacks (relearn,
 quantize) need weights; prompt attacks (probes, incontext) work with anything that has
-`score`/`generate` (a guarded model). Source checkpoints are never written to.
+`score`/`generate`. A guarded model (`guard.GuardedLM`) is attacked with its guard in front: weight
+attacks change a private copy of the weights behind it. Source checkpoints are never written to.
 """
 from __future__ import annotations
 
@@ -96,7 +97,7 @@ class _Target:
             x = self.x
             if isinstance(x, (str, Path)):
                 self._net, self._tok = load_model(x)
-            elif isinstance(x, LM):
+            elif isinstance(x, LM) or getattr(x, "guard", None) is not None:  # an LM, or a guarded one
                 self._net, self._tok = x.model, x.tokenizer
             elif isinstance(x, tuple) and len(x) == 2:
                 self._net, self._tok = x
@@ -132,7 +133,10 @@ class _Target:
         net, tok = self.weights()
         net, info = v.transform(copy.deepcopy(net), tok)
         net.eval()
-        return LM(net, tok), info
+        lm = LM(net, tok)
+        if (guard := getattr(self.x, "guard", None)) is not None:  # the attacked weights stay behind the guard
+            lm = type(self.x)(lm, guard)
+        return lm, info
 
 
 def _subject_from_run(model) -> str | None:

@@ -21,7 +21,9 @@ def attack(model: str = typer.Option(..., help="Checkpoint dir (e.g. RUN/model) 
            data: Path = typer.Option(..., help="World directory with forget.jsonl."),
            kind: str = typer.Option(..., help="Attack: relearn | quantize | probes | incontext."),
            oracle: Optional[str] = typer.Option(None, help="Oracle checkpoint, attacked the same way: the baseline of what the attack itself teaches."),
-           subject: Optional[str] = typer.Option(None, help="Subject checkpoint (before unlearning); default: the `model` of RUN/config.yaml."),
+           subject: Optional[str] = typer.Option(None, help="Subject checkpoint (before unlearning); default: the `model` of RUN/config.yaml, or with --guard the model without its guard."),
+           guard: Optional[Path] = typer.Option(None, help="Attack the model behind this guard directory (`unlearn guard`); "
+                                                "weight attacks change the weights behind the guard."),
            out: Path = typer.Option(..., help="Results JSON to write."),
            seed: int = typer.Option(0, help="Seed for the data split, option order and relearning."),
            steps: int = typer.Option(20, help="relearn: optimizer steps."),
@@ -49,7 +51,13 @@ def attack(model: str = typer.Option(..., help="Checkpoint dir (e.g. RUN/model) 
         "probes": dict(kinds=list(PROBE_KINDS) if probes == "all" else probes, shots=shots),
         "incontext": dict(fraction=fraction),
     }[kind]
-    res = run_attack(kind, model, data, subject=subject, oracle=oracle, seed=seed, **opts)
+    target = model
+    if guard is not None:
+        from ..guard.guarded import guarded_lm
+
+        target = guarded_lm(model, guard)
+    res = run_attack(kind, target, data, subject=subject if subject is not None or guard is None else model,
+                     oracle=oracle, seed=seed, **opts)
     runinfo.write_json(out, res)
     table = Table(title=f"attack: {kind}")
     for col in ("variant", "rouge before", "rouge after", "prob before", "prob after", "recovery", "oracle recovery"):

@@ -109,14 +109,19 @@ class _AtomicDir:
         return False
 
 
-def save_model(model, tokenizer, out: str | os.PathLike, merge: bool = False) -> Path:
+def save_model(model, tokenizer, out: str | os.PathLike, merge: bool = False, state_dict: dict | None = None) -> Path:
     """Save as an ordinary Hugging Face checkpoint (safetensors), atomically.
 
-    A peft model saves its adapter; with `merge=True` it saves the merged full model instead."""
+    A peft model saves its adapter; with `merge=True` it saves the merged full model instead.
+    `state_dict`: the full weights gathered from sharded training (FSDP, ZeRO-3), saved in place of
+    the local shards `model` holds."""
     if merge and hasattr(model, "merge_and_unload"):
+        if state_dict is not None:
+            model.load_state_dict(state_dict)
+            state_dict = None
         model = model.merge_and_unload()
     with atomic_dir(out) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
+        model.save_pretrained(tmp, safe_serialization=True, **({"state_dict": state_dict} if state_dict is not None else {}))
         tokenizer.save_pretrained(tmp)
     return Path(out)
 

@@ -1,4 +1,4 @@
 """Human-readable reports of results JSON."""
-from .markdown import headline_table, write_report
+from .markdown import fmt, headline_table, write_report
 
 __all__ = ["headline_table", "write_report"]

@@ -16,7 +16,7 @@ ROWS = [
 ]
 
 
-def _fmt(v) -> str:
+def fmt(v) -> str:
     if v is None:
         return "–"
     if isinstance(v, float):
@@ -30,7 +30,7 @@ def headline_table(models: dict[str, dict]) -> list[list[str]]:
     rows = []
     for key, label in ROWS:
         if any(models[n].get(key) is not None for n in names):
-            rows.append([label] + [_fmt(models[n].get(key)) for n in names])
+            rows.append([label] + [fmt(models[n].get(key)) for n in names])
     return rows
 
 
@@ -52,6 +52,14 @@ def write_report(metrics: dict, path: str | Path) -> Path:
             if isinstance(v, dict):
                 mark = "PASS" if v.get("pass") else ("n/a" if v.get("pass") is None else "FAIL")
                 lines.append(f"- **{aspect}**: {mark} — {v.get('why', '')}")
+    if attacks := metrics.get("attacks"):
+        lines += ["", "## Attacks on the unlearned model", "",
+                  "Recovery: share of the subject-to-unlearned gap the attack closes (0 = nothing comes back); "
+                  "the oracle under the same attack is the baseline of what the attack itself teaches.", "",
+                  "| attack | strongest variant | recovery | oracle recovery | forget ROUGE before → after |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {k} | {a.get('recovery_variant') or '–'} | {fmt(a.get('recovery'))} | {fmt(a.get('oracle_recovery'))} "
+                  f"| {fmt(a.get('plain_forget_rouge'))} → {fmt(a.get('attacked_forget_rouge'))} |" for k, a in attacks.items()]
     if "seconds" in metrics:
         lines += ["", "## Wall time (s)", ""] + [f"- {k}: {v:.1f}" for k, v in metrics["seconds"].items()]
     lines += ["", "Numbers come from `metrics.json` beside this file; rerun with `unlearn demo`.", ""]
