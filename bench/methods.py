@@ -34,17 +34,11 @@ def main():
     ap.add_argument("--people", type=int, default=60)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--methods", default=",".join(METHODS))
-    ap.add_argument("--cache", type=Path, default=Path("runs/bench-methods"))
+    ap.add_argument("--cache", type=Path, default=Path("runs/bench"), help="world and models (shared with bench/robustness.py)")
     ap.add_argument("--write", type=Path, help="markdown file whose table (between the markers) is replaced")
     args = ap.parse_args()
 
-    data = api.world(args.cache / "world", seed=args.seed, n_people=args.people)
-    models = {}
-    for kind in ("subject", "oracle"):
-        ckpt = args.cache / kind
-        if not api._reusable(ckpt, data, args.seed):
-            api.finetune(data, ckpt, without_forget=kind == "oracle", seed=args.seed, progress=False)
-        models[kind] = ckpt
+    data, models = api.embedded(args.cache, seed=args.seed, n_people=args.people, progress=False)
     suites = ("tofu",)
     oracle = api.evaluate(models["oracle"], data, suites=suites)
     oracle = api.evaluate(models["oracle"], data, oracle=oracle, suites=suites)

@@ -1,7 +1,7 @@
 """Recovery per unlearning method and attack on the embedded world; writes docs/robustness.md.
 
-    HF_HUB_OFFLINE=1 python bench/robustness.py            # 20-person world, ~5-10 min on 2 cores
-    python bench/robustness.py --people 60 --methods ga,graddiff --out runs/robustness60
+    HF_HUB_OFFLINE=1 python bench/robustness.py            # the demo's 60-person world, ~10 min on 2 cores
+    python bench/robustness.py --methods ga,graddiff --out runs/robustness-ga
 
 Builds the world, trains subject and oracle (reused from --out when they match), unlearns the
 forget set with every method (default settings, plus a deliberately weak gradient ascent), runs
@@ -32,35 +32,20 @@ ATTACK_OPTIONS = {
     "probes": dict(),
     "incontext": dict(fraction=0.5),
 }
-WEAK = ("ga-weak", "ga", dict(steps=5))  # a deliberately weak unlearning run: a few GA steps
+WEAK = ("ga-weak", "ga", dict(steps=20))  # a deliberately weak unlearning run: a few GA steps
 
 
 def _f(x, digits=2):
     return "–" if x is None else f"{x:.{digits}f}"
 
 
-def _reusable(ckpt: Path, data: Path, seed: int, train: dict) -> bool:
-    from unlearnkit import api
-
-    if not api._reusable(ckpt, data, seed):
-        return False
-    meta = json.loads((ckpt / "unlearnkit.json").read_text()).get("train") or {}
-    return all(meta.get(k) == v for k, v in train.items())
-
-
-def run(out: Path, people: int, seed: int, methods: list[str], attacks: list[str], train: dict) -> dict:
+def run(out: Path, people: int, seed: int, methods: list[str], attacks: list[str]) -> dict:
     from unlearnkit import api
     from unlearnkit.attacks import run_attack
 
     t0 = time.perf_counter()
-    data = api.world(out / "world", seed=seed, n_people=people)
-    paths = {}
-    for kind in ("subject", "oracle"):
-        ckpt = out / "models" / kind
-        if not _reusable(ckpt, data, seed, train):
-            print(f"training {kind}", file=sys.stderr)
-            api.finetune(data, ckpt, without_forget=(kind == "oracle"), seed=seed, progress=False, **train)
-        paths[kind] = ckpt
+    data, paths = api.embedded(out, seed=seed, n_people=people, progress=False)
+    train = json.loads((paths["subject"] / "unlearnkit.json").read_text())["train"]
     runs = {"subject": paths["subject"], "oracle": paths["oracle"]}
     for name, method, overrides in [(m, m, {}) for m in methods] + [WEAK]:
         print(f"unlearning: {name}", file=sys.stderr)
@@ -76,7 +61,8 @@ def run(out: Path, people: int, seed: int, methods: list[str], attacks: list[str
                              reuse=previous.get(attack), **ATTACK_OPTIONS[attack])
             previous[attack] = res
             results.setdefault(name, {})[attack] = res
-    return {"world": {"people": people, "seed": seed, "data": str(data), "train": train}, "runs": {k: str(v) for k, v in runs.items()},
+    n_forget = sum(1 for _ in open(Path(data) / "forget.jsonl"))
+    return {"world": {"people": people, "seed": seed, "data": str(data), "train": train}, "n_forget": n_forget, "runs": {k: str(v) for k, v in runs.items()},
             "options": {a: ATTACK_OPTIONS[a] for a in attacks}, "results": results,
             "seconds": time.perf_counter() - t0}
 
@@ -120,7 +106,9 @@ def write_doc(report: dict, path: Path) -> None:
     w = report["world"]
     opts = "\n".join(f"- `{a}`: {', '.join(f'{k}={v}' for k, v in o.items()) or 'all probe kinds'}"
                      for a, o in report["options"].items())
+    n_forget = report["n_forget"]
     text = DOC.format(people=w["people"], seed=w["seed"], epochs=w["train"]["epochs"], minutes=report["seconds"] / 60, options=opts,
+                      n_forget=n_forget, step=1 / max(1, n_forget),
                       table="\n".join(table(report)), detail="\n".join(detail(report)))
     path.write_text(text)
 
@@ -177,7 +165,7 @@ is what came from knowledge that was hidden, not removed.
 ## Results on the embedded world
 
 {people}-person world, seed {seed}, subject and oracle trained from scratch for {epochs:g} epochs; each method with its default settings, plus `ga-weak` (gradient
-ascent for 5 steps). `subject` and `oracle` rows are sanity checks: the subject has nothing to recover
+ascent for 20 steps, half the default). `subject` and `oracle` rows are sanity checks: the subject has nothing to recover
 (0 by definition), the oracle row is the oracle's own recovery. Attack options:
 {options}
 
@@ -191,24 +179,28 @@ Per variant (ROUGE before → after is the attacked model on the attack's record
 {detail}
 
 Produced by `python bench/robustness.py` in {minutes:.1f} minutes on CPU; all numbers, with the
-subject's and oracle's, are in `OUT/robustness.json`. At this scale (2 forget people, 20 facts) a
-single fact moves ROUGE by 0.05: read differences below ~0.1 as noise.
+subject's and oracle's, are in `OUT/robustness.json`. At this scale ({n_forget} forget facts) a
+single fact moves ROUGE by about {step:.2f}: read differences below ~0.1 as noise.
 
-Reading the table:
+Reading the table (what held when this file was written; rerun the script and check):
 - Relearning is the attack that works on this model: a few steps on some forget people (or facts, or
   the public neighbours) bring back facts that were never in the relearn data, while the oracle,
   relearned the same way, gets none of them. A method whose relearn recovery is far above its oracle's
-  hid the knowledge rather than removing it.
-- Rows whose unattacked forget ROUGE is within ~0.1 of the subject's (methods that barely unlearned
-  with their default budget on this world) have almost no gap; their recovery jumps between 0 and 1.
+  hid the knowledge rather than removing it. The representation-level method (`rmu`) forgets the most
+  by plain ROUGE and is also the easiest to undo, as reported for RMU on larger models; methods with
+  a retain term that unlearned deeply (`graddiff`, `npo_rt`) give back the least.
+- Probes bring back knowledge only where it was hidden shallowly (`rmu`, `simnpo`): another wording
+  of the question, or other questions before it, steer around what the method suppressed. Elsewhere
+  the prompt forms the model never saw elicit less even from the subject than the bare question does
+  from the unlearned model; the ceiling is then ≤ 0 and recovery 0 with a note. The per-variant rows
+  keep the raw numbers (e.g. `mc_accuracy` against `mc_chance` in the JSON).
 - Quantization: the tiny model is trained from scratch in float32 with a large learning rate, and
   unlearning moves its weights by more than a 4-bit step, so rounding brings little back here. The
   effect reported for 7B models unlearned with small learning rates needs that regime to show.
-- Probes: the model is trained on bare questions, so the prompt forms it never saw elicit less even
-  from the subject than the bare question does from the unlearned model; the ceiling is then ≤ 0
-  and recovery is 0 with a note. That says the probe is uninformative on this model, not that the
-  model is robust to it; on chat models these probes matter. The per-variant rows keep the raw numbers
-  (e.g. `mc_accuracy` against `mc_chance` in the JSON).
+- In-context facts: the tiny model does not use facts given in its prompt to answer (it was never
+  trained to), so this attack recovers nothing here; it is meant for instruction-tuned models.
+- Rows whose unattacked forget ROUGE is within ~0.1 of the subject's (methods that barely unlearned
+  with their budget) have almost no gap; their recovery jumps between 0 and 1.
 
 ## Quantization on a GPU
 
@@ -235,12 +227,9 @@ models from any backend can be compared with the subject quantized the same way.
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=ROOT / "runs" / "robustness")
-    ap.add_argument("--people", type=int, default=20)
+    ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench", help="world, models and runs (shared with bench/methods.py)")
+    ap.add_argument("--people", type=int, default=60)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--epochs", type=float, default=30, help="subject/oracle training epochs (30: the tests' setting, "
-                    "enough for a 20-person world to be memorised)")
-    ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--methods", default=None, help="comma-separated (default: every registered method)")
     ap.add_argument("--attacks", default=",".join(ATTACK_OPTIONS))
     ap.add_argument("--doc", type=Path, default=ROOT / "docs" / "robustness.md")
@@ -252,7 +241,7 @@ def main(argv=None) -> int:
     bad = [a for a in attacks if a not in ATTACK_OPTIONS]
     if bad:
         ap.error(f"unknown attack {bad[0]!r}; valid: {', '.join(ATTACK_OPTIONS)}")
-    report = run(args.out, args.people, args.seed, methods, attacks, dict(epochs=args.epochs, batch_size=args.batch_size))
+    report = run(args.out, args.people, args.seed, methods, attacks)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "robustness.json").write_text(json.dumps(report, indent=2))
     write_doc(report, args.doc)

@@ -257,6 +257,26 @@ def train_pair(data: str | os.PathLike, todo: dict[str, str | os.PathLike], *, s
         list(pool.map(_finetune_job, jobs))
 
 
+def embedded(out: str | os.PathLike, *, seed: int = 0, n_people: int = 60, forget_fraction: float = 0.10,
+             progress: bool = True, say=None, timer: runinfo.Timer | None = None) -> tuple[Path, dict[str, Path]]:
+    """The embedded default in `out`: the world (`out/world`) and its subject and oracle
+    (`out/models/{subject,oracle}`), trained side by side unless a model trained on the same world
+    and seed is already there. Returns (world dir, {"subject": dir, "oracle": dir})."""
+    say = say or (lambda *a, **k: None)
+    timer = timer or runinfo.Timer()
+    out = Path(out)
+    with timer("world"):
+        data = world(out / "world", seed=seed, n_people=n_people, forget_fraction=forget_fraction)
+    say(f"[bold]1/5[/] world: {data}")
+    models = {k: out / "models" / k for k in ("subject", "oracle")}
+    todo = [k for k, ckpt in models.items() if not _reusable(ckpt, data, seed, k)]
+    for k in models:
+        say(f"[bold]2/5[/] {k}: " + ("training a small Llama from scratch" if k in todo else f"reusing {models[k]}"))
+    with timer("subject+oracle"):
+        train_pair(data, {k: models[k] for k in todo}, seed=seed, progress=progress)
+    return data, models
+
+
 DEMO_ATTACKS = ("relearn", "quantize", "probes", "incontext")
 
 
@@ -276,15 +296,8 @@ def demo(out: str | os.PathLike = "runs/demo", *, seed: int = 0, method: str = D
     get_method(method)  # fail on an unknown method before any training
     out = Path(out)
     timer = runinfo.Timer()
-    with timer("world"):
-        data = world(out / "world", seed=seed, n_people=n_people, forget_fraction=forget_fraction)
-    say(f"[bold]1/5[/] world: {data}")
-    models = {k: out / "models" / k for k in ("subject", "oracle")}
-    todo = [k for k, ckpt in models.items() if not _reusable(ckpt, data, seed, k)]
-    for k in models:
-        say(f"[bold]2/5[/] {k}: " + ("training a small Llama from scratch" if k in todo else f"reusing {models[k]}"))
-    with timer("subject+oracle"):
-        train_pair(data, {k: models[k] for k in todo}, seed=seed, progress=progress)
+    data, models = embedded(out, seed=seed, n_people=n_people, forget_fraction=forget_fraction, progress=progress,
+                            say=say, timer=timer)
     say(f"[bold]3/5[/] unlearning the forget set with {method}")
     with timer("forget"):
         run = forget(models["subject"], data, method, out / "unlearned", seed=seed, progress=progress)

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # per-file "Loading weights" bars; ours stay
 
 app = typer.Typer(help="Make a causal LM forget on request, prove that it forgot, keep it useful.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -231,15 +232,11 @@ def _print_headline(models: dict) -> None:
 
 
 def _mount_subapps() -> None:
-    for mod, name in (("guard.cli", "guard"), ("attacks.cli", "attack")):
-        try:
-            module = __import__(f"unlearnkit.{mod}", fromlist=["app"])
-        except ImportError:
-            continue
-        if name == "attack" and hasattr(module, "attack"):
-            app.command("attack")(friendly(module.attack))
-        elif hasattr(module, "app"):
-            app.add_typer(module.app, name=name)
+    from .attacks.cli import attack
+    from .guard.cli import app as guard_app
+
+    app.command("attack")(friendly(attack))
+    app.add_typer(guard_app, name="guard")
 
 
 _mount_subapps()

@@ -9,7 +9,7 @@ from ..scoring import nll
 from .registry import register
 
 
-@register("ga", "Gradient ascent on the forget set (unbounded: short budget, small lr)", lr=2e-4, steps=30, batch_size=16)
+@register("ga", "Gradient ascent on the forget set (unbounded: short budget, small lr)", lr=2e-4, steps=40, batch_size=16)
 def loss(model, batch, ctx):
     forget_nll = nll(model, batch["forget"])
     return -forget_nll, {"forget_nll": forget_nll.detach()}

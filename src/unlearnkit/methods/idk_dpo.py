@@ -40,7 +40,7 @@ def prepare(model, streams, ctx):
 
 
 @register("idk_dpo", "DPO towards 'I don't know' refusals on forget, NLL on retain", needs_retain=True,
-          prepare=prepare, lr=3e-3, steps=60, batch_size=16, beta=0.1, gamma=1.0, alpha=1.0, seed=0)
+          prepare=prepare, lr=1e-3, steps=240, batch_size=16, beta=0.1, gamma=1.0, alpha=1.0, seed=0)
 def loss(model, batch, ctx):
     p, f = ctx["params"], batch["forget"]
     index = f["index"].cpu()

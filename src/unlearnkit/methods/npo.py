@@ -32,7 +32,7 @@ def npo_loss(model, batch, ctx):
 
 
 @register("npo", "Negative Preference Optimization: bounded, reference-relative ascent on forget",
-          prepare=prepare, lr=2e-4, steps=30, batch_size=16, beta=0.1)
+          prepare=prepare, lr=2e-4, steps=40, batch_size=16, beta=0.1)
 def loss(model, batch, ctx):
     forget, log_ratio = npo_loss(model, batch, ctx)
     return forget, {"log_ratio": log_ratio}
