@@ -335,3 +335,14 @@ def test_guarded_model_is_attackable_from_the_cli(tiny_world, tmp_path):
     assert variant["model"]["forget_rouge"] < 0.1             # quantized weights are still behind the guard
     assert variant["subject"]["forget_rouge"] > 0.9           # while 8-bit weights alone keep the knowledge
     assert res["recovery"] < 0.1
+
+
+def test_embedder_runs_on_onnx_runtime_with_the_same_vectors():
+    """The MiniLM graph exported to ONNX gives sentence-transformers' own embeddings."""
+    from unlearnkit.guard.index import get_embedder
+
+    e = get_embedder()
+    assert e._session is not None  # the fast path is active, not the fallback
+    texts = ["Where was Linine Vigormont born?", "What is the capital of a country that does not exist, really?", "x"]
+    assert np.abs(e._encode_onnx(texts) - e._encode_torch(texts)).max() < 1e-5
+    assert e.encode(texts).shape == (3, e.dim) and e.encode([]).shape == (0, e.dim)
