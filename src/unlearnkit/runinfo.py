@@ -1,6 +1,7 @@
 """What every result records so that any number can be traced to the run that made it."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -33,26 +34,32 @@ def data_hash(data_dir: str | os.PathLike) -> str:
     return h.hexdigest()[:16]
 
 
-def write_json(path: str | os.PathLike, obj) -> Path:
-    """Write JSON atomically (temp file in the same directory, then rename)."""
+def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write a file atomically: a temporary file in the same directory, flushed to disk, then
+    renamed over `path`, so a reader sees the old file or the new one, never half of one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=False, default=_default)
-        f.write("\n")
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
     return path
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-    return path
+    return write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | os.PathLike, obj) -> Path:
+    """Write JSON atomically (see `write_bytes`)."""
+    return write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_default) + "\n")
 
 
 def _default(o):
