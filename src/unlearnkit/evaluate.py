@@ -381,7 +381,8 @@ def verdict(result: dict, *, oracle: dict | None = None, subject: dict | None = 
         why = (f"forget quality {fq:.3g} {'>=' if by_fq else '<'} {min_forget_quality}" if fq is not None
                else "no forget quality")
         if gap is not None:
-            why += f"; forget ROUGE {fr:.3f} vs oracle {ofr:.3f} (gap {gap:.3f}, tolerance {rouge_tolerance})"
+            why += (f"; forget ROUGE {fr:.3f} vs oracle {ofr:.3f} (gap {gap:.3f} {'<=' if by_rouge else '>'} "
+                    f"tolerance {rouge_tolerance}); either one passes")
         out["forgetting"] = {"pass": bool(by_fq or by_rouge), "value": fq, "tolerance": min_forget_quality,
                              "rouge_gap": gap, "rouge_tolerance": rouge_tolerance, "why": why}
     pl = result.get("privleak")
