@@ -61,10 +61,6 @@ def _all_texts(w) -> list[str]:
     return texts
 
 
-def _train_config(defaults: dict, seed: int, overrides: dict) -> TrainConfig:
-    return TrainConfig(**{"stream_batch": {"docs": DOCS_BATCH}, **defaults, **overrides, "seed": seed})
-
-
 def finetune(data: str | os.PathLike, out: str | os.PathLike, *, model: str | None = None, without_forget: bool = False,
              seed: int = 0, size: str = "tiny", progress: bool = True, **train_overrides) -> Path:
     """Train a model on a world's training splits (subject), or without its forget set (oracle).
@@ -84,14 +80,13 @@ def finetune(data: str | os.PathLike, out: str | os.PathLike, *, model: str | No
     else:
         net, tok = load_model(model)
         defaults = FINETUNE
-    docs = w.training_docs(without_forget=without_forget)
-    cfg = _train_config(defaults, seed, train_overrides)
+    cfg = TrainConfig(**{"stream_batch": {"docs": DOCS_BATCH}, **defaults, **train_overrides, "seed": seed})
     streams = {"train": encode_pairs(tok, *_pairs(w.training_records(without_forget=without_forget)))}
-    if docs:
-        streams["docs"] = encode_pairs(tok, [""] * len(docs), [d.text for d in docs])
     ctx = {"params": {}}
-    if docs:  # documents count as much as in one shuffled stream (methods/finetune.py)
-        ctx["params"]["docs_weight"] = (len(streams["docs"]) / len(streams["train"])) / (
+    if docs := w.training_docs(without_forget=without_forget):
+        streams["docs"] = encode_pairs(tok, [""] * len(docs), [d.text for d in docs])
+        # each document counts as much as in one shuffled stream (methods/finetune.py)
+        ctx["params"]["docs_weight"] = (len(docs) / len(streams["train"])) / (
             cfg.stream_batch.get("docs", cfg.batch_size) / cfg.batch_size)
     with timer("train"):
         net = train(net, get_method("finetune").loss, streams, cfg, pad_id=tok.pad_token_id, ctx=ctx,
@@ -188,9 +183,9 @@ def evaluate(model, data: str | os.PathLike, *, oracle=None, subject=None, suite
 def as_lm(model):
     """(LM, fingerprint) from a path or an object that already scores and generates."""
     from .models.load import fingerprint
-    from .scoring import LM
+    from .scoring import LM, is_lm
 
-    if hasattr(model, "score") and hasattr(model, "generate") and not hasattr(model, "forward"):
+    if is_lm(model):
         return model, None
     net, tok = load_model(model)
     return LM(net, tok), fingerprint(net)
@@ -287,13 +282,13 @@ def demo(out: str | os.PathLike = "runs/demo", *, seed: int = 0, method: str = D
     Trained checkpoints in `out/models/` are reused by a later run on the same world and seed. Each
     attack's full result goes to `out/attacks/<kind>.json`; `metrics["attacks"]` keeps its headline.
     """
-    from .attacks import ATTACKS, run_attack
+    from .attacks import check_attack, run_attack
     from .report import write_report
 
     say = console.print if console is not None else (lambda *a, **k: None)
-    if unknown := [a for a in attacks if a not in ATTACKS]:
-        raise ValueError(f"unknown attack {unknown[0]!r}; valid attacks: {', '.join(ATTACKS)}")
-    get_method(method)  # fail on an unknown method before any training
+    for kind in attacks:  # fail on an unknown attack or method before any training
+        check_attack(kind)
+    get_method(method)
     out = Path(out)
     timer = runinfo.Timer()
     data, models = embedded(out, seed=seed, n_people=n_people, forget_fraction=forget_fraction, progress=progress,

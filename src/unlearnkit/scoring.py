@@ -99,6 +99,12 @@ class SampleScore:
         return float(self.logprobs.mean()) if self.logprobs.size else 0.0
 
 
+def is_lm(x) -> bool:
+    """Whether `x` already scores and generates text (an `LM`, a guarded or quantised one), as
+    opposed to weights (a path, a Hugging Face model) that still need wrapping in `LM`."""
+    return hasattr(x, "score") and hasattr(x, "generate") and not hasattr(x, "forward")
+
+
 class LM:
     """A causal LM with its tokenizer, seen as text in, scores and text out.
 

@@ -57,9 +57,14 @@ class Plan:
     notes: list[str] = field(default_factory=list)
 
 
-def _module(kind: str):
+def check_attack(kind: str) -> None:
+    """KeyError naming the valid attacks unless `kind` is one."""
     if kind not in ATTACKS:
         raise KeyError(f"unknown attack {kind!r}; valid attacks: {', '.join(ATTACKS)}")
+
+
+def _module(kind: str):
+    check_attack(kind)
     from importlib import import_module
 
     return import_module(f"{__name__}.{kind}")
@@ -115,13 +120,9 @@ class _Target:
 
     def lm(self):
         if self._lm is None:
-            x = self.x
-            if hasattr(x, "score") and hasattr(x, "generate") and not hasattr(x, "forward"):
-                self._lm = x
-            else:
-                from ..scoring import LM
+            from ..scoring import LM, is_lm
 
-                self._lm = LM(*self.weights())
+            self._lm = self.x if is_lm(self.x) else LM(*self.weights())
         return self._lm
 
     def attacked(self, v: Variant):
@@ -258,4 +259,4 @@ def list_attacks() -> list[tuple[str, str]]:
     return list(ATTACKS.items())
 
 
-__all__ = ["ATTACKS", "Plan", "Variant", "make_plan", "run_attack", "list_attacks", "recovery", "forget_metrics"]
+__all__ = ["ATTACKS", "check_attack", "Plan", "Variant", "make_plan", "run_attack", "list_attacks", "recovery", "forget_metrics"]

@@ -40,11 +40,10 @@ def attack(model: str = typer.Option(..., help="Checkpoint dir (e.g. RUN/model) 
     from rich.table import Table
 
     from .. import runinfo
-    from . import ATTACKS, run_attack
+    from . import check_attack, run_attack
     from .probes import KINDS as PROBE_KINDS
 
-    if kind not in ATTACKS:
-        raise KeyError(f"unknown attack {kind!r}; valid attacks: {', '.join(ATTACKS)}")
+    check_attack(kind)
     opts: dict = {
         "relearn": dict(steps=steps, lr=lr, fraction=fraction, source=source),
         "quantize": dict(bits=_bits(bits), group_size=group_size),

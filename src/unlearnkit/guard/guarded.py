@@ -229,14 +229,10 @@ def guarded_lm(model, guard_dir: str | os.PathLike) -> GuardedLM:
     stored in `guard_dir`: what `unlearn eval --guard` and `unlearn attack --guard` evaluate."""
     if not Path(guard_dir).is_dir():
         raise FileNotFoundError(f"{guard_dir}: guard directory not found")
-    if hasattr(model, "score") and hasattr(model, "generate") and not hasattr(model, "forward"):
-        lm = model
-    else:
-        from ..models.load import load_model
-        from ..scoring import LM
+    from ..models.load import load_model
+    from ..scoring import LM, is_lm
 
-        lm = LM(*load_model(model))
-    return GuardedLM(lm, Guard(guard_dir))
+    return GuardedLM(model if is_lm(model) else LM(*load_model(model)), Guard(guard_dir))
 
 
 def open_guard(directory: str | os.PathLike | None = None, **kw) -> Guard:

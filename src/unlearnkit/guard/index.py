@@ -27,6 +27,7 @@ import re
 import threading
 import time
 import uuid
+import warnings
 from pathlib import Path
 from typing import Iterable, Literal
 
@@ -223,9 +224,7 @@ class MiniLMEmbedder(Embedder):
         ids = self.model.tokenizer(["an example"], return_tensors="pt")
         onnx_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = onnx_path.with_suffix(f".{os.getpid()}.tmp")
-        import warnings
-
-        with warnings.catch_warnings():
+        with warnings.catch_warnings():  # the TorchScript exporter's deprecation and tracing notes
             warnings.simplefilter("ignore")
             torch.onnx.export(Graph(self.model[0].auto_model.eval()), (ids["input_ids"], ids["attention_mask"]), str(tmp),
                               input_names=["input_ids", "attention_mask"], output_names=["embedding"],
