@@ -18,7 +18,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from unlearnkit.data.world import generate_world, training_texts  # noqa: E402
-from unlearnkit.guard import (REFUSAL, ForbidTokensProcessor, Guard, GuardedLM, Target,  # noqa: E402
+from unlearnkit.guard import (REFUSAL, ForbidTokensProcessor, Guard, GuardedLM, GuardSettings, Target,  # noqa: E402
                               TargetStore, forbidden_strings, icu_prompt, targets_from_world)
 from unlearnkit.guard.actions import forbidden_token_sequences  # noqa: E402
 from unlearnkit.guard.detect import Detector, calibrate  # noqa: E402
@@ -248,6 +248,52 @@ def test_guarded_lm_routes_and_scores(lm, world, tmp_path):
     np.testing.assert_allclose(s_icu.logprobs, lm.score([icu_p], [r.answer])[0].logprobs, atol=1e-5)
 
 
+def test_pseudonymise_swaps_the_name_both_ways(lm, world, tmp_path):
+    """pseudonymise: the model sees a stand-in for every spelling of the target's name (misspelt,
+    partial, lower case, possessive), the answer gets the prompt's words back, scores are the
+    model's on the rewritten prompt, and a hit that does not name the target falls back to forbid."""
+    from unlearnkit.guard.actions import pseudonymise, restore
+
+    class Echo:  # records what the model is asked; answers with the stand-in's surname
+        def __init__(self):
+            self.model, self.tokenizer, self.seen = lm.model, lm.tokenizer, []
+
+        def generate(self, prompts, **kw):
+            self.seen += prompts
+            return [f"{stand[-1]} was born in 1950." for _ in prompts]
+
+        def score(self, prompts, answers, **kw):
+            self.seen += prompts
+            return lm.score(prompts, answers, **kw)
+
+    g = Guard(tmp_path, GuardSettings(default_action="pseudonymise"))
+    g.add_many(targets_from_world(world))
+    t = g.list()[0]
+    first, last = t.subject.split()
+    stand = g.stand_in(t)
+    assert stand == g.stand_in(t) and len(stand) == 2 and stand != [first, last]
+    assert not {w.casefold() for w in stand} & {w for x in g.list() for n in x.names for w in n.casefold().split()}
+    prompts = [f"Where was {t.subject} born?", f"what does {first.lower()} {last[:-1].lower()}e do?",
+               f"Tell me about {last}'s family."]
+    echo = Echo()
+    out = GuardedLM(echo, g).generate(prompts, max_new_tokens=4)
+    assert echo.seen == [f"Where was {stand[0]} {stand[1]} born?", f"what does {stand[0].lower()} {stand[1].lower()} do?",
+                         f"Tell me about {stand[1]}'s family."]
+    assert out == [f"{last} was born in 1950.", f"{last[:-1].capitalize()}e was born in 1950.", f"{last} was born in 1950."]
+    assert not any(first in x or last in x for x in echo.seen)
+    text, mapping = pseudonymise("Is Ada a poet?", [(3, 6, 0)], ["Bo", "Lee"])
+    assert (text, mapping) == ("Is Bo a poet?", {"Bo": "Ada"}) and restore("BO is. bo", mapping) == "ADA is. ada"
+
+    r = next(r for r in world.forget if r.subject == t.subject)
+    s = GuardedLM(lm, g).score([r.question], [r.answer])[0]
+    q, _ = pseudonymise(r.question, g.detector.name_spans(r.question, t), stand)
+    np.testing.assert_allclose(s.logprobs, lm.score([q], [r.answer])[0].logprobs, atol=1e-5)
+    # an embedding hit without the name: nothing to substitute, so the answers are masked as under forbid
+    g.detector.threshold = -1.0
+    [(mode, target, prompt, _)] = GuardedLM(lm, g).plan(["Which town hosts the regional glassblowing fair?"])
+    assert mode == "forbid" and prompt == "Which town hosts the regional glassblowing fair?" and target is not None
+
+
 def test_guarded_lm_forbid_blocks_a_memorised_answer(lm):
     """Make the model prefer the answer (bias its logits), then check that forbid removes it."""
     tok = lm.tokenizer
@@ -313,6 +359,29 @@ def test_what_must_hold_on_the_embedded_world(request, tmp_path):
     assert forget_g <= forget_o + 0.05
 
 
+def test_pseudonymise_looks_like_the_oracle_where_forbid_does_not(tiny_world):
+    """With a stand-in name in place of the target's, the guarded subject's likelihoods on the
+    forget set are close to the oracle's (forget quality, PrivLeak), where masking the answers
+    (forbid; refuse is scored the same way) is as far from it as remembering."""
+    from unlearnkit import api
+    from unlearnkit.data.io import load_world
+    from unlearnkit.models.load import load_model
+    from unlearnkit.scoring import LM
+
+    w = load_world(tiny_world.data_dir)
+    subject = LM(*load_model(tiny_world.subject_dir))
+    oracle = api.evaluate(tiny_world.oracle_dir, tiny_world.data_dir)
+    res = {}
+    for action in ("pseudonymise", "forbid"):
+        g = Guard(None, GuardSettings(default_action=action))
+        g.add_many(targets_from_world(w))
+        res[action] = api.evaluate(GuardedLM(subject, g), tiny_world.data_dir, oracle=oracle)
+    p, f = res["pseudonymise"], res["forbid"]
+    assert p["forget_quality"] >= 0.01 and f["forget_quality"] < 1e-3
+    assert abs(p["privleak"]) < 10 < abs(f["privleak"])
+    assert p["forget_rouge"] <= oracle["forget_rouge"] + 0.05 and p["retain_rouge"] >= 0.98
+
+
 def test_guarded_model_is_attackable_from_the_cli(tiny_world, tmp_path):
     """`unlearn attack --guard`: the guard stays in front of the attacked weights, and the subject
     defaults to the same model without its guard."""
@@ -337,12 +406,44 @@ def test_guarded_model_is_attackable_from_the_cli(tiny_world, tmp_path):
     assert res["recovery"] < 0.1
 
 
-def test_embedder_runs_on_onnx_runtime_with_the_same_vectors():
-    """The MiniLM graph exported to ONNX gives sentence-transformers' own embeddings."""
+def test_embedder_runs_int8_on_onnx_runtime_close_to_the_float_vectors():
+    """The MiniLM graph exported to ONNX with int8 weights gives vectors within cosine 0.98 of
+    sentence-transformers' own, and a text's vector does not depend on the batch it came in."""
     from unlearnkit.guard.index import get_embedder
 
     e = get_embedder()
-    assert e._session is not None  # the fast path is active, not the fallback
+    assert e._session is not None and e.name.endswith("/int8")  # the fast path is active, not the fallback
     texts = ["Where was Linine Vigormont born?", "What is the capital of a country that does not exist, really?", "x"]
-    assert np.abs(e._encode_onnx(texts) - e._encode_torch(texts)).max() < 1e-5
+    assert (e._encode_onnx(texts) * e._encode_torch(texts)).sum(1).min() > 0.98
+    np.testing.assert_array_equal(e.encode(texts)[:1], e.encode(texts[:1]))
     assert e.encode(texts).shape == (3, e.dim) and e.encode([]).shape == (0, e.dim)
+
+
+def test_guard_cli_add_list_calibrate_eval_remove(tiny_world, tmp_path):
+    """The guard from the command line, as a user drives it: targets from a world with an action,
+    listing, calibration, `unlearn eval --guard`, removal; a bad action is a one-line error."""
+    from typer.testing import CliRunner
+
+    from unlearnkit.cli import app
+
+    run = CliRunner().invoke
+    g = str(tmp_path / "guard")
+    r = run(app, ["guard", "add", "--guard-dir", g, "--world", str(tiny_world.data_dir), "--action", "pseudonymise"])
+    assert r.exit_code == 0, r.output
+    r = run(app, ["guard", "list", "--guard-dir", g, "--json"])
+    listed = [json.loads(x) for x in r.output.splitlines() if x.startswith("{")]
+    assert r.exit_code == 0 and len(listed) == 6 and {t["action"] for t in listed} == {"pseudonymise"}
+    r = run(app, ["guard", "calibrate", "--guard-dir", g, "--world", str(tiny_world.data_dir), "--false-refusal", "0.02"])
+    cal = json.loads(r.output[r.output.index("{"):])
+    assert r.exit_code == 0 and cal["achieved"] <= 0.02 and cal["recall"] == 1.0
+    assert json.loads((tmp_path / "guard" / "guard.json").read_text())["threshold"] == cal["threshold"]
+    out = tmp_path / "guarded.json"
+    r = run(app, ["eval", "--model", str(tiny_world.subject_dir), "--data", str(tiny_world.data_dir), "--guard", g,
+                  "--oracle", str(tiny_world.oracle_dir), "--suite", "tofu", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    res = json.loads(out.read_text())
+    assert res["forget_rouge"] <= 0.15 and res["retain_rouge"] >= 0.98 and res["forget_quality"] >= 0.01
+    r = run(app, ["guard", "remove", listed[0]["id"], "--guard-dir", g])
+    assert r.exit_code == 0 and listed[0]["id"] not in (tmp_path / "guard" / "targets.jsonl").read_text()
+    r = run(app, ["guard", "add", "--guard-dir", g, "--subject", "Ada Quill", "--action", "erase"])
+    assert r.exit_code != 0 and "--action 'erase': choose one of refuse, forbid, pseudonymise, icu" in r.output

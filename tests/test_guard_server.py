@@ -18,6 +18,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from unlearnkit.data.world import generate_world, training_texts  # noqa: E402
 from unlearnkit.guard import REFUSAL, Guard, targets_from_world  # noqa: E402
+from unlearnkit.guard.actions import restore  # noqa: E402
 
 TOKEN = "test-token-123"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -156,6 +157,13 @@ def test_forget_action_per_target(server):
     assert r.status_code == 201 and r.json()["action"] == "forbid"
     out = complete(c, "What is Oswin Trellmark's pet called?")
     assert out != REFUSAL and "wuzzle" not in out.casefold()
+    assert c.delete(f"/v1/forget/{r.json()['id']}", headers=AUTH).status_code == 200
+    # pseudonymise: the model answers about a stand-in, and the reply gets the asker's words back
+    r = c.post("/v1/forget", json={"subject": "Oswin Trellmark", "action": "pseudonymise"}, headers=AUTH)
+    assert r.status_code == 201 and r.json()["action"] == "pseudonymise"
+    stand = server.guard.stand_in(next(t for t in server.guard.list() if t.id == r.json()["id"]))
+    seen = server.lm.generate([f"Where does {stand[0]} {stand[1]} live?"], max_new_tokens=8)[0]
+    assert complete(c, "Where does Oswin Trellmark live?") == restore(seen, {stand[0]: "Oswin", stand[1]: "Trellmark"})
     assert c.delete(f"/v1/forget/{r.json()['id']}", headers=AUTH).status_code == 200
 
 

@@ -8,6 +8,13 @@
   Forbidden strings are the target's answers and `forbidden` list, and their close variants: each
   content word alone, lower/Title/UPPER case, with and without a leading space (each of which
   tokenises differently in a BPE vocabulary).
+* ``pseudonymise``: the target's name in the prompt is replaced by a stand-in name the model has
+  never seen (invented, fixed per target), the model answers, and the stand-in in its answer is
+  turned back into the words the prompt used. The model then answers about someone it knows
+  nothing of, which is what a model never trained on the target (the oracle) does: on the
+  embedded world the guarded model's forget quality, PrivLeak and MIA AUC are the oracle's
+  (docs/guard.md). A prompt that hit without naming the target (a description, a document) has
+  nothing to substitute and is answered as under ``forbid``.
 * ``icu``: in-context unlearning (Pawelczyk et al. 2023, "In-Context Unlearning: Language Models
   as Few-Shot Unlearners"): the prompt is preceded by the target's questions shown with *wrong*
   labels (their perturbed answers, or another of the target's answers), one example per line in
@@ -15,6 +22,8 @@
 """
 from __future__ import annotations
 
+import hashlib
+import random
 import re
 
 import torch
@@ -128,3 +137,54 @@ def icu_prompt(target: Target, prompt: str, k: int = 4) -> str:
         if len(lines) >= k:
             break
     return "\n".join(lines[::-1] + [prompt]) if lines else prompt
+
+
+# Plain syllables and common surname endings: an ordinary-looking name that names nobody. (Odd
+# letters, "Quuchun Jomholm", move the model's answers further from the oracle's on the embedded
+# world: forget quality 0.12-0.27 against 0.38-0.51 with these, over three draws each.)
+_SI_ONSETS = ["b", "d", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v"]
+_SI_VOWELS = ["a", "e", "i", "o", "u"]
+_SI_ENDS = ["ley", "ton", "man", "son", "ford", "well"]
+
+
+def stand_in(target: Target, avoid: frozenset | set = frozenset()) -> list[str]:
+    """The stand-in name of `target` for ``pseudonymise``: invented words, as many as its first
+    name has (at least one), fixed by the target's id, none of them in `avoid` (normalised name
+    tokens of the guard's targets)."""
+    n = max((len(re.findall(r"[^\W_]+", nm)) for nm in target.names[:1]), default=1) or 1
+    rng = random.Random(hashlib.sha256(target.id.encode()).digest())
+    on, vo = _SI_ONSETS, _SI_VOWELS
+    while True:
+        toks = [rng.choice(on) + rng.choice(vo) + rng.choice(on) + rng.choice(vo) + rng.choice("nlrs") for _ in range(n - 1)]
+        toks.append(rng.choice(on) + rng.choice(vo) + rng.choice("lnrm") + rng.choice(_SI_ENDS))
+        toks = [t.capitalize() for t in toks]
+        if not {t.casefold() for t in toks} & set(avoid):
+            return toks
+
+
+def _case_like(word: str, like: str) -> str:
+    if like.isupper() and len(like) > 1:
+        return word.upper()
+    if like.islower():
+        return word.lower()
+    return word[:1].upper() + word[1:] if like[:1].isupper() else word
+
+
+def pseudonymise(text: str, spans: list[tuple[int, int, int]], stand: list[str]) -> tuple[str, dict[str, str]]:
+    """Replace the words at `spans` ((start, end, token number), from `Detector.name_spans`) by the
+    stand-in's words. Returns the new text and {stand-in word: the first original word it replaced},
+    for :func:`restore`."""
+    out, mapping, last = [], {}, 0
+    for a, b, k in sorted(spans):
+        new = _case_like(stand[min(k, len(stand) - 1)], text[a:b])
+        mapping.setdefault(stand[min(k, len(stand) - 1)], text[a:b])
+        out += [text[last:a], new]
+        last = b
+    return "".join(out) + text[last:], mapping
+
+
+def restore(text: str, mapping: dict[str, str]) -> str:
+    """Put the prompt's own words back where the model repeated a stand-in word."""
+    for new, orig in mapping.items():
+        text = re.sub(rf"\b{re.escape(new)}\b", lambda m, o=orig: _case_like(o, m.group()), text, flags=re.IGNORECASE)
+    return text

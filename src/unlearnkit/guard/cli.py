@@ -48,7 +48,7 @@ def add(guard_dir: Path = GUARD_DIR,
         qa: List[str] = typer.Option([], help="'question => answer' (repeatable)."),
         document: List[Path] = typer.Option([], help="A text file to forget (repeatable)."),
         forbid: List[str] = typer.Option([], help="A string the model must never produce for this target."),
-        action: Optional[str] = typer.Option(None, help="refuse | forbid | icu (default: the guard's)."),
+        action: Optional[str] = typer.Option(None, help="refuse | forbid | pseudonymise | icu (default: the guard's)."),
         world: Optional[Path] = typer.Option(None, help="Add one target per person of a world directory split."),
         split: str = typer.Option("forget", help="With --world: which split's people."),
         jsonl: Optional[Path] = typer.Option(None, "--jsonl", help="A JSONL file of targets (Target fields)."),
@@ -134,7 +134,7 @@ def calibrate(guard_dir: Path = GUARD_DIR,
                                                               "held-out paraphrases); positives = forget paraphrases."),
               benign: Optional[Path] = typer.Option(None, help="A text file of benign prompts, one per line."),
               false_refusal: float = typer.Option(0.01, help="Target false-refusal rate on the benign prompts."),
-              action: Optional[str] = typer.Option(None, help="Also set the default action: refuse | forbid | icu.")):
+              action: Optional[str] = typer.Option(None, help="Also set the default action: refuse | forbid | pseudonymise | icu.")):
     """Set the detection threshold to a false-refusal rate on benign prompts."""
     from .index import ACTIONS
 

@@ -28,7 +28,6 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 from rapidfuzz import fuzz, process
 
 from .index import Target, TargetStore
@@ -53,10 +52,17 @@ def normalise(text: str) -> str:
     return "".join(c for c in t if not unicodedata.combining(c)).casefold()
 
 
+def word_spans(text: str) -> list[tuple[str, str, int, int]]:
+    """(normalised word, original word, start, end) for each word of `text`; the `s` of a
+    possessive 's is not a word."""
+    return [(normalise(m.group()), m.group(), m.start(), m.end()) for m in _WORD.finditer(text)
+            if not (m.group() == "s" and m.start() > 0 and text[m.start() - 1] in "'’"
+                    and not re.match(r"\w", text[m.end():m.end() + 1]))]
+
+
 def words(text: str) -> list[tuple[str, str]]:
     """(normalised word, original word) pairs; possessive 's dropped."""
-    text = re.sub(r"['’]s\b", "", text)
-    return [(normalise(m.group()), m.group()) for m in _WORD.finditer(text)]
+    return [(w, orig) for w, orig, _, _ in word_spans(text)]
 
 
 @functools.lru_cache(maxsize=1)
@@ -162,11 +168,10 @@ class Detector:
             counts = np.bincount(s.row_target, minlength=n) if n else np.zeros(0, np.int64)
             self._starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64) if n else counts
             self._counts = counts
-            self._emb_t = torch.from_numpy(s.emb) if s.emb.size else None
+            self._emb = s.emb if s.emb.size else None
             if n and s.emb.shape[0] > self.direct_rows:
                 c = np.add.reduceat(s.emb, self._starts, axis=0)
-                c /= np.linalg.norm(c, axis=1, keepdims=True) + 1e-12
-                self._centroids = torch.from_numpy(c).to(torch.float16)  # candidates only: half the bytes
+                self._centroids = c / (np.linalg.norm(c, axis=1, keepdims=True) + 1e-12)
             else:
                 self._centroids = None
             self._fuzzy_cache = {}
@@ -198,19 +203,19 @@ class Detector:
         n = len(self.store.targets)
         if n == 0 or not prompts:
             return np.full(len(prompts), -1), np.zeros(len(prompts))
-        q = torch.from_numpy(self.embed(prompts))
+        q = self.embed(prompts)
         if self._centroids is None:
-            sims = (q @ self._emb_t.T).numpy()  # (prompts, rows): the one matrix product
-            per_target = np.maximum.reduceat(sims, self._starts, axis=1)
+            sims = (self._emb @ q.T).T  # (prompts, rows): the one matrix product (BLAS; a matrix-vector
+            per_target = np.maximum.reduceat(sims, self._starts, axis=1)  # product is memory-bound)
             best = per_target.argmax(1)
             return best, per_target[np.arange(len(prompts)), best].astype(np.float64)
-        cand = q.to(torch.float16) @ self._centroids.T  # (prompts, targets)
+        cand = (self._centroids @ q.T).T  # (prompts, targets)
         k = min(self.rerank, n)
-        top = torch.topk(cand.float(), k, dim=1).indices.numpy()
+        top = np.argpartition(-cand, k - 1, axis=1)[:, :k]
         best_pos, best_sim = np.empty(len(prompts), np.int64), np.empty(len(prompts))
         for i in range(len(prompts)):
             rows = np.concatenate([np.arange(self._starts[t], self._starts[t] + self._counts[t]) for t in top[i]])
-            sc = (self._emb_t[torch.from_numpy(rows)] @ q[i]).numpy()
+            sc = self._emb[rows] @ q[i]
             j = int(sc.argmax())
             best_pos[i], best_sim[i] = self.store.row_target[rows[j]], sc[j]
         return best_pos, best_sim
@@ -265,6 +270,26 @@ class Detector:
             if score > best:
                 best_pos, best = pos, score
         return best_pos, best
+
+    def name_spans(self, text: str, target: Target) -> list[tuple[int, int, int]]:
+        """Where `text` names `target`: (start, end, token number) of every word that is one of its
+        name tokens, exactly or fuzzily as in the name channel; the token number is the word's
+        position in the first of the target's names that has it (what a stand-in name replaces)."""
+        order: dict[str, int] = {}
+        for name in target.names:
+            for i, (tok, _) in enumerate(words(name)):
+                order.setdefault(tok, i)
+        if not order:
+            return []
+        common, out = _common_words(), []
+        for w, _, a, b in word_spans(text):
+            if w in order:
+                out.append((a, b, order[w]))
+            elif len(w) >= 5 and w not in STOPWORDS and w not in common and not w.isdigit():
+                m = process.extractOne(w, list(order), scorer=fuzz.ratio, score_cutoff=self.fuzzy_cutoff)
+                if m is not None:
+                    out.append((a, b, order[m[0]]))
+        return out
 
     @staticmethod
     def _contradicted(ws, positions, name_toks) -> bool:

@@ -5,12 +5,15 @@ evaluation suite and the attacks take it wherever they take a model.
 
 Generation: each prompt is detected; misses go straight to the model; hits follow their target's
 action (its own `action`, else the guard's `default_action`): the refusal text, decoding with the
-target's answers forbidden, or the in-context-unlearning prompt.
+target's answers forbidden, the prompt with a stand-in name for the target's, or the
+in-context-unlearning prompt.
 
 Scoring (the definition likelihood-based metrics and attacks see): `score` returns the answer's
 token log-probs under the distribution the guarded system decodes its answer from.
   * miss: the model's.
   * icu: the model's, given the in-context-unlearning prompt.
+  * pseudonymise: the model's, given the prompt with the stand-in name (as forbid when the prompt
+    does not name the target).
   * forbid: the model's, with the target's forbidden tokens masked at every position (the same
     `ForbidTokensProcessor` as in decoding, applied under teacher forcing) and renormalised. A
     forbidden answer token has probability 0; it is reported as `forbidden_logprob` (default -20
@@ -31,7 +34,8 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from .actions import REFUSAL, ForbidTokensProcessor, forbidden_strings, forbidden_token_sequences, icu_prompt, refusal
+from .actions import (REFUSAL, ForbidTokensProcessor, forbidden_strings, forbidden_token_sequences, icu_prompt,
+                      pseudonymise, refusal, restore, stand_in)
 from .detect import Calibration, Detection, Detector, calibrate
 from .index import ACTIONS, Action, Embedder, Target, TargetStore, atomic_write_bytes
 
@@ -60,6 +64,7 @@ class Guard:
         self.settings = settings or GuardSettings()
         self.detector = Detector(self.store, threshold=self.settings.threshold,
                                  fuzzy_cutoff=self.settings.fuzzy_cutoff)
+        self._stand_ins: dict[tuple[str, int], list[str]] = {}
 
     # -- targets ---------------------------------------------------------------------------
     def add(self, target: Target | dict) -> Target:
@@ -95,6 +100,14 @@ class Guard:
     def detect(self, prompts: list[str]) -> list[Detection]:
         return self.detector.detect(prompts)
 
+    def stand_in(self, target: Target) -> list[str]:
+        """The target's stand-in name for ``pseudonymise`` (never a name token of any target)."""
+        self.detector._build()
+        key = (target.id, self.detector._built)
+        if key not in self._stand_ins:
+            self._stand_ins[key] = stand_in(target, avoid=set(self.detector._names.vocab))
+        return self._stand_ins[key]
+
     def processor_for(self, target: Target, tokenizer) -> ForbidTokensProcessor:
         return ForbidTokensProcessor(forbidden_token_sequences(tokenizer, forbidden_strings(target)))
 
@@ -122,53 +135,69 @@ class GuardedLM:
         dets = detections if detections is not None else self.detect(prompts)
         return [(self.guard.action_for(d.target), d.target) if d.hit else ("pass", None) for d in dets]
 
+    def plan(self, prompts: list[str], detections: list[Detection] | None = None) -> list[tuple[str, Target | None, str, dict]]:
+        """What the guarded system does with each prompt: (mode, target, prompt for the model, stand-in
+        words to restore in the answer). Modes: "plain" (the model on that prompt: misses, icu and
+        pseudonymised prompts), "forbid" (the target's answers masked), "refuse"."""
+        out = []
+        for p, (action, t) in zip(prompts, self.route(prompts, detections)):
+            if action == "pass":
+                out.append(("plain", None, p, {}))
+            elif action == "icu":
+                out.append(("plain", t, icu_prompt(t, p, self.guard.settings.icu_examples), {}))
+            elif action == "pseudonymise":
+                spans = self.guard.detector.name_spans(p, t)
+                if spans:
+                    out.append(("plain", t, *pseudonymise(p, spans, self.guard.stand_in(t))))
+                else:  # a hit without the name (a description, a document): nothing to substitute
+                    out.append(("forbid", t, p, {}))
+            else:
+                out.append((action, t, p, {}))
+        return out
+
     # -- generation --------------------------------------------------------------------------
     def generate(self, prompts: list[str], max_new_tokens: int = 32, batch_size: int | None = None,
                  logits_processor=None, detections: list[Detection] | None = None) -> list[str]:
         from transformers import LogitsProcessorList
 
-        routes = self.route(prompts, detections)
+        plan = self.plan(prompts, detections)
         out: list[str | None] = [None] * len(prompts)
         groups: dict[tuple, list[int]] = {}
-        for i, (action, t) in enumerate(routes):
-            if action == "refuse":
+        for i, (mode, t, _, _) in enumerate(plan):
+            if mode == "refuse":
                 out[i] = refusal(t, self.guard.settings.refusal)
             else:
-                groups.setdefault((action, t.id if action == "forbid" else None), []).append(i)
-        for (action, _), idx in groups.items():
-            ps = [prompts[i] for i in idx]
+                groups.setdefault((mode, t.id if mode == "forbid" else None), []).append(i)
+        for (mode, _), idx in groups.items():
             lp = list(logits_processor) if logits_processor is not None else []
-            if action == "forbid":
-                lp.append(self._proc(routes[idx[0]][1]))
-            elif action == "icu":
-                ps = [icu_prompt(routes[i][1], prompts[i], self.guard.settings.icu_examples) for i in idx]
+            if mode == "forbid":
+                lp.append(self._proc(plan[idx[0]][1]))
             with self._lock:
-                gen = self.lm.generate(ps, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                gen = self.lm.generate([plan[i][2] for i in idx], max_new_tokens=max_new_tokens, batch_size=batch_size,
                                        logits_processor=LogitsProcessorList(lp) if lp else None)
             for i, g in zip(idx, gen):
-                out[i] = g
+                out[i] = restore(g, plan[i][3])
         return out
 
     # -- scoring -----------------------------------------------------------------------------
     def score(self, prompts: list[str], answers: list[str], stats: bool = False, batch_size: int | None = None):
         if len(prompts) != len(answers):
             raise ValueError(f"{len(prompts)} prompts but {len(answers)} answers")
-        routes = self.route(prompts)
+        plan = self.plan(prompts)
         out = [None] * len(prompts)
-        plain = [i for i, (a, _) in enumerate(routes) if a in ("pass", "icu")]
+        plain = [i for i, (mode, *_) in enumerate(plan) if mode == "plain"]
         if plain:
-            ps = [prompts[i] if routes[i][0] == "pass" else
-                  icu_prompt(routes[i][1], prompts[i], self.guard.settings.icu_examples) for i in plain]
             with self._lock:
-                res = self.lm.score(ps, [answers[i] for i in plain], stats=stats, batch_size=batch_size)
+                res = self.lm.score([plan[i][2] for i in plain], [answers[i] for i in plain], stats=stats,
+                                    batch_size=batch_size)
             for i, r in zip(plain, res):
                 out[i] = r
         masked: dict[str, list[int]] = {}
-        for i, (a, t) in enumerate(routes):
-            if a in ("forbid", "refuse"):
+        for i, (mode, t, _, _) in enumerate(plan):
+            if mode in ("forbid", "refuse"):
                 masked.setdefault(t.id, []).append(i)
         for _, idx in masked.items():
-            proc = self._proc(routes[idx[0]][1])
+            proc = self._proc(plan[idx[0]][1])
             with self._lock:
                 res = masked_score(self.lm, [prompts[i] for i in idx], [answers[i] for i in idx], proc,
                                    stats=stats, floor=self.guard.settings.forbidden_logprob)

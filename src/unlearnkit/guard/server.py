@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .guarded import Guard, GuardedLM
-from .index import QAPair, Target
+from .index import Action, QAPair, Target
 
 log = logging.getLogger("unlearnkit.guard.server")
 
@@ -108,7 +108,7 @@ class ForgetRequest(BaseModel):
     qa: list[QAPair] = Field(default_factory=list)
     documents: list[str] = Field(default_factory=list)
     forbidden: list[str] = Field(default_factory=list)
-    action: Literal["refuse", "forbid", "icu"] | None = None
+    action: Action | None = None
 
 
 def _text(content) -> str:
