@@ -178,7 +178,7 @@ def test_demo_end_to_end_reuses_checkpoints(tiny_world, tmp_path):
     assert models["oracle"]["forget_quality"] == pytest.approx(1.0)
     assert models["unlearned"]["forget_rouge"] <= 0.5 * models["subject"]["forget_rouge"]
     assert metrics["config"]["seed"] == 0 and metrics["versions"]["transformers"]
-    assert {"world", "subject+oracle", "forget", "eval"} <= set(metrics["seconds"])
+    assert {"world", "subject+oracle", "forget", "guard", "eval"} <= set(metrics["seconds"])
     assert (out / "report.md").read_text().startswith("# unlearnkit report")
     assert (out / "world" / "forget.jsonl").is_file() and (out / "unlearned" / "model" / "config.json").is_file()
     # the attack stage: every attack's full result on disk, its headline in metrics.json and the report
@@ -188,3 +188,13 @@ def test_demo_end_to_end_reuses_checkpoints(tiny_world, tmp_path):
         assert a["recovery"] == pytest.approx(full["recovery"]) and 0.0 <= a["recovery"] <= 1.0
         assert a["oracle_recovery"] is not None
     assert "## Attacks on the unlearned model" in (out / "report.md").read_text()
+    # the guard stage: the subject behind a guard of the forget people, weights untouched, answers like the oracle's
+    g = models["guarded"]
+    assert g["forget_rouge"] <= models["oracle"]["forget_rouge"] + 0.05 and g["retain_rouge"] >= 0.98
+    assert g["forget_quality"] > 10 * models["subject"]["forget_quality"]
+    assert len((out / "guard" / "targets.jsonl").read_text().splitlines()) == 6
+    assert json.loads((out / "guard" / "guard.json").read_text())["calibration"]["false_refusal"] == 0.01
+    assert "## Verdict: guarded" in (out / "report.md").read_text() and "guard serve" in r.output
+    r = runner.invoke(app, ["demo", "--out", str(out), "--people", str(TEST_PEOPLE), "--forget-fraction", str(TEST_FORGET),
+                            "--guard", "erase"])
+    assert r.exit_code == 2 and "guard action 'erase'" in r.output

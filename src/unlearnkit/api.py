@@ -262,26 +262,52 @@ def embedded(out: str | os.PathLike, *, seed: int = 0, n_people: int = 60, forge
     out = Path(out)
     with timer("world"):
         data = world(out / "world", seed=seed, n_people=n_people, forget_fraction=forget_fraction)
-    say(f"[bold]1/5[/] world: {data}")
+    say(f"[bold]1/6[/] world: {data}")
     models = {k: out / "models" / k for k in ("subject", "oracle")}
     todo = [k for k, ckpt in models.items() if not _reusable(ckpt, data, seed, k)]
     for k in models:
-        say(f"[bold]2/5[/] {k}: " + ("training a small Llama from scratch" if k in todo else f"reusing {models[k]}"))
+        say(f"[bold]2/6[/] {k}: " + ("training a small Llama from scratch" if k in todo else f"reusing {models[k]}"))
     with timer("subject+oracle"):
         train_pair(data, {k: models[k] for k in todo}, seed=seed, progress=progress)
     return data, models
 
 
 DEMO_ATTACKS = ("relearn", "quantize", "probes", "incontext")
+DEMO_GUARD = "pseudonymise"  # the guard action the demo evaluates (the one that answers like the oracle)
+
+
+def demo_guard(out: str | os.PathLike, data: str | os.PathLike, action: str = DEMO_GUARD, false_refusal: float = 0.01):
+    """The guard of the demo in `out`: the forget people as targets with `action`, calibrated at
+    `false_refusal` on the retain and neighbour questions. Targets already there are replaced by
+    id (a rerun is idempotent; targets added by hand stay). Returns the `Guard`."""
+    from .guard import Guard, targets_from_world
+
+    w = load_world(data)
+    g = Guard(out)
+    targets = targets_from_world(w, action=action)
+    have = {t.id for t in g.list()}
+    for t in targets:
+        if t.id in have:
+            g.remove(t.id)
+    g.add_many(targets)
+    g.calibrate({"retain": [r.question for r in w.retain], "neighbours": [r.question for r in w.neighbours]},
+                false_refusal)
+    return g
 
 
 def demo(out: str | os.PathLike = "runs/demo", *, seed: int = 0, method: str = DEMO_METHOD, n_people: int = 60,
-         forget_fraction: float = 0.10, attacks: tuple[str, ...] = DEMO_ATTACKS, progress: bool = True, console=None) -> dict:
-    """The whole job on the embedded default: world → subject + oracle → unlearn → evaluate → attack → report.
+         forget_fraction: float = 0.10, attacks: tuple[str, ...] = DEMO_ATTACKS, guard: str | None = DEMO_GUARD,
+         progress: bool = True, console=None) -> dict:
+    """The whole job on the embedded default: world → subject + oracle → unlearn → guard → evaluate →
+    attack → report.
 
-    Trained checkpoints in `out/models/` are reused by a later run on the same world and seed. Each
-    attack's full result goes to `out/attacks/<kind>.json`; `metrics["attacks"]` keeps its headline.
+    Trained checkpoints in `out/models/` are reused by a later run on the same world and seed. The
+    guard (inference-time unlearning, weights untouched) goes to `out/guard`, with the forget people as
+    targets and action `guard` (None: no guard); its results are the model "guarded" (the subject
+    behind it). Each attack's full result goes to `out/attacks/<kind>.json`; `metrics["attacks"]`
+    keeps its headline.
     """
+    from .guard import ACTIONS
     from .attacks import check_attack, run_attack
     from .report import write_report
 
@@ -289,24 +315,36 @@ def demo(out: str | os.PathLike = "runs/demo", *, seed: int = 0, method: str = D
     for kind in attacks:  # fail on an unknown attack or method before any training
         check_attack(kind)
     get_method(method)
+    if guard is not None and guard not in ACTIONS:
+        raise ValueError(f"guard action {guard!r}: choose one of {', '.join(ACTIONS)}")
     out = Path(out)
     timer = runinfo.Timer()
     data, models = embedded(out, seed=seed, n_people=n_people, forget_fraction=forget_fraction, progress=progress,
                             say=say, timer=timer)
-    say(f"[bold]3/5[/] unlearning the forget set with {method}")
+    say(f"[bold]3/6[/] unlearning the forget set with {method}")
     with timer("forget"):
         run = forget(models["subject"], data, method, out / "unlearned", seed=seed, progress=progress)
     models["unlearned"] = run / "model"
-    say("[bold]4/5[/] evaluating subject, oracle and unlearned models")
+    if guard is not None:
+        say(f"[bold]4/6[/] guard: the forget people as targets, action {guard}")
+        with timer("guard"):
+            g = demo_guard(out / "guard", data, guard)
+        models["guard"] = out / "guard"
+    say("[bold]5/6[/] evaluating subject, oracle, unlearned" + (" and guarded models" if guard else " models"))
     results = {}
     with timer("eval"):
         results["oracle"] = evaluate(models["oracle"], data, oracle="self")
         results["subject"] = evaluate(models["subject"], data, oracle=results["oracle"])
         results["unlearned"] = evaluate(models["unlearned"], data, oracle=results["oracle"], subject=results["subject"])
+        if guard is not None:
+            from .guard import GuardedLM
+
+            results["guarded"] = evaluate(GuardedLM(as_lm(models["subject"])[0], g), data, oracle=results["oracle"],
+                                          subject=results["subject"])
     attack_results = {}
     with timer("attacks"):
         for kind in attacks:
-            say(f"[bold]5/5[/] attack: {kind}")
+            say(f"[bold]6/6[/] attack: {kind}")
             res = run_attack(kind, models["unlearned"], data, subject=models["subject"], oracle=models["oracle"],
                              seed=seed)
             runinfo.write_json(out / "attacks" / f"{kind}.json", res)
@@ -315,7 +353,7 @@ def demo(out: str | os.PathLike = "runs/demo", *, seed: int = 0, method: str = D
         "models": results,
         "attacks": attack_results,
         "config": {"seed": seed, "method": method, "n_people": n_people, "forget_fraction": forget_fraction,
-                   "attacks": list(attacks), "out": str(out),
+                   "attacks": list(attacks), "guard": guard, "out": str(out),
                    "paths": {k: str(v) for k, v in models.items()}},
         "versions": runinfo.versions(),
         "seconds": timer.seconds,

@@ -77,14 +77,16 @@ def demo(out: Path = typer.Option(Path("runs/demo"), help="Run directory (world,
          people: int = typer.Option(60, help="Number of fictitious people in the world."),
          forget_fraction: float = typer.Option(0.10, help="Fraction of the people in the forget split."),
          attacks: str = typer.Option("relearn,quantize,probes,incontext",
-                                     help="Comma-separated attacks to run on the unlearned model; empty: none.")):
-    """The whole job on the embedded default: world, subject and oracle, unlearning, evaluation, attacks, report."""
+                                     help="Comma-separated attacks to run on the unlearned model; empty: none."),
+         guard: str = typer.Option("pseudonymise", help="Action of the demo's guard (refuse | forbid | pseudonymise "
+                                                        "| icu), evaluated as the model 'guarded'; empty: no guard.")):
+    """The whole job on the embedded default: world, subject and oracle, unlearning, a guard, evaluation, attacks, report."""
     from . import api
     from .report import fmt, headline_table
 
     kinds = tuple(a.strip() for a in attacks.split(",") if a.strip())
     metrics = api.demo(out, seed=seed, method=method, n_people=people, forget_fraction=forget_fraction, attacks=kinds,
-                       console=console)
+                       guard=guard.strip() or None, console=console)
     table = Table(title="unlearnkit demo")
     table.add_column("metric")
     for name in metrics["models"]:
@@ -100,6 +102,10 @@ def demo(out: Path = typer.Option(Path("runs/demo"), help="Run directory (world,
             at.add_row(kind, a["recovery_variant"] or "–", fmt(a["recovery"]), fmt(a["oracle_recovery"]))
         out_console.print(at)
     out_console.print(f"metrics: {out / 'metrics.json'}   report: {out / 'report.md'}")
+    if "guard" in metrics["config"]["paths"]:
+        paths = metrics["config"]["paths"]
+        out_console.print(f"serve the guarded subject: UNLEARN_GUARD_TOKEN=... unlearn guard serve "
+                          f"--model {paths['subject']} --guard-dir {paths['guard']} --port 8000")
 
 
 @app.command()
