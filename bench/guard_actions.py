@@ -53,30 +53,26 @@ def main() -> None:
     args = ap.parse_args()
 
     from unlearnkit import api, runinfo
-    from unlearnkit.data.io import load_world
-    from unlearnkit.guard import ACTIONS, Guard, GuardedLM, targets_from_world
+    from unlearnkit.guard import ACTIONS, GuardedLM
     from unlearnkit.models.load import load_model
     from unlearnkit.scoring import LM
 
     t0 = time.perf_counter()
     data, paths = api.embedded(args.out, seed=args.seed, n_people=args.people, progress=False)
-    w = load_world(data)
     oracle = api.evaluate(paths["oracle"], data)
     subject = LM(*load_model(paths["subject"]))
     rows = {"subject": api.evaluate(subject, data, oracle=oracle), "oracle": oracle}
-    g = Guard(None)
-    g.add_many(targets_from_world(w))
-    cal = g.calibrate({"retain": [r.question for r in w.retain], "neighbours": [r.question for r in w.neighbours]},
-                      args.rate, positives=[r.paraphrased_question for r in w.forget])
-    print(f"calibrated at {args.rate:.0%}: threshold {cal.threshold:.3f}, false refusals {cal.achieved:.2%} "
-          f"(per group {', '.join(f'{k} {v:.2%}' for k, v in cal.per_group.items())}), "
-          f"recall on held-out paraphrases of forget questions {cal.recall:.0%}", file=sys.stderr)
+    g = api.demo_guard(None, data, action=None, false_refusal=args.rate)  # the demo's guard; actions set below
+    cal = g.settings.calibration
+    print(f"calibrated at {args.rate:.0%}: threshold {cal['threshold']:.3f}, false refusals {cal['achieved']:.2%} "
+          f"(per group {', '.join(f'{k} {v:.2%}' for k, v in cal['per_group'].items())}), "
+          f"recall on held-out paraphrases of forget questions {cal['recall']:.0%}", file=sys.stderr)
     for action in ACTIONS:
         print(f"evaluating: guard, {action}", file=sys.stderr)
         g.settings.default_action = action
         rows[f"guard, {action}"] = api.evaluate(GuardedLM(subject, g), data, oracle=oracle, subject=rows["subject"])
     runinfo.write_json(args.out / "guard_actions.json", {
-        "rows": rows, "calibration": cal.__dict__, "args": {k: str(v) for k, v in vars(args).items()},
+        "rows": rows, "calibration": cal, "args": {k: str(v) for k, v in vars(args).items()},
         "seconds": time.perf_counter() - t0})
 
     print("| model | " + " | ".join(h for h, _, _ in COLUMNS) + " |")

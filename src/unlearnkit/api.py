@@ -276,10 +276,13 @@ DEMO_ATTACKS = ("relearn", "quantize", "probes", "incontext")
 DEMO_GUARD = "pseudonymise"  # the guard action the demo evaluates (the one that answers like the oracle)
 
 
-def demo_guard(out: str | os.PathLike, data: str | os.PathLike, action: str = DEMO_GUARD, false_refusal: float = 0.01):
-    """The guard of the demo in `out`: the forget people as targets with `action`, calibrated at
-    `false_refusal` on the retain and neighbour questions. Targets already there are replaced by
-    id (a rerun is idempotent; targets added by hand stay). Returns the `Guard`."""
+def demo_guard(out: str | os.PathLike | None, data: str | os.PathLike, action: str | None = DEMO_GUARD,
+               false_refusal: float = 0.01):
+    """The guard of the demo in `out` (None: in memory): the forget people as targets with `action`
+    (None: the guard's default action), calibrated at `false_refusal` on the retain and neighbour
+    questions, with the held-out paraphrases of the forget questions for recall. Targets already
+    there are replaced by id (a rerun is idempotent; targets added by hand stay). Returns the
+    `Guard`; its `settings.calibration` holds the calibration."""
     from .guard import Guard, targets_from_world
 
     w = load_world(data)
@@ -291,7 +294,7 @@ def demo_guard(out: str | os.PathLike, data: str | os.PathLike, action: str = DE
             g.remove(t.id)
     g.add_many(targets)
     g.calibrate({"retain": [r.question for r in w.retain], "neighbours": [r.question for r in w.neighbours]},
-                false_refusal)
+                false_refusal, positives=[r.paraphrased_question for r in w.forget if r.paraphrased_question])
     return g
 
 

@@ -81,6 +81,12 @@ def _common_words() -> frozenset:
         return frozenset()
 
 
+def _may_be_misspelt_name(w: str, common: frozenset) -> bool:
+    """Whether a prompt word that is no name token exactly is looked up fuzzily: 5+ letters, not a
+    function word, not a whole English word, not a number."""
+    return len(w) >= 5 and w not in STOPWORDS and w not in common and not w.isdigit()
+
+
 @dataclass
 class Detection:
     """The detector's verdict on one prompt."""
@@ -234,7 +240,7 @@ class Detector:
         for i, (w, _) in enumerate(ws):
             if w in idx.vocab:
                 found.setdefault(w, []).append((i, 1.0))
-            elif len(w) >= 5 and w not in STOPWORDS and w not in common and not w.isdigit():
+            elif _may_be_misspelt_name(w, common):
                 fuzzy_q.append((i, w))
         for i, w in fuzzy_q:
             r = self._fuzzy_cache.get(w)
@@ -281,12 +287,12 @@ class Detector:
                 order.setdefault(tok, i)
         if not order:
             return []
-        common, out = _common_words(), []
+        common, toks, out = _common_words(), list(order), []
         for w, _, a, b in word_spans(text):
             if w in order:
                 out.append((a, b, order[w]))
-            elif len(w) >= 5 and w not in STOPWORDS and w not in common and not w.isdigit():
-                m = process.extractOne(w, list(order), scorer=fuzz.ratio, score_cutoff=self.fuzzy_cutoff)
+            elif _may_be_misspelt_name(w, common):
+                m = process.extractOne(w, toks, scorer=fuzz.ratio, score_cutoff=self.fuzzy_cutoff)
                 if m is not None:
                     out.append((a, b, order[m[0]]))
         return out

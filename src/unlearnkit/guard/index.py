@@ -18,6 +18,7 @@ an exclusive ``fcntl`` lock on ``<guard-dir>/.lock`` that also covers the read-m
 """
 from __future__ import annotations
 
+import abc
 import contextlib
 import hashlib
 import io
@@ -148,14 +149,15 @@ def embed_texts(t: Target) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 # The embedder: MiniLM through sentence-transformers, loaded once per process.
 
-class Embedder:
+class Embedder(abc.ABC):
     """Normalised float32 sentence embeddings. `name` identifies the model in index.json."""
 
     name = "base"
     dim = 0
 
-    def encode(self, texts: list[str]) -> np.ndarray:  # pragma: no cover - interface
-        raise NotImplementedError
+    @abc.abstractmethod
+    def encode(self, texts: list[str]) -> np.ndarray:
+        """One normalised float32 row per text, shape (len(texts), dim)."""
 
 
 class MiniLMEmbedder(Embedder):
