@@ -91,7 +91,7 @@ def _reference_loss(name, ref_model):
 
 def run_one(name, args):
     import torch
-    from unlearnkit.methods import get_method
+    from unlearnkit.methods import Context, get_method
     from unlearnkit.train import TrainConfig, train
 
     dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
@@ -99,37 +99,37 @@ def run_one(name, args):
     vocab = SHAPES[args.shape]["vocab_size"]
     n = args.batch * args.steps
     streams = {"forget": _stream(n, args.seq, vocab, 1), "retain": _stream(n, args.seq, vocab, 2)}
-    ctx = {"pad_id": 0, "tokenizer": _Tok(vocab, args.seq // 2)}
+    ctx = Context(params=None, pad_id=0, tokenizer=_Tok(vocab, args.seq // 2))
     if name == "ref:npo" or (not name.startswith("ref:") and not get_method(name).needs_retain):
         del streams["retain"]
     if name.startswith("ref:"):
         ref = _model(args.shape, args.device, dtype).eval() if name == "ref:npo" else None
-        loss, ctx["params"] = _reference_loss(name, ref), {}
+        loss = _reference_loss(name, ref)
     else:
         m = get_method(name)
-        ctx["params"] = dict(m.params)
+        ctx.params = m.params()
         if m.trainable:
-            m.trainable(model)
+            m.trainable(model, ctx.params)
         if m.prepare:
-            m.prepare(model, streams, ctx)
+            ctx.cache = m.prepare(model, streams, ctx)
         loss = m.loss
     if args.device == "cuda":
         torch.cuda.synchronize()
     cfg = TrainConfig(lr=1e-5, steps=args.warmup, batch_size=args.batch, log_every=10**9)
-    model = train(model, loss, streams, cfg, pad_id=0, ctx=ctx, progress=False)  # warm-up (allocator, kernels)
+    model = train(model, loss, streams, cfg, pad_id=0, ctx=ctx, progress=False).model  # warm-up (allocator, kernels)
     model.train()
     if args.device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     cfg.steps = args.steps
     t0 = time.perf_counter()
-    train(model, loss, streams, cfg, pad_id=0, ctx=ctx, progress=False)
+    res = train(model, loss, streams, cfg, pad_id=0, ctx=ctx, progress=False)
     if args.device == "cuda":
         torch.cuda.synchronize()
     sec = time.perf_counter() - t0
     peak = (torch.cuda.max_memory_allocated() if args.device == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    tokens = ctx["train_stats"]["tokens"]
+    tokens = res.tokens
     return {"method": name, "steps_per_s": args.steps / sec, "tokens_per_s": tokens / sec, "peak_gib": peak / 2**30}
 
 

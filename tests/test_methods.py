@@ -48,12 +48,12 @@ def test_sequence_cache_matches_live_logprobs(tiny_world):
     b = collate([streams["forget"][i] for i in idx], tok.pad_token_id)
     with torch.no_grad():
         live = sequence_logprob(net, b)
-    assert torch.allclose(ctx["forget_ref"][idx], live, atol=1e-4)
+    assert torch.allclose(ctx.cache[idx], live, atol=1e-4)
     # NPO at the start: log-ratio 0, so the loss is (2/beta) log 2
     b["index"] = torch.tensor(idx)
     with torch.no_grad():
         loss, _ = m.loss(net, {"forget": b}, ctx)
-    assert math.isclose(loss.item(), 2 / ctx["params"]["beta"] * math.log(2), rel_tol=1e-4)
+    assert math.isclose(loss.item(), 2 / ctx.params.beta * math.log(2), rel_tol=1e-4)
 
 
 def test_topk_cache_is_aligned_with_answer_positions(tiny_world):
@@ -64,7 +64,7 @@ def test_topk_cache_is_aligned_with_answer_positions(tiny_world):
     from unlearnkit.methods.graddiff import _kl_retain
 
     net, _, streams, ctx, tok = _streams(tiny_world, "graddiff")
-    ctx["retain_ref"] = cache_topk_distributions(net, streams["retain"], tok.pad_token_id, k=8)
+    ctx.cache = cache_topk_distributions(net, streams["retain"], tok.pad_token_id, k=8)
     idx = [5, 1, 9, 2]
     b = collate([streams["retain"][i] for i in idx], tok.pad_token_id)
     b["index"] = torch.tensor(idx)
@@ -78,8 +78,8 @@ def test_rmu_trains_only_chosen_down_projections_and_caches_retain(tiny_world):
     net, m, streams, ctx, tok = _streams(tiny_world, "rmu")
     trained = [n for n, p in net.named_parameters() if p.requires_grad]
     assert trained and all(n.endswith("mlp.down_proj.weight") for n in trained)
-    assert "retain_frozen" in ctx
-    norm = ctx["rmu_target"].norm().item()
+    assert ctx.cache.retain_frozen is not None
+    norm = ctx.cache.target.norm().item()
     assert norm > 0
 
 

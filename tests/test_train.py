@@ -19,7 +19,7 @@ from accelerate import PartialState
 from unlearnkit.api import _pairs
 from unlearnkit.data.batching import encode_pairs
 from unlearnkit.data.io import load_world
-from unlearnkit.methods import get_method
+from unlearnkit.methods import Context, get_method
 from unlearnkit.models.load import fingerprint, load_model
 from unlearnkit.train import TrainConfig, train
 
@@ -27,11 +27,11 @@ data, subject, out = sys.argv[1:4]
 net, tok = load_model(subject)
 w, m = load_world(data), get_method("npo_rt")
 streams = {"forget": encode_pairs(tok, *_pairs(w.forget)), "retain": encode_pairs(tok, *_pairs(w.retain))}
-ctx = {"params": dict(m.params), "pad_id": tok.pad_token_id, "tokenizer": tok}
-m.prepare(net, streams, ctx)
+ctx = Context(m.params(), pad_id=tok.pad_token_id, tokenizer=tok)
+ctx.cache = m.prepare(net, streams, ctx)
 before = fingerprint(net)
 net = train(net, m.loss, streams, TrainConfig(lr=1e-3, steps=3, batch_size=4), pad_id=tok.pad_token_id, ctx=ctx,
-            progress=False)
+            progress=False).model
 st = PartialState()
 json.dump({"world": st.num_processes, "before": before, "after": fingerprint(net), "backend": str(st.backend)},
           open(f"{out}/rank{st.process_index}.json", "w"))
@@ -42,7 +42,7 @@ def _streams(tiny_world, method):
     from unlearnkit.api import _pairs
     from unlearnkit.data.batching import encode_pairs
     from unlearnkit.data.io import load_world
-    from unlearnkit.methods import get_method
+    from unlearnkit.methods import Context, get_method
     from unlearnkit.models.load import load_model
 
     net, tok = load_model(tiny_world.subject_dir)
@@ -50,9 +50,9 @@ def _streams(tiny_world, method):
     streams = {"forget": encode_pairs(tok, *_pairs(w.forget))}
     if m.needs_retain:
         streams["retain"] = encode_pairs(tok, *_pairs(w.retain))
-    ctx = {"params": dict(m.params), "pad_id": tok.pad_token_id, "tokenizer": tok, "world": w}
+    ctx = Context(m.params(), seed=0, pad_id=tok.pad_token_id, tokenizer=tok)
     if m.prepare:
-        m.prepare(net, streams, ctx)
+        ctx.cache = m.prepare(net, streams, ctx)
     return net, m, streams, ctx, tok
 
 
@@ -62,7 +62,7 @@ def _run(tiny_world, out=None, stop=None, resume=False, method="npo_rt", steps=6
     net, m, streams, ctx, tok = _streams(tiny_world, method)
     cfg = TrainConfig(lr=1e-3, steps=steps, batch_size=8, save_every=2, schedule="cosine", warmup=0.2, seed=3)
     return train(net, m.loss, streams, cfg, pad_id=tok.pad_token_id, ctx=ctx, out_dir=out, resume=resume,
-                 stop=stop, progress=False)
+                 stop=stop, progress=False).model
 
 
 def _same(a, b) -> bool:

@@ -12,15 +12,18 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
+from dataclasses import asdict
 from pathlib import Path
 
 import yaml
 
 from . import runinfo
 from .data.batching import encode_pairs
-from .data.io import load_world, overlap
-from .methods import get_method
+from .data.io import DataError, load_world, overlap
+from .methods import Context, get_method
 from .models.load import apply_lora, load_model, save_model
+from .sft import sft_loss
 from .train import TrainConfig, config_dict, train
 
 log = logging.getLogger("unlearnkit")
@@ -82,77 +85,155 @@ def finetune(data: str | os.PathLike, out: str | os.PathLike, *, model: str | No
         defaults = FINETUNE
     cfg = TrainConfig(**{"stream_batch": {"docs": DOCS_BATCH}, **defaults, **train_overrides, "seed": seed})
     streams = {"train": encode_pairs(tok, *_pairs(w.training_records(without_forget=without_forget)))}
-    ctx = {"params": {}}
+    loss_params = {}
     if docs := w.training_docs(without_forget=without_forget):
         streams["docs"] = encode_pairs(tok, [""] * len(docs), [d.text for d in docs])
-        # each document counts as much as in one shuffled stream (methods/finetune.py)
-        ctx["params"]["docs_weight"] = (len(docs) / len(streams["train"])) / (
+        # each document counts as much as in one shuffled stream (sft.py)
+        loss_params["docs_weight"] = (len(docs) / len(streams["train"])) / (
             cfg.stream_batch.get("docs", cfg.batch_size) / cfg.batch_size)
     with timer("train"):
-        net = train(net, get_method("finetune").loss, streams, cfg, pad_id=tok.pad_token_id, ctx=ctx,
-                    progress=progress, desc="oracle" if without_forget else "subject")
+        res = train(net, sft_loss(**loss_params), streams, cfg, pad_id=tok.pad_token_id, progress=progress,
+                    desc="oracle" if without_forget else "subject")
     out = Path(out)
     if _is_main():
-        save_model(net, tok, out, state_dict=ctx.get("full_state_dict"))
+        save_model(res.model, tok, out, state_dict=res.full_state_dict)
         runinfo.write_json(out / "unlearnkit.json", {
             "kind": "oracle" if without_forget else "subject", "data": str(data), "data_hash": runinfo.data_hash(data),
             "base_model": model, "size": size if model is None else None, "seed": seed, "train": config_dict(cfg),
-            "examples": {k: len(v) for k, v in streams.items()}, "loss_params": ctx["params"], "seconds": timer.seconds,
-            "train_stats": ctx.get("train_stats"),
+            "examples": {k: len(v) for k, v in streams.items()}, "loss_params": loss_params, "seconds": timer.seconds,
+            "train_stats": {"steps": res.steps, "seconds": res.seconds, "tokens": res.tokens},
             "versions": runinfo.versions(),
         })
     return out
 
 
+BUDGET_KEYS = ("steps", "epochs")
+RUN_OUTPUTS = ("model", "adapter", "checkpoints", "log.jsonl", "train.json", "calibration.json", "metrics.json")
+
+
+def _check_out(model, out: Path) -> None:
+    """Refuse an output folder that is, holds or lies inside the source model's folder."""
+    src = Path(model).expanduser()
+    if not src.exists():
+        return
+    src, dst = src.resolve(), out.expanduser().resolve()
+    if dst == src or src.is_relative_to(dst) or dst.is_relative_to(src):
+        raise ValueError(f"--out {out}: it {'is' if dst == src else 'contains' if src.is_relative_to(dst) else 'lies inside'} "
+                         f"the source model's folder {model}; the source is never written to: choose another folder")
+
+
+def _check_resume(out: Path, config: dict) -> None:
+    """A resumed run must be the same run: same method, data, settings and budget."""
+    old_path = out / "config.yaml"
+    if not old_path.is_file():
+        return
+    old = yaml.safe_load(old_path.read_text()) or {}
+    skip = {"versions"}
+    diff = [k for k in sorted(set(old) | set(config)) if k not in skip and old.get(k) != config.get(k)]
+    if diff:
+        k = diff[0]
+        raise ValueError(f"--resume {out}: the run there differs in {', '.join(diff)} "
+                         f"({k}: {old.get(k)!r} there, {config.get(k)!r} now); resume with the same settings "
+                         f"or write to a new --out")
+
+
 def forget(model: str | os.PathLike, data: str | os.PathLike, method: str, out: str | os.PathLike, *, seed: int = 0,
            lora: bool = False, merge: bool = False, resume: bool = False, params: dict | None = None,
-           progress: bool = True, save_every: int = 0, **train_overrides) -> Path:
+           calibration: dict | None = None, progress: bool = True, save_every: int = 0, **train_overrides) -> Path:
     """Unlearn `data`'s forget set from a copy of `model` with `method`; write the run directory.
 
+    With no budget (`steps`/`epochs`), the run is calibrated (`unlearnkit.calibrate`): it stops when
+    the forget set looks like data the model never saw, keeps the best weights above the retain
+    utility floor, and says why it stopped in `out/calibration.json`. `calibration` overrides
+    `CalibrationSettings`. With a budget, it trains for exactly that budget.
+
     `out/` gets `config.yaml`, `log.jsonl`, `model/` (or `adapter/` and, with `merge`, `model/`),
-    and `checkpoints/` while running. The source model is only read.
+    `train.json` and `checkpoints/` while running. The source model is only read, and `out` may not
+    lie inside it.
     """
+    from pydantic import ValidationError
+
+    from .calibrate import CalibrationSettings, Calibrator
+    from .methods.registry import describe
+
     m = get_method(method)
+    out = Path(out)
+    _check_out(model, out)
+    hp = m.params(params)
+    calibrated = not any(k in train_overrides for k in BUDGET_KEYS)
+    try:
+        settings = CalibrationSettings(**(calibration or {})) if calibrated else None
+    except ValidationError as e:
+        raise ValueError(describe("--calibration", CalibrationSettings, e)) from None
+    if calibration and not calibrated:
+        raise ValueError("--calibration goes with a calibrated run: drop --steps/--epochs, or drop --calibration")
     if "epochs" in train_overrides and "steps" not in train_overrides:
         train_overrides["steps"] = None  # an explicit epoch budget replaces a method's default step budget
+    cfg = TrainConfig(**{**m.train_defaults, **train_overrides, "seed": seed, "save_every": save_every})
     w = load_world(data)
     if n := overlap(w.forget, w.retain):
         log.warning("%d forget records also appear in the retain set", n)
-    unknown = set(params or {}) - set(m.params)
-    if unknown:
-        raise ValueError(f"method {method!r} has no parameter {sorted(unknown)[0]!r}; its parameters: {', '.join(sorted(m.params)) or 'none'}")
+    if m.needs_retain and not w.retain:
+        raise DataError(f"{Path(data) / 'retain.jsonl'}: missing or empty, and method {method!r} needs a retain set")
     net, tok = load_model(model)
+    torch_seed(seed)  # before the adapter: its initial weights come from the run's seed
     if lora:
         net = apply_lora(net)
     elif m.trainable is not None:
-        m.trainable(net, {**m.params, **(params or {})})
+        m.trainable(net, hp)
     streams = {"forget": encode_pairs(tok, *_pairs(w.forget))}
     if m.needs_retain:
         streams["retain"] = encode_pairs(tok, *_pairs(w.retain))
-    cfg = TrainConfig(**{**m.train_defaults, **train_overrides, "seed": seed, "save_every": save_every})
-    ctx = {"params": {**m.params, **(params or {})}, "pad_id": tok.pad_token_id, "tokenizer": tok, "world": w}
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    monitor = None
+    if calibrated:
+        monitor = Calibrator(tok, w, settings, seed=seed, forget_stream_len=len(streams["forget"]),
+                             batch_size=cfg.batch_size)
+        cfg.steps = monitor.budget
+    ctx = Context(params=hp, seed=seed, pad_id=tok.pad_token_id, tokenizer=tok)
     config = {"method": method, "model": str(model), "data": str(data), "data_hash": runinfo.data_hash(data),
-              "seed": seed, "lora": lora, "merge": merge, "params": ctx["params"], "train": config_dict(cfg),
-              "versions": runinfo.versions()}
+              "seed": seed, "lora": lora, "merge": merge, "params": hp.model_dump(), "train": config_dict(cfg),
+              "calibration": settings.model_dump() if settings else None, "versions": runinfo.versions()}
+    if resume:
+        _check_resume(out, config)
     if _is_main():
+        out.mkdir(parents=True, exist_ok=True)
+        for name in RUN_OUTPUTS if not resume else ("model", "adapter", "train.json", "calibration.json"):
+            p = out / name  # outputs of an older run never stand beside a new (or unfinished) one
+            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
         runinfo.write_text(out / "config.yaml", yaml.safe_dump(config, sort_keys=False))
     timer = runinfo.Timer()
     with timer("prepare"):
         if m.prepare is not None:
-            m.prepare(net, streams, ctx)
+            ctx.cache = m.prepare(net, streams, ctx)
     with timer("train"):
-        net = train(net, m.loss, streams, cfg, pad_id=tok.pad_token_id, ctx=ctx, out_dir=out, resume=resume,
-                    progress=progress, desc=method)
+        res = train(net, m.loss, streams, cfg, pad_id=tok.pad_token_id, ctx=ctx, out_dir=out, resume=resume,
+                    progress=progress, desc=method, monitor=monitor)
     if _is_main():
-        full = ctx.get("full_state_dict")
         if lora:
-            save_model(net, tok, out / "adapter", state_dict=full)
+            save_model(res.model, tok, out / "adapter", state_dict=res.full_state_dict)
         if merge or not lora:
-            save_model(net, tok, out / "model", merge=lora, state_dict=full)
-        runinfo.write_json(out / "train.json", {"seconds": timer.seconds, "train_stats": ctx.get("train_stats")})
+            save_model(res.model, tok, out / "model", merge=lora, state_dict=res.full_state_dict)
+        stop = asdict(res.stop) if res.stop is not None else None
+        if stop is not None:
+            runinfo.write_json(out / "calibration.json", stop)
+        runinfo.write_json(out / "train.json", {
+            "seconds": timer.seconds, "train_stats": {"steps": res.steps, "last_step": res.last_step,
+                                                      "seconds": res.seconds, "tokens": res.tokens},
+            "stop": {k: v for k, v in stop.items() if k != "history"} if stop else {"reason": "budget"},
+            "summary": res.stop.summary() if res.stop else f"fixed budget: {res.last_step} steps"})
     return out
+
+
+def torch_seed(seed: int) -> None:
+    import torch
+
+    torch.manual_seed(seed)
+
+
+def run_summary(run: str | os.PathLike) -> str:
+    """One line on how a `forget` run ended (why it stopped, where, what it kept)."""
+    info = json.loads((Path(run) / "train.json").read_text())
+    return info.get("summary", "")
 
 
 def evaluate(model, data: str | os.PathLike, *, oracle=None, subject=None, suites=("tofu", "muse", "mia"),

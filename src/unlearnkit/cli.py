@@ -149,16 +149,25 @@ def forget(model: str = typer.Option(..., help="Checkpoint dir or hub id of the 
            merge: bool = typer.Option(False, "--merge", help="With --lora, also save the merged model."),
            resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in OUT."),
            save_every: int = typer.Option(0, help="Checkpoint every N steps (0: never)."),
-           param: Optional[List[str]] = typer.Option(None, "--param", "-p", help="Method parameter key=value (repeatable)."),
-           lr: Optional[float] = typer.Option(None), epochs: Optional[float] = typer.Option(None),
-           steps: Optional[int] = typer.Option(None), batch_size: Optional[int] = typer.Option(None),
+           param: Optional[List[str]] = typer.Option(None, "--param", "-p", help="Method parameter key=value (repeatable; `unlearn methods` lists them)."),
+           calibration: Optional[List[str]] = typer.Option(None, "--calibration", "-c", help="Calibration setting key=value (repeatable): reference=twins|holdout, floor, min_tolerance, every, max_epochs, max_backtracks, retain_sample."),
+           lr: Optional[float] = typer.Option(None, help="Learning rate (default: the method's)."),
+           epochs: Optional[float] = typer.Option(None, help="Fixed budget in epochs over the forget set (turns calibration off)."),
+           steps: Optional[int] = typer.Option(None, help="Fixed budget in optimizer steps (turns calibration off)."),
+           batch_size: Optional[int] = typer.Option(None),
            eval: bool = typer.Option(False, "--eval", help="Evaluate the result and write OUT/metrics.json."),
            oracle: Optional[str] = typer.Option(None, help="Oracle checkpoint or results JSON, for --eval.")):
-    """Unlearn the forget set from a copy of MODEL."""
+    """Unlearn the forget set from a copy of MODEL.
+
+    With no --steps/--epochs the run is calibrated: it stops when the forget set looks like data the
+    model never saw (counterfactual twins, or the holdout split), never below the retain utility floor,
+    and prints why it stopped."""
     from . import api
 
     run = api.forget(model, data, method, out, seed=seed, lora=lora, merge=merge, resume=resume, save_every=save_every,
-                     params=_parse_params(param), **_train_overrides(lr, steps, epochs, batch_size))
+                     params=_parse_params(param), calibration=_parse_params(calibration) or None,
+                     **_train_overrides(lr, steps, epochs, batch_size))
+    console.print(api.run_summary(run), highlight=False)
     out_console.print(str(run))
     if eval:
         target = run / "model" if (run / "model").exists() else run / "adapter"
@@ -194,18 +203,25 @@ def eval_(model: str = typer.Option(..., help="Checkpoint dir or hub id."),
 
 
 @app.command()
-def methods():
-    """List the unlearning methods with their defaults."""
+def methods(as_json: bool = typer.Option(False, "--json", help="JSON output.")):
+    """List the unlearning methods: each setting (--param) with its type, default and meaning."""
     from .methods import list_methods
 
-    table = Table(title="methods")
-    for col in ("name", "description", "defaults"):
+    if as_json:
+        out_console.print_json(json.dumps([{"name": m.name, "description": m.description, "needs_retain": m.needs_retain,
+                                            "train": m.train_defaults,
+                                            "params": [dict(zip(("name", "type", "default", "doc"), f)) for f in m.fields()]}
+                                           for m in list_methods()]))
+        return
+    table = Table(title="methods (settings: --param name=value; lr and budget: --lr, --steps/--epochs)")
+    for col in ("name", "description", "setting", "type", "default", "meaning"):
         table.add_column(col)
     for m in list_methods():
-        if m.name == "finetune":
-            continue
-        defaults = ", ".join(f"{k}={v}" for k, v in {**m.train_defaults, **m.params}.items())
-        table.add_row(m.name, m.description, defaults)
+        rows = [(n, t, str(d), doc) for n, t, d, doc in m.fields()] or [("–", "", "", "")]
+        lr = f" (lr {m.train_defaults.get('lr')}{', needs retain' if m.needs_retain else ''})"
+        for i, row in enumerate(rows):
+            table.add_row(m.name if i == 0 else "", m.description + lr if i == 0 else "", *row,
+                          end_section=i == len(rows) - 1)
     out_console.print(table)
 
 

@@ -352,21 +352,56 @@ def evaluate(lm, world, *, oracle: dict | None = None, suites: Sequence[str] = S
     return _clean(res)
 
 
-def _check(value, ok: bool, tolerance, why: str) -> dict:
-    return {"pass": ok, "value": value, "tolerance": tolerance, "why": why}
+def _check(value, ok, tolerance, why: str) -> dict:
+    status = "pass" if ok else "cannot decide" if ok is None else "fail"
+    return {"pass": ok, "status": status, "value": value, "tolerance": tolerance, "why": why}
+
+
+MIN_FACTS = 10  # fewer independent forget facts than this: a KS test at 0.05 has next to no power
+
+
+def _no_power(subject: dict | None, oracle: dict | None, min_forget_quality: float, rouge_tolerance: float) -> str | None:
+    """Why the forgetting test cannot separate the untouched subject from the oracle, or None.
+
+    The verdict asks this before it judges: a test under which the subject itself would pass says
+    nothing about an unlearned model."""
+    if subject is None:
+        return "no subject result: whether the test can tell the subject from the oracle is unknown (give --subject)"
+    n = subject.get("forget_quality_n") or 0
+    if n < MIN_FACTS:
+        return f"too few independent forget facts ({n} < {MIN_FACTS}) for the KS test to have power"
+    sfq, sfr, ofr = subject.get("forget_quality"), subject.get("forget_rouge"), (oracle or {}).get("forget_rouge")
+    fq_sep = sfq is not None and sfq < min_forget_quality
+    rouge_sep = sfr is not None and ofr is not None and abs(sfr - ofr) > rouge_tolerance
+    if fq_sep and rouge_sep:
+        return None
+    if not rouge_sep and sfr is not None and ofr is not None:
+        return (f"the subject does not know the forget set better than the oracle (forget ROUGE {sfr:.3f} vs "
+                f"{ofr:.3f}), so forgetting cannot be shown")
+    ratios = [np.asarray(((r or {}).get("per_sample") or {}).get("forget_truth_ratios") or [], float)
+              for r in (subject, oracle)]
+    if all(len(x) for x in ratios) and all(np.median(np.abs(np.log(x))) > math.log(20) for x in ratios):
+        return ("every model's truth ratios are near 0 or 1 (median |log R| > log 20): the perturbed answers differ "
+                "from the paraphrased answer in wording, not only in the fact")
+    return (f"the test does not separate the subject from the oracle (subject forget quality {sfq:.3g} >= "
+            f"{min_forget_quality})" if sfq is not None else "the subject has no forget quality")
 
 
 def verdict(result: dict, *, oracle: dict | None = None, subject: dict | None = None,
-            min_forget_quality: float = 0.05, rouge_tolerance: float = 0.05, privleak_tolerance: float = 5.0,
-            utility_fraction: float = 0.9) -> dict:
-    """Pass/fail on forgetting, privacy and utility, each {"pass", "value", "tolerance", "why"}.
+            min_forget_quality: float = 0.05, rouge_tolerance: float = 0.05, privleak_tolerance: float = 10.0,
+            utility_fraction: float = 0.95) -> dict:
+    """Pass, fail or "cannot decide" on forgetting, privacy and utility, each {"pass", "status",
+    "value", "tolerance", "why"} ("pass" is None when the check cannot decide).
 
+    Each check first asks whether it has power on this data: the untouched subject must fail it.
     - forgetting: forget quality >= `min_forget_quality` (the KS test cannot tell the model's forget
       truth ratios from the oracle's), or forget ROUGE within `rouge_tolerance` of the oracle's.
-    - privacy: |PrivLeak| <= `privleak_tolerance` (percent).
+      Cannot decide without the subject's result, with fewer than `MIN_FACTS` forget facts, or when
+      the subject itself is not separated from the oracle (`_no_power` names the reason).
+    - privacy: |PrivLeak| <= `privleak_tolerance` (percent); cannot decide when the subject's own
+      |PrivLeak| is within it too.
     - utility: model utility >= `utility_fraction` x the subject's (when given), else the oracle's.
-    "pass" is None when the check cannot be made (no oracle, or the suite was not run). "overall"
-    passes when every check that could be made passed, and is None when none could.
+    "overall": fail if any check fails, else cannot decide if any cannot, else pass.
     """
     out: dict[str, dict] = {}
     fq, fr = result.get("forget_quality"), result.get("forget_rouge")
@@ -374,6 +409,8 @@ def verdict(result: dict, *, oracle: dict | None = None, subject: dict | None = 
     if fq is None and (fr is None or ofr is None):
         out["forgetting"] = _check(fq, None, min_forget_quality,
                                    "needs an oracle result (forget quality and forget ROUGE compare with it)")
+    elif (why_not := _no_power(subject, oracle, min_forget_quality, rouge_tolerance)) is not None:
+        out["forgetting"] = _check(fq, None, min_forget_quality, f"cannot decide on this data: {why_not}")
     else:
         by_fq = fq is not None and fq >= min_forget_quality
         gap = abs(fr - ofr) if fr is not None and ofr is not None else None
@@ -383,11 +420,14 @@ def verdict(result: dict, *, oracle: dict | None = None, subject: dict | None = 
         if gap is not None:
             why += (f"; forget ROUGE {fr:.3f} vs oracle {ofr:.3f} (gap {gap:.3f} {'<=' if by_rouge else '>'} "
                     f"tolerance {rouge_tolerance}); either one passes")
-        out["forgetting"] = {"pass": bool(by_fq or by_rouge), "value": fq, "tolerance": min_forget_quality,
-                             "rouge_gap": gap, "rouge_tolerance": rouge_tolerance, "why": why}
-    pl = result.get("privleak")
+        out["forgetting"] = {**_check(fq, bool(by_fq or by_rouge), min_forget_quality, why),
+                             "rouge_gap": gap, "rouge_tolerance": rouge_tolerance}
+    pl, spl = result.get("privleak"), (subject or {}).get("privleak")
     if pl is None:
         out["privacy"] = _check(None, None, privleak_tolerance, "needs PrivLeak (the muse suite and an oracle result)")
+    elif subject is not None and spl is not None and abs(spl) <= privleak_tolerance:
+        out["privacy"] = _check(pl, None, privleak_tolerance, f"cannot decide on this data: the subject's own "
+                                f"|PrivLeak| {abs(spl):.2f} is within {privleak_tolerance}, so MIA cannot tell members")
     else:
         ok = abs(pl) <= privleak_tolerance
         side = "" if ok else (" (forget data still recognisable as members)" if pl < 0
@@ -404,8 +444,11 @@ def verdict(result: dict, *, oracle: dict | None = None, subject: dict | None = 
         ok = mu >= utility_fraction * ref
         out["utility"] = _check(mu, ok, utility_fraction, f"model utility {mu:.3f} {'>=' if ok else '<'} "
                                 f"{utility_fraction} x {ref_name}'s {ref:.3f} = {utility_fraction * ref:.3f}")
-    made = [v["pass"] for v in out.values() if v["pass"] is not None]
-    out["overall"] = _check(None, all(made) if made else None, None,
-                            f"{sum(made)} of {len(made)} checks that could be made passed" if made
-                            else "no check could be made")
+    statuses = [v["status"] for v in out.values()]
+    overall = "fail" if "fail" in statuses else "cannot decide" if "cannot decide" in statuses else "pass"
+    undecided = [k for k, v in out.items() if v["status"] == "cannot decide"]
+    why = {"fail": f"failed: {', '.join(k for k, v in out.items() if v['status'] == 'fail')}",
+           "cannot decide": f"cannot decide: {', '.join(undecided)}",
+           "pass": "every check passed"}[overall]
+    out["overall"] = _check(None, {"pass": True, "fail": False}.get(overall), None, why)
     return out

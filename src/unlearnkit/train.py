@@ -16,7 +16,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Protocol
 
 import torch
 
@@ -48,6 +48,60 @@ class TrainConfig:
     mixed_precision: str = "no"     # no | bf16 | fp16
     group_by_length: bool = False   # batch similar lengths together (less padding; changes which examples meet)
     extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        """Nonsense numbers are refused here, where they enter, with the option's name."""
+        def bad(name, why):
+            raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)!r}: {why}")
+
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            bad("lr", "the learning rate must be a finite number > 0")
+        if self.steps is not None and (int(self.steps) != self.steps or self.steps < 1):
+            bad("steps", "must be a whole number >= 1")
+        if not (math.isfinite(self.epochs) and self.epochs > 0):
+            bad("epochs", "must be a finite number > 0")
+        for name in ("batch_size", "grad_accum"):
+            if int(getattr(self, name)) != getattr(self, name) or getattr(self, name) < 1:
+                bad(name, "must be a whole number >= 1")
+        if any(int(v) != v or v < 1 for v in self.stream_batch.values()):
+            raise ValueError(f"stream_batch {self.stream_batch}: batch sizes must be whole numbers >= 1")
+        if not 0 <= self.warmup < 1:
+            bad("warmup", "must be a fraction in [0, 1)")
+        if self.schedule not in ("constant", "linear", "cosine"):
+            bad("schedule", "choose one of constant, linear, cosine")
+        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
+            bad("max_grad_norm", "must be > 0 (or None: no clipping)")
+        if self.save_every < 0:
+            bad("save_every", "must be >= 0 (0: never)")
+        if self.mixed_precision not in ("no", "bf16", "fp16"):
+            bad("mixed_precision", "choose one of no, bf16, fp16")
+
+
+class DivergedError(ValueError):
+    """The loss became NaN or infinite: the run stops and nothing is saved."""
+
+
+@dataclass
+class TrainResult:
+    """What `train()` returns: the (unwrapped, eval-mode) model and how the run went."""
+    model: Any
+    steps: int                      # optimizer steps run by this call
+    last_step: int                  # the global step the run ended at
+    seconds: float
+    tokens: int
+    full_state_dict: dict | None = None   # gathered weights under FSDP/ZeRO-3 (main process), else None
+    stop: Any = None                # the monitor's account of why and where the run stopped
+
+
+class Monitor(Protocol):
+    """Watches a run every `every` steps (and once before the first step) through a `Handle`, and
+    decides whether it goes on. `calibrate.Calibrator` is the one that stops unlearning at its target."""
+    every: int
+
+    def check(self, step: int, handle: "Handle") -> bool: ...      # True: stop now
+    def finish(self, step: int, handle: "Handle") -> Any: ...      # at the end: restore the kept weights, say why
+    def state_dict(self) -> dict: ...
+    def load_state_dict(self, state: dict) -> None: ...
 
 
 class Plan:
@@ -112,33 +166,76 @@ def _latest_checkpoint(out_dir: Path) -> Path | None:
 class _LossModule(torch.nn.Module):
     """The model with its loss as `forward`, so that the loss runs inside the DDP/FSDP/DeepSpeed
     wrapper's forward: the wrapper's gradient hooks and parameter gathering see every call the loss
-    makes (backbone, chunked head, several passes), and the loss itself sees the plain model."""
+    makes (backbone, chunked head, several passes), and the loss itself sees the plain model. A
+    monitor's scoring passes go through the same door (`fn`)."""
 
     def __init__(self, model, loss_fn, ctx):
         super().__init__()
         self.model, self.loss_fn, self.ctx = model, loss_fn, ctx
 
-    def forward(self, batch):
-        return self.loss_fn(self.model, batch, self.ctx)
+    def forward(self, batch, fn=None):
+        return (fn or self.loss_fn)(self.model, batch, self.ctx)
+
+
+class Handle:
+    """What a `Monitor` may do to a running training: score batches (no grad, through the
+    distributed wrapper), copy and restore the trainable weights, and scale the learning rate."""
+
+    def __init__(self, wrapped, opt, sched, device):
+        self._wrapped, self._opt, self._sched, self.device = wrapped, opt, sched, device
+
+    @torch.no_grad()
+    def score(self, fn, batch: dict):
+        was = self._wrapped.training
+        self._wrapped.eval()
+        try:
+            return self._wrapped({k: v.to(self.device) for k, v in batch.items()}, fn=fn)
+        finally:
+            self._wrapped.train(was)
+
+    def _params(self):
+        return [(n, p) for n, p in self._wrapped.named_parameters() if p.requires_grad]
+
+    def snapshot(self) -> dict[str, torch.Tensor]:
+        """A CPU copy of the trainable weights (this process's shard under FSDP)."""
+        return {n: p.detach().to("cpu", copy=True) for n, p in self._params()}
+
+    @torch.no_grad()
+    def restore(self, snap: dict[str, torch.Tensor]) -> None:
+        for n, p in self._params():
+            p.copy_(snap[n].to(p.device, p.dtype))
+        self._opt.state.clear()  # moments of the abandoned path would push back towards it
+
+    def scale_lr(self, factor: float) -> None:
+        self._sched.base_lrs = [lr * factor for lr in self._sched.base_lrs]
+        for g, lr, lam in zip(self._opt.param_groups, self._sched.base_lrs, self._sched.lr_lambdas):
+            g["lr"] = lr * lam(self._sched.last_epoch)
+
+    @property
+    def lr(self) -> float:
+        return self._opt.param_groups[0]["lr"]
 
 
 def train(model, loss_fn: Loss, streams: dict[str, list[Encoded]], cfg: TrainConfig, *, pad_id: int,
           ctx: dict | None = None, out_dir: str | Path | None = None, resume: bool = False,
-          progress: bool = True, desc: str = "train", accelerator=None, stop: Callable[[int, dict], bool] | None = None):
-    """Optimise `loss_fn(model, batch, ctx) -> (loss, logs)` and return the (unwrapped) model.
+          progress: bool = True, desc: str = "train", accelerator=None, stop: Callable[[int, dict], bool] | None = None,
+          monitor: Monitor | None = None) -> TrainResult:
+    """Optimise `loss_fn(model, batch, ctx) -> (loss, logs)`; return a `TrainResult` holding the
+    (unwrapped, eval-mode) model.
 
     `streams` maps names ("forget", "retain", "train", ...) to encoded examples; each step draws one
     batch from every stream: `batch[name]` holds `input_ids`, `attention_mask`, `labels` and `index`
     (positions in the stream, for per-example caches in `ctx`). With `out_dir`, logs go to
     `log.jsonl` and checkpoints to `checkpoints/step-N` every `cfg.save_every` steps; `resume`
-    continues from the latest one. `stop(step, logs)` may end training early.
+    continues from the latest one. `stop(step, logs)` may end training early; so may `monitor`, which
+    is asked before the first step and every `monitor.every` steps, and at the end restores the
+    weights it keeps. A NaN or infinite loss raises `DivergedError`.
     """
     from accelerate import Accelerator
     from accelerate.utils import DistributedType, set_seed
 
     acc = accelerator or Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=cfg.mixed_precision)
     set_seed(cfg.seed)
-    ctx = {} if ctx is None else ctx
     names = list(streams)
     for name in names:
         if not streams[name]:
@@ -162,15 +259,26 @@ def train(model, loss_fn: Loss, streams: dict[str, list[Encoded]], cfg: TrainCon
     start = 0
     if out is not None and resume and (ck := _latest_checkpoint(out)) is not None:
         acc.load_state(str(ck))
-        start = json.loads((ck / "trainer_state.json").read_text())["step"]
+        state = json.loads((ck / "trainer_state.json").read_text())
+        start = state["step"]
+        if monitor is not None and "monitor" in state:
+            monitor.load_state_dict({**state["monitor"], "snapshots": torch.load(ck / "monitor.pt")})
     log_f = open(out / "log.jsonl", "a" if start else "w") if (out and acc.is_main_process) else None
+    handle = Handle(model, opt, sched, acc.device)
+
+    def log(record: dict) -> None:
+        if log_f:
+            log_f.write(json.dumps(record) + "\n")
+            log_f.flush()
 
     from tqdm.auto import tqdm
 
     bar = tqdm(total=steps, initial=start, desc=desc, disable=not (progress and acc.is_local_main_process),
                dynamic_ncols=True, leave=False)
-    t0, tokens = time.perf_counter(), 0
-    for step in range(start, steps):
+    handle.log = log
+    t0, tokens, step = time.perf_counter(), 0, start
+    stopped = monitor is not None and start == 0 and monitor.check(0, handle)
+    while step < steps and not stopped:
         logs: dict = {}
         for micro in range(cfg.grad_accum):
             batch = {}
@@ -193,32 +301,40 @@ def train(model, loss_fn: Loss, streams: dict[str, list[Encoded]], cfg: TrainCon
                 opt.zero_grad(set_to_none=True)
             for k, v in {"loss": loss, **micro_logs}.items():
                 logs[k] = logs.get(k, 0.0) + float(v.detach() if torch.is_tensor(v) else v) / cfg.grad_accum
-        logs.update(step=step + 1, lr=sched.get_last_lr()[0])
+        if not math.isfinite(logs["loss"]):
+            bar.close()
+            if log_f:
+                log_f.close()
+            raise DivergedError(f"the loss became {logs['loss']} at step {step + 1} (learning rate "
+                                f"{sched.get_last_lr()[0]:.3g}): stopped, nothing saved; try a smaller --lr")
+        step += 1
+        logs.update(step=step, lr=sched.get_last_lr()[0])
         bar.update(1)
         bar.set_postfix(loss=f"{logs['loss']:.3f}")
-        if log_f and ((step + 1) % cfg.log_every == 0 or step + 1 == steps):
-            log_f.write(json.dumps(logs) + "\n")
-            log_f.flush()
-        if out is not None and cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < steps:
-            _save_checkpoint(acc, out, step + 1)
-        if stop is not None and stop(step + 1, logs):
-            break
+        if step % cfg.log_every == 0 or step == steps:
+            log(logs)
+        stopped = monitor is not None and step % monitor.every == 0 and monitor.check(step, handle)
+        if out is not None and cfg.save_every and step % cfg.save_every == 0 and step < steps and not stopped:
+            _save_checkpoint(acc, out, step, monitor)
+        stopped = stopped or (stop is not None and stop(step, logs))
+    stop_info = monitor.finish(step, handle) if monitor is not None else None
     bar.close()
     if log_f:
         log_f.close()
     acc.wait_for_everyone()
-    ctx["train_stats"] = {"steps": steps - start, "seconds": time.perf_counter() - t0, "tokens": tokens * acc.num_processes}
+    full = None
     unwrapped = acc.unwrap_model(model).model
     if acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
         # parameters are sharded across processes: gather a full state dict (a collective, every
         # process calls it) for the main process to save; `models.load.save_model` takes it
-        full = acc.get_state_dict(model)
-        ctx["full_state_dict"] = {k.removeprefix("model."): v for k, v in full.items()} if full else None
+        gathered = acc.get_state_dict(model)
+        full = {k.removeprefix("model."): v for k, v in gathered.items()} if gathered else None
     unwrapped.eval()
-    return unwrapped
+    return TrainResult(unwrapped, step - start, step, time.perf_counter() - t0, tokens * acc.num_processes, full,
+                       stop_info)
 
 
-def _save_checkpoint(acc, out: Path, step: int) -> None:
+def _save_checkpoint(acc, out: Path, step: int, monitor: Monitor | None = None) -> None:
     final = out / "checkpoints" / f"step-{step}"
     tmp = out / "checkpoints" / f".tmp-step-{step}"
     if acc.is_main_process:
@@ -226,7 +342,12 @@ def _save_checkpoint(acc, out: Path, step: int) -> None:
     acc.wait_for_everyone()
     acc.save_state(str(tmp))
     if acc.is_main_process:
-        (tmp / "trainer_state.json").write_text(json.dumps({"step": step}))
+        state: dict = {"step": step}
+        if monitor is not None:
+            mstate = monitor.state_dict()
+            torch.save(mstate.pop("snapshots", {}), tmp / "monitor.pt")
+            state["monitor"] = mstate
+        (tmp / "trainer_state.json").write_text(json.dumps(state))
         tmp.rename(final)
         for old in (out / "checkpoints").glob("step-*"):  # keep the latest only
             if old != final:

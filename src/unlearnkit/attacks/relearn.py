@@ -65,7 +65,7 @@ def split(world, source: str = "people", fraction: float = 0.5, seed: int = 0) -
 def relearn(net, tok, records, *, steps: int = 20, lr: float = 3e-4, batch_size: int = 16, seed: int = 0):
     """Fine-tune `net` in place on `records` (every phrasing) with the plain NLL loss; returns it."""
     from ..data.batching import encode_pairs
-    from ..methods import get_method
+    from ..sft import sft_loss
     from ..train import TrainConfig, train
 
     prompts, answers = [], []
@@ -77,8 +77,8 @@ def relearn(net, tok, records, *, steps: int = 20, lr: float = 3e-4, batch_size:
         p.requires_grad_(True)
     cfg = TrainConfig(lr=lr, steps=steps, batch_size=batch_size, seed=seed, schedule="constant")
     stream = encode_pairs(tok, prompts, answers)
-    return train(net, get_method("finetune").loss, {"train": stream}, cfg, pad_id=tok.pad_token_id,
-                 ctx={"params": {}}, progress=False, desc="relearn")
+    return train(net, sft_loss(), {"train": stream}, cfg, pad_id=tok.pad_token_id, progress=False,
+                 desc="relearn").model
 
 
 def plan(world, *, seed: int = 0, steps: int = 20, lr: float = 3e-4, fraction: float = 0.5, source: str = "people",

@@ -1,4 +1,4 @@
 """Unlearning methods: one loss per module, all run by `unlearnkit.train.train`."""
-from .registry import Method, get_method, list_methods, register
+from .registry import Context, Method, Params, get_method, list_methods, register
 
-__all__ = ["Method", "get_method", "list_methods", "register"]
+__all__ = ["Context", "Method", "Params", "get_method", "list_methods", "register"]

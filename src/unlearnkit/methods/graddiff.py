@@ -8,18 +8,28 @@ on retain answers (`retain_loss=kl`, TOFU's KL baseline), computed from referenc
 once before training (top-k of the subject's distribution per answer position, so no frozen copy of
 the model stays in memory).
 """
-import torch
+from typing import Literal
 
-from ..scoring import answer_logprobs, backbone_and_head, nll
-from .registry import register
+import torch
+from pydantic import Field
+
+from ..scoring import backbone_and_head, nll
+from .registry import Params, register
+
+
+class GradDiffParams(Params):
+    gamma: float = Field(1.0, ge=0, description="weight of the forget (ascent) term")
+    alpha: float = Field(5.0, ge=0, description="weight of the retain term")
+    retain_loss: Literal["nll", "kl"] = Field("nll", description="retain term: NLL of retain answers, or KL to the starting model")
+    kl_topk: int = Field(32, ge=1, description="reference tokens kept per position for the KL term")
 
 
 def _prepare(model, streams, ctx):
-    if ctx["params"].get("retain_loss", "nll") != "kl":
-        return
+    if ctx.params.retain_loss != "kl":
+        return None
     from .cache import cache_topk_distributions
 
-    ctx["retain_ref"] = cache_topk_distributions(model, streams["retain"], ctx["pad_id"], k=ctx["params"]["kl_topk"])
+    return cache_topk_distributions(model, streams["retain"], ctx.pad_id, k=ctx.params.kl_topk)
 
 
 def _kl_retain(model, batch, ctx):
@@ -28,7 +38,7 @@ def _kl_retain(model, batch, ctx):
     hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
     mask = batch["labels"][:, 1:] != -100
     h = hidden[:, :-1][mask]
-    ref_idx, ref_logp = ctx["retain_ref"].gather(batch["index"], h.device)
+    ref_idx, ref_logp = ctx.cache.gather(batch["index"], h.device)
     logp = torch.log_softmax(head(h).float(), -1)
     sel = logp.gather(-1, ref_idx)
     p_ref = ref_logp.exp()
@@ -38,11 +48,11 @@ def _kl_retain(model, batch, ctx):
     return kl.mean()
 
 
-@register("graddiff", "Gradient difference: ascend on forget, descend on retain (NLL or KL)", needs_retain=True,
-          prepare=_prepare, lr=5e-4, epochs=4, batch_size=16, gamma=1.0, alpha=5.0, retain_loss="nll", kl_topk=32)
+@register("graddiff", GradDiffParams, "Gradient difference: ascend on forget, descend on retain (NLL or KL)",
+          train=dict(lr=5e-4, epochs=4, batch_size=16), needs_retain=True, prepare=_prepare)
 def loss(model, batch, ctx):
-    p = ctx["params"]
+    p = ctx.params
     forget_nll = nll(model, batch["forget"])
-    retain = _kl_retain(model, batch["retain"], ctx) if p["retain_loss"] == "kl" else nll(model, batch["retain"])
-    total = -p["gamma"] * forget_nll + p["alpha"] * retain
+    retain = _kl_retain(model, batch["retain"], ctx) if p.retain_loss == "kl" else nll(model, batch["retain"])
+    total = -p.gamma * forget_nll + p.alpha * retain
     return total, {"forget_nll": forget_nll.detach(), "retain_loss": retain.detach()}

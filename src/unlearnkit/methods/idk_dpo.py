@@ -14,10 +14,17 @@ import random
 from importlib import resources
 
 import torch.nn.functional as F
+from pydantic import Field
 
 from ..data.batching import Encoded, collate
 from ..scoring import nll, sequence_logprob
-from .registry import register
+from .registry import Params, register
+
+
+class IdkDPOParams(Params):
+    beta: float = Field(0.1, gt=0, description="DPO inverse temperature")
+    gamma: float = Field(1.0, ge=0, description="weight of the DPO term")
+    alpha: float = Field(1.0, ge=0, description="weight of the retain NLL term")
 
 
 def refusals() -> list[str]:
@@ -27,28 +34,29 @@ def refusals() -> list[str]:
 
 
 def prepare(model, streams, ctx):
-    """Pair each forget example with a refusal (same prompt ids) and cache both reference log-probs."""
+    """Pair each forget example with a refusal (same prompt ids, drawn with the run's seed) and cache
+    both reference log-probs."""
     from .cache import cache_sequence_logprobs
 
-    tok, forget = ctx["tokenizer"], streams["forget"]
+    tok, forget = ctx.tokenizer, streams["forget"]
     answers = refusals()
-    random.Random(ctx["params"]["seed"]).shuffle(answers)
+    random.Random(ctx.seed).shuffle(answers)
     a_ids = tok([" " + answers[i % len(answers)] for i in range(len(forget))], add_special_tokens=False)["input_ids"]
-    ctx["idk"] = [Encoded(e.input_ids[:e.n_prompt] + a + [tok.eos_token_id], e.n_prompt) for e, a in zip(forget, a_ids)]
-    ctx["forget_ref"] = cache_sequence_logprobs(model, forget, ctx["pad_id"])
-    ctx["idk_ref"] = cache_sequence_logprobs(model, ctx["idk"], ctx["pad_id"])
+    idk = [Encoded(e.input_ids[:e.n_prompt] + a + [tok.eos_token_id], e.n_prompt) for e, a in zip(forget, a_ids)]
+    return {"idk": idk, "forget_ref": cache_sequence_logprobs(model, forget, ctx.pad_id),
+            "idk_ref": cache_sequence_logprobs(model, idk, ctx.pad_id)}
 
 
-@register("idk_dpo", "DPO towards 'I don't know' refusals on forget, NLL on retain", needs_retain=True,
-          prepare=prepare, lr=1e-3, steps=240, batch_size=16, beta=0.1, gamma=1.0, alpha=1.0, seed=0)
+@register("idk_dpo", IdkDPOParams, "DPO towards 'I don't know' refusals on forget, NLL on retain",
+          train=dict(lr=1e-3, steps=240, batch_size=16), needs_retain=True, prepare=prepare)
 def loss(model, batch, ctx):
-    p, f = ctx["params"], batch["forget"]
+    p, f, c = ctx.params, batch["forget"], ctx.cache
     index = f["index"].cpu()
-    idk = collate([ctx["idk"][i] for i in index.tolist()], ctx["pad_id"])
+    idk = collate([c["idk"][i] for i in index.tolist()], ctx.pad_id)
     idk = {k: v.to(f["input_ids"].device) for k, v in idk.items()}
-    win = sequence_logprob(model, idk).float() - ctx["idk_ref"][index].to(f["input_ids"].device)
-    lose = sequence_logprob(model, f).float() - ctx["forget_ref"][index].to(f["input_ids"].device)
-    forget = -2 / p["beta"] * F.logsigmoid(p["beta"] * (win - lose)).mean()
+    win = sequence_logprob(model, idk).float() - c["idk_ref"][index].to(f["input_ids"].device)
+    lose = sequence_logprob(model, f).float() - c["forget_ref"][index].to(f["input_ids"].device)
+    forget = -2 / p.beta * F.logsigmoid(p.beta * (win - lose)).mean()
     retain = nll(model, batch["retain"])
-    total = p["gamma"] * forget + p["alpha"] * retain
+    total = p.gamma * forget + p.alpha * retain
     return total, {"dpo": forget.detach(), "retain_nll": retain.detach(), "margin": (win - lose).detach().mean()}

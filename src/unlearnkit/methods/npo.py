@@ -11,37 +11,48 @@ The reference log-probs are those of the starting model, cached once before trai
 (`cache.cache_sequence_logprobs`): no frozen copy of the model stays in memory.
 """
 import torch.nn.functional as F
+from pydantic import Field
 
 from ..scoring import nll, sequence_logprob
-from .registry import register
+from .registry import Params, register
+
+
+class NPOParams(Params):
+    beta: float = Field(0.1, gt=0, description="inverse temperature; beta -> 0 is gradient ascent")
+
+
+class NPORTParams(NPOParams):
+    gamma: float = Field(1.0, ge=0, description="weight of the NPO term")
+    alpha: float = Field(5.0, ge=0, description="weight of the retain NLL term")
 
 
 def prepare(model, streams, ctx):
     from .cache import cache_sequence_logprobs
 
-    ctx["forget_ref"] = cache_sequence_logprobs(model, streams["forget"], ctx["pad_id"])
+    return cache_sequence_logprobs(model, streams["forget"], ctx.pad_id)
 
 
 def npo_loss(model, batch, ctx):
-    """The NPO term on `batch["forget"]` (shared by npo and npo_rt)."""
-    beta = ctx["params"]["beta"]
+    """The NPO term on `batch["forget"]` (shared by npo and npo_rt); `ctx.cache` holds the
+    reference log-probs."""
+    beta = ctx.params.beta
     logp = sequence_logprob(model, batch["forget"])
-    ref = ctx["forget_ref"][batch["forget"]["index"].cpu()].to(logp.device)
+    ref = ctx.cache[batch["forget"]["index"].cpu()].to(logp.device)
     log_ratio = logp.float() - ref
     return -2 / beta * F.logsigmoid(-beta * log_ratio).mean(), log_ratio.detach().mean()
 
 
-@register("npo", "Negative Preference Optimization: bounded, reference-relative ascent on forget",
-          prepare=prepare, lr=2e-4, steps=40, batch_size=16, beta=0.1)
+@register("npo", NPOParams, "Negative Preference Optimization: bounded, reference-relative ascent on forget",
+          train=dict(lr=2e-4, steps=40, batch_size=16), prepare=prepare)
 def loss(model, batch, ctx):
     forget, log_ratio = npo_loss(model, batch, ctx)
     return forget, {"log_ratio": log_ratio}
 
 
-@register("npo_rt", "NPO plus a retain-set NLL term (NPO-RT)", needs_retain=True, prepare=prepare,
-          lr=5e-4, epochs=5, batch_size=16, beta=0.1, gamma=1.0, alpha=5.0)
+@register("npo_rt", NPORTParams, "NPO plus a retain-set NLL term (NPO-RT)",
+          train=dict(lr=5e-4, epochs=5, batch_size=16), needs_retain=True, prepare=prepare)
 def loss_rt(model, batch, ctx):
-    p = ctx["params"]
+    p = ctx.params
     forget, log_ratio = npo_loss(model, batch, ctx)
     retain = nll(model, batch["retain"])
-    return p["gamma"] * forget + p["alpha"] * retain, {"npo": forget.detach(), "retain_nll": retain.detach(), "log_ratio": log_ratio}
+    return p.gamma * forget + p.alpha * retain, {"npo": forget.detach(), "retain_nll": retain.detach(), "log_ratio": log_ratio}

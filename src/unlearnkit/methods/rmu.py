@@ -16,16 +16,37 @@ Frozen retain activations are cached once before training when they fit in `cach
 otherwise the starting values of the few trained matrices are kept, and the frozen pass swaps them
 in under no_grad (one extra forward up to layer l, no second model).
 """
+from dataclasses import dataclass
+from typing import Literal
+
 import torch
+from pydantic import Field
 
 from ..scoring import backbone_and_head
-from .cache import activation_bytes, cache_activations, hidden_at
-from .registry import register
+from .cache import Activations, activation_bytes, cache_activations, hidden_at
+from .registry import Params, register
 
 
-def _layer(model, p) -> int:
+class RMUParams(Params):
+    layer: int = Field(-1, ge=-1, description="decoder layer l whose output is steered; -1: a quarter of the way in")
+    steering_coeff: float = Field(0.0, ge=0, description="c; 0: steering_scale x the mean norm of the frozen forget activations")
+    steering_scale: float = Field(1.0, gt=0, description="c as a multiple of the activation norm (when steering_coeff is 0)")
+    alpha: float = Field(3.0, ge=0, description="weight of the retain activation MSE")
+    forget_tokens: Literal["answer", "all"] = Field("answer", description="forget positions steered: answer tokens, or every token")
+    cache_mb: int = Field(1024, ge=0, description="cache frozen retain activations when they fit in this many MiB")
+
+
+@dataclass
+class RMUCache:
+    layer: int
+    target: torch.Tensor                              # c * u
+    retain_frozen: Activations | None = None      # frozen retain activations, or
+    frozen_weights: list[torch.Tensor] | None = None  # the trained matrices' starting values
+
+
+def _layer(model, p: RMUParams) -> int:
     n = backbone_and_head(model)[0].config.num_hidden_layers
-    return p["layer"] if p["layer"] >= 0 else max(1, n // 4) if n > 1 else 0
+    return p.layer if p.layer >= 0 else max(1, n // 4) if n > 1 else 0
 
 
 def _trained(model, layer: int) -> list[torch.nn.Parameter]:
@@ -33,44 +54,42 @@ def _trained(model, layer: int) -> list[torch.nn.Parameter]:
     return [layers[i].mlp.down_proj.weight for i in range(max(0, layer - 2), layer + 1)]
 
 
-def trainable(model, params=None):
+def trainable(model, params: RMUParams):
     """Freeze everything but the MLP down-projections of layers l-2..l."""
-    from .registry import REGISTRY
-
-    p = {**REGISTRY["rmu"].params, **(params or {})}
-    keep = {id(w) for w in _trained(model, _layer(model, p))}
+    keep = {id(w) for w in _trained(model, _layer(model, params))}
     for w in model.parameters():
         w.requires_grad_(id(w) in keep)
 
 
-def prepare(model, streams, ctx):
-    p = ctx["params"]
+def prepare(model, streams, ctx) -> RMUCache:
+    p = ctx.params
     if not hasattr(model, "peft_config"):  # under LoRA the adapter is what trains
         trainable(model, p)
-    layer = ctx["rmu_layer"] = _layer(model, p)
-    g = torch.Generator().manual_seed(p["seed"])
+    layer = _layer(model, p)
+    g = torch.Generator().manual_seed(ctx.seed)  # the run's seed picks the direction u
     u = torch.rand(model.config.hidden_size, generator=g)
-    coeff = p["steering_coeff"]
+    coeff = p.steering_coeff
     if not coeff:
-        norms = cache_activations(model, streams["forget"], ctx["pad_id"], layer).rows
-        coeff = p["steering_scale"] * torch.cat(norms).norm(dim=-1).mean().item()
-    ctx["rmu_target"] = coeff * u / u.norm()
-    if activation_bytes(model, streams["retain"]) <= p["cache_mb"] * 2**20:
-        ctx["retain_frozen"] = cache_activations(model, streams["retain"], ctx["pad_id"], layer)
+        norms = cache_activations(model, streams["forget"], ctx.pad_id, layer).rows
+        coeff = p.steering_scale * torch.cat(norms).norm(dim=-1).mean().item()
+    cache = RMUCache(layer, coeff * u / u.norm())
+    if activation_bytes(model, streams["retain"]) <= p.cache_mb * 2**20:
+        cache.retain_frozen = cache_activations(model, streams["retain"], ctx.pad_id, layer)
     else:
-        ctx["frozen_weights"] = [w.detach().clone() for w in _trained(model, layer)]
+        cache.frozen_weights = [w.detach().clone() for w in _trained(model, layer)]
+    return cache
 
 
-def _frozen_hidden(model, batch, ctx):
-    if "retain_frozen" in ctx:
-        return ctx["retain_frozen"].gather(batch["index"], batch["input_ids"].shape[1], batch["input_ids"].device)
-    weights = _trained(model, ctx["rmu_layer"])
+def _frozen_hidden(model, batch, c: RMUCache):
+    if c.retain_frozen is not None:
+        return c.retain_frozen.gather(batch["index"], batch["input_ids"].shape[1], batch["input_ids"].device)
+    weights = _trained(model, c.layer)
     live = [w.data for w in weights]
     with torch.no_grad():
         try:
-            for w, f in zip(weights, ctx["frozen_weights"]):
+            for w, f in zip(weights, c.frozen_weights):
                 w.data = f.to(w.device, w.dtype)
-            return hidden_at(model, ctx["rmu_layer"], batch["input_ids"], batch["attention_mask"]).float()
+            return hidden_at(model, c.layer, batch["input_ids"], batch["attention_mask"]).float()
         finally:
             for w, d in zip(weights, live):
                 w.data = d
@@ -80,21 +99,21 @@ def _masked_mse(h, target, mask):
     return ((h.float() - target).square().mean(-1) * mask).sum() / mask.sum()
 
 
-@register("rmu", "Representation Misdirection: steer one layer's activations on forget to a random direction",
-          needs_retain=True, prepare=prepare, trainable=trainable, lr=1e-2, epochs=10, batch_size=16,
-          layer=-1, steering_coeff=0.0, steering_scale=1.0, alpha=3.0, forget_tokens="answer", seed=0, cache_mb=1024)
+@register("rmu", RMUParams, "Representation Misdirection: steer one layer's activations on forget to a random direction",
+          train=dict(lr=1e-2, epochs=10, batch_size=16), needs_retain=True, prepare=prepare, trainable=trainable)
 def loss(model, batch, ctx):
-    f, r, layer = batch["forget"], batch["retain"], ctx["rmu_layer"]
+    c = ctx.cache
+    f, r, layer = batch["forget"], batch["retain"], c.layer
     h_f = hidden_at(model, layer, f["input_ids"], f["attention_mask"])
-    if ctx["params"]["forget_tokens"] == "answer":  # the positions that predict answer tokens
+    if ctx.params.forget_tokens == "answer":  # the positions that predict answer tokens
         mask = torch.zeros_like(f["attention_mask"])
         mask[:, :-1] = f["labels"][:, 1:] != -100
     else:
         mask = f["attention_mask"]
-    forget = _masked_mse(h_f, ctx["rmu_target"].to(h_f.device), mask)
+    forget = _masked_mse(h_f, c.target.to(h_f.device), mask)
     h_r = hidden_at(model, layer, r["input_ids"], r["attention_mask"])
-    retain = _masked_mse(h_r, _frozen_hidden(model, r, ctx), r["attention_mask"])
-    total = forget + ctx["params"]["alpha"] * retain
+    retain = _masked_mse(h_r, _frozen_hidden(model, r, c), r["attention_mask"])
+    total = forget + ctx.params.alpha * retain
     # every trainable tensor in the graph, so DDP's reducer also sees those after layer l (LoRA)
     total = total + 0.0 * sum(w.view(-1)[0] for w in model.parameters() if w.requires_grad)
     return total, {"forget_mse": forget.detach(), "retain_mse": retain.detach()}

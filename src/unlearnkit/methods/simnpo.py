@@ -7,17 +7,25 @@ with |y| the answer length in tokens and delta a reward margin. Fan, Liu, Lin, J
 reference model and no cache: the per-token normalisation removes NPO's bias towards long answers.
 """
 import torch.nn.functional as F
+from pydantic import Field
 
 from ..scoring import nll, sequence_logprob
-from .registry import register
+from .registry import Params, register
 
 
-@register("simnpo", "SimNPO: reference-free, length-normalised NPO with a retain NLL term", needs_retain=True,
-          lr=1e-3, epochs=5, batch_size=16, beta=2.5, delta=0.0, gamma=1.0, alpha=1.0)
+class SimNPOParams(Params):
+    beta: float = Field(2.5, gt=0, description="inverse temperature on the length-normalised log-prob")
+    delta: float = Field(0.0, description="reward margin")
+    gamma: float = Field(1.0, ge=0, description="weight of the SimNPO term")
+    alpha: float = Field(1.0, ge=0, description="weight of the retain NLL term")
+
+
+@register("simnpo", SimNPOParams, "SimNPO: reference-free, length-normalised NPO with a retain NLL term",
+          train=dict(lr=1e-3, epochs=5, batch_size=16), needs_retain=True)
 def loss(model, batch, ctx):
-    p = ctx["params"]
+    p = ctx.params
     mean_logp = sequence_logprob(model, batch["forget"], normalise=True).float()
-    forget = -2 / p["beta"] * F.logsigmoid(-p["beta"] * mean_logp - p["delta"]).mean()
+    forget = -2 / p.beta * F.logsigmoid(-p.beta * mean_logp - p.delta).mean()
     retain = nll(model, batch["retain"])
-    total = p["gamma"] * forget + p["alpha"] * retain
+    total = p.gamma * forget + p.alpha * retain
     return total, {"simnpo": forget.detach(), "retain_nll": retain.detach(), "forget_logp": mean_logp.detach().mean()}

@@ -1,0 +1,138 @@
+"""Calibrated forgetting: the twins, the statistic, the stopping rule (scripted), and a real run."""
+from __future__ import annotations
+
+import json
+import math
+import random
+
+import numpy as np
+import pytest
+
+from unlearnkit.calibrate import CalibrationSettings, Calibrator, Check, auc, null_auc_se, reference_records
+from unlearnkit.data.io import WorldData
+from unlearnkit.data.schema import QARecord
+from unlearnkit.data.twins import swap_name, twins, words_of
+
+
+def _rec(i, subject="Linine Vigormont", q="Where was Linine Vigormont born?", a="Thornwick"):
+    return QARecord(id=f"r{i}", subject=subject, question=q, answer=a, paraphrased_answer=f"It is {a}.",
+                    perturbed_answers=[f"It is X{i}."], alt_questions=[q.replace("Where", "In which town")])
+
+
+def test_twins_swap_every_name_form_for_an_unseen_name():
+    r = _rec(0, q="Where was Linine Vigormont born? Vigormont's town.", a="Linine Vigormont was born in Thornwick.")
+    corpus = words_of([r.question, r.answer, "Thornwick Greywater"])
+    (t,) = twins([r], corpus, seed=1)
+    new = t.subject.split()
+    assert len(new) == 2 and not ({w.lower() for w in new} & corpus)
+    assert "Linine" not in t.question + t.answer and "Vigormont" not in t.question + t.answer
+    assert t.question == f"Where was {new[0]} {new[1]} born? {new[1]}'s town."
+    assert t.answer == f"{new[0]} {new[1]} was born in Thornwick."
+    # one name per subject, fixed by the seed
+    a, b = twins([_rec(1), _rec(2)], corpus, seed=1)
+    assert a.subject == b.subject == twins([_rec(3)], corpus, seed=1)[0].subject
+    assert twins([_rec(3)], corpus, seed=2)[0].subject != a.subject
+    assert swap_name("Linineville stays", "Linine Vigormont", ["A", "B"]) == "Linineville stays"  # whole words only
+
+
+def test_auc_and_its_null_standard_error_by_hand():
+    assert auc(np.array([3.0, 4.0]), np.array([1.0, 2.0])) == 1.0
+    assert auc(np.array([1.0, 2.0]), np.array([3.0, 4.0])) == 0.0
+    # pairs (m > n): (2>1) (3>1) (3>2.5)... members [2,3], non-members [1,2.5,4]: wins 1+2, ties 0 -> 3/6
+    assert auc(np.array([2.0, 3.0]), np.array([1.0, 2.5, 4.0])) == pytest.approx(3 / 6)
+    assert auc(np.array([1.0]), np.array([1.0])) == 0.5  # a tie counts half
+    assert null_auc_se(60, 60) == pytest.approx(math.sqrt(121 / (12 * 3600)))
+
+
+def test_reference_needs_names_or_a_holdout():
+    w = WorldData(forget=[_rec(0, q="Where was the author born?")])
+    with pytest.raises(ValueError, match="no forget question names its subject"):
+        reference_records(w, "twins")
+    with pytest.raises(ValueError, match="no holdout split"):
+        reference_records(w, "holdout")
+
+
+class _Handle:
+    """Records what the calibrator does to the run."""
+
+    def __init__(self):
+        self.lr, self.weights, self.events = 1.0, 0, []
+
+    def log(self, rec):
+        self.events.append(rec)
+
+    def snapshot(self):
+        return {"w": self.weights}
+
+    def restore(self, snap):
+        self.weights = snap["w"]
+        self.events.append(("restore", snap["w"]))
+
+    def scale_lr(self, f):
+        self.lr *= f
+
+
+def _scripted(states, settings=None):
+    """A calibrator whose measurements follow `states`: (auc, utility) per check."""
+    w = WorldData(forget=[_rec(i) for i in range(20)], retain=[_rec(100 + i, "Bo Ka", "Who is Bo Ka?", "x") for i in range(5)])
+    cal = Calibrator(_Tok(), w, settings or CalibrationSettings(max_backtracks=2), forget_stream_len=20, batch_size=4)
+    it = iter(states)
+
+    def measure(step, handle):
+        a, u = next(it)
+        st = "matched" if abs(a - 0.5) <= cal.tolerance else ("under" if a > 0.5 else "over")
+        return Check(step, a, cal.tolerance, st, u, 0.0, 0.0, handle.lr)
+    cal.measure = measure
+    return cal
+
+
+class _Tok:
+    pad_token_id, bos_token_id, eos_token_id = 0, 1, 2
+
+    def __call__(self, texts, add_special_tokens=False):
+        return {"input_ids": [[3 + (ord(c) % 50) for c in t[:8]] for t in texts]}
+
+
+def _drive(cal, n):
+    h, stop, step = _Handle(), False, 0
+    while not stop and step <= n * cal.every:
+        h.weights = step
+        stop = cal.check(step, h)
+        step += cal.every
+    return cal.finish(step - cal.every, h), h
+
+
+def test_rule_stops_when_matched_and_keeps_those_weights():
+    info, h = _drive(_scripted([(1.0, 1.0), (0.8, 0.99), (0.52, 0.98)]), 10)
+    assert info.reason == "matched" and info.kept["auc"] == 0.52 and h.weights == info.kept_step
+
+
+def test_rule_backtracks_on_overshoot_then_matches_at_half_the_rate():
+    cal = _scripted([(1.0, 1.0), (0.8, 0.99), (0.2, 0.97), (0.55, 0.98)])
+    info, h = _drive(cal, 10)
+    assert ("restore", cal.every) in h.events       # back to the last point short of the target
+    assert h.lr == 0.5 and info.backtracks == 1 and info.reason == "matched"
+
+
+def test_rule_reports_the_floor_and_keeps_the_nearest_weights_above_it():
+    cal = _scripted([(1.0, 1.0), (0.7, 0.97), (0.6, 0.9), (0.62, 0.9), (0.61, 0.9)])
+    info, h = _drive(cal, 10)
+    assert info.reason == "floor" and info.backtracks == 2
+    assert info.kept["auc"] == 0.7 and h.weights == info.kept_step == cal.every
+
+
+def test_rule_overshot_at_every_rate_says_so():
+    info, _ = _drive(_scripted([(1.0, 1.0), (0.1, 1.0), (0.1, 1.0), (0.1, 1.0)]), 10)
+    assert info.reason == "overshot" and info.backtracks == 2
+    assert info.kept["auc"] == 0.1  # nearer the target than the start (1.0), though on the far side
+
+
+def test_rule_a_model_that_already_matches_stops_at_once():
+    info, _ = _drive(_scripted([(0.5, 1.0)]), 10)
+    assert info.reason == "matched" and info.stopped_at == 0
+
+
+def test_settings_are_validated_with_the_field_name():
+    with pytest.raises(ValueError, match="reference"):
+        from unlearnkit import api
+        api.forget("nowhere", "nowhere", "graddiff", "out", calibration={"reference": "oracle"})

@@ -1,0 +1,139 @@
+"""`unlearn forget` never harms its source, refuses nonsense at the door, and resumes only itself."""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from unlearnkit.cli import app
+
+runner = CliRunner()
+
+
+def _tree_hash(path):
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        h.update(str(f.relative_to(path)).encode() + f.read_bytes())
+    return h.hexdigest()
+
+
+@pytest.mark.parametrize("where", ["inside", "same", "parent"])
+def test_out_never_overlaps_the_source_model(tiny_world, tmp_path, where):
+    from unlearnkit import api
+
+    src = tmp_path / "models" / "subject"
+    shutil.copytree(tiny_world.subject_dir, src)
+    before = _tree_hash(src)
+    out = {"inside": src / "run", "same": src, "parent": src.parent}[where]
+    with pytest.raises(ValueError, match="source model's folder"):
+        api.forget(src, tiny_world.data_dir, "ga", out, steps=1, progress=False)
+    assert _tree_hash(src) == before
+
+
+@pytest.mark.parametrize("flags, option", [
+    (["--steps", "0"], "--steps"), (["--steps", "-5"], "--steps"), (["--lr", "0"], "--lr"),
+    (["--lr", "inf"], "--lr"), (["--lr", "nan"], "--lr"), (["--epochs", "0"], "--epochs"),
+    (["--batch-size", "0"], "--batch-size"), (["--param", "retain_loss=KL"], "retain_loss"),
+    (["--param", "nope=1"], "nope"), (["--method", "finetune"], "finetune"),
+    (["--calibration", "floor=2"], "floor"), (["--calibration", "floor=0.9", "--steps", "3"], "--calibration"),
+])
+def test_nonsense_is_refused_at_the_door(tiny_world, tmp_path, flags, option):
+    args = ["forget", "--model", str(tiny_world.subject_dir), "--data", str(tiny_world.data_dir),
+            "--out", str(tmp_path / "run")]
+    if "--method" not in flags:
+        args += ["--method", "graddiff"]
+    r = runner.invoke(app, args + flags)
+    assert r.exit_code == 2, r.output
+    err = r.output.strip().splitlines()
+    assert len(err) == 1 and option in err[0] and "Traceback" not in r.output
+    assert not (tmp_path / "run" / "model").exists()
+
+
+def test_choices_are_listed_when_a_setting_is_wrong():
+    from unlearnkit.methods import get_method
+
+    with pytest.raises(ValueError, match="'nll' or 'kl'"):
+        get_method("graddiff").params({"retain_loss": "KL"})
+    with pytest.raises(ValueError, match="its parameters: gamma, alpha, retain_loss, kl_topk"):
+        get_method("graddiff").params({"retian_loss": "kl"})
+    with pytest.raises(KeyError):
+        get_method("finetune")  # fine-tuning trains subjects; it is not an unlearning method
+
+
+def test_a_diverging_run_fails_and_saves_nothing(tiny_world, tmp_path):
+    from unlearnkit import api
+    from unlearnkit.train import DivergedError
+
+    out = tmp_path / "run"
+    (out / "model").mkdir(parents=True)
+    (out / "model" / "config.json").write_text("{}")  # an older run's model
+    with pytest.raises(DivergedError, match="loss became"):
+        api.forget(tiny_world.subject_dir, tiny_world.data_dir, "ga", out, steps=20, lr=1e30, progress=False)
+    assert not (out / "model").exists()  # no stale model beside an unfinished run
+    for line in (out / "log.jsonl").read_text().splitlines():
+        json.loads(line)  # the log stays valid JSON
+
+
+def test_resume_only_the_same_run(tiny_world, tmp_path):
+    from unlearnkit import api
+
+    out = tmp_path / "run"
+    api.forget(tiny_world.subject_dir, tiny_world.data_dir, "npo", out, steps=4, lr=1e-3, save_every=2, progress=False)
+    for kwargs, what in [(dict(method="ga"), "method"), (dict(lr=2e-3), "train"), (dict(steps=3), "train"),
+                         (dict(seed=1), "seed")]:
+        kw = {"method": "npo", "steps": 4, "lr": 1e-3, "seed": 0, **kwargs}
+        m = kw.pop("method")
+        with pytest.raises(ValueError, match=f"differs in .*{what}"):
+            api.forget(tiny_world.subject_dir, tiny_world.data_dir, m, out, resume=True, save_every=2,
+                       progress=False, **kw)
+
+
+def test_lora_is_deterministic_and_resumes_exactly(tiny_world, tmp_path):
+    from safetensors.torch import load_file
+
+    from unlearnkit import api
+
+    kw = dict(lora=True, steps=4, lr=1e-3, seed=5, save_every=2, progress=False)
+    a = api.forget(tiny_world.subject_dir, tiny_world.data_dir, "npo", tmp_path / "a", **kw)
+    b = api.forget(tiny_world.subject_dir, tiny_world.data_dir, "npo", tmp_path / "b", **kw)
+    wa, wb = (load_file(r / "adapter" / "adapter_model.safetensors") for r in (a, b))
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    # interrupted after its step-2 checkpoint, then resumed: the same adapter as the whole run
+    cut = tmp_path / "cut"
+    shutil.copytree(a, cut)
+    shutil.rmtree(cut / "adapter")
+    (cut / "log.jsonl").write_text("")
+    assert [p.name for p in (cut / "checkpoints").iterdir()] == ["step-2"]
+    api.forget(tiny_world.subject_dir, tiny_world.data_dir, "npo", cut, resume=True, **kw)
+    wc = load_file(cut / "adapter" / "adapter_model.safetensors")
+    assert all(torch.equal(wa[k], wc[k]) for k in wa)
+    other = api.forget(tiny_world.subject_dir, tiny_world.data_dir, "npo", tmp_path / "c", **{**kw, "seed": 6})
+    wo = load_file(other / "adapter" / "adapter_model.safetensors")
+    assert any(not torch.equal(wa[k], wo[k]) for k in wa)
+
+
+def test_the_run_seed_reaches_rmu_and_idk_dpo(tiny_world):
+    from test_train import _streams
+
+    from unlearnkit.methods import Context
+
+    def prepared(method, seed):
+        net, m, streams, ctx, tok = _streams(tiny_world, method)
+        ctx = Context(m.params(), seed=seed, pad_id=tok.pad_token_id, tokenizer=tok)
+        return m.prepare(net, streams, ctx)
+
+    assert not torch.allclose(prepared("rmu", 0).target, prepared("rmu", 1).target)
+    assert [e.input_ids for e in prepared("idk_dpo", 0)["idk"]] != [e.input_ids for e in prepared("idk_dpo", 1)["idk"]]
+
+
+def test_methods_lists_each_setting_with_type_and_default():
+    r = runner.invoke(app, ["methods", "--json"])
+    assert r.exit_code == 0
+    methods = {m["name"]: m for m in json.loads(r.output)}
+    assert "finetune" not in methods
+    rl = {p["name"]: p for p in methods["graddiff"]["params"]}["retain_loss"]
+    assert rl["type"] == "nll | kl" and rl["default"] == "nll" and rl["doc"]
