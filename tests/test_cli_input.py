@@ -26,6 +26,19 @@ def write(path, lines):
     return path
 
 
+@pytest.fixture(autouse=True, scope="module")
+def no_progress_bars():
+    """The CLI turns transformers' "Loading weights" bars off through the environment, which only
+    works if it is imported first; another test module may have imported transformers already."""
+    from transformers.utils import logging as hf_logging
+
+    was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    yield
+    if was_on:
+        hf_logging.enable_progress_bar()
+
+
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     from unlearnkit.models.load import save_model

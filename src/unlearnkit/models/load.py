@@ -128,9 +128,10 @@ def _load_adapter(path: Path, dtype, device):
 
     cfg_path = path / "adapter_config.json"
     try:
-        base = json.loads(cfg_path.read_text(encoding="utf-8")).get("base_model_name_or_path")
-    except (ValueError, AttributeError) as e:
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except ValueError as e:
         raise ModelLoadError(f"{cfg_path}: not a valid adapter config ({_first_line(e)})") from None
+    base = cfg.get("base_model_name_or_path") if isinstance(cfg, dict) else None
     if not base:
         raise ModelLoadError(f"{cfg_path}: field 'base_model_name_or_path' is empty")
     base = resolve_base(path, base)
