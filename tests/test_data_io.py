@@ -12,10 +12,12 @@ from unlearnkit.data import (  # noqa: E402
     DataError,
     DocRecord,
     QARecord,
+    check_overlap,
     load_split,
     load_world,
     overlap,
     read_jsonl,
+    require_split,
     write_jsonl,
 )
 
@@ -167,3 +169,130 @@ def test_datasets_directory_roundtrip(tmp_path):
         load_split(tmp_path / "bad", "forget")
     msg = str(e.value)
     assert "[forget] row 0" in msg and "field 'answer': missing" in msg
+
+
+# --- input safety (issue 12): every bad record is a one-line error naming file, line and field
+
+
+def _write_lines(path, objs):
+    path.write_text("".join((o if isinstance(o, str) else json.dumps(o)) + "\n" for o in objs), encoding="utf-8")
+    return path
+
+
+def _one_line_error(path, match):
+    with pytest.raises(DataError, match=match) as e:
+        read_jsonl(path)
+    assert "\n" not in str(e.value)
+    return str(e.value)
+
+
+def test_duplicate_id_names_both_lines(tmp_path):
+    p = _write_lines(tmp_path / "forget.jsonl", [qa(1).model_dump(), qa(2).model_dump(), qa(1, q="Other?").model_dump()])
+    msg = _one_line_error(p, r"forget.jsonl:3: field 'id': duplicate id 'r1'")
+    assert "first on line 1" in msg
+
+
+def test_duplicate_id_in_datasets_split(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    rows = [qa(1).model_dump(), qa(1).model_dump()]
+    datasets.DatasetDict({"forget": datasets.Dataset.from_list(rows)}).save_to_disk(str(tmp_path / "hf"))
+    with pytest.raises(DataError, match=r"\[forget\] row 1: field 'id': duplicate id 'r1' \(first on row 0\)"):
+        load_split(tmp_path / "hf", "forget")
+
+
+def test_blank_subject(tmp_path):
+    p = _write_lines(tmp_path / "retain.jsonl", [qa(1).model_dump(), {**qa(2).model_dump(), "subject": "  "}])
+    _one_line_error(p, r"retain.jsonl:2: field 'subject': must be a non-empty string")
+    d = _write_lines(tmp_path / "forget_docs.jsonl", [{"id": "d1", "subject": "", "text": "A bio."}])
+    with pytest.raises(DataError, match=r"forget_docs.jsonl:1: field 'subject'"):
+        read_jsonl(d, DocRecord)
+
+
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
+def test_nan_answer_literal(tmp_path, literal):
+    line = json.dumps({**qa(1).model_dump(), "answer": "PLACEHOLDER"}).replace('"PLACEHOLDER"', literal)
+    p = _write_lines(tmp_path / "forget.jsonl", [qa(0).model_dump(), line])
+    _one_line_error(p, r"forget.jsonl:2: field 'answer': must be a string, not (NaN|inf|-inf)")
+
+
+def test_nan_in_other_fields_and_python_floats(tmp_path):
+    line = json.dumps(qa(1).model_dump()).replace('["It is B1."]', '["It is B1.", NaN]')
+    p = _write_lines(tmp_path / "forget.jsonl", [line])
+    _one_line_error(p, r"forget.jsonl:1: field 'perturbed_answers': must be a string, not NaN")
+    with pytest.raises(ValueError, match="not NaN"):
+        QARecord.model_validate({**qa(1).model_dump(), "paraphrased_answer": float("nan")})
+    # finite numbers are still read as strings
+    assert QARecord.model_validate({**qa(1).model_dump(), "answer": 2.5}).answer == "2.5"
+
+
+def test_empty_perturbed_answer(tmp_path):
+    p = _write_lines(tmp_path / "forget.jsonl", [{**qa(1).model_dump(), "perturbed_answers": ["It is B1.", " "]}])
+    _one_line_error(p, r"forget.jsonl:1: field 'perturbed_answers': item 1 must be a non-empty string")
+    p = _write_lines(tmp_path / "forget.jsonl", [{**qa(1).model_dump(), "perturbed_answers": []}])
+    _one_line_error(p, r"forget.jsonl:1: field 'perturbed_answers'")
+    p = _write_lines(tmp_path / "forget.jsonl", [{**qa(1).model_dump(), "paraphrased_answer": ""}])
+    _one_line_error(p, r"forget.jsonl:1: field 'paraphrased_answer'")
+
+
+def test_utf8_bom_accepted(tmp_path):
+    p = tmp_path / "forget.jsonl"
+    p.write_bytes(b"\xef\xbb\xbf" + (qa(1).model_dump_json() + "\n" + qa(2).model_dump_json() + "\n").encode())
+    assert [r.id for r in read_jsonl(p)] == ["r1", "r2"]
+    # a BOM anywhere but the start is still an error
+    p.write_bytes((qa(1).model_dump_json() + "\n").encode() + b"\xef\xbb\xbf" + qa(2).model_dump_json().encode())
+    _one_line_error(p, r"forget.jsonl:2: malformed JSON")
+
+
+def test_world_remembers_sources(tmp_path):
+    write_jsonl(tmp_path / "forget.jsonl", [qa(1)])
+    write_jsonl(tmp_path / "retain.jsonl", [qa(2)])
+    w = load_world(tmp_path)
+    assert w.sources == {"forget": str(tmp_path / "forget.jsonl"), "retain": str(tmp_path / "retain.jsonl")}
+    assert w.source("neighbours") == str(tmp_path / "neighbours.jsonl")  # where it would be read from
+
+
+def test_require_split_names_the_file(tmp_path):
+    write_jsonl(tmp_path / "forget.jsonl", [qa(1)])
+    w = load_world(tmp_path)
+    with pytest.raises(DataError) as e:
+        require_split(w, "retain", why="method graddiff needs a retain set")
+    assert str(e.value) == f"{tmp_path / 'retain.jsonl'}: not found, and method graddiff needs a retain set"
+    (tmp_path / "retain.jsonl").write_text("\n")
+    w = load_world(tmp_path)
+    with pytest.raises(DataError, match=r"retain.jsonl: empty, and method graddiff needs a retain set"):
+        require_split(w, "retain", why="method graddiff needs a retain set")
+    write_jsonl(tmp_path / "retain.jsonl", [qa(2)])
+    assert [r.id for r in require_split(load_world(tmp_path), "retain", why="x")] == ["r2"]
+    with pytest.raises(ValueError, match="unknown split"):
+        require_split(w, "retian", why="x")
+
+
+def test_require_split_in_datasets_dir(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    datasets.DatasetDict({"forget": datasets.Dataset.from_list([qa(1).model_dump()])}).save_to_disk(str(tmp_path / "hf"))
+    with pytest.raises(DataError, match=r"hf\[retain\]: not found, and method npo needs"):
+        require_split(load_world(tmp_path / "hf"), "retain", why="method npo needs a retain set")
+
+
+def test_check_overlap(tmp_path):
+    write_jsonl(tmp_path / "forget.jsonl", [qa(1), qa(2)])
+    write_jsonl(tmp_path / "retain.jsonl", [qa(2), qa(3)])
+    assert check_overlap(load_world(tmp_path)) == 1  # partial: a count for a warning
+    (tmp_path / "retain.jsonl").write_bytes((tmp_path / "forget.jsonl").read_bytes())
+    with pytest.raises(DataError) as e:
+        check_overlap(load_world(tmp_path))
+    msg = str(e.value)
+    assert msg.startswith(f"{tmp_path / 'retain.jsonl'}: holds every record of {tmp_path / 'forget.jsonl'} (2)")
+    write_jsonl(tmp_path / "retain.jsonl", [qa(3), qa(2), qa(1)])  # every forget record, and more
+    with pytest.raises(DataError, match="the forget and retain sets must differ"):
+        check_overlap(load_world(tmp_path))
+    (tmp_path / "retain.jsonl").unlink()
+    assert check_overlap(load_world(tmp_path)) == 0
+
+
+def test_generated_world_passes_the_checks(tmp_path):
+    from unlearnkit.data import build_world
+
+    w = load_world(build_world(tmp_path / "w", seed=0, n_people=20))
+    assert w.forget and w.retain
+    assert 0 <= check_overlap(w) < len(w.forget)

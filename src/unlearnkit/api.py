@@ -245,6 +245,8 @@ def evaluate(model, data: str | os.PathLike, *, oracle=None, subject=None, suite
     from .evaluate import evaluate as run_eval
     from .scoring import LM
 
+    if out is not None and Path(out).is_dir():
+        raise ValueError(f"{out}: is a directory; the results go to a JSON file (e.g. {Path(out) / 'metrics.json'})")
     timer = runinfo.Timer()
     w = load_world(data)
     lm, fp = as_lm(model)
@@ -278,10 +280,27 @@ def _as_result(x, w, suites):
     if x is None or isinstance(x, dict) or x == "self":
         return x
     p = Path(x) if isinstance(x, (str, Path)) else None
-    if p is not None and p.suffix == ".json" and p.is_file():
-        return json.loads(p.read_text())
+    if p is not None and p.suffix == ".json" and not p.is_dir():
+        return _read_result(p)
     lm, _ = as_lm(x)
     return run_eval(lm, w, suites=tuple(suites))
+
+
+def _read_result(p: Path) -> dict:
+    """A results JSON written by `evaluate`; a missing, unreadable or non-object file is a DataError naming it."""
+    from .data.io import DataError
+
+    if not p.is_file():
+        raise DataError(f"{p}: results file not found")
+    try:
+        res = json.loads(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise DataError(f"{p}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise DataError(f"{p}:{e.lineno}: malformed JSON ({e.msg}: column {e.colno})") from None
+    if not isinstance(res, dict):
+        raise DataError(f"{p}: expected a results object (from `unlearn eval`), got a JSON {type(res).__name__}")
+    return res
 
 
 def _is_main() -> bool:

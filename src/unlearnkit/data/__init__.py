@@ -5,10 +5,13 @@ from .io import (
     QA_SPLITS,
     DataError,
     WorldData,
+    check_overlap,
     load_split,
     load_world,
     overlap,
     read_jsonl,
+    require_split,
+    split_source,
     write_jsonl,
 )
 from .schema import DocRecord, QARecord
@@ -16,5 +19,6 @@ from .world import build_world, generate_world
 
 __all__ = [
     "DOC_SPLITS", "QA_SPLITS", "DataError", "DocRecord", "QARecord", "WorldData", "build_world",
-    "generate_world", "load_split", "load_world", "overlap", "read_jsonl", "write_jsonl",
+    "check_overlap", "generate_world", "load_split", "load_world", "overlap", "read_jsonl", "require_split",
+    "split_source", "write_jsonl",
 ]

@@ -5,7 +5,8 @@ docs/architecture.md) or, alternatively, a Hugging Face ``datasets`` directory s
 with ``DatasetDict.save_to_disk`` whose split names are the same names.
 
 Every validation problem raises :class:`DataError` with a one-line message naming the
-file, the line (or split and row) and the field.
+file, the line (or split and row) and the field. Ids are unique within a split; a UTF-8
+byte-order mark at the start of a file is accepted.
 """
 
 from __future__ import annotations
@@ -59,6 +60,13 @@ def _validate(kind: type[BaseModel], obj: Any, where: str) -> BaseModel:
         raise DataError(f"{where}: {_describe_validation(e)}") from None
 
 
+def _check_new_id(seen: dict[str, str], record, where: str, here: str) -> None:
+    """Remember ``record.id`` as first seen at ``here``; a second record with it is an error."""
+    first = seen.setdefault(record.id, here)
+    if first != here:
+        raise DataError(f"{where}: field 'id': duplicate id {record.id!r} (first on {first})")
+
+
 def _kind_for(name: str) -> type[BaseModel]:
     return DocRecord if name.endswith("_docs") else QARecord
 
@@ -68,12 +76,13 @@ def read_jsonl(path: str | os.PathLike, kind: type[BaseModel] = QARecord) -> lis
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
-    records = []
+    records, seen = [], {}
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, start=1):
             where = f"{path}:{lineno}"
             try:
-                line = raw.decode("utf-8")
+                # utf-8-sig drops a byte-order mark (editors on Windows write one)
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
             except UnicodeDecodeError as e:
                 raise DataError(f"{where}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
             if not line.strip():
@@ -82,7 +91,9 @@ def read_jsonl(path: str | os.PathLike, kind: type[BaseModel] = QARecord) -> lis
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
                 raise DataError(f"{where}: malformed JSON ({e.msg}: column {e.colno})") from None
-            records.append(_validate(kind, obj, where))
+            record = _validate(kind, obj, where)
+            _check_new_id(seen, record, where, f"line {lineno}")
+            records.append(record)
     return records
 
 
@@ -131,7 +142,13 @@ def _load_datasets_split(data_dir: Path, name: str, kind: type[BaseModel]) -> li
         raise DataError(_one_line(f"{data_dir}: cannot load datasets directory ({e})")) from None
     if name not in dd:
         raise DataError(f"{data_dir}: no split '{name}' (has: {', '.join(sorted(dd)) or 'none'})")
-    return [_validate(kind, row, f"{data_dir}[{name}] row {i}") for i, row in enumerate(dd[name])]
+    records, seen = [], {}
+    for i, row in enumerate(dd[name]):
+        where = f"{data_dir}[{name}] row {i}"
+        record = _validate(kind, row, where)
+        _check_new_id(seen, record, where, f"row {i}")
+        records.append(record)
+    return records
 
 
 def has_split(data_dir: str | os.PathLike, name: str) -> bool:
@@ -144,6 +161,13 @@ def has_split(data_dir: str | os.PathLike, name: str) -> bool:
             raise DataError(_one_line(f"{data_dir / 'dataset_dict.json'}: unreadable ({e})")) from None
         return name in info.get("splits", [])
     return (data_dir / f"{name}.jsonl").is_file()
+
+
+def split_source(data_dir: str | os.PathLike, name: str) -> str:
+    """Where split ``name`` of a world directory is read from: ``<dir>/<name>.jsonl``, or
+    ``<dir>[<name>]`` in a datasets directory (whether or not the split is there)."""
+    data_dir = Path(data_dir)
+    return f"{data_dir}[{name}]" if _is_datasets_dir(data_dir) else str(data_dir / f"{name}.jsonl")
 
 
 def load_split(data_dir: str | os.PathLike, name: str, kind: type[BaseModel] | None = None) -> list:
@@ -174,6 +198,13 @@ class WorldData:
     neighbours_docs: list[DocRecord] = field(default_factory=list)
     holdout_docs: list[DocRecord] = field(default_factory=list)
     path: Path | None = None
+    sources: dict[str, str] = field(default_factory=dict)  # split -> file it was read from (present splits)
+
+    def source(self, name: str) -> str:
+        """The file split ``name`` was read from, or would be read from if it is absent."""
+        if name in self.sources:
+            return self.sources[name]
+        return split_source(self.path, name) if self.path is not None else f"split '{name}'"
 
     def training_records(self, without_forget: bool = False) -> list[QARecord]:
         """QA records the subject model is trained on (the oracle: ``without_forget=True``)."""
@@ -195,10 +226,23 @@ def load_world(data_dir: str | os.PathLike) -> WorldData:
     for name in QA_SPLITS + DOC_SPLITS:
         if name == "forget" or has_split(data_dir, name):
             setattr(world, name, load_split(data_dir, name))
+            world.sources[name] = split_source(data_dir, name)
     if not world.forget:
-        where = data_dir / "forget.jsonl" if not _is_datasets_dir(data_dir) else f"{data_dir}[forget]"
-        raise DataError(f"{where}: empty forget set")
+        raise DataError(f"{world.source('forget')}: empty forget set")
     return world
+
+
+def require_split(world: WorldData, name: str, why: str) -> list:
+    """The records of split ``name``; a :class:`DataError` naming its file if it is absent or
+    empty. ``why`` says who needs it: ``require_split(w, "retain", why="method graddiff needs a
+    retain set")``."""
+    if name not in QA_SPLITS + DOC_SPLITS:
+        raise ValueError(f"unknown split {name!r}; splits: {', '.join(QA_SPLITS + DOC_SPLITS)}")
+    records = getattr(world, name)
+    if not records:
+        state = "empty" if name in world.sources else "not found"
+        raise DataError(f"{world.source(name)}: {state}, and {why}")
+    return records
 
 
 def overlap(forget: Iterable[QARecord], retain: Iterable[QARecord]) -> int:
@@ -211,3 +255,16 @@ def overlap(forget: Iterable[QARecord], retain: Iterable[QARecord]) -> int:
     return sum(
         1 for r in forget if any((q.strip(), r.answer.strip()) in retain_pairs for q in r.phrasings())
     )
+
+
+def check_overlap(world: WorldData) -> int:
+    """The number of forget records also in the retain set (see :func:`overlap`).
+
+    Some overlap is a warning for the caller to give; a retain set that holds every forget record
+    (the same file given twice, say) is a :class:`DataError`: a method would be asked to forget
+    and to keep the same facts."""
+    n = overlap(world.forget, world.retain)
+    if world.forget and n == len(world.forget):
+        raise DataError(f"{world.source('retain')}: holds every record of {world.source('forget')} "
+                        f"({n}): the forget and retain sets must differ")
+    return n

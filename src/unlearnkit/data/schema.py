@@ -2,10 +2,13 @@
 
 A :class:`QARecord` is one fact; a :class:`DocRecord` is one document (a biography).
 Unknown fields in the input are accepted and dropped; numbers given for string
-fields (``"answer": 1974``) are read as strings.
+fields (``"answer": 1974``) are read as strings, but NaN and infinity are refused:
+``json`` reads the literal ``NaN`` as a float, and "nan" would then pass for an answer.
 """
 
 from __future__ import annotations
+
+import math
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -13,6 +16,22 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 def _non_empty(value: str) -> str:
     if not value.strip():
         raise ValueError("must be a non-empty string")
+    return value
+
+
+def _each_non_empty(values: list[str]) -> list[str]:
+    for i, v in enumerate(values):
+        if not v.strip():
+            raise ValueError(f"item {i} must be a non-empty string")
+    return values
+
+
+def _finite(value):
+    """Refuse NaN/inf (alone or in a list) before they are coerced to the strings "nan"/"inf"."""
+    items = value if isinstance(value, list) else [value]
+    for v in items:
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ValueError(f"must be a string, not {'NaN' if math.isnan(v) else v}")
     return value
 
 
@@ -31,7 +50,9 @@ class QARecord(BaseModel):
     paraphrased_question: str | None = None
     attribute: str | None = None
 
-    _check = field_validator("id", "question", "answer")(_non_empty)
+    _finite = field_validator("*", mode="before")(_finite)
+    _check = field_validator("id", "subject", "question", "answer", "paraphrased_answer")(_non_empty)
+    _check_each = field_validator("perturbed_answers", "alt_questions")(_each_non_empty)
 
     def phrasings(self) -> list[str]:
         """The training phrasings: ``[question] + alt_questions``."""
@@ -47,4 +68,5 @@ class DocRecord(BaseModel):
     subject: str
     text: str
 
-    _check = field_validator("id", "text")(_non_empty)
+    _finite = field_validator("*", mode="before")(_finite)
+    _check = field_validator("id", "subject", "text")(_non_empty)

@@ -1,7 +1,12 @@
-"""Load any causal LM (local checkpoint or hub id), optionally with LoRA; save atomically."""
+"""Load any causal LM (local checkpoint or hub id), optionally with LoRA; save atomically.
+
+Only causal LMs are accepted (a masked LM such as BERT would load into a randomly initialised
+LM head and be "unlearned" all the same). Damaged checkpoints fail with one line naming the path.
+"""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -9,29 +14,41 @@ from pathlib import Path
 
 import torch
 
+from .. import runinfo
+
 
 class ModelLoadError(RuntimeError):
     """A model could not be loaded; the message is one line that says why."""
 
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Any one of these makes a directory loadable by AutoTokenizer (fast tokenizer, its config, or slow
+# tokenizers' vocabularies).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt",
+                   "spiece.model")
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def load_model(path_or_id: str | os.PathLike, dtype: str | None = None, device: str | None = None):
     """Return `(model, tokenizer)` from a local checkpoint directory or a Hugging Face hub id.
 
-    A local directory must contain a `config.json`; anything else is treated as a hub id. Offline
-    (HF_HUB_OFFLINE=1) or unreachable hubs fail with a one-line message instead of a stack trace.
+    A local directory must contain a `config.json` and tokenizer files; anything else is treated as
+    a hub id. The checkpoint must be a causal LM. Offline (HF_HUB_OFFLINE=1) or unreachable hubs,
+    damaged weight files and missing tokenizers fail with a one-line message instead of a stack trace.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from safetensors import SafetensorError
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     src = str(path_or_id)
     local = Path(src)
     if (local / "adapter_config.json").is_file():
         return _load_adapter(local, dtype, device)
     if local.exists():
-        if not (local / "config.json").is_file():
-            raise ModelLoadError(f"{src}: not a model checkpoint (no config.json in the directory)")
+        _check_checkpoint_dir(local)
     elif src.startswith((".", "/", "~")) or src.count("/") > 1:
         raise ModelLoadError(f"{src}: no such model directory")
     kwargs = {}
@@ -39,13 +56,20 @@ def load_model(path_or_id: str | os.PathLike, dtype: str | None = None, device: 
         if dtype not in DTYPES:
             raise ModelLoadError(f"dtype {dtype!r} unknown; choose one of {sorted(DTYPES)}")
         kwargs["dtype"] = DTYPES[dtype]
+    where = "local checkpoint" if local.exists() else "hub id (the Hugging Face hub is not reachable from here, or the id does not exist)"
+    try:
+        config = AutoConfig.from_pretrained(src)
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"{src}: could not load {where}: {_first_line(e)}") from None
+    check_causal_lm(config, src)
     try:
         tokenizer = AutoTokenizer.from_pretrained(src)
-        model = AutoModelForCausalLM.from_pretrained(src, **kwargs)
-    except OSError as e:
-        where = "local checkpoint" if local.exists() else "hub id (the Hugging Face hub is not reachable from here, or the id does not exist)"
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelLoadError(f"{src}: could not load {where}: {first}") from None
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"{src}: could not load the tokenizer of the {where}: {_first_line(e)}") from None
+    try:
+        model = AutoModelForCausalLM.from_pretrained(src, config=config, **kwargs)
+    except (OSError, SafetensorError) as e:
+        raise ModelLoadError(f"{src}: could not load {where}: {_first_line(e)}") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if device:
@@ -54,19 +78,88 @@ def load_model(path_or_id: str | os.PathLike, dtype: str | None = None, device: 
     return model, tokenizer
 
 
+def check_causal_lm(config, src: str) -> None:
+    """Refuse a config whose architecture is not a causal LM, naming it.
+
+    `model_type` alone does not tell: "bert" has a causal-LM class (BertLMHeadModel), yet a
+    BertForMaskedLM checkpoint is no LM to unlearn. So the saved `architectures` decide, and
+    `model_type` only when a config has none."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES as CAUSAL
+
+    causal = {name for v in CAUSAL.values() for name in ((v,) if isinstance(v, str) else v)}
+    archs = list(getattr(config, "architectures", None) or [])
+    if archs and not causal.intersection(archs):
+        raise ModelLoadError(f"{src}: architecture {', '.join(archs)} (model type {config.model_type!r}) is not a "
+                             f"causal LM; unlearnkit unlearns causal LMs (e.g. LlamaForCausalLM, GPT2LMHeadModel)")
+    if not archs and config.model_type not in CAUSAL:
+        raise ModelLoadError(f"{src}: model type {config.model_type!r} is not a causal LM; unlearnkit unlearns "
+                             f"causal LMs (e.g. llama, gpt2)")
+
+
+def _check_checkpoint_dir(local: Path) -> None:
+    """A local checkpoint has a config, tokenizer files and whole safetensors files."""
+    if not local.is_dir():
+        raise ModelLoadError(f"{local}: not a model checkpoint (a file, not a directory)")
+    if not (local / "config.json").is_file():
+        raise ModelLoadError(f"{local}: not a model checkpoint (no config.json in the directory)")
+    if not any((local / name).is_file() for name in TOKENIZER_FILES):
+        raise ModelLoadError(f"{local}: no tokenizer in the checkpoint (none of {', '.join(TOKENIZER_FILES[:2])}, ...); "
+                             f"save the tokenizer beside the model")
+    _check_safetensors(local)
+
+
+def _check_safetensors(local: Path) -> None:
+    """Read each safetensors header: a truncated file fails here, naming it (transformers would
+    only say "incomplete metadata", without the file)."""
+    from safetensors import SafetensorError, safe_open
+
+    for f in sorted(local.glob("*.safetensors")):
+        try:
+            with safe_open(str(f), framework="pt"):
+                pass
+        except (SafetensorError, OSError) as e:
+            raise ModelLoadError(f"{f}: damaged safetensors file ({_first_line(e)}); save or copy it again") from None
+
+
 def _load_adapter(path: Path, dtype, device):
     """A LoRA adapter directory saved by `save_model`: load its base model, then the adapter."""
-    import json
-
     from peft import PeftModel
+    from safetensors import SafetensorError
 
-    base = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    cfg_path = path / "adapter_config.json"
+    try:
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise ModelLoadError(f"{cfg_path}: not a valid adapter config ({_first_line(e)})") from None
+    base = cfg.get("base_model_name_or_path") if isinstance(cfg, dict) else None
     if not base:
-        raise ModelLoadError(f"{path}/adapter_config.json: field 'base_model_name_or_path' is empty")
+        raise ModelLoadError(f"{cfg_path}: field 'base_model_name_or_path' is empty")
+    base = resolve_base(path, base)
+    if Path(base).is_absolute() and not Path(base).exists():
+        raise ModelLoadError(f"{cfg_path}: base model {base} not found (field 'base_model_name_or_path')")
+    _check_safetensors(path)
     model, tokenizer = load_model(base, dtype=dtype, device=device)
-    model = PeftModel.from_pretrained(model, str(path))
+    try:
+        model = PeftModel.from_pretrained(model, str(path))
+    except (OSError, ValueError, SafetensorError) as e:
+        raise ModelLoadError(f"{path}: could not load the adapter: {_first_line(e)}") from None
     model.eval()
     return model, tokenizer
+
+
+def resolve_base(adapter_dir: Path, base: str) -> str:
+    """The base model an adapter names, as a path that works from any working directory.
+
+    `save_model` records local bases as absolute paths. A relative one is looked for beside the
+    adapter first (a base copied along with it), then in the working directory (adapters saved
+    before bases were recorded absolute); otherwise it is a hub id."""
+    p = Path(base).expanduser()
+    if p.is_absolute():
+        return str(p)
+    for candidate in (Path(adapter_dir) / p, p):
+        if candidate.exists():
+            return str(candidate.resolve())
+    return base
 
 
 def apply_lora(model, r: int = 8, alpha: int = 16, dropout: float = 0.0, target_modules=None):
@@ -123,7 +216,19 @@ def save_model(model, tokenizer, out: str | os.PathLike, merge: bool = False, st
     with atomic_dir(out) as tmp:
         model.save_pretrained(tmp, safe_serialization=True, **({"state_dict": state_dict} if state_dict is not None else {}))
         tokenizer.save_pretrained(tmp)
+        if (tmp / "adapter_config.json").is_file():
+            _record_absolute_base(tmp / "adapter_config.json")
     return Path(out)
+
+
+def _record_absolute_base(cfg_path: Path) -> None:
+    """peft records the base model as it was given (`runs/subject`), which breaks as soon as the
+    adapter is loaded from another working directory: record a local base as an absolute path."""
+    cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    base = cfg.get("base_model_name_or_path")
+    if base and Path(base).expanduser().exists():
+        cfg["base_model_name_or_path"] = str(Path(base).expanduser().resolve())
+        runinfo.write_json(cfg_path, cfg)
 
 
 def fingerprint(model) -> str:

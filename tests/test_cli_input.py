@@ -1,0 +1,135 @@
+"""Bad input on the command line: one line on stderr naming the file, line or field, and exit 2."""
+import json
+import os
+import re
+import shutil
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+from typer.testing import CliRunner  # noqa: E402
+
+from unlearnkit.cli import app  # noqa: E402
+
+
+def rec(i, **kw):
+    return {"id": f"r{i}", "subject": f"Person {i}", "question": f"Where does Person {i} live?",
+            "answer": f"Town {i}", "paraphrased_answer": f"Person {i} lives in Town {i}.",
+            "perturbed_answers": [f"Person {i} lives in Town {i + 50}."], **kw}
+
+
+def write(path, lines):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join((x if isinstance(x, str) else json.dumps(x)) + "\n" for x in lines), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(autouse=True, scope="module")
+def no_progress_bars():
+    """The CLI turns transformers' "Loading weights" bars off through the environment, which only
+    works if it is imported first; another test module may have imported transformers already."""
+    from transformers.utils import logging as hf_logging
+
+    was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    yield
+    if was_on:
+        hf_logging.enable_progress_bar()
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    from unlearnkit.models.load import save_model
+    from unlearnkit.models.tiny import new_model, train_tokenizer
+
+    tok = train_tokenizer([json.dumps(rec(i)) for i in range(4)], vocab_size=300)
+    return save_model(new_model(tok, seed=0), tok, tmp_path_factory.mktemp("cli") / "model")
+
+
+@pytest.fixture
+def world(tmp_path):
+    write(tmp_path / "w" / "forget.jsonl", [rec(1), rec(2)])
+    write(tmp_path / "w" / "retain.jsonl", [rec(3), rec(4)])
+    return tmp_path / "w"
+
+
+def fails(*args) -> str:
+    """Run `unlearn ARGS`; it must exit 2 with exactly one line on stderr, which is returned."""
+    res = CliRunner().invoke(app, [str(a) for a in args])
+    assert res.exit_code == 2, (res.exit_code, res.output, res.exception)
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
+    return lines[0]
+
+
+def _eval(model, data, out, *extra):
+    return fails("eval", "--model", model, "--data", data, "--out", out, *extra)
+
+
+def test_duplicate_id(world, model_dir, tmp_path):
+    write(world / "retain.jsonl", [rec(3), rec(4), rec(3)])
+    assert f"{world / 'retain.jsonl'}:3: field 'id': duplicate id 'r3'" in _eval(model_dir, world, tmp_path / "o.json")
+
+
+def test_nan_answer(world, model_dir, tmp_path):
+    write(world / "forget.jsonl", [rec(1), json.dumps(rec(2, answer="X")).replace('"X"', "NaN")])
+    assert f"{world / 'forget.jsonl'}:2: field 'answer': must be a string, not NaN" in _eval(model_dir, world, tmp_path / "o.json")
+
+
+def test_blank_subject_and_empty_perturbed(world, model_dir, tmp_path):
+    write(world / "forget.jsonl", [rec(1, subject=" ")])
+    assert f"{world / 'forget.jsonl'}:1: field 'subject'" in _eval(model_dir, world, tmp_path / "o.json")
+    write(world / "forget.jsonl", [rec(1), rec(2, perturbed_answers=[""])])
+    assert f"{world / 'forget.jsonl'}:2: field 'perturbed_answers'" in _eval(model_dir, world, tmp_path / "o.json")
+
+
+def test_masked_lm(world, tmp_path, model_dir):
+    from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
+
+    bert = tmp_path / "bert"
+    BertForMaskedLM(BertConfig(vocab_size=300, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                               intermediate_size=32)).save_pretrained(bert)
+    AutoTokenizer.from_pretrained(model_dir).save_pretrained(bert)
+    line = _eval(bert, world, tmp_path / "o.json")
+    assert str(bert) in line and "BertForMaskedLM" in line and "not a causal LM" in line
+
+
+def test_truncated_weights_and_missing_tokenizer(world, tmp_path, model_dir):
+    bad = shutil.copytree(model_dir, tmp_path / "bad")
+    weights = bad / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    assert f"{weights}: damaged safetensors file" in _eval(bad, world, tmp_path / "o.json")
+    notok = shutil.copytree(model_dir, tmp_path / "notok")
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        (notok / f).unlink()
+    assert f"{notok}: no tokenizer" in _eval(notok, world, tmp_path / "o.json")
+
+
+def test_bad_oracle_json(world, tmp_path, model_dir):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"forget_quality": 0.5,\n "per_sample": }')
+    assert f"{bad}:2: malformed JSON" in _eval(model_dir, world, tmp_path / "o.json", "--oracle", bad)
+    bad.write_text("[1, 2]")
+    assert f"{bad}: expected a results object" in _eval(model_dir, world, tmp_path / "o.json", "--oracle", bad)
+    assert f"{tmp_path / 'missing.json'}: results file not found" in _eval(
+        model_dir, world, tmp_path / "o.json", "--oracle", tmp_path / "missing.json")
+
+
+def test_out_is_a_directory(world, tmp_path, model_dir):
+    (tmp_path / "results").mkdir()
+    assert f"{tmp_path / 'results'}: is a directory" in _eval(model_dir, world, tmp_path / "results")
+    assert list((tmp_path / "results").iterdir()) == []
+
+
+def test_api_names_the_file_too(world, tmp_path, model_dir):
+    from unlearnkit import api
+    from unlearnkit.data import DataError
+
+    bad = tmp_path / "oracle.json"
+    bad.write_text("{not json")
+    with pytest.raises(DataError, match="^" + re.escape(f"{bad}:1: malformed JSON")):
+        api.evaluate(model_dir, world, oracle=bad)
+    with pytest.raises(ValueError, match="is a directory"):
+        api.evaluate(model_dir, world, out=tmp_path)

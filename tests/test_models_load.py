@@ -1,0 +1,143 @@
+"""Loading checkpoints safely: only causal LMs, damaged files and missing tokenizers as one-line
+errors naming the path, and LoRA adapters that load from any working directory."""
+import json
+import os
+import shutil
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from unlearnkit.models.load import (  # noqa: E402
+    ModelLoadError,
+    apply_lora,
+    check_causal_lm,
+    load_model,
+    save_model,
+)
+from unlearnkit.models.tiny import new_model, train_tokenizer  # noqa: E402
+
+TEXTS = ["Who is Linine Vigormont? A painter from Osterby.", "Where was she born? In Osterby, in 1974."]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return train_tokenizer(TEXTS * 4, vocab_size=300)
+
+
+@pytest.fixture(scope="module")
+def llama_dir(tmp_path_factory, tok):
+    """A randomly initialised tiny Llama with its tokenizer, saved once for the module."""
+    return save_model(new_model(tok, seed=0), tok, tmp_path_factory.mktemp("m") / "llama")
+
+
+def _copy(src, dst):
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _one_line(e) -> str:
+    msg = str(e.value)
+    assert "\n" not in msg
+    return msg
+
+
+def test_loads_a_causal_lm(llama_dir):
+    model, tok = load_model(llama_dir)
+    assert type(model).__name__ == "LlamaForCausalLM" and tok.pad_token == "<pad>"
+
+
+def test_masked_lm_is_refused_naming_the_architecture(tmp_path, tok):
+    from transformers import BertConfig, BertForMaskedLM
+
+    cfg = BertConfig(vocab_size=len(tok), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=32)
+    BertForMaskedLM(cfg).save_pretrained(tmp_path / "bert")
+    tok.save_pretrained(tmp_path / "bert")
+    with pytest.raises(ModelLoadError) as e:
+        load_model(tmp_path / "bert")
+    msg = _one_line(e)
+    assert msg.startswith(str(tmp_path / "bert")) and "BertForMaskedLM" in msg and "not a causal LM" in msg
+
+
+def test_model_type_decides_without_architectures():
+    from transformers import LlamaConfig, T5Config
+
+    with pytest.raises(ModelLoadError, match=r"x: model type 't5' is not a causal LM"):
+        check_causal_lm(T5Config(), "x")
+    check_causal_lm(LlamaConfig(), "x")  # no architectures saved, but llama is a causal LM
+
+
+def test_truncated_safetensors_names_the_file(tmp_path, llama_dir):
+    d = _copy(llama_dir, tmp_path / "trunc")
+    weights = d / "model.safetensors"
+    data = weights.read_bytes()
+    for cut in (len(data) // 2, 5):
+        weights.write_bytes(data[:cut])
+        with pytest.raises(ModelLoadError) as e:
+            load_model(d)
+        assert _one_line(e).startswith(f"{weights}: damaged safetensors file")
+
+
+def test_missing_tokenizer_names_the_directory(tmp_path, llama_dir):
+    d = _copy(llama_dir, tmp_path / "notok")
+    (d / "tokenizer.json").unlink()  # tokenizer_config.json alone cannot build this tokenizer
+    with pytest.raises(ModelLoadError) as e:
+        load_model(d)
+    assert _one_line(e).startswith(f"{d}: could not load the tokenizer")
+    (d / "tokenizer_config.json").unlink()
+    with pytest.raises(ModelLoadError) as e:
+        load_model(d)
+    assert _one_line(e).startswith(f"{d}: no tokenizer in the checkpoint")
+
+
+def test_not_a_directory(tmp_path):
+    (tmp_path / "weights.bin").write_bytes(b"x")
+    with pytest.raises(ModelLoadError, match="a file, not a directory"):
+        load_model(tmp_path / "weights.bin")
+
+
+def _adapter(tmp_path, monkeypatch, llama_dir):
+    """An adapter saved from `tmp_path/work`, whose base was given as the relative path `base`."""
+    work = tmp_path / "work"
+    _copy(llama_dir, work / "base")
+    monkeypatch.chdir(work)
+    net, tok = load_model("base")
+    net = apply_lora(net)
+    torch.manual_seed(0)
+    for n, p in net.named_parameters():
+        if "lora_B" in n:  # LoRA starts as the identity: make the adapter change the outputs
+            torch.nn.init.normal_(p, std=0.5)
+    save_model(net, tok, "adapter")
+    ids = tok("Who is Linine Vigormont?", return_tensors="pt").input_ids
+    with torch.no_grad():
+        logits = net(ids).logits
+    return work, ids, logits
+
+
+def test_adapter_records_an_absolute_base(tmp_path, monkeypatch, llama_dir):
+    work, ids, logits = _adapter(tmp_path, monkeypatch, llama_dir)
+    cfg = json.loads((work / "adapter" / "adapter_config.json").read_text())
+    assert cfg["base_model_name_or_path"] == str((work / "base").resolve())
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    model, _ = load_model(work / "adapter")
+    with torch.no_grad():
+        assert torch.allclose(model(ids).logits, logits, atol=1e-5)
+
+
+def test_adapter_base_relative_to_the_adapter(tmp_path, monkeypatch, llama_dir):
+    work, ids, logits = _adapter(tmp_path, monkeypatch, llama_dir)
+    cfg_path = work / "adapter" / "adapter_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg_path.write_text(json.dumps({**cfg, "base_model_name_or_path": "../base"}))
+    monkeypatch.chdir(tmp_path)
+    model, _ = load_model(work / "adapter")
+    with torch.no_grad():
+        assert torch.allclose(model(ids).logits, logits, atol=1e-5)
+    cfg_path.write_text(json.dumps({**cfg, "base_model_name_or_path": str(tmp_path / "gone")}))
+    with pytest.raises(ModelLoadError) as e:
+        load_model(work / "adapter")
+    assert _one_line(e).startswith(f"{cfg_path}: base model {tmp_path / 'gone'} not found")
