@@ -1,11 +1,23 @@
-"""The methods table of docs/methods.md: every method, default settings, on the embedded world.
+"""Calibrated forgetting across world shapes and seeds: the table of docs/methods.md.
 
-    python bench/methods.py                         # print the markdown table
-    python bench/methods.py --write docs/methods.md # replace the table between the markers there
+    python bench/methods.py                                    # 3 shapes x 2 seeds, every method
+    python bench/methods.py --shapes default --seeds 0 --methods graddiff
+    python bench/methods.py --write docs/methods.md            # replace the table between the markers
 
-Builds (or reuses, in `--cache`) the world, the subject and the oracle with `unlearnkit.api`, runs
-`api.forget` with each method's defaults and evaluates with `api.evaluate` against the oracle.
-Wall time is the unlearning run alone (prepare + train + save), on whatever machine runs this.
+For each world (`unlearnkit.data.world.SHAPES`, each seed) it builds (or reuses, in `--cache`) the
+world, the subject and the oracle; then runs every method twice from the subject: calibrated (no
+budget flags: `api.forget` stops at the oracle-free target) and with the method's fixed default
+budget, for the cost ratio. No oracle is used during any run; the oracle only judges afterwards:
+- forget quality (KS p of forget truth ratios against the oracle's),
+- answer rate: forget questions whose greedy answer holds the whole true answer (ROUGE-L recall 1),
+  beside the oracle's,
+- PrivLeak against the oracle, model utility / the subject's,
+- why the calibrated run stopped, and its wall time / the fixed-budget run's.
+The `ok` column checks the issue's targets: answer rate within 0.05 of the oracle's, |PrivLeak| <= 10,
+forget quality >= 0.05, utility >= 0.95x (for every method but the default, `stop` says whether it
+reached the target or where it stopped). Results also go to `--cache/methods.json`.
+
+Worlds are trained two at a time, one thread each; set --jobs 1 on a busy machine.
 """
 from __future__ import annotations
 
@@ -19,55 +31,138 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-METHODS = ["ga", "graddiff", "npo", "npo_rt", "simnpo", "idk_dpo", "rmu"]
+METHODS = ["graddiff", "ga", "npo", "npo_rt", "simnpo", "idk_dpo", "rmu"]
+SHAPES = ["default", "sentences", "large"]
 BEGIN, END = "<!-- bench/methods.py: begin -->", "<!-- bench/methods.py: end -->"
+SUITES = ("tofu", "muse", "mia")
 
 
 def _fmt(x, spec=".3f"):
     return "–" if x is None else format(x, spec)
 
 
-def main():
+def answer_rate(res: dict) -> float:
+    r = res["per_sample"]["forget_rouge"]
+    return sum(x >= 1.0 - 1e-9 for x in r) / len(r)
+
+
+def world_dir(cache: Path, shape: str, seed: int) -> Path:
+    return cache / f"{shape}-s{seed}"
+
+
+def build(cache: Path, shape: str, seed: int) -> tuple[Path, dict]:
+    """World, subject and oracle for (shape, seed), reused when already trained on that world."""
     from unlearnkit import api
 
+    root = world_dir(cache, shape, seed)
+    data = api.world(root / "world", seed=seed, shape=shape)
+    models = {k: root / "models" / k for k in ("subject", "oracle")}
+    todo = {k: v for k, v in models.items() if not api._reusable(v, data, seed, k)}
+    for k, ckpt in todo.items():
+        api.finetune(data, ckpt, without_forget=k == "oracle", seed=seed, progress=False)
+    return data, models
+
+
+def _build_job(args):
+    import torch
+
+    torch.set_num_threads(1)
+    return build(*args)
+
+
+def fixed_budget(method) -> dict:
+    t = method.train_defaults
+    return {"steps": t["steps"]} if t.get("steps") else {"epochs": t.get("epochs", 1.0)}
+
+
+def run_world(cache: Path, shape: str, seed: int, methods: list[str], fixed: bool) -> list[dict]:
+    from unlearnkit import api
+    from unlearnkit.methods import get_method
+
+    data, models = build(cache, shape, seed)
+    root = world_dir(cache, shape, seed)
+    oracle = api.evaluate(models["oracle"], data, oracle="self", suites=SUITES)
+    subject = api.evaluate(models["subject"], data, oracle=oracle, suites=SUITES)
+    rows = [{"shape": shape, "seed": seed, "model": "subject", **_metrics(subject, oracle, subject)},
+            {"shape": shape, "seed": seed, "model": "oracle", **_metrics(oracle, oracle, subject)}]
+    for name in methods:
+        t0 = time.perf_counter()
+        run = api.forget(models["subject"], data, name, root / "runs" / name, seed=seed, progress=False)
+        wall = time.perf_counter() - t0
+        stop = json.loads((run / "train.json").read_text())
+        res = api.evaluate(run / "model", data, oracle=oracle, subject=subject, suites=SUITES)
+        row = {"shape": shape, "seed": seed, "model": name, **_metrics(res, oracle, subject), "wall_s": wall,
+               "stop": stop["stop"]["reason"], "kept_step": stop["stop"].get("kept_step"),
+               "verdict": res["verdict"]["overall"]["status"]}
+        if fixed:
+            t0 = time.perf_counter()
+            api.forget(models["subject"], data, name, root / "fixed" / name, seed=seed, progress=False,
+                       **fixed_budget(get_method(name)))
+            row["fixed_wall_s"] = time.perf_counter() - t0
+        rows.append(row)
+    return rows
+
+
+def _metrics(res, oracle, subject) -> dict:
+    mu, smu = res.get("model_utility"), subject.get("model_utility")
+    return {"forget_quality": res.get("forget_quality"), "answer_rate": answer_rate(res),
+            "oracle_answer_rate": answer_rate(oracle), "privleak": res.get("privleak"),
+            "utility_ratio": mu / smu if mu is not None and smu else None, "n_forget": res["n"]["forget"]}
+
+
+def meets(row: dict) -> bool:
+    return (abs(row["answer_rate"] - row["oracle_answer_rate"]) <= 0.05 and row["privleak"] is not None
+            and abs(row["privleak"]) <= 10 and row["forget_quality"] >= 0.05 and row["utility_ratio"] >= 0.95)
+
+
+def table(rows: list[dict], default: str) -> str:
+    lines = ["| world | seed | model | stop | forget quality | answer rate (oracle) | PrivLeak | utility vs subject "
+             "| targets met | wall s (fixed budget) |", "|---|---:|---|---|---:|---:|---:|---:|---|---:|"]
+    for r in rows:
+        unlearned = r["model"] not in ("subject", "oracle")
+        ok = ("yes" if meets(r) else "no") if unlearned else ""
+        if unlearned and r["model"] == default:
+            ok = f"**{ok}**"
+        lines.append(f"| {r['shape']} | {r['seed']} | {r['model']} | {r.get('stop', '')} | "
+                     f"{_fmt(r['forget_quality'], '.2g')} | {_fmt(r['answer_rate'], '.2f')} "
+                     f"({_fmt(r['oracle_answer_rate'], '.2f')}) | {_fmt(r['privleak'], '.1f')} | "
+                     f"{_fmt(r['utility_ratio'], '.3f')} | {ok} | "
+                     f"{_fmt(r.get('wall_s'), '.1f')} ({_fmt(r.get('fixed_wall_s'), '.1f')}) |")
+    return "\n".join(lines)
+
+
+def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--people", type=int, default=60)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--shapes", default=",".join(SHAPES))
+    ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--methods", default=",".join(METHODS))
-    ap.add_argument("--cache", type=Path, default=Path("runs/bench"), help="world and models (shared with bench/robustness.py)")
+    ap.add_argument("--no-fixed", action="store_true", help="skip the fixed-budget runs (no cost ratio)")
+    ap.add_argument("--jobs", type=int, default=2, help="worlds trained side by side")
+    ap.add_argument("--cache", type=Path, default=Path("runs/bench-methods"))
     ap.add_argument("--write", type=Path, help="markdown file whose table (between the markers) is replaced")
     args = ap.parse_args()
 
-    data, models = api.embedded(args.cache, seed=args.seed, n_people=args.people, progress=False)
-    suites = ("tofu",)
-    oracle = api.evaluate(models["oracle"], data, suites=suites)
-    oracle = api.evaluate(models["oracle"], data, oracle=oracle, suites=suites)
-    rows = [("subject", api.evaluate(models["subject"], data, oracle=oracle, suites=suites), None),
-            ("oracle", oracle, None)]
-    for name in args.methods.split(","):
-        t0 = time.perf_counter()
-        run = api.forget(models["subject"], data, name, args.cache / "runs" / name, seed=args.seed, progress=False)
-        wall = time.perf_counter() - t0
-        rows.append((name, api.evaluate(run / "model", data, oracle=oracle, suites=suites), wall))
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
 
-    n_forget = sum(1 for _ in open(Path(data) / "forget.jsonl"))
-    lines = [f"World: {args.people} people (seed {args.seed}), {n_forget} forget facts; tiny Llama; default settings; "
-             f"`python bench/methods.py --people {args.people}`.", "",
-             "| model | forget quality (KS p) | model utility | forget ROUGE | retain ROUGE | wall time (s) |",
-             "|---|---:|---:|---:|---:|---:|"]
-    for name, r, wall in rows:
-        lines.append(f"| {name} | {_fmt(r.get('forget_quality'), '.2g')} | {_fmt(r.get('model_utility'))} | "
-                     f"{_fmt(r.get('forget_rouge'))} | {_fmt(r.get('retain_rouge'))} | {_fmt(wall, '.1f')} |")
-    table = "\n".join(lines)
-    print(table)
+    worlds = [(s, int(seed)) for s in args.shapes.split(",") for seed in args.seeds.split(",")]
+    with ProcessPoolExecutor(max_workers=args.jobs, mp_context=mp.get_context("spawn")) as pool:
+        list(pool.map(_build_job, [(args.cache, s, seed) for s, seed in worlds]))
+    methods = args.methods.split(",")
+    rows = []
+    for shape, seed in worlds:
+        rows += run_world(args.cache, shape, seed, methods, not args.no_fixed)
+        (args.cache / "methods.json").write_text(json.dumps(rows, indent=1))
+    out = table(rows, METHODS[0])
+    cmd = (f"`python bench/methods.py --shapes {args.shapes} --seeds {args.seeds} --methods {args.methods}`")
+    out = f"Command: {cmd}. Default method in bold.\n\n" + out
+    print(out)
     if args.write:
         text = args.write.read_text()
         if BEGIN not in text or END not in text:
             raise SystemExit(f"{args.write}: markers {BEGIN} / {END} not found")
-        text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: f"{BEGIN}\n{table}\n{END}", text, flags=re.S)
+        text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: f"{BEGIN}\n{out}\n{END}", text, flags=re.S)
         args.write.write_text(text)
-    (args.cache / "methods.json").write_text(json.dumps({n: {k: r.get(k) for k in ("forget_quality", "model_utility",
-                                             "forget_rouge", "retain_rouge")} | {"wall_s": w} for n, r, w in rows}, indent=1))
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import yaml
 
 from . import runinfo
 from .data.batching import encode_pairs
-from .data.io import DataError, load_world, overlap
+from .data.io import check_overlap, load_world, require_split
 from .methods import Context, get_method
 from .models.load import apply_lora, load_model, save_model
 from .sft import sft_loss
@@ -171,10 +171,10 @@ def forget(model: str | os.PathLike, data: str | os.PathLike, method: str, out: 
         train_overrides["steps"] = None  # an explicit epoch budget replaces a method's default step budget
     cfg = TrainConfig(**{**m.train_defaults, **train_overrides, "seed": seed, "save_every": save_every})
     w = load_world(data)
-    if n := overlap(w.forget, w.retain):
+    if n := check_overlap(w):
         log.warning("%d forget records also appear in the retain set", n)
-    if m.needs_retain and not w.retain:
-        raise DataError(f"{Path(data) / 'retain.jsonl'}: missing or empty, and method {method!r} needs a retain set")
+    if m.needs_retain:
+        require_split(w, "retain", why=f"method {method} needs a retain set")
     net, tok = load_model(model)
     torch_seed(seed)  # before the adapter: its initial weights come from the run's seed
     if lora:
