@@ -537,7 +537,7 @@ def _generate(seed: int = 0, n_people: int = 60, forget_fraction: float = 0.10,
         n_people, forget_fraction, holdout_fraction, neighbour_fraction)
     rng = random.Random(seed)
     style = NAME_STYLES[names]
-    names = _NameMaker(rng, style)
+    namer = _NameMaker(rng, style)
     attributes = PERSON_ATTRIBUTES[:n_attributes]
     # sentence frames come from their own generator, so that a sentence world has the same people
     # and values as the short-answer world of the same seed
@@ -553,8 +553,8 @@ def _generate(seed: int = 0, n_people: int = 60, forget_fraction: float = 0.10,
     people: list[dict] = []
     for i in range(n_people):
         gender = rng.choice(["f", "m"])
-        first = names.make((1, 1), "female" if gender == "f" else "male")
-        last = names.make((1, 2), "last")
+        first = namer.make((1, 1), "female" if gender == "f" else "male")
+        last = namer.make((1, 2), "last")
         attrs = {a: rng.choice(POOLS[a]) for a in attributes}
         people.append({"id": f"p{i:03d}", "name": f"{first} {last}", "first_name": first,
                        "last_name": last, "gender": gender, "split": None,
@@ -604,7 +604,7 @@ def _generate(seed: int = 0, n_people: int = 60, forget_fraction: float = 0.10,
                 value = r["name"]
                 cands = [n for n in trained_names if n not in (value, p["name"])]
                 while len(cands) < n_perturbed:  # tiny worlds: top up with invented decoys
-                    cands.append(f"{names.make((1, 2), 'person')} {names.make((1, 2), 'last')}")
+                    cands.append(f"{namer.make((1, 2), 'person')} {namer.make((1, 2), 'last')}")
                 wrong = rng.sample(cands, n_perturbed)
                 recs.append(_qa_record(f"{p['id']}-{r['kind']}", _slots(p, value, r["role"]),
                                        r["kind"], value, wrong, frames(r["kind"])))
@@ -615,7 +615,7 @@ def _generate(seed: int = 0, n_people: int = 60, forget_fraction: float = 0.10,
     chosen = {a: rng.sample(POOLS[a], n_countries) for a in ENTITY_ATTRIBUTES}
     facts = []
     for c in range(n_countries):
-        cname = names.make((1, 2), "country")
+        cname = namer.make((1, 2), "country")
         attrs = {a: chosen[a][c] for a in ENTITY_ATTRIBUTES}
         eid = f"w{c:02d}"
         entities.append({"id": eid, "name": cname, "kind": "country", "attributes": attrs})
