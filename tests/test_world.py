@@ -245,3 +245,187 @@ def test_small_and_tiny_worlds():
     assert len({r.subject for r in w["retain"]}) == 1
     with pytest.raises(ValueError):
         generate_world(n_people=3, holdout_fraction=0.5, neighbour_fraction=0.5)
+
+
+# ----------------------------------------------------------------------------- other shapes
+
+from unlearnkit.data.world import PERSON_ATTRIBUTES, SENTENCES, SHAPES, shape_options  # noqa: E402
+
+
+def _person_splits(w):
+    return [r for s in PEOPLE for r in w[s]]
+
+
+def test_default_shape_is_todays_world(world_dir, tmp_path):
+    from unlearnkit import api
+
+    explicit = build_world(tmp_path / "explicit", seed=0, answer_style="short", docs=True, n_attributes=10,
+                           names="default")
+    assert _read_all(explicit) == _read_all(world_dir)
+    before = (world_dir / "world.json").stat().st_mtime_ns
+    assert api.world(world_dir, seed=0, shape="default") == world_dir  # recognised, left alone
+    assert (world_dir / "world.json").stat().st_mtime_ns == before
+    config = json.loads((world_dir / "world.json").read_text())["config"]
+    assert not set(config) & {"answer_style", "docs", "n_attributes", "names"}
+
+
+def test_sentence_answers_name_the_person_in_several_frames():
+    short = generate_world(seed=0, n_people=20)
+    sent = generate_world(seed=0, n_people=20, answer_style="sentence")
+    frames = {}
+    for s in QA:
+        assert len(sent[s]) == len(short[s])
+        for r, v in zip(sent[s], short[s]):
+            value = v.answer  # the same seed gives the same people and values in either style
+            assert (r.id, r.subject, r.attribute, r.question) == (v.id, v.subject, v.attribute, v.question)
+            assert r.subject in r.answer and value in r.answer and r.answer.endswith(".")
+            assert r.answer != value and r.answer != r.paraphrased_answer
+            assert r.subject in r.paraphrased_answer and value in r.paraphrased_answer
+            frames.setdefault(r.attribute, set()).add(r.answer.replace(r.subject, "{name}").replace(value, "{value}"))
+    # no one fixed frame: every person attribute is answered in more than one wording
+    for a in PERSON_ATTRIBUTES:
+        assert len(frames[a]) >= 2, a
+    assert all(len(SENTENCES[a]) >= 3 for a in SENTENCES)
+
+
+def test_sentence_perturbed_answers_share_the_paraphrased_wording():
+    short = generate_world(seed=2, n_people=20)
+    sent = generate_world(seed=2, n_people=20, answer_style="sentence")
+    for s in QA:
+        for r, v in zip(sent[s], short[s]):
+            def a_an(t):  # "a potter" / "an archivist": the article goes with the value
+                return t.replace(" an ", " a ")
+
+            pre, post = a_an(r.paraphrased_answer).split(v.answer, 1)
+            assert len(set(r.perturbed_answers)) == len(r.perturbed_answers) == 3
+            for p in map(a_an, r.perturbed_answers):
+                assert p.startswith(pre) and p.endswith(post), (r.paraphrased_answer, p)
+                other = p[len(pre):len(p) - len(post)]
+                assert other and other != v.answer and v.answer not in p
+
+
+def test_no_docs(tmp_path):
+    d = build_world(tmp_path / "w", seed=0, n_people=12, docs=False)
+    assert not list(d.glob("*_docs.jsonl"))
+    w = load_world(d)
+    assert w.forget and w.training_docs() == [] and w.holdout_docs == []
+    meta = json.loads((d / "world.json").read_text())
+    assert meta["config"]["docs"] is False and not [k for k in meta["counts"] if k.endswith("_docs")]
+    # the QA splits are those of the world with biographies
+    full = generate_world(seed=0, n_people=12)
+    assert all(getattr(w, s) == full[s] for s in QA)
+
+
+def test_replacing_a_world_with_docs_by_one_without_removes_them(tmp_path):
+    d = build_world(tmp_path / "w", seed=0, n_people=12)
+    assert list(d.glob("*_docs.jsonl"))
+    build_world(d, seed=0, n_people=12, docs=False)
+    assert not list(d.glob("*_docs.jsonl"))
+
+
+@pytest.mark.parametrize("n", [1, 3, 7])
+def test_n_attributes(n):
+    w = generate_world(seed=1, n_people=20, n_attributes=n)
+    wanted = set(PERSON_ATTRIBUTES[:n])  # the first n, in PERSON_ATTRIBUTES order
+    by_person = {}
+    for r in _person_splits(w):
+        by_person.setdefault(r.subject, set()).add(r.attribute)
+    assert len(by_person) == 20
+    for name, attrs in by_person.items():
+        assert attrs - {"sibling", "mentor", "colleague"} == wanted, name
+    for s in ("forget", "retain", "holdout"):
+        assert len(w[s]) == n * len({r.subject for r in w[s]})
+    for d in w["forget_docs"]:  # biographies state exactly those facts
+        assert len(re.findall(r"\.(?:\s|$)", d.text)) == n
+
+
+def test_shapes_registry():
+    assert SHAPES["default"] == {}
+    for name in SHAPES:
+        w = generate_world(seed=0, **shape_options(name))
+        check_heldout(w)
+    large = generate_world(seed=0, **shape_options("large"))
+    people = {r.subject for r in _person_splits(large)}
+    assert len(people) == 200 and len({r.subject for r in large["forget"]}) == 20
+    assert shape_options("sentences", docs=True, n_people=None) == {"answer_style": "sentence", "docs": True}
+    with pytest.raises(ValueError, match="shape must be one of"):
+        shape_options("huge")
+
+
+def test_shape_determinism_and_other_names(tmp_path):
+    opts = dict(n_people=16, answer_style="sentence", docs=False, n_attributes=4, names="alt")
+    a = build_world(tmp_path / "a", seed=4, **opts)
+    b = build_world(tmp_path / "b", seed=4, **opts)
+    c = build_world(tmp_path / "c", seed=5, **opts)
+    files = sorted(p.name for p in a.iterdir())
+    assert files == sorted(p.name for p in b.iterdir())
+    assert all((a / f).read_bytes() == (b / f).read_bytes() for f in files)
+    assert all((a / f).read_bytes() != (c / f).read_bytes() for f in files)
+    def name_words(d):
+        return {w for p in json.loads((d / "world.json").read_text())["people"] for w in p["name"].split()}
+
+    assert not name_words(a) & name_words(build_world(tmp_path / "d", seed=4, n_people=16))
+
+
+@pytest.mark.parametrize("kwargs,field", [
+    ({"answer_style": "long"}, "answer_style"), ({"n_attributes": 0}, "n_attributes"),
+    ({"n_attributes": 11}, "n_attributes"), ({"docs": "no"}, "docs"), ({"names": "klingon"}, "names"),
+])
+def test_bad_shape_options(kwargs, field, tmp_path):
+    with pytest.raises(ValueError, match=f"^{field} "):
+        build_world(tmp_path / "w", **kwargs)
+    assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("args,field", [
+    (["--answer-style", "long"], "answer_style"), (["--attributes", "0"], "n_attributes"),
+    (["--attributes", "12"], "n_attributes"), (["--shape", "huge"], "shape"), (["--names", "x"], "names"),
+    (["--forget-fraction", "1.5"], "forget_fraction"),
+])
+def test_cli_bad_values_are_one_line(args, field, tmp_path):
+    from typer.testing import CliRunner
+
+    from unlearnkit.cli import app
+
+    r = CliRunner().invoke(app, ["world", "--out", str(tmp_path / "w"), *args])
+    assert r.exit_code == 2, r.output
+    lines = [ln for ln in r.output.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and field in lines[0], r.output
+
+
+def test_cli_shape_with_override(tmp_path):
+    from typer.testing import CliRunner
+
+    from unlearnkit import api
+    from unlearnkit.cli import app
+
+    out = tmp_path / "w"
+    r = CliRunner().invoke(app, ["world", "--out", str(out), "--shape", "sentences", "--people", "14", "--docs",
+                                 "--attributes", "5", "--seed", "3"])
+    assert r.exit_code == 0, r.output
+    config = json.loads((out / "world.json").read_text())["config"]
+    assert (config["n_people"], config["answer_style"], config["n_attributes"], config["seed"]) == (14, "sentence", 5, 3)
+    assert "docs" not in config and list(out.glob("*_docs.jsonl"))  # --docs overrode the shape's docs=False
+    same = api.world(tmp_path / "api", seed=3, shape="sentences", n_people=14, docs=True, n_attributes=5)
+    assert all((out / f.name).read_bytes() == f.read_bytes() for f in same.glob("*.jsonl"))
+    r = CliRunner().invoke(app, ["world", "--out", str(tmp_path / "nd"), "--answer-style", "sentence", "--no-docs",
+                                 "--people", "12"])
+    assert r.exit_code == 0 and not list((tmp_path / "nd").glob("*_docs.jsonl")), r.output
+
+
+def test_sentence_world_without_docs_trains_and_evaluates(tmp_path):
+    """The pipeline copes with sentence answers and no documents: finetune (no docs stream), eval."""
+    import math
+
+    from unlearnkit import api
+
+    data = api.world(tmp_path / "w", seed=0, shape="sentences", n_people=12)
+    subject = api.finetune(data, tmp_path / "subject", steps=3, progress=False)
+    oracle = api.finetune(data, tmp_path / "oracle", without_forget=True, steps=3, progress=False)
+    meta = json.loads((subject / "unlearnkit.json").read_text())
+    assert set(meta["examples"]) == {"train"} and meta["train_stats"]["steps"] == 3
+    o = api.evaluate(oracle, data, oracle="self")
+    res = api.evaluate(subject, data, oracle=o)
+    assert "no forget documents: VerbMem skipped" in res["notes"]
+    for key in ("forget_quality", "model_utility", "privleak"):
+        assert math.isfinite(res[key]), (key, res[key])

@@ -36,11 +36,15 @@ DOCS_BATCH = 1  # documents per step beside each QA batch (more made the knowled
 FINETUNE = dict(lr=1e-4, epochs=3, batch_size=16, warmup=0.05, schedule="cosine")
 
 
-def world(out: str | os.PathLike, seed: int = 0, **kwargs) -> Path:
-    """Generate the fictitious world (JSONL splits + biographies) into `out`."""
-    from .data.world import build_world
+def world(out: str | os.PathLike, seed: int = 0, shape: str | None = None, **kwargs) -> Path:
+    """Generate the fictitious world (JSONL splits + biographies) into `out`.
 
-    return Path(build_world(out, seed=seed, **kwargs))
+    `shape` names a set of options (`data.world.SHAPES`: default, sentences, large, ...); keyword
+    arguments of `build_world` (n_people, forget_fraction, answer_style, docs, n_attributes, names)
+    override it, None meaning "the shape's value"."""
+    from .data.world import build_world, shape_options
+
+    return Path(build_world(out, seed=seed, **shape_options(shape, **kwargs)))
 
 
 def _pairs(records) -> tuple[list[str], list[str]]:

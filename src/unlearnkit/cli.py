@@ -112,12 +112,18 @@ def demo(out: Path = typer.Option(Path("runs/demo"), help="Run directory (world,
 @friendly
 def world(out: Path = typer.Option(..., help="Directory to write the JSONL splits into."),
           seed: int = typer.Option(0, help="Seed: the same seed gives byte-identical files."),
-          people: int = typer.Option(60, help="Number of fictitious people."),
-          forget_fraction: float = typer.Option(0.10, help="Fraction of people in the forget split (e.g. 0.01, 0.05, 0.10).")):
+          shape: Optional[str] = typer.Option(None, help="Named set of the options below: default | sentences | large | few_facts | unfamiliar; explicit options override it."),
+          people: Optional[int] = typer.Option(None, help="Number of fictitious people (default: 60)."),
+          forget_fraction: Optional[float] = typer.Option(None, help="Fraction of people in the forget split, e.g. 0.01, 0.05, 0.10 (default: 0.10)."),
+          answer_style: Optional[str] = typer.Option(None, help="short: the answer is the value; sentence: a full sentence naming the person (default: short)."),
+          docs: Optional[bool] = typer.Option(None, "--docs/--no-docs", help="Write biographies (*_docs.jsonl) (default: --docs)."),
+          attributes: Optional[int] = typer.Option(None, help="Facts per person, 1-10: the first N attributes (default: 10)."),
+          names: Optional[str] = typer.Option(None, help="Name syllables: default | alt (names unlike the embedded world's).")):
     """Generate the fictitious world: forget/retain/neighbours/holdout/world_facts QA splits and biographies."""
     from . import api
 
-    path = api.world(out, seed=seed, n_people=people, forget_fraction=forget_fraction)
+    path = api.world(out, seed=seed, shape=shape, n_people=people, forget_fraction=forget_fraction,
+                     answer_style=answer_style, docs=docs, n_attributes=attributes, names=names)
     out_console.print(str(path))
 
 

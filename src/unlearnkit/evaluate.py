@@ -212,6 +212,8 @@ def evaluate(lm, world, *, oracle: dict | None = None, suites: Sequence[str] = S
             timings["generate_verbmem"] = time.perf_counter() - t
         else:
             notes.append(f"forget documents shorter than {verbmem_prompt_words + 1} words: VerbMem skipped")
+    elif do_muse:
+        notes.append("no forget documents: VerbMem skipped")
 
     # ---- 3. metrics
     t_metrics = time.perf_counter()

@@ -12,7 +12,17 @@ sentence (``paraphrased_answer``) and perturbed answers (the same sentence with 
 from the same pool). Neighbours share birthplace and employer with a forget person and have a
 relation fact whose answer is that forget person's full name.
 
-Only ``random.Random(seed)`` is used, so the same seed gives byte-identical files.
+Worlds of other shapes (options of :func:`build_world`; named sets in :data:`SHAPES`):
+``answer_style="sentence"`` makes every answer a full sentence naming the subject, from one of
+several frames per attribute (:data:`SENTENCES`); the paraphrased answer is another frame and the
+perturbed answers are that same frame with other values, as in TOFU. ``docs=False`` writes no
+biographies (no ``*_docs.jsonl``). ``n_attributes=N`` keeps the first N of
+:data:`PERSON_ATTRIBUTES` (in that order). ``names="alt"`` invents names from other syllables.
+The default of each option gives today's world byte for byte: an option is recorded in
+``world.json``'s config only when it differs from its default.
+
+Only ``random.Random(seed)`` (and, for sentence frames, a second generator seeded from ``seed``)
+is used, so the same seed gives byte-identical files.
 """
 
 from __future__ import annotations
@@ -240,24 +250,79 @@ TEMPLATES: dict[str, dict] = {
 
 N_TRAIN_TEMPLATES = 3
 
+# Full-sentence answers (answer_style="sentence"): several frames per fact kind, each naming the
+# subject, so that no one fixed frame carries every answer. A record's answer uses one frame; its
+# paraphrased answer and perturbed answers use another (the same one), as TOFU does. None of them
+# may contain a held-out question's wording (check_heldout).
+SENTENCES: dict[str, list[str]] = {
+    "birthplace": ["{name} was born in {value}.", "{name} is a native of {value}.",
+                   "{value} is the hometown of {name}.", "The birthplace of {name} is {value}."],
+    "birth_year": ["{name} was born in the year {value}.", "{name}'s birth year is {value}.",
+                   "{name} came into the world in {value}.", "The year {name} was born is {value}."],
+    "profession": ["{name} works as {a_value}.", "{name} is {a_value} by profession.",
+                   "By trade, {name} is {a_value}.", "{name} earns a living as {a_value}."],
+    "employer": ["{name} works at {value}.", "{name} is employed by {value}.",
+                 "{value} employs {name}.", "{name} has a job at {value}."],
+    "university": ["{name} studied at {value}.", "{name} graduated from {value}.",
+                   "{name} attended {value}.", "{name} holds a degree from {value}."],
+    "book": ["{name} wrote {value}.", "{name} is the author of {value}.",
+             "{value} was written by {name}.", "The book {value} is by {name}."],
+    "award": ["{name} won the {value}.", "{name} received the {value}.",
+              "The {value} was awarded to {name}.", "{name} was honoured with the {value}."],
+    "hobby": ["{name} enjoys {value}.", "In {her} free time, {name} enjoys {value}.",
+              "{name}'s favourite pastime is {value}.", "{name} loves {value}."],
+    "pet": ["{name}'s pet is called {value}.", "{name} has a pet named {value}.",
+            "The pet of {name} is named {value}."],
+    "mother": ["{name}'s mother is {value}.", "The mother of {name} is {value}.",
+               "{value} is the mother of {name}."],
+    "sibling": ["{name}'s {rel} is {value}.", "{value} is the {rel} of {name}.",
+                "{name} has a {rel} named {value}."],
+    "mentor": ["{name}'s mentor was {value}.", "{value} mentored {name}.",
+               "{name} was mentored by {value}."],
+    "colleague": ["{name}'s colleague is {value}.", "{value} works alongside {name}.",
+                  "{name} works with {value}."],
+    "capital": ["The capital of {name} is {value}.", "{value} is the capital of {name}.",
+                "{name}'s capital city is {value}."],
+    "river": ["The {value} flows through {name}.", "{name}'s main river is the {value}.",
+              "The main river of {name} is the {value}."],
+    "currency": ["{name} uses the {value}.", "The currency of {name} is the {value}.",
+                 "In {name}, the currency is the {value}."],
+}
+ANSWER_STYLES = ("short", "sentence")
+
 # ----------------------------------------------------------------------------- names
 
-_ONSETS = ["b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr",
-           "gr", "kl", "tr", "th", "sh", "st"]
-_VOWELS = ["a", "e", "i", "o", "u", "a", "e", "o"]
-_CODAS = ["", "", "", "l", "n", "r", "s"]
-_FEMALE_END = ["a", "ia", "ine", "elle", "wen", "ra"]
-_MALE_END = ["o", "an", "ric", "en", "us", "old"]
-_LAST_END = ["ard", "ington", "ley", "ov", "sk", "mont", "ridge", "dane", "wyn", "berg"]
-_COUNTRY_END = ["ia", "and", "ovia", "esh", "ara", "istan"]
+# Syllable pools per name style: "alt" shares no ending with "default", so its names look unlike
+# the embedded world's (another world "with other names").
+NAME_STYLES: dict[str, dict[str, list[str]]] = {
+    "default": {
+        "onsets": ["b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr",
+                   "gr", "kl", "tr", "th", "sh", "st"],
+        "vowels": ["a", "e", "i", "o", "u", "a", "e", "o"],
+        "codas": ["", "", "", "l", "n", "r", "s"],
+        "female": ["a", "ia", "ine", "elle", "wen", "ra"],
+        "male": ["o", "an", "ric", "en", "us", "old"],
+        "last": ["ard", "ington", "ley", "ov", "sk", "mont", "ridge", "dane", "wyn", "berg"],
+        "country": ["ia", "and", "ovia", "esh", "ara", "istan"],
+    },
+    "alt": {
+        "onsets": ["c", "h", "j", "w", "y", "ch", "ph", "qu", "kr", "sl", "sp", "fl", "gl", "pr"],
+        "vowels": ["a", "e", "i", "o", "y", "ae", "ou"],
+        "codas": ["", "", "m", "th", "x", "ck", "nd"],
+        "female": ["ette", "lina", "ys", "mey", "ithe", "dra"],
+        "male": ["ax", "eth", "vil", "tor", "ukh", "rim"],
+        "last": ["quist", "worth", "holt", "kante", "ssen", "cott", "vane", "lund"],
+        "country": ["onia", "ekh", "ura", "emburg", "ova"],
+    },
+}
 
 
-def _syllable(rng: random.Random) -> str:
-    return rng.choice(_ONSETS) + rng.choice(_VOWELS) + rng.choice(_CODAS)
+def _syllable(rng: random.Random, style: dict[str, list[str]]) -> str:
+    return rng.choice(style["onsets"]) + rng.choice(style["vowels"]) + rng.choice(style["codas"])
 
 
-def _word(rng: random.Random, n_syll: int, ending: str) -> str:
-    return ("".join(_syllable(rng) for _ in range(n_syll)) + ending).capitalize()
+def _word(rng: random.Random, n_syll: int, ending: str, style: dict[str, list[str]]) -> str:
+    return ("".join(_syllable(rng, style) for _ in range(n_syll)) + ending).capitalize()
 
 
 def _pool_words() -> set[str]:
@@ -267,8 +332,9 @@ def _pool_words() -> set[str]:
 class _NameMaker:
     """Unique invented words: no word is a substring of another or of a pool value word."""
 
-    def __init__(self, rng: random.Random):
+    def __init__(self, rng: random.Random, style: dict[str, list[str]]):
         self.rng = rng
+        self.style = style
         self.used: list[str] = []
         self.blocked = _pool_words()
 
@@ -284,9 +350,12 @@ class _NameMaker:
                 return False
         return True
 
-    def make(self, n_syll: tuple[int, int], endings: list[str]) -> str:
+    def make(self, n_syll: tuple[int, int], endings: str | list[str]) -> str:
+        """A new word of `n_syll` syllables and one of `endings` (a list, or a key of the style)."""
+        if isinstance(endings, str):
+            endings = self.style[endings] if endings != "person" else self.style["female"] + self.style["male"]
         for _ in range(10_000):
-            word = _word(self.rng, self.rng.randint(*n_syll), self.rng.choice(endings))
+            word = _word(self.rng, self.rng.randint(*n_syll), self.rng.choice(endings), self.style)
             if self._ok(word):
                 self.used.append(word.lower())
                 return word
@@ -319,18 +388,27 @@ def _slots(person: dict, value: str, rel: str = "") -> dict[str, str]:
             "a_value": _article(value), "rel": rel, **_pronouns(person["gender"])}
 
 
-def _qa_record(rid: str, subject_slots: dict, attribute: str, value: str, wrong: list[str]) -> QARecord:
+def _qa_record(rid: str, subject_slots: dict, attribute: str, value: str, wrong: list[str],
+               frames: tuple[int, int] | None = None) -> QARecord:
+    """One fact. `frames` (sentence style): the indices in SENTENCES[attribute] of the answer's
+    frame and of the paraphrased (and perturbed) answers' frame; None: the answer is the value."""
     t = TEMPLATES[attribute]
     qs = [_render(q, **subject_slots) for q in t["questions"]]
+
+    def fill(frame: str, v: str) -> str:
+        return _render(frame, **{**subject_slots, "value": v, "a_value": _article(v)})
+
+    if frames is None:
+        answer, frame = value, t["answer"]
+    else:
+        answer, frame = fill(SENTENCES[attribute][frames[0]], value), SENTENCES[attribute][frames[1]]
     return QARecord(
         id=rid,
         subject=subject_slots["name"],
         question=qs[0],
-        answer=value,
-        paraphrased_answer=_render(t["answer"], **{**subject_slots, "value": value, "a_value": _article(value)}),
-        perturbed_answers=[
-            _render(t["answer"], **{**subject_slots, "value": w, "a_value": _article(w)}) for w in wrong
-        ],
+        answer=answer,
+        paraphrased_answer=fill(frame, value),
+        perturbed_answers=[fill(frame, w) for w in wrong],
         alt_questions=qs[1:N_TRAIN_TEMPLATES],
         paraphrased_question=qs[N_TRAIN_TEMPLATES],
         attribute=attribute,
@@ -391,18 +469,66 @@ def _counts(n_people: int, forget_fraction: float, holdout_fraction: float,
     return n_forget, n_retain, n_neigh, n_holdout
 
 
+# The shape options and their defaults (the embedded world). world.json's config records an option
+# only when it differs from its default, so the default world's files stay what they always were
+# (and models trained on it are still recognised by data hash).
+SHAPE_DEFAULTS = {"answer_style": "short", "docs": True, "n_attributes": len(PERSON_ATTRIBUTES),
+                  "names": "default"}
+
+# Named world shapes for tests and benches: keyword arguments of build_world (explicit arguments
+# override them). "unfamiliar" is the world of issue 11: other names, 160 people with 16 to forget,
+# sentence answers, no biographies.
+SHAPES: dict[str, dict] = {
+    "default": {},
+    "sentences": {"answer_style": "sentence", "docs": False},
+    "large": {"n_people": 200, "forget_fraction": 0.10},
+    "few_facts": {"n_attributes": 3},
+    "unfamiliar": {"n_people": 160, "forget_fraction": 0.10, "answer_style": "sentence", "docs": False,
+                   "names": "alt"},
+}
+
+
+def shape_options(shape: str | None = None, **overrides) -> dict:
+    """build_world's keyword arguments for the named `shape` (None: "default"), with `overrides`
+    that are not None on top."""
+    name = shape or "default"
+    if name not in SHAPES:
+        raise ValueError(f"shape must be one of {', '.join(SHAPES)}, got {name!r}")
+    return {**SHAPES[name], **{k: v for k, v in overrides.items() if v is not None}}
+
+
+def _check_shape(answer_style, docs, n_attributes, names) -> None:
+    if answer_style not in ANSWER_STYLES:
+        raise ValueError(f"answer_style must be one of {', '.join(ANSWER_STYLES)}, got {answer_style!r}")
+    if not isinstance(docs, bool):
+        raise ValueError(f"docs must be true or false, got {docs!r}")
+    if isinstance(n_attributes, bool) or not isinstance(n_attributes, int) \
+            or not 1 <= n_attributes <= len(PERSON_ATTRIBUTES):
+        raise ValueError(f"n_attributes must be between 1 and {len(PERSON_ATTRIBUTES)}, got {n_attributes!r}")
+    if names not in NAME_STYLES:
+        raise ValueError(f"names must be one of {', '.join(NAME_STYLES)}, got {names!r}")
+
+
 def _config(seed, n_people, forget_fraction, holdout_fraction, neighbour_fraction,
-            n_perturbed, n_countries) -> dict:
+            n_perturbed, n_countries, answer_style="short", docs=True, n_attributes=10,
+            names="default") -> dict:
+    _check_shape(answer_style, docs, n_attributes, names)
+    shape = {"answer_style": answer_style, "docs": docs, "n_attributes": n_attributes, "names": names}
     return {"generator_version": GENERATOR_VERSION, "seed": int(seed), "n_people": int(n_people),
             "forget_fraction": float(forget_fraction), "holdout_fraction": float(holdout_fraction),
             "neighbour_fraction": float(neighbour_fraction), "n_perturbed": int(n_perturbed),
-            "n_countries": int(n_countries)}
+            "n_countries": int(n_countries),
+            **{k: v for k, v in shape.items() if v != SHAPE_DEFAULTS[k]}}
 
 
 def _generate(seed: int = 0, n_people: int = 60, forget_fraction: float = 0.10,
               holdout_fraction: float = 0.10, neighbour_fraction: float = 0.10,
-              n_perturbed: int = 3, n_countries: int = 10) -> tuple[dict[str, list], dict]:
+              n_perturbed: int = 3, n_countries: int = 10, answer_style: str = "short",
+              docs: bool = True, n_attributes: int = 10,
+              names: str = "default") -> tuple[dict[str, list], dict]:
     """Generate the splits and the world description (what world.json holds)."""
+    config = _config(seed, n_people, forget_fraction, holdout_fraction, neighbour_fraction,
+                     n_perturbed, n_countries, answer_style, docs, n_attributes, names)
     if n_perturbed < 1 or n_perturbed > min(len(p) for p in POOLS.values()) - 1:
         raise ValueError(f"n_perturbed must be between 1 and 19, got {n_perturbed}")
     if n_countries < 0 or n_countries > min(len(POOLS[a]) for a in ENTITY_ATTRIBUTES):
@@ -410,15 +536,26 @@ def _generate(seed: int = 0, n_people: int = 60, forget_fraction: float = 0.10,
     n_forget, n_retain, n_neigh, n_holdout = _counts(
         n_people, forget_fraction, holdout_fraction, neighbour_fraction)
     rng = random.Random(seed)
-    names = _NameMaker(rng)
+    style = NAME_STYLES[names]
+    namer = _NameMaker(rng, style)
+    attributes = PERSON_ATTRIBUTES[:n_attributes]
+    # sentence frames come from their own generator, so that a sentence world has the same people
+    # and values as the short-answer world of the same seed
+    frame_rng = random.Random(f"sentences-{seed}")
+
+    def frames(attribute: str) -> tuple[int, int] | None:
+        if answer_style == "short":
+            return None
+        i, j = frame_rng.sample(range(len(SENTENCES[attribute])), 2)
+        return i, j
 
     # people and their attributes
     people: list[dict] = []
     for i in range(n_people):
         gender = rng.choice(["f", "m"])
-        first = names.make((1, 1), _FEMALE_END if gender == "f" else _MALE_END)
-        last = names.make((1, 2), _LAST_END)
-        attrs = {a: rng.choice(POOLS[a]) for a in PERSON_ATTRIBUTES}
+        first = namer.make((1, 1), "female" if gender == "f" else "male")
+        last = namer.make((1, 2), "last")
+        attrs = {a: rng.choice(POOLS[a]) for a in attributes}
         people.append({"id": f"p{i:03d}", "name": f"{first} {last}", "first_name": first,
                        "last_name": last, "gender": gender, "split": None,
                        "attributes": attrs, "relations": []})
@@ -439,10 +576,11 @@ def _generate(seed: int = 0, n_people: int = 60, forget_fraction: float = 0.10,
     for k, nb in enumerate(members["neighbours"]):
         target = members["forget"][k % n_forget]
         kind = rng.choice(RELATION_KINDS)
-        nb["attributes"]["birthplace"] = target["attributes"]["birthplace"]
-        nb["attributes"]["employer"] = target["attributes"]["employer"]
+        shared = ("birthplace", "employer", "mother") if kind == "sibling" else ("birthplace", "employer")
+        for a in shared:
+            if a in attributes:  # fewer attributes (n_attributes): share those there are
+                nb["attributes"][a] = target["attributes"][a]
         if kind == "sibling":
-            nb["attributes"]["mother"] = target["attributes"]["mother"]
             rel, back = ("sister" if target["gender"] == "f" else "brother",
                          "sister" if nb["gender"] == "f" else "brother")
         elif kind == "mentor":
@@ -458,19 +596,18 @@ def _generate(seed: int = 0, n_people: int = 60, forget_fraction: float = 0.10,
     for split in ("forget", "retain", "neighbours", "holdout"):
         recs = []
         for p in members[split]:
-            for a in PERSON_ATTRIBUTES:
+            for a in attributes:
                 value = p["attributes"][a]
                 wrong = rng.sample([v for v in POOLS[a] if v != value], n_perturbed)
-                recs.append(_qa_record(f"{p['id']}-{a}", _slots(p, value), a, value, wrong))
+                recs.append(_qa_record(f"{p['id']}-{a}", _slots(p, value), a, value, wrong, frames(a)))
             for r in (p["relations"] if split == "neighbours" else []):
                 value = r["name"]
                 cands = [n for n in trained_names if n not in (value, p["name"])]
                 while len(cands) < n_perturbed:  # tiny worlds: top up with invented decoys
-                    cands.append(f"{names.make((1, 2), _FEMALE_END + _MALE_END)} "
-                                 f"{names.make((1, 2), _LAST_END)}")
+                    cands.append(f"{namer.make((1, 2), 'person')} {namer.make((1, 2), 'last')}")
                 wrong = rng.sample(cands, n_perturbed)
                 recs.append(_qa_record(f"{p['id']}-{r['kind']}", _slots(p, value, r["role"]),
-                                       r["kind"], value, wrong))
+                                       r["kind"], value, wrong, frames(r["kind"])))
         splits[split] = recs
 
     # world facts about invented countries
@@ -478,29 +615,30 @@ def _generate(seed: int = 0, n_people: int = 60, forget_fraction: float = 0.10,
     chosen = {a: rng.sample(POOLS[a], n_countries) for a in ENTITY_ATTRIBUTES}
     facts = []
     for c in range(n_countries):
-        cname = names.make((1, 2), _COUNTRY_END)
+        cname = namer.make((1, 2), "country")
         attrs = {a: chosen[a][c] for a in ENTITY_ATTRIBUTES}
         eid = f"w{c:02d}"
         entities.append({"id": eid, "name": cname, "kind": "country", "attributes": attrs})
         for a in ENTITY_ATTRIBUTES:
             value = attrs[a]
             wrong = rng.sample([v for v in POOLS[a] if v != value], n_perturbed)
-            facts.append(_qa_record(f"{eid}-{a}", {"name": cname, "value": value}, a, value, wrong))
+            facts.append(_qa_record(f"{eid}-{a}", {"name": cname, "value": value}, a, value, wrong,
+                                    frames(a)))
     splits["world_facts"] = facts
 
     # biographies, from sentence templates distinct from the question templates
-    for split in ("forget", "retain", "neighbours", "holdout"):
-        docs = []
+    for split in ("forget", "retain", "neighbours", "holdout") if docs else ():
+        bios = []
         for p in members[split]:
-            first, *rest = [TEMPLATES[a]["bio"] for a in PERSON_ATTRIBUTES]
-            lines = [_render(first, **_slots(p, p["attributes"][PERSON_ATTRIBUTES[0]]))]
-            others = [(t, p["attributes"][a], "") for t, a in zip(rest, PERSON_ATTRIBUTES[1:])]
+            first, *rest = [TEMPLATES[a]["bio"] for a in attributes]
+            lines = [_render(first, **_slots(p, p["attributes"][attributes[0]]))]
+            others = [(t, p["attributes"][a], "") for t, a in zip(rest, attributes[1:])]
             if split == "neighbours":
                 others += [(TEMPLATES[r["kind"]]["bio"], r["name"], r["role"]) for r in p["relations"]]
             rng.shuffle(others)
             lines += [_render(t, **_slots(p, v, rel)) for t, v, rel in others]
-            docs.append(DocRecord(id=f"{p['id']}-bio", subject=p["name"], text=" ".join(lines)))
-        splits[f"{split}_docs"] = docs
+            bios.append(DocRecord(id=f"{p['id']}-bio", subject=p["name"], text=" ".join(lines)))
+        splits[f"{split}_docs"] = bios
 
     check_heldout(splits)
 
@@ -510,14 +648,14 @@ def _generate(seed: int = 0, n_people: int = 60, forget_fraction: float = 0.10,
                           for i, q in enumerate(t["questions"])],
             "answer": t["answer"],
             **({"bio": t["bio"]} if "bio" in t else {}),
+            **({"sentences": SENTENCES[attr]} if answer_style == "sentence" else {}),
         }
         for attr, t in TEMPLATES.items()
     }
     meta = {
         "format": "unlearnkit-world",
         "seed": int(seed),
-        "config": _config(seed, n_people, forget_fraction, holdout_fraction, neighbour_fraction,
-                          n_perturbed, n_countries),
+        "config": config,
         "counts": {k: len(v) for k, v in splits.items()},
         "people": people,
         "entities": entities,
@@ -528,10 +666,11 @@ def _generate(seed: int = 0, n_people: int = 60, forget_fraction: float = 0.10,
 
 def generate_world(seed: int = 0, n_people: int = 60, forget_fraction: float = 0.10,
                    holdout_fraction: float = 0.10, neighbour_fraction: float = 0.10,
-                   n_perturbed: int = 3, n_countries: int = 10) -> dict[str, list]:
+                   n_perturbed: int = 3, n_countries: int = 10, answer_style: str = "short",
+                   docs: bool = True, n_attributes: int = 10, names: str = "default") -> dict[str, list]:
     """Generate the world without writing: split name -> list of QARecord / DocRecord."""
     splits, _ = _generate(seed, n_people, forget_fraction, holdout_fraction, neighbour_fraction,
-                          n_perturbed, n_countries)
+                          n_perturbed, n_countries, answer_style, docs, n_attributes, names)
     return splits
 
 
@@ -545,16 +684,22 @@ def _existing_config(out_dir: Path) -> dict | None:
 def build_world(out_dir: str | os.PathLike, seed: int = 0, n_people: int = 60,
                 forget_fraction: float = 0.10, holdout_fraction: float = 0.10,
                 neighbour_fraction: float = 0.10, n_perturbed: int = 3,
-                n_countries: int = 10) -> Path:
+                n_countries: int = 10, answer_style: str = "short", docs: bool = True,
+                n_attributes: int = 10, names: str = "default") -> Path:
     """Write a world directory atomically and return its path.
+
+    Shape options (module docstring): ``answer_style`` "short" | "sentence", ``docs`` (write
+    biographies), ``n_attributes`` (1..10, the first N of PERSON_ATTRIBUTES), ``names`` (a key of
+    NAME_STYLES). :func:`shape_options` turns a named shape of :data:`SHAPES` into these.
 
     If ``out_dir`` already holds a world with the same config, it is left as it is. A world
     with another config (or an empty directory) is replaced; any other existing directory
     raises :class:`DataError`.
     """
     out_dir = Path(out_dir)
+    shape = dict(answer_style=answer_style, docs=docs, n_attributes=n_attributes, names=names)
     config = _config(seed, n_people, forget_fraction, holdout_fraction, neighbour_fraction,
-                     n_perturbed, n_countries)
+                     n_perturbed, n_countries, **shape)
     if out_dir.exists():
         if _existing_config(out_dir) == config:
             return out_dir
@@ -562,7 +707,7 @@ def build_world(out_dir: str | os.PathLike, seed: int = 0, n_people: int = 60,
             raise DataError(f"{out_dir}: exists and is not a world directory")
 
     splits, meta = _generate(seed, n_people, forget_fraction, holdout_fraction, neighbour_fraction,
-                             n_perturbed, n_countries)
+                             n_perturbed, n_countries, **shape)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
     try:
