@@ -92,8 +92,13 @@ def oracle_result(world):
     return evaluate(FakeLM(world, UTIL), world)
 
 
-def test_oracle_against_itself(world, oracle_result):
-    r = evaluate(FakeLM(world, UTIL), world, oracle=oracle_result)
+@pytest.fixture(scope="module")
+def subject_result(world, oracle_result):
+    return evaluate(FakeLM(world, ("forget",) + UTIL), world, oracle=oracle_result)
+
+
+def test_oracle_against_itself(world, oracle_result, subject_result):
+    r = evaluate(FakeLM(world, UTIL), world, oracle=oracle_result, subject=subject_result)
     assert r["forget_quality"] == 1.0 and r["forget_quality_log10"] == 0.0
     assert r["privleak"] == 0.0
     assert r["verdict"]["forgetting"]["pass"] and r["verdict"]["privacy"]["pass"] and r["verdict"]["utility"]["pass"]
@@ -140,28 +145,51 @@ def test_subject_hand_values(world, oracle_result):
     expected = tofu.harmonic_mean([p_plain, 1.0, tr, p_norm, 1.0, tr, p_norm, 1.0, tr])
     assert r["model_utility"] == pytest.approx(expected)
     assert r["model_utility"] == pytest.approx(oracle_result["model_utility"])
-    v = r["verdict"]
+    assert r["verdict"]["forgetting"]["status"] == "cannot decide"  # no subject given: power unknown
+    v = verdict(r, oracle=oracle_result, subject=r)  # judged as the untouched subject it is
     assert v["forgetting"]["pass"] is False and v["privacy"]["pass"] is False and v["utility"]["pass"] is True
     assert "still recognisable" in v["privacy"]["why"]
     json.dumps(r, allow_nan=False)
 
 
-def test_forgetting_passes_on_rouge_tolerance(world, oracle_result):
+def test_forgetting_passes_on_rouge_tolerance(world, oracle_result, subject_result):
     # forget quality fails but forget ROUGE equals the oracle's: the tolerance rule passes it
     fake = {"forget_quality": 1e-6, "forget_rouge": oracle_result["forget_rouge"] + 0.04}
-    assert verdict(fake, oracle=oracle_result)["forgetting"]["pass"] is True
-    assert verdict(fake, oracle=oracle_result, rouge_tolerance=0.01)["forgetting"]["pass"] is False
-    assert verdict({"forget_quality": 0.2}, oracle=oracle_result)["forgetting"]["pass"] is True
+    s = subject_result
+    assert verdict(fake, oracle=oracle_result, subject=s)["forgetting"]["pass"] is True
+    assert verdict(fake, oracle=oracle_result, subject=s, rouge_tolerance=0.01)["forgetting"]["pass"] is False
+    assert verdict({"forget_quality": 0.2}, oracle=oracle_result, subject=s)["forgetting"]["pass"] is True
+
+
+def test_the_verdict_checks_its_own_power(world, oracle_result, subject_result):
+    """The untouched subject never passes; a test that cannot tell the subject from the oracle says
+    'cannot decide', with the reason, instead of passing."""
+    v = verdict(subject_result, oracle=oracle_result, subject=subject_result)
+    assert v["forgetting"]["status"] == "fail" and v["overall"]["status"] == "fail"
+    # without the subject's result the power is unknown
+    v = verdict({"forget_quality": 0.9, "privleak": 1.0}, oracle=oracle_result)
+    assert v["forgetting"]["status"] == v["privacy"]["status"] == "cannot decide" and v["overall"]["pass"] is None
+    # a subject that does not know the forget set: nothing can be shown
+    v = verdict({"forget_quality": 0.9}, oracle=oracle_result, subject=oracle_result)
+    assert v["forgetting"]["status"] == "cannot decide" and "does not know the forget set" in v["forgetting"]["why"]
+    # too few facts: 3 vs 3 fully separated gives p = 0.1 at best
+    few = {**subject_result, "forget_quality_n": 3}
+    v = verdict({"forget_quality": 0.9}, oracle=oracle_result, subject=few)
+    assert "too few independent forget facts (3)" in v["forgetting"]["why"]
+    # membership inference that cannot tell members from non-members even on the subject
+    v = verdict({"privleak": 2.0}, oracle=oracle_result, subject={"privleak": -3.0})
+    assert v["privacy"]["status"] == "cannot decide"
 
 
 def test_utility_reference_is_subject_when_given():
     res = {"model_utility": 0.5}
     assert verdict(res, oracle={"model_utility": 0.5}, subject={"model_utility": 0.6})["utility"]["pass"] is False
-    assert verdict(res, oracle={"model_utility": 0.9}, subject={"model_utility": 0.55})["utility"]["pass"] is True
-    assert verdict(res, oracle={"model_utility": 0.6})["utility"]["pass"] is False  # 0.5 < 0.54
-    assert verdict({"privleak": -4.0})["privacy"]["pass"] is True
-    assert verdict({"privleak": 7.0}, privleak_tolerance=10)["privacy"]["pass"] is True
-    assert "over-unlearned" in verdict({"privleak": 30.0})["privacy"]["why"]
+    assert verdict(res, oracle={"model_utility": 0.9}, subject={"model_utility": 0.52})["utility"]["pass"] is True
+    assert verdict(res, oracle={"model_utility": 0.6})["utility"]["pass"] is False  # 0.5 < 0.57
+    subject = {"privleak": -60.0}
+    assert verdict({"privleak": -4.0}, subject=subject)["privacy"]["pass"] is True
+    assert verdict({"privleak": 7.0}, subject=subject, privleak_tolerance=5)["privacy"]["pass"] is False
+    assert "over-unlearned" in verdict({"privleak": 30.0}, subject=subject)["privacy"]["why"]
 
 
 def test_docs_source_and_reference_attack(world, oracle_result):

@@ -431,6 +431,7 @@ def demo(out: str | os.PathLike = "runs/demo", *, seed: int = 0, method: str = D
     say(f"[bold]3/6[/] unlearning the forget set with {method}")
     with timer("forget"):
         run = forget(models["subject"], data, method, out / "unlearned", seed=seed, progress=progress)
+    say(f"      {run_summary(run)}")
     models["unlearned"] = run / "model"
     if guard is not None:
         say(f"[bold]4/6[/] guard: the forget people as targets, action {guard}")
@@ -459,6 +460,7 @@ def demo(out: str | os.PathLike = "runs/demo", *, seed: int = 0, method: str = D
     metrics = {
         "models": results,
         "attacks": attack_results,
+        "unlearning": json.loads((run / "train.json").read_text()),
         "config": {"seed": seed, "method": method, "n_people": n_people, "forget_fraction": forget_fraction,
                    "attacks": list(attacks), "guard": guard, "out": str(out),
                    "paths": {k: str(v) for k, v in models.items()}},

@@ -177,7 +177,8 @@ def forget(model: str = typer.Option(..., help="Checkpoint dir or hub id of the 
     out_console.print(str(run))
     if eval:
         target = run / "model" if (run / "model").exists() else run / "adapter"
-        res = api.evaluate(target, data, oracle=oracle, out=run / "metrics.json")
+        # the source model is the subject: the verdict checks its power against it
+        res = api.evaluate(target, data, oracle=oracle, subject=model, out=run / "metrics.json")
         _print_headline({"unlearned": res})
 
 

@@ -359,7 +359,11 @@ def _check(value, ok, tolerance, why: str) -> dict:
     return {"pass": ok, "status": status, "value": value, "tolerance": tolerance, "why": why}
 
 
-MIN_FACTS = 10  # fewer independent forget facts than this: a KS test at 0.05 has next to no power
+def min_ks_p(n1: int, n2: int) -> float:
+    """The smallest p-value a two-sample KS test can give with n1 and n2 samples (fully separated)."""
+    from scipy.stats import ks_2samp
+
+    return float(ks_2samp(np.arange(n1), np.arange(n1, n1 + n2)).pvalue) if n1 and n2 else 1.0
 
 
 def _no_power(subject: dict | None, oracle: dict | None, min_forget_quality: float, rouge_tolerance: float) -> str | None:
@@ -370,8 +374,9 @@ def _no_power(subject: dict | None, oracle: dict | None, min_forget_quality: flo
     if subject is None:
         return "no subject result: whether the test can tell the subject from the oracle is unknown (give --subject)"
     n = subject.get("forget_quality_n") or 0
-    if n < MIN_FACTS:
-        return f"too few independent forget facts ({n} < {MIN_FACTS}) for the KS test to have power"
+    if min_ks_p(n, n) >= min_forget_quality:
+        return (f"too few independent forget facts ({n}): even fully separated truth ratios give a KS p-value of "
+                f"{min_ks_p(n, n):.3g} >= {min_forget_quality}")
     sfq, sfr, ofr = subject.get("forget_quality"), subject.get("forget_rouge"), (oracle or {}).get("forget_rouge")
     fq_sep = sfq is not None and sfq < min_forget_quality
     rouge_sep = sfr is not None and ofr is not None and abs(sfr - ofr) > rouge_tolerance
@@ -398,10 +403,11 @@ def verdict(result: dict, *, oracle: dict | None = None, subject: dict | None = 
     Each check first asks whether it has power on this data: the untouched subject must fail it.
     - forgetting: forget quality >= `min_forget_quality` (the KS test cannot tell the model's forget
       truth ratios from the oracle's), or forget ROUGE within `rouge_tolerance` of the oracle's.
-      Cannot decide without the subject's result, with fewer than `MIN_FACTS` forget facts, or when
-      the subject itself is not separated from the oracle (`_no_power` names the reason).
-    - privacy: |PrivLeak| <= `privleak_tolerance` (percent); cannot decide when the subject's own
-      |PrivLeak| is within it too.
+      Cannot decide without the subject's result, with so few forget facts that no KS p-value could
+      fall below `min_forget_quality`, or when the subject itself is not separated from the oracle
+      (`_no_power` names the reason).
+    - privacy: |PrivLeak| <= `privleak_tolerance` (percent); cannot decide without the subject's
+      result or when the subject's own |PrivLeak| is within the tolerance too.
     - utility: model utility >= `utility_fraction` x the subject's (when given), else the oracle's.
     "overall": fail if any check fails, else cannot decide if any cannot, else pass.
     """
@@ -427,7 +433,10 @@ def verdict(result: dict, *, oracle: dict | None = None, subject: dict | None = 
     pl, spl = result.get("privleak"), (subject or {}).get("privleak")
     if pl is None:
         out["privacy"] = _check(None, None, privleak_tolerance, "needs PrivLeak (the muse suite and an oracle result)")
-    elif subject is not None and spl is not None and abs(spl) <= privleak_tolerance:
+    elif spl is None:
+        out["privacy"] = _check(pl, None, privleak_tolerance, "cannot decide on this data: no subject PrivLeak, so "
+                                "whether membership inference can tell the forget set at all is unknown (give --subject)")
+    elif abs(spl) <= privleak_tolerance:
         out["privacy"] = _check(pl, None, privleak_tolerance, f"cannot decide on this data: the subject's own "
                                 f"|PrivLeak| {abs(spl):.2f} is within {privleak_tolerance}, so MIA cannot tell members")
     else:

@@ -50,7 +50,8 @@ def write_report(metrics: dict, path: str | Path) -> Path:
         lines += ["", f"## Verdict: {name}", ""]
         for aspect, v in verdict.items():
             if isinstance(v, dict):
-                mark = "PASS" if v.get("pass") else ("n/a" if v.get("pass") is None else "FAIL")
+                mark = v.get("status", "pass" if v.get("pass") else "cannot decide" if v.get("pass") is None
+                             else "fail").upper()
                 lines.append(f"- **{aspect}**: {mark} — {v.get('why', '')}")
     if attacks := metrics.get("attacks"):
         lines += ["", "## Attacks on the unlearned model", "",
