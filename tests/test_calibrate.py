@@ -127,6 +127,14 @@ def test_rule_overshot_at_every_rate_says_so():
     assert info.kept["auc"] == 0.1  # nearer the target than the start (1.0), though on the far side
 
 
+def test_rule_doubles_the_rate_when_progress_would_miss_the_budget():
+    cal = _scripted([(1.0, 1.0), (0.999, 1.0), (0.99, 1.0), (0.9, 1.0), (0.5, 1.0)],
+                    CalibrationSettings(max_epochs=2, max_doublings=1))
+    info, h = _drive(cal, 10)
+    assert info.doublings == 1 and h.lr == 2.0 and info.reason == "matched"
+    assert [e["speed_up"]["step"] for e in h.events if isinstance(e, dict) and "speed_up" in e] == [cal.every]
+
+
 def test_rule_a_model_that_already_matches_stops_at_once():
     info, _ = _drive(_scripted([(0.5, 1.0)]), 10)
     assert info.reason == "matched" and info.stopped_at == 0

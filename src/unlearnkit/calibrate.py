@@ -23,6 +23,9 @@ The rule, all in `Calibrator.check`:
 - under and above the floor: go on; these weights become the restore point.
 - over (overshot) or below the floor: go back to the restore point and halve the learning rate,
   at most `max_backtracks` times; then stop.
+- under, but at the pace of the last interval the target lies beyond the step budget: double the
+  learning rate (at most `max_doublings` times, and never after a backtrack). So the step size
+  follows from the run's own measurements, not from a constant tuned on one world.
 At the end the kept weights are the best check above the floor: a matched one first (the highest
 retain utility among them), else the one nearest the target. The stop reason is one of `matched`,
 `floor` (the floor was reached before the target), `overshot` (the target was passed at every
@@ -56,6 +59,7 @@ class CalibrationSettings(BaseModel):
     min_tolerance: float = Field(0.05, ge=0, lt=0.5, description="smallest accepted |AUC - 0.5|")
     floor: float = Field(0.95, ge=0, le=1, description="retain utility kept, as a fraction of the starting model's")
     max_backtracks: int = Field(4, ge=0, description="learning-rate halvings after an overshoot or a floor hit")
+    max_doublings: int = Field(3, ge=0, description="learning-rate doublings when progress would miss the budget")
     max_epochs: float = Field(30.0, gt=0, description="step budget, in epochs over the forget set")
     retain_sample: int = Field(128, ge=0, description="retain (and neighbour) records scored at each check")
 
@@ -85,6 +89,7 @@ class StopInfo:
     kept: dict
     start: dict
     backtracks: int
+    doublings: int
     reference: str
     n_forget: int
     n_reference: int
@@ -164,6 +169,7 @@ class Calibrator:
         self.start: Check | None = None
         self.start_prob: float | None = None
         self.backtracks = 0
+        self.doublings = 0
         self.best: Check | None = None
         self.snapshots: dict[str, dict] = {}   # "restore" and "best": trainable weights
         self.reason: str | None = None
@@ -208,6 +214,7 @@ class Calibrator:
             return True
         if c.state == "under" and above:
             self.snapshots["restore"] = self.snapshots["best"] if self.best is c else handle.snapshot()
+            self._maybe_speed_up(c, handle)
             return False
         # overshot, or below the floor: back to the last point short of the target, at half the lr
         if self.backtracks < self.settings.max_backtracks and "restore" in self.snapshots:
@@ -219,12 +226,25 @@ class Calibrator:
         self.reason = "floor" if not above else "overshot"
         return True
 
+    def _maybe_speed_up(self, c: Check, handle) -> None:
+        """Too slow for the budget, at the pace of the last interval: double the learning rate (never
+        after a backtrack, which means a larger rate already went too far)."""
+        if len(self.history) < 2 or self.backtracks or self.doublings >= self.settings.max_doublings:
+            return
+        prev = self.history[-2]
+        pace = (prev.auc - c.auc) / max(1, c.step - prev.step)  # AUC per step
+        left = c.auc - 0.5 - self.tolerance
+        if pace <= 0 or left / pace > self.budget - c.step:
+            self.doublings += 1
+            handle.scale_lr(2.0)
+            handle.log({"speed_up": {"step": c.step, "to_lr": handle.lr, "pace": pace}})
+
     def finish(self, step: int, handle) -> StopInfo:
         reason = self.reason or "budget"
         if self.best is not None:
             handle.restore(self.snapshots["best"])
         kept = self.best or self.start
-        info = StopInfo(reason, step, kept.step, asdict(kept), asdict(self.start), self.backtracks,
+        info = StopInfo(reason, step, kept.step, asdict(kept), asdict(self.start), self.backtracks, self.doublings,
                         self.settings.reference, self.n["forget"], self.n["reference"], self.n["retain"],
                         len(self.history), [asdict(c) for c in self.history])
         handle.log({"stopped": {k: v for k, v in asdict(info).items() if k != "history"}})
@@ -233,12 +253,12 @@ class Calibrator:
     # ------------------------------------------------------------------ resuming
     def state_dict(self) -> dict:
         return {"history": [asdict(c) for c in self.history], "start_prob": self.start_prob,
-                "backtracks": self.backtracks, "best": asdict(self.best) if self.best else None,
+                "backtracks": self.backtracks, "doublings": self.doublings, "best": asdict(self.best) if self.best else None,
                 "snapshots": self.snapshots}
 
     def load_state_dict(self, state: dict) -> None:
         self.history = [Check(**c) for c in state["history"]]
         self.start = self.history[0] if self.history else None
-        self.start_prob, self.backtracks = state["start_prob"], state["backtracks"]
+        self.start_prob, self.backtracks, self.doublings = state["start_prob"], state["backtracks"], state["doublings"]
         self.best = Check(**state["best"]) if state["best"] else None
         self.snapshots = state["snapshots"]
