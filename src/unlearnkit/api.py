@@ -334,7 +334,8 @@ def demo(out: str | os.PathLike = "runs/demo", *, seed: int = 0, method: str = D
     guard (inference-time unlearning, weights untouched) goes to `out/guard`, with the forget people as
     targets and action `guard` (None: no guard); its results are the model "guarded" (the subject
     behind it). Each attack's full result goes to `out/attacks/<kind>.json`; `metrics["attacks"]`
-    keeps its headline.
+    keeps its headline. `metrics["guard"]` holds the guard's detection scores. The reports are
+    `out/report.md` and `out/report.html` (self-contained, with plots).
     """
     from .guard import ACTIONS
     from .attacks import check_attack, run_attack
@@ -378,6 +379,10 @@ def demo(out: str | os.PathLike = "runs/demo", *, seed: int = 0, method: str = D
                              seed=seed)
             runinfo.write_json(out / "attacks" / f"{kind}.json", res)
             attack_results[kind] = {k: res.get(k) for k in ATTACK_HEADLINE}
+    guard_scores = None
+    if guard is not None:
+        with timer("guard scores"):  # for the report's plot of detection scores against the threshold
+            guard_scores = guard_detections(g, data)
     metrics = {
         "models": results,
         "attacks": attack_results,
@@ -387,8 +392,8 @@ def demo(out: str | os.PathLike = "runs/demo", *, seed: int = 0, method: str = D
         "versions": runinfo.versions(),
         "seconds": timer.seconds,
     }
-    if guard is not None:
-        metrics["guard"] = guard_detections(g, data)
+    if guard_scores is not None:
+        metrics["guard"] = guard_scores
     runinfo.write_json(out / "metrics.json", metrics)
     write_report(metrics, out / "report.md")
     report(out, out / "report.html")

@@ -71,7 +71,7 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log more.
 
 @app.command()
 @friendly
-def demo(out: Path = typer.Option(Path("runs/demo"), help="Run directory (world, models, metrics.json, report.md)."),
+def demo(out: Path = typer.Option(Path("runs/demo"), help="Run directory (world, models, metrics.json, report.md, report.html)."),
          seed: int = typer.Option(0, help="Seed for the world, the models and unlearning."),
          method: str = typer.Option("graddiff", help="Unlearning method (see `unlearn methods`)."),
          people: int = typer.Option(60, help="Number of fictitious people in the world."),

@@ -120,7 +120,8 @@ def records(entries: list[Entry]) -> dict | None:
     return {"models": [e.label for e, _ in cols], "rows": rows, "totals": totals, "hit_rouge": HIT_ROUGE}
 
 
-def attack_groups(runs: list[Run], entries: list[Entry], compare: bool) -> list:
+def attack_groups(runs: list[Run], compare: bool) -> list:
+    """[(attack, [(bar label, recovery)])]: each run's recovery, then the oracle's under that attack."""
     kinds = list(dict.fromkeys(k for r in runs for k in r.attacks))
     groups = []
     for kind in kinds:
@@ -168,11 +169,9 @@ def method_summary(runs: list[Run]) -> list[dict]:
     return out
 
 
-def guard_info(runs: list[Run]) -> tuple[dict | None, str]:
-    for r in runs:
-        if r.guard:
-            return r.guard, r.name
-    return None, ""
+def guard_scores(runs: list[Run]) -> dict | None:
+    """The guard's detection scores of the first run that has a guard."""
+    return next((r.guard for r in runs if r.guard), None)
 
 
 def _template():
@@ -186,19 +185,19 @@ def _template():
 
 def render(runs: list[Run], compare: bool = False, title: str | None = None) -> str:
     """The page as a string."""
-    import jinja2
+    from markupsafe import Markup
 
     entries, notes = entries_for(runs, compare)
-    guard_scores, guard_run = guard_info(runs)
+    guard = guard_scores(runs)
     figures = {
         "pareto": plots.pareto(entries),
         "truth": plots.truth_ratios(entries),
         "mia": plots.mia(entries),
-        "attacks": plots.attacks(attack_groups(runs, entries, compare)),
+        "attacks": plots.attacks(attack_groups(runs, compare)),
         "training": plots.training([(r.label if compare else r.name, r.log) for r in runs]),
-        "guard": plots.guard(guard_scores) if guard_scores else None,
+        "guard": plots.guard(guard) if guard else None,
     }
-    figs = {k: (None if p is None else {"name": p.name, "svg": jinja2.utils.markupsafe.Markup(p.svg),
+    figs = {k: (None if p is None else {"name": p.name, "svg": Markup(p.svg),
                                          "marks": json.dumps(p.marks)}) for k, p in figures.items()}
     ctx = {
         "title": title or ("unlearnkit comparison" if compare else "unlearnkit report"),
@@ -215,8 +214,7 @@ def render(runs: list[Run], compare: bool = False, title: str | None = None) -> 
         "rows_labels": [label.split(" (")[0] for _, label, _ in ROWS],
         "records": records(entries),
         "attack_rows": attack_table(runs, compare),
-        "guard": guard_scores,
-        "guard_run": guard_run,
+        "guard": guard,
         "figs": figs,
         "hit_rouge": HIT_ROUGE,
     }
@@ -225,6 +223,6 @@ def render(runs: list[Run], compare: bool = False, title: str | None = None) -> 
 
 def write_html(inputs, out: str | os.PathLike, *, compare: bool = False, title: str | None = None) -> Path:
     """Write the report of `inputs` (run directories, metrics JSON paths or loaded `Run`s) to `out`."""
-    runs = [x for x in inputs if isinstance(x, Run)] if all(isinstance(x, Run) for x in inputs) else \
-        load_runs(inputs)
+    inputs = list(inputs)
+    runs = inputs if all(isinstance(x, Run) for x in inputs) else load_runs(inputs)
     return runinfo.write_text(out, render(runs, compare=compare, title=title))

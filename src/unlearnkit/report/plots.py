@@ -1,16 +1,16 @@
 """The report's figures, drawn by matplotlib and inlined as SVG.
 
 Why matplotlib SVG (and not Plotly or Vega-Lite): the page must work offline with everything
-inline and stay small. Plotly's JS bundle is ~3.5 MB on its own (the 3 MB budget of the whole
-page), and Vega-Lite needs vega + vega-lite + vega-embed inlined (~1 MB) that no Python package
-ships as plain files. matplotlib is already a well-kept Python dependency, draws each figure in
-tens of milliseconds, and its SVG is plain DOM: every point, bar and line is an element that a
-browser test can count. Interactivity is limited to the page's own few lines of JS (the table
-filter); the figures are static.
+inline and stay under 3 MB. Plotly's JS bundle alone is over 3 MB; Vega-Lite needs vega,
+vega-lite and vega-embed vendored and inlined. matplotlib draws each figure in tens of
+milliseconds, and its SVG is plain DOM: every point, bar and line is an element that a browser
+test can count. Interactivity is limited to the page's own few lines of JS (the table filter);
+the figures are static (docs/report.md).
 
 Every data mark gets a `gid` of the form ``<figure>-<kind>-<n>`` (kind: point, bar, line, stop,
 threshold); matplotlib writes it as the id of the mark's SVG group, so marks are countable in the
-DOM. Each function returns a `Figure` and the number of marks per kind it drew.
+DOM. Each figure function returns a `Plot` (inline SVG and the number of marks per kind it drew),
+or None when the results lack its data.
 """
 from __future__ import annotations
 
@@ -210,7 +210,7 @@ def attacks(groups: list[tuple[str, list[tuple[str, float | None]]]]) -> Plot | 
                 continue
             bars_ = ax.bar([x], [v], width=width * 0.95, color=col[lbl])
             bars_.patches[0].set_gid(f"attack-bar-{n}")
-            ax.bar_label(bars_, fmt="%.3f", fontsize=8)
+            ax.bar_label(bars_, fmt="{:.3g}", fontsize=8)
             n += 1
     for lbl in labels:
         ax.bar([0], [0], color=col[lbl], label=lbl)  # legend entries only (zero height, no gid)
