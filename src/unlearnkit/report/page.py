@@ -9,8 +9,8 @@ computed here and the figures of `plots`.
 from __future__ import annotations
 
 import json
-import math
 import os
+import statistics
 from collections import defaultdict
 from pathlib import Path
 
@@ -120,15 +120,27 @@ def records(entries: list[Entry]) -> dict | None:
     return {"models": [e.label for e, _ in cols], "rows": rows, "totals": totals, "hit_rouge": HIT_ROUGE}
 
 
+def run_labels(runs: list[Run], compare: bool) -> dict[str, str]:
+    """What the attack bars, attack table and training curves call each run: method and seed in a
+    comparison (its name where two runs share them), else the run's name."""
+    if not compare:
+        return {r.name: r.name for r in runs}
+    n = defaultdict(int)
+    for r in runs:
+        n[r.label] += 1
+    return {r.name: r.label if n[r.label] == 1 else f"{r.label} ({r.name})" for r in runs}
+
+
 def attack_groups(runs: list[Run], compare: bool) -> list:
     """[(attack, [(bar label, recovery)])]: each run's recovery, then the oracle's under that attack."""
     kinds = list(dict.fromkeys(k for r in runs for k in r.attacks))
+    names = run_labels(runs, compare)
     groups = []
     for kind in kinds:
         bars = []
         for r in runs:
             if kind in r.attacks:
-                label = r.label if compare else ("unlearned" if len(runs) == 1 else f"{r.name}/unlearned")
+                label = names[r.name] if compare or len(runs) > 1 else "unlearned"
                 bars.append((label, r.attacks[kind].get("recovery")))
         oracle = next((r.attacks[kind].get("oracle_recovery") for r in runs
                        if kind in r.attacks and r.attacks[kind].get("oracle_recovery") is not None), None)
@@ -138,7 +150,8 @@ def attack_groups(runs: list[Run], compare: bool) -> list:
 
 
 def attack_table(runs: list[Run], compare: bool) -> list[dict]:
-    return [{"run": r.label if compare else r.name, "kind": k, "variant": a.get("recovery_variant") or "–",
+    names = run_labels(runs, compare)
+    return [{"run": names[r.name], "kind": k, "variant": a.get("recovery_variant") or "–",
              "recovery": fmt(a.get("recovery")), "oracle": fmt(a.get("oracle_recovery")),
              "rouge": f"{fmt(a.get('plain_forget_rouge'))} → {fmt(a.get('attacked_forget_rouge'))}"}
             for r in runs for k, a in r.attacks.items()]
@@ -162,9 +175,7 @@ def method_summary(runs: list[Run]) -> list[dict]:
             elif len(vals) == 1:
                 cells.append(fmt(float(vals[0])))
             else:
-                m = sum(vals) / len(vals)
-                sd = math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1))
-                cells.append(f"{fmt(m)} ± {fmt(sd)}")
+                cells.append(f"{fmt(statistics.mean(vals))} ± {fmt(statistics.stdev(vals))}")
         out.append({"method": method, "n": len(results), "cells": cells})
     return out
 
@@ -194,7 +205,7 @@ def render(runs: list[Run], compare: bool = False, title: str | None = None) -> 
         "truth": plots.truth_ratios(entries),
         "mia": plots.mia(entries),
         "attacks": plots.attacks(attack_groups(runs, compare)),
-        "training": plots.training([(r.label if compare else r.name, r.log) for r in runs]),
+        "training": plots.training([(run_labels(runs, compare)[r.name], r.log) for r in runs]),
         "guard": plots.guard(guard) if guard else None,
     }
     figs = {k: (None if p is None else {"name": p.name, "svg": Markup(p.svg),
