@@ -402,6 +402,32 @@ def demo_guard(out: str | os.PathLike | None, data: str | os.PathLike, action: s
     return g
 
 
+def guard_detections(guard, data: str | os.PathLike) -> dict:
+    """The guard's detection score of every forget, retain and neighbour question, whether it acts
+    on it, its threshold and its calibration: what the report draws against the threshold."""
+    w = load_world(data)
+    groups = {}
+    for name, recs in (("forget", w.forget), ("retain", w.retain), ("neighbours", w.neighbours)):
+        if recs:
+            det = guard.detect([r.question for r in recs])
+            groups[name] = {"score": [round(d.score, 4) for d in det], "hit": [d.hit for d in det],
+                            "channel": [d.channel for d in det]}
+    return {"threshold": guard.detector.threshold, "calibration": guard.settings.calibration, "groups": groups}
+
+
+def report(inputs, html: str | os.PathLike, *, compare: bool = False) -> Path:
+    """Write the self-contained HTML report of run directories or metrics JSON files to `html`
+    (`compare=True`: runs side by side, see `unlearnkit.report.page`)."""
+    from .report import write_html
+
+    return write_html([inputs] if isinstance(inputs, (str, Path)) else list(inputs), html, compare=compare)
+
+
+def compare(inputs, html: str | os.PathLike) -> Path:
+    """Methods or seeds side by side in one HTML page: `report(inputs, html, compare=True)`."""
+    return report(inputs, html, compare=True)
+
+
 def demo(out: str | os.PathLike = "runs/demo", *, seed: int = 0, method: str = DEMO_METHOD, n_people: int = 60,
          forget_fraction: float = 0.10, attacks: tuple[str, ...] = DEMO_ATTACKS, guard: str | None = DEMO_GUARD,
          progress: bool = True, console=None) -> dict:
@@ -412,7 +438,8 @@ def demo(out: str | os.PathLike = "runs/demo", *, seed: int = 0, method: str = D
     guard (inference-time unlearning, weights untouched) goes to `out/guard`, with the forget people as
     targets and action `guard` (None: no guard); its results are the model "guarded" (the subject
     behind it). Each attack's full result goes to `out/attacks/<kind>.json`; `metrics["attacks"]`
-    keeps its headline.
+    keeps its headline. `metrics["guard"]` holds the guard's detection scores. The reports are
+    `out/report.md` and `out/report.html` (self-contained, with plots).
     """
     from .guard import ACTIONS
     from .attacks import check_attack, run_attack
@@ -457,6 +484,10 @@ def demo(out: str | os.PathLike = "runs/demo", *, seed: int = 0, method: str = D
                              seed=seed)
             runinfo.write_json(out / "attacks" / f"{kind}.json", res)
             attack_results[kind] = {k: res.get(k) for k in ATTACK_HEADLINE}
+    guard_scores = None
+    if guard is not None:
+        with timer("guard scores"):  # for the report's plot of detection scores against the threshold
+            guard_scores = guard_detections(g, data)
     metrics = {
         "models": results,
         "attacks": attack_results,
@@ -467,6 +498,9 @@ def demo(out: str | os.PathLike = "runs/demo", *, seed: int = 0, method: str = D
         "versions": runinfo.versions(),
         "seconds": timer.seconds,
     }
+    if guard_scores is not None:
+        metrics["guard"] = guard_scores
     runinfo.write_json(out / "metrics.json", metrics)
     write_report(metrics, out / "report.md")
+    report(out, out / "report.html")
     return metrics

@@ -71,7 +71,7 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log more.
 
 @app.command()
 @friendly
-def demo(out: Path = typer.Option(Path("runs/demo"), help="Run directory (world, models, metrics.json, report.md)."),
+def demo(out: Path = typer.Option(Path("runs/demo"), help="Run directory (world, models, metrics.json, report.md, report.html)."),
          seed: int = typer.Option(0, help="Seed for the world, the models and unlearning."),
          method: str = typer.Option("graddiff", help="Unlearning method (see `unlearn methods`)."),
          people: int = typer.Option(60, help="Number of fictitious people in the world."),
@@ -102,6 +102,7 @@ def demo(out: Path = typer.Option(Path("runs/demo"), help="Run directory (world,
             at.add_row(kind, a["recovery_variant"] or "–", fmt(a["recovery"]), fmt(a["oracle_recovery"]))
         out_console.print(at)
     out_console.print(f"metrics: {out / 'metrics.json'}   report: {out / 'report.md'}")
+    out_console.print(f"html report: {out / 'report.html'}")
     if "guard" in metrics["config"]["paths"]:
         paths = metrics["config"]["paths"]
         out_console.print(f"serve the guarded subject: UNLEARN_GUARD_TOKEN=... unlearn guard serve "
@@ -234,18 +235,34 @@ def methods(as_json: bool = typer.Option(False, "--json", help="JSON output.")):
 
 @app.command()
 @friendly
-def report(metrics: Path = typer.Argument(..., help="A metrics.json written by `unlearn demo` or `unlearn eval`."),
-           out: Optional[Path] = typer.Option(None, help="Report path (default: report.md beside the JSON).")):
-    """Write a human-readable report of a results JSON."""
-    from .report import write_report
+def report(inputs: List[Path] = typer.Argument(..., help="Run directories or metrics JSON files (`unlearn demo`, "
+                                                         "`unlearn forget --eval`, `unlearn eval`)."),
+           html: Optional[Path] = typer.Option(None, help="Write the self-contained HTML report (plots, per-record "
+                                                          "table) of every input here."),
+           out: Optional[Path] = typer.Option(None, help="Markdown report path (default without --html: report.md "
+                                                         "beside the JSON).")):
+    """Write a human-readable report: an HTML page with plots (--html) and/or a Markdown summary."""
+    from . import api
+    from .report import load_run, write_report
 
-    if not metrics.is_file():
-        raise FileNotFoundError(f"{metrics}: file not found")
-    data = json.loads(metrics.read_text())
-    if "models" not in data:
-        data = {"models": {metrics.stem: data}}
-    path = write_report(data, out or metrics.with_name("report.md"))
-    out_console.print(str(path))
+    if html is not None:
+        out_console.print(str(api.report(inputs, html)))
+    if out is not None or html is None:
+        if len(inputs) > 1:
+            raise ValueError("a Markdown report takes one input; pass --html OUT.html for several")
+        run = load_run(inputs[0])
+        data = {"models": run.models, "attacks": run.attacks, "config": run.config}
+        out_console.print(str(write_report(data, out or run.source.with_name("report.md"))))
+
+
+@app.command()
+@friendly
+def compare(runs: List[Path] = typer.Argument(..., help="Run directories or metrics JSON files to put side by side."),
+            html: Path = typer.Option(..., help="The HTML page to write.")):
+    """Compare methods or seeds side by side in one HTML page (each run's unlearned model, one subject and oracle)."""
+    from . import api
+
+    out_console.print(str(api.compare(runs, html)))
 
 
 def _print_headline(models: dict) -> None:

@@ -252,6 +252,10 @@ def evaluate(lm, world, *, oracle: dict | None = None, suites: Sequence[str] = S
                 per_sample["forget_probability"] = [tofu.answer_probability(x) for x in true]
                 per_sample["forget_rouge"] = [x["recall"] for x in rouge]
                 per_sample["forget_extraction_strength"] = es
+                # every forget record, for the report's per-record table (greedy_answers keeps a few)
+                per_sample["forget_questions"] = [r.question for r in recs]
+                per_sample["forget_true_answers"] = [r.answer for r in recs]
+                per_sample["forget_answers"] = [gens[(s, i, "q")] for i in range(len(recs))]
                 pq = [(gens[(s, i, "pq")], r.answer) for i, r in enumerate(recs) if (s, i, "pq") in gens]
                 d["paraphrase_rouge"] = _mean(rouge_l(g, a)["recall"] for g, a in pq)
                 d["n_paraphrased_questions"] = len(pq)
@@ -317,6 +321,10 @@ def evaluate(lm, world, *, oracle: dict | None = None, suites: Sequence[str] = S
                                attacks=attacks)
         mia_out[src] = {"auc": aucs, "n_members": len(mk), "n_nonmembers": len(nk)}
         mink_auc[src] = aucs["min_k"]
+        if src == source:  # the per-sample scores behind the headline AUC, for the report's plot
+            per_sample["mia_scores"] = {"source": src, "attack": "min_k", "k": k,
+                                        "members": [mia.min_k_score(sc(x), k) for x in mk],
+                                        "nonmembers": [mia.min_k_score(sc(x), k) for x in nk]}
     per_sample["mink_auc"] = mink_auc
     if do_mia:
         res["mia_auc"] = mia_out[source]["auc"] if source in mia_out else None

@@ -5,14 +5,15 @@ from pathlib import Path
 
 from .. import runinfo
 
+# (results key, label, which way is good): the headline metrics, shared by every report format
 ROWS = [
-    ("forget_quality", "Forget quality (KS p vs oracle, higher = closer)"),
-    ("model_utility", "Model utility (harmonic mean, higher = better)"),
-    ("forget_rouge", "Forget ROUGE-L recall (lower = forgot)"),
-    ("retain_rouge", "Retain ROUGE-L recall (higher = kept)"),
-    ("paraphrase_forget_rouge", "Forget ROUGE on held-out phrasings"),
-    ("forget_truth_ratio", "Forget truth ratio (1 = true and false equally likely)"),
-    ("privleak", "PrivLeak vs oracle (0 = like oracle)"),
+    ("forget_quality", "Forget quality (KS p vs oracle, higher = closer)", "higher: closer to the oracle"),
+    ("model_utility", "Model utility (harmonic mean, higher = better)", "higher"),
+    ("forget_rouge", "Forget ROUGE-L recall (lower = forgot)", "lower, down to the oracle's"),
+    ("retain_rouge", "Retain ROUGE-L recall (higher = kept)", "higher"),
+    ("paraphrase_forget_rouge", "Forget ROUGE on held-out phrasings", "lower, down to the oracle's"),
+    ("forget_truth_ratio", "Forget truth ratio (1 = true and false equally likely)", "like the oracle's"),
+    ("privleak", "PrivLeak vs oracle (0 = like oracle)", "near 0"),
 ]
 
 
@@ -28,7 +29,7 @@ def headline_table(models: dict[str, dict]) -> list[list[str]]:
     """Rows [label, value per model] for the metrics present in any model's results."""
     names = list(models)
     rows = []
-    for key, label in ROWS:
+    for key, label, _ in ROWS:
         if any(models[n].get(key) is not None for n in names):
             rows.append([label] + [fmt(models[n].get(key)) for n in names])
     return rows

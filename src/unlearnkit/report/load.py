@@ -1,0 +1,130 @@
+"""Read what a report shows: a run directory or a results JSON, into one `Run`.
+
+Accepted inputs (errors name the file and what is missing):
+- a demo run directory (`metrics.json` with {"models": {name: results}, "attacks", "config", ...},
+  `attacks/<kind>.json`, `unlearned/log.jsonl`);
+- an unlearning run directory (`unlearn forget --eval`: `metrics.json` holding one results dict,
+  `config.yaml`, `log.jsonl`);
+- a `metrics.json` / results JSON file of either shape (`unlearn demo` or `unlearn eval`).
+The report renders these as they are; it never recomputes a metric.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+REFERENCES = ("subject", "oracle")  # the models every unlearned model is measured against
+
+
+class ReportInputError(ValueError):
+    """A report input that cannot be read: the message names the file and the problem."""
+
+
+@dataclass
+class Run:
+    """One input of a report: its models' results and whatever else its directory holds."""
+    name: str
+    source: Path
+    models: dict[str, dict]  # model name -> results dict of `evaluate`
+    attacks: dict[str, dict] = field(default_factory=dict)  # kind -> headline (recovery, oracle_recovery, ...)
+    log: list[dict] = field(default_factory=list)  # training log records (log.jsonl)
+    log_path: Path | None = None
+    guard: dict | None = None  # detection scores per prompt group and the threshold (api.guard_detections)
+    config: dict = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        """What a comparison calls this run: its method and seed when known, else its name."""
+        method, seed = self.config.get("method"), self.config.get("seed")
+        if method is not None:
+            return f"{method} seed {seed}" if seed is not None else str(method)
+        return self.name
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ReportInputError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+    if not isinstance(data, dict):
+        raise ReportInputError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def read_log(path: Path) -> list[dict]:
+    """The records of a `log.jsonl` (one JSON object per line; blank lines skipped)."""
+    out = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ReportInputError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+        if not isinstance(rec, dict):
+            raise ReportInputError(f"{path}:{n}: expected a JSON object per line")
+        out.append(rec)
+    return out
+
+
+def _check_results(results: dict, where: str) -> None:
+    if not isinstance(results, dict):
+        raise ReportInputError(f"{where}: expected a results object, got {type(results).__name__}")
+    if "verdict" not in results and "per_sample" not in results and "forget_quality" not in results:
+        raise ReportInputError(f"{where}: not a results dict of `unlearn eval` (no verdict, per_sample or "
+                               "forget_quality field)")
+
+
+def load_run(path: str | Path) -> Run:
+    """A `Run` from a run directory or a metrics/results JSON file."""
+    path = Path(path)
+    if path.is_dir():
+        directory, metrics_file = path, path / "metrics.json"
+        if not metrics_file.is_file():
+            raise ReportInputError(f"{path}: no metrics.json in this directory (a run directory of `unlearn "
+                                   "demo` or `unlearn forget --eval`, or pass a results JSON)")
+    elif path.is_file():
+        directory, metrics_file = path.parent, path
+    else:
+        raise ReportInputError(f"{path}: no such file or directory")
+    data = _read_json(metrics_file)
+    if "models" in data:
+        if not isinstance(data["models"], dict) or not data["models"]:
+            raise ReportInputError(f"{metrics_file}: field 'models' must be a non-empty object of results")
+        models = data["models"]
+        for name, res in models.items():
+            _check_results(res, f"{metrics_file}: models.{name}")
+        config = dict(data.get("config") or {})
+    else:
+        _check_results(data, str(metrics_file))
+        models = {"unlearned" if (directory / "log.jsonl").is_file() else metrics_file.stem: data}
+        config = {}
+        if (directory / "config.yaml").is_file():
+            config = yaml.safe_load((directory / "config.yaml").read_text()) or {}
+    attacks = dict(data.get("attacks") or {})
+    for kind, a in attacks.items():
+        if not isinstance(a, dict):
+            raise ReportInputError(f"{metrics_file}: attacks.{kind} must be an object")
+    log_path = next((p for p in (directory / "log.jsonl", directory / "unlearned" / "log.jsonl") if p.is_file()), None)
+    name = directory.name if metrics_file.name == "metrics.json" else metrics_file.stem
+    return Run(name=name or str(directory), source=metrics_file, models=models, attacks=attacks,
+               log=read_log(log_path) if log_path else [], log_path=log_path, guard=data.get("guard"),
+               config=config)
+
+
+def load_runs(paths) -> list[Run]:
+    """Every input, in order; names made unique (a comparison of `seed0/metrics.json` and `seed1/...`)."""
+    runs = [load_run(p) for p in paths]
+    if not runs:
+        raise ReportInputError("no input given: pass run directories or metrics JSON files")
+    seen: dict[str, int] = {}
+    for r in runs:
+        if r.name in seen:
+            seen[r.name] += 1
+            r.name = f"{r.name}-{seen[r.name]}"
+        else:
+            seen[r.name] = 1
+    return runs

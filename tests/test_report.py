@@ -1,0 +1,213 @@
+"""The HTML report (unlearnkit.report) on inputs in the real schema without training: `evaluate()` on the hand-made LMs of
+test_evaluate (one that knows everything, an oracle that never saw the forget set, an unlearned
+model that still knows a few forget facts), written as run directories like `unlearn demo` does.
+
+The expected numbers of marks per figure for `demo_like_run` are worked out by hand in `MARKS`."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from test_evaluate import UTIL, FakeLM, make_world
+
+from unlearnkit.evaluate import evaluate
+
+N = 8  # forget records (and holdout records) in make_world
+STILL_KNOWN = 3  # forget facts the unlearned model still answers
+
+# marks per figure of `demo_like_run` (one run: subject, oracle, unlearned)
+MARKS = {
+    "pareto": {"point": 3},  # the oracle beats both others on both axes: a front of one point, no line
+    "truth": {"line": 3},  # one ECDF per model
+    "mia": {"point": 3 * 2 * N},  # QA source (3 documents < min_docs): 8 forget + 8 holdout per model
+    "attack": {"bar": 3},  # relearn: model + oracle; quantize: model only (oracle recovery None)
+    "train": {"line": 4, "stop": 2},  # loss, forget_nll, retain_loss + the checked statistic; stop on both panels
+    "guard": {"point": 4 + 6 + 3, "threshold": 1},
+}
+
+
+def _unlearned_lm(world, seed: int):
+    lm = FakeLM(world, UTIL)
+    for r in world.forget[seed: seed + STILL_KNOWN]:  # still knows a few forget facts
+        lm.facts[(r.question, r.answer)] = lm.facts[(r.question, r.paraphrased_answer)] = True
+        lm.answers[r.question] = r.answer
+    return lm
+
+
+def results(seed: int = 0) -> dict:
+    world = make_world(n=N)
+    oracle = evaluate(FakeLM(world, UTIL), world, oracle="self")
+    subject = evaluate(FakeLM(world, ("forget",) + UTIL), world, oracle=oracle)
+    unlearned = evaluate(_unlearned_lm(world, seed), world, oracle=oracle, subject=subject)
+    return {"oracle": oracle, "subject": subject, "unlearned": unlearned}
+
+
+LOG = ([{"loss": -0.5 * s, "forget_nll": 0.5 * s, "retain_loss": 0.01 * s, "step": s, "lr": 1e-4} for s in (10, 20, 30)]
+       + [{"step": s, "check": {"statistic": v}, "target": 0.2} for s, v in ((0, 0.9), (15, 0.5), (30, 0.21))]
+       + [{"step": 30, "stopped": {"reason": "reached the target", "step": 30}}])
+
+GUARD = {"threshold": 0.7, "calibration": {"false_refusal": 0.01, "achieved": 0.0, "n_benign": 9, "recall": 1.0,
+                                           "n_positive": 4},
+         "groups": {"forget": {"score": [1.0, 1.0, 0.9, 0.8], "hit": [True] * 4, "channel": ["name"] * 4},
+                    "retain": {"score": [0.1, 0.2, 0.3, 0.4, 0.5, 0.75], "hit": [False] * 5 + [True],
+                               "channel": [""] * 5 + ["embedding"]},
+                    "neighbours": {"score": [0.3, 0.5, 0.6], "hit": [False] * 3, "channel": [""] * 3}}}
+
+
+def demo_like_run(out: Path, *, method: str = "graddiff", seed: int = 0, models: dict | None = None) -> Path:
+    """A run directory as `unlearn demo` writes it (metrics.json, unlearned/log.jsonl)."""
+    out.mkdir(parents=True, exist_ok=True)
+    metrics = {
+        "models": models or results(seed),
+        "attacks": {"relearn": {"recovery": 0.25, "recovery_variant": "relearn-people", "oracle_recovery": 0.05,
+                                "excess_recovery": 0.2, "plain_forget_rouge": 0.375, "attacked_forget_rouge": 0.5},
+                    "quantize": {"recovery": 0.1, "recovery_variant": "int8", "oracle_recovery": None,
+                                 "excess_recovery": None, "plain_forget_rouge": 0.375, "attacked_forget_rouge": 0.4}},
+        "config": {"seed": seed, "method": method, "out": str(out)},
+        "guard": GUARD,
+        "seconds": {"eval": 1.0},
+    }
+    (out / "metrics.json").write_text(json.dumps(metrics))
+    (out / "unlearned").mkdir(exist_ok=True)
+    (out / "unlearned" / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in LOG))
+    return out
+
+
+# ---------------------------------------------------------------- tests without a browser
+
+import re  # noqa: E402
+
+import pytest  # noqa: E402
+from typer.testing import CliRunner  # noqa: E402
+
+from unlearnkit import api  # noqa: E402
+from unlearnkit.cli import app  # noqa: E402
+from unlearnkit.metrics import mia  # noqa: E402
+from unlearnkit.report import ReportInputError, load_run, render, write_html  # noqa: E402
+from unlearnkit.report.page import SECTIONS  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def models():
+    return results(0)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, models):
+    return demo_like_run(tmp_path_factory.mktemp("report") / "demo", models=models)
+
+
+def figure_marks(html: str) -> dict[str, dict]:
+    """{figure name: marks it declares} from the page's <figure data-figure=... data-marks=...>."""
+    import html as h
+
+    return {m[0]: json.loads(h.unescape(m[1]))
+            for m in re.findall(r'<figure class="fig" data-figure="(\w+)" data-marks="([^"]*)"', html)}
+
+
+def test_evaluate_records_per_record_answers_and_mia_scores(models):
+    ps = models["unlearned"]["per_sample"]
+    assert len(ps["forget_questions"]) == len(ps["forget_true_answers"]) == len(ps["forget_answers"]) == N
+    # the unlearned model answers exactly the facts it still knows
+    hits = [a == t for a, t in zip(ps["forget_answers"], ps["forget_true_answers"])]
+    assert sum(hits) == STILL_KNOWN
+    s = ps["mia_scores"]
+    assert s["source"] == "qa" and s["attack"] == "min_k" and len(s["members"]) == len(s["nonmembers"]) == N
+    # the per-sample scores are the ones behind the headline AUC
+    assert mia.auc(s["members"], s["nonmembers"]) == pytest.approx(ps["mink_auc"]["qa"])
+
+
+def test_page_has_every_section_figure_and_mark(run_dir):
+    html = render([load_run(run_dir)])
+    for sid, _ in SECTIONS:
+        assert f'<section id="{sid}">' in html
+    assert figure_marks(html) == MARKS
+    assert 'class="missing"' not in html  # every section has data
+    # the headline table: the direction of each metric and the verdict's reasons
+    assert "higher: closer to the oracle" in html and "near 0" in html
+    assert "Verdict: unlearned" in html and "forget quality" in html
+    # the record table: one row per forget record, hits counted per model
+    assert html.count("<tr data-hits=") == N
+    assert f"unlearned {STILL_KNOWN}/{N}" in html and f"subject {N}/{N}" in html and f"oracle 0/{N}" in html
+    assert "stopped at step 30: reached the target" in html
+
+
+def test_page_holds_no_url_and_loads_nothing(run_dir, tmp_path):
+    out = write_html([run_dir], tmp_path / "r.html")
+    html = out.read_text()
+    assert "http://" not in html and "https://" not in html and "://" not in html
+    assert not re.search(r"<(link|img|iframe|object|embed)\b", html)
+    assert not re.search(r"\s(src|srcset)=", html) and "@import" not in html and "url(http" not in html
+    assert all(h.startswith("#") for h in re.findall(r'href="([^"]*)"', html))  # in-page anchors only
+    assert out.stat().st_size < 3_000_000
+
+
+def test_compare_puts_runs_side_by_side(tmp_path, models):
+    runs = [demo_like_run(tmp_path / "g0", method="graddiff", seed=0, models=models),
+            demo_like_run(tmp_path / "g1", method="graddiff", seed=1),
+            demo_like_run(tmp_path / "n0", method="npo", seed=0, models=models)]
+    out = api.compare(runs, tmp_path / "cmp.html")
+    html = out.read_text()
+    for label in ("graddiff seed 0", "graddiff seed 1", "npo seed 0"):
+        assert f'<th class="num">{label}</th>' in html
+    # subject and oracle once, each run's unlearned model: 5 points; each run's ECDF
+    marks = figure_marks(html)
+    assert marks["pareto"]["point"] == 5 and marks["truth"] == {"line": 5}
+    assert marks["attack"] == {"bar": 3 * 2 + 1}  # relearn: 3 runs + oracle; quantize: 3 runs
+    assert marks["train"] == {"line": 3 * 4, "stop": 3 * 2}
+    # per method over its seeds: graddiff from 2 runs with a spread, npo from 1
+    assert re.search(r"<td>graddiff</td><td class=\"num\">2</td>", html)
+    assert re.search(r"<td>npo</td><td class=\"num\">1</td>", html)
+    assert " ± " in html
+
+
+def test_results_json_alone(tmp_path, models):
+    """`unlearn eval` output: one results dict, no run directory around it; missing parts say why."""
+    p = tmp_path / "unlearned.json"
+    p.write_text(json.dumps(models["unlearned"]))
+    html = render([load_run(p)])
+    # its forget quality (against the oracle it was evaluated with) and utility are in it: one point
+    assert figure_marks(html) == {"pareto": {"point": 1}, "truth": {"line": 1}, "mia": {"point": 2 * N}}
+    assert "No attacks were run" in html and "No training log" in html and "No guard in this run" in html
+
+
+@pytest.mark.parametrize("content, message", [
+    ("{not json", r"bad\.json:1: not valid JSON"),
+    ("[1, 2]", r"bad\.json: expected a JSON object"),
+    ('{"models": {"a": {"x": 1}}}', r"bad\.json: models\.a: not a results dict"),
+    ('{"x": 1}', r"bad\.json: not a results dict"),
+])
+def test_bad_input_names_the_file(tmp_path, content, message):
+    p = tmp_path / "bad.json"
+    p.write_text(content)
+    with pytest.raises(ReportInputError, match=message):
+        load_run(p)
+
+
+def test_bad_log_line_names_file_and_line(run_dir, tmp_path):
+    import shutil
+
+    d = tmp_path / "run"
+    shutil.copytree(run_dir, d)
+    with open(d / "unlearned" / "log.jsonl", "a") as f:
+        f.write("{oops\n")
+    with pytest.raises(ReportInputError, match=rf"log\.jsonl:{len(LOG) + 1}: not valid JSON"):
+        load_run(d)
+
+
+def test_cli_report_compare_and_errors(run_dir, tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "r.html"
+    r = runner.invoke(app, ["report", str(run_dir), "--html", str(out)])
+    assert r.exit_code == 0, r.output
+    assert str(out) in r.output and figure_marks(out.read_text()) == MARKS
+    r = runner.invoke(app, ["compare", str(run_dir), str(run_dir / "metrics.json"), "--html", str(tmp_path / "c.html")])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "c.html").is_file()
+    # the Markdown report, as before, from a metrics JSON
+    r = runner.invoke(app, ["report", str(run_dir / "metrics.json"), "--out", str(tmp_path / "r.md")])
+    assert r.exit_code == 0 and (tmp_path / "r.md").read_text().startswith("# unlearnkit report")
+    r = runner.invoke(app, ["report", str(tmp_path / "nowhere"), "--html", str(out)])
+    assert r.exit_code == 2 and "nowhere: no such file or directory" in r.output
+    r = runner.invoke(app, ["report", str(tmp_path), "--html", str(out)])
+    assert r.exit_code == 2 and "no metrics.json in this directory" in r.output
