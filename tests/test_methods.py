@@ -21,20 +21,34 @@ def test_registry_lists_every_method_with_a_description():
     from unlearnkit.methods import list_methods
 
     names = {m.name: m for m in list_methods()}
-    assert set(METHODS) <= set(names)
+    assert set(METHODS) == set(names)
     assert all(names[n].description and names[n].loss.__module__ for n in METHODS)
     assert all(names[n].train_defaults.get("lr") for n in METHODS)
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_default_settings_halve_forget_rouge(method, tiny_world, subject_rouge, tmp_path):
+def test_calibrated_default_reaches_the_target_or_says_where_it_stopped(method, tiny_world, subject_rouge, tmp_path):
+    """With no budget, every method stops by the calibration rule: matched (and then it forgot:
+    forget ROUGE at most half the subject's), or at the floor / overshot / budget, said as such;
+    the kept weights are never below the utility floor."""
+    import json
+
     from unlearnkit import api
+    from unlearnkit.calibrate import REASONS
 
     run = api.forget(tiny_world.subject_dir, tiny_world.data_dir, method, tmp_path / method, progress=False)
+    info = json.loads((run / "calibration.json").read_text())
+    assert info["reason"] in REASONS and info["reason"] in api.run_summary(run)
+    kept = info["kept"]
+    assert kept["utility"] >= 0.95 and kept["step"] == info["kept_step"]
+    checks = [json.loads(line)["check"] for line in (run / "log.jsonl").read_text().splitlines() if '"check"' in line]
+    assert checks[0]["step"] == 0 and checks[0]["auc"] > 0.9  # the subject knows its forget set
+    assert any(c["step"] == kept["step"] and c["auc"] == kept["auc"] for c in checks)
     res = api.evaluate(run / "model", tiny_world.data_dir, suites=("tofu",))
-    assert subject_rouge["forget_rouge"] > 0.1
-    assert res["forget_rouge"] <= 0.5 * subject_rouge["forget_rouge"], (method, res["forget_rouge"])
-    assert res["retain_rouge"] > 0.0  # not destroyed outright
+    if info["reason"] == "matched":
+        assert abs(kept["auc"] - 0.5) <= kept["tolerance"]
+        assert res["forget_rouge"] <= 0.5 * subject_rouge["forget_rouge"], (method, res["forget_rouge"])
+    assert res["retain_rouge"] > 0.5
 
 
 def test_sequence_cache_matches_live_logprobs(tiny_world):

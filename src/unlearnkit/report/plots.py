@@ -229,20 +229,27 @@ def _stop_of(log: list[dict]) -> tuple[int | None, str]:
     for rec in log:
         if "stopped" in rec:
             s = rec["stopped"]
-            if isinstance(s, dict):
-                return s.get("step", rec.get("step")), str(s.get("reason", ""))
+            if isinstance(s, dict):  # calibrate.StopInfo: where it stopped, why, which step it kept
+                at = s.get("stopped_at", s.get("step", rec.get("step")))
+                kept = s.get("kept_step")
+                why = str(s.get("reason", "")) + (f", kept step {kept}" if kept is not None and kept != at else "")
+                return at, why
             return rec.get("step"), str(s)
     return None, ""
 
 
 def _checks(log: list[dict]) -> dict[str, list[tuple[float, float]]]:
-    """The calibrated statistic at check steps: {series: [(step, value)]}; a dict-valued check gives
-    one series per numeric field."""
+    """The calibrated statistic at check steps: {series: [(step, value)]}. A calibration check
+    (`calibrate.Check`) gives the AUC against the reference and the retain utility; another
+    dict-valued check gives one series per numeric field."""
     out: dict[str, list] = {}
     for rec in log:
-        c, step = rec.get("check"), rec.get("step")
+        c = rec.get("check")
+        step = c.get("step", rec.get("step")) if isinstance(c, dict) else rec.get("step")
         if c is None or step is None or "stopped" in rec:
             continue
+        if isinstance(c, dict) and "auc" in c:
+            c = {"AUC forget vs reference (target 0.5)": c["auc"], "retain utility (x start)": c.get("utility")}
         items = c.items() if isinstance(c, dict) else [("statistic", c)]
         for k, v in items:
             if isinstance(v, (int, float)) and not isinstance(v, bool):
@@ -281,7 +288,10 @@ def training(logs: list[tuple[str, list[dict]]]) -> Plot | None:
                 line.set_gid(f"train-line-{n_line}")
                 n_line += 1
             targets = [r["target"] for r in log if isinstance(r.get("target"), (int, float))]
-            if targets:
+            tols = [r["check"]["tolerance"] for r in log if isinstance(r.get("check"), dict) and "tolerance" in r["check"]]
+            if tols:  # the calibration target: AUC 0.5 within its tolerance
+                axes[1].axhspan(0.5 - tols[-1], 0.5 + tols[-1], color="#2ca02c", alpha=0.15, label="target 0.5 ± tol.")
+            elif targets:
                 axes[1].axhline(targets[-1], color="#2ca02c", linestyle="--", linewidth=1, label="target")
         stop_step, reason = _stop_of(log)
         if stop_step is not None:
