@@ -88,11 +88,14 @@ def nll(model, batch):
 
 @dataclass
 class SampleScore:
-    """One sample's answer tokens: log-probs (incl. eos), argmax hits, and Min-K%++ statistics."""
+    """One sample's answer tokens: log-probs (incl. eos), argmax hits, and Min-K%++ statistics.
+    `eos`: whether the last position is the eos (false when `max_length` cut the answer off);
+    exact memorisation, extraction strength and Min-K% leave that position out."""
     logprobs: np.ndarray
     argmax_hits: np.ndarray
     mu: np.ndarray | None = None
     sigma: np.ndarray | None = None
+    eos: bool = False
 
     @property
     def mean_logprob(self) -> float:
@@ -137,6 +140,7 @@ class LM:
                     argmax_hits=r["hits"][row][m].numpy(),
                     mu=r["mu"][row][m].double().numpy() if stats else None,
                     sigma=r["sigma"][row][m].double().numpy() if stats else None,
+                    eos=enc[i].input_ids[-1] == self.tokenizer.eos_token_id,
                 )
         self.model.train(was_training)
         return out

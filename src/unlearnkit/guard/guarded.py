@@ -248,7 +248,8 @@ def masked_score(lm, prompts: list[str], answers: list[str], proc: ForbidTokensP
                 sigmas.append(float(var.clamp_min(0).sqrt()))
         out.append(SampleScore(np.array(lps, np.float64), np.array(hits, bool),
                                np.array(mus, np.float64) if stats else None,
-                               np.array(sigmas, np.float64) if stats else None))
+                               np.array(sigmas, np.float64) if stats else None,
+                               eos=seq[-1] == tok.eos_token_id))
     model.train(was_training)
     return out
 
