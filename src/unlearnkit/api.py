@@ -104,20 +104,37 @@ def finetune(data: str | os.PathLike, out: str | os.PathLike, *, model: str | No
     return out
 
 
+def _training_pairs(data, benchmark: str | None, split: str | None, needs_retain: bool):
+    """(world or None, forget pairs, retain pairs or None) from a world directory or a benchmark."""
+    if benchmark is None:
+        w = load_world(data)
+        if n := overlap(w.forget, w.retain):
+            log.warning("%d forget records also appear in the retain set", n)
+        return w, _pairs(w.forget), _pairs(w.retain) if needs_retain else None
+    from .benchmarks import load_benchmark
+
+    bench = load_benchmark(benchmark, data, split)
+    if needs_retain and bench.retain is None:
+        raise ValueError(f"this method needs a retain set, and the {benchmark} benchmark has none: "
+                         f"choose a method without one (ga, npo, simnpo)")
+    return bench.world, bench.forget(), bench.retain() if needs_retain else None
+
+
 def forget(model: str | os.PathLike, data: str | os.PathLike, method: str, out: str | os.PathLike, *, seed: int = 0,
            lora: bool = False, merge: bool = False, resume: bool = False, params: dict | None = None,
-           progress: bool = True, save_every: int = 0, **train_overrides) -> Path:
+           progress: bool = True, save_every: int = 0, benchmark: str | None = None, split: str | None = None,
+           **train_overrides) -> Path:
     """Unlearn `data`'s forget set from a copy of `model` with `method`; write the run directory.
 
+    `data` is a world directory, or with `benchmark` (tofu | muse | wmdp | rwku) a local copy of that
+    benchmark, whose `split` names the forget set (docs/benchmarks.md).
     `out/` gets `config.yaml`, `log.jsonl`, `model/` (or `adapter/` and, with `merge`, `model/`),
     and `checkpoints/` while running. The source model is only read.
     """
     m = get_method(method)
     if "epochs" in train_overrides and "steps" not in train_overrides:
         train_overrides["steps"] = None  # an explicit epoch budget replaces a method's default step budget
-    w = load_world(data)
-    if n := overlap(w.forget, w.retain):
-        log.warning("%d forget records also appear in the retain set", n)
+    w, forget_pairs, retain_pairs = _training_pairs(data, benchmark, split, m.needs_retain)
     unknown = set(params or {}) - set(m.params)
     if unknown:
         raise ValueError(f"method {method!r} has no parameter {sorted(unknown)[0]!r}; its parameters: {', '.join(sorted(m.params)) or 'none'}")
@@ -126,14 +143,15 @@ def forget(model: str | os.PathLike, data: str | os.PathLike, method: str, out: 
         net = apply_lora(net)
     elif m.trainable is not None:
         m.trainable(net, {**m.params, **(params or {})})
-    streams = {"forget": encode_pairs(tok, *_pairs(w.forget))}
+    streams = {"forget": encode_pairs(tok, *forget_pairs)}
     if m.needs_retain:
-        streams["retain"] = encode_pairs(tok, *_pairs(w.retain))
+        streams["retain"] = encode_pairs(tok, *retain_pairs)
     cfg = TrainConfig(**{**m.train_defaults, **train_overrides, "seed": seed, "save_every": save_every})
     ctx = {"params": {**m.params, **(params or {})}, "pad_id": tok.pad_token_id, "tokenizer": tok, "world": w}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     config = {"method": method, "model": str(model), "data": str(data), "data_hash": runinfo.data_hash(data),
+              "benchmark": {"name": benchmark, "split": split} if benchmark else None,
               "seed": seed, "lora": lora, "merge": merge, "params": ctx["params"], "train": config_dict(cfg),
               "versions": runinfo.versions()}
     if _is_main():
@@ -156,22 +174,43 @@ def forget(model: str | os.PathLike, data: str | os.PathLike, method: str, out: 
 
 
 def evaluate(model, data: str | os.PathLike, *, oracle=None, subject=None, suites=("tofu", "muse", "mia"),
-             reference=None, out: str | os.PathLike | None = None, **kwargs) -> dict:
-    """Evaluate a model (a checkpoint path, or any object with `score`/`generate`) on a world.
+             reference=None, out: str | os.PathLike | None = None, benchmark: str | None = None,
+             split: str | None = None, **kwargs) -> dict:
+    """Evaluate a model (a checkpoint path, or any object with `score`/`generate`) on a world, or
+    with `benchmark` (tofu | muse | wmdp | rwku) on a local copy of that benchmark's `split`
+    (docs/benchmarks.md); its suites are those of `suites` the benchmark has.
 
-    `oracle`/`subject`/`reference` may be checkpoint paths, LMs, or earlier result dicts (or JSON files).
+    `oracle`/`subject`/`reference` may be checkpoint paths, LMs, or earlier result dicts (or JSON files;
+    for TOFU also TOFU's own saved eval_log_forget.json of a retain model).
     """
     from .evaluate import evaluate as run_eval
-    from .scoring import LM
 
     timer = runinfo.Timer()
-    w = load_world(data)
+    bench = None
+    if benchmark is not None:
+        from .benchmarks import load_benchmark
+
+        bench = load_benchmark(benchmark, data, split)
+        suites = tuple(s for s in suites if s in bench.suites)
+        if bench.world is not None and not suites:
+            raise ValueError(f"the {benchmark} benchmark has the suites {', '.join(bench.suites)} only")
+        kwargs = {**bench.eval_options, **kwargs}
+    w = load_world(data) if bench is None else bench.world
     lm, fp = as_lm(model)
-    oracle_res = _as_result(oracle, w, suites)
-    subject_res = _as_result(subject, w, suites) if subject is not None else None
-    ref_lm = as_lm(reference)[0] if reference is not None else None
-    with timer("eval"):
-        res = run_eval(lm, w, oracle=oracle_res, subject=subject_res, suites=tuple(suites), reference_lm=ref_lm, **kwargs)
+    if bench is not None and bench.run is not None:
+        with timer("eval"):
+            res = bench.run(lm, batch_size=kwargs.get("batch_size"))
+    else:
+        oracle_res = _as_result(oracle, w, suites)
+        if bench is not None and bench.convert_oracle is not None and isinstance(oracle_res, dict):
+            oracle_res = bench.convert_oracle(oracle_res)
+        subject_res = _as_result(subject, w, suites) if subject is not None else None
+        ref_lm = as_lm(reference)[0] if reference is not None else None
+        with timer("eval"):
+            res = run_eval(lm, w, oracle=oracle_res, subject=subject_res, suites=tuple(suites), reference_lm=ref_lm,
+                           **kwargs)
+    if bench is not None:
+        res["benchmark"] = bench.describe()
     res["info"] = {"model": str(model) if isinstance(model, (str, Path)) else type(model).__name__, "fingerprint": fp,
                    "data": str(data), "data_hash": runinfo.data_hash(data), "versions": runinfo.versions(),
                    "seconds": timer.seconds}

@@ -57,6 +57,12 @@ def _parse_params(items: list[str] | None) -> dict:
     return out
 
 
+BENCHMARK_HELP = ("Read --data as a local copy of a published benchmark: tofu | muse | wmdp | rwku "
+                  "(docs/benchmarks.md).")
+SPLIT_HELP = ("With --benchmark: tofu forget01|forget05|forget10; muse raw/forget|scal/forget_N|sust/forget_N; "
+              "wmdp bio|cyber; rwku a target's name or all.")
+
+
 def _train_overrides(lr, steps, epochs, batch_size) -> dict:
     return {k: v for k, v in dict(lr=lr, steps=steps, epochs=epochs, batch_size=batch_size).items() if v is not None}
 
@@ -153,16 +159,19 @@ def forget(model: str = typer.Option(..., help="Checkpoint dir or hub id of the 
            lr: Optional[float] = typer.Option(None), epochs: Optional[float] = typer.Option(None),
            steps: Optional[int] = typer.Option(None), batch_size: Optional[int] = typer.Option(None),
            eval: bool = typer.Option(False, "--eval", help="Evaluate the result and write OUT/metrics.json."),
-           oracle: Optional[str] = typer.Option(None, help="Oracle checkpoint or results JSON, for --eval.")):
+           oracle: Optional[str] = typer.Option(None, help="Oracle checkpoint or results JSON, for --eval."),
+           benchmark: Optional[str] = typer.Option(None, help=BENCHMARK_HELP),
+           split: Optional[str] = typer.Option(None, help=SPLIT_HELP)):
     """Unlearn the forget set from a copy of MODEL."""
     from . import api
 
     run = api.forget(model, data, method, out, seed=seed, lora=lora, merge=merge, resume=resume, save_every=save_every,
-                     params=_parse_params(param), **_train_overrides(lr, steps, epochs, batch_size))
+                     params=_parse_params(param), benchmark=benchmark, split=split,
+                     **_train_overrides(lr, steps, epochs, batch_size))
     out_console.print(str(run))
     if eval:
         target = run / "model" if (run / "model").exists() else run / "adapter"
-        res = api.evaluate(target, data, oracle=oracle, out=run / "metrics.json")
+        res = api.evaluate(target, data, oracle=oracle, out=run / "metrics.json", benchmark=benchmark, split=split)
         _print_headline({"unlearned": res})
 
 
@@ -176,7 +185,9 @@ def eval_(model: str = typer.Option(..., help="Checkpoint dir or hub id."),
           suite: str = typer.Option("all", help="Comma-separated suites: tofu,muse,mia or all."),
           guard: Optional[Path] = typer.Option(None, help="Evaluate the model behind this guard directory."),
           out: Path = typer.Option(..., help="Results JSON to write."),
-          seed: int = typer.Option(0)):
+          seed: int = typer.Option(0),
+          benchmark: Optional[str] = typer.Option(None, help=BENCHMARK_HELP),
+          split: Optional[str] = typer.Option(None, help=SPLIT_HELP)):
     """Evaluate a model: TOFU, MUSE and membership-inference metrics, with a verdict."""
     from . import api
 
@@ -189,7 +200,11 @@ def eval_(model: str = typer.Option(..., help="Checkpoint dir or hub id."),
         from .guard.guarded import guarded_lm
 
         target = guarded_lm(model, guard)
-    res = api.evaluate(target, data, oracle=oracle, subject=subject, reference=reference, suites=suites, out=out)
+    res = api.evaluate(target, data, oracle=oracle, subject=subject, reference=reference, suites=suites, out=out,
+                       benchmark=benchmark, split=split)
+    if benchmark in ("wmdp", "rwku"):  # their own results, not the TOFU/MUSE headline
+        out_console.print_json(data={k: v for k, v in res.items() if k != "info"})
+        return
     _print_headline({"model": res})
 
 
