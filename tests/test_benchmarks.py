@@ -416,3 +416,42 @@ def test_rwku_probes_by_hand(tmp_path):
     assert bench.forget() == ([""], ["Stephen King is an author."]) and bench.retain is None
     with pytest.raises(ValueError, match="no forget_level1 probe has subject 'Nobody'"):
         load_benchmark("rwku", root, "Nobody")
+
+
+# ---------------------------------------------------------------- forget on a benchmark
+@pytest.fixture(scope="module")
+def random_tiny(tmp_path_factory):
+    """An untrained tiny Llama whose tokenizer knows the fixtures' words."""
+    from unlearnkit.models.load import save_model
+    from unlearnkit.models.tiny import new_model, train_tokenizer
+
+    out = tmp_path_factory.mktemp("tiny") / "model"
+    texts = [str(v) for rows in TOFU.values() for r in rows for v in r.values()] + ["one two three four five six"]
+    tok = train_tokenizer(texts, vocab_size=300)
+    save_model(new_model(tok, seed=0), tok, out)
+    return out
+
+
+@pytest.mark.parametrize("bench,split,method", [("tofu", "forget10", "graddiff"), ("muse", "raw/forget", "ga"),
+                                                ("wmdp", "bio", "graddiff")])
+def test_forget_on_a_benchmark(tmp_path, random_tiny, bench, split, method):
+    import yaml
+    from typer.testing import CliRunner
+
+    from unlearnkit.cli import app
+
+    root = {"tofu": lambda p: write_tofu(p, "json"), "muse": write_muse, "wmdp": write_wmdp}[bench](tmp_path / bench)
+    r = CliRunner().invoke(app, ["forget", "--model", str(random_tiny), "--data", str(root), "--benchmark", bench,
+                                 "--split", split, "--method", method, "--steps", "2", "--out", str(tmp_path / "run")])
+    assert r.exit_code == 0, r.output
+    cfg = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert cfg["benchmark"] == {"name": bench, "split": split}
+    assert (tmp_path / "run" / "model" / "config.json").is_file()
+
+
+def test_forget_needs_retain_the_benchmark_lacks(tmp_path, random_tiny):
+    from unlearnkit import api
+
+    root = write_rwku(tmp_path / "rwku")
+    with pytest.raises(ValueError, match="needs a retain set, and the rwku benchmark has none"):
+        api.forget(random_tiny, root, "graddiff", tmp_path / "run", benchmark="rwku", split="Stephen King", steps=1)
