@@ -19,6 +19,7 @@ import yaml
 from . import runinfo
 from .data.batching import encode_pairs
 from .data.io import load_world, overlap
+from .data.templates import parse_template
 from .methods import get_method
 from .models.load import apply_lora, load_model, save_model
 from .train import TrainConfig, config_dict, train
@@ -62,12 +63,15 @@ def _all_texts(w) -> list[str]:
 
 
 def finetune(data: str | os.PathLike, out: str | os.PathLike, *, model: str | None = None, without_forget: bool = False,
-             seed: int = 0, size: str = "tiny", progress: bool = True, **train_overrides) -> Path:
+             seed: int = 0, size: str = "tiny", progress: bool = True, template: str | None = None,
+             system: str | None = None, **train_overrides) -> Path:
     """Train a model on a world's training splits (subject), or without its forget set (oracle).
 
     Without `model`, a BPE tokenizer and a small Llama are trained from scratch; the tokenizer is
     trained on the whole world's text, so subject and oracle share one vocabulary.
+    `template`/`system`: the prompt format (raw | chat | a format string with {question}).
     """
+    tpl = parse_template(template, system)
     timer = runinfo.Timer()
     w = load_world(data)
     if model is None:
@@ -81,7 +85,7 @@ def finetune(data: str | os.PathLike, out: str | os.PathLike, *, model: str | No
         net, tok = load_model(model)
         defaults = FINETUNE
     cfg = TrainConfig(**{"stream_batch": {"docs": DOCS_BATCH}, **defaults, **train_overrides, "seed": seed})
-    streams = {"train": encode_pairs(tok, *_pairs(w.training_records(without_forget=without_forget)))}
+    streams = {"train": encode_pairs(tok, *_pairs(w.training_records(without_forget=without_forget)), template=tpl)}
     ctx = {"params": {}}
     if docs := w.training_docs(without_forget=without_forget):
         streams["docs"] = encode_pairs(tok, [""] * len(docs), [d.text for d in docs])
@@ -97,6 +101,7 @@ def finetune(data: str | os.PathLike, out: str | os.PathLike, *, model: str | No
         runinfo.write_json(out / "unlearnkit.json", {
             "kind": "oracle" if without_forget else "subject", "data": str(data), "data_hash": runinfo.data_hash(data),
             "base_model": model, "size": size if model is None else None, "seed": seed, "train": config_dict(cfg),
+            "template": tpl.to_dict(),
             "examples": {k: len(v) for k, v in streams.items()}, "loss_params": ctx["params"], "seconds": timer.seconds,
             "train_stats": ctx.get("train_stats"),
             "versions": runinfo.versions(),
@@ -123,7 +128,7 @@ def _training_pairs(data, benchmark: str | None, split: str | None, needs_retain
 def forget(model: str | os.PathLike, data: str | os.PathLike, method: str, out: str | os.PathLike, *, seed: int = 0,
            lora: bool = False, merge: bool = False, resume: bool = False, params: dict | None = None,
            progress: bool = True, save_every: int = 0, benchmark: str | None = None, split: str | None = None,
-           **train_overrides) -> Path:
+           template: str | None = None, system: str | None = None, **train_overrides) -> Path:
     """Unlearn `data`'s forget set from a copy of `model` with `method`; write the run directory.
 
     `data` is a world directory, or with `benchmark` (tofu | muse | wmdp | rwku) a local copy of that
@@ -132,6 +137,7 @@ def forget(model: str | os.PathLike, data: str | os.PathLike, method: str, out: 
     and `checkpoints/` while running. The source model is only read.
     """
     m = get_method(method)
+    tpl = parse_template(template, system)
     if "epochs" in train_overrides and "steps" not in train_overrides:
         train_overrides["steps"] = None  # an explicit epoch budget replaces a method's default step budget
     w, forget_pairs, retain_pairs = _training_pairs(data, benchmark, split, m.needs_retain)
@@ -143,15 +149,15 @@ def forget(model: str | os.PathLike, data: str | os.PathLike, method: str, out: 
         net = apply_lora(net)
     elif m.trainable is not None:
         m.trainable(net, {**m.params, **(params or {})})
-    streams = {"forget": encode_pairs(tok, *forget_pairs)}
+    streams = {"forget": encode_pairs(tok, *forget_pairs, template=tpl)}
     if m.needs_retain:
-        streams["retain"] = encode_pairs(tok, *retain_pairs)
+        streams["retain"] = encode_pairs(tok, *retain_pairs, template=tpl)
     cfg = TrainConfig(**{**m.train_defaults, **train_overrides, "seed": seed, "save_every": save_every})
     ctx = {"params": {**m.params, **(params or {})}, "pad_id": tok.pad_token_id, "tokenizer": tok, "world": w}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     config = {"method": method, "model": str(model), "data": str(data), "data_hash": runinfo.data_hash(data),
-              "benchmark": {"name": benchmark, "split": split} if benchmark else None,
+              "benchmark": {"name": benchmark, "split": split} if benchmark else None, "template": tpl.to_dict(),
               "seed": seed, "lora": lora, "merge": merge, "params": ctx["params"], "train": config_dict(cfg),
               "versions": runinfo.versions()}
     if _is_main():
@@ -175,14 +181,17 @@ def forget(model: str | os.PathLike, data: str | os.PathLike, method: str, out: 
 
 def evaluate(model, data: str | os.PathLike, *, oracle=None, subject=None, suites=("tofu", "muse", "mia"),
              reference=None, out: str | os.PathLike | None = None, benchmark: str | None = None,
-             split: str | None = None, **kwargs) -> dict:
+             split: str | None = None, template: str | None = None, system: str | None = None, **kwargs) -> dict:
     """Evaluate a model (a checkpoint path, or any object with `score`/`generate`) on a world, or
     with `benchmark` (tofu | muse | wmdp | rwku) on a local copy of that benchmark's `split`
     (docs/benchmarks.md); its suites are those of `suites` the benchmark has.
 
     `oracle`/`subject`/`reference` may be checkpoint paths, LMs, or earlier result dicts (or JSON files;
-    for TOFU also TOFU's own saved eval_log_forget.json of a retain model).
+    for TOFU also TOFU's own saved eval_log_forget.json of a retain model). `template`/`system`: the
+    prompt format for models loaded here (raw | chat | a format string with {question}); an object
+    that already scores and generates keeps its own.
     """
+    tpl = parse_template(template, system)
     from .evaluate import evaluate as run_eval
 
     timer = runinfo.Timer()
@@ -196,22 +205,23 @@ def evaluate(model, data: str | os.PathLike, *, oracle=None, subject=None, suite
             raise ValueError(f"the {benchmark} benchmark has the suites {', '.join(bench.suites)} only")
         kwargs = {**bench.eval_options, **kwargs}
     w = load_world(data) if bench is None else bench.world
-    lm, fp = as_lm(model)
+    lm, fp = as_lm(model, tpl)
     if bench is not None and bench.run is not None:
         with timer("eval"):
             res = bench.run(lm, batch_size=kwargs.get("batch_size"))
     else:
-        oracle_res = _as_result(oracle, w, suites)
+        oracle_res = _as_result(oracle, w, suites, tpl)
         if bench is not None and bench.convert_oracle is not None and isinstance(oracle_res, dict):
             oracle_res = bench.convert_oracle(oracle_res)
-        subject_res = _as_result(subject, w, suites) if subject is not None else None
-        ref_lm = as_lm(reference)[0] if reference is not None else None
+        subject_res = _as_result(subject, w, suites, tpl) if subject is not None else None
+        ref_lm = as_lm(reference, tpl)[0] if reference is not None else None
         with timer("eval"):
             res = run_eval(lm, w, oracle=oracle_res, subject=subject_res, suites=tuple(suites), reference_lm=ref_lm,
                            **kwargs)
     if bench is not None:
         res["benchmark"] = bench.describe()
     res["info"] = {"model": str(model) if isinstance(model, (str, Path)) else type(model).__name__, "fingerprint": fp,
+                   "template": getattr(lm, "template", tpl).to_dict(),
                    "data": str(data), "data_hash": runinfo.data_hash(data), "versions": runinfo.versions(),
                    "seconds": timer.seconds}
     if out is not None:
@@ -219,18 +229,19 @@ def evaluate(model, data: str | os.PathLike, *, oracle=None, subject=None, suite
     return res
 
 
-def as_lm(model):
-    """(LM, fingerprint) from a path or an object that already scores and generates."""
+def as_lm(model, template=None):
+    """(LM, fingerprint) from a path or an object that already scores and generates; a loaded model
+    puts its prompts in `template`'s format (data/templates.py)."""
     from .models.load import fingerprint
     from .scoring import LM, is_lm
 
     if is_lm(model):
         return model, None
     net, tok = load_model(model)
-    return LM(net, tok), fingerprint(net)
+    return LM(net, tok, template=parse_template(template)), fingerprint(net)
 
 
-def _as_result(x, w, suites):
+def _as_result(x, w, suites, template=None):
     from .evaluate import evaluate as run_eval
 
     if x is None or isinstance(x, dict) or x == "self":
@@ -238,7 +249,7 @@ def _as_result(x, w, suites):
     p = Path(x) if isinstance(x, (str, Path)) else None
     if p is not None and p.suffix == ".json" and p.is_file():
         return json.loads(p.read_text())
-    lm, _ = as_lm(x)
+    lm, _ = as_lm(x, template)
     return run_eval(lm, w, suites=tuple(suites))
 
 

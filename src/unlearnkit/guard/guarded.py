@@ -212,10 +212,11 @@ def masked_score(lm, prompts: list[str], answers: list[str], proc: ForbidTokensP
     """Teacher-forced answer log-probs with `proc`'s banned tokens masked at each position (same
     encoding as `LM.score`: `[bos] + prompt + " " + answer + [eos]`)."""
     from ..data.batching import collate, encode_pairs
+    from ..data.templates import RAW
     from ..scoring import SampleScore, backbone_and_head
 
     tok, model = lm.tokenizer, lm.model
-    enc = encode_pairs(tok, prompts, answers, getattr(lm, "max_length", None))
+    enc = encode_pairs(tok, prompts, answers, getattr(lm, "max_length", None), getattr(lm, "template", RAW))
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
