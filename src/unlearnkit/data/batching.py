@@ -31,7 +31,8 @@ def encode_prompt(tok, prompt: str, template: Template = RAW) -> list[int]:
     """bos + the prompt formatted by `template` (a chat template that writes its own bos keeps
     just that one)."""
     text = template.apply(tok, prompt)
-    has_bos = tok.bos_token_id is not None and not (tok.bos_token and text.startswith(tok.bos_token))
+    bos_text = getattr(tok, "bos_token", None)
+    has_bos = tok.bos_token_id is not None and not (template.kind == "chat" and bos_text and text.startswith(bos_text))
     bos = [tok.bos_token_id] if has_bos else []
     return bos + (tok(text, add_special_tokens=False)["input_ids"] if text else [])
 
