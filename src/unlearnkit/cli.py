@@ -60,7 +60,7 @@ def _parse_params(items: list[str] | None) -> dict:
 BENCHMARK_HELP = ("Read --data as a local copy of a published benchmark: tofu | muse | wmdp | rwku "
                   "(docs/benchmarks.md).")
 TEMPLATE_HELP = ("Prompt format: raw (the question as is), chat (the tokenizer's chat template), or a format "
-                 "string with {question}, e.g. TOFU's Llama-2 '[INST] {question} [/INST]'.")
+                 "string with {question}, e.g. TOFU's Llama-2 chat format (docs/benchmarks.md).")
 SYSTEM_HELP = "System prompt, with --template chat."
 SPLIT_HELP = ("With --benchmark: tofu forget01|forget05|forget10; muse raw/forget|scal/forget_N|sust/forget_N; "
               "wmdp bio|cyber; rwku a target's name or all.")

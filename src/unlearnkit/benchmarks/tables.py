@@ -119,6 +119,3 @@ def read_rows(root: str | Path, config: str, split: str | None = None, *, requir
                 raise DataError(f"{root}[{name}] row {i}: field '{col}': missing")
     return rows
 
-
-def has_table(root: str | Path, config: str, split: str | None = None) -> bool:
-    return find_rows(root, config, split) is not None
