@@ -109,7 +109,37 @@ def test_extraction_strength_by_search_matches_hits():
     assert tofu.extraction_strength_by_search(3, lambda k: False) == 0.0
 
 
+def test_eos_is_left_out_of_exact_memorisation_and_extraction_strength():
+    # an answer said in full (two hits) that does not stop (eos missed)
+    said_not_stopped = S([-0.1, -0.1, -5.0], [1, 1, 0])
+    said_not_stopped.eos = True
+    assert tofu.exact_memorisation(said_not_stopped) == 1.0  # 2 of 2 answer tokens; with eos 2/3
+    assert tofu.extraction_strength(said_not_stopped) == 1.0  # with eos it was 0
+    # no eos marked (cut by max_length, or a plain array): every position counts
+    assert tofu.exact_memorisation(S([0, 0, 0], [1, 1, 0])) == pytest.approx(2 / 3)
+    assert tofu.extraction_strength([True, True, False]) == 0.0
+    # an answer of eos alone keeps its one position
+    only_eos = S([-1.0], [1])
+    only_eos.eos = True
+    assert tofu.exact_memorisation(only_eos) == 1.0
+    # the probability keeps eos, as TOFU's loss does: exp(mean(-0.1, -0.1, -5.0))
+    assert tofu.answer_probability(said_not_stopped) == pytest.approx(math.exp(-5.2 / 3))
+
+
 # ---------------------------------------------------------------- MIA
+def test_min_k_and_min_k_plus_plus_leave_out_eos():
+    x = S([-1.0, -2.0, -9.0])  # -9 is the eos
+    x.eos = True
+    assert mia.min_k_score(x, 0.5) == pytest.approx(-2.0)  # floor(0.5 * 2) = 1 of [-1, -2]; with eos: -9
+    assert mia.min_k_score(x, 1.0) == pytest.approx(-1.5)
+    z = S([-1.0, -2.0, -9.0], mu=[-2.0, -2.0, -1.0], sigma=[1.0, 0.5, 1.0])  # z = 1, 0, (-8: eos)
+    z.eos = True
+    assert mia.min_k_plus_plus_score(z, 0.5) == pytest.approx(0.0)
+    assert mia.min_k_plus_plus_score(z, 1.0) == pytest.approx(0.5)
+    # the LOSS attack keeps eos (the issue names only Min-K% and Min-K%++)
+    assert mia.loss_score(x) == pytest.approx(-4.0)
+
+
 def test_min_k():
     x = [-1.0, -5.0, -2.0, -3.0, -4.0]
     assert mia.min_k_score(x, 0.4) == pytest.approx(-4.5)
@@ -158,6 +188,22 @@ def test_verbmem_knowmem_f1():
     # LCS("a b c", "a b d e") = 2: P = 2/3, R = 1/2, F1 = 4/7
     assert muse.verbmem(["a b c"], ["a b d e"]) == pytest.approx(4 / 7)
     assert muse.knowmem(["Thornwick", "x"], ["Thornwick", "y"]) == pytest.approx(0.5)
+
+
+def test_muse_rouge_has_no_stemmer():
+    # "she runs" vs "She running": without the stemmer only "she" matches: P = R = 1/2, F1 = 1/2
+    assert muse.knowmem(["she runs"], ["She running"]) == pytest.approx(0.5)
+    assert muse.verbmem(["she runs"], ["She running"]) == pytest.approx(0.5)
+    assert text.rouge_l_f1("she runs", "She running") == 1.0  # TOFU-style ROUGE stems: run = run
+
+
+def test_privleak_refuses_aucs_at_different_k():
+    assert muse.PRIVLEAK_K == 0.4
+    assert muse.privleak(0.6, 0.4, 0.4, 0.4) == pytest.approx((0.4 - 0.6) / 0.6 * 100)
+    with pytest.raises(ValueError, match="k = 0.4.*k = 0.2"):
+        muse.privleak(0.6, 0.4, 0.4, 0.2)
+    with pytest.raises(ValueError, match="k = None"):
+        muse.privleak(0.6, 0.4, 0.4, None)  # an oracle result that never recorded its k
 
 
 def test_privleak_sign_convention():
@@ -230,12 +276,65 @@ def test_scoring_on_fixed_logit_table(batch_size):
     sd = math.sqrt(float((row * np.log(row) ** 2).sum()) - mu ** 2)
     assert a.mu[0] == pytest.approx(mu, rel=1e-5) and a.sigma[0] == pytest.approx(sd, rel=1e-5)
 
-    assert tofu.answer_probability(a) == pytest.approx(math.sqrt(0.2), rel=1e-6)
-    assert tofu.exact_memorisation(b) == pytest.approx(1 / 3)
+    assert a.eos and b.eos and c.eos  # every answer ends with eos (nothing cut by max_length)
+    assert tofu.answer_probability(a) == pytest.approx(math.sqrt(0.2), rel=1e-6)  # eos counts here (TOFU)
+    assert tofu.exact_memorisation(b) == pytest.approx(1 / 2)  # hits x, misses y; eos left out
     assert tofu.extraction_strength(a) == 1.0
     assert tofu.extraction_strength(b) == 0.0
-    assert tofu.extraction_strength(c) == 0.5
+    assert tofu.extraction_strength(c) == pytest.approx(1 / 3)  # hits F F T (eos left out): k = 2 of 3
     # truth ratio of "x" (paraphrased) against "x y" and "y y x": exp(mean(L_b, L_c) - L_a)
     la, lb, lc = -np.mean(np.log([0.5, 0.4])), -np.mean(np.log([0.5, 0.3, 0.2])), -np.mean(np.log([0.2, 0.2, 0.4, 0.4]))
     assert tofu.truth_ratio(a, [b, c]) == pytest.approx(math.exp((lb + lc) / 2 - la), rel=1e-6)
     assert mia.min_k_score(c, 0.5) == pytest.approx(L(0.2), rel=1e-6)
+
+
+# ---------------------------------------------------------------- PrivLeak through evaluate
+class WordLM:
+    """A fake LM: each answer word is a number, its token's log p is minus that number; every answer
+    ends with an eos of log p -0.1 (marked `eos`). Greedy answers are empty."""
+
+    def score(self, prompts, answers, stats=False, batch_size=None):
+        from unlearnkit.scoring import SampleScore
+
+        out = []
+        for a in answers:
+            words = [w for w in a.split() if w.replace(".", "").isdigit()] or ["1"]
+            lp = np.array([-float(w) for w in words] + [-0.1])
+            out.append(SampleScore(lp, np.zeros(lp.size, bool), eos=True))
+        return out
+
+    def generate(self, prompts, max_new_tokens=32, batch_size=None, **kw):
+        return [""] * len(prompts)
+
+
+def _doc_world():
+    from unlearnkit.data import DocRecord, QARecord, WorldData
+
+    qa = QARecord(id="f0", subject="s", question="q?", answer="1", paraphrased_answer="1", perturbed_answers=["2"])
+    docs = lambda texts, tag: [DocRecord(id=f"{tag}{i}", subject="s", text=t) for i, t in enumerate(texts)]  # noqa: E731
+    # members: Min-20% = -2.5 and -1; Min-40% = (-2.5 - 1)/2 = -1.75 and -1.
+    # non-members: -2 and -3 at either k. AUC at k=0.2: 3 of 4 pairs = 0.75; at k=0.4: 1.0.
+    return WorldData(forget=[qa], forget_docs=docs(["1 1 1 1 2.5", "1 1 1 1 1"], "m"),
+                     holdout_docs=docs(["2 2 2 2 2", "3 3 3 3 3"], "h"))
+
+
+def test_evaluate_privleak_uses_min_40_and_records_k():
+    from unlearnkit.evaluate import evaluate
+
+    res = evaluate(WordLM(), _doc_world(), suites=("muse", "mia"),
+                   oracle={"per_sample": {"mink_auc": {"docs": 0.5}, "mink_k": 0.4}})
+    assert res["per_sample"]["mink_auc"] == {"docs": 1.0} and res["per_sample"]["mink_k"] == 0.4
+    assert res["splits"]["mia"]["docs"]["privleak_min_k_auc"] == {"auc": 1.0, "k": 0.4}
+    assert res["mia_auc"]["min_k"] == 0.75 and res["splits"]["mia"]["docs"]["k"] == {"min_k": 0.2}  # the MIA table keeps k = 0.2
+    assert res["privleak"] == pytest.approx((0.5 - 1.0) / (1 - 0.5) * 100)  # -100; at k = 0.2 it would be -50
+    assert res["config"]["privleak_k"] == 0.4
+
+
+def test_evaluate_privleak_refuses_an_oracle_at_another_k():
+    from unlearnkit.evaluate import evaluate
+
+    for oracle_ps in ({"mink_auc": {"docs": 0.5}, "mink_k": 0.2}, {"mink_auc": {"docs": 0.5}}):
+        res = evaluate(WordLM(), _doc_world(), suites=("muse",), oracle={"per_sample": oracle_ps})
+        assert res["privleak"] is None
+        assert any("PrivLeak compares Min-K% AUCs at one k" in n for n in res["notes"])
+        assert res["verdict"]["privacy"]["pass"] is None

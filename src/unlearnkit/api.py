@@ -21,6 +21,7 @@ import yaml
 from . import runinfo
 from .data.batching import encode_pairs
 from .data.io import check_overlap, load_world, require_split
+from .data.templates import parse_template
 from .methods import Context, get_method
 from .models.load import apply_lora, load_model, save_model
 from .sft import sft_loss
@@ -69,12 +70,15 @@ def _all_texts(w) -> list[str]:
 
 
 def finetune(data: str | os.PathLike, out: str | os.PathLike, *, model: str | None = None, without_forget: bool = False,
-             seed: int = 0, size: str = "tiny", progress: bool = True, **train_overrides) -> Path:
+             seed: int = 0, size: str = "tiny", progress: bool = True, template: str | None = None,
+             system: str | None = None, **train_overrides) -> Path:
     """Train a model on a world's training splits (subject), or without its forget set (oracle).
 
     Without `model`, a BPE tokenizer and a small Llama are trained from scratch; the tokenizer is
     trained on the whole world's text, so subject and oracle share one vocabulary.
+    `template`/`system`: the prompt format (raw | chat | a format string with {question}).
     """
+    tpl = parse_template(template, system)
     timer = runinfo.Timer()
     w = load_world(data)
     if model is None:
@@ -88,7 +92,7 @@ def finetune(data: str | os.PathLike, out: str | os.PathLike, *, model: str | No
         net, tok = load_model(model)
         defaults = FINETUNE
     cfg = TrainConfig(**{"stream_batch": {"docs": DOCS_BATCH}, **defaults, **train_overrides, "seed": seed})
-    streams = {"train": encode_pairs(tok, *_pairs(w.training_records(without_forget=without_forget)))}
+    streams = {"train": encode_pairs(tok, *_pairs(w.training_records(without_forget=without_forget)), template=tpl)}
     loss_params = {}
     if docs := w.training_docs(without_forget=without_forget):
         streams["docs"] = encode_pairs(tok, [""] * len(docs), [d.text for d in docs])
@@ -104,6 +108,7 @@ def finetune(data: str | os.PathLike, out: str | os.PathLike, *, model: str | No
         runinfo.write_json(out / "unlearnkit.json", {
             "kind": "oracle" if without_forget else "subject", "data": str(data), "data_hash": runinfo.data_hash(data),
             "base_model": model, "size": size if model is None else None, "seed": seed, "train": config_dict(cfg),
+            "template": tpl.to_dict(),
             "examples": {k: len(v) for k, v in streams.items()}, "loss_params": loss_params, "seconds": timer.seconds,
             "train_stats": {"steps": res.steps, "seconds": res.seconds, "tokens": res.tokens},
             "versions": runinfo.versions(),
@@ -141,10 +146,33 @@ def _check_resume(out: Path, config: dict) -> None:
                          f"or write to a new --out")
 
 
+def _training_data(data, benchmark: str | None, split: str | None, method: str, needs_retain: bool):
+    """(world, forget pairs, retain pairs or None) from a world directory or a benchmark."""
+    if benchmark is None:
+        w = load_world(data)
+        if n := check_overlap(w):
+            log.warning("%d forget records also appear in the retain set", n)
+        if needs_retain:
+            require_split(w, "retain", why=f"method {method} needs a retain set")
+        return w, _pairs(w.forget), _pairs(w.retain) if needs_retain else None
+    from .benchmarks import load_benchmark
+
+    bench = load_benchmark(benchmark, data, split)
+    if needs_retain and bench.retain is None:
+        raise ValueError(f"method {method} needs a retain set, and the {benchmark} benchmark has none: "
+                         f"choose a method without one (ga, npo)")
+    return bench.world, bench.forget(), bench.retain() if needs_retain else None
+
+
 def forget(model: str | os.PathLike, data: str | os.PathLike, method: str, out: str | os.PathLike, *, seed: int = 0,
            lora: bool = False, merge: bool = False, resume: bool = False, params: dict | None = None,
-           calibration: dict | None = None, progress: bool = True, save_every: int = 0, **train_overrides) -> Path:
+           calibration: dict | None = None, progress: bool = True, save_every: int = 0, benchmark: str | None = None,
+           split: str | None = None, template: str | None = None, system: str | None = None,
+           **train_overrides) -> Path:
     """Unlearn `data`'s forget set from a copy of `model` with `method`; write the run directory.
+
+    `data` is a world directory, or with `benchmark` (tofu | muse | wmdp | rwku) a local copy of that
+    benchmark, whose `split` names the forget set (docs/benchmarks.md).
 
     With no budget (`steps`/`epochs`), the run is calibrated (`unlearnkit.calibrate`): it stops when
     the forget set looks like data the model never saw, keeps the best weights above the retain
@@ -164,6 +192,7 @@ def forget(model: str | os.PathLike, data: str | os.PathLike, method: str, out: 
     out = Path(out)
     _check_out(model, out)
     hp = m.params(params)
+    tpl = parse_template(template, system)
     calibrated = not any(k in train_overrides for k in BUDGET_KEYS)
     try:
         settings = CalibrationSettings(**(calibration or {})) if calibrated else None
@@ -174,27 +203,27 @@ def forget(model: str | os.PathLike, data: str | os.PathLike, method: str, out: 
     if "epochs" in train_overrides and "steps" not in train_overrides:
         train_overrides["steps"] = None  # an explicit epoch budget replaces a method's default step budget
     cfg = TrainConfig(**{**m.train_defaults, **train_overrides, "seed": seed, "save_every": save_every})
-    w = load_world(data)
-    if n := check_overlap(w):
-        log.warning("%d forget records also appear in the retain set", n)
-    if m.needs_retain:
-        require_split(w, "retain", why=f"method {method} needs a retain set")
+    w, forget_pairs, retain_pairs = _training_data(data, benchmark, split, method, m.needs_retain)
+    if calibrated and w is None:
+        raise ValueError(f"the {benchmark} benchmark's forget set is documents, with no questions to calibrate on: "
+                         f"give a budget (--steps or --epochs)")
     net, tok = load_model(model)
     torch_seed(seed)  # before the adapter: its initial weights come from the run's seed
     if lora:
         net = apply_lora(net)
     elif m.trainable is not None:
         m.trainable(net, hp)
-    streams = {"forget": encode_pairs(tok, *_pairs(w.forget))}
+    streams = {"forget": encode_pairs(tok, *forget_pairs, template=tpl)}
     if m.needs_retain:
-        streams["retain"] = encode_pairs(tok, *_pairs(w.retain))
+        streams["retain"] = encode_pairs(tok, *retain_pairs, template=tpl)
     monitor = None
     if calibrated:
         monitor = Calibrator(tok, w, settings, seed=seed, forget_stream_len=len(streams["forget"]),
-                             batch_size=cfg.batch_size)
+                             batch_size=cfg.batch_size, template=tpl)
         cfg.steps = monitor.budget
     ctx = Context(params=hp, seed=seed, pad_id=tok.pad_token_id, tokenizer=tok)
     config = {"method": method, "model": str(model), "data": str(data), "data_hash": runinfo.data_hash(data),
+              "benchmark": {"name": benchmark, "split": split} if benchmark else None, "template": tpl.to_dict(),
               "seed": seed, "lora": lora, "merge": merge, "params": hp.model_dump(), "train": config_dict(cfg),
               "calibration": settings.model_dump() if settings else None, "versions": runinfo.versions()}
     if resume:
@@ -241,25 +270,52 @@ def run_summary(run: str | os.PathLike) -> str:
 
 
 def evaluate(model, data: str | os.PathLike, *, oracle=None, subject=None, suites=("tofu", "muse", "mia"),
-             reference=None, out: str | os.PathLike | None = None, **kwargs) -> dict:
-    """Evaluate a model (a checkpoint path, or any object with `score`/`generate`) on a world.
+             reference=None, out: str | os.PathLike | None = None, benchmark: str | None = None,
+             split: str | None = None, template: str | None = None, system: str | None = None, **kwargs) -> dict:
+    """Evaluate a model (a checkpoint path, or any object with `score`/`generate`) on a world, or
+    with `benchmark` (tofu | muse | wmdp | rwku) on a local copy of that benchmark's `split`
+    (docs/benchmarks.md); its suites are those of `suites` the benchmark has.
 
-    `oracle`/`subject`/`reference` may be checkpoint paths, LMs, or earlier result dicts (or JSON files).
+    `oracle`/`subject`/`reference` may be checkpoint paths, LMs, or earlier result dicts (or JSON files;
+    for TOFU also TOFU's own saved eval_log_forget.json of a retain model). `template`/`system`: the
+    prompt format for models loaded here (raw | chat | a format string with {question}); an object
+    that already scores and generates keeps its own.
     """
     from .evaluate import evaluate as run_eval
-    from .scoring import LM
 
-    if out is not None and Path(out).is_dir():
-        raise ValueError(f"{out}: is a directory; the results go to a JSON file (e.g. {Path(out) / 'metrics.json'})")
+    tpl = parse_template(template, system)
     timer = runinfo.Timer()
-    w = load_world(data)
-    lm, fp = as_lm(model)
-    oracle_res = _as_result(oracle, w, suites)
-    subject_res = _as_result(subject, w, suites) if subject is not None else None
-    ref_lm = as_lm(reference)[0] if reference is not None else None
-    with timer("eval"):
-        res = run_eval(lm, w, oracle=oracle_res, subject=subject_res, suites=tuple(suites), reference_lm=ref_lm, **kwargs)
+    if out is not None and Path(out).is_dir():
+        from .data.io import DataError
+
+        raise DataError(f"{out}: is a directory; the results go to a JSON file (e.g. {Path(out) / 'metrics.json'})")
+    bench = None
+    if benchmark is not None:
+        from .benchmarks import load_benchmark
+
+        bench = load_benchmark(benchmark, data, split)
+        suites = tuple(s for s in suites if s in bench.suites)
+        if bench.world is not None and not suites:
+            raise ValueError(f"the {benchmark} benchmark has the suites {', '.join(bench.suites)} only")
+        kwargs = {**bench.eval_options, **kwargs}
+    w = load_world(data) if bench is None else bench.world
+    lm, fp = as_lm(model, tpl)
+    if bench is not None and bench.run is not None:
+        with timer("eval"):
+            res = bench.run(lm, batch_size=kwargs.get("batch_size"))
+    else:
+        oracle_res = _as_result(oracle, w, suites, tpl)
+        if bench is not None and bench.convert_oracle is not None and isinstance(oracle_res, dict):
+            oracle_res = bench.convert_oracle(oracle_res)
+        subject_res = _as_result(subject, w, suites, tpl) if subject is not None else None
+        ref_lm = as_lm(reference, tpl)[0] if reference is not None else None
+        with timer("eval"):
+            res = run_eval(lm, w, oracle=oracle_res, subject=subject_res, suites=tuple(suites), reference_lm=ref_lm,
+                           **kwargs)
+    if bench is not None:
+        res["benchmark"] = bench.describe()
     res["info"] = {"model": str(model) if isinstance(model, (str, Path)) else type(model).__name__, "fingerprint": fp,
+                   "template": getattr(lm, "template", tpl).to_dict(),
                    "data": str(data), "data_hash": runinfo.data_hash(data), "versions": runinfo.versions(),
                    "seconds": timer.seconds}
     if out is not None:
@@ -267,18 +323,19 @@ def evaluate(model, data: str | os.PathLike, *, oracle=None, subject=None, suite
     return res
 
 
-def as_lm(model):
-    """(LM, fingerprint) from a path or an object that already scores and generates."""
+def as_lm(model, template=None):
+    """(LM, fingerprint) from a path or an object that already scores and generates; a loaded model
+    puts its prompts in `template`'s format (data/templates.py)."""
     from .models.load import fingerprint
     from .scoring import LM, is_lm
 
     if is_lm(model):
         return model, None
     net, tok = load_model(model)
-    return LM(net, tok), fingerprint(net)
+    return LM(net, tok, template=parse_template(template)), fingerprint(net)
 
 
-def _as_result(x, w, suites):
+def _as_result(x, w, suites, template=None):
     from .evaluate import evaluate as run_eval
 
     if x is None or isinstance(x, dict) or x == "self":
@@ -286,7 +343,7 @@ def _as_result(x, w, suites):
     p = Path(x) if isinstance(x, (str, Path)) else None
     if p is not None and p.suffix == ".json" and not p.is_dir():
         return _read_result(p)
-    lm, _ = as_lm(x)
+    lm, _ = as_lm(x, template)
     return run_eval(lm, w, suites=tuple(suites))
 
 

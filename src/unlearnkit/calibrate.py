@@ -44,6 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .data.batching import collate, encode_pairs, length_batches
 from .data.io import WorldData
+from .data.templates import parse_template
 from .data.twins import mentions, twins, words_of
 from .scoring import answer_logprobs
 
@@ -151,7 +152,7 @@ class Calibrator:
     """The `train.Monitor` that stops unlearning at the target (module docstring: the rule)."""
 
     def __init__(self, tokenizer, world: WorldData, settings: CalibrationSettings | None = None, *, seed: int = 0,
-                 forget_stream_len: int | None = None, batch_size: int = 16):
+                 forget_stream_len: int | None = None, batch_size: int = 16, template=None):
         self.settings = s = settings or CalibrationSettings()
         forget, ref = reference_records(world, s.reference, seed)
         pool = list(world.retain) + list(world.neighbours)
@@ -159,7 +160,9 @@ class Calibrator:
         retain = rng.sample(pool, min(len(pool), s.retain_sample))
         self.n = {"forget": len(forget), "reference": len(ref), "retain": len(retain)}
         sets = {"forget": forget, "reference": ref, "retain": retain}
-        self._enc = {k: encode_pairs(tokenizer, [r.question for r in v], [r.answer for r in v]) for k, v in sets.items()}
+        self._enc = {k: encode_pairs(tokenizer, [r.question for r in v], [r.answer for r in v],
+                                   template=parse_template(template))
+                     for k, v in sets.items()}
         self.pad_id = tokenizer.pad_token_id
         per_epoch = math.ceil((forget_stream_len or len(forget)) / batch_size)
         self.every = s.every or max(1, round(per_epoch / 4))

@@ -57,6 +57,15 @@ def _parse_params(items: list[str] | None) -> dict:
     return out
 
 
+BENCHMARK_HELP = ("Read --data as a local copy of a published benchmark: tofu | muse | wmdp | rwku "
+                  "(docs/benchmarks.md).")
+TEMPLATE_HELP = ("Prompt format: raw (the question as is), chat (the tokenizer's chat template), or a format "
+                 "string with {question}, e.g. TOFU's Llama-2 chat format (docs/benchmarks.md).")
+SYSTEM_HELP = "System prompt, with --template chat."
+SPLIT_HELP = ("With --benchmark: tofu forget01|forget05|forget10; muse raw/forget|scal/forget_N|sust/forget_N; "
+              "wmdp bio|cyber; rwku a target's name or all.")
+
+
 def _train_overrides(lr, steps, epochs, batch_size) -> dict:
     return {k: v for k, v in dict(lr=lr, steps=steps, epochs=epochs, batch_size=batch_size).items() if v is not None}
 
@@ -136,12 +145,14 @@ def finetune(data: Path = typer.Option(..., help="World directory (JSONL splits)
              without_forget: bool = typer.Option(False, "--without-forget", help="Leave the forget split out (the oracle)."),
              seed: int = typer.Option(0), size: str = typer.Option("tiny", help="Size of a from-scratch model: tiny|small."),
              lr: Optional[float] = typer.Option(None), epochs: Optional[float] = typer.Option(None),
-             steps: Optional[int] = typer.Option(None), batch_size: Optional[int] = typer.Option(None)):
+             steps: Optional[int] = typer.Option(None), batch_size: Optional[int] = typer.Option(None),
+             template: str = typer.Option("raw", help=TEMPLATE_HELP),
+             system: Optional[str] = typer.Option(None, help=SYSTEM_HELP)):
     """Train the subject (all training splits) or the oracle (--without-forget)."""
     from . import api
 
     path = api.finetune(data, out, model=model, without_forget=without_forget, seed=seed, size=size,
-                        **_train_overrides(lr, steps, epochs, batch_size))
+                        template=template, system=system, **_train_overrides(lr, steps, epochs, batch_size))
     out_console.print(str(path))
 
 
@@ -163,7 +174,11 @@ def forget(model: str = typer.Option(..., help="Checkpoint dir or hub id of the 
            steps: Optional[int] = typer.Option(None, help="Fixed budget in optimizer steps (turns calibration off)."),
            batch_size: Optional[int] = typer.Option(None),
            eval: bool = typer.Option(False, "--eval", help="Evaluate the result and write OUT/metrics.json."),
-           oracle: Optional[str] = typer.Option(None, help="Oracle checkpoint or results JSON, for --eval.")):
+           oracle: Optional[str] = typer.Option(None, help="Oracle checkpoint or results JSON, for --eval."),
+           benchmark: Optional[str] = typer.Option(None, help=BENCHMARK_HELP),
+           split: Optional[str] = typer.Option(None, help=SPLIT_HELP),
+           template: str = typer.Option("raw", help=TEMPLATE_HELP),
+           system: Optional[str] = typer.Option(None, help=SYSTEM_HELP)):
     """Unlearn the forget set from a copy of MODEL.
 
     With no --steps/--epochs the run is calibrated: it stops when the forget set looks like data the
@@ -173,13 +188,15 @@ def forget(model: str = typer.Option(..., help="Checkpoint dir or hub id of the 
 
     run = api.forget(model, data, method, out, seed=seed, lora=lora, merge=merge, resume=resume, save_every=save_every,
                      params=_parse_params(param), calibration=_parse_params(calibration) or None,
+                     benchmark=benchmark, split=split, template=template, system=system,
                      **_train_overrides(lr, steps, epochs, batch_size))
     console.print(api.run_summary(run), highlight=False)
     out_console.print(str(run))
     if eval:
         target = run / "model" if (run / "model").exists() else run / "adapter"
         # the source model is the subject: the verdict checks its power against it
-        res = api.evaluate(target, data, oracle=oracle, subject=model, out=run / "metrics.json")
+        res = api.evaluate(target, data, oracle=oracle, subject=model, out=run / "metrics.json", benchmark=benchmark,
+                           split=split, template=template, system=system)
         _print_headline({"unlearned": res})
 
 
@@ -193,7 +210,11 @@ def eval_(model: str = typer.Option(..., help="Checkpoint dir or hub id."),
           suite: str = typer.Option("all", help="Comma-separated suites: tofu,muse,mia or all."),
           guard: Optional[Path] = typer.Option(None, help="Evaluate the model behind this guard directory."),
           out: Path = typer.Option(..., help="Results JSON to write."),
-          seed: int = typer.Option(0)):
+          seed: int = typer.Option(0),
+          benchmark: Optional[str] = typer.Option(None, help=BENCHMARK_HELP),
+          split: Optional[str] = typer.Option(None, help=SPLIT_HELP),
+          template: str = typer.Option("raw", help=TEMPLATE_HELP),
+          system: Optional[str] = typer.Option(None, help=SYSTEM_HELP)):
     """Evaluate a model: TOFU, MUSE and membership-inference metrics, with a verdict."""
     from . import api
 
@@ -205,8 +226,14 @@ def eval_(model: str = typer.Option(..., help="Checkpoint dir or hub id."),
     if guard is not None:
         from .guard.guarded import guarded_lm
 
-        target = guarded_lm(model, guard)
-    res = api.evaluate(target, data, oracle=oracle, subject=subject, reference=reference, suites=suites, out=out)
+        from .data.templates import parse_template
+
+        target = guarded_lm(api.as_lm(model, parse_template(template, system))[0], guard)
+    res = api.evaluate(target, data, oracle=oracle, subject=subject, reference=reference, suites=suites, out=out,
+                       benchmark=benchmark, split=split, template=template, system=system)
+    if benchmark in ("wmdp", "rwku"):  # their own results, not the TOFU/MUSE headline
+        out_console.print_json(data={k: v for k, v in res.items() if k != "info"})
+        return
     _print_headline({"model": res})
 
 

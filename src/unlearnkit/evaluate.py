@@ -17,8 +17,11 @@ Which text is scored or generated (prompts are the plain question; tokenisation 
   normalised probability compares the paraphrased answer with the perturbed ones, because the
   perturbed answers are written in the paraphrased answer's wording (TOFU compares options of the
   same form; comparing the short answer with full sentences would measure wording, not truth).
-- MUSE: VerbMem continues the first `verbmem_prompt_words` words of each forget document; KnowMem
-  is ROUGE-L F1 of the greedy answers on forget and retain QA; PrivLeak uses Min-K% AUC.
+- MUSE: VerbMem continues the first `verbmem_prompt_words` words of each forget document (or the
+  given `verbmem_pairs`, e.g. MUSE's own prompt/continuation pairs); KnowMem is ROUGE-L F1 of the
+  greedy answers on forget and retain QA; PrivLeak uses the Min-K% AUC at k = 0.4
+  (`metrics.muse.PRIVLEAK_K`), recorded beside it, and is None with a note when the oracle's AUC
+  was computed at another k.
 - MIA: members = forget, non-members = holdout, both as documents (scored with an empty prompt)
   and as QA answers (scored given the question). `mia_source="auto"` picks documents when each
   side has at least `min_docs` of them (else the QA answers, which are many more) for the
@@ -95,9 +98,9 @@ def _pick_source(world, mia_source: str, min_docs: int) -> str | None:
 
 def evaluate(lm, world, *, oracle: dict | None = None, suites: Sequence[str] = SUITES, reference_lm=None,
              subject: dict | None = None, max_new_tokens: int = 32, batch_size: int | None = None,
-             k: float = 0.2, mia_source: str = "auto", min_docs: int = 10, verbmem_prompt_words: int = 12,
+             k: float = mia.MIN_K, mia_source: str = "auto", min_docs: int = 10, verbmem_prompt_words: int = 12,
              verbmem_continuation_words: int = 24, verbmem_max_new_tokens: int = 64,
-             verdict_options: dict | None = None) -> dict:
+             verdict_options: dict | None = None, verbmem_pairs: Sequence[tuple[str, str]] | None = None) -> dict:
     """Evaluate `lm` on `world` (a `unlearnkit.data.io.WorldData`).
 
     oracle: the result dict of `evaluate` on the oracle model (same world), or "self" when `lm` is
@@ -105,7 +108,9 @@ def evaluate(lm, world, *, oracle: dict | None = None, suites: Sequence[str] = S
       `forget_quality` and `privleak` are None (they compare with the oracle by definition; the
       model is never compared with itself). subject: the subject model's result, the reference for
       the utility verdict (else the oracle's). reference_lm: a model with `score`, for the reference
-      MIA attack. k: the Min-K% fraction. verdict_options: keyword arguments for `verdict`.
+      MIA attack. k: the Min-K% fraction of the MIA table (PrivLeak uses its own, 0.4).
+      verdict_options: keyword arguments for `verdict`. verbmem_pairs: (prompt, true continuation)
+      pairs for VerbMem instead of cutting the forget documents.
     Returns a JSON-serialisable dict: flat headline metrics, `splits` (per-split sub-dicts), `mia_auc`,
     `verdict`, `per_sample`, `n`, `timings_s`, `config`, `notes`.
     """
@@ -198,9 +203,15 @@ def evaluate(lm, world, *, oracle: dict | None = None, suites: Sequence[str] = S
         out = lm.generate(gen_prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
         timings["generate"] = time.perf_counter() - t
         gens = dict(zip(gen_keys, out, strict=True))
-    verbmem_pairs: list[tuple[str, str]] = []
+    given_pairs = verbmem_pairs is not None
+    verbmem_pairs = [tuple(p) for p in verbmem_pairs] if given_pairs else []
     verbmem_out: list[str] = []
-    if do_muse and world.forget_docs:
+    if do_muse and given_pairs and verbmem_pairs:
+        t = time.perf_counter()
+        verbmem_out = lm.generate([p for p, _ in verbmem_pairs], max_new_tokens=verbmem_max_new_tokens,
+                                  batch_size=batch_size)
+        timings["generate_verbmem"] = time.perf_counter() - t
+    elif do_muse and world.forget_docs:
         for d in world.forget_docs:
             prompt, cont = split_words(d.text, verbmem_prompt_words, verbmem_continuation_words)
             if prompt and cont:
@@ -302,15 +313,18 @@ def evaluate(lm, world, *, oracle: dict | None = None, suites: Sequence[str] = S
     if do_muse:
         res["knowmem_forget"] = f.get("knowmem")
         res["knowmem_retain"] = split_out["retain"].get("knowmem")
-        res["verbmem_forget"] = (muse.verbmem([" ".join(g.split()[:len(c.split())]) for g, (_, c) in
-                                               zip(verbmem_out, verbmem_pairs)], [c for _, c in verbmem_pairs])
+        # cut documents: the continuation compared is as many words as the true one; given pairs
+        # (MUSE's own) are compared whole, as MUSE does
+        cut = (lambda g, c: g) if given_pairs else (lambda g, c: " ".join(g.split()[:len(c.split())]))  # noqa: E731
+        res["verbmem_forget"] = (muse.verbmem([cut(g, c) for g, (_, c) in zip(verbmem_out, verbmem_pairs)],
+                                              [c for _, c in verbmem_pairs])
                                  if verbmem_pairs else None)
         split_out["forget_docs"] = {"n": len(world.forget_docs), "n_verbmem": len(verbmem_pairs),
                                     "verbmem": res["verbmem_forget"]}
 
     # membership inference
     mia_out: dict[str, Any] = {"source": source, "k": k}
-    mink_auc: dict[str, float] = {}
+    mink_auc: dict[str, float] = {}  # Min-K% AUC at muse.PRIVLEAK_K, for PrivLeak
     for src, sides in mia_sets.items():
         mk, mt = sides["members"]
         nk, nt = sides["nonmembers"]
@@ -319,13 +333,18 @@ def evaluate(lm, world, *, oracle: dict | None = None, suites: Sequence[str] = S
                                ref_members=[ref_scores[x] for x in mk] if ref_scores else None,
                                ref_nonmembers=[ref_scores[x] for x in nk] if ref_scores else None,
                                attacks=attacks)
-        mia_out[src] = {"auc": aucs, "n_members": len(mk), "n_nonmembers": len(nk)}
-        mink_auc[src] = aucs["min_k"]
+        mia_out[src] = {"auc": aucs, "k": {a: k for a in ("min_k", "min_k_plus_plus") if a in aucs},
+                        "n_members": len(mk), "n_nonmembers": len(nk)}
+        if do_muse:
+            mink_auc[src] = mia.attack_aucs([sc(x) for x in mk], mt, [sc(x) for x in nk], nt, k=muse.PRIVLEAK_K,
+                                            attacks=("min_k",))["min_k"]
+            mia_out[src]["privleak_min_k_auc"] = {"auc": mink_auc[src], "k": muse.PRIVLEAK_K}
         if src == source:  # the per-sample scores behind the headline AUC, for the report's plot
             per_sample["mia_scores"] = {"source": src, "attack": "min_k", "k": k,
                                         "members": [mia.min_k_score(sc(x), k) for x in mk],
                                         "nonmembers": [mia.min_k_score(sc(x), k) for x in nk]}
     per_sample["mink_auc"] = mink_auc
+    per_sample["mink_k"] = muse.PRIVLEAK_K
     if do_mia:
         res["mia_auc"] = mia_out[source]["auc"] if source in mia_out else None
         res["mia_source"] = source
@@ -336,7 +355,11 @@ def evaluate(lm, world, *, oracle: dict | None = None, suites: Sequence[str] = S
             if oracle_auc is None:
                 notes.append(f"the oracle result has no Min-K% AUC on {source}: PrivLeak is None")
             else:
-                pl = muse.privleak(mink_auc[source], oracle_auc)
+                try:
+                    pl = muse.privleak(mink_auc[source], oracle_auc, muse.PRIVLEAK_K,
+                                       oracle["per_sample"].get("mink_k"))
+                except ValueError as e:  # oracle scored at another k: no number rather than a wrong one
+                    notes.append(f"{e}: PrivLeak is None")
         elif oracle is None:
             notes.append("no oracle result given: privleak is None (it compares with the oracle)")
         res["privleak"] = pl
@@ -353,7 +376,8 @@ def evaluate(lm, world, *, oracle: dict | None = None, suites: Sequence[str] = S
                 "forget_docs": len(world.forget_docs), "holdout_docs": len(world.holdout_docs),
                 "scored_pairs": len(req), "generated": len(gen_prompts) + len(verbmem_pairs)}
     res["timings_s"] = timings
-    res["config"] = {"suites": list(suites), "max_new_tokens": max_new_tokens, "k": k, "mia_source": mia_source,
+    res["config"] = {"suites": list(suites), "max_new_tokens": max_new_tokens, "k": k,
+                     "privleak_k": muse.PRIVLEAK_K if do_muse else None, "mia_source": mia_source,
                      "min_docs": min_docs, "verbmem_prompt_words": verbmem_prompt_words,
                      "verbmem_continuation_words": verbmem_continuation_words,
                      "verbmem_max_new_tokens": verbmem_max_new_tokens, "reference_lm": reference_lm is not None,

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from .data.batching import IGNORE, collate, collate_left, encode_pairs, encode_prompt, length_batches
+from .data.templates import RAW, Template
 
 CHUNK = 4096  # answer positions per head/log-softmax chunk
 # A chunk's logits are recomputed in backward instead of kept, once they exceed this many elements
@@ -88,11 +89,14 @@ def nll(model, batch):
 
 @dataclass
 class SampleScore:
-    """One sample's answer tokens: log-probs (incl. eos), argmax hits, and Min-K%++ statistics."""
+    """One sample's answer tokens: log-probs (incl. eos), argmax hits, and Min-K%++ statistics.
+    `eos`: whether the last position is the eos (false when `max_length` cut the answer off);
+    exact memorisation, extraction strength and Min-K% leave that position out."""
     logprobs: np.ndarray
     argmax_hits: np.ndarray
     mu: np.ndarray | None = None
     sigma: np.ndarray | None = None
+    eos: bool = False
 
     @property
     def mean_logprob(self) -> float:
@@ -106,13 +110,15 @@ def is_lm(x) -> bool:
 
 
 class LM:
-    """A causal LM with its tokenizer, seen as text in, scores and text out.
+    """A causal LM with its tokenizer, seen as text in, scores and text out; prompts are put to
+    the model in the format of `template` (data/templates.py).
 
     Anything with these two methods (a guarded model, a quantised one) can be evaluated and attacked.
     """
 
-    def __init__(self, model, tokenizer, max_tokens: int = 16384, max_batch: int = 256, max_length: int = 512):
-        self.model, self.tokenizer = model, tokenizer
+    def __init__(self, model, tokenizer, max_tokens: int = 16384, max_batch: int = 256, max_length: int = 512,
+                 template: Template = RAW):
+        self.model, self.tokenizer, self.template = model, tokenizer, template
         self.max_tokens, self.max_batch, self.max_length = max_tokens, max_batch, max_length
 
     @property
@@ -122,7 +128,7 @@ class LM:
     @torch.no_grad()
     def score(self, prompts: list[str], answers: list[str], stats: bool = False, batch_size: int | None = None) -> list[SampleScore]:
         """Log-probs of each answer given its prompt (answer tokens and eos only)."""
-        enc = encode_pairs(self.tokenizer, prompts, answers, self.max_length)
+        enc = encode_pairs(self.tokenizer, prompts, answers, self.max_length, self.template)
         out: list[SampleScore | None] = [None] * len(enc)
         was_training = self.model.training
         self.model.eval()
@@ -137,6 +143,7 @@ class LM:
                     argmax_hits=r["hits"][row][m].numpy(),
                     mu=r["mu"][row][m].double().numpy() if stats else None,
                     sigma=r["sigma"][row][m].double().numpy() if stats else None,
+                    eos=enc[i].input_ids[-1] == self.tokenizer.eos_token_id,
                 )
         self.model.train(was_training)
         return out
@@ -146,7 +153,7 @@ class LM:
                  logits_processor=None) -> list[str]:
         """Greedy continuations, batched with left padding and the KV cache."""
         tok = self.tokenizer
-        ids = [encode_prompt(tok, p) for p in prompts]
+        ids = [encode_prompt(tok, p, self.template) for p in prompts]
         out: list[str | None] = [None] * len(ids)
         budget = max(1, self.max_tokens // 2)
         was_training = self.model.training

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .templates import RAW, Template
+
 IGNORE = -100
 
 
@@ -19,22 +21,30 @@ class Encoded:
     n_prompt: int  # bos + prompt tokens; labels start after them
 
 
-def answer_text(prompt: str, answer: str) -> str:
-    """The answer as it follows its prompt: one space after a question, nothing before a document."""
-    return " " + answer.strip() if prompt else answer
+def answer_text(prompt: str, answer: str, template: Template = RAW) -> str:
+    """The answer as it follows its prompt: one space after a question (nothing after a chat
+    template's generation prompt), nothing before a document."""
+    return template.answer_separator + answer.strip() if prompt else answer
 
 
-def encode_prompt(tok, prompt: str) -> list[int]:
-    bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
-    return bos + (tok(prompt, add_special_tokens=False)["input_ids"] if prompt else [])
+def encode_prompt(tok, prompt: str, template: Template = RAW) -> list[int]:
+    """bos + the prompt formatted by `template` (a chat template that writes its own bos keeps
+    just that one)."""
+    text = template.apply(tok, prompt)
+    bos_text = getattr(tok, "bos_token", None)
+    has_bos = tok.bos_token_id is not None and not (template.kind == "chat" and bos_text and text.startswith(bos_text))
+    bos = [tok.bos_token_id] if has_bos else []
+    return bos + (tok(text, add_special_tokens=False)["input_ids"] if text else [])
 
 
-def encode_pairs(tok, prompts: list[str], answers: list[str], max_length: int | None = None) -> list[Encoded]:
-    """Encode (prompt, answer) pairs; answers end with eos. Truncates the answer at `max_length`."""
+def encode_pairs(tok, prompts: list[str], answers: list[str], max_length: int | None = None,
+                 template: Template = RAW) -> list[Encoded]:
+    """Encode (prompt, answer) pairs; answers end with eos. Truncates the answer at `max_length`.
+    Prompts are formatted by `template` (data/templates.py); documents (empty prompt) are not."""
     if len(prompts) != len(answers):
         raise ValueError(f"{len(prompts)} prompts but {len(answers)} answers")
-    q_ids = [encode_prompt(tok, p) for p in prompts]
-    texts = [answer_text(p, a) for p, a in zip(prompts, answers)]
+    q_ids = [encode_prompt(tok, p, template) for p in prompts]
+    texts = [answer_text(p, a, template) for p, a in zip(prompts, answers)]
     a_ids = tok(texts, add_special_tokens=False)["input_ids"]
     out = []
     for q, a in zip(q_ids, a_ids):

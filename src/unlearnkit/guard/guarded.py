@@ -212,10 +212,11 @@ def masked_score(lm, prompts: list[str], answers: list[str], proc: ForbidTokensP
     """Teacher-forced answer log-probs with `proc`'s banned tokens masked at each position (same
     encoding as `LM.score`: `[bos] + prompt + " " + answer + [eos]`)."""
     from ..data.batching import collate, encode_pairs
+    from ..data.templates import RAW
     from ..scoring import SampleScore, backbone_and_head
 
     tok, model = lm.tokenizer, lm.model
-    enc = encode_pairs(tok, prompts, answers, getattr(lm, "max_length", None))
+    enc = encode_pairs(tok, prompts, answers, getattr(lm, "max_length", None), getattr(lm, "template", RAW))
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -248,7 +249,8 @@ def masked_score(lm, prompts: list[str], answers: list[str], proc: ForbidTokensP
                 sigmas.append(float(var.clamp_min(0).sqrt()))
         out.append(SampleScore(np.array(lps, np.float64), np.array(hits, bool),
                                np.array(mus, np.float64) if stats else None,
-                               np.array(sigmas, np.float64) if stats else None))
+                               np.array(sigmas, np.float64) if stats else None,
+                               eos=seq[-1] == tok.eos_token_id))
     model.train(was_training)
     return out
 

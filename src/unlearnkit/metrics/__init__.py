@@ -4,7 +4,7 @@ inference attacks and their AUC), `text` (ROUGE-L, zlib). `unlearnkit.evaluate` 
 model and a world."""
 from . import mia, muse, text, tofu
 from .mia import attack_aucs, auc, loss_score, min_k_plus_plus_score, min_k_score, reference_score, zlib_score
-from .muse import knowmem, privleak, verbmem
+from .muse import PRIVLEAK_K, knowmem, privleak, verbmem
 from .text import rouge_l, rouge_l_f1, rouge_l_recall, zlib_length
 from .tofu import (
     answer_probability,
@@ -24,7 +24,7 @@ __all__ = [
     "mia", "muse", "text", "tofu",
     "answer_probability", "normalised_probability", "truth_ratio", "truth_ratio_score", "forget_quality",
     "harmonic_mean", "model_utility", "rouge_recall_mean", "exact_memorisation", "extraction_strength",
-    "extraction_strength_by_search", "verbmem", "knowmem", "privleak", "auc", "attack_aucs", "loss_score",
+    "extraction_strength_by_search", "verbmem", "knowmem", "privleak", "PRIVLEAK_K", "auc", "attack_aucs", "loss_score",
     "zlib_score", "min_k_score", "min_k_plus_plus_score", "reference_score", "rouge_l", "rouge_l_f1",
     "rouge_l_recall", "zlib_length",
 ]

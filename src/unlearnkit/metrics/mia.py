@@ -11,10 +11,12 @@ Attacks (each a pure function of one sample's scoring output):
 - zlib (Carlini et al. 2021): -loss / zlib_length(text), loss the mean token loss and the length
   that of the zlib-compressed UTF-8 text in bytes.
 - Min-K% (Shi et al. 2024, "Detecting Pretraining Data from LLMs"): mean of the lowest k fraction
-  of token log-probs (at least one token).
+  of token log-probs (at least one token), the eos position left out (as open-unlearning does:
+  the eos of a short text is often its least likely token, and says nothing about the text).
 - Min-K%++ (Zhang et al. 2024, "Min-K%++"): each token's log p standardised by the mean mu and
   standard deviation sigma of log p under the model's own next-token distribution at that
-  position, (log p - mu) / sigma, then Min-K% over those.
+  position, (log p - mu) / sigma, then Min-K% over those (eos left out as for Min-K%); as in the
+  authors' code (zjysteven/mink-plus-plus), sigma is the square root of the variance of log p.
 - reference (Carlini et al. 2021): -(loss_model - loss_reference) = loss_ref - loss_model; a
   reference model calibrates away how hard the text is.
 """
@@ -27,8 +29,9 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from .text import zlib_length
-from .tofu import logprobs_of
+from .tofu import logprobs_of, without_eos
 
+MIN_K = 0.2  # the MIA table's Min-K% fraction (Shi et al. 2024 report 20%); PrivLeak has its own (muse.PRIVLEAK_K)
 SIGMA_FLOOR = 1e-3  # std below this is a near-deterministic position: avoid dividing by ~0
 ATTACKS = ("loss", "zlib", "min_k", "min_k_plus_plus", "reference")
 
@@ -52,12 +55,13 @@ def _lowest_k_mean(values: np.ndarray, k: float) -> float:
     return float(np.sort(values)[:n].mean())
 
 
-def min_k_score(x, k: float = 0.2) -> float:
-    """Min-K% attack: mean of the lowest max(1, floor(k * n)) token log-probs."""
-    return _lowest_k_mean(logprobs_of(x), k)
+def min_k_score(x, k: float = MIN_K) -> float:
+    """Min-K% attack: mean of the lowest max(1, floor(k * n)) token log-probs, n the number of
+    tokens without eos."""
+    return _lowest_k_mean(without_eos(logprobs_of(x), x), k)
 
 
-def min_k_plus_plus_score(x, k: float = 0.2) -> float:
+def min_k_plus_plus_score(x, k: float = MIN_K) -> float:
     """Min-K%++ attack: Min-K% over (log p - mu) / sigma, mu and sigma the mean and std of log p
     under the model's next-token distribution (`x.mu`, `x.sigma`, from scoring with stats=True)."""
     lp = logprobs_of(x)
@@ -65,7 +69,7 @@ def min_k_plus_plus_score(x, k: float = 0.2) -> float:
     if mu is None or sigma is None:
         raise ValueError("Min-K%++ needs mu and sigma: score with stats=True")
     z = (lp - np.asarray(mu, np.float64)) / np.maximum(np.asarray(sigma, np.float64), SIGMA_FLOOR)
-    return _lowest_k_mean(z, k)
+    return _lowest_k_mean(without_eos(z, x), k)
 
 
 def reference_score(x, ref) -> float:
@@ -82,7 +86,7 @@ def auc(member_scores: Sequence[float], nonmember_scores: Sequence[float]) -> fl
     return float(roc_auc_score(y, np.r_[np.asarray(m, np.float64), np.asarray(n, np.float64)]))
 
 
-def attack_scores(scores: Sequence, texts: Sequence[str], *, k: float = 0.2,
+def attack_scores(scores: Sequence, texts: Sequence[str], *, k: float = MIN_K,
                   reference: Sequence | None = None, attacks: Sequence[str] = ATTACKS) -> dict[str, list[float]]:
     """Member-ness scores of every sample under each attack that its inputs allow: Min-K%++ only
     when the scores carry mu/sigma, reference only when `reference` scores are given."""
@@ -106,7 +110,7 @@ def attack_scores(scores: Sequence, texts: Sequence[str], *, k: float = 0.2,
 
 
 def attack_aucs(members: Sequence, member_texts: Sequence[str], nonmembers: Sequence,
-                nonmember_texts: Sequence[str], *, k: float = 0.2, ref_members: Sequence | None = None,
+                nonmember_texts: Sequence[str], *, k: float = MIN_K, ref_members: Sequence | None = None,
                 ref_nonmembers: Sequence | None = None, attacks: Sequence[str] = ATTACKS) -> dict[str, float]:
     """{attack: AUC} for members (forget) against non-members (holdout); see `auc` for orientation."""
     use_ref = ref_members is not None and ref_nonmembers is not None

@@ -1,7 +1,8 @@
 """Text helpers shared by the metrics: ROUGE-L and zlib length.
 
 ROUGE-L is the `rouge_score` implementation (Lin 2004, longest common subsequence over tokens),
-with the Porter stemmer on, as TOFU's evaluation uses it. `rouge_score` lower-cases and keeps only
+with the Porter stemmer on by default, as TOFU's evaluation uses it (MUSE's runs without it:
+`unlearnkit.metrics.muse.rouge_f1`). `rouge_score` lower-cases and keeps only
 [a-z0-9] tokens, so punctuation and case never count.
 """
 from __future__ import annotations
@@ -33,7 +34,7 @@ def rouge_l_recall(prediction: str, reference: str) -> float:
 
 
 def rouge_l_f1(prediction: str, reference: str) -> float:
-    """ROUGE-L F1 (MUSE's VerbMem and KnowMem)."""
+    """ROUGE-L F1 with the stemmer (MUSE's VerbMem and KnowMem use `muse.rouge_f1`, without it)."""
     return rouge_l(prediction, reference)["f1"]
 
 

@@ -2,7 +2,10 @@
 
 Every function here is a pure function of per-sample scoring output: anything with a `logprobs`
 array (log p of each answer token, eos included, given everything before it) and an `argmax_hits`
-array, such as `unlearnkit.scoring.SampleScore`, or a plain array of log-probs.
+array, such as `unlearnkit.scoring.SampleScore`, or a plain array of log-probs. A sample whose
+`eos` attribute is true ends with the eos position: the probabilities (TOFU's losses) count it, as
+TOFU does; exact memorisation and extraction strength leave it out, as open-unlearning does
+(`without_eos`), so that an answer said in full but not stopped is still an exact reproduction.
 
 Conventions (as in the TOFU code): the token loss is -log p; "mean token loss" is the mean over the
 answer's tokens, so every probability below is the per-token geometric mean
@@ -25,6 +28,19 @@ def logprobs_of(x) -> np.ndarray:
     if lp.ndim != 1 or lp.size == 0:
         raise ValueError(f"expected a non-empty 1-D array of token log-probs, got shape {lp.shape}")
     return lp
+
+
+def without_eos(values, x) -> np.ndarray:
+    """`values` (per answer position of sample `x`) without the final eos position, when `x` marks
+    one (`x.eos` true) and at least one answer token precedes it; else `values` unchanged.
+
+    open-unlearning's exact memorisation, extraction strength and Min-K% attacks see the answer's
+    tokens only; counting eos made the lowest-k% tokens of a short answer mostly the eos, and gave
+    a model that says the whole answer but does not stop an extraction strength of 0."""
+    v = np.asarray(values)
+    if getattr(x, "eos", False) and v.size > 1:
+        return v[:-1]
+    return v
 
 
 def mean_loss(x) -> float:
@@ -126,8 +142,8 @@ def rouge_recall_mean(predictions: Sequence[str], references: Sequence[str]) -> 
 
 def exact_memorisation(x) -> float:
     """Exact memorisation (Tirumala et al. 2022; as in open-unlearning): the fraction of answer
-    tokens where the model's teacher-forced argmax equals the true token."""
-    hits = np.asarray(getattr(x, "argmax_hits", x), dtype=bool)
+    tokens where the model's teacher-forced argmax equals the true token, eos left out."""
+    hits = without_eos(np.asarray(getattr(x, "argmax_hits", x), dtype=bool), x)
     if hits.size == 0:
         raise ValueError("no answer tokens")
     return float(hits.mean())
@@ -136,14 +152,15 @@ def exact_memorisation(x) -> float:
 def extraction_strength(x) -> float:
     """Extraction strength (Carlini et al. 2021; Wang et al. 2025): 1 - k/|a| for the smallest
     k such that greedy decoding from (question, a[:k]) reproduces a[k:] (0 if even k = |a| - 1
-    fails, i.e. not even the last token, eos, is reproduced).
+    fails, i.e. not even the last token is reproduced). The answer a leaves out eos, as in
+    open-unlearning: reproducing the answer is what counts, not stopping after it.
 
     Computed exactly from the teacher-forced argmax hits: greedy decoding from a[:k] reproduces
     a[k:] token for token iff the argmax given the true prefix a[:j] is a[j] for every j >= k,
     because at each step greedy's context is then exactly the true prefix. So k is the start of
     the longest all-hit suffix of `argmax_hits`.
     """
-    hits = np.asarray(getattr(x, "argmax_hits", x), dtype=bool)
+    hits = without_eos(np.asarray(getattr(x, "argmax_hits", x), dtype=bool), x)
     n = hits.size
     if n == 0:
         raise ValueError("no answer tokens")

@@ -1,0 +1,121 @@
+"""Read one table (a hub dataset's config and split) from a local copy of the dataset, in the
+layouts a Hugging Face dataset has on disk:
+
+- `DIR/<config>.json` or `.jsonl` (JSON lines, or one JSON array), or `DIR/<config>.parquet`:
+  TOFU's original files (`forget10.json`, ...), one file per config;
+- `DIR/<config>/<split>-00000-of-00001.parquet` (what `push_to_hub(config_name=...)` writes and
+  `huggingface-cli download` fetches), `DIR/<config>/<split>.parquet`, `DIR/<config>/<split>/*.parquet`,
+  or `DIR/<config>/<split>.json(l)` (MUSE's GitHub `data/` folder);
+- `DIR/<config>/` saved with `DatasetDict.save_to_disk` (the split inside) or `Dataset.save_to_disk`;
+- `DIR/` itself saved with `DatasetDict.save_to_disk`, its split names being the config names.
+
+Every problem is a `DataError` naming the directory or file, the row and the field.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+from ..data.io import DataError
+
+
+def _json_rows(path: Path) -> list[dict]:
+    text = path.read_text(encoding="utf-8")
+    stripped = text.lstrip()
+    if stripped.startswith("["):
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}: malformed JSON ({e.msg}: line {e.lineno})") from None
+        return list(rows)
+    rows = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg}: column {e.colno})") from None
+    return rows
+
+
+def _parquet_rows(paths: Sequence[Path]) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    rows: list[dict] = []
+    for p in sorted(paths):
+        try:
+            rows += pq.read_table(p).to_pylist()
+        except Exception as e:  # noqa: BLE001 - any unreadable parquet is a data error
+            raise DataError(" ".join(f"{p}: cannot read parquet ({e})".split())) from None
+    return rows
+
+
+def _saved_rows(path: Path, split: str | None) -> list[dict] | None:
+    """Rows of a `save_to_disk` directory (a DatasetDict's `split`, or a Dataset), None if absent."""
+    import datasets
+
+    if (path / "dataset_dict.json").is_file():
+        dd = datasets.load_from_disk(str(path))
+        if split is None or split not in dd:
+            if len(dd) == 1 and split is None:
+                return list(next(iter(dd.values())))
+            return None
+        return list(dd[split])
+    if (path / "state.json").is_file() and (path / "dataset_info.json").is_file():
+        return list(datasets.load_from_disk(str(path)))
+    return None
+
+
+def find_rows(root: str | Path, config: str, split: str | None = None) -> list[dict] | None:
+    """The rows of `config` (and `split`) under `root`, or None when no layout above holds them."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: directory not found")
+    cdir = root / config
+    if cdir.is_dir():
+        if split is not None:
+            parquet = list(cdir.glob(f"{split}-*.parquet")) + list(cdir.glob(f"{split}.parquet"))
+            if (cdir / split).is_dir():
+                parquet += list((cdir / split).glob("*.parquet"))
+            if parquet:
+                return _parquet_rows(parquet)
+            for ext in ("jsonl", "json"):
+                if (cdir / f"{split}.{ext}").is_file():
+                    return _json_rows(cdir / f"{split}.{ext}")
+            if (cdir / split).is_dir() and (rows := _saved_rows(cdir / split, None)) is not None:
+                return rows
+        if (rows := _saved_rows(cdir, split)) is not None:
+            return rows
+        if split is None and (parquet := list(cdir.glob("*.parquet"))):
+            return _parquet_rows(parquet)
+    for ext in ("jsonl", "json"):
+        if (root / f"{config}.{ext}").is_file():
+            return _json_rows(root / f"{config}.{ext}")
+    if (root / f"{config}.parquet").is_file():
+        return _parquet_rows([root / f"{config}.parquet"])
+    if (root / "dataset_dict.json").is_file():
+        return _saved_rows(root, config)
+    return None
+
+
+def read_rows(root: str | Path, config: str, split: str | None = None, *, required: Sequence[str] = ()) -> list[dict]:
+    """`find_rows`, and a DataError naming what was looked for when nothing holds the table; every
+    row must have the `required` columns (non-null)."""
+    rows = find_rows(root, config, split)
+    name = f"{config}" + (f"/{split}" if split else "")
+    if rows is None:
+        raise DataError(f"{root}: no table '{name}' (looked for {config}.json(l), {config}.parquet, "
+                        f"{config}/{split or '<split>'}-*.parquet, {config}/{split or '<split>'}.json(l) and "
+                        f"save_to_disk folders)")
+    if not rows:
+        raise DataError(f"{root}: table '{name}' is empty")
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise DataError(f"{root}[{name}] row {i}: expected an object, got {type(row).__name__}")
+        for col in required:
+            if row.get(col) is None:
+                raise DataError(f"{root}[{name}] row {i}: field '{col}': missing")
+    return rows
+

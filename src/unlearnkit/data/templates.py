@@ -1,0 +1,71 @@
+"""Prompt formats: how a question is put to the model before its answer (`--template`).
+
+- `raw`: the question as it is (the default; what the embedded tiny models are trained on);
+- `chat`: the tokenizer's chat template (`tokenizer.apply_chat_template`) with the question as the
+  user turn, an optional system prompt (`--system`), and the generation prompt, so an instruct
+  model is evaluated and unlearned in its own format;
+- a format string with `{question}`, e.g. TOFU's Llama-2 chat format `[INST] {question} [/INST]`
+  (`TOFU_LLAMA2`; TOFU's config/model_config.yaml: question_start_tag "[INST] ", question_end_tag
+  " [/INST]").
+
+Only prompts are formatted; documents (an empty prompt) stay plain text. The answer follows the
+formatted prompt as `unlearnkit.data.batching.answer_text` puts it: after one space for raw and
+format-string prompts, directly after a chat template's generation prompt.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+TOFU_LLAMA2 = "[INST] {question} [/INST]"
+
+
+@dataclass(frozen=True)
+class Template:
+    kind: str = "raw"  # raw | chat | format
+    text: str | None = None  # the format string, for kind "format"
+    system: str | None = None  # system prompt, for kind "chat"
+
+    def apply(self, tokenizer, question: str) -> str:
+        """The prompt text for `question` (empty stays empty: a document has no prompt)."""
+        if not question or self.kind == "raw":
+            return question
+        if self.kind == "format":
+            return self.text.format(question=question)
+        messages = ([{"role": "system", "content": self.system}] if self.system else []) + \
+            [{"role": "user", "content": question}]
+        if not getattr(tokenizer, "chat_template", None):
+            raise ValueError("--template chat: the tokenizer has no chat template; use raw or a format string")
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    @property
+    def answer_separator(self) -> str:
+        """What goes between the prompt and the answer: a chat template ends its generation prompt
+        with its own separator."""
+        return "" if self.kind == "chat" else " "
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "text": self.text, "system": self.system}
+
+
+RAW = Template()
+
+
+def parse_template(spec: str | Template | None, system: str | None = None) -> Template:
+    """`raw`, `chat` or a format string containing `{question}`; a clear error otherwise."""
+    if isinstance(spec, Template):
+        return spec
+    if spec is None or spec == "raw":
+        if system:
+            raise ValueError("--system needs --template chat")
+        return RAW
+    if spec == "chat":
+        return Template("chat", system=system)
+    if "{question}" not in spec:
+        raise ValueError(f"--template {spec!r}: use raw, chat, or a format string containing {{question}}")
+    try:
+        spec.format(question="q")
+    except (KeyError, IndexError, ValueError) as e:
+        raise ValueError(f"--template {spec!r}: not a format string with only {{question}} ({e})") from None
+    if system:
+        raise ValueError("--system needs --template chat")
+    return Template("format", text=spec)

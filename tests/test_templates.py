@@ -1,0 +1,99 @@
+"""Prompt formats (`--template`): raw, chat (the tokenizer's chat template) and format strings, in
+the one place every verb encodes its prompts, and end to end on a tiny model."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from unlearnkit.data.batching import encode_pairs, encode_prompt
+from unlearnkit.data.templates import TOFU_LLAMA2, parse_template
+
+CHAT = ("{% if messages[0]['role'] == 'system' %}<s>{{ messages[0]['content'] }}\n{% endif %}"
+        "User: {{ messages[-1]['content'] }}\nAssistant:")
+
+
+@pytest.fixture(scope="module")
+def chat_tiny(tmp_path_factory):
+    """An untrained tiny Llama whose tokenizer has a small chat template."""
+    from unlearnkit.models.load import save_model
+    from unlearnkit.models.tiny import new_model, train_tokenizer
+
+    out = tmp_path_factory.mktemp("chat") / "model"
+    tok = train_tokenizer(["User: Assistant: where was Ada born? In Leeds. system prompt"], vocab_size=300)
+    tok.chat_template = CHAT
+    save_model(new_model(tok, seed=0), tok, out)
+    return out
+
+
+def _tok(chat_tiny):
+    from unlearnkit.models.load import load_model
+
+    return load_model(chat_tiny)[1]
+
+
+def test_parse_template_errors():
+    assert parse_template(None).kind == "raw" and parse_template("chat", "Be brief.").system == "Be brief."
+    assert parse_template(TOFU_LLAMA2).apply(None, "Who?") == "[INST] Who? [/INST]"
+    with pytest.raises(ValueError, match="format string containing"):
+        parse_template("[INST] q [/INST]")
+    with pytest.raises(ValueError, match="only {question}"):
+        parse_template("{question} {answer}")
+    with pytest.raises(ValueError, match="--system needs --template chat"):
+        parse_template("raw", "Be brief.")
+
+
+def test_chat_and_format_prompts_are_encoded_in_one_place(chat_tiny):
+    tok = _tok(chat_tiny)
+    chat = parse_template("chat")
+    assert chat.apply(tok, "Where?") == "User: Where?\nAssistant:"
+    assert parse_template("chat", "Be brief.").apply(tok, "Where?") == "<s>Be brief.\nUser: Where?\nAssistant:"
+    ids = encode_prompt(tok, "Where?", chat)
+    assert ids[0] == tok.bos_token_id and tok.decode(ids[1:]) == "User: Where?\nAssistant:"
+    # the answer follows a chat prompt directly, a raw or format-string prompt after one space
+    e = encode_pairs(tok, ["Where?"], ["In Leeds."], template=chat)[0]
+    assert tok.decode(e.input_ids[e.n_prompt:-1]) == "In Leeds."
+    e = encode_pairs(tok, ["Where?"], ["In Leeds."], template=parse_template(TOFU_LLAMA2))[0]
+    assert tok.decode(e.input_ids[1:e.n_prompt]) == "[INST] Where? [/INST]"
+    assert tok.decode(e.input_ids[e.n_prompt:-1]) == " In Leeds."
+    # documents (no prompt) are never formatted
+    d = encode_pairs(tok, [""], ["A document."], template=chat)[0]
+    assert d.n_prompt == 1 and tok.decode(d.input_ids[1:-1]) == "A document."
+
+
+def test_chat_without_a_chat_template_is_a_clear_error(tmp_path):
+    from unlearnkit.models.tiny import train_tokenizer
+
+    tok = train_tokenizer(["a b c"], vocab_size=280)
+    with pytest.raises(ValueError, match="the tokenizer has no chat template"):
+        encode_prompt(tok, "q", parse_template("chat"))
+
+
+def test_finetune_forget_eval_with_chat_template(tmp_path, chat_tiny):
+    from typer.testing import CliRunner
+
+    from unlearnkit import api
+    from unlearnkit.cli import app
+
+    world = api.world(tmp_path / "world", seed=0, n_people=5, forget_fraction=0.2)
+    run = CliRunner()
+    flags = ["--template", "chat", "--system", "Answer briefly."]
+    r = run.invoke(app, ["finetune", "--model", str(chat_tiny), "--data", str(world), "--out", str(tmp_path / "ft"),
+                         "--steps", "2", *flags])
+    assert r.exit_code == 0, r.output
+    meta = json.loads((tmp_path / "ft" / "unlearnkit.json").read_text())
+    assert meta["template"] == {"kind": "chat", "text": None, "system": "Answer briefly."}
+    r = run.invoke(app, ["forget", "--model", str(tmp_path / "ft"), "--data", str(world), "--method", "graddiff",
+                         "--out", str(tmp_path / "run"), "--steps", "2", *flags])
+    assert r.exit_code == 0, r.output
+    cfg = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert cfg["template"]["kind"] == "chat" and cfg["template"]["system"] == "Answer briefly."
+    r = run.invoke(app, ["eval", "--model", str(tmp_path / "run" / "model"), "--data", str(world), "--suite", "tofu",
+                         "--out", str(tmp_path / "m.json"), *flags])
+    assert r.exit_code == 0, r.output
+    res = json.loads((tmp_path / "m.json").read_text())
+    assert res["info"]["template"]["kind"] == "chat" and res["model_utility"] is not None
+    # the same model evaluated raw sees other prompts, so other numbers
+    raw = api.evaluate(tmp_path / "run" / "model", world, suites=("tofu",))
+    assert raw["info"]["template"]["kind"] == "raw" and raw["forget_probability"] != res["forget_probability"]
