@@ -144,3 +144,26 @@ def test_settings_are_validated_with_the_field_name():
     with pytest.raises(ValueError, match="reference"):
         from unlearnkit import api
         api.forget("nowhere", "nowhere", "graddiff", "out", calibration={"reference": "oracle"})
+
+
+def test_verdict_cannot_decide_on_a_world_without_power(tiny_world, tiny_results, tmp_path):
+    """A world whose forget set is 3 facts: no KS p-value could fall below 0.05, so even the untouched
+    subject is not failed, and the verdict says 'cannot decide' instead of passing anything."""
+    import shutil
+
+    from unlearnkit import api
+
+    few = tmp_path / "few"
+    shutil.copytree(tiny_world.data_dir, few)
+    lines = (few / "forget.jsonl").read_text().splitlines()[:3]
+    (few / "forget.jsonl").write_text("\n".join(lines) + "\n")
+    oracle = api.evaluate(tiny_world.oracle_dir, few, oracle="self", suites=("tofu",))
+    subject = api.evaluate(tiny_world.subject_dir, few, oracle=oracle, suites=("tofu",))
+    v = api.evaluate(tiny_world.subject_dir, few, oracle=oracle, subject=subject, suites=("tofu",))["verdict"]
+    assert v["forgetting"]["status"] == "cannot decide" and "too few independent forget facts (3)" in v["forgetting"]["why"]
+    assert v["overall"]["pass"] is None
+    # on the full test world the same verdict has power: the untouched subject fails
+    s = tiny_results["subject"]
+    v = api.evaluate(tiny_world.subject_dir, tiny_world.data_dir, oracle=tiny_results["oracle"], subject=s,
+                     suites=("tofu",))["verdict"]
+    assert v["forgetting"]["status"] == "fail"
