@@ -240,9 +240,13 @@ def _print_headline(models: dict) -> None:
 def _mount_subapps() -> None:
     from .attacks.cli import attack
     from .guard.cli import app as guard_app
+    from .requests.cli import home_app, request_app, serve
 
     app.command("attack")(friendly(attack))
     app.add_typer(guard_app, name="guard")
+    app.add_typer(home_app, name="home")
+    app.add_typer(request_app, name="request")
+    app.command("serve")(serve)
 
 
 _mount_subapps()
