@@ -196,16 +196,17 @@ def test_verified_request_keeps_no_clear_text(home, raw, tmp_path):
     facts.write_text(json.dumps({"question": f"Where does {name} keep the spare key?", "answer": "Under the Zorbleflip"}) + "\n")
     rid = rq.add(home, name, aliases=["Quxley Vandermeer"], facts=facts, reason="asked by letter").id
     res = rq.process(home, steps=2)
-    assert res["stage"] == "deployed", res
+    assert res["stage"] == "deployed", json.dumps(res["results"])[:3000]
     r = rq.show(home, rid)
     assert r["status"] == "verified" and r["name"] is None and r["aliases"] == [] and r["reason"] is None
     assert r["counts"]["facts"] == 1 and r["counts"]["inventory"] >= 1
+    # the retain pool is the deployer's own data (a neighbour's record may name the person and must stay true)
+    files = [f for f in home.path.rglob("*") if f.is_file() and not {"versions", "retain"} & set(f.parts)]
     for secret in (name, "Zorbleflip", "Quxley", "asked by letter"):
-        for f in home.path.glob("ledger.sqlite*"):
+        for f in files:  # the names stay in the guard only (what it needs to keep matching)
+            if secret in (name, "Quxley") and "guard" in f.relative_to(home.path).parts:
+                continue
             assert secret.encode() not in f.read_bytes(), (secret, f)
-        for f in (home.path / "certificates").glob("*.json"):
-            assert secret not in f.read_text()
-        assert not list((home.path / "runs").rglob("*.jsonl"))
     # the guard keeps the names only: enough to keep matching, no facts or answers
     (t,) = [t for t in home.guard().list() if t.id == rid]
     assert t.subject == name and t.aliases == ["Quxley Vandermeer"] and not t.qa and not t.facts

@@ -87,7 +87,8 @@ def attack_checks(model_dir, world_dir, source_dir, settings) -> list[dict]:
 def utility_check(home, model_dir, lm=None) -> dict:
     base = home.meta.get("base_utility")
     u = utility(home, model_dir, lm)
-    ratio = u / base if base else float("nan")
+    # a base that knows nothing of its retain pool (utility 0) cannot lose any: ratio 1
+    ratio = u / base if base else (1.0 if base is not None else float("nan"))
     return check("utility", ratio, home.settings.utility_floor,
                  bool(np.isfinite(ratio)) and ratio >= home.settings.utility_floor, utility=u, base_utility=base)
 
