@@ -158,7 +158,9 @@ def _consistent(home, expected_ids):
 def test_process_killed_at_every_stage_resumes(home, raw):
     """SIGKILL at each stage of a batch, then the next `process` goes on; meanwhile `request add`
     from this process (another writer) is safe."""
-    ids = [rq.add(home, p).id for p in raw["people"][:2]]
+    # an untrained model reveals nothing, so each request brings a fact: the batch has a forget set
+    ids = [rq.add(home, p, facts=[{"question": f"What is the pet of {p}?", "answer": "Wobbles"}]).id
+           for p in raw["people"][:2]]
     current = [home.current_name()]
     for point in ("started", "trained", "versioned", "certified", "switched"):
         added = []
@@ -175,14 +177,16 @@ def test_process_killed_at_every_stage_resumes(home, raw):
         current.append(home.current_name())
     # the batch was switched by the last killed run, but its requests were not yet committed
     assert current[-1] == "v0001"
-    proc = subprocess.run(_process_cmd(home, "--max-batch", "1"), env=_env(), capture_output=True, timeout=600)
+    proc = subprocess.run(_process_cmd(home), env=_env(), capture_output=True, timeout=600)
     assert proc.returncode == 0, proc.stderr.decode()[-2000:]
     states = _consistent(home, ids)
-    assert states[ids[0]] == states[ids[1]] == "verified"
+    assert set(states) == set(ids) and set(states.values()) == {"verified"}, states  # nothing lost or doubled
     with home.ledger() as led:
         batches = led.db.execute("SELECT id, stage FROM batches ORDER BY started_at").fetchall()
-        assert len(batches) >= 2 and {b["stage"] for b in batches} == {"deployed"}  # the resumed one, then new
-        assert len(led.list("verified")) >= 3
+        # the resumed batch, then one for the requests added meanwhile if the first did not take them
+        assert {b["stage"] for b in batches} == {"deployed"}
+        for rid in ids:
+            assert sum(rid in json.loads(b) for (b,) in led.db.execute("SELECT request_ids FROM batches")) == 1
     for rid in ids[:2]:
         v = rq.verify_certificate(home, rid)
         assert v["ok"], v
@@ -220,3 +224,88 @@ def test_verified_request_keeps_no_clear_text(home, raw, tmp_path):
         f.write(b"\xff\xfe")
     v = rq.verify_certificate(home, rid)
     assert not v["ok"] and any(not c["ok"] and "after" in c["what"] for c in v["checks"])
+
+
+# ------------------------------------------------------------------------------ end to end (trained)
+
+def _known_truth(lm, records):
+    """The world's facts the subject actually answers (ground truth for locate)."""
+    from unlearnkit.attacks.recovery import normalise
+
+    gens = lm.generate([r.question for r in records], max_new_tokens=24)
+    return [r for r, g in zip(records, gens) if normalise(r.answer) in normalise(g)]
+
+
+def test_locate_finds_what_the_subject_knows(tiny_world):
+    """Zero-shot locate on a forget person: recall >= 0.8 of the facts the subject answers, and
+    precision >= 0.9 (an item is right when its answer is one of the person's true values)."""
+    from unlearnkit.attacks.recovery import normalise
+    from unlearnkit.data.io import load_world
+    from unlearnkit.models.load import load_model
+    from unlearnkit.requests.locate import locate
+    from unlearnkit.scoring import LM
+
+    w = load_world(tiny_world.data_dir)
+    lm = LM(*load_model(tiny_world.subject_dir))
+    tp = fn = right = items = 0
+    for person in sorted({r.subject for r in w.forget})[:3]:
+        recs = [r for r in w.forget if r.subject == person]
+        known = _known_truth(lm, recs)
+        inv = locate(lm, person)["items"]
+        values = {normalise(r.answer) for r in recs}
+        got = {normalise(it["answer"]) for it in inv}
+        tp += sum(any(normalise(r.answer) in g for g in got) for r in known)
+        fn += sum(not any(normalise(r.answer) in g for g in got) for r in known)
+        right += sum(any(v in normalise(it["answer"]) for v in values) for it in inv)
+        items += len(inv)
+        # a stranger's inventory is (nearly) empty: nothing person-specific to find
+    assert tp / (tp + fn) >= 0.8
+    assert right / items >= 0.9
+
+
+def test_request_end_to_end_on_trained_world(tiny_world, tmp_path):
+    """add -> guarded (answers stop at once) -> process (default budget) -> verified with a
+    certificate that verifies, or failed with reasons; the server files requests and follows `current`."""
+    from fastapi.testclient import TestClient
+
+    from unlearnkit.data.io import load_world
+    from unlearnkit.guard import GuardedLM
+    from unlearnkit.models.load import load_model
+    from unlearnkit.requests.serve import HomeServer
+    from unlearnkit.scoring import LM
+
+    w = load_world(tiny_world.data_dir)
+    person = sorted({r.subject for r in w.forget})[0]
+    recs = [r for r in w.forget if r.subject == person]
+    home = rq.init(tmp_path / "home", tiny_world.subject_dir, tiny_world.data_dir)
+    lm = LM(*load_model(tiny_world.subject_dir))
+    before = len(_known_truth(lm, recs))
+    t0 = time.perf_counter()
+    rid = rq.add(home, person).id
+    assert time.perf_counter() - t0 < 30  # loose here (shared CI machine); bench/requests.py measures it
+    guarded = GuardedLM(lm, home.guard())
+    assert before >= 8 and len(_known_truth(guarded, recs)) <= 1
+
+    server = HomeServer(home, token="tok")
+    client = TestClient(server)
+    auth = {"Authorization": "Bearer tok"}
+    assert client.post("/v1/forget", json={"name": "Someone Else"}).status_code == 401
+    r = client.post("/v1/forget", json={"name": sorted({x.subject for x in w.forget})[1]}, headers=auth)
+    assert r.status_code == 201 and r.json()["status"] == "guarded"
+    second = r.json()["id"]
+    assert client.post("/v1/forget", json={"name": ""}, headers=auth).status_code == 400
+    assert client.get(f"/v1/requests/{rid}", headers=auth).json()["status"] == "guarded"
+    assert client.get("/v1/requests/r-nope", headers=auth).status_code == 404
+    assert client.get("/v1/models").json()["data"][0]["id"] == "v0000"
+
+    res = rq.process(home, max_batch=2)
+    states = {x["id"]: x for x in rq.list_requests(home)}
+    assert {states[rid]["status"], states[second]["status"]} <= {"verified", "failed"}
+    if res["stage"] == "deployed":
+        assert states[rid]["status"] == "verified" and rq.verify_certificate(home, rid)["ok"]
+        assert client.get("/v1/models").json()["data"][0]["id"] == res["new_version"]  # no restart
+        new = LM(*load_model(home.current().path))
+        assert len(_known_truth(new, recs)) <= max(1, before // 4)
+    else:
+        assert states[rid]["failure"] and home.current_name() == "v0000"
+    assert client.get(f"/v1/requests/{rid}", headers=auth).json()["status"] == states[rid]["status"]

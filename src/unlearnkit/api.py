@@ -300,7 +300,7 @@ def demo_guard(out: str | os.PathLike | None, data: str | os.PathLike, action: s
 
 def demo(out: str | os.PathLike = "runs/demo", *, seed: int = 0, method: str = DEMO_METHOD, n_people: int = 60,
          forget_fraction: float = 0.10, attacks: tuple[str, ...] = DEMO_ATTACKS, guard: str | None = DEMO_GUARD,
-         progress: bool = True, console=None) -> dict:
+         progress: bool = True, console=None, requests: bool = False) -> dict:
     """The whole job on the embedded default: world → subject + oracle → unlearn → guard → evaluate →
     attack → report.
 
@@ -352,9 +352,15 @@ def demo(out: str | os.PathLike = "runs/demo", *, seed: int = 0, method: str = D
                              seed=seed)
             runinfo.write_json(out / "attacks" / f"{kind}.json", res)
             attack_results[kind] = {k: res.get(k) for k in ATTACK_HEADLINE}
+    if requests:
+        from .requests.demo import demo_requests
+
+        with timer("requests"):
+            request_results = demo_requests(out, data, models["subject"], say=say, seed=seed)
     metrics = {
         "models": results,
         "attacks": attack_results,
+        **({"requests": request_results} if requests else {}),
         "config": {"seed": seed, "method": method, "n_people": n_people, "forget_fraction": forget_fraction,
                    "attacks": list(attacks), "guard": guard, "out": str(out),
                    "paths": {k: str(v) for k, v in models.items()}},

@@ -105,19 +105,19 @@ def _batch_world(home: Home, requests, out: Path) -> tuple[Path, dict]:
 def process(home=None, method: str | None = None, max_batch: int | None = None, progress: bool = False,
             seed: int | None = None, **train_overrides) -> dict:
     """Finish any batch a crash left open, then take the guarded/located requests (at most
-    `max_batch`) as one batch. Returns the batch summary ({} when there was nothing to do)."""
+    `max_batch`) as one batch. Returns the batch summary (the resumed batch's when there was no new
+    request; {} when there was nothing to do at all)."""
     home = _home(home)
     with home.process_lock():
         for stale in home.versions_dir.glob(".v*.tmp-*"):  # half-copied versions of a killed run
             shutil.rmtree(stale, ignore_errors=True)
         with home.ledger() as led:
-            for b in led.open_batches():
-                _run(home, b["id"], train_overrides, progress)
+            resumed = [_run(home, b["id"], train_overrides, progress) for b in led.open_batches()]
             todo = led.list(("guarded", "located"))
         if max_batch is not None:
             todo = todo[:max_batch]
         if not todo:
-            return {}
+            return resumed[-1] if resumed else {}
         source = home.current()
         lm = None
         for r in todo:
