@@ -45,6 +45,10 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batches", type=int, default=5)
     ap.add_argument("--per-batch", type=int, default=2)
+    ap.add_argument("--skip-guard-locate", action="store_true", help="only the batches (3 and 4)")
+    ap.add_argument("--method", default=None, help="unlearning method (default: the home's, graddiff)")
+    ap.add_argument("--lr", type=float, default=None, help="override the method's learning rate")
+    ap.add_argument("--epochs", type=float, default=None, help="override the method's budget")
     args = ap.parse_args()
     t_all = time.perf_counter()
     data, models = api.embedded(args.out, seed=args.seed, n_people=args.people,
@@ -55,37 +59,39 @@ def main():
     subject, oracle = LM(*load_model(models["subject"])), LM(*load_model(models["oracle"]))
     res = {"config": vars(args) | {"out": str(args.out)}, "n_forget_people": len(people)}
 
-    # 1. guard within seconds of add
-    shutil.rmtree(args.out / "home-guard", ignore_errors=True)
-    home = rq.init(args.out / "home-guard", models["subject"], data, measure_utility=False)
-    add_s, guarded_r, subj_r, orc_r = [], [], [], []
-    for p in people:
-        t = time.perf_counter()
-        rq.add(home, p)
-        add_s.append(time.perf_counter() - t)
-    glm = GuardedLM(subject, home.guard())
-    recs = [r for p in people for r in facts[p]]
-    res["guard"] = {"add_seconds_max": max(add_s), "add_seconds_median": sorted(add_s)[len(add_s) // 2],
-                    "forget_rouge_guarded": forget_metrics(glm, recs, truth_ratio=False)["forget_rouge"],
-                    "forget_rouge_subject": forget_metrics(subject, recs, truth_ratio=False)["forget_rouge"],
-                    "forget_rouge_oracle": forget_metrics(oracle, recs, truth_ratio=False)["forget_rouge"]}
-    print(json.dumps(res["guard"]), flush=True)
+    res["guard"] = res["locate"] = None
+    if not args.skip_guard_locate:
+        # 1. guard within seconds of add
+        shutil.rmtree(args.out / "home-guard", ignore_errors=True)
+        home = rq.init(args.out / "home-guard", models["subject"], data, measure_utility=False)
+        add_s = []
+        for p in people:
+            t = time.perf_counter()
+            rq.add(home, p)
+            add_s.append(time.perf_counter() - t)
+        glm = GuardedLM(subject, home.guard())
+        recs = [r for p in people for r in facts[p]]
+        res["guard"] = {"add_seconds_max": max(add_s), "add_seconds_median": sorted(add_s)[len(add_s) // 2],
+                        "forget_rouge_guarded": forget_metrics(glm, recs, truth_ratio=False)["forget_rouge"],
+                        "forget_rouge_subject": forget_metrics(subject, recs, truth_ratio=False)["forget_rouge"],
+                        "forget_rouge_oracle": forget_metrics(oracle, recs, truth_ratio=False)["forget_rouge"]}
+        print(json.dumps(res["guard"]), flush=True)
 
-    # 2. locate without facts
-    tp = fn = right = items = 0
-    for p in people:
-        gens = subject.generate([r.question for r in facts[p]], max_new_tokens=24)
-        known = [r for r, g in zip(facts[p], gens) if normalise(r.answer) in normalise(g)]
-        inv = locate(subject, p, seed=args.seed)["items"]
-        got = [normalise(it["answer"]) for it in inv]
-        values = {normalise(r.answer) for r in facts[p]}
-        hit = [any(normalise(r.answer) in g for g in got) for r in known]
-        tp, fn = tp + sum(hit), fn + len(hit) - sum(hit)
-        right += sum(any(v in g for v in values) for g in got)
-        items += len(got)
-    res["locate"] = {"recall": tp / max(1, tp + fn), "precision": right / max(1, items), "known_facts": tp + fn,
-                     "inventory_items": items}
-    print(json.dumps(res["locate"]), flush=True)
+        # 2. locate without facts
+        tp = fn = right = items = 0
+        for p in people:
+            gens = subject.generate([r.question for r in facts[p]], max_new_tokens=24)
+            known = [r for r, g in zip(facts[p], gens) if normalise(r.answer) in normalise(g)]
+            inv = locate(subject, p, seed=args.seed)["items"]
+            got = [normalise(it["answer"]) for it in inv]
+            values = {normalise(r.answer) for r in facts[p]}
+            hit = [any(normalise(r.answer) in g for g in got) for r in known]
+            tp, fn = tp + sum(hit), fn + len(hit) - sum(hit)
+            right += sum(any(v in g for v in values) for g in got)
+            items += len(got)
+        res["locate"] = {"recall": tp / max(1, tp + fn), "precision": right / max(1, items), "known_facts": tp + fn,
+                         "inventory_items": items}
+        print(json.dumps(res["locate"]), flush=True)
 
     # 3 + 4. sequential batches from the subject
     shutil.rmtree(args.out / "home-seq", ignore_errors=True)
@@ -99,7 +105,8 @@ def main():
             break
         ids = [rq.add(home, p).id for p in group]
         t = time.perf_counter()
-        out = rq.process(home, max_batch=args.per_batch, seed=args.seed)
+        overrides = {k: v for k, v in (("lr", args.lr), ("epochs", args.epochs)) if v is not None}
+        out = rq.process(home, method=args.method, max_batch=args.per_batch, seed=args.seed, **overrides)
         wall = time.perf_counter() - t
         cur = home.current()
         lm = LM(*load_model(cur.path))
@@ -119,10 +126,11 @@ def main():
     res["seconds"] = time.perf_counter() - t_all
     (args.out / "requests.json").write_text(json.dumps(res, indent=2))
     g, loc = res["guard"], res["locate"]
-    print(f"\n| guard: add (max) | forget ROUGE subject / guarded / oracle | locate recall | locate precision |")
-    print("|---:|---|---:|---:|")
-    print(f"| {g['add_seconds_max']:.2f} s | {g['forget_rouge_subject']:.2f} / {g['forget_rouge_guarded']:.2f} / "
-          f"{g['forget_rouge_oracle']:.2f} | {loc['recall']:.2f} | {loc['precision']:.2f} |")
+    if g is not None:
+        print("\n| guard: add (median / max) | forget ROUGE subject / guarded / oracle | locate recall | locate precision |")
+        print("|---|---|---:|---:|")
+        print(f"| {g['add_seconds_median']:.2f} s / {g['add_seconds_max']:.2f} s | {g['forget_rouge_subject']:.2f} / "
+              f"{g['forget_rouge_guarded']:.2f} / {g['forget_rouge_oracle']:.2f} | {loc['recall']:.2f} | {loc['precision']:.2f} |")
     print("\n| batch | outcome | version | answer rate (subject / new / oracle) | utility x base | relearn | int4 | wall |")
     print("|---:|---|---|---|---:|---:|---:|---:|")
     for b in batches:

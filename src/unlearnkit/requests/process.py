@@ -16,6 +16,7 @@ Resuming: a `started` batch is trained again from scratch (its world is rebuilt 
 """
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -198,8 +199,6 @@ def _method_info(run_dir: Path, method: str) -> dict:
     for name in ("calibration.json", "train.json"):  # why the run stopped, when the loop reports it
         p = run_dir / "unlearn" / name
         if p.is_file():
-            import json
-
             info[name.removesuffix(".json")] = json.loads(p.read_text())
     return info
 
