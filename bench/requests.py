@@ -108,10 +108,10 @@ def main():
         overrides = {k: v for k, v in (("lr", args.lr), ("epochs", args.epochs)) if v is not None}
         out = rq.process(home, method=args.method, max_batch=args.per_batch, seed=args.seed, **overrides)
         wall = time.perf_counter() - t
-        cur = home.current()
+        cur = home.check_version(out["new_version"])  # the candidate, deployed or not
         lm = LM(*load_model(cur.path))
         grecs = [r for p in group for r in facts[p]]
-        row = {"batch": k + 1, "stage": out.get("stage"), "version": cur.name, "seconds": wall,
+        row = {"batch": k + 1, "stage": out.get("stage"), "version": cur.name, "current": home.current_name(), "seconds": wall,
                "utility_ratio": utility(home, cur.path, lm) / base_u,
                "answer_rate": forget_metrics(lm, grecs, truth_ratio=False)["forget_contains"],
                "answer_rate_oracle": forget_metrics(oracle, grecs, truth_ratio=False)["forget_contains"],
@@ -131,12 +131,13 @@ def main():
         print("|---|---|---:|---:|")
         print(f"| {g['add_seconds_median']:.2f} s / {g['add_seconds_max']:.2f} s | {g['forget_rouge_subject']:.2f} / "
               f"{g['forget_rouge_guarded']:.2f} / {g['forget_rouge_oracle']:.2f} | {loc['recall']:.2f} | {loc['precision']:.2f} |")
-    print("\n| batch | outcome | version | answer rate (subject / new / oracle) | utility x base | relearn | int4 | wall |")
+    print("\n| batch | outcome | candidate (current after) | answer rate (subject / candidate / oracle) | utility x base "
+          "| relearn | int4 | wall |")
     print("|---:|---|---|---|---:|---:|---:|---:|")
     for b in batches:
         c = b["checks"]
         f = lambda x: "–" if x is None else f"{x:.2f}"  # noqa: E731
-        print(f"| {b['batch']} | {b['stage']} | {b['version']} | {b['answer_rate_subject']:.2f} / {b['answer_rate']:.2f} / "
+        print(f"| {b['batch']} | {b['stage']} | {b['version']} ({b['current']}) | {b['answer_rate_subject']:.2f} / {b['answer_rate']:.2f} / "
               f"{b['answer_rate_oracle']:.2f} | {b['utility_ratio']:.3f} | {f(c.get('relearn_recovery'))} | "
               f"{f(c.get('quantize_recovery'))} | {b['seconds']:.0f} s |")
 
