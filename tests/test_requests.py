@@ -130,6 +130,27 @@ def test_bad_input_one_line_errors(home, tmp_path):
     assert rq.list_requests(home) == []
 
 
+def test_cli_round_trip(raw, tmp_path, monkeypatch):
+    h = tmp_path / "h"
+    monkeypatch.setenv("UNLEARN_HOME", str(h))  # the default home
+    code, out, err = cli("home", "init", "--model", str(raw["model"]), "--retain", str(raw["world"] / "retain.jsonl"))
+    assert code == 0 and out.strip() == str(h), err
+    code, _, err = cli("home", "init", "--model", str(raw["model"]), "--retain", str(raw["world"]))
+    assert code == 2 and "already a deployment home" in err
+    code, out, err = cli("request", "add", raw["people"][2], "--alias", "Nick Name", "--reason", "email")
+    assert code == 0 and out.strip().startswith("r-") and "guarded" in err
+    rid = out.strip()
+    code, out, _ = cli("request", "list", "--json")
+    assert code == 0 and [r["id"] for r in json.loads(out)] == [rid]
+    code, out, _ = cli("request", "show", rid, "--json")
+    r = json.loads(out)
+    assert r["status"] == "guarded" and r["aliases"] == ["Nick Name"] and r["reason"] == "email"
+    code, out, _ = cli("request", "show", rid)
+    assert code == 0 and "history" in out
+    code, _, err = cli("request", "certificate", rid)
+    assert code == 2 and "no certificate (status guarded)" in err
+
+
 def _process_cmd(home, *extra):
     return [sys.executable, "-m", "unlearnkit.cli", "request", "process", "--home", str(home.path), "--steps", "2",
             *extra]
