@@ -487,7 +487,7 @@ def compare(inputs, html: str | os.PathLike) -> Path:
 
 def demo(out: str | os.PathLike = "runs/demo", *, seed: int = 0, method: str = DEMO_METHOD, n_people: int = 60,
          forget_fraction: float = 0.10, attacks: tuple[str, ...] = DEMO_ATTACKS, guard: str | None = DEMO_GUARD,
-         progress: bool = True, console=None) -> dict:
+         progress: bool = True, console=None, requests: bool = False) -> dict:
     """The whole job on the embedded default: world → subject + oracle → unlearn → guard → evaluate →
     attack → report.
 
@@ -545,10 +545,16 @@ def demo(out: str | os.PathLike = "runs/demo", *, seed: int = 0, method: str = D
     if guard is not None:
         with timer("guard scores"):  # for the report's plot of detection scores against the threshold
             guard_scores = guard_detections(g, data)
+    if requests:
+        from .requests.demo import demo_requests
+
+        with timer("requests"):
+            request_results = demo_requests(out, data, models["subject"], say=say, seed=seed)
     metrics = {
         "models": results,
         "attacks": attack_results,
         "unlearning": json.loads((run / "train.json").read_text()),
+        **({"requests": request_results} if requests else {}),
         "config": {"seed": seed, "method": method, "n_people": n_people, "forget_fraction": forget_fraction,
                    "attacks": list(attacks), "guard": guard, "out": str(out),
                    "paths": {k: str(v) for k, v in models.items()}},

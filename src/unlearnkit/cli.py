@@ -88,14 +88,16 @@ def demo(out: Path = typer.Option(Path("runs/demo"), help="Run directory (world,
          attacks: str = typer.Option("relearn,quantize,probes,incontext",
                                      help="Comma-separated attacks to run on the unlearned model; empty: none."),
          guard: str = typer.Option("pseudonymise", help="Action of the demo's guard (refuse | forbid | pseudonymise "
-                                                        "| icu), evaluated as the model 'guarded'; empty: no guard.")):
+                                                        "| icu), evaluated as the model 'guarded'; empty: no guard."),
+         requests: bool = typer.Option(False, "--requests", help="Then carry the forget people through forget "
+                                                                 "requests in OUT/home (locate, guard, process, certificates).")):
     """The whole job on the embedded default: world, subject and oracle, unlearning, a guard, evaluation, attacks, report."""
     from . import api
     from .report import fmt, headline_table
 
     kinds = tuple(a.strip() for a in attacks.split(",") if a.strip())
     metrics = api.demo(out, seed=seed, method=method, n_people=people, forget_fraction=forget_fraction, attacks=kinds,
-                       guard=guard.strip() or None, console=console)
+                       guard=guard.strip() or None, console=console, requests=requests)
     table = Table(title="unlearnkit demo")
     table.add_column("metric")
     for name in metrics["models"]:
@@ -110,6 +112,15 @@ def demo(out: Path = typer.Option(Path("runs/demo"), help="Run directory (world,
         for kind, a in metrics["attacks"].items():
             at.add_row(kind, a["recovery_variant"] or "–", fmt(a["recovery"]), fmt(a["oracle_recovery"]))
         out_console.print(at)
+    if "requests" in metrics:
+        rq = metrics["requests"]
+        rt = Table(title=f"forget requests (home {rq['home']}, batch {rq['stage']}, current {rq['version']})")
+        for col in ("request", "status", "inventory", "certificate verifies"):
+            rt.add_column(col)
+        for r in rq["requests"]:
+            rt.add_row(r["id"], r["status"] + (f": {r['failure']}" if r["failure"] else ""), str(r["inventory"]),
+                       "–" if r["certificate_ok"] is None else ("yes" if r["certificate_ok"] else "NO"))
+        out_console.print(rt)
     out_console.print(f"metrics: {out / 'metrics.json'}   report: {out / 'report.md'}")
     out_console.print(f"html report: {out / 'report.html'}")
     if "guard" in metrics["config"]["paths"]:
@@ -307,9 +318,13 @@ def _print_headline(models: dict) -> None:
 def _mount_subapps() -> None:
     from .attacks.cli import attack
     from .guard.cli import app as guard_app
+    from .requests.cli import home_app, request_app, serve
 
     app.command("attack")(friendly(attack))
     app.add_typer(guard_app, name="guard")
+    app.add_typer(home_app, name="home")
+    app.add_typer(request_app, name="request")
+    app.command("serve")(serve)
 
 
 _mount_subapps()

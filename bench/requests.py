@@ -1,0 +1,146 @@
+"""The figures of docs/requests.md: forget requests end to end on the embedded world.
+
+    python bench/requests.py                      # prints JSON and a markdown summary
+    python bench/requests.py --out runs/bench-requests --people 60 --forget-fraction 0.2
+
+Builds (or reuses) the world, subject and oracle with `api.embedded`, then, in fresh homes whose
+base model is the subject and whose retain pool is the world (never its forget split):
+1. guard: `request add` for each forget person; wall time of the call, and the forget ROUGE of the
+   subject behind the home's guard against the subject's and the oracle's on that person's facts;
+2. locate without facts: recall of the facts the subject actually answers (ground truth filtered to
+   what it answers correctly) and precision (an inventory item is right when its answer is one of the
+   person's true values);
+3. process: the first batch (2 requests, zero-shot inventories): forget answer rate of the new
+   version on those people's world facts against the oracle's, and utility against the base model;
+4. sequential: 5 batches of 2 requests; utility after each, and every request's end state.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def main():
+    from unlearnkit import api
+    from unlearnkit import requests as rq
+    from unlearnkit.attacks.recovery import forget_metrics, normalise
+    from unlearnkit.data.io import load_world
+    from unlearnkit.guard import GuardedLM
+    from unlearnkit.models.load import load_model
+    from unlearnkit.requests.locate import locate
+    from unlearnkit.requests.verify import utility
+    from unlearnkit.scoring import LM
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=Path("runs/bench-requests"))
+    ap.add_argument("--people", type=int, default=60)
+    ap.add_argument("--forget-fraction", type=float, default=0.2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--batches", type=int, default=5)
+    ap.add_argument("--per-batch", type=int, default=2)
+    ap.add_argument("--skip-guard-locate", action="store_true", help="only the batches (3 and 4)")
+    ap.add_argument("--method", default=None, help="unlearning method (default: the home's, graddiff)")
+    ap.add_argument("--lr", type=float, default=None, help="override the method's learning rate")
+    ap.add_argument("--epochs", type=float, default=None, help="override the method's budget")
+    args = ap.parse_args()
+    t_all = time.perf_counter()
+    data, models = api.embedded(args.out, seed=args.seed, n_people=args.people,
+                                forget_fraction=args.forget_fraction, progress=False)
+    w = load_world(data)
+    people = sorted({r.subject for r in w.forget})
+    facts = {p: [r for r in w.forget if r.subject == p] for p in people}
+    subject, oracle = LM(*load_model(models["subject"])), LM(*load_model(models["oracle"]))
+    res = {"config": vars(args) | {"out": str(args.out)}, "n_forget_people": len(people)}
+
+    res["guard"] = res["locate"] = None
+    if not args.skip_guard_locate:
+        # 1. guard within seconds of add
+        shutil.rmtree(args.out / "home-guard", ignore_errors=True)
+        home = rq.init(args.out / "home-guard", models["subject"], data, measure_utility=False)
+        add_s = []
+        for p in people:
+            t = time.perf_counter()
+            rq.add(home, p)
+            add_s.append(time.perf_counter() - t)
+        glm = GuardedLM(subject, home.guard())
+        recs = [r for p in people for r in facts[p]]
+        res["guard"] = {"add_seconds_max": max(add_s), "add_seconds_median": sorted(add_s)[len(add_s) // 2],
+                        "forget_rouge_guarded": forget_metrics(glm, recs, truth_ratio=False)["forget_rouge"],
+                        "forget_rouge_subject": forget_metrics(subject, recs, truth_ratio=False)["forget_rouge"],
+                        "forget_rouge_oracle": forget_metrics(oracle, recs, truth_ratio=False)["forget_rouge"]}
+        print(json.dumps(res["guard"]), flush=True)
+
+        # 2. locate without facts
+        tp = fn = right = items = 0
+        for p in people:
+            gens = subject.generate([r.question for r in facts[p]], max_new_tokens=24)
+            known = [r for r, g in zip(facts[p], gens) if normalise(r.answer) in normalise(g)]
+            inv = locate(subject, p, seed=args.seed)["items"]
+            got = [normalise(it["answer"]) for it in inv]
+            values = {normalise(r.answer) for r in facts[p]}
+            hit = [any(normalise(r.answer) in g for g in got) for r in known]
+            tp, fn = tp + sum(hit), fn + len(hit) - sum(hit)
+            right += sum(any(v in g for v in values) for g in got)
+            items += len(got)
+        res["locate"] = {"recall": tp / max(1, tp + fn), "precision": right / max(1, items), "known_facts": tp + fn,
+                         "inventory_items": items}
+        print(json.dumps(res["locate"]), flush=True)
+
+    # 3 + 4. sequential batches from the subject
+    shutil.rmtree(args.out / "home-seq", ignore_errors=True)
+    home = rq.init(args.out / "home-seq", models["subject"], data)
+    base_u = home.meta["base_utility"]
+    batches = []
+    order = people[: args.batches * args.per_batch]
+    for k in range(args.batches):
+        group = order[k * args.per_batch:(k + 1) * args.per_batch]
+        if not group:
+            break
+        ids = [rq.add(home, p).id for p in group]
+        t = time.perf_counter()
+        overrides = {k: v for k, v in (("lr", args.lr), ("epochs", args.epochs)) if v is not None}
+        out = rq.process(home, method=args.method, max_batch=args.per_batch, seed=args.seed, **overrides)
+        wall = time.perf_counter() - t
+        cur = home.check_version(out["new_version"])  # the candidate, deployed or not
+        lm = LM(*load_model(cur.path))
+        grecs = [r for p in group for r in facts[p]]
+        row = {"batch": k + 1, "stage": out.get("stage"), "version": cur.name, "current": home.current_name(), "seconds": wall,
+               "utility_ratio": utility(home, cur.path, lm) / base_u,
+               "answer_rate": forget_metrics(lm, grecs, truth_ratio=False)["forget_contains"],
+               "answer_rate_oracle": forget_metrics(oracle, grecs, truth_ratio=False)["forget_contains"],
+               "answer_rate_subject": forget_metrics(subject, grecs, truth_ratio=False)["forget_contains"],
+               "requests": {i: (s := rq.show(home, i))["status"] + (f" ({s['failure']})" if s["failure"] else "")
+                            for i in ids}}
+        stop = (out.get("results") or {}).get("batch_checks")
+        row["checks"] = {c["check"]: c["value"] for c in (stop or [])}
+        batches.append(row)
+        print(json.dumps(row), flush=True)
+    res["batches"] = batches
+    res["seconds"] = time.perf_counter() - t_all
+    (args.out / "requests.json").write_text(json.dumps(res, indent=2))
+    g, loc = res["guard"], res["locate"]
+    if g is not None:
+        print("\n| guard: add (median / max) | forget ROUGE subject / guarded / oracle | locate recall | locate precision |")
+        print("|---|---|---:|---:|")
+        print(f"| {g['add_seconds_median']:.2f} s / {g['add_seconds_max']:.2f} s | {g['forget_rouge_subject']:.2f} / "
+              f"{g['forget_rouge_guarded']:.2f} / {g['forget_rouge_oracle']:.2f} | {loc['recall']:.2f} | {loc['precision']:.2f} |")
+    print("\n| batch | outcome | candidate (current after) | answer rate (subject / candidate / oracle) | utility x base "
+          "| relearn | int4 | wall |")
+    print("|---:|---|---|---|---:|---:|---:|---:|")
+    for b in batches:
+        c = b["checks"]
+        f = lambda x: "–" if x is None else f"{x:.2f}"  # noqa: E731
+        print(f"| {b['batch']} | {b['stage']} | {b['version']} ({b['current']}) | {b['answer_rate_subject']:.2f} / {b['answer_rate']:.2f} / "
+              f"{b['answer_rate_oracle']:.2f} | {b['utility_ratio']:.3f} | {f(c.get('relearn_recovery'))} | "
+              f"{f(c.get('quantize_recovery'))} | {b['seconds']:.0f} s |")
+
+
+if __name__ == "__main__":
+    main()

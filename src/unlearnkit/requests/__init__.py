@@ -1,0 +1,48 @@
+"""Forget requests end to end: a deployment home, a ledger, the guard within seconds, the weights in
+batches, a certificate per request. See docs/requests.md.
+
+    from unlearnkit import requests as rq
+    home = rq.init("unlearn-home", model="runs/subject", retain="runs/world")
+    rid = rq.add(home, "Alaric Thornwood").id      # guarded at once
+    rq.locate(home, rid)                           # what the model reveals: the inventory
+    rq.process(home)                               # unlearn, verify, deploy, certify
+    rq.show(home, rid)["status"], rq.verify_certificate(home, rid)["ok"]
+"""
+from __future__ import annotations
+
+import os
+
+from .certificate import load as certificate, verify_certificate
+from .home import Home, HomeError, Settings
+from .intake import Added, add
+from .ledger import STATES, LedgerError, Request
+from .process import locate_request as locate, process
+
+
+def init(home: str | os.PathLike | None, model: str | os.PathLike, retain: str | os.PathLike, *,
+         measure_utility: bool = True, **settings) -> Home:
+    """Create a deployment home (`unlearn home init`); `settings` override `Settings` fields.
+    `measure_utility=False` skips measuring the base utility (a home that will never `process`)."""
+    unknown = set(settings) - set(Settings.__dataclass_fields__)
+    if unknown:
+        raise ValueError(f"no home setting {sorted(unknown)[0]!r}; settings: {', '.join(Settings.__dataclass_fields__)}")
+    return Home.init(home, model, retain, Settings(**settings), measure_utility=measure_utility)
+
+
+def open_home(home: str | os.PathLike | Home | None = None) -> Home:
+    return home if isinstance(home, Home) else Home(home)
+
+
+def list_requests(home=None) -> list[dict]:
+    with open_home(home).ledger() as led:
+        return [r.public() for r in led.list()]
+
+
+def show(home, request_id: str) -> dict:
+    with open_home(home).ledger() as led:
+        r = led.get(request_id)
+        return {**r.public(), "events": led.events(request_id)}
+
+
+__all__ = ["Added", "Home", "HomeError", "LedgerError", "Request", "STATES", "Settings", "add", "certificate",
+           "init", "list_requests", "locate", "open_home", "process", "show", "verify_certificate"]

@@ -1,0 +1,75 @@
+"""Certificates: one JSON per verified request, the evidence that it was carried out.
+
+It holds the request id, the salted hash of the person (never the name or the facts), the received,
+guarded and verified times, the versions before and after with their sha256 (whole version and
+weights only), the method and its configuration, and every check with its value and threshold.
+`verify_certificate` recomputes the hashes of both versions from the files on disk and compares them
+with the certificate, and the certificate's own sha256 with the one the ledger recorded.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from .. import runinfo
+from .home import Home, HomeError, manifest_of, version_hash, weights_hash
+
+FORMAT = "unlearnkit-certificate/1"
+
+
+def build(request, batch: dict, before: dict, after: dict, method: dict, checks: list[dict], counts: dict,
+          verified_at: float) -> dict:
+    return {"format": FORMAT, "request_id": request.id, "person_sha256": request.person_hash,
+            "person_hash_scheme": "scrypt(n=16384,r=8,p=1) of the normalised name, salted per home",
+            "received_at": request.received_at, "guarded_at": request.guarded_at, "verified_at": verified_at,
+            "batch": batch["id"], "versions": {"before": before, "after": after}, "method": method,
+            "inventory": counts, "checks": checks, "passed": all(c["passed"] for c in checks)}
+
+
+def write(home: Home, cert: dict) -> tuple[Path, str]:
+    """Write the certificate atomically; returns (path, sha256 of its bytes)."""
+    path = runinfo.write_json(home.certificates_dir / f"{cert['request_id']}.json", cert)
+    return path, hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def load(home: Home, request_id: str) -> dict:
+    with home.ledger() as led:
+        r = led.get(request_id)
+    if r.status != "verified" or not r.certificate:
+        raise HomeError(f"request {request_id}: no certificate (status {r.status})")
+    p = home.path / r.certificate
+    if not p.is_file():
+        raise HomeError(f"{p}: certificate file missing")
+    return json.loads(p.read_text())
+
+
+def verify_certificate(home: Home, request_id: str) -> dict:
+    """Recompute what the certificate claims: {"ok": bool, "checks": [{"what", "ok", "detail"}]}."""
+    with home.ledger() as led:
+        r = led.get(request_id)
+    if r.status != "verified" or not r.certificate:
+        raise HomeError(f"request {request_id}: no certificate (status {r.status})")
+    p = home.path / r.certificate
+    out = []
+    if not p.is_file():
+        return {"ok": False, "checks": [{"what": "certificate file", "ok": False, "detail": f"{p} missing"}]}
+    data = p.read_bytes()
+    sha = hashlib.sha256(data).hexdigest()
+    out.append({"what": "certificate sha256 (ledger)", "ok": sha == r.certificate_sha256,
+                "detail": sha[:16]})
+    cert = json.loads(data)
+    out.append({"what": "person hash (ledger)", "ok": cert["person_sha256"] == r.person_hash, "detail": ""})
+    for side in ("before", "after"):
+        v = cert["versions"][side]
+        d = home.versions_dir / v["name"]
+        if not d.is_dir():
+            out.append({"what": f"version {side} ({v['name']})", "ok": False, "detail": f"{d} missing"})
+            continue
+        files = manifest_of(d)
+        ok_all = version_hash(files) == v["version_sha256"]
+        ok_w = weights_hash(files) == v["weights_sha256"]
+        out.append({"what": f"version {side} ({v['name']}) files", "ok": ok_all, "detail": version_hash(files)[:16]})
+        out.append({"what": f"version {side} ({v['name']}) weights", "ok": ok_w, "detail": weights_hash(files)[:16]})
+    out.append({"what": "every check passed", "ok": bool(cert.get("passed")), "detail": ""})
+    return {"ok": all(c["ok"] for c in out), "checks": out, "certificate": str(p)}

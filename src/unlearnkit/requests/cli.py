@@ -1,0 +1,224 @@
+"""`unlearn home ...`, `unlearn request ...` and `unlearn serve`: the shell over `unlearnkit.requests`."""
+from __future__ import annotations
+
+import functools
+import json
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+home_app = typer.Typer(help="A deployment home: model versions, the guard, the ledger of forget requests.",
+                       no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+request_app = typer.Typer(help="Forget requests: add, locate, process, list, show, certificate.",
+                          no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+console = Console(stderr=True)
+out = Console()
+
+HOME = typer.Option(None, "--home", help="Deployment home (default: $UNLEARN_HOME, else ./unlearn-home).")
+
+
+def friendly(fn):
+    """Expected failures as one line on stderr, exit code 2."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from ..data.io import DataError
+        from ..models.load import ModelLoadError
+        from ..requests import HomeError, LedgerError
+
+        try:
+            return fn(*args, **kwargs)
+        except (DataError, ModelLoadError, HomeError, LedgerError, ValueError, FileNotFoundError, KeyError) as e:
+            msg = (e.args[0] if isinstance(e, KeyError) and e.args else str(e)) or type(e).__name__
+            console.print(f"[bold red]error:[/] {str(msg).splitlines()[0]}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2)
+    return wrapper
+
+
+def _when(t) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "–"
+
+
+@home_app.command("init")
+@friendly
+def home_init(model: str = typer.Option(..., help="Base model: checkpoint dir or hub id (copied as version v0000)."),
+              retain: Path = typer.Option(..., help="Retain pool: a world dir, a `datasets` dir or a JSONL file."),
+              home: Optional[Path] = HOME,
+              method: str = typer.Option("graddiff", help="Default unlearning method of `request process`."),
+              guard_action: str = typer.Option("pseudonymise", help="Guard action for requested people.")):
+    """Create a deployment home from a base model and a retain pool."""
+    from ..guard import ACTIONS
+    from ..methods import get_method
+    from . import init
+
+    get_method(method)
+    if guard_action not in ACTIONS:
+        raise ValueError(f"--guard-action {guard_action!r}: choose one of {', '.join(ACTIONS)}")
+    h = init(home, model, retain, method=method, guard_action=guard_action)
+    out.print(str(h.path))
+
+
+@request_app.command("add")
+@friendly
+def request_add(name: str = typer.Argument(..., help="The person's full name."),
+                alias: Optional[List[str]] = typer.Option(None, "--alias", help="Another name (repeatable)."),
+                facts: Optional[Path] = typer.Option(None, help="JSONL: {question, answer} or {fact} per line."),
+                reason: Optional[str] = typer.Option(None, help="Why (kept until the request is verified)."),
+                home: Optional[Path] = HOME):
+    """File a forget request; prints its id. The person is behind the guard when this returns."""
+    from . import add
+
+    r = add(home, name, alias or [], facts, reason)
+    out.print(r.id)
+    console.print(f"{r.status}{' (merged into an existing request)' if r.merged else ''}")
+
+
+@request_app.command("locate")
+@friendly
+def request_locate(request_id: str = typer.Argument(...), home: Optional[Path] = HOME,
+                   as_json: bool = typer.Option(False, "--json")):
+    """What the current model reveals about the person: the inventory (the forget set)."""
+    from . import locate
+
+    res = locate(home, request_id)
+    if as_json:
+        out.print_json(json.dumps(res))
+        return
+    t = Table(title=f"{request_id}: inventory ({res['counts']['inventory']} items, "
+                    f"{res['counts']['probes']} probes, {len(res['strangers'])} strangers)")
+    for c in ("attribute", "question", "answer", "source", "consistency", "strangers share"):
+        t.add_column(c)
+    for it in res["items"]:
+        t.add_row(it["attribute"], it["question"], it["answer"], it["source"],
+                  "–" if it["consistency"] is None else f"{it['consistency']:.2f}",
+                  "–" if it["stranger_share"] is None else f"{it['stranger_share']:.2f}")
+    out.print(t)
+
+
+@request_app.command("process")
+@friendly
+def request_process(home: Optional[Path] = HOME,
+                    method: Optional[str] = typer.Option(None, help="Unlearning method (default: the home's)."),
+                    max_batch: Optional[int] = typer.Option(None, help="At most N requests in this batch."),
+                    seed: Optional[int] = typer.Option(None),
+                    steps: Optional[int] = typer.Option(None, help="Fixed step budget (default: the method's own)."),
+                    progress: bool = typer.Option(False, "--progress")):
+    """Unlearn the guarded requests as one batch from `current`, verify each, deploy if all pass."""
+    from . import process
+
+    if max_batch is not None and max_batch < 1:
+        raise ValueError("--max-batch: must be >= 1")
+    if method is not None:
+        from ..methods import get_method
+
+        get_method(method)
+    res = process(home, method=method, max_batch=max_batch, seed=seed, progress=progress,
+                  **({"steps": steps} if steps is not None else {}))
+    if not res:
+        out.print("nothing to process")
+        return
+    out.print(f"batch {res['batch']}: {res['stage']} ({res['source_version']} -> {res['new_version']})")
+    _list(home, ids=res["requests"])
+
+
+def _list(home, ids=None):
+    from . import list_requests
+
+    t = Table(title="forget requests")
+    for c in ("id", "status", "received", "verified", "inventory", "failure"):
+        t.add_column(c)
+    for r in list_requests(home):
+        if ids is not None and r["id"] not in ids:
+            continue
+        t.add_row(r["id"], r["status"], _when(r["received_at"]), _when(r["verified_at"]),
+                  str(r["counts"].get("inventory", "–")), r["failure"] or "")
+    out.print(t)
+
+
+@request_app.command("list")
+@friendly
+def request_list(home: Optional[Path] = HOME, as_json: bool = typer.Option(False, "--json")):
+    """All requests and their status."""
+    from . import list_requests, open_home
+
+    open_home(home)
+    if as_json:
+        out.print_json(json.dumps(list_requests(home)))
+    else:
+        _list(home)
+
+
+@request_app.command("show")
+@friendly
+def request_show(request_id: str = typer.Argument(...), home: Optional[Path] = HOME,
+                 as_json: bool = typer.Option(False, "--json")):
+    """One request: its fields, checks and history."""
+    from . import show
+
+    r = show(home, request_id)
+    if as_json:
+        out.print_json(json.dumps(r))
+        return
+    t = Table(title=f"request {request_id}", show_header=False)
+    for k in ("status", "person_hash", "name", "aliases", "reason", "received_at", "guarded_at", "located_at",
+              "verified_at", "failure", "batch", "counts", "certificate"):
+        v = r[k]
+        t.add_row(k, _when(v) if k.endswith("_at") else (json.dumps(v) if isinstance(v, (dict, list)) else str(v)))
+    out.print(t)
+    checks = (r.get("metrics") or {}).get("checks") or []
+    if checks:
+        c = Table(title="checks")
+        for col in ("check", "value", "threshold", "passed"):
+            c.add_column(col)
+        for ch in checks:
+            c.add_row(ch["check"], _fmt(ch["value"]), _fmt(ch["threshold"]), "yes" if ch["passed"] else "NO")
+        out.print(c)
+    h = Table(title="history")
+    for col in ("at", "from", "to"):
+        h.add_column(col)
+    for e in r["events"]:
+        h.add_row(_when(e["at"]), e["from_status"] or "–", e["to_status"] or "–")
+    out.print(h)
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.3f}"
+    if isinstance(v, list):
+        return "[" + ", ".join(_fmt(x) for x in v) + "]"
+    return "–" if v is None else str(v)
+
+
+@request_app.command("certificate")
+@friendly
+def request_certificate(request_id: str = typer.Argument(...), home: Optional[Path] = HOME,
+                        verify: bool = typer.Option(False, "--verify", help="Recompute the hashes against the stored versions.")):
+    """Print a request's certificate, or (--verify) check it against the stored versions."""
+    from . import certificate, open_home, verify_certificate
+
+    h = open_home(home)
+    if not verify:
+        out.print_json(json.dumps(certificate(h, request_id)))
+        return
+    res = verify_certificate(h, request_id)
+    t = Table(title=f"certificate {request_id}: {'OK' if res['ok'] else 'FAILED'}")
+    for col in ("what", "ok", "detail"):
+        t.add_column(col)
+    for c in res["checks"]:
+        t.add_row(c["what"], "yes" if c["ok"] else "NO", c["detail"])
+    out.print(t)
+    if not res["ok"]:
+        raise typer.Exit(1)
+
+
+@friendly
+def serve(home: Optional[Path] = HOME, port: int = typer.Option(8000), host: str = typer.Option("127.0.0.1"),
+          log_level: str = typer.Option("info")):
+    """Serve the home's current version behind its guard (OpenAI-compatible); POST /v1/forget files a
+    request (admin token: UNLEARN_GUARD_TOKEN), GET /v1/requests/{id} its status."""
+    from .serve import serve as _serve
+
+    _serve(home, port=port, host=host, log_level=log_level)

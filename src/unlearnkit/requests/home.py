@@ -1,0 +1,296 @@
+"""A deployment home: the directory that holds a deployed model's versions, its guard, the ledger of
+forget requests and their certificates.
+
+```
+<home>/home.json            format, base model, settings, the per-home salt, the base utility
+<home>/current              the deployed version's name (one line), replaced atomically (os.replace)
+<home>/versions/v0000/      immutable checkpoint directories, each with MANIFEST.json (sha256 per file)
+<home>/guard/               the guard (unlearnkit.guard.Guard) every request goes behind at once
+<home>/retain/              the retain pool as a world directory (retain.jsonl)
+<home>/ledger.sqlite        the ledger (ledger.py)
+<home>/certificates/ID.json one certificate per verified request
+<home>/runs/BATCH/          working directories of `process` (batch world, unlearning run)
+```
+
+A version directory is built under a temporary name and renamed into place only once its manifest
+is written, so a half-written version never carries a version name; a version whose files do not
+match its manifest (a corrupted or truncated file) is refused by `check_version` and never served.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import re
+import secrets
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .. import runinfo
+
+FORMAT = "unlearnkit-home"
+MANIFEST = "MANIFEST.json"
+VERSION_RE = re.compile(r"v\d{4}")
+ENV_HOME = "UNLEARN_HOME"
+DEFAULT_HOME = "unlearn-home"
+
+
+class HomeError(ValueError):
+    """A problem with a home directory or one of its versions (one line)."""
+
+
+@dataclass
+class Settings:
+    """A home's settings (home.json "settings"); every threshold a verification uses is here.
+
+    Why these values: see docs/requests.md ("Checks and thresholds")."""
+    method: str = "graddiff"
+    guard_action: str = "pseudonymise"    # answers like a model that never saw the person (docs/guard.md)
+    keep_guard_after_verified: bool = True  # names only (docs/requests.md, "Data minimisation")
+    n_strangers: int = 8                  # invented names probed beside the person
+    retain_sample: int = 200              # retain-pool records added to every batch's retain set
+    utility_records: int = 100            # fixed retain-pool slice that utility is measured on
+    utility_floor: float = 0.9            # x the base model's utility, for every deployed version
+    answer_tolerance: float = 0.1         # person's answer rate - strangers' answer rate
+    mia_tolerance: float = 0.3            # |AUC(person vs strangers) - 0.5|
+    relearn_max: float = 0.5              # recovery under relearning (attacks.relearn, source=facts)
+    quantize_max: float = 0.3             # recovery under 4-bit round-to-nearest quantization
+    relearn_steps: int = 20
+    seed: int = 0
+
+
+def default_home() -> Path:
+    return Path(os.environ.get(ENV_HOME) or DEFAULT_HOME)
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def manifest_of(directory: Path) -> dict[str, str]:
+    """{relative path: sha256} of every file under `directory` but the manifest itself."""
+    return {str(p.relative_to(directory)): file_sha256(p) for p in sorted(directory.rglob("*"))
+            if p.is_file() and p.name != MANIFEST}
+
+
+def version_hash(files: dict[str, str]) -> str:
+    """One sha256 for a version: over its sorted (path, sha256) pairs."""
+    return hashlib.sha256(json.dumps(sorted(files.items())).encode()).hexdigest()
+
+
+def weights_hash(files: dict[str, str]) -> str:
+    """sha256 over the weight files only (*.safetensors, *.bin), so a tokenizer edit does not count."""
+    w = {k: v for k, v in files.items() if k.endswith((".safetensors", ".bin"))}
+    return hashlib.sha256(json.dumps(sorted(w.items())).encode()).hexdigest()
+
+
+@dataclass
+class Version:
+    name: str
+    path: Path
+    files: dict[str, str] = field(default_factory=dict)
+    parent: str | None = None
+
+    @property
+    def hash(self) -> str:
+        return version_hash(self.files)
+
+    @property
+    def weights(self) -> str:
+        return weights_hash(self.files)
+
+    def summary(self) -> dict:
+        return {"name": self.name, "version_sha256": self.hash, "weights_sha256": self.weights, "parent": self.parent}
+
+
+class Home:
+    """A deployment home directory. `Home(path)` opens an existing one; `Home.init` creates one."""
+
+    def __init__(self, path: str | os.PathLike | None = None):
+        self.path = Path(path) if path is not None else default_home()
+        meta = self.path / "home.json"
+        if not meta.is_file():
+            raise HomeError(f"{self.path}: not a deployment home (no home.json); create one with `unlearn home init`")
+        try:
+            self.meta = json.loads(meta.read_text())
+        except ValueError as e:
+            raise HomeError(f"{meta}: unreadable ({e})") from None
+        if self.meta.get("format") != FORMAT:
+            raise HomeError(f"{meta}: not an unlearnkit home (format {self.meta.get('format')!r})")
+        known = set(Settings.__dataclass_fields__)
+        self.settings = Settings(**{k: v for k, v in self.meta.get("settings", {}).items() if k in known})
+
+    # -- layout ----------------------------------------------------------------------------------
+    @property
+    def versions_dir(self) -> Path:
+        return self.path / "versions"
+
+    @property
+    def guard_dir(self) -> Path:
+        return self.path / "guard"
+
+    @property
+    def retain_dir(self) -> Path:
+        return self.path / "retain"
+
+    @property
+    def ledger_path(self) -> Path:
+        return self.path / "ledger.sqlite"
+
+    @property
+    def certificates_dir(self) -> Path:
+        return self.path / "certificates"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.path / "runs"
+
+    @property
+    def salt(self) -> bytes:
+        return bytes.fromhex(self.meta["salt"])
+
+    def ledger(self):
+        from .ledger import Ledger
+
+        return Ledger(self.ledger_path)
+
+    def guard(self):
+        from ..guard import Guard
+
+        return Guard(self.guard_dir)
+
+    # -- creation --------------------------------------------------------------------------------
+    @classmethod
+    def init(cls, path: str | os.PathLike | None, model: str | os.PathLike, retain: str | os.PathLike,
+             settings: Settings | None = None, measure_utility: bool = True) -> "Home":
+        """Create a home from a base model (checkpoint dir or hub id) and a retain pool (a world dir,
+        a `datasets` dir or a JSONL file of QA records)."""
+        from ..guard import Guard, GuardSettings
+        from .pool import import_pool
+
+        path = Path(path) if path is not None else default_home()
+        if (path / "home.json").exists():
+            raise HomeError(f"{path}: already a deployment home")
+        settings = settings or Settings()
+        path.mkdir(parents=True, exist_ok=True)
+        import_pool(retain, path / "retain")
+        v0 = _import_model(model, path / "versions", "v0000")
+        g = Guard(path / "guard", settings=GuardSettings(default_action=settings.guard_action))
+        g.save_settings()
+        meta = {"format": FORMAT, "created": time.time(), "base_model": str(model), "retain_source": str(retain),
+                "salt": secrets.token_hex(16), "settings": asdict(settings), "base_version": v0.name,
+                "versions": runinfo.versions()}
+        runinfo.write_json(path / "home.json", meta)
+        home = cls(path)
+        home.set_current(v0.name)
+        home.ledger().close()  # creates the schema
+        if measure_utility:
+            from .verify import utility
+
+            home.meta["base_utility"] = utility(home, v0.path)
+            runinfo.write_json(path / "home.json", home.meta)
+        return home
+
+    # -- versions ----------------------------------------------------------------------------------
+    def current_name(self) -> str:
+        p = self.path / "current"
+        if not p.is_file():
+            raise HomeError(f"{p}: no current version")
+        name = p.read_text().strip()
+        if not VERSION_RE.fullmatch(name):
+            raise HomeError(f"{p}: malformed version name {name[:40]!r}")
+        return name
+
+    def set_current(self, name: str) -> None:
+        """Point `current` at version `name` (checked first) with one os.replace."""
+        self.check_version(name)
+        runinfo.write_text(self.path / "current", name + "\n")
+
+    def version(self, name: str) -> Version:
+        d = self.versions_dir / name
+        m = d / MANIFEST
+        if not VERSION_RE.fullmatch(name) or not d.is_dir():
+            raise HomeError(f"{d}: no such version")
+        if not m.is_file():
+            raise HomeError(f"{d}: partial version (no {MANIFEST})")
+        try:
+            meta = json.loads(m.read_text())
+        except ValueError:
+            raise HomeError(f"{m}: unreadable manifest") from None
+        return Version(name, d, meta.get("files", {}), meta.get("parent"))
+
+    def check_version(self, name: str) -> Version:
+        """The version, after checking every file against its manifest (HomeError on any mismatch)."""
+        v = self.version(name)
+        have = manifest_of(v.path)
+        for f, h in v.files.items():
+            if f not in have:
+                raise HomeError(f"{v.path / f}: missing (listed in {MANIFEST})")
+            if have[f] != h:
+                raise HomeError(f"{v.path / f}: sha256 does not match {MANIFEST} (corrupted)")
+        extra = sorted(set(have) - set(v.files))
+        if extra:
+            raise HomeError(f"{v.path / extra[0]}: not in {MANIFEST}")
+        return v
+
+    def current(self) -> Version:
+        """The deployed version, checked against its manifest."""
+        return self.check_version(self.current_name())
+
+    def list_versions(self) -> list[str]:
+        return sorted(p.name for p in self.versions_dir.iterdir() if VERSION_RE.fullmatch(p.name))
+
+    def next_version_name(self) -> str:
+        names = [int(n[1:]) for n in self.list_versions()]
+        return f"v{(max(names) + 1) if names else 0:04d}"
+
+    def add_version(self, model_dir: str | os.PathLike, name: str, parent: str | None) -> Version:
+        """Copy a saved model into versions/NAME with its manifest (atomically: built under a
+        temporary name, renamed into place once complete)."""
+        return _import_model(model_dir, self.versions_dir, name, parent=parent)
+
+    # -- locking -----------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def process_lock(self):
+        """One `process` at a time per home (fcntl lock, released by the kernel if the process dies)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        f = open(self.path / ".process.lock", "a+")
+        try:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise HomeError(f"{self.path}: another `request process` is running on this home") from None
+            yield
+        finally:
+            f.close()
+
+
+def _import_model(model, versions_dir: Path, name: str, parent: str | None = None) -> Version:
+    src = Path(model)
+    final = versions_dir / name
+    if final.exists():
+        raise HomeError(f"{final}: version already exists")
+    tmp = versions_dir / f".{name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    if src.is_dir():
+        if not (src / "config.json").is_file():
+            raise HomeError(f"{src}: not a saved model (no config.json)")
+        shutil.copytree(src, tmp)
+    else:
+        from ..models.load import load_model, save_model
+
+        net, tok = load_model(str(model))
+        save_model(net, tok, tmp)
+    files = manifest_of(tmp)
+    runinfo.write_json(tmp / MANIFEST, {"name": name, "parent": parent, "created": time.time(), "files": files})
+    os.replace(tmp, final)
+    return Version(name, final, files, parent)

@@ -1,0 +1,62 @@
+"""`request add`: a request enters the ledger and its person goes behind the guard at once."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from .home import Home
+from .person import check_name, person_hash, read_facts
+
+
+@dataclass
+class Added:
+    id: str
+    status: str
+    merged: bool
+
+
+def guard_target(request_id: str, name: str, aliases: list[str], facts: list[dict], inventory: list[dict] | None = None,
+                 names_only: bool = False):
+    """The guard's target for a request: the names always; the given facts and the located
+    inventory (as question-answer pairs, whose answers the guard forbids) until verified."""
+    from ..guard import QAPair, Target
+
+    qa, sentences = [], []
+    if not names_only:
+        sentences = [f["fact"] for f in facts if "fact" in f]
+        qa = [QAPair(question=f["question"], answer=f["answer"]) for f in facts if "question" in f]
+        qa += [QAPair(question=it["question"], answer=it["answer"]) for it in (inventory or [])
+               if it.get("source") == "probe"]
+    return Target(id=request_id, subject=name, aliases=aliases, facts=sentences, qa=qa[:256])
+
+
+def put_target(guard, target) -> None:
+    """Replace the guard's target of the same id (remove + add: the store has no update)."""
+    if any(t.id == target.id for t in guard.list()):
+        guard.remove(target.id)
+    guard.add(target)
+
+
+def add(home: Home | str | os.PathLike | None, name: str, aliases: list[str] | None = None,
+        facts: str | os.PathLike | list[dict] | None = None, reason: str | None = None) -> Added:
+    """File a forget request for `name`; returns its id. A repeated request, or one whose name or an
+    alias is a known request's name or alias, merges into that request."""
+    home = home if isinstance(home, Home) else Home(home)
+    name = check_name(name)
+    aliases = [check_name(a, "alias") for a in (aliases or [])]
+    facts = read_facts(facts) if isinstance(facts, (str, os.PathLike)) else list(facts or [])
+    keys = [person_hash(n, home.salt) for n in [name, *aliases]]
+    guard = home.guard()
+    with home.ledger() as led:
+        existing = led.find_key(keys)
+        if existing is not None:
+            r = led.merge(existing, keys, [n for n in [name, *aliases]], facts)
+            if r.status != "verified":
+                put_target(guard, guard_target(r.id, r.name, r.aliases, r.facts, r.inventory))
+                if r.status == "failed":
+                    led.transition(r.id, "guarded")
+            return Added(r.id, led.get(r.id).status, True)
+        rid = led.create(keys[0], keys, name, aliases, facts, reason)
+        put_target(guard, guard_target(rid, name, aliases, facts))
+        led.transition(rid, "guarded")
+        return Added(rid, "guarded", False)

@@ -1,0 +1,279 @@
+"""The ledger: every forget request and every state change, in SQLite.
+
+WAL mode (readers never block the writer, so `request add` and `request list` work while `process`
+runs) with a busy timeout; every state change is one transaction that also appends to `events`, so
+a process killed at any point leaves either the old state or the new one.
+
+States: received → guarded → located → processing → verified | failed. A batch that dies while its
+requests are `processing` is rolled back (its requests return to `located`) or finished by the next
+`process` (batches.stage says how far it got).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+STATES = ("received", "guarded", "located", "processing", "verified", "failed")
+TRANSITIONS = {
+    "received": {"guarded", "failed"},
+    "guarded": {"located", "processing", "failed"},
+    "located": {"located", "processing", "failed"},
+    "processing": {"verified", "failed", "located"},
+    "failed": {"guarded"},  # a repeated request reopens a failed one
+    "verified": set(),
+}
+BUSY_MS = 30000
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS requests (
+    id TEXT PRIMARY KEY,
+    person_hash TEXT NOT NULL,
+    name TEXT, aliases TEXT, facts TEXT, reason TEXT, inventory TEXT,
+    status TEXT NOT NULL,
+    received_at REAL NOT NULL, guarded_at REAL, located_at REAL, verified_at REAL, failed_at REAL,
+    failure TEXT, batch TEXT, counts TEXT NOT NULL DEFAULT '{}', metrics TEXT,
+    certificate TEXT, certificate_sha256 TEXT, updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS keys (key_hash TEXT PRIMARY KEY, request_id TEXT NOT NULL REFERENCES requests(id));
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, request_id TEXT, batch TEXT, at REAL NOT NULL,
+    from_status TEXT, to_status TEXT, detail TEXT
+);
+CREATE TABLE IF NOT EXISTS batches (
+    id TEXT PRIMARY KEY, stage TEXT NOT NULL, source_version TEXT NOT NULL, new_version TEXT,
+    request_ids TEXT NOT NULL, method TEXT, results TEXT, started_at REAL NOT NULL, finished_at REAL
+);
+"""
+BATCH_STAGES = ("started", "trained", "versioned", "deploying", "deployed", "rejected", "abandoned")
+
+
+class LedgerError(ValueError):
+    """An unknown request id or a state change the ledger does not allow (one line)."""
+
+
+@dataclass
+class Request:
+    id: str
+    person_hash: str
+    status: str
+    name: str | None
+    aliases: list[str]
+    facts: list[dict]
+    reason: str | None
+    inventory: list[dict] | None
+    received_at: float
+    guarded_at: float | None
+    located_at: float | None
+    verified_at: float | None
+    failed_at: float | None
+    failure: str | None
+    batch: str | None
+    counts: dict
+    metrics: dict | None
+    certificate: str | None
+    certificate_sha256: str | None
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> "Request":
+        j = lambda x, d: json.loads(x) if x else d  # noqa: E731
+        return cls(id=row["id"], person_hash=row["person_hash"], status=row["status"], name=row["name"],
+                   aliases=j(row["aliases"], []), facts=j(row["facts"], []), reason=row["reason"],
+                   inventory=j(row["inventory"], None), received_at=row["received_at"], guarded_at=row["guarded_at"],
+                   located_at=row["located_at"], verified_at=row["verified_at"], failed_at=row["failed_at"],
+                   failure=row["failure"], batch=row["batch"], counts=j(row["counts"], {}),
+                   metrics=j(row["metrics"], None), certificate=row["certificate"],
+                   certificate_sha256=row["certificate_sha256"])
+
+    def public(self) -> dict:
+        """What `show --json` and the server print."""
+        return {k: getattr(self, k) for k in ("id", "status", "person_hash", "name", "aliases", "reason", "received_at",
+                                              "guarded_at", "located_at", "verified_at", "failed_at", "failure",
+                                              "batch", "counts", "metrics", "certificate")}
+
+
+class Ledger:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.db = sqlite3.connect(self.path, timeout=BUSY_MS / 1000, isolation_level=None)
+        self.db.row_factory = sqlite3.Row
+        self.db.execute(f"PRAGMA busy_timeout={BUSY_MS}")
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.execute("PRAGMA secure_delete=ON")  # dropped clear text is zeroed, not left in free pages
+        with self.tx() as c:
+            for statement in SCHEMA.split(";"):
+                if statement.strip():
+                    c.execute(statement)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    @contextlib.contextmanager
+    def tx(self):
+        """One write transaction (BEGIN IMMEDIATE: the write lock is taken up front, so two writers
+        queue on the busy timeout instead of failing on upgrade)."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    # -- reads -------------------------------------------------------------------------------------
+    def get(self, request_id: str) -> Request:
+        row = self.db.execute("SELECT * FROM requests WHERE id=?", (request_id,)).fetchone()
+        if row is None:
+            raise LedgerError(f"no request with id {request_id[:64]!r}")
+        return Request.from_row(row)
+
+    def list(self, status: str | tuple[str, ...] | None = None) -> list[Request]:
+        if status is None:
+            rows = self.db.execute("SELECT * FROM requests ORDER BY received_at, id").fetchall()
+        else:
+            st = (status,) if isinstance(status, str) else tuple(status)
+            rows = self.db.execute(f"SELECT * FROM requests WHERE status IN ({','.join('?' * len(st))}) "
+                                   "ORDER BY received_at, id", st).fetchall()
+        return [Request.from_row(r) for r in rows]
+
+    def find_key(self, key_hashes: list[str]) -> str | None:
+        for k in key_hashes:
+            row = self.db.execute("SELECT request_id FROM keys WHERE key_hash=?", (k,)).fetchone()
+            if row:
+                return row[0]
+        return None
+
+    def events(self, request_id: str) -> list[dict]:
+        rows = self.db.execute("SELECT * FROM events WHERE request_id=? ORDER BY seq", (request_id,)).fetchall()
+        return [dict(r) for r in rows]
+
+    def batch(self, batch_id: str) -> dict | None:
+        row = self.db.execute("SELECT * FROM batches WHERE id=?", (batch_id,)).fetchone()
+        return _batch(row) if row else None
+
+    def open_batches(self) -> list[dict]:
+        rows = self.db.execute("SELECT * FROM batches WHERE stage NOT IN ('deployed','rejected','abandoned') "
+                               "ORDER BY started_at").fetchall()
+        return [_batch(r) for r in rows]
+
+    # -- writes --------------------------------------------------------------------------------------
+    def create(self, person_hash: str, key_hashes: list[str], name: str, aliases: list[str], facts: list[dict],
+               reason: str | None) -> str:
+        rid = "r-" + uuid.uuid4().hex[:12]
+        now = time.time()
+        with self.tx() as c:
+            c.execute("INSERT INTO requests (id, person_hash, name, aliases, facts, reason, status, received_at, "
+                      "counts, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                      (rid, person_hash, name, json.dumps(aliases), json.dumps(facts), reason, "received", now,
+                       json.dumps({"aliases": len(aliases), "facts": len(facts)}), now))
+            for k in key_hashes:
+                c.execute("INSERT OR IGNORE INTO keys VALUES (?,?)", (k, rid))
+            _event(c, rid, None, None, "received", {"reason_given": reason is not None})
+        return rid
+
+    def merge(self, request_id: str, key_hashes: list[str], aliases: list[str], facts: list[dict]) -> Request:
+        """Add aliases and facts to an existing request (a repeated request, or one by an alias)."""
+        with self.tx() as c:
+            r = Request.from_row(c.execute("SELECT * FROM requests WHERE id=?", (request_id,)).fetchone())
+            for k in key_hashes:
+                c.execute("INSERT OR IGNORE INTO keys VALUES (?,?)", (k, request_id))
+            if r.status != "verified":
+                al = r.aliases + [a for a in aliases if a not in r.aliases and a != r.name]
+                fa = r.facts + [f for f in facts if f not in r.facts]
+                counts = {**r.counts, "aliases": len(al), "facts": len(fa), "merged": r.counts.get("merged", 0) + 1}
+                c.execute("UPDATE requests SET aliases=?, facts=?, counts=?, updated_at=? WHERE id=?",
+                          (json.dumps(al), json.dumps(fa), json.dumps(counts), time.time(), request_id))
+            _event(c, request_id, None, r.status, r.status, {"merged": True, "aliases": len(aliases), "facts": len(facts)})
+        return self.get(request_id)
+
+    def transition(self, request_id: str, to: str, **fields) -> None:
+        """Move a request to state `to` (checked against TRANSITIONS), setting `fields` in the same
+        transaction; the time column of the new state is set too."""
+        with self.tx() as c:
+            _transition(c, request_id, to, fields)
+
+    def transition_many(self, changes: list[tuple[str, str, dict]], batch_update: tuple[str, dict] | None = None) -> None:
+        """Several state changes (and a batch update) as one transaction."""
+        with self.tx() as c:
+            for rid, to, fields in changes:
+                _transition(c, rid, to, fields)
+            if batch_update is not None:
+                _update_batch(c, *batch_update)
+
+    def start_batch(self, batch_id: str, source_version: str, new_version: str, request_ids: list[str],
+                    method: str) -> None:
+        with self.tx() as c:
+            c.execute("INSERT INTO batches (id, stage, source_version, new_version, request_ids, method, started_at) "
+                      "VALUES (?,?,?,?,?,?,?)", (batch_id, "started", source_version, new_version,
+                                                 json.dumps(request_ids), method, time.time()))
+            for rid in request_ids:
+                _transition(c, rid, "processing", {"batch": batch_id})
+
+    def checkpoint(self) -> None:
+        """Fold the WAL into the database and truncate it, so no old page (with clear text dropped
+        since) stays in the -wal file."""
+        self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def update_batch(self, batch_id: str, **fields) -> None:
+        with self.tx() as c:
+            _update_batch(c, batch_id, fields)
+
+
+COLUMNS = {"verified_at", "name", "aliases", "facts", "reason", "inventory", "failure", "batch", "counts", "metrics", "certificate",
+           "certificate_sha256"}
+TIME_COLUMN = {"guarded": "guarded_at", "located": "located_at", "verified": "verified_at", "failed": "failed_at"}
+
+
+def _event(c, rid, batch, frm, to, detail=None):
+    c.execute("INSERT INTO events (request_id, batch, at, from_status, to_status, detail) VALUES (?,?,?,?,?,?)",
+              (rid, batch, time.time(), frm, to, json.dumps(detail or {})))
+
+
+def _transition(c, rid: str, to: str, fields: dict) -> None:
+    row = c.execute("SELECT status, batch FROM requests WHERE id=?", (rid,)).fetchone()
+    if row is None:
+        raise LedgerError(f"no request with id {rid[:64]!r}")
+    frm = row[0]
+    if to not in TRANSITIONS[frm]:
+        raise LedgerError(f"request {rid}: cannot go from {frm} to {to}")
+    if to == "verified" and not fields.get("certificate"):
+        raise LedgerError(f"request {rid}: verified needs its certificate")
+    bad = set(fields) - COLUMNS
+    if bad:
+        raise LedgerError(f"ledger: no column {sorted(bad)[0]!r}")
+    now = time.time()
+    sets = {k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in fields.items()}
+    sets["status"], sets["updated_at"] = to, now
+    if to in TIME_COLUMN:
+        sets.setdefault(TIME_COLUMN[to], now)
+    c.execute(f"UPDATE requests SET {', '.join(f'{k}=?' for k in sets)} WHERE id=?", (*sets.values(), rid))
+    _event(c, rid, fields.get("batch", row[1]), frm, to, {"failure": fields["failure"]} if "failure" in fields else None)
+
+
+def _update_batch(c, batch_id: str, fields: dict) -> None:
+    if "stage" in fields and fields["stage"] not in BATCH_STAGES:
+        raise LedgerError(f"batch stage {fields['stage']!r}")
+    sets = {k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in fields.items()}
+    if fields.get("stage") in ("deployed", "rejected", "abandoned"):
+        sets["finished_at"] = time.time()
+    c.execute(f"UPDATE batches SET {', '.join(f'{k}=?' for k in sets)} WHERE id=?", (*sets.values(), batch_id))
+    c.execute("INSERT INTO events (request_id, batch, at, from_status, to_status, detail) VALUES (NULL,?,?,?,?,?)",
+              (batch_id, time.time(), None, fields.get("stage"), json.dumps({})))
+
+
+def _batch(row) -> dict:
+    d = dict(row)
+    d["request_ids"] = json.loads(d["request_ids"])
+    d["results"] = json.loads(d["results"]) if d.get("results") else None
+    return d

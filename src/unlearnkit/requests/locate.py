@@ -1,0 +1,158 @@
+"""Locate: what does the model reveal about a person? The result is the request's inventory, and the
+inventory is the forget set.
+
+Each probe (an attribute asked in several phrasings, `resources/probes.json`, extended by a home's
+own `probes.json`) is asked about the person and about invented strangers. A probe's answer counts
+as **known** when
+  * it is consistent: the same normalised answer in at least two thirds of the phrasings (and at
+    least two), and
+  * it differs from what the model says about anyone: at most `STRANGER_SHARE` of the strangers'
+    answers are that answer (a model that says "Thornwick" for every name reveals nothing).
+A given fact counts as known when the model's answer contains its answer (a question) or completes
+it (a fact sentence, its last words blanked). Given facts join the inventory whether known or not:
+the requester says they are true.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections import Counter
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from ..attacks.recovery import normalise
+from ..data.schema import QARecord
+
+STRANGER_SHARE = 0.25
+MAX_NEW_TOKENS = 24
+
+_FIRST = ["Odran", "Maelis", "Corvina", "Thessaly", "Bruneau", "Isolde", "Quillon", "Verena", "Dacian", "Ysabeau",
+          "Lorcan", "Mirela", "Anselm", "Ottilie", "Caspian", "Rhiannon"]
+_LAST = ["Quennell", "Ashgrove", "Vortigan", "Halloway", "Pemberly", "Strathmore", "Dunleavy", "Kestrell",
+         "Marchbank", "Orlovsky", "Tremaine", "Wexley", "Ravensdale", "Fairbourne", "Lindqvist", "Castellane"]
+
+
+@dataclass
+class Probe:
+    attribute: str
+    questions: list[str]
+
+
+def load_probes(home=None) -> list[Probe]:
+    """The built-in probes, then the home's own `probes.json` (same format; same attribute replaces)."""
+    data = json.loads(resources.files("unlearnkit").joinpath("resources/probes.json").read_text())
+    probes = {p["attribute"]: Probe(p["attribute"], list(p["questions"])) for p in data["probes"]}
+    extra = Path(home.path) / "probes.json" if home is not None else None
+    if extra is not None and extra.is_file():
+        from ..data.io import DataError
+
+        try:
+            for i, p in enumerate(json.loads(extra.read_text())["probes"]):
+                qs = list(p["questions"])
+                if len(qs) < 2 or not all("{name}" in q for q in qs):
+                    raise DataError(f"{extra}: probes[{i}].questions: needs >= 2 phrasings, each with {{name}}")
+                probes[str(p["attribute"])] = Probe(str(p["attribute"]), qs)
+        except (ValueError, KeyError, TypeError) as e:
+            if isinstance(e, DataError):
+                raise
+            raise DataError(f"{extra}: malformed probes file ({type(e).__name__}: {e})") from None
+    return list(probes.values())
+
+
+def strangers(n: int, avoid: set[str], seed: int = 0) -> list[str]:
+    """`n` invented full names, none of them in `avoid` (normalised)."""
+    rng = random.Random(seed)
+    out: list[str] = []
+    while len(out) < n:
+        name = f"{rng.choice(_FIRST)} {rng.choice(_LAST)}"
+        if normalise(name) not in avoid and name not in out:
+            out.append(name)
+    return out
+
+
+def _blank(sentence: str) -> tuple[str, str]:
+    """A fact sentence as (prompt, its last quarter of words, at least one): fill in the blank."""
+    words = sentence.rstrip(".!?").split()
+    k = max(1, math.ceil(len(words) / 4))
+    return " ".join(words[:-k]), " ".join(words[-k:])
+
+
+def locate(lm, name: str, aliases: list[str] | None = None, facts: list[dict] | None = None,
+           probes: list[Probe] | None = None, n_strangers: int = 8, seed: int = 0) -> dict:
+    """The inventory of what `lm` reveals about `name`: {"items": [...], "strangers": [...], "counts": {...}}.
+
+    Each item: attribute, template (with {name}; None for a given fact), question, phrasings, answer,
+    source ("probe" | "fact"), known, consistency, stranger_share."""
+    probes = probes if probes is not None else load_probes()
+    facts = facts or []
+    others = strangers(n_strangers, {normalise(x) for x in [name, *(aliases or [])]}, seed)
+    prompts, keys = [], []
+    for pi, p in enumerate(probes):
+        for qi, q in enumerate(p.questions):
+            prompts.append(q.replace("{name}", name)), keys.append(("p", pi, qi, None))
+            for si, s in enumerate(others):
+                prompts.append(q.replace("{name}", s)), keys.append(("s", pi, qi, si))
+    fact_prompts = []
+    for fi, f in enumerate(facts):
+        prompt, answer = (f["question"], f["answer"]) if "question" in f else _blank(f["fact"])
+        fact_prompts.append((prompt, answer))
+        prompts.append(prompt), keys.append(("f", fi, 0, None))
+    gens = dict(zip(keys, lm.generate(prompts, max_new_tokens=MAX_NEW_TOKENS)))
+    items = []
+    for pi, p in enumerate(probes):
+        mine = [gens[("p", pi, qi, None)] for qi in range(len(p.questions))]
+        theirs = [normalise(gens[("s", pi, qi, si)]) for qi in range(len(p.questions)) for si in range(len(others))]
+        top, count = Counter(normalise(a) for a in mine).most_common(1)[0]
+        consistency = count / len(mine)
+        share = sum(t == top for t in theirs) / max(1, len(theirs))
+        known = bool(top) and count >= max(2, math.ceil(2 * len(mine) / 3)) and share <= STRANGER_SHARE
+        answer = next(a for a in mine if normalise(a) == top)
+        wrong = [a for a, _ in Counter(t for t in theirs if t and t != top).most_common(3)]
+        items.append({"attribute": p.attribute, "template": p.questions[0],
+                      "question": p.questions[0].replace("{name}", name),
+                      "phrasings": [q.replace("{name}", name) for q in p.questions], "templates": p.questions,
+                      "answer": answer, "source": "probe", "known": known, "consistency": consistency,
+                      "stranger_share": share, "stranger_answers": wrong})
+    for fi, (f, (prompt, answer)) in enumerate(zip(facts, fact_prompts)):
+        out = normalise(gens[("f", fi, 0, None)])
+        items.append({"attribute": "given", "template": None, "question": prompt, "phrasings": [prompt],
+                      "templates": None, "answer": answer, "source": "fact",
+                      "known": bool(normalise(answer)) and normalise(answer) in out,
+                      "consistency": None, "stranger_share": None, "stranger_answers": []})
+    inventory = [it for it in items if it["source"] == "fact" or it["known"]]
+    return {"items": inventory, "probed": len(probes), "strangers": others,
+            "counts": {"probes": len(probes), "known_probes": sum(it["known"] for it in items if it["source"] == "probe"),
+                       "facts": len(facts), "known_facts": sum(it["known"] for it in items if it["source"] == "fact"),
+                       "inventory": len(inventory)}}
+
+
+def forget_records(request_id: str, name: str, inventory: list[dict]) -> list[QARecord]:
+    """The inventory as forget-set QA records (every phrasing a training phrasing)."""
+    out = []
+    for i, it in enumerate(inventory):
+        wrong = [w for w in it.get("stranger_answers") or [] if normalise(w) != normalise(it["answer"])] or ["unknown"]
+        out.append(QARecord(id=f"{request_id}-{i:02d}", subject=name, question=it["phrasings"][0],
+                            alt_questions=it["phrasings"][1:], answer=it["answer"], paraphrased_answer=it["answer"],
+                            perturbed_answers=wrong, attribute=it["attribute"]))
+    return out
+
+
+def twin_records(request_id: str, name: str, inventory: list[dict], others: list[str], per_item: int = 2) -> list[QARecord]:
+    """Counterfactual twins: the inventory's questions about invented strangers, with the same
+    answers. What the model says about people it never saw is the level the person must reach."""
+    out = []
+    for i, it in enumerate(inventory):
+        for j, s in enumerate(others[:per_item]):
+            if it.get("templates"):
+                qs = [t.replace("{name}", s) for t in it["templates"]]
+            elif name in it["question"]:
+                qs = [it["question"].replace(name, s)]
+            else:
+                continue
+            out.append(QARecord(id=f"{request_id}-{i:02d}-twin{j}", subject=s, question=qs[0], alt_questions=qs[1:],
+                                answer=it["answer"], paraphrased_answer=it["answer"],
+                                perturbed_answers=[w for w in it.get("stranger_answers") or []] or ["unknown"],
+                                attribute=it["attribute"]))
+    return out

@@ -1,0 +1,96 @@
+"""Who a request is about: the name normalised, its salted hash, and the facts a requester gives."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import unicodedata
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ..data.io import DataError
+
+# scrypt (RFC 7914) at n=2^14, r=8: ~16 MiB and tens of milliseconds per hash, so a guessed list of
+# names costs an attacker who holds the ledger but not the salt nothing, and one who holds both
+# real work per guess.
+SCRYPT = dict(n=2 ** 14, r=8, p=1, dklen=32)
+
+
+def normalise_name(name: str) -> str:
+    """Casefolded, accents stripped, whitespace collapsed: 'Zoë  Smith' and 'zoe smith' are one person."""
+    t = unicodedata.normalize("NFKD", name)
+    return " ".join("".join(c for c in t if not unicodedata.combining(c)).casefold().split())
+
+
+def check_name(name: str, what: str = "name") -> str:
+    clean = " ".join(str(name).split())
+    if not clean:
+        raise ValueError(f"{what}: must not be empty")
+    if len(clean) > 200:
+        raise ValueError(f"{what}: longer than 200 characters")
+    return clean
+
+
+def person_hash(name: str, salt: bytes) -> str:
+    """Salted scrypt of the normalised name (hex): what the ledger keeps once a request is verified."""
+    return hashlib.scrypt(normalise_name(name).encode(), salt=salt, **SCRYPT).hex()
+
+
+class Fact(BaseModel):
+    """One line of a `--facts` file: a question and its answer, or a fact sentence."""
+    model_config = ConfigDict(extra="forbid")
+    question: str | None = Field(default=None, max_length=2000)
+    answer: str | None = Field(default=None, max_length=2000)
+    fact: str | None = Field(default=None, max_length=2000)
+
+    @field_validator("question", "answer", "fact")
+    @classmethod
+    def _strip(cls, v):
+        if v is None:
+            return v
+        v = " ".join(v.split())
+        if not v:
+            raise ValueError("must be a non-empty string")
+        return v
+
+    @model_validator(mode="after")
+    def _one_kind(self):
+        if self.fact is None and (self.question is None or self.answer is None):
+            raise ValueError("a line needs 'question' and 'answer', or 'fact'")
+        if self.fact is not None and (self.question is not None or self.answer is not None):
+            raise ValueError("a line has either 'fact' or 'question'+'answer', not both")
+        return self
+
+
+def read_facts(path: str | os.PathLike) -> list[dict]:
+    """Facts from a JSONL file; DataError naming file:line:field on any problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    out = []
+    for lineno, raw in enumerate(path.read_bytes().splitlines(), start=1):
+        where = f"{path}:{lineno}"
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise DataError(f"{where}: not valid UTF-8") from None
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{where}: malformed JSON ({e.msg}: column {e.colno})") from None
+        if not isinstance(obj, dict):
+            raise DataError(f"{where}: expected a JSON object")
+        try:
+            f = Fact.model_validate(obj)
+        except ValidationError as e:
+            err = e.errors()[0]
+            loc = ".".join(str(p) for p in err.get("loc", ())) or "(line)"
+            msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+            raise DataError(f"{where}: field '{loc}': {msg}") from None
+        out.append(f.model_dump(exclude_none=True))
+    if not out:
+        raise DataError(f"{path}: no facts")
+    return out

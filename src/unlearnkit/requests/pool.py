@@ -1,0 +1,56 @@
+"""The retain pool of a home: what must stay true, from a world dir, a `datasets` dir or a JSONL file."""
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+from ..data.io import DataError, has_split, load_split, read_jsonl, write_jsonl
+from ..data.schema import QARecord
+
+POOL_SPLITS = ("retain", "neighbours", "world_facts")  # everything an oracle trains on
+
+
+def read_pool_source(source: str | os.PathLike) -> list[QARecord]:
+    """QA records of a retain pool: a JSONL file, or the retain/neighbours/world_facts splits of a
+    world or `datasets` directory (never its forget split)."""
+    src = Path(source)
+    if src.is_file():
+        recs = read_jsonl(src)
+    elif src.is_dir():
+        recs = [r for s in POOL_SPLITS if has_split(src, s) for r in load_split(src, s)]
+    else:
+        raise DataError(f"{src}: retain pool not found (a world dir, a datasets dir or a JSONL file)")
+    if not recs:
+        raise DataError(f"{src}: empty retain pool")
+    return recs
+
+
+def import_pool(source: str | os.PathLike, out_dir: Path) -> Path:
+    return write_jsonl(Path(out_dir) / "retain.jsonl", read_pool_source(source))
+
+
+def load_pool(home) -> list[QARecord]:
+    return read_jsonl(home.retain_dir / "retain.jsonl")
+
+
+def utility_slice(records: list[QARecord], n: int, seed: int = 0) -> list[QARecord]:
+    """A fixed sample of the pool (seeded), the records utility is measured on across versions."""
+    recs = sorted(records, key=lambda r: r.id)
+    random.Random(seed).shuffle(recs)
+    return recs[:n]
+
+
+def neighbours_of(records: list[QARecord], names: list[str], values: list[str]) -> list[QARecord]:
+    """Pool records about other people that mention one of `names` or share a value with the
+    inventory: they sit closest to what is forgotten and must stay true."""
+    from ..attacks.recovery import normalise
+
+    keys = {normalise(n) for n in names if n.strip()}
+    vals = {normalise(v) for v in values if normalise(v)}
+    out = []
+    for r in records:
+        text = normalise(" ".join([r.question, r.answer]))
+        if any(k in text for k in keys) or normalise(r.answer) in vals:
+            out.append(r)
+    return out

@@ -1,0 +1,262 @@
+"""`request process`: the guarded requests as one batch, from `current` to a verified new version.
+
+Stages of a batch (ledger `batches.stage`), each entered in one transaction, so that the next
+`process` after a crash knows how far the last one got:
+
+    started    requests -> processing; the batch world is built and unlearning runs
+    trained    the run directory holds the unlearned model
+    versioned  the model is an immutable version with its manifest; the checks run
+    deploying  every check passed, the certificates are written; `current` switches
+    deployed   requests -> verified (clear text dropped); or
+    rejected   a check failed: requests -> failed with the reasons, nothing deployed
+
+Resuming: a `started` batch is trained again from scratch (its world is rebuilt from the ledger);
+`trained` and `versioned` go on from there; `deploying` switches `current` (idempotent) and commits.
+`UNLEARNKIT_KILL_AT=<point>` makes the process SIGKILL itself at that point (reliability tests).
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import time
+import uuid
+from pathlib import Path
+
+import yaml
+
+from .. import runinfo
+from ..data.io import write_jsonl
+from .certificate import build as build_certificate, write as write_certificate
+from .home import Home, HomeError
+from .intake import guard_target, put_target
+from .locate import forget_records, load_probes, locate, twin_records
+from .pool import load_pool, neighbours_of
+from .verify import attack_checks, request_checks, utility_check
+
+KILL_ENV = "UNLEARNKIT_KILL_AT"
+
+
+def kill_point(name: str) -> None:
+    """SIGKILL this process at `name` when UNLEARNKIT_KILL_AT says so (for the reliability tests)."""
+    if os.environ.get(KILL_ENV) == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _home(home) -> Home:
+    return home if isinstance(home, Home) else Home(home)
+
+
+def _lm(model_dir):
+    from ..models.load import load_model
+    from ..scoring import LM
+
+    return LM(*load_model(str(model_dir)))
+
+
+def locate_request(home, request_id: str, lm=None) -> dict:
+    """Run locate for one request on `current`, store the inventory, move it to `located`, and put
+    the inventory's answers behind the guard too. Returns the locate result."""
+    home = _home(home)
+    with home.ledger() as led:
+        r = led.get(request_id)
+        if r.status not in ("guarded", "located"):
+            raise HomeError(f"request {request_id}: cannot locate in status {r.status}")
+        lm = lm or _lm(home.current().path)
+        res = locate(lm, r.name, r.aliases, r.facts, load_probes(home), home.settings.n_strangers, home.settings.seed)
+        put_target(home.guard(), guard_target(r.id, r.name, r.aliases, r.facts, res["items"]))
+        led.transition(r.id, "located", inventory={"items": res["items"], "strangers": res["strangers"]},
+                       counts={**r.counts, **res["counts"]})
+    return res
+
+
+def _batch_world(home: Home, requests, out: Path) -> tuple[Path, dict]:
+    """forget = the inventories; holdout = their twins about strangers; retain = neighbours + a
+    sample of the pool. Returns (world dir, {request id: (records, twins)})."""
+    pool = load_pool(home)
+    forget, twins, per = [], [], {}
+    names, values = [], []
+    for r in requests:
+        inv = r.inventory or {"items": [], "strangers": []}
+        recs = forget_records(r.id, r.name, inv["items"])
+        tw = twin_records(r.id, r.name, inv["items"], inv["strangers"])
+        per[r.id] = (recs, tw)
+        forget += recs
+        twins += tw
+        names += [r.name, *r.aliases]
+        values += [it["answer"] for it in inv["items"]]
+    from ..attacks.recovery import normalise
+
+    keys = {normalise(n) for n in names}
+    pool = [p for p in pool if normalise(p.subject) not in keys]  # the people themselves are not retained
+    near = neighbours_of(pool, names, values)
+    rng = random.Random(home.settings.seed)
+    rest = [p for p in pool if p not in near]
+    retain = near + rng.sample(rest, min(len(rest), home.settings.retain_sample))
+    out.mkdir(parents=True, exist_ok=True)
+    if forget:
+        write_jsonl(out / "forget.jsonl", forget)
+        write_jsonl(out / "holdout.jsonl", twins)
+    write_jsonl(out / "retain.jsonl", retain)
+    return out, per
+
+
+def process(home=None, method: str | None = None, max_batch: int | None = None, progress: bool = False,
+            seed: int | None = None, **train_overrides) -> dict:
+    """Finish any batch a crash left open, then take the guarded/located requests (at most
+    `max_batch`) as one batch. Returns the batch summary (the resumed batch's when there was no new
+    request; {} when there was nothing to do at all)."""
+    home = _home(home)
+    with home.process_lock():
+        for stale in home.versions_dir.glob(".v*.tmp-*"):  # half-copied versions of a killed run
+            shutil.rmtree(stale, ignore_errors=True)
+        with home.ledger() as led:
+            resumed = [_run(home, b["id"], train_overrides, progress) for b in led.open_batches()]
+            todo = led.list(("guarded", "located"))
+        if max_batch is not None:
+            todo = todo[:max_batch]
+        if not todo:
+            return resumed[-1] if resumed else {}
+        source = home.current()
+        lm = None
+        for r in todo:
+            if r.status == "guarded" or r.inventory is None:
+                lm = lm or _lm(source.path)
+                locate_request(home, r.id, lm)
+                kill_point("located")
+        del lm
+        batch_id = "b-" + time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
+        with home.ledger() as led:
+            led.start_batch(batch_id, source.name, home.next_version_name(), [r.id for r in todo],
+                            method or home.settings.method)
+            if seed is not None or train_overrides:
+                led.update_batch(batch_id, results={"train_overrides": train_overrides, "seed": seed})
+        kill_point("started")
+        return _run(home, batch_id, train_overrides, progress, seed)
+
+
+def _run(home: Home, batch_id: str, train_overrides: dict, progress: bool, seed: int | None = None) -> dict:
+    """Carry batch `batch_id` from its recorded stage to deployed or rejected."""
+    from .. import api
+
+    run_dir = home.runs_dir / batch_id
+    with home.ledger() as led:
+        b = led.batch(batch_id)
+        reqs = [led.get(i) for i in b["request_ids"]]
+    seed = home.settings.seed if seed is None else seed
+    world, per = _batch_world(home, reqs, run_dir / "world")
+    has_forget = (world / "forget.jsonl").is_file()
+    source = home.check_version(b["source_version"])
+    if b["stage"] == "started":
+        if has_forget:
+            shutil.rmtree(run_dir / "unlearn", ignore_errors=True)
+            api.forget(source.path, world, b["method"], run_dir / "unlearn", seed=seed, progress=progress,
+                       **train_overrides)
+        kill_point("trained")
+        _stage(home, batch_id, "trained")
+        b["stage"] = "trained"
+    if b["stage"] == "trained":
+        if has_forget:
+            try:
+                home.check_version(b["new_version"])  # a killed run got as far as the rename
+            except HomeError:
+                if (home.versions_dir / b["new_version"]).exists():
+                    shutil.rmtree(home.versions_dir / b["new_version"])
+                home.add_version(run_dir / "unlearn" / "model", b["new_version"], parent=source.name)
+        kill_point("versioned")
+        _stage(home, batch_id, "versioned")
+        b["stage"] = "versioned"
+    after = home.check_version(b["new_version"]) if has_forget else source
+    if b["stage"] == "versioned":
+        _verify(home, b, reqs, per, world, source, after, run_dir, seed)
+        with home.ledger() as led:
+            b = led.batch(batch_id)
+    if b["stage"] == "deploying":
+        _deploy(home, b, reqs, after)
+    shutil.rmtree(run_dir / "world", ignore_errors=True)  # names and facts in clear: gone with the batch
+    shutil.rmtree(run_dir / "unlearn" / "model", ignore_errors=True)  # kept as a version
+    with home.ledger() as led:
+        b = led.batch(batch_id)
+    return {"batch": batch_id, "stage": b["stage"], "source_version": b["source_version"],
+            "new_version": b["new_version"] if has_forget else b["source_version"], "requests": b["request_ids"],
+            "results": b["results"]}
+
+
+def _stage(home: Home, batch_id: str, stage: str, **fields) -> None:
+    with home.ledger() as led:
+        led.update_batch(batch_id, stage=stage, **fields)
+
+
+def _method_info(run_dir: Path, method: str) -> dict:
+    info = {"name": method}
+    cfg = run_dir / "unlearn" / "config.yaml"
+    if cfg.is_file():
+        c = yaml.safe_load(cfg.read_text()) or {}
+        info.update({"params": c.get("params"), "train": c.get("train"), "seed": c.get("seed"),
+                     "versions": c.get("versions")})
+    for name in ("calibration.json", "train.json"):  # why the run stopped, when the loop reports it
+        p = run_dir / "unlearn" / name
+        if p.is_file():
+            info[name.removesuffix(".json")] = json.loads(p.read_text())
+    return info
+
+
+def _verify(home: Home, b: dict, reqs, per, world: Path, source, after, run_dir: Path, seed: int) -> None:
+    s = home.settings
+    lm = _lm(after.path)
+    batch_checks = [utility_check(home, after.path, lm)]
+    if after.name != source.name:
+        batch_checks += attack_checks(after.path, world, source.path, s)
+    per_checks = {r.id: request_checks(lm, *per[r.id], s) for r in reqs}
+    kill_point("checked")
+    ok = all(c["passed"] for c in batch_checks) and all(c["passed"] for cs in per_checks.values() for c in cs)
+    results = {"batch_checks": batch_checks, "request_checks": per_checks}
+    if not ok:
+        failures = {}
+        for r in reqs:
+            own = [c["check"] for c in per_checks[r.id] + batch_checks if not c["passed"]]
+            failures[r.id] = ("failed: " + ", ".join(own)) if own else "not deployed: other requests of the batch failed"
+        with home.ledger() as led:
+            led.transition_many([(r.id, "failed", {"failure": failures[r.id],
+                                                   "metrics": {"checks": per_checks[r.id] + batch_checks}})
+                                 for r in reqs], (b["id"], {"stage": "rejected", "results": results}))
+        return
+    now = time.time()
+    method = _method_info(run_dir, b["method"])
+    certs = {}
+    for r in reqs:
+        cert = build_certificate(r, b, source.summary(), after.summary(), method, per_checks[r.id] + batch_checks,
+                                 {"inventory": len(per[r.id][0]), "twins": len(per[r.id][1])}, now)
+        path, sha = write_certificate(home, cert)
+        certs[r.id] = {"path": str(path.relative_to(home.path)), "sha256": sha}
+    kill_point("certified")
+    _stage(home, b["id"], "deploying", results={**results, "certificates": certs, "verified_at": now})
+
+
+def _deploy(home: Home, b: dict, reqs, after) -> None:
+    """Switch `current`, trim the guard to what it needs, and commit: verified, clear text dropped."""
+    certs = b["results"]["certificates"]
+    guard = home.guard()
+    for r in reqs:
+        if home.settings.keep_guard_after_verified:
+            if r.name is not None:
+                put_target(guard, guard_target(r.id, r.name, r.aliases, [], names_only=True))
+        elif any(t.id == r.id for t in guard.list()):
+            guard.remove(r.id)
+    home.set_current(after.name)
+    kill_point("switched")
+    checks = b["results"]["request_checks"]
+    changes = []
+    for r in reqs:
+        counts = {**r.counts, "inventory": len((r.inventory or {}).get("items", []))}
+        changes.append((r.id, "verified", {
+            "certificate": certs[r.id]["path"], "certificate_sha256": certs[r.id]["sha256"],
+            "metrics": {"checks": checks[r.id] + b["results"]["batch_checks"]}, "counts": counts,
+            "name": None, "aliases": None, "facts": None, "inventory": None, "reason": None,
+            "verified_at": b["results"]["verified_at"]}))
+    with home.ledger() as led:
+        led.transition_many(changes, (b["id"], {"stage": "deployed"}))
+        led.checkpoint()
+    runinfo.write_json(home.runs_dir / b["id"] / "deployed.json", {"version": after.name, "at": time.time()})

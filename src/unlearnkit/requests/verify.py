@@ -1,0 +1,96 @@
+"""The checks a batch must pass before its version is deployed, each against a threshold of the
+home's settings (docs/requests.md, "Checks and thresholds").
+
+Per request, on the weights alone (no guard):
+  * answers: the share of the inventory the model still answers (the true answer inside its greedy
+    answer) minus the same share on the counterfactual twins (the questions about invented people,
+    same answers): at most `answer_tolerance`;
+  * MIA: ROC AUC of the LOSS attack, inventory against twins: within `mia_tolerance` of 0.5 (an AUC
+    far below 0.5 is over-forgetting, which gives the person away too).
+Per batch: recovery under relearning (attacks.relearn, source=facts) and under 4-bit round-to-nearest
+quantization (attacks.quantize) at most `relearn_max` / `quantize_max`; retain utility at least
+`utility_floor` x the base model's.
+"""
+from __future__ import annotations
+
+
+import numpy as np
+
+from ..attacks.recovery import forget_metrics
+from ..metrics.mia import auc, loss_score
+from ..metrics.tofu import harmonic_mean
+from .pool import load_pool, utility_slice
+
+
+def _lm(model_dir):
+    from ..models.load import load_model
+    from ..scoring import LM
+
+    return LM(*load_model(str(model_dir)))
+
+
+def utility(home, model_dir, lm=None) -> float:
+    """Retain utility: harmonic mean of ROUGE-L recall and answer probability on the home's fixed
+    utility slice of the retain pool."""
+    lm = lm or _lm(model_dir)
+    recs = utility_slice(load_pool(home), home.settings.utility_records, home.settings.seed)
+    m = forget_metrics(lm, recs, truth_ratio=False)
+    return float(harmonic_mean([m["forget_rouge"], m["forget_probability"]]))
+
+
+def check(name: str, value, threshold, passed: bool, **extra) -> dict:
+    return {"check": name, "value": value, "threshold": threshold, "passed": bool(passed), **extra}
+
+
+def request_checks(lm, records, twins, settings) -> list[dict]:
+    """The per-request checks (answers, MIA) on `records` (the inventory) against `twins`."""
+    if not records:
+        return [check("answers", 0.0, settings.answer_tolerance, True, note="nothing located: nothing to reveal")]
+    mine = forget_metrics(lm, records, truth_ratio=False, keep=0)
+    out = []
+    if twins:
+        theirs = forget_metrics(lm, twins, truth_ratio=False, keep=0)
+        gap = mine["forget_contains"] - theirs["forget_contains"]
+        out.append(check("answers", gap, settings.answer_tolerance, gap <= settings.answer_tolerance,
+                         person_rate=mine["forget_contains"], strangers_rate=theirs["forget_contains"],
+                         person_rouge=mine["forget_rouge"], strangers_rouge=theirs["forget_rouge"]))
+        sm = [loss_score(s) for s in lm.score([r.question for r in records], [r.answer for r in records])]
+        sn = [loss_score(s) for s in lm.score([r.question for r in twins], [r.answer for r in twins])]
+        a = auc(sm, sn)
+        out.append(check("mia_auc", a, [0.5 - settings.mia_tolerance, 0.5 + settings.mia_tolerance],
+                         abs(a - 0.5) <= settings.mia_tolerance, attack="loss", n_person=len(sm), n_strangers=len(sn)))
+    else:  # no twins (only given facts that do not name the person): the answer rate alone
+        out.append(check("answers", mine["forget_contains"], settings.answer_tolerance,
+                         mine["forget_contains"] <= settings.answer_tolerance, person_rate=mine["forget_contains"],
+                         note="no strangers' twins for these facts: the rate itself is checked"))
+    return out
+
+
+def attack_checks(model_dir, world_dir, source_dir, settings) -> list[dict]:
+    """Recovery under relearning and 4-bit quantization, batch-wide."""
+    from ..attacks import run_attack
+
+    out = []
+    try:
+        r = run_attack("relearn", str(model_dir), str(world_dir), subject=str(source_dir), seed=settings.seed,
+                       steps=settings.relearn_steps, source="facts")
+        out.append(check("relearn_recovery", r["recovery"], settings.relearn_max,
+                         (r["recovery"] or 0.0) <= settings.relearn_max, variant=r["recovery_variant"]))
+    except ValueError as e:  # e.g. no person with two facts to split into relearn and evaluation
+        out.append(check("relearn_recovery", None, settings.relearn_max, True, note=f"not run: {e}"))
+    q = run_attack("quantize", str(model_dir), str(world_dir), subject=str(source_dir), seed=settings.seed, bits=(4,))
+    out.append(check("quantize_recovery", q["recovery"], settings.quantize_max,
+                     (q["recovery"] or 0.0) <= settings.quantize_max, variant=q["recovery_variant"]))
+    return out
+
+
+def utility_check(home, model_dir, lm=None) -> dict:
+    base = home.meta.get("base_utility")
+    u = utility(home, model_dir, lm)
+    # a base that knows nothing of its retain pool (utility 0) cannot lose any: ratio 1
+    ratio = u / base if base else (1.0 if base is not None else float("nan"))
+    return check("utility", ratio, home.settings.utility_floor,
+                 bool(np.isfinite(ratio)) and ratio >= home.settings.utility_floor, utility=u, base_utility=base)
+
+
+__all__ = ["utility", "request_checks", "attack_checks", "utility_check"]

@@ -1,0 +1,332 @@
+"""Forget requests end to end: the home, the ledger, add/guard, crash safety, certificates.
+
+The bookkeeping tests use an untrained tiny model and a two-step budget (they check states, files
+and hashes, not forgetting); thresholds are opened wide there so that every check passes. The
+end-to-end tests at the bottom use the session's trained `tiny_world`."""
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from unlearnkit import requests as rq
+from unlearnkit.cli import app
+from unlearnkit.requests.home import HomeError
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+LENIENT = dict(answer_tolerance=1.0, mia_tolerance=0.5, relearn_max=1.0, quantize_max=1.0, utility_floor=0.0,
+               utility_records=20, retain_sample=20, relearn_steps=2, n_strangers=2)
+
+
+@pytest.fixture(scope="module")
+def raw(tmp_path_factory):
+    """A 20-person world and an untrained tiny model on its vocabulary."""
+    from unlearnkit import api
+    from unlearnkit.data.io import load_world
+    from unlearnkit.models.load import save_model
+    from unlearnkit.models.tiny import new_model, train_tokenizer
+
+    root = tmp_path_factory.mktemp("rqraw")
+    data = api.world(root / "world", seed=1, n_people=20, forget_fraction=0.2)
+    w = load_world(data)
+    texts = [t for r in w.training_records() for t in r.phrasings() + [r.answer]]
+    tok = train_tokenizer(texts, vocab_size=512)
+    save_model(new_model(tok, seed=0), tok, root / "model")
+    people = sorted({r.subject for r in w.forget})
+    return {"world": data, "model": root / "model", "people": people}
+
+
+@pytest.fixture
+def home(raw, tmp_path):
+    return rq.init(tmp_path / "home", raw["model"], raw["world"], **LENIENT)
+
+
+def cli(*args, env=None):
+    r = CliRunner().invoke(app, list(args), env=env)
+    return r.exit_code, r.stdout, r.stderr
+
+
+def test_home_layout_manifest_and_corruption(home):
+    assert (home.path / "home.json").is_file() and (home.path / "ledger.sqlite").is_file()
+    assert home.current_name() == "v0000"
+    v = home.current()
+    assert "model.safetensors" in v.files and len(v.weights) == 64
+    assert home.meta["base_utility"] >= 0
+    # a partial version (no manifest) and a corrupted one are refused, and `current` cannot point at them
+    (home.versions_dir / "v0001").mkdir()
+    with pytest.raises(HomeError, match="partial version"):
+        home.set_current("v0001")
+    import shutil
+
+    shutil.rmtree(home.versions_dir / "v0001")
+    bad = home.add_version(v.path, "v0001", parent="v0000")
+    with open(bad.path / "model.safetensors", "r+b") as f:
+        f.seek(100)
+        f.write(b"\x00\x01\x02")
+    with pytest.raises(HomeError, match="corrupted"):
+        home.set_current("v0001")
+    assert home.current_name() == "v0000"
+    # the server refuses a corrupted current version at start
+    from unlearnkit.requests.serve import HomeServer
+
+    (home.path / "current").write_text("v0001\n")
+    with pytest.raises(HomeError, match="corrupted"):
+        HomeServer(home, token="t")
+
+
+def test_add_guards_at_once_and_merges(home, raw):
+    a = rq.add(home, raw["people"][0], aliases=["Dr. X"])
+    assert a.status == "guarded" and not a.merged
+    g = home.guard()
+    assert [t.id for t in g.list()] == [a.id]
+    assert g.detect([f"Where was {raw['people'][0]} born?"])[0].hit
+    again = rq.add(home, "  " + raw["people"][0].upper() + " ")
+    by_alias = rq.add(home, "dr. x", aliases=["Another Name"])
+    assert again.id == by_alias.id == a.id and again.merged and by_alias.merged
+    r = rq.show(home, a.id)
+    assert r["status"] == "guarded" and set(r["aliases"]) >= {"Dr. X", "Another Name"}
+    assert [e["to_status"] for e in r["events"]][:2] == ["received", "guarded"]
+    assert len(rq.list_requests(home)) == 1
+
+
+def test_ledger_refuses_bad_transitions(home, raw):
+    from unlearnkit.requests.ledger import LedgerError
+
+    a = rq.add(home, raw["people"][0])
+    with home.ledger() as led:
+        with pytest.raises(LedgerError, match="cannot go from guarded to verified"):
+            led.transition(a.id, "verified", certificate="x")
+        led.transition(a.id, "processing")
+        with pytest.raises(LedgerError, match="verified needs its certificate"):
+            led.transition(a.id, "verified")
+        assert led.get(a.id).status == "processing"
+
+
+def test_bad_input_one_line_errors(home, tmp_path):
+    h = str(home.path)
+    code, _, err = cli("request", "add", "   ", "--home", h)
+    assert code == 2 and "name: must not be empty" in err and len(err.strip().splitlines()) == 1
+    code, _, err = cli("request", "show", "r-nope", "--home", h)
+    assert code == 2 and "no request with id 'r-nope'" in err
+    facts = tmp_path / "f.jsonl"
+    facts.write_text('{"question": "Q?", "answer": "A"}\n{"question": "Q2?"}\n')
+    code, _, err = cli("request", "add", "Some One", "--facts", str(facts), "--home", h)
+    assert code == 2 and f"{facts}:2" in err and "question' and 'answer'" in err
+    facts.write_text('{"fact": "Some One was born in Ashmere."}\nnot json\n')
+    code, _, err = cli("request", "add", "Some One", "--facts", str(facts), "--home", h)
+    assert code == 2 and f"{facts}:2: malformed JSON" in err
+    code, _, err = cli("request", "list", "--home", str(tmp_path / "nowhere"))
+    assert code == 2 and "not a deployment home" in err and len(err.strip().splitlines()) == 1
+    code, _, _ = cli("request", "list", "--home", h)
+    assert code == 0  # the failed adds left nothing behind
+    assert rq.list_requests(home) == []
+
+
+def test_cli_round_trip(raw, tmp_path, monkeypatch):
+    h = tmp_path / "h"
+    monkeypatch.setenv("UNLEARN_HOME", str(h))  # the default home
+    code, out, err = cli("home", "init", "--model", str(raw["model"]), "--retain", str(raw["world"] / "retain.jsonl"))
+    assert code == 0 and out.strip() == str(h), err
+    code, _, err = cli("home", "init", "--model", str(raw["model"]), "--retain", str(raw["world"]))
+    assert code == 2 and "already a deployment home" in err
+    code, out, err = cli("request", "add", raw["people"][2], "--alias", "Nick Name", "--reason", "email")
+    assert code == 0 and out.strip().startswith("r-") and "guarded" in err
+    rid = out.strip()
+    code, out, _ = cli("request", "list", "--json")
+    assert code == 0 and [r["id"] for r in json.loads(out)] == [rid]
+    code, out, _ = cli("request", "show", rid, "--json")
+    r = json.loads(out)
+    assert r["status"] == "guarded" and r["aliases"] == ["Nick Name"] and r["reason"] == "email"
+    code, out, _ = cli("request", "show", rid)
+    assert code == 0 and "history" in out
+    code, _, err = cli("request", "certificate", rid)
+    assert code == 2 and "no certificate (status guarded)" in err
+
+
+def _process_cmd(home, *extra):
+    return [sys.executable, "-m", "unlearnkit.cli", "request", "process", "--home", str(home.path), "--steps", "2",
+            *extra]
+
+
+def _env(**kw):
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1",
+           "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    env.update(kw)
+    return env
+
+
+def _consistent(home, expected_ids):
+    """No request lost or duplicated; none verified without its certificate file."""
+    con = sqlite3.connect(home.ledger_path)
+    rows = con.execute("SELECT id, status, certificate FROM requests").fetchall()
+    con.close()
+    ids = [r[0] for r in rows]
+    assert sorted(ids) == sorted(set(ids)) and set(expected_ids) <= set(ids)
+    for rid, status, cert in rows:
+        if status == "verified":
+            assert cert and (home.path / cert).is_file()
+    return {r[0]: r[1] for r in rows}
+
+
+def test_process_killed_at_every_stage_resumes(home, raw):
+    """SIGKILL at each stage of a batch, then the next `process` goes on; meanwhile `request add`
+    from this process (another writer) is safe."""
+    # an untrained model reveals nothing, so each request brings a fact: the batch has a forget set
+    ids = [rq.add(home, p, facts=[{"question": f"What is the pet of {p}?", "answer": "Wobbles"}]).id
+           for p in raw["people"][:2]]
+    current = [home.current_name()]
+    for point in ("started", "trained", "versioned", "certified", "switched"):
+        added = []
+        proc = subprocess.Popen(_process_cmd(home), env=_env(UNLEARNKIT_KILL_AT=point),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        if point == "started":  # concurrent adds while the process holds the ledger
+            for i in range(3):
+                added.append(rq.add(home, f"Concurrent Person{i}").id)
+        out, err = proc.communicate(timeout=600)
+        assert proc.returncode == -9, err.decode()[-2000:]
+        states = _consistent(home, ids + added)
+        ids += added
+        assert all(states[i] in ("processing", "verified") for i in ids[:2]), states
+        current.append(home.current_name())
+    # the batch was switched by the last killed run, but its requests were not yet committed
+    assert current[-1] == "v0001"
+    proc = subprocess.run(_process_cmd(home), env=_env(), capture_output=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    states = _consistent(home, ids)
+    assert set(states) == set(ids) and set(states.values()) == {"verified"}, states  # nothing lost or doubled
+    with home.ledger() as led:
+        batches = led.db.execute("SELECT id, stage FROM batches ORDER BY started_at").fetchall()
+        # the resumed batch, then one for the requests added meanwhile if the first did not take them
+        assert {b["stage"] for b in batches} == {"deployed"}
+        for rid in ids:
+            assert sum(rid in json.loads(b) for (b,) in led.db.execute("SELECT request_ids FROM batches")) == 1
+    for rid in ids[:2]:
+        v = rq.verify_certificate(home, rid)
+        assert v["ok"], v
+    code, out, _ = cli("request", "certificate", ids[0], "--verify", "--home", str(home.path))
+    assert code == 0 and "OK" in out
+
+
+def test_verified_request_keeps_no_clear_text(home, raw, tmp_path):
+    name = raw["people"][1]
+    facts = tmp_path / "facts.jsonl"
+    facts.write_text(json.dumps({"question": f"Where does {name} keep the spare key?", "answer": "Under the Zorbleflip"}) + "\n")
+    rid = rq.add(home, name, aliases=["Quxley Vandermeer"], facts=facts, reason="asked by letter").id
+    res = rq.process(home, steps=2)
+    assert res["stage"] == "deployed", json.dumps(res["results"])[:3000]
+    r = rq.show(home, rid)
+    assert r["status"] == "verified" and r["name"] is None and r["aliases"] == [] and r["reason"] is None
+    assert r["counts"]["facts"] == 1 and r["counts"]["inventory"] >= 1
+    # the retain pool is the deployer's own data (a neighbour's record may name the person and must stay true)
+    files = [f for f in home.path.rglob("*") if f.is_file() and not {"versions", "retain"} & set(f.parts)]
+    for secret in (name, "Zorbleflip", "Quxley", "asked by letter"):
+        for f in files:  # the names stay in the guard only (what it needs to keep matching)
+            if secret in (name, "Quxley") and "guard" in f.relative_to(home.path).parts:
+                continue
+            assert secret.encode() not in f.read_bytes(), (secret, f)
+    # the guard keeps the names only: enough to keep matching, no facts or answers
+    (t,) = [t for t in home.guard().list() if t.id == rid]
+    assert t.subject == name and t.aliases == ["Quxley Vandermeer"] and not t.qa and not t.facts
+    cert = rq.certificate(home, rid)
+    assert cert["versions"]["before"]["name"] == "v0000" and cert["versions"]["after"]["name"] == "v0001"
+    assert {c["check"] for c in cert["checks"]} >= {"answers", "utility", "relearn_recovery", "quantize_recovery"}
+    assert all("threshold" in c for c in cert["checks"])
+    # tampering with a stored version is caught by --verify
+    with open(home.versions_dir / "v0001" / "model.safetensors", "r+b") as f:
+        f.seek(200)
+        f.write(b"\xff\xfe")
+    v = rq.verify_certificate(home, rid)
+    assert not v["ok"] and any(not c["ok"] and "after" in c["what"] for c in v["checks"])
+
+
+# ------------------------------------------------------------------------------ end to end (trained)
+
+def _known_truth(lm, records):
+    """The world's facts the subject actually answers (ground truth for locate)."""
+    from unlearnkit.attacks.recovery import normalise
+
+    gens = lm.generate([r.question for r in records], max_new_tokens=24)
+    return [r for r, g in zip(records, gens) if normalise(r.answer) in normalise(g)]
+
+
+def test_locate_finds_what_the_subject_knows(tiny_world):
+    """Zero-shot locate on a forget person: recall >= 0.8 of the facts the subject answers, and
+    precision >= 0.9 (an item is right when its answer is one of the person's true values)."""
+    from unlearnkit.attacks.recovery import normalise
+    from unlearnkit.data.io import load_world
+    from unlearnkit.models.load import load_model
+    from unlearnkit.requests.locate import locate
+    from unlearnkit.scoring import LM
+
+    w = load_world(tiny_world.data_dir)
+    lm = LM(*load_model(tiny_world.subject_dir))
+    tp = fn = right = items = 0
+    for person in sorted({r.subject for r in w.forget})[:3]:
+        recs = [r for r in w.forget if r.subject == person]
+        known = _known_truth(lm, recs)
+        inv = locate(lm, person)["items"]
+        values = {normalise(r.answer) for r in recs}
+        got = {normalise(it["answer"]) for it in inv}
+        tp += sum(any(normalise(r.answer) in g for g in got) for r in known)
+        fn += sum(not any(normalise(r.answer) in g for g in got) for r in known)
+        right += sum(any(v in normalise(it["answer"]) for v in values) for it in inv)
+        items += len(inv)
+        # a stranger's inventory is (nearly) empty: nothing person-specific to find
+    assert tp / (tp + fn) >= 0.8
+    assert right / items >= 0.9
+
+
+def test_request_end_to_end_on_trained_world(tiny_world, tmp_path):
+    """add -> guarded (answers stop at once) -> process (default budget) -> verified with a
+    certificate that verifies, or failed with reasons; the server files requests and follows `current`."""
+    from fastapi.testclient import TestClient
+
+    from unlearnkit.data.io import load_world
+    from unlearnkit.guard import GuardedLM
+    from unlearnkit.models.load import load_model
+    from unlearnkit.requests.serve import HomeServer
+    from unlearnkit.scoring import LM
+
+    w = load_world(tiny_world.data_dir)
+    person = sorted({r.subject for r in w.forget})[0]
+    recs = [r for r in w.forget if r.subject == person]
+    home = rq.init(tmp_path / "home", tiny_world.subject_dir, tiny_world.data_dir)
+    lm = LM(*load_model(tiny_world.subject_dir))
+    before = len(_known_truth(lm, recs))
+    t0 = time.perf_counter()
+    rid = rq.add(home, person).id
+    assert time.perf_counter() - t0 < 30  # loose here (shared CI machine); bench/requests.py measures it
+    guarded = GuardedLM(lm, home.guard())
+    assert before >= 8 and len(_known_truth(guarded, recs)) <= 1
+
+    server = HomeServer(home, token="tok")
+    client = TestClient(server)
+    auth = {"Authorization": "Bearer tok"}
+    assert client.post("/v1/forget", json={"name": "Someone Else"}).status_code == 401
+    r = client.post("/v1/forget", json={"name": sorted({x.subject for x in w.forget})[1]}, headers=auth)
+    assert r.status_code == 201 and r.json()["status"] == "guarded"
+    second = r.json()["id"]
+    assert client.post("/v1/forget", json={"name": ""}, headers=auth).status_code == 400
+    assert client.get(f"/v1/requests/{rid}", headers=auth).json()["status"] == "guarded"
+    assert client.get("/v1/requests/r-nope", headers=auth).status_code == 404
+    assert client.get("/v1/models").json()["data"][0]["id"] == "v0000"
+
+    res = rq.process(home, max_batch=2)
+    states = {x["id"]: x for x in rq.list_requests(home)}
+    assert {states[rid]["status"], states[second]["status"]} <= {"verified", "failed"}
+    if res["stage"] == "deployed":
+        assert states[rid]["status"] == "verified" and rq.verify_certificate(home, rid)["ok"]
+        assert client.get("/v1/models").json()["data"][0]["id"] == res["new_version"]  # no restart
+        new = LM(*load_model(home.current().path))
+        assert len(_known_truth(new, recs)) <= max(1, before // 4)
+    else:
+        assert states[rid]["failure"] and home.current_name() == "v0000"
+    assert client.get(f"/v1/requests/{rid}", headers=auth).json()["status"] == states[rid]["status"]
