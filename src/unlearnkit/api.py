@@ -351,17 +351,7 @@ def _read_result(p: Path) -> dict:
     """A results JSON written by `evaluate`; a missing, unreadable or non-object file is a DataError naming it."""
     from .data.io import DataError
 
-    if not p.is_file():
-        raise DataError(f"{p}: results file not found")
-    try:
-        res = json.loads(p.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as e:
-        raise DataError(f"{p}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
-    except json.JSONDecodeError as e:
-        raise DataError(f"{p}:{e.lineno}: malformed JSON ({e.msg}: column {e.colno})") from None
-    if not isinstance(res, dict):
-        raise DataError(f"{p}: expected a results object (from `unlearn eval`), got a JSON {type(res).__name__}")
-    return res
+    return runinfo.read_json(p, DataError)
 
 
 def _is_main() -> bool:

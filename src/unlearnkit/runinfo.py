@@ -57,6 +57,23 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
     return write_bytes(path, text.encode("utf-8"))
 
 
+def read_json(path: str | os.PathLike, error: type[Exception] = ValueError) -> dict:
+    """A JSON object from a file written by this project (results, metrics); a missing, unreadable or
+    non-object file raises `error` with one line naming the file (and the line, for bad JSON)."""
+    p = Path(path)
+    if not p.is_file():
+        raise error(f"{p}: file not found")
+    try:
+        obj = json.loads(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise error(f"{p}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise error(f"{p}:{e.lineno}: not valid JSON ({e.msg}: column {e.colno})") from None
+    if not isinstance(obj, dict):
+        raise error(f"{p}: expected a JSON object, got a JSON {type(obj).__name__}")
+    return obj
+
+
 def write_json(path: str | os.PathLike, obj) -> Path:
     """Write JSON atomically (see `write_bytes`)."""
     return write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_default) + "\n")

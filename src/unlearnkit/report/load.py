@@ -45,13 +45,9 @@ class Run:
 
 
 def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ReportInputError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
-    if not isinstance(data, dict):
-        raise ReportInputError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    return data
+    from ..runinfo import read_json
+
+    return read_json(path, ReportInputError)
 
 
 def read_log(path: Path) -> list[dict]:
