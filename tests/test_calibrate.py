@@ -81,7 +81,7 @@ def _scripted(states, settings=None):
     def measure(step, handle):
         a, u = next(it)
         st = "matched" if abs(a - 0.5) <= cal.tolerance else ("under" if a > 0.5 else "over")
-        return Check(step, a, cal.tolerance, st, u, 0.0, 0.0, handle.lr)
+        return Check(step, a, 1.0, cal.tolerance, st, u, 0.0, 0.0, handle.lr)
     cal.measure = measure
     return cal
 

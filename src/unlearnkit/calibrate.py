@@ -56,6 +56,8 @@ class CalibrationSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     reference: Literal["twins", "holdout"] = Field("twins", description="what 'never seen' is measured on")
+    frozen_reference: bool = Field(False, description="score the reference once, on the starting model")
+    min_ks_p: float = Field(0.05, ge=0, lt=1, description="smallest KS p-value (forget vs reference scores) that matches")
     every: int | None = Field(None, ge=1, description="steps between checks; None: a quarter epoch of the forget set")
     min_tolerance: float = Field(0.05, ge=0, lt=0.5, description="smallest accepted |AUC - 0.5|")
     floor: float = Field(0.95, ge=0, le=1, description="retain utility kept, as a fraction of the starting model's")
@@ -69,6 +71,7 @@ class CalibrationSettings(BaseModel):
 class Check:
     step: int
     auc: float             # forget vs reference, on per-record mean answer log-prob
+    ks_p: float            # two-sample KS p-value of the same scores (the shape, not only the ranks)
     tolerance: float
     state: str             # under | matched | over
     utility: float         # retain slice's mean answer probability / the starting model's
@@ -168,6 +171,7 @@ class Calibrator:
         self.every = s.every or max(1, round(per_epoch / 4))
         self.budget = max(self.every, math.ceil(s.max_epochs * per_epoch))
         self.tolerance = max(s.min_tolerance, null_auc_se(len(forget), len(ref)))
+        self._reference: np.ndarray | None = None
         self.history: list[Check] = []
         self.start: Check | None = None
         self.start_prob: float | None = None
@@ -185,13 +189,19 @@ class Calibrator:
         return out
 
     def measure(self, step: int, handle) -> Check:
-        f, r = self._scores(handle, "forget"), self._scores(handle, "reference")
+        f = self._scores(handle, "forget")
+        if self._reference is None or not self.settings.frozen_reference:
+            self._reference = self._scores(handle, "reference")
+        r = self._reference
         prob = float(np.exp(self._scores(handle, "retain")).mean()) if self.n["retain"] else 1.0
         if self.start_prob is None:
             self.start_prob = prob
-        a = auc(f, r)
-        state = "matched" if abs(a - 0.5) <= self.tolerance else ("under" if a > 0.5 else "over")
-        return Check(step, a, self.tolerance, state, prob / max(self.start_prob, 1e-12), float(f.mean()),
+        from scipy.stats import ks_2samp
+
+        a, ks_p = auc(f, r), float(ks_2samp(f, r).pvalue)
+        matched = abs(a - 0.5) <= self.tolerance and ks_p >= self.settings.min_ks_p
+        state = "matched" if matched else ("under" if a >= 0.5 else "over")
+        return Check(step, a, ks_p, self.tolerance, state, prob / max(self.start_prob, 1e-12), float(f.mean()),
                      float(r.mean()), handle.lr)
 
     # ------------------------------------------------------------------ deciding
