@@ -48,6 +48,10 @@ def _strip(v: str) -> str:
     v = " ".join(str(v).split())
     if not v:
         raise ValueError("must be a non-empty string")
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("text is not valid Unicode (a lone surrogate)") from None
     return v
 
 
@@ -260,9 +264,10 @@ class MiniLMEmbedder(Embedder):
         a text has one vector whether it is a prompt or a target row (`batch_size` is ignored)."""
         out = np.empty((len(texts), self.dim), np.float32)
         for i, text in enumerate(texts):
-            b = self.model.tokenizer([text], return_tensors="np", truncation=True, max_length=self.model.max_seq_length)
-            out[i] = self._session.run(None, {"input_ids": b["input_ids"].astype(np.int64),
-                                              "attention_mask": b["attention_mask"].astype(np.int64)})[0][0]
+            with self._lock:  # per text, so that one request's many texts do not stall the others
+                b = self.model.tokenizer([text], return_tensors="np", truncation=True, max_length=self.model.max_seq_length)
+                out[i] = self._session.run(None, {"input_ids": b["input_ids"].astype(np.int64),
+                                                  "attention_mask": b["attention_mask"].astype(np.int64)})[0][0]
         return out
 
     def _encode_torch(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
@@ -272,8 +277,11 @@ class MiniLMEmbedder(Embedder):
     def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), np.float32)
-        with self._lock:  # neither backend is re-entrant across server threads
-            e = (self._encode_onnx if self._session is not None else self._encode_torch)(list(texts), batch_size)
+        if self._session is not None:  # locks per text itself
+            e = self._encode_onnx(list(texts), batch_size)
+        else:
+            with self._lock:  # the tokenizer's truncation settings are shared state
+                e = self._encode_torch(list(texts), batch_size)
         return np.ascontiguousarray(e, dtype=np.float32)
 
 
@@ -329,6 +337,7 @@ class TargetStore:
         self.row_target = np.zeros(0, np.int64)  # row -> position of its target in self.targets
         self._emb_name = ""  # the embedder that made self.emb
         self.version = 0
+        self.damage: str | None = None  # why the directory could not be read at the last refresh
         self._mtime = None
         self._lock = threading.RLock()
         if self.dir is not None:
@@ -422,12 +431,25 @@ class TargetStore:
         self._mtime = self._stamp()
 
     def refresh(self) -> bool:
-        """Reload if another process changed the guard directory; True if it did."""
+        """Reload if another process changed the guard directory; True if it did. A file that no
+        longer parses (damaged from outside) is not taken up: the last good targets stay in force
+        and `damage` says what is wrong, until a later refresh reads a good file."""
         if self.dir is None or self._stamp() == self._mtime:
             return False
         with self._lock, _dir_lock(self.dir):
-            if self._stamp() != self._mtime:
-                self._load()
+            stamp = self._stamp()
+            if stamp != self._mtime:
+                try:
+                    self._load()
+                except (ValueError, OSError) as e:
+                    self.damage = str(e).splitlines()[0]
+                    self._mtime = stamp  # reported once per change, not re-read on every request
+                    import logging
+
+                    logging.getLogger("unlearnkit.guard").error("guard directory damaged, last good index kept: %s",
+                                                                self.damage)
+                    return False
+                self.damage = None
                 return True
         return False
 
@@ -438,6 +460,8 @@ class TargetStore:
                 yield
                 return
             with _dir_lock(self.dir):
+                if self.damage:  # never write the last good state over a file someone must repair
+                    raise ValueError(f"guard directory damaged: {self.damage}")
                 if self._stamp() != self._mtime:  # another process wrote: merge on its state
                     self._load()
                 yield
