@@ -152,6 +152,16 @@ class Detector:
         # "Liine Gesberg" is someone else, and no context for "Linine"'s values
         return strong, weak | {p for p, m in found.items() if not m.strong and m.score >= 0.9 - 1e-9}
 
+    def vetoed(self, prompt: str, pos: int, sim: float) -> float:
+        """The embedding score, or 0 when the prompt names someone else who shares the best
+        target's name ("Where was Bertram Vigormont born?" is close to the target's questions in
+        embedding space only because of the shared surname). The output check still reads the
+        answer: if the model then states the target's value, the action applies."""
+        if pos < 0:
+            return sim
+        found, _ = self._names.match(prompt, only=pos)
+        return 0.0 if pos in found and found[pos].contradicted and not found[pos].full else sim
+
     def name_spans(self, text: str, target: Target) -> list[tuple[int, int, int]]:
         """Where `text` names `target`: (start, end, token number) of every word that is one of its
         name tokens (exactly, fuzzily, as an initial; token number -1 for the whole name run
@@ -199,7 +209,7 @@ class Detector:
         out = []
         for i, p in enumerate(prompts):
             npos, nsc = self.name_scores(p)
-            e = float(esim[i])
+            e = self.vetoed(p, int(epos[i]), float(esim[i]))
             if npos >= 0 and nsc > 0:
                 out.append(Detection(True, targets[npos], max(nsc, e), nsc, e, "name"))
             elif e >= self.threshold:
@@ -231,7 +241,8 @@ def calibrate(detector: Detector, benign: list[str] | dict[str, list[str]], fals
     notes, thr = [], min_threshold
     scores = {}
     for name, prompts in groups.items():
-        _, esim = detector.embed_scores(prompts)
+        epos, esim = detector.embed_scores(prompts)
+        esim = np.array([detector.vetoed(p, int(k), float(e)) for p, k, e in zip(prompts, epos, esim)])
         name_hit = np.array([detector.name_scores(p)[1] > 0 for p in prompts])
         scores[name] = (esim, name_hit)
         n = len(prompts)

@@ -6,12 +6,14 @@ evaluation suite and the attacks take it wherever they take a model.
 Generation (`respond`, and `generate` which returns its texts): each prompt is detected; misses go
 straight to the model; hits follow their target's action (its own `action`, else the guard's
 `default_action`): the refusal text, decoding with the target's answers forbidden, the prompt with
-a stand-in name for the target's, or the in-context-unlearning prompt. Then the output check
+a stand-in name for the target's, or the in-context-unlearning prompt (the last two decode again
+with the target's answers forbidden when the answer states one of them). Then the output check
 (`output.find_leak`) reads prompt + answer: if the answer names another target, or states a
 target's value in its context, that target's action applies to the answer: `refuse` returns the
 refusal; `forbid` (and `icu`, which has no meaning for a continuation) decodes again with its
-answers forbidden; `pseudonymise` keeps the answer up to the end of the name, decodes the rest
-from the text with the name replaced by the stand-in, and puts the name back. A second target in
+answers forbidden; `pseudonymise` keeps the answer up to the end of the name and, if what follows
+states one of the target's values, decodes the rest from the text with the name replaced by the
+stand-in, and puts the name back. A second target in
 one answer, or a leak left after that, gets the refusal.
 
 Scoring (the definition likelihood-based metrics and attacks see): `score` returns the answer's
@@ -44,7 +46,7 @@ from .actions import (REFUSAL, ForbidTokensProcessor, forbidden_strings, forbidd
                       pseudonymise, refusal, restore, stand_in)
 from .detect import Calibration, Detection, Detector, calibrate
 from .index import ACTIONS, Action, Embedder, Target, TargetStore, atomic_write_bytes
-from .output import find_leak
+from .output import ValueIndex, find_leak, states_value, values
 
 
 class GuardSettings(BaseModel):
@@ -73,6 +75,7 @@ class Guard:
         self.detector = Detector(self.store, threshold=self.settings.threshold,
                                  fuzzy_cutoff=self.settings.fuzzy_cutoff)
         self._stand_ins: dict[tuple[str, int], list[str]] = {}
+        self._values: tuple[int, ValueIndex] | None = None
 
     # -- guard.json, which `guard calibrate` in another process may rewrite ------------------------
     def _stamp(self):
@@ -160,6 +163,12 @@ class Guard:
             self._stand_ins[key] = stand_in(target, avoid=self.detector.name_tokens())
         return self._stand_ins[key]
 
+    def value_index(self) -> ValueIndex:
+        """The targets' forgotten values, indexed for the output check (rebuilt when they change)."""
+        if self._values is None or self._values[0] != self.store.version:
+            self._values = (self.store.version, ValueIndex(self.store.targets))
+        return self._values[1]
+
     def processor_for(self, target: Target, tokenizer) -> ForbidTokensProcessor:
         return ForbidTokensProcessor(forbidden_token_sequences(tokenizer, forbidden_strings(target)))
 
@@ -231,6 +240,13 @@ class GuardedLM:
                 replies[i] = Reply(restore(g, plan[i][3]), self.guard.action_for(t) if t else "pass", t,
                                    "input" if t else None)
         for i, r in enumerate(replies):
+            # pseudonymise and icu leave the facts reachable: a model asked about a stand-in still
+            # favours answers it memorised. Stating the target's value anyway: decode again with the
+            # target's answers forbidden, on the same prompt.
+            if r.stage == "input" and r.action in ("pseudonymise", "icu") and states_value(r.target, r.text):
+                g = self._generate([plan[i][2]], max_new_tokens, batch_size, logits_processor, r.target)[0]
+                replies[i] = Reply(restore(g, plan[i][3]), r.action, r.target, "input")
+        for i, r in enumerate(replies):
             if r.stage != "input" or r.action != "refuse":
                 ctx = contexts[i] if contexts is not None else ""
                 replies[i] = self._check_output(prompts[i], r, plan[i], max_new_tokens, logits_processor, ctx)
@@ -255,7 +271,7 @@ class GuardedLM:
                       context: str) -> "Reply":
         """The output check on one answer, and the action it calls for (module docstring)."""
         handled = {reply.target.id} if reply.target is not None else set()
-        leak = find_leak(self.guard.detector, prompt, reply.text, handled, context)
+        leak = find_leak(self.guard.detector, prompt, reply.text, handled, context, self.guard.value_index())
         if leak is None:
             return reply
         t, action = leak.target, self.guard.action_for(leak.target)
@@ -263,19 +279,25 @@ class GuardedLM:
         if action == "refuse" or handled:  # a second target in one answer: nothing finer is safe
             return refused
         if action == "pseudonymise" and leak.named:
+            if values(t) and not states_value(t, reply.text[leak.cut:]):
+                # the name stays under pseudonymise, and nothing after it is the target's: the
+                # answer is already what it would be (a neighbour's "Who is N's sister?" answered)
+                return reply
             combined, start = leak.combined, leak.prompt_len
             end = start + leak.cut
             head = combined[:end] if leak.cut else prompt
             spans = [sp for sp in leak.spans if sp[1] <= len(head)]
             fake, mapping = pseudonymise(head, spans, self.guard.stand_in(t))
             cont = restore(self._generate([fake], max_new_tokens, None, logits_processor)[0], mapping)
+            if states_value(t, cont):  # as on the input side: decode again with its answers forbidden
+                cont = restore(self._generate([fake], max_new_tokens, None, logits_processor, t)[0], mapping)
             kept = reply.text[:leak.cut]
             sep = " " if kept and cont[:1].isalnum() and kept[-1:].isalnum() else ""
             text = kept + sep + cont if leak.cut else cont
             new = Reply(text, "pseudonymise", t, "output")
         else:  # forbid, icu, or a value in a weak context: decode again with the answers forbidden
             new = Reply(self._generate([plan_row[2]], max_new_tokens, None, logits_processor, t)[0], "forbid", t, "output")
-        again = find_leak(self.guard.detector, prompt, new.text, {t.id}, context)
+        again = find_leak(self.guard.detector, prompt, new.text, {t.id}, context, self.guard.value_index())
         if again is not None:
             return refused
         return new

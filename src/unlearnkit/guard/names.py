@@ -153,9 +153,9 @@ class NameIndex:
                 if 1 < len(toks) <= 3:
                     for perm in set(permutations(toks)):
                         self.joined.setdefault("".join(perm), []).append(k)
-        self.by_len: dict[int, list[str]] = {}  # fuzzy lookup only against keys of 4+ letters
-        for key in list(self.vocab) + list(self.joined):
-            if len(key) >= 4:
+        self.by_len: dict[int, list[str]] = {}  # fuzzy lookup only against keys of 5+ letters
+        for key in list(self.vocab) + list(self.joined):  # ("Linina" is no misspelt nickname "Lini")
+            if len(key) >= 5:
                 self.by_len.setdefault(len(key), []).append(key)
         self._cands: dict[int, list[str]] = {}
         self._fuzzy: dict[str, list[tuple[str, float]]] = {}

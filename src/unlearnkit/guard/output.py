@@ -11,7 +11,11 @@ with the same name matcher as the input side (`Detector.mentions`), and acts whe
     partial name beside another word, "Linine Oakhurst") and the output states one of its
     forgotten values: the normalised answer of one of its QA pairs, or a `forbidden` string,
     contained in the normalised output as whole words (the forget-fact measure of
-    `attacks.recovery.forget_metrics`: "the answer contains the true value").
+    `attacks.recovery.forget_metrics`: "the answer contains the true value");
+  * or the context is a value itself: the output states one of a target's values and the prompt
+    (or the output) another, different one ("Where was the author of Tallow and Thread born?"
+    answered with the author's birthplace). Values are found through an index of word n-grams
+    (:class:`ValueIndex`), so the cost does not grow with the number of targets.
 A value alone, with no reference to the target, is no leak: many people share a birthplace.
 
 It costs one name-matcher pass over prompt + output (no embedding), run twice: once with the
@@ -55,6 +59,29 @@ def states_value(target: Target, text: str) -> bool:
     return any(f" {v} " in padded for v in values(target))
 
 
+class ValueIndex:
+    """Normalised values of every target -> target positions; `find` looks up the word n-grams of
+    a text (n up to the longest value), so a check costs O(words), not O(targets)."""
+
+    def __init__(self, targets: list[Target]):
+        self.by_value: dict[str, set[int]] = {}
+        for pos, t in enumerate(targets):
+            for v in values(t):
+                self.by_value.setdefault(v, set()).add(pos)
+        self.longest = max((len(v.split()) for v in self.by_value), default=0)
+
+    def find(self, text: str) -> dict[int, set[str]]:
+        """{target position: its values that `text` states}."""
+        ws = normalise(text).split()
+        out: dict[int, set[str]] = {}
+        for i in range(len(ws)):
+            for n in range(1, min(self.longest, len(ws) - i) + 1):
+                v = " ".join(ws[i:i + n])
+                for pos in self.by_value.get(v, ()):
+                    out.setdefault(pos, set()).add(v)
+        return out
+
+
 @dataclass
 class Leak:
     """What the output check found: the target and where its mention ends in the output (0 when
@@ -68,10 +95,11 @@ class Leak:
 
 
 def find_leak(detector: Detector, prompt: str, text: str, skip: set[str] = frozenset(),
-              context: str = "") -> Leak | None:
+              context: str = "", value_index: ValueIndex | None = None) -> Leak | None:
     """The first target (not in `skip`, by id) that `text`, written after `prompt`, names or
     whose value it states in that target's context; None if there is none. `context`: earlier
-    text (other messages) that counts for weak references only."""
+    text (other messages) that counts for weak references only. `value_index`: the targets'
+    values (built here when not given; a caller that checks many answers keeps one)."""
     if not text.strip():
         return None
     weak_ctx: set[int] = set()
@@ -89,6 +117,14 @@ def find_leak(detector: Detector, prompt: str, text: str, skip: set[str] = froze
         for t in detector.targets_at(sorted(weak | weak_ctx)):
             if t.id not in skip and states_value(t, text):
                 return Leak(t, False, 0, [], combined, start)
+    vi = value_index if value_index is not None else ValueIndex(detector.store.targets)
+    stated = vi.find(text)
+    if stated:
+        given = vi.find(prompt + "\n" + context)
+        for pos in sorted(stated):
+            t = detector.targets_at([pos])[0]
+            if t.id not in skip and len(stated[pos] | given.get(pos, set())) >= 2:
+                return Leak(t, False, 0, [], prompt + text, len(prompt))
     return None
 
 
