@@ -128,6 +128,7 @@ class NameMatch:
 
 
 JOINED = -1  # token number of a word that is the whole name run together
+JOINED_MIN = 9  # shortest word looked up fuzzily among joined names
 
 
 class NameIndex:
@@ -138,7 +139,7 @@ class NameIndex:
         self.names: list[tuple[int, list[str]]] = []  # (target pos, tokens)
         self.vocab: dict[str, list[int]] = {}  # token -> name numbers
         self.joined: dict[str, list[int]] = {}  # tokens run together (every order, up to 3 tokens)
-        self.prefixes: dict[str, set[int]] = {}  # 2+ letter proper prefix of a token -> target positions
+        self.prefixes: dict[str, set[int]] = {}  # 3+ letter proper prefix of a token -> target positions
         for pos, names in enumerate(names_per_target):
             for name in names:
                 toks = [w.key for w in word_spans(name)]
@@ -148,15 +149,19 @@ class NameIndex:
                 self.names.append((pos, toks))
                 for tok in set(toks):
                     self.vocab.setdefault(tok, []).append(k)
-                    for n in range(2, len(tok)):
+                    for n in range(3, len(tok)):
                         self.prefixes.setdefault(tok[:n], set()).add(pos)
                 if 1 < len(toks) <= 3:
                     for perm in set(permutations(toks)):
                         self.joined.setdefault("".join(perm), []).append(k)
-        self.by_len: dict[int, list[str]] = {}  # fuzzy lookup only against keys of 5+ letters
-        for key in list(self.vocab) + list(self.joined):  # ("Linina" is no misspelt nickname "Lini")
-            if len(key) >= 5:
-                self.by_len.setdefault(len(key), []).append(key)
+        # fuzzy lookup only against keys of 5+ letters ("Linina" is no misspelt nickname "Lini"),
+        # and against joined names only for words of JOINED_MIN+ letters (they are long)
+        self.by_len: dict[int, list[str]] = {}
+        self.joined_by_len: dict[int, list[str]] = {}
+        for keys, by_len in ((self.vocab, self.by_len), (self.joined, self.joined_by_len)):
+            for key in keys:
+                if len(key) >= 5:
+                    by_len.setdefault(len(key), []).append(key)
         self._cands: dict[int, list[str]] = {}
         self._fuzzy: dict[str, list[tuple[str, float]]] = {}
 
@@ -169,6 +174,8 @@ class NameIndex:
         if n not in self._cands:
             lo, hi = math.ceil(n * 2 / 3), math.floor(n * 3 / 2)
             self._cands[n] = [t for L in range(lo, hi + 1) for t in self.by_len.get(L, ())]
+            if n >= JOINED_MIN:
+                self._cands[n] += [t for L in range(lo, hi + 1) for t in self.joined_by_len.get(L, ())]
         return self._cands[n]
 
     def _lookup(self, w: str, common: frozenset) -> list[tuple[str, float]]:
@@ -213,7 +220,7 @@ class NameIndex:
                 best[pos] = m
         weak = set()
         for w in ws:
-            if w.cap and len(w.key) >= 2 and w.key not in STOPWORDS:
+            if w.cap and len(w.key) >= 3 and w.key not in STOPWORDS:
                 weak |= self.prefixes.get(w.key, set())
         if only is not None:
             weak &= {only}

@@ -12,10 +12,11 @@ with the same name matcher as the input side (`Detector.mentions`), and acts whe
     forgotten values: the normalised answer of one of its QA pairs, or a `forbidden` string,
     contained in the normalised output as whole words (the forget-fact measure of
     `attacks.recovery.forget_metrics`: "the answer contains the true value");
-  * or the context is a value itself: the output states one of a target's values and the prompt
-    (or the output) another, different one ("Where was the author of Tallow and Thread born?"
-    answered with the author's birthplace). Values are found through an index of word n-grams
-    (:class:`ValueIndex`), so the cost does not grow with the number of targets.
+  * or the context is a rare value itself: the output states one of a target's values and the
+    prompt or the output another, different one, at least one of them held by at most a few
+    targets ("Where was the author of Tallow and Thread born?" answered with the author's
+    birthplace). Rare values are found through an index of word n-grams (:class:`ValueIndex`), so
+    the cost does not grow with the number of targets.
 A value alone, with no reference to the target, is no leak: many people share a birthplace.
 
 It costs one name-matcher pass over prompt + output (no embedding), run twice: once with the
@@ -60,18 +61,20 @@ def states_value(target: Target, text: str) -> bool:
 
 
 class ValueIndex:
-    """Normalised values of every target -> target positions; `find` looks up the word n-grams of
-    a text (n up to the longest value), so a check costs O(words), not O(targets)."""
+    """The targets' *rare* values (held by at most `rare` targets: a book title, not a birthplace
+    that thousands share) -> target positions. `find` looks up the word n-grams of a text (n up to
+    the longest value), so a check costs O(words), not O(targets)."""
 
-    def __init__(self, targets: list[Target]):
-        self.by_value: dict[str, set[int]] = {}
+    def __init__(self, targets: list[Target], rare: int = 8):
+        by_value: dict[str, set[int]] = {}
         for pos, t in enumerate(targets):
             for v in values(t):
-                self.by_value.setdefault(v, set()).add(pos)
+                by_value.setdefault(v, set()).add(pos)
+        self.by_value = {v: ps for v, ps in by_value.items() if len(ps) <= rare}
         self.longest = max((len(v.split()) for v in self.by_value), default=0)
 
     def find(self, text: str) -> dict[int, set[str]]:
-        """{target position: its values that `text` states}."""
+        """{target position: its rare values that `text` states}."""
         ws = normalise(text).split()
         out: dict[int, set[str]] = {}
         for i in range(len(ws)):
@@ -114,18 +117,33 @@ def find_leak(detector: Detector, prompt: str, text: str, skip: set[str] = froze
         if named:
             m, t = min(named, key=lambda mt: mt[0].spans[0][0] if mt[0].spans else 0)
             return Leak(t, True, _cut(m.spans, start), m.spans, combined, start)
+        stated = _Stated(text)
         for t in detector.targets_at(sorted(weak | weak_ctx)):
-            if t.id not in skip and states_value(t, text):
+            if t.id not in skip and stated.any(t):
                 return Leak(t, False, 0, [], combined, start)
     vi = value_index if value_index is not None else ValueIndex(detector.store.targets)
-    stated = vi.find(text)
-    if stated:
-        given = vi.find(prompt + "\n" + context)
-        for pos in sorted(stated):
+    rare = vi.find(prompt + "\n" + context + "\n" + text)
+    if rare:
+        stated = _Stated(text)
+        for pos in sorted(rare):
             t = detector.targets_at([pos])[0]
-            if t.id not in skip and len(stated[pos] | given.get(pos, set())) >= 2:
+            out = stated.which(t)
+            if t.id not in skip and out and len(out | rare[pos]) >= 2:
                 return Leak(t, False, 0, [], prompt + text, len(prompt))
     return None
+
+
+class _Stated:
+    """One answer, normalised once, asked which values of a target it states."""
+
+    def __init__(self, text: str):
+        self.padded = f" {normalise(text)} "
+
+    def which(self, target: Target) -> set[str]:
+        return {v for v in values(target) if f" {v} " in self.padded}
+
+    def any(self, target: Target) -> bool:
+        return any(f" {v} " in self.padded for v in values(target))
 
 
 def _cut(spans: list[tuple[int, int, int]], start: int) -> int:
