@@ -55,7 +55,8 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     from unlearnkit.guard.detect import Detector
-    from unlearnkit.guard.index import Target, TargetStore, embed_texts, get_embedder
+    from unlearnkit.guard import Target, TargetStore, get_embedder
+    from unlearnkit.guard.targets import embed_texts
     from unlearnkit.guard.output import ValueIndex, find_leak
 
     rng = random.Random(0)
@@ -102,7 +103,7 @@ def main() -> None:
         sub = targets[:n]
         counts = [len(embed_texts(t)) for t in sub]
         rows = np.concatenate([pool[np.array([rng.randrange(len(pool)) for _ in range(c)])] for c in counts])
-        store._set(sub, rows, counts)  # precomputed rows (see the docstring)
+        store.set_precomputed(sub, rows, counts)  # precomputed rows (see the docstring)
         det = Detector(store, threshold=0.8)
         det.detect(["warm up"])
         values = ValueIndex(sub)

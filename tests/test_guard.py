@@ -409,7 +409,7 @@ def test_guarded_model_is_attackable_from_the_cli(tiny_world, tmp_path):
 def test_embedder_runs_int8_on_onnx_runtime_close_to_the_float_vectors():
     """The MiniLM graph exported to ONNX with int8 weights gives vectors within cosine 0.98 of
     sentence-transformers' own, and a text's vector does not depend on the batch it came in."""
-    from unlearnkit.guard.index import get_embedder
+    from unlearnkit.guard.embedder import get_embedder
 
     e = get_embedder()
     assert e._session is not None and e.name.endswith("/int8")  # the fast path is active, not the fallback

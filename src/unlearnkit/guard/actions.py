@@ -29,7 +29,7 @@ import re
 import torch
 from transformers import LogitsProcessor
 
-from .index import Target
+from .targets import Target
 
 REFUSAL = "I'm sorry, but I can't share information about that."
 

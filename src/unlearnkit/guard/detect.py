@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .index import Target, TargetStore
+from .store import TargetStore
+from .targets import Target
 from .names import NameIndex, NameMatch, fold_text
 
 @dataclass
@@ -197,7 +198,7 @@ class Detector:
         self.store.refresh()
         if self.store.targets:
             self.embed(prompts)  # the slow part, outside the lock (cached below)
-        with self.store._lock:  # a consistent view while an admin call may be changing the store
+        with self.store.lock:  # a consistent view while an admin call may be changing the store
             return self._detect(prompts)
 
     def _detect(self, prompts: list[str]) -> list[Detection]:

@@ -45,7 +45,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from .actions import (REFUSAL, ForbidTokensProcessor, forbidden_strings, forbidden_token_sequences, icu_prompt,
                       pseudonymise, refusal, restore, stand_in)
 from .detect import Calibration, Detection, Detector, calibrate
-from .index import ACTIONS, Action, Embedder, Target, TargetStore, atomic_write_bytes
+from .embedder import Embedder
+from .files import atomic_write_bytes
+from .store import TargetStore
+from .targets import ACTIONS, Action, Target
 from .output import ValueIndex, find_leak, states_value, values
 
 

@@ -30,7 +30,7 @@ import re
 from dataclasses import dataclass
 
 from .detect import Detector
-from .index import Target
+from .targets import Target
 from .names import fold_text
 
 

@@ -45,7 +45,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .guarded import Guard, GuardedLM
-from .index import Action, QAPair, Target
+from .targets import Action, QAPair, Target
 
 log = logging.getLogger("unlearnkit.guard.server")
 
