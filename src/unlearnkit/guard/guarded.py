@@ -11,9 +11,10 @@ with the target's answers forbidden when the answer states one of them). Then th
 (`output.find_leak`) reads prompt + answer: if the answer names another target, or states a
 target's value in its context, that target's action applies to the answer: `refuse` returns the
 refusal; `forbid` (and `icu`, which has no meaning for a continuation) decodes again with its
-answers forbidden; `pseudonymise` keeps the answer up to the end of the name and, if what follows
-states one of the target's values, decodes the rest from the text with the name replaced by the
-stand-in, and puts the name back. A second target in
+answers forbidden; `pseudonymise` keeps the answer up to the end of the name, decodes the rest
+from the text with the name replaced by the stand-in, and puts the name back. An answer that names
+the target but states none of its values after the name is kept under all three (it already is
+what they would give). A second target in
 one answer, or a leak left after that, gets the refusal.
 
 Scoring (the definition likelihood-based metrics and attacks see): `score` returns the answer's
@@ -281,11 +282,11 @@ class GuardedLM:
         refused = Reply(refusal(t, self.guard.settings.refusal), "refuse", t, "output")
         if action == "refuse" or handled:  # a second target in one answer: nothing finer is safe
             return refused
+        if leak.named and values(t) and not states_value(t, reply.text[leak.cut:]):
+            # forbid, icu and pseudonymise keep the name, and nothing after it is the target's: the
+            # answer is already what the action would give (a neighbour's "Who is N's sister?")
+            return reply
         if action == "pseudonymise" and leak.named:
-            if values(t) and not states_value(t, reply.text[leak.cut:]):
-                # the name stays under pseudonymise, and nothing after it is the target's: the
-                # answer is already what it would be (a neighbour's "Who is N's sister?" answered)
-                return reply
             combined, start = leak.combined, leak.prompt_len
             end = start + leak.cut
             head = combined[:end] if leak.cut else prompt
