@@ -12,9 +12,9 @@ with the target's answers forbidden when the answer states one of them). Then th
 target's value in its context, that target's action applies to the answer: `refuse` returns the
 refusal; `forbid` (and `icu`, which has no meaning for a continuation) decodes again with its
 answers forbidden; `pseudonymise` keeps the answer up to the end of the name, decodes the rest
-from the text with the name replaced by the stand-in, and puts the name back. An answer that names
-the target but states none of its values after the name is kept under all three (it already is
-what they would give). A second target in
+from the text with the name replaced by the stand-in, and puts the name back (or, when a value came before the name,
+decodes the whole answer again as under `forbid`). An answer that names the target but states none
+of its values is kept under all three (it already is what they would give). A second target in
 one answer, or a leak left after that, gets the refusal.
 
 Scoring (the definition likelihood-based metrics and attacks see): `score` returns the answer's
@@ -280,13 +280,15 @@ class GuardedLM:
             return reply
         t, action = leak.target, self.guard.action_for(leak.target)
         refused = Reply(refusal(t, self.guard.settings.refusal), "refuse", t, "output")
-        if action == "refuse" or handled:  # a second target in one answer: nothing finer is safe
+        if action == "refuse":
             return refused
-        if leak.named and values(t) and not states_value(t, reply.text[leak.cut:]):
-            # forbid, icu and pseudonymise keep the name, and nothing after it is the target's: the
-            # answer is already what the action would give (a neighbour's "Who is N's sister?")
+        if leak.named and values(t) and not states_value(t, reply.text):
+            # forbid, icu and pseudonymise keep the name, and nothing else in the answer is the
+            # target's: it already is what the action would give (a neighbour's "Who is N's sister?")
             return reply
-        if action == "pseudonymise" and leak.named:
+        if handled:  # a second target in one answer: nothing finer is safe
+            return refused
+        if action == "pseudonymise" and leak.named and not states_value(t, reply.text[:leak.cut]):
             combined, start = leak.combined, leak.prompt_len
             end = start + leak.cut
             head = combined[:end] if leak.cut else prompt

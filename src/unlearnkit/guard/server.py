@@ -72,7 +72,8 @@ def _describe(errors) -> str:
     """'body.qa.0.answer: Field required; ...' without the offending input values."""
     parts = []
     for e in errors[:5]:
-        loc = ".".join(str(p) for p in e.get("loc", ()) if p != "body") or "body"
+        # union members show up in the location as tags ("function-after[...]", "list[...]")
+        loc = ".".join(str(p) for p in e.get("loc", ()) if p != "body" and "[" not in str(p)) or "body"
         msg = str(e.get("msg", "invalid"))
         if msg.startswith("Value error, "):
             msg = msg[len("Value error, "):]
