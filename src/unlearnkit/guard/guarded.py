@@ -73,6 +73,7 @@ class Guard:
         self.dir = Path(directory) if directory is not None else None
         self.store = TargetStore(self.dir, embedder=embedder)
         self._settings_stamp = self._stamp()
+        self.settings_damage: str | None = None  # why guard.json could not be read at the last refresh
         if settings is None and self._settings_stamp is not None:
             settings = self._read_settings()
         self.settings = settings or GuardSettings()
@@ -116,8 +117,6 @@ class Guard:
                 changed = True
             self._settings_stamp = stamp
         return changed
-
-    settings_damage: str | None = None
 
     @property
     def damage(self) -> str | None:
