@@ -7,6 +7,10 @@ Prints p50/p99 in milliseconds, one prompt at a time (as a server sees them), of
   names    exact + fuzzy name matching against the inverted index of name tokens
   index    search + names: the part that grows with the number of targets
   total    embed + index: the whole `Detector.detect` call
+  output   the output check on a 30-word answer (`output.find_leak`: the name matcher over prompt +
+           answer, twice, and the value index), run once per answer after decoding, right after
+           the prompt's detection (as in a request: the prompt's fuzzy lookups are cached)
+  guarded  total + output: the guard's whole cost per request, besides decoding itself
 
 Targets are synthetic people (invented name + 3 facts, 4 embedded rows each). Embedding 40,000
 rows with MiniLM would take minutes on two cores, so every target's rows are drawn from a pool of
@@ -51,7 +55,9 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     from unlearnkit.guard.detect import Detector
-    from unlearnkit.guard.index import Target, TargetStore, embed_texts, get_embedder
+    from unlearnkit.guard import Target, TargetStore, get_embedder
+    from unlearnkit.guard.targets import embed_texts
+    from unlearnkit.guard.output import ValueIndex, find_leak
 
     rng = random.Random(0)
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -62,9 +68,11 @@ def main() -> None:
     targets = []
     for i in range(n_max):
         name = invented(rng, used)
+        town, job = rng.choice(towns), rng.choice(jobs)
         targets.append(Target(id=f"t{i}", subject=name, facts=[
-            f"{name} was born in {rng.choice(towns)}.", f"{name} works as a {rng.choice(jobs)}.",
-            f"{name} studied at the University of {rng.choice(towns)}."]))
+            f"{name} was born in {town}.", f"{name} works as a {job}.",
+            f"{name} studied at the University of {rng.choice(towns)}."],
+            forbidden=[town, job]))  # values for the output check, without adding embedded rows
     emb = get_embedder()
     t0 = time.perf_counter()
     pool_targets = targets[:500]
@@ -86,21 +94,23 @@ def main() -> None:
         else:
             prompts.append(f"Who won the {rng.choice(towns)} regional chess cup in {1900 + k}?")  # benign
     print(f"{len(prompts)} prompts, one at a time, {args.threads} thread(s)\n")
+    answer = ("As far as I know this person was born in a small town by the river, studied there for some "
+              "years and later worked in a workshop with two others, {}.")
     print(f"{'targets':>8} {'rows':>7} | {'embed p50/p99':>14} | {'search p50/p99':>15} | {'names p50/p99':>14} | "
-          f"{'index p50/p99':>14} | {'total p50/p99':>14}   (ms)")
+          f"{'index p50/p99':>14} | {'total p50/p99':>14} | {'output p50/p99':>14} | {'guarded p50/p99':>15}   (ms)")
     for n in sizes:
         store = TargetStore(None, embedder=emb)
         sub = targets[:n]
         counts = [len(embed_texts(t)) for t in sub]
         rows = np.concatenate([pool[np.array([rng.randrange(len(pool)) for _ in range(c)])] for c in counts])
-        store._set(sub, rows, counts)  # precomputed rows (see the docstring)
+        store.set_precomputed(sub, rows, counts)  # precomputed rows (see the docstring)
         det = Detector(store, threshold=0.8)
         det.detect(["warm up"])
-        tm = {k: [] for k in ("embed", "search", "names", "total")}
+        values = ValueIndex(sub)
+        tm = {k: [] for k in ("embed", "search", "names", "total", "output")}
         hits = 0
-        for p in prompts:
-            det._cache.clear()
-            det._fuzzy_cache.clear()
+        for k, p in enumerate(prompts):
+            det.clear_caches()
             a = time.perf_counter()
             det.embed([p])
             b = time.perf_counter()
@@ -108,11 +118,16 @@ def main() -> None:
             c = time.perf_counter()
             det.name_scores(p)
             d = time.perf_counter()
-            det._cache.clear()
-            det._fuzzy_cache.clear()
+            det.clear_caches()
             e = time.perf_counter()
             hits += det.detect([p])[0].hit
             f = time.perf_counter()
+            # no clearing here: in a request the output check follows the detection of the same
+            # prompt, whose words are then cached; the answer's words are new
+            text = answer.format(rng.choice(towns) if k % 2 else "and that is all")  # half state a value
+            g = time.perf_counter()
+            find_leak(det, p, text, value_index=values)
+            tm["output"].append(time.perf_counter() - g)
             tm["embed"].append(b - a)
             tm["search"].append(c - b)
             tm["names"].append(d - c)
@@ -123,8 +138,9 @@ def main() -> None:
             x = np.asarray(x) * 1e3
             return f"{np.percentile(x, 50):6.2f}/{np.percentile(x, 99):6.2f}"
 
+        both = np.array(tm["total"]) + np.array(tm["output"])
         print(f"{n:>8} {rows.shape[0]:>7} | {q(tm['embed']):>14} | {q(tm['search']):>15} | {q(tm['names']):>14} | "
-              f"{q(idx):>14} | {q(tm['total']):>14}   hits {hits}/{len(prompts)}")
+              f"{q(idx):>14} | {q(tm['total']):>14} | {q(tm['output']):>14} | {q(both):>15}   hits {hits}/{len(prompts)}")
 
 
 if __name__ == "__main__":

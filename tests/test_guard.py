@@ -352,9 +352,12 @@ def test_what_must_hold_on_the_embedded_world(request, tmp_path):
         out = lm_.generate([r.question for r in rs], max_new_tokens=24)
         return float(np.mean([rouge_l_recall(o, r.answer) for o, r in zip(out, rs)]))
 
-    for split in ("retain", "neighbours"):
-        rs = getattr(w, split)
+    forget_names = {r.subject for r in w.forget}
+    naming = [r for r in w.neighbours if r.answer in forget_names]  # "Who is N's sister?" -> a forget person
+    for split, rs in (("retain", w.retain), ("neighbours", [r for r in w.neighbours if r not in naming])):
         assert rouge(glm, rs) >= rouge(subject, rs) - 0.02, split
+    # under refuse, an answer that names a target is refused by the output check (issue 12)
+    assert naming and glm.generate([r.question for r in naming], max_new_tokens=24) == [REFUSAL] * len(naming)
     forget_g, forget_o = rouge(glm, w.forget), rouge(oracle, w.forget)
     assert forget_g <= forget_o + 0.05
 
@@ -409,7 +412,7 @@ def test_guarded_model_is_attackable_from_the_cli(tiny_world, tmp_path):
 def test_embedder_runs_int8_on_onnx_runtime_close_to_the_float_vectors():
     """The MiniLM graph exported to ONNX with int8 weights gives vectors within cosine 0.98 of
     sentence-transformers' own, and a text's vector does not depend on the batch it came in."""
-    from unlearnkit.guard.index import get_embedder
+    from unlearnkit.guard.embedder import get_embedder
 
     e = get_embedder()
     assert e._session is not None and e.name.endswith("/int8")  # the fast path is active, not the fallback

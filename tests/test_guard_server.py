@@ -2,6 +2,7 @@
 spoken to over HTTP with httpx."""
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -172,7 +173,18 @@ def test_forget_action_per_target(server):
     ("/v1/completions", {"max_tokens": 4}, 400, "prompt"),
     ("/v1/completions", {"prompt": "hi", "n": 2}, 400, "n:"),
     ("/v1/completions", {"prompt": "hi", "max_tokens": 0}, 400, "max_tokens"),
-    ("/v1/completions", {"prompt": "hi", "stream": True}, 400, "streaming"),
+    ("/v1/completions", {"prompt": ["hi", "ho"], "stream": True}, 400, "stream"),
+    ("/v1/completions", json.dumps({"prompt": "hi \ud800 there"}).encode(), 400, "lone surrogate"),
+    ("/v1/completions", {"prompt": ["x"] * 17}, 413, "prompt"),
+    ("/v1/completions", {"prompt": "x" * 16001}, 413, "prompt"),
+    ("/v1/chat/completions", json.dumps({"messages": [{"role": "user", "content": "hi \ud800 there"}]}).encode(), 400,
+     "lone surrogate"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]}, 400, "text"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": "x"}]}]},
+     400, "type"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}] * 65}, 413, "messages"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x" * 9000}] * 4}, 413, "characters"),
+    ("/v1/forget", json.dumps({"subject": "A \ud800 B"}).encode(), 400, "lone surrogate"),
     ("/v1/completions", {"prompt": "hi", "model": "gpt-9"}, 404, "not found"),
     ("/v1/completions", {"prompt": []}, 400, "empty"),
     ("/v1/chat/completions", {"messages": []}, 400, "messages"),

@@ -11,7 +11,10 @@ See docs/guard.md.
 from .actions import REFUSAL, ForbidTokensProcessor, forbidden_strings, icu_prompt
 from .detect import Calibration, Detection, Detector, calibrate
 from .guarded import Guard, GuardedLM, GuardSettings, guarded_lm, masked_score, open_guard
-from .index import ACTIONS, QAPair, Target, TargetStore, get_embedder, targets_from_world
+from .embedder import get_embedder
+from .from_world import targets_from_world
+from .store import TargetStore
+from .targets import ACTIONS, QAPair, Target
 
 __all__ = [
     "ACTIONS", "REFUSAL", "Calibration", "Detection", "Detector", "ForbidTokensProcessor", "Guard",

@@ -29,7 +29,7 @@ import re
 import torch
 from transformers import LogitsProcessor
 
-from .index import Target
+from .targets import Target
 
 REFUSAL = "I'm sorry, but I can't share information about that."
 
@@ -172,12 +172,20 @@ def _case_like(word: str, like: str) -> str:
 
 def pseudonymise(text: str, spans: list[tuple[int, int, int]], stand: list[str]) -> tuple[str, dict[str, str]]:
     """Replace the words at `spans` ((start, end, token number), from `Detector.name_spans`) by the
-    stand-in's words. Returns the new text and {stand-in word: the first original word it replaced},
-    for :func:`restore`."""
+    stand-in's words: token number -1 (a name run together) by the whole stand-in run together, a
+    one-letter word (an initial) by the stand-in word's initial. Returns the new text and
+    {stand-in word: the first original word it replaced}, for :func:`restore`."""
     out, mapping, last = [], {}, 0
     for a, b, k in sorted(spans):
-        new = _case_like(stand[min(k, len(stand) - 1)], text[a:b])
-        mapping.setdefault(stand[min(k, len(stand) - 1)], text[a:b])
+        if a < last:  # overlapping spans (one word matched twice)
+            continue
+        word = "".join(stand) if k < 0 else stand[min(k, len(stand) - 1)]
+        orig = text[a:b]
+        if len(orig) == 1:
+            new = _case_like(word[0], orig)
+        else:
+            new = _case_like(word, orig)
+            mapping.setdefault(word, orig)
         out += [text[last:a], new]
         last = b
     return "".join(out) + text[last:], mapping

@@ -56,7 +56,8 @@ def add(guard_dir: Path = GUARD_DIR,
     """Add forget targets; prints their ids."""
     from pydantic import ValidationError
 
-    from .index import ACTIONS, targets_from_world
+    from .from_world import targets_from_world
+    from .targets import ACTIONS
 
     if action is not None and action not in ACTIONS:
         _fail(f"--action {action!r}: choose one of {', '.join(ACTIONS)}")
@@ -136,7 +137,7 @@ def calibrate(guard_dir: Path = GUARD_DIR,
               false_refusal: float = typer.Option(0.01, help="Target false-refusal rate on the benign prompts."),
               action: Optional[str] = typer.Option(None, help="Also set the default action: refuse | forbid | pseudonymise | icu.")):
     """Set the detection threshold to a false-refusal rate on benign prompts."""
-    from .index import ACTIONS
+    from .targets import ACTIONS
 
     groups: dict[str, list[str]] = {}
     positives = None

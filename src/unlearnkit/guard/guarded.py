@@ -3,10 +3,19 @@
 `GuardedLM` has the two methods of `unlearnkit.scoring.LM`, `score` and `generate`, so the
 evaluation suite and the attacks take it wherever they take a model.
 
-Generation: each prompt is detected; misses go straight to the model; hits follow their target's
-action (its own `action`, else the guard's `default_action`): the refusal text, decoding with the
-target's answers forbidden, the prompt with a stand-in name for the target's, or the
-in-context-unlearning prompt.
+Generation (`respond`, and `generate` which returns its texts): each prompt is detected; misses go
+straight to the model; hits follow their target's action (its own `action`, else the guard's
+`default_action`): the refusal text, decoding with the target's answers forbidden, the prompt with
+a stand-in name for the target's, or the in-context-unlearning prompt (the last two decode again
+with the target's answers forbidden when the answer states one of them). Then the output check
+(`output.find_leak`) reads prompt + answer: if the answer names another target, or states a
+target's value in its context, that target's action applies to the answer: `refuse` returns the
+refusal; `forbid` (and `icu`, which has no meaning for a continuation) decodes again with its
+answers forbidden; `pseudonymise` keeps the answer up to the end of the name, decodes the rest
+from the text with the name replaced by the stand-in, and puts the name back (or, when a value came before the name,
+decodes the whole answer again as under `forbid`). An answer that names the target but states none
+of its values is kept under all three (it already is what they would give). A second target in
+one answer, or a leak left after that, gets the refusal.
 
 Scoring (the definition likelihood-based metrics and attacks see): `score` returns the answer's
 token log-probs under the distribution the guarded system decodes its answer from.
@@ -25,9 +34,9 @@ token log-probs under the distribution the guarded system decodes its answer fro
 """
 from __future__ import annotations
 
-import json
 import os
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +46,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from .actions import (REFUSAL, ForbidTokensProcessor, forbidden_strings, forbidden_token_sequences, icu_prompt,
                       pseudonymise, refusal, restore, stand_in)
 from .detect import Calibration, Detection, Detector, calibrate
-from .index import ACTIONS, Action, Embedder, Target, TargetStore, atomic_write_bytes
+from .embedder import Embedder
+from .files import atomic_write_bytes
+from .store import TargetStore
+from .targets import ACTIONS, Action, Target
+from .output import ValueIndex, find_leak, states_value, values
 
 
 class GuardSettings(BaseModel):
@@ -59,12 +72,56 @@ class Guard:
                  embedder: Embedder | None = None):
         self.dir = Path(directory) if directory is not None else None
         self.store = TargetStore(self.dir, embedder=embedder)
-        if settings is None and self.dir is not None and (self.dir / "guard.json").exists():
-            settings = GuardSettings.model_validate_json((self.dir / "guard.json").read_text())
+        self._settings_stamp = self._stamp()
+        self.settings_damage: str | None = None  # why guard.json could not be read at the last refresh
+        if settings is None and self._settings_stamp is not None:
+            settings = self._read_settings()
         self.settings = settings or GuardSettings()
         self.detector = Detector(self.store, threshold=self.settings.threshold,
                                  fuzzy_cutoff=self.settings.fuzzy_cutoff)
         self._stand_ins: dict[tuple[str, int], list[str]] = {}
+        self._values: tuple[int, ValueIndex] | None = None
+
+    # -- guard.json, which `guard calibrate` in another process may rewrite ------------------------
+    def _stamp(self):
+        if self.dir is None:
+            return None
+        try:
+            st = (self.dir / "guard.json").stat()
+            return (st.st_mtime_ns, st.st_size, st.st_ino)
+        except FileNotFoundError:
+            return None
+
+    def _read_settings(self) -> GuardSettings:
+        path = self.dir / "guard.json"
+        try:
+            return GuardSettings.model_validate_json(path.read_text(encoding="utf-8"))
+        except ValueError as e:
+            raise ValueError(f"{path}: invalid guard settings ({str(e).splitlines()[0]})") from None
+
+    def refresh(self) -> bool:
+        """Take up changes another process made to the guard directory (targets, and the settings
+        a `guard calibrate` wrote); True if anything changed. A damaged file is not taken up: the
+        last good state stays in force (see `damage`)."""
+        changed = self.store.refresh()
+        stamp = self._stamp()
+        if stamp != self._settings_stamp and stamp is not None:
+            try:
+                self.settings = self._read_settings()
+            except ValueError as e:
+                self.settings_damage = str(e)
+            else:
+                self.settings_damage = None
+                self.detector.threshold = self.settings.threshold
+                self.detector.fuzzy_cutoff = self.settings.fuzzy_cutoff
+                changed = True
+            self._settings_stamp = stamp
+        return changed
+
+    @property
+    def damage(self) -> str | None:
+        """Why the guard directory could not be read when last refreshed (None: it could)."""
+        return self.store.damage or self.settings_damage
 
     # -- targets ---------------------------------------------------------------------------
     def add(self, target: Target | dict) -> Target:
@@ -85,6 +142,7 @@ class Guard:
         self.settings.threshold = self.detector.threshold
         if self.dir is not None:
             atomic_write_bytes(self.dir / "guard.json", self.settings.model_dump_json(indent=2).encode())
+            self._settings_stamp = self._stamp()
 
     def calibrate(self, benign: list[str] | dict[str, list[str]], false_refusal: float = 0.01,
                   positives: list[str] | None = None) -> Calibration:
@@ -98,15 +156,21 @@ class Guard:
         return target.action or self.settings.default_action
 
     def detect(self, prompts: list[str]) -> list[Detection]:
+        self.refresh()
         return self.detector.detect(prompts)
 
     def stand_in(self, target: Target) -> list[str]:
         """The target's stand-in name for ``pseudonymise`` (never a name token of any target)."""
-        self.detector._build()
-        key = (target.id, self.detector._built)
+        key = (target.id, self.store.version)
         if key not in self._stand_ins:
-            self._stand_ins[key] = stand_in(target, avoid=set(self.detector._names.vocab))
+            self._stand_ins[key] = stand_in(target, avoid=self.detector.name_tokens())
         return self._stand_ins[key]
+
+    def value_index(self) -> ValueIndex:
+        """The targets' forgotten values, indexed for the output check (rebuilt when they change)."""
+        if self._values is None or self._values[0] != self.store.version:
+            self._values = (self.store.version, ValueIndex(self.store.targets))
+        return self._values[1]
 
     def processor_for(self, target: Target, tokenizer) -> ForbidTokensProcessor:
         return ForbidTokensProcessor(forbidden_token_sequences(tokenizer, forbidden_strings(target)))
@@ -156,28 +220,92 @@ class GuardedLM:
         return out
 
     # -- generation --------------------------------------------------------------------------
-    def generate(self, prompts: list[str], max_new_tokens: int = 32, batch_size: int | None = None,
-                 logits_processor=None, detections: list[Detection] | None = None) -> list[str]:
-        from transformers import LogitsProcessorList
-
+    def respond(self, prompts: list[str], max_new_tokens: int = 32, batch_size: int | None = None,
+                logits_processor=None, detections: list[Detection] | None = None,
+                contexts: list[str] | None = None) -> list["Reply"]:
+        """The guarded answer to each prompt, with what the guard did (see the module docstring).
+        `detections`: the input-side verdicts when the caller made them (chat: over every message);
+        `contexts`: earlier text per prompt, for the output check's weak references."""
         plan = self.plan(prompts, detections)
-        out: list[str | None] = [None] * len(prompts)
+        replies: list[Reply | None] = [None] * len(prompts)
         groups: dict[tuple, list[int]] = {}
         for i, (mode, t, _, _) in enumerate(plan):
             if mode == "refuse":
-                out[i] = refusal(t, self.guard.settings.refusal)
+                replies[i] = Reply(refusal(t, self.guard.settings.refusal), "refuse", t, "input")
             else:
                 groups.setdefault((mode, t.id if mode == "forbid" else None), []).append(i)
         for (mode, _), idx in groups.items():
-            lp = list(logits_processor) if logits_processor is not None else []
-            if mode == "forbid":
-                lp.append(self._proc(plan[idx[0]][1]))
-            with self._lock:
-                gen = self.lm.generate([plan[i][2] for i in idx], max_new_tokens=max_new_tokens, batch_size=batch_size,
-                                       logits_processor=LogitsProcessorList(lp) if lp else None)
+            t = plan[idx[0]][1]
+            gen = self._generate([plan[i][2] for i in idx], max_new_tokens, batch_size, logits_processor,
+                                 t if mode == "forbid" else None)
             for i, g in zip(idx, gen):
-                out[i] = restore(g, plan[i][3])
-        return out
+                t = plan[i][1]
+                replies[i] = Reply(restore(g, plan[i][3]), self.guard.action_for(t) if t else "pass", t,
+                                   "input" if t else None)
+        for i, r in enumerate(replies):
+            # pseudonymise and icu leave the facts reachable: a model asked about a stand-in still
+            # favours answers it memorised. Stating the target's value anyway: decode again with the
+            # target's answers forbidden, on the same prompt.
+            if r.stage == "input" and r.action in ("pseudonymise", "icu") and states_value(r.target, r.text):
+                g = self._generate([plan[i][2]], max_new_tokens, batch_size, logits_processor, r.target)[0]
+                replies[i] = Reply(restore(g, plan[i][3]), r.action, r.target, "input")
+        for i, r in enumerate(replies):
+            if r.stage != "input" or r.action != "refuse":
+                ctx = contexts[i] if contexts is not None else ""
+                replies[i] = self._check_output(prompts[i], r, plan[i], max_new_tokens, logits_processor, ctx)
+        return replies
+
+    def generate(self, prompts: list[str], max_new_tokens: int = 32, batch_size: int | None = None,
+                 logits_processor=None, detections: list[Detection] | None = None) -> list[str]:
+        """The guarded answers' texts (`respond` without the bookkeeping): what evaluation sees."""
+        return [r.text for r in self.respond(prompts, max_new_tokens, batch_size, logits_processor, detections)]
+
+    def _generate(self, prompts, max_new_tokens, batch_size, logits_processor, forbid: Target | None = None):
+        from transformers import LogitsProcessorList
+
+        lp = list(logits_processor) if logits_processor is not None else []
+        if forbid is not None:
+            lp.append(self._proc(forbid))
+        # no lock: greedy decoding only reads the weights, so requests decode side by side
+        return self.lm.generate(prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                logits_processor=LogitsProcessorList(lp) if lp else None)
+
+    def _check_output(self, prompt: str, reply: "Reply", plan_row, max_new_tokens, logits_processor,
+                      context: str) -> "Reply":
+        """The output check on one answer, and the action it calls for (module docstring)."""
+        handled = {reply.target.id} if reply.target is not None else set()
+        leak = find_leak(self.guard.detector, prompt, reply.text, handled, context, self.guard.value_index())
+        if leak is None:
+            return reply
+        t, action = leak.target, self.guard.action_for(leak.target)
+        refused = Reply(refusal(t, self.guard.settings.refusal), "refuse", t, "output")
+        if action == "refuse":
+            return refused
+        if leak.named and values(t) and not states_value(t, reply.text):
+            # forbid, icu and pseudonymise keep the name, and nothing else in the answer is the
+            # target's: it already is what the action would give (a neighbour's "Who is N's sister?")
+            return reply
+        if handled:  # a second target in one answer: nothing finer is safe
+            return refused
+        if action == "pseudonymise" and leak.named and not states_value(t, reply.text[:leak.cut]):
+            combined, start = leak.combined, leak.prompt_len
+            end = start + leak.cut
+            head = combined[:end] if leak.cut else prompt
+            spans = [sp for sp in leak.spans if sp[1] <= len(head)]
+            fake, mapping = pseudonymise(head, spans, self.guard.stand_in(t))
+            cont = restore(self._generate([fake], max_new_tokens, None, logits_processor)[0], mapping)
+            if states_value(t, cont):  # as on the input side: decode again with its answers forbidden
+                cont = restore(self._generate([fake], max_new_tokens, None, logits_processor, t)[0], mapping)
+            kept = reply.text[:leak.cut]
+            sep = " " if kept and cont[:1].isalnum() and kept[-1:].isalnum() else ""
+            text = kept + sep + cont if leak.cut else cont
+            new = Reply(text, "pseudonymise", t, "output")
+        else:  # forbid, icu, or a value in a weak context: decode again with the answers forbidden
+            new = Reply(self._generate([plan_row[2]], max_new_tokens, None, logits_processor, t)[0], "forbid", t, "output")
+        again = find_leak(self.guard.detector, prompt, new.text, {t.id}, context, self.guard.value_index())
+        if again is not None:
+            return refused
+        return new
 
     # -- scoring -----------------------------------------------------------------------------
     def score(self, prompts: list[str], answers: list[str], stats: bool = False, batch_size: int | None = None):
@@ -204,6 +332,16 @@ class GuardedLM:
             for i, r in zip(idx, res):
                 out[i] = r
         return out
+
+
+@dataclass
+class Reply:
+    """A guarded answer: its text, the action taken ("pass" when none), the target it was taken
+    for, and where the hit was found: "input" (the prompt), "output" (the model's text) or None."""
+    text: str
+    action: str
+    target: Target | None = None
+    stage: str | None = None
 
 
 @torch.no_grad()
@@ -271,4 +409,4 @@ def open_guard(directory: str | os.PathLike | None = None, **kw) -> Guard:
     return Guard(directory, **kw)
 
 
-__all__ = ["Guard", "GuardSettings", "GuardedLM", "guarded_lm", "masked_score", "open_guard", "ACTIONS"]
+__all__ = ["Guard", "GuardSettings", "GuardedLM", "Reply", "guarded_lm", "masked_score", "open_guard", "ACTIONS"]

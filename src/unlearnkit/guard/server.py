@@ -2,7 +2,19 @@
 
 Model routes (no auth, as a local OpenAI-compatible endpoint): `GET /v1/models`,
 `POST /v1/completions`, `POST /v1/chat/completions`. Decoding is greedy (temperature and top_p
-are accepted and ignored); `n` must be 1 and `stream` false.
+are accepted and ignored); `n` must be 1. Every answer passes the output check before any of it
+leaves the server (`GuardedLM.respond`); with `stream: true` the checked answer is sent as
+server-sent events, OpenAI's chunk format.
+
+Bounded cost per request: a body over `MAX_BODY_BYTES` is refused with 413 before it is parsed,
+and so is a request whose prompts or messages hold more than `MAX_TOTAL_CHARS` characters or more
+than `MAX_MESSAGES` messages. There is no lock across a generation: requests run in the worker
+threadpool side by side, at most `MAX_CONCURRENT` generations at once (the rest wait their turn
+for a short, bounded piece of work, not behind one long request).
+
+A guard directory damaged from outside (a `targets.jsonl` that no longer parses) does not stop
+the guard: the last good index stays in force, so targets are still caught, and the admin routes
+answer 503 with the file and line until it is repaired.
 
 Admin routes, which need `Authorization: Bearer $UNLEARN_GUARD_TOKEN` (they are disabled, 403,
 when the variable is unset): `POST /v1/forget` (a target: `subject` and optionally `aliases`,
@@ -16,27 +28,34 @@ so no error can carry a forgotten fact back out.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
+import re
 import secrets
 import threading
 import time
 import uuid
-from typing import Literal
+from typing import Annotated, Literal
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .guarded import Guard, GuardedLM
-from .index import Action, QAPair, Target
+from .targets import Action, QAPair, Target
 
 log = logging.getLogger("unlearnkit.guard.server")
 
-MAX_PROMPT_CHARS = 16000
+MAX_PROMPT_CHARS = 16000  # one prompt or message
+MAX_TOTAL_CHARS = 32000  # all prompts, or all messages, of one request
+MAX_MESSAGES = 64
+MAX_PROMPTS = 16
+MAX_BODY_BYTES = 1_000_000
 MAX_NEW_TOKENS = 512
+MAX_CONCURRENT = 4  # generations at once; more only share the same cores
 
 
 class APIError(Exception):
@@ -53,7 +72,8 @@ def _describe(errors) -> str:
     """'body.qa.0.answer: Field required; ...' without the offending input values."""
     parts = []
     for e in errors[:5]:
-        loc = ".".join(str(p) for p in e.get("loc", ()) if p != "body") or "body"
+        # union members show up in the location as tags ("function-after[...]", "list[...]")
+        loc = ".".join(str(p) for p in e.get("loc", ()) if p != "body" and "[" not in str(p)) or "body"
         msg = str(e.get("msg", "invalid"))
         if msg.startswith("Value error, "):
             msg = msg[len("Value error, "):]
@@ -66,48 +86,67 @@ def _describe(errors) -> str:
 
 # -- request bodies ---------------------------------------------------------------------------
 
+def _utf8(v: str) -> str:
+    """A JSON string may carry a lone surrogate ("\\ud800"), which no tokenizer can encode."""
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("text is not valid Unicode (a lone surrogate)") from None
+    return v
+
+
+Text = Annotated[str, AfterValidator(_utf8)]
+
+
+class TextPart(BaseModel):
+    """A content part of a chat message; only text parts are understood."""
+    model_config = ConfigDict(extra="allow")
+    type: Literal["text"] = "text"
+    text: Annotated[Text, Field(strict=True)]
+
+
 class _Body(BaseModel):
     model_config = ConfigDict(extra="allow")  # unknown OpenAI options are accepted and ignored
 
 
 class CompletionRequest(_Body):
     model: str | None = None
-    prompt: str | list[str] = Field(max_length=64)
+    prompt: Text | Annotated[list[Text], Field(max_length=MAX_PROMPTS)]
     max_tokens: int = Field(default=16, ge=1, le=MAX_NEW_TOKENS)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)
     n: int = Field(default=1, ge=1, le=1)
     stream: bool = False
-    stop: str | list[str] | None = None
+    stop: Text | list[Text] | None = None
 
 
 class Message(BaseModel):
     model_config = ConfigDict(extra="allow")
     role: Literal["system", "user", "assistant", "tool", "developer"]
-    content: str | list[dict] | None = None
+    content: Text | list[TextPart] | None = None
 
 
 class ChatRequest(_Body):
     model: str | None = None
-    messages: list[Message] = Field(min_length=1, max_length=256)
+    messages: list[Message] = Field(min_length=1, max_length=MAX_MESSAGES)
     max_tokens: int | None = Field(default=None, ge=1, le=MAX_NEW_TOKENS)
     max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_NEW_TOKENS)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)
     n: int = Field(default=1, ge=1, le=1)
     stream: bool = False
-    stop: str | list[str] | None = None
+    stop: Text | list[Text] | None = None
 
 
 class ForgetRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    id: str | None = None
-    subject: str | None = None
-    aliases: list[str] = Field(default_factory=list)
-    facts: list[str] = Field(default_factory=list)
+    id: Text | None = None
+    subject: Text | None = None
+    aliases: list[Text] = Field(default_factory=list)
+    facts: list[Text] = Field(default_factory=list)
     qa: list[QAPair] = Field(default_factory=list)
-    documents: list[str] = Field(default_factory=list)
-    forbidden: list[str] = Field(default_factory=list)
+    documents: list[Text] = Field(default_factory=list)
+    forbidden: list[Text] = Field(default_factory=list)
     action: Action | None = None
 
 
@@ -116,13 +155,44 @@ def _text(content) -> str:
         return ""
     if isinstance(content, str):
         return content
-    return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type", "text") == "text")
+    return "".join(p.text for p in content)
 
 
 def _cut_stop(text: str, stop) -> tuple[str, bool]:
     stops = [stop] if isinstance(stop, str) else (stop or [])
     cut = min((text.find(s) for s in stops if s and s in text), default=-1)
     return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+ERRORS = {  # documented in the OpenAPI spec, one shape for all
+    400: "malformed JSON, or a missing or invalid field (the field and the problem, never the value)",
+    401: "missing or wrong bearer token (admin routes)",
+    403: "admin routes disabled: the server was started without UNLEARN_GUARD_TOKEN",
+    404: "unknown route, model or target id",
+    409: "a target with this id exists",
+    413: "request too large (body bytes, characters, messages or prompts)",
+    503: "the guard directory is damaged; the last good index is in force (admin routes)",
+}
+_ERROR_SCHEMA = {"type": "object", "properties": {"error": {"type": "object", "properties": {
+    "message": {"type": "string"}, "type": {"type": "string"}, "param": {"type": ["string", "null"]},
+    "code": {"type": "integer"}}}}}
+
+
+def _responses(*codes: int) -> dict:
+    return {c: {"description": ERRORS[c], "content": {"application/json": {"schema": _ERROR_SCHEMA}}} for c in codes}
+
+
+def _sse(chunks) -> StreamingResponse:
+    def gen():
+        for c in chunks:
+            yield f"data: {json.dumps(c)}\n\n"
+        yield "data: [DONE]\n\n"
+    return StreamingResponse(gen(), media_type="text/event-stream")
+
+
+def _pieces(text: str) -> list[str]:
+    """The checked answer in word-sized pieces, for streaming."""
+    return re.findall(r"\s*\S+\s*?(?=\s|$)", text) or ([text] if text else [])
 
 
 def create_app(lm, guard: Guard, model_name: str = "guarded", token: str | None = None) -> FastAPI:
@@ -132,14 +202,30 @@ def create_app(lm, guard: Guard, model_name: str = "guarded", token: str | None 
     glm = GuardedLM(lm, guard)
     tok = lm.tokenizer
     has_template = bool(getattr(tok, "chat_template", None))
-    model_lock = threading.Lock()  # one generation at a time: torch modules are not re-entrant
+    slots = threading.BoundedSemaphore(MAX_CONCURRENT)
     created = int(time.time())
     app = FastAPI(title="unlearnkit guard", version="1", docs_url=None, redoc_url=None)
     app.state.guard, app.state.glm = guard, glm
 
+    @app.middleware("http")
+    async def _limit_body(request: Request, call_next):
+        size = request.headers.get("content-length")
+        if size is not None and size.isdigit() and int(size) > MAX_BODY_BYTES:
+            return _err(413, f"request body of {int(size)} bytes; the limit is {MAX_BODY_BYTES}")
+        if request.method == "POST" and size is None:  # chunked upload: measure what arrived
+            if len(await request.body()) > MAX_BODY_BYTES:  # cached: the route reads it again
+                return _err(413, f"request body over {MAX_BODY_BYTES} bytes")
+        return await call_next(request)
+
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):
-        return _err(400, _describe(exc.errors()))
+        errors = exc.errors()
+        too_many = [(f, e) for e in errors for f in ("messages", "prompt")
+                    if e.get("type") == "too_long" and tuple(e.get("loc", ()))[1:2] == (f,)]
+        if too_many:  # more prompts or messages than one request may carry
+            f, e = too_many[0]
+            return _err(413, f"{f}: more than {e.get('ctx', {}).get('max_length')} items", param=f)
+        return _err(400, _describe(errors))
 
     @app.exception_handler(APIError)
     async def _api(request: Request, exc: APIError):
@@ -168,22 +254,27 @@ def create_app(lm, guard: Guard, model_name: str = "guarded", token: str | None 
                            "authentication_error")
         if not secrets.compare_digest(given.strip().encode(), token.encode()):
             raise APIError(401, "invalid bearer token", "authentication_error")
+        guard.refresh()
+        if guard.damage:
+            raise APIError(503, f"guard directory damaged, last good index in force: {guard.damage}", "server_error")
 
     def _check_model(name):
         if name is not None and name != model_name:
             raise APIError(404, f"model '{name[:100]}' not found; this server serves '{model_name}'",
                            param="model")
 
-    def _check_common(req):
-        if req.stream:
-            raise APIError(400, "streaming is not supported; send stream=false", param="stream")
+    def _check_size(texts: list[str], param: str):
+        for t in texts:
+            if len(t) > MAX_PROMPT_CHARS:
+                raise APIError(413, f"{param}: one is longer than {MAX_PROMPT_CHARS} characters", param=param)
+        total = sum(len(t) for t in texts)
+        if total > MAX_TOTAL_CHARS:
+            raise APIError(413, f"{param}: {total} characters in all; the limit is {MAX_TOTAL_CHARS}", param=param)
 
-    def _generate(prompts: list[str], max_tokens: int, detect_texts: list[list[str]] | None = None):
-        for p in prompts:
-            if len(p) > MAX_PROMPT_CHARS:
-                raise APIError(400, f"prompt longer than {MAX_PROMPT_CHARS} characters", param="prompt")
+    def _respond(prompts: list[str], max_tokens: int, detect_texts: list[list[str]] | None = None,
+                 contexts: list[str] | None = None):
         detections = None
-        if detect_texts is not None:  # chat: a hit in any user message counts
+        if detect_texts is not None:  # chat: a hit in any message counts
             flat = [t for ts in detect_texts for t in ts]
             dets = guard.detect(flat)
             detections, k = [], 0
@@ -192,9 +283,8 @@ def create_app(lm, guard: Guard, model_name: str = "guarded", token: str | None 
                 k += len(ts)
                 hits = [d for d in ds if d.hit]
                 detections.append(max(hits, key=lambda d: d.score) if hits else ds[-1])
-        with model_lock:
-            texts = glm.generate(prompts, max_new_tokens=max_tokens, detections=detections)
-        return texts
+        with slots:
+            return glm.respond(prompts, max_new_tokens=max_tokens, detections=detections, contexts=contexts)
 
     def _usage(prompts, texts):
         pt = sum(len(tok(p, add_special_tokens=False)["input_ids"]) for p in prompts)
@@ -211,46 +301,71 @@ def create_app(lm, guard: Guard, model_name: str = "guarded", token: str | None 
         return {"object": "list", "data": [{"id": model_name, "object": "model", "created": created,
                                             "owned_by": "unlearnkit"}]}
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", responses=_responses(400, 404, 413))
     def completions(req: CompletionRequest):
         _check_model(req.model)
-        _check_common(req)
         prompts = [req.prompt] if isinstance(req.prompt, str) else list(req.prompt)
         if not prompts:
             raise APIError(400, "prompt: must not be an empty list", param="prompt")
-        texts = _generate(prompts, req.max_tokens)
+        if req.stream and len(prompts) > 1:
+            raise APIError(400, "stream: send one prompt per streamed request", param="stream")
+        _check_size(prompts, "prompt")
+        replies = _respond(prompts, req.max_tokens)
         choices = []
-        for i, t in enumerate(texts):
-            t, stopped = _cut_stop(t, req.stop)
+        for i, r in enumerate(replies):
+            t, stopped = _cut_stop(r.text, req.stop)
             choices.append({"index": i, "text": t, "logprobs": None,
                             "finish_reason": _finish(t, stopped, req.max_tokens)})
-        return {"id": "cmpl-" + uuid.uuid4().hex[:24], "object": "text_completion", "created": int(time.time()),
+        cid, now = "cmpl-" + uuid.uuid4().hex[:24], int(time.time())
+        if req.stream:
+            head = {"id": cid, "object": "text_completion", "created": now, "model": model_name}
+            c = choices[0]
+            return _sse([{**head, "choices": [{"index": 0, "text": piece, "logprobs": None, "finish_reason": None}]}
+                         for piece in _pieces(c["text"])]
+                        + [{**head, "choices": [{"index": 0, "text": "", "logprobs": None,
+                                                 "finish_reason": c["finish_reason"]}]}])
+        return {"id": cid, "object": "text_completion", "created": now,
                 "model": model_name, "choices": choices, "usage": _usage(prompts, [c["text"] for c in choices])}
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", responses=_responses(400, 404, 413))
     def chat(req: ChatRequest):
         _check_model(req.model)
-        _check_common(req)
-        users = [_text(m.content) for m in req.messages if m.role == "user"]
+        texts = [_text(m.content) for m in req.messages]
+        _check_size(texts, "messages")
+        users = [t for m, t in zip(req.messages, texts) if m.role == "user"]
         if not users or not users[-1].strip():
             raise APIError(400, "messages: needs at least one non-empty user message", param="messages")
         if has_template:
-            msgs = [{"role": m.role, "content": _text(m.content)} for m in req.messages]
+            msgs = [{"role": m.role, "content": t} for m, t in zip(req.messages, texts)]
             prompt = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
             if tok.bos_token and prompt.startswith(tok.bos_token):
                 prompt = prompt[len(tok.bos_token):]  # LM.generate adds bos itself
+            earlier = ""
         else:
             prompt = users[-1]  # no chat template (the embedded model): the last user message as is
+            last = max(i for i, m in enumerate(req.messages) if m.role == "user")
+            earlier = "\n".join(t for i, t in enumerate(texts) if i != last and t)
         max_tokens = req.max_completion_tokens or req.max_tokens or 64
-        text = _generate([prompt], max_tokens, detect_texts=[users])[0]
-        text, stopped = _cut_stop(text, req.stop)
-        return {"id": "chatcmpl-" + uuid.uuid4().hex[:24], "object": "chat.completion", "created": int(time.time()),
+        # every message counts: system prompts and earlier turns (any role) can name a target
+        reply = _respond([prompt], max_tokens, detect_texts=[[t for t in texts if t.strip()]], contexts=[earlier])[0]
+        text, stopped = _cut_stop(reply.text, req.stop)
+        finish = _finish(text, stopped, max_tokens)
+        cid, now = "chatcmpl-" + uuid.uuid4().hex[:24], int(time.time())
+        if req.stream:
+            head = {"id": cid, "object": "chat.completion.chunk", "created": now, "model": model_name}
+            return _sse([{**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                               "finish_reason": None}]}]
+                        + [{**head, "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]}
+                           for piece in _pieces(text)]
+                        + [{**head, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]}])
+        return {"id": cid, "object": "chat.completion", "created": now,
                 "model": model_name,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                             "finish_reason": _finish(text, stopped, max_tokens)}],
+                             "finish_reason": finish}],
                 "usage": _usage([prompt], [text])}
 
-    @app.post("/v1/forget", status_code=201, dependencies=[Depends(_admin)])
+    @app.post("/v1/forget", status_code=201, dependencies=[Depends(_admin)],
+              responses=_responses(400, 401, 403, 409, 413, 503))
     def forget_add(req: ForgetRequest):
         data = req.model_dump(exclude_none=True)
         try:
@@ -264,14 +379,14 @@ def create_app(lm, guard: Guard, model_name: str = "guarded", token: str | None 
         return {"id": target.id, "object": "forget_target", "action": guard.action_for(target),
                 "created_at": target.created_at}
 
-    @app.get("/v1/forget", dependencies=[Depends(_admin)])
+    @app.get("/v1/forget", dependencies=[Depends(_admin)], responses=_responses(401, 403, 503))
     def forget_list():
         return {"object": "list", "data": [
             {"id": t.id, "object": "forget_target", "subject": t.subject, "action": guard.action_for(t),
              "n_aliases": len(t.aliases), "n_facts": len(t.facts), "n_qa": len(t.qa),
              "n_documents": len(t.documents), "created_at": t.created_at} for t in guard.list()]}
 
-    @app.delete("/v1/forget/{target_id}", dependencies=[Depends(_admin)])
+    @app.delete("/v1/forget/{target_id}", dependencies=[Depends(_admin)], responses=_responses(401, 403, 404, 503))
     def forget_delete(target_id: str):
         try:
             t = guard.remove(target_id)
@@ -279,6 +394,21 @@ def create_app(lm, guard: Guard, model_name: str = "guarded", token: str | None 
             raise APIError(404, f"no forget target with id '{target_id[:128]}'", param="id") from None
         return {"id": t.id, "object": "forget_target", "deleted": True}
 
+    def openapi():
+        """FastAPI's spec, with its default 422 replaced by the 400 this server answers."""
+        if app.openapi_schema is None:
+            from fastapi.openapi.utils import get_openapi
+
+            spec = get_openapi(title=app.title, version=app.version, routes=app.routes)
+            for path in spec.get("paths", {}).values():
+                for op in path.values():
+                    resp = op.get("responses", {})
+                    if resp.pop("422", None) is not None and "400" not in resp:
+                        resp["400"] = _responses(400)[400]
+            app.openapi_schema = spec
+        return app.openapi_schema
+
+    app.openapi = openapi
     return app
 
 

@@ -1,0 +1,238 @@
+"""The store of forget targets. :class:`TargetStore` keeps them (`targets.Target`) on disk
+in a *guard directory* and in memory as one matrix of normalised sentence embeddings:
+
+```
+<guard-dir>/targets.jsonl     one Target per line (the source of truth)
+<guard-dir>/embeddings.npy    float32 (rows, dim): the embedded texts of every target, in order
+<guard-dir>/index.json        embedder name, dim, and (target id, row count) per target
+<guard-dir>/guard.json        detector settings and calibration (written by detect.calibrate)
+```
+
+Files are written atomically under the directory lock (`files.py`), so a CLI ``unlearn guard add``
+and a running server can share a directory. Embeddings are reused only when
+``index.json`` matches ``targets.jsonl`` exactly; otherwise they are recomputed on load.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import threading
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from .embedder import Embedder, MiniLMEmbedder, get_embedder
+from .files import atomic_write_bytes, atomic_write_npy, dir_lock
+from .targets import Target, embed_texts
+
+
+class TargetStore:
+    """Targets and their embeddings, in memory and (with a directory) on disk.
+
+    `version` increases with every change, so a detector can rebuild what it derives from the
+    store. `refresh()` reloads when another process changed the directory (cheap: one stat).
+    """
+
+    def __init__(self, directory: str | os.PathLike | None = None, embedder: Embedder | None = None):
+        self.dir = Path(directory) if directory is not None else None
+        self._embedder = embedder
+        self.targets: list[Target] = []
+        self.emb = np.zeros((0, 0), np.float32)  # (rows, dim)
+        self.row_target = np.zeros(0, np.int64)  # row -> position of its target in self.targets
+        self._emb_name = ""  # the embedder that made self.emb
+        self.version = 0
+        self.damage: str | None = None  # why the directory could not be read at the last refresh
+        self._mtime = None
+        self._lock = threading.RLock()
+        if self.dir is not None:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self._load()
+
+    # -- embeddings ------------------------------------------------------------------------
+    @property
+    def embedder(self) -> Embedder:
+        if self._embedder is None:
+            self._embedder = get_embedder()
+            if self.targets and self._emb_name != self._embedder.name:  # vectors from another backend
+                self._set(self.targets, *self._embed(self.targets), name=self._embedder.name)
+        return self._embedder
+
+    def _embedder_name(self) -> str:
+        """The embedder's name, without loading it just for that (the default one's, until loaded)."""
+        return self._embedder.name if self._embedder is not None else MiniLMEmbedder.name
+
+    def _embed(self, targets: list[Target]) -> tuple[np.ndarray, list[int]]:
+        texts, counts = [], []
+        for t in targets:
+            tx = embed_texts(t)
+            texts += tx
+            counts.append(len(tx))
+        e = self.embedder.encode(texts) if texts else np.zeros((0, self.embedder.dim), np.float32)
+        return e, counts
+
+    def _set(self, targets: list[Target], emb: np.ndarray, counts: list[int], name: str | None = None) -> None:
+        self._emb_name = name or self._embedder_name()
+        self.targets = targets
+        self.emb = np.ascontiguousarray(emb, dtype=np.float32)
+        self.row_target = np.repeat(np.arange(len(targets)), counts).astype(np.int64)
+        self.version += 1
+
+    # -- disk ------------------------------------------------------------------------------
+    def _paths(self):
+        return self.dir / "targets.jsonl", self.dir / "embeddings.npy", self.dir / "index.json"
+
+    def _stamp(self):
+        p = self._paths()[0]
+        try:
+            st = p.stat()
+            return (st.st_mtime_ns, st.st_size, st.st_ino)
+        except FileNotFoundError:
+            return None
+
+    def _read_targets(self) -> list[Target]:
+        p = self._paths()[0]
+        if not p.exists():
+            return []
+        out = []
+        for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+            if line.strip():
+                try:
+                    out.append(Target.model_validate_json(line))
+                except ValueError as e:
+                    raise ValueError(f"{p}:{n}: invalid target ({str(e).splitlines()[0]})") from None
+        return out
+
+    def _load(self) -> None:
+        tpath, epath, ipath = self._paths()
+        targets = self._read_targets()
+        counts = [len(embed_texts(t)) for t in targets]
+        emb = None
+        try:
+            info = json.loads(ipath.read_text())
+            e = np.load(epath)
+            ok = (info.get("rows") == [[t.id, c] for t, c in zip(targets, counts)]
+                  and e.shape[0] == sum(counts) and e.dtype == np.float32
+                  and info.get("embedder") == self._embedder_name())
+            emb = e if ok else None
+        except (FileNotFoundError, ValueError, OSError):
+            emb = None
+        if emb is None and targets:
+            emb, counts = self._embed(targets)
+        if emb is None:
+            emb = np.zeros((0, 0), np.float32)
+        self._set(targets, emb, counts)
+        self._mtime = self._stamp()
+
+    def _save(self) -> None:
+        tpath, epath, ipath = self._paths()
+        counts = np.bincount(self.row_target, minlength=len(self.targets)).tolist() if self.targets else []
+        name = self._embedder_name()
+        atomic_write_npy(epath, self.emb)
+        atomic_write_bytes(ipath, json.dumps({
+            "version": 1, "embedder": name, "dim": int(self.emb.shape[1]) if self.emb.ndim == 2 else 0,
+            "rows": [[t.id, c] for t, c in zip(self.targets, counts)]}).encode())
+        atomic_write_bytes(tpath, "".join(t.model_dump_json() + "\n" for t in self.targets).encode("utf-8"))
+        self._mtime = self._stamp()
+
+    def refresh(self) -> bool:
+        """Reload if another process changed the guard directory; True if it did. A file that no
+        longer parses (damaged from outside) is not taken up: the last good targets stay in force
+        and `damage` says what is wrong, until a later refresh reads a good file."""
+        if self.dir is None or self._stamp() == self._mtime:
+            return False
+        with self._lock, dir_lock(self.dir):
+            stamp = self._stamp()
+            if stamp != self._mtime:
+                try:
+                    self._load()
+                except (ValueError, OSError) as e:
+                    self.damage = str(e).splitlines()[0]
+                    self._mtime = stamp  # reported once per change, not re-read on every request
+                    import logging
+
+                    logging.getLogger("unlearnkit.guard").error("guard directory damaged, last good index kept: %s",
+                                                                self.damage)
+                    return False
+                self.damage = None
+                return True
+        return False
+
+    @contextlib.contextmanager
+    def _writing(self):
+        with self._lock:
+            if self.dir is None:
+                yield
+                return
+            with dir_lock(self.dir):
+                if self.damage:  # never write the last good state over a file someone must repair
+                    raise ValueError(f"guard directory damaged: {self.damage}")
+                if self._stamp() != self._mtime:  # another process wrote: merge on its state
+                    self._load()
+                yield
+                self._save()
+
+    # -- API -------------------------------------------------------------------------------
+    @property
+    def lock(self) -> threading.RLock:
+        """Held while the store changes: hold it for a consistent view of targets and vectors."""
+        return self._lock
+
+    def set_precomputed(self, targets: list[Target], emb: np.ndarray, counts: list[int]) -> None:
+        """Targets with vectors computed elsewhere (`counts[i]` rows of `emb` per target), in memory
+        only: for benchmarks that cannot afford to embed thousands of targets."""
+        if self.dir is not None:
+            raise ValueError("precomputed vectors are for an in-memory store (directory=None)")
+        with self._lock:
+            self._set(list(targets), emb, list(counts))
+
+    def add(self, target: Target | dict) -> Target:
+        """Add one target (a Target or its dict form); returns it with its id. Raises KeyError if
+        a target with the same id exists."""
+        return self.add_many([target])[0]
+
+    def add_many(self, targets: Iterable[Target | dict]) -> list[Target]:
+        new = [t if isinstance(t, Target) else Target.model_validate(t) for t in targets]
+        ids = [t.id for t in new]
+        if len(set(ids)) != len(ids):
+            raise KeyError("duplicate target ids in one request")
+        e, counts = self._embed(new)  # outside the lock: embedding is the slow part
+        with self._writing():
+            have = {t.id for t in self.targets}
+            clash = [i for i in ids if i in have]
+            if clash:
+                raise KeyError(f"target id already exists: {clash[0]}")
+            old_counts = np.bincount(self.row_target, minlength=len(self.targets)).tolist() if self.targets else []
+            emb = e if self.emb.size == 0 else np.concatenate([self.emb, e])
+            self._set(self.targets + new, emb, old_counts + counts)
+        return new
+
+    def remove(self, target_id: str) -> Target:
+        """Remove a target by id; returns it. Raises KeyError if there is none."""
+        with self._writing():
+            pos = next((i for i, t in enumerate(self.targets) if t.id == target_id), None)
+            if pos is None:
+                raise KeyError(f"no target with id {target_id!r}")
+            keep = self.row_target != pos
+            counts = np.bincount(self.row_target, minlength=len(self.targets)).tolist()
+            gone = self.targets[pos]
+            self._set(self.targets[:pos] + self.targets[pos + 1:], self.emb[keep],
+                      counts[:pos] + counts[pos + 1:])
+        return gone
+
+    def clear(self) -> None:
+        with self._writing():
+            self._set([], np.zeros((0, self.emb.shape[1] if self.emb.ndim == 2 else 0), np.float32), [])
+
+    def get(self, target_id: str) -> Target:
+        for t in self.targets:
+            if t.id == target_id:
+                return t
+        raise KeyError(f"no target with id {target_id!r}")
+
+    def list(self) -> list[Target]:
+        return list(self.targets)
+
+    def __len__(self) -> int:
+        return len(self.targets)
