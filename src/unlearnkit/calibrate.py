@@ -5,7 +5,8 @@ twins (`data.twins`: the same questions and answers about invented people); a wo
 (people of the same kind, never trained on) can serve instead (`reference="holdout"`).
 
 The statistic. Each record's score is the mean log-probability of its answer tokens given its
-question (the end-of-sequence position left out), from one batched scoring pass, the quantity
+question (the end-of-sequence position left out, and so are the tokens of the subject's name:
+`name_masked`), from one batched scoring pass, the quantity
 behind TOFU's probability, the LOSS attack and NPO. The forget set matches the reference when a
 membership-inference attacker holding these scores cannot tell them apart: the ROC AUC of forget
 (members) against reference (non-members) lies within 0.5 ± tolerance. Above is under-forgetting
@@ -42,7 +43,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from .data.batching import collate, encode_pairs, length_batches
+from .data.batching import IGNORE, Encoded, collate, length_batches
 from .data.io import WorldData
 from .data.templates import parse_template
 from .data.twins import mentions, twins, words_of
@@ -141,6 +142,48 @@ def reference_records(world: WorldData, kind: str, seed: int = 0):
     return named, twins(named, words_of(corpus), seed)
 
 
+def name_masked(tokenizer, records, template=None) -> list[tuple[list[int], int, list[int]]]:
+    """(input ids, prompt length, answer positions that are not the subject's name) per record.
+
+    The statistic compares forget records with twins whose names were swapped, so the name's own
+    tokens (memorised for a real person, unseen for an invented one) must not decide it: they are
+    left out of the score, and only the fact is compared. "Linine Vigormont was born in Thornwick."
+    is scored on "was born in Thornwick." (and the end of sequence). A tokenizer without character
+    offsets scores the whole answer."""
+    import re
+
+    from .data.batching import answer_text, encode_prompt
+    from .data.twins import name_parts
+
+    tpl = parse_template(template)
+    out = []
+    for r in records:
+        q = encode_prompt(tokenizer, r.question, tpl)
+        text = answer_text(r.question, r.answer, tpl)
+        try:
+            enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+            offsets = enc["offset_mapping"]
+        except (NotImplementedError, KeyError, TypeError, ValueError):
+            enc, offsets = tokenizer(text, add_special_tokens=False), None
+        a = list(enc["input_ids"])
+        spans = [m.span() for w in name_parts(r.subject) for m in re.finditer(r"\b" + re.escape(w) + r"\b", text)]
+        keep = [len(q) + i for i in range(len(a))
+                if offsets is None or not any(s < e2 and s2 < e for (s2, e2) in [offsets[i]] for s, e in spans)]
+        keep.append(len(q) + len(a))  # the end of sequence
+        out.append((q + a + [tokenizer.eos_token_id], len(q), keep))
+    return out
+
+
+def _collate_masked(rows, pad_id: int) -> dict:
+    """Right-padded batch whose labels cover only the kept answer positions."""
+    batch = collate([Encoded(ids, n) for ids, n, _ in rows], pad_id)
+    labels = torch.full_like(batch["labels"], IGNORE)
+    for i, (ids, _, keep) in enumerate(rows):
+        labels[i, keep] = batch["input_ids"][i, keep]
+    batch["labels"] = labels
+    return batch
+
+
 def _answer_scores(model, batch, ctx=None):
     """Per-row mean answer-token log-prob, the last (end-of-sequence) position left out."""
     out = answer_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
@@ -162,10 +205,10 @@ class Calibrator:
         rng = random.Random(seed)
         retain = rng.sample(pool, min(len(pool), s.retain_sample))
         self.n = {"forget": len(forget), "reference": len(ref), "retain": len(retain)}
-        sets = {"forget": forget, "reference": ref, "retain": retain}
-        self._enc = {k: encode_pairs(tokenizer, [r.question for r in v], [r.answer for r in v],
-                                   template=parse_template(template))
-                     for k, v in sets.items()}
+        self._enc = {"forget": name_masked(tokenizer, forget, template),
+                     "reference": name_masked(tokenizer, ref, template),
+                     "retain": [(ids, n, list(range(n, len(ids)))) for ids, n, _ in name_masked(tokenizer, [
+                         r.model_copy(update={"subject": ""}) for r in retain], template)]}
         self.pad_id = tokenizer.pad_token_id
         per_epoch = math.ceil((forget_stream_len or len(forget)) / batch_size)
         self.every = s.every or max(1, round(per_epoch / 4))
@@ -184,8 +227,9 @@ class Calibrator:
     # ------------------------------------------------------------------ measuring
     def _scores(self, handle, name: str) -> np.ndarray:
         enc, out = self._enc[name], np.zeros(len(self._enc[name]))
-        for idx in length_batches([len(e.input_ids) for e in enc], 8192, 128):
-            out[idx] = handle.score(_answer_scores, collate([enc[i] for i in idx], self.pad_id)).float().cpu().numpy()
+        for idx in length_batches([len(ids) for ids, _, _ in enc], 8192, 128):
+            batch = _collate_masked([enc[i] for i in idx], self.pad_id)
+            out[idx] = handle.score(_answer_scores, batch).float().cpu().numpy()
         return out
 
     def measure(self, step: int, handle) -> Check:
