@@ -97,3 +97,23 @@ def test_finetune_forget_eval_with_chat_template(tmp_path, chat_tiny):
     # the same model evaluated raw sees other prompts, so other numbers
     raw = api.evaluate(tmp_path / "run" / "model", world, suites=("tofu",))
     assert raw["info"]["template"]["kind"] == "raw" and raw["forget_probability"] != res["forget_probability"]
+
+
+def test_attacks_and_the_guard_use_the_template_too(tmp_path, chat_tiny):
+    """`unlearn attack --template chat` writes the relearning data and the attacked prompts in the chat
+    format, and a guarded model loaded with a template keeps it."""
+    from typer.testing import CliRunner
+
+    from unlearnkit import api
+    from unlearnkit.cli import app
+    from unlearnkit.guard.guarded import guarded_lm
+
+    world = api.world(tmp_path / "world", seed=0, n_people=5, forget_fraction=0.2)
+    out = tmp_path / "a.json"
+    r = CliRunner().invoke(app, ["attack", "--model", str(chat_tiny), "--data", str(world), "--kind", "relearn",
+                                 "--steps", "1", "--source", "facts", "--out", str(out), "--template", "chat",
+                                 "--system", "Be brief."])
+    assert r.exit_code == 0, r.output
+    assert json.loads(out.read_text())["template"] == {"kind": "chat", "text": None, "system": "Be brief."}
+    (tmp_path / "guard").mkdir()
+    assert guarded_lm(chat_tiny, tmp_path / "guard", template=parse_template("chat")).lm.template.kind == "chat"

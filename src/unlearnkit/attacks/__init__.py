@@ -87,8 +87,8 @@ def make_plan(kind: str, world, *, seed: int = 0, **options) -> Plan:
 class _Target:
     """A model to attack: an LM for prompts, and weights + tokenizer for weight attacks (lazily)."""
 
-    def __init__(self, x, role: str):
-        self.x, self.role = x, role
+    def __init__(self, x, role: str, template=None):
+        self.x, self.role, self.template = x, role, template
         self._lm = self._net = self._tok = None
 
     def name(self) -> str:
@@ -122,7 +122,7 @@ class _Target:
         if self._lm is None:
             from ..scoring import LM, is_lm
 
-            self._lm = self.x if is_lm(self.x) else LM(*self.weights())
+            self._lm = self.x if is_lm(self.x) else LM(*self.weights(), template=self.template)
         return self._lm
 
     def attacked(self, v: Variant):
@@ -134,7 +134,7 @@ class _Target:
         net, tok = self.weights()
         net, info = v.transform(copy.deepcopy(net), tok)
         net.eval()
-        lm = LM(net, tok)
+        lm = LM(net, tok, template=getattr(self.lm(), "template", self.template))
         if (guard := getattr(self.x, "guard", None)) is not None:  # the attacked weights stay behind the guard
             lm = type(self.x)(lm, guard)
         return lm, info
@@ -169,7 +169,7 @@ def _key(kind, options, seed, data, role_input) -> str | None:
 # ------------------------------------------------------------------------------ the one entry point
 
 def run_attack(kind: str, model, data, *, subject=None, oracle=None, seed: int = 0, reuse: dict | None = None,
-               progress: bool = False, min_gap: float = MIN_GAP, **options) -> dict:
+               progress: bool = False, min_gap: float = MIN_GAP, template=None, **options) -> dict:
     """Attack `model` on world `data` (a directory) and report the forget metrics and the recovery.
 
     kind: one of `ATTACKS`. subject: the model before unlearning (needed for recovery; found in the
@@ -179,15 +179,20 @@ def run_attack(kind: str, model, data, *, subject=None, oracle=None, seed: int =
     are taken over (they do not depend on the attacked model). options: the attack's own (see
     `unlearnkit.attacks.<kind>.plan`), e.g. relearn `steps`, `lr`, `fraction`, `source`; quantize
     `bits`, `group_size`; probes `kinds`, `shots`; incontext `fraction`.
+    template: the prompt format of models loaded here and of the relearning data (raw | chat | a
+    format string with {question}; data/templates.py).
     Returns a JSON-serialisable dict; see docs/robustness.md for its fields.
     """
+    from ..data.templates import parse_template
+
+    tpl = parse_template(template)
     from .. import runinfo
     from ..data.io import load_world
     from ..evaluate import _clean
 
     t0 = time.perf_counter()
     w = load_world(data)
-    p = make_plan(kind, w, seed=seed, **options)
+    p = make_plan(kind, w, seed=seed, **options, **({"template": tpl} if kind == "relearn" else {}))
     notes = list(p.notes)
     if subject is None and (found := _subject_from_run(model)) is not None:
         subject = found
@@ -209,7 +214,7 @@ def run_attack(kind: str, model, data, *, subject=None, oracle=None, seed: int =
             for name in p.variants:
                 attacked[name][role] = reused[role]["variants"][name][role]
             continue
-        target = _Target(inputs[role], role)
+        target = _Target(inputs[role], role, tpl)
         plain[role] = forget_metrics(target.lm(), p.records)
         for name, v in p.variants.items():
             t = time.perf_counter()
@@ -232,7 +237,8 @@ def run_attack(kind: str, model, data, *, subject=None, oracle=None, seed: int =
                                                     min_gap=min_gap)
                 entry["excess_recovery"] = entry["recovery"]["score"] - entry["oracle_recovery"]["score"]
         variants[name] = entry
-    res = {"attack": kind, "description": ATTACKS[kind], "options": p.options, "seed": seed, "data": str(data),
+    res = {"attack": kind, "description": ATTACKS[kind], "options": p.options, "template": tpl.to_dict(),
+           "seed": seed, "data": str(data),
            "n_eval": len(p.records), "eval_ids": [r.id for r in p.records], "plan": p.info, "plain": plain,
            "variants": variants}
     scored = {n: v for n, v in variants.items() if "recovery" in v}

@@ -33,7 +33,9 @@ def attack(model: str = typer.Option(..., help="Checkpoint dir (e.g. RUN/model) 
            bits: str = typer.Option("8,4", help="quantize: comma-separated bit widths."),
            group_size: int = typer.Option(0, help="quantize: input columns per scale (0: one scale per output channel)."),
            probes: str = typer.Option("all", help="probes: comma-separated kinds (paraphrase, fill_blank, multiple_choice, conversation, many_shot, step_by_step) or all."),
-           shots: int = typer.Option(8, help="probes: retain examples in the many-shot prompt.")):
+           shots: int = typer.Option(8, help="probes: retain examples in the many-shot prompt."),
+           template: str = typer.Option("raw", help="Prompt format: raw | chat (the tokenizer's chat template) | a format string with {question}."),
+           system: Optional[str] = typer.Option(None, help="System prompt, with --template chat.")):
     """Attack an unlearned model (relearning, quantization, probes, facts in context) and report the forget
     metrics after the attack and the recovery: the share of the subject-vs-model gap the attack closes."""
     from rich.console import Console
@@ -43,7 +45,10 @@ def attack(model: str = typer.Option(..., help="Checkpoint dir (e.g. RUN/model) 
     from . import check_attack, run_attack
     from .probes import KINDS as PROBE_KINDS
 
+    from ..data.templates import parse_template
+
     check_attack(kind)
+    tpl = parse_template(template, system)
     opts: dict = {
         "relearn": dict(steps=steps, lr=lr, fraction=fraction, source=source),
         "quantize": dict(bits=_bits(bits), group_size=group_size),
@@ -54,9 +59,9 @@ def attack(model: str = typer.Option(..., help="Checkpoint dir (e.g. RUN/model) 
     if guard is not None:
         from ..guard.guarded import guarded_lm
 
-        target = guarded_lm(model, guard)
+        target = guarded_lm(model, guard, template=tpl)
     res = run_attack(kind, target, data, subject=subject if subject is not None or guard is None else model,
-                     oracle=oracle, seed=seed, **opts)
+                     oracle=oracle, seed=seed, template=tpl, **opts)
     runinfo.write_json(out, res)
     table = Table(title=f"attack: {kind}")
     for col in ("variant", "rouge before", "rouge after", "prob before", "prob after", "recovery", "oracle recovery"):

@@ -62,7 +62,8 @@ def split(world, source: str = "people", fraction: float = 0.5, seed: int = 0) -
     raise ValueError(f"unknown relearn source {source!r}; valid sources: {', '.join(SOURCES)}")
 
 
-def relearn(net, tok, records, *, steps: int = 20, lr: float = 3e-4, batch_size: int = 16, seed: int = 0):
+def relearn(net, tok, records, *, steps: int = 20, lr: float = 3e-4, batch_size: int = 16, seed: int = 0,
+            template=None):
     """Fine-tune `net` in place on `records` (every phrasing) with the plain NLL loss; returns it."""
     from ..data.batching import encode_pairs
     from ..sft import sft_loss
@@ -76,13 +77,16 @@ def relearn(net, tok, records, *, steps: int = 20, lr: float = 3e-4, batch_size:
     for p in net.parameters():
         p.requires_grad_(True)
     cfg = TrainConfig(lr=lr, steps=steps, batch_size=batch_size, seed=seed, schedule="constant")
-    stream = encode_pairs(tok, prompts, answers)
+    from ..data.templates import parse_template
+
+    stream = encode_pairs(tok, prompts, answers, template=parse_template(template))
     return train(net, sft_loss(), {"train": stream}, cfg, pad_id=tok.pad_token_id, progress=False,
                  desc="relearn").model
 
 
 def plan(world, *, seed: int = 0, steps: int = 20, lr: float = 3e-4, fraction: float = 0.5, source: str = "people",
-         batch_size: int = 16) -> Plan:
+         batch_size: int = 16, template=None) -> Plan:
+    """`template`: the prompt format the relearning data is written in (the attacked model's)."""
     if steps < 1:
         raise ValueError(f"relearn steps must be >= 1, got {steps}")
     if lr <= 0:
@@ -91,7 +95,7 @@ def plan(world, *, seed: int = 0, steps: int = 20, lr: float = 3e-4, fraction: f
     n_pairs = sum(len(r.phrasings()) for r in train_recs)
 
     def transform(net, tok):
-        relearn(net, tok, train_recs, steps=steps, lr=lr, batch_size=batch_size, seed=seed)
+        relearn(net, tok, train_recs, steps=steps, lr=lr, batch_size=batch_size, seed=seed, template=template)
         return net, {"relearn_pairs": n_pairs, "steps": steps}
 
     opts = {"steps": steps, "lr": lr, "fraction": fraction, "source": source, "batch_size": batch_size}

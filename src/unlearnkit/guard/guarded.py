@@ -393,15 +393,18 @@ def masked_score(lm, prompts: list[str], answers: list[str], proc: ForbidTokensP
     return out
 
 
-def guarded_lm(model, guard_dir: str | os.PathLike) -> GuardedLM:
+def guarded_lm(model, guard_dir: str | os.PathLike, template=None) -> GuardedLM:
     """`GuardedLM` for a model path (or an object with score/generate, or an `LM`) behind the guard
-    stored in `guard_dir`: what `unlearn eval --guard` and `unlearn attack --guard` evaluate."""
+    stored in `guard_dir`: what `unlearn eval --guard` and `unlearn attack --guard` evaluate. A model
+    loaded here writes its prompts in `template`'s format (data/templates.py)."""
     if not Path(guard_dir).is_dir():
         raise FileNotFoundError(f"{guard_dir}: guard directory not found")
+    from ..data.templates import parse_template
     from ..models.load import load_model
     from ..scoring import LM, is_lm
 
-    return GuardedLM(model if is_lm(model) else LM(*load_model(model)), Guard(guard_dir))
+    lm = model if is_lm(model) else LM(*load_model(model), template=parse_template(template))
+    return GuardedLM(lm, Guard(guard_dir))
 
 
 def open_guard(directory: str | os.PathLike | None = None, **kw) -> Guard:

@@ -413,8 +413,9 @@ def create_app(lm, guard: Guard, model_name: str = "guarded", token: str | None 
 
 
 def serve(model: str, port: int = 8000, host: str = "127.0.0.1", guard_dir: str | None = None,
-          model_name: str | None = None, log_level: str = "info") -> None:
-    """Load `model`, open the guard in `guard_dir` (in memory if None) and serve until stopped."""
+          model_name: str | None = None, log_level: str = "info", template=None) -> None:
+    """Load `model`, open the guard in `guard_dir` (in memory if None) and serve until stopped;
+    prompts reach the model in `template`'s format (raw | chat | a format string with {question})."""
     import uvicorn
 
     from ..models.load import load_model
@@ -425,5 +426,7 @@ def serve(model: str, port: int = 8000, host: str = "127.0.0.1", guard_dir: str 
     if guard_dir is None:
         log.warning("no --guard-dir: forget targets live in memory and are lost when the server stops")
     guard.store.embedder  # load MiniLM before the first request, not during it
-    app = create_app(LM(m, tok), guard, model_name=model_name or os.path.basename(os.path.normpath(str(model))))
+    from ..data.templates import parse_template
+
+    app = create_app(LM(m, tok, template=parse_template(template)), guard, model_name=model_name or os.path.basename(os.path.normpath(str(model))))
     uvicorn.run(app, host=host, port=port, log_level=log_level)
