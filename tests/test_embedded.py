@@ -181,6 +181,11 @@ def test_demo_end_to_end_reuses_checkpoints(tiny_world, tmp_path):
     assert {"world", "subject+oracle", "forget", "guard", "eval"} <= set(metrics["seconds"])
     assert (out / "report.md").read_text().startswith("# unlearnkit report")
     assert (out / "world" / "forget.jsonl").is_file() and (out / "unlearned" / "model" / "config.json").is_file()
+    # unlearning was calibrated: it says why it stopped, and the HTML report is there
+    from unlearnkit.calibrate import REASONS
+
+    assert metrics["unlearning"]["stop"]["reason"] in REASONS and "stopped:" in r.output
+    assert (out / "report.html").is_file() and (out / "unlearned" / "calibration.json").is_file()
     # the attack stage: every attack's full result on disk, its headline in metrics.json and the report
     assert set(metrics["attacks"]) == {"relearn", "quantize", "probes", "incontext"}
     for kind, a in metrics["attacks"].items():
