@@ -110,7 +110,7 @@ def test_truncated_weights_and_missing_tokenizer(world, tmp_path, model_dir):
 def test_bad_oracle_json(world, tmp_path, model_dir):
     bad = tmp_path / "bad.json"
     bad.write_text('{"forget_quality": 0.5,\n "per_sample": }')
-    assert f"{bad}:2: not valid JSON" in _eval(model_dir, world, tmp_path / "o.json", "--oracle", bad)
+    assert f"{bad}:2: malformed JSON" in _eval(model_dir, world, tmp_path / "o.json", "--oracle", bad)
     bad.write_text("[1, 2]")
     assert f"{bad}: expected a JSON object" in _eval(model_dir, world, tmp_path / "o.json", "--oracle", bad)
     assert f"{tmp_path / 'missing.json'}: file not found" in _eval(
@@ -129,7 +129,7 @@ def test_api_names_the_file_too(world, tmp_path, model_dir):
 
     bad = tmp_path / "oracle.json"
     bad.write_text("{not json")
-    with pytest.raises(DataError, match="^" + re.escape(f"{bad}:1: not valid JSON")):
+    with pytest.raises(DataError, match="^" + re.escape(f"{bad}:1: malformed JSON")):
         api.evaluate(model_dir, world, oracle=bad)
     with pytest.raises(ValueError, match="is a directory"):
         api.evaluate(model_dir, world, out=tmp_path)

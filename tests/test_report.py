@@ -172,7 +172,7 @@ def test_results_json_alone(tmp_path, models):
 
 
 @pytest.mark.parametrize("content, message", [
-    ("{not json", r"bad\.json:1: not valid JSON"),
+    ("{not json", r"bad\.json:1: malformed JSON"),
     ("[1, 2]", r"bad\.json: expected a JSON object"),
     ('{"models": {"a": {"x": 1}}}', r"bad\.json: models\.a: not a results dict"),
     ('{"x": 1}', r"bad\.json: not a results dict"),
@@ -191,7 +191,7 @@ def test_bad_log_line_names_file_and_line(run_dir, tmp_path):
     shutil.copytree(run_dir, d)
     with open(d / "unlearned" / "log.jsonl", "a") as f:
         f.write("{oops\n")
-    with pytest.raises(ReportInputError, match=rf"log\.jsonl:{len(LOG) + 1}: not valid JSON"):
+    with pytest.raises(ReportInputError, match=rf"log\.jsonl:{len(LOG) + 1}: malformed JSON"):
         load_run(d)
 
 

@@ -68,7 +68,7 @@ def read_json(path: str | os.PathLike, error: type[Exception] = ValueError) -> d
     except UnicodeDecodeError as e:
         raise error(f"{p}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
     except json.JSONDecodeError as e:
-        raise error(f"{p}:{e.lineno}: not valid JSON ({e.msg}: column {e.colno})") from None
+        raise error(f"{p}:{e.lineno}: malformed JSON ({e.msg}: column {e.colno})") from None
     if not isinstance(obj, dict):
         raise error(f"{p}: expected a JSON object, got a JSON {type(obj).__name__}")
     return obj

@@ -71,12 +71,13 @@ def _kind_for(name: str) -> type[BaseModel]:
     return DocRecord if name.endswith("_docs") else QARecord
 
 
-def read_jsonl(path: str | os.PathLike, kind: type[BaseModel] = QARecord) -> list:
-    """Read and validate a JSONL file of ``kind`` records (blank lines are skipped)."""
+def iter_jsonl(path: str | os.PathLike, error: type[Exception] = DataError, objects: bool = False):
+    """(`file:line`, line number, value) for each non-blank line of a JSONL file; a missing file, bad
+    UTF-8, bad JSON (or, with `objects`, a value that is not an object) raises `error` naming the
+    file and line. A UTF-8 byte-order mark is accepted."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    records, seen = [], {}
+        raise error(f"{path}: file not found")
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, start=1):
             where = f"{path}:{lineno}"
@@ -84,16 +85,25 @@ def read_jsonl(path: str | os.PathLike, kind: type[BaseModel] = QARecord) -> lis
                 # utf-8-sig drops a byte-order mark (editors on Windows write one)
                 line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
             except UnicodeDecodeError as e:
-                raise DataError(f"{where}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
+                raise error(f"{where}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
             if not line.strip():
                 continue
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
-                raise DataError(f"{where}: malformed JSON ({e.msg}: column {e.colno})") from None
-            record = _validate(kind, obj, where)
-            _check_new_id(seen, record, where, f"line {lineno}")
-            records.append(record)
+                raise error(f"{where}: malformed JSON ({e.msg}: column {e.colno})") from None
+            if objects and not isinstance(obj, dict):
+                raise error(f"{where}: expected a JSON object")
+            yield where, lineno, obj
+
+
+def read_jsonl(path: str | os.PathLike, kind: type[BaseModel] = QARecord) -> list:
+    """Read and validate a JSONL file of ``kind`` records (blank lines are skipped)."""
+    records, seen = [], {}
+    for where, lineno, obj in iter_jsonl(path):
+        record = _validate(kind, obj, where)
+        _check_new_id(seen, record, where, f"line {lineno}")
+        records.append(record)
     return records
 
 

@@ -10,7 +10,6 @@ The report renders these as they are; it never recomputes a metric.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,18 +51,9 @@ def _read_json(path: Path) -> dict:
 
 def read_log(path: Path) -> list[dict]:
     """The records of a `log.jsonl` (one JSON object per line; blank lines skipped)."""
-    out = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ReportInputError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-        if not isinstance(rec, dict):
-            raise ReportInputError(f"{path}:{n}: expected a JSON object per line")
-        out.append(rec)
-    return out
+    from ..data.io import iter_jsonl
+
+    return [rec for _, _, rec in iter_jsonl(path, ReportInputError, objects=True)]
 
 
 def _check_results(results: dict, where: str) -> None:

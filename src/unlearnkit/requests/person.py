@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import unicodedata
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ..data.io import DataError
+from ..data.io import DataError, iter_jsonl
 
 # scrypt (RFC 7914) at n=2^14, r=8: ~16 MiB and tens of milliseconds per hash, so a guessed list of
 # names costs an attacker who holds the ledger but not the salt nothing, and one who holds both
@@ -66,23 +65,8 @@ class Fact(BaseModel):
 def read_facts(path: str | os.PathLike) -> list[dict]:
     """Facts from a JSONL file; DataError naming file:line:field on any problem."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
     out = []
-    for lineno, raw in enumerate(path.read_bytes().splitlines(), start=1):
-        where = f"{path}:{lineno}"
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise DataError(f"{where}: not valid UTF-8") from None
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{where}: malformed JSON ({e.msg}: column {e.colno})") from None
-        if not isinstance(obj, dict):
-            raise DataError(f"{where}: expected a JSON object")
+    for where, _, obj in iter_jsonl(path, objects=True):
         try:
             f = Fact.model_validate(obj)
         except ValidationError as e:
