@@ -330,3 +330,18 @@ def test_request_end_to_end_on_trained_world(tiny_world, tmp_path):
     else:
         assert states[rid]["failure"] and home.current_name() == "v0000"
     assert client.get(f"/v1/requests/{rid}", headers=auth).json()["status"] == states[rid]["status"]
+
+
+def test_home_report_shows_the_ledger_and_one_page_per_certificate(home, raw, tmp_path):
+    rid = rq.add(home, raw["people"][0]).id
+    other = rq.add(home, raw["people"][2]).id
+    assert rq.process(home, steps=2)["stage"] == "deployed"
+    r = CliRunner().invoke(app, ["report", str(home.path), "--html", str(tmp_path / "home.html")])
+    assert r.exit_code == 0, (r.output, repr(r.exception))
+    page = (tmp_path / "home.html").read_text()
+    assert page.count('<tr class="request">') == 2 and rid in page and other in page
+    assert raw["people"][0] not in page and "://" not in page  # no clear text, no URL
+    cert_page = (tmp_path / "home-certificates" / f"{rid}.html").read_text()
+    cert = rq.certificate(home, rid)
+    assert cert_page.count('<tr class="check">') == len(cert["checks"]) and cert["person_sha256"] in cert_page
+    assert f'href="home-certificates/{rid}.html"' in page and 'href="../home.html"' in cert_page

@@ -470,6 +470,22 @@ def report(inputs, html: str | os.PathLike, *, compare: bool = False) -> Path:
     return write_html([inputs] if isinstance(inputs, (str, Path)) else list(inputs), html, compare=compare)
 
 
+def report_home(home: str | os.PathLike, html: str | os.PathLike) -> Path:
+    """The deployment home's ledger as an HTML page at `html`, with one page per certificate beside it
+    (`<html stem>-certificates/<request id>.html`)."""
+    from . import requests as rq
+    from .report.home import write_home_html
+
+    h = rq.open_home(home)
+    rows = rq.list_requests(h)
+    certs = {r["id"]: rq.certificate(h, r["id"]) for r in rows if r["status"] == "verified" and r["certificate"]}
+    return write_home_html(rows, certs, html, title=f"Forget requests: {Path(home).resolve().name}")
+
+
+def is_home(path: str | os.PathLike) -> bool:
+    return (Path(path) / "home.json").is_file()
+
+
 def compare(inputs, html: str | os.PathLike) -> Path:
     """Methods or seeds side by side in one HTML page: `report(inputs, html, compare=True)`."""
     return report(inputs, html, compare=True)

@@ -279,10 +279,14 @@ def report(inputs: List[Path] = typer.Argument(..., help="Run directories or met
                                                           "table) of every input here."),
            out: Optional[Path] = typer.Option(None, help="Markdown report path (default without --html: report.md "
                                                          "beside the JSON).")):
-    """Write a human-readable report: an HTML page with plots (--html) and/or a Markdown summary."""
+    """Write a human-readable report: an HTML page with plots (--html) and/or a Markdown summary.
+    A deployment home (`unlearn home init`) gives its ledger and one page per certificate."""
     from . import api
     from .report import load_run, write_report
 
+    if html is not None and len(inputs) == 1 and api.is_home(inputs[0]):
+        out_console.print(str(api.report_home(inputs[0], html)))
+        return
     if html is not None:
         out_console.print(str(api.report(inputs, html)))
     if out is not None or html is None:
