@@ -455,3 +455,42 @@ def test_forget_needs_retain_the_benchmark_lacks(tmp_path, random_tiny):
     root = write_rwku(tmp_path / "rwku")
     with pytest.raises(ValueError, match="needs a retain set, and the rwku benchmark has none"):
         api.forget(random_tiny, root, "graddiff", tmp_path / "run", benchmark="rwku", split="Stephen King", steps=1)
+
+
+def test_rwku_zero_shot_forgets_what_the_model_reveals(tiny_world, tmp_path):
+    """RWKU's zero-shot setting: no corpus, only the target's name; the forget set is the model's own
+    inventory about the target (requests.locate), and the target's probes are answered less after."""
+    import yaml
+
+    from unlearnkit import api
+    from unlearnkit.data.io import load_world
+
+    w = load_world(tiny_world.data_dir)
+    name = w.forget[0].subject
+    facts = [r for r in w.forget if r.subject == name]
+    root = tmp_path / "rwku"
+    one = {"query": f"{facts[0].question} ___", "answer": facts[0].answer, "subject": name}
+    rows = {"forget_level1": [one], "forget_level3": [{**one, "type": "role play"}],
+            "forget_level2": [{"query": r.question, "answer": r.answer, "level": "2", "type": "qa", "subject": name}
+                              for r in facts],
+            "neighbor_level1": [one], "neighbor_level2": [one]}
+    for config, r in rows.items():
+        (root / config).mkdir(parents=True)
+        (root / config / "test.json").write_text(json.dumps(r))
+    def known(model):  # the target's facts answered (RWKU's own instruction is foreign to the tiny model)
+        gens = api.as_lm(model)[0].generate([r.question for r in facts])
+        return sum(r.answer.lower() in g.lower() for r, g in zip(facts, gens)) / len(facts)
+
+    before = known(tiny_world.subject_dir)
+    run = api.forget(tiny_world.subject_dir, root, "npo", tmp_path / "run", benchmark="rwku", split=name,
+                     zero_shot=True, progress=False)
+    cfg = yaml.safe_load((run / "config.yaml").read_text())["benchmark"]
+    assert cfg["zero_shot"] is True and cfg["forget_records"] >= 3
+    assert json.loads((run / "calibration.json").read_text())["reason"] in ("matched", "floor", "overshot", "budget")
+    assert before > 0.5 and known(run / "model") < before
+    assert set(api.evaluate(run / "model", root, benchmark="rwku", split=name)) >= {"forget_qa", "neighbor_qa"}
+    with pytest.raises(ValueError, match="--zero-shot goes with --benchmark rwku --split TARGET"):
+        api.forget(tiny_world.subject_dir, root, "npo", tmp_path / "x", benchmark="rwku", zero_shot=True)
+    with pytest.raises(ValueError, match="needs a retain set"):
+        api.forget(tiny_world.subject_dir, root, "graddiff", tmp_path / "x", benchmark="rwku", split=name,
+                   zero_shot=True)

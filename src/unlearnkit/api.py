@@ -164,15 +164,38 @@ def _training_data(data, benchmark: str | None, split: str | None, method: str, 
     return bench.world, bench.forget(), bench.retain() if needs_retain else None
 
 
+def _zero_shot_retain(method: str, needs_retain: bool):
+    if needs_retain:
+        raise ValueError(f"method {method} needs a retain set, and RWKU's zero-shot setting has none: "
+                         f"choose a method without one (ga, npo)")
+    return None, None, None
+
+
+def _located(net, tok, target: str, template, seed: int):
+    """(world with the inventory as its forget split, forget pairs): what `net` reveals about `target`."""
+    from .data.io import WorldData
+    from .requests.locate import forget_records, locate
+    from .scoring import LM
+
+    inv = locate(LM(net, tok, template=template), target, seed=seed)
+    if not inv["items"]:
+        raise ValueError(f"--zero-shot: the model reveals nothing it knows about {target!r} "
+                         f"({inv['counts']['probes']} probes asked): nothing to forget")
+    records = forget_records("zero-shot", target, inv["items"])
+    return WorldData(forget=records), _pairs(records)
+
+
 def forget(model: str | os.PathLike, data: str | os.PathLike, method: str, out: str | os.PathLike, *, seed: int = 0,
            lora: bool = False, merge: bool = False, resume: bool = False, params: dict | None = None,
            calibration: dict | None = None, progress: bool = True, save_every: int = 0, benchmark: str | None = None,
            split: str | None = None, template: str | None = None, system: str | None = None,
-           **train_overrides) -> Path:
+           zero_shot: bool = False, **train_overrides) -> Path:
     """Unlearn `data`'s forget set from a copy of `model` with `method`; write the run directory.
 
     `data` is a world directory, or with `benchmark` (tofu | muse | wmdp | rwku) a local copy of that
-    benchmark, whose `split` names the forget set (docs/benchmarks.md).
+    benchmark, whose `split` names the forget set (docs/benchmarks.md). `zero_shot` (RWKU, `split` =
+    one target's name): no forget corpus; the forget set is what the model itself reveals about the
+    target, found by `requests.locate` (RWKU's zero-shot setting).
 
     With no budget (`steps`/`epochs`), the run is calibrated (`unlearnkit.calibrate`): it stops when
     the forget set looks like data the model never saw, keeps the best weights above the retain
@@ -203,11 +226,16 @@ def forget(model: str | os.PathLike, data: str | os.PathLike, method: str, out: 
     if "epochs" in train_overrides and "steps" not in train_overrides:
         train_overrides["steps"] = None  # an explicit epoch budget replaces a method's default step budget
     cfg = TrainConfig(**{**m.train_defaults, **train_overrides, "seed": seed, "save_every": save_every})
-    w, forget_pairs, retain_pairs = _training_data(data, benchmark, split, method, m.needs_retain)
+    if zero_shot and (benchmark != "rwku" or not split or split == "all"):
+        raise ValueError("--zero-shot goes with --benchmark rwku --split TARGET (one target's name)")
+    w, forget_pairs, retain_pairs = (_training_data(data, benchmark, split, method, m.needs_retain) if not zero_shot
+                                     else _zero_shot_retain(method, m.needs_retain))
+    net, tok = load_model(model)
+    if zero_shot:  # the forget set is the model's own inventory about the target
+        w, forget_pairs = _located(net, tok, split, tpl, seed)
     if calibrated and w is None:
         raise ValueError(f"the {benchmark} benchmark's forget set is documents, with no questions to calibrate on: "
                          f"give a budget (--steps or --epochs)")
-    net, tok = load_model(model)
     torch_seed(seed)  # before the adapter: its initial weights come from the run's seed
     if lora:
         net = apply_lora(net)
@@ -223,7 +251,9 @@ def forget(model: str | os.PathLike, data: str | os.PathLike, method: str, out: 
         cfg.steps = monitor.budget
     ctx = Context(params=hp, seed=seed, pad_id=tok.pad_token_id, tokenizer=tok)
     config = {"method": method, "model": str(model), "data": str(data), "data_hash": runinfo.data_hash(data),
-              "benchmark": {"name": benchmark, "split": split} if benchmark else None, "template": tpl.to_dict(),
+              "benchmark": {"name": benchmark, "split": split, "zero_shot": zero_shot,
+                            "forget_records": len(w.forget) if zero_shot else None} if benchmark else None,
+              "template": tpl.to_dict(),
               "seed": seed, "lora": lora, "merge": merge, "params": hp.model_dump(), "train": config_dict(cfg),
               "calibration": settings.model_dump() if settings else None, "versions": runinfo.versions()}
     if resume:

@@ -15,9 +15,10 @@ membership-inference attacker holding these scores cannot tell them apart: the R
 `min_tolerance` and one standard error of the AUC under the null hypothesis,
 sqrt((n1 + n2 + 1) / (12 n1 n2)) (Hanley & McNeil 1982): closer than that, the data cannot tell.
 
-Utility. The same pass scores a slice of the retain set (and of the neighbours, the people most at
-risk): the mean per-record answer probability, relative to the starting model's, must stay at or
-above `floor` (0.95).
+Utility. The same pass scores a slice of each utility split: retain, neighbours (the people most at
+risk) and world facts (general knowledge), as TOFU's model utility covers them. Each split's mean
+per-record answer probability, relative to the starting model's, must stay at or above `floor`
+(0.95): the split that lost most decides.
 
 The rule, all in `Calibrator.check`:
 - matched and above the floor: stop; these weights are the result.
@@ -65,7 +66,8 @@ class CalibrationSettings(BaseModel):
     max_backtracks: int = Field(4, ge=0, description="learning-rate halvings after an overshoot or a floor hit")
     max_doublings: int = Field(3, ge=0, description="learning-rate doublings when progress would miss the budget")
     max_epochs: float = Field(30.0, gt=0, description="step budget, in epochs over the forget set")
-    retain_sample: int = Field(128, ge=0, description="retain (and neighbour) records scored at each check")
+    retain_sample: int = Field(128, ge=0, description="records scored for utility at each check, shared among "
+                                                     "retain, neighbours and world facts")
 
 
 @dataclass
@@ -201,14 +203,18 @@ class Calibrator:
                  forget_stream_len: int | None = None, batch_size: int = 16, template=None):
         self.settings = s = settings or CalibrationSettings()
         forget, ref = reference_records(world, s.reference, seed)
-        pool = list(world.retain) + list(world.neighbours)
         rng = random.Random(seed)
-        retain = rng.sample(pool, min(len(pool), s.retain_sample))
-        self.n = {"forget": len(forget), "reference": len(ref), "retain": len(retain)}
+        kept = {k: v for k, v in (("retain", world.retain), ("neighbours", world.neighbours),
+                                  ("world_facts", world.world_facts)) if v}
+        per_split = max(1, s.retain_sample // max(1, len(kept)))
+        utility_sets = {k: rng.sample(list(v), min(len(v), per_split)) for k, v in kept.items()} if s.retain_sample else {}
+        self.n = {"forget": len(forget), "reference": len(ref),
+                  "retain": sum(len(v) for v in utility_sets.values())}
         self._enc = {"forget": name_masked(tokenizer, forget, template),
-                     "reference": name_masked(tokenizer, ref, template),
-                     "retain": [(ids, n, list(range(n, len(ids)))) for ids, n, _ in name_masked(tokenizer, [
-                         r.model_copy(update={"subject": ""}) for r in retain], template)]}
+                     "reference": name_masked(tokenizer, ref, template)}
+        for k, recs in utility_sets.items():  # scored whole: their names are part of what must be kept
+            self._enc[f"utility:{k}"] = [(ids, n, list(range(n, len(ids)))) for ids, n, _ in name_masked(
+                tokenizer, [r.model_copy(update={"subject": ""}) for r in recs], template)]
         self.pad_id = tokenizer.pad_token_id
         per_epoch = math.ceil((forget_stream_len or len(forget)) / batch_size)
         self.every = s.every or max(1, round(per_epoch / 4))
@@ -217,7 +223,7 @@ class Calibrator:
         self._reference: np.ndarray | None = None
         self.history: list[Check] = []
         self.start: Check | None = None
-        self.start_prob: float | None = None
+        self.start_prob: dict[str, float] | None = None  # per utility split, at the first check
         self.backtracks = 0
         self.doublings = 0
         self.best: Check | None = None
@@ -237,15 +243,17 @@ class Calibrator:
         if self._reference is None or not self.settings.frozen_reference:
             self._reference = self._scores(handle, "reference")
         r = self._reference
-        prob = float(np.exp(self._scores(handle, "retain")).mean()) if self.n["retain"] else 1.0
+        probs = {k: float(np.exp(self._scores(handle, k)).mean()) for k in self._enc if k.startswith("utility:")}
         if self.start_prob is None:
-            self.start_prob = prob
+            self.start_prob = probs
+        # the split that lost most decides: the floor holds for retain, neighbours and world facts alike
+        utility = min((p / max(self.start_prob[k], 1e-12) for k, p in probs.items()), default=1.0)
         from scipy.stats import ks_2samp
 
         a, ks_p = auc(f, r), float(ks_2samp(f, r).pvalue)
         matched = abs(a - 0.5) <= self.tolerance and ks_p >= self.settings.min_ks_p
         state = "matched" if matched else ("under" if a >= 0.5 else "over")
-        return Check(step, a, ks_p, self.tolerance, state, prob / max(self.start_prob, 1e-12), float(f.mean()),
+        return Check(step, a, ks_p, self.tolerance, state, utility, float(f.mean()),
                      float(r.mean()), handle.lr)
 
     # ------------------------------------------------------------------ deciding

@@ -189,7 +189,9 @@ def forget(model: str = typer.Option(..., help="Checkpoint dir or hub id of the 
            benchmark: Optional[str] = typer.Option(None, help=BENCHMARK_HELP),
            split: Optional[str] = typer.Option(None, help=SPLIT_HELP),
            template: str = typer.Option("raw", help=TEMPLATE_HELP),
-           system: Optional[str] = typer.Option(None, help=SYSTEM_HELP)):
+           system: Optional[str] = typer.Option(None, help=SYSTEM_HELP),
+           zero_shot: bool = typer.Option(False, "--zero-shot", help="RWKU with --split TARGET and no corpus: forget "
+                                                                     "what the model reveals about the target (located by probes).")):
     """Unlearn the forget set from a copy of MODEL.
 
     With no --steps/--epochs the run is calibrated: it stops when the forget set looks like data the
@@ -199,7 +201,7 @@ def forget(model: str = typer.Option(..., help="Checkpoint dir or hub id of the 
 
     run = api.forget(model, data, method, out, seed=seed, lora=lora, merge=merge, resume=resume, save_every=save_every,
                      params=_parse_params(param), calibration=_parse_params(calibration) or None,
-                     benchmark=benchmark, split=split, template=template, system=system,
+                     benchmark=benchmark, split=split, template=template, system=system, zero_shot=zero_shot,
                      **_train_overrides(lr, steps, epochs, batch_size))
     console.print(api.run_summary(run), highlight=False)
     out_console.print(str(run))

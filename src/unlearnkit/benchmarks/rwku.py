@@ -7,8 +7,8 @@ subject):
 - `neighbor_level1`, `neighbor_level2`: probes about related entities; should stay;
 - `train_original_passage` (subject, text): the passages about each target that
   `unlearn forget` trains on (RWKU's "with passage" setting). The zero-shot setting (only the
-  target's name, no corpus) needs a step that writes the forget set from the name, which this
-  loader does not do.
+  target's name, no corpus) is `unlearn forget --benchmark rwku --split TARGET --zero-shot`: the
+  forget set is what the model reveals about the target (`requests.locate`), see `api.forget`.
 `--split` is one target's name (the probes' `subject`), or `all` (default).
 
 Each probe is answered greedily (30 new tokens, as RWKU's eval_forget.py) after RWKU's
