@@ -15,10 +15,10 @@ membership-inference attacker holding these scores cannot tell them apart: the R
 `min_tolerance` and one standard error of the AUC under the null hypothesis,
 sqrt((n1 + n2 + 1) / (12 n1 n2)) (Hanley & McNeil 1982): closer than that, the data cannot tell.
 
-Utility. The same pass scores a slice of each utility split: retain, neighbours (the people most at
-risk) and world facts (general knowledge), as TOFU's model utility covers them. Each split's mean
-per-record answer probability, relative to the starting model's, must stay at or above `floor`
-(0.95): the split that lost most decides.
+Utility. The same pass scores a slice of the retain set and the neighbours (the people most at
+risk): their mean per-record answer probability, relative to the starting model's, must stay at or
+above `floor` (0.95). World facts are not watched (see `Calibrator.__init__`): a run can lose
+general-knowledge utility the floor does not see, which the evaluation's model utility reports.
 
 The rule, all in `Calibrator.check`:
 - matched and above the floor: stop; these weights are the result.
@@ -66,8 +66,7 @@ class CalibrationSettings(BaseModel):
     max_backtracks: int = Field(4, ge=0, description="learning-rate halvings after an overshoot or a floor hit")
     max_doublings: int = Field(3, ge=0, description="learning-rate doublings when progress would miss the budget")
     max_epochs: float = Field(30.0, gt=0, description="step budget, in epochs over the forget set")
-    retain_sample: int = Field(128, ge=0, description="records scored for utility at each check, shared among "
-                                                     "retain, neighbours and world facts")
+    retain_sample: int = Field(128, ge=0, description="retain and neighbour records scored for utility at each check")
 
 
 @dataclass
@@ -204,10 +203,11 @@ class Calibrator:
         self.settings = s = settings or CalibrationSettings()
         forget, ref = reference_records(world, s.reference, seed)
         rng = random.Random(seed)
-        kept = {k: v for k, v in (("retain", world.retain), ("neighbours", world.neighbours),
-                                  ("world_facts", world.world_facts)) if v}
-        per_split = max(1, s.retain_sample // max(1, len(kept)))
-        utility_sets = {k: rng.sample(list(v), min(len(v), per_split)) for k, v in kept.items()} if s.retain_sample else {}
+        # retain and neighbours (the people most at risk), sampled together; world facts are left out:
+        # their raw answer probability falls with any ascent while TOFU's utility (which normalises it
+        # against the perturbed answers) barely moves, so a floor on it stopped runs that kept utility
+        pool = list(world.retain) + list(world.neighbours)
+        utility_sets = {"retain": rng.sample(pool, min(len(pool), s.retain_sample))} if pool and s.retain_sample else {}
         self.n = {"forget": len(forget), "reference": len(ref),
                   "retain": sum(len(v) for v in utility_sets.values())}
         self._enc = {"forget": name_masked(tokenizer, forget, template),
