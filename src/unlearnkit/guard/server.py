@@ -41,11 +41,11 @@ from typing import Annotated, Literal
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .guarded import Guard, GuardedLM
-from .targets import Action, QAPair, Target
+from .targets import Target
 
 log = logging.getLogger("unlearnkit.guard.server")
 
@@ -79,6 +79,8 @@ def _describe(errors) -> str:
             msg = msg[len("Value error, "):]
         if e.get("type") == "json_invalid":
             loc, msg = "body", "request body is not valid JSON"
+        if e.get("type") == "string_unicode":  # a lone surrogate, caught by a length-limited field
+            msg = "text is not valid Unicode (a lone surrogate)"
         parts.append(f"{loc}: {msg}")
     more = f" (+{len(errors) - 5} more)" if len(errors) > 5 else ""
     return "; ".join(parts) + more
@@ -136,18 +138,6 @@ class ChatRequest(_Body):
     n: int = Field(default=1, ge=1, le=1)
     stream: bool = False
     stop: Text | list[Text] | None = None
-
-
-class ForgetRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    id: Text | None = None
-    subject: Text | None = None
-    aliases: list[Text] = Field(default_factory=list)
-    facts: list[Text] = Field(default_factory=list)
-    qa: list[QAPair] = Field(default_factory=list)
-    documents: list[Text] = Field(default_factory=list)
-    forbidden: list[Text] = Field(default_factory=list)
-    action: Action | None = None
 
 
 def _text(content) -> str:
@@ -366,12 +356,7 @@ def create_app(lm, guard: Guard, model_name: str = "guarded", token: str | None 
 
     @app.post("/v1/forget", status_code=201, dependencies=[Depends(_admin)],
               responses=_responses(400, 401, 403, 409, 413, 503))
-    def forget_add(req: ForgetRequest):
-        data = req.model_dump(exclude_none=True)
-        try:
-            target = Target.model_validate(data)
-        except ValidationError as e:
-            raise APIError(400, _describe(e.errors())) from None
+    def forget_add(target: Target):  # the body is a Target, validated once, where it enters
         try:
             guard.add(target)
         except KeyError:
