@@ -251,8 +251,9 @@ def forget(model: str | os.PathLike, data: str | os.PathLike, method: str, out: 
         cfg.steps = monitor.budget
     ctx = Context(params=hp, seed=seed, pad_id=tok.pad_token_id, tokenizer=tok)
     config = {"method": method, "model": str(model), "data": str(data), "data_hash": runinfo.data_hash(data),
-              "benchmark": {"name": benchmark, "split": split, "zero_shot": zero_shot,
-                            "forget_records": len(w.forget) if zero_shot else None} if benchmark else None,
+              "benchmark": {"name": benchmark, "split": split,
+                            **({"zero_shot": True, "forget_records": len(w.forget)} if zero_shot else {})}
+              if benchmark else None,
               "template": tpl.to_dict(),
               "seed": seed, "lora": lora, "merge": merge, "params": hp.model_dump(), "train": config_dict(cfg),
               "calibration": settings.model_dump() if settings else None, "versions": runinfo.versions()}
