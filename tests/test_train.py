@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = r'''
 import json, sys
 from accelerate import PartialState
-from unlearnkit.api import _pairs
+from unlearnkit.data.batching import qa_pairs as _pairs
 from unlearnkit.data.batching import encode_pairs
 from unlearnkit.data.io import load_world
 from unlearnkit.methods import Context, get_method
@@ -39,7 +39,7 @@ json.dump({"world": st.num_processes, "before": before, "after": fingerprint(net
 
 
 def _streams(tiny_world, method):
-    from unlearnkit.api import _pairs
+    from unlearnkit.data.batching import qa_pairs as _pairs
     from unlearnkit.data.batching import encode_pairs
     from unlearnkit.data.io import load_world
     from unlearnkit.methods import Context, get_method

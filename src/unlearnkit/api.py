@@ -12,20 +12,18 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-from dataclasses import asdict
 from pathlib import Path
 
-import yaml
 
 from . import runinfo
-from .data.batching import encode_pairs
-from .data.io import check_overlap, load_world, require_split
+from .data.batching import encode_pairs, qa_pairs
+from .data.io import load_world
 from .data.templates import parse_template
-from .methods import Context, get_method
-from .models.load import apply_lora, load_model, save_model
+from .methods import get_method
+from .models.load import load_model, save_model
 from .sft import sft_loss
 from .train import TrainConfig, config_dict, train
+from .unlearning import is_main, run_summary
 
 log = logging.getLogger("unlearnkit")
 
@@ -46,15 +44,6 @@ def world(out: str | os.PathLike, seed: int = 0, shape: str | None = None, **kwa
     from .data.world import build_world, shape_options
 
     return Path(build_world(out, seed=seed, **shape_options(shape, **kwargs)))
-
-
-def _pairs(records) -> tuple[list[str], list[str]]:
-    prompts, answers = [], []
-    for r in records:
-        for q in r.phrasings():
-            prompts.append(q)
-            answers.append(r.answer)
-    return prompts, answers
 
 
 def _all_texts(w) -> list[str]:
@@ -92,7 +81,7 @@ def finetune(data: str | os.PathLike, out: str | os.PathLike, *, model: str | No
         net, tok = load_model(model)
         defaults = FINETUNE
     cfg = TrainConfig(**{"stream_batch": {"docs": DOCS_BATCH}, **defaults, **train_overrides, "seed": seed})
-    streams = {"train": encode_pairs(tok, *_pairs(w.training_records(without_forget=without_forget)), template=tpl)}
+    streams = {"train": encode_pairs(tok, *qa_pairs(w.training_records(without_forget=without_forget)), template=tpl)}
     loss_params = {}
     if docs := w.training_docs(without_forget=without_forget):
         streams["docs"] = encode_pairs(tok, [""] * len(docs), [d.text for d in docs])
@@ -103,7 +92,7 @@ def finetune(data: str | os.PathLike, out: str | os.PathLike, *, model: str | No
         res = train(net, sft_loss(**loss_params), streams, cfg, pad_id=tok.pad_token_id, progress=progress,
                     desc="oracle" if without_forget else "subject")
     out = Path(out)
-    if _is_main():
+    if is_main():
         save_model(res.model, tok, out, state_dict=res.full_state_dict)
         runinfo.write_json(out / "unlearnkit.json", {
             "kind": "oracle" if without_forget else "subject", "data": str(data), "data_hash": runinfo.data_hash(data),
@@ -116,188 +105,32 @@ def finetune(data: str | os.PathLike, out: str | os.PathLike, *, model: str | No
     return out
 
 
-BUDGET_KEYS = ("steps", "epochs")
-RUN_OUTPUTS = ("model", "adapter", "checkpoints", "log.jsonl", "train.json", "calibration.json", "metrics.json")
-
-
-def _check_out(model, out: Path) -> None:
-    """Refuse an output folder that is, holds or lies inside the source model's folder."""
-    src = Path(model).expanduser()
-    if not src.exists():
-        return
-    src, dst = src.resolve(), out.expanduser().resolve()
-    if dst == src or src.is_relative_to(dst) or dst.is_relative_to(src):
-        raise ValueError(f"--out {out}: it {'is' if dst == src else 'contains' if src.is_relative_to(dst) else 'lies inside'} "
-                         f"the source model's folder {model}; the source is never written to: choose another folder")
-
-
-def _check_resume(out: Path, config: dict) -> None:
-    """A resumed run must be the same run: same method, data, settings and budget."""
-    old_path = out / "config.yaml"
-    if not old_path.is_file():
-        return
-    old = yaml.safe_load(old_path.read_text()) or {}
-    skip = {"versions"}
-    diff = [k for k in sorted(set(old) | set(config)) if k not in skip and old.get(k) != config.get(k)]
-    if diff:
-        k = diff[0]
-        raise ValueError(f"--resume {out}: the run there differs in {', '.join(diff)} "
-                         f"({k}: {old.get(k)!r} there, {config.get(k)!r} now); resume with the same settings "
-                         f"or write to a new --out")
-
-
-def _training_data(data, benchmark: str | None, split: str | None, method: str, needs_retain: bool):
-    """(world, forget pairs, retain pairs or None) from a world directory or a benchmark."""
-    if benchmark is None:
-        w = load_world(data)
-        if n := check_overlap(w):
-            log.warning("%d forget records also appear in the retain set", n)
-        if needs_retain:
-            require_split(w, "retain", why=f"method {method} needs a retain set")
-        return w, _pairs(w.forget), _pairs(w.retain) if needs_retain else None
-    from .benchmarks import load_benchmark
-
-    bench = load_benchmark(benchmark, data, split)
-    if needs_retain and bench.retain is None:
-        raise ValueError(f"method {method} needs a retain set, and the {benchmark} benchmark has none: "
-                         f"choose a method without one (ga, npo)")
-    return bench.world, bench.forget(), bench.retain() if needs_retain else None
-
-
-def _zero_shot_retain(method: str, needs_retain: bool):
-    if needs_retain:
-        raise ValueError(f"method {method} needs a retain set, and RWKU's zero-shot setting has none: "
-                         f"choose a method without one (ga, npo)")
-    return None, None, None
-
-
-def _located(net, tok, target: str, template, seed: int):
-    """(world with the inventory as its forget split, forget pairs): what `net` reveals about `target`."""
+def _located(model, target: str, template, seed: int):
+    """A world whose forget split is what `model` reveals about `target` (its locate inventory)."""
     from .data.io import WorldData
     from .requests.locate import forget_records, locate
     from .scoring import LM
 
-    inv = locate(LM(net, tok, template=template), target, seed=seed)
+    inv = locate(LM(*load_model(model), template=template), target, seed=seed)
     if not inv["items"]:
         raise ValueError(f"--zero-shot: the model reveals nothing it knows about {target!r} "
                          f"({inv['counts']['probes']} probes asked): nothing to forget")
-    records = forget_records("zero-shot", target, inv["items"])
-    return WorldData(forget=records), _pairs(records)
+    return WorldData(forget=forget_records("zero-shot", target, inv["items"]))
 
 
-def forget(model: str | os.PathLike, data: str | os.PathLike, method: str, out: str | os.PathLike, *, seed: int = 0,
-           lora: bool = False, merge: bool = False, resume: bool = False, params: dict | None = None,
-           calibration: dict | None = None, progress: bool = True, save_every: int = 0, benchmark: str | None = None,
-           split: str | None = None, template: str | None = None, system: str | None = None,
-           zero_shot: bool = False, **train_overrides) -> Path:
-    """Unlearn `data`'s forget set from a copy of `model` with `method`; write the run directory.
+def forget(model: str | os.PathLike, data: str | os.PathLike, method: str, out: str | os.PathLike, *,
+           zero_shot: bool = False, **kwargs) -> Path:
+    """`unlearning.forget` (see there): unlearn `data`'s forget set from a copy of `model` into `out`.
+    `zero_shot` (RWKU, `split` = one target's name): no forget corpus; the forget set is what the
+    model itself reveals about the target, found by `requests.locate` (RWKU's zero-shot setting)."""
+    from .unlearning import forget as run
 
-    `data` is a world directory, or with `benchmark` (tofu | muse | wmdp | rwku) a local copy of that
-    benchmark, whose `split` names the forget set (docs/benchmarks.md). `zero_shot` (RWKU, `split` =
-    one target's name): no forget corpus; the forget set is what the model itself reveals about the
-    target, found by `requests.locate` (RWKU's zero-shot setting).
-
-    With no budget (`steps`/`epochs`), the run is calibrated (`unlearnkit.calibrate`): it stops when
-    the forget set looks like data the model never saw, keeps the best weights above the retain
-    utility floor, and says why it stopped in `out/calibration.json`. `calibration` overrides
-    `CalibrationSettings`. With a budget, it trains for exactly that budget.
-
-    `out/` gets `config.yaml`, `log.jsonl`, `model/` (or `adapter/` and, with `merge`, `model/`),
-    `train.json` and `checkpoints/` while running. The source model is only read, and `out` may not
-    lie inside it.
-    """
-    from pydantic import ValidationError
-
-    from .calibrate import CalibrationSettings, Calibrator
-    from .methods.registry import describe
-
-    m = get_method(method)
-    out = Path(out)
-    _check_out(model, out)
-    hp = m.params(params)
-    tpl = parse_template(template, system)
-    calibrated = not any(k in train_overrides for k in BUDGET_KEYS)
-    try:
-        settings = CalibrationSettings(**(calibration or {})) if calibrated else None
-    except ValidationError as e:
-        raise ValueError(describe("--calibration", CalibrationSettings, e)) from None
-    if calibration and not calibrated:
-        raise ValueError("--calibration goes with a calibrated run: drop --steps/--epochs, or drop --calibration")
-    if "epochs" in train_overrides and "steps" not in train_overrides:
-        train_overrides["steps"] = None  # an explicit epoch budget replaces a method's default step budget
-    cfg = TrainConfig(**{**m.train_defaults, **train_overrides, "seed": seed, "save_every": save_every})
-    if zero_shot and (benchmark != "rwku" or not split or split == "all"):
-        raise ValueError("--zero-shot goes with --benchmark rwku --split TARGET (one target's name)")
-    w, forget_pairs, retain_pairs = (_training_data(data, benchmark, split, method, m.needs_retain) if not zero_shot
-                                     else _zero_shot_retain(method, m.needs_retain))
-    net, tok = load_model(model)
-    if zero_shot:  # the forget set is the model's own inventory about the target
-        w, forget_pairs = _located(net, tok, split, tpl, seed)
-    if calibrated and w is None:
-        raise ValueError(f"the {benchmark} benchmark's forget set is documents, with no questions to calibrate on: "
-                         f"give a budget (--steps or --epochs)")
-    torch_seed(seed)  # before the adapter: its initial weights come from the run's seed
-    if lora:
-        net = apply_lora(net)
-    elif m.trainable is not None:
-        m.trainable(net, hp)
-    streams = {"forget": encode_pairs(tok, *forget_pairs, template=tpl)}
-    if m.needs_retain:
-        streams["retain"] = encode_pairs(tok, *retain_pairs, template=tpl)
-    monitor = None
-    if calibrated:
-        monitor = Calibrator(tok, w, settings, seed=seed, forget_stream_len=len(streams["forget"]),
-                             batch_size=cfg.batch_size, template=tpl)
-        cfg.steps = monitor.budget
-    ctx = Context(params=hp, seed=seed, pad_id=tok.pad_token_id, tokenizer=tok)
-    config = {"method": method, "model": str(model), "data": str(data), "data_hash": runinfo.data_hash(data),
-              "benchmark": {"name": benchmark, "split": split,
-                            **({"zero_shot": True, "forget_records": len(w.forget)} if zero_shot else {})}
-              if benchmark else None,
-              "template": tpl.to_dict(),
-              "seed": seed, "lora": lora, "merge": merge, "params": hp.model_dump(), "train": config_dict(cfg),
-              "calibration": settings.model_dump() if settings else None, "versions": runinfo.versions()}
-    if resume:
-        _check_resume(out, config)
-    if _is_main():
-        out.mkdir(parents=True, exist_ok=True)
-        for name in RUN_OUTPUTS if not resume else ("model", "adapter", "train.json", "calibration.json"):
-            p = out / name  # outputs of an older run never stand beside a new (or unfinished) one
-            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
-        runinfo.write_text(out / "config.yaml", yaml.safe_dump(config, sort_keys=False))
-    timer = runinfo.Timer()
-    with timer("prepare"):
-        if m.prepare is not None:
-            ctx.cache = m.prepare(net, streams, ctx)
-    with timer("train"):
-        res = train(net, m.loss, streams, cfg, pad_id=tok.pad_token_id, ctx=ctx, out_dir=out, resume=resume,
-                    progress=progress, desc=method, monitor=monitor)
-    if _is_main():
-        if lora:
-            save_model(res.model, tok, out / "adapter", state_dict=res.full_state_dict)
-        if merge or not lora:
-            save_model(res.model, tok, out / "model", merge=lora, state_dict=res.full_state_dict)
-        stop = asdict(res.stop) if res.stop is not None else None
-        if stop is not None:
-            runinfo.write_json(out / "calibration.json", stop)
-        runinfo.write_json(out / "train.json", {
-            "seconds": timer.seconds, "train_stats": {"steps": res.steps, "last_step": res.last_step,
-                                                      "seconds": res.seconds, "tokens": res.tokens},
-            "stop": {k: v for k, v in stop.items() if k != "history"} if stop else {"reason": "budget"},
-            "summary": res.stop.summary() if res.stop else f"fixed budget: {res.last_step} steps"})
-    return out
-
-
-def torch_seed(seed: int) -> None:
-    import torch
-
-    torch.manual_seed(seed)
-
-
-def run_summary(run: str | os.PathLike) -> str:
-    """One line on how a `forget` run ended (why it stopped, where, what it kept)."""
-    info = json.loads((Path(run) / "train.json").read_text())
-    return info.get("summary", "")
+    if zero_shot:
+        if kwargs.get("benchmark") != "rwku" or kwargs.get("split") in (None, "all"):
+            raise ValueError("--zero-shot goes with --benchmark rwku --split TARGET (one target's name)")
+        kwargs["world"] = _located(model, kwargs["split"], parse_template(kwargs.get("template"), kwargs.get("system")),
+                                   kwargs.get("seed", 0))
+    return run(model, data, method, out, **kwargs)
 
 
 def evaluate(model, data: str | os.PathLike, *, oracle=None, subject=None, suites=("tofu", "muse", "mia"),
@@ -383,12 +216,6 @@ def _read_result(p: Path) -> dict:
     from .data.io import DataError
 
     return runinfo.read_json(p, DataError)
-
-
-def _is_main() -> bool:
-    from accelerate import PartialState
-
-    return PartialState().is_main_process
 
 
 DEMO_METHOD = "graddiff"

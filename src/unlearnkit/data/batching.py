@@ -21,6 +21,17 @@ class Encoded:
     n_prompt: int  # bos + prompt tokens; labels start after them
 
 
+def qa_pairs(records) -> tuple[list[str], list[str]]:
+    """(prompts, answers) for training on QA records: one pair per phrasing (`question` and
+    `alt_questions`), each with the record's answer."""
+    prompts, answers = [], []
+    for r in records:
+        for q in r.phrasings():
+            prompts.append(q)
+            answers.append(r.answer)
+    return prompts, answers
+
+
 def answer_text(prompt: str, answer: str, template: Template = RAW) -> str:
     """The answer as it follows its prompt: one space after a question (nothing after a chat
     template's generation prompt), nothing before a document."""

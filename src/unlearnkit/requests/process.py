@@ -139,7 +139,7 @@ def process(home=None, method: str | None = None, max_batch: int | None = None, 
 
 def _run(home: Home, batch_id: str, train_overrides: dict, progress: bool, seed: int | None = None) -> dict:
     """Carry batch `batch_id` from its recorded stage to deployed or rejected."""
-    from .. import api
+    from ..unlearning import forget
 
     run_dir = home.runs_dir / batch_id
     with home.ledger() as led:
@@ -152,7 +152,7 @@ def _run(home: Home, batch_id: str, train_overrides: dict, progress: bool, seed:
     if b["stage"] == "started":
         if has_forget:
             shutil.rmtree(run_dir / "unlearn", ignore_errors=True)
-            api.forget(source.path, world, b["method"], run_dir / "unlearn", seed=seed, progress=progress,
+            forget(source.path, world, b["method"], run_dir / "unlearn", seed=seed, progress=progress,
                        **train_overrides)
         kill_point("trained")
         _stage(home, batch_id, "trained")

@@ -1,0 +1,197 @@
+"""One unlearning run: a copy of a model, a method's loss, the one loop, a run directory.
+
+`forget` is what `unlearn forget`, `api.forget` and a deletion request's `process` run. With no
+budget flag it is calibrated (`calibrate.py`); it never writes to its source model, refuses settings
+that make no sense where they enter, resumes only the same run, and says why it stopped.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
+import yaml
+
+from . import runinfo
+from .data.batching import encode_pairs, qa_pairs
+from .data.io import WorldData, check_overlap, load_world, require_split
+from .data.templates import parse_template
+from .methods import Context, get_method
+from .models.load import apply_lora, load_model, save_model
+from .train import TrainConfig, config_dict, train
+
+log = logging.getLogger("unlearnkit")
+
+
+def is_main() -> bool:
+    """Whether this process writes files (the main one under accelerate)."""
+    from accelerate import PartialState
+
+    return PartialState().is_main_process
+
+
+BUDGET_KEYS = ("steps", "epochs")
+RUN_OUTPUTS = ("model", "adapter", "checkpoints", "log.jsonl", "train.json", "calibration.json", "metrics.json")
+
+
+def _check_out(model, out: Path) -> None:
+    """Refuse an output folder that is, holds or lies inside the source model's folder."""
+    src = Path(model).expanduser()
+    if not src.exists():
+        return
+    src, dst = src.resolve(), out.expanduser().resolve()
+    if dst == src or src.is_relative_to(dst) or dst.is_relative_to(src):
+        raise ValueError(f"--out {out}: it {'is' if dst == src else 'contains' if src.is_relative_to(dst) else 'lies inside'} "
+                         f"the source model's folder {model}; the source is never written to: choose another folder")
+
+
+def _check_resume(out: Path, config: dict) -> None:
+    """A resumed run must be the same run: same method, data, settings and budget."""
+    old_path = out / "config.yaml"
+    if not old_path.is_file():
+        return
+    old = yaml.safe_load(old_path.read_text()) or {}
+    skip = {"versions"}
+    diff = [k for k in sorted(set(old) | set(config)) if k not in skip and old.get(k) != config.get(k)]
+    if diff:
+        k = diff[0]
+        raise ValueError(f"--resume {out}: the run there differs in {', '.join(diff)} "
+                         f"({k}: {old.get(k)!r} there, {config.get(k)!r} now); resume with the same settings "
+                         f"or write to a new --out")
+
+
+def _training_data(data, benchmark: str | None, split: str | None, method: str, needs_retain: bool):
+    """(world, forget pairs, retain pairs or None) from a world directory or a benchmark."""
+    if benchmark is None:
+        w = load_world(data)
+        if n := check_overlap(w):
+            log.warning("%d forget records also appear in the retain set", n)
+        if needs_retain:
+            require_split(w, "retain", why=f"method {method} needs a retain set")
+        return w, qa_pairs(w.forget), qa_pairs(w.retain) if needs_retain else None
+    from .benchmarks import load_benchmark
+
+    bench = load_benchmark(benchmark, data, split)
+    if needs_retain and bench.retain is None:
+        raise ValueError(f"method {method} needs a retain set, and the {benchmark} benchmark has none: "
+                         f"choose a method without one (ga, npo)")
+    return bench.world, bench.forget(), bench.retain() if needs_retain else None
+
+
+def forget(model: str | os.PathLike, data: str | os.PathLike, method: str, out: str | os.PathLike, *, seed: int = 0,
+           lora: bool = False, merge: bool = False, resume: bool = False, params: dict | None = None,
+           calibration: dict | None = None, progress: bool = True, save_every: int = 0, benchmark: str | None = None,
+           split: str | None = None, template: str | None = None, system: str | None = None,
+           world: WorldData | None = None, **train_overrides) -> Path:
+    """Unlearn `data`'s forget set from a copy of `model` with `method`; write the run directory.
+
+    `data` is a world directory, or with `benchmark` (tofu | muse | wmdp | rwku) a local copy of that
+    benchmark, whose `split` names the forget set (docs/benchmarks.md). `world`: the forget set as
+    records in memory instead (RWKU's zero-shot setting, `api.forget(zero_shot=True)`: what the model
+    itself reveals about the target); it has no retain split.
+
+    With no budget (`steps`/`epochs`), the run is calibrated (`unlearnkit.calibrate`): it stops when
+    the forget set looks like data the model never saw, keeps the best weights above the retain
+    utility floor, and says why it stopped in `out/calibration.json`. `calibration` overrides
+    `CalibrationSettings`. With a budget, it trains for exactly that budget.
+
+    `out/` gets `config.yaml`, `log.jsonl`, `model/` (or `adapter/` and, with `merge`, `model/`),
+    `train.json` and `checkpoints/` while running. The source model is only read, and `out` may not
+    lie inside it.
+    """
+    from pydantic import ValidationError
+
+    from .calibrate import CalibrationSettings, Calibrator
+    from .methods.registry import describe
+
+    m = get_method(method)
+    out = Path(out)
+    _check_out(model, out)
+    hp = m.params(params)
+    tpl = parse_template(template, system)
+    calibrated = not any(k in train_overrides for k in BUDGET_KEYS)
+    try:
+        settings = CalibrationSettings(**(calibration or {})) if calibrated else None
+    except ValidationError as e:
+        raise ValueError(describe("--calibration", CalibrationSettings, e)) from None
+    if calibration and not calibrated:
+        raise ValueError("--calibration goes with a calibrated run: drop --steps/--epochs, or drop --calibration")
+    if "epochs" in train_overrides and "steps" not in train_overrides:
+        train_overrides["steps"] = None  # an explicit epoch budget replaces a method's default step budget
+    cfg = TrainConfig(**{**m.train_defaults, **train_overrides, "seed": seed, "save_every": save_every})
+    if world is not None:
+        if m.needs_retain:
+            raise ValueError(f"method {method} needs a retain set, and RWKU's zero-shot setting has none: "
+                             f"choose a method without one (ga, npo)")
+        w, forget_pairs, retain_pairs = world, qa_pairs(world.forget), None
+    else:
+        w, forget_pairs, retain_pairs = _training_data(data, benchmark, split, method, m.needs_retain)
+    net, tok = load_model(model)
+    if calibrated and w is None:
+        raise ValueError(f"the {benchmark} benchmark's forget set is documents, with no questions to calibrate on: "
+                         f"give a budget (--steps or --epochs)")
+    torch_seed(seed)  # before the adapter: its initial weights come from the run's seed
+    if lora:
+        net = apply_lora(net)
+    elif m.trainable is not None:
+        m.trainable(net, hp)
+    streams = {"forget": encode_pairs(tok, *forget_pairs, template=tpl)}
+    if m.needs_retain:
+        streams["retain"] = encode_pairs(tok, *retain_pairs, template=tpl)
+    monitor = None
+    if calibrated:
+        monitor = Calibrator(tok, w, settings, seed=seed, forget_stream_len=len(streams["forget"]),
+                             batch_size=cfg.batch_size, template=tpl)
+        cfg.steps = monitor.budget
+    ctx = Context(params=hp, seed=seed, pad_id=tok.pad_token_id, tokenizer=tok)
+    config = {"method": method, "model": str(model), "data": str(data), "data_hash": runinfo.data_hash(data),
+              "benchmark": {"name": benchmark, "split": split,
+                            **({"zero_shot": True, "forget_records": len(w.forget)} if world is not None else {})}
+              if benchmark else None,
+              "template": tpl.to_dict(),
+              "seed": seed, "lora": lora, "merge": merge, "params": hp.model_dump(), "train": config_dict(cfg),
+              "calibration": settings.model_dump() if settings else None, "versions": runinfo.versions()}
+    if resume:
+        _check_resume(out, config)
+    if is_main():
+        out.mkdir(parents=True, exist_ok=True)
+        for name in RUN_OUTPUTS if not resume else ("model", "adapter", "train.json", "calibration.json"):
+            p = out / name  # outputs of an older run never stand beside a new (or unfinished) one
+            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+        runinfo.write_text(out / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+    timer = runinfo.Timer()
+    with timer("prepare"):
+        if m.prepare is not None:
+            ctx.cache = m.prepare(net, streams, ctx)
+    with timer("train"):
+        res = train(net, m.loss, streams, cfg, pad_id=tok.pad_token_id, ctx=ctx, out_dir=out, resume=resume,
+                    progress=progress, desc=method, monitor=monitor)
+    if is_main():
+        if lora:
+            save_model(res.model, tok, out / "adapter", state_dict=res.full_state_dict)
+        if merge or not lora:
+            save_model(res.model, tok, out / "model", merge=lora, state_dict=res.full_state_dict)
+        stop = asdict(res.stop) if res.stop is not None else None
+        if stop is not None:
+            runinfo.write_json(out / "calibration.json", stop)
+        runinfo.write_json(out / "train.json", {
+            "seconds": timer.seconds, "train_stats": {"steps": res.steps, "last_step": res.last_step,
+                                                      "seconds": res.seconds, "tokens": res.tokens},
+            "stop": {k: v for k, v in stop.items() if k != "history"} if stop else {"reason": "budget"},
+            "summary": res.stop.summary() if res.stop else f"fixed budget: {res.last_step} steps"})
+    return out
+
+
+def torch_seed(seed: int) -> None:
+    import torch
+
+    torch.manual_seed(seed)
+
+
+def run_summary(run: str | os.PathLike) -> str:
+    """One line on how a `forget` run ended (why it stopped, where, what it kept)."""
+    info = json.loads((Path(run) / "train.json").read_text())
+    return info.get("summary", "")
