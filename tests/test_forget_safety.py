@@ -137,3 +137,26 @@ def test_methods_lists_each_setting_with_type_and_default():
     assert "finetune" not in methods
     rl = {p["name"]: p for p in methods["graddiff"]["params"]}["retain_loss"]
     assert rl["type"] == "nll | kl" and rl["default"] == "nll" and rl["doc"]
+
+
+def test_a_calibrated_run_resumes_to_the_same_stop_and_weights(tiny_world, tmp_path):
+    """The calibrator's history and kept weights travel in the checkpoint: a calibrated run resumed
+    from its last checkpoint stops where the whole run stopped, with the same weights."""
+    from safetensors.torch import load_file
+
+    from unlearnkit import api
+
+    full = api.forget(tiny_world.subject_dir, tiny_world.data_dir, "simnpo", tmp_path / "full", save_every=3,
+                      progress=False)
+    info = json.loads((full / "calibration.json").read_text())
+    ckpts = list((full / "checkpoints").glob("step-*"))
+    assert ckpts, "the run stopped before its first checkpoint"
+    cut = tmp_path / "cut"
+    shutil.copytree(full, cut)
+    shutil.rmtree(cut / "model")
+    api.forget(tiny_world.subject_dir, tiny_world.data_dir, "simnpo", cut, save_every=3, resume=True, progress=False)
+    again = json.loads((cut / "calibration.json").read_text())
+    assert (again["reason"], again["stopped_at"], again["kept_step"]) == (info["reason"], info["stopped_at"],
+                                                                          info["kept_step"])
+    a, b = (load_file(r / "model" / "model.safetensors") for r in (full, cut))
+    assert all(torch.equal(a[k], b[k]) for k in a)
