@@ -33,12 +33,17 @@ def write(home: Home, cert: dict) -> tuple[Path, str]:
     return path, hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def load(home: Home, request_id: str) -> dict:
+def _certificate_of(home: Home, request_id: str):
+    """(request, path of its certificate); a request that is not verified has none."""
     with home.ledger() as led:
         r = led.get(request_id)
     if r.status != "verified" or not r.certificate:
         raise HomeError(f"request {request_id}: no certificate (status {r.status})")
-    p = home.path / r.certificate
+    return r, home.path / r.certificate
+
+
+def load(home: Home, request_id: str) -> dict:
+    _, p = _certificate_of(home, request_id)
     if not p.is_file():
         raise HomeError(f"{p}: certificate file missing")
     return json.loads(p.read_text())
@@ -46,11 +51,7 @@ def load(home: Home, request_id: str) -> dict:
 
 def verify_certificate(home: Home, request_id: str) -> dict:
     """Recompute what the certificate claims: {"ok": bool, "checks": [{"what", "ok", "detail"}]}."""
-    with home.ledger() as led:
-        r = led.get(request_id)
-    if r.status != "verified" or not r.certificate:
-        raise HomeError(f"request {request_id}: no certificate (status {r.status})")
-    p = home.path / r.certificate
+    r, p = _certificate_of(home, request_id)
     out = []
     if not p.is_file():
         return {"ok": False, "checks": [{"what": "certificate file", "ok": False, "detail": f"{p} missing"}]}
@@ -67,9 +68,9 @@ def verify_certificate(home: Home, request_id: str) -> dict:
             out.append({"what": f"version {side} ({v['name']})", "ok": False, "detail": f"{d} missing"})
             continue
         files = manifest_of(d)
-        ok_all = version_hash(files) == v["version_sha256"]
-        ok_w = weights_hash(files) == v["weights_sha256"]
-        out.append({"what": f"version {side} ({v['name']}) files", "ok": ok_all, "detail": version_hash(files)[:16]})
-        out.append({"what": f"version {side} ({v['name']}) weights", "ok": ok_w, "detail": weights_hash(files)[:16]})
+        whole, weights = version_hash(files), weights_hash(files)
+        out.append({"what": f"version {side} ({v['name']}) files", "ok": whole == v["version_sha256"], "detail": whole[:16]})
+        out.append({"what": f"version {side} ({v['name']}) weights", "ok": weights == v["weights_sha256"],
+                    "detail": weights[:16]})
     out.append({"what": "every check passed", "ok": bool(cert.get("passed")), "detail": ""})
     return {"ok": all(c["ok"] for c in out), "checks": out, "certificate": str(p)}
