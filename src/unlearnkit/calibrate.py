@@ -58,7 +58,6 @@ class CalibrationSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     reference: Literal["twins", "holdout"] = Field("twins", description="what 'never seen' is measured on")
-    frozen_reference: bool = Field(False, description="score the reference once, on the starting model")
     min_ks_p: float = Field(0.05, ge=0, lt=1, description="smallest KS p-value (forget vs reference scores) that matches")
     every: int | None = Field(None, ge=1, description="steps between checks; None: a quarter epoch of the forget set")
     min_tolerance: float = Field(0.05, ge=0, lt=0.5, description="smallest accepted |AUC - 0.5|")
@@ -143,8 +142,9 @@ def reference_records(world: WorldData, kind: str, seed: int = 0):
     return named, twins(named, words_of(corpus), seed)
 
 
-def name_masked(tokenizer, records, template=None) -> list[tuple[list[int], int, list[int]]]:
-    """(input ids, prompt length, answer positions that are not the subject's name) per record.
+def name_masked(tokenizer, records, template=None, mask_names: bool = True) -> list[tuple[list[int], int, list[int]]]:
+    """(input ids, prompt length, answer positions that are not the subject's name) per record
+    (`mask_names=False`: every answer position).
 
     The statistic compares forget records with twins whose names were swapped, so the name's own
     tokens (memorised for a real person, unseen for an invented one) must not decide it: they are
@@ -167,7 +167,7 @@ def name_masked(tokenizer, records, template=None) -> list[tuple[list[int], int,
         except (NotImplementedError, KeyError, TypeError, ValueError):
             enc, offsets = tokenizer(text, add_special_tokens=False), None
         a = list(enc["input_ids"])
-        spans = [m.span() for w in name_parts(r.subject) for m in re.finditer(r"\b" + re.escape(w) + r"\b", text)]
+        spans = [m.span() for w in (name_parts(r.subject) if mask_names else []) for m in re.finditer(r"\b" + re.escape(w) + r"\b", text)]
         keep = [len(q) + i for i in range(len(a))
                 if offsets is None or not any(s < e2 and s2 < e for (s2, e2) in [offsets[i]] for s, e in spans)]
         keep.append(len(q) + len(a))  # the end of sequence
@@ -207,28 +207,28 @@ class Calibrator:
         # their raw answer probability falls with any ascent while TOFU's utility (which normalises it
         # against the perturbed answers) barely moves, so a floor on it stopped runs that kept utility
         pool = list(world.retain) + list(world.neighbours)
-        utility_sets = {"retain": rng.sample(pool, min(len(pool), s.retain_sample))} if pool and s.retain_sample else {}
-        self.n = {"forget": len(forget), "reference": len(ref),
-                  "retain": sum(len(v) for v in utility_sets.values())}
+        retain = rng.sample(pool, min(len(pool), s.retain_sample))
+        self.n = {"forget": len(forget), "reference": len(ref), "retain": len(retain)}
         self._enc = {"forget": name_masked(tokenizer, forget, template),
-                     "reference": name_masked(tokenizer, ref, template)}
-        for k, recs in utility_sets.items():  # scored whole: their names are part of what must be kept
-            self._enc[f"utility:{k}"] = [(ids, n, list(range(n, len(ids)))) for ids, n, _ in name_masked(
-                tokenizer, [r.model_copy(update={"subject": ""}) for r in recs], template)]
+                     "reference": name_masked(tokenizer, ref, template),
+                     # scored whole: their names are part of what must be kept
+                     "retain": name_masked(tokenizer, retain, template, mask_names=False)}
         self.pad_id = tokenizer.pad_token_id
         per_epoch = math.ceil((forget_stream_len or len(forget)) / batch_size)
         self.every = s.every or max(1, round(per_epoch / 4))
         self.budget = max(self.every, math.ceil(s.max_epochs * per_epoch))
         self.tolerance = max(s.min_tolerance, null_auc_se(len(forget), len(ref)))
-        self._reference: np.ndarray | None = None
         self.history: list[Check] = []
-        self.start: Check | None = None
-        self.start_prob: dict[str, float] | None = None  # per utility split, at the first check
+        self.start_prob: float | None = None  # the retain slice's mean answer probability at the first check
         self.backtracks = 0
         self.doublings = 0
         self.best: Check | None = None
         self.snapshots: dict[str, dict] = {}   # "restore" and "best": trainable weights
         self.reason: str | None = None
+
+    @property
+    def start(self) -> Check | None:
+        return self.history[0] if self.history else None
 
     # ------------------------------------------------------------------ measuring
     def _scores(self, handle, name: str) -> np.ndarray:
@@ -239,16 +239,13 @@ class Calibrator:
         return out
 
     def measure(self, step: int, handle) -> Check:
-        f = self._scores(handle, "forget")
-        if self._reference is None or not self.settings.frozen_reference:
-            self._reference = self._scores(handle, "reference")
-        r = self._reference
-        probs = {k: float(np.exp(self._scores(handle, k)).mean()) for k in self._enc if k.startswith("utility:")}
-        if self.start_prob is None:
-            self.start_prob = probs
-        # the split that lost most decides: the floor holds for retain, neighbours and world facts alike
-        utility = min((p / max(self.start_prob[k], 1e-12) for k, p in probs.items()), default=1.0)
         from scipy.stats import ks_2samp
+
+        f, r = self._scores(handle, "forget"), self._scores(handle, "reference")
+        prob = float(np.exp(self._scores(handle, "retain")).mean()) if self.n["retain"] else 1.0
+        if self.start_prob is None:
+            self.start_prob = prob
+        utility = prob / max(self.start_prob, 1e-12)
 
         a, ks_p = auc(f, r), float(ks_2samp(f, r).pvalue)
         matched = abs(a - 0.5) <= self.tolerance and ks_p >= self.settings.min_ks_p
@@ -266,8 +263,6 @@ class Calibrator:
 
     def check(self, step: int, handle) -> bool:
         c = self.measure(step, handle)
-        if self.start is None:
-            self.start = c
         self.history.append(c)
         handle.log({"check": asdict(c)})
         above = c.utility >= self.settings.floor
@@ -323,7 +318,6 @@ class Calibrator:
 
     def load_state_dict(self, state: dict) -> None:
         self.history = [Check(**c) for c in state["history"]]
-        self.start = self.history[0] if self.history else None
         self.start_prob, self.backtracks, self.doublings = state["start_prob"], state["backtracks"], state["doublings"]
         self.best = Check(**state["best"]) if state["best"] else None
         self.snapshots = state["snapshots"]
