@@ -14,6 +14,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import yaml
+from accelerate.utils import set_seed
 
 from . import runinfo
 from .data.batching import encode_pairs, qa_pairs
@@ -129,11 +130,11 @@ def forget(model: str | os.PathLike, data: str | os.PathLike, method: str, out: 
         w, forget_pairs, retain_pairs = world, qa_pairs(world.forget), None
     else:
         w, forget_pairs, retain_pairs = _training_data(data, benchmark, split, method, m.needs_retain)
-    net, tok = load_model(model)
-    if calibrated and w is None:
+    if calibrated and w is None:  # before the model is loaded: that can take minutes
         raise ValueError(f"the {benchmark} benchmark's forget set is documents, with no questions to calibrate on: "
                          f"give a budget (--steps or --epochs)")
-    torch_seed(seed)  # before the adapter: its initial weights come from the run's seed
+    net, tok = load_model(model)
+    set_seed(seed)  # before the adapter: its initial weights come from the run's seed (as train() seeds)
     if lora:
         net = apply_lora(net)
     elif m.trainable is not None:
@@ -183,12 +184,6 @@ def forget(model: str | os.PathLike, data: str | os.PathLike, method: str, out: 
             "stop": {k: v for k, v in stop.items() if k != "history"} if stop else {"reason": "budget"},
             "summary": res.stop.summary() if res.stop else f"fixed budget: {res.last_step} steps"})
     return out
-
-
-def torch_seed(seed: int) -> None:
-    import torch
-
-    torch.manual_seed(seed)
 
 
 def run_summary(run: str | os.PathLike) -> str:
