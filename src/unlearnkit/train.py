@@ -179,10 +179,11 @@ class _LossModule(torch.nn.Module):
 
 class Handle:
     """What a `Monitor` may do to a running training: score batches (no grad, through the
-    distributed wrapper), copy and restore the trainable weights, and scale the learning rate."""
+    distributed wrapper), copy and restore the trainable weights, scale the learning rate, and write
+    a record to the run's log.jsonl (`log`)."""
 
-    def __init__(self, wrapped, opt, sched, device):
-        self._wrapped, self._opt, self._sched, self.device = wrapped, opt, sched, device
+    def __init__(self, wrapped, opt, sched, device, log: Callable[[dict], None]):
+        self._wrapped, self._opt, self._sched, self.device, self.log = wrapped, opt, sched, device, log
 
     @torch.no_grad()
     def score(self, fn, batch: dict):
@@ -264,8 +265,6 @@ def train(model, loss_fn: Loss, streams: dict[str, list[Encoded]], cfg: TrainCon
         if monitor is not None and "monitor" in state:
             monitor.load_state_dict({**state["monitor"], "snapshots": torch.load(ck / "monitor.pt")})
     log_f = open(out / "log.jsonl", "a" if start else "w") if (out and acc.is_main_process) else None
-    handle = Handle(model, opt, sched, acc.device)
-
     def log(record: dict) -> None:
         if log_f:
             log_f.write(json.dumps(record) + "\n")
@@ -275,7 +274,7 @@ def train(model, loss_fn: Loss, streams: dict[str, list[Encoded]], cfg: TrainCon
 
     bar = tqdm(total=steps, initial=start, desc=desc, disable=not (progress and acc.is_local_main_process),
                dynamic_ncols=True, leave=False)
-    handle.log = log
+    handle = Handle(model, opt, sched, acc.device, log)
     t0, tokens, step = time.perf_counter(), 0, start
     stopped = monitor is not None and start == 0 and monitor.check(0, handle)
     while step < steps and not stopped:
