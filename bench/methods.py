@@ -12,8 +12,9 @@ budget, for the cost ratio. No oracle is used during any run; the oracle only ju
 - answer rate: forget questions whose greedy answer holds the whole true answer (ROUGE-L recall 1),
   beside the oracle's,
 - PrivLeak against the oracle, model utility / the subject's,
-- why the calibrated run stopped, and its wall time / the fixed-budget run's.
-The `ok` column checks the issue's targets: answer rate within 0.05 of the oracle's, |PrivLeak| <= 10,
+- why the calibrated run stopped, and its wall time / the fixed-budget run's,
+- the evaluation's own verdict (pass / fail / cannot decide, with its power checks).
+The `targets met` column checks the issue's targets: answer rate within 0.05 of the oracle's, |PrivLeak| <= 10,
 forget quality >= 0.05, utility >= 0.95x (for every method but the default, `stop` says whether it
 reached the target or where it stopped). Results also go to `--cache/methods.json`.
 
@@ -117,7 +118,7 @@ def meets(row: dict) -> bool:
 
 def table(rows: list[dict], default: str) -> str:
     lines = ["| world | seed | model | stop | forget quality | answer rate (oracle) | PrivLeak | utility vs subject "
-             "| targets met | wall s (fixed budget) |", "|---|---:|---|---|---:|---:|---:|---:|---|---:|"]
+             "| targets met | verdict | wall s (fixed budget) |", "|---|---:|---|---|---:|---:|---:|---:|---|---|---:|"]
     for r in rows:
         unlearned = r["model"] not in ("subject", "oracle")
         ok = ("yes" if meets(r) else "no") if unlearned else ""
@@ -126,7 +127,7 @@ def table(rows: list[dict], default: str) -> str:
         lines.append(f"| {r['shape']} | {r['seed']} | {r['model']} | {r.get('stop', '')} | "
                      f"{_fmt(r['forget_quality'], '.2g')} | {_fmt(r['answer_rate'], '.2f')} "
                      f"({_fmt(r['oracle_answer_rate'], '.2f')}) | {_fmt(r['privleak'], '.1f')} | "
-                     f"{_fmt(r['utility_ratio'], '.3f')} | {ok} | "
+                     f"{_fmt(r['utility_ratio'], '.3f')} | {ok} | {r.get('verdict', '')} | "
                      f"{_fmt(r.get('wall_s'), '.1f')} ({_fmt(r.get('fixed_wall_s'), '.1f')}) |")
     return "\n".join(lines)
 

@@ -8,7 +8,8 @@ import random
 import numpy as np
 import pytest
 
-from unlearnkit.calibrate import CalibrationSettings, Calibrator, Check, auc, null_auc_se, reference_records
+from unlearnkit.calibrate import CalibrationSettings, Calibrator, Check, auc, reference_records
+from unlearnkit.metrics.mia import null_auc_se
 from unlearnkit.data.io import WorldData
 from unlearnkit.data.schema import QARecord
 from unlearnkit.data.twins import swap_name, twins, words_of
@@ -33,6 +34,25 @@ def test_twins_swap_every_name_form_for_an_unseen_name():
     assert a.subject == b.subject == twins([_rec(3)], corpus, seed=1)[0].subject
     assert twins([_rec(3)], corpus, seed=2)[0].subject != a.subject
     assert swap_name("Linineville stays", "Linine Vigormont", ["A", "B"]) == "Linineville stays"  # whole words only
+
+
+def test_twins_of_a_world_recombine_its_people_s_name_words():
+    """With other people in the data, a twin's name is their name words recombined (first name in
+    first place, surname last) into a name nobody has, sharing no word with the subject; one name
+    per subject, fixed by the seed. Too few people: invented names."""
+    people = ["Ada Quell", "Bo Karr", "Cy Mott", "Di Venn"]
+    recs = [_rec(1), _rec(2), _rec(3, "Ed Frost", "Where was Ed Frost born?")]
+    t = twins(recs, set(), seed=4, people=people)
+    names = [x.subject for x in t]
+    assert names[0] == names[1] != names[2]
+    for n in set(names):
+        first, last = n.split()
+        assert first in {p.split()[0] for p in people} and last in {p.split()[1] for p in people}
+        assert n not in people
+    assert t[2].question == f"Where was {names[2]} born?"
+    assert [x.subject for x in twins(recs, set(), seed=4, people=people)] == names
+    invented = twins(recs, {"ada"}, seed=4, people=people[:1])[0].subject
+    assert not set(invented.split()) & {w for p in people for w in p.split()}
 
 
 def test_auc_and_its_null_standard_error_by_hand():
@@ -81,7 +101,7 @@ def _scripted(states, settings=None):
     def measure(step, handle):
         a, u = next(it)
         st = "matched" if abs(a - 0.5) <= cal.tolerance else ("under" if a > 0.5 else "over")
-        return Check(step, a, 1.0, cal.tolerance, st, u, 0.0, 0.0, handle.lr)
+        return Check(step, a, 1.0, cal.tolerance, st, u, 10 * (a - 0.5), 0.0, handle.lr)  # log-prob gap follows the AUC
     cal.measure = measure
     return cal
 
@@ -115,7 +135,8 @@ def test_rule_backtracks_on_overshoot_then_matches_at_half_the_rate():
 
 
 def test_rule_reports_the_floor_and_keeps_the_nearest_weights_above_it():
-    cal = _scripted([(1.0, 1.0), (0.7, 0.97), (0.6, 0.9), (0.62, 0.9), (0.61, 0.9)])
+    # the first dip (0.6) is let pass; the second and each after it backtracks
+    cal = _scripted([(1.0, 1.0), (0.7, 0.97), (0.6, 0.9), (0.62, 0.9), (0.61, 0.9), (0.6, 0.9)])
     info, h = _drive(cal, 10)
     assert info.reason == "floor" and info.backtracks == 2
     assert info.kept["auc"] == 0.7 and h.weights == info.kept_step == cal.every
@@ -133,6 +154,28 @@ def test_rule_doubles_the_rate_when_progress_would_miss_the_budget():
     info, h = _drive(cal, 10)
     assert info.doublings == 1 and h.lr == 2.0 and info.reason == "matched"
     assert [e["speed_up"]["step"] for e in h.events if isinstance(e, dict) and "speed_up" in e] == [cal.every]
+
+
+def test_rule_brakes_when_the_next_check_would_pass_the_reference():
+    """Gap 3 then 1 (log-prob, forget minus reference), closing by 2 a check: the next check would
+    pass the reference's level, so the rate is scaled by 1/2 to land on it; not a backtrack."""
+    cal = _scripted([(1.0, 1.0), (0.8, 1.0), (0.6, 1.0), (0.52, 1.0)])
+    info, h = _drive(cal, 10)
+    brakes = [e["brake"] for e in h.events if isinstance(e, dict) and "brake" in e]
+    assert [b["step"] for b in brakes] == [2 * cal.every] and h.lr == pytest.approx(0.5)
+    assert info.reason == "matched" and info.backtracks == 0 and info.doublings == 0
+
+
+def test_rule_a_method_that_converges_short_of_the_target_stops_as_stalled():
+    """Doublings spent, then no check 0.01 closer to the target for `patience_epochs`: stalled, with
+    the nearest weights kept; never before the rate could still be raised."""
+    s = CalibrationSettings(max_doublings=1, patience_epochs=1)  # 5 steps an epoch, a check at each
+    plateau = [(1.0, 1.0), (0.8, 1.0), (0.7, 1.0), (0.69, 1.0), (0.695, 1.0), (0.692, 1.0), (0.694, 1.0)] + [(0.69, 1.0)] * 9
+    cal = _scripted(plateau, s)
+    info, h = _drive(cal, 20)
+    assert info.reason == "stalled" and info.doublings == 1 and info.kept["auc"] == 0.69
+    assert info.stopped_at - info.kept_step >= cal.patience and info.checks < len(plateau)
+    assert "stalled" in info.summary() and "short of it" in info.summary()
 
 
 def test_rule_a_model_that_already_matches_stops_at_once():
@@ -167,3 +210,80 @@ def test_verdict_cannot_decide_on_a_world_without_power(tiny_world, tiny_results
     v = api.evaluate(tiny_world.subject_dir, tiny_world.data_dir, oracle=tiny_results["oracle"], subject=s,
                      suites=("tofu",))["verdict"]
     assert v["forgetting"]["status"] == "fail"
+
+
+def test_utility_is_tofus_model_utility_on_the_sampled_splits(tiny_world):
+    """The floor's utility, from the calibrator's own batched pass, is TOFU's model utility on the
+    sampled records: probability and truth ratio equal `evaluate`'s on the same records, with the
+    teacher-forced exact answer (every token before the end of sequence the argmax, from `LM.score`)
+    in ROUGE's place; damage lowers it."""
+    import dataclasses
+
+    import torch
+
+    from unlearnkit.calibrate import UTILITY_SPLITS
+    from unlearnkit.data.io import load_world
+    from unlearnkit.evaluate import evaluate
+    from unlearnkit.metrics.tofu import model_utility
+    from unlearnkit.models.load import load_model
+    from unlearnkit.scoring import LM
+
+    net, tok = load_model(tiny_world.subject_dir)
+    w = load_world(tiny_world.data_dir)
+    cal = Calibrator(tok, w, CalibrationSettings(retain_sample=12), seed=3)
+
+    class H:
+        def score(self, fn, batch):
+            with torch.no_grad():
+                return fn(net, batch)
+
+    rng = random.Random(3)
+    sample = {k: rng.sample(getattr(w, k), min(len(getattr(w, k)), 12)) for k in UTILITY_SPLITS if getattr(w, k)}
+    ref = evaluate(LM(net, tok), dataclasses.replace(w, **sample), suites=("tofu",))["model_utility_components"]
+    got = cal._utility_components(H())
+    assert set(got) == set(ref) and cal.n["retain"] == 12
+    for k, recs in sample.items():
+        assert got[k]["probability"] == pytest.approx(ref[k]["probability"], rel=1e-4)
+        assert got[k]["truth_ratio"] == pytest.approx(ref[k]["truth_ratio"], rel=1e-4)
+        hits = [s.argmax_hits[:-1].all() for s in LM(net, tok).score([r.question for r in recs], [r.answer for r in recs])]
+        assert got[k]["rouge"] == pytest.approx(np.mean(hits), rel=1e-4)
+    assert cal._utility(H()) == pytest.approx(model_utility(got))
+    start = cal._utility(H())
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    assert cal._utility(H()) < 0.95 * start
+
+
+def test_forget_documents_are_reported_against_the_holdout_documents(tiny_world):
+    """With forget and holdout documents, each check also reports their AUC (names left out) beside
+    the decision: the subject, which memorised its forget biographies, is far from 0.5 there; the
+    oracle, which never saw them, is nearer. Without holdout documents there is none."""
+    import dataclasses
+
+    import torch
+
+    from unlearnkit.data.io import load_world
+    from unlearnkit.models.load import load_model
+
+    w = load_world(tiny_world.data_dir)
+    assert w.forget_docs and w.holdout_docs
+    out = {}
+    for name, path in (("subject", tiny_world.subject_dir), ("oracle", tiny_world.oracle_dir)):
+        net, tok = load_model(path)
+        cal = Calibrator(tok, w, seed=0)
+
+        class H:
+            lr = 1e-3
+
+            def score(self, fn, batch):
+                with torch.no_grad():
+                    return fn(net, batch)
+
+        out[name] = cal.measure(0, H())
+    assert cal.n["forget_docs"] == len(w.forget_docs) and out["subject"].docs_tolerance >= 0.05
+    assert out["subject"].docs_auc > 0.9 and out["subject"].state == "under"
+    assert abs(out["oracle"].docs_auc - 0.5) < abs(out["subject"].docs_auc - 0.5)
+    assert out["subject"].distance == pytest.approx(abs(out["subject"].auc - 0.5))  # the decision: questions only
+    cal = Calibrator(tok, dataclasses.replace(w, holdout_docs=[]), seed=0)
+    assert "forget_docs" not in cal.n and cal.measure(0, H()).docs_auc is None

@@ -101,8 +101,11 @@ def test_oracle_against_itself(world, oracle_result, subject_result):
     r = evaluate(FakeLM(world, UTIL), world, oracle=oracle_result, subject=subject_result)
     assert r["forget_quality"] == 1.0 and r["forget_quality_log10"] == 0.0
     assert r["privleak"] == 0.0
-    assert r["verdict"]["forgetting"]["pass"] and r["verdict"]["privacy"]["pass"] and r["verdict"]["utility"]["pass"]
-    assert r["verdict"]["overall"]["pass"] is True
+    assert r["verdict"]["forgetting"]["pass"] and r["verdict"]["utility"]["pass"]
+    # 8 members against 8 non-members: the membership AUC's standard error (0.15) is three times the
+    # band |PrivLeak| <= 10 allows, so not even the oracle earns a pass on privacy
+    assert r["verdict"]["privacy"]["status"] == "cannot decide" and "standard error 0.149" in r["verdict"]["privacy"]["why"]
+    assert r["verdict"]["overall"]["status"] == "cannot decide"
     json.dumps(r, allow_nan=False)  # JSON-serialisable, no NaN/inf
 
 
@@ -179,6 +182,24 @@ def test_the_verdict_checks_its_own_power(world, oracle_result, subject_result):
     # membership inference that cannot tell members from non-members even on the subject
     v = verdict({"privleak": 2.0}, oracle=oracle_result, subject={"privleak": -3.0})
     assert v["privacy"]["status"] == "cannot decide"
+
+
+def test_privleak_finer_than_its_sampling_error_cannot_decide():
+    """An oracle that itself finds the forget set familiar (Min-K% AUC 0.92) leaves |PrivLeak| <= 10 a
+    band of 0.008 AUC, under half the 0.053 standard error of 60 vs 60 samples: a model within two
+    standard errors neither passes nor fails; one far outside still fails."""
+    def res(auc):
+        return {"privleak": (0.92 - auc) / 0.08 * 100, "splits": {"mia": {"privleak_source": "qa", "qa": {
+            "privleak_min_k_auc": {"auc": auc}, "n_members": 60, "n_nonmembers": 60}}}}
+
+    oracle, subject = {"per_sample": {"mink_auc": {"qa": 0.92}}}, {"privleak": -100.0}
+    v = verdict(res(0.97), oracle=oracle, subject=subject)["privacy"]
+    assert v["status"] == "cannot decide" and "standard error 0.053" in v["why"] and abs(v["value"]) > 10
+    assert verdict(res(0.60), oracle=oracle, subject=subject)["privacy"]["status"] == "fail"
+    # an oracle at chance leaves a band wider than the error: judged as before
+    oracle = {"per_sample": {"mink_auc": {"qa": 0.5}}}
+    v = verdict({**res(0.52), "privleak": -4.0}, oracle=oracle, subject=subject)["privacy"]
+    assert v["status"] == "pass"
 
 
 def test_utility_reference_is_subject_when_given():

@@ -74,8 +74,7 @@ def test_topk_cache_is_aligned_with_answer_positions(tiny_world):
     """graddiff's KL retain term is ~0 at the start: the cached distribution is the model's own."""
     from test_train import _streams
     from unlearnkit.data.batching import collate
-    from unlearnkit.methods.cache import cache_topk_distributions
-    from unlearnkit.methods.graddiff import _kl_retain
+    from unlearnkit.methods.cache import cache_topk_distributions, topk_kl
 
     net, _, streams, ctx, tok = _streams(tiny_world, "graddiff")
     ctx.cache = cache_topk_distributions(net, streams["retain"], tok.pad_token_id, k=8)
@@ -83,7 +82,28 @@ def test_topk_cache_is_aligned_with_answer_positions(tiny_world):
     b = collate([streams["retain"][i] for i in idx], tok.pad_token_id)
     b["index"] = torch.tensor(idx)
     with torch.no_grad():
-        assert abs(_kl_retain(net, b, ctx).item()) < 1e-4
+        assert abs(topk_kl(net, b, ctx.cache).item()) < 1e-4
+
+
+def test_forget_labels_leave_the_name_out_and_caches_stay_aligned(tiny_world):
+    """The forget stream does not train the subject's name tokens (the name is in the question and
+    in other people's records), and per-position caches count only the labelled positions."""
+    from test_train import _streams
+    from unlearnkit.data.batching import collate, encode_pairs
+    from unlearnkit.methods.cache import cache_topk_distributions, topk_kl
+
+    net, _, streams, ctx, tok = _streams(tiny_world, "graddiff")
+    e = encode_pairs(tok, ["Where was Ada Quell born?"], ["Ada Quell was born in Rome."], subjects=["Ada Quell"])[0]
+    labelled = tok.decode([e.input_ids[i] for i in e.labelled])
+    assert "Ada" not in labelled and "Quell" not in labelled and "born in Rome" in labelled
+    assert collate([e], 0)["labels"][0].ne(-100).sum().item() == len(e.labelled)
+    assert any(x.ignore for x in streams["forget"])  # the world's forget answers name their subject somewhere
+    masked = [x for x in streams["forget"] if x.ignore][:6]
+    cache = cache_topk_distributions(net, masked, tok.pad_token_id, k=8)
+    b = collate(masked, tok.pad_token_id)
+    b["index"] = torch.arange(len(masked))
+    with torch.no_grad():
+        assert abs(topk_kl(net, b, cache).item()) < 1e-4
 
 
 def test_rmu_trains_only_chosen_down_projections_and_caches_retain(tiny_world):

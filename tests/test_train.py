@@ -39,15 +39,16 @@ json.dump({"world": st.num_processes, "before": before, "after": fingerprint(net
 
 
 def _streams(tiny_world, method):
+    from unlearnkit.data.batching import encode_pairs, forget_pairs
     from unlearnkit.data.batching import qa_pairs as _pairs
-    from unlearnkit.data.batching import encode_pairs
     from unlearnkit.data.io import load_world
     from unlearnkit.methods import Context, get_method
     from unlearnkit.models.load import load_model
 
     net, tok = load_model(tiny_world.subject_dir)
     w, m = load_world(tiny_world.data_dir), get_method(method)
-    streams = {"forget": encode_pairs(tok, *_pairs(w.forget))}
+    prompts, answers, subjects = forget_pairs(w)
+    streams = {"forget": encode_pairs(tok, prompts, answers, subjects=subjects)}
     if m.needs_retain:
         streams["retain"] = encode_pairs(tok, *_pairs(w.retain))
     ctx = Context(m.params(), seed=0, pad_id=tok.pad_token_id, tokenizer=tok)

@@ -6,32 +6,50 @@ twins (`data.twins`: the same questions and answers about invented people); a wo
 
 The statistic. Each record's score is the mean log-probability of its answer tokens given its
 question (the end-of-sequence position left out, and so are the tokens of the subject's name:
-`name_masked`), from one batched scoring pass, the quantity
+`encode_records`), from one batched scoring pass, the quantity
 behind TOFU's probability, the LOSS attack and NPO. The forget set matches the reference when a
 membership-inference attacker holding these scores cannot tell them apart: the ROC AUC of forget
-(members) against reference (non-members) lies within 0.5 ± tolerance. Above is under-forgetting
+(members) against reference (non-members) lies within 0.5 ± tolerance, and the forget records'
+mean score is no longer above the reference's (a run enters the band from above; stopping at its
+upper edge left a fact in three answered on small forget sets). Above is under-forgetting
 (the forget answers are still more likely than a stranger's); below is over-forgetting (they are
 *less* likely than a stranger's, which gives the set away as surely). The tolerance is the larger of
 `min_tolerance` and one standard error of the AUC under the null hypothesis,
 sqrt((n1 + n2 + 1) / (12 n1 n2)) (Hanley & McNeil 1982): closer than that, the data cannot tell.
 
-Utility. The same pass scores a slice of the retain set and the neighbours (the people most at
-risk): their mean per-record answer probability, relative to the starting model's, must stay at or
-above `floor` (0.95). World facts are not watched (see `Calibrator.__init__`): a run can lose
-general-knowledge utility the floor does not see, which the evaluation's model utility reports.
+Documents. Forget documents (biographies) are unlearned with the questions. When the data also has
+holdout documents, each check reports the forget documents' AUC against them (per-document mean
+token log-prob, names left out) beside the decision, which rests on the questions alone: one
+learning rate moves the two at different paces (on the default world the documents stayed at AUC
+1.0 while the questions reached 0.46), and holding both to the band pushed the questions far past
+it. `calibration.json` says when the documents are still recognisable.
+
+Utility. The same pass scores a sample (`retain_sample` records each) of the retain set, the
+neighbours (the people most at risk) and the world facts, with their paraphrased and perturbed
+answers, and computes TOFU's model utility on it (`metrics.tofu.model_utility`: probability, truth
+ratio and ROUGE per split, harmonically averaged), with the teacher-forced exact answer (every
+answer token the argmax) in place of ROUGE, which would need generation. It must stay at or above
+`floor` (0.95) x the starting model's: the utility target itself, not a stand-in that moves
+differently (docs/methods.md: the stand-ins measured and replaced).
 
 The rule, all in `Calibrator.check`:
 - matched and above the floor: stop; these weights are the result.
 - under and above the floor: go on; these weights become the restore point.
-- over (overshot) or below the floor: go back to the restore point and halve the learning rate,
-  at most `max_backtracks` times; then stop.
-- under, but at the pace of the last interval the target lies beyond the step budget: double the
-  learning rate (at most `max_doublings` times, and never after a backtrack). So the step size
+- over (overshot), or below the floor at two checks running (or at the target): go back to the
+  restore point and halve the learning rate, at most `max_backtracks` times; then stop. One check
+  below the floor while still short of the target is let pass: early steps dip and the retain
+  term repairs them. The kept weights are never below the floor.
+- under, but at the pace of the last interval (of the gap between the forget and the reference
+  mean log-prob) the target lies beyond the step budget: double the learning rate (at most
+  `max_doublings` times, and never after a backtrack); or the next check would pass the
+  reference's level: scale the learning rate down to land on it (at most 4x). So the step size
   follows from the run's own measurements, not from a constant tuned on one world.
+- under, no step closer to the target for `patience_epochs`, and the learning rate may not be
+  raised any more: stop; the method has converged short of the target.
 At the end the kept weights are the best check above the floor: a matched one first (the highest
-retain utility among them), else the one nearest the target. The stop reason is one of `matched`,
+utility among them), else the one nearest the target. The stop reason is one of `matched`,
 `floor` (the floor was reached before the target), `overshot` (the target was passed at every
-learning rate tried) or `budget` (the step budget ran out first).
+learning rate tried), `stalled` (converged short of it) or `budget` (the step budget ran out first).
 """
 from __future__ import annotations
 
@@ -44,13 +62,15 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from .data.batching import IGNORE, Encoded, collate, length_batches
+from .data.batching import Encoded, collate, encode_pairs, length_batches
 from .data.io import WorldData
 from .data.templates import parse_template
-from .data.twins import mentions, twins, words_of
+from .data.twins import forget_twins
+from .metrics.mia import null_auc_se
 from .scoring import answer_logprobs
 
-REASONS = ("matched", "floor", "overshot", "budget")
+REASONS = ("matched", "floor", "overshot", "stalled", "budget")
+UTILITY_SPLITS = ("retain", "neighbours", "world_facts")
 
 
 class CalibrationSettings(BaseModel):
@@ -61,11 +81,15 @@ class CalibrationSettings(BaseModel):
     min_ks_p: float = Field(0.05, ge=0, lt=1, description="smallest KS p-value (forget vs reference scores) that matches")
     every: int | None = Field(None, ge=1, description="steps between checks; None: a quarter epoch of the forget set")
     min_tolerance: float = Field(0.05, ge=0, lt=0.5, description="smallest accepted |AUC - 0.5|")
-    floor: float = Field(0.95, ge=0, le=1, description="retain utility kept, as a fraction of the starting model's")
+    floor: float = Field(0.95, ge=0, le=1, description="model utility (TOFU's, on the sampled utility splits) kept, "
+                                                        "as a fraction of the starting model's")
     max_backtracks: int = Field(4, ge=0, description="learning-rate halvings after an overshoot or a floor hit")
     max_doublings: int = Field(3, ge=0, description="learning-rate doublings when progress would miss the budget")
     max_epochs: float = Field(30.0, gt=0, description="step budget, in epochs over the forget set")
-    retain_sample: int = Field(128, ge=0, description="retain and neighbour records scored for utility at each check")
+    patience_epochs: float = Field(2.0, gt=0, description="epochs without progress towards the target (once the "
+                                   "learning rate can no longer be raised) before the run stops as stalled")
+    retain_sample: int = Field(64, ge=0, description="records of each utility split (retain, neighbours, world "
+                                                     "facts) scored at each check")
 
 
 @dataclass
@@ -75,10 +99,12 @@ class Check:
     ks_p: float            # two-sample KS p-value of the same scores (the shape, not only the ranks)
     tolerance: float
     state: str             # under | matched | over
-    utility: float         # retain slice's mean answer probability / the starting model's
+    utility: float         # Calibrator._utility / its value at the start
     forget_logprob: float  # means, for the log
     reference_logprob: float
     lr: float
+    docs_auc: float | None = None        # forget documents vs holdout documents, when the data has both
+    docs_tolerance: float | None = None
 
     @property
     def distance(self) -> float:
@@ -98,24 +124,22 @@ class StopInfo:
     reference: str
     n_forget: int
     n_reference: int
-    n_retain: int
+    n_utility: dict  # records scored per utility split
     checks: int
     history: list = field(default_factory=list)
 
     def summary(self) -> str:
         k = self.kept
         why = {"matched": "the forget set matches the reference",
-               "floor": "retain utility reached the floor before the target",
+               "floor": "utility reached the floor before the target",
                "overshot": "the target was passed at every learning rate tried",
+               "stalled": "progress towards the target stopped short of it",
                "budget": "the step budget ran out before the target"}[self.reason]
         return (f"stopped: {self.reason} ({why}) at step {self.stopped_at}; kept step {self.kept_step}: "
                 f"AUC {k['auc']:.3f} vs reference (target 0.5 ± {k['tolerance']:.3f}, {k['state']}), "
-                f"retain utility {k['utility']:.3f}x the start")
-
-
-def null_auc_se(n1: int, n2: int) -> float:
-    """Standard error of the ROC AUC when both samples come from one distribution."""
-    return math.sqrt((n1 + n2 + 1) / (12 * n1 * n2))
+                + (f"documents' AUC {k['docs_auc']:.3f} vs holdout documents (± {k['docs_tolerance']:.3f}), "
+                   if k.get("docs_auc") is not None else "")
+                + f"utility {k['utility']:.3f}x the start")
 
 
 def auc(members: np.ndarray, nonmembers: np.ndarray) -> float:
@@ -132,57 +156,24 @@ def reference_records(world: WorldData, kind: str, seed: int = 0):
         if not world.holdout:
             raise ValueError("calibration reference 'holdout': the data has no holdout split; use reference=twins")
         return list(world.forget), list(world.holdout)
-    named = [r for r in world.forget if mentions(r)]
+    named, tw = forget_twins(world, seed)
     if not named:
         raise ValueError("calibration reference 'twins': no forget question names its subject, so no twin can "
                          "be made; use reference=holdout, or a fixed budget (--steps/--epochs)")
-    corpus = [t for split in (world.forget, world.retain, world.neighbours, world.holdout, world.world_facts)
-              for r in split for t in (r.subject, r.question, r.answer, *r.alt_questions)]
-    corpus += [d.text for split in (world.forget_docs, world.retain_docs, world.neighbours_docs) for d in split]
-    return named, twins(named, words_of(corpus), seed)
+    return named, tw
 
 
-def name_masked(tokenizer, records, template=None, mask_names: bool = True) -> list[tuple[list[int], int, list[int]]]:
-    """(input ids, prompt length, answer positions that are not the subject's name) per record
-    (`mask_names=False`: every answer position).
+def encode_records(tokenizer, records, template=None, mask_names: bool = True) -> list[Encoded]:
+    """Each record's question and answer, encoded as training encodes them; with `mask_names`, the
+    subject's name tokens are left out of the labels (`data.batching.encode_pairs`).
 
     The statistic compares forget records with twins whose names were swapped, so the name's own
-    tokens (memorised for a real person, unseen for an invented one) must not decide it: they are
-    left out of the score, and only the fact is compared. "Linine Vigormont was born in Thornwick."
-    is scored on "was born in Thornwick." (and the end of sequence). A tokenizer without character
-    offsets scores the whole answer."""
-    import re
-
-    from .data.batching import answer_text, encode_prompt
-    from .data.twins import name_parts
-
-    tpl = parse_template(template)
-    out = []
-    for r in records:
-        q = encode_prompt(tokenizer, r.question, tpl)
-        text = answer_text(r.question, r.answer, tpl)
-        try:
-            enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-            offsets = enc["offset_mapping"]
-        except (NotImplementedError, KeyError, TypeError, ValueError):
-            enc, offsets = tokenizer(text, add_special_tokens=False), None
-        a = list(enc["input_ids"])
-        spans = [m.span() for w in (name_parts(r.subject) if mask_names else []) for m in re.finditer(r"\b" + re.escape(w) + r"\b", text)]
-        keep = [len(q) + i for i in range(len(a))
-                if offsets is None or not any(s < e2 and s2 < e for (s2, e2) in [offsets[i]] for s, e in spans)]
-        keep.append(len(q) + len(a))  # the end of sequence
-        out.append((q + a + [tokenizer.eos_token_id], len(q), keep))
-    return out
-
-
-def _collate_masked(rows, pad_id: int) -> dict:
-    """Right-padded batch whose labels cover only the kept answer positions."""
-    batch = collate([Encoded(ids, n) for ids, n, _ in rows], pad_id)
-    labels = torch.full_like(batch["labels"], IGNORE)
-    for i, (ids, _, keep) in enumerate(rows):
-        labels[i, keep] = batch["input_ids"][i, keep]
-    batch["labels"] = labels
-    return batch
+    tokens (memorised for a real person, not for a twin's) must not decide it: only the
+    fact is compared. "Linine Vigormont was born in Thornwick." is scored on "was born in
+    Thornwick." (and the end of sequence)."""
+    recs = list(records)
+    return encode_pairs(tokenizer, [r.question for r in recs], [r.answer for r in recs],
+                        template=parse_template(template), subjects=[r.subject for r in recs] if mask_names else None)
 
 
 def _answer_scores(model, batch, ctx=None):
@@ -195,6 +186,27 @@ def _answer_scores(model, batch, ctx=None):
     return (out["logprobs"] * keep).sum(-1) / keep.sum(-1).clamp_min(1)
 
 
+def _mean_logprob_and_accuracy(model, batch, ctx=None):
+    """Per row: the mean answer-token log-prob (end of sequence included, as `LM.score` gives it to
+    TOFU's metrics) and whether every answer token before the end of sequence is the model's argmax:
+    the teacher-forced form of "the greedy answer is right". (The fraction of argmax tokens was
+    tried: one wrong first token derails a greedy answer, and it stood at 0.95 with ROUGE at 0.77.)"""
+    out = answer_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+    m = out["mask"]
+    n = m.sum(-1).clamp_min(1)
+    last = m & (m.cumsum(-1) == m.sum(-1, keepdim=True))
+    body = m & ~last
+    right = ((out["hits"] | ~body).all(-1)).float()
+    return torch.stack([(out["logprobs"] * m).sum(-1) / n, right], -1)
+
+
+def _utility_encoding(tokenizer, records, template=None) -> list[Encoded]:
+    """Each record's question with its true, paraphrased and perturbed answers, in that order."""
+    q = [r.question for r in records for _ in range(2 + len(r.perturbed_answers))]
+    a = [x for r in records for x in (r.answer, r.paraphrased_answer, *r.perturbed_answers)]
+    return encode_pairs(tokenizer, q, a, template=parse_template(template))
+
+
 class Calibrator:
     """The `train.Monitor` that stops unlearning at the target (module docstring: the rule)."""
 
@@ -203,23 +215,31 @@ class Calibrator:
         self.settings = s = settings or CalibrationSettings()
         forget, ref = reference_records(world, s.reference, seed)
         rng = random.Random(seed)
-        # retain and neighbours (the people most at risk), sampled together; world facts are left out:
-        # their raw answer probability falls with any ascent while TOFU's utility (which normalises it
-        # against the perturbed answers) barely moves, so a floor on it stopped runs that kept utility
-        pool = list(world.retain) + list(world.neighbours)
-        retain = rng.sample(pool, min(len(pool), s.retain_sample))
-        self.n = {"forget": len(forget), "reference": len(ref), "retain": len(retain)}
-        self._enc = {"forget": name_masked(tokenizer, forget, template),
-                     "reference": name_masked(tokenizer, ref, template),
+        # a sample of each utility split: retain, neighbours (the people most at risk), world facts
+        keep = {name: rng.sample(recs, min(len(recs), s.retain_sample))
+                for name in UTILITY_SPLITS if (recs := list(getattr(world, name)))}
+        self.n = {"forget": len(forget), "reference": len(ref), **{k: len(v) for k, v in keep.items()}}
+        docs = {}
+        if world.forget_docs and world.holdout_docs:  # documents against documents never trained on
+            docs = {k: encode_pairs(tokenizer, [""] * len(d), [x.text for x in d], subjects=[x.subject for x in d])
+                    for k, d in (("forget_docs", world.forget_docs), ("holdout_docs", world.holdout_docs))}
+            self.n.update({k: len(v) for k, v in docs.items()})
+        self._enc = {"forget": encode_records(tokenizer, forget, template),
+                     "reference": encode_records(tokenizer, ref, template),
                      # scored whole: their names are part of what must be kept
-                     "retain": name_masked(tokenizer, retain, template, mask_names=False)}
+                     **{k: _utility_encoding(tokenizer, v, template) for k, v in keep.items()},
+                     **docs}
+        self._layout = {k: [len(r.perturbed_answers) for r in v] for k, v in keep.items()}
         self.pad_id = tokenizer.pad_token_id
         per_epoch = math.ceil((forget_stream_len or len(forget)) / batch_size)
         self.every = s.every or max(1, round(per_epoch / 4))
         self.budget = max(self.every, math.ceil(s.max_epochs * per_epoch))
+        self.patience = max(self.every, math.ceil(s.patience_epochs * per_epoch))
         self.tolerance = max(s.min_tolerance, null_auc_se(len(forget), len(ref)))
+        self.docs_tolerance = (max(s.min_tolerance, null_auc_se(self.n["forget_docs"], self.n["holdout_docs"]))
+                               if docs else None)
         self.history: list[Check] = []
-        self.start_prob: float | None = None  # the retain slice's mean answer probability at the first check
+        self.start_utility: float | None = None  # `_utility` at the first check
         self.backtracks = 0
         self.doublings = 0
         self.best: Check | None = None
@@ -231,27 +251,69 @@ class Calibrator:
         return self.history[0] if self.history else None
 
     # ------------------------------------------------------------------ measuring
-    def _scores(self, handle, name: str) -> np.ndarray:
-        enc, out = self._enc[name], np.zeros(len(self._enc[name]))
-        for idx in length_batches([len(ids) for ids, _, _ in enc], 8192, 128):
-            batch = _collate_masked([enc[i] for i in idx], self.pad_id)
-            out[idx] = handle.score(_answer_scores, batch).float().cpu().numpy()
+    def _scores(self, handle, name: str, fn=None) -> np.ndarray:
+        enc, out = self._enc[name], None
+        for idx in length_batches([len(e.input_ids) for e in enc], 8192, 128):
+            batch = collate([enc[i] for i in idx], self.pad_id)
+            got = handle.score(fn or _answer_scores, batch).float().cpu().numpy()
+            out = np.zeros((len(enc), *got.shape[1:])) if out is None else out
+            out[idx] = got
         return out
+
+    def _utility(self, handle) -> float:
+        """TOFU's model utility on the sampled utility splits (`metrics.tofu.model_utility`), with
+        the teacher-forced exact answer standing in for ROUGE (which needs generation); 1.0 with no
+        utility split."""
+        from .metrics.tofu import model_utility
+
+        comps = self._utility_components(handle)
+        return model_utility(comps) if comps else 1.0
+
+    def _utility_components(self, handle) -> dict[str, dict[str, float]]:
+        """Per utility split: TOFU's probability (plain on retain, the paraphrase normalised against
+        the perturbed answers elsewhere), truth-ratio score, and the teacher-forced exact answer
+        under the key "rouge"."""
+        from .metrics import tofu
+
+        comps = {}
+        for name in UTILITY_SPLITS:
+            if not self.n.get(name):
+                continue
+            sc, i, true, para, pert = self._scores(handle, name, _mean_logprob_and_accuracy), 0, [], [], []
+            for n_pert in self._layout[name]:  # rows: each record's true, paraphrased, perturbed answers
+                true.append(sc[i]), para.append(sc[i + 1]), pert.append(sc[i + 2:i + 2 + n_pert, 0])
+                i += 2 + n_pert
+            lp = lambda v: np.array([v])  # noqa: E731  (a sequence's mean log-prob, as tofu's functions take it)
+            # TOFU: plain probability on retain; elsewhere normalised, the paraphrase (worded as the
+            # perturbed answers are) against the perturbed answers
+            prob = [tofu.answer_probability(lp(t[0])) if name == "retain" else
+                    tofu.normalised_probability(lp(a[0]), [lp(x) for x in q]) for t, a, q in zip(true, para, pert)]
+            ratios = [tofu.truth_ratio(lp(a[0]), [lp(x) for x in q]) for a, q in zip(para, pert)]
+            comps[name] = {"probability": float(np.mean(prob)), "rouge": float(np.mean([t[1] for t in true])),
+                           "truth_ratio": tofu.truth_ratio_score(ratios, forget=False)}
+        return comps
 
     def measure(self, step: int, handle) -> Check:
         from scipy.stats import ks_2samp
 
         f, r = self._scores(handle, "forget"), self._scores(handle, "reference")
-        prob = float(np.exp(self._scores(handle, "retain")).mean()) if self.n["retain"] else 1.0
-        if self.start_prob is None:
-            self.start_prob = prob
-        utility = prob / max(self.start_prob, 1e-12)
+        u = self._utility(handle)
+        if self.start_utility is None:
+            self.start_utility = u
+        utility = u / max(self.start_utility, 1e-12)
 
         a, ks_p = auc(f, r), float(ks_2samp(f, r).pvalue)
-        matched = abs(a - 0.5) <= self.tolerance and ks_p >= self.settings.min_ks_p
+        # within the band, the shapes not told apart, and no longer more likely on average than the
+        # reference: a run that enters the band from above goes on (braking, `_adjust_pace`) to the
+        # reference's level instead of stopping at the band's upper edge
+        gap = float(f.mean()) - float(r.mean())
+        matched = abs(a - 0.5) <= self.tolerance and ks_p >= self.settings.min_ks_p and (gap <= 0 or a <= 0.5)
         state = "matched" if matched else ("under" if a >= 0.5 else "over")
+        da = None  # reported beside the decision, not part of it (module docstring: Documents)
+        if self.n.get("forget_docs"):
+            da = auc(self._scores(handle, "forget_docs"), self._scores(handle, "holdout_docs"))
         return Check(step, a, ks_p, self.tolerance, state, utility, float(f.mean()),
-                     float(r.mean()), handle.lr)
+                     float(r.mean()), handle.lr, da, self.docs_tolerance if da is not None else None)
 
     # ------------------------------------------------------------------ deciding
     def _better(self, c: Check) -> bool:
@@ -274,9 +336,15 @@ class Calibrator:
             return True
         if c.state == "under" and above:
             self.snapshots["restore"] = self.snapshots["best"] if self.best is c else handle.snapshot()
-            self._maybe_speed_up(c, handle)
+            if self._stalled(c):
+                self.reason = "stalled"
+                return True
+            self._adjust_pace(c, handle)
             return False
-        # overshot, or below the floor: back to the last point short of the target, at half the lr
+        if c.state == "under" and len(self.history) > 1 and self.history[-2].utility >= self.settings.floor:
+            return False  # a first dip below the floor, still short of the target: the retain term may repair it
+        # overshot, or below the floor (twice running, or at the target): back to the last point short
+        # of the target, at half the lr
         if self.backtracks < self.settings.max_backtracks and "restore" in self.snapshots:
             self.backtracks += 1
             handle.restore(self.snapshots["restore"])
@@ -286,15 +354,46 @@ class Calibrator:
         self.reason = "floor" if not above else "overshot"
         return True
 
-    def _maybe_speed_up(self, c: Check, handle) -> None:
-        """Too slow for the budget, at the pace of the last interval: double the learning rate (never
-        after a backtrack, which means a larger rate already went too far)."""
-        if len(self.history) < 2 or self.backtracks or self.doublings >= self.settings.max_doublings:
-            return
+    def _stalled(self, c: Check) -> bool:
+        """The learning rate may not be raised any more (doublings spent, or a backtrack showed a
+        larger rate goes too far), it has not changed for `patience` steps, and in those steps the
+        run came no closer to the target (by 0.01 AUC) than before them: the method has converged
+        short of the target."""
+        if not (self.backtracks or self.doublings >= self.settings.max_doublings):
+            return False
+        recent = [h for h in self.history if h.step > c.step - self.patience]
+        before = [h.distance for h in self.history if h.step <= c.step - self.patience and h.state == "under"]
+        if not before or any(h.lr != c.lr for h in recent):
+            return False
+        return min(h.distance for h in recent) > min(before) - 0.01
+
+    def _pace(self, c: Check) -> float | None:
+        """How fast the forget answers' mean log-prob closes on the reference's, per step, over the
+        last interval (the AUC saturates far from the target, so its own pace says little there)."""
+        if len(self.history) < 2:
+            return None
         prev = self.history[-2]
-        pace = (prev.auc - c.auc) / max(1, c.step - prev.step)  # AUC per step
-        left = c.auc - 0.5 - self.tolerance
-        if pace <= 0 or left / pace > self.budget - c.step:
+        return ((prev.forget_logprob - prev.reference_logprob) - (c.forget_logprob - c.reference_logprob)) / max(
+            1, c.step - prev.step)
+
+    def _adjust_pace(self, c: Check, handle) -> None:
+        """Brake or speed up, from the pace of the last interval (`_pace`).
+        Brake: at this pace the next check would pass the reference's level, so the learning rate is
+        scaled to land on it (at most 4x down): the band is narrow next to one interval's progress.
+        Speed up: the target lies beyond the step budget: double the learning rate (never after a
+        backtrack, which means a larger rate already went too far)."""
+        pace = self._pace(c)
+        if pace is None:
+            return
+        gap = c.forget_logprob - c.reference_logprob
+        if pace > 0 and gap > 0 and gap - pace * self.every < 0:
+            factor = max(0.25, gap / (pace * self.every))
+            handle.scale_lr(factor)
+            handle.log({"brake": {"step": c.step, "to_lr": handle.lr, "gap": gap, "pace": pace}})
+            return
+        if self.backtracks or self.doublings >= self.settings.max_doublings:
+            return
+        if pace <= 0 or gap / pace > self.budget - c.step:
             self.doublings += 1
             handle.scale_lr(2.0)
             handle.log({"speed_up": {"step": c.step, "to_lr": handle.lr, "pace": pace}})
@@ -305,19 +404,20 @@ class Calibrator:
             handle.restore(self.snapshots["best"])
         kept = self.best or self.start
         info = StopInfo(reason, step, kept.step, asdict(kept), asdict(self.start), self.backtracks, self.doublings,
-                        self.settings.reference, self.n["forget"], self.n["reference"], self.n["retain"],
+                        self.settings.reference, self.n["forget"], self.n["reference"],
+                        {k: self.n[k] for k in UTILITY_SPLITS if k in self.n},
                         len(self.history), [asdict(c) for c in self.history])
         handle.log({"stopped": {k: v for k, v in asdict(info).items() if k != "history"}})
         return info
 
     # ------------------------------------------------------------------ resuming
     def state_dict(self) -> dict:
-        return {"history": [asdict(c) for c in self.history], "start_prob": self.start_prob,
+        return {"history": [asdict(c) for c in self.history], "start_utility": self.start_utility,
                 "backtracks": self.backtracks, "doublings": self.doublings, "best": asdict(self.best) if self.best else None,
                 "snapshots": self.snapshots}
 
     def load_state_dict(self, state: dict) -> None:
         self.history = [Check(**c) for c in state["history"]]
-        self.start_prob, self.backtracks, self.doublings = state["start_prob"], state["backtracks"], state["doublings"]
+        self.start_utility, self.backtracks, self.doublings = state["start_utility"], state["backtracks"], state["doublings"]
         self.best = Check(**state["best"]) if state["best"] else None
         self.snapshots = state["snapshots"]

@@ -195,8 +195,8 @@ def forget(model: str = typer.Option(..., help="Checkpoint dir or hub id of the 
     """Unlearn the forget set from a copy of MODEL.
 
     With no --steps/--epochs the run is calibrated: it stops when the forget set looks like data the
-    model never saw (counterfactual twins, or the holdout split), never below the retain utility floor,
-    and prints why it stopped."""
+    model never saw (counterfactual twins, or the holdout split), keeps model utility (TOFU's, on
+    retain, neighbours and world facts) at or above the floor, and prints why it stopped."""
     from . import api
 
     run = api.forget(model, data, method, out, seed=seed, lora=lora, merge=merge, resume=resume, save_every=save_every,

@@ -17,7 +17,7 @@ import yaml
 from accelerate.utils import set_seed
 
 from . import runinfo
-from .data.batching import encode_pairs, qa_pairs
+from .data.batching import encode_pairs, forget_pairs, qa_pairs
 from .data.io import WorldData, check_overlap, load_world, require_split
 from .data.templates import parse_template
 from .methods import Context, get_method
@@ -72,7 +72,7 @@ def _training_data(data, benchmark: str | None, split: str | None, method: str, 
             log.warning("%d forget records also appear in the retain set", n)
         if needs_retain:
             require_split(w, "retain", why=f"method {method} needs a retain set")
-        return w, qa_pairs(w.forget), qa_pairs(w.retain) if needs_retain else None
+        return w, forget_pairs(w), qa_pairs(w.retain) if needs_retain else None
     from .benchmarks import load_benchmark
 
     bench = load_benchmark(benchmark, data, split)
@@ -127,9 +127,9 @@ def forget(model: str | os.PathLike, data: str | os.PathLike, method: str, out: 
         if m.needs_retain:
             raise ValueError(f"method {method} needs a retain set, and RWKU's zero-shot setting has none: "
                              f"choose a method without one (ga, npo)")
-        w, forget_pairs, retain_pairs = world, qa_pairs(world.forget), None
+        w, f_pairs, r_pairs = world, forget_pairs(world), None
     else:
-        w, forget_pairs, retain_pairs = _training_data(data, benchmark, split, method, m.needs_retain)
+        w, f_pairs, r_pairs = _training_data(data, benchmark, split, method, m.needs_retain)
     if calibrated and w is None:  # before the model is loaded: that can take minutes
         raise ValueError(f"the {benchmark} benchmark's forget set is documents, with no questions to calibrate on: "
                          f"give a budget (--steps or --epochs)")
@@ -139,9 +139,10 @@ def forget(model: str | os.PathLike, data: str | os.PathLike, method: str, out: 
         net = apply_lora(net)
     elif m.trainable is not None:
         m.trainable(net, hp)
-    streams = {"forget": encode_pairs(tok, *forget_pairs, template=tpl)}
+    prompts, answers, *subjects = f_pairs  # subjects: from a world's records (benchmarks' pairs have none)
+    streams = {"forget": encode_pairs(tok, prompts, answers, template=tpl, subjects=subjects[0] if subjects else None)}
     if m.needs_retain:
-        streams["retain"] = encode_pairs(tok, *retain_pairs, template=tpl)
+        streams["retain"] = encode_pairs(tok, *r_pairs, template=tpl)
     monitor = None
     if calibrated:
         monitor = Calibrator(tok, w, settings, seed=seed, forget_stream_len=len(streams["forget"]),

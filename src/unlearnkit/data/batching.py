@@ -6,11 +6,13 @@ scoring pad on the right; generation pads on the left.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import torch
 
 from .templates import RAW, Template
+from .twins import name_parts
 
 IGNORE = -100
 
@@ -19,6 +21,13 @@ IGNORE = -100
 class Encoded:
     input_ids: list[int]
     n_prompt: int  # bos + prompt tokens; labels start after them
+    ignore: tuple[int, ...] = ()  # answer positions left out of the labels (the subject's name: `encode_pairs`)
+
+    @property
+    def labelled(self) -> list[int]:
+        """Positions with a label: the answer's (end of sequence included) less `ignore`."""
+        skip = set(self.ignore)
+        return [i for i in range(self.n_prompt, len(self.input_ids)) if i not in skip]
 
 
 def qa_pairs(records) -> tuple[list[str], list[str]]:
@@ -30,6 +39,20 @@ def qa_pairs(records) -> tuple[list[str], list[str]]:
             prompts.append(q)
             answers.append(r.answer)
     return prompts, answers
+
+
+def forget_pairs(world) -> tuple[list[str], list[str], list[str]]:
+    """(prompts, answers, subjects) for unlearning a world's forget set: its QA pairs (`qa_pairs`),
+    then each forget document whole (empty prompt). Forgetting a person takes their biography too."""
+    prompts, answers = qa_pairs(world.forget)
+    subjects = [r.subject for r in world.forget for _ in r.phrasings()]
+    docs = world.forget_docs
+    return prompts + [""] * len(docs), answers + [d.text for d in docs], subjects + [d.subject for d in docs]
+
+
+def name_spans(text: str, subject: str) -> list[tuple[int, int]]:
+    """Character spans of the words of `subject`'s name in `text` (whole words)."""
+    return [m.span() for w in name_parts(subject) for m in re.finditer(r"\b" + re.escape(w) + r"\b", text)]
 
 
 def answer_text(prompt: str, answer: str, template: Template = RAW) -> str:
@@ -49,20 +72,36 @@ def encode_prompt(tok, prompt: str, template: Template = RAW) -> list[int]:
 
 
 def encode_pairs(tok, prompts: list[str], answers: list[str], max_length: int | None = None,
-                 template: Template = RAW) -> list[Encoded]:
+                 template: Template = RAW, subjects: list[str] | None = None) -> list[Encoded]:
     """Encode (prompt, answer) pairs; answers end with eos. Truncates the answer at `max_length`.
-    Prompts are formatted by `template` (data/templates.py); documents (empty prompt) are not."""
-    if len(prompts) != len(answers):
-        raise ValueError(f"{len(prompts)} prompts but {len(answers)} answers")
+    Prompts are formatted by `template` (data/templates.py); documents (empty prompt) are not.
+
+    `subjects`: each pair's subject, whose name's tokens in the answer are left out of the labels
+    (`Encoded.ignore`). Forgetting what a person did is not forgetting how to write their name: the
+    name stands in the question, other people's records name them too, and a model that can no
+    longer copy it looks less familiar with the name than one that never saw the person at all. A
+    tokenizer without character offsets leaves every answer token labelled."""
+    if len(prompts) != len(answers) or (subjects is not None and len(subjects) != len(prompts)):
+        raise ValueError(f"{len(prompts)} prompts but {len(answers)} answers"
+                         + (f" and {len(subjects)} subjects" if subjects is not None else ""))
     q_ids = [encode_prompt(tok, p, template) for p in prompts]
     texts = [answer_text(p, a, template) for p, a in zip(prompts, answers)]
-    a_ids = tok(texts, add_special_tokens=False)["input_ids"]
+    offsets = None
+    try:
+        enc = tok(texts, add_special_tokens=False, return_offsets_mapping=subjects is not None)
+        offsets = enc.get("offset_mapping")
+    except (NotImplementedError, KeyError, TypeError, ValueError):  # a slow tokenizer has no offsets
+        enc = tok(texts, add_special_tokens=False)
     out = []
-    for q, a in zip(q_ids, a_ids):
+    for k, (q, a) in enumerate(zip(q_ids, enc["input_ids"])):
         ids = q + a + [tok.eos_token_id]
         if max_length is not None:
             ids = ids[:max_length]
-        out.append(Encoded(ids, len(q)))
+        ignore = ()
+        if offsets is not None and (spans := name_spans(texts[k], subjects[k])):
+            ignore = tuple(len(q) + i for i, (s0, e0) in enumerate(offsets[k])
+                           if len(q) + i < len(ids) and any(s0 < e and s < e0 for s, e in spans))
+        out.append(Encoded(ids, len(q), ignore))
     return out
 
 
@@ -77,6 +116,8 @@ def collate(batch: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
         ids[i, :n] = torch.tensor(e.input_ids)
         mask[i, :n] = 1
         labels[i, e.n_prompt:n] = ids[i, e.n_prompt:n]
+        if e.ignore:
+            labels[i, list(e.ignore)] = IGNORE
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 

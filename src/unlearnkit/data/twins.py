@@ -1,10 +1,18 @@
-"""Counterfactual twins: a forget record with its subject's name replaced by an invented one.
+"""Counterfactual twins: a forget record with its subject's name replaced by one nobody has.
 
 A model that never saw a person answers questions about them the way it answers questions about
 anyone it never saw. So the twin of a forget record (same question and answer, the name swapped for
-one that appears nowhere in the training data) shows, on the model at hand and with no retraining,
+one that belongs to no one in the training data) shows, on the model at hand and with no retraining,
 what "never seen" looks like for that very question and answer. `calibrate` compares the forget set
 with its twins; the pseudonymise guard rests on the same idea.
+
+Where the data has other people, a twin's name is made of their name words, recombined into a name
+that nobody has (first name of one, surname of another): words the model has read in that place,
+so the text after the name is as likely as after any name. An invented word is cut into rare
+tokens, and what follows it is less likely for that reason alone: on sentence answers that repeat
+the name, the forget set's AUC against invented-name twins ran up to 0.19 above its AUC against the
+holdout people, so a forget set matched to them was over-forgotten (docs/methods.md). Without other
+people, names are invented.
 """
 from __future__ import annotations
 
@@ -14,7 +22,7 @@ from typing import Iterable
 
 from .schema import QARecord
 
-# Syllables unlike the embedded world's (data/world.py), so twins rarely resemble real subjects.
+# Syllables unlike the embedded world's (data/world.py), for invented names that resemble no real subject.
 _ONSETS = ["h", "j", "w", "y", "ch", "qu", "ph", "wh", "cl", "fl", "gl", "pl", "sc", "sp"]
 _VOWELS = ["a", "e", "i", "o", "u", "ai", "ou", "ea"]
 _CODAS = ["", "", "m", "x", "ck", "th", "lt"]
@@ -67,14 +75,42 @@ def mentions(record: QARecord) -> bool:
     return any(re.search(r"\b" + re.escape(w) + r"\b", record.question) for w in name_parts(record.subject))
 
 
-def twins(records: list[QARecord], avoid: set[str], seed: int = 0) -> list[QARecord]:
-    """One twin per record; all records of one subject share one invented name."""
+def recombined_names(subjects: list[str], people: Iterable[str], rng: random.Random) -> dict[str, list[str]] | None:
+    """A name per subject from the words of `people`'s names (each word in the place it has there:
+    first, middle, last), that no one in `people` or `subjects` has, none sharing a word with its
+    subject, none given twice; None when `people` have too few distinct words for that."""
+    taken = {tuple(name_parts(p)) for p in [*people, *subjects]}
+    parts = [name_parts(p) for p in people]
+    firsts = sorted({p[0] for p in parts if len(p) >= 2})
+    lasts = sorted({p[-1] for p in parts if len(p) >= 2})
+    middles = sorted({w for p in parts for w in p[1:-1]}) or firsts
+    if len(firsts) < 2 or len(lasts) < 2:
+        return None
+    out: dict[str, list[str]] = {}
+    for s in sorted(set(subjects)):
+        n, own = max(2, len(name_parts(s))), {w.lower() for w in name_parts(s)}
+        for _ in range(1000):
+            name = [rng.choice(firsts), *(rng.choice(middles) for _ in range(n - 2)), rng.choice(lasts)]
+            if tuple(name) not in taken and not own & {w.lower() for w in name}:
+                break
+        else:
+            return None
+        taken.add(tuple(name))
+        out[s] = name
+    return out
+
+
+def twins(records: list[QARecord], avoid: set[str], seed: int = 0, people: Iterable[str] = ()) -> list[QARecord]:
+    """One twin per record; all records of one subject share one name: recombined from `people`'s
+    names (`recombined_names`) when they allow it, else invented (no word in `avoid`)."""
     subjects = sorted({r.subject for r in records})
     rng = random.Random(seed)
-    names = {}
-    for s in subjects:
-        names[s] = invent_names(1, max(1, len(name_parts(s))), avoid | {w.lower() for v in names.values() for w in v},
-                                rng)[0]
+    names = recombined_names(subjects, list(people), rng)
+    if names is None:
+        names = {}
+        for s in subjects:
+            names[s] = invent_names(1, max(1, len(name_parts(s))),
+                                    avoid | {w.lower() for v in names.values() for w in v}, rng)[0]
     out = []
     for r in records:
         new = names[r.subject]
@@ -85,3 +121,15 @@ def twins(records: list[QARecord], avoid: set[str], seed: int = 0) -> list[QARec
             "alt_questions": [sw(q) for q in r.alt_questions],
             "paraphrased_question": sw(r.paraphrased_question) if r.paraphrased_question else None}))
     return out
+
+
+def forget_twins(world, seed: int = 0) -> tuple[list[QARecord], list[QARecord]]:
+    """(the forget records that name their subject, their twins): names recombined from the retain
+    and neighbour people's, else invented avoiding every word of the world (all QA splits and
+    documents)."""
+    named = [r for r in world.forget if mentions(r)]
+    corpus = [t for split in (world.forget, world.retain, world.neighbours, world.holdout, world.world_facts)
+              for r in split for t in (r.subject, r.question, r.answer, *r.alt_questions)]
+    corpus += [d.text for split in (world.forget_docs, world.retain_docs, world.neighbours_docs) for d in split]
+    people = sorted({r.subject for split in (world.retain, world.neighbours) for r in split})
+    return named, twins(named, words_of(corpus), seed, people) if named else []

@@ -74,7 +74,7 @@ def cache_topk_distributions(model, examples: list[Encoded], pad_id: int, k: int
     (k * (4 + 4) bytes per answer token: a 1,000-example retain set of 30-token answers with k=32
     is 8 MB)."""
     decoder, head = backbone_and_head(model)
-    n_ans = [len(e.input_ids) - e.n_prompt for e in examples]
+    n_ans = [len(e.labelled) for e in examples]
     offsets = torch.zeros(len(examples) + 1, dtype=torch.long)
     offsets[1:] = torch.tensor(n_ans).cumsum(0)
     ids = torch.zeros(int(offsets[-1]), k, dtype=torch.int32)
@@ -143,3 +143,20 @@ def activation_bytes(model, examples: list[Encoded], dtype=torch.float32) -> int
     """What `cache_activations` would hold, to decide whether caching pays."""
     hidden = model.config.hidden_size
     return sum(len(e.input_ids) for e in examples) * hidden * torch.finfo(dtype).bits // 8
+
+
+def topk_kl(model, batch: dict, ref: TopK) -> torch.Tensor:
+    """Mean KL(p_ref || p_model) over the reference's top-k tokens (and the tail mass beyond them)
+    at the batch's answer positions; `ref` holds one row per answer position of each example."""
+    decoder, head = backbone_and_head(model)
+    hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    mask = batch["labels"][:, 1:] != -100
+    h = hidden[:, :-1][mask]
+    ref_idx, ref_logp = ref.gather(batch["index"], h.device)
+    logp = torch.log_softmax(head(h).float(), -1)
+    sel = logp.gather(-1, ref_idx)
+    p_ref = ref_logp.exp()
+    tail_ref = (1 - p_ref.sum(-1)).clamp_min(1e-8)
+    tail = (1 - sel.exp().sum(-1)).clamp_min(1e-8)
+    kl = (p_ref * (ref_logp - sel)).sum(-1) + tail_ref * (tail_ref.log() - tail.log())
+    return kl.mean()

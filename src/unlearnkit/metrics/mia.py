@@ -36,6 +36,12 @@ SIGMA_FLOOR = 1e-3  # std below this is a near-deterministic position: avoid div
 ATTACKS = ("loss", "zlib", "min_k", "min_k_plus_plus", "reference")
 
 
+def null_auc_se(n1: int, n2: int) -> float:
+    """Standard error of the ROC AUC when both samples come from one distribution (Hanley & McNeil
+    1982): sqrt((n1 + n2 + 1) / (12 n1 n2))."""
+    return math.sqrt((n1 + n2 + 1) / (12 * n1 * n2))
+
+
 def loss_score(x) -> float:
     """LOSS attack: mean token log p (= -mean token loss)."""
     return float(logprobs_of(x).mean())
