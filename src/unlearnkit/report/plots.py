@@ -240,8 +240,8 @@ def _stop_of(log: list[dict]) -> tuple[int | None, str]:
 
 def _checks(log: list[dict]) -> dict[str, list[tuple[float, float]]]:
     """The calibrated statistic at check steps: {series: [(step, value)]}. A calibration check
-    (`calibrate.Check`) gives the AUC against the reference and the retain utility; another
-    dict-valued check gives one series per numeric field."""
+    (`calibrate.Check`) gives the AUC against the reference, the documents' AUC when there is one,
+    and the utility; another dict-valued check gives one series per numeric field."""
     out: dict[str, list] = {}
     for rec in log:
         c = rec.get("check")
@@ -249,7 +249,8 @@ def _checks(log: list[dict]) -> dict[str, list[tuple[float, float]]]:
         if c is None or step is None or "stopped" in rec:
             continue
         if isinstance(c, dict) and "auc" in c:
-            c = {"AUC forget vs reference (target 0.5)": c["auc"], "retain utility (x start)": c.get("utility")}
+            c = {"AUC forget vs reference (target 0.5)": c["auc"], "AUC documents vs holdout": c.get("docs_auc"),
+                 "utility (x start)": c.get("utility")}
         items = c.items() if isinstance(c, dict) else [("statistic", c)]
         for k, v in items:
             if isinstance(v, (int, float)) and not isinstance(v, bool):
