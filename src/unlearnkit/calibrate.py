@@ -176,12 +176,16 @@ def encode_records(tokenizer, records, template=None, mask_names: bool = True) -
                         template=parse_template(template), subjects=[r.subject for r in recs] if mask_names else None)
 
 
+def _before_eos(m: torch.Tensor) -> torch.Tensor:
+    """The answer positions of `m` (a row's labelled positions) less each row's last, its end of sequence."""
+    return m & ~(m & (m.cumsum(-1) == m.sum(-1, keepdim=True)))
+
+
 def _answer_scores(model, batch, ctx=None):
     """Per-row mean answer-token log-prob, the last (end-of-sequence) position left out."""
     out = answer_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
     m = out["mask"]
-    last = m & (m.cumsum(-1) == m.sum(-1, keepdim=True))
-    keep = m & ~last
+    keep = _before_eos(m)
     keep = torch.where(keep.any(-1, keepdim=True), keep, m)  # a one-token answer keeps its eos
     return (out["logprobs"] * keep).sum(-1) / keep.sum(-1).clamp_min(1)
 
@@ -194,9 +198,7 @@ def _mean_logprob_and_accuracy(model, batch, ctx=None):
     out = answer_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
     m = out["mask"]
     n = m.sum(-1).clamp_min(1)
-    last = m & (m.cumsum(-1) == m.sum(-1, keepdim=True))
-    body = m & ~last
-    right = ((out["hits"] | ~body).all(-1)).float()
+    right = ((out["hits"] | ~_before_eos(m)).all(-1)).float()
     return torch.stack([(out["logprobs"] * m).sum(-1) / n, right], -1)
 
 

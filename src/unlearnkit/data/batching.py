@@ -6,13 +6,12 @@ scoring pad on the right; generation pads on the left.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import torch
 
 from .templates import RAW, Template
-from .twins import name_parts
+from .twins import name_spans
 
 IGNORE = -100
 
@@ -48,11 +47,6 @@ def forget_pairs(world) -> tuple[list[str], list[str], list[str]]:
     subjects = [r.subject for r in world.forget for _ in r.phrasings()]
     docs = world.forget_docs
     return prompts + [""] * len(docs), answers + [d.text for d in docs], subjects + [d.subject for d in docs]
-
-
-def name_spans(text: str, subject: str) -> list[tuple[int, int]]:
-    """Character spans of the words of `subject`'s name in `text` (whole words)."""
-    return [m.span() for w in name_parts(subject) for m in re.finditer(r"\b" + re.escape(w) + r"\b", text)]
 
 
 def answer_text(prompt: str, answer: str, template: Template = RAW) -> str:

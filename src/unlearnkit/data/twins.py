@@ -59,20 +59,29 @@ def invent_names(n: int, parts: int, avoid: set[str], rng: random.Random) -> lis
     return out
 
 
+def _whole_word(w: str) -> str:
+    return r"\b" + re.escape(w) + r"\b"
+
+
+def name_spans(text: str, subject: str) -> list[tuple[int, int]]:
+    """Character spans of the words of `subject`'s name in `text` (whole words)."""
+    return [m.span() for w in name_parts(subject) for m in re.finditer(_whole_word(w), text)]
+
+
 def swap_name(text: str, subject: str, new: list[str]) -> str:
     """`text` with the full name `subject` and each of its words replaced (whole words only)."""
     old = name_parts(subject)
     if not old:
         return text
-    text = re.sub(r"\b" + re.escape(subject) + r"\b", " ".join(new), text)
+    text = re.sub(_whole_word(subject), " ".join(new), text)
     for i, w in enumerate(old):
-        text = re.sub(r"\b" + re.escape(w) + r"\b", new[min(i, len(new) - 1)], text)
+        text = re.sub(_whole_word(w), new[min(i, len(new) - 1)], text)
     return text
 
 
 def mentions(record: QARecord) -> bool:
     """Whether the record's question names its subject (else its twin would be itself)."""
-    return any(re.search(r"\b" + re.escape(w) + r"\b", record.question) for w in name_parts(record.subject))
+    return bool(name_spans(record.question, record.subject))
 
 
 def recombined_names(subjects: list[str], people: Iterable[str], rng: random.Random) -> dict[str, list[str]] | None:
