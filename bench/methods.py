@@ -3,6 +3,8 @@
     python bench/methods.py                                    # 3 shapes x 2 seeds, every method
     python bench/methods.py --shapes default --seeds 0 --methods graddiff
     python bench/methods.py --write docs/methods.md            # replace the table between the markers
+    python bench/methods.py --param graddiff.alpha=20 --calibration max_doublings=0 --train lr=1e-4
+                                                               # one setting for every run (an experiment)
 
 For each world (`unlearnkit.data.world.SHAPES`, each seed) it builds (or reuses, in `--cache`) the
 world, the subject and the oracle; then runs every method twice from the subject: calibrated (no
@@ -76,7 +78,8 @@ def fixed_budget(method) -> dict:
     return {"steps": t["steps"]} if t.get("steps") else {"epochs": t.get("epochs", 1.0)}
 
 
-def run_world(cache: Path, shape: str, seed: int, methods: list[str], fixed: bool) -> list[dict]:
+def run_world(cache: Path, shape: str, seed: int, methods: list[str], fixed: bool, params: dict | None = None,
+              calibration: dict | None = None, train: dict | None = None) -> list[dict]:
     from unlearnkit import api
     from unlearnkit.methods import get_method
 
@@ -88,7 +91,8 @@ def run_world(cache: Path, shape: str, seed: int, methods: list[str], fixed: boo
             {"shape": shape, "seed": seed, "model": "oracle", **_metrics(oracle, oracle, subject)}]
     for name in methods:
         t0 = time.perf_counter()
-        run = api.forget(models["subject"], data, name, root / "runs" / name, seed=seed, progress=False)
+        run = api.forget(models["subject"], data, name, root / "runs" / name, seed=seed, progress=False,
+                         params=(params or {}).get(name), calibration=calibration, **(train or {}))
         wall = time.perf_counter() - t0
         stop = json.loads((run / "train.json").read_text())
         res = api.evaluate(run / "model", data, oracle=oracle, subject=subject, suites=SUITES)
@@ -98,7 +102,7 @@ def run_world(cache: Path, shape: str, seed: int, methods: list[str], fixed: boo
         if fixed:
             t0 = time.perf_counter()
             api.forget(models["subject"], data, name, root / "fixed" / name, seed=seed, progress=False,
-                       **fixed_budget(get_method(name)))
+                       params=(params or {}).get(name), **fixed_budget(get_method(name)))
             row["fixed_wall_s"] = time.perf_counter() - t0
         rows.append(row)
     return rows
@@ -141,7 +145,22 @@ def main():
     ap.add_argument("--jobs", type=int, default=2, help="worlds trained side by side")
     ap.add_argument("--cache", type=Path, default=Path("runs/bench-methods"))
     ap.add_argument("--write", type=Path, help="markdown file whose table (between the markers) is replaced")
+    ap.add_argument("--param", action="append", default=[], metavar="METHOD.KEY=VALUE",
+                    help="a method setting for every run of that method (repeatable)")
+    ap.add_argument("--calibration", action="append", default=[], metavar="KEY=VALUE",
+                    help="a calibration setting for every calibrated run (repeatable)")
+    ap.add_argument("--train", action="append", default=[], metavar="KEY=VALUE",
+                    help="a training setting (lr, batch_size, ...) for every calibrated run (repeatable)")
     args = ap.parse_args()
+    import yaml
+
+    params: dict = {}
+    for item in args.param:
+        key, _, value = item.partition("=")
+        method, _, field = key.partition(".")
+        params.setdefault(method, {})[field] = yaml.safe_load(value)
+    calibration = {k: yaml.safe_load(v) for k, _, v in (c.partition("=") for c in args.calibration)} or None
+    train = {k: yaml.safe_load(v) for k, _, v in (c.partition("=") for c in args.train)}
 
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
@@ -152,10 +171,11 @@ def main():
     methods = args.methods.split(",")
     rows = []
     for shape, seed in worlds:
-        rows += run_world(args.cache, shape, seed, methods, not args.no_fixed)
+        rows += run_world(args.cache, shape, seed, methods, not args.no_fixed, params, calibration, train)
         (args.cache / "methods.json").write_text(json.dumps(rows, indent=1))
     out = table(rows, METHODS[0])
-    cmd = (f"`python bench/methods.py --shapes {args.shapes} --seeds {args.seeds} --methods {args.methods}`")
+    extra = "".join(f" --{k} {v}" for k in ("param", "calibration", "train") for v in getattr(args, k))
+    cmd = f"`python bench/methods.py --shapes {args.shapes} --seeds {args.seeds} --methods {args.methods}{extra}`"
     out = f"Command: {cmd}. Default method in bold.\n\n" + out
     print(out)
     if args.write:
