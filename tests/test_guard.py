@@ -290,7 +290,7 @@ def test_pseudonymise_swaps_the_name_both_ways(lm, world, tmp_path):
     np.testing.assert_allclose(s.logprobs, lm.score([q], [r.answer])[0].logprobs, atol=1e-5)
     # an embedding hit without the name: nothing to substitute, so the answers are masked as under forbid
     g.detector.threshold = -1.0
-    [(mode, target, prompt, _)] = GuardedLM(lm, g).plan(["Which town hosts the regional glassblowing fair?"])
+    [(mode, target, prompt, _)] = GuardedLM(lm, g).dispatch(["Which town hosts the regional glassblowing fair?"])
     assert mode == "forbid" and prompt == "Which town hosts the regional glassblowing fair?" and target is not None
 
 

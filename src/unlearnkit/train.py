@@ -104,16 +104,17 @@ class Monitor(Protocol):
     def load_state_dict(self, state: dict) -> None: ...
 
 
-class Plan:
+class BatchSchedule:
     """Which examples each step sees: a seeded permutation per epoch, cut into global batches of
-    `batch_size * world`, then sliced by rank. A pure function of (seed, step): exactly resumable.
+    `batch_size * processes`, then sliced by rank. A pure function of (seed, step): exactly resumable.
 
     With `group > 1`, each window of `group` batches is ordered by coarse length bucket (32 tokens)
     before cutting, so short QA pairs are not padded to a document's width. Buckets, not exact
     lengths: sorting by exact length clusters same-template questions and hurts optimisation."""
 
-    def __init__(self, lengths: list[int], batch_size: int, seed: int, world: int = 1, group: int = 0):
-        self.lengths, self.gb, self.seed, self.world, self.group = lengths, batch_size * world, seed, world, group
+    def __init__(self, lengths: list[int], batch_size: int, seed: int, processes: int = 1, group: int = 0):
+        self.lengths, self.gb, self.seed, self.processes, self.group = (lengths, batch_size * processes, seed,
+                                                                        processes, group)
         self.per_epoch = max(1, math.ceil(len(lengths) / self.gb))
         self._cache: dict[int, list[list[int]]] = {}
 
@@ -135,7 +136,7 @@ class Plan:
 
     def indices(self, step: int, rank: int = 0) -> list[int]:
         epoch, k = divmod(step, self.per_epoch)
-        return self._epoch(epoch)[k][rank::self.world]
+        return self._epoch(epoch)[k][rank::self.processes]
 
 
 def _lr_lambda(cfg: TrainConfig, total: int):
@@ -151,10 +152,10 @@ def _lr_lambda(cfg: TrainConfig, total: int):
     return f
 
 
-def total_steps(cfg: TrainConfig, n_first: int, world: int = 1) -> int:
+def total_steps(cfg: TrainConfig, n_first: int, processes: int = 1) -> int:
     if cfg.steps is not None:
         return int(cfg.steps)
-    per_epoch = math.ceil(n_first / (cfg.batch_size * world * cfg.grad_accum))
+    per_epoch = math.ceil(n_first / (cfg.batch_size * processes * cfg.grad_accum))
     return max(1, math.ceil(cfg.epochs * per_epoch))
 
 
@@ -242,9 +243,9 @@ def train(model, loss_fn: Loss, streams: dict[str, list[Encoded]], cfg: TrainCon
         if not streams[name]:
             raise ValueError(f"training stream {name!r} is empty")
     steps = total_steps(cfg, len(streams[names[0]]), acc.num_processes)
-    plans = {name: Plan([len(e.input_ids) for e in streams[name]], cfg.stream_batch.get(name, cfg.batch_size), cfg.seed + 7919 * i, acc.num_processes,
-                        group=32 if cfg.group_by_length else 0)
-             for i, name in enumerate(names)}
+    schedules = {name: BatchSchedule([len(e.input_ids) for e in streams[name]], cfg.stream_batch.get(name, cfg.batch_size),
+                                     cfg.seed + 7919 * i, acc.num_processes, group=32 if cfg.group_by_length else 0)
+                 for i, name in enumerate(names)}
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
     # `steps` already counts global steps; accelerate's prepared scheduler would advance
@@ -283,7 +284,7 @@ def train(model, loss_fn: Loss, streams: dict[str, list[Encoded]], cfg: TrainCon
             batch = {}
             for name in names:
                 data = streams[name]
-                idx = plans[name].indices(step * cfg.grad_accum + micro, acc.process_index)
+                idx = schedules[name].indices(step * cfg.grad_accum + micro, acc.process_index)
                 b = collate([data[i] for i in idx], pad_id)
                 b["index"] = torch.tensor(idx)
                 batch[name] = {k: v.to(acc.device) for k, v in b.items()}

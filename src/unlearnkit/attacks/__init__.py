@@ -49,7 +49,7 @@ class Variant:
 
 
 @dataclass
-class Plan:
+class AttackPlan:
     records: list                              # the forget records measured
     variants: dict[str, Variant]
     options: dict                              # the attack's options, defaults filled in
@@ -70,7 +70,7 @@ def _module(kind: str):
     return import_module(f"{__name__}.{kind}")
 
 
-def make_plan(kind: str, world, *, seed: int = 0, **options) -> Plan:
+def make_plan(kind: str, world, *, seed: int = 0, **options) -> AttackPlan:
     """The attack's plan on a `WorldData` (no model needed)."""
     mod = _module(kind)
     import inspect
@@ -265,4 +265,4 @@ def list_attacks() -> list[tuple[str, str]]:
     return list(ATTACKS.items())
 
 
-__all__ = ["ATTACKS", "check_attack", "Plan", "Variant", "make_plan", "run_attack", "list_attacks", "recovery", "forget_metrics"]
+__all__ = ["ATTACKS", "check_attack", "AttackPlan", "Variant", "make_plan", "run_attack", "list_attacks", "recovery", "forget_metrics"]

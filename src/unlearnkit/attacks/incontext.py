@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import random
 
-from . import Plan, Variant
+from . import AttackPlan, Variant
 
 
-def plan(world, *, seed: int = 0, fraction: float = 0.5) -> Plan:
+def plan(world, *, seed: int = 0, fraction: float = 0.5) -> AttackPlan:
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"incontext fraction must be in (0, 1), got {fraction}")
     rng = random.Random(seed)
@@ -37,4 +37,4 @@ def plan(world, *, seed: int = 0, fraction: float = 0.5) -> Plan:
         ctx = [c for c in by_person[r.subject] if c.id in context_ids]
         prompts.append("\n".join([f"{c.question} {c.answer}" for c in ctx] + [r.question]))
     info = {"context_ids": sorted(context_ids), "n_context_facts": len(context_ids)}
-    return Plan(records, {"incontext": Variant(prompts=prompts)}, {"fraction": fraction}, info)
+    return AttackPlan(records, {"incontext": Variant(prompts=prompts)}, {"fraction": fraction}, info)

@@ -26,7 +26,7 @@ import random
 
 import numpy as np
 
-from . import Plan, Variant
+from . import AttackPlan, Variant
 
 KINDS = ("paraphrase", "fill_blank", "multiple_choice", "conversation", "many_shot", "step_by_step")
 ARTICLES = {"a", "an", "the"}
@@ -83,7 +83,7 @@ def step_by_step(r) -> str:
     return f"Think it through step by step. {r.question}"
 
 
-def plan(world, *, seed: int = 0, kinds=KINDS, shots: int = 8) -> Plan:
+def plan(world, *, seed: int = 0, kinds=KINDS, shots: int = 8) -> AttackPlan:
     kinds = [k.strip() for k in kinds.split(",")] if isinstance(kinds, str) else list(kinds)
     bad = [k for k in kinds if k not in KINDS]
     if bad or not kinds:
@@ -126,4 +126,4 @@ def plan(world, *, seed: int = 0, kinds=KINDS, shots: int = 8) -> Plan:
             variants[kind] = Variant(prompts=[many_shot(r, rng.sample(pool, k)) for r in records], info={"shots": k})
         elif kind == "step_by_step":
             variants[kind] = Variant(prompts=[step_by_step(r) for r in records])
-    return Plan(records, variants, {"kinds": kinds, "shots": shots}, notes=notes)
+    return AttackPlan(records, variants, {"kinds": kinds, "shots": shots}, notes=notes)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from . import Plan, Variant
+from . import AttackPlan, Variant
 
 
 @torch.no_grad()
@@ -64,7 +64,7 @@ def quantize_model(net, bits: int, group_size: int = 0, embeddings: bool = False
     return {"n_tensors": len(errors), "mean_relative_error": sum(errors) / max(1, len(errors)), "skipped": skipped}
 
 
-def plan(world, *, seed: int = 0, bits=(8, 4), group_size: int = 0, embeddings: bool = False) -> Plan:
+def plan(world, *, seed: int = 0, bits=(8, 4), group_size: int = 0, embeddings: bool = False) -> AttackPlan:
     bits = [int(b) for b in ([bits] if isinstance(bits, (int, str)) else bits)]
     for b in bits:
         if b < 2 or b > 16:
@@ -78,4 +78,4 @@ def plan(world, *, seed: int = 0, bits=(8, 4), group_size: int = 0, embeddings: 
         name = f"int{b}" + (f"-g{group_size}" if group_size else "")
         variants[name] = Variant(transform=transform, info={"bits": b, "group_size": group_size,
                                                             "granularity": f"group {group_size}" if group_size else "per channel"})
-    return Plan(list(world.forget), variants, {"bits": bits, "group_size": group_size, "embeddings": embeddings})
+    return AttackPlan(list(world.forget), variants, {"bits": bits, "group_size": group_size, "embeddings": embeddings})

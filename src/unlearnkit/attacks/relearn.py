@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import random
 
-from . import Plan, Variant
+from . import AttackPlan, Variant
 
 SOURCES = ("people", "facts", "neighbours")
 
@@ -85,7 +85,7 @@ def relearn(net, tok, records, *, steps: int = 20, lr: float = 3e-4, batch_size:
 
 
 def plan(world, *, seed: int = 0, steps: int = 20, lr: float = 3e-4, fraction: float = 0.5, source: str = "people",
-         batch_size: int = 16, template=None) -> Plan:
+         batch_size: int = 16, template=None) -> AttackPlan:
     """`template`: the prompt format the relearning data is written in (the attacked model's)."""
     if steps < 1:
         raise ValueError(f"relearn steps must be >= 1, got {steps}")
@@ -102,4 +102,4 @@ def plan(world, *, seed: int = 0, steps: int = 20, lr: float = 3e-4, fraction: f
     info = {"relearn_ids": [r.id for r in train_recs], "n_relearn_records": len(train_recs), "n_relearn_pairs": n_pairs,
             "relearn_people": sorted({r.subject for r in train_recs})}
     name = f"relearn-{source}"
-    return Plan(eval_recs, {name: Variant(transform=transform, info={"source": source})}, opts, info)
+    return AttackPlan(eval_recs, {name: Variant(transform=transform, info={"source": source})}, opts, info)

@@ -199,7 +199,7 @@ class GuardedLM:
         dets = detections if detections is not None else self.detect(prompts)
         return [(self.guard.action_for(d.target), d.target) if d.hit else ("pass", None) for d in dets]
 
-    def plan(self, prompts: list[str], detections: list[Detection] | None = None) -> list[tuple[str, Target | None, str, dict]]:
+    def dispatch(self, prompts: list[str], detections: list[Detection] | None = None) -> list[tuple[str, Target | None, str, dict]]:
         """What the guarded system does with each prompt: (mode, target, prompt for the model, stand-in
         words to restore in the answer). Modes: "plain" (the model on that prompt: misses, icu and
         pseudonymised prompts), "forbid" (the target's answers masked), "refuse"."""
@@ -226,7 +226,7 @@ class GuardedLM:
         """The guarded answer to each prompt, with what the guard did (see the module docstring).
         `detections`: the input-side verdicts when the caller made them (chat: over every message);
         `contexts`: earlier text per prompt, for the output check's weak references."""
-        plan = self.plan(prompts, detections)
+        plan = self.dispatch(prompts, detections)
         replies: list[Reply | None] = [None] * len(prompts)
         groups: dict[tuple, list[int]] = {}
         for i, (mode, t, _, _) in enumerate(plan):
@@ -311,7 +311,7 @@ class GuardedLM:
     def score(self, prompts: list[str], answers: list[str], stats: bool = False, batch_size: int | None = None):
         if len(prompts) != len(answers):
             raise ValueError(f"{len(prompts)} prompts but {len(answers)} answers")
-        plan = self.plan(prompts)
+        plan = self.dispatch(prompts)
         out = [None] * len(prompts)
         plain = [i for i, (mode, *_) in enumerate(plan) if mode == "plain"]
         if plain:
