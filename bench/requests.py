@@ -35,6 +35,7 @@ def main():
     from unlearnkit.guard import GuardedLM
     from unlearnkit.models.load import load_model
     from unlearnkit.requests.locate import locate
+    from unlearnkit.requests.pool import load_pool
     from unlearnkit.requests.verify import utility
     from unlearnkit.scoring import LM
 
@@ -77,12 +78,13 @@ def main():
                         "forget_rouge_oracle": forget_metrics(oracle, recs, truth_ratio=False)["forget_rouge"]}
         print(json.dumps(res["guard"]), flush=True)
 
-        # 2. locate without facts
+        # 2. locate without facts (strangers named from the home's retain pool, as `process` does)
+        pool_people = sorted({r.subject for r in load_pool(home)})
         tp = fn = right = items = 0
         for p in people:
             gens = subject.generate([r.question for r in facts[p]], max_new_tokens=24)
             known = [r for r, g in zip(facts[p], gens) if normalise(r.answer) in normalise(g)]
-            inv = locate(subject, p, seed=args.seed)["items"]
+            inv = locate(subject, p, seed=args.seed, people=pool_people)["items"]
             got = [normalise(it["answer"]) for it in inv]
             values = {normalise(r.answer) for r in facts[p]}
             hit = [any(normalise(r.answer) in g for g in got) for r in known]

@@ -12,7 +12,7 @@ from unlearnkit.calibrate import CalibrationSettings, Calibrator, Check, auc, re
 from unlearnkit.metrics.mia import null_auc_se
 from unlearnkit.data.io import WorldData
 from unlearnkit.data.schema import QARecord
-from unlearnkit.data.twins import swap_name, twins, words_of
+from unlearnkit.data.twins import invent_names, stranger_names, swap_name, twins, words_of
 
 
 def _rec(i, subject="Linine Vigormont", q="Where was Linine Vigormont born?", a="Thornwick"):
@@ -53,6 +53,24 @@ def test_twins_of_a_world_recombine_its_people_s_name_words():
     assert [x.subject for x in twins(recs, set(), seed=4, people=people)] == names
     invented = twins(recs, {"ada"}, seed=4, people=people[:1])[0].subject
     assert not set(invented.split()) & {w for p in people for w in p.split()}
+
+
+def test_strangers_are_named_as_twins_are():
+    """locate's strangers come from the twins' generator: other people's name words recombined
+    (none shared with the person, none a real person's name, none twice, fixed by the seed), else
+    invented names with no word of `avoid`; the guard's stand-ins are invented by the same function."""
+    people = ["Ada Quell", "Bo Karr", "Cy Mott", "Di Venn", "Ed Frost"]
+    got = stranger_names("Ada Frost", 4, people, seed=3)
+    assert len(set(got)) == 4 and got == stranger_names("Ada Frost", 4, people, seed=3)
+    for n in got:
+        first, last = n.split()
+        assert first in {"Bo", "Cy", "Di", "Ed"} and last in {"Quell", "Karr", "Mott", "Venn"} and n not in people
+    invented = stranger_names("Ada Frost", 3, (), avoid={"bolen"}, seed=3)
+    assert len(set(invented)) == 3 and all(len(n.split()) == 2 for n in invented)
+    assert not {w.lower() for n in invented for w in n.split()} & {"ada", "frost", "bolen"}
+    rng = random.Random(0)
+    (name,) = invent_names(1, 3, set(), rng)
+    assert len(name) == 3 and name[-1].endswith(("ley", "ton", "man", "son", "ford", "well"))
 
 
 def test_auc_and_its_null_standard_error_by_hand():

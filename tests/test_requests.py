@@ -257,9 +257,11 @@ def _known_truth(lm, records):
     return [r for r, g in zip(records, gens) if normalise(r.answer) in normalise(g)]
 
 
-def test_locate_finds_what_the_subject_knows(tiny_world):
+@pytest.mark.parametrize("named_from", ["invented", "retain"])
+def test_locate_finds_what_the_subject_knows(tiny_world, named_from):
     """Zero-shot locate on a forget person: recall >= 0.8 of the facts the subject answers, and
-    precision >= 0.9 (an item is right when its answer is one of the person's true values)."""
+    precision >= 0.9 (an item is right when its answer is one of the person's true values); with
+    strangers invented, and named from the retain people's name words (as `process` does)."""
     from unlearnkit.attacks.recovery import normalise
     from unlearnkit.data.io import load_world
     from unlearnkit.models.load import load_model
@@ -272,7 +274,12 @@ def test_locate_finds_what_the_subject_knows(tiny_world):
     for person in sorted({r.subject for r in w.forget})[:3]:
         recs = [r for r in w.forget if r.subject == person]
         known = _known_truth(lm, recs)
-        inv = locate(lm, person)["items"]
+        people = sorted({r.subject for r in w.retain}) if named_from == "retain" else ()
+        res = locate(lm, person, people=people)
+        inv = res["items"]
+        if people:
+            words = {x for p in people for x in p.split()}
+            assert all(set(s.split()) <= words and s not in people for s in res["strangers"])
         values = {normalise(r.answer) for r in recs}
         got = {normalise(it["answer"]) for it in inv}
         tp += sum(any(normalise(r.answer) in g for g in got) for r in known)

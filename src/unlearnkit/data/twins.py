@@ -22,10 +22,12 @@ from typing import Iterable
 
 from .schema import QARecord
 
-# Syllables unlike the embedded world's (data/world.py), for invented names that resemble no real subject.
-_ONSETS = ["h", "j", "w", "y", "ch", "qu", "ph", "wh", "cl", "fl", "gl", "pl", "sc", "sp"]
-_VOWELS = ["a", "e", "i", "o", "u", "ai", "ou", "ea"]
-_CODAS = ["", "", "m", "x", "ck", "th", "lt"]
+# Plain syllables and common surname endings: an ordinary-looking name that names nobody. (Odd
+# letters, "Quuchun Jomholm", moved the pseudonymise guard's answers further from the oracle's on
+# the embedded world: forget quality 0.12-0.27 against 0.38-0.51 with these, over three draws each.)
+_ONSETS = ["b", "d", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v"]
+_VOWELS = ["a", "e", "i", "o", "u"]
+_ENDS = ["ley", "ton", "man", "son", "ford", "well"]
 
 
 def name_parts(subject: str) -> list[str]:
@@ -42,20 +44,19 @@ def words_of(texts: Iterable[str]) -> set[str]:
 
 
 def invent_names(n: int, parts: int, avoid: set[str], rng: random.Random) -> list[list[str]]:
-    """`n` distinct names of `parts` words each, no word in `avoid` (lower-case) or used twice."""
-    used = set(avoid)
-    out = []
-    for _ in range(n):
-        name = []
-        for _ in range(parts):
-            for _ in range(10_000):
-                w = "".join(rng.choice(_ONSETS) + rng.choice(_VOWELS) + rng.choice(_CODAS)
-                            for _ in range(rng.randint(2, 3))).capitalize()
-                if w.lower() not in used:
-                    break
-            used.add(w.lower())
-            name.append(w)
-        out.append(name)
+    """`n` distinct invented names of `parts` words each (the last one a surname), no word in
+    `avoid` (lower-case) or used twice. The one generator of invented names: twins without other
+    people's names to recombine, the pseudonymise guard's stand-ins, the strangers locate asks about."""
+    used, out = {w.casefold() for w in avoid}, []
+    on, vo = _ONSETS, _VOWELS
+    while len(out) < n:
+        name = [rng.choice(on) + rng.choice(vo) + rng.choice(on) + rng.choice(vo) + rng.choice("nlrs")
+                for _ in range(parts - 1)]
+        name.append(rng.choice(on) + rng.choice(vo) + rng.choice("lnrm") + rng.choice(_ENDS))
+        name = [w.capitalize() for w in name]
+        if not {w.casefold() for w in name} & used and len(set(name)) == len(name):
+            used.update(w.casefold() for w in name)
+            out.append(name)
     return out
 
 
@@ -84,29 +85,56 @@ def mentions(record: QARecord) -> bool:
     return bool(name_spans(record.question, record.subject))
 
 
-def recombined_names(subjects: list[str], people: Iterable[str], rng: random.Random) -> dict[str, list[str]] | None:
-    """A name per subject from the words of `people`'s names (each word in the place it has there:
-    first, middle, last), that no one in `people` or `subjects` has, none sharing a word with its
-    subject, none given twice; None when `people` have too few distinct words for that."""
-    taken = {tuple(name_parts(p)) for p in [*people, *subjects]}
+def _name_words(people: list[str]) -> tuple[list[str], list[str], list[str]] | None:
+    """(first names, middle names, surnames) of `people`, or None when they have too few to recombine."""
     parts = [name_parts(p) for p in people]
     firsts = sorted({p[0] for p in parts if len(p) >= 2})
     lasts = sorted({p[-1] for p in parts if len(p) >= 2})
     middles = sorted({w for p in parts for w in p[1:-1]}) or firsts
-    if len(firsts) < 2 or len(lasts) < 2:
+    return (firsts, middles, lasts) if len(firsts) >= 2 and len(lasts) >= 2 else None
+
+
+def _recombine(own: list[str], words, taken: set, rng: random.Random) -> list[str] | None:
+    """A name of as many words as `own` (at least two) from `words` (`_name_words`), not in `taken`
+    (which it joins) and sharing no word with `own`; None when none turns up."""
+    firsts, middles, lasts = words
+    n, low = max(2, len(own)), {w.lower() for w in own}
+    for _ in range(1000):
+        name = [rng.choice(firsts), *(rng.choice(middles) for _ in range(n - 2)), rng.choice(lasts)]
+        if tuple(name) not in taken and not low & {w.lower() for w in name}:
+            taken.add(tuple(name))
+            return name
+    return None
+
+
+def recombined_names(subjects: list[str], people: Iterable[str], rng: random.Random) -> dict[str, list[str]] | None:
+    """A name per subject from the words of `people`'s names (each word in the place it has there:
+    first, middle, last), that no one in `people` or `subjects` has, none sharing a word with its
+    subject, none given twice; None when `people` have too few distinct words for that."""
+    people = list(people)
+    if (words := _name_words(people)) is None:
         return None
+    taken = {tuple(name_parts(p)) for p in [*people, *subjects]}
     out: dict[str, list[str]] = {}
     for s in sorted(set(subjects)):
-        n, own = max(2, len(name_parts(s))), {w.lower() for w in name_parts(s)}
-        for _ in range(1000):
-            name = [rng.choice(firsts), *(rng.choice(middles) for _ in range(n - 2)), rng.choice(lasts)]
-            if tuple(name) not in taken and not own & {w.lower() for w in name}:
-                break
-        else:
+        if (name := _recombine(name_parts(s), words, taken, rng)) is None:
             return None
-        taken.add(tuple(name))
         out[s] = name
     return out
+
+
+def stranger_names(person: str, n: int, people: Iterable[str] = (), avoid: set[str] = frozenset(),
+                   seed: int = 0) -> list[str]:
+    """`n` full names of people who do not exist, made as twins' names are: recombined from
+    `people`'s name words when they allow it, else invented (no word in `avoid`, lower-case); none
+    shares a word with `person`, none is given twice. What locate asks about beside the person."""
+    rng, own, people = random.Random(seed), name_parts(person), list(people)
+    if (words := _name_words(people)) is not None:
+        taken = {tuple(name_parts(p)) for p in [*people, person]}
+        names = [_recombine(own, words, taken, rng) for _ in range(n)]
+        if None not in names:
+            return [" ".join(x) for x in names]
+    return [" ".join(x) for x in invent_names(n, max(2, len(own)), {*avoid, *(w.lower() for w in own)}, rng)]
 
 
 def twins(records: list[QARecord], avoid: set[str], seed: int = 0, people: Iterable[str] = ()) -> list[QARecord]:

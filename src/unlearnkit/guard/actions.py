@@ -29,6 +29,7 @@ import re
 import torch
 from transformers import LogitsProcessor
 
+from ..data.twins import invent_names
 from .targets import Target
 
 REFUSAL = "I'm sorry, but I can't share information about that."
@@ -139,27 +140,12 @@ def icu_prompt(target: Target, prompt: str, k: int = 4) -> str:
     return "\n".join(lines[::-1] + [prompt]) if lines else prompt
 
 
-# Plain syllables and common surname endings: an ordinary-looking name that names nobody. (Odd
-# letters, "Quuchun Jomholm", move the model's answers further from the oracle's on the embedded
-# world: forget quality 0.12-0.27 against 0.38-0.51 with these, over three draws each.)
-_SI_ONSETS = ["b", "d", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v"]
-_SI_VOWELS = ["a", "e", "i", "o", "u"]
-_SI_ENDS = ["ley", "ton", "man", "son", "ford", "well"]
-
-
 def stand_in(target: Target, avoid: frozenset | set = frozenset()) -> list[str]:
-    """The stand-in name of `target` for ``pseudonymise``: invented words, as many as its first
-    name has (at least one), fixed by the target's id, none of them in `avoid` (normalised name
-    tokens of the guard's targets)."""
+    """The stand-in name of `target` for ``pseudonymise``: an invented name (`data.twins.invent_names`)
+    of as many words as its first name has (at least one), fixed by the target's id, none of them
+    in `avoid` (normalised name tokens of the guard's targets)."""
     n = max((len(re.findall(r"[^\W_]+", nm)) for nm in target.names[:1]), default=1) or 1
-    rng = random.Random(hashlib.sha256(target.id.encode()).digest())
-    on, vo = _SI_ONSETS, _SI_VOWELS
-    while True:
-        toks = [rng.choice(on) + rng.choice(vo) + rng.choice(on) + rng.choice(vo) + rng.choice("nlrs") for _ in range(n - 1)]
-        toks.append(rng.choice(on) + rng.choice(vo) + rng.choice("lnrm") + rng.choice(_SI_ENDS))
-        toks = [t.capitalize() for t in toks]
-        if not {t.casefold() for t in toks} & set(avoid):
-            return toks
+    return invent_names(1, n, set(avoid), random.Random(hashlib.sha256(target.id.encode()).digest()))[0]
 
 
 def _case_like(word: str, like: str) -> str:

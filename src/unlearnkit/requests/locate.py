@@ -2,7 +2,8 @@
 inventory is the forget set.
 
 Each probe (an attribute asked in several phrasings, `resources/probes.json`, extended by a home's
-own `probes.json`) is asked about the person and about invented strangers. A probe's answer counts
+own `probes.json`) is asked about the person and about strangers, people who do not exist, named as
+the calibration's twins are (from other people's name words, else invented). A probe's answer counts
 as **known** when
   * it is consistent: the same normalised answer in at least two thirds of the phrasings (and at
     least two), and
@@ -16,23 +17,18 @@ from __future__ import annotations
 
 import json
 import math
-import random
 from collections import Counter
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Iterable
 
 from ..attacks.recovery import normalise
 from ..data.schema import QARecord
+from ..data.twins import stranger_names, words_of
 
 STRANGER_SHARE = 0.25
 MAX_NEW_TOKENS = 24
-
-_FIRST = ["Odran", "Maelis", "Corvina", "Thessaly", "Bruneau", "Isolde", "Quillon", "Verena", "Dacian", "Ysabeau",
-          "Lorcan", "Mirela", "Anselm", "Ottilie", "Caspian", "Rhiannon"]
-_LAST = ["Quennell", "Ashgrove", "Vortigan", "Halloway", "Pemberly", "Strathmore", "Dunleavy", "Kestrell",
-         "Marchbank", "Orlovsky", "Tremaine", "Wexley", "Ravensdale", "Fairbourne", "Lindqvist", "Castellane"]
-
 
 @dataclass
 class Probe:
@@ -61,17 +57,6 @@ def load_probes(home=None) -> list[Probe]:
     return list(probes.values())
 
 
-def strangers(n: int, avoid: set[str], seed: int = 0) -> list[str]:
-    """`n` invented full names, none of them in `avoid` (normalised)."""
-    rng = random.Random(seed)
-    out: list[str] = []
-    while len(out) < n:
-        name = f"{rng.choice(_FIRST)} {rng.choice(_LAST)}"
-        if normalise(name) not in avoid and name not in out:
-            out.append(name)
-    return out
-
-
 def _blank(sentence: str) -> tuple[str, str]:
     """A fact sentence as (prompt, its last quarter of words, at least one): fill in the blank."""
     words = sentence.rstrip(".!?").split()
@@ -80,14 +65,17 @@ def _blank(sentence: str) -> tuple[str, str]:
 
 
 def locate(lm, name: str, aliases: list[str] | None = None, facts: list[dict] | None = None,
-           probes: list[Probe] | None = None, n_strangers: int = 8, seed: int = 0) -> dict:
+           probes: list[Probe] | None = None, n_strangers: int = 8, seed: int = 0, people: Iterable[str] = ()) -> dict:
     """The inventory of what `lm` reveals about `name`: {"items": [...], "strangers": [...], "counts": {...}}.
+
+    The strangers are named as the calibration's twins are (`data.twins.stranger_names`): from the
+    name words of `people` (the deployment's retain pool), else invented.
 
     Each item: attribute, template (with {name}; None for a given fact), question, phrasings, answer,
     source ("probe" | "fact"), known, consistency, stranger_share."""
     probes = probes if probes is not None else load_probes()
     facts = facts or []
-    others = strangers(n_strangers, {normalise(x) for x in [name, *(aliases or [])]}, seed)
+    others = stranger_names(name, n_strangers, people, avoid=words_of([name, *(aliases or [])]), seed=seed)
     prompts, keys = [], []
     for pi, p in enumerate(probes):
         for qi, q in enumerate(p.questions):

@@ -65,7 +65,8 @@ def locate_request(home, request_id: str, lm=None) -> dict:
         if r.status not in ("guarded", "located"):
             raise HomeError(f"request {request_id}: cannot locate in status {r.status}")
         lm = lm or _lm(home.current().path)
-        res = locate(lm, r.name, r.aliases, r.facts, load_probes(home), home.settings.n_strangers, home.settings.seed)
+        res = locate(lm, r.name, r.aliases, r.facts, load_probes(home), home.settings.n_strangers, home.settings.seed,
+                     people=sorted({x.subject for x in load_pool(home)}))
         put_target(home.guard(), guard_target(r.id, r.name, r.aliases, r.facts, res["items"]))
         led.transition(r.id, "located", inventory={"items": res["items"], "strangers": res["strangers"]},
                        counts={**r.counts, **res["counts"]})
