@@ -196,6 +196,15 @@ def test_rule_a_method_that_converges_short_of_the_target_stops_as_stalled():
     assert "stalled" in info.summary() and "short of it" in info.summary()
 
 
+def test_rule_stalled_counts_only_the_present_path():
+    """After a backtrack, the checks of the abandoned path (which got nearer the target at a larger
+    rate) do not make the new, slower path look stalled while it still closes in."""
+    s = CalibrationSettings(max_doublings=0, patience_epochs=1)  # 5 steps an epoch, a check at each
+    path = [(1.0, 1.0), (0.8, 0.98), (0.7, 0.94), (0.6, 0.93), (0.9, 0.98)] + [(0.89 - 0.02 * i, 0.98) for i in range(8)]
+    info, h = _drive(_scripted(path, s), len(path) - 1)
+    assert info.backtracks == 1 and info.reason != "stalled" and info.checks == len(path)
+
+
 def test_rule_a_model_that_already_matches_stops_at_once():
     info, _ = _drive(_scripted([(0.5, 1.0)]), 10)
     assert info.reason == "matched" and info.stopped_at == 0

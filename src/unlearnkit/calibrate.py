@@ -243,6 +243,7 @@ class Calibrator:
         self.history: list[Check] = []
         self.start_utility: float | None = None  # `_utility` at the first check
         self.backtracks = 0
+        self.restored_at = -1   # step of the last backtrack
         self.doublings = 0
         self.best: Check | None = None
         self.snapshots: dict[str, dict] = {}   # "restore" and "best": trainable weights
@@ -349,6 +350,7 @@ class Calibrator:
         # of the target, at half the lr
         if self.backtracks < self.settings.max_backtracks and "restore" in self.snapshots:
             self.backtracks += 1
+            self.restored_at = step
             handle.restore(self.snapshots["restore"])
             handle.scale_lr(0.5)
             handle.log({"backtrack": {"step": step, "to_lr": handle.lr, "why": c.state if above else "floor"}})
@@ -359,12 +361,13 @@ class Calibrator:
     def _stalled(self, c: Check) -> bool:
         """The learning rate may not be raised any more (doublings spent, or a backtrack showed a
         larger rate goes too far), it has not changed for `patience` steps, and in those steps the
-        run came no closer to the target (by 0.01 AUC) than before them: the method has converged
-        short of the target."""
+        run came no closer to the target (by 0.01 AUC) than before them, since the last backtrack
+        (the checks of an abandoned path do not count): the method has converged short of the target."""
         if not (self.backtracks or self.doublings >= self.settings.max_doublings):
             return False
-        recent = [h for h in self.history if h.step > c.step - self.patience]
-        before = [h.distance for h in self.history if h.step <= c.step - self.patience and h.state == "under"]
+        path = [h for h in self.history if h.step > self.restored_at]  # checks on the weights' present path
+        recent = [h for h in path if h.step > c.step - self.patience]
+        before = [h.distance for h in path if h.step <= c.step - self.patience and h.state == "under"]
         if not before or any(h.lr != c.lr for h in recent):
             return False
         return min(h.distance for h in recent) > min(before) - 0.01
@@ -415,11 +418,13 @@ class Calibrator:
     # ------------------------------------------------------------------ resuming
     def state_dict(self) -> dict:
         return {"history": [asdict(c) for c in self.history], "start_utility": self.start_utility,
-                "backtracks": self.backtracks, "doublings": self.doublings, "best": asdict(self.best) if self.best else None,
+                "backtracks": self.backtracks, "doublings": self.doublings, "restored_at": self.restored_at,
+                "best": asdict(self.best) if self.best else None,
                 "snapshots": self.snapshots}
 
     def load_state_dict(self, state: dict) -> None:
         self.history = [Check(**c) for c in state["history"]]
         self.start_utility, self.backtracks, self.doublings = state["start_utility"], state["backtracks"], state["doublings"]
+        self.restored_at = state.get("restored_at", -1)
         self.best = Check(**state["best"]) if state["best"] else None
         self.snapshots = state["snapshots"]
