@@ -44,8 +44,9 @@ The rule, all in `Calibrator.check`:
   `max_doublings` times, and never after a backtrack); or the next check would pass the
   reference's level: scale the learning rate down to land on it (at most 4x). So the step size
   follows from the run's own measurements, not from a constant tuned on one world.
-- under, no step closer to the target for `patience_epochs`, and the learning rate may not be
-  raised any more: stop; the method has converged short of the target.
+- under, no step closer to the target for `patience_epochs` (counting the checks since the last
+  backtrack only), and the learning rate may not be raised any more: stop; the method has
+  converged short of the target.
 At the end the kept weights are the best check above the floor: a matched one first (the highest
 utility among them), else the one nearest the target. The stop reason is one of `matched`,
 `floor` (the floor was reached before the target), `overshot` (the target was passed at every
