@@ -71,6 +71,8 @@ def test_strangers_are_named_as_twins_are():
     rng = random.Random(0)
     (name,) = invent_names(1, 3, set(), rng)
     assert len(name) == 3 and name[-1].endswith(("ley", "ton", "man", "son", "ford", "well"))
+    many = invent_names(2000, 2, {"banley"}, rng)  # more names than surnames exist: only full names must differ
+    assert len({tuple(n) for n in many}) == 2000 and not any(n[1] == "Banley" for n in many)
 
 
 def test_auc_and_its_null_standard_error_by_hand():

@@ -45,18 +45,23 @@ def words_of(texts: Iterable[str]) -> set[str]:
 
 def invent_names(n: int, parts: int, avoid: set[str], rng: random.Random) -> list[list[str]]:
     """`n` distinct invented names of `parts` words each (the last one a surname), no word in
-    `avoid` (lower-case) or used twice. The one generator of invented names: twins without other
-    people's names to recombine, the pseudonymise guard's stand-ins, the strangers locate asks about."""
-    used, out = {w.casefold() for w in avoid}, []
+    `avoid` (lower-case). The one generator of invented names: twins without other people's names
+    to recombine, the pseudonymise guard's stand-ins, the strangers locate asks about."""
+    avoid, out, seen = {w.casefold() for w in avoid}, [], set()
     on, vo = _ONSETS, _VOWELS
-    while len(out) < n:
+    for _ in range(1000 * (n + 10)):
+        if len(out) == n:
+            return out
         name = [rng.choice(on) + rng.choice(vo) + rng.choice(on) + rng.choice(vo) + rng.choice("nlrs")
                 for _ in range(parts - 1)]
         name.append(rng.choice(on) + rng.choice(vo) + rng.choice("lnrm") + rng.choice(_ENDS))
         name = [w.capitalize() for w in name]
-        if not {w.casefold() for w in name} & used and len(set(name)) == len(name):
-            used.update(w.casefold() for w in name)
+        key = tuple(w.casefold() for w in name)
+        if not set(key) & avoid and key not in seen and len(set(key)) == len(key):
+            seen.add(key)
             out.append(name)
+    if len(out) < n:
+        raise ValueError(f"could not invent {n} distinct names of {parts} words avoiding {len(avoid)} words")
     return out
 
 
@@ -143,11 +148,10 @@ def twins(records: list[QARecord], avoid: set[str], seed: int = 0, people: Itera
     subjects = sorted({r.subject for r in records})
     rng = random.Random(seed)
     names = recombined_names(subjects, list(people), rng)
-    if names is None:
-        names = {}
-        for s in subjects:
-            names[s] = invent_names(1, max(1, len(name_parts(s))),
-                                    avoid | {w.lower() for v in names.values() for w in v}, rng)[0]
+    if names is None:  # as many words as each subject's name, all names distinct
+        size = {s: max(1, len(name_parts(s))) for s in subjects}
+        made = {k: iter(invent_names(list(size.values()).count(k), k, avoid, rng)) for k in sorted(set(size.values()))}
+        names = {s: next(made[size[s]]) for s in subjects}
     out = []
     for r in records:
         new = names[r.subject]
