@@ -65,6 +65,7 @@ def test_strangers_are_named_as_twins_are():
     for n in got:
         first, last = n.split()
         assert first in {"Bo", "Cy", "Di", "Ed"} and last in {"Quell", "Karr", "Mott", "Venn"} and n not in people
+    assert not any("Bo" in n.split() for n in stranger_names("Ada Frost", 4, people, avoid={"bo"}, seed=3))  # an alias
     invented = stranger_names("Ada Frost", 3, (), avoid={"bolen"}, seed=3)
     assert len(set(invented)) == 3 and all(len(n.split()) == 2 for n in invented)
     assert not {w.lower() for n in invented for w in n.split()} & {"ada", "frost", "bolen"}

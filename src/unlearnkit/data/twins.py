@@ -99,14 +99,14 @@ def _name_words(people: list[str]) -> tuple[list[str], list[str], list[str]] | N
     return (firsts, middles, lasts) if len(firsts) >= 2 and len(lasts) >= 2 else None
 
 
-def _recombine(own: list[str], words, taken: set, rng: random.Random) -> list[str] | None:
+def _recombine(own: list[str], words, taken: set, rng: random.Random, avoid: set[str] = frozenset()) -> list[str] | None:
     """A name of as many words as `own` (at least two) from `words` (`_name_words`), not in `taken`
-    (which it joins) and sharing no word with `own`; None when none turns up."""
+    (which it joins), sharing no word with `own` or `avoid` (lower-case); None when none turns up."""
     firsts, middles, lasts = words
-    n, low = max(2, len(own)), {w.lower() for w in own}
+    n, banned = max(2, len(own)), {w.lower() for w in own} | set(avoid)
     for _ in range(1000):
         name = [rng.choice(firsts), *(rng.choice(middles) for _ in range(n - 2)), rng.choice(lasts)]
-        if tuple(name) not in taken and not low & {w.lower() for w in name}:
+        if tuple(name) not in taken and not banned & {w.lower() for w in name}:
             taken.add(tuple(name))
             return name
     return None
@@ -131,12 +131,13 @@ def recombined_names(subjects: list[str], people: Iterable[str], rng: random.Ran
 def stranger_names(person: str, n: int, people: Iterable[str] = (), avoid: set[str] = frozenset(),
                    seed: int = 0) -> list[str]:
     """`n` full names of people who do not exist, made as twins' names are: recombined from
-    `people`'s name words when they allow it, else invented (no word in `avoid`, lower-case); none
-    shares a word with `person`, none is given twice. What locate asks about beside the person."""
+    `people`'s name words when they allow it, else invented; none shares a word with `person` or
+    `avoid` (lower-case: the person's aliases), none is given twice. What locate asks about beside
+    the person."""
     rng, own, people = random.Random(seed), name_parts(person), list(people)
     if (words := _name_words(people)) is not None:
         taken = {tuple(name_parts(p)) for p in [*people, person]}
-        names = [_recombine(own, words, taken, rng) for _ in range(n)]
+        names = [_recombine(own, words, taken, rng, set(avoid)) for _ in range(n)]
         if None not in names:
             return [" ".join(x) for x in names]
     return [" ".join(x) for x in invent_names(n, max(2, len(own)), {*avoid, *(w.lower() for w in own)}, rng)]
