@@ -1,0 +1,55 @@
+"""bench/methods.py's judgement: the issue's targets, and the same targets widened to exact
+retraining's own spread (what oracles retrained from other seeds score against the oracle)."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+_spec = importlib.util.spec_from_file_location("bench_methods", Path(__file__).parents[1] / "bench" / "methods.py")
+bench = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench)
+
+
+def row(model, answer_rate=0.10, oracle_answer_rate=0.10, privleak=0.0, forget_quality=0.5, utility=1.0):
+    return {"shape": "default", "seed": 0, "model": model, "answer_rate": answer_rate,
+            "oracle_answer_rate": oracle_answer_rate, "privleak": privleak, "forget_quality": forget_quality,
+            "utility_ratio": utility}
+
+
+def test_fixed_targets():
+    assert bench.meets(row("m"))
+    assert not bench.meets(row("m", answer_rate=0.16))      # 0.06 from the oracle's
+    assert bench.meets(row("m", answer_rate=0.05))          # 0.05 below: within
+    assert not bench.meets(row("m", privleak=-10.5))
+    assert not bench.meets(row("m", privleak=None))
+    assert not bench.meets(row("m", forget_quality=0.04))
+    assert not bench.meets(row("m", utility=0.949))
+
+
+def test_spread_only_widens_the_targets():
+    tight = bench.retraining_spread([row("retrained", answer_rate=0.11, privleak=3.0, forget_quality=0.9)])
+    assert tight == bench.TARGETS
+    wide = bench.retraining_spread([row("retrained", answer_rate=0.02, privleak=-30.0, forget_quality=0.2),
+                                    row("retrained-2", privleak=12.0, forget_quality=0.01, utility=0.91)])
+    assert wide == pytest.approx({"answer_gap": 0.08, "privleak": 30.0, "forget_quality": 0.01, "utility": 0.91})
+
+
+def test_within_retraining_judges_each_retrained_oracle_by_the_others():
+    rows = [row("subject", answer_rate=1.0, privleak=-100.0, forget_quality=1e-4),
+            row("retrained", privleak=25.0),
+            row("retrained-2", privleak=-18.0, utility=0.93),
+            row("graddiff", privleak=20.0, utility=0.94),
+            row("simnpo", privleak=26.0)]
+    assert not bench.meets(rows[3])                            # the issue's |PrivLeak| <= 10 and utility >= 0.95
+    assert bench.within_retraining(rows[3], rows)              # inside what retraining itself scores
+    assert not bench.within_retraining(rows[4], rows)          # 26 > 25: past the farthest retrained oracle
+    assert not bench.within_retraining(rows[1], rows)          # by the other's spread: 25 > 18
+    assert not bench.within_retraining(rows[2], rows)          # 18 <= 25, but utility 0.93: the other's is 1.0
+    fixed = rows[:2] + [{**rows[2], "utility_ratio": 0.95}] + rows[3:]
+    assert bench.within_retraining(fixed[2], fixed)
+    assert not bench.within_retraining(row("x", utility=0.92), rows)
+    table = bench.table(rows, "graddiff")
+    assert "| default | 0 | 2 | ≤ 0.05 | ≤ 25.0 | ≥ 0.05 | ≥ 0.930 |" in table
+    assert "| default | 0 | graddiff |  | 0.5 | 0.10 (0.10) | 20.0 | 0.940 | **no** | **yes** |" in table
