@@ -1,6 +1,6 @@
 """Calibrated forgetting across world shapes and seeds: the table of docs/methods.md.
 
-    python bench/methods.py                                    # 3 shapes x 2 seeds, every method
+    python bench/methods.py                                    # 4 shapes x 2 seeds, every method
     python bench/methods.py --shapes default --seeds 0 --methods graddiff
     python bench/methods.py --write docs/methods.md            # replace the table between the markers
     python bench/methods.py --param graddiff.alpha=20 --calibration max_doublings=0 --train lr=1e-4
@@ -38,8 +38,11 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-METHODS = ["graddiff", "ga", "npo", "npo_rt", "simnpo", "idk_dpo", "rmu"]
-SHAPES = ["default", "sentences", "large"]
+from unlearnkit import DEFAULT_METHOD  # noqa: E402  (light: no torch)
+
+METHODS = [DEFAULT_METHOD] + [m for m in ("graddiff", "ga", "npo", "npo_rt", "simnpo", "idk_dpo", "rmu")
+                              if m != DEFAULT_METHOD]
+SHAPES = ["default", "sentences", "large", "unfamiliar"]
 BEGIN, END = "<!-- bench/methods.py: begin -->", "<!-- bench/methods.py: end -->"
 SUITES = ("tofu", "muse", "mia")
 
@@ -233,7 +236,7 @@ def main():
         rows += run_world(args.cache, shape, seed, methods, not args.no_fixed, params, calibration, train,
                           args.retrained)
         (args.cache / "methods.json").write_text(json.dumps(rows, indent=1))
-    out = table(rows, METHODS[0])
+    out = table(rows, DEFAULT_METHOD)
     extra = "".join(f" --{k} {v}" for k in ("param", "calibration", "train") for v in getattr(args, k))
     extra += f" --retrained {args.retrained}" if args.retrained != 3 else ""
     cmd = f"`python bench/methods.py --shapes {args.shapes} --seeds {args.seeds} --methods {args.methods}{extra}`"

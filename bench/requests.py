@@ -47,7 +47,7 @@ def main():
     ap.add_argument("--batches", type=int, default=5)
     ap.add_argument("--per-batch", type=int, default=2)
     ap.add_argument("--skip-guard-locate", action="store_true", help="only the batches (3 and 4)")
-    ap.add_argument("--method", default=None, help="unlearning method (default: the home's, graddiff)")
+    ap.add_argument("--method", default=None, help="unlearning method (default: the home's, unlearnkit.DEFAULT_METHOD)")
     ap.add_argument("--lr", type=float, default=None, help="override the method's learning rate")
     ap.add_argument("--epochs", type=float, default=None, help="override the method's budget")
     args = ap.parse_args()

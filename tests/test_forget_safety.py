@@ -40,6 +40,7 @@ def test_out_never_overlaps_the_source_model(tiny_world, tmp_path, where):
     (["--batch-size", "0"], "--batch-size"), (["--param", "retain_loss=KL"], "retain_loss"),
     (["--param", "nope=1"], "nope"), (["--method", "finetune"], "finetune"),
     (["--calibration", "floor=2"], "floor"), (["--calibration", "floor=0.9", "--steps", "3"], "--calibration"),
+    (["--saliency", "1"], "--saliency"), (["--saliency", "-0.1"], "--saliency"), (["--saliency", "0.3", "--lora"], "--saliency"),
 ])
 def test_nonsense_is_refused_at_the_door(tiny_world, tmp_path, flags, option):
     args = ["forget", "--model", str(tiny_world.subject_dir), "--data", str(tiny_world.data_dir),
@@ -160,3 +161,31 @@ def test_a_calibrated_run_resumes_to_the_same_stop_and_weights(tiny_world, tmp_p
                                                                           info["kept_step"])
     a, b = (load_file(r / "model" / "model.safetensors") for r in (full, cut))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_saliency_trains_only_the_weights_most_salient_to_the_forget_set(tiny_world, tmp_path):
+    from safetensors.torch import load_file
+
+    from unlearnkit import api
+
+    before = load_file(tiny_world.subject_dir / "model.safetensors")
+
+    def weights(run):
+        return load_file(run / "model" / "model.safetensors")
+
+    def changed(after):
+        return sum(int((before[k] != after[k]).sum()) for k in before) / sum(v.numel() for v in before.values())
+
+    kw = dict(steps=3, lr=1e-3, progress=False)
+    run = api.forget(tiny_world.subject_dir, tiny_world.data_dir, "graddiff", tmp_path / "salient", saliency=0.2, **kw)
+    info = json.loads((run / "train.json").read_text())["saliency"]
+    assert info["fraction"] == 0.2 and info["weights_trained"] == pytest.approx(0.2, abs=0.01)
+    assert 0.1 < changed(weights(run)) <= info["weights_trained"] + 1e-9   # nothing outside the mask moved
+    full = api.forget(tiny_world.subject_dir, tiny_world.data_dir, "graddiff", tmp_path / "all", **kw)
+    assert changed(weights(full)) > 0.9 and "saliency" not in json.loads((full / "train.json").read_text())
+    # the mask comes from the source weights and the forget set alone: a method with another loss
+    # (no retain term) moves exactly the same weights
+    ga = api.forget(tiny_world.subject_dir, tiny_world.data_dir, "ga", tmp_path / "ga", saliency=0.2, **kw)
+    moved = lambda w: {k: before[k] != w[k] for k in before}  # noqa: E731
+    a, b = moved(weights(run)), moved(weights(ga))
+    assert all(torch.equal(a[k], b[k]) for k in before)

@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 
 
-from . import runinfo
+from . import DEFAULT_METHOD, runinfo
 from .data.batching import encode_pairs, qa_pairs
 from .data.io import load_world
 from .data.templates import parse_template
@@ -218,7 +218,6 @@ def _read_result(p: Path) -> dict:
     return runinfo.read_json(p, DataError)
 
 
-DEMO_METHOD = "graddiff"
 HEADLINE = ["forget_quality", "model_utility", "forget_rouge", "retain_rouge", "forget_truth_ratio",
             "privleak", "mia_auc_loss"]
 
@@ -349,7 +348,7 @@ def compare(inputs, html: str | os.PathLike) -> Path:
     return report(inputs, html, compare=True)
 
 
-def demo(out: str | os.PathLike = "runs/demo", *, seed: int = 0, method: str = DEMO_METHOD, n_people: int = 60,
+def demo(out: str | os.PathLike = "runs/demo", *, seed: int = 0, method: str = DEFAULT_METHOD, n_people: int = 60,
          forget_fraction: float = 0.10, attacks: tuple[str, ...] = DEMO_ATTACKS, guard: str | None = DEMO_GUARD,
          progress: bool = True, console=None, requests: bool = False) -> dict:
     """The whole job on the embedded default: world → subject + oracle → unlearn → guard → evaluate →

@@ -13,6 +13,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from . import DEFAULT_METHOD
+
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # per-file "Loading weights" bars; ours stay
 
@@ -66,8 +68,9 @@ SPLIT_HELP = ("With --benchmark: tofu forget01|forget05|forget10; muse raw/forge
               "wmdp bio|cyber; rwku a target's name or all.")
 
 
-def _train_overrides(lr, steps, epochs, batch_size) -> dict:
-    return {k: v for k, v in dict(lr=lr, steps=steps, epochs=epochs, batch_size=batch_size).items() if v is not None}
+def _train_overrides(lr, steps, epochs, batch_size, saliency=None) -> dict:
+    given = dict(lr=lr, steps=steps, epochs=epochs, batch_size=batch_size, saliency=saliency)
+    return {k: v for k, v in given.items() if v is not None}
 
 
 @app.callback()
@@ -82,7 +85,7 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log more.
 @friendly
 def demo(out: Path = typer.Option(Path("runs/demo"), help="Run directory (world, models, metrics.json, report.md, report.html)."),
          seed: int = typer.Option(0, help="Seed for the world, the models and unlearning."),
-         method: str = typer.Option("graddiff", help="Unlearning method (see `unlearn methods`)."),
+         method: str = typer.Option(DEFAULT_METHOD, help="Unlearning method (see `unlearn methods`)."),
          people: int = typer.Option(60, help="Number of fictitious people in the world."),
          forget_fraction: float = typer.Option(0.10, help="Fraction of the people in the forget split."),
          attacks: str = typer.Option("relearn,quantize,probes,incontext",
@@ -171,11 +174,14 @@ def finetune(data: Path = typer.Option(..., help="World directory (JSONL splits)
 @friendly
 def forget(model: str = typer.Option(..., help="Checkpoint dir or hub id of the model to unlearn (never modified)."),
            data: Path = typer.Option(..., help="World directory with forget.jsonl (and retain.jsonl)."),
-           method: str = typer.Option("graddiff", help="Method name; `unlearn methods` lists them."),
+           method: str = typer.Option(DEFAULT_METHOD, help="Method name; `unlearn methods` lists them."),
            out: Path = typer.Option(..., help="Run directory: config.yaml, log.jsonl, model/ ..."),
            seed: int = typer.Option(0),
            lora: bool = typer.Option(False, "--lora", help="Train a LoRA adapter instead of all weights."),
            merge: bool = typer.Option(False, "--merge", help="With --lora, also save the merged model."),
+           saliency: Optional[float] = typer.Option(None, help="Train only this fraction of the weights, those most "
+                                                              "salient to the forget set (SalUn); 0: all (default: "
+                                                              "the method's)."),
            resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in OUT."),
            save_every: int = typer.Option(0, help="Checkpoint every N steps (0: never)."),
            param: Optional[List[str]] = typer.Option(None, "--param", "-p", help="Method parameter key=value (repeatable; `unlearn methods` lists them)."),
@@ -199,10 +205,10 @@ def forget(model: str = typer.Option(..., help="Checkpoint dir or hub id of the 
     retain, neighbours and world facts) at or above the floor, and prints why it stopped."""
     from . import api
 
-    run = api.forget(model, data, method, out, seed=seed, lora=lora, merge=merge, resume=resume, save_every=save_every,
-                     params=_parse_params(param), calibration=_parse_params(calibration) or None,
+    run = api.forget(model, data, method, out, seed=seed, lora=lora, merge=merge, resume=resume,
+                     save_every=save_every, params=_parse_params(param), calibration=_parse_params(calibration) or None,
                      benchmark=benchmark, split=split, template=template, system=system, zero_shot=zero_shot,
-                     **_train_overrides(lr, steps, epochs, batch_size))
+                     **_train_overrides(lr, steps, epochs, batch_size, saliency))
     console.print(api.run_summary(run), highlight=False)
     out_console.print(str(run))
     if eval:
@@ -266,7 +272,9 @@ def methods(as_json: bool = typer.Option(False, "--json", help="JSON output.")):
         table.add_column(col)
     for m in list_methods():
         rows = [(n, t, str(d), doc) for n, t, d, doc in m.fields()] or [("–", "", "", "")]
-        lr = f" (lr {m.train_defaults.get('lr')}{', needs retain' if m.needs_retain else ''})"
+        sal = m.train_defaults.get("saliency")
+        lr = (f" (lr {m.train_defaults.get('lr')}{f', saliency {sal}' if sal else ''}"
+              f"{', needs retain' if m.needs_retain else ''})")
         for i, row in enumerate(rows):
             table.add_row(m.name if i == 0 else "", m.description + lr if i == 0 else "", *row,
                           end_section=i == len(rows) - 1)

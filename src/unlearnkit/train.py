@@ -41,6 +41,7 @@ class TrainConfig:
     warmup: float = 0.0             # fraction of steps with linear warm-up
     schedule: str = "constant"      # constant | linear | cosine (decay after warm-up)
     weight_decay: float = 0.0
+    saliency: float = 0.0           # unlearning: train only this fraction of the weights (unlearning.keep_salient; 0: all)
     max_grad_norm: float | None = 1.0
     seed: int = 0
     save_every: int = 0             # checkpoint every N steps (0: never)
@@ -73,6 +74,10 @@ class TrainConfig:
             bad("max_grad_norm", "must be > 0 (or None: no clipping)")
         if self.save_every < 0:
             bad("save_every", "must be >= 0 (0: never)")
+        if not (isinstance(self.saliency, (int, float)) and 0 <= self.saliency < 1):
+            bad("saliency", "the fraction of weights to train, 0 < f < 1 (0: all of them)")
+        if self.saliency and self.weight_decay:
+            bad("saliency", "with weight_decay > 0 the weights it keeps fixed would still shrink: drop one of them")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             bad("mixed_precision", "choose one of no, bf16, fp16")
 

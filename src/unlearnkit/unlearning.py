@@ -82,6 +82,37 @@ def _training_data(data, benchmark: str | None, split: str | None, method: str, 
     return bench.world, bench.forget(), bench.retain() if needs_retain else None
 
 
+def keep_salient(model, examples, pad_id: int, fraction: float) -> float:
+    """Let only the `fraction` of weights most salient to the forget set train (SalUn, Fan et al.
+    2024): the magnitude of the forget NLL's gradient at the source weights, summed over the forget
+    set, one threshold across all weights; the others get zero gradient (a hook on each weight), so
+    neither Adam nor clipping moves them. Returns the fraction kept. Under FSDP, whose flat
+    parameters the hooks do not see, use it with DDP or one process."""
+    import torch
+
+    from .data.batching import collate, length_batches
+    from .scoring import answer_logprobs
+
+    weights = [p for p in model.parameters() if p.requires_grad]
+    total = [torch.zeros_like(p) for p in weights]
+    for idx in length_batches([len(e.input_ids) for e in examples], 4096, 64):
+        b = collate([examples[i] for i in idx], pad_id)
+        out = answer_logprobs(model, b["input_ids"], b["attention_mask"], b["labels"])
+        for acc, g in zip(total, torch.autograd.grad(-out["logprobs"].sum(), weights, allow_unused=True)):
+            if g is not None:
+                acc += g
+    size = [t.abs().flatten() for t in total]
+    flat = torch.cat(size)
+    k = max(1, round(fraction * flat.numel()))
+    threshold = flat.kthvalue(flat.numel() - k + 1).values
+    kept = 0
+    for p, mag in zip(weights, size):
+        mask = (mag >= threshold).view_as(p).to(p.dtype)
+        kept += int(mask.sum())
+        p.register_hook(lambda grad, mask=mask: grad * mask)
+    return kept / flat.numel()
+
+
 def forget(model: str | os.PathLike, data: str | os.PathLike, method: str, out: str | os.PathLike, *, seed: int = 0,
            lora: bool = False, merge: bool = False, resume: bool = False, params: dict | None = None,
            calibration: dict | None = None, progress: bool = True, save_every: int = 0, benchmark: str | None = None,
@@ -93,6 +124,11 @@ def forget(model: str | os.PathLike, data: str | os.PathLike, method: str, out: 
     benchmark, whose `split` names the forget set (docs/benchmarks.md). `world`: the forget set as
     records in memory instead (RWKU's zero-shot setting, `api.forget(zero_shot=True)`: what the model
     itself reveals about the target); it has no retain split.
+
+    `saliency` (a training setting, 0 < f < 1; a method may default to one): train only that fraction
+    of the weights, those most salient to the forget set (`keep_salient`); 0 trains them all. With
+    `lora` the adapter trains instead, so a method's default saliency is dropped (asking for both is
+    an error).
 
     With no budget (`steps`/`epochs`), the run is calibrated (`unlearnkit.calibrate`): it stops when
     the forget set looks like data the model never saw, keeps the best weights above the retain
@@ -111,6 +147,9 @@ def forget(model: str | os.PathLike, data: str | os.PathLike, method: str, out: 
     m = get_method(method)
     out = Path(out)
     _check_out(model, out)
+    if train_overrides.get("saliency") and lora:
+        raise ValueError(f"--saliency {train_overrides['saliency']!r} goes with full fine-tuning: LoRA trains its own "
+                         f"small matrices; drop one of them")
     hp = m.params(params)
     tpl = parse_template(template, system)
     calibrated = not any(k in train_overrides for k in BUDGET_KEYS)
@@ -122,7 +161,8 @@ def forget(model: str | os.PathLike, data: str | os.PathLike, method: str, out: 
         raise ValueError("--calibration goes with a calibrated run: drop --steps/--epochs, or drop --calibration")
     if "epochs" in train_overrides and "steps" not in train_overrides:
         train_overrides["steps"] = None  # an explicit epoch budget replaces a method's default step budget
-    cfg = TrainConfig(**{**m.train_defaults, **train_overrides, "seed": seed, "save_every": save_every})
+    cfg = TrainConfig(**{**m.train_defaults, **train_overrides, "seed": seed, "save_every": save_every,
+                         **({"saliency": 0.0} if lora else {})})
     if world is not None:
         if m.needs_retain:
             raise ValueError(f"method {method} needs a retain set, and RWKU's zero-shot setting has none: "
@@ -166,6 +206,7 @@ def forget(model: str | os.PathLike, data: str | os.PathLike, method: str, out: 
         runinfo.write_text(out / "config.yaml", yaml.safe_dump(config, sort_keys=False))
     timer = runinfo.Timer()
     with timer("prepare"):
+        kept = keep_salient(net, streams["forget"], tok.pad_token_id, cfg.saliency) if cfg.saliency else None
         if m.prepare is not None:
             ctx.cache = m.prepare(net, streams, ctx)
     with timer("train"):
@@ -183,6 +224,7 @@ def forget(model: str | os.PathLike, data: str | os.PathLike, method: str, out: 
             "seconds": timer.seconds, "train_stats": {"steps": res.steps, "last_step": res.last_step,
                                                       "seconds": res.seconds, "tokens": res.tokens},
             "stop": {k: v for k, v in stop.items() if k != "history"} if stop else {"reason": "budget"},
+            **({"saliency": {"fraction": cfg.saliency, "weights_trained": kept}} if cfg.saliency else {}),
             "summary": res.stop.summary() if res.stop else f"fixed budget: {res.last_step} steps"})
     return out
 

@@ -11,6 +11,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .. import DEFAULT_METHOD
+
 home_app = typer.Typer(help="A deployment home: model versions, the guard, the ledger of forget requests.",
                        no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 request_app = typer.Typer(help="Forget requests: add, locate, process, list, show, certificate.",
@@ -47,7 +49,7 @@ def _when(t) -> str:
 def home_init(model: str = typer.Option(..., help="Base model: checkpoint dir or hub id (copied as version v0000)."),
               retain: Path = typer.Option(..., help="Retain pool: a world dir, a `datasets` dir or a JSONL file."),
               home: Optional[Path] = HOME,
-              method: str = typer.Option("graddiff", help="Default unlearning method of `request process`."),
+              method: str = typer.Option(DEFAULT_METHOD, help="Default unlearning method of `request process`."),
               guard_action: str = typer.Option("pseudonymise", help="Guard action for requested people.")):
     """Create a deployment home from a base model and a retain pool."""
     from ..guard import ACTIONS

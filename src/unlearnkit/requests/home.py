@@ -30,7 +30,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .. import runinfo
+from .. import DEFAULT_METHOD, runinfo
 
 FORMAT = "unlearnkit-home"
 MANIFEST = "MANIFEST.json"
@@ -48,7 +48,7 @@ class Settings:
     """A home's settings (home.json "settings"); every threshold a verification uses is here.
 
     Why these values: see docs/requests.md ("Checks and thresholds")."""
-    method: str = "graddiff"
+    method: str = DEFAULT_METHOD
     guard_action: str = "pseudonymise"    # answers like a model that never saw the person (docs/guard.md)
     keep_guard_after_verified: bool = True  # names only (docs/requests.md, "Data minimisation")
     n_strangers: int = 8                  # invented names probed beside the person
