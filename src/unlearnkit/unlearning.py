@@ -86,8 +86,8 @@ def keep_salient(model, examples, pad_id: int, fraction: float) -> float:
     """Let only the `fraction` of weights most salient to the forget set train (SalUn, Fan et al.
     2024): the magnitude of the forget NLL's gradient at the source weights, summed over the forget
     set, one threshold across all weights; the others get zero gradient (a hook on each weight), so
-    neither Adam nor clipping moves them. Returns the fraction kept. Under FSDP, whose flat
-    parameters the hooks do not see, use it with DDP or one process."""
+    neither Adam nor clipping moves them. Returns the fraction kept. Tested in one process;
+    FSDP's flat parameters would bypass the hooks."""
     import torch
 
     from .data.batching import collate, length_batches
