@@ -17,10 +17,12 @@ from ..scoring import answer_logprobs, backbone_and_head
 MAX_TOKENS = 8192  # padded tokens per no-grad batch while caching
 
 
-def _batches(model, examples: list[Encoded], pad_id: int, max_tokens: int = MAX_TOKENS):
-    """(indices, device batch) of examples grouped by length, no grad, eval mode."""
+def _batches(model, examples: list[Encoded], pad_id: int, max_tokens: int = MAX_TOKENS, max_rows: int = 256):
+    """(indices, device batch) of examples grouped by length, at most `max_tokens` padded tokens and
+    `max_rows` rows a batch (the caches below run them without grad, in eval mode;
+    `unlearning.keep_salient` with grad)."""
     device = next(model.parameters()).device
-    for idx in length_batches([len(e.input_ids) for e in examples], max_tokens, 256):
+    for idx in length_batches([len(e.input_ids) for e in examples], max_tokens, max_rows):
         b = collate([examples[i] for i in idx], pad_id)
         yield idx, {k: v.to(device) for k, v in b.items()}
 
