@@ -20,11 +20,21 @@ import argparse
 import json
 import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _summary(checks: dict) -> dict:
+    """The batch checks' values, each request's, and the names of the checks that failed."""
+    out = {c["check"]: c["value"] for c in checks["batch_checks"]}
+    out["requests"] = {rid: {c["check"]: c["value"] for c in cs} for rid, cs in checks["request_checks"].items()}
+    failed = sorted({c["check"] for c in checks["batch_checks"] if not c["passed"]}
+                    | {c["check"] for cs in checks["request_checks"].values() for c in cs if not c["passed"]})
+    return {"values": out, "failed": failed, "passed": checks["passed"]}
 
 
 def main():
@@ -36,6 +46,7 @@ def main():
     from unlearnkit.models.load import load_model
     from unlearnkit.requests.locate import locate
     from unlearnkit.requests.pool import load_pool
+    from unlearnkit.requests.process import batch_world, run_checks
     from unlearnkit.requests.verify import utility
     from unlearnkit.scoring import LM
 
@@ -50,7 +61,11 @@ def main():
     ap.add_argument("--method", default=None, help="unlearning method (default: the home's, unlearnkit.DEFAULT_METHOD)")
     ap.add_argument("--lr", type=float, default=None, help="override the method's learning rate")
     ap.add_argument("--epochs", type=float, default=None, help="override the method's budget")
+    ap.add_argument("--train", action="append", default=[], metavar="KEY=VALUE",
+                    help="a training setting (saliency, sam, ...) for every batch (repeatable)")
     args = ap.parse_args()
+    import yaml
+
     t_all = time.perf_counter()
     data, models = api.embedded(args.out, seed=args.seed, n_people=args.people,
                                 forget_fraction=args.forget_fraction, progress=False)
@@ -106,8 +121,17 @@ def main():
         if not group:
             break
         ids = [rq.add(home, p).id for p in group]
+        # exact unlearning under the same checks: the oracle never saw these people
+        for i in ids:
+            rq.locate(home, i)
+        with home.ledger() as led:
+            reqs = [led.get(i) for i in ids]
+        with tempfile.TemporaryDirectory() as tmp:
+            world, per = batch_world(home, reqs, Path(tmp))
+            exact = run_checks(home, reqs, per, world, home.current().path, models["oracle"])
         t = time.perf_counter()
         overrides = {k: v for k, v in (("lr", args.lr), ("epochs", args.epochs)) if v is not None}
+        overrides |= {k: yaml.safe_load(v) for k, _, v in (t.partition("=") for t in args.train)}
         out = rq.process(home, method=args.method, max_batch=args.per_batch, seed=args.seed, **overrides)
         wall = time.perf_counter() - t
         cur = home.check_version(out["new_version"])  # the candidate, deployed or not
@@ -122,6 +146,7 @@ def main():
                             for i in ids}}
         stop = (out.get("results") or {}).get("batch_checks")
         row["checks"] = {c["check"]: c["value"] for c in (stop or [])}
+        row["oracle_checks"] = _summary(exact)
         batches.append(row)
         print(json.dumps(row), flush=True)
     res["batches"] = batches
@@ -134,14 +159,15 @@ def main():
         print(f"| {g['add_seconds_median']:.2f} s / {g['add_seconds_max']:.2f} s | {g['forget_rouge_subject']:.2f} / "
               f"{g['forget_rouge_guarded']:.2f} / {g['forget_rouge_oracle']:.2f} | {loc['recall']:.2f} | {loc['precision']:.2f} |")
     print("\n| batch | outcome | candidate (current after) | answer rate (subject / candidate / oracle) | utility x base "
-          "| relearn | int4 | wall |")
-    print("|---:|---|---|---|---:|---:|---:|---:|")
+          "| relearn | int4 | wall | the oracle under the same checks (relearn) |")
+    print("|---:|---|---|---|---:|---:|---:|---:|---|")
     for b in batches:
-        c = b["checks"]
+        c, o = b["checks"], b["oracle_checks"]
         f = lambda x: "–" if x is None else f"{x:.2f}"  # noqa: E731
+        verdict = "passes" if o["passed"] else "fails " + ", ".join(o["failed"])
         print(f"| {b['batch']} | {b['stage']} | {b['version']} ({b['current']}) | {b['answer_rate_subject']:.2f} / {b['answer_rate']:.2f} / "
               f"{b['answer_rate_oracle']:.2f} | {b['utility_ratio']:.3f} | {f(c.get('relearn_recovery'))} | "
-              f"{f(c.get('quantize_recovery'))} | {b['seconds']:.0f} s |")
+              f"{f(c.get('quantize_recovery'))} | {b['seconds']:.0f} s | {verdict} ({f(o['values'].get('relearn_recovery'))}) |")
 
 
 if __name__ == "__main__":

@@ -39,7 +39,8 @@ def _f(x, digits=2):
     return "–" if x is None else f"{x:.{digits}f}"
 
 
-def run(out: Path, people: int, seed: int, methods: list[str], attacks: list[str]) -> dict:
+def run(out: Path, people: int, seed: int, methods: list[str], attacks: list[str], settings: dict | None = None) -> dict:
+    """`settings`: training settings (TrainConfig fields) for every method's run but `ga-weak`."""
     from unlearnkit import api
     from unlearnkit.attacks import run_attack
 
@@ -47,7 +48,7 @@ def run(out: Path, people: int, seed: int, methods: list[str], attacks: list[str
     data, paths = api.embedded(out, seed=seed, n_people=people, progress=False)
     train = json.loads((paths["subject"] / "unlearnkit.json").read_text())["train"]
     runs = {"subject": paths["subject"], "oracle": paths["oracle"]}
-    for name, method, overrides in [(m, m, {}) for m in methods] + [WEAK]:
+    for name, method, overrides in [(m, m, dict(settings or {})) for m in methods] + [WEAK]:
         print(f"unlearning: {name}", file=sys.stderr)
         runs[name] = api.forget(paths["subject"], data, method, out / "runs" / name, seed=seed, progress=False,
                                 **overrides) / "model"
@@ -233,7 +234,10 @@ def main(argv=None) -> int:
     ap.add_argument("--methods", default=None, help="comma-separated (default: every registered method)")
     ap.add_argument("--attacks", default=",".join(ATTACK_OPTIONS))
     ap.add_argument("--doc", type=Path, default=ROOT / "docs" / "robustness.md")
+    ap.add_argument("--train", action="append", default=[], metavar="KEY=VALUE",
+                    help="a training setting (saliency, sam, lr, ...) for every method's run (repeatable)")
     args = ap.parse_args(argv)
+    import yaml
     from unlearnkit.methods import list_methods
 
     methods = args.methods.split(",") if args.methods else [m.name for m in list_methods() if m.name != "finetune"]
@@ -241,7 +245,8 @@ def main(argv=None) -> int:
     bad = [a for a in attacks if a not in ATTACK_OPTIONS]
     if bad:
         ap.error(f"unknown attack {bad[0]!r}; valid: {', '.join(ATTACK_OPTIONS)}")
-    report = run(args.out, args.people, args.seed, methods, attacks)
+    train = {k: yaml.safe_load(v) for k, _, v in (t.partition("=") for t in args.train)}
+    report = run(args.out, args.people, args.seed, methods, attacks, train)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "robustness.json").write_text(json.dumps(report, indent=2))
     write_doc(report, args.doc)

@@ -7,6 +7,7 @@ import shutil
 
 import pytest
 import torch
+import yaml
 from typer.testing import CliRunner
 
 from unlearnkit.cli import app
@@ -41,6 +42,7 @@ def test_out_never_overlaps_the_source_model(tiny_world, tmp_path, where):
     (["--param", "nope=1"], "nope"), (["--method", "finetune"], "finetune"),
     (["--calibration", "floor=2"], "floor"), (["--calibration", "floor=0.9", "--steps", "3"], "--calibration"),
     (["--saliency", "1"], "--saliency"), (["--saliency", "-0.1"], "--saliency"), (["--saliency", "0.3", "--lora"], "--saliency"),
+    (["--sam", "1"], "--sam"), (["--sam", "-0.1"], "--sam"),
 ])
 def test_nonsense_is_refused_at_the_door(tiny_world, tmp_path, flags, option):
     args = ["forget", "--model", str(tiny_world.subject_dir), "--data", str(tiny_world.data_dir),
@@ -189,3 +191,20 @@ def test_saliency_trains_only_the_weights_most_salient_to_the_forget_set(tiny_wo
     moved = lambda w: {k: before[k] != w[k] for k in before}  # noqa: E731
     a, b = moved(weights(run)), moved(weights(ga))
     assert all(torch.equal(a[k], b[k]) for k in before)
+
+
+def test_sharpness_aware_steps_keep_the_saliency_mask_and_are_recorded(tiny_world, tmp_path):
+    from safetensors.torch import load_file
+
+    from unlearnkit import api
+
+    before = load_file(tiny_world.subject_dir / "model.safetensors")
+    kw = dict(steps=3, lr=1e-3, progress=False, saliency=0.2)
+    plain = api.forget(tiny_world.subject_dir, tiny_world.data_dir, "simnpo", tmp_path / "plain", sam=0.0, **kw)
+    sam = api.forget(tiny_world.subject_dir, tiny_world.data_dir, "simnpo", tmp_path / "sam", sam=0.01, **kw)
+    a, b = (load_file(r / "model" / "model.safetensors") for r in (plain, sam))
+    changed = sum(int((before[k] != b[k]).sum()) for k in before) / sum(v.numel() for v in before.values())
+    kept = json.loads((sam / "train.json").read_text())["saliency"]["weights_trained"]
+    assert 0.1 < changed <= kept + 1e-9                  # nothing outside the mask moved
+    assert any(not torch.equal(a[k], b[k]) for k in a)  # and the steps differ from plain ones
+    assert yaml.safe_load((sam / "config.yaml").read_text())["train"]["sam"] == 0.01

@@ -66,7 +66,8 @@ def test_sequence_cache_matches_live_logprobs(tiny_world):
     # NPO at the start: log-ratio 0, so the loss is (2/beta) log 2
     b["index"] = torch.tensor(idx)
     with torch.no_grad():
-        loss, _ = m.loss(net, {"forget": b}, ctx)
+        loss, _, forget = m.loss(net, {"forget": b}, ctx)
+    assert forget is loss  # npo has no retain term: the forget term is the whole loss
     assert math.isclose(loss.item(), 2 / ctx.params.beta * math.log(2), rel_tol=1e-4)
 
 

@@ -15,8 +15,10 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
+from unlearnkit import DEFAULT_METHOD
 from unlearnkit import requests as rq
 from unlearnkit.cli import app
 from unlearnkit.requests.home import HomeError
@@ -125,6 +127,11 @@ def test_bad_input_one_line_errors(home, tmp_path):
     assert code == 2 and f"{facts}:2: malformed JSON" in err
     code, _, err = cli("request", "list", "--home", str(tmp_path / "nowhere"))
     assert code == 2 and "not a deployment home" in err and len(err.strip().splitlines()) == 1
+    code, _, err = cli("request", "process", "--sam", "2", "--home", h)
+    assert code == 2 and "--sam" in err and len(err.strip().splitlines()) == 1
+    code, _, err = cli("home", "init", "--model", str(home.path / "versions" / "v0000"), "--retain",
+                       str(home.path / "retain" / "retain.jsonl"), "--sam", "-1", "--home", str(tmp_path / "h2"))
+    assert code == 2 and "--sam" in err and not (tmp_path / "h2").exists()
     code, _, _ = cli("request", "list", "--home", h)
     assert code == 0  # the failed adds left nothing behind
     assert rq.list_requests(home) == []
@@ -327,6 +334,8 @@ def test_request_end_to_end_on_trained_world(tiny_world, tmp_path):
     assert client.get("/v1/models").json()["data"][0]["id"] == "v0000"
 
     res = rq.process(home, max_batch=2)
+    run = yaml.safe_load((home.runs_dir / res["batch"] / "unlearn" / "config.yaml").read_text())
+    assert run["method"] == DEFAULT_METHOD and run["train"]["sam"] == home.settings.sam > 0  # the home's robust steps
     states = {x["id"]: x for x in rq.list_requests(home)}
     assert {states[rid]["status"], states[second]["status"]} <= {"verified", "failed"}
     if res["stage"] == "deployed":

@@ -23,14 +23,16 @@ from unlearnkit.methods import Context, get_method
 from unlearnkit.models.load import fingerprint, load_model
 from unlearnkit.train import TrainConfig, train
 
-data, subject, out = sys.argv[1:4]
+data, subject, out, method, sam = sys.argv[1:6]
 net, tok = load_model(subject)
-w, m = load_world(data), get_method("npo_rt")
+w, m = load_world(data), get_method(method)
 streams = {"forget": encode_pairs(tok, *_pairs(w.forget)), "retain": encode_pairs(tok, *_pairs(w.retain))}
 ctx = Context(m.params(), pad_id=tok.pad_token_id, tokenizer=tok)
 ctx.cache = m.prepare(net, streams, ctx)
 before = fingerprint(net)
-net = train(net, m.loss, streams, TrainConfig(lr=1e-3, steps=3, batch_size=4), pad_id=tok.pad_token_id, ctx=ctx,
+if m.trainable is not None:
+    m.trainable(net, ctx.params)
+net = train(net, m.loss, streams, TrainConfig(lr=1e-3, steps=3, batch_size=4, sam=float(sam)), pad_id=tok.pad_token_id, ctx=ctx,
             progress=False).model
 st = PartialState()
 json.dump({"world": st.num_processes, "before": before, "after": fingerprint(net), "backend": str(st.backend)},
@@ -71,14 +73,16 @@ def _same(a, b) -> bool:
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-def test_ddp_two_cpu_processes(tiny_world, tmp_path):
-    """`accelerate launch` with 2 CPU processes: real gloo DDP, replicas stay identical and they train."""
+@pytest.mark.parametrize("method, sam", [("npo_rt", "0"), ("rmu", "0.003")])
+def test_ddp_two_cpu_processes(tiny_world, tmp_path, method, sam):
+    """`accelerate launch` with 2 CPU processes: real gloo DDP, replicas stay identical and they train
+    (sharpness-aware steps too, with a method whose forget term reaches only some weights)."""
     script = tmp_path / "ddp_script.py"
     script.write_text(SCRIPT)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     accelerate = Path(sys.executable).with_name("accelerate")
     cmd = [str(accelerate), "launch", "--config_file", str(ROOT / "configs/accelerate/ddp_cpu.yaml"),
-           str(script), str(tiny_world.data_dir), str(tiny_world.subject_dir), str(tmp_path)]
+           str(script), str(tiny_world.data_dir), str(tiny_world.subject_dir), str(tmp_path), method, sam]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{i}.json").read_text()) for i in range(2)]
@@ -121,3 +125,51 @@ def test_lora_and_merge_layout(tiny_world, tmp_path):
     source = load_model(tiny_world.subject_dir)[0]
     with torch.no_grad():
         assert not torch.allclose(source(ids).logits, merged(ids).logits, atol=1e-4)
+
+
+def test_a_sharpness_aware_step_takes_the_gradient_beside_the_weights(tiny_world):
+    """`--sam r`: the gradient the optimiser gets is the whole loss's at w + r|w| g_f/|g_f| (g_f: the
+    forget term's gradient at w), computed here independently; the weights are put back exactly."""
+    from accelerate import Accelerator
+
+    from unlearnkit.data.batching import collate
+    from unlearnkit.train import _LossModule, _sharpness_aware_backward
+
+    net, m, streams, ctx, tok = _streams(tiny_world, "simnpo")
+    batch = {k: collate(streams[k][:4], tok.pad_token_id) for k in ("forget", "retain")}
+    params = [p for p in net.parameters() if p.requires_grad]
+    start = [p.detach().clone() for p in params]
+    # by hand: the forget term's gradient, the move, the loss's gradient there
+    _, _, f = m.loss(net, batch, ctx)
+    g_f = torch.autograd.grad(f, params)
+    w_norm = torch.sqrt(sum((p ** 2).sum() for p in start))
+    g_norm = torch.sqrt(sum((g ** 2).sum() for g in g_f))
+    with torch.no_grad():
+        for p, g in zip(params, g_f):
+            p.add_(g * (0.01 * w_norm / g_norm))
+    loss, _, _ = m.loss(net, batch, ctx)
+    expected = torch.autograd.grad(loss, params)
+    with torch.no_grad():
+        for p, s in zip(params, start):
+            p.copy_(s)
+    module = _LossModule(net, m.loss, ctx)
+    got_loss, _ = _sharpness_aware_backward(Accelerator(cpu=True), module, batch, list(module(batch)[2:]), 0.01)
+    assert torch.allclose(got_loss, loss.detach(), rtol=1e-5, atol=1e-6)
+    assert all(torch.allclose(p.grad, e, rtol=1e-4, atol=1e-7) for p, e in zip(params, expected))
+    assert all(torch.allclose(p, s, atol=1e-7) for p, s in zip(params, start))  # put back
+    plain = torch.autograd.grad(m.loss(net, batch, ctx)[0], params)
+    assert not all(torch.allclose(a, b, rtol=1e-3) for a, b in zip(plain, expected))  # a step of its own
+
+
+def test_sharpness_aware_steps_need_a_forget_term_and_one_micro_step(tiny_world):
+    from unlearnkit.sft import sft_loss
+    from unlearnkit.train import TrainConfig, train
+
+    with pytest.raises(ValueError, match="--sam"):
+        TrainConfig(sam=0.01, grad_accum=2)
+    with pytest.raises(ValueError, match="--sam"):
+        TrainConfig(sam=1.5)
+    net, m, streams, ctx, tok = _streams(tiny_world, "ga")
+    with pytest.raises(ValueError, match="forget term"):
+        train(net, sft_loss(), {"train": streams["forget"]}, TrainConfig(steps=1, sam=0.01), pad_id=tok.pad_token_id,
+              ctx=ctx, progress=False)

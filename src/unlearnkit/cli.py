@@ -68,8 +68,8 @@ SPLIT_HELP = ("With --benchmark: tofu forget01|forget05|forget10; muse raw/forge
               "wmdp bio|cyber; rwku a target's name or all.")
 
 
-def _train_overrides(lr, steps, epochs, batch_size, saliency=None) -> dict:
-    given = dict(lr=lr, steps=steps, epochs=epochs, batch_size=batch_size, saliency=saliency)
+def _train_overrides(lr, steps, epochs, batch_size, saliency=None, sam=None) -> dict:
+    given = dict(lr=lr, steps=steps, epochs=epochs, batch_size=batch_size, saliency=saliency, sam=sam)
     return {k: v for k, v in given.items() if v is not None}
 
 
@@ -182,6 +182,10 @@ def forget(model: str = typer.Option(..., help="Checkpoint dir or hub id of the 
            saliency: Optional[float] = typer.Option(None, help="Train only this fraction of the weights, those most "
                                                               "salient to the forget set (SalUn); 0: all (default: "
                                                               "the method's)."),
+           sam: Optional[float] = typer.Option(None, help="Sharpness-aware steps against relearning: the radius of "
+                                                         "the weight perturbation along the forget term's gradient, "
+                                                         "a fraction of the weights' norm; 0: plain steps (default: "
+                                                         "the method's)."),
            resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in OUT."),
            save_every: int = typer.Option(0, help="Checkpoint every N steps (0: never)."),
            param: Optional[List[str]] = typer.Option(None, "--param", "-p", help="Method parameter key=value (repeatable; `unlearn methods` lists them)."),
@@ -208,7 +212,7 @@ def forget(model: str = typer.Option(..., help="Checkpoint dir or hub id of the 
     run = api.forget(model, data, method, out, seed=seed, lora=lora, merge=merge, resume=resume,
                      save_every=save_every, params=_parse_params(param), calibration=_parse_params(calibration) or None,
                      benchmark=benchmark, split=split, template=template, system=system, zero_shot=zero_shot,
-                     **_train_overrides(lr, steps, epochs, batch_size, saliency))
+                     **_train_overrides(lr, steps, epochs, batch_size, saliency, sam))
     console.print(api.run_summary(run), highlight=False)
     out_console.print(str(run))
     if eval:
@@ -272,8 +276,8 @@ def methods(as_json: bool = typer.Option(False, "--json", help="JSON output.")):
         table.add_column(col)
     for m in list_methods():
         rows = [(n, t, str(d), doc) for n, t, d, doc in m.fields()] or [("–", "", "", "")]
-        sal = m.train_defaults.get("saliency")
-        lr = (f" (lr {m.train_defaults.get('lr')}{f', saliency {sal}' if sal else ''}"
+        extra = "".join(f", {k} {m.train_defaults[k]}" for k in ("saliency", "sam") if m.train_defaults.get(k))
+        lr = (f" (lr {m.train_defaults.get('lr')}{extra}"
               f"{', needs retain' if m.needs_retain else ''})")
         for i, row in enumerate(rows):
             table.add_row(m.name if i == 0 else "", m.description + lr if i == 0 else "", *row,

@@ -22,7 +22,7 @@ import torch
 
 from .data.batching import Encoded, collate
 
-Loss = Callable[..., "tuple[torch.Tensor, dict]"]
+Loss = Callable[..., "tuple[torch.Tensor, dict] | tuple[torch.Tensor, dict, torch.Tensor]"]  # (loss, logs[, forget term])
 
 # Launched by torchrun / `accelerate launch --multi_gpu` on a machine without GPUs: accelerate only
 # picks gloo data parallelism (MULTI_CPU) when told it runs on CPU, before its state is first built.
@@ -42,6 +42,8 @@ class TrainConfig:
     schedule: str = "constant"      # constant | linear | cosine (decay after warm-up)
     weight_decay: float = 0.0
     saliency: float = 0.0           # unlearning: train only this fraction of the weights (unlearning.keep_salient; 0: all)
+    sam: float = 0.0                # unlearning: sharpness-aware steps against relearning, radius as a fraction of the
+                                    # trainable weights' norm (`_sharpness_aware_backward`; 0: plain steps)
     max_grad_norm: float | None = 1.0
     seed: int = 0
     save_every: int = 0             # checkpoint every N steps (0: never)
@@ -76,6 +78,10 @@ class TrainConfig:
             bad("save_every", "must be >= 0 (0: never)")
         if not (isinstance(self.saliency, (int, float)) and 0 <= self.saliency < 1):
             bad("saliency", "the fraction of weights to train, 0 < f < 1 (0: all of them)")
+        if not (isinstance(self.sam, (int, float)) and 0 <= self.sam < 1):
+            bad("sam", "the radius of the sharpness-aware step, a fraction of the weights' norm in [0, 1) (0: off)")
+        if self.sam and self.grad_accum != 1:
+            bad("sam", "sharpness-aware steps take the gradient twice per step; use --grad-accum 1")
         if self.saliency and self.weight_decay:
             bad("saliency", "with weight_decay > 0 the weights it keeps fixed would still shrink: drop one of them")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
@@ -242,6 +248,9 @@ def train(model, loss_fn: Loss, streams: dict[str, list[Encoded]], cfg: TrainCon
     from accelerate.utils import DistributedType, set_seed
 
     acc = accelerator or Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=cfg.mixed_precision)
+    if cfg.sam and acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        raise ValueError(f"--sam under {acc.distributed_type.value}: sharpness-aware steps move whole weights, which are "
+                         f"sharded here; run it on one process or with DDP")
     set_seed(cfg.seed)
     names = list(streams)
     for name in names:
@@ -296,8 +305,11 @@ def train(model, loss_fn: Loss, streams: dict[str, list[Encoded]], cfg: TrainCon
                 tokens += int(b["attention_mask"].sum())
             with acc.accumulate(model):
                 with acc.autocast():
-                    loss, micro_logs = model(batch)
-                acc.backward(loss)
+                    loss, micro_logs, *forget = model(batch)
+                if cfg.sam:
+                    loss, micro_logs = _sharpness_aware_backward(acc, model, batch, forget, cfg.sam)
+                else:
+                    acc.backward(loss)
                 if acc.sync_gradients and cfg.max_grad_norm:
                     acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                 opt.step()
@@ -337,6 +349,37 @@ def train(model, loss_fn: Loss, streams: dict[str, list[Encoded]], cfg: TrainCon
     unwrapped.eval()
     return TrainResult(unwrapped, step - start, step, time.perf_counter() - t0, tokens * acc.num_processes, full,
                        stop_info)
+
+
+def _sharpness_aware_backward(acc, model, batch, forget: list, radius: float) -> tuple[torch.Tensor, dict]:
+    """Sharpness-aware unlearning (Fan et al. 2025, "Towards LLM unlearning resilient to relearning
+    attacks: a sharpness-aware minimization perspective"): minimise the loss at the weights moved
+    along the forget term's gradient, the direction in which the forget set comes back fastest (what
+    a relearning attack follows), by `radius` x the trainable weights' norm (scale-free, like ASAM).
+    The weights are put back and the optimiser steps with the gradient taken there, so the forget
+    set stays forgotten in a neighbourhood of the result, not only at it. Two forward and backward
+    passes a step. The perturbation follows the gradient as it arrives: a saliency mask's zeros
+    (`unlearning.keep_salient`) keep the frozen weights where they are."""
+    if not forget:
+        raise ValueError("--sam needs an unlearning loss that returns its forget term (loss, logs, forget)")
+    acc.backward(forget[0])
+    params = [p for p in model.parameters() if p.grad is not None]
+    with torch.no_grad():
+        g = torch.sqrt(sum((p.grad.float() ** 2).sum() for p in params))
+        w = torch.sqrt(sum((p.float() ** 2).sum() for p in params))
+        scale = radius * w / g.clamp_min(1e-12)
+        moves = [p.grad * scale for p in params]
+        for p, e in zip(params, moves):
+            p.add_(e)
+    for p in params:
+        p.grad = None
+    with acc.autocast():
+        loss, logs, *_ = model(batch)
+    acc.backward(loss)
+    with torch.no_grad():
+        for p, e in zip(params, moves):
+            p.sub_(e)
+    return loss, logs
 
 
 def _save_checkpoint(acc, out: Path, step: int, monitor: Monitor | None = None) -> None:

@@ -17,4 +17,4 @@ class GAParams(Params):
           train=dict(lr=2e-4, steps=40, batch_size=16))
 def loss(model, batch, ctx):
     forget_nll = nll(model, batch["forget"])
-    return -forget_nll, {"forget_nll": forget_nll.detach()}
+    return -forget_nll, {"forget_nll": forget_nll.detach()}, -forget_nll

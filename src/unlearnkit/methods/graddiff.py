@@ -38,5 +38,5 @@ def loss(model, batch, ctx):
     p = ctx.params
     forget_nll = nll(model, batch["forget"])
     retain = topk_kl(model, batch["retain"], ctx.cache) if p.retain_loss == "kl" else nll(model, batch["retain"])
-    total = -p.gamma * forget_nll + p.alpha * retain
-    return total, {"forget_nll": forget_nll.detach(), "retain_loss": retain.detach()}
+    forget = -p.gamma * forget_nll
+    return forget + p.alpha * retain, {"forget_nll": forget_nll.detach(), "retain_loss": retain.detach()}, forget

@@ -58,5 +58,5 @@ def loss(model, batch, ctx):
     lose = sequence_logprob(model, f).float() - c["forget_ref"][index].to(f["input_ids"].device)
     forget = -2 / p.beta * F.logsigmoid(p.beta * (win - lose)).mean()
     retain = nll(model, batch["retain"])
-    total = p.gamma * forget + p.alpha * retain
-    return total, {"dpo": forget.detach(), "retain_nll": retain.detach(), "margin": (win - lose).detach().mean()}
+    logs = {"dpo": forget.detach(), "retain_nll": retain.detach(), "margin": (win - lose).detach().mean()}
+    return p.gamma * forget + p.alpha * retain, logs, p.gamma * forget

@@ -46,7 +46,7 @@ def npo_loss(model, batch, ctx):
           train=dict(lr=2e-4, steps=40, batch_size=16), prepare=prepare)
 def loss(model, batch, ctx):
     forget, log_ratio = npo_loss(model, batch, ctx)
-    return forget, {"log_ratio": log_ratio}
+    return forget, {"log_ratio": log_ratio}, forget
 
 
 @register("npo_rt", NPORTParams, "NPO plus a retain-set NLL term (NPO-RT)",
@@ -55,4 +55,5 @@ def loss_rt(model, batch, ctx):
     p = ctx.params
     forget, log_ratio = npo_loss(model, batch, ctx)
     retain = nll(model, batch["retain"])
-    return p.gamma * forget + p.alpha * retain, {"npo": forget.detach(), "retain_nll": retain.detach(), "log_ratio": log_ratio}
+    return (p.gamma * forget + p.alpha * retain, {"npo": forget.detach(), "retain_nll": retain.detach(), "log_ratio": log_ratio},
+            p.gamma * forget)

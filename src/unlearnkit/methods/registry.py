@@ -10,6 +10,9 @@ loss:
     @register("ga", GAParams, "Gradient ascent on the forget set", train=dict(lr=2e-4))
     def loss(model, batch, ctx): ...
 
+A loss returns `(loss, logs, forget)`: the loss to minimise, detached numbers for the log, and its
+forget term alone, the part a sharpness-aware step (`--sam`, `train.TrainConfig.sam`) ascends.
+
 `batch["forget"]` (and `batch["retain"]` when `needs_retain`) hold `input_ids`, `attention_mask`,
 `labels` and `index`. `ctx` is a `Context`: the validated `params`, the run's `seed`, `pad_id`, the
 `tokenizer`, and `cache`, whatever the method's `prepare(model, streams, ctx)` returned (reference

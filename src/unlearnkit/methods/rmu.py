@@ -116,4 +116,4 @@ def loss(model, batch, ctx):
     total = forget + ctx.params.alpha * retain
     # every trainable tensor in the graph, so DDP's reducer also sees those after layer l (LoRA)
     total = total + 0.0 * sum(w.view(-1)[0] for w in model.parameters() if w.requires_grad)
-    return total, {"forget_mse": forget.detach(), "retain_mse": retain.detach()}
+    return total, {"forget_mse": forget.detach(), "retain_mse": retain.detach()}, forget

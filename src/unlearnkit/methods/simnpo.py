@@ -32,5 +32,5 @@ def loss(model, batch, ctx):
     mean_logp = sequence_logprob(model, batch["forget"], normalise=True).float()
     forget = -2 / p.beta * F.logsigmoid(-p.beta * mean_logp - p.delta).mean()
     retain = nll(model, batch["retain"])
-    total = p.gamma * forget + p.alpha * retain
-    return total, {"simnpo": forget.detach(), "retain_nll": retain.detach(), "forget_logp": mean_logp.detach().mean()}
+    logs = {"simnpo": forget.detach(), "retain_nll": retain.detach(), "forget_logp": mean_logp.detach().mean()}
+    return p.gamma * forget + p.alpha * retain, logs, p.gamma * forget

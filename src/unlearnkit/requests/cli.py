@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .. import DEFAULT_METHOD
+from .home import Settings
 
 home_app = typer.Typer(help="A deployment home: model versions, the guard, the ledger of forget requests.",
                        no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -50,16 +51,21 @@ def home_init(model: str = typer.Option(..., help="Base model: checkpoint dir or
               retain: Path = typer.Option(..., help="Retain pool: a world dir, a `datasets` dir or a JSONL file."),
               home: Optional[Path] = HOME,
               method: str = typer.Option(DEFAULT_METHOD, help="Default unlearning method of `request process`."),
-              guard_action: str = typer.Option("pseudonymise", help="Guard action for requested people.")):
+              guard_action: str = typer.Option("pseudonymise", help="Guard action for requested people."),
+              sam: float = typer.Option(Settings.sam, help="Sharpness-aware steps of `request process` (their radius, "
+                                                           "a fraction of the weights' norm; 0: plain steps): a "
+                                                           "version must resist relearning to be deployed.")):
     """Create a deployment home from a base model and a retain pool."""
     from ..guard import ACTIONS
     from ..methods import get_method
+    from ..train import TrainConfig
     from . import init
 
     get_method(method)
     if guard_action not in ACTIONS:
         raise ValueError(f"--guard-action {guard_action!r}: choose one of {', '.join(ACTIONS)}")
-    h = init(home, model, retain, method=method, guard_action=guard_action)
+    TrainConfig(sam=sam)  # refused here, before anything is copied
+    h = init(home, model, retain, method=method, guard_action=guard_action, sam=sam)
     out.print(str(h.path))
 
 
@@ -107,6 +113,8 @@ def request_process(home: Optional[Path] = HOME,
                     max_batch: Optional[int] = typer.Option(None, help="At most N requests in this batch."),
                     seed: Optional[int] = typer.Option(None),
                     steps: Optional[int] = typer.Option(None, help="Fixed step budget (default: the method's own)."),
+                    sam: Optional[float] = typer.Option(None, help="Sharpness-aware steps' radius for this batch "
+                                                                   "(default: the home's setting; 0: plain steps)."),
                     progress: bool = typer.Option(False, "--progress")):
     """Unlearn the guarded requests as one batch from `current`, verify each, deploy if all pass."""
     from . import process
@@ -117,8 +125,12 @@ def request_process(home: Optional[Path] = HOME,
         from ..methods import get_method
 
         get_method(method)
-    res = process(home, method=method, max_batch=max_batch, seed=seed, progress=progress,
-                  **({"steps": steps} if steps is not None else {}))
+    overrides = {k: v for k, v in (("steps", steps), ("sam", sam)) if v is not None}
+    if sam is not None:
+        from ..train import TrainConfig
+
+        TrainConfig(sam=sam)  # refused at the door, with the option's name
+    res = process(home, method=method, max_batch=max_batch, seed=seed, progress=progress, **overrides)
     if not res:
         out.print("nothing to process")
         return

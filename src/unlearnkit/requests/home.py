@@ -49,6 +49,7 @@ class Settings:
 
     Why these values: see docs/requests.md ("Checks and thresholds")."""
     method: str = DEFAULT_METHOD
+    sam: float = 0.003                    # sharpness-aware steps (train.TrainConfig.sam): versions must resist relearning
     guard_action: str = "pseudonymise"    # answers like a model that never saw the person (docs/guard.md)
     keep_guard_after_verified: bool = True  # names only (docs/requests.md, "Data minimisation")
     n_strangers: int = 8                  # invented names probed beside the person

@@ -73,7 +73,7 @@ def locate_request(home, request_id: str, lm=None) -> dict:
     return res
 
 
-def _batch_world(home: Home, requests, out: Path) -> tuple[Path, dict]:
+def batch_world(home: Home, requests, out: Path) -> tuple[Path, dict]:
     """forget = the inventories; holdout = their twins about strangers; retain = neighbours + a
     sample of the pool. Returns (world dir, {request id: (records, twins)})."""
     pool = load_pool(home)
@@ -147,14 +147,14 @@ def _run(home: Home, batch_id: str, train_overrides: dict, progress: bool, seed:
         b = led.batch(batch_id)
         reqs = [led.get(i) for i in b["request_ids"]]
     seed = home.settings.seed if seed is None else seed
-    world, per = _batch_world(home, reqs, run_dir / "world")
+    world, per = batch_world(home, reqs, run_dir / "world")
     has_forget = (world / "forget.jsonl").is_file()
     source = home.check_version(b["source_version"])
     if b["stage"] == "started":
         if has_forget:
             shutil.rmtree(run_dir / "unlearn", ignore_errors=True)
             forget(source.path, world, b["method"], run_dir / "unlearn", seed=seed, progress=progress,
-                       **train_overrides)
+                   **{"sam": home.settings.sam, **train_overrides})
         kill_point("trained")
         _stage(home, batch_id, "trained")
         b["stage"] = "trained"
@@ -171,7 +171,7 @@ def _run(home: Home, batch_id: str, train_overrides: dict, progress: bool, seed:
         b["stage"] = "versioned"
     after = home.check_version(b["new_version"]) if has_forget else source
     if b["stage"] == "versioned":
-        _verify(home, b, reqs, per, world, source, after, run_dir, seed)
+        _verify(home, b, reqs, per, world, source, after, run_dir)
         with home.ledger() as led:
             b = led.batch(batch_id)
     if b["stage"] == "deploying":
@@ -204,15 +204,24 @@ def _method_info(run_dir: Path, method: str) -> dict:
     return info
 
 
-def _verify(home: Home, b: dict, reqs, per, world: Path, source, after, run_dir: Path, seed: int) -> None:
-    s = home.settings
-    lm = _lm(after.path)
-    batch_checks = [utility_check(home, after.path, lm)]
-    if after.name != source.name:
-        batch_checks += attack_checks(after.path, world, source.path, s)
-    per_checks = {r.id: request_checks(lm, *per[r.id], s) for r in reqs}
-    kill_point("checked")
+def run_checks(home: Home, reqs, per, world: Path, source_dir, model_dir) -> dict:
+    """Every check of a batch (docs/requests.md, "Process and its checks") on the model in
+    `model_dir` unlearned from `source_dir`: {"batch_checks", "request_checks" (by request id),
+    "passed"}. `process` judges its candidate with it; any other model can be judged the same way
+    (bench/requests.py runs it on the oracle, exact unlearning, to show the checks can be passed)."""
+    lm = _lm(model_dir)
+    batch_checks = [utility_check(home, model_dir, lm)]
+    if Path(model_dir).resolve() != Path(source_dir).resolve():
+        batch_checks += attack_checks(model_dir, world, source_dir, home.settings)
+    per_checks = {r.id: request_checks(lm, *per[r.id], home.settings) for r in reqs}
     ok = all(c["passed"] for c in batch_checks) and all(c["passed"] for cs in per_checks.values() for c in cs)
+    return {"batch_checks": batch_checks, "request_checks": per_checks, "passed": ok}
+
+
+def _verify(home: Home, b: dict, reqs, per, world: Path, source, after, run_dir: Path) -> None:
+    got = run_checks(home, reqs, per, world, source.path, after.path)
+    kill_point("checked")
+    ok, batch_checks, per_checks = got["passed"], got["batch_checks"], got["request_checks"]
     results = {"batch_checks": batch_checks, "request_checks": per_checks}
     if not ok:
         failures = {}
