@@ -12,7 +12,11 @@ base model is the subject and whose retain pool is the world (never its forget s
    person's true values);
 3. process: the first batch (2 requests, zero-shot inventories): forget answer rate of the new
    version on those people's world facts against the oracle's, and utility against the base model;
-4. sequential: 5 batches of 2 requests; utility after each, and every request's end state.
+4. sequential: 5 batches of 2 requests; utility after each, and every request's end state; before
+   each batch is processed, the oracle (never trained on these people) is judged by the very same
+   checks (`requests.process.run_checks`), to show what they ask of exact unlearning.
+
+`--train KEY=VALUE` sets a training setting for every batch (e.g. `--train sam=0` for plain steps).
 """
 from __future__ import annotations
 

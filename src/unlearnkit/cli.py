@@ -118,10 +118,10 @@ def demo(out: Path = typer.Option(Path("runs/demo"), help="Run directory (world,
     if "requests" in metrics:
         rq = metrics["requests"]
         rt = Table(title=f"forget requests (home {rq['home']}, batch {rq['stage']}, current {rq['version']})")
-        for col in ("request", "status", "inventory", "certificate verifies"):
+        for col in ("request", "status", "why", "inventory", "certificate verifies"):
             rt.add_column(col)
         for r in rq["requests"]:
-            rt.add_row(r["id"], r["status"] + (f": {r['failure']}" if r["failure"] else ""), str(r["inventory"]),
+            rt.add_row(r["id"], r["status"], r["failure"] or "", str(r["inventory"]),
                        "–" if r["certificate_ok"] is None else ("yes" if r["certificate_ok"] else "NO"))
         out_console.print(rt)
     out_console.print(f"metrics: {out / 'metrics.json'}   report: {out / 'report.md'}")
