@@ -5,8 +5,9 @@
 
 Builds (or reuses) the world, subject and oracle with `api.embedded`, then, in fresh homes whose
 base model is the subject and whose retain pool is the world (never its forget split):
-1. guard: `request add` for each forget person; wall time of the call, and the forget ROUGE of the
-   subject behind the home's guard against the subject's and the oracle's on that person's facts;
+1. guard: `request add` for each forget person, every other one through the command line (a process
+   of its own: imports included) and the rest through `rq.add`; wall time of each, and the forget
+   ROUGE of the subject behind the home's guard against the subject's and the oracle's on their facts;
 2. locate without facts: recall of the facts the subject actually answers (ground truth filtered to
    what it answers correctly) and precision (an inventory item is right when its answer is one of the
    person's true values);
@@ -24,6 +25,8 @@ import argparse
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -84,14 +87,23 @@ def main():
         # 1. guard within seconds of add
         shutil.rmtree(args.out / "home-guard", ignore_errors=True)
         home = rq.init(args.out / "home-guard", models["subject"], data, measure_utility=False)
-        add_s = []
-        for p in people:
+        # half through the command line (a process of its own each time: imports included), half
+        # through the Python API in this process
+        unlearn = Path(sys.executable).with_name("unlearn")
+        add_s, cli_s = [], []
+        for i, p in enumerate(people):
             t = time.perf_counter()
-            rq.add(home, p)
-            add_s.append(time.perf_counter() - t)
+            if i % 2 == 0:
+                subprocess.run([str(unlearn), "request", "add", p, "--home", str(home.path)], check=True,
+                               capture_output=True)
+                cli_s.append(time.perf_counter() - t)
+            else:
+                rq.add(home, p)
+                add_s.append(time.perf_counter() - t)
         glm = GuardedLM(subject, home.guard())
         recs = [r for p in people for r in facts[p]]
         res["guard"] = {"add_seconds_max": max(add_s), "add_seconds_median": sorted(add_s)[len(add_s) // 2],
+                        "cli_add_seconds_max": max(cli_s), "cli_add_seconds_median": sorted(cli_s)[len(cli_s) // 2],
                         "forget_rouge_guarded": forget_metrics(glm, recs, truth_ratio=False)["forget_rouge"],
                         "forget_rouge_subject": forget_metrics(subject, recs, truth_ratio=False)["forget_rouge"],
                         "forget_rouge_oracle": forget_metrics(oracle, recs, truth_ratio=False)["forget_rouge"]}
@@ -158,9 +170,11 @@ def main():
     (args.out / "requests.json").write_text(json.dumps(res, indent=2))
     g, loc = res["guard"], res["locate"]
     if g is not None:
-        print("\n| guard: add (median / max) | forget ROUGE subject / guarded / oracle | locate recall | locate precision |")
-        print("|---|---|---:|---:|")
-        print(f"| {g['add_seconds_median']:.2f} s / {g['add_seconds_max']:.2f} s | {g['forget_rouge_subject']:.2f} / "
+        print("\n| `unlearn request add` (median / max) | `rq.add` (median / max) | forget ROUGE subject / guarded / oracle "
+              "| locate recall | locate precision |")
+        print("|---|---|---|---:|---:|")
+        print(f"| {g['cli_add_seconds_median']:.2f} s / {g['cli_add_seconds_max']:.2f} s "
+              f"| {g['add_seconds_median']:.2f} s / {g['add_seconds_max']:.2f} s | {g['forget_rouge_subject']:.2f} / "
               f"{g['forget_rouge_guarded']:.2f} / {g['forget_rouge_oracle']:.2f} | {loc['recall']:.2f} | {loc['precision']:.2f} |")
     print("\n| batch | outcome | candidate (current after) | answer rate (subject / candidate / oracle) | utility x base "
           "| relearn | int4 | wall | the oracle under the same checks (relearn) |")

@@ -85,7 +85,32 @@ def test_store_persists_and_reloads(tmp_path, world):
     # a stale index.json (e.g. a crash between two writes) is detected and re-embedded
     (tmp_path / "index.json").write_text(json.dumps({"rows": []}))
     fixed = TargetStore(tmp_path)
+    assert len(fixed.pending) == 3 and fixed.complete() and not fixed.pending
     np.testing.assert_allclose(fixed.emb, store.emb, atol=1e-5)
+    np.testing.assert_array_equal(fixed.row_target, store.row_target)
+
+
+def test_a_deferred_target_is_guarded_by_name_at_once_and_embedded_by_the_first_search(tmp_path):
+    """`add_many(defer=True)` in a process without the embedder (a command-line `request add`) stores
+    the target with no vectors; a detector (the server) finds it by name, embeds it, and saves the
+    vectors beside the others, which the next load reuses."""
+    from unlearnkit.guard import Detector
+
+    server = TargetStore(tmp_path)
+    server.add({"subject": "Ada Quill", "facts": ["Ada Quill was born in Zelbury."]})
+    detector = Detector(server)
+    assert detector.detect(["What is the weather like?"])[0].target is not None  # embedder loaded here
+    cli = TargetStore(tmp_path)
+    cli.add_many([Target(subject="Brom Tallow", facts=["Brom Tallow keeps bees."])], defer=True)
+    assert cli._embedder is None and [t.subject for t in cli.pending] == ["Brom Tallow"]
+    assert [t.subject for t in TargetStore(tmp_path).pending] == ["Brom Tallow"]
+    hit = detector.detect(["Where does Brom Tallow live?"])[0]
+    assert hit.hit and hit.channel == "name" and hit.target.subject == "Brom Tallow" and not server.pending
+    again = TargetStore(tmp_path)
+    assert not again.pending and len(again.emb) == len(server.emb)
+    np.testing.assert_allclose(again.emb, server.emb, atol=1e-6)
+    # a vector search with the second target's own facts finds it by embedding too
+    assert detector.embed_scores(["Who keeps bees?"])[0][0] == 1
 
 
 def test_store_sees_changes_by_another_process(tmp_path):

@@ -183,6 +183,35 @@ def _consistent(home, expected_ids):
     return {r[0]: r[1] for r in rows}
 
 
+ADD_WITHOUT_THE_MODEL_SIDE = r"""
+import sys
+from unlearnkit.cli import app
+sys.argv = ["unlearn", "request", "add", "Ada Quill", "--home", sys.argv[1]]
+try:
+    app()
+except SystemExit as e:
+    assert not e.code, e.code
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers", "sentence_transformers"))
+assert not heavy, heavy[:5]
+"""
+
+
+def test_request_add_from_the_command_line_guards_at_once_without_the_model_side(home):
+    """`unlearn request add` loads neither torch nor the embedder (seconds): the target goes in with
+    its names and no vectors; the guard (the server's) catches the person by name at once and
+    embeds the target at its first search."""
+    from unlearnkit.guard import TargetStore
+
+    r = subprocess.run([sys.executable, "-c", ADD_WITHOUT_THE_MODEL_SIDE, str(home.path)], env=_env(),
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert [t.subject for t in home.targets().pending] == ["Ada Quill"]
+    hit = home.guard().detector.detect(["Where was Ada Quill born?"])[0]
+    assert hit.hit and hit.channel == "name" and hit.target.subject == "Ada Quill"
+    assert not TargetStore(home.guard_dir).pending  # the first search embedded and saved it
+    assert [x["status"] for x in rq.list_requests(home)] == ["guarded"]
+
+
 def test_process_killed_at_every_stage_resumes(home, raw):
     """SIGKILL at each stage of a batch, then the next `process` goes on; meanwhile `request add`
     from this process (another writer) is safe."""

@@ -6,18 +6,26 @@
     guard.calibrate(benign_prompts, false_refusal=0.01)
     glm = GuardedLM(LM(model, tok), guard)           # has LM's score() and generate()
 
-See docs/guard.md.
+See docs/guard.md. The names below are loaded on first use (PEP 562): putting a person behind the
+guard (`TargetStore`, `Target`) must not wait for torch and transformers, which only the model-side
+parts (`GuardedLM`, the token-forbidding processor) need.
 """
-from .actions import REFUSAL, ForbidTokensProcessor, forbidden_strings, icu_prompt
-from .detect import Calibration, Detection, Detector, calibrate
-from .guarded import Guard, GuardedLM, GuardSettings, guarded_lm, masked_score, open_guard
-from .embedder import get_embedder
-from .from_world import targets_from_world
-from .store import TargetStore
-from .targets import ACTIONS, QAPair, Target
+from importlib import import_module
 
-__all__ = [
-    "ACTIONS", "REFUSAL", "Calibration", "Detection", "Detector", "ForbidTokensProcessor", "Guard",
-    "GuardSettings", "GuardedLM", "QAPair", "Target", "TargetStore", "calibrate", "forbidden_strings",
-    "get_embedder", "guarded_lm", "icu_prompt", "masked_score", "open_guard", "targets_from_world",
-]
+_HOME = {  # name -> the module that defines it
+    "REFUSAL": "actions", "ForbidTokensProcessor": "actions", "forbidden_strings": "actions", "icu_prompt": "actions",
+    "Calibration": "detect", "Detection": "detect", "Detector": "detect", "calibrate": "detect",
+    "Guard": "guarded", "GuardedLM": "guarded", "GuardSettings": "guarded", "guarded_lm": "guarded",
+    "masked_score": "guarded", "open_guard": "guarded",
+    "get_embedder": "embedder", "targets_from_world": "from_world", "TargetStore": "store",
+    "ACTIONS": "targets", "QAPair": "targets", "Target": "targets",
+}
+__all__ = sorted(_HOME)
+
+
+def __getattr__(name: str):
+    if name not in _HOME:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f".{_HOME[name]}", __name__), name)
+    globals()[name] = value
+    return value

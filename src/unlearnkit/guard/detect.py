@@ -114,6 +114,7 @@ class Detector:
     # -- the two channels --------------------------------------------------------------------
     def embed_scores(self, prompts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """(best target position, max cosine) per prompt; position -1 when the index is empty."""
+        self.store.complete()  # targets added without vectors (`TargetStore.add_many(defer=True)`) get them now
         self._build()
         n = len(self.store.targets)
         if n == 0 or not prompts:
@@ -198,6 +199,7 @@ class Detector:
         self.store.refresh()
         if self.store.targets:
             self.embed(prompts)  # the slow part, outside the lock (cached below)
+            self.store.complete()
         with self.store.lock:  # a consistent view while an admin call may be changing the store
             return self._detect(prompts)
 

@@ -9,12 +9,19 @@ in a *guard directory* and in memory as one matrix of normalised sentence embedd
 ```
 
 Files are written atomically under the directory lock (`files.py`), so a CLI ``unlearn guard add``
-and a running server can share a directory. Embeddings are reused only when
-``index.json`` matches ``targets.jsonl`` exactly; otherwise they are recomputed on load.
+and a running server can share a directory. A target's vectors are reused when ``index.json`` holds
+them for the same id, embedder and texts (a digest of them); otherwise the target is *pending*.
+
+Pending targets have a place in the store and in the name channel at once, and no vectors yet:
+`add_many(defer=True)` leaves them to whoever first searches the vectors (`complete()`, called by
+the detector), so that a process that has not loaded the embedder (a command-line ``request add``:
+loading it takes seconds) can put a person behind the guard in a fraction of a second; the server,
+whose embedder is loaded, embeds the new target at its next request.
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import threading
@@ -72,6 +79,39 @@ class TargetStore:
         e = self.embedder.encode(texts) if texts else np.zeros((0, self.embedder.dim), np.float32)
         return e, counts
 
+    def _counts(self) -> list[int]:
+        return np.bincount(self.row_target, minlength=len(self.targets)).tolist() if self.targets else []
+
+    @property
+    def pending(self) -> list[Target]:
+        """Targets without vectors yet (module docstring): every target has at least its name to embed."""
+        return [t for t, c in zip(self.targets, self._counts()) if c == 0]
+
+    def _fill_pending(self) -> None:
+        """Embed the pending targets and put their rows in place (the store's lock held)."""
+        counts = self._counts()
+        todo = [i for i, c in enumerate(counts) if c == 0]
+        if not todo:
+            return
+        e, new = self._embed([self.targets[i] for i in todo])
+        fresh = dict(zip(todo, np.split(e, np.cumsum(new)[:-1])))
+        starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        blocks = [fresh[i] if i in fresh else self.emb[starts[i]:starts[i + 1]] for i in range(len(counts))]
+        self._set(self.targets, np.concatenate(blocks), [len(b) for b in blocks])
+
+    def complete(self) -> bool:
+        """Embed the pending targets (loads the embedder) and, with a directory, save their vectors
+        for the other processes; True if there were any."""
+        with self._lock:
+            if not self.pending:
+                return False
+            if self.dir is None or self.damage:
+                self._fill_pending()
+                return True
+        with self._writing():
+            self._fill_pending()
+        return True
+
     def _set(self, targets: list[Target], emb: np.ndarray, counts: list[int], name: str | None = None) -> None:
         self._emb_name = name or self._embedder_name()
         self.targets = targets
@@ -105,34 +145,40 @@ class TargetStore:
         return out
 
     def _load(self) -> None:
+        """Read the targets and reuse each one's saved vectors when they were made by this embedder
+        from the same texts; the others are pending (`complete()` embeds and saves them)."""
         tpath, epath, ipath = self._paths()
         targets = self._read_targets()
-        counts = [len(embed_texts(t)) for t in targets]
-        emb = None
+        saved: dict[str, tuple[str, np.ndarray]] = {}
         try:
             info = json.loads(ipath.read_text())
             e = np.load(epath)
-            ok = (info.get("rows") == [[t.id, c] for t, c in zip(targets, counts)]
-                  and e.shape[0] == sum(counts) and e.dtype == np.float32
-                  and info.get("embedder") == self._embedder_name())
-            emb = e if ok else None
+            rows = [r for r in info.get("rows", []) if len(r) == 3]  # [id, row count, digest of the texts]
+            if (info.get("embedder") == self._embedder_name() and e.dtype == np.float32 and e.ndim == 2
+                    and len(rows) == len(info.get("rows", [])) and sum(r[1] for r in rows) == e.shape[0]):
+                at = 0
+                for tid, n, digest in rows:
+                    saved[tid] = (digest, e[at:at + n])
+                    at += n
         except (FileNotFoundError, ValueError, OSError):
-            emb = None
-        if emb is None and targets:
-            emb, counts = self._embed(targets)
-        if emb is None:
-            emb = np.zeros((0, 0), np.float32)
-        self._set(targets, emb, counts)
+            saved = {}
+        blocks = []
+        for t in targets:
+            digest, block = saved.get(t.id, (None, None))
+            blocks.append(block if block is not None and len(block) and digest == _digest(t) else None)
+        dim = next((b.shape[1] for b in blocks if b is not None), 0)
+        emb = np.concatenate([b for b in blocks if b is not None]) if dim else np.zeros((0, 0), np.float32)
+        self._set(targets, emb, [0 if b is None else len(b) for b in blocks])
         self._mtime = self._stamp()
 
     def _save(self) -> None:
         tpath, epath, ipath = self._paths()
-        counts = np.bincount(self.row_target, minlength=len(self.targets)).tolist() if self.targets else []
+        counts = self._counts()
         name = self._embedder_name()
         atomic_write_npy(epath, self.emb)
         atomic_write_bytes(ipath, json.dumps({
-            "version": 1, "embedder": name, "dim": int(self.emb.shape[1]) if self.emb.ndim == 2 else 0,
-            "rows": [[t.id, c] for t, c in zip(self.targets, counts)]}).encode())
+            "version": 2, "embedder": name, "dim": int(self.emb.shape[1]) if self.emb.ndim == 2 else 0,
+            "rows": [[t.id, c, _digest(t)] for t, c in zip(self.targets, counts)]}).encode())
         atomic_write_bytes(tpath, "".join(t.model_dump_json() + "\n" for t in self.targets).encode("utf-8"))
         self._mtime = self._stamp()
 
@@ -192,19 +238,24 @@ class TargetStore:
         a target with the same id exists."""
         return self.add_many([target])[0]
 
-    def add_many(self, targets: Iterable[Target | dict]) -> list[Target]:
+    def add_many(self, targets: Iterable[Target | dict], defer: bool = False) -> list[Target]:
+        """Add targets; with `defer` and no embedder loaded in this process, they go in pending
+        (module docstring): searchable by name at once, embedded by the first vector search."""
         new = [t if isinstance(t, Target) else Target.model_validate(t) for t in targets]
         ids = [t.id for t in new]
         if len(set(ids)) != len(ids):
             raise KeyError("duplicate target ids in one request")
-        e, counts = self._embed(new)  # outside the lock: embedding is the slow part
+        if defer and self._embedder is None:
+            e, counts = np.zeros((0, self.emb.shape[1] if self.emb.ndim == 2 else 0), np.float32), [0] * len(new)
+        else:
+            e, counts = self._embed(new)  # outside the lock: embedding is the slow part
         with self._writing():
             have = {t.id for t in self.targets}
             clash = [i for i in ids if i in have]
             if clash:
                 raise KeyError(f"target id already exists: {clash[0]}")
-            old_counts = np.bincount(self.row_target, minlength=len(self.targets)).tolist() if self.targets else []
-            emb = e if self.emb.size == 0 else np.concatenate([self.emb, e])
+            old_counts = self._counts()
+            emb = e if self.emb.size == 0 else (self.emb if e.size == 0 else np.concatenate([self.emb, e]))
             self._set(self.targets + new, emb, old_counts + counts)
         return new
 
@@ -236,3 +287,8 @@ class TargetStore:
 
     def __len__(self) -> int:
         return len(self.targets)
+
+
+def _digest(t: Target) -> str:
+    """What a target's vectors were made from: a digest of its embedded texts."""
+    return hashlib.sha256("\n".join(embed_texts(t)).encode("utf-8")).hexdigest()[:16]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import json
+import sys
 import time
 from pathlib import Path
 from typing import List, Optional
@@ -29,12 +30,16 @@ def friendly(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         from ..data.io import DataError
-        from ..models.load import ModelLoadError
         from ..requests import HomeError, LedgerError
 
         try:
             return fn(*args, **kwargs)
-        except (DataError, ModelLoadError, HomeError, LedgerError, ValueError, FileNotFoundError, KeyError) as e:
+        except Exception as e:
+            expected = [DataError, HomeError, LedgerError, ValueError, FileNotFoundError, KeyError]
+            if "unlearnkit.models.load" in sys.modules:  # only a verb that loaded a model can fail to load
+                expected.append(sys.modules["unlearnkit.models.load"].ModelLoadError)  # one: `add` needs no torch
+            if not isinstance(e, tuple(expected)):
+                raise
             msg = (e.args[0] if isinstance(e, KeyError) and e.args else str(e)) or type(e).__name__
             console.print(f"[bold red]error:[/] {str(msg).splitlines()[0]}", highlight=False, soft_wrap=True)
             raise typer.Exit(2)

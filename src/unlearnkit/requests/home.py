@@ -168,6 +168,13 @@ class Home:
 
         return Guard(self.guard_dir)
 
+    def targets(self):
+        """The guard's targets alone (`guard.TargetStore`): what putting a person behind the guard
+        needs, without the model side or the embedder (`put_target` defers the vectors)."""
+        from ..guard import TargetStore
+
+        return TargetStore(self.guard_dir)
+
     # -- creation --------------------------------------------------------------------------------
     @classmethod
     def init(cls, path: str | os.PathLike | None, model: str | os.PathLike, retain: str | os.PathLike,

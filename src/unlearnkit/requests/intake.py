@@ -30,11 +30,14 @@ def guard_target(request_id: str, name: str, aliases: list[str], facts: list[dic
     return Target(id=request_id, subject=name, aliases=aliases, facts=sentences, qa=qa[:256])
 
 
-def put_target(guard, target) -> None:
-    """Replace the guard's target of the same id (remove + add: the store has no update)."""
-    if any(t.id == target.id for t in guard.list()):
-        guard.remove(target.id)
-    guard.add(target)
+def put_target(store, target) -> None:
+    """Replace the target of the same id in the guard's `TargetStore` (remove + add: the store has no
+    update). Its vectors are left to the first search that needs them unless this process has the
+    embedder loaded (`TargetStore.add_many(defer=True)`): the name channel guards at once, and a
+    command-line `request add` does not wait seconds for the embedder."""
+    if any(t.id == target.id for t in store.list()):
+        store.remove(target.id)
+    store.add_many([target], defer=True)
 
 
 def add(home: Home | str | os.PathLike | None, name: str, aliases: list[str] | None = None,
@@ -46,7 +49,7 @@ def add(home: Home | str | os.PathLike | None, name: str, aliases: list[str] | N
     aliases = [check_name(a, "alias") for a in (aliases or [])]
     facts = read_facts(facts) if isinstance(facts, (str, os.PathLike)) else list(facts or [])
     keys = [person_hash(n, home.salt) for n in [name, *aliases]]
-    guard = home.guard()
+    guard = home.targets()
     with home.ledger() as led:
         existing = led.find_key(keys)
         if existing is not None:

@@ -34,7 +34,6 @@ from .home import Home, HomeError
 from .intake import guard_target, put_target
 from .locate import forget_records, load_probes, locate, twin_records
 from .pool import load_pool, neighbours_of
-from .verify import attack_checks, request_checks, utility_check
 
 KILL_ENV = "UNLEARNKIT_KILL_AT"
 
@@ -67,7 +66,7 @@ def locate_request(home, request_id: str, lm=None) -> dict:
         lm = lm or _lm(home.current().path)
         res = locate(lm, r.name, r.aliases, r.facts, load_probes(home), home.settings.n_strangers, home.settings.seed,
                      people=sorted({x.subject for x in load_pool(home)}))
-        put_target(home.guard(), guard_target(r.id, r.name, r.aliases, r.facts, res["items"]))
+        put_target(home.targets(), guard_target(r.id, r.name, r.aliases, r.facts, res["items"]))
         led.transition(r.id, "located", inventory={"items": res["items"], "strangers": res["strangers"]},
                        counts={**r.counts, **res["counts"]})
     return res
@@ -209,6 +208,8 @@ def run_checks(home: Home, reqs, per, world: Path, source_dir, model_dir) -> dic
     `model_dir` unlearned from `source_dir`: {"batch_checks", "request_checks" (by request id),
     "passed"}. `process` judges its candidate with it; any other model can be judged the same way
     (bench/requests.py runs it on the oracle, exact unlearning, to show the checks can be passed)."""
+    from .verify import attack_checks, request_checks, utility_check  # the model side: torch, the metrics
+
     lm = _lm(model_dir)
     batch_checks = [utility_check(home, model_dir, lm)]
     if Path(model_dir).resolve() != Path(source_dir).resolve():
@@ -248,7 +249,7 @@ def _verify(home: Home, b: dict, reqs, per, world: Path, source, after, run_dir:
 def _deploy(home: Home, b: dict, reqs, after) -> None:
     """Switch `current`, trim the guard to what it needs, and commit: verified, clear text dropped."""
     certs = b["results"]["certificates"]
-    guard = home.guard()
+    guard = home.targets()
     for r in reqs:
         if home.settings.keep_guard_after_verified:
             if r.name is not None:
