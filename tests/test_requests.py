@@ -390,3 +390,19 @@ def test_home_report_shows_the_ledger_and_one_page_per_certificate(home, raw, tm
     cert = rq.certificate(home, rid)
     assert cert_page.count('<tr class="check">') == len(cert["checks"]) and cert["person_sha256"] in cert_page
     assert f'href="home-certificates/{rid}.html"' in page and 'href="../home.html"' in cert_page
+
+
+def test_demo_requests_carries_every_forget_person_through_sequential_batches(tiny_world, tmp_path):
+    """`unlearn demo --requests`: the forget people filed without facts, processed two at a time, each
+    batch from the last deployed version; every request ends verified with a certificate that
+    verifies, or failed with its reason."""
+    from unlearnkit.requests.demo import demo_requests
+
+    res = demo_requests(tmp_path, tiny_world.data_dir, tiny_world.subject_dir, per_batch=2)
+    assert len(res["requests"]) == 6 and len(res["batches"]) == 3
+    assert {b["stage"] for b in res["batches"]} <= {"deployed", "rejected"}
+    for r in res["requests"]:
+        assert r["status"] in ("verified", "failed")
+        assert (r["certificate_ok"] is True) if r["status"] == "verified" else bool(r["failure"])
+    deployed = [b["version"] for b in res["batches"] if b["stage"] == "deployed"]
+    assert res["version"] == (deployed[-1] if deployed else "v0000")

@@ -117,7 +117,8 @@ def demo(out: Path = typer.Option(Path("runs/demo"), help="Run directory (world,
         out_console.print(at)
     if "requests" in metrics:
         rq = metrics["requests"]
-        rt = Table(title=f"forget requests (home {rq['home']}, batch {rq['stage']}, current {rq['version']})")
+        stages = ", ".join(b["stage"] for b in rq["batches"])
+        rt = Table(title=f"forget requests (home {rq['home']}; batches of 2: {stages}; current {rq['version']})")
         for col in ("request", "status", "why", "inventory", "certificate verifies"):
             rt.add_column(col)
         for r in rq["requests"]:
