@@ -48,6 +48,7 @@ class TargetStore:
         self.targets: list[Target] = []
         self.emb = np.zeros((0, 0), np.float32)  # (rows, dim)
         self.row_target = np.zeros(0, np.int64)  # row -> position of its target in self.targets
+        self.n_pending = 0  # targets without vectors yet (`pending`), counted at each change
         self._emb_name = ""  # the embedder that made self.emb
         self.version = 0
         self.damage: str | None = None  # why the directory could not be read at the last refresh
@@ -103,7 +104,7 @@ class TargetStore:
         """Embed the pending targets (loads the embedder) and, with a directory, save their vectors
         for the other processes; True if there were any."""
         with self._lock:
-            if not self.pending:
+            if not self.n_pending:  # counted at each change: this is on the detector's path
                 return False
             if self.dir is None or self.damage:
                 self._fill_pending()
@@ -117,6 +118,7 @@ class TargetStore:
         self.targets = targets
         self.emb = np.ascontiguousarray(emb, dtype=np.float32)
         self.row_target = np.repeat(np.arange(len(targets)), counts).astype(np.int64)
+        self.n_pending = len(counts) - int(np.count_nonzero(counts))  # targets without vectors yet
         self.version += 1
 
     # -- disk ------------------------------------------------------------------------------
