@@ -73,6 +73,8 @@ def main():
     args = ap.parse_args()
     import yaml
 
+    overrides = {k: v for k, v in (("lr", args.lr), ("epochs", args.epochs)) if v is not None}
+    overrides |= {k: yaml.safe_load(v) for k, _, v in (item.partition("=") for item in args.train)}
     t_all = time.perf_counter()
     data, models = api.embedded(args.out, seed=args.seed, n_people=args.people,
                                 forget_fraction=args.forget_fraction, progress=False)
@@ -146,8 +148,6 @@ def main():
             world, per = batch_world(home, reqs, Path(tmp))
             exact = run_checks(home, reqs, per, world, home.current().path, models["oracle"])
         t = time.perf_counter()
-        overrides = {k: v for k, v in (("lr", args.lr), ("epochs", args.epochs)) if v is not None}
-        overrides |= {k: yaml.safe_load(v) for k, _, v in (t.partition("=") for t in args.train)}
         out = rq.process(home, method=args.method, max_batch=args.per_batch, seed=args.seed, **overrides)
         wall = time.perf_counter() - t
         cur = home.check_version(out["new_version"])  # the candidate, deployed or not
