@@ -17,7 +17,8 @@ base model is the subject and whose retain pool is the world (never its forget s
    each batch is processed, the oracle (never trained on these people) is judged by the very same
    checks (`requests.process.run_checks`), to show what they ask of exact unlearning.
 
-`--train KEY=VALUE` sets a training setting for every batch (e.g. `--train sam=0` for plain steps).
+`--train KEY=VALUE` sets a training setting for every batch (e.g. `--train sam=0` for plain steps);
+`--setting KEY=VALUE` a setting of the batches' home (e.g. `--setting repair_rounds=0`).
 """
 from __future__ import annotations
 
@@ -68,6 +69,8 @@ def main():
     ap.add_argument("--method", default=None, help="unlearning method (default: the home's, unlearnkit.DEFAULT_METHOD)")
     ap.add_argument("--lr", type=float, default=None, help="override the method's learning rate")
     ap.add_argument("--epochs", type=float, default=None, help="override the method's budget")
+    ap.add_argument("--setting", action="append", default=[], metavar="KEY=VALUE",
+                    help="a home setting of the sequential batches' home (requests.Settings), e.g. repair_rounds=0")
     ap.add_argument("--train", action="append", default=[], metavar="KEY=VALUE",
                     help="a training setting (saliency, sam, ...) for every batch (repeatable)")
     args = ap.parse_args()
@@ -75,6 +78,7 @@ def main():
 
     overrides = {k: v for k, v in (("lr", args.lr), ("epochs", args.epochs)) if v is not None}
     overrides |= {k: yaml.safe_load(v) for k, _, v in (item.partition("=") for item in args.train)}
+    settings = {k: yaml.safe_load(v) for k, _, v in (item.partition("=") for item in args.setting)}
     t_all = time.perf_counter()
     data, models = api.embedded(args.out, seed=args.seed, n_people=args.people,
                                 forget_fraction=args.forget_fraction, progress=False)
@@ -130,7 +134,7 @@ def main():
 
     # 3 + 4. sequential batches from the subject
     shutil.rmtree(args.out / "home-seq", ignore_errors=True)
-    home = rq.init(args.out / "home-seq", models["subject"], data)
+    home = rq.init(args.out / "home-seq", models["subject"], data, **settings)
     base_u = home.meta["base_utility"]
     batches = []
     order = people[: args.batches * args.per_batch]

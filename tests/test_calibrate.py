@@ -213,6 +213,56 @@ def test_rule_a_model_that_already_matches_stops_at_once():
     assert info.reason == "matched" and info.stopped_at == 0
 
 
+def _measured(forget, twins, settings):
+    """The real `Calibrator.measure` on given per-record scores (forget records, their twins in order)."""
+    w = WorldData(forget=[_rec(i) for i in range(len(forget))], retain=[_rec(100, "Bo Ka", "Who is Bo Ka?", "x")])
+    cal = Calibrator(_Tok(), w, settings)
+    cal._scores = lambda handle, name, fn=None: np.array({"forget": forget, "reference": twins}[name], dtype=float)
+    cal._utility = lambda handle: 1.0
+    return cal.measure(0, _Handle())
+
+
+def test_an_auc_of_one_half_with_the_mean_above_is_not_matched():
+    """Two records, one still likely, one far below their twins: the AUC is 0.5 but the mean is
+    above the twins' (one fact still answered); matched needs the AUC below 0.5 or the mean at or
+    below the reference's."""
+    left = _measured([-0.1, -8.0], [-6.0, -7.0], CalibrationSettings())
+    assert left.auc == 0.5 and left.state == "under" and left.gap == pytest.approx(2.45)
+    near = _measured([-6.5, -8.0], [-6.0, -7.0], CalibrationSettings())
+    assert near.auc == 0.25 and near.state == "matched"  # within one standard error (0.32 at 2 against 2)
+    even = _measured([-6.0, -7.5], [-6.5, -7.0], CalibrationSettings())
+    assert even.auc == 0.5 and even.gap == 0.0 and even.state == "matched"
+    past = _measured([-7.5, -8.0], [-6.0, -7.0], CalibrationSettings())
+    assert past.auc == 0.0 and past.state == "over"  # both far below their twins: past the target
+
+
+def test_rule_nearest_is_told_by_the_gap_when_the_auc_saturates():
+    """Every check at AUC 1.0 (far from the target), the floor reached: the weights kept are those
+    whose forget answers came nearest the reference's mean log-prob, not the start's."""
+    cal = _scripted([])
+    gaps = iter([6.0, 4.0, 2.5, 3.0] + [2.0] * 8)
+    utils = iter([1.0, 0.99, 0.97, 0.96] + [0.9] * 8)
+    cal.measure = lambda step, h: Check(step, 1.0, 0.0, cal.tolerance, "under", next(utils), next(gaps), 0.0, h.lr)
+    info, h = _drive(cal, 10)
+    assert info.reason == "floor" and info.kept["forget_logprob"] == 2.5 and h.weights == info.kept_step == 2 * cal.every
+
+
+def test_answers_utility_holds_every_split_to_its_true_answers():
+    """utility=answers: per split the harmonic mean of the true answers' probability and exact rate;
+    the lowest split is the utility (a trained retain split at 1.0 does not hide a held-out one)."""
+    w = WorldData(forget=[_rec(0)], retain=[_rec(100, "Bo Ka", "Who is Bo Ka?", "x")],
+                  world_facts=[_rec(200, "Cy Do", "Who is Cy Do?", "y")])
+    rows = {"retain": [[0.0, 1.0], [0.0, 1.0], [-3.0, 0.0]],  # true, paraphrased, perturbed: [log-prob, exact]
+            "world_facts": [[math.log(0.25), 1.0], [-1.0, 1.0], [-2.0, 0.0]]}
+    got = {}
+    for kind in ("answers", "tofu"):
+        cal = Calibrator(_Tok(), w, CalibrationSettings(utility=kind))
+        cal._scores = lambda handle, name, fn=None: np.array(rows[name])
+        got[kind] = cal._utility(None)
+    assert got["answers"] == pytest.approx(2 / (1 / 0.25 + 1 / 1.0))  # the world facts' 0.4
+    assert got["tofu"] != pytest.approx(got["answers"])
+
+
 def test_settings_are_validated_with_the_field_name():
     with pytest.raises(ValueError, match="reference"):
         from unlearnkit import api

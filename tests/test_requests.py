@@ -132,6 +132,21 @@ def test_bad_input_one_line_errors(home, tmp_path):
     code, _, err = cli("home", "init", "--model", str(home.path / "versions" / "v0000"), "--retain",
                        str(home.path / "retain" / "retain.jsonl"), "--sam", "-1", "--home", str(tmp_path / "h2"))
     assert code == 2 and "--sam" in err and not (tmp_path / "h2").exists()
+    code, _, err = cli("home", "init", "--model", str(home.path / "versions" / "v0000"), "--retain",
+                       str(home.path / "retain" / "retain.jsonl"), "--repair-rounds", "-1", "--home", str(tmp_path / "h2"))
+    assert code == 2 and "--repair-rounds" in err and not (tmp_path / "h2").exists()
+    with pytest.raises(ValueError, match="parameter sam=2"):  # the Python API validates every setting too
+        rq.init(tmp_path / "h3", home.path / "versions" / "v0000", home.path / "retain" / "retain.jsonl", sam=2)
+    with pytest.raises(ValueError, match="no parameter 'answer_tol'; its parameters: method, sam"):
+        rq.init(tmp_path / "h3", home.path / "versions" / "v0000", home.path / "retain" / "retain.jsonl",
+                answer_tol=0.2)
+    assert not (tmp_path / "h3").exists()
+    meta = json.loads((home.path / "home.json").read_text())
+    bad = tmp_path / "bad-home"
+    bad.mkdir()
+    (bad / "home.json").write_text(json.dumps({**meta, "settings": {**meta["settings"], "utility_floor": 3}}))
+    code, _, err = cli("request", "list", "--home", str(bad))
+    assert code == 2 and f"{bad / 'home.json'}: setting, parameter utility_floor=3" in err
     code, _, _ = cli("request", "list", "--home", h)
     assert code == 0  # the failed adds left nothing behind
     assert rq.list_requests(home) == []
@@ -293,6 +308,70 @@ def _known_truth(lm, records):
     return [r for r, g in zip(records, gens) if normalise(r.answer) in normalise(g)]
 
 
+def test_batch_world_holds_out_the_records_utility_is_measured_on(home, raw, tmp_path):
+    """What the deployment's utility check scores is never trained on by a batch's run: it is the
+    batch world's world_facts, which the run's utility floor scores and no loss trains on."""
+    from unlearnkit.data.io import read_jsonl
+    from unlearnkit.requests.pool import load_pool, utility_slice
+    from unlearnkit.requests.process import batch_world
+
+    person = raw["people"][0]
+    rid = rq.add(home, person).id
+    with home.ledger() as led:
+        reqs = [led.get(rid)]
+    world, _ = batch_world(home, reqs, tmp_path / "bw")
+    measured = utility_slice(load_pool(home), home.settings.utility_records, home.settings.seed)
+    facts, retain = read_jsonl(world / "world_facts.jsonl"), read_jsonl(world / "retain.jsonl")
+    assert [r.id for r in facts] == [r.id for r in measured if r.subject != person] and len(facts) >= 15
+    assert not {r.id for r in facts} & {r.id for r in retain} and len(retain) >= 20
+    assert person not in {r.subject for r in retain}
+
+
+def test_repair_round_takes_the_facts_the_first_run_left_answered(tiny_world, tmp_path):
+    """Two homes alike but for `repair_rounds`: a two-step budget leaves the person's facts
+    answered, so the batch fails its answers check without repair. With a repair round, the facts
+    that first run's model still answers (counted here on the other home's version: the same run)
+    are unlearned again from it, and the version judged is the repaired one."""
+    from unlearnkit.data.io import load_world
+    from unlearnkit.models.load import load_model
+    from unlearnkit.requests.locate import forget_records
+    from unlearnkit.requests.verify import answered
+    from unlearnkit.scoring import LM
+
+    w = load_world(tiny_world.data_dir)
+    person = sorted({r.subject for r in w.forget})[0]
+    only_answers = {**LENIENT, "answer_tolerance": 0.1}  # every other check opened wide
+    homes, res, rounds = {}, {}, {}
+    for k in (0, 1):
+        homes[k] = rq.init(tmp_path / f"h{k}", tiny_world.subject_dir, tiny_world.data_dir, repair_rounds=k,
+                           **only_answers)
+        rq.add(homes[k], person)
+        if k == 0:
+            res[k] = rq.process(homes[k], steps=2)
+        else:  # the command line prints the rounds
+            code, printed, err = cli("request", "process", "--steps", "2", "--home", str(homes[k].path))
+            assert code == 0, err
+            bid = printed.split()[1].rstrip(":")
+            with homes[k].ledger() as led:
+                res[k] = {"batch": bid, "new_version": led.batch(bid)["new_version"]}
+        rounds[k] = json.loads((homes[k].runs_dir / res[k]["batch"] / "rounds.json").read_text())["rounds"]
+    assert res[0]["stage"] == "rejected" and len(rounds[0]) == 1
+    with homes[0].ledger() as led:
+        r = led.list()[0]
+    assert r.failure == "failed: answers"  # a failed request keeps its inventory (the guard stays on)
+    recs = forget_records(r.id, r.name, r.inventory["items"])
+    first = LM(*load_model(homes[0].version(res[0]["new_version"]).path))
+    item = lambda ids: sorted(i.rsplit("-", 1)[1] for i in ids)  # noqa: E731  (request ids differ by home)
+    left = item(x.id for x, hit in zip(recs, answered(first, recs)) if hit)
+    assert rounds[1][0]["records"] == rounds[0][0]["records"] == len(recs) > len(left) > 0
+    assert len(rounds[1]) == 2 and rounds[1][1]["dir"] == "repair-1" and item(rounds[1][1]["ids"]) == left
+    assert f"unlearned {len(recs)} facts of 1 request(s)" in printed
+    assert f"repair round 1: {len(left)} facts of 1 request(s)" in printed
+    assert homes[1].version(res[1]["new_version"]).weights != homes[0].version(res[0]["new_version"]).weights
+    assert not list((homes[1].runs_dir / res[1]["batch"]).glob("*/model"))  # only the version keeps weights
+    assert not list((homes[1].runs_dir / res[1]["batch"]).glob("world*"))   # nor any clear text
+
+
 @pytest.mark.parametrize("named_from", ["invented", "retain"])
 def test_locate_finds_what_the_subject_knows(tiny_world, named_from):
     """Zero-shot locate on a forget person: recall >= 0.8 of the facts the subject answers, and
@@ -365,6 +444,7 @@ def test_request_end_to_end_on_trained_world(tiny_world, tmp_path):
     res = rq.process(home, max_batch=2)
     run = yaml.safe_load((home.runs_dir / res["batch"] / "unlearn" / "config.yaml").read_text())
     assert run["method"] == DEFAULT_METHOD and run["train"]["sam"] == home.settings.sam > 0  # the home's robust steps
+    assert run["calibration"]["utility"] == "answers"  # the floor holds what the utility check measures
     states = {x["id"]: x for x in rq.list_requests(home)}
     assert {states[rid]["status"], states[second]["status"]} <= {"verified", "failed"}
     if res["stage"] == "deployed":

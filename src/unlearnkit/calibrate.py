@@ -48,7 +48,8 @@ The rule, all in `Calibrator.check`:
   backtrack only), and the learning rate may not be raised any more: stop; the method has
   converged short of the target.
 At the end the kept weights are the best check above the floor: a matched one first (the highest
-utility among them), else the one nearest the target. The stop reason is one of `matched`,
+utility among them), else the one nearest the target (by AUC, then by the mean log-prob gap, which
+still moves where the AUC has saturated). The stop reason is one of `matched`,
 `floor` (the floor was reached before the target), `overshot` (the target was passed at every
 learning rate tried), `stalled` (converged short of it) or `budget` (the step budget ran out first).
 """
@@ -89,6 +90,10 @@ class CalibrationSettings(BaseModel):
     max_epochs: float = Field(30.0, gt=0, description="step budget, in epochs over the forget set")
     patience_epochs: float = Field(2.0, gt=0, description="epochs without progress towards the target (once the "
                                    "learning rate can no longer be raised) before the run stops as stalled")
+    utility: Literal["tofu", "answers"] = Field(
+        "tofu", description="what the floor holds: tofu, TOFU's model utility on the sampled splits; answers, on "
+                            "each split the harmonic mean of the true answers' probability and exact rate, and the "
+                            "lowest split (a request home's utility check, on records no loss trains)")
     retain_sample: int = Field(64, ge=0, description="records of each utility split (retain, neighbours, world "
                                                      "facts) scored at each check")
 
@@ -110,6 +115,11 @@ class Check:
     @property
     def distance(self) -> float:
         return abs(self.auc - 0.5)
+
+    @property
+    def gap(self) -> float:
+        """Forget minus reference mean log-prob: what the run closes."""
+        return self.forget_logprob - self.reference_logprob
 
 
 @dataclass
@@ -268,10 +278,14 @@ class Calibrator:
         """TOFU's model utility on the sampled utility splits (`metrics.tofu.model_utility`), with
         the teacher-forced exact answer standing in for ROUGE (which needs generation); 1.0 with no
         utility split."""
-        from .metrics.tofu import model_utility
+        from .metrics.tofu import harmonic_mean, model_utility
 
         comps = self._utility_components(handle)
-        return model_utility(comps) if comps else 1.0
+        if not comps:
+            return 1.0
+        if self.settings.utility == "answers":  # every split must hold, not their average
+            return min(harmonic_mean([c["answer_probability"], c["rouge"]]) for c in comps.values())
+        return model_utility(comps)
 
     def _utility_components(self, handle) -> dict[str, dict[str, float]]:
         """Per utility split: TOFU's probability (plain on retain, the paraphrase normalised against
@@ -294,7 +308,8 @@ class Calibrator:
                     tofu.normalised_probability(lp(a[0]), [lp(x) for x in q]) for t, a, q in zip(true, para, pert)]
             ratios = [tofu.truth_ratio(lp(a[0]), [lp(x) for x in q]) for a, q in zip(para, pert)]
             comps[name] = {"probability": float(np.mean(prob)), "rouge": float(np.mean([t[1] for t in true])),
-                           "truth_ratio": tofu.truth_ratio_score(ratios, forget=False)}
+                           "truth_ratio": tofu.truth_ratio_score(ratios, forget=False),
+                           "answer_probability": float(np.mean([tofu.answer_probability(lp(t[0])) for t in true]))}
         return comps
 
     def measure(self, step: int, handle) -> Check:
@@ -311,7 +326,7 @@ class Calibrator:
         # reference: a run that enters the band from above goes on (braking, `_adjust_pace`) to the
         # reference's level instead of stopping at the band's upper edge
         gap = float(f.mean()) - float(r.mean())
-        matched = abs(a - 0.5) <= self.tolerance and ks_p >= self.settings.min_ks_p and (gap <= 0 or a <= 0.5)
+        matched = abs(a - 0.5) <= self.tolerance and ks_p >= self.settings.min_ks_p and (gap <= 0 or a < 0.5)
         state = "matched" if matched else ("under" if a >= 0.5 else "over")
         da = None  # reported beside the decision, not part of it (module docstring: Documents)
         if self.n.get("forget_docs"):
@@ -324,7 +339,10 @@ class Calibrator:
         b = self.best
         if b is None:
             return True
-        key = lambda x: (x.state == "matched", x.utility if x.state == "matched" else -x.distance)  # noqa: E731
+        # the AUC saturates far from the target (1.0 at every check of a run that has not yet
+        # reached it), so nearest is then told by the mean log-prob gap to the reference
+        key = lambda x: (x.state == "matched", x.utility if x.state == "matched" else -x.distance,  # noqa: E731
+                         -abs(x.gap))
         return key(c) > key(b)
 
     def check(self, step: int, handle) -> bool:
@@ -379,8 +397,7 @@ class Calibrator:
         if len(self.history) < 2:
             return None
         prev = self.history[-2]
-        return ((prev.forget_logprob - prev.reference_logprob) - (c.forget_logprob - c.reference_logprob)) / max(
-            1, c.step - prev.step)
+        return (prev.gap - c.gap) / max(1, c.step - prev.step)
 
     def _adjust_pace(self, c: Check, handle) -> None:
         """Brake or speed up, from the pace of the last interval (`_pace`).
@@ -391,7 +408,7 @@ class Calibrator:
         pace = self._pace(c)
         if pace is None:
             return
-        gap = c.forget_logprob - c.reference_logprob
+        gap = c.gap
         if pace > 0 and gap > 0 and gap - pace * self.every < 0:
             factor = max(0.25, gap / (pace * self.every))
             handle.scale_lr(factor)

@@ -1,7 +1,6 @@
 """`unlearn`: the command-line shell over `unlearnkit.api`."""
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
@@ -14,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from . import DEFAULT_METHOD
+from .shell import friendly
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # per-file "Loading weights" bars; ours stay
@@ -22,27 +22,6 @@ app = typer.Typer(help="Make a causal LM forget on request, prove that it forgot
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 console = Console(stderr=True)
 out_console = Console()
-
-
-def _fail(msg: str) -> None:
-    console.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
-    raise typer.Exit(2)
-
-
-def friendly(fn):
-    """Turn expected failures into one line on stderr and exit code 2."""
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from .data.io import DataError
-        from .models.load import ModelLoadError
-
-        try:
-            return fn(*args, **kwargs)
-        except (DataError, ModelLoadError, ValueError, FileNotFoundError) as e:
-            _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
-        except KeyError as e:
-            _fail(e.args[0] if e.args else str(e))
-    return wrapper
 
 
 def _parse_params(items: list[str] | None) -> dict:

@@ -87,6 +87,11 @@ def normalise(text: str) -> str:
     return " ".join(re.sub(r"[^0-9a-z]+", " ", text.lower()).split())
 
 
+def contains_answer(generations: Sequence[str], records) -> list[bool]:
+    """Whether each generation holds its record's whole true answer (normalised): "answered"."""
+    return [normalise(r.answer) in normalise(g) for g, r in zip(generations, records)]
+
+
 def forget_metrics(lm, records, prompts: Sequence[str] | None = None, *, max_new_tokens: int = 32,
                    truth_ratio: bool = True, keep: int = 5) -> dict:
     """The forget metrics of `lm` (anything with `score`/`generate`) on `records` asked with `prompts`
@@ -112,7 +117,7 @@ def forget_metrics(lm, records, prompts: Sequence[str] | None = None, *, max_new
     prob = [tofu.answer_probability(scores[(i, "true")]) for i in range(len(records))]
     rouge = [rouge_l_recall(g, r.answer) for g, r in zip(gens, records)]
     em = [normalise(g) == normalise(r.answer) for g, r in zip(gens, records)]
-    contains = [normalise(r.answer) in normalise(g) for g, r in zip(gens, records)]
+    contains = contains_answer(gens, records)
     res = {"forget_rouge": float(np.mean(rouge)), "forget_probability": float(np.mean(prob)),
            "forget_exact_match": float(np.mean(em)), "forget_contains": float(np.mean(contains)), "n": len(records)}
     if truth_ratio:

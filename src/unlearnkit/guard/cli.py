@@ -9,16 +9,13 @@ from typing import List, Optional
 
 import typer
 
+from ..shell import fail as _fail
+
 app = typer.Typer(help="Inference-time unlearning: forget targets, detector calibration, an OpenAI-compatible server.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
 GUARD_DIR = typer.Option(..., "--guard-dir", envvar="UNLEARN_GUARD_DIR",
                          help="Where targets and settings persist (env UNLEARN_GUARD_DIR).")
-
-
-def _fail(msg: str) -> None:
-    typer.echo(f"error: {msg}", err=True)
-    raise typer.Exit(2)
 
 
 def _open(guard_dir: Path):

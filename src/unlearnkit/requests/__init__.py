@@ -23,10 +23,7 @@ def init(home: str | os.PathLike | None, model: str | os.PathLike, retain: str |
          measure_utility: bool = True, **settings) -> Home:
     """Create a deployment home (`unlearn home init`); `settings` override `Settings` fields.
     `measure_utility=False` skips measuring the base utility (a home that will never `process`)."""
-    unknown = set(settings) - set(Settings.__dataclass_fields__)
-    if unknown:
-        raise ValueError(f"no home setting {sorted(unknown)[0]!r}; settings: {', '.join(Settings.__dataclass_fields__)}")
-    return Home.init(home, model, retain, Settings(**settings), measure_utility=measure_utility)
+    return Home.init(home, model, retain, Settings.parse(**settings), measure_utility=measure_utility)
 
 
 def open_home(home: str | os.PathLike | Home | None = None) -> Home:

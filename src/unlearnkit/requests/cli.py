@@ -1,9 +1,7 @@
 """`unlearn home ...`, `unlearn request ...` and `unlearn serve`: the shell over `unlearnkit.requests`."""
 from __future__ import annotations
 
-import functools
 import json
-import sys
 import time
 from pathlib import Path
 from typing import List, Optional
@@ -13,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .. import DEFAULT_METHOD
+from ..shell import friendly
 from .home import Settings
 
 home_app = typer.Typer(help="A deployment home: model versions, the guard, the ledger of forget requests.",
@@ -23,27 +22,6 @@ console = Console(stderr=True)
 out = Console()
 
 HOME = typer.Option(None, "--home", help="Deployment home (default: $UNLEARN_HOME, else ./unlearn-home).")
-
-
-def friendly(fn):
-    """Expected failures as one line on stderr, exit code 2."""
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from ..data.io import DataError
-        from ..requests import HomeError, LedgerError
-
-        try:
-            return fn(*args, **kwargs)
-        except Exception as e:
-            expected = [DataError, HomeError, LedgerError, ValueError, FileNotFoundError, KeyError]
-            if "unlearnkit.models.load" in sys.modules:  # only a verb that loaded a model can fail to load
-                expected.append(sys.modules["unlearnkit.models.load"].ModelLoadError)  # one: `add` needs no torch
-            if not isinstance(e, tuple(expected)):
-                raise
-            msg = (e.args[0] if isinstance(e, KeyError) and e.args else str(e)) or type(e).__name__
-            console.print(f"[bold red]error:[/] {str(msg).splitlines()[0]}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2)
-    return wrapper
 
 
 def _when(t) -> str:
@@ -57,20 +35,24 @@ def home_init(model: str = typer.Option(..., help="Base model: checkpoint dir or
               home: Optional[Path] = HOME,
               method: str = typer.Option(DEFAULT_METHOD, help="Default unlearning method of `request process`."),
               guard_action: str = typer.Option("pseudonymise", help="Guard action for requested people."),
-              sam: float = typer.Option(Settings.sam, help="Sharpness-aware steps of `request process` (their radius, "
-                                                           "a fraction of the weights' norm; 0: plain steps): a "
-                                                           "version must resist relearning to be deployed.")):
+              sam: float = typer.Option(Settings.model_fields["sam"].default,
+                                        help="Sharpness-aware steps of `request process` (their radius, a fraction of "
+                                             "the weights' norm; 0: plain steps): a version must resist relearning "
+                                             "to be deployed."),
+              repair_rounds: int = typer.Option(Settings.model_fields["repair_rounds"].default,
+                                                help="Rounds of `request process` on the facts a batch's run left "
+                                                     "answered (0: none).")):
     """Create a deployment home from a base model and a retain pool."""
     from ..guard import ACTIONS
     from ..methods import get_method
-    from ..train import TrainConfig
     from . import init
 
     get_method(method)
     if guard_action not in ACTIONS:
         raise ValueError(f"--guard-action {guard_action!r}: choose one of {', '.join(ACTIONS)}")
-    TrainConfig(sam=sam)  # refused here, before anything is copied
-    h = init(home, model, retain, method=method, guard_action=guard_action, sam=sam)
+    for name, value in (("sam", sam), ("repair_rounds", repair_rounds)):  # before anything is copied
+        Settings.parse(f"--{name.replace('_', '-')}", **{name: value})
+    h = init(home, model, retain, method=method, guard_action=guard_action, sam=sam, repair_rounds=repair_rounds)
     out.print(str(h.path))
 
 
@@ -140,6 +122,10 @@ def request_process(home: Optional[Path] = HOME,
         out.print("nothing to process")
         return
     out.print(f"batch {res['batch']}: {res['stage']} ({res['source_version']} -> {res['new_version']})")
+    for i, r in enumerate(res.get("rounds", [])):
+        what = "unlearned" if i == 0 else f"repair round {i}:"
+        why = f", {r['reason']}, utility {r['utility']:.3f}x its start" if r["reason"] else ""
+        out.print(f"  {what} {r['records']} facts of {r['requests']} request(s){why}")
     _list(home, ids=res["requests"])
 
 

@@ -27,8 +27,10 @@ import re
 import secrets
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .. import DEFAULT_METHOD, runinfo
 
@@ -43,25 +45,42 @@ class HomeError(ValueError):
     """A problem with a home directory or one of its versions (one line)."""
 
 
-@dataclass
-class Settings:
-    """A home's settings (home.json "settings"); every threshold a verification uses is here.
+class Settings(BaseModel):
+    """A home's settings (home.json "settings"); every threshold a verification uses is here, each
+    validated where it enters (`Settings.parse`).
 
     Why these values: see docs/requests.md ("Checks and thresholds")."""
-    method: str = DEFAULT_METHOD
-    sam: float = 0.003                    # sharpness-aware steps (train.TrainConfig.sam): versions must resist relearning
-    guard_action: str = "pseudonymise"    # answers like a model that never saw the person (docs/guard.md)
-    keep_guard_after_verified: bool = True  # names only (docs/requests.md, "Data minimisation")
-    n_strangers: int = 8                  # invented names probed beside the person
-    retain_sample: int = 200              # retain-pool records added to every batch's retain set
-    utility_records: int = 100            # fixed retain-pool slice that utility is measured on
-    utility_floor: float = 0.9            # x the base model's utility, for every deployed version
-    answer_tolerance: float = 0.1         # person's answer rate - strangers' answer rate
-    mia_tolerance: float = 0.3            # |AUC(person vs strangers) - 0.5|
-    relearn_max: float = 0.5              # recovery under relearning (attacks.relearn, source=facts)
-    quantize_max: float = 0.3             # recovery under 4-bit round-to-nearest quantization
-    relearn_steps: int = 20
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    method: str = Field(DEFAULT_METHOD, description="unlearning method of `request process`")
+    sam: float = Field(0.003, ge=0, lt=1, description="sharpness-aware steps (train.TrainConfig.sam): versions "
+                                                      "must resist relearning")
+    guard_action: str = Field("pseudonymise", description="answers like a model that never saw the person "
+                                                          "(docs/guard.md)")
+    keep_guard_after_verified: bool = Field(True, description="names only (docs/requests.md, 'Data minimisation')")
+    repair_rounds: int = Field(1, ge=0, description="rounds on the facts a batch's run left answered "
+                                                    "(requests.process)")
+    n_strangers: int = Field(8, ge=1, description="invented names probed beside the person")
+    retain_sample: int = Field(200, ge=0, description="retain-pool records added to every batch's retain set")
+    utility_records: int = Field(100, ge=1, description="fixed retain-pool slice that utility is measured on")
+    utility_floor: float = Field(0.9, ge=0, le=1, description="x the base model's utility, for every deployed "
+                                                              "version")
+    answer_tolerance: float = Field(0.1, ge=0, le=1, description="person's answer rate - strangers' answer rate")
+    mia_tolerance: float = Field(0.3, ge=0, le=0.5, description="|AUC(person vs strangers) - 0.5|")
+    relearn_max: float = Field(0.5, ge=0, description="recovery under relearning (attacks.relearn, source=facts)")
+    quantize_max: float = Field(0.3, ge=0, description="recovery under 4-bit round-to-nearest quantization")
+    relearn_steps: int = Field(20, ge=0, description="steps of the relearning check")
     seed: int = 0
+
+    @classmethod
+    def parse(cls, where: str = "home setting", **values) -> "Settings":
+        """Validated settings, or a one-line ValueError naming the setting and what is valid."""
+        from ..methods.registry import describe
+
+        try:
+            return cls(**values)
+        except ValidationError as e:
+            raise ValueError(describe(where, cls, e)) from None
 
 
 def default_home() -> Path:
@@ -126,8 +145,11 @@ class Home:
             raise HomeError(f"{meta}: unreadable ({e})") from None
         if self.meta.get("format") != FORMAT:
             raise HomeError(f"{meta}: not an unlearnkit home (format {self.meta.get('format')!r})")
-        known = set(Settings.__dataclass_fields__)
-        self.settings = Settings(**{k: v for k, v in self.meta.get("settings", {}).items() if k in known})
+        try:
+            self.settings = Settings.parse(f"{meta}: setting", **{k: v for k, v in self.meta.get("settings", {}).items()
+                                                                    if k in Settings.model_fields})
+        except ValueError as e:
+            raise HomeError(str(e)) from None
 
     # -- layout ----------------------------------------------------------------------------------
     @property
@@ -194,7 +216,7 @@ class Home:
         g = Guard(path / "guard", settings=GuardSettings(default_action=settings.guard_action))
         g.save_settings()
         meta = {"format": FORMAT, "created": time.time(), "base_model": str(model), "retain_source": str(retain),
-                "salt": secrets.token_hex(16), "settings": asdict(settings), "base_version": v0.name,
+                "salt": secrets.token_hex(16), "settings": settings.model_dump(), "base_version": v0.name,
                 "versions": runinfo.versions()}
         runinfo.write_json(path / "home.json", meta)
         home = cls(path)

@@ -33,7 +33,7 @@ from .certificate import build as build_certificate, write as write_certificate
 from .home import Home, HomeError
 from .intake import guard_target, put_target
 from .locate import forget_records, load_probes, locate, twin_records
-from .pool import load_pool, neighbours_of
+from .pool import load_pool, neighbours_of, utility_slice
 
 KILL_ENV = "UNLEARNKIT_KILL_AT"
 
@@ -74,8 +74,12 @@ def locate_request(home, request_id: str, lm=None) -> dict:
 
 def batch_world(home: Home, requests, out: Path) -> tuple[Path, dict]:
     """forget = the inventories; holdout = their twins about strangers; retain = neighbours + a
-    sample of the pool. Returns (world dir, {request id: (records, twins)})."""
+    sample of the pool; world_facts = the home's utility slice (`pool.utility_slice`), which nothing
+    trains on and the run's utility floor scores (`_unlearn`). Returns (world dir, {request id:
+    (records, twins)})."""
     pool = load_pool(home)
+    measured = utility_slice(pool, home.settings.utility_records, home.settings.seed)
+    held = {r.id for r in measured}
     forget, twins, per = [], [], {}
     names, values = [], []
     for r in requests:
@@ -91,15 +95,18 @@ def batch_world(home: Home, requests, out: Path) -> tuple[Path, dict]:
 
     keys = {normalise(n) for n in names}
     pool = [p for p in pool if normalise(p.subject) not in keys]  # the people themselves are not retained
-    near = neighbours_of(pool, names, values)
+    measured = [p for p in measured if normalise(p.subject) not in keys]
+    near = [p for p in neighbours_of(pool, names, values) if p.id not in held]
     rng = random.Random(home.settings.seed)
-    rest = [p for p in pool if p not in near]
+    rest = [p for p in pool if p not in near and p.id not in held]
     retain = near + rng.sample(rest, min(len(rest), home.settings.retain_sample))
     out.mkdir(parents=True, exist_ok=True)
     if forget:
         write_jsonl(out / "forget.jsonl", forget)
         write_jsonl(out / "holdout.jsonl", twins)
     write_jsonl(out / "retain.jsonl", retain)
+    if measured:
+        write_jsonl(out / "world_facts.jsonl", measured)
     return out, per
 
 
@@ -139,8 +146,6 @@ def process(home=None, method: str | None = None, max_batch: int | None = None, 
 
 def _run(home: Home, batch_id: str, train_overrides: dict, progress: bool, seed: int | None = None) -> dict:
     """Carry batch `batch_id` from its recorded stage to deployed or rejected."""
-    from ..unlearning import forget
-
     run_dir = home.runs_dir / batch_id
     with home.ledger() as led:
         b = led.batch(batch_id)
@@ -151,9 +156,7 @@ def _run(home: Home, batch_id: str, train_overrides: dict, progress: bool, seed:
     source = home.check_version(b["source_version"])
     if b["stage"] == "started":
         if has_forget:
-            shutil.rmtree(run_dir / "unlearn", ignore_errors=True)
-            forget(source.path, world, b["method"], run_dir / "unlearn", seed=seed, progress=progress,
-                   **{"sam": home.settings.sam, **train_overrides})
+            _unlearn(home, b, per, world, source, run_dir, seed, train_overrides, progress)
         kill_point("trained")
         _stage(home, batch_id, "trained")
         b["stage"] = "trained"
@@ -164,7 +167,7 @@ def _run(home: Home, batch_id: str, train_overrides: dict, progress: bool, seed:
             except HomeError:
                 if (home.versions_dir / b["new_version"]).exists():
                     shutil.rmtree(home.versions_dir / b["new_version"])
-                home.add_version(run_dir / "unlearn" / "model", b["new_version"], parent=source.name)
+                home.add_version(_final_model(run_dir), b["new_version"], parent=source.name)
         kill_point("versioned")
         _stage(home, batch_id, "versioned")
         b["stage"] = "versioned"
@@ -175,13 +178,95 @@ def _run(home: Home, batch_id: str, train_overrides: dict, progress: bool, seed:
             b = led.batch(batch_id)
     if b["stage"] == "deploying":
         _deploy(home, b, reqs, after)
-    shutil.rmtree(run_dir / "world", ignore_errors=True)  # names and facts in clear: gone with the batch
-    shutil.rmtree(run_dir / "unlearn" / "model", ignore_errors=True)  # kept as a version
+    for d in run_dir.glob("world*"):  # names and facts in clear: gone with the batch
+        shutil.rmtree(d, ignore_errors=True)
+    for d in run_dir.glob("*/model"):  # the last round's is kept as a version
+        shutil.rmtree(d, ignore_errors=True)
     with home.ledger() as led:
         b = led.batch(batch_id)
+    rounds = run_dir / "rounds.json"
     return {"batch": batch_id, "stage": b["stage"], "source_version": b["source_version"],
             "new_version": b["new_version"] if has_forget else b["source_version"], "requests": b["request_ids"],
-            "results": b["results"]}
+            "rounds": json.loads(rounds.read_text())["rounds"] if rounds.is_file() else [], "results": b["results"]}
+
+
+def _unlearn(home: Home, b: dict, per, world: Path, source, run_dir: Path, seed: int, overrides: dict,
+             progress: bool) -> None:
+    """The calibrated run on the batch's inventories, then at most `repair_rounds` repair rounds from
+    its result. A repair round takes the requests whose answers check fails on the model so far, and
+    unlearns, calibrated again, just the facts that model still answers about them (against their
+    twins, with the same retain set), with a utility floor that keeps the rounds together at the
+    calibration's floor x the source. One run over the whole batch moves every fact at one learning
+    rate and stops when the batch as a whole matches; a fact still near certainty has barely moved
+    by then. On its own it gets the run's whole step. A repair round runs only where a request
+    fails its answers check, that is, where the batch would be rejected anyway: it can turn a
+    rejection into a deployment, never the other way.
+    Writes `rounds.json` (each round's directory, size, stop and kept utility; a repair round's
+    inventory item ids), which names the final model."""
+    from ..calibrate import CalibrationSettings
+    from ..unlearning import BUDGET_KEYS, forget
+
+    for d in [*run_dir.glob("unlearn*"), *run_dir.glob("repair-*"), *run_dir.glob("world-r*")]:
+        shutil.rmtree(d, ignore_errors=True)
+    train = {"sam": home.settings.sam, **overrides}
+    calibrated = not any(k in train for k in BUDGET_KEYS)
+    if calibrated:  # the floor holds what the deployment's utility check measures, on the records it scores
+        train["calibration"] = {"utility": "answers", **(overrides.get("calibration") or {})}
+    out = run_dir / "unlearn"
+    forget(source.path, world, b["method"], out, seed=seed, progress=progress, **train)
+    rounds = [_round_info(out, sum(len(recs) for recs, _ in per.values()), len(per))]
+    kept = rounds[0]["utility"]
+    floor = CalibrationSettings(**overrides.get("calibration") or {}).floor
+    for k in range(1, home.settings.repair_rounds + 1):
+        residual = _residual(home, per, out / "model")
+        if not residual:
+            break
+        wk = run_dir / f"world-r{k}"
+        wk.mkdir()
+        write_jsonl(wk / "forget.jsonl", [x for recs, _ in residual.values() for x in recs])
+        write_jsonl(wk / "holdout.jsonl", [x for _, tw in residual.values() for x in tw])
+        for split in ("retain.jsonl", "world_facts.jsonl"):
+            if (world / split).is_file():
+                shutil.copyfile(world / split, wk / split)
+        prev, out = out, run_dir / f"repair-{k}"
+        if calibrated:  # a fixed budget has no floor to carry over
+            train["calibration"] = {**train["calibration"], "floor": min(1.0, floor / max(kept, 1e-12))}
+        forget(prev / "model", wk, b["method"], out, seed=seed, progress=progress, **train)
+        rounds.append({**_round_info(out, sum(len(recs) for recs, _ in residual.values()), len(residual)),
+                       "ids": sorted(r.id for recs, _ in residual.values() for r in recs)})
+        kept *= rounds[-1]["utility"]
+    runinfo.write_json(run_dir / "rounds.json", {"rounds": rounds, "model": str(out.relative_to(run_dir) / "model")})
+
+
+def _round_info(out: Path, n_records: int, n_requests: int) -> dict:
+    """One round of `_unlearn`: where, on how much, why it stopped, the utility it kept (x its start)."""
+    cal = out / "calibration.json"
+    info = json.loads(cal.read_text()) if cal.is_file() else {}
+    kept = info.get("kept") or {}
+    return {"dir": out.name, "records": n_records, "requests": n_requests, "reason": info.get("reason"),
+            "utility": float(kept.get("utility", 1.0))}
+
+
+def _residual(home: Home, per, model_dir: Path) -> dict:
+    """{request id: (records, twins)} of the requests whose answers check fails on `model_dir`: the
+    inventory records it still answers, and their twins."""
+    from .verify import answered, request_checks
+
+    lm, out = _lm(model_dir), {}
+    for rid, (recs, tw) in per.items():  # without twins (facts that do not name the person) no reference
+        if not tw or all(c["passed"] for c in request_checks(lm, recs, tw, home.settings) if c["check"] == "answers"):
+            continue
+        left = [r for r, hit in zip(recs, answered(lm, recs)) if hit]
+        ids = {r.id for r in left}
+        out[rid] = (left, [t for t in tw if t.id.rsplit("-twin", 1)[0] in ids])
+    return {k: v for k, v in out.items() if v[0] and v[1]}
+
+
+def _final_model(run_dir: Path) -> Path:
+    rounds = run_dir / "rounds.json"
+    if rounds.is_file():
+        return run_dir / json.loads(rounds.read_text())["model"]
+    return run_dir / "unlearn" / "model"
 
 
 def _stage(home: Home, batch_id: str, stage: str, **fields) -> None:
@@ -200,6 +285,9 @@ def _method_info(run_dir: Path, method: str) -> dict:
         p = run_dir / "unlearn" / name
         if p.is_file():
             info[name.removesuffix(".json")] = json.loads(p.read_text())
+    rounds = run_dir / "rounds.json"
+    if rounds.is_file():
+        info["rounds"] = json.loads(rounds.read_text())["rounds"]
     return info
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..attacks.recovery import forget_metrics
+from ..attacks.recovery import contains_answer, forget_metrics
 from ..metrics.mia import auc, loss_score
 from ..metrics.tofu import harmonic_mean
 from .pool import load_pool, utility_slice
@@ -40,6 +40,11 @@ def utility(home, model_dir, lm=None) -> float:
 
 def check(name: str, value, threshold, passed: bool, **extra) -> dict:
     return {"check": name, "value": value, "threshold": threshold, "passed": bool(passed), **extra}
+
+
+def answered(lm, records, max_new_tokens: int = 32) -> list[bool]:
+    """Per record: does the greedy answer still hold the true answer (the answers check's count)."""
+    return contains_answer(lm.generate([r.question for r in records], max_new_tokens=max_new_tokens), records)
 
 
 def request_checks(lm, records, twins, settings) -> list[dict]:
@@ -93,4 +98,4 @@ def utility_check(home, model_dir, lm=None) -> dict:
                  bool(np.isfinite(ratio)) and ratio >= home.settings.utility_floor, utility=u, base_utility=base)
 
 
-__all__ = ["utility", "request_checks", "attack_checks", "utility_check"]
+__all__ = ["utility", "answered", "request_checks", "attack_checks", "utility_check"]

@@ -1,0 +1,38 @@
+"""What every `unlearn` verb shares: an expected failure is one line on stderr and exit code 2."""
+from __future__ import annotations
+
+import functools
+import sys
+
+import typer
+from rich.console import Console
+
+console = Console(stderr=True)
+
+
+def fail(msg: str) -> None:
+    console.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def _expected() -> tuple[type[BaseException], ...]:
+    from .data.io import DataError
+
+    kinds = [DataError, ValueError, FileNotFoundError, KeyError]  # HomeError, LedgerError: ValueErrors
+    if "unlearnkit.models.load" in sys.modules:  # only a verb that loaded a model can fail to load one;
+        kinds.append(sys.modules["unlearnkit.models.load"].ModelLoadError)  # `request add` loads no torch
+    return tuple(kinds)
+
+
+def friendly(fn):
+    """Expected failures (bad data, settings, paths, models) as one line; anything else raises."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:
+            if not isinstance(e, _expected()):
+                raise
+            msg = (e.args[0] if isinstance(e, KeyError) and e.args else str(e)) or type(e).__name__
+            fail(str(msg).splitlines()[0])
+    return wrapper
