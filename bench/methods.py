@@ -214,15 +214,14 @@ def main():
     ap.add_argument("--train", action="append", default=[], metavar="KEY=VALUE",
                     help="a training setting (lr, batch_size, ...) for every calibrated run (repeatable)")
     args = ap.parse_args()
-    import yaml
+    from unlearnkit.shell import assignments
 
     params: dict = {}
-    for item in args.param:
-        key, _, value = item.partition("=")
+    for key, value in assignments(args.param, "--param").items():
         method, _, field = key.partition(".")
-        params.setdefault(method, {})[field] = yaml.safe_load(value)
-    calibration = {k: yaml.safe_load(v) for k, _, v in (c.partition("=") for c in args.calibration)} or None
-    train = {k: yaml.safe_load(v) for k, _, v in (c.partition("=") for c in args.train)}
+        params.setdefault(method, {})[field] = value
+    calibration = assignments(args.calibration, "--calibration") or None
+    train = assignments(args.train, "--train")
 
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor

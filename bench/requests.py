@@ -74,11 +74,11 @@ def main():
     ap.add_argument("--train", action="append", default=[], metavar="KEY=VALUE",
                     help="a training setting (saliency, sam, ...) for every batch (repeatable)")
     args = ap.parse_args()
-    import yaml
+    from unlearnkit.shell import assignments
 
     overrides = {k: v for k, v in (("lr", args.lr), ("epochs", args.epochs)) if v is not None}
-    overrides |= {k: yaml.safe_load(v) for k, _, v in (item.partition("=") for item in args.train)}
-    settings = {k: yaml.safe_load(v) for k, _, v in (item.partition("=") for item in args.setting)}
+    overrides |= assignments(args.train, "--train")
+    settings = assignments(args.setting, "--setting")
     t_all = time.perf_counter()
     data, models = api.embedded(args.out, seed=args.seed, n_people=args.people,
                                 forget_fraction=args.forget_fraction, progress=False)

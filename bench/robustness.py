@@ -237,7 +237,7 @@ def main(argv=None) -> int:
     ap.add_argument("--train", action="append", default=[], metavar="KEY=VALUE",
                     help="a training setting (saliency, sam, lr, ...) for every method's run (repeatable)")
     args = ap.parse_args(argv)
-    import yaml
+    from unlearnkit.shell import assignments
     from unlearnkit.methods import list_methods
 
     methods = args.methods.split(",") if args.methods else [m.name for m in list_methods() if m.name != "finetune"]
@@ -245,7 +245,7 @@ def main(argv=None) -> int:
     bad = [a for a in attacks if a not in ATTACK_OPTIONS]
     if bad:
         ap.error(f"unknown attack {bad[0]!r}; valid: {', '.join(ATTACK_OPTIONS)}")
-    train = {k: yaml.safe_load(v) for k, _, v in (t.partition("=") for t in args.train)}
+    train = assignments(args.train, "--train")
     report = run(args.out, args.people, args.seed, methods, attacks, train)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "robustness.json").write_text(json.dumps(report, indent=2))

@@ -42,7 +42,8 @@ def test_out_never_overlaps_the_source_model(tiny_world, tmp_path, where):
     (["--param", "nope=1"], "nope"), (["--method", "finetune"], "finetune"),
     (["--calibration", "floor=2"], "floor"), (["--calibration", "floor=0.9", "--steps", "3"], "--calibration"),
     (["--saliency", "1"], "--saliency"), (["--saliency", "-0.1"], "--saliency"), (["--saliency", "0.3", "--lora"], "--saliency"),
-    (["--sam", "1"], "--sam"), (["--sam", "-0.1"], "--sam"),
+    (["--sam", "1"], "--sam"), (["--sam", "-0.1"], "--sam"), (["--calibration", "floor"], "--calibration 'floor'"),
+    (["--calibration", "utility=rouge"], "utility"),
 ])
 def test_nonsense_is_refused_at_the_door(tiny_world, tmp_path, flags, option):
     args = ["forget", "--model", str(tiny_world.subject_dir), "--data", str(tiny_world.data_dir),
@@ -54,6 +55,19 @@ def test_nonsense_is_refused_at_the_door(tiny_world, tmp_path, flags, option):
     err = r.output.strip().splitlines()
     assert len(err) == 1 and option in err[0] and "Traceback" not in r.output
     assert not (tmp_path / "run" / "model").exists()
+
+
+def test_key_value_options_read_json_then_yaml_mappings_then_text():
+    """One reader for every `key=value` option (the CLI's and the benches'): 1e-3 is a number (YAML
+    alone reads it as text), a flow mapping is a dict, anything else stays text."""
+    from unlearnkit.shell import assignments
+
+    got = assignments(["lr=1e-3", "merge=true", "stream_batch={retain: 64}", "retain_loss=KL", "note=", "x=[1, 2]"],
+                      "--train")
+    assert got == {"lr": 0.001, "merge": True, "stream_batch": {"retain": 64}, "retain_loss": "KL", "note": "",
+                   "x": [1, 2]}
+    with pytest.raises(ValueError, match=r"^--setting 'repair_rounds': expected key=value$"):
+        assignments(["repair_rounds"], "--setting")
 
 
 def test_choices_are_listed_when_a_setting_is_wrong():

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from . import DEFAULT_METHOD
-from .shell import friendly
+from .shell import assignments, friendly
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # per-file "Loading weights" bars; ours stay
@@ -22,20 +22,6 @@ app = typer.Typer(help="Make a causal LM forget on request, prove that it forgot
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 console = Console(stderr=True)
 out_console = Console()
-
-
-def _parse_params(items: list[str] | None) -> dict:
-    """`key=value` pairs; values parsed as JSON when they can be (numbers, true/false), else strings."""
-    out = {}
-    for item in items or []:
-        if "=" not in item:
-            raise ValueError(f"--param {item!r}: expected key=value")
-        k, v = item.split("=", 1)
-        try:
-            out[k] = json.loads(v)
-        except json.JSONDecodeError:
-            out[k] = v
-    return out
 
 
 BENCHMARK_HELP = ("Read --data as a local copy of a published benchmark: tofu | muse | wmdp | rwku "
@@ -190,7 +176,7 @@ def forget(model: str = typer.Option(..., help="Checkpoint dir or hub id of the 
     from . import api
 
     run = api.forget(model, data, method, out, seed=seed, lora=lora, merge=merge, resume=resume,
-                     save_every=save_every, params=_parse_params(param), calibration=_parse_params(calibration) or None,
+                     save_every=save_every, params=assignments(param, "--param"), calibration=assignments(calibration, "--calibration") or None,
                      benchmark=benchmark, split=split, template=template, system=system, zero_shot=zero_shot,
                      **_train_overrides(lr, steps, epochs, batch_size, saliency, sam))
     console.print(api.run_summary(run), highlight=False)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import sys
 
 import typer
@@ -36,3 +37,24 @@ def friendly(fn):
             msg = (e.args[0] if isinstance(e, KeyError) and e.args else str(e)) or type(e).__name__
             fail(str(msg).splitlines()[0])
     return wrapper
+
+
+def assignments(items, option: str) -> dict:
+    """The `key=value` items of a repeatable option as a dict. A value is read as JSON where it is
+    JSON (numbers, including 1e-3, true/false, null, lists), as YAML where it opens a flow mapping or
+    list (`{retain: 64}`), else kept as text."""
+    import yaml
+
+    out = {}
+    for item in items or []:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise ValueError(f"{option} {item!r}: expected key=value")
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            try:
+                out[key] = yaml.safe_load(value) if value.lstrip()[:1] in ("{", "[") else value
+            except yaml.YAMLError:
+                out[key] = value
+    return out
