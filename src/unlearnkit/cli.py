@@ -176,7 +176,8 @@ def forget(model: str = typer.Option(..., help="Checkpoint dir or hub id of the 
     from . import api
 
     run = api.forget(model, data, method, out, seed=seed, lora=lora, merge=merge, resume=resume,
-                     save_every=save_every, params=assignments(param, "--param"), calibration=assignments(calibration, "--calibration") or None,
+                     save_every=save_every, params=assignments(param, "--param"),
+                     calibration=assignments(calibration, "--calibration") or None,
                      benchmark=benchmark, split=split, template=template, system=system, zero_shot=zero_shot,
                      **_train_overrides(lr, steps, epochs, batch_size, saliency, sam))
     console.print(api.run_summary(run), highlight=False)
