@@ -114,9 +114,7 @@ def request_process(home: Optional[Path] = HOME,
         get_method(method)
     overrides = {k: v for k, v in (("steps", steps), ("sam", sam)) if v is not None}
     if sam is not None:
-        from ..train import TrainConfig
-
-        TrainConfig(sam=sam)  # refused at the door, with the option's name
+        Settings.parse("--sam", sam=sam)  # refused at the door by the home setting's own bounds
     res = process(home, method=method, max_batch=max_batch, seed=seed, progress=progress, **overrides)
     if not res:
         out.print("nothing to process")
