@@ -119,6 +119,8 @@ def run_world(cache: Path, shape: str, seed: int, methods: list[str], fixed: boo
         res = api.evaluate(run / "model", data, oracle=oracle, subject=subject, suites=SUITES)
         row = {"shape": shape, "seed": seed, "model": name, **_metrics(res, oracle, subject), "wall_s": wall,
                "stop": stop["stop"]["reason"], "kept_step": stop["stop"].get("kept_step"),
+               "stopped_at": stop["stop"].get("stopped_at"), "utility_checks": stop["stop"].get("utility_checks"),
+               "check_seconds": stop["stop"].get("seconds"),
                "verdict": res["verdict"]["overall"]["status"]}
         if fixed:
             t0 = time.perf_counter()

@@ -156,11 +156,24 @@ def test_rule_backtracks_on_overshoot_then_matches_at_half_the_rate():
 
 
 def test_rule_reports_the_floor_and_keeps_the_nearest_weights_above_it():
-    # the first dip (0.6) is let pass; the second and each after it backtracks
-    cal = _scripted([(1.0, 1.0), (0.7, 0.97), (0.6, 0.9), (0.62, 0.9), (0.61, 0.9), (0.6, 0.9)])
+    # on each path (from the start, then from each restore) the first dip is let pass, the second backtracks
+    cal = _scripted([(1.0, 1.0), (0.7, 0.97), (0.6, 0.9), (0.62, 0.9), (0.61, 0.9), (0.6, 0.9), (0.6, 0.9),
+                     (0.6, 0.9)])
     info, h = _drive(cal, 10)
     assert info.reason == "floor" and info.backtracks == 2
     assert info.kept["auc"] == 0.7 and h.weights == info.kept_step == cal.every
+
+
+def test_rule_back_from_the_floor_to_a_point_with_room_above_it():
+    """A floor backtrack returns to the last restore point whose utility is at least halfway from
+    the floor to the start (0.975): from one at the floor (0.96) a lower rate dips below it again at
+    once. An overshoot still returns to the latest restore point."""
+    cal = _scripted([(1.0, 1.0), (0.8, 0.99), (0.7, 0.96), (0.65, 0.9), (0.64, 0.9), (0.6, 0.97), (0.2, 0.97),
+                     (0.5, 0.98)])
+    info, h = _drive(cal, 10)
+    restores = [e[1] for e in h.events if isinstance(e, tuple)]
+    # back from the floor to step 1 (0.99), not 2 (0.96); from the overshoot to step 5; at the end the kept weights
+    assert restores == [cal.every, 5 * cal.every, 7 * cal.every] and h.lr == 0.25 and info.reason == "matched"
 
 
 def test_rule_overshot_at_every_rate_says_so():
@@ -170,11 +183,14 @@ def test_rule_overshot_at_every_rate_says_so():
 
 
 def test_rule_doubles_the_rate_when_progress_would_miss_the_budget():
-    cal = _scripted([(1.0, 1.0), (0.999, 1.0), (0.99, 1.0), (0.9, 1.0), (0.5, 1.0)],
-                    CalibrationSettings(max_epochs=2, max_doublings=1))
-    info, h = _drive(cal, 10)
+    """At the pace of the last interval the target lies beyond the budget: the rate doubles, but
+    only after an epoch at that rate (5 steps here, a check at each): in the first steps the forget
+    answers and their twins move alike, and a doubling on that evidence overshot the floor."""
+    slow = [(1.0 - 0.001 * i, 1.0) for i in range(7)]
+    cal = _scripted(slow + [(0.9, 1.0), (0.5, 1.0)], CalibrationSettings(max_epochs=3, max_doublings=1))
+    info, h = _drive(cal, 20)
     assert info.doublings == 1 and h.lr == 2.0 and info.reason == "matched"
-    assert [e["speed_up"]["step"] for e in h.events if isinstance(e, dict) and "speed_up" in e] == [cal.every]
+    assert [e["speed_up"]["step"] for e in h.events if isinstance(e, dict) and "speed_up" in e] == [cal.per_epoch]
 
 
 def test_rule_brakes_when_the_next_check_would_pass_the_reference():
@@ -367,3 +383,65 @@ def test_forget_documents_are_reported_against_the_holdout_documents(tiny_world)
     assert out["subject"].distance == pytest.approx(abs(out["subject"].auc - 0.5))  # the decision: questions only
     cal = Calibrator(tok, dataclasses.replace(w, holdout_docs=[]), seed=0)
     assert "forget_docs" not in cal.n and cal.measure(0, H()).docs_auc is None
+
+
+def _stubbed(shifts, utilities, every=5):
+    """A real calibrator on stubbed scores: at each check the forget records sit `shift` above their
+    twins (log-prob), and the utility pass returns the next of `utilities` (its calls recorded)."""
+    w = WorldData(forget=[_rec(i) for i in range(20)], retain=[_rec(100, "Bo Ka", "Who is Bo Ka?", "x")])
+    cal = Calibrator(_Tok(), w, CalibrationSettings(every=every), forget_stream_len=20, batch_size=1)
+    ref, h, calls = np.linspace(-7.0, -5.0, 20), _Handle(), []
+    shift, us = iter(shifts), iter(utilities)
+    now = {}
+
+    def scores(handle, name, fn=None):
+        if name == "forget":
+            now["s"] = next(shift)
+            return ref + now["s"]
+        return ref
+
+    def utility(handle):
+        calls.append(h.weights)
+        return next(us)
+    cal._scores, cal._utility = scores, utility
+    return cal, h, calls
+
+
+def test_utility_is_measured_where_it_decides_something():
+    """20 steps an epoch, a check every 5: the utility pass (several training steps' worth) runs at
+    the start, once an epoch on the way, and at every check once the target is less than an epoch
+    away at the last interval's pace (weights that may be kept or restored to); the checks between
+    carry no utility and never become the kept or restore weights."""
+    cal, h, calls = _stubbed([8, 7.5, 7, 6.5, 6, 5.5, 5, 4.5, 2, 1, 0.0], [1.0, 0.99, 0.98, 0.98, 0.98])
+    info, _ = _drive_handle(cal, h, 12)
+    assert calls == [0, 20, 40, 45, 50] and info.reason == "matched" and info.kept_step == 50
+    assert [c["utility"] is None for c in info.history] == [False, True, True, True, False, True, True, True,
+                                                            False, False, False]
+
+
+def test_utility_after_a_dip_below_the_floor_is_measured_at_the_next_check():
+    """A measured dip below the floor is let pass once; the check after it is measured (two below
+    the floor running would backtrack), not left until the next epoch."""
+    cal, h, calls = _stubbed([8, 7.5, 7, 6.5, 6, 5.5, 5, 4.5, 4, 3.5, 0.0], [1.0, 0.9, 0.97, 0.98, 0.99])
+    info, _ = _drive_handle(cal, h, 12)
+    assert calls == [0, 20, 25, 45, 50] and info.backtracks == 0 and info.reason == "matched"
+
+
+def _drive_handle(cal, h, n):
+    stop, step = False, 0
+    while not stop and step <= n * cal.every:
+        h.weights = step
+        stop = cal.check(step, h)
+        step += cal.every
+    return cal.finish(step - cal.every, h), h
+
+
+def test_an_auc_a_hair_under_one_half_with_the_mean_above_is_short_of_the_target():
+    """Nine records still far above their twins, eleven a little below: the AUC (0.45) is within the
+    band but the shapes differ (KS), and the forget mean is above the reference's: short of the
+    target ("under"), not overshot. The same shapes with the mean at the reference's level: over."""
+    ref = list(np.linspace(-6.5, -5.5, 20))
+    short = _measured([-1.0] * 9 + [-7.0] * 11, ref, CalibrationSettings())
+    assert short.auc == pytest.approx(0.45) and short.ks_p < 0.05 and short.gap > 0 and short.state == "under"
+    level = _measured([-1.0] * 10 + [-11.1] * 10, ref, CalibrationSettings())
+    assert level.auc == 0.5 and level.gap == pytest.approx(-0.05) and level.ks_p < 0.05 and level.state == "over"

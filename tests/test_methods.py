@@ -44,6 +44,9 @@ def test_calibrated_default_reaches_the_target_or_says_where_it_stopped(method, 
     checks = [json.loads(line)["check"] for line in (run / "log.jsonl").read_text().splitlines() if '"check"' in line]
     assert checks[0]["step"] == 0 and checks[0]["auc"] > 0.9  # the subject knows its forget set
     assert any(c["step"] == kept["step"] and c["auc"] == kept["auc"] for c in checks)
+    # the utility pass runs at some checks only, and the run says how many and what the checks cost
+    assert info["utility_checks"] == sum(c["utility"] is not None for c in checks) >= 1
+    assert set(info["seconds"]) <= {"target", "utility"} and info["seconds"]["target"] > 0
     res = api.evaluate(run / "model", tiny_world.data_dir, suites=("tofu",))
     if info["reason"] == "matched":
         assert abs(kept["auc"] - 0.5) <= kept["tolerance"]

@@ -30,18 +30,29 @@ answers, and computes TOFU's model utility on it (`metrics.tofu.model_utility`: 
 ratio and ROUGE per split, harmonically averaged), with the teacher-forced exact answer (every
 answer token the argmax) in place of ROUGE, which would need generation. It must stay at or above
 `floor` (0.95) x the starting model's: the utility target itself, not a stand-in that moves
-differently (docs/methods.md: the stand-ins measured and replaced).
+differently (docs/methods.md: the stand-ins measured and replaced). The pass costs several training
+steps, so it runs where it decides something (`Calibrator._wants_utility`): the first check, checks
+within the band or less than `utility_every` steps (an epoch) from it at the last interval's pace,
+the check after one below the floor, and at least every `utility_every` steps on the way; only
+measured weights are kept or restored to.
 
 The rule, all in `Calibrator.check`:
 - matched and above the floor: stop; these weights are the result.
-- under and above the floor: go on; these weights become the restore point.
-- over (overshot), or below the floor at two checks running (or at the target): go back to the
-  restore point and halve the learning rate, at most `max_backtracks` times; then stop. One check
-  below the floor while still short of the target is let pass: early steps dip and the retain
-  term repairs them. The kept weights are never below the floor.
+- under and above the floor: go on; these weights become the restore point (under, with no
+  utility measured: go on).
+- over (overshot: the AUC below the band, or within it with the shapes told apart and the forget
+  mean at or below the reference's), or below the floor at two measured checks running on the
+  present path (or at the target): go back to the restore point and halve the learning rate, at
+  most `max_backtracks` times; then stop. Back from the floor, the restore point is the last one
+  whose utility is at least halfway from the floor to the start: from a point at the floor a
+  lower rate's first steps dip below it again, and the rate is halved to nothing. One check below
+  the floor on a path (from the start or from a restore point) while still short of the target is
+  let pass: early steps dip and the retain term repairs them. The kept weights are never below the
+  floor.
 - under, but at the pace of the last interval (of the gap between the forget and the reference
   mean log-prob) the target lies beyond the step budget: double the learning rate (at most
-  `max_doublings` times, and never after a backtrack); or the next check would pass the
+  `max_doublings` times, never after a backtrack, and only after an epoch at the present rate:
+  the first steps move the forget answers and their twins alike); or the next check would pass the
   reference's level: scale the learning rate down to land on it (at most 4x). So the step size
   follows from the run's own measurements, not from a constant tuned on one world.
 - under, no step closer to the target for `patience_epochs` (counting the checks since the last
@@ -57,6 +68,7 @@ from __future__ import annotations
 
 import math
 import random
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
@@ -95,7 +107,12 @@ class CalibrationSettings(BaseModel):
                             "each split the harmonic mean of the true answers' probability and exact rate, and the "
                             "lowest split (a request home's utility check, on records no loss trains)")
     retain_sample: int = Field(64, ge=0, description="records of each utility split (retain, neighbours, world "
-                                                     "facts) scored at each check")
+                                                     "facts) scored when the utility is measured")
+    utility_every: int | None = Field(
+        None, ge=1, description="steps between utility measurements on the way to the target; None: one epoch "
+                                "of the forget set. It is also measured at the first check, at checks within the "
+                                "band or this many steps from it at the last interval's pace, and at the check "
+                                "after one below the floor")
 
 
 @dataclass
@@ -105,7 +122,8 @@ class Check:
     ks_p: float            # two-sample KS p-value of the same scores (the shape, not only the ranks)
     tolerance: float
     state: str             # under | matched | over
-    utility: float         # Calibrator._utility / its value at the start
+    utility: float | None  # Calibrator._utility / its value at the start; None where not measured
+                           # (`Calibrator._wants_utility`)
     forget_logprob: float  # means, for the log
     reference_logprob: float
     lr: float
@@ -137,6 +155,8 @@ class StopInfo:
     n_reference: int
     n_utility: dict  # records scored per utility split
     checks: int
+    utility_checks: int = 0  # checks that measured the utility (`Calibrator._wants_utility`)
+    seconds: dict = field(default_factory=dict)  # wall time in the checks: the forget/reference pass, the utility pass
     history: list = field(default_factory=list)
 
     def summary(self) -> str:
@@ -244,8 +264,11 @@ class Calibrator:
                      **docs}
         self._layout = {k: [len(r.perturbed_answers) for r in v] for k, v in keep.items()}
         self.pad_id = tokenizer.pad_token_id
-        per_epoch = math.ceil((forget_stream_len or len(forget)) / batch_size)
+        self._collated: dict[str, list] = {}
+        self.seconds: dict[str, float] = {}  # time in the checks' passes (StopInfo.seconds)
+        self.per_epoch = per_epoch = math.ceil((forget_stream_len or len(forget)) / batch_size)
         self.every = s.every or max(1, round(per_epoch / 4))
+        self.utility_every = s.utility_every or per_epoch
         self.budget = max(self.every, math.ceil(s.max_epochs * per_epoch))
         self.patience = max(self.every, math.ceil(s.patience_epochs * per_epoch))
         self.tolerance = max(s.min_tolerance, null_auc_se(len(forget), len(ref)))
@@ -255,9 +278,10 @@ class Calibrator:
         self.start_utility: float | None = None  # `_utility` at the first check
         self.backtracks = 0
         self.restored_at = -1   # step of the last backtrack
+        self.lr_changed_at = 0  # step of the last change of the learning rate (brake, speed-up, backtrack)
         self.doublings = 0
         self.best: Check | None = None
-        self.snapshots: dict[str, dict] = {}   # "restore" and "best": trainable weights
+        self.snapshots: dict[str, dict] = {}   # "restore", "safe" (room above the floor), "best": weights
         self.reason: str | None = None
 
     @property
@@ -265,12 +289,19 @@ class Calibrator:
         return self.history[0] if self.history else None
 
     # ------------------------------------------------------------------ measuring
+    def _batches(self, name: str) -> list:
+        """`name`'s records in padded batches, made once: the records are the same at every check."""
+        if name not in self._collated:
+            enc = self._enc[name]
+            self._collated[name] = [(idx, collate([enc[i] for i in idx], self.pad_id))
+                                    for idx in length_batches([len(e.input_ids) for e in enc], 8192, 128)]
+        return self._collated[name]
+
     def _scores(self, handle, name: str, fn=None) -> np.ndarray:
-        enc, out = self._enc[name], None
-        for idx in length_batches([len(e.input_ids) for e in enc], 8192, 128):
-            batch = collate([enc[i] for i in idx], self.pad_id)
+        out = None
+        for idx, batch in self._batches(name):
             got = handle.score(fn or _answer_scores, batch).float().cpu().numpy()
-            out = np.zeros((len(enc), *got.shape[1:])) if out is None else out
+            out = np.zeros((len(self._enc[name]), *got.shape[1:])) if out is None else out
             out[idx] = got
         return out
 
@@ -315,24 +346,51 @@ class Calibrator:
     def measure(self, step: int, handle) -> Check:
         from scipy.stats import ks_2samp
 
+        t0 = time.perf_counter()
         f, r = self._scores(handle, "forget"), self._scores(handle, "reference")
-        u = self._utility(handle)
-        if self.start_utility is None:
-            self.start_utility = u
-        utility = u / max(self.start_utility, 1e-12)
-
         a, ks_p = auc(f, r), float(ks_2samp(f, r).pvalue)
         # within the band, the shapes not told apart, and no longer more likely on average than the
         # reference: a run that enters the band from above goes on (braking, `_adjust_pace`) to the
         # reference's level instead of stopping at the band's upper edge
         gap = float(f.mean()) - float(r.mean())
-        matched = abs(a - 0.5) <= self.tolerance and ks_p >= self.settings.min_ks_p and (gap <= 0 or a < 0.5)
-        state = "matched" if matched else ("under" if a >= 0.5 else "over")
+        band = abs(a - 0.5) <= self.tolerance
+        matched = band and ks_p >= self.settings.min_ks_p and (gap <= 0 or a < 0.5)
+        # over: below the band, or within it (the shapes told apart) with the mean at or below the
+        # reference's; an AUC a hair under 0.5 with the forget mean still above is short of the target
+        state = "matched" if matched else ("over" if a < 0.5 - self.tolerance or (band and gap <= 0) else "under")
         da = None  # reported beside the decision, not part of it (module docstring: Documents)
         if self.n.get("forget_docs"):
             da = auc(self._scores(handle, "forget_docs"), self._scores(handle, "holdout_docs"))
-        return Check(step, a, ks_p, self.tolerance, state, utility, float(f.mean()),
-                     float(r.mean()), handle.lr, da, self.docs_tolerance if da is not None else None)
+        c = Check(step, a, ks_p, self.tolerance, state, None, float(f.mean()),
+                  float(r.mean()), handle.lr, da, self.docs_tolerance if da is not None else None)
+        t1 = time.perf_counter()
+        self.seconds["target"] = self.seconds.get("target", 0.0) + t1 - t0
+        if self._wants_utility(c):
+            u = self._utility(handle)
+            self.seconds["utility"] = self.seconds.get("utility", 0.0) + time.perf_counter() - t1
+            if self.start_utility is None:
+                self.start_utility = u
+            c.utility = u / max(self.start_utility, 1e-12)
+        return c
+
+    def _last_measured(self, path: bool = False) -> Check | None:
+        """The last check with a utility; with `path`, on the weights' present path only (since the
+        last backtrack: a dip on the abandoned path is not the first of two below the floor)."""
+        return next((h for h in reversed(self.history)
+                     if h.utility is not None and (not path or h.step > self.restored_at)), None)
+
+    def _wants_utility(self, c: Check) -> bool:
+        """The utility pass costs several training steps (every sampled record with its paraphrased
+        and perturbed answers), so it is measured where it decides something: at the first check
+        (the reference level); within the band, or with the target less than `utility_every` steps
+        away at the last interval's pace (weights that may be the result, or the restore point a
+        backtrack returns to); at the check after one below the floor (two running make a
+        backtrack); and at least every `utility_every` steps on the way. Weights never measured are
+        never kept or restored to."""
+        last, pace = self._last_measured(), self._pace(c)
+        near = c.distance <= c.tolerance or (pace is not None and pace > 0 and c.gap / pace < self.utility_every)
+        return (last is None or near or last.utility < self.settings.floor
+                or c.step - last.step >= self.utility_every)
 
     # ------------------------------------------------------------------ deciding
     def _better(self, c: Check) -> bool:
@@ -346,35 +404,41 @@ class Calibrator:
         return key(c) > key(b)
 
     def check(self, step: int, handle) -> bool:
+        before = self._last_measured(path=True)
         c = self.measure(step, handle)
         self.history.append(c)
         handle.log({"check": asdict(c)})
-        above = c.utility >= self.settings.floor
+        above = None if c.utility is None else c.utility >= self.settings.floor  # None: not measured here
         if above and self._better(c):
             self.best = c
             self.snapshots["best"] = handle.snapshot()
         if c.state == "matched" and above:
             self.reason = "matched"
             return True
-        if c.state == "under" and above:
-            self.snapshots["restore"] = self.snapshots["best"] if self.best is c else handle.snapshot()
+        if c.state == "under" and above is not False:
+            if above:  # a restore point: measured, above the floor, short of the target
+                self.snapshots["restore"] = self.snapshots["best"] if self.best is c else handle.snapshot()
+                if c.utility >= (1 + self.settings.floor) / 2:  # room for a lower rate's early dip
+                    self.snapshots["safe"] = self.snapshots["restore"]
             if self._stalled(c):
                 self.reason = "stalled"
                 return True
             self._adjust_pace(c, handle)
             return False
-        if c.state == "under" and len(self.history) > 1 and self.history[-2].utility >= self.settings.floor:
-            return False  # a first dip below the floor, still short of the target: the retain term may repair it
+        if c.state == "under" and (before is None or before.utility >= self.settings.floor):
+            return False  # a first dip below the floor on this path, still short of the target: the retain
+            # term may repair it
         # overshot, or below the floor (twice running, or at the target): back to the last point short
         # of the target, at half the lr
-        if self.backtracks < self.settings.max_backtracks and "restore" in self.snapshots:
+        point = "safe" if above is False and "safe" in self.snapshots else "restore"
+        if self.backtracks < self.settings.max_backtracks and point in self.snapshots:
             self.backtracks += 1
-            self.restored_at = step
-            handle.restore(self.snapshots["restore"])
+            self.restored_at = self.lr_changed_at = step
+            handle.restore(self.snapshots[point])
             handle.scale_lr(0.5)
-            handle.log({"backtrack": {"step": step, "to_lr": handle.lr, "why": c.state if above else "floor"}})
+            handle.log({"backtrack": {"step": step, "to_lr": handle.lr, "why": "floor" if above is False else c.state}})
             return False
-        self.reason = "floor" if not above else "overshot"
+        self.reason = "floor" if above is False else "overshot"
         return True
 
     def _stalled(self, c: Check) -> bool:
@@ -394,9 +458,10 @@ class Calibrator:
     def _pace(self, c: Check) -> float | None:
         """How fast the forget answers' mean log-prob closes on the reference's, per step, over the
         last interval (the AUC saturates far from the target, so its own pace says little there)."""
-        if len(self.history) < 2:
+        before = [h for h in self.history if h.step < c.step]
+        if not before:
             return None
-        prev = self.history[-2]
+        prev = before[-1]
         return (prev.gap - c.gap) / max(1, c.step - prev.step)
 
     def _adjust_pace(self, c: Check, handle) -> None:
@@ -412,12 +477,16 @@ class Calibrator:
         if pace > 0 and gap > 0 and gap - pace * self.every < 0:
             factor = max(0.25, gap / (pace * self.every))
             handle.scale_lr(factor)
+            self.lr_changed_at = c.step
             handle.log({"brake": {"step": c.step, "to_lr": handle.lr, "gap": gap, "pace": pace}})
             return
         if self.backtracks or self.doublings >= self.settings.max_doublings:
             return
+        if c.step - self.lr_changed_at < self.per_epoch:
+            return  # an epoch at this rate first: the first steps move the forget answers and their twins alike
         if pace <= 0 or gap / pace > self.budget - c.step:
             self.doublings += 1
+            self.lr_changed_at = c.step
             handle.scale_lr(2.0)
             handle.log({"speed_up": {"step": c.step, "to_lr": handle.lr, "pace": pace}})
 
@@ -429,7 +498,8 @@ class Calibrator:
         info = StopInfo(reason, step, kept.step, asdict(kept), asdict(self.start), self.backtracks, self.doublings,
                         self.settings.reference, self.n["forget"], self.n["reference"],
                         {k: self.n[k] for k in UTILITY_SPLITS if k in self.n},
-                        len(self.history), [asdict(c) for c in self.history])
+                        len(self.history), sum(c.utility is not None for c in self.history),
+                        {k: round(v, 3) for k, v in self.seconds.items()}, [asdict(c) for c in self.history])
         handle.log({"stopped": {k: v for k, v in asdict(info).items() if k != "history"}})
         return info
 
@@ -437,6 +507,7 @@ class Calibrator:
     def state_dict(self) -> dict:
         return {"history": [asdict(c) for c in self.history], "start_utility": self.start_utility,
                 "backtracks": self.backtracks, "doublings": self.doublings, "restored_at": self.restored_at,
+                "lr_changed_at": self.lr_changed_at, "seconds": self.seconds,
                 "best": asdict(self.best) if self.best else None,
                 "snapshots": self.snapshots}
 
@@ -444,5 +515,7 @@ class Calibrator:
         self.history = [Check(**c) for c in state["history"]]
         self.start_utility, self.backtracks, self.doublings = state["start_utility"], state["backtracks"], state["doublings"]
         self.restored_at = state.get("restored_at", -1)
+        self.lr_changed_at = state.get("lr_changed_at", 0)
+        self.seconds = state.get("seconds", {})
         self.best = Check(**state["best"]) if state["best"] else None
         self.snapshots = state["snapshots"]
