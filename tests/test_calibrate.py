@@ -134,8 +134,8 @@ class _Tok:
         return {"input_ids": [[3 + (ord(c) % 50) for c in t[:8]] for t in texts]}
 
 
-def _drive(cal, n):
-    h, stop, step = _Handle(), False, 0
+def _drive(cal, n, h=None):
+    h, stop, step = h or _Handle(), False, 0
     while not stop and step <= n * cal.every:
         h.weights = step
         stop = cal.check(step, h)
@@ -413,7 +413,7 @@ def test_utility_is_measured_where_it_decides_something():
     away at the last interval's pace (weights that may be kept or restored to); the checks between
     carry no utility and never become the kept or restore weights."""
     cal, h, calls = _stubbed([8, 7.5, 7, 6.5, 6, 5.5, 5, 4.5, 2, 1, 0.0], [1.0, 0.99, 0.98, 0.98, 0.98])
-    info, _ = _drive_handle(cal, h, 12)
+    info, _ = _drive(cal, 12, h)
     assert calls == [0, 20, 40, 45, 50] and info.reason == "matched" and info.kept_step == 50
     assert [c["utility"] is None for c in info.history] == [False, True, True, True, False, True, True, True,
                                                             False, False, False]
@@ -423,17 +423,8 @@ def test_utility_after_a_dip_below_the_floor_is_measured_at_the_next_check():
     """A measured dip below the floor is let pass once; the check after it is measured (two below
     the floor running would backtrack), not left until the next epoch."""
     cal, h, calls = _stubbed([8, 7.5, 7, 6.5, 6, 5.5, 5, 4.5, 4, 3.5, 0.0], [1.0, 0.9, 0.97, 0.98, 0.99])
-    info, _ = _drive_handle(cal, h, 12)
+    info, _ = _drive(cal, 12, h)
     assert calls == [0, 20, 25, 45, 50] and info.backtracks == 0 and info.reason == "matched"
-
-
-def _drive_handle(cal, h, n):
-    stop, step = False, 0
-    while not stop and step <= n * cal.every:
-        h.weights = step
-        stop = cal.check(step, h)
-        step += cal.every
-    return cal.finish(step - cal.every, h), h
 
 
 def test_an_auc_a_hair_under_one_half_with_the_mean_above_is_short_of_the_target():
