@@ -278,7 +278,6 @@ class Calibrator:
         self.start_utility: float | None = None  # `_utility` at the first check
         self.backtracks = 0
         self.restored_at = -1   # step of the last backtrack
-        self.lr_changed_at = 0  # step of the last change of the learning rate (brake, speed-up, backtrack)
         self.doublings = 0
         self.best: Check | None = None
         self.snapshots: dict[str, dict] = {}   # "restore", "safe" (room above the floor), "best": weights
@@ -426,14 +425,14 @@ class Calibrator:
             self._adjust_pace(c, handle)
             return False
         if c.state == "under" and (before is None or before.utility >= self.settings.floor):
-            return False  # a first dip below the floor on this path, still short of the target: the retain
-            # term may repair it
+            # a first dip below the floor on this path, still short of the target: the retain term may repair it
+            return False
         # overshot, or below the floor (twice running, or at the target): back to the last point short
         # of the target, at half the lr
         point = "safe" if above is False and "safe" in self.snapshots else "restore"
         if self.backtracks < self.settings.max_backtracks and point in self.snapshots:
             self.backtracks += 1
-            self.restored_at = self.lr_changed_at = step
+            self.restored_at = step
             handle.restore(self.snapshots[point])
             handle.scale_lr(0.5)
             handle.log({"backtrack": {"step": step, "to_lr": handle.lr, "why": "floor" if above is False else c.state}})
@@ -454,6 +453,11 @@ class Calibrator:
         if not before or any(h.lr != c.lr for h in recent):
             return False
         return min(h.distance for h in recent) > min(before) - 0.01
+
+    def _rate_since(self, c: Check) -> int:
+        """The step since which the learning rate has been `c.lr`: that of the last check at another
+        rate (a brake, a speed-up or a backtrack changes it right after a check); 0 if none."""
+        return max((h.step for h in self.history if h.lr != c.lr), default=0)
 
     def _pace(self, c: Check) -> float | None:
         """How fast the forget answers' mean log-prob closes on the reference's, per step, over the
@@ -477,16 +481,14 @@ class Calibrator:
         if pace > 0 and gap > 0 and gap - pace * self.every < 0:
             factor = max(0.25, gap / (pace * self.every))
             handle.scale_lr(factor)
-            self.lr_changed_at = c.step
             handle.log({"brake": {"step": c.step, "to_lr": handle.lr, "gap": gap, "pace": pace}})
             return
         if self.backtracks or self.doublings >= self.settings.max_doublings:
             return
-        if c.step - self.lr_changed_at < self.per_epoch:
+        if c.step - self._rate_since(c) < self.per_epoch:
             return  # an epoch at this rate first: the first steps move the forget answers and their twins alike
         if pace <= 0 or gap / pace > self.budget - c.step:
             self.doublings += 1
-            self.lr_changed_at = c.step
             handle.scale_lr(2.0)
             handle.log({"speed_up": {"step": c.step, "to_lr": handle.lr, "pace": pace}})
 
@@ -507,7 +509,7 @@ class Calibrator:
     def state_dict(self) -> dict:
         return {"history": [asdict(c) for c in self.history], "start_utility": self.start_utility,
                 "backtracks": self.backtracks, "doublings": self.doublings, "restored_at": self.restored_at,
-                "lr_changed_at": self.lr_changed_at, "seconds": self.seconds,
+                "seconds": self.seconds,
                 "best": asdict(self.best) if self.best else None,
                 "snapshots": self.snapshots}
 
@@ -515,7 +517,6 @@ class Calibrator:
         self.history = [Check(**c) for c in state["history"]]
         self.start_utility, self.backtracks, self.doublings = state["start_utility"], state["backtracks"], state["doublings"]
         self.restored_at = state.get("restored_at", -1)
-        self.lr_changed_at = state.get("lr_changed_at", 0)
         self.seconds = state.get("seconds", {})
         self.best = Check(**state["best"]) if state["best"] else None
         self.snapshots = state["snapshots"]
