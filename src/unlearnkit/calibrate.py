@@ -156,7 +156,7 @@ class StopInfo:
     n_utility: dict  # records scored per utility split
     checks: int
     utility_checks: int = 0  # checks that measured the utility (`Calibrator._wants_utility`)
-    seconds: dict = field(default_factory=dict)  # wall time in the checks: the forget/reference pass, the utility pass
+    seconds: dict = field(default_factory=dict)  # wall time in the checks: target (forget, reference, documents), utility
     history: list = field(default_factory=list)
 
     def summary(self) -> str:
@@ -450,7 +450,7 @@ class Calibrator:
         path = [h for h in self.history if h.step > self.restored_at]  # checks on the weights' present path
         recent = [h for h in path if h.step > c.step - self.patience]
         before = [h.distance for h in path if h.step <= c.step - self.patience and h.state == "under"]
-        if not before or any(h.lr != c.lr for h in recent):
+        if not before or self._rate_since(c) > c.step - self.patience:
             return False
         return min(h.distance for h in recent) > min(before) - 0.01
 
