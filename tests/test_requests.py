@@ -332,10 +332,10 @@ def test_repair_round_takes_the_facts_the_first_run_left_answered(tiny_world, tm
     answered, so the batch fails its answers check without repair. With a repair round, the facts
     that first run's model still answers (counted here on the other home's version: the same run)
     are unlearned again from it, and the version judged is the repaired one."""
+    from unlearnkit.attacks.recovery import forget_metrics
     from unlearnkit.data.io import load_world
     from unlearnkit.models.load import load_model
     from unlearnkit.requests.locate import forget_records
-    from unlearnkit.requests.verify import answered
     from unlearnkit.scoring import LM
 
     w = load_world(tiny_world.data_dir)
@@ -362,7 +362,8 @@ def test_repair_round_takes_the_facts_the_first_run_left_answered(tiny_world, tm
     recs = forget_records(r.id, r.name, r.inventory["items"])
     first = LM(*load_model(homes[0].version(res[0]["new_version"]).path))
     item = lambda ids: sorted(i.rsplit("-", 1)[1] for i in ids)  # noqa: E731  (request ids differ by home)
-    left = item(x.id for x, hit in zip(recs, answered(first, recs)) if hit)
+    answered = forget_metrics(first, recs, truth_ratio=False, per_record=True)["answered"]
+    left = item(x.id for x, hit in zip(recs, answered) if hit)
     assert rounds[1][0]["records"] == rounds[0][0]["records"] == len(recs) > len(left) > 0
     assert len(rounds[1]) == 2 and rounds[1][1]["dir"] == "repair-1" and item(rounds[1][1]["ids"]) == left
     assert f"unlearned {len(recs)} facts of 1 request(s)" in printed

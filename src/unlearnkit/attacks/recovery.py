@@ -93,9 +93,10 @@ def contains_answer(generations: Sequence[str], records) -> list[bool]:
 
 
 def forget_metrics(lm, records, prompts: Sequence[str] | None = None, *, max_new_tokens: int = 32,
-                   truth_ratio: bool = True, keep: int = 5) -> dict:
+                   truth_ratio: bool = True, keep: int = 5, per_record: bool = False) -> dict:
     """The forget metrics of `lm` (anything with `score`/`generate`) on `records` asked with `prompts`
-    (default: each record's `question`). One `score` call and one `generate` call."""
+    (default: each record's `question`). One `score` call and one `generate` call. `per_record` adds
+    "answered": per record, whether the greedy answer holds the whole true answer (`contains_answer`)."""
     from ..metrics import tofu
     from ..metrics.text import rouge_l_recall
 
@@ -125,4 +126,6 @@ def forget_metrics(lm, records, prompts: Sequence[str] | None = None, *, max_new
                   for i, r in enumerate(records)]
         res["forget_truth_ratio"] = tofu.truth_ratio_score(ratios, forget=True)
     res["examples"] = [{"prompt": p, "answer": r.answer, "output": g} for p, r, g in list(zip(prompts, records, gens))[:keep]]
+    if per_record:
+        res["answered"] = contains
     return res

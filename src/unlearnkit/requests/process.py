@@ -200,7 +200,8 @@ def _unlearn(home: Home, b: dict, per, world: Path, source, run_dir: Path, seed:
     rate and stops when the batch as a whole matches; a fact still near certainty has barely moved
     by then. On its own it gets the run's whole step. A repair round runs only where a request
     fails its answers check, that is, where the batch would be rejected anyway: it can turn a
-    rejection into a deployment, never the other way.
+    rejection into a deployment, never the other way (a round on every fact still known, passing
+    requests' too, was measured and lost deployments: docs/requests.md, "Repair rounds").
     Writes `rounds.json` (each round's directory, size, stop and kept utility; a repair round's
     inventory item ids), which names the final model."""
     from ..calibrate import CalibrationSettings
@@ -250,15 +251,17 @@ def _round_info(out: Path, n_records: int, n_requests: int) -> dict:
 def _residual(home: Home, per, model_dir: Path) -> dict:
     """{request id: (records, twins)} of the requests whose answers check fails on `model_dir`: the
     inventory records it still answers, and their twins."""
-    from .verify import answered, request_checks
+    from .verify import answers_check
 
     lm, out = _lm(model_dir), {}
     for rid, (recs, tw) in per.items():  # without twins (facts that do not name the person) no reference
-        if not tw or all(c["passed"] for c in request_checks(lm, recs, tw, home.settings) if c["check"] == "answers"):
+        if not recs or not tw:
             continue
-        left = [r for r, hit in zip(recs, answered(lm, recs)) if hit]
-        ids = {r.id for r in left}
-        out[rid] = (left, [t for t in tw if t.id.rsplit("-twin", 1)[0] in ids])
+        chk, hits = answers_check(lm, recs, tw, home.settings)  # one generation serves the check and the list
+        if chk["passed"]:
+            continue
+        ids = {r.id for r, hit in zip(recs, hits) if hit}
+        out[rid] = ([r for r in recs if r.id in ids], [t for t in tw if t.id.rsplit("-twin", 1)[0] in ids])
     return {k: v for k, v in out.items() if v[0] and v[1]}
 
 

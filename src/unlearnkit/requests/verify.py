@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..attacks.recovery import contains_answer, forget_metrics
+from ..attacks.recovery import forget_metrics
 from ..metrics.mia import auc, loss_score
 from ..metrics.tofu import harmonic_mean
 from .pool import load_pool, utility_slice
@@ -42,32 +42,33 @@ def check(name: str, value, threshold, passed: bool, **extra) -> dict:
     return {"check": name, "value": value, "threshold": threshold, "passed": bool(passed), **extra}
 
 
-def answered(lm, records, max_new_tokens: int = 32) -> list[bool]:
-    """Per record: does the greedy answer still hold the true answer (the answers check's count)."""
-    return contains_answer(lm.generate([r.question for r in records], max_new_tokens=max_new_tokens), records)
+def answers_check(lm, records, twins, settings) -> tuple[dict, list[bool]]:
+    """The answers check of `records` (the inventory) against `twins`, with which records the model
+    still answers (the true answer inside its greedy answer): one generation per record, which the
+    check and a repair round (`process._residual`) share."""
+    mine = forget_metrics(lm, records, truth_ratio=False, keep=0, per_record=True)
+    if not twins:  # only given facts that do not name the person: the answer rate alone
+        rate = mine["forget_contains"]
+        return check("answers", rate, settings.answer_tolerance, rate <= settings.answer_tolerance, person_rate=rate,
+                     note="no strangers' twins for these facts: the rate itself is checked"), mine["answered"]
+    theirs = forget_metrics(lm, twins, truth_ratio=False, keep=0)
+    gap = mine["forget_contains"] - theirs["forget_contains"]
+    return check("answers", gap, settings.answer_tolerance, gap <= settings.answer_tolerance,
+                 person_rate=mine["forget_contains"], strangers_rate=theirs["forget_contains"],
+                 person_rouge=mine["forget_rouge"], strangers_rouge=theirs["forget_rouge"]), mine["answered"]
 
 
 def request_checks(lm, records, twins, settings) -> list[dict]:
     """The per-request checks (answers, MIA) on `records` (the inventory) against `twins`."""
     if not records:
         return [check("answers", 0.0, settings.answer_tolerance, True, note="nothing located: nothing to reveal")]
-    mine = forget_metrics(lm, records, truth_ratio=False, keep=0)
-    out = []
+    out = [answers_check(lm, records, twins, settings)[0]]
     if twins:
-        theirs = forget_metrics(lm, twins, truth_ratio=False, keep=0)
-        gap = mine["forget_contains"] - theirs["forget_contains"]
-        out.append(check("answers", gap, settings.answer_tolerance, gap <= settings.answer_tolerance,
-                         person_rate=mine["forget_contains"], strangers_rate=theirs["forget_contains"],
-                         person_rouge=mine["forget_rouge"], strangers_rouge=theirs["forget_rouge"]))
         sm = [loss_score(s) for s in lm.score([r.question for r in records], [r.answer for r in records])]
         sn = [loss_score(s) for s in lm.score([r.question for r in twins], [r.answer for r in twins])]
         a = auc(sm, sn)
         out.append(check("mia_auc", a, [0.5 - settings.mia_tolerance, 0.5 + settings.mia_tolerance],
                          abs(a - 0.5) <= settings.mia_tolerance, attack="loss", n_person=len(sm), n_strangers=len(sn)))
-    else:  # no twins (only given facts that do not name the person): the answer rate alone
-        out.append(check("answers", mine["forget_contains"], settings.answer_tolerance,
-                         mine["forget_contains"] <= settings.answer_tolerance, person_rate=mine["forget_contains"],
-                         note="no strangers' twins for these facts: the rate itself is checked"))
     return out
 
 
@@ -98,4 +99,4 @@ def utility_check(home, model_dir, lm=None) -> dict:
                  bool(np.isfinite(ratio)) and ratio >= home.settings.utility_floor, utility=u, base_utility=base)
 
 
-__all__ = ["utility", "answered", "request_checks", "attack_checks", "utility_check"]
+__all__ = ["utility", "answers_check", "request_checks", "attack_checks", "utility_check"]
