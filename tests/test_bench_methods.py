@@ -53,3 +53,13 @@ def test_within_retraining_judges_each_retrained_oracle_by_the_others():
     table = bench.table(rows, "graddiff")
     assert "| default | 0 | 2 | ≤ 0.05 | ≤ 25.0 | ≥ 0.05 | ≥ 0.930 |" in table
     assert "| default | 0 | graddiff |  | 0.5 | 0.10 (0.10) | 20.0 | 0.940 | **no** | **yes** |" in table
+
+
+def test_the_fixed_budget_run_is_judged_beside_the_calibrated_one():
+    """The cost ratio's other side gets a row of its own, judged by the same targets."""
+    rows = [row("subject", answer_rate=1.0, privleak=-100.0, forget_quality=1e-4),
+            {**row("simnpo"), "stop": "matched", "wall_s": 6.0, "fixed_wall_s": 4.0},
+            {**row(bench.fixed_name("simnpo"), answer_rate=0.0, privleak=40.0), "stop": "budget", "wall_s": 4.0}]
+    table = bench.table(rows, "simnpo")
+    assert "| default | 0 | simnpo | matched | 0.5 | 0.10 (0.10) | 0.0 | 1.000 | **yes** | **yes** |  | 6.0 (4.0) |" in table
+    assert "| default | 0 | simnpo, fixed budget | budget | 0.5 | 0.00 (0.10) | 40.0 | 1.000 | no | no |  | 4.0 (–) |" in table
