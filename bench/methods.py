@@ -123,6 +123,10 @@ def run_world(cache: Path, shape: str, seed: int, methods: list[str], fixed: boo
                "stop": stop["stop"]["reason"], "kept_step": stop["stop"].get("kept_step"),
                "stopped_at": stop["stop"].get("stopped_at"), "utility_checks": stop["stop"].get("utility_checks"),
                "check_seconds": stop["stop"].get("seconds"),
+               # what the calibrator saw at the kept check, without an oracle: forget and reference
+               # answers reproduced word for word (teacher-forced), beside the evaluation's answer rates
+               "kept_forget_exact": (stop["stop"].get("kept") or {}).get("forget_exact"),
+               "kept_reference_exact": (stop["stop"].get("kept") or {}).get("reference_exact"),
                "verdict": res["verdict"]["overall"]["status"]}
         rows.append(row)
         if fixed:  # what the cost ratio compares with, judged by the same targets
@@ -207,6 +211,14 @@ def table(rows: list[dict], default: str) -> str:
         n = len(_retrained(rows, (shape, seed)))
         lines.append(f"| {shape} | {seed} | {n} | ≤ {t['answer_gap']:.2f} | ≤ {t['privleak']:.1f} | "
                      f"≥ {_fmt(t['forget_quality'], '.2g')} | ≥ {t['utility']:.3f} |")
+    seen = [r for r in rows if r.get("kept_forget_exact") is not None]
+    if seen:
+        lines += ["", "Answers reproduced, as the calibrator saw them at the kept check (teacher-forced, no oracle) "
+                  "and as the evaluation counts them (greedy answers holding the true answer):", "",
+                  "| world | seed | model | forget answers reproduced | answer rate | twins' answers reproduced "
+                  "| oracle's answer rate |", "|---|---:|---|---:|---:|---:|---:|"]
+        lines += [f"| {r['shape']} | {r['seed']} | {r['model']} | {r['kept_forget_exact']:.3f} | {r['answer_rate']:.3f} | "
+                  f"{r['kept_reference_exact']:.3f} | {r['oracle_answer_rate']:.3f} |" for r in seen]
     return "\n".join(lines)
 
 

@@ -63,3 +63,12 @@ def test_the_fixed_budget_run_is_judged_beside_the_calibrated_one():
     table = bench.table(rows, "simnpo")
     assert "| default | 0 | simnpo | matched | 0.5 | 0.10 (0.10) | 0.0 | 1.000 | **yes** | **yes** |  | 6.0 (4.0) |" in table
     assert "| default | 0 | simnpo, fixed budget | budget | 0.5 | 0.00 (0.10) | 40.0 | 1.000 | no | no |  | 4.0 (–) |" in table
+
+
+def test_what_the_calibrator_saw_is_tabled_beside_the_evaluation():
+    rows = [{**row("simnpo", answer_rate=0.15, oracle_answer_rate=0.0), "kept_forget_exact": 0.133,
+             "kept_reference_exact": 0.0},
+            row("simnpo, fixed budget")]                                    # no calibrator: no row
+    table = bench.table(rows, "simnpo")
+    assert "| default | 0 | simnpo | 0.133 | 0.150 | 0.000 | 0.000 |" in table
+    assert table.count("| default | 0 | simnpo") == 3                     # the main table's two, this one

@@ -1,6 +1,7 @@
 """Calibrated forgetting: the twins, the statistic, the stopping rule (scripted), and a real run."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -233,7 +234,8 @@ def _measured(forget, twins, settings):
     """The real `Calibrator.measure` on given per-record scores (forget records, their twins in order)."""
     w = WorldData(forget=[_rec(i) for i in range(len(forget))], retain=[_rec(100, "Bo Ka", "Who is Bo Ka?", "x")])
     cal = Calibrator(_Tok(), w, settings)
-    cal._scores = lambda handle, name, fn=None: np.array({"forget": forget, "reference": twins}[name], dtype=float)
+    scores = {"forget": forget, "reference": twins}  # with nothing reproduced: (log-prob, 0) per record
+    cal._scores = lambda handle, name, fn=None: np.stack([np.array(scores[name], float), np.zeros(len(scores[name]))], -1)
     cal._utility = lambda handle: 1.0
     return cal.measure(0, _Handle())
 
@@ -313,7 +315,6 @@ def test_utility_is_tofus_model_utility_on_the_sampled_splits(tiny_world):
     sampled records: probability and truth ratio equal `evaluate`'s on the same records, with the
     teacher-forced exact answer (every token before the end of sequence the argmax, from `LM.score`)
     in ROUGE's place; damage lowers it."""
-    import dataclasses
 
     import torch
 
@@ -351,12 +352,11 @@ def test_utility_is_tofus_model_utility_on_the_sampled_splits(tiny_world):
     assert cal._utility(H()) < 0.95 * start
 
 
-def test_forget_documents_are_reported_against_the_holdout_documents(tiny_world):
+def test_forget_documents_and_reproduced_answers_are_reported(tiny_world):
     """With forget and holdout documents, each check also reports their AUC (names left out) beside
     the decision: the subject, which memorised its forget biographies, is far from 0.5 there; the
-    oracle, which never saw them, is nearer. Without holdout documents there is none."""
-    import dataclasses
-
+    oracle, which never saw them, is nearer. Without holdout documents there is none. Each check
+    also reports the share of forget and reference answers reproduced word for word."""
     import torch
 
     from unlearnkit.data.io import load_world
@@ -377,6 +377,10 @@ def test_forget_documents_are_reported_against_the_holdout_documents(tiny_world)
                     return fn(net, batch)
 
         out[name] = cal.measure(0, H())
+    # the answers reproduced word for word (teacher-forced, names left out): the subject's forget
+    # answers, not the twins'; the oracle reproduces fewer of them
+    assert out["subject"].forget_exact >= 0.8 > out["subject"].reference_exact
+    assert out["oracle"].forget_exact < out["subject"].forget_exact
     assert cal.n["forget_docs"] == len(w.forget_docs) and out["subject"].docs_tolerance >= 0.05
     assert out["subject"].docs_auc > 0.9 and out["subject"].state == "under"
     assert abs(out["oracle"].docs_auc - 0.5) < abs(out["subject"].docs_auc - 0.5)
@@ -394,11 +398,11 @@ def _stubbed(shifts, utilities, every=5):
     shift, us = iter(shifts), iter(utilities)
     now = {}
 
-    def scores(handle, name, fn=None):
+    def scores(handle, name, fn=None):  # (log-prob, reproduced) per record, as `_answer_scores_and_exact`
         if name == "forget":
             now["s"] = next(shift)
-            return ref + now["s"]
-        return ref
+            return np.stack([ref + now["s"], np.zeros(20)], -1)
+        return np.stack([ref, np.zeros(20)], -1)
 
     def utility(handle):
         calls.append(h.weights)
@@ -436,3 +440,15 @@ def test_an_auc_a_hair_under_one_half_with_the_mean_above_is_short_of_the_target
     assert short.auc == pytest.approx(0.45) and short.ks_p < 0.05 and short.gap > 0 and short.state == "under"
     level = _measured([-1.0] * 10 + [-11.1] * 10, ref, CalibrationSettings())
     assert level.auc == 0.5 and level.gap == pytest.approx(-0.05) and level.ks_p < 0.05 and level.state == "over"
+
+
+def test_summary_says_when_forget_answers_survive_a_match():
+    """A set can match its reference on average with a few facts intact: the summary says how many
+    forget answers the kept weights still reproduce, beyond the reference's share by over 0.05."""
+    cal = _scripted([(0.5, 1.0)])
+    info, _ = _drive(cal, 1)
+    assert info.reason == "matched" and "reproduced" not in info.summary()  # not measured: nothing said
+    k = {**info.kept, "forget_exact": 0.2, "reference_exact": 0.05}
+    said = dataclasses.replace(info, kept=k, n_forget=20, n_reference=40).summary()
+    assert said.endswith("; but 4 of 20 forget answers are still reproduced word for word (reference: 2 of 40)")
+    assert "reproduced" not in dataclasses.replace(info, kept={**k, "forget_exact": 0.1}).summary()  # within 0.05

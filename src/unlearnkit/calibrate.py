@@ -24,6 +24,11 @@ learning rate moves the two at different paces (on the default world the documen
 1.0 while the questions reached 0.46), and holding both to the band pushed the questions far past
 it. `calibration.json` says when the documents are still recognisable.
 
+Answers that survive. Each check also counts the forget and reference answers the model reproduces
+word for word (teacher-forced, the name left out), from the same pass: reported, not decided on
+(deciding on it kept the same weights after four backtracks on a sentence world: docs/methods.md).
+The summary says when the kept weights reproduce more forget answers than the reference's share.
+
 Utility. The same pass scores a sample (`retain_sample` records each) of the retain set, the
 neighbours (the people most at risk) and the world facts, with their paraphrased and perturbed
 answers, and computes TOFU's model utility on it (`metrics.tofu.model_utility`: probability, truth
@@ -129,6 +134,8 @@ class Check:
     lr: float
     docs_auc: float | None = None        # forget documents vs holdout documents, when the data has both
     docs_tolerance: float | None = None
+    forget_exact: float | None = None     # share of forget answers reproduced (teacher-forced: every scored
+    reference_exact: float | None = None  # answer token the argmax), and of the reference's; reported, not decided on
 
     @property
     def distance(self) -> float:
@@ -170,7 +177,21 @@ class StopInfo:
                 f"AUC {k['auc']:.3f} vs reference (target 0.5 ± {k['tolerance']:.3f}, {k['state']}), "
                 + (f"documents' AUC {k['docs_auc']:.3f} vs holdout documents (± {k['docs_tolerance']:.3f}), "
                    if k.get("docs_auc") is not None else "")
-                + f"utility {k['utility']:.3f}x the start")
+                + f"utility {k['utility']:.3f}x the start" + _surviving(k, self.n_forget, self.n_reference))
+
+
+SURVIVING = 0.05  # forget answers reproduced beyond the reference's share that the summary points out
+
+
+def _surviving(k: dict, n_forget: int, n_reference: int) -> str:
+    """The summary's warning when the kept weights still reproduce more forget answers than reference
+    answers, by more than `SURVIVING`: a set can match its reference on average with a few facts
+    intact (docs/methods.md, "Answers that survive")."""
+    fe, re_ = k.get("forget_exact"), k.get("reference_exact")
+    if fe is None or re_ is None or fe - re_ <= SURVIVING:
+        return ""
+    return (f"; but {round(fe * n_forget)} of {n_forget} forget answers are still reproduced word for word "
+            f"(reference: {round(re_ * n_reference)} of {n_reference})")
 
 
 def auc(members: np.ndarray, nonmembers: np.ndarray) -> float:
@@ -214,11 +235,19 @@ def _before_eos(m: torch.Tensor) -> torch.Tensor:
 
 def _answer_scores(model, batch, ctx=None):
     """Per-row mean answer-token log-prob, the last (end-of-sequence) position left out."""
+    return _answer_scores_and_exact(model, batch)[:, 0]
+
+
+def _answer_scores_and_exact(model, batch, ctx=None):
+    """Per row: the mean log-prob of the scored answer tokens (the end of sequence left out, but kept
+    for a one-token answer; the subject's name is out of the labels: `encode_records`), and whether
+    every one of them is the model's argmax: the answer reproduced word for word."""
     out = answer_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
     m = out["mask"]
     keep = _before_eos(m)
     keep = torch.where(keep.any(-1, keepdim=True), keep, m)  # a one-token answer keeps its eos
-    return (out["logprobs"] * keep).sum(-1) / keep.sum(-1).clamp_min(1)
+    right = (out["hits"] | ~keep).all(-1).float()
+    return torch.stack([(out["logprobs"] * keep).sum(-1) / keep.sum(-1).clamp_min(1), right], -1)
 
 
 def _mean_logprob_and_accuracy(model, batch, ctx=None):
@@ -346,7 +375,7 @@ class Calibrator:
         from scipy.stats import ks_2samp
 
         t0 = time.perf_counter()
-        f, r = self._scores(handle, "forget"), self._scores(handle, "reference")
+        (f, fe), (r, re_) = (self._scores(handle, k, _answer_scores_and_exact).T for k in ("forget", "reference"))
         a, ks_p = auc(f, r), float(ks_2samp(f, r).pvalue)
         # within the band, the shapes not told apart, and no longer more likely on average than the
         # reference: a run that enters the band from above goes on (braking, `_adjust_pace`) to the
@@ -361,7 +390,8 @@ class Calibrator:
         if self.n.get("forget_docs"):
             da = auc(self._scores(handle, "forget_docs"), self._scores(handle, "holdout_docs"))
         c = Check(step, a, ks_p, self.tolerance, state, None, float(f.mean()),
-                  float(r.mean()), handle.lr, da, self.docs_tolerance if da is not None else None)
+                  float(r.mean()), handle.lr, da, self.docs_tolerance if da is not None else None,
+                  float(fe.mean()), float(re_.mean()))
         t1 = time.perf_counter()
         self.seconds["target"] = self.seconds.get("target", 0.0) + t1 - t0
         if self._wants_utility(c):
