@@ -127,6 +127,8 @@ def run_world(cache: Path, shape: str, seed: int, methods: list[str], fixed: boo
                # answers reproduced word for word (teacher-forced), beside the evaluation's answer rates
                "kept_forget_exact": (stop["stop"].get("kept") or {}).get("forget_exact"),
                "kept_reference_exact": (stop["stop"].get("kept") or {}).get("reference_exact"),
+               # and the truth ratios' KS p against the reference's (forget quality without an oracle)
+               "kept_truth_ks_p": ((stop["stop"].get("truth_ratio") or {}).get("kept") or {}).get("ks_p"),
                "verdict": res["verdict"]["overall"]["status"]}
         rows.append(row)
         if fixed:  # what the cost ratio compares with, judged by the same targets
@@ -149,7 +151,8 @@ def fixed_name(method: str) -> str:
 
 def _metrics(res, oracle, subject) -> dict:
     mu, smu = res.get("model_utility"), subject.get("model_utility")
-    return {"forget_quality": res.get("forget_quality"), "answer_rate": answer_rate(res),
+    return {"forget_quality": res.get("forget_quality"), "forget_quality_twins": res.get("forget_quality_twins"),
+            "answer_rate": answer_rate(res),
             "oracle_answer_rate": answer_rate(oracle), "privleak": res.get("privleak"),
             "utility_ratio": mu / smu if mu is not None and smu else None, "n_forget": res["n"]["forget"]}
 
@@ -187,11 +190,22 @@ def within_retraining(row: dict, rows: list[dict]) -> bool:
     return meets(row, retraining_spread(_retrained(rows, (row["shape"], row["seed"]), but=row)))
 
 
+def twins_agreement(rows: list[dict]) -> tuple[int, int] | None:
+    """(rows where forget quality against the twins and against the oracle fall on the same side of
+    the target, rows with both), the oracle's own rows left out; None when no row has both."""
+    both = [r for r in rows if r["model"] != "oracle" and r.get("forget_quality_twins") is not None
+            and r["forget_quality"] is not None]
+    if not both:
+        return None
+    t = TARGETS["forget_quality"]
+    return sum((r["forget_quality"] >= t) == (r["forget_quality_twins"] >= t) for r in both), len(both)
+
+
 def table(rows: list[dict], default: str) -> str:
     spreads = {w: retraining_spread(_retrained(rows, w)) for w in {(r["shape"], r["seed"]) for r in rows}}
-    lines = ["| world | seed | model | stop | forget quality | answer rate (oracle) | PrivLeak | utility vs subject "
-             "| targets met | within retraining | verdict | wall s (fixed budget) |",
-             "|---|---:|---|---|---:|---:|---:|---:|---|---|---|---:|"]
+    lines = ["| world | seed | model | stop | forget quality | against twins | answer rate (oracle) | PrivLeak "
+             "| utility vs subject | targets met | within retraining | verdict | wall s (fixed budget) |",
+             "|---|---:|---|---|---:|---:|---:|---:|---:|---|---|---|---:|"]
     for r in rows:
         judged = r["model"] not in ("subject", "oracle")
         ok = ("yes" if meets(r) else "no") if judged else ""
@@ -199,10 +213,16 @@ def table(rows: list[dict], default: str) -> str:
         if judged and r["model"] == default:
             ok, near = f"**{ok}**", f"**{near}**"
         lines.append(f"| {r['shape']} | {r['seed']} | {r['model']} | {r.get('stop', '')} | "
-                     f"{_fmt(r['forget_quality'], '.2g')} | {_fmt(r['answer_rate'], '.2f')} "
+                     f"{_fmt(r['forget_quality'], '.2g')} | {_fmt(r.get('forget_quality_twins'), '.2g')} | "
+                     f"{_fmt(r['answer_rate'], '.2f')} "
                      f"({_fmt(r['oracle_answer_rate'], '.2f')}) | {_fmt(r['privleak'], '.1f')} | "
                      f"{_fmt(r['utility_ratio'], '.3f')} | {ok} | {near} | {r.get('verdict', '')} | "
                      f"{_fmt(r.get('wall_s'), '.1f')} ({_fmt(r.get('fixed_wall_s'), '.1f')}) |")
+    agree = twins_agreement(rows)
+    if agree:
+        lines += ["", f"Forget quality against the twins (no oracle) and against the oracle fall on the same side of "
+                  f"{TARGETS['forget_quality']} on {agree[0]} of {agree[1]} rows (subjects, retrained oracles and "
+                  f"runs; the oracle's own is 1 by definition and left out)."]
     lines += ["", "Exact retraining's spread (the targets as widened for `within retraining`):", "",
               "| world | seed | retrained oracles | answer-rate gap | \\|PrivLeak\\| | forget quality | utility |",
               "|---|---:|---:|---:|---:|---:|---:|"]
@@ -216,9 +236,11 @@ def table(rows: list[dict], default: str) -> str:
         lines += ["", "Answers reproduced, as the calibrator saw them at the kept check (teacher-forced, no oracle) "
                   "and as the evaluation counts them (greedy answers holding the true answer):", "",
                   "| world | seed | model | forget answers reproduced | answer rate | twins' answers reproduced "
-                  "| oracle's answer rate |", "|---|---:|---|---:|---:|---:|---:|"]
+                  "| oracle's answer rate | truth ratios vs twins, KS p (calibrator) | forget quality against "
+                  "twins (evaluation) |", "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
         lines += [f"| {r['shape']} | {r['seed']} | {r['model']} | {r['kept_forget_exact']:.3f} | {r['answer_rate']:.3f} | "
-                  f"{r['kept_reference_exact']:.3f} | {r['oracle_answer_rate']:.3f} |" for r in seen]
+                  f"{r['kept_reference_exact']:.3f} | {r['oracle_answer_rate']:.3f} | "
+                  f"{_fmt(r.get('kept_truth_ks_p'), '.2g')} | {_fmt(r.get('forget_quality_twins'), '.2g')} |" for r in seen]
     return "\n".join(lines)
 
 

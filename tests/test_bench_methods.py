@@ -52,7 +52,7 @@ def test_within_retraining_judges_each_retrained_oracle_by_the_others():
     assert not bench.within_retraining(row("x", utility=0.92), rows)
     table = bench.table(rows, "graddiff")
     assert "| default | 0 | 2 | ≤ 0.05 | ≤ 25.0 | ≥ 0.05 | ≥ 0.930 |" in table
-    assert "| default | 0 | graddiff |  | 0.5 | 0.10 (0.10) | 20.0 | 0.940 | **no** | **yes** |" in table
+    assert "| default | 0 | graddiff |  | 0.5 | – | 0.10 (0.10) | 20.0 | 0.940 | **no** | **yes** |" in table
 
 
 def test_the_fixed_budget_run_is_judged_beside_the_calibrated_one():
@@ -61,14 +61,29 @@ def test_the_fixed_budget_run_is_judged_beside_the_calibrated_one():
             {**row("simnpo"), "stop": "matched", "wall_s": 6.0, "fixed_wall_s": 4.0},
             {**row(bench.fixed_name("simnpo"), answer_rate=0.0, privleak=40.0), "stop": "budget", "wall_s": 4.0}]
     table = bench.table(rows, "simnpo")
-    assert "| default | 0 | simnpo | matched | 0.5 | 0.10 (0.10) | 0.0 | 1.000 | **yes** | **yes** |  | 6.0 (4.0) |" in table
-    assert "| default | 0 | simnpo, fixed budget | budget | 0.5 | 0.00 (0.10) | 40.0 | 1.000 | no | no |  | 4.0 (–) |" in table
+    assert "| default | 0 | simnpo | matched | 0.5 | – | 0.10 (0.10) | 0.0 | 1.000 | **yes** | **yes** |  | 6.0 (4.0) |" in table
+    assert "| default | 0 | simnpo, fixed budget | budget | 0.5 | – | 0.00 (0.10) | 40.0 | 1.000 | no | no |  | 4.0 (–) |" in table
 
 
 def test_what_the_calibrator_saw_is_tabled_beside_the_evaluation():
     rows = [{**row("simnpo", answer_rate=0.15, oracle_answer_rate=0.0), "kept_forget_exact": 0.133,
-             "kept_reference_exact": 0.0},
+             "kept_reference_exact": 0.0, "kept_truth_ks_p": 0.0012, "forget_quality_twins": 0.0011},
             row("simnpo, fixed budget")]                                    # no calibrator: no row
     table = bench.table(rows, "simnpo")
-    assert "| default | 0 | simnpo | 0.133 | 0.150 | 0.000 | 0.000 |" in table
+    assert "| default | 0 | simnpo | 0.133 | 0.150 | 0.000 | 0.000 | 0.0012 | 0.0011 |" in table
     assert table.count("| default | 0 | simnpo") == 3                     # the main table's two, this one
+
+
+def test_forget_quality_against_twins_is_tabled_and_its_agreement_counted():
+    """The oracle-free estimate stands beside forget quality; the table counts the rows where both
+    fall on the same side of the 0.05 target, the oracle's own row (1 by definition) left out."""
+    rows = [{**row("subject", forget_quality=1e-4), "forget_quality_twins": 3e-4},
+            {**row("oracle", forget_quality=1.0), "forget_quality_twins": 0.01},   # left out
+            {**row("retrained", forget_quality=0.6), "forget_quality_twins": 0.3},
+            {**row("simnpo", forget_quality=0.04), "forget_quality_twins": 0.2},   # disagree
+            row("graddiff")]                                                       # no estimate: left out
+    assert bench.twins_agreement(rows) == (2, 3)
+    table = bench.table(rows, "simnpo")
+    assert "| default | 0 | simnpo |  | 0.04 | 0.2 | 0.10 (0.10) |" in table
+    assert "against the oracle fall on the same side of 0.05 on 2 of 3 rows" in table
+    assert bench.twins_agreement([row("simnpo")]) is None and "same side" not in bench.table([row("simnpo")], "simnpo")

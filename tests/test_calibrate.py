@@ -125,6 +125,7 @@ def _scripted(states, settings=None):
         st = "matched" if abs(a - 0.5) <= cal.tolerance else ("under" if a > 0.5 else "over")
         return Check(step, a, 1.0, cal.tolerance, st, u, 10 * (a - 0.5), 0.0, handle.lr)  # log-prob gap follows the AUC
     cal.measure = measure
+    cal.truth_ratios = lambda handle: None  # scores nothing
     return cal
 
 
@@ -236,7 +237,7 @@ def _measured(forget, twins, settings):
     cal = Calibrator(_Tok(), w, settings)
     scores = {"forget": forget, "reference": twins}  # with nothing reproduced: (log-prob, 0) per record
     cal._scores = lambda handle, name, fn=None: np.stack([np.array(scores[name], float), np.zeros(len(scores[name]))], -1)
-    cal._utility = lambda handle: 1.0
+    cal._utility, cal.truth_ratios = (lambda handle: 1.0), (lambda handle: None)
     return cal.measure(0, _Handle())
 
 
@@ -407,7 +408,7 @@ def _stubbed(shifts, utilities, every=5):
     def utility(handle):
         calls.append(h.weights)
         return next(us)
-    cal._scores, cal._utility = scores, utility
+    cal._scores, cal._utility, cal.truth_ratios = scores, utility, lambda handle: None
     return cal, h, calls
 
 
@@ -452,3 +453,43 @@ def test_summary_says_when_forget_answers_survive_a_match():
     said = dataclasses.replace(info, kept=k, n_forget=20, n_reference=40).summary()
     assert said.endswith("; but 4 of 20 forget answers are still reproduced word for word (reference: 2 of 40)")
     assert "reproduced" not in dataclasses.replace(info, kept={**k, "forget_exact": 0.1}).summary()  # within 0.05
+
+
+def test_truth_ratios_against_the_twins_are_forget_quality_without_an_oracle(tiny_world):
+    """The calibrator's truth-ratio check is `evaluate`'s `forget_quality_twins` (the same KS test on
+    the same records, from the training wrapper's own pass): the subject's forget facts are told
+    apart from their twins', the oracle's are not; the summary says so only when the kept weights
+    are told apart and the start was."""
+    import torch
+
+    from unlearnkit.data.io import load_world
+    from unlearnkit.evaluate import evaluate
+    from unlearnkit.models.load import load_model
+    from unlearnkit.scoring import LM
+
+    w = load_world(tiny_world.data_dir)
+    got = {}
+    for name, path in (("subject", tiny_world.subject_dir), ("oracle", tiny_world.oracle_dir)):
+        net, tok = load_model(path)
+        cal = Calibrator(tok, w, seed=0)
+
+        class H:
+            def score(self, fn, batch):
+                with torch.no_grad():
+                    return fn(net, batch)
+
+        got[name] = cal.truth_ratios(H())
+        ref = evaluate(LM(net, tok), w, suites=("tofu",))
+        assert got[name]["ks_p"] == pytest.approx(ref["forget_quality_twins"], rel=1e-3, abs=1e-9)
+        assert got[name]["n_forget"] == got[name]["n_reference"] == len(ref["per_sample"]["twin_truth_ratios"])
+    assert got["subject"]["ks_p"] < 0.05 <= got["oracle"]["ks_p"]
+    assert got["subject"]["forget_log_r"] > got["subject"]["reference_log_r"] + 0.5
+
+    info, _ = _drive(_scripted([(0.5, 1.0)]), 1)
+    told = dataclasses.replace(info, truth_ratio={"start": got["subject"], "kept": got["subject"]})
+    assert "the forget facts are still told apart" in told.summary()
+    assert "preferred to false ones" in told.summary()
+    for quiet in ({"start": got["subject"], "kept": got["oracle"]},   # forgotten
+                  {"start": got["oracle"], "kept": got["oracle"]},    # no power at the start
+                  {"start": None, "kept": None}):                     # no perturbed answers
+        assert "told apart" not in dataclasses.replace(info, truth_ratio=quiet).summary()

@@ -153,6 +153,24 @@ def test_cli_world_finetune_eval_roundtrip(tiny_world, tiny_results, tmp_path):
     assert len(res["info"]["fingerprint"]) == 16 and res["info"]["versions"]["torch"]
 
 
+def test_cli_eval_without_an_oracle_judges_forgetting_against_twins(tiny_world, tiny_results, tmp_path):
+    """No --oracle: the verdict's forgetting check uses forget quality against the model's own twins,
+    with the subject's result for its power. The oracle model, standing in for a model that forgot,
+    passes; the subject fails."""
+    subject_json = tmp_path / "subject.json"
+    subject_json.write_text(json.dumps(tiny_results["subject"]))
+    got = {}
+    for name, path in (("oracle", tiny_world.oracle_dir), ("subject", tiny_world.subject_dir)):
+        r = runner.invoke(app, ["eval", "--model", str(path), "--data", str(tiny_world.data_dir),
+                                "--subject", str(subject_json), "--suite", "tofu", "--out", str(tmp_path / f"{name}.json")])
+        assert r.exit_code == 0, r.output
+        got[name] = json.loads((tmp_path / f"{name}.json").read_text())
+        assert got[name]["forget_quality"] is None and got[name]["verdict"]["forgetting"]["reference"] == "twins"
+    assert got["oracle"]["verdict"]["forgetting"]["status"] == "pass"
+    assert got["subject"]["verdict"]["forgetting"]["status"] == "fail"
+    assert got["subject"]["forget_quality_twins"] == pytest.approx(tiny_results["subject"]["forget_quality_twins"])
+
+
 def test_cli_help_explains_every_flag():
     for verb in ("demo", "world", "finetune", "forget", "eval", "methods"):
         r = runner.invoke(app, [verb, "--help"])

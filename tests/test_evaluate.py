@@ -125,8 +125,9 @@ def test_subject_hand_values(world, oracle_result):
     assert [c["max_new_tokens"] for c in lm.generate_calls] == [32, 64]
     n = 8
     # every pair: forget/neighbours/world 8 facts, retain 16, each 1 true + 1 paraphrased + 3 perturbed;
-    # + 8 holdout answers for QA MIA + 3 + 3 documents
-    assert r["n"]["scored_pairs"] == (5 * n * 5) + n + 6
+    # + 8 holdout answers for QA MIA + 3 + 3 documents; + the forget records' twins' paraphrased and
+    # perturbed answers (the subject "forget person i" is named by the word "forget" in each question)
+    assert r["n"]["scored_pairs"] == (5 * n * 5) + n + 6 + 4 * n
     assert r["forget_probability"] == pytest.approx(math.exp(KNOWN))
     R = math.exp(-UNKNOWN + KNOWN)  # exp(L_perturbed - L_paraphrased) = e^2.9
     assert r["per_sample"]["forget_truth_ratios"] == pytest.approx([R] * n)
@@ -228,7 +229,7 @@ def test_docs_source_and_reference_attack(world, oracle_result):
 def test_tofu_only_scores_without_stats(world):
     lm = FakeLM(world, UTIL)
     r = evaluate(lm, world, suites=("tofu",))
-    assert lm.score_calls == [{"n": 5 * 5 * 8, "stats": False}]
+    assert lm.score_calls == [{"n": 5 * 5 * 8 + 4 * 8, "stats": False}]  # + the twins' (test_subject_hand_values)
     assert len(lm.generate_calls) == 1 and lm.generate_calls[0]["n"] == 5 * 8 + 8  # questions + paraphrased
     assert "privleak" not in r and "mia_auc" not in r
 
@@ -239,3 +240,26 @@ def test_wrong_oracle_world_is_an_error(world, oracle_result):
         evaluate(FakeLM(other, UTIL), other, oracle=oracle_result, suites=("tofu",))
     with pytest.raises(ValueError, match="unknown suites"):
         evaluate(FakeLM(world, UTIL), world, suites=("tofu", "bleu"))
+
+
+def test_without_an_oracle_the_twins_decide_with_the_same_power_checks():
+    """No oracle result: forget quality against the model's own twins decides forgetting, once the
+    subject's forget facts are told apart from their twins' (else, or without the subject, or with
+    too few facts, it cannot decide); with an oracle, the oracle decides as before."""
+    subject = {"forget_quality_twins": 1e-6, "forget_quality_twins_n": 20}
+    ok = verdict({"forget_quality_twins": 0.3, "forget_quality_twins_n": 20}, subject=subject)["forgetting"]
+    assert ok["status"] == "pass" and ok["reference"] == "twins" and "no oracle" in ok["why"]
+    bad = verdict({"forget_quality_twins": 0.01, "forget_quality_twins_n": 20}, subject=subject)["forgetting"]
+    assert bad["status"] == "fail" and "0.01 < 0.05" in bad["why"]
+    assert verdict(subject, subject=subject)["forgetting"]["status"] == "fail"   # the untouched subject never passes
+    for sub, words in ((None, "give --subject"), ({"forget_quality_twins": 0.4}, "does not tell the subject"),
+                       ({"forget_quality_twins": None}, "does not tell the subject")):
+        v = verdict({"forget_quality_twins": 0.3, "forget_quality_twins_n": 20}, subject=sub)["forgetting"]
+        assert v["status"] == "cannot decide" and words in v["why"]
+    few = verdict({"forget_quality_twins": 0.3, "forget_quality_twins_n": 3}, subject=subject)["forgetting"]
+    assert "too few forget facts with twins (3)" in few["why"]
+    # an oracle result decides as before, the twins' figure aside
+    assert "reference" not in verdict({"forget_quality": 0.2, "forget_quality_twins": 0.001},
+                                      oracle={"forget_rouge": 0.1}, subject={"forget_quality": 1e-6,
+                                                                              "forget_quality_n": 20})["forgetting"]
+    assert "needs an oracle result" in verdict({}, subject=subject)["forgetting"]["why"]

@@ -175,6 +175,8 @@ def test_a_calibrated_run_resumes_to_the_same_stop_and_weights(tiny_world, tmp_p
     again = json.loads((cut / "calibration.json").read_text())
     assert (again["reason"], again["stopped_at"], again["kept_step"]) == (info["reason"], info["stopped_at"],
                                                                           info["kept_step"])
+    for k in ("start", "kept"):  # the start's travels in the checkpoint
+        assert again["truth_ratio"][k] == pytest.approx(info["truth_ratio"][k])
     a, b = (load_file(r / "model" / "model.safetensors") for r in (full, cut))
     assert all(torch.equal(a[k], b[k]) for k in a)
 

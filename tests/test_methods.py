@@ -46,7 +46,11 @@ def test_calibrated_default_reaches_the_target_or_says_where_it_stopped(method, 
     assert any(c["step"] == kept["step"] and c["auc"] == kept["auc"] for c in checks)
     # the utility pass runs at some checks only, and the run says how many and what the checks cost
     assert info["utility_checks"] == sum(c["utility"] is not None for c in checks) >= 1
-    assert set(info["seconds"]) <= {"target", "utility"} and info["seconds"]["target"] > 0
+    assert set(info["seconds"]) <= {"target", "utility", "truth_ratio"} and info["seconds"]["target"] > 0
+    # the facts' check, at the start and at the kept weights: the subject's are told from the twins'
+    start, at_kept = info["truth_ratio"]["start"], info["truth_ratio"]["kept"]
+    assert start["ks_p"] < 0.05 and start["forget_log_r"] > start["reference_log_r"]
+    assert at_kept["n_forget"] == start["n_forget"] > 0 and 0 <= at_kept["ks_p"] <= 1
     res = api.evaluate(run / "model", tiny_world.data_dir, suites=("tofu",))
     if info["reason"] == "matched":
         assert abs(kept["auc"] - 0.5) <= kept["tolerance"]

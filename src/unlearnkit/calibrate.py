@@ -29,6 +29,14 @@ word for word (teacher-forced, the name left out), from the same pass: reported,
 (deciding on it kept the same weights after four backtracks on a sentence world: docs/methods.md).
 The summary says when the kept weights reproduce more forget answers than the reference's share.
 
+Facts that survive. At the start and at the kept weights, the forget records' truth ratios (their
+paraphrased true answer against their perturbed false ones, as TOFU computes them) are compared with
+the reference records' by the KS test behind TOFU's forget quality (`Calibrator.truth_ratios`):
+forget quality with the reference in the oracle's place. The mean log-prob can match while the
+facts survive in other words: a run that unlearned the answers' wording still prefers the true
+paraphrased answer to the false ones. The summary says so when the kept weights are told apart and
+the start was too (else the test has no power here); reported, not decided on (docs/methods.md).
+
 Utility. The same pass scores a sample (`retain_sample` records each) of the retain set, the
 neighbours (the people most at risk) and the world facts, with their paraphrased and perturbed
 answers, and computes TOFU's model utility on it (`metrics.tofu.model_utility`: probability, truth
@@ -165,6 +173,8 @@ class StopInfo:
     utility_checks: int = 0  # checks that measured the utility (`Calibrator._wants_utility`)
     seconds: dict = field(default_factory=dict)  # wall time in the checks: target (forget, reference, documents), utility
     history: list = field(default_factory=list)
+    truth_ratio: dict = field(default_factory=dict)  # `Calibrator.truth_ratios` at "start" and "kept" (None: no data)
+    min_ks_p: float = 0.05                            # below it, the truth ratios are told apart
 
     def summary(self) -> str:
         k = self.kept
@@ -177,7 +187,8 @@ class StopInfo:
                 f"AUC {k['auc']:.3f} vs reference (target 0.5 ± {k['tolerance']:.3f}, {k['state']}), "
                 + (f"documents' AUC {k['docs_auc']:.3f} vs holdout documents (± {k['docs_tolerance']:.3f}), "
                    if k.get("docs_auc") is not None else "")
-                + f"utility {k['utility']:.3f}x the start" + _surviving(k, self.n_forget, self.n_reference))
+                + f"utility {k['utility']:.3f}x the start" + _surviving(k, self.n_forget, self.n_reference)
+                + _facts(self.truth_ratio, self.min_ks_p))
 
 
 SURVIVING = 0.05  # forget answers reproduced beyond the reference's share that the summary points out
@@ -192,6 +203,21 @@ def _surviving(k: dict, n_forget: int, n_reference: int) -> str:
         return ""
     return (f"; but {round(fe * n_forget)} of {n_forget} forget answers are still reproduced word for word "
             f"(reference: {round(re_ * n_reference)} of {n_reference})")
+
+
+def _facts(truth: dict, min_ks_p: float) -> str:
+    """The summary's warning when the kept weights' forget truth ratios are still told apart from the
+    reference's (KS p below `min_ks_p`) where the starting weights' were too: the answers' wording is
+    forgotten, the facts are not (docs/methods.md, "Facts that survive"). Silent when the start
+    was not told apart either: the test then has no power on this data."""
+    st, kt = truth.get("start"), truth.get("kept")
+    if not st or not kt or st["ks_p"] >= min_ks_p or kt["ks_p"] >= min_ks_p:
+        return ""
+    return (f"; but the forget facts are still told apart from the reference's: truth ratios' KS p {kt['ks_p']:.2g} "
+            f"(median log ratio {kt['forget_log_r']:+.2f} against {kt['reference_log_r']:+.2f}; start: "
+            f"p {st['ks_p']:.2g}): " + ("the true answers, reworded, are still preferred to false ones"
+                                        if kt["forget_log_r"] > kt["reference_log_r"] else
+                                        "the true answers are now less likely against false ones than a stranger's"))
 
 
 def auc(members: np.ndarray, nonmembers: np.ndarray) -> float:
@@ -262,6 +288,11 @@ def _mean_logprob_and_accuracy(model, batch, ctx=None):
     return torch.stack([(out["logprobs"] * m).sum(-1) / n, right], -1)
 
 
+def _lp(v: float) -> np.ndarray:
+    """A sequence's mean log-prob as `metrics.tofu`'s functions take it (an array of log-probs)."""
+    return np.array([v])
+
+
 def _utility_encoding(tokenizer, records, template=None) -> list[Encoded]:
     """Each record's question with its true, paraphrased and perturbed answers, in that order."""
     q = [r.question for r in records for _ in range(2 + len(r.perturbed_answers))]
@@ -291,7 +322,12 @@ class Calibrator:
                      # scored whole: their names are part of what must be kept
                      **{k: _utility_encoding(tokenizer, v, template) for k, v in keep.items()},
                      **docs}
+        # the truth ratios' records: forget and reference records with paraphrased and perturbed answers
+        keep.update({f"{k}_tr": [r for r in v if r.perturbed_answers] for k, v in (("forget", forget), ("reference", ref))})
+        self.n.update({k: len(keep[k]) for k in ("forget_tr", "reference_tr")})
+        self._enc.update({k: _utility_encoding(tokenizer, keep[k], template) for k in ("forget_tr", "reference_tr")})
         self._layout = {k: [len(r.perturbed_answers) for r in v] for k, v in keep.items()}
+        self.truth: dict[str, dict | None] = {}  # `truth_ratios` at the start and at the kept weights
         self.pad_id = tokenizer.pad_token_id
         self._collated: dict[str, list] = {}
         self.seconds: dict[str, float] = {}  # time in the checks' passes (StopInfo.seconds)
@@ -356,20 +392,42 @@ class Calibrator:
         for name in UTILITY_SPLITS:
             if not self.n.get(name):
                 continue
-            sc, i, true, para, pert = self._scores(handle, name, _mean_logprob_and_accuracy), 0, [], [], []
-            for n_pert in self._layout[name]:  # rows: each record's true, paraphrased, perturbed answers
-                true.append(sc[i]), para.append(sc[i + 1]), pert.append(sc[i + 2:i + 2 + n_pert, 0])
-                i += 2 + n_pert
-            lp = lambda v: np.array([v])  # noqa: E731  (a sequence's mean log-prob, as tofu's functions take it)
+            true, para, pert = zip(*self._answer_rows(handle, name))
             # TOFU: plain probability on retain; elsewhere normalised, the paraphrase (worded as the
             # perturbed answers are) against the perturbed answers
-            prob = [tofu.answer_probability(lp(t[0])) if name == "retain" else
-                    tofu.normalised_probability(lp(a[0]), [lp(x) for x in q]) for t, a, q in zip(true, para, pert)]
-            ratios = [tofu.truth_ratio(lp(a[0]), [lp(x) for x in q]) for a, q in zip(para, pert)]
+            prob = [tofu.answer_probability(_lp(t[0])) if name == "retain" else
+                    tofu.normalised_probability(_lp(a[0]), [_lp(x) for x in q]) for t, a, q in zip(true, para, pert)]
+            ratios = [tofu.truth_ratio(_lp(a[0]), [_lp(x) for x in q]) for a, q in zip(para, pert)]
             comps[name] = {"probability": float(np.mean(prob)), "rouge": float(np.mean([t[1] for t in true])),
                            "truth_ratio": tofu.truth_ratio_score(ratios, forget=False),
-                           "answer_probability": float(np.mean([tofu.answer_probability(lp(t[0])) for t in true]))}
+                           "answer_probability": float(np.mean([tofu.answer_probability(_lp(t[0])) for t in true]))}
         return comps
+
+    def _answer_rows(self, handle, name: str) -> list[tuple]:
+        """Per record of `name` (encoded by `_utility_encoding`): its true, paraphrased and perturbed
+        answers' rows of `_mean_logprob_and_accuracy` (the perturbed answers' log-probs only)."""
+        sc, i, rows = self._scores(handle, name, _mean_logprob_and_accuracy), 0, []
+        for n_pert in self._layout[name]:
+            rows.append((sc[i], sc[i + 1], sc[i + 2:i + 2 + n_pert, 0]))
+            i += 2 + n_pert
+        return rows
+
+    def truth_ratios(self, handle) -> dict | None:
+        """TOFU's forget quality with the reference in the oracle's place: the KS p of the forget
+        records' truth ratios (paraphrased against perturbed answers) against the reference records'
+        (`metrics.tofu.forget_quality`), and each side's median log ratio. None when either side has
+        fewer than two records with perturbed answers. Reported, not decided on (module docstring:
+        Facts that survive)."""
+        from .metrics import tofu
+
+        if min(self.n.get("forget_tr", 0), self.n.get("reference_tr", 0)) < 2:
+            return None
+        t0 = time.perf_counter()
+        f, r = ([tofu.truth_ratio(_lp(a[0]), [_lp(x) for x in q]) for _, a, q in self._answer_rows(handle, k)]
+                for k in ("forget_tr", "reference_tr"))
+        self.seconds["truth_ratio"] = self.seconds.get("truth_ratio", 0.0) + time.perf_counter() - t0
+        return {"ks_p": tofu.forget_quality(f, r)["p"], "forget_log_r": float(np.median(np.log(f))),
+                "reference_log_r": float(np.median(np.log(r))), "n_forget": len(f), "n_reference": len(r)}
 
     def measure(self, step: int, handle) -> Check:
         from scipy.stats import ks_2samp
@@ -394,6 +452,9 @@ class Calibrator:
                   float(fe.mean()), float(re_.mean()))
         t1 = time.perf_counter()
         self.seconds["target"] = self.seconds.get("target", 0.0) + t1 - t0
+        if not self.history:  # the starting weights: does the test tell the forget facts from the reference's?
+            self.truth["start"] = self.truth_ratios(handle)
+            t1 = time.perf_counter()
         if self._wants_utility(c):
             u = self._utility(handle)
             self.seconds["utility"] = self.seconds.get("utility", 0.0) + time.perf_counter() - t1
@@ -527,11 +588,13 @@ class Calibrator:
         if self.best is not None:
             handle.restore(self.snapshots["best"])
         kept = self.best or self.start
+        self.truth["kept"] = self.truth_ratios(handle) if kept is not self.start else self.truth.get("start")
         info = StopInfo(reason, step, kept.step, asdict(kept), asdict(self.start), self.backtracks, self.doublings,
                         self.settings.reference, self.n["forget"], self.n["reference"],
                         {k: self.n[k] for k in UTILITY_SPLITS if k in self.n},
                         len(self.history), sum(c.utility is not None for c in self.history),
-                        {k: round(v, 3) for k, v in self.seconds.items()}, [asdict(c) for c in self.history])
+                        {k: round(v, 3) for k, v in self.seconds.items()}, [asdict(c) for c in self.history],
+                        dict(self.truth), self.settings.min_ks_p)
         handle.log({"stopped": {k: v for k, v in asdict(info).items() if k != "history"}})
         return info
 
@@ -539,7 +602,7 @@ class Calibrator:
     def state_dict(self) -> dict:
         return {"history": [asdict(c) for c in self.history], "start_utility": self.start_utility,
                 "backtracks": self.backtracks, "doublings": self.doublings, "restored_at": self.restored_at,
-                "seconds": self.seconds,
+                "seconds": self.seconds, "truth": self.truth,
                 "best": asdict(self.best) if self.best else None,
                 "snapshots": self.snapshots}
 
@@ -548,5 +611,6 @@ class Calibrator:
         self.start_utility, self.backtracks, self.doublings = state["start_utility"], state["backtracks"], state["doublings"]
         self.restored_at = state.get("restored_at", -1)
         self.seconds = state.get("seconds", {})
+        self.truth = state.get("truth", {})
         self.best = Check(**state["best"]) if state["best"] else None
         self.snapshots = state["snapshots"]

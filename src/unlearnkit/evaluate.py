@@ -17,6 +17,10 @@ Which text is scored or generated (prompts are the plain question; tokenisation 
   normalised probability compares the paraphrased answer with the perturbed ones, because the
   perturbed answers are written in the paraphrased answer's wording (TOFU compares options of the
   same form; comparing the short answer with full sentences would measure wording, not truth).
+  The forget questions' twins (`data.twins.forget_twins`: the person's name swapped for one nobody
+  has) get their paraphrased and perturbed answers scored too: `forget_quality_twins` is the KS p
+  of the forget truth ratios against the twins', forget quality with this model's own
+  "never seen" in the oracle's place (docs/methods.md, "Facts that survive").
 - MUSE: VerbMem continues the first `verbmem_prompt_words` words of each forget document (or the
   given `verbmem_pairs`, e.g. MUSE's own prompt/continuation pairs); KnowMem is ROUGE-L F1 of the
   greedy answers on forget and retain QA; PrivLeak uses the Min-K% AUC at k = 0.4
@@ -35,6 +39,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .data.twins import forget_twins
 from .metrics import mia, muse, tofu
 from .metrics.text import rouge_l, split_words
 
@@ -106,7 +111,9 @@ def evaluate(lm, world, *, oracle: dict | None = None, suites: Sequence[str] = S
     oracle: the result dict of `evaluate` on the oracle model (same world), or "self" when `lm` is
       the oracle (its forget quality is then 1 and its PrivLeak 0 by construction). Without it,
       `forget_quality` and `privleak` are None (they compare with the oracle by definition; the
-      model is never compared with itself). subject: the subject model's result, the reference for
+      model is never compared with itself). `forget_quality_twins` needs none: the same KS test,
+      the forget truth ratios against those of their twins (the questions about invented people,
+      `data.twins`) under this model. subject: the subject model's result, the reference for
       the utility verdict (else the oracle's). reference_lm: a model with `score`, for the reference
       MIA attack. k: the Min-K% fraction of the MIA table (PrivLeak uses its own, 0.4).
       verdict_options: keyword arguments for `verdict`. verbmem_pairs: (prompt, true continuation)
@@ -139,6 +146,17 @@ def evaluate(lm, world, *, oracle: dict | None = None, suites: Sequence[str] = S
                 req.add((s, i, "para"), r.question, r.paraphrased_answer)
                 for j, p in enumerate(r.perturbed_answers):
                     req.add((s, i, "pert", j), r.question, p)
+    # the forget questions that name their subject, and their twins (data/twins.py): the same
+    # questions about people nobody saw, whose truth ratios are forget quality's reference without an oracle
+    twin_of: list[tuple[int, Any]] = []
+    if do_tofu:
+        named, tw = forget_twins(world)
+        index = {id(r): i for i, r in enumerate(splits_qa["forget"])}
+        twin_of = [(index[id(r)], t) for r, t in zip(named, tw) if t.perturbed_answers]
+        for i, t in twin_of:
+            req.add(("twin", i, "para"), t.question, t.paraphrased_answer)
+            for j, p in enumerate(t.perturbed_answers):
+                req.add(("twin", i, "pert", j), t.question, p)
     mia_sets: dict[str, dict[str, tuple[list, list]]] = {}  # source -> side -> (keys, texts)
     if need_mia_scores and source is not None:
         if min(len(world.forget), len(world.holdout)):
@@ -285,6 +303,20 @@ def evaluate(lm, world, *, oracle: dict | None = None, suites: Sequence[str] = S
         res["exact_memorisation_forget"] = f["exact_memorisation"]
         res["extraction_strength_forget"] = f["extraction_strength"]
         res["retain_rouge"] = split_out["retain"].get("rouge")
+        # forget quality against the model's own twins: needs no oracle
+        res["forget_quality_twins"] = None
+        if len(twin_of) >= 2:
+            twin_ratios = [tofu.truth_ratio(sc(("twin", i, "para")), [sc(("twin", i, "pert", j))
+                                                                      for j in range(len(t.perturbed_answers))])
+                           for i, t in twin_of]
+            own = [per_sample["forget_truth_ratios"][i] for i, _ in twin_of]
+            per_sample["twin_truth_ratios"] = twin_ratios
+            f["forget_quality_twins"] = tofu.forget_quality(own, twin_ratios)
+            res["forget_quality_twins"] = f["forget_quality_twins"]["p"]
+            res["forget_quality_twins_n"] = len(twin_ratios)
+        else:
+            notes.append("fewer than two forget questions name their subject (with perturbed answers): "
+                         "forget_quality_twins is None")
         # forget quality against the oracle
         fq = None
         oracle_ratios = ((oracle or {}).get("per_sample") or {}).get("forget_truth_ratios")
@@ -449,6 +481,34 @@ def _privleak_blind(result: dict, oracle: dict | None, tolerance: float) -> str 
             f"the model's AUC {a:.3f} is within two standard errors of the oracle's")
 
 
+def _against_twins(result: dict, subject: dict | None, min_forget_quality: float) -> dict:
+    """The forgetting check with no oracle: forget quality against the model's own twins
+    (`forget_quality_twins`) >= `min_forget_quality`, with the same power checks as against the oracle
+    (the subject's forget facts must be told apart from their twins'). On the eight worlds of
+    docs/methods.md it falls on the same side of 0.05 as forget quality against the oracle in most
+    rows (that table counts them)."""
+    fq = result["forget_quality_twins"]
+    n = result.get("forget_quality_twins_n") or 0
+    sfq = (subject or {}).get("forget_quality_twins")
+    if subject is None:
+        why = "no subject result: whether the test tells the subject's facts from their twins' is unknown (give --subject)"
+    elif min_ks_p(n, n) >= min_forget_quality:
+        why = (f"too few forget facts with twins ({n}): even fully separated truth ratios give a KS p-value of "
+               f"{min_ks_p(n, n):.3g} >= {min_forget_quality}")
+    elif sfq is None or sfq >= min_forget_quality:
+        why = (f"the test does not tell the subject's forget facts from their twins' (subject forget quality against "
+               f"twins {_fmt_p(sfq)} >= {min_forget_quality})")
+    else:
+        ok = fq >= min_forget_quality
+        return {**_check(fq, ok, min_forget_quality, f"no oracle: forget quality against the twins {fq:.3g} "
+                         f"{'>=' if ok else '<'} {min_forget_quality} (subject: {sfq:.3g})"), "reference": "twins"}
+    return {**_check(fq, None, min_forget_quality, f"cannot decide on this data: {why}"), "reference": "twins"}
+
+
+def _fmt_p(p) -> str:
+    return "none" if p is None else f"{p:.3g}"
+
+
 def verdict(result: dict, *, oracle: dict | None = None, subject: dict | None = None,
             min_forget_quality: float = 0.05, rouge_tolerance: float = 0.05, privleak_tolerance: float = 10.0,
             utility_fraction: float = 0.95) -> dict:
@@ -460,7 +520,9 @@ def verdict(result: dict, *, oracle: dict | None = None, subject: dict | None = 
       truth ratios from the oracle's), or forget ROUGE within `rouge_tolerance` of the oracle's.
       Cannot decide without the subject's result, with so few forget facts that no KS p-value could
       fall below `min_forget_quality`, or when the subject itself is not separated from the oracle
-      (`_no_power` names the reason).
+      (`_no_power` names the reason). With no oracle result, forget quality against the model's own
+      twins (`forget_quality_twins`, the same test with the twins in the oracle's place) decides,
+      with the same power checks (`_against_twins`).
     - privacy: |PrivLeak| <= `privleak_tolerance` (percent); cannot decide without the subject's
       result, when the subject's own |PrivLeak| is within the tolerance too, or when the tolerance is
       finer than the membership AUC's sampling error and the model is within that error of the oracle
@@ -471,9 +533,12 @@ def verdict(result: dict, *, oracle: dict | None = None, subject: dict | None = 
     out: dict[str, dict] = {}
     fq, fr = result.get("forget_quality"), result.get("forget_rouge")
     ofr = (oracle or {}).get("forget_rouge")
-    if fq is None and (fr is None or ofr is None):
+    if fq is None and (fr is None or ofr is None) and oracle is None and result.get("forget_quality_twins") is not None:
+        out["forgetting"] = _against_twins(result, subject, min_forget_quality)
+    elif fq is None and (fr is None or ofr is None):
         out["forgetting"] = _check(fq, None, min_forget_quality,
-                                   "needs an oracle result (forget quality and forget ROUGE compare with it)")
+                                   "needs an oracle result (forget quality and forget ROUGE compare with it), or "
+                                   "forget questions that name their subject (forget quality against their twins)")
     elif (why_not := _no_power(subject, oracle, min_forget_quality, rouge_tolerance)) is not None:
         out["forgetting"] = _check(fq, None, min_forget_quality, f"cannot decide on this data: {why_not}")
     else:

@@ -8,6 +8,7 @@ from .. import runinfo
 # (results key, label, which way is good): the headline metrics, shared by every report format
 ROWS = [
     ("forget_quality", "Forget quality (KS p vs oracle, higher = closer)", "higher: closer to the oracle"),
+    ("forget_quality_twins", "Forget quality against twins (KS p, no oracle)", "higher: closer to never seen"),
     ("model_utility", "Model utility (harmonic mean, higher = better)", "higher"),
     ("forget_rouge", "Forget ROUGE-L recall (lower = forgot)", "lower, down to the oracle's"),
     ("retain_rouge", "Retain ROUGE-L recall (higher = kept)", "higher"),
