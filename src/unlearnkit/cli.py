@@ -194,8 +194,11 @@ def forget(model: str = typer.Option(..., help="Checkpoint dir or hub id of the 
 @friendly
 def eval_(model: str = typer.Option(..., help="Checkpoint dir or hub id."),
           data: Path = typer.Option(..., help="World directory or `datasets` directory."),
-          oracle: Optional[str] = typer.Option(None, help="Oracle checkpoint or its results JSON (forget quality, PrivLeak)."),
-          subject: Optional[str] = typer.Option(None, help="Subject checkpoint or results JSON (utility verdict)."),
+          oracle: Optional[str] = typer.Option(None, help="Oracle checkpoint or its results JSON (forget quality, "
+                                               "PrivLeak). Without it the verdict judges forgetting against the "
+                                               "forget questions' twins (forget_quality_twins)."),
+          subject: Optional[str] = typer.Option(None, help="Subject checkpoint or results JSON (the verdict's power "
+                                                "checks and utility reference)."),
           reference: Optional[str] = typer.Option(None, help="Reference model for the reference-based MIA."),
           suite: str = typer.Option("all", help="Comma-separated suites: tofu,muse,mia or all."),
           guard: Optional[Path] = typer.Option(None, help="Evaluate the model behind this guard directory."),
