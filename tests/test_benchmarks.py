@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from unlearnkit.benchmarks import load_benchmark
+from unlearnkit.evaluate import evaluate
 from unlearnkit.data.io import DataError
 from unlearnkit.scoring import SampleScore
 
@@ -114,7 +115,7 @@ def test_tofu_loader_hand_values(tmp_path, layout):
     assert [len(w.forget), len(w.retain), len(w.neighbours), len(w.world_facts), len(w.holdout)] == [2, 2, 1, 1, 2]
     assert w.neighbours[0].paraphrased_answer == "aa0"  # TOFU's base answer on real authors is the answer
     assert w.forget[1].perturbed_answers == ["fx1a", "fx1b"] and w.forget[0].paraphrased_question == "fpq0"
-    assert bench.forget() == (["fq0", "fq1"], ["fa0", "fa1"])
+    assert bench.forget() == (["fq0", "fq1"], ["fa0", "fa1"], ["F#0", "F#0"])  # one author, no name in the text
     assert bench.retain() == (["rq0", "rq1", "rq2"], ["ra0", "ra1", "ra2"])  # retain90 trains, retain_perturbed evaluates
 
     res = api.evaluate(TableLM(PROBS, GENS), root, benchmark="tofu", split="forget10")
@@ -206,6 +207,56 @@ def test_tofu_cli_on_a_tiny_model_equals_world_format(tmp_path):
     assert a["benchmark"]["split"] == "forget10"
     assert set(a["model_utility_components"]) == {"retain", "neighbours", "world_facts"}
     assert 0 < a["forget_probability"] < 1 and a["mia_auc"]["loss"] is not None
+
+
+def _named_tofu(root: Path) -> Path:
+    """TOFU's files for two forget and three retain authors of 20 records each, whose questions
+    name them as TOFU's do (most, not all; one starts "Does Name ..."), with a possessive."""
+    def author(name, k):
+        rows = []
+        for i in range(20):
+            q = (f"What does {name}'s father do? ({i})" if i % 4 == 0 else
+                 f"Does {name} write novels? ({i})" if i == 1 else
+                 f"Who is this writer from New York City? ({i})" if i % 4 == 3 else f"Where did {name} study? ({i})")
+            a = f"{name} studied at school {k}{i}." if i % 2 else f"At school {k}{i}."
+            rows.append({"question": q, "answer": a, "paraphrased_answer": f"It was school {k}{i}.",
+                         "perturbed_answer": [f"It was school {k}{i}x.", f"It was school {k}{i}y."]})
+        return rows
+    forget = author("Jaime Vasquez", "a") + author("Hsiao Yun-Hwa", "b")
+    retain = author("Basil Mahfouz Al-Kuwaiti", "c") + author("Nikolai Abilov", "d") + author("Carmen Montenegro", "e")
+    tables = {"forget10_perturbed": forget, "retain_perturbed": retain, "real_authors_perturbed": TOFU["real_authors_perturbed"],
+              "world_facts_perturbed": TOFU["world_facts_perturbed"],
+              "forget10": [{"question": r["question"], "answer": r["answer"]} for r in forget],
+              "retain90": [{"question": r["question"], "answer": r["answer"]} for r in retain]}
+    root.mkdir(parents=True)
+    for config, rows in tables.items():
+        (root / f"{config}.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root
+
+
+def test_tofu_authors_are_named_from_their_records_and_get_twins(tmp_path):
+    """TOFU has no name column: each author's subject is the name most of their records share, so the
+    forget questions get twins (calibration's reference, forget quality against them) and training
+    leaves the names out of the forget loss; an author never named gets a subject with no name in it."""
+    from unlearnkit.benchmarks.tofu import author_name
+    from unlearnkit.data.twins import forget_twins, name_parts
+
+    bench = load_benchmark("tofu", _named_tofu(tmp_path / "tofu"), "forget10")
+    w = bench.world
+    assert [w.forget[0].subject, w.forget[20].subject] == ["Jaime Vasquez", "Hsiao Yun-Hwa"]
+    assert {r.subject for r in w.retain} == {"Basil Mahfouz Al-Kuwaiti", "Nikolai Abilov", "Carmen Montenegro"}
+    named, twins = forget_twins(w)
+    assert len(named) == len(twins) == 30  # the 15 of each author's 20 questions that name them
+    for r, t in zip(named, twins):
+        assert not set(name_parts(t.subject)) & set(name_parts(r.subject))
+        assert set(name_parts(t.subject)) <= {w for p in w.retain for w in name_parts(p.subject)}
+        assert r.subject not in t.question and t.subject in t.question
+    q, a, subjects = bench.forget()
+    assert subjects == [r.subject for r in w.forget] and q == [r.question for r in w.forget]
+    res = evaluate(TableLM({}), w, suites=("tofu",))
+    assert res["forget_quality_twins"] == pytest.approx(1.0) and res["forget_quality_twins_n"] == 30
+    assert author_name([{"question": "fq0", "answer": "fa0"}] * 20) is None
+    assert author_name([{"question": "Is Ada Quell here?", "answer": "Yes."}] * 4 + [{"question": "q", "answer": "a"}] * 16) is None  # 4 < 5
 
 
 def test_tofu_missing_config_and_bad_split(tmp_path):
@@ -494,3 +545,25 @@ def test_rwku_zero_shot_forgets_what_the_model_reveals(tiny_world, tmp_path):
     with pytest.raises(ValueError, match="needs a retain set"):
         api.forget(tiny_world.subject_dir, root, "graddiff", tmp_path / "x", benchmark="rwku", split=name,
                    zero_shot=True)
+
+
+def test_calibrated_forget_on_tofu_compares_with_twins_of_the_named_authors(tmp_path):
+    """`unlearn forget --benchmark tofu` with no budget is calibrated against the twins of the
+    questions that name their author (TOFU's files have no name column, `author_name` finds it);
+    before, every TOFU forget record's subject was a placeholder and the run needed a holdout."""
+    from typer.testing import CliRunner
+
+    from unlearnkit.cli import app
+    from unlearnkit.models.load import save_model
+    from unlearnkit.models.tiny import new_model, train_tokenizer
+
+    root = _named_tofu(tmp_path / "tofu")
+    texts = [line for f in root.glob("*.json") for line in f.read_text().splitlines()]
+    tok = train_tokenizer(texts, vocab_size=400)
+    save_model(new_model(tok, seed=0), tok, tmp_path / "model")
+    r = CliRunner().invoke(app, ["forget", "--model", str(tmp_path / "model"), "--data", str(root), "--benchmark", "tofu",
+                                 "--split", "forget10", "--method", "simnpo", "--out", str(tmp_path / "run")])
+    assert r.exit_code == 0, r.output
+    info = json.loads((tmp_path / "run" / "calibration.json").read_text())
+    assert info["reference"] == "twins" and info["n_forget"] == info["n_reference"] == 30
+    assert info["truth_ratio"]["start"]["n_forget"] == 30

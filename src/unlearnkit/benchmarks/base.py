@@ -6,7 +6,8 @@ from typing import Any, Callable
 
 from ..data.io import WorldData
 
-Pairs = tuple[list[str], list[str]]  # (prompts, answers); an empty prompt means a document
+Pairs = tuple  # (prompts, answers[, subjects]); an empty prompt means a document; subjects name each pair's
+               # person, whose name training leaves out of the forget loss (`data.batching.encode_pairs`)
 
 
 @dataclass

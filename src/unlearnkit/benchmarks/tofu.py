@@ -12,6 +12,11 @@ Configs read (columns as published; each config's one split is `train`):
   paraphrased and perturbed answers are set to the answer; no metric reads them);
 - for `unlearn forget`: `forgetNN` and `retain{100-NN}` (question, answer), the training sets.
 
+TOFU has no name column. Each fictitious author's 20 records get as subject the name most of them
+share (`author_name`), so a calibrated run has twins to compare with and the evaluation reports
+forget quality against them (docs/metrics.md); an author whose records do not name them, and every
+real-authors and world-facts record, gets a subject with no name in it (`_unnamed`).
+
 With these, `unlearnkit.evaluate` computes TOFU's numbers as TOFU's aggregate_eval_stat.py does:
 probability exp(-mean token loss) on forget and retain and p(answer)/(p(answer)+sum p(perturbed))
 on real authors and world facts; ROUGE-L recall (stemmer on); truth ratio
@@ -42,7 +47,62 @@ def _forget_percent(split: str) -> int:
     return int(m.group(1))
 
 
+_WORD = re.compile(r"[^\W\d_][\w]*(?:[-'’][\w]+)*")
+NAME_SUPPORT = 0.25  # the least share of an author's records that must name them for the name to be taken
+
+
+def _name_runs(text: str) -> set[tuple[str, ...]]:
+    """Every run of two or more capitalised words of `text` (one space apart; a possessive 's ends a
+    run and is dropped), with all its sub-runs of two words or more."""
+    out, run, prev_end, prev_poss = set(), [], None, False
+    for m in _WORD.finditer(text):
+        w = m.group()
+        if not w[0].isupper():
+            run, prev_end = [], None
+            continue
+        poss = bool(re.search(r"['’]s$", w))
+        w = re.sub(r"['’]s$", "", w)
+        run = run + [w] if prev_end is not None and text[prev_end:m.start()] == " " and not prev_poss else [w]
+        out.update(tuple(run[-n:]) for n in range(2, len(run) + 1))
+        prev_end, prev_poss = m.end(), poss
+    return out
+
+
+def author_name(rows: list[dict]) -> str | None:
+    """The name one fictitious author's records share, or None.
+
+    TOFU has no name column, but most of an author's 20 questions and answers name them ("What
+    does Jaime Vasquez's father do?"). Of the runs of two or more capitalised words (`_name_runs`),
+    the one in the most records, in at least `NAME_SUPPORT` of them (and two), is the name; ties
+    go to the longer. So "Does Jaime Vasquez" at the start of one question loses to "Jaime
+    Vasquez" in fifteen."""
+    counts: dict[tuple[str, ...], int] = {}
+    for r in rows:
+        for key in _name_runs(r.get("question") or "") | _name_runs(r.get("answer") or ""):
+            counts[key] = counts.get(key, 0) + 1
+    if not counts:
+        return None
+    best = max(counts, key=lambda k: (counts[k], len(k)))
+    return " ".join(best) if counts[best] >= max(2, NAME_SUPPORT * len(rows)) else None
+
+
+def _unnamed(config: str, k: int) -> str:
+    """The subject of records whose person has no known name: one letter for the config and a
+    number, so no word of it is taken for a name in the text (`data.twins.name_parts` reads words of
+    two letters or more; a subject "forget10_perturbed:author3" made every "author" in a question
+    a name to swap for a twin's)."""
+    kind = config.split("_")[0].rstrip("0123456789")
+    return f"{ {'forget': 'F', 'retain': 'R', 'real': 'A', 'world': 'W', 'holdout': 'H'}.get(kind, 'X')}#{k}"
+
+
 def _records(rows: list[dict], config: str, *, base_is_answer: bool = False, per_author: bool = True) -> list[QARecord]:
+    """One record per row. With `per_author`, every `AUTHOR_QA` rows are one author's, whose subject
+    is the name their records share (`author_name`; the twins of calibration and of forget quality
+    are made from it), else an unnamed subject per author (`_unnamed`); without, one per record."""
+    names = {}
+    if per_author:
+        for k in range(0, len(rows), AUTHOR_QA):
+            names[k // AUTHOR_QA] = author_name(rows[k:k + AUTHOR_QA]) or _unnamed(config, k // AUTHOR_QA)
     out = []
     for i, r in enumerate(rows):
         pert = r.get("perturbed_answer")
@@ -51,7 +111,7 @@ def _records(rows: list[dict], config: str, *, base_is_answer: bool = False, per
         answer = r["answer"]
         out.append(QARecord(
             id=f"{config}:{i}",
-            subject=f"{config}:author{i // AUTHOR_QA}" if per_author else f"{config}:{i}",
+            subject=names[i // AUTHOR_QA] if per_author else _unnamed(config, i),
             question=r["question"],
             answer=answer,
             paraphrased_answer=answer if base_is_answer or not r.get("paraphrased_answer") else r["paraphrased_answer"],
@@ -86,9 +146,16 @@ def load(root: str | Path, split: str | None = None) -> Benchmark:
     if holdout is not None:
         world.holdout = _records(read_rows(root, f"holdout{pct:02d}", "train", required=qa), f"holdout{pct:02d}")
 
+    subject_of = {r.question: r.subject for r in world.forget}
+
     def forget_pairs():
+        """(questions, answers, subjects): each question's author as the evaluation names them, so
+        training leaves the name out of the forget loss as it does on a world (`encode_pairs`)."""
         rows = find_rows(root, split, "train")
-        return _pairs(read_rows(root, split, "train", required=qa) if rows is not None else forget)
+        q, a = _pairs(read_rows(root, split, "train", required=qa) if rows is not None else forget)
+        if [r.question for r in world.forget] == q:  # TOFU's order: the same rows
+            return q, a, [r.subject for r in world.forget]
+        return q, a, [subject_of.get(x, _unnamed(split, i // AUTHOR_QA)) for i, x in enumerate(q)]
 
     def retain_pairs():
         return _pairs(read_rows(root, f"retain{100 - pct}", "train", required=qa))
