@@ -65,6 +65,21 @@ class _Requests:
         return len(self.prompts)
 
 
+def _twin_requests(world, forget: list, req: _Requests) -> list[tuple[int, Any]]:
+    """Queue in `req` the paraphrased and perturbed answers of the twins (`data.twins.forget_twins`:
+    the same questions about people nobody saw) of the forget questions that name their subject;
+    returns (index in `forget`, twin) pairs. Their truth ratios are forget quality's reference
+    when there is no oracle (`forget_quality_twins`)."""
+    named, tw = forget_twins(world)
+    index = {id(r): i for i, r in enumerate(forget)}
+    twin_of = [(index[id(r)], t) for r, t in zip(named, tw) if t.perturbed_answers]
+    for i, t in twin_of:
+        req.add(("twin", i, "para"), t.question, t.paraphrased_answer)
+        for j, p in enumerate(t.perturbed_answers):
+            req.add(("twin", i, "pert", j), t.question, p)
+    return twin_of
+
+
 def _clean(obj: Any) -> Any:
     """JSON-safe copy: numpy scalars/arrays to Python, non-finite floats to None."""
     if isinstance(obj, dict):
@@ -146,17 +161,7 @@ def evaluate(lm, world, *, oracle: dict | None = None, suites: Sequence[str] = S
                 req.add((s, i, "para"), r.question, r.paraphrased_answer)
                 for j, p in enumerate(r.perturbed_answers):
                     req.add((s, i, "pert", j), r.question, p)
-    # the forget questions that name their subject, and their twins (data/twins.py): the same
-    # questions about people nobody saw, whose truth ratios are forget quality's reference without an oracle
-    twin_of: list[tuple[int, Any]] = []
-    if do_tofu:
-        named, tw = forget_twins(world)
-        index = {id(r): i for i, r in enumerate(splits_qa["forget"])}
-        twin_of = [(index[id(r)], t) for r, t in zip(named, tw) if t.perturbed_answers]
-        for i, t in twin_of:
-            req.add(("twin", i, "para"), t.question, t.paraphrased_answer)
-            for j, p in enumerate(t.perturbed_answers):
-                req.add(("twin", i, "pert", j), t.question, p)
+    twin_of = _twin_requests(world, splits_qa["forget"], req) if do_tofu else []
     mia_sets: dict[str, dict[str, tuple[list, list]]] = {}  # source -> side -> (keys, texts)
     if need_mia_scores and source is not None:
         if min(len(world.forget), len(world.holdout)):
@@ -309,9 +314,9 @@ def evaluate(lm, world, *, oracle: dict | None = None, suites: Sequence[str] = S
             twin_ratios = [tofu.truth_ratio(sc(("twin", i, "para")), [sc(("twin", i, "pert", j))
                                                                       for j in range(len(t.perturbed_answers))])
                            for i, t in twin_of]
-            own = [per_sample["forget_truth_ratios"][i] for i, _ in twin_of]
             per_sample["twin_truth_ratios"] = twin_ratios
-            f["forget_quality_twins"] = tofu.forget_quality(own, twin_ratios)
+            f["forget_quality_twins"] = tofu.forget_quality([per_sample["forget_truth_ratios"][i] for i, _ in twin_of],
+                                                            twin_ratios)
             res["forget_quality_twins"] = f["forget_quality_twins"]["p"]
             res["forget_quality_twins_n"] = len(twin_ratios)
         else:
