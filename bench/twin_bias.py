@@ -1,0 +1,88 @@
+"""How far the twins sit from "never seen": the calibrator's statistic on real unseen people.
+
+    python bench/twin_bias.py --cache runs/bench-methods      # the worlds and models of bench/methods.py
+
+The calibrated run's target is the forget records' twins (`data.twins`): the same questions about
+a name nobody has, recombined from other people's name words. This prints, per world, the gap in
+the calibrator's own statistic (mean answer-token log-prob, the subject's name left out:
+`calibrate.encode_records`, `calibrate._answer_scores`) between real people and their twins:
+- `oracle: forget - twins`: the oracle never saw the forget people, so this is how far the twins
+  sit from "never seen" as exact unlearning defines it (0 if the twins were unbiased);
+- `holdout - twins` under the subject and the oracle: people neither model saw, against their own
+  twins: the same bias, measured without the oracle;
+- `subject: forget - twins`: where a calibrated run starts.
+Models come from `--cache` (bench/methods.py builds them; missing ones are trained here).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+_spec = importlib.util.spec_from_file_location("bench_methods", Path(__file__).parent / "methods.py")
+methods = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(methods)
+
+
+def mean_scores(net, tok, records) -> float:
+    import numpy as np
+    import torch
+
+    from unlearnkit.calibrate import _answer_scores, encode_records
+    from unlearnkit.data.batching import collate, length_batches
+
+    enc = encode_records(tok, records)
+    out = np.zeros(len(enc))
+    with torch.no_grad():
+        for idx in length_batches([len(e.input_ids) for e in enc], 8192, 128):
+            out[idx] = _answer_scores(net, collate([enc[i] for i in idx], tok.pad_token_id)).float().numpy()
+    return float(out.mean())
+
+
+def holdout_twins(world, seed: int = 0):
+    """The holdout records that name their subject, and their twins, made as the forget set's are."""
+    from unlearnkit.data.twins import mentions, twins, words_of
+
+    named = [r for r in world.holdout if mentions(r)]
+    corpus = [t for split in (world.forget, world.retain, world.neighbours, world.holdout, world.world_facts)
+              for r in split for t in (r.subject, r.question, r.answer, *r.alt_questions)]
+    corpus += [d.text for split in (world.forget_docs, world.retain_docs, world.neighbours_docs) for d in split]
+    people = sorted({r.subject for split in (world.retain, world.neighbours) for r in split})
+    return named, twins(named, words_of(corpus), seed, people) if named else []
+
+
+def main():
+    import torch
+
+    from unlearnkit.data.io import load_world
+    from unlearnkit.data.twins import forget_twins
+    from unlearnkit.models.load import load_model
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shapes", default=",".join(methods.SHAPES))
+    ap.add_argument("--seeds", default="0,1")
+    ap.add_argument("--cache", type=Path, default=Path("runs/bench-methods"))
+    args = ap.parse_args()
+    torch.set_num_threads(max(1, (os.cpu_count() or 2)))
+    print("| world | seed | oracle: forget − twins | holdout − twins (subject) | holdout − twins (oracle) "
+          "| subject: forget − twins |\n|---|---:|---:|---:|---:|---:|")
+    for shape in args.shapes.split(","):
+        for seed in (int(s) for s in args.seeds.split(",")):
+            data, models = methods.build(args.cache, shape, seed)
+            w = load_world(data)
+            (fn, ft), (hn, ht) = forget_twins(w), holdout_twins(w)
+            gaps = {}
+            for name in ("subject", "oracle"):
+                net, tok = load_model(models[name])
+                gaps[name] = {k: mean_scores(net, tok, a) - mean_scores(net, tok, b)
+                              for k, (a, b) in {"forget": (fn, ft), "holdout": (hn, ht)}.items() if a}
+            h = lambda m: f"{gaps[m]['holdout']:+.2f}" if "holdout" in gaps[m] else "–"  # noqa: E731
+            print(f"| {shape} | {seed} | {gaps['oracle']['forget']:+.2f} | {h('subject')} | {h('oracle')} | "
+                  f"{gaps['subject']['forget']:+.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
