@@ -42,23 +42,11 @@ def mean_scores(net, tok, records) -> float:
     return float(out.mean())
 
 
-def holdout_twins(world, seed: int = 0):
-    """The holdout records that name their subject, and their twins, made as the forget set's are."""
-    from unlearnkit.data.twins import mentions, twins, words_of
-
-    named = [r for r in world.holdout if mentions(r)]
-    corpus = [t for split in (world.forget, world.retain, world.neighbours, world.holdout, world.world_facts)
-              for r in split for t in (r.subject, r.question, r.answer, *r.alt_questions)]
-    corpus += [d.text for split in (world.forget_docs, world.retain_docs, world.neighbours_docs) for d in split]
-    people = sorted({r.subject for split in (world.retain, world.neighbours) for r in split})
-    return named, twins(named, words_of(corpus), seed, people) if named else []
-
-
 def main():
     import torch
 
     from unlearnkit.data.io import load_world
-    from unlearnkit.data.twins import forget_twins
+    from unlearnkit.data.twins import forget_twins, world_twins
     from unlearnkit.models.load import load_model
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -73,7 +61,7 @@ def main():
         for seed in (int(s) for s in args.seeds.split(",")):
             data, models = methods.build(args.cache, shape, seed)
             w = load_world(data)
-            (fn, ft), (hn, ht) = forget_twins(w), holdout_twins(w)
+            (fn, ft), (hn, ht) = forget_twins(w), world_twins(w, w.holdout)
             gaps = {}
             for name in ("subject", "oracle"):
                 net, tok = load_model(models[name])

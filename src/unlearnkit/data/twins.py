@@ -166,10 +166,15 @@ def twins(records: list[QARecord], avoid: set[str], seed: int = 0, people: Itera
 
 
 def forget_twins(world, seed: int = 0) -> tuple[list[QARecord], list[QARecord]]:
-    """(the forget records that name their subject, their twins): names recombined from the retain
-    and neighbour people's, else invented avoiding every word of the world (all QA splits and
+    """(the forget records that name their subject, their twins): `world_twins` of the forget split."""
+    return world_twins(world, world.forget, seed)
+
+
+def world_twins(world, records: list[QARecord], seed: int = 0) -> tuple[list[QARecord], list[QARecord]]:
+    """(the `records` that name their subject, their twins): names recombined from the retain and
+    neighbour people's, else invented avoiding every word of the world (all QA splits and
     documents)."""
-    named = [r for r in world.forget if mentions(r)]
+    named = [r for r in records if mentions(r)]
     corpus = [t for split in (world.forget, world.retain, world.neighbours, world.holdout, world.world_facts)
               for r in split for t in (r.subject, r.question, r.answer, *r.alt_questions)]
     corpus += [d.text for split in (world.forget_docs, world.retain_docs, world.neighbours_docs) for d in split]
