@@ -240,7 +240,8 @@ def table(rows: list[dict], default: str) -> str:
                   "twins (evaluation) |", "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
         lines += [f"| {r['shape']} | {r['seed']} | {r['model']} | {r['kept_forget_exact']:.3f} | {r['answer_rate']:.3f} | "
                   f"{r['kept_reference_exact']:.3f} | {r['oracle_answer_rate']:.3f} | "
-                  f"{_fmt(r.get('kept_truth_ks_p'), '.2g')} | {_fmt(r.get('forget_quality_twins'), '.2g')} |" for r in seen]
+                  f"{_fmt(r.get('kept_truth_ks_p'), '.2g')} | {_fmt(r.get('forget_quality_twins'), '.2g')} |"
+                  for r in seen]
     return "\n".join(lines)
 
 

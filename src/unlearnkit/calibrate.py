@@ -323,7 +323,8 @@ class Calibrator:
                      **{k: _utility_encoding(tokenizer, v, template) for k, v in keep.items()},
                      **docs}
         # the truth ratios' records: forget and reference records with paraphrased and perturbed answers
-        keep.update({f"{k}_tr": [r for r in v if r.perturbed_answers] for k, v in (("forget", forget), ("reference", ref))})
+        keep.update({f"{k}_tr": [r for r in v if r.perturbed_answers]
+                     for k, v in (("forget", forget), ("reference", ref))})
         self.n.update({k: len(keep[k]) for k in ("forget_tr", "reference_tr")})
         self._enc.update({k: _utility_encoding(tokenizer, keep[k], template) for k in ("forget_tr", "reference_tr")})
         self._layout = {k: [len(r.perturbed_answers) for r in v] for k, v in keep.items()}

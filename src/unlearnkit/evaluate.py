@@ -496,7 +496,8 @@ def _against_twins(result: dict, subject: dict | None, min_forget_quality: float
     n = result.get("forget_quality_twins_n") or 0
     sfq = (subject or {}).get("forget_quality_twins")
     if subject is None:
-        why = "no subject result: whether the test tells the subject's facts from their twins' is unknown (give --subject)"
+        why = ("no subject result: whether the test tells the subject's facts from their twins' is unknown "
+               "(give --subject)")
     elif min_ks_p(n, n) >= min_forget_quality:
         why = (f"too few forget facts with twins ({n}): even fully separated truth ratios give a KS p-value of "
                f"{min_ks_p(n, n):.3g} >= {min_forget_quality}")
