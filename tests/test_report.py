@@ -18,7 +18,7 @@ STILL_KNOWN = 3  # forget facts the unlearned model still answers
 # marks per figure of `demo_like_run` (one run: subject, oracle, unlearned)
 MARKS = {
     "pareto": {"point": 3},  # the oracle beats both others on both axes: a front of one point, no line
-    "truth": {"line": 3},  # one ECDF per model
+    "truth": {"line": 4},  # one ECDF per model, and the unlearned model's twins' (dashed)
     "mia": {"point": 3 * 2 * N},  # QA source (3 documents < min_docs): 8 forget + 8 holdout per model
     "attack": {"bar": 3},  # relearn: model + oracle; quantize: model only (oracle recovery None)
     "train": {"line": 4, "stop": 2},  # loss, forget_nll, retain_loss + the checked statistic; stop on both panels
@@ -152,7 +152,7 @@ def test_compare_puts_runs_side_by_side(tmp_path, models):
         assert f'<th class="num">{label}</th>' in html
     # subject and oracle once, each run's unlearned model: 5 points; each run's ECDF
     marks = figure_marks(html)
-    assert marks["pareto"]["point"] == 5 and marks["truth"] == {"line": 5}
+    assert marks["pareto"]["point"] == 5 and marks["truth"] == {"line": 5 + 3}  # + each run's twins' ECDF
     assert marks["attack"] == {"bar": 3 * 2 + 1}  # relearn: 3 runs + oracle; quantize: 3 runs
     assert marks["train"] == {"line": 3 * 4, "stop": 3 * 2}
     # per method over its seeds: graddiff from 2 runs with a spread, npo from 1
@@ -167,7 +167,7 @@ def test_results_json_alone(tmp_path, models):
     p.write_text(json.dumps(models["unlearned"]))
     html = render([load_run(p)])
     # its forget quality (against the oracle it was evaluated with) and utility are in it: one point
-    assert figure_marks(html) == {"pareto": {"point": 1}, "truth": {"line": 1}, "mia": {"point": 2 * N}}
+    assert figure_marks(html) == {"pareto": {"point": 1}, "truth": {"line": 2}, "mia": {"point": 2 * N}}  # + its twins
     assert "No attacks were run" in html and "No training log" in html and "No guard in this run" in html
 
 

@@ -130,30 +130,41 @@ def pareto(entries: list[Entry]) -> Plot | None:
     return _done(fig, "pareto", {"point": len(pts), "line": n_lines})
 
 
+def _ecdf(ax, values, gid: str, **style) -> None:
+    r = np.sort(np.asarray([v for v in values if v is not None], float))
+    (line,) = ax.step(np.r_[r[0], r], np.r_[0, np.arange(1, len(r) + 1) / len(r)], where="post", **style)
+    line.set_gid(gid)
+
+
 def truth_ratios(entries: list[Entry]) -> Plot | None:
     """Empirical CDFs of the forget truth ratios: forget quality is the KS test between a model's
-    curve and the oracle's, whose statistic is the largest vertical gap between them."""
+    curve and the oracle's, whose statistic is the largest vertical gap between them. Each evaluated
+    model (not the subject or the oracle) with twins also gets its twins' curve, dashed: forget
+    quality against them is the KS test between its two curves, no oracle needed."""
     have = [e for e in entries if e.per_sample.get("forget_truth_ratios")]
     if not have:
         return None
     fig = _figure()
     ax = fig.add_subplot()
     col = colors_for(entries)
+    twins = 0
     for i, e in enumerate(have):
-        r = np.sort(np.asarray([v for v in e.per_sample["forget_truth_ratios"] if v is not None], float))
-        y = np.arange(1, len(r) + 1) / len(r)
         fq = e.results.get("forget_quality")
         label = e.label + ("" if e.role == "oracle" or fq is None else f" (KS p = {fq:.2g})")
-        (line,) = ax.step(np.r_[r[0], r], np.r_[0, y], where="post", color=col[e.label], label=label,
-                          linewidth=2.2 if e.role == "oracle" else 1.5)
-        line.set_gid(f"truth-line-{i}")
+        _ecdf(ax, e.per_sample["forget_truth_ratios"], f"truth-line-{i}", color=col[e.label], label=label,
+              linewidth=2.2 if e.role == "oracle" else 1.5)
+        if e.role == "model" and e.per_sample.get("twin_truth_ratios"):
+            ft = e.results.get("forget_quality_twins")
+            _ecdf(ax, e.per_sample["twin_truth_ratios"], f"truth-line-twins-{i}", color=col[e.label], linestyle="--",
+                  linewidth=1.0, label=f"{e.label}: its twins" + ("" if ft is None else f" (KS p = {ft:.2g})"))
+            twins += 1
     ax.set_xscale("log")
     ax.axvline(1.0, color="#bbb", linewidth=0.8, linestyle=":")
     ax.set_xlabel("truth ratio R = p(paraphrased) / p(perturbed) per forget question (log)")
     ax.set_ylabel("share of forget questions ≤ R")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
-    return _done(fig, "truth", {"line": len(have)})
+    return _done(fig, "truth", {"line": len(have) + twins})
 
 
 def _strip(ax, x0: float, values, color, gid: str, rng, marker="o", facecolor=None):
