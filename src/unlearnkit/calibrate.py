@@ -293,6 +293,13 @@ def _lp(v: float) -> np.ndarray:
     return np.array([v])
 
 
+def _ratios(rows: list[tuple]) -> list[float]:
+    """TOFU's truth ratio of each record's rows (`Calibrator._answer_rows`): paraphrased against perturbed."""
+    from .metrics import tofu
+
+    return [tofu.truth_ratio(_lp(a[0]), [_lp(x) for x in q]) for _, a, q in rows]
+
+
 def _utility_encoding(tokenizer, records, template=None) -> list[Encoded]:
     """Each record's question with its true, paraphrased and perturbed answers, in that order."""
     q = [r.question for r in records for _ in range(2 + len(r.perturbed_answers))]
@@ -393,12 +400,13 @@ class Calibrator:
         for name in UTILITY_SPLITS:
             if not self.n.get(name):
                 continue
-            true, para, pert = zip(*self._answer_rows(handle, name))
+            rows = self._answer_rows(handle, name)
+            true, para, pert = zip(*rows)
             # TOFU: plain probability on retain; elsewhere normalised, the paraphrase (worded as the
             # perturbed answers are) against the perturbed answers
             prob = [tofu.answer_probability(_lp(t[0])) if name == "retain" else
                     tofu.normalised_probability(_lp(a[0]), [_lp(x) for x in q]) for t, a, q in zip(true, para, pert)]
-            ratios = [tofu.truth_ratio(_lp(a[0]), [_lp(x) for x in q]) for a, q in zip(para, pert)]
+            ratios = _ratios(rows)
             comps[name] = {"probability": float(np.mean(prob)), "rouge": float(np.mean([t[1] for t in true])),
                            "truth_ratio": tofu.truth_ratio_score(ratios, forget=False),
                            "answer_probability": float(np.mean([tofu.answer_probability(_lp(t[0])) for t in true]))}
@@ -424,8 +432,7 @@ class Calibrator:
         if min(self.n.get("forget_tr", 0), self.n.get("reference_tr", 0)) < 2:
             return None
         t0 = time.perf_counter()
-        f, r = ([tofu.truth_ratio(_lp(a[0]), [_lp(x) for x in q]) for _, a, q in self._answer_rows(handle, k)]
-                for k in ("forget_tr", "reference_tr"))
+        f, r = (_ratios(self._answer_rows(handle, k)) for k in ("forget_tr", "reference_tr"))
         self.seconds["truth_ratio"] = self.seconds.get("truth_ratio", 0.0) + time.perf_counter() - t0
         return {"ks_p": tofu.forget_quality(f, r)["p"], "forget_log_r": float(np.median(np.log(f))),
                 "reference_log_r": float(np.median(np.log(r))), "n_forget": len(f), "n_reference": len(r)}

@@ -86,13 +86,15 @@ def author_name(rows: list[dict]) -> str | None:
     return " ".join(best) if counts[best] >= max(2, NAME_SUPPORT * len(rows)) else None
 
 
+_LETTER = {"forget": "F", "retain": "R", "real": "A", "world": "W", "holdout": "H"}  # config -> `_unnamed`'s letter
+
+
 def _unnamed(config: str, k: int) -> str:
     """The subject of records whose person has no known name: one letter for the config and a
     number, so no word of it is taken for a name in the text (`data.twins.name_parts` reads words of
     two letters or more; a subject "forget10_perturbed:author3" made every "author" in a question
     a name to swap for a twin's)."""
-    kind = config.split("_")[0].rstrip("0123456789")
-    return f"{ {'forget': 'F', 'retain': 'R', 'real': 'A', 'world': 'W', 'holdout': 'H'}.get(kind, 'X')}#{k}"
+    return f"{_LETTER.get(config.split('_')[0].rstrip('0123456789'), 'X')}#{k}"
 
 
 def _records(rows: list[dict], config: str, *, base_is_answer: bool = False, per_author: bool = True) -> list[QARecord]:
