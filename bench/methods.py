@@ -129,6 +129,8 @@ def run_world(cache: Path, shape: str, seed: int, methods: list[str], fixed: boo
                "kept_reference_exact": (stop["stop"].get("kept") or {}).get("reference_exact"),
                # and the truth ratios' KS p against the reference's (forget quality without an oracle)
                "kept_truth_ks_p": ((stop["stop"].get("truth_ratio") or {}).get("kept") or {}).get("ks_p"),
+               # the repair rounds that followed: records taken, and still reproduced after
+               "repairs": [[r["records"], r["left"]] for r in stop["stop"].get("repairs") or []],
                "verdict": res["verdict"]["overall"]["status"]}
         rows.append(row)
         if fixed:  # what the cost ratio compares with, judged by the same targets
@@ -233,12 +235,15 @@ def table(rows: list[dict], default: str) -> str:
                      f"≥ {_fmt(t['forget_quality'], '.2g')} | ≥ {t['utility']:.3f} |")
     seen = [r for r in rows if r.get("kept_forget_exact") is not None]
     if seen:
-        lines += ["", "Answers reproduced, as the calibrator saw them at the kept check (teacher-forced, no oracle) "
-                  "and as the evaluation counts them (greedy answers holding the true answer):", "",
-                  "| world | seed | model | forget answers reproduced | answer rate | twins' answers reproduced "
-                  "| oracle's answer rate | truth ratios vs twins, KS p (calibrator) | forget quality against "
-                  "twins (evaluation) |", "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
-        lines += [f"| {r['shape']} | {r['seed']} | {r['model']} | {r['kept_forget_exact']:.3f} | {r['answer_rate']:.3f} | "
+        lines += ["", "Answers reproduced, as the calibrator saw them at the first run's kept check (teacher-forced, "
+                  "no oracle; before any repair round), the repair rounds that followed (records taken → still "
+                  "reproduced after), and as the evaluation counts them on the result (greedy answers holding the "
+                  "true answer):", "",
+                  "| world | seed | model | forget answers reproduced | repair rounds | answer rate | twins' answers "
+                  "reproduced | oracle's answer rate | truth ratios vs twins, KS p (calibrator) | forget quality "
+                  "against twins (evaluation) |", "|---|---:|---|---:|---|---:|---:|---:|---:|---:|"]
+        lines += [f"| {r['shape']} | {r['seed']} | {r['model']} | {r['kept_forget_exact']:.3f} | "
+                  f"{', '.join(f'{a} → {b}' for a, b in r.get('repairs') or []) or '–'} | {r['answer_rate']:.3f} | "
                   f"{r['kept_reference_exact']:.3f} | {r['oracle_answer_rate']:.3f} | "
                   f"{_fmt(r.get('kept_truth_ks_p'), '.2g')} | {_fmt(r.get('forget_quality_twins'), '.2g')} |"
                   for r in seen]

@@ -68,9 +68,11 @@ def test_the_fixed_budget_run_is_judged_beside_the_calibrated_one():
 def test_what_the_calibrator_saw_is_tabled_beside_the_evaluation():
     rows = [{**row("simnpo", answer_rate=0.15, oracle_answer_rate=0.0), "kept_forget_exact": 0.133,
              "kept_reference_exact": 0.0, "kept_truth_ks_p": 0.0012, "forget_quality_twins": 0.0011},
+            {**row("graddiff"), "kept_forget_exact": 0.3, "kept_reference_exact": 0.05, "repairs": [[18, 2]]},
             row("simnpo, fixed budget")]                                    # no calibrator: no row
     table = bench.table(rows, "simnpo")
-    assert "| default | 0 | simnpo | 0.133 | 0.150 | 0.000 | 0.000 | 0.0012 | 0.0011 |" in table
+    assert "| default | 0 | simnpo | 0.133 | – | 0.150 | 0.000 | 0.000 | 0.0012 | 0.0011 |" in table
+    assert "| default | 0 | graddiff | 0.300 | 18 → 2 | 0.100 | 0.050 | 0.100 | – | – |" in table
     assert table.count("| default | 0 | simnpo") == 3                     # the main table's two, this one
 
 

@@ -9,7 +9,7 @@ import random
 import numpy as np
 import pytest
 
-from unlearnkit.calibrate import CalibrationSettings, Calibrator, Check, auc, reference_records
+from unlearnkit.calibrate import CalibrationSettings, Calibrator, Check, auc, reference_records, survivors
 from unlearnkit.metrics.mia import null_auc_se
 from unlearnkit.data.io import WorldData
 from unlearnkit.data.schema import QARecord
@@ -378,10 +378,15 @@ def test_forget_documents_and_reproduced_answers_are_reported(tiny_world):
                     return fn(net, batch)
 
         out[name] = cal.measure(0, H())
+        out[name + " survivors"] = survivors(net, tok, w, CalibrationSettings())
     # the answers reproduced word for word (teacher-forced, names left out): the subject's forget
     # answers, not the twins'; the oracle reproduces fewer of them
     assert out["subject"].forget_exact >= 0.8 > out["subject"].reference_exact
     assert out["oracle"].forget_exact < out["subject"].forget_exact
+    # what a repair round would take (generated answers): the subject answers its forget questions
+    # and not their twins', so most of its records are named; the oracle's far fewer
+    assert set(out["subject survivors"]) <= {r.id for r in w.forget}
+    assert len(out["subject survivors"]) >= 0.8 * cal.n["forget"] > 2 * len(out["oracle survivors"])
     assert cal.n["forget_docs"] == len(w.forget_docs) and out["subject"].docs_tolerance >= 0.05
     assert out["subject"].docs_auc > 0.9 and out["subject"].state == "under"
     assert abs(out["oracle"].docs_auc - 0.5) < abs(out["subject"].docs_auc - 0.5)
@@ -493,3 +498,23 @@ def test_truth_ratios_against_the_twins_are_forget_quality_without_an_oracle(tin
                   {"start": got["oracle"], "kept": got["oracle"]},    # no power at the start
                   {"start": None, "kept": None}):                     # no perturbed answers
         assert "told apart" not in dataclasses.replace(info, truth_ratio=quiet).summary()
+
+
+def test_repair_takes_the_answers_a_group_reproduces_beyond_its_twins():
+    """`surviving`: a group (the set, or each subject) giving more answers than its twins by over
+    the tolerance gives up its answered records none of whose twins' answers is given."""
+    from unlearnkit.calibrate import surviving
+
+    recs = [_rec(i, "Ann Lee") for i in range(10)] + [_rec(i, "Bo Ka") for i in range(10, 20)]
+    exact = np.zeros(20)
+    exact[[0, 1, 2]] = 1    # Ann: 3 of 10 reproduced
+    exact[[10]] = 1         # Bo: 1 of 10
+    twin = np.zeros(20)
+    twin[[2, 10]] = 1       # a stranger gets those answers too
+    assert surviving(recs, exact, twin, 0.05) == ["r0", "r1"]                 # 4/20 - 2/20 = 0.1 > 0.05
+    assert surviving(recs, exact, twin, 0.1) == []                            # not beyond 0.1
+    assert surviving(recs, exact, twin, 0.05, by="subject") == ["r0", "r1"]   # Bo: 0.1 - 0.1 = 0
+    exact[11] = 1
+    assert surviving(recs, exact, twin, 0.05, by="subject") == ["r0", "r1", "r11"]
+    twin[1] = 0.5           # one of a record's two strangers gets its answer: not the person's to forget
+    assert surviving(recs, exact, twin, 0.05, by="subject") == ["r0", "r11"]

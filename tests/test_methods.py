@@ -41,6 +41,10 @@ def test_calibrated_default_reaches_the_target_or_says_where_it_stopped(method, 
     assert info["reason"] in REASONS and info["reason"] in api.run_summary(run)
     kept = info["kept"]
     assert kept["utility"] >= 0.95 and kept["step"] == info["kept_step"]
+    # a repair round takes what the kept weights still reproduce, and the rounds together hold the floor
+    rep = info["repairs"]
+    assert (len(rep) == 1 and rep[0]["ids"] == info["survivors"]) if info["survivors"] else rep == []
+    assert kept["utility"] * math.prod(r["utility"] for r in rep) >= 0.95 - 1e-9
     checks = [json.loads(line)["check"] for line in (run / "log.jsonl").read_text().splitlines() if '"check"' in line]
     assert checks[0]["step"] == 0 and checks[0]["auc"] > 0.9  # the subject knows its forget set
     assert any(c["step"] == kept["step"] and c["auc"] == kept["auc"] for c in checks)
@@ -149,3 +153,40 @@ def test_an_epoch_budget_replaces_a_methods_step_budget(tiny_world, tmp_path):
     n = sum(len(r.phrasings()) for r in load_world(tiny_world.data_dir).forget)
     assert cfg["steps"] is None and cfg["epochs"] == 2
     assert json.loads((run / "train.json").read_text())["train_stats"]["steps"] == 2 * math.ceil(n / cfg["batch_size"])
+
+
+def test_a_repair_round_unlearns_what_the_run_left_reproduced(tiny_world, tmp_path):
+    """A calibrated run cut to an epoch (`max_epochs`) leaves the forget answers reproduced; its
+    repair round takes exactly the records it names (`survivors`), runs calibrated from its kept
+    weights with a log and stop of its own, and its weights are the result. With `repair_rounds=0`
+    the same run keeps its own weights, and the summary says what survives instead."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from unlearnkit import api
+    from unlearnkit.cli import app
+    from unlearnkit.models.load import load_model
+
+    cut = {"max_epochs": 1}
+    run = api.forget(tiny_world.subject_dir, tiny_world.data_dir, "simnpo", tmp_path / "r1", progress=False,
+                     calibration=cut)
+    info = json.loads((run / "calibration.json").read_text())
+    assert info["reason"] == "budget" and len(info["survivors"]) >= 5
+    (rep,) = info["repairs"]
+    assert rep["ids"] == info["survivors"] and rep["records"] == len(rep["ids"]) and rep["dir"] == "repair-1"
+    own = json.loads((run / "repair-1" / "calibration.json").read_text())
+    assert own["n_forget"] == rep["records"] and own["kept"]["utility"] == rep["utility"]
+    assert own["reason"] == rep["reason"] and len(own["survivors"]) == rep["left"] <= rep["records"]
+    assert '"check"' in (run / "repair-1" / "log.jsonl").read_text()
+    summary = api.run_summary(run)
+    assert f"repair round 1 on the {rep['records']} answers still given: {rep['reason']}" in summary
+    code = CliRunner().invoke(app, ["forget", "--model", str(tiny_world.subject_dir), "--data", str(tiny_world.data_dir), "--method",
+                                    "simnpo", "--out", str(tmp_path / "r0"), "--calibration", "max_epochs=1",
+                                    "--calibration", "repair_rounds=0"])
+    assert code.exit_code == 0, code.output
+    info0 = json.loads((tmp_path / "r0" / "calibration.json").read_text())
+    assert info0["survivors"] == info["survivors"] and info0["repairs"] == [] and not (tmp_path / "r0" / "repair-1").exists()
+    assert "still reproduced word for word" in api.run_summary(tmp_path / "r0")
+    w1, w0 = (load_model(p)[0].state_dict() for p in (run / "model", tmp_path / "r0" / "model"))
+    assert any(not torch.equal(w1[k], w0[k]) for k in w1)

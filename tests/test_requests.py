@@ -328,52 +328,54 @@ def test_batch_world_holds_out_the_records_utility_is_measured_on(home, raw, tmp
 
 
 def test_repair_round_takes_the_facts_the_first_run_left_answered(tiny_world, tmp_path):
-    """Two homes alike but for `repair_rounds`: a two-step budget leaves the person's facts
-    answered, so the batch fails its answers check without repair. With a repair round, the facts
-    that first run's model still answers (counted here on the other home's version: the same run)
-    are unlearned again from it, and the version judged is the repaired one."""
-    from unlearnkit.attacks.recovery import forget_metrics
+    """Two homes alike but for `repair_rounds`: a calibrated run cut short (an epoch, checked once,
+    with the floor opened) leaves the person's facts answered, so the batch fails its answers check
+    without repair. With a repair round, the facts that first run left answered (as the other
+    home's run, the same run, records them) are unlearned again from its kept weights, and the
+    version judged is the repaired one."""
     from unlearnkit.data.io import load_world
-    from unlearnkit.models.load import load_model
     from unlearnkit.requests.locate import forget_records
-    from unlearnkit.scoring import LM
 
     w = load_world(tiny_world.data_dir)
     person = sorted({r.subject for r in w.forget})[0]
     only_answers = {**LENIENT, "answer_tolerance": 0.1}  # every other check opened wide
-    homes, res, rounds = {}, {}, {}
+    homes, res, rounds, cal = {}, {}, {}, {}
     for k in (0, 1):
         homes[k] = rq.init(tmp_path / f"h{k}", tiny_world.subject_dir, tiny_world.data_dir, repair_rounds=k,
                            **only_answers)
         rq.add(homes[k], person)
         if k == 0:
-            res[k] = rq.process(homes[k], steps=2)
+            res[k] = rq.process(homes[k], calibration={"max_epochs": 1, "every": 4, "floor": 0.5})
         else:  # the command line prints the rounds
-            code, printed, err = cli("request", "process", "--steps", "2", "--home", str(homes[k].path))
+            code, printed, err = cli("request", "process", "-c", "max_epochs=1", "-c", "every=4", "-c", "floor=0.5",
+                                     "--home", str(homes[k].path))
             assert code == 0, err
             bid = printed.split()[1].rstrip(":")
             with homes[k].ledger() as led:
                 res[k] = {"batch": bid, "new_version": led.batch(bid)["new_version"]}
-        rounds[k] = json.loads((homes[k].runs_dir / res[k]["batch"] / "rounds.json").read_text())["rounds"]
-    assert res[0]["stage"] == "rejected" and len(rounds[0]) == 1
+        run = homes[k].runs_dir / res[k]["batch"]
+        rounds[k] = json.loads((run / "rounds.json").read_text())["rounds"]
+        cal[k] = json.loads((run / "unlearn" / "calibration.json").read_text())
+    assert res[0]["stage"] == "rejected" and len(rounds[0]) == 1 and cal[0]["reason"] == "budget"
     with homes[0].ledger() as led:
         r = led.list()[0]
     assert r.failure == "failed: answers"  # a failed request keeps its inventory (the guard stays on)
     recs = forget_records(r.id, r.name, r.inventory["items"])
-    first = LM(*load_model(homes[0].version(res[0]["new_version"]).path))
     item = lambda ids: sorted(i.rsplit("-", 1)[1] for i in ids)  # noqa: E731  (request ids differ by home)
-    answered = forget_metrics(first, recs, truth_ratio=False, per_record=True)["answered"]
-    left = item(x.id for x, hit in zip(recs, answered) if hit)
-    assert rounds[1][0]["records"] == rounds[0][0]["records"] == len(recs) > len(left) > 0
+    left = item(cal[0]["survivors"])  # answered at the first run's kept weights, their twins not
+    assert cal[0]["repairs"] == [] and 0 < len(left) <= len(recs) and set(left) <= set(item(x.id for x in recs))
+    assert rounds[1][0]["records"] == rounds[0][0]["records"] == len(recs)
     assert len(rounds[1]) == 2 and rounds[1][1]["dir"] == "repair-1" and item(rounds[1][1]["ids"]) == left
+    assert cal[1]["repairs"][0]["records"] == len(left) and rounds[1][1]["reason"] == cal[1]["repairs"][0]["reason"]
     assert f"unlearned {len(recs)} facts of 1 request(s)" in printed
     assert f"repair round 1: {len(left)} facts of 1 request(s)" in printed
     assert homes[1].version(res[1]["new_version"]).weights != homes[0].version(res[0]["new_version"]).weights
     assert not list((homes[1].runs_dir / res[1]["batch"]).glob("*/model"))  # only the version keeps weights
     assert not list((homes[1].runs_dir / res[1]["batch"]).glob("world*"))   # nor any clear text
+    # a calibration setting that does not exist is refused before any batch starts
+    with pytest.raises(ValueError, match="--calibration"):
+        rq.process(homes[1], calibration={"repair_round": 2})
 
-
-@pytest.mark.parametrize("named_from", ["invented", "retain"])
 def test_locate_finds_what_the_subject_knows(tiny_world, named_from):
     """Zero-shot locate on a forget person: recall >= 0.8 of the facts the subject answers, and
     precision >= 0.9 (an item is right when its answer is one of the person's true values); with

@@ -27,7 +27,14 @@ it. `calibration.json` says when the documents are still recognisable.
 Answers that survive. Each check also counts the forget and reference answers the model reproduces
 word for word (teacher-forced, the name left out), from the same pass: reported, not decided on
 (deciding on it kept the same weights after four backtracks on a sentence world: docs/methods.md).
-The summary says when the kept weights reproduce more forget answers than the reference's share.
+The summary says when the kept weights reproduce more forget answers than the reference's share
+and no repair round follows.
+
+Repair rounds. Such facts need a round of their own, not more of the same loss on the whole set:
+after the run, the forget records whose greedy answers still hold the true answer where their
+twins' do not (`survivors`, when the set, or with `repair_by="subject"` a subject, gives more
+answers than its twins by over `repair_tolerance`) are unlearned again, calibrated, from the kept
+weights, `repair_rounds` times at most (`unlearning._repair`; docs/methods.md, "Repair rounds").
 
 Facts that survive. At the start and at the kept weights, the forget records' truth ratios (their
 paraphrased true answer against their perturbed false ones, as TOFU computes them) are compared with
@@ -46,8 +53,8 @@ answer token the argmax) in place of ROUGE, which would need generation. It must
 differently (docs/methods.md: the stand-ins measured and replaced). The pass costs several training
 steps, so it runs where it decides something (`Calibrator._wants_utility`): the first check, checks
 within the band or less than `utility_every` steps (an epoch) from it at the last interval's pace,
-the check after one below the floor, and at least every `utility_every` steps on the way; only
-measured weights are kept or restored to.
+the check after one below the floor, at least every `utility_every` steps on the way, and the last
+check the step budget allows; only measured weights are kept or restored to.
 
 The rule, all in `Calibrator.check`:
 - matched and above the floor: stop; these weights are the result.
@@ -92,7 +99,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from .data.batching import Encoded, collate, encode_pairs, length_batches
 from .data.io import WorldData
 from .data.templates import parse_template
-from .data.twins import forget_twins
+from .data.twins import world_twins
 from .metrics.mia import null_auc_se
 from .scoring import answer_logprobs
 
@@ -121,11 +128,35 @@ class CalibrationSettings(BaseModel):
                             "lowest split (a request home's utility check, on records no loss trains)")
     retain_sample: int = Field(64, ge=0, description="records of each utility split (retain, neighbours, world "
                                                      "facts) scored when the utility is measured")
+    repair_rounds: int = Field(1, ge=0, description="repair rounds after the run: each unlearns again, calibrated "
+                               "from the kept weights, the forget answers still given (`survivors`)")
+    repair_by: Literal["set", "subject"] = Field(
+        "set", description="what must not give more answers than its twins: the forget set as a whole, or "
+                           "each subject (a deletion request's person) on its own")
+    repair_tolerance: float = Field(0.05, ge=0, lt=1, description="share of answers given beyond the twins' "
+                                                                  "that starts a repair round")
+    repair_twins: Literal["twins", "holdout"] = Field(
+        "twins", description="the strangers a repair round's answers are compared with: twins, made as the "
+                             "reference's are; holdout, the holdout records named '<forget id>-twin<j>' (a request "
+                             "home's strangers, those its answers check asks about)")
     utility_every: int | None = Field(
         None, ge=1, description="steps between utility measurements on the way to the target; None: one epoch "
                                 "of the forget set. It is also measured at the first check, at checks within the "
                                 "band or this many steps from it at the last interval's pace, and at the check "
                                 "after one below the floor")
+
+
+def settings_from(calibration: dict | None) -> CalibrationSettings:
+    """`CalibrationSettings` from `--calibration key=value` items; a one-line ValueError names the
+    bad key and the choices."""
+    from pydantic import ValidationError
+
+    from .methods.registry import describe
+
+    try:
+        return CalibrationSettings(**(calibration or {}))
+    except ValidationError as e:
+        raise ValueError(describe("--calibration", CalibrationSettings, e)) from None
 
 
 @dataclass
@@ -175,6 +206,9 @@ class StopInfo:
     history: list = field(default_factory=list)
     truth_ratio: dict = field(default_factory=dict)  # `Calibrator.truth_ratios` at "start" and "kept" (None: no data)
     min_ks_p: float = 0.05                            # below it, the truth ratios are told apart
+    survivors: list = field(default_factory=list)     # ids of the forget records `survivors` names at the kept weights
+    repair_tolerance: float = 0.05
+    repairs: list = field(default_factory=list)       # the repair rounds that followed (`unlearning.forget`)
 
     def summary(self) -> str:
         k = self.kept
@@ -187,22 +221,78 @@ class StopInfo:
                 f"AUC {k['auc']:.3f} vs reference (target 0.5 ± {k['tolerance']:.3f}, {k['state']}), "
                 + (f"documents' AUC {k['docs_auc']:.3f} vs holdout documents (± {k['docs_tolerance']:.3f}), "
                    if k.get("docs_auc") is not None else "")
-                + f"utility {k['utility']:.3f}x the start" + _surviving(k, self.n_forget, self.n_reference)
-                + _facts(self.truth_ratio, self.min_ks_p))
+                + f"utility {k['utility']:.3f}x the start"
+                + (_surviving(k, self.n_forget, self.n_reference, self.repair_tolerance) if not self.repairs else "")
+                + _facts(self.truth_ratio, self.min_ks_p) + "".join(_repair(i, r) for i, r in enumerate(self.repairs)))
 
 
-SURVIVING = 0.05  # forget answers reproduced beyond the reference's share that the summary points out
-
-
-def _surviving(k: dict, n_forget: int, n_reference: int) -> str:
+def _surviving(k: dict, n_forget: int, n_reference: int, tolerance: float) -> str:
     """The summary's warning when the kept weights still reproduce more forget answers than reference
-    answers, by more than `SURVIVING`: a set can match its reference on average with a few facts
-    intact (docs/methods.md, "Answers that survive")."""
+    answers, by more than `tolerance`: a set can match its reference on average with a few facts
+    intact (docs/methods.md, "Answers that survive"). A run with repair rounds says what they did
+    instead (`_repair`)."""
     fe, re_ = k.get("forget_exact"), k.get("reference_exact")
-    if fe is None or re_ is None or fe - re_ <= SURVIVING:
+    if fe is None or re_ is None or fe - re_ <= tolerance:
         return ""
     return (f"; but {round(fe * n_forget)} of {n_forget} forget answers are still reproduced word for word "
             f"(reference: {round(re_ * n_reference)} of {n_reference})")
+
+
+def _repair(i: int, r: dict) -> str:
+    """The summary's line for repair round i + 1 (`unlearning.forget`)."""
+    return (f"; repair round {i + 1} on the {r['records']} answers still given: {r['reason']} at step "
+            f"{r['stopped_at']}, kept step {r['kept_step']}, utility {r['utility']:.3f}x its start"
+            + (f", {r['left']} still given" if r.get("left") else ""))
+
+
+def surviving(forget: list, answered: np.ndarray, twin_answered: np.ndarray, tolerance: float,
+              by: str = "set") -> list[str]:
+    """The forget records a repair round unlearns again: where a group (the forget set as a whole,
+    or with `by="subject"` each subject's records) has more of its answers given than its twins
+    have (`answered`: per record, 0 or 1; `twin_answered`: per record, the share of its twins whose
+    answer is given) by more than `tolerance`, its records answered none of whose twins' answers is
+    given (an answer a stranger gets too is not the person's to forget). Returns their ids."""
+    groups: dict[str, list[int]] = {}
+    for i, r in enumerate(forget):
+        groups.setdefault(r.subject if by == "subject" else "", []).append(i)
+    out = []
+    for idx in groups.values():
+        if answered[idx].mean() - twin_answered[idx].mean() > tolerance:
+            out += [forget[i].id for i in idx if answered[i] and not twin_answered[i]]
+    return out
+
+
+def survivors(model, tokenizer, world: WorldData, settings: CalibrationSettings, seed: int = 0,
+              template=None) -> list[str]:
+    """`surviving` on the forget records that have twins (`settings.repair_twins`: made by
+    `world_twins`, or the holdout records named "<forget id>-twin<j>"), each answered when the
+    model's greedy answer holds the whole true answer: the evaluation's answer rate and a request
+    home's answers check, by the same test (`attacks.recovery.contains_answer`). One generation pass
+    (0.1-0.9 s on the benches' 60-200 fact worlds); the word-for-word count of the checks' scoring
+    pass misses answers given further into a free answer ("Tell me about X.")."""
+    from .attacks.recovery import contains_answer
+    from .scoring import LM
+
+    if settings.repair_twins == "holdout":
+        of = {}
+        for h in world.holdout:
+            of.setdefault(h.id.rsplit("-twin", 1)[0], []).append(h)
+        named = [r for r in world.forget if of.get(r.id)]
+        twins = [of[r.id] for r in named]
+    else:
+        named, tw = world_twins(world, list(world.forget), seed)
+        twins = [[t] for t in tw]
+    if not named:
+        return []
+    flat = [t for ts in twins for t in ts]
+    gens = LM(model, tokenizer, template=parse_template(template)).generate([r.question for r in named + flat],
+                                                                           max_new_tokens=32)
+    flags = np.array(contains_answer(gens, named + flat), dtype=float)
+    mine, theirs, i = flags[:len(named)], [], len(named)
+    for ts in twins:
+        theirs.append(flags[i:i + len(ts)].mean())
+        i += len(ts)
+    return surviving(named, mine, np.array(theirs), settings.repair_tolerance, settings.repair_by)
 
 
 def _facts(truth: dict, min_ks_p: float) -> str:
@@ -227,14 +317,16 @@ def auc(members: np.ndarray, nonmembers: np.ndarray) -> float:
     return float(mannwhitneyu(members, nonmembers).statistic / (len(members) * len(nonmembers)))
 
 
-def reference_records(world: WorldData, kind: str, seed: int = 0):
-    """(forget records used, reference records): twins of the forget records that name their
-    subject, or the holdout split. A one-line ValueError says when neither can be had."""
+def reference_records(world: WorldData, kind: str, seed: int = 0, forget: list | None = None):
+    """(forget records used, reference records): twins of the forget records (`forget`, default the
+    world's forget split) that name their subject, or the holdout split. A one-line ValueError says
+    when neither can be had."""
+    forget = list(world.forget) if forget is None else list(forget)
     if kind == "holdout":
         if not world.holdout:
             raise ValueError("calibration reference 'holdout': the data has no holdout split; use reference=twins")
-        return list(world.forget), list(world.holdout)
-    named, tw = forget_twins(world, seed)
+        return forget, list(world.holdout)
+    named, tw = world_twins(world, forget, seed)
     if not named:
         raise ValueError("calibration reference 'twins': no forget question names its subject, so no twin can "
                          "be made; use reference=holdout, or a fixed budget (--steps/--epochs)")
@@ -311,9 +403,9 @@ class Calibrator:
     """The `train.Monitor` that stops unlearning at the target (module docstring: the rule)."""
 
     def __init__(self, tokenizer, world: WorldData, settings: CalibrationSettings | None = None, *, seed: int = 0,
-                 forget_stream_len: int | None = None, batch_size: int = 16, template=None):
+                 forget_stream_len: int | None = None, batch_size: int = 16, template=None, forget: list | None = None):
         self.settings = s = settings or CalibrationSettings()
-        forget, ref = reference_records(world, s.reference, seed)
+        forget, ref = reference_records(world, s.reference, seed, forget)
         rng = random.Random(seed)
         # a sample of each utility split: retain, neighbours (the people most at risk), world facts
         keep = {name: rng.sample(recs, min(len(recs), s.retain_sample))
@@ -483,8 +575,9 @@ class Calibrator:
         (the reference level); within the band, or with the target less than `utility_every` steps
         away at the last interval's pace (weights that may be the result, or the restore point a
         backtrack returns to); at the check after one below the floor (two running make a
-        backtrack); and at least every `utility_every` steps on the way. Weights never measured are
-        never kept or restored to."""
+        backtrack); at least every `utility_every` steps on the way; and at the last check the step
+        budget allows (a run that ends at its budget keeps how far it got). Weights never measured
+        are never kept or restored to."""
         last, pace = self._last_measured(), self._pace(c)
         near = c.distance <= c.tolerance or (pace is not None and pace > 0 and c.gap / pace < self.utility_every)
         return (last is None or near or last.utility < self.settings.floor
@@ -602,7 +695,7 @@ class Calibrator:
                         {k: self.n[k] for k in UTILITY_SPLITS if k in self.n},
                         len(self.history), sum(c.utility is not None for c in self.history),
                         {k: round(v, 3) for k, v in self.seconds.items()}, [asdict(c) for c in self.history],
-                        dict(self.truth), self.settings.min_ks_p)
+                        dict(self.truth), self.settings.min_ks_p, [], self.settings.repair_tolerance)
         handle.log({"stopped": {k: v for k, v in asdict(info).items() if k != "history"}})
         return info
 

@@ -36,6 +36,7 @@ def is_main() -> bool:
 
 BUDGET_KEYS = ("steps", "epochs")
 RUN_OUTPUTS = ("model", "adapter", "checkpoints", "log.jsonl", "train.json", "calibration.json", "metrics.json")
+# and repair-K/ (`_repair`)
 
 
 def _check_out(model, out: Path) -> None:
@@ -138,10 +139,7 @@ def forget(model: str | os.PathLike, data: str | os.PathLike, method: str, out: 
     `train.json` and `checkpoints/` while running. The source model is only read, and `out` may not
     lie inside it.
     """
-    from pydantic import ValidationError
-
-    from .calibrate import CalibrationSettings, Calibrator
-    from .methods.registry import describe
+    from .calibrate import Calibrator, settings_from
 
     m = get_method(method)
     out = Path(out)
@@ -152,10 +150,7 @@ def forget(model: str | os.PathLike, data: str | os.PathLike, method: str, out: 
     hp = m.params(params)
     tpl = parse_template(template, system)
     calibrated = not any(k in train_overrides for k in BUDGET_KEYS)
-    try:
-        settings = CalibrationSettings(**(calibration or {})) if calibrated else None
-    except ValidationError as e:
-        raise ValueError(describe("--calibration", CalibrationSettings, e)) from None
+    settings = settings_from(calibration) if calibrated else None
     if calibration and not calibrated:
         raise ValueError("--calibration goes with a calibrated run: drop --steps/--epochs, or drop --calibration")
     if "epochs" in train_overrides and "steps" not in train_overrides:
@@ -202,6 +197,8 @@ def forget(model: str | os.PathLike, data: str | os.PathLike, method: str, out: 
         for name in RUN_OUTPUTS if not resume else ("model", "adapter", "train.json", "calibration.json"):
             p = out / name  # outputs of an older run never stand beside a new (or unfinished) one
             shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+        for p in out.glob("repair-*"):  # repair rounds run again after a resumed run
+            shutil.rmtree(p)
         runinfo.write_text(out / "config.yaml", yaml.safe_dump(config, sort_keys=False))
     timer = runinfo.Timer()
     with timer("prepare"):
@@ -211,6 +208,10 @@ def forget(model: str | os.PathLike, data: str | os.PathLike, method: str, out: 
     with timer("train"):
         res = train(net, m.loss, streams, cfg, pad_id=tok.pad_token_id, ctx=ctx, out_dir=out, resume=resume,
                     progress=progress, desc=method, monitor=monitor)
+    first = res
+    if calibrated:
+        with timer("repair"):
+            res = _repair(res, w, m, streams, cfg, ctx, tok, tpl, settings, seed, out, progress, method)
     if is_main():
         if lora:
             save_model(res.model, tok, out / "adapter", state_dict=res.full_state_dict)
@@ -220,12 +221,63 @@ def forget(model: str | os.PathLike, data: str | os.PathLike, method: str, out: 
         if stop is not None:
             runinfo.write_json(out / "calibration.json", stop)
         runinfo.write_json(out / "train.json", {
-            "seconds": timer.seconds, "train_stats": {"steps": res.steps, "last_step": res.last_step,
-                                                      "seconds": res.seconds, "tokens": res.tokens},
+            "seconds": timer.seconds, "train_stats": {"steps": first.steps, "last_step": first.last_step,
+                                                      "seconds": first.seconds, "tokens": first.tokens},
             "stop": {k: v for k, v in stop.items() if k != "history"} if stop else {"reason": "budget"},
             **({"saliency": {"fraction": cfg.saliency, "weights_trained": kept}} if cfg.saliency else {}),
             "summary": res.stop.summary() if res.stop else f"fixed budget: {res.last_step} steps"})
     return out
+
+
+def _repair(res, w: WorldData, m, streams: dict, cfg: TrainConfig, ctx: Context, tok, tpl, settings, seed: int,
+            out: Path, progress: bool, method: str):
+    """At most `settings.repair_rounds` repair rounds after a calibrated run. One learning rate moves
+    the whole forget set, and the run stops when the set as a whole matches its twins; a few facts
+    still near certainty have barely moved by then. A round takes the forget records the kept
+    weights still answer where their twins' answers are not given (`calibrate.survivors`) and
+    unlearns them alone, calibrated again from the kept weights against their own twins, with the
+    same retain data, at the method's own settings, and with a floor that keeps the rounds together
+    at `settings.floor` x the run's start. It stops when nothing is left, or after a round that
+    left as many as it took. A saliency mask of the first round stays. Each round's log and stop go
+    to `out/repair-K/`; the last round's kept weights are the result, and the first round's
+    `StopInfo` lists what survived it (`survivors`) and the rounds (`repairs`). Sharded weights
+    (FSDP, ZeRO-3) cannot generate outside the training wrapper: no round, and the log says so."""
+    from dataclasses import replace
+
+    from .calibrate import Calibrator, survivors
+
+    first, kept = res.stop, res.stop.kept.get("utility") or 1.0
+    if res.full_state_dict is not None:
+        log.warning("repair rounds skipped: the weights are sharded across processes")
+        return res
+    first.survivors = ids = survivors(res.model, tok, w, settings, seed, tpl)
+    by_id = {r.id: r for r in w.forget}
+    for k in range(1, settings.repair_rounds + 1):
+        if not ids or first.repairs and len(ids) >= first.repairs[-1]["records"]:
+            break  # nothing left, or the last round left as many as it took: another would not do better
+        recs = [by_id[i] for i in ids]
+        wk = replace(w, forget=recs, forget_docs=[])
+        prompts, answers, subjects = forget_pairs(wk)
+        sk = {**streams, "forget": encode_pairs(tok, prompts, answers, template=tpl, subjects=subjects)}
+        floor = min(1.0, settings.floor / max(kept, 1e-12))
+        monitor = Calibrator(tok, w, settings.model_copy(update={"floor": floor}), seed=seed,
+                             forget_stream_len=len(sk["forget"]), batch_size=cfg.batch_size, template=tpl, forget=recs)
+        if m.prepare is not None:  # a method's reference (NPO's) is the round's start
+            ctx.cache = m.prepare(res.model, sk, ctx)
+        res = train(res.model, m.loss, sk, replace(cfg, steps=monitor.budget, save_every=0), pad_id=tok.pad_token_id,
+                    ctx=ctx, out_dir=out / f"repair-{k}" if is_main() else None, progress=progress,
+                    desc=f"{method} repair {k}", monitor=monitor)
+        st = res.stop
+        kept *= st.kept.get("utility") or 1.0
+        st.survivors = left = survivors(res.model, tok, w, settings, seed, tpl)
+        first.repairs.append({"records": len(recs), "reason": st.reason, "stopped_at": st.stopped_at,
+                              "kept_step": st.kept_step, "utility": st.kept.get("utility"), "left": len(left),
+                              "ids": ids, "dir": f"repair-{k}"})
+        if is_main():
+            runinfo.write_json(out / f"repair-{k}" / "calibration.json", asdict(st))
+        ids = left
+    res.stop = first
+    return res
 
 
 def run_summary(run: str | os.PathLike) -> str:

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .. import DEFAULT_METHOD
-from ..shell import friendly
+from ..shell import assignments, friendly
 from .home import Settings
 
 home_app = typer.Typer(help="A deployment home: model versions, the guard, the ledger of forget requests.",
@@ -40,8 +40,9 @@ def home_init(model: str = typer.Option(..., help="Base model: checkpoint dir or
                                              "the weights' norm; 0: plain steps): a version must resist relearning "
                                              "to be deployed."),
               repair_rounds: int = typer.Option(Settings.model_fields["repair_rounds"].default,
-                                                help="Rounds of `request process` on the facts a batch's run left "
-                                                     "answered (0: none).")):
+                                                help="Repair rounds of `request process`: the facts a batch's "
+                                                     "calibrated run left reproduced, per request, unlearned again "
+                                                     "(0: none).")):
     """Create a deployment home from a base model and a retain pool."""
     from ..guard import ACTIONS
     from ..methods import get_method
@@ -102,6 +103,9 @@ def request_process(home: Optional[Path] = HOME,
                     steps: Optional[int] = typer.Option(None, help="Fixed step budget (default: the method's own)."),
                     sam: Optional[float] = typer.Option(None, help="Sharpness-aware steps' radius for this batch "
                                                                    "(default: the home's setting; 0: plain steps)."),
+                    calibration: Optional[List[str]] = typer.Option(
+                        None, "--calibration", "-c", help="Calibration setting key=value for this batch (repeatable; "
+                                                          "`unlearn forget --help`), e.g. repair_rounds=2."),
                     progress: bool = typer.Option(False, "--progress")):
     """Unlearn the guarded requests as one batch from `current`, verify each, deploy if all pass."""
     from . import process
@@ -112,7 +116,8 @@ def request_process(home: Optional[Path] = HOME,
         from ..methods import get_method
 
         get_method(method)
-    overrides = {k: v for k, v in (("steps", steps), ("sam", sam)) if v is not None}
+    overrides = {k: v for k, v in (("steps", steps), ("sam", sam),
+                                   ("calibration", assignments(calibration, "--calibration") or None)) if v is not None}
     if sam is not None:
         Settings.parse("--sam", sam=sam)  # refused at the door by the home setting's own bounds
     res = process(home, method=method, max_batch=max_batch, seed=seed, progress=progress, **overrides)

@@ -115,7 +115,10 @@ def process(home=None, method: str | None = None, max_batch: int | None = None, 
     """Finish any batch a crash left open, then take the guarded/located requests (at most
     `max_batch`) as one batch. Returns the batch summary (the resumed batch's when there was no new
     request; {} when there was nothing to do at all)."""
+    from ..calibrate import settings_from
+
     home = _home(home)
+    settings_from(train_overrides.get("calibration"))  # at the door: a batch that starts must be able to run
     with home.process_lock():
         for stale in home.versions_dir.glob(".v*.tmp-*"):  # half-copied versions of a killed run
             shutil.rmtree(stale, ignore_errors=True)
@@ -167,7 +170,7 @@ def _run(home: Home, batch_id: str, train_overrides: dict, progress: bool, seed:
             except HomeError:
                 if (home.versions_dir / b["new_version"]).exists():
                     shutil.rmtree(home.versions_dir / b["new_version"])
-                home.add_version(_final_model(run_dir), b["new_version"], parent=source.name)
+                home.add_version(run_dir / "unlearn" / "model", b["new_version"], parent=source.name)
         kill_point("versioned")
         _stage(home, batch_id, "versioned")
         b["stage"] = "versioned"
@@ -180,7 +183,7 @@ def _run(home: Home, batch_id: str, train_overrides: dict, progress: bool, seed:
         _deploy(home, b, reqs, after)
     for d in run_dir.glob("world*"):  # names and facts in clear: gone with the batch
         shutil.rmtree(d, ignore_errors=True)
-    for d in run_dir.glob("*/model"):  # the last round's is kept as a version
+    for d in run_dir.glob("*/model"):  # kept as a version
         shutil.rmtree(d, ignore_errors=True)
     with home.ledger() as led:
         b = led.batch(batch_id)
@@ -192,84 +195,37 @@ def _run(home: Home, batch_id: str, train_overrides: dict, progress: bool, seed:
 
 def _unlearn(home: Home, b: dict, per, world: Path, source, run_dir: Path, seed: int, overrides: dict,
              progress: bool) -> None:
-    """The calibrated run on the batch's inventories, then at most `repair_rounds` repair rounds from
-    its result. A repair round takes the requests whose answers check fails on the model so far, and
-    unlearns, calibrated again, just the facts that model still answers about them (against their
-    twins, with the same retain set), with a utility floor that keeps the rounds together at the
-    calibration's floor x the source. One run over the whole batch moves every fact at one learning
-    rate and stops when the batch as a whole matches; a fact still near certainty has barely moved
-    by then. On its own it gets the run's whole step. A repair round runs only where a request
-    fails its answers check, that is, where the batch would be rejected anyway: it can turn a
-    rejection into a deployment, never the other way (a round on every fact still known, passing
-    requests' too, was measured and lost deployments: docs/requests.md, "Repair rounds").
-    Writes `rounds.json` (each round's directory, size, stop and kept utility; a repair round's
-    inventory item ids), which names the final model."""
-    from ..calibrate import CalibrationSettings
+    """The calibrated run on the batch's inventories, with `repair_rounds` repair rounds
+    (`unlearning._repair`) judged per request: a request whose facts the kept weights still
+    reproduce beyond their twins' share (`answer_tolerance`, as its answers check) has those facts
+    unlearned again, calibrated, from the kept weights. One run over the whole batch moves every
+    fact at one learning rate and stops when the batch as a whole matches; a fact still near
+    certainty has barely moved by then. The run's floor holds what the deployment's utility check
+    measures (`utility=answers`). A fixed budget (`steps`) runs as given, without repair.
+    Writes `rounds.json`: each round's directory, size, stop and kept utility, and a repair round's
+    inventory item ids."""
     from ..unlearning import BUDGET_KEYS, forget
 
-    for d in [*run_dir.glob("unlearn*"), *run_dir.glob("repair-*"), *run_dir.glob("world-r*")]:
-        shutil.rmtree(d, ignore_errors=True)
+    shutil.rmtree(run_dir / "unlearn", ignore_errors=True)
     train = {"sam": home.settings.sam, **overrides}
-    calibrated = not any(k in train for k in BUDGET_KEYS)
-    if calibrated:  # the floor holds what the deployment's utility check measures, on the records it scores
-        train["calibration"] = {"utility": "answers", **(overrides.get("calibration") or {})}
+    if not any(k in train for k in BUDGET_KEYS):
+        # the floor holds what the deployment's utility check measures, on the records it scores;
+        # repair rounds judge each request (its person) as its answers check does, against the
+        # same strangers (the batch world's holdout: `batch_world`)
+        train["calibration"] = {"utility": "answers", "repair_rounds": home.settings.repair_rounds,
+                                "repair_by": "subject", "repair_tolerance": home.settings.answer_tolerance,
+                                "repair_twins": "holdout",
+                                **(overrides.get("calibration") or {})}
     out = run_dir / "unlearn"
     forget(source.path, world, b["method"], out, seed=seed, progress=progress, **train)
-    rounds = [_round_info(out, sum(len(recs) for recs, _ in per.values()), len(per))]
-    kept = rounds[0]["utility"]
-    floor = CalibrationSettings(**overrides.get("calibration") or {}).floor
-    for k in range(1, home.settings.repair_rounds + 1):
-        residual = _residual(home, per, out / "model")
-        if not residual:
-            break
-        wk = run_dir / f"world-r{k}"
-        wk.mkdir()
-        write_jsonl(wk / "forget.jsonl", [x for recs, _ in residual.values() for x in recs])
-        write_jsonl(wk / "holdout.jsonl", [x for _, tw in residual.values() for x in tw])
-        for split in ("retain.jsonl", "world_facts.jsonl"):
-            if (world / split).is_file():
-                shutil.copyfile(world / split, wk / split)
-        prev, out = out, run_dir / f"repair-{k}"
-        if calibrated:  # a fixed budget has no floor to carry over
-            train["calibration"] = {**train["calibration"], "floor": min(1.0, floor / max(kept, 1e-12))}
-        forget(prev / "model", wk, b["method"], out, seed=seed, progress=progress, **train)
-        rounds.append({**_round_info(out, sum(len(recs) for recs, _ in residual.values()), len(residual)),
-                       "ids": sorted(r.id for recs, _ in residual.values() for r in recs)})
-        kept *= rounds[-1]["utility"]
-    runinfo.write_json(run_dir / "rounds.json", {"rounds": rounds, "model": str(out.relative_to(run_dir) / "model")})
-
-
-def _round_info(out: Path, n_records: int, n_requests: int) -> dict:
-    """One round of `_unlearn`: where, on how much, why it stopped, the utility it kept (x its start)."""
     cal = out / "calibration.json"
     info = json.loads(cal.read_text()) if cal.is_file() else {}
-    kept = info.get("kept") or {}
-    return {"dir": out.name, "records": n_records, "requests": n_requests, "reason": info.get("reason"),
-            "utility": float(kept.get("utility", 1.0))}
-
-
-def _residual(home: Home, per, model_dir: Path) -> dict:
-    """{request id: (records, twins)} of the requests whose answers check fails on `model_dir`: the
-    inventory records it still answers, and their twins."""
-    from .verify import answers_check
-
-    lm, out = _lm(model_dir), {}
-    for rid, (recs, tw) in per.items():  # without twins (facts that do not name the person) no reference
-        if not recs or not tw:
-            continue
-        chk, hits = answers_check(lm, recs, tw, home.settings)  # one generation serves the check and the list
-        if chk["passed"]:
-            continue
-        ids = {r.id for r, hit in zip(recs, hits) if hit}
-        out[rid] = ([r for r in recs if r.id in ids], [t for t in tw if t.id.rsplit("-twin", 1)[0] in ids])
-    return {k: v for k, v in out.items() if v[0] and v[1]}
-
-
-def _final_model(run_dir: Path) -> Path:
-    rounds = run_dir / "rounds.json"
-    if rounds.is_file():
-        return run_dir / json.loads(rounds.read_text())["model"]
-    return run_dir / "unlearn" / "model"
+    n_req = lambda ids: len({i.rsplit("-", 1)[0] for i in ids})  # noqa: E731  (item ids: "<request id>-NN")
+    rounds = [{"dir": "unlearn", "records": sum(len(recs) for recs, _ in per.values()), "requests": len(per),
+               "reason": info.get("reason"), "utility": float((info.get("kept") or {}).get("utility", 1.0))}]
+    rounds += [{"dir": r["dir"], "records": r["records"], "requests": n_req(r["ids"]), "reason": r["reason"],
+                "utility": float(r["utility"]), "ids": sorted(r["ids"])} for r in info.get("repairs", [])]
+    runinfo.write_json(run_dir / "rounds.json", {"rounds": rounds})
 
 
 def _stage(home: Home, batch_id: str, stage: str, **fields) -> None:

@@ -42,27 +42,25 @@ def check(name: str, value, threshold, passed: bool, **extra) -> dict:
     return {"check": name, "value": value, "threshold": threshold, "passed": bool(passed), **extra}
 
 
-def answers_check(lm, records, twins, settings) -> tuple[dict, list[bool]]:
-    """The answers check of `records` (the inventory) against `twins`, with which records the model
-    still answers (the true answer inside its greedy answer): one generation per record, which the
-    check and a repair round (`process._residual`) share."""
-    mine = forget_metrics(lm, records, truth_ratio=False, keep=0, per_record=True)
+def answers_check(lm, records, twins, settings) -> dict:
+    """The answers check of `records` (the inventory) against `twins`."""
+    mine = forget_metrics(lm, records, truth_ratio=False, keep=0)
     if not twins:  # only given facts that do not name the person: the answer rate alone
         rate = mine["forget_contains"]
         return check("answers", rate, settings.answer_tolerance, rate <= settings.answer_tolerance, person_rate=rate,
-                     note="no strangers' twins for these facts: the rate itself is checked"), mine["answered"]
+                     note="no strangers' twins for these facts: the rate itself is checked")
     theirs = forget_metrics(lm, twins, truth_ratio=False, keep=0)
     gap = mine["forget_contains"] - theirs["forget_contains"]
     return check("answers", gap, settings.answer_tolerance, gap <= settings.answer_tolerance,
                  person_rate=mine["forget_contains"], strangers_rate=theirs["forget_contains"],
-                 person_rouge=mine["forget_rouge"], strangers_rouge=theirs["forget_rouge"]), mine["answered"]
+                 person_rouge=mine["forget_rouge"], strangers_rouge=theirs["forget_rouge"])
 
 
 def request_checks(lm, records, twins, settings) -> list[dict]:
     """The per-request checks (answers, MIA) on `records` (the inventory) against `twins`."""
     if not records:
         return [check("answers", 0.0, settings.answer_tolerance, True, note="nothing located: nothing to reveal")]
-    out = [answers_check(lm, records, twins, settings)[0]]
+    out = [answers_check(lm, records, twins, settings)]
     if twins:
         sm = [loss_score(s) for s in lm.score([r.question for r in records], [r.answer for r in records])]
         sn = [loss_score(s) for s in lm.score([r.question for r in twins], [r.answer for r in twins])]
