@@ -376,6 +376,8 @@ def test_repair_round_takes_the_facts_the_first_run_left_answered(tiny_world, tm
     with pytest.raises(ValueError, match="--calibration"):
         rq.process(homes[1], calibration={"repair_round": 2})
 
+
+@pytest.mark.parametrize("named_from", ["invented", "retain"])
 def test_locate_finds_what_the_subject_knows(tiny_world, named_from):
     """Zero-shot locate on a forget person: recall >= 0.8 of the facts the subject answers, and
     precision >= 0.9 (an item is right when its answer is one of the person's true values); with
