@@ -695,7 +695,7 @@ class Calibrator:
                         {k: self.n[k] for k in UTILITY_SPLITS if k in self.n},
                         len(self.history), sum(c.utility is not None for c in self.history),
                         {k: round(v, 3) for k, v in self.seconds.items()}, [asdict(c) for c in self.history],
-                        dict(self.truth), self.settings.min_ks_p, [], self.settings.repair_tolerance)
+                        dict(self.truth), self.settings.min_ks_p, repair_tolerance=self.settings.repair_tolerance)
         handle.log({"stopped": {k: v for k, v in asdict(info).items() if k != "history"}})
         return info
 
