@@ -11,6 +11,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if os.environ.get("PYTEST_XDIST_WORKER"):  # workers side by side: one thread each, and for what they spawn
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
 
 # A smaller world than the demo's 60 people, with as many forget facts (6 people x 10 facts: the
 # KS test behind forget quality needs them), trained with the default recipe.
@@ -29,14 +34,24 @@ class TinyWorld:
 @pytest.fixture(scope="session")
 def tiny_world(tmp_path_factory) -> TinyWorld:
     """A 30-person world (6 forget people), a subject trained on it and an oracle trained without
-    the forget people, side by side. ~50 s on two cores, shared by every test that needs them."""
+    the forget people, side by side. ~40 s on two cores, built once per run: the first xdist worker
+    to need it builds it in the workers' common temp dir while the other waits on the lock."""
+    import shutil
+
+    from filelock import FileLock
+
     from unlearnkit import api
 
-    root = tmp_path_factory.mktemp("tiny")
-    data = api.world(root / "world", seed=TEST_SEED, n_people=TEST_PEOPLE, forget_fraction=TEST_FORGET)
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "tiny"
     models = {"subject": root / "subject", "oracle": root / "oracle"}
-    api.train_pair(data, models, seed=TEST_SEED, progress=False)
-    return TinyWorld(data, models["subject"], models["oracle"])
+    with FileLock(f"{root}.lock"):
+        if not (root / "built").is_file():
+            shutil.rmtree(root, ignore_errors=True)
+            data = api.world(root / "world", seed=TEST_SEED, n_people=TEST_PEOPLE, forget_fraction=TEST_FORGET)
+            api.train_pair(data, models, seed=TEST_SEED, progress=False)
+            (root / "built").touch()
+    return TinyWorld(root / "world", models["subject"], models["oracle"])
 
 
 @pytest.fixture(scope="session")
