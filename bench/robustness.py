@@ -39,8 +39,10 @@ def _f(x, digits=2):
     return "–" if x is None else f"{x:.{digits}f}"
 
 
-def run(out: Path, people: int, seed: int, methods: list[str], attacks: list[str], settings: dict | None = None) -> dict:
-    """`settings`: training settings (TrainConfig fields) for every method's run but `ga-weak`."""
+def run(out: Path, people: int, seed: int, methods: list[str], attacks: list[str], settings: dict | None = None,
+        calibration: dict | None = None) -> dict:
+    """`settings`: training settings (TrainConfig fields) for every method's run but `ga-weak`;
+    `calibration`: calibration settings (`--calibration` of `unlearn forget`) for the same runs."""
     from unlearnkit import api
     from unlearnkit.attacks import run_attack
 
@@ -48,7 +50,8 @@ def run(out: Path, people: int, seed: int, methods: list[str], attacks: list[str
     data, paths = api.embedded(out, seed=seed, n_people=people, progress=False)
     train = json.loads((paths["subject"] / "unlearnkit.json").read_text())["train"]
     runs = {"subject": paths["subject"], "oracle": paths["oracle"]}
-    for name, method, overrides in [(m, m, dict(settings or {})) for m in methods] + [WEAK]:
+    calibrated = {**(settings or {}), **({"calibration": calibration} if calibration else {})}
+    for name, method, overrides in [(m, m, dict(calibrated)) for m in methods] + [WEAK]:
         print(f"unlearning: {name}", file=sys.stderr)
         runs[name] = api.forget(paths["subject"], data, method, out / "runs" / name, seed=seed, progress=False,
                                 **overrides) / "model"
@@ -236,6 +239,8 @@ def main(argv=None) -> int:
     ap.add_argument("--doc", type=Path, default=ROOT / "docs" / "robustness.md")
     ap.add_argument("--train", action="append", default=[], metavar="KEY=VALUE",
                     help="a training setting (saliency, sam, lr, ...) for every method's run (repeatable)")
+    ap.add_argument("--calibration", action="append", default=[], metavar="KEY=VALUE",
+                    help="a calibration setting (repair_rounds, floor, ...) for every method's run (repeatable)")
     args = ap.parse_args(argv)
     from unlearnkit.shell import assignments
     from unlearnkit.methods import list_methods
@@ -246,7 +251,8 @@ def main(argv=None) -> int:
     if bad:
         ap.error(f"unknown attack {bad[0]!r}; valid: {', '.join(ATTACK_OPTIONS)}")
     train = assignments(args.train, "--train")
-    report = run(args.out, args.people, args.seed, methods, attacks, train)
+    report = run(args.out, args.people, args.seed, methods, attacks, train,
+                 assignments(args.calibration, "--calibration") or None)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "robustness.json").write_text(json.dumps(report, indent=2))
     write_doc(report, args.doc)
