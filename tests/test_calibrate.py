@@ -458,6 +458,10 @@ def test_summary_says_when_forget_answers_survive_a_match():
     said = dataclasses.replace(info, kept=k, n_forget=20, n_reference=40).summary()
     assert said.endswith("; but 4 of 20 forget answers are still reproduced word for word (reference: 2 of 40)")
     assert "reproduced" not in dataclasses.replace(info, kept={**k, "forget_exact": 0.1}).summary()  # within 0.05
+    # where the generated answers were looked at (`survivors`, the repair rounds' rule), they decide
+    assert dataclasses.replace(info, kept=k, n_forget=20, survivors=["f1", "f7"]).summary().endswith(
+        "; but 2 of 20 forget answers are still given where their twins' are not (no repair round)")
+    assert "still" not in dataclasses.replace(info, kept=k, n_forget=20, survivors=[]).summary()
 
 
 def test_truth_ratios_against_the_twins_are_forget_quality_without_an_oracle(tiny_world):
