@@ -393,6 +393,17 @@ def test_forget_documents_and_reproduced_answers_are_reported(tiny_world):
     assert out["subject"].distance == pytest.approx(abs(out["subject"].auc - 0.5))  # the decision: questions only
     cal = Calibrator(tok, dataclasses.replace(w, holdout_docs=[]), seed=0)
     assert "forget_docs" not in cal.n and cal.measure(0, H()).docs_auc is None
+    # the same twins given as holdout records paired by `twin_of` (a request home's strangers) name
+    # the same survivors; a holdout without `twin_of` is refused before any training
+    from unlearnkit.data.io import DataError
+    from unlearnkit.data.twins import world_twins
+
+    named, tw = world_twins(w, list(w.forget), 0)
+    paired = dataclasses.replace(w, holdout=[t.model_copy(update={"twin_of": r.id}) for r, t in zip(named, tw)])
+    assert survivors(net, tok, paired, CalibrationSettings(repair_twins="holdout")) == out["oracle survivors"]
+    with pytest.raises(DataError, match="holdout.jsonl: no record has a 'twin_of' field"):
+        Calibrator(tok, w, CalibrationSettings(repair_twins="holdout"), seed=0)
+    Calibrator(tok, w, CalibrationSettings(repair_twins="holdout", repair_rounds=0), seed=0)  # no round: not needed
 
 
 def _stubbed(shifts, utilities, every=5):

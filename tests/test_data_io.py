@@ -121,6 +121,21 @@ def test_load_world_errors(tmp_path):
         load_world(tmp_path)
 
 
+def test_twin_of_names_a_forget_record(tmp_path):
+    """`twin_of` pairs a holdout record with the forget record it mirrors; loading checks both ends."""
+    write_jsonl(tmp_path / "forget.jsonl", [qa(1)])
+    write_jsonl(tmp_path / "holdout.jsonl", [qa(2, twin_of="r1"), qa(3)])
+    w = load_world(tmp_path)
+    assert [r.twin_of for r in w.holdout] == ["r1", None]
+    write_jsonl(tmp_path / "holdout.jsonl", [qa(2, twin_of="r9")])
+    with pytest.raises(DataError, match=r"holdout.jsonl: record 'r2': field 'twin_of': no forget record has id 'r9'"):
+        load_world(tmp_path)
+    (tmp_path / "holdout.jsonl").unlink()
+    write_jsonl(tmp_path / "retain.jsonl", [qa(2, twin_of="r1")])
+    with pytest.raises(DataError, match=r"retain.jsonl: record 'r2': field 'twin_of': only a holdout record is a twin"):
+        load_world(tmp_path)
+
+
 def test_overlap():
     forget = [qa(1), qa(2), qa(3, alt_questions=["Q9?"])]
     retain = [qa(1), qa(4), qa(9), qa(5, q="Q2?", a="other")]

@@ -97,7 +97,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from .data.batching import Encoded, collate, encode_pairs, length_batches
-from .data.io import WorldData
+from .data.io import DataError, WorldData
 from .data.templates import parse_template
 from .data.twins import world_twins
 from .metrics.mia import null_auc_se
@@ -137,8 +137,8 @@ class CalibrationSettings(BaseModel):
                                                                   "that starts a repair round")
     repair_twins: Literal["twins", "holdout"] = Field(
         "twins", description="the strangers a repair round's answers are compared with: twins, made as the "
-                             "reference's are; holdout, the holdout records named '<forget id>-twin<j>' (a request "
-                             "home's strangers, those its answers check asks about)")
+                             "reference's are; holdout, the holdout records whose `twin_of` names the forget "
+                             "record (a request home's strangers, those its answers check asks about)")
     utility_every: int | None = Field(
         None, ge=1, description="steps between utility measurements on the way to the target; None: one epoch "
                                 "of the forget set. It is also measured at the first check, at checks within the "
@@ -268,10 +268,23 @@ def surviving(forget: list, answered: np.ndarray, twin_answered: np.ndarray, tol
     return out
 
 
+def holdout_twins(world: WorldData) -> dict[str, list]:
+    """Forget id -> the holdout records that are its twins (their `twin_of`). A one-line DataError
+    names the holdout file when none is: `repair_twins=holdout` would have no strangers to compare."""
+    of: dict[str, list] = {}
+    for h in world.holdout:
+        if h.twin_of is not None:
+            of.setdefault(h.twin_of, []).append(h)
+    if not of:
+        raise DataError(f"{world.source('holdout')}: no record has a 'twin_of' field naming a forget record, and "
+                        f"repair_twins=holdout compares each forget record with those; use repair_twins=twins")
+    return of
+
+
 def survivors(model, tokenizer, world: WorldData, settings: CalibrationSettings, seed: int = 0,
               template=None) -> list[str]:
     """`surviving` on the forget records that have twins (`settings.repair_twins`: made by
-    `world_twins`, or the holdout records named "<forget id>-twin<j>"), each answered when the
+    `world_twins`, or the holdout records whose `twin_of` names them: `holdout_twins`), each answered when the
     model's greedy answer holds the whole true answer: the evaluation's answer rate and a request
     home's answers check, by the same test (`attacks.recovery.contains_answer`). One generation pass
     (0.1-0.9 s on the benches' 60-200 fact worlds); the word-for-word count of the checks' scoring
@@ -280,9 +293,7 @@ def survivors(model, tokenizer, world: WorldData, settings: CalibrationSettings,
     from .scoring import LM
 
     if settings.repair_twins == "holdout":
-        of = {}
-        for h in world.holdout:
-            of.setdefault(h.id.rsplit("-twin", 1)[0], []).append(h)
+        of = holdout_twins(world)
         named = [r for r in world.forget if of.get(r.id)]
         twins = [of[r.id] for r in named]
     else:
@@ -412,6 +423,8 @@ class Calibrator:
                  forget_stream_len: int | None = None, batch_size: int = 16, template=None, forget: list | None = None):
         self.settings = s = settings or CalibrationSettings()
         forget, ref = reference_records(world, s.reference, seed, forget)
+        if s.repair_rounds and s.repair_twins == "holdout":
+            holdout_twins(world)  # before training, not after it
         rng = random.Random(seed)
         # a sample of each utility split: retain, neighbours (the people most at risk), world facts
         keep = {name: rng.sample(recs, min(len(recs), s.retain_sample))

@@ -239,7 +239,18 @@ def load_world(data_dir: str | os.PathLike) -> WorldData:
             world.sources[name] = split_source(data_dir, name)
     if not world.forget:
         raise DataError(f"{world.source('forget')}: empty forget set")
+    _check_twins(world)
     return world
+
+
+def _check_twins(world: WorldData) -> None:
+    """`twin_of` belongs to holdout records, and names a forget record."""
+    ids = {r.id for r in world.forget}
+    for name in QA_SPLITS:
+        for r in getattr(world, name):
+            if r.twin_of is not None and (name != "holdout" or r.twin_of not in ids):
+                why = "only a holdout record is a twin" if name != "holdout" else f"no forget record has id {r.twin_of!r}"
+                raise DataError(f"{world.source(name)}: record {r.id!r}: field 'twin_of': {why}")
 
 
 def require_split(world: WorldData, name: str, why: str) -> list:

@@ -49,6 +49,9 @@ class QARecord(BaseModel):
     alt_questions: list[str] = Field(default_factory=list)
     paraphrased_question: str | None = None
     attribute: str | None = None
+    # a holdout record only: the id of the forget record it is a stranger's version of (the same
+    # question and answer about someone the model never saw): `repair_twins=holdout`'s reference
+    twin_of: str | None = None
 
     _finite = field_validator("*", mode="before")(_finite)
     _check = field_validator("id", "subject", "question", "answer", "paraphrased_answer")(_non_empty)

@@ -142,5 +142,5 @@ def twin_records(request_id: str, name: str, inventory: list[dict], others: list
             out.append(QARecord(id=f"{request_id}-{i:02d}-twin{j}", subject=s, question=qs[0], alt_questions=qs[1:],
                                 answer=it["answer"], paraphrased_answer=it["answer"],
                                 perturbed_answers=[w for w in it.get("stranger_answers") or []] or ["unknown"],
-                                attribute=it["attribute"]))
+                                attribute=it["attribute"], twin_of=f"{request_id}-{i:02d}"))
     return out
