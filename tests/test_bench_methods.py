@@ -89,3 +89,24 @@ def test_forget_quality_against_twins_is_tabled_and_its_agreement_counted():
     assert "| default | 0 | simnpo |  | 0.04 | 0.2 | 0.10 (0.10) |" in table
     assert "against the oracle fall on the same side of 0.05 on 2 of 3 rows" in table
     assert bench.twins_agreement([row("simnpo")]) is None and "same side" not in bench.table([row("simnpo")], "simnpo")
+
+
+def test_value_slot_splits_the_value_from_its_wording(tiny_world):
+    """bench/value_slot.py: the value is where the paraphrased answer and a perturbed one differ; the
+    subject, which memorised the forget facts, prefers the true value far more than the oracle does."""
+    spec = importlib.util.spec_from_file_location("value_slot", Path(__file__).parents[1] / "bench" / "value_slot.py")
+    vs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(vs)
+    assert vs.value_of("Ashmere is the hometown of Ada Lee.", "Westerholm is the hometown of Ada Lee.") == (
+        "Ashmere", "Westerholm")
+    assert vs.value_of("The year is 1942.", "The year is 1990.") == ("42", "90")
+
+    from unlearnkit.data.io import load_world
+    from unlearnkit.models.load import load_model
+    from unlearnkit.scoring import LM
+
+    w = load_world(tiny_world.data_dir)
+    got = {name: vs.measure(LM(*load_model(path)), w.forget)
+           for name, path in (("subject", tiny_world.subject_dir), ("oracle", tiny_world.oracle_dir))}
+    assert got["subject"]["value"] > -0.5 > got["oracle"]["value"]
+    assert got["subject"]["trained"] > got["oracle"]["trained"] + 3
