@@ -91,6 +91,23 @@ def test_ddp_two_cpu_processes(tiny_world, tmp_path, method, sam):
     assert ranks[0]["after"] != ranks[0]["before"]     # and applied
 
 
+def test_a_sharded_config_without_gpus_is_refused(tiny_world, tmp_path):
+    """An FSDP config launched on a machine without GPUs: accelerate cannot shard on CPU. `unlearn
+    forget` refuses, one line a process, before it loads the model or writes any output."""
+    config = tmp_path / "fsdp_cpu.yaml"
+    config.write_text((ROOT / "configs/accelerate/fsdp.yaml").read_text()
+                      .replace("num_processes: 8", "num_processes: 2").replace("mixed_precision: bf16", "use_cpu: true"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    cmd = [str(Path(sys.executable).with_name("accelerate")), "launch", "--config_file", str(config), "-m",
+           "unlearnkit.cli", "forget", "--model", str(tiny_world.subject_dir), "--data", str(tiny_world.data_dir),
+           "--method", "ga", "--steps", "2", "--out", str(tmp_path / "run")]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0
+    assert r.stderr.count("error: launched with FSDP, which needs GPUs, and this machine has none") == 2, \
+        r.stderr[-3000:]
+    assert not (tmp_path / "run").exists()
+
+
 def test_resume_is_bit_for_bit(tiny_world, tmp_path):
     """Stopped at a checkpoint and resumed, a run ends with exactly the uninterrupted run's weights."""
     full = _run(tiny_world, tmp_path / "full")

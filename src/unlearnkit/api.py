@@ -22,7 +22,7 @@ from .data.templates import parse_template
 from .methods import get_method
 from .models.load import load_model, save_model
 from .sft import sft_loss
-from .train import TrainConfig, config_dict, train
+from .train import TrainConfig, check_launch, config_dict, train
 from .unlearning import is_main, run_summary
 
 log = logging.getLogger("unlearnkit")
@@ -78,6 +78,7 @@ def finetune(data: str | os.PathLike, out: str | os.PathLike, *, model: str | No
         net = new_model(tok, size=size, seed=seed)
         defaults = SCRATCH
     else:
+        check_launch()
         net, tok = load_model(model)
         defaults = FINETUNE
     cfg = TrainConfig(**{"stream_batch": {"docs": DOCS_BATCH}, **defaults, **train_overrides, "seed": seed})

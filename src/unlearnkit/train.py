@@ -30,6 +30,21 @@ if "LOCAL_RANK" in os.environ and not torch.cuda.is_available():
     os.environ.setdefault("ACCELERATE_USE_CPU", "true")
 
 
+def check_launch() -> None:
+    """A one-line ValueError, before the model is loaded, for an FSDP or DeepSpeed launch on a machine
+    without GPUs. accelerate cannot shard on CPU: it sets each process up alone (each would train apart
+    and write the same output directory), and FSDP's memory-saving load fails first, with a
+    traceback. On CPU, DDP over gloo is what runs several processes (configs/accelerate/ddp_cpu.yaml)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or torch.cuda.is_available():
+        return
+    from accelerate.utils import parse_flag_from_env
+
+    for name, flag in (("FSDP", "ACCELERATE_USE_FSDP"), ("DeepSpeed", "ACCELERATE_USE_DEEPSPEED")):
+        if parse_flag_from_env(flag):
+            raise ValueError(f"launched with {name}, which needs GPUs, and this machine has none: use "
+                             f"configs/accelerate/ddp_cpu.yaml on CPU (DDP over gloo)")
+
+
 @dataclass
 class TrainConfig:
     lr: float = 1e-4
@@ -247,6 +262,7 @@ def train(model, loss_fn: Loss, streams: dict[str, list[Encoded]], cfg: TrainCon
     from accelerate import Accelerator
     from accelerate.utils import DistributedType, set_seed
 
+    check_launch()
     acc = accelerator or Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=cfg.mixed_precision)
     if cfg.sam and acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
         raise ValueError(f"--sam under {acc.distributed_type.value}: sharpness-aware steps move whole weights, which are "

@@ -22,7 +22,7 @@ from .data.io import WorldData, check_overlap, load_world, require_split
 from .data.templates import parse_template
 from .methods import Context, get_method
 from .models.load import apply_lora, load_model, save_model
-from .train import TrainConfig, config_dict, train
+from .train import TrainConfig, check_launch, config_dict, train
 
 log = logging.getLogger("unlearnkit")
 
@@ -167,6 +167,7 @@ def forget(model: str | os.PathLike, data: str | os.PathLike, method: str, out: 
     if calibrated and w is None:  # before the model is loaded: that can take minutes
         raise ValueError(f"the {benchmark} benchmark's forget set is documents, with no questions to calibrate on: "
                          f"give a budget (--steps or --epochs)")
+    check_launch()
     net, tok = load_model(model)
     set_seed(seed)  # before the adapter: its initial weights come from the run's seed (as train() seeds)
     if lora:
