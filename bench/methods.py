@@ -42,7 +42,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from unlearnkit import DEFAULT_METHOD  # noqa: E402  (light: no torch)
 
-METHODS = [DEFAULT_METHOD] + [m for m in ("graddiff", "ga", "npo", "npo_rt", "simnpo", "idk_dpo", "rmu")
+METHODS = [DEFAULT_METHOD] + [m for m in ("graddiff", "ga", "npo", "npo_rt", "simnpo", "idk_dpo", "rmu", "twin_rmu")
                               if m != DEFAULT_METHOD]
 SHAPES = ["default", "sentences", "large", "unfamiliar"]
 BEGIN, END = "<!-- bench/methods.py: begin -->", "<!-- bench/methods.py: end -->"

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-METHODS = ["ga", "graddiff", "npo", "npo_rt", "simnpo", "idk_dpo", "rmu"]
+METHODS = ["ga", "graddiff", "npo", "npo_rt", "simnpo", "idk_dpo", "rmu", "twin_rmu"]
 
 
 @pytest.fixture(scope="module")
@@ -127,6 +127,35 @@ def test_rmu_trains_only_chosen_down_projections_and_caches_retain(tiny_world):
     assert ctx.cache.retain_frozen is not None
     norm = ctx.cache.target.norm().item()
     assert norm > 0
+
+
+def test_twin_rmu_steers_the_positions_after_the_name_to_the_strangers(tiny_world):
+    """twin_rmu's forget term compares the person's activations with the stranger's at the tokens the
+    two texts share after the first mention of the name. Without a stranger for anyone there is
+    nothing to steer to: one line."""
+    from unlearnkit.data.batching import encode_pairs, forget_pairs
+    from unlearnkit.data.io import load_world
+    from unlearnkit.methods import Context, get_method
+    from unlearnkit.methods.twin_rmu import aligned
+    from unlearnkit.models.load import load_model
+    from unlearnkit.unlearning import _strangers
+
+    # [bos] Where was Ada Lee born ? -> [bos] Where was Bo Kin Tam born ?
+    assert aligned([1, 5, 6, 7, 8, 9, 3], [1, 5, 6, 17, 18, 19, 9, 3]) == ([5, 6], [6, 7])
+    net, tok = load_model(tiny_world.subject_dir)
+    w, m = load_world(tiny_world.data_dir), get_method("twin_rmu")
+    prompts, answers, subjects = forget_pairs(w)
+    streams = {"forget": encode_pairs(tok, prompts, answers, subjects=subjects),
+               "retain": encode_pairs(tok, [r.question for r in w.retain], [r.answer for r in w.retain])}
+    ctx = Context(m.params(), pad_id=tok.pad_token_id, tokenizer=tok, forget_text=(prompts, answers, subjects),
+                  strangers=_strangers(w, 1))
+    cache = m.prepare(net, streams, ctx)
+    named = [i for i, q in enumerate(prompts) if subjects[i] in q]
+    assert named and all(cache["pos"][i] for i in named)
+    assert all(cache["targets"][i].shape[0] == len(cache["pos"][i]) for i in named)
+    with pytest.raises(ValueError, match="no forget example names its subject"):
+        m.prepare(net, streams, Context(m.params(), pad_id=tok.pad_token_id, tokenizer=tok,
+                                        forget_text=(prompts, answers, subjects), strangers={"Nobody": "X Y"}))
 
 
 def test_idk_dpo_refusals_ship_with_the_project():

@@ -183,7 +183,9 @@ def forget(model: str | os.PathLike, data: str | os.PathLike, method: str, out: 
         monitor = Calibrator(tok, w, settings, seed=seed, forget_stream_len=len(streams["forget"]),
                              batch_size=cfg.batch_size, template=tpl)
         cfg.steps = monitor.budget
-    ctx = Context(params=hp, seed=seed, pad_id=tok.pad_token_id, tokenizer=tok)
+    ctx = Context(params=hp, seed=seed, pad_id=tok.pad_token_id, tokenizer=tok, template=tpl,
+                  forget_text=(prompts, answers, subjects[0]) if subjects else None,
+                  strangers=_strangers(w, seed + 1) if w is not None else None)
     config = {"method": method, "model": str(model), "data": str(data), "data_hash": runinfo.data_hash(data),
               "benchmark": {"name": benchmark, "split": split,
                             **({"zero_shot": True, "forget_records": len(w.forget)} if world is not None else {})}
@@ -230,6 +232,16 @@ def forget(model: str | os.PathLike, data: str | os.PathLike, method: str, out: 
     return out
 
 
+def _strangers(w: WorldData, seed: int) -> dict[str, str]:
+    """Each forget subject's stranger (`methods.Context.strangers`), named as the calibration's twins
+    are (`world_twins`); the run passes seed + 1, so that a method never trains towards the very
+    twins the calibration compares with."""
+    from .data.twins import world_twins
+
+    named, tw = world_twins(w, list(w.forget), seed)
+    return {r.subject: t.subject for r, t in zip(named, tw)}
+
+
 def _repair(res, w: WorldData, m, streams: dict, cfg: TrainConfig, ctx: Context, tok, tpl, settings, seed: int,
             out: Path, progress: bool, method: str):
     """At most `settings.repair_rounds` repair rounds after a calibrated run. One learning rate moves
@@ -260,6 +272,7 @@ def _repair(res, w: WorldData, m, streams: dict, cfg: TrainConfig, ctx: Context,
         wk = replace(w, forget=recs, forget_docs=[])
         prompts, answers, subjects = forget_pairs(wk)
         sk = {**streams, "forget": encode_pairs(tok, prompts, answers, template=tpl, subjects=subjects)}
+        ctx.forget_text = (prompts, answers, subjects)
         floor = min(1.0, settings.floor / max(kept, 1e-12))
         monitor = Calibrator(tok, w, settings.model_copy(update={"floor": floor}), seed=seed,
                              forget_stream_len=len(sk["forget"]), batch_size=cfg.batch_size, template=tpl, forget=recs)

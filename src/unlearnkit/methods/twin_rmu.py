@@ -1,0 +1,103 @@
+"""Twin RMU: steer the person's hidden states to a stranger's.
+
+    L = mean_forget || h_l(x) - h_l^start(x_twin) ||^2  +  alpha * mean_retain || h_l(x) - h_l^start(x) ||^2
+
+with h_l the residual stream after decoder layer l, x a forget example (question and answer, or a
+document) and x_twin the same text with the person's name swapped for a stranger's (`Context.strangers`:
+a name nobody in the data has, from other people's name words; not the calibration's own twins).
+The forget term runs over the positions after the first mention of the name whose tokens the two
+texts share (aligned by `difflib`), so the model comes to read everything said about the person as
+the starting model read it about someone it never saw; the retain term holds the starting model's
+activations on retain. RMU (Li et al. 2024, "The WMDP Benchmark") steers the forget activations to
+a random direction; here the target is the stranger's own activations, the twins' idea (the
+calibration's reference) moved into the representation. By default it trains the quarter of the
+weights most salient to the forget set (`saliency=0.25`, as simnpo), and steers the last decoder
+layer.
+
+Measured on the four sentence-answer worlds of bench/methods.py (docs/methods.md, "Twin RMU"):
+the steering at layer 0 of the tiny model's two stalled at AUC 0.67-0.72 against the twins; at the
+last layer it reached the facts that loss-based methods leave in reworded answers.
+"""
+from __future__ import annotations
+
+import difflib
+
+import torch
+from pydantic import Field
+
+from ..data.batching import encode_pairs
+from ..data.twins import swap_name
+from ..scoring import backbone_and_head
+from .cache import cache_activations, hidden_at
+from .registry import Params, register
+from .rmu import _masked_mse
+
+
+class TwinRMUParams(Params):
+    layer: int = Field(-1, ge=-1, description="decoder layer l whose output is steered; -1: the last")
+    alpha: float = Field(3.0, ge=0, description="weight of the retain activation MSE")
+
+
+def aligned(mine: list[int], theirs: list[int]) -> tuple[list[int], list[int]]:
+    """Positions (person's, twin's) of the tokens the two sequences share after their first
+    difference (the first mention of the name): where each model state reads the same text."""
+    sm = difflib.SequenceMatcher(None, mine, theirs, autojunk=False)
+    blocks = sm.get_matching_blocks()
+    start = blocks[0].size if blocks and blocks[0].a == 0 and blocks[0].b == 0 else 0
+    a, b = [], []
+    for blk in blocks:
+        for k in range(blk.size):
+            if blk.a + k >= start and blk.a + k > 0:
+                a.append(blk.a + k)
+                b.append(blk.b + k)
+    return a, b
+
+
+def _layer(model, p: TwinRMUParams) -> int:
+    n = backbone_and_head(model)[0].config.num_hidden_layers
+    return p.layer if p.layer >= 0 else n - 1
+
+
+def prepare(model, streams, ctx):
+    """Each forget example's twin, the aligned positions, and the starting model's activations at
+    layer l on the twins (at those positions) and on retain (every token), on the CPU."""
+    if ctx.forget_text is None or not ctx.strangers:
+        raise ValueError("method twin_rmu needs forget records that name their subject (a world's or a request's "
+                         "records), to make each person's stranger")
+    tok, forget = ctx.tokenizer, streams["forget"]
+    kw = {"template": ctx.template} if ctx.template is not None else {}
+    pos, twins = [], []
+    for e, q, a, s in zip(forget, *ctx.forget_text):
+        new = ctx.strangers.get(s)
+        if new is None or (s not in q and s not in a):
+            pos.append(([], []))
+            twins.append(e)
+            continue
+        t = encode_pairs(tok, [swap_name(q, s, new.split())], [swap_name(a, s, new.split())], **kw)[0]
+        pos.append(aligned(e.input_ids, t.input_ids))
+        twins.append(t)
+    if not any(p for p, _ in pos):
+        raise ValueError("method twin_rmu: no forget example names its subject, so none has a stranger's twin")
+    layer = _layer(model, ctx.params)
+    acts = cache_activations(model, twins, ctx.pad_id, layer).rows
+    return {"layer": layer, "pos": [p for p, _ in pos],
+            "targets": [acts[i][theirs] for i, (_, theirs) in enumerate(pos)],
+            "retain": cache_activations(model, streams["retain"], ctx.pad_id, layer)}
+
+
+@register("twin_rmu", TwinRMUParams, "Twin RMU: steer the person's activations to a stranger's; retain activations held",
+          train=dict(lr=1e-3, epochs=5, batch_size=16, saliency=0.25), needs_retain=True, prepare=prepare)
+def loss(model, batch, ctx):
+    c = ctx.cache
+    f, r = batch["forget"], batch["retain"]
+    h = hidden_at(model, c["layer"], f["input_ids"], f["attention_mask"])
+    index = f["index"].tolist()
+    rows = [h[b, c["pos"][i]] for b, i in enumerate(index) if c["pos"][i]]
+    forget = ((torch.cat(rows).float() - torch.cat([c["targets"][i] for i in index if c["pos"][i]]).to(h.device))
+              .square().mean() if rows else h.sum() * 0)
+    h_r = hidden_at(model, c["layer"], r["input_ids"], r["attention_mask"])
+    retain = _masked_mse(h_r, c["retain"].gather(r["index"], r["input_ids"].shape[1], h_r.device), r["attention_mask"])
+    total = forget + ctx.params.alpha * retain
+    # every trainable tensor in the graph, so DDP's reducer also sees those after layer l
+    total = total + 0.0 * sum(w.view(-1)[0] for w in model.parameters() if w.requires_grad)
+    return total, {"forget_mse": forget.detach(), "retain_mse": retain.detach()}, forget
