@@ -16,8 +16,9 @@ forget term alone, the part a sharpness-aware step (`--sam`, `train.TrainConfig.
 `batch["forget"]` (and `batch["retain"]` when `needs_retain`) hold `input_ids`, `attention_mask`,
 `labels` and `index`. `ctx` is a `Context`: the validated `params`, the run's `seed`, `pad_id`, the
 `tokenizer`, the forget stream as text with each person's stranger (`forget_text`, `strangers`,
-`template`: for a method that asks the model about someone else), and `cache`, whatever the method's `prepare(model, streams, ctx)` returned (reference
-log-probs, frozen activations), computed once before training so no second model stays in memory.
+`template`: for a method that asks the model about someone else), and `cache`, whatever the
+method's `prepare(model, streams, ctx)` returned (reference log-probs, frozen activations),
+computed once before training so no second model stays in memory.
 """
 from __future__ import annotations
 

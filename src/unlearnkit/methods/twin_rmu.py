@@ -14,9 +14,10 @@ calibration's reference) moved into the representation. By default it trains the
 weights most salient to the forget set (`saliency=0.25`, as simnpo), and steers the last decoder
 layer.
 
-Measured on the four sentence-answer worlds of bench/methods.py (docs/methods.md, "Twin RMU"):
-the steering at layer 0 of the tiny model's two stalled at AUC 0.67-0.72 against the twins; at the
-last layer it reached the facts that loss-based methods leave in reworded answers.
+Measured on the eight worlds of bench/methods.py (docs/methods.md, "Twin RMU"): forget quality at
+least 0.05 and the answer rate within 0.05 of the oracle's on all eight, where the default (simnpo)
+leaves the facts in reworded answers on four. Steering layer 0 of the tiny model's two instead
+stalled at AUC 0.67-0.72 against the twins (unfamiliar world, seed 0).
 """
 from __future__ import annotations
 
