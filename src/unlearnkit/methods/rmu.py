@@ -95,6 +95,12 @@ def _frozen_hidden(model, batch, c: RMUCache):
                 w.data = d
 
 
+def with_every_trainable(total: torch.Tensor, model) -> torch.Tensor:
+    """`total` plus zero times one entry of every trainable tensor, so that DDP's reducer also sees
+    the tensors after the steered layer (LoRA), which the loss itself never reaches."""
+    return total + 0.0 * sum(w.view(-1)[0] for w in model.parameters() if w.requires_grad)
+
+
 def _masked_mse(h, target, mask):
     return ((h.float() - target).square().mean(-1) * mask).sum() / mask.sum()
 
@@ -114,6 +120,5 @@ def loss(model, batch, ctx):
     h_r = hidden_at(model, layer, r["input_ids"], r["attention_mask"])
     retain = _masked_mse(h_r, _frozen_hidden(model, r, c), r["attention_mask"])
     total = forget + ctx.params.alpha * retain
-    # every trainable tensor in the graph, so DDP's reducer also sees those after layer l (LoRA)
-    total = total + 0.0 * sum(w.view(-1)[0] for w in model.parameters() if w.requires_grad)
+    total = with_every_trainable(total, model)
     return total, {"forget_mse": forget.detach(), "retain_mse": retain.detach()}, forget

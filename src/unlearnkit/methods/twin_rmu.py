@@ -31,7 +31,7 @@ from ..data.twins import swap_name
 from ..scoring import backbone_and_head
 from .cache import cache_activations, hidden_at
 from .registry import Params, register
-from .rmu import _masked_mse
+from .rmu import _masked_mse, with_every_trainable
 
 
 class TwinRMUParams(Params):
@@ -99,6 +99,5 @@ def loss(model, batch, ctx):
     h_r = hidden_at(model, c["layer"], r["input_ids"], r["attention_mask"])
     retain = _masked_mse(h_r, c["retain"].gather(r["index"], r["input_ids"].shape[1], h_r.device), r["attention_mask"])
     total = forget + ctx.params.alpha * retain
-    # every trainable tensor in the graph, so DDP's reducer also sees those after layer l
-    total = total + 0.0 * sum(w.view(-1)[0] for w in model.parameters() if w.requires_grad)
+    total = with_every_trainable(total, model)
     return total, {"forget_mse": forget.detach(), "retain_mse": retain.detach()}, forget

@@ -116,12 +116,17 @@ def locate(lm, name: str, aliases: list[str] | None = None, facts: list[dict] | 
                        "inventory": len(inventory)}}
 
 
+def item_id(request_id: str, i: int) -> str:
+    """The id of a request's i-th inventory item as a forget record; its twins name it in `twin_of`."""
+    return f"{request_id}-{i:02d}"
+
+
 def forget_records(request_id: str, name: str, inventory: list[dict]) -> list[QARecord]:
     """The inventory as forget-set QA records (every phrasing a training phrasing)."""
     out = []
     for i, it in enumerate(inventory):
         wrong = [w for w in it.get("stranger_answers") or [] if normalise(w) != normalise(it["answer"])] or ["unknown"]
-        out.append(QARecord(id=f"{request_id}-{i:02d}", subject=name, question=it["phrasings"][0],
+        out.append(QARecord(id=item_id(request_id, i), subject=name, question=it["phrasings"][0],
                             alt_questions=it["phrasings"][1:], answer=it["answer"], paraphrased_answer=it["answer"],
                             perturbed_answers=wrong, attribute=it["attribute"]))
     return out
@@ -139,8 +144,8 @@ def twin_records(request_id: str, name: str, inventory: list[dict], others: list
                 qs = [it["question"].replace(name, s)]
             else:
                 continue
-            out.append(QARecord(id=f"{request_id}-{i:02d}-twin{j}", subject=s, question=qs[0], alt_questions=qs[1:],
+            out.append(QARecord(id=f"{item_id(request_id, i)}-twin{j}", subject=s, question=qs[0], alt_questions=qs[1:],
                                 answer=it["answer"], paraphrased_answer=it["answer"],
                                 perturbed_answers=[w for w in it.get("stranger_answers") or []] or ["unknown"],
-                                attribute=it["attribute"], twin_of=f"{request_id}-{i:02d}"))
+                                attribute=it["attribute"], twin_of=item_id(request_id, i)))
     return out
