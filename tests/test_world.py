@@ -347,6 +347,9 @@ def test_shapes_registry():
     large = generate_world(seed=0, **shape_options("large"))
     people = {r.subject for r in _person_splits(large)}
     assert len(people) == 200 and len({r.subject for r in large["forget"]}) == 20
+    wide = generate_world(seed=0, **shape_options("wide"))  # membership inference on 1000 answers
+    assert len(wide["forget"]) == 1000 and len({r.subject for r in wide["forget"]}) == 100
+    assert "forget_docs" not in wide
     assert shape_options("sentences", docs=True, n_people=None) == {"answer_style": "sentence", "docs": True}
     with pytest.raises(ValueError, match="shape must be one of"):
         shape_options("huge")

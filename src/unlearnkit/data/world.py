@@ -477,12 +477,15 @@ SHAPE_DEFAULTS = {"answer_style": "short", "docs": True, "n_attributes": len(PER
 
 # Named world shapes for tests and benches: keyword arguments of build_world (explicit arguments
 # override them). "unfamiliar" is the world of issue 11: other names, 160 people with 16 to forget,
-# sentence answers, no biographies.
+# sentence answers, no biographies. "wide" has a forget set large enough for membership inference to
+# have power: 400 people, a quarter of them to forget (1000 forget answers), no biographies, so
+# PrivLeak is measured on the answers (docs/methods.md, "PrivLeak at a size where it has power").
 SHAPES: dict[str, dict] = {
     "default": {},
     "sentences": {"answer_style": "sentence", "docs": False},
     "large": {"n_people": 200, "forget_fraction": 0.10},
     "few_facts": {"n_attributes": 3},
+    "wide": {"n_people": 400, "forget_fraction": 0.25, "docs": False},
     "unfamiliar": {"n_people": 160, "forget_fraction": 0.10, "answer_style": "sentence", "docs": False,
                    "names": "alt"},
 }
