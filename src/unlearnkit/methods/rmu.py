@@ -101,7 +101,8 @@ def with_every_trainable(total: torch.Tensor, model) -> torch.Tensor:
     return total + 0.0 * sum(w.view(-1)[0] for w in model.parameters() if w.requires_grad)
 
 
-def _masked_mse(h, target, mask):
+def masked_mse(h, target, mask):
+    """Mean squared error over the hidden size, averaged over the positions `mask` keeps (shared with twin_rmu)."""
     return ((h.float() - target).square().mean(-1) * mask).sum() / mask.sum()
 
 
@@ -116,9 +117,9 @@ def loss(model, batch, ctx):
         mask[:, :-1] = f["labels"][:, 1:] != -100
     else:
         mask = f["attention_mask"]
-    forget = _masked_mse(h_f, c.target.to(h_f.device), mask)
+    forget = masked_mse(h_f, c.target.to(h_f.device), mask)
     h_r = hidden_at(model, layer, r["input_ids"], r["attention_mask"])
-    retain = _masked_mse(h_r, _frozen_hidden(model, r, c), r["attention_mask"])
+    retain = masked_mse(h_r, _frozen_hidden(model, r, c), r["attention_mask"])
     total = forget + ctx.params.alpha * retain
     total = with_every_trainable(total, model)
     return total, {"forget_mse": forget.detach(), "retain_mse": retain.detach()}, forget

@@ -31,7 +31,7 @@ from ..data.twins import swap_name
 from ..scoring import backbone_and_head
 from .cache import cache_activations, hidden_at
 from .registry import Params, register
-from .rmu import _masked_mse, with_every_trainable
+from .rmu import masked_mse, with_every_trainable
 
 
 class TwinRMUParams(Params):
@@ -97,7 +97,7 @@ def loss(model, batch, ctx):
     forget = ((torch.cat(rows).float() - torch.cat([c["targets"][i] for i in index if c["pos"][i]]).to(h.device))
               .square().mean() if rows else h.sum() * 0)
     h_r = hidden_at(model, c["layer"], r["input_ids"], r["attention_mask"])
-    retain = _masked_mse(h_r, c["retain"].gather(r["index"], r["input_ids"].shape[1], h_r.device), r["attention_mask"])
+    retain = masked_mse(h_r, c["retain"].gather(r["index"], r["input_ids"].shape[1], h_r.device), r["attention_mask"])
     total = forget + ctx.params.alpha * retain
     total = with_every_trainable(total, model)
     return total, {"forget_mse": forget.detach(), "retain_mse": retain.detach()}, forget
