@@ -10,7 +10,10 @@ the calibrator's own statistic (mean answer-token log-prob, the subject's name l
   sit from "never seen" as exact unlearning defines it (0 if the twins were unbiased);
 - `holdout - twins` under the subject and the oracle: people neither model saw, against their own
   twins: the same bias, measured without the oracle;
-- `subject: forget - twins`: where a calibrated run starts.
+- `subject: forget - twins`: where a calibrated run starts;
+- the oracle's AUC (the calibrator's test: forget records as members) against the twins and against
+  the holdout people: where exact unlearning stands against each reference (`--calibration
+  reference=twins|holdout`); 0.5 would be a reference at the oracle's level.
 Models come from `--cache` (bench/methods.py builds them; missing ones are trained here).
 """
 from __future__ import annotations
@@ -27,7 +30,7 @@ methods = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(methods)
 
 
-def mean_scores(net, tok, records) -> float:
+def scores(net, tok, records):
     import numpy as np
     import torch
 
@@ -39,12 +42,13 @@ def mean_scores(net, tok, records) -> float:
     with torch.no_grad():
         for idx in length_batches([len(e.input_ids) for e in enc], 8192, 128):
             out[idx] = _answer_scores(net, collate([enc[i] for i in idx], tok.pad_token_id)).float().numpy()
-    return float(out.mean())
+    return out
 
 
 def main():
     import torch
 
+    from unlearnkit.calibrate import auc
     from unlearnkit.data.io import load_world
     from unlearnkit.data.twins import forget_twins, world_twins
     from unlearnkit.models.load import load_model
@@ -56,20 +60,27 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(max(1, (os.cpu_count() or 2)))
     print("| world | seed | oracle: forget − twins | holdout − twins (subject) | holdout − twins (oracle) "
-          "| subject: forget − twins |\n|---|---:|---:|---:|---:|---:|")
+          "| subject: forget − twins | oracle AUC vs twins | oracle AUC vs holdout |\n"
+          "|---|---:|---:|---:|---:|---:|---:|---:|")
     for shape in args.shapes.split(","):
         for seed in (int(s) for s in args.seeds.split(",")):
             data, models = methods.build(args.cache, shape, seed)
             w = load_world(data)
             (fn, ft), (hn, ht) = forget_twins(w), world_twins(w, w.holdout)
-            gaps = {}
+            gaps, aucs = {}, {}
             for name in ("subject", "oracle"):
                 net, tok = load_model(models[name])
-                gaps[name] = {k: mean_scores(net, tok, a) - mean_scores(net, tok, b)
-                              for k, (a, b) in {"forget": (fn, ft), "holdout": (hn, ht)}.items() if a}
+                s = {k: scores(net, tok, r) for k, r in
+                     {"fn": fn, "ft": ft, "hn": hn, "ht": ht, "forget": w.forget, "holdout": w.holdout}.items() if r}
+                gaps[name] = {k: float(s[a].mean() - s[b].mean())
+                              for k, (a, b) in {"forget": ("fn", "ft"), "holdout": ("hn", "ht")}.items() if a in s}
+                aucs[name] = {"twins": auc(s["fn"], s["ft"]),
+                              "holdout": auc(s["forget"], s["holdout"]) if "holdout" in s else None}
             h = lambda m: f"{gaps[m]['holdout']:+.2f}" if "holdout" in gaps[m] else "–"  # noqa: E731
             print(f"| {shape} | {seed} | {gaps['oracle']['forget']:+.2f} | {h('subject')} | {h('oracle')} | "
-                  f"{gaps['subject']['forget']:+.2f} |", flush=True)
+                  f"{gaps['subject']['forget']:+.2f} | {aucs['oracle']['twins']:.3f} | "
+                  + (f"{aucs['oracle']['holdout']:.3f} |" if aucs["oracle"]["holdout"] is not None else "– |"),
+                  flush=True)
 
 
 if __name__ == "__main__":
