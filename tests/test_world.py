@@ -432,3 +432,16 @@ def test_sentence_world_without_docs_trains_and_evaluates(tmp_path):
     assert "no forget documents: VerbMem skipped" in res["notes"]
     for key in ("forget_quality", "model_utility", "privleak"):
         assert math.isfinite(res[key]), (key, res[key])
+
+
+def test_world_help_names_every_shape():
+    """`unlearn world --shape`'s help lists the shapes by hand (the CLI does not import the data
+    layer at start-up): it must name each of SHAPES."""
+    import typer
+
+    from unlearnkit.cli import app
+
+    cmd = typer.main.get_command(app).commands["world"]
+    help_text = next(p.help for p in cmd.params if p.name == "shape")
+    listed = help_text.split(":", 1)[1].split(";", 1)[0]
+    assert {s.strip() for s in listed.split("|")} == set(SHAPES)
