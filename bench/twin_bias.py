@@ -67,19 +67,21 @@ def main():
             data, models = methods.build(args.cache, shape, seed)
             w = load_world(data)
             (fn, ft), (hn, ht) = forget_twins(w), world_twins(w, w.holdout)
-            gaps, aucs = {}, {}
+            gaps = {}
             for name in ("subject", "oracle"):
                 net, tok = load_model(models[name])
-                s = {k: scores(net, tok, r) for k, r in
-                     {"fn": fn, "ft": ft, "hn": hn, "ht": ht, "forget": w.forget, "holdout": w.holdout}.items() if r}
+                # the whole forget and holdout splits: the oracle's AUC against `reference=holdout`
+                extra = {"forget": w.forget, "holdout": w.holdout} if name == "oracle" else {}
+                s = {k: scores(net, tok, r) for k, r in {"fn": fn, "ft": ft, "hn": hn, "ht": ht, **extra}.items() if r}
                 gaps[name] = {k: float(s[a].mean() - s[b].mean())
                               for k, (a, b) in {"forget": ("fn", "ft"), "holdout": ("hn", "ht")}.items() if a in s}
-                aucs[name] = {"twins": auc(s["fn"], s["ft"]),
-                              "holdout": auc(s["forget"], s["holdout"]) if "holdout" in s else None}
+                if name == "oracle":
+                    aucs = {"twins": auc(s["fn"], s["ft"]),
+                            "holdout": auc(s["forget"], s["holdout"]) if "holdout" in s else None}
             h = lambda m: f"{gaps[m]['holdout']:+.2f}" if "holdout" in gaps[m] else "–"  # noqa: E731
             print(f"| {shape} | {seed} | {gaps['oracle']['forget']:+.2f} | {h('subject')} | {h('oracle')} | "
-                  f"{gaps['subject']['forget']:+.2f} | {aucs['oracle']['twins']:.3f} | "
-                  + (f"{aucs['oracle']['holdout']:.3f} |" if aucs["oracle"]["holdout"] is not None else "– |"),
+                  f"{gaps['subject']['forget']:+.2f} | {aucs['twins']:.3f} | "
+                  + (f"{aucs['holdout']:.3f} |" if aucs["holdout"] is not None else "– |"),
                   flush=True)
 
 
