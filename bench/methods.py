@@ -37,13 +37,15 @@ import re
 import time
 from pathlib import Path
 
+import yaml
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from unlearnkit import DEFAULT_METHOD  # noqa: E402  (light: no torch)
-
-METHODS = [DEFAULT_METHOD] + [m for m in ("graddiff", "ga", "npo", "npo_rt", "simnpo", "idk_dpo", "rmu", "twin_rmu")
-                              if m != DEFAULT_METHOD]
+# "default": a run with no method named, as `unlearn forget` without --method does (the method and
+# its reference chosen by `unlearning.default_plan`); its row is named "default (METHOD, REFERENCE)".
+DEFAULT = "default"
+METHODS = [DEFAULT, "graddiff", "ga", "npo", "npo_rt", "simnpo", "idk_dpo", "rmu", "twin_rmu"]
 SHAPES = ["default", "sentences", "large", "unfamiliar"]
 BEGIN, END = "<!-- bench/methods.py: begin -->", "<!-- bench/methods.py: end -->"
 SUITES = ("tofu", "muse", "mia")
@@ -114,10 +116,13 @@ def run_world(cache: Path, shape: str, seed: int, methods: list[str], fixed: boo
                      "verdict": res["verdict"]["overall"]["status"]})
     for name in methods:
         t0 = time.perf_counter()
-        run = api.forget(models["subject"], data, name, root / "runs" / name, seed=seed, progress=False,
-                         params=(params or {}).get(name), calibration=calibration, **(train or {}))
+        run = api.forget(models["subject"], data, None if name == DEFAULT else name, root / "runs" / name, seed=seed,
+                         progress=False, params=(params or {}).get(name), calibration=calibration, **(train or {}))
         wall = time.perf_counter() - t0
         stop = json.loads((run / "train.json").read_text())
+        if name == DEFAULT:
+            config = yaml.safe_load((run / "config.yaml").read_text())
+            name = f"{DEFAULT} ({config['method']}, {config['calibration']['reference']})"
         res = api.evaluate(run / "model", data, oracle=oracle, subject=subject, suites=SUITES)
         row = {"shape": shape, "seed": seed, "model": name, **_metrics(res, oracle, subject), "wall_s": wall,
                "stop": stop["stop"]["reason"], "kept_step": stop["stop"].get("kept_step"),
@@ -134,13 +139,14 @@ def run_world(cache: Path, shape: str, seed: int, methods: list[str], fixed: boo
                "verdict": res["verdict"]["overall"]["status"]}
         rows.append(row)
         if fixed:  # what the cost ratio compares with, judged by the same targets
-            budget = fixed_budget(get_method(name))
+            method = config["method"] if name.startswith(DEFAULT) else name
+            budget = fixed_budget(get_method(method))
             t0 = time.perf_counter()
-            run = api.forget(models["subject"], data, name, root / "fixed" / name, seed=seed, progress=False,
-                             params=(params or {}).get(name), **budget)
+            run = api.forget(models["subject"], data, method, root / "fixed" / method, seed=seed, progress=False,
+                             params=(params or {}).get(method), **budget)
             row["fixed_wall_s"] = time.perf_counter() - t0
             res = api.evaluate(run / "model", data, oracle=oracle, subject=subject, suites=SUITES)
-            rows.append({"shape": shape, "seed": seed, "model": fixed_name(name), **_metrics(res, oracle, subject),
+            rows.append({"shape": shape, "seed": seed, "model": fixed_name(method), **_metrics(res, oracle, subject),
                          "wall_s": row["fixed_wall_s"], "stop": "budget", "budget": budget,
                          "verdict": res["verdict"]["overall"]["status"]})
     return rows
@@ -203,7 +209,7 @@ def twins_agreement(rows: list[dict]) -> tuple[int, int] | None:
     return sum((r["forget_quality"] >= t) == (r["forget_quality_twins"] >= t) for r in both), len(both)
 
 
-def table(rows: list[dict], default: str) -> str:
+def table(rows: list[dict], default: str = DEFAULT) -> str:
     spreads = {w: retraining_spread(_retrained(rows, w)) for w in {(r["shape"], r["seed"]) for r in rows}}
     lines = ["| world | seed | model | stop | forget quality | against twins | answer rate (oracle) | PrivLeak "
              "| utility vs subject | targets met | within retraining | verdict | wall s (fixed budget) |",
@@ -212,7 +218,7 @@ def table(rows: list[dict], default: str) -> str:
         judged = r["model"] not in ("subject", "oracle")
         ok = ("yes" if meets(r) else "no") if judged else ""
         near = ("yes" if within_retraining(r, rows) else "no") if judged else ""
-        if judged and r["model"] == default:
+        if judged and (r["model"] == default or r["model"].startswith(default + " (")):
             ok, near = f"**{ok}**", f"**{near}**"
         lines.append(f"| {r['shape']} | {r['seed']} | {r['model']} | {r.get('stop', '')} | "
                      f"{_fmt(r['forget_quality'], '.2g')} | {_fmt(r.get('forget_quality_twins'), '.2g')} | "
@@ -289,7 +295,7 @@ def main():
         rows += run_world(args.cache, shape, seed, methods, not args.no_fixed, params, calibration, train,
                           args.retrained)
         (args.cache / "methods.json").write_text(json.dumps(rows, indent=1))
-    out = table(rows, DEFAULT_METHOD)
+    out = table(rows)
     extra = "".join(f" --{k} {v}" for k in ("param", "calibration", "train") for v in getattr(args, k))
     extra += f" --retrained {args.retrained}" if args.retrained != 3 else ""
     cmd = f"`python bench/methods.py --shapes {args.shapes} --seeds {args.seeds} --methods {args.methods}{extra}`"

@@ -220,3 +220,46 @@ def test_a_repair_round_unlearns_what_the_run_left_reproduced(tiny_world, tmp_pa
     assert said in api.run_summary(tmp_path / "r0")
     w1, w0 = (load_model(p)[0].state_dict() for p in (run / "model", tmp_path / "r0" / "model"))
     assert any(not torch.equal(w1[k], w0[k]) for k in w1)
+
+
+def test_default_plan_chooses_by_the_data(tiny_world):
+    """With no method named, a calibrated run on data with a holdout split gets Twin RMU against the
+    holdout people; without one (or told reference=twins, or with a fixed budget), SimNPO. A named
+    method keeps what it was given."""
+    import dataclasses
+
+    from unlearnkit.data.io import load_world
+    from unlearnkit.unlearning import default_plan
+
+    w = load_world(tiny_world.data_dir)
+    assert w.holdout
+    assert default_plan(None, None, w) == ("twin_rmu", {"reference": "holdout"})
+    assert default_plan(None, {"floor": 0.9}, w) == ("twin_rmu", {"floor": 0.9, "reference": "holdout"})
+    assert default_plan(None, {"reference": "twins"}, w) == ("simnpo", {"reference": "twins"})
+    assert default_plan(None, None, w, calibrated=False) == ("simnpo", None)
+    assert default_plan("simnpo", None, w) == ("simnpo", None)
+    assert default_plan("npo", {"reference": "holdout"}, w) == ("npo", {"reference": "holdout"})
+    assert default_plan(None, None, dataclasses.replace(w, holdout=[])) == ("simnpo", None)
+
+
+def test_forget_without_a_method_runs_the_default_and_says_which(tiny_world, tmp_path):
+    """`unlearn forget` with no --method: the run's config names the method chosen and its reference,
+    and the printed summary says both."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from unlearnkit.cli import app
+
+    out = tmp_path / "run"
+    res = CliRunner().invoke(app, ["forget", "--model", str(tiny_world.subject_dir), "--data", str(tiny_world.data_dir),
+                                   "--out", str(out), "--calibration", "max_epochs=1", "--calibration", "repair_rounds=0"])
+    assert res.exit_code == 0, res.output
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["method"] == "twin_rmu" and config["calibration"]["reference"] == "holdout"
+    assert "twin_rmu, stopped:" in res.output and "vs the holdout" in res.output
+    # a fixed budget, no method: SimNPO, and no calibration
+    res = CliRunner().invoke(app, ["forget", "--model", str(tiny_world.subject_dir), "--data", str(tiny_world.data_dir),
+                                   "--out", str(tmp_path / "fixed"), "--steps", "1"])
+    assert res.exit_code == 0, res.output
+    config = yaml.safe_load((tmp_path / "fixed" / "config.yaml").read_text())
+    assert config["method"] == "simnpo" and config["calibration"] is None and "simnpo, fixed budget: 1 steps" in res.output

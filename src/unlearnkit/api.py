@@ -119,7 +119,7 @@ def _located(model, target: str, template, seed: int):
     return WorldData(forget=forget_records("zero-shot", target, inv["items"]))
 
 
-def forget(model: str | os.PathLike, data: str | os.PathLike, method: str, out: str | os.PathLike, *,
+def forget(model: str | os.PathLike, data: str | os.PathLike, method: str | None, out: str | os.PathLike, *,
            zero_shot: bool = False, **kwargs) -> Path:
     """`unlearning.forget` (see there): unlearn `data`'s forget set from a copy of `model` into `out`.
     `zero_shot` (RWKU, `split` = one target's name): no forget corpus; the forget set is what the
@@ -349,7 +349,7 @@ def compare(inputs, html: str | os.PathLike) -> Path:
     return report(inputs, html, compare=True)
 
 
-def demo(out: str | os.PathLike = "runs/demo", *, seed: int = 0, method: str = DEFAULT_METHOD, n_people: int = 60,
+def demo(out: str | os.PathLike = "runs/demo", *, seed: int = 0, method: str | None = None, n_people: int = 60,
          forget_fraction: float = 0.10, attacks: tuple[str, ...] = DEMO_ATTACKS, guard: str | None = DEMO_GUARD,
          progress: bool = True, console=None, requests: bool = False) -> dict:
     """The whole job on the embedded default: world → subject + oracle → unlearn → guard → evaluate →
@@ -369,14 +369,15 @@ def demo(out: str | os.PathLike = "runs/demo", *, seed: int = 0, method: str = D
     say = console.print if console is not None else (lambda *a, **k: None)
     for kind in attacks:  # fail on an unknown attack or method before any training
         check_attack(kind)
-    get_method(method)
+    if method is not None:
+        get_method(method)
     if guard is not None and guard not in ACTIONS:
         raise ValueError(f"guard action {guard!r}: choose one of {', '.join(ACTIONS)}")
     out = Path(out)
     timer = runinfo.Timer()
     data, models = embedded(out, seed=seed, n_people=n_people, forget_fraction=forget_fraction, progress=progress,
                             say=say, timer=timer)
-    say(f"[bold]3/6[/] unlearning the forget set with {method}")
+    say(f"[bold]3/6[/] unlearning the forget set with {method or 'the default method'}")
     with timer("forget"):
         run = forget(models["subject"], data, method, out / "unlearned", seed=seed, progress=progress)
     say(f"      {run_summary(run)}")

@@ -219,7 +219,7 @@ class StopInfo:
                "stalled": "progress towards the target stopped short of it",
                "budget": "the step budget ran out before the target"}[self.reason]
         return (f"stopped: {self.reason} ({why}) at step {self.stopped_at}; kept step {self.kept_step}: "
-                f"AUC {k['auc']:.3f} vs reference (target 0.5 ± {k['tolerance']:.3f}, {k['state']}), "
+                f"AUC {k['auc']:.3f} vs the {self.reference} (target 0.5 ± {k['tolerance']:.3f}, {k['state']}), "
                 + (f"documents' AUC {k['docs_auc']:.3f} vs holdout documents (± {k['docs_tolerance']:.3f}), "
                    if k.get("docs_auc") is not None else "")
                 + f"utility {k['utility']:.3f}x the start"

@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from . import DEFAULT_METHOD
+from . import DEFAULT_METHOD, HOLDOUT_METHOD
 from .shell import assignments, friendly
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -29,6 +29,8 @@ BENCHMARK_HELP = ("Read --data as a local copy of a published benchmark: tofu | 
 TEMPLATE_HELP = ("Prompt format: raw (the question as is), chat (the tokenizer's chat template), or a format "
                  "string with {question}, e.g. TOFU's Llama-2 chat format (docs/benchmarks.md).")
 SYSTEM_HELP = "System prompt, with --template chat."
+DEFAULT_HELP = (f"{HOLDOUT_METHOD} calibrated against the holdout split where the data has one, else {DEFAULT_METHOD} "
+                f"(docs/methods.md, The default)")
 SPLIT_HELP = ("With --benchmark: tofu forget01|forget05|forget10; muse raw/forget|scal/forget_N|sust/forget_N; "
               "wmdp bio|cyber; rwku a target's name or all.")
 
@@ -50,7 +52,7 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log more.
 @friendly
 def demo(out: Path = typer.Option(Path("runs/demo"), help="Run directory (world, models, metrics.json, report.md, report.html)."),
          seed: int = typer.Option(0, help="Seed for the world, the models and unlearning."),
-         method: str = typer.Option(DEFAULT_METHOD, help="Unlearning method (see `unlearn methods`)."),
+         method: Optional[str] = typer.Option(None, help=f"Unlearning method (see `unlearn methods`); default: {DEFAULT_HELP}."),
          people: int = typer.Option(60, help="Number of fictitious people in the world."),
          forget_fraction: float = typer.Option(0.10, help="Fraction of the people in the forget split."),
          attacks: str = typer.Option("relearn,quantize,probes,incontext",
@@ -102,7 +104,7 @@ def demo(out: Path = typer.Option(Path("runs/demo"), help="Run directory (world,
 @friendly
 def world(out: Path = typer.Option(..., help="Directory to write the JSONL splits into."),
           seed: int = typer.Option(0, help="Seed: the same seed gives byte-identical files."),
-          shape: Optional[str] = typer.Option(None, help="Named set of the options below: default | sentences | large | few_facts | unfamiliar | wide; explicit options override it."),
+          shape: Optional[str] = typer.Option(None, help="Named set of the options below: default | sentences | large | few_facts | unfamiliar | wide | wide_sentences; explicit options override it."),
           people: Optional[int] = typer.Option(None, help="Number of fictitious people (default: 60)."),
           forget_fraction: Optional[float] = typer.Option(None, help="Fraction of people in the forget split, e.g. 0.01, 0.05, 0.10 (default: 0.10)."),
           answer_style: Optional[str] = typer.Option(None, help="short: the answer is the value; sentence: a full sentence naming the person (default: short)."),
@@ -140,7 +142,7 @@ def finetune(data: Path = typer.Option(..., help="World directory (JSONL splits)
 @friendly
 def forget(model: str = typer.Option(..., help="Checkpoint dir or hub id of the model to unlearn (never modified)."),
            data: Path = typer.Option(..., help="World directory with forget.jsonl (and retain.jsonl)."),
-           method: str = typer.Option(DEFAULT_METHOD, help="Method name; `unlearn methods` lists them."),
+           method: Optional[str] = typer.Option(None, help=f"Method name; `unlearn methods` lists them. Default: {DEFAULT_HELP}."),
            out: Path = typer.Option(..., help="Run directory: config.yaml, log.jsonl, model/ ..."),
            seed: int = typer.Option(0),
            lora: bool = typer.Option(False, "--lora", help="Train a LoRA adapter instead of all weights."),

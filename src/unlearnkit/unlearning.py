@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 from accelerate.utils import set_seed
 
-from . import runinfo
+from . import DEFAULT_METHOD, HOLDOUT_METHOD, runinfo
 from .data.batching import encode_pairs, forget_pairs, qa_pairs
 from .data.io import WorldData, check_overlap, load_world, require_split
 from .data.templates import parse_template
@@ -65,22 +65,47 @@ def _check_resume(out: Path, config: dict) -> None:
                          f"or write to a new --out")
 
 
-def _training_data(data, benchmark: str | None, split: str | None, method: str, needs_retain: bool):
-    """(world, forget pairs, retain pairs or None) from a world directory or a benchmark."""
+def _load_data(data, benchmark: str | None, split: str | None):
+    """(world or None, benchmark or None) from a world directory or a benchmark's local copy."""
     if benchmark is None:
         w = load_world(data)
         if n := check_overlap(w):
             log.warning("%d forget records also appear in the retain set", n)
-        if needs_retain:
-            require_split(w, "retain", why=f"method {method} needs a retain set")
-        return w, forget_pairs(w), qa_pairs(w.retain) if needs_retain else None
+        return w, None
     from .benchmarks import load_benchmark
 
     bench = load_benchmark(benchmark, data, split)
+    return bench.world, bench
+
+
+def _training_data(w: WorldData | None, bench, method: str, needs_retain: bool):
+    """(forget pairs, retain pairs or None) of `_load_data`'s world or benchmark."""
+    if bench is None:
+        if needs_retain:
+            require_split(w, "retain", why=f"method {method} needs a retain set")
+        return forget_pairs(w), qa_pairs(w.retain) if needs_retain else None
     if needs_retain and bench.retain is None:
-        raise ValueError(f"method {method} needs a retain set, and the {benchmark} benchmark has none: "
+        raise ValueError(f"method {method} needs a retain set, and the {bench.name} benchmark has none: "
                          f"choose a method without one (ga, npo)")
-    return bench.world, bench.forget(), bench.retain() if needs_retain else None
+    return bench.forget(), bench.retain() if needs_retain else None
+
+
+def default_plan(method: str | None, calibration: dict | None, world: WorldData | None,
+                 calibrated: bool = True) -> tuple[str, dict | None]:
+    """(method, calibration items) of a run: the one place where a run's default method is chosen.
+
+    A named method is kept, with its calibration as given (the twins unless `reference` says
+    otherwise). With none named, a calibrated run on data with a holdout split (and no `reference`
+    given) is calibrated against the holdout people, with Twin RMU: of the methods measured, the one
+    that lands on the holdout's level where membership inference has the power to tell (docs/methods.md,
+    "The default"); SimNPO does worse against the holdout than against twins. Otherwise (no holdout
+    split, as in a deletion request; `reference=twins`; a fixed budget) the method is SimNPO."""
+    if method is not None:
+        return method, calibration
+    ref = (calibration or {}).get("reference")
+    if ref is None and calibrated and world is not None and world.holdout:
+        ref, calibration = "holdout", {**(calibration or {}), "reference": "holdout"}
+    return (HOLDOUT_METHOD if ref == "holdout" else DEFAULT_METHOD), calibration
 
 
 def keep_salient(model, examples, pad_id: int, fraction: float) -> float:
@@ -113,12 +138,13 @@ def keep_salient(model, examples, pad_id: int, fraction: float) -> float:
     return kept / flat.numel()
 
 
-def forget(model: str | os.PathLike, data: str | os.PathLike, method: str, out: str | os.PathLike, *, seed: int = 0,
+def forget(model: str | os.PathLike, data: str | os.PathLike, method: str | None, out: str | os.PathLike, *, seed: int = 0,
            lora: bool = False, merge: bool = False, resume: bool = False, params: dict | None = None,
            calibration: dict | None = None, progress: bool = True, save_every: int = 0, benchmark: str | None = None,
            split: str | None = None, template: str | None = None, system: str | None = None,
            world: WorldData | None = None, **train_overrides) -> Path:
     """Unlearn `data`'s forget set from a copy of `model` with `method`; write the run directory.
+    `method` None: the default for the data (`default_plan`).
 
     `data` is a world directory, or with `benchmark` (tofu | muse | wmdp | rwku) a local copy of that
     benchmark, whose `split` names the forget set (docs/benchmarks.md). `world`: the forget set as
@@ -141,18 +167,22 @@ def forget(model: str | os.PathLike, data: str | os.PathLike, method: str, out: 
     """
     from .calibrate import Calibrator, settings_from
 
-    m = get_method(method)
+    if method is not None:
+        get_method(method)  # an unknown method fails before the data is read
     out = Path(out)
     _check_out(model, out)
     if train_overrides.get("saliency") and lora:
         raise ValueError(f"--saliency {train_overrides['saliency']!r} goes with full fine-tuning: LoRA trains its own "
                          f"small matrices; drop one of them")
-    hp = m.params(params)
     tpl = parse_template(template, system)
     calibrated = not any(k in train_overrides for k in BUDGET_KEYS)
-    settings = settings_from(calibration) if calibrated else None
     if calibration and not calibrated:
         raise ValueError("--calibration goes with a calibrated run: drop --steps/--epochs, or drop --calibration")
+    w, bench = (world, None) if world is not None else _load_data(data, benchmark, split)
+    method, calibration = default_plan(method, calibration, w, calibrated)
+    m = get_method(method)
+    hp = m.params(params)
+    settings = settings_from(calibration) if calibrated else None
     if "epochs" in train_overrides and "steps" not in train_overrides:
         train_overrides["steps"] = None  # an explicit epoch budget replaces a method's default step budget
     cfg = TrainConfig(**{**m.train_defaults, **train_overrides, "seed": seed, "save_every": save_every,
@@ -161,9 +191,9 @@ def forget(model: str | os.PathLike, data: str | os.PathLike, method: str, out: 
         if m.needs_retain:
             raise ValueError(f"method {method} needs a retain set, and RWKU's zero-shot setting has none: "
                              f"choose a method without one (ga, npo)")
-        w, f_pairs, r_pairs = world, forget_pairs(world), None
+        f_pairs, r_pairs = forget_pairs(world), None
     else:
-        w, f_pairs, r_pairs = _training_data(data, benchmark, split, method, m.needs_retain)
+        f_pairs, r_pairs = _training_data(w, bench, method, m.needs_retain)
     if calibrated and w is None:  # before the model is loaded: that can take minutes
         raise ValueError(f"the {benchmark} benchmark's forget set is documents, with no questions to calibrate on: "
                          f"give a budget (--steps or --epochs)")
@@ -228,7 +258,7 @@ def forget(model: str | os.PathLike, data: str | os.PathLike, method: str, out: 
                                                       "seconds": first.seconds, "tokens": first.tokens},
             "stop": {k: v for k, v in stop.items() if k != "history"} if stop else {"reason": "budget"},
             **({"saliency": {"fraction": cfg.saliency, "weights_trained": kept}} if cfg.saliency else {}),
-            "summary": res.stop.summary() if res.stop else f"fixed budget: {res.last_step} steps"})
+            "summary": f"{method}, " + (res.stop.summary() if res.stop else f"fixed budget: {res.last_step} steps")})
     return out
 
 

@@ -480,6 +480,8 @@ SHAPE_DEFAULTS = {"answer_style": "short", "docs": True, "n_attributes": len(PER
 # sentence answers, no biographies. "wide" has a forget set large enough for membership inference to
 # have power: 400 people, a quarter of them to forget (1000 forget answers), no biographies, so
 # PrivLeak is measured on the answers (docs/methods.md, "PrivLeak at a size where it has power").
+# "wide_sentences" is "unfamiliar" at that size: the same 1000 forget answers, as full sentences
+# naming the person, with the other names.
 SHAPES: dict[str, dict] = {
     "default": {},
     "sentences": {"answer_style": "sentence", "docs": False},
@@ -488,6 +490,8 @@ SHAPES: dict[str, dict] = {
     "wide": {"n_people": 400, "forget_fraction": 0.25, "docs": False},
     "unfamiliar": {"n_people": 160, "forget_fraction": 0.10, "answer_style": "sentence", "docs": False,
                    "names": "alt"},
+    "wide_sentences": {"n_people": 400, "forget_fraction": 0.25, "answer_style": "sentence", "docs": False,
+                       "names": "alt"},
 }
 
 
