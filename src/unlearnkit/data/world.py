@@ -481,7 +481,8 @@ SHAPE_DEFAULTS = {"answer_style": "short", "docs": True, "n_attributes": len(PER
 # have power: 400 people, a quarter of them to forget (1000 forget answers), no biographies, so
 # PrivLeak is measured on the answers (docs/methods.md, "PrivLeak at a size where it has power").
 # "wide_sentences" is "unfamiliar" at that size: the same 1000 forget answers, as full sentences
-# naming the person, with the other names.
+# naming the person, with the other names. "wide_few_facts" spreads 1000 forget answers over twice
+# the people, five facts each.
 SHAPES: dict[str, dict] = {
     "default": {},
     "sentences": {"answer_style": "sentence", "docs": False},
@@ -492,6 +493,7 @@ SHAPES: dict[str, dict] = {
                    "names": "alt"},
     "wide_sentences": {"n_people": 400, "forget_fraction": 0.25, "answer_style": "sentence", "docs": False,
                        "names": "alt"},
+    "wide_few_facts": {"n_people": 800, "forget_fraction": 0.25, "n_attributes": 5, "docs": False},
 }
 
 
