@@ -120,9 +120,10 @@ def run_world(cache: Path, shape: str, seed: int, methods: list[str], fixed: boo
                          progress=False, params=(params or {}).get(name), calibration=calibration, **(train or {}))
         wall = time.perf_counter() - t0
         stop = json.loads((run / "train.json").read_text())
+        config = yaml.safe_load((run / "config.yaml").read_text())  # the method run, for the default's
+        method = config["method"]
         if name == DEFAULT:
-            config = yaml.safe_load((run / "config.yaml").read_text())
-            name = f"{DEFAULT} ({config['method']}, {config['calibration']['reference']})"
+            name = f"{DEFAULT} ({method}, {config['calibration']['reference']})"
         res = api.evaluate(run / "model", data, oracle=oracle, subject=subject, suites=SUITES)
         row = {"shape": shape, "seed": seed, "model": name, **_metrics(res, oracle, subject), "wall_s": wall,
                "stop": stop["stop"]["reason"], "kept_step": stop["stop"].get("kept_step"),
@@ -139,7 +140,6 @@ def run_world(cache: Path, shape: str, seed: int, methods: list[str], fixed: boo
                "verdict": res["verdict"]["overall"]["status"]}
         rows.append(row)
         if fixed:  # what the cost ratio compares with, judged by the same targets
-            method = config["method"] if name.startswith(DEFAULT) else name
             budget = fixed_budget(get_method(method))
             t0 = time.perf_counter()
             run = api.forget(models["subject"], data, method, root / "fixed" / method, seed=seed, progress=False,
