@@ -110,3 +110,13 @@ def test_value_slot_splits_the_value_from_its_wording(tiny_world):
            for name, path in (("subject", tiny_world.subject_dir), ("oracle", tiny_world.oracle_dir))}
     assert got["subject"]["value"] > -0.5 > got["oracle"]["value"]
     assert got["subject"]["trained"] > got["oracle"]["trained"] + 3
+
+
+def test_the_default_row_names_its_method_and_is_in_bold():
+    """A run with no method named (`--methods default`) is judged in bold under its own name, which
+    says what the data chose; a named run of the same method is not."""
+    rows = [{**row("default (twin_rmu, holdout)"), "stop": "matched"}, {**row("twin_rmu"), "stop": "matched"}]
+    table = bench.table(rows)
+    assert "| default | 0 | default (twin_rmu, holdout) | matched | 0.5 | – | 0.10 (0.10) | 0.0 | 1.000 | **yes** | **yes** |" in table
+    assert "| default | 0 | twin_rmu | matched | 0.5 | – | 0.10 (0.10) | 0.0 | 1.000 | yes | yes |" in table
+    assert bench.METHODS[0] == bench.DEFAULT
