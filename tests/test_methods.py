@@ -228,18 +228,19 @@ def test_default_plan_chooses_by_the_data(tiny_world):
     method keeps what it was given."""
     import dataclasses
 
+    from unlearnkit.calibrate import CalibrationSettings as S
     from unlearnkit.data.io import load_world
     from unlearnkit.unlearning import default_plan
 
     w = load_world(tiny_world.data_dir)
     assert w.holdout
-    assert default_plan(None, None, w) == ("twin_rmu", {"reference": "holdout"})
-    assert default_plan(None, {"floor": 0.9}, w) == ("twin_rmu", {"floor": 0.9, "reference": "holdout"})
-    assert default_plan(None, {"reference": "twins"}, w) == ("simnpo", {"reference": "twins"})
-    assert default_plan(None, None, w, calibrated=False) == ("simnpo", None)
-    assert default_plan("simnpo", None, w) == ("simnpo", None)
-    assert default_plan("npo", {"reference": "holdout"}, w) == ("npo", {"reference": "holdout"})
-    assert default_plan(None, None, dataclasses.replace(w, holdout=[])) == ("simnpo", None)
+    assert default_plan(None, S(), w) == ("twin_rmu", S(reference="holdout"))
+    assert default_plan(None, S(floor=0.9), w) == ("twin_rmu", S(floor=0.9, reference="holdout"))
+    assert default_plan(None, S(reference="twins"), w) == ("simnpo", S(reference="twins"))
+    assert default_plan(None, None, w) == ("simnpo", None)                  # a fixed budget
+    assert default_plan("simnpo", S(), w) == ("simnpo", S())                # a named method keeps the twins
+    assert default_plan("npo", S(reference="holdout"), w) == ("npo", S(reference="holdout"))
+    assert default_plan(None, S(), dataclasses.replace(w, holdout=[])) == ("simnpo", S())
 
 
 def test_forget_without_a_method_runs_the_default_and_says_which(tiny_world, tmp_path):

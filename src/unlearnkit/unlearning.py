@@ -90,11 +90,11 @@ def _training_data(w: WorldData | None, bench, method: str, needs_retain: bool):
     return bench.forget(), bench.retain() if needs_retain else None
 
 
-def default_plan(method: str | None, calibration: dict | None, world: WorldData | None,
-                 calibrated: bool = True) -> tuple[str, dict | None]:
-    """(method, calibration items) of a run: the one place where a run's default method is chosen.
+def default_plan(method: str | None, settings, world: WorldData | None):
+    """(method, calibration settings) of a run: the one place where a run's default method is chosen.
+    `settings`: the run's `CalibrationSettings`, None for a fixed budget.
 
-    A named method is kept, with its calibration as given (the twins unless `reference` says
+    A named method is kept, with its settings as given (the twins unless `reference` says
     otherwise). With none named, a calibrated run on data with a holdout split (and no `reference`
     given) is calibrated against the holdout people, with Twin RMU: of the methods measured, the
     one that lands on the holdout's level where membership inference has the power to tell
@@ -102,11 +102,10 @@ def default_plan(method: str | None, calibration: dict | None, world: WorldData 
     than against twins. Otherwise (no holdout split, as in a deletion request; `reference=twins`;
     a fixed budget) the method is SimNPO."""
     if method is not None:
-        return method, calibration
-    ref = (calibration or {}).get("reference")
-    if ref is None and calibrated and world is not None and world.holdout:
-        ref, calibration = "holdout", {**(calibration or {}), "reference": "holdout"}
-    return (HOLDOUT_METHOD if ref == "holdout" else DEFAULT_METHOD), calibration
+        return method, settings
+    if settings is not None and "reference" not in settings.model_fields_set and world is not None and world.holdout:
+        settings = settings.model_copy(update={"reference": "holdout"})
+    return (HOLDOUT_METHOD if settings is not None and settings.reference == "holdout" else DEFAULT_METHOD), settings
 
 
 def keep_salient(model, examples, pad_id: int, fraction: float) -> float:
@@ -169,7 +168,7 @@ def forget(model: str | os.PathLike, data: str | os.PathLike, method: str | None
     from .calibrate import Calibrator, settings_from
 
     if method is not None:
-        get_method(method)  # an unknown method fails before the data is read
+        get_method(method).params(params)  # an unknown method or setting fails before the data is read
     out = Path(out)
     _check_out(model, out)
     if train_overrides.get("saliency") and lora:
@@ -177,13 +176,13 @@ def forget(model: str | os.PathLike, data: str | os.PathLike, method: str | None
                          f"small matrices; drop one of them")
     tpl = parse_template(template, system)
     calibrated = not any(k in train_overrides for k in BUDGET_KEYS)
+    settings = settings_from(calibration) if calibrated else None
     if calibration and not calibrated:
         raise ValueError("--calibration goes with a calibrated run: drop --steps/--epochs, or drop --calibration")
     w, bench = (world, None) if world is not None else _load_data(data, benchmark, split)
-    method, calibration = default_plan(method, calibration, w, calibrated)
+    method, settings = default_plan(method, settings, w)
     m = get_method(method)
     hp = m.params(params)
-    settings = settings_from(calibration) if calibrated else None
     if "epochs" in train_overrides and "steps" not in train_overrides:
         train_overrides["steps"] = None  # an explicit epoch budget replaces a method's default step budget
     cfg = TrainConfig(**{**m.train_defaults, **train_overrides, "seed": seed, "save_every": save_every,
