@@ -117,7 +117,8 @@ def run_world(cache: Path, shape: str, seed: int, methods: list[str], fixed: boo
     for name in methods:
         t0 = time.perf_counter()
         run = api.forget(models["subject"], data, None if name == DEFAULT else name, root / "runs" / name, seed=seed,
-                         progress=False, params=(params or {}).get(name), calibration=calibration, **(train or {}))
+                         progress=False, params=method_params(name, params, data, calibration, train),
+                         calibration=calibration, **(train or {}))
         wall = time.perf_counter() - t0
         stop = json.loads((run / "train.json").read_text())
         config = yaml.safe_load((run / "config.yaml").read_text())  # the method run, for the default's
@@ -150,6 +151,22 @@ def run_world(cache: Path, shape: str, seed: int, methods: list[str], fixed: boo
                          "wall_s": row["fixed_wall_s"], "stop": "budget", "budget": budget,
                          "verdict": res["verdict"]["overall"]["status"]})
     return rows
+
+
+def method_params(name: str, params: dict | None, data: Path, calibration: dict | None,
+                  train: dict | None) -> dict | None:
+    """`--param` settings of the run named `name`; the default's are `default.KEY=V`, else those
+    given for the method it runs on `data` (`unlearning.default_plan`; a budget in `train` makes
+    it a fixed-budget run)."""
+    from unlearnkit.calibrate import settings_from
+    from unlearnkit.data.io import load_world
+    from unlearnkit.unlearning import BUDGET_KEYS, default_plan
+
+    params = params or {}
+    if name != DEFAULT or name in params:
+        return params.get(name)
+    fixed = any(k in (train or {}) for k in BUDGET_KEYS)
+    return params.get(default_plan(None, None if fixed else settings_from(calibration), load_world(data))[0])
 
 
 def fixed_name(method: str) -> str:
@@ -268,7 +285,8 @@ def main():
     ap.add_argument("--cache", type=Path, default=Path("runs/bench-methods"))
     ap.add_argument("--write", type=Path, help="markdown file whose table (between the markers) is replaced")
     ap.add_argument("--param", action="append", default=[], metavar="METHOD.KEY=VALUE",
-                    help="a method setting for every run of that method (repeatable)")
+                    help="a method setting for every run of that method (repeatable); the default's run "
+                         "takes those of the method it runs, or default.KEY=VALUE")
     ap.add_argument("--calibration", action="append", default=[], metavar="KEY=VALUE",
                     help="a calibration setting for every calibrated run (repeatable)")
     ap.add_argument("--train", action="append", default=[], metavar="KEY=VALUE",

@@ -120,3 +120,15 @@ def test_the_default_row_names_its_method_and_is_in_bold():
     assert "| default | 0 | default (twin_rmu, holdout) | matched | 0.5 | – | 0.10 (0.10) | 0.0 | 1.000 | **yes** | **yes** |" in table
     assert "| default | 0 | twin_rmu | matched | 0.5 | – | 0.10 (0.10) | 0.0 | 1.000 | yes | yes |" in table
     assert bench.METHODS[0] == bench.DEFAULT
+
+
+def test_the_default_row_takes_the_settings_of_the_method_it_runs(tiny_world):
+    """`--param twin_rmu.alpha=5` reaches the default's run where the data makes it Twin RMU (a
+    holdout split), and not where it makes it SimNPO (a fixed budget); `default.KEY=V` always does."""
+    p = {"twin_rmu": {"alpha": 5.0}, "simnpo": {"beta": 2.0}}
+    assert bench.method_params("default", p, tiny_world.data_dir, None, None) == {"alpha": 5.0}
+    assert bench.method_params("default", p, tiny_world.data_dir, {"reference": "twins"}, None) == {"beta": 2.0}
+    assert bench.method_params("default", p, tiny_world.data_dir, None, {"steps": 3}) == {"beta": 2.0}
+    assert bench.method_params("default", {**p, "default": {"x": 1}}, tiny_world.data_dir, None, None) == {"x": 1}
+    assert bench.method_params("ga", p, tiny_world.data_dir, None, None) is None
+

@@ -121,9 +121,12 @@ def _scripted(states, settings=None):
     it = iter(states)
 
     def measure(step, handle):
-        a, u = next(it)
-        st = "matched" if abs(a - 0.5) <= cal.tolerance else ("under" if a > 0.5 else "over")
-        return Check(step, a, 1.0, cal.tolerance, st, u, 10 * (a - 0.5), 0.0, handle.lr)  # log-prob gap follows the AUC
+        a, u, *ks = next(it)  # a KS p given: the shapes may be told apart (else never)
+        band = abs(a - 0.5) <= cal.tolerance
+        st = ("matched" if band and (not ks or ks[0] >= cal.settings.min_ks_p) else
+              "under" if a > 0.5 else "over")
+        return Check(step, a, ks[0] if ks else 1.0, cal.tolerance, st, u, 10 * (a - 0.5), 0.0,
+                     handle.lr)  # log-prob gap follows the AUC
     cal.measure = measure
     cal.truth_ratios = lambda handle: None  # scores nothing
     return cal
@@ -224,6 +227,24 @@ def test_rule_stalled_counts_only_the_present_path():
     path = [(1.0, 1.0), (0.8, 0.98), (0.7, 0.94), (0.6, 0.93), (0.9, 0.98)] + [(0.89 - 0.02 * i, 0.98) for i in range(8)]
     info, h = _drive(_scripted(path, s), len(path) - 1)
     assert info.backtracks == 1 and info.reason != "stalled" and info.checks == len(path)
+
+
+def test_rule_told_apart_at_the_level_stops_as_shape():
+    """Under within the band, then over within it, the KS test telling the shapes apart at both:
+    the mean crossed the reference's level with the shapes different on either side, which a
+    lower rate does not change (wide_few_facts): stop as `shape` there, keeping the nearer check;
+    no backtrack. Crossing out of the band below is an overshoot, backtracked as before; so is a
+    crossing whose first side is on an abandoned path."""
+    tol = _scripted([]).tolerance
+    lo, hi = 0.5 - tol / 2, 0.5 + tol * 0.8
+    info, h = _drive(_scripted([(1.0, 1.0), (0.8, 0.99), (hi, 0.98, 0.01), (lo, 0.98, 0.02), (lo, 0.98, 0.5)]), 10)
+    assert info.reason == "shape" and info.backtracks == 0 and info.stopped_at == 3 * _scripted([]).every
+    assert info.kept["auc"] == lo and "told apart" in info.summary()
+    info, _ = _drive(_scripted([(1.0, 1.0), (0.8, 0.99), (hi, 0.98, 0.01), (0.1, 0.98, 0.0), (0.5, 0.98)]), 10)
+    assert info.reason == "matched" and info.backtracks == 1
+    # after a backtrack the first check's predecessor is on the abandoned path: an overshoot again
+    info, _ = _drive(_scripted([(1.0, 1.0), (hi, 0.99, 0.01), (0.1, 0.98, 0.0), (lo, 0.98, 0.02), (0.5, 0.98)]), 10)
+    assert info.reason == "matched" and info.backtracks == 2
 
 
 def test_rule_a_model_that_already_matches_stops_at_once():

@@ -78,11 +78,18 @@ The rule, all in `Calibrator.check`:
 - under, no step closer to the target for `patience_epochs` (counting the checks since the last
   backtrack only), and the learning rate may not be raised any more: stop; the method has
   converged short of the target.
+- over within the band, the check before it on the same path under within the band, and the KS
+  test told the shapes apart at both: the forget mean crossed the reference's level between them
+  and the shapes differ at the level itself, which no learning rate changes (answers that
+  survive sit above the reference while the rest sit below it; a repair round takes them): stop
+  (`shape`). On wide_few_facts both seeds went on to four backtracks or 900 more steps, at the
+  same AUC, to keep the same weights or their like (docs/methods.md).
 At the end the kept weights are the best check above the floor: a matched one first (the highest
 utility among them), else the one nearest the target (by AUC, then by the mean log-prob gap, which
 still moves where the AUC has saturated). The stop reason is one of `matched`,
 `floor` (the floor was reached before the target), `overshot` (the target was passed at every
-learning rate tried), `stalled` (converged short of it) or `budget` (the step budget ran out first).
+learning rate tried), `stalled` (converged short of it), `shape` (at the reference's level, told
+apart by shape) or `budget` (the step budget ran out first).
 """
 from __future__ import annotations
 
@@ -103,7 +110,7 @@ from .data.twins import world_twins
 from .metrics.mia import null_auc_se
 from .scoring import answer_logprobs
 
-REASONS = ("matched", "floor", "overshot", "stalled", "budget")
+REASONS = ("matched", "floor", "overshot", "stalled", "shape", "budget")
 UTILITY_SPLITS = ("retain", "neighbours", "world_facts")
 
 
@@ -217,6 +224,7 @@ class StopInfo:
                "floor": "utility reached the floor before the target",
                "overshot": "the target was passed at every learning rate tried",
                "stalled": "progress towards the target stopped short of it",
+               "shape": "the forget set reached the reference's level, but the shapes of their scores are told apart",
                "budget": "the step budget ran out before the target"}[self.reason]
         return (f"stopped: {self.reason} ({why}) at step {self.stopped_at}; kept step {self.kept_step}: "
                 f"AUC {k['auc']:.3f} vs the {self.reference} (target 0.5 ± {k['tolerance']:.3f}, {k['state']}), "
@@ -625,6 +633,9 @@ class Calibrator:
         if c.state == "matched" and above:
             self.reason = "matched"
             return True
+        if above is not False and self._told_apart_at_the_level(c):
+            self.reason = "shape"
+            return True
         if c.state == "under" and above is not False:
             if above:  # a restore point: measured, above the floor, short of the target
                 self.snapshots["restore"] = self.snapshots["best"] if self.best is c else handle.snapshot()
@@ -650,6 +661,17 @@ class Calibrator:
             return False
         self.reason = "floor" if above is False else "overshot"
         return True
+
+    def _told_apart_at_the_level(self, c: Check) -> bool:
+        """`c` is over within the band and the check before it on the present path under within it,
+        the shapes told apart (KS p below `min_ks_p`) at both: the level was crossed between them
+        with the shapes different on either side (module docstring: the rule, `shape`)."""
+        prev = self.history[-2] if len(self.history) > 1 else None
+        if prev is None or prev.step <= self.restored_at:
+            return False
+        in_band = lambda x: x.distance <= x.tolerance  # noqa: E731
+        return (c.state == "over" and prev.state == "under" and in_band(c) and in_band(prev)
+                and max(c.ks_p, prev.ks_p) < self.settings.min_ks_p)
 
     def _stalled(self, c: Check) -> bool:
         """The learning rate may not be raised any more (doublings spent, or a backtrack showed a
