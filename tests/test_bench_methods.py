@@ -131,4 +131,3 @@ def test_the_default_row_takes_the_settings_of_the_method_it_runs(tiny_world):
     assert bench.method_params("default", p, tiny_world.data_dir, None, {"steps": 3}) == {"beta": 2.0}
     assert bench.method_params("default", {**p, "default": {"x": 1}}, tiny_world.data_dir, None, None) == {"x": 1}
     assert bench.method_params("ga", p, tiny_world.data_dir, None, None) is None
-

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from unlearnkit.benchmarks import load_benchmark
+from unlearnkit.calibrate import REASONS
 from unlearnkit.evaluate import evaluate
 from unlearnkit.data.io import DataError
 from unlearnkit.scoring import SampleScore
@@ -537,7 +538,6 @@ def test_rwku_zero_shot_forgets_what_the_model_reveals(tiny_world, tmp_path):
                      zero_shot=True, progress=False)
     cfg = yaml.safe_load((run / "config.yaml").read_text())["benchmark"]
     assert cfg["zero_shot"] is True and cfg["forget_records"] >= 3
-    from unlearnkit.calibrate import REASONS
     assert json.loads((run / "calibration.json").read_text())["reason"] in REASONS
     assert before > 0.5 and known(run / "model") < before
     assert set(api.evaluate(run / "model", root, benchmark="rwku", split=name)) >= {"forget_qa", "neighbor_qa"}

@@ -235,10 +235,10 @@ def test_rule_told_apart_at_the_level_stops_as_shape():
     lower rate does not change (wide_few_facts): stop as `shape` there, keeping the nearer check;
     no backtrack. Crossing out of the band below is an overshoot, backtracked as before; so is a
     crossing whose first side is on an abandoned path."""
-    tol = _scripted([]).tolerance
-    lo, hi = 0.5 - tol / 2, 0.5 + tol * 0.8
+    cal = _scripted([])
+    lo, hi = 0.5 - cal.tolerance / 2, 0.5 + cal.tolerance * 0.8
     info, h = _drive(_scripted([(1.0, 1.0), (0.8, 0.99), (hi, 0.98, 0.01), (lo, 0.98, 0.02), (lo, 0.98, 0.5)]), 10)
-    assert info.reason == "shape" and info.backtracks == 0 and info.stopped_at == 3 * _scripted([]).every
+    assert info.reason == "shape" and info.backtracks == 0 and info.stopped_at == 3 * cal.every
     assert info.kept["auc"] == lo and "told apart" in info.summary()
     info, _ = _drive(_scripted([(1.0, 1.0), (0.8, 0.99), (hi, 0.98, 0.01), (0.1, 0.98, 0.0), (0.5, 0.98)]), 10)
     assert info.reason == "matched" and info.backtracks == 1

@@ -82,7 +82,7 @@ The rule, all in `Calibrator.check`:
   test told the shapes apart at both: the forget mean crossed the reference's level between them
   and the shapes differ at the level itself, which no learning rate changes (answers that
   survive sit above the reference while the rest sit below it; a repair round takes them): stop
-  (`shape`). On wide_few_facts both seeds went on to four backtracks or 900 more steps, at the
+  (`shape`). On wide_few_facts both seeds went on to four backtracks or 850 more steps, at the
   same AUC, to keep the same weights or their like (docs/methods.md).
 At the end the kept weights are the best check above the floor: a matched one first (the highest
 utility among them), else the one nearest the target (by AUC, then by the mean log-prob gap, which
@@ -186,6 +186,10 @@ class Check:
     @property
     def distance(self) -> float:
         return abs(self.auc - 0.5)
+
+    @property
+    def in_band(self) -> bool:
+        return self.distance <= self.tolerance
 
     @property
     def gap(self) -> float:
@@ -606,7 +610,7 @@ class Calibrator:
         budget allows (a run that ends at its budget keeps how far it got). Weights never measured
         are never kept or restored to."""
         last, pace = self._last_measured(), self._pace(c)
-        near = c.distance <= c.tolerance or (pace is not None and pace > 0 and c.gap / pace < self.utility_every)
+        near = c.in_band or (pace is not None and pace > 0 and c.gap / pace < self.utility_every)
         return (last is None or near or last.utility < self.settings.floor
                 or c.step - last.step >= self.utility_every)
 
@@ -669,8 +673,7 @@ class Calibrator:
         prev = self.history[-2] if len(self.history) > 1 else None
         if prev is None or prev.step <= self.restored_at:
             return False
-        in_band = lambda x: x.distance <= x.tolerance  # noqa: E731
-        return (c.state == "over" and prev.state == "under" and in_band(c) and in_band(prev)
+        return (c.state == "over" and prev.state == "under" and c.in_band and prev.in_band
                 and max(c.ks_p, prev.ks_p) < self.settings.min_ks_p)
 
     def _stalled(self, c: Check) -> bool:
