@@ -234,7 +234,8 @@ def test_rule_told_apart_at_the_level_stops_as_shape():
     the mean crossed the reference's level with the shapes different on either side, which a
     lower rate does not change (wide_few_facts): stop as `shape` there, keeping the nearer check;
     no backtrack. Crossing out of the band below is an overshoot, backtracked as before; so is a
-    crossing whose first side is on an abandoned path."""
+    crossing whose first side is on an abandoned path, unless the abandoned path crossed the
+    level told apart too."""
     cal = _scripted([])
     lo, hi = 0.5 - cal.tolerance / 2, 0.5 + cal.tolerance * 0.8
     info, h = _drive(_scripted([(1.0, 1.0), (0.8, 0.99), (hi, 0.98, 0.01), (lo, 0.98, 0.02), (lo, 0.98, 0.5)]), 10)
@@ -245,6 +246,12 @@ def test_rule_told_apart_at_the_level_stops_as_shape():
     # after a backtrack the first check's predecessor is on the abandoned path: an overshoot again
     info, _ = _drive(_scripted([(1.0, 1.0), (hi, 0.99, 0.01), (0.1, 0.98, 0.0), (lo, 0.98, 0.02), (0.5, 0.98)]), 10)
     assert info.reason == "matched" and info.backtracks == 2
+    # crossed told apart, backtracked (the check before out of the band), crossed told apart again at
+    # the lower rate: the lower rate changed nothing, so stop there (wide seed 0), keeping the nearer
+    cal = _scripted([(1.0, 1.0), (0.8, 0.99), (lo, 0.98, 0.01), (0.8, 0.99), (lo - 0.01, 0.98, 0.02), (0.5, 0.98)])
+    info, h = _drive(cal, 10)
+    assert info.reason == "shape" and info.backtracks == 1 and info.stopped_at == 4 * cal.every
+    assert info.kept_step == 2 * cal.every and h.lr == 0.5
 
 
 def test_rule_a_model_that_already_matches_stops_at_once():

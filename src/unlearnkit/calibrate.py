@@ -83,7 +83,10 @@ The rule, all in `Calibrator.check`:
   and the shapes differ at the level itself, which no learning rate changes (answers that
   survive sit above the reference while the rest sit below it; a repair round takes them): stop
   (`shape`). On wide_few_facts both seeds went on to four backtracks or 850 more steps, at the
-  same AUC, to keep the same weights or their like (docs/methods.md).
+  same AUC, to keep the same weights or their like (docs/methods.md). The same stop when the
+  level is crossed told apart a second time, at a lower learning rate than a first crossing
+  (over within the band, told apart) that was backtracked from: the lower rate changed nothing
+  (wide seed 0 went on to three more backtracks at AUC 0.545-0.55 and kept the first crossing).
 At the end the kept weights are the best check above the floor: a matched one first (the highest
 utility among them), else the one nearest the target (by AUC, then by the mean log-prob gap, which
 still moves where the AUC has saturated). The stop reason is one of `matched`,
@@ -667,14 +670,20 @@ class Calibrator:
         return True
 
     def _told_apart_at_the_level(self, c: Check) -> bool:
-        """`c` is over within the band and the check before it on the present path under within it,
-        the shapes told apart (KS p below `min_ks_p`) at both: the level was crossed between them
-        with the shapes different on either side (module docstring: the rule, `shape`)."""
-        prev = self.history[-2] if len(self.history) > 1 else None
-        if prev is None or prev.step <= self.restored_at:
+        """`c` is over within the band with the shapes told apart (KS p below `min_ks_p`), and either
+        the check before it on the present path is under within the band, told apart too (the level
+        was crossed between them with the shapes different on either side), or an earlier check
+        was over within the band, told apart, at a higher learning rate (the backtrack it caused
+        crossed the level again at a lower rate, with the same result). Module docstring: the rule,
+        `shape`."""
+        told = lambda h: h.in_band and h.ks_p < self.settings.min_ks_p  # noqa: E731
+        if not (c.state == "over" and told(c)):
             return False
-        return (c.state == "over" and prev.state == "under" and c.in_band and prev.in_band
-                and max(c.ks_p, prev.ks_p) < self.settings.min_ks_p)
+        prev = self.history[-2] if len(self.history) > 1 else None
+        if prev is not None and prev.step > self.restored_at and prev.state == "under" and told(prev):
+            return True
+        # every over check before `c` was backtracked from: a crossing at a higher learning rate
+        return any(h.state == "over" and told(h) for h in self.history[:-1])
 
     def _stalled(self, c: Check) -> bool:
         """The learning rate may not be raised any more (doublings spent, or a backtrack showed a
