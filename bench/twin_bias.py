@@ -15,6 +15,14 @@ the calibrator's own statistic (mean answer-token log-prob, the subject's name l
   the holdout people: where exact unlearning stands against each reference (`--calibration
   reference=twins|holdout`); 0.5 would be a reference at the oracle's level.
 Models come from `--cache` (bench/methods.py builds them; missing ones are trained here).
+
+With `--truth-ratios`, a second table: TOFU's truth ratios (paraphrased against perturbed answers,
+as the evaluation scores them) of the forget and the holdout people under the subject, the oracle
+and, with `--run NAME`, the calibrated run bench/methods.py saved (`CACHE/WORLD/runs/NAME/model`):
+each set's median log ratio and the KS p between pairs. Oracle forget against oracle holdout is the
+oracle-free forget quality of exact unlearning itself; oracle holdout against subject holdout, two
+trained models on the same people neither saw; the run's forget against the oracle's forget is the
+evaluation's forget quality, and against the run's own holdout the calibrator's truth-ratio check.
 """
 from __future__ import annotations
 
@@ -45,6 +53,44 @@ def scores(net, tok, records):
     return out
 
 
+def truth_ratios(net, tok, records):
+    """TOFU's truth ratio of each record, scored as `evaluate` scores it (`LM.score`)."""
+    from unlearnkit.metrics import tofu
+    from unlearnkit.scoring import LM
+
+    recs = [r for r in records if r.perturbed_answers]
+    prompts = [r.question for r in recs for _ in range(1 + len(r.perturbed_answers))]
+    answers = [a for r in recs for a in (r.paraphrased_answer, *r.perturbed_answers)]
+    sc, out, i = LM(net, tok).score(prompts, answers), [], 0
+    for r in recs:
+        n = len(r.perturbed_answers)
+        out.append(tofu.truth_ratio(sc[i].logprobs, [x.logprobs for x in sc[i + 1:i + 1 + n]]))
+        i += 1 + n
+    return out
+
+
+TR_PAIRS = {"oracle f/h": ("oracle forget", "oracle holdout"), "oracle h/subject h": ("oracle holdout", "subject holdout"),
+            "run f/oracle f": ("run forget", "oracle forget"), "run f/h": ("run forget", "run holdout"),
+            "run h/subject h": ("run holdout", "subject holdout")}
+
+
+def truth_ratio_row(shape, seed, w, models: dict) -> str:
+    """The `--truth-ratios` table's row: median log ratio per model and split, KS p per pair."""
+    import numpy as np
+    from scipy.stats import ks_2samp
+
+    from unlearnkit.models.load import load_model
+
+    r = {}
+    for name, path in models.items():
+        net, tok = load_model(path)
+        r.update({f"{name} {split}": truth_ratios(net, tok, getattr(w, split)) for split in ("forget", "holdout")})
+    med = " | ".join(f"{np.median(np.log(r[k])):+.3f}" if k in r else "–"
+                     for k in (f"{m} {s}" for m in ("subject", "oracle", "run") for s in ("forget", "holdout")))
+    ks = " | ".join(f"{ks_2samp(r[a], r[b]).pvalue:.2g}" if a in r and b in r else "–" for a, b in TR_PAIRS.values())
+    return f"| {shape} | {seed} | {med} | {ks} |"
+
+
 def main():
     import torch
 
@@ -57,11 +103,14 @@ def main():
     ap.add_argument("--shapes", default=",".join(methods.SHAPES))
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--cache", type=Path, default=Path("runs/bench-methods"))
+    ap.add_argument("--truth-ratios", action="store_true", help="also the truth-ratio table (module docstring)")
+    ap.add_argument("--run", default=None, help="with --truth-ratios: the saved run CACHE/WORLD/runs/RUN/model too")
     args = ap.parse_args()
     torch.set_num_threads(max(1, (os.cpu_count() or 2)))
     print("| world | seed | oracle: forget − twins | holdout − twins (subject) | holdout − twins (oracle) "
           "| subject: forget − twins | oracle AUC vs twins | oracle AUC vs holdout |\n"
           "|---|---:|---:|---:|---:|---:|---:|---:|")
+    tr_rows = []
     for shape in args.shapes.split(","):
         for seed in (int(s) for s in args.seeds.split(",")):
             data, models = methods.build(args.cache, shape, seed)
@@ -82,6 +131,17 @@ def main():
                   f"{gaps['subject']['forget']:+.2f} | {aucs['twins']:.3f} | "
                   + (f"{aucs['holdout']:.3f} |" if aucs["holdout"] is not None else "– |"),
                   flush=True)
+            if args.truth_ratios:
+                run = args.cache / f"{shape}-s{seed}" / "runs" / args.run / "model" if args.run else None
+                if run is not None and not run.is_dir():
+                    raise SystemExit(f"--run {args.run}: no saved run at {run} (bench/methods.py writes it)")
+                tr_rows.append(truth_ratio_row(shape, seed, w, {"subject": models["subject"], "oracle": models["oracle"],
+                                                              **({"run": run} if run else {})}))
+    if args.truth_ratios:
+        print("\nMedian log truth ratio (subject, oracle, run; forget, holdout) and KS p:\n\n"
+              "| world | seed | subject forget | subject holdout | oracle forget | oracle holdout | run forget "
+              "| run holdout | " + " | ".join(TR_PAIRS) + " |\n|---|---:|" + "---:|" * 11)
+        print("\n".join(tr_rows), flush=True)
 
 
 if __name__ == "__main__":
