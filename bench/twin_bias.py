@@ -18,8 +18,9 @@ Models come from `--cache` (bench/methods.py builds them; missing ones are train
 
 With `--truth-ratios`, a second table: TOFU's truth ratios (paraphrased against perturbed answers,
 as the evaluation scores them) of the forget and the holdout people under the subject, the oracle
-and, with `--run NAME`, the calibrated run bench/methods.py saved (`CACHE/WORLD/runs/NAME/model`):
-each set's median log ratio and the KS p between pairs. Oracle forget against oracle holdout is the
+and, with `--run NAME[,NAME...]`, each model named: a calibrated run bench/methods.py saved
+(`CACHE/WORLD/runs/NAME/model`) or one of its retrained oracles (`CACHE/WORLD/models/NAME`, from
+`--retrained N`), a row each: each set's median log ratio and the KS p between pairs. Oracle forget against oracle holdout is the
 oracle-free forget quality of exact unlearning itself; oracle holdout against subject holdout, two
 trained models on the same people neither saw; the run's forget against the oracle's forget is the
 evaluation's forget quality, and against the run's own holdout the calibrator's truth-ratio check.
@@ -74,7 +75,7 @@ TR_PAIRS = {"oracle f/h": ("oracle forget", "oracle holdout"), "oracle h/subject
             "run h/subject h": ("run holdout", "subject holdout")}
 
 
-def truth_ratio_row(shape, seed, w, models: dict) -> str:
+def truth_ratio_row(shape, seed, label, w, models: dict) -> str:
     """The `--truth-ratios` table's row: median log ratio per model and split, KS p per pair."""
     import numpy as np
     from scipy.stats import ks_2samp
@@ -88,7 +89,17 @@ def truth_ratio_row(shape, seed, w, models: dict) -> str:
     med = " | ".join(f"{np.median(np.log(r[k])):+.3f}" if k in r else "–"
                      for k in (f"{m} {s}" for m in ("subject", "oracle", "run") for s in ("forget", "holdout")))
     ks = " | ".join(f"{ks_2samp(r[a], r[b]).pvalue:.2g}" if a in r and b in r else "–" for a, b in TR_PAIRS.values())
-    return f"| {shape} | {seed} | {med} | {ks} |"
+    return f"| {shape} | {seed} | {label} | {med} | {ks} |"
+
+
+def saved(cache: Path, shape: str, seed: int, name: str) -> Path:
+    """`--run NAME`'s model: a saved run, else a retrained oracle; a one-line exit names both paths."""
+    root = cache / f"{shape}-s{seed}"
+    for path in (root / "runs" / name / "model", root / "models" / name):
+        if path.is_dir():
+            return path
+    raise SystemExit(f"--run {name}: neither {root / 'runs' / name / 'model'} nor {root / 'models' / name} "
+                     f"exists (bench/methods.py writes them)")
 
 
 def main():
@@ -104,7 +115,9 @@ def main():
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--cache", type=Path, default=Path("runs/bench-methods"))
     ap.add_argument("--truth-ratios", action="store_true", help="also the truth-ratio table (module docstring)")
-    ap.add_argument("--run", default=None, help="with --truth-ratios: the saved run CACHE/WORLD/runs/RUN/model too")
+    ap.add_argument("--run", default=None, help="with --truth-ratios: models to score beside the subject and oracle, "
+                                                "comma-separated: saved runs (CACHE/WORLD/runs/NAME/model) or "
+                                                "retrained oracles (CACHE/WORLD/models/NAME)")
     args = ap.parse_args()
     torch.set_num_threads(max(1, (os.cpu_count() or 2)))
     print("| world | seed | oracle: forget − twins | holdout − twins (subject) | holdout − twins (oracle) "
@@ -132,15 +145,14 @@ def main():
                   + (f"{aucs['holdout']:.3f} |" if aucs["holdout"] is not None else "– |"),
                   flush=True)
             if args.truth_ratios:
-                run = args.cache / f"{shape}-s{seed}" / "runs" / args.run / "model" if args.run else None
-                if run is not None and not run.is_dir():
-                    raise SystemExit(f"--run {args.run}: no saved run at {run} (bench/methods.py writes it)")
-                tr_rows.append(truth_ratio_row(shape, seed, w, {"subject": models["subject"], "oracle": models["oracle"],
-                                                              **({"run": run} if run else {})}))
+                base = {"subject": models["subject"], "oracle": models["oracle"]}
+                for name in (args.run.split(",") if args.run else [None]):
+                    tr_rows.append(truth_ratio_row(shape, seed, name or "–", w,
+                                                   {**base, **({"run": saved(args.cache, shape, seed, name)} if name else {})}))
     if args.truth_ratios:
         print("\nMedian log truth ratio (subject, oracle, run; forget, holdout) and KS p:\n\n"
-              "| world | seed | subject forget | subject holdout | oracle forget | oracle holdout | run forget "
-              "| run holdout | " + " | ".join(TR_PAIRS) + " |\n|---|---:|" + "---:|" * 11)
+              "| world | seed | run | subject forget | subject holdout | oracle forget | oracle holdout | run forget "
+              "| run holdout | " + " | ".join(TR_PAIRS) + " |\n|---|---:|---|" + "---:|" * 11)
         print("\n".join(tr_rows), flush=True)
 
 
