@@ -254,6 +254,37 @@ def test_rule_told_apart_at_the_level_stops_as_shape():
     assert info.kept_step == 2 * cal.every and h.lr == 0.5
 
 
+def test_replay_reads_a_runs_decisions_back_and_tries_other_settings(tmp_path):
+    """bench/replay.py puts each logged check in place of the measurement and hands it to the real
+    rule: the run's own log replays to the same decisions and stop; with fewer backtracks allowed it
+    stops at the overshoot; a log whose decision the rule does not make diverges there."""
+    import importlib.util
+    import json
+    from dataclasses import asdict
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("bench_replay", Path(__file__).parents[1] / "bench" / "replay.py")
+    replay = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(replay)
+    cal = _scripted([(1.0, 1.0), (0.8, 0.99), (0.2, 0.97), (0.55, 0.98)])
+    info, h = _drive(cal, 10)
+    assert info.reason == "matched" and info.backtracks == 1 and info.per_epoch == cal.per_epoch
+    run = tmp_path / "run"
+    run.mkdir()
+    lines = [json.dumps(e) for e in h.events if isinstance(e, dict)]
+    (run / "log.jsonl").write_text("\n".join(lines) + "\n")
+    (run / "calibration.json").write_text(json.dumps(asdict(info)))
+    got = replay.replay(run)
+    assert got["outcome"] == "same" and (got["reason"], got["step"], got["kept_step"]) == ("matched", 3, 3)
+    fewer = replay.replay(run, {"max_backtracks": 0})
+    assert fewer["outcome"] == "stops" and fewer["reason"] == "overshot" and fewer["step"] == 2
+    (run / "log.jsonl").write_text("\n".join(x for x in lines if not x.startswith('{"backtrack"')) + "\n")
+    cut = replay.replay(run)
+    assert cut["outcome"] == "diverges" and cut["step"] == 2 and "backtrack" in cut["why"]
+    with pytest.raises(ValueError, match="max_backtrack"):
+        replay.replay(run, {"max_backtrack": 0})
+
+
 def test_rule_a_model_that_already_matches_stops_at_once():
     info, _ = _drive(_scripted([(0.5, 1.0)]), 10)
     assert info.reason == "matched" and info.stopped_at == 0

@@ -3,6 +3,7 @@ the caches they rely on match what the model computes live."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -24,6 +25,16 @@ def test_registry_lists_every_method_with_a_description():
     assert set(METHODS) == set(names)
     assert all(names[n].description and names[n].loss.__module__ for n in METHODS)
     assert all(names[n].train_defaults.get("lr") for n in METHODS)
+
+
+def _bench(name: str):
+    """A script of bench/ as a module."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", Path(__file__).parents[1] / "bench" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -55,6 +66,13 @@ def test_calibrated_default_reaches_the_target_or_says_where_it_stopped(method, 
     start, at_kept = info["truth_ratio"]["start"], info["truth_ratio"]["kept"]
     assert start["ks_p"] < 0.05 and start["forget_log_r"] > start["reference_log_r"]
     assert at_kept["n_forget"] == start["n_forget"] > 0 and 0 <= at_kept["ks_p"] <= 1
+    # the log replays through the rule to the same decisions, stop and kept check (bench/replay.py),
+    # the repair round's too: what lets a new rule be tried on saved runs before any rerun
+    replay = _bench("replay")
+    for d in [run] + [run / r["dir"] for r in rep]:
+        got = replay.replay(d)
+        assert got["outcome"] == "same" and got["per_epoch_logged"], got
+        assert (got["reason"], got["step"], got["kept_step"]) == tuple(got["logged"].values())
     res = api.evaluate(run / "model", tiny_world.data_dir, suites=("tofu",))
     if info["reason"] == "matched":
         assert abs(kept["auc"] - 0.5) <= kept["tolerance"]

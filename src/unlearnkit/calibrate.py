@@ -224,6 +224,8 @@ class StopInfo:
     #                                                   (None: not looked for, sharded weights)
     repair_tolerance: float = 0.05
     repairs: list = field(default_factory=list)       # the repair rounds that followed (`unlearning.forget`)
+    settings: dict = field(default_factory=dict)      # the run's CalibrationSettings, and its steps per epoch of
+    per_epoch: int = 0                                # the forget stream: what bench/replay.py needs to replay it
 
     def summary(self) -> str:
         k = self.kept
@@ -436,7 +438,7 @@ class Calibrator:
 
     def __init__(self, tokenizer, world: WorldData, settings: CalibrationSettings | None = None, *, seed: int = 0,
                  forget_stream_len: int | None = None, batch_size: int = 16, template=None, forget: list | None = None):
-        self.settings = s = settings or CalibrationSettings()
+        s = settings or CalibrationSettings()
         forget, ref = reference_records(world, s.reference, seed, forget)
         if s.repair_rounds and s.repair_twins == "holdout":
             holdout_twins(world)  # before training, not after it
@@ -465,14 +467,28 @@ class Calibrator:
         self.pad_id = tokenizer.pad_token_id
         self._collated: dict[str, list] = {}
         self.seconds: dict[str, float] = {}  # time in the checks' passes (StopInfo.seconds)
-        self.per_epoch = per_epoch = math.ceil((forget_stream_len or len(forget)) / batch_size)
+        self._init_rule(s, math.ceil((forget_stream_len or len(forget)) / batch_size),
+                        max(s.min_tolerance, null_auc_se(len(forget), len(ref))))
+        self.docs_tolerance = (max(s.min_tolerance, null_auc_se(self.n["forget_docs"], self.n["holdout_docs"]))
+                               if docs else None)
+
+    @classmethod
+    def replaying(cls, settings: CalibrationSettings, per_epoch: int, tolerance: float) -> Calibrator:
+        """The rule alone, with no data to measure: `check` decides on the checks a caller puts in
+        place of `measure` (bench/replay.py replays a run's `log.jsonl` through it)."""
+        cal = cls.__new__(cls)
+        cal._init_rule(settings, per_epoch, tolerance)
+        return cal
+
+    def _init_rule(self, settings: CalibrationSettings, per_epoch: int, tolerance: float) -> None:
+        """The schedule (from the forget stream's steps per epoch) and the decision state."""
+        self.settings = s = settings
+        self.per_epoch = per_epoch
         self.every = s.every or max(1, round(per_epoch / 4))
         self.utility_every = s.utility_every or per_epoch
         self.budget = max(self.every, math.ceil(s.max_epochs * per_epoch))
         self.patience = max(self.every, math.ceil(s.patience_epochs * per_epoch))
-        self.tolerance = max(s.min_tolerance, null_auc_se(len(forget), len(ref)))
-        self.docs_tolerance = (max(s.min_tolerance, null_auc_se(self.n["forget_docs"], self.n["holdout_docs"]))
-                               if docs else None)
+        self.tolerance = tolerance
         self.history: list[Check] = []
         self.start_utility: float | None = None  # `_utility` at the first check
         self.backtracks = 0
@@ -748,7 +764,8 @@ class Calibrator:
                         {k: self.n[k] for k in UTILITY_SPLITS if k in self.n},
                         len(self.history), sum(c.utility is not None for c in self.history),
                         {k: round(v, 3) for k, v in self.seconds.items()}, [asdict(c) for c in self.history],
-                        dict(self.truth), self.settings.min_ks_p, repair_tolerance=self.settings.repair_tolerance)
+                        dict(self.truth), self.settings.min_ks_p, repair_tolerance=self.settings.repair_tolerance,
+                        settings=self.settings.model_dump(), per_epoch=self.per_epoch)
         handle.log({"stopped": {k: v for k, v in asdict(info).items() if k != "history"}})
         return info
 
