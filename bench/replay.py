@@ -1,7 +1,7 @@
 """Replay calibrated runs' logs through today's stopping rule, before any rerun.
 
     python bench/replay.py runs/bench-methods/*/runs/*/            # every saved run of bench/methods.py
-    python bench/replay.py RUN --setting max_backtracks=2          # the same logs under other settings
+    python bench/replay.py RUN --calibration max_backtracks=2      # the same logs under other settings
 
 A calibrated run is deterministic up to a decision: the checks it logged (`log.jsonl`: AUC, KS p,
 utility, learning rate) are what any rule would have seen until the first step where that rule
@@ -116,6 +116,7 @@ def replay(run: Path, overrides: dict | None = None) -> dict:
 
 
 def main(argv=None):
+    from unlearnkit.calibrate import settings_from
     from unlearnkit.shell import assignments
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -125,8 +126,6 @@ def main(argv=None):
                     help="a calibration setting to replay under instead of the run's own (repeatable)")
     ap.add_argument("--json", action="store_true", help="one JSON object per run")
     args = ap.parse_args(argv)
-    from unlearnkit.calibrate import settings_from
-
     try:
         overrides = assignments(args.calibration, "--calibration")
         settings_from(overrides)  # a bad key or value fails here, in one line, before any run is read

@@ -283,6 +283,8 @@ def test_replay_reads_a_runs_decisions_back_and_tries_other_settings(tmp_path):
     assert cut["outcome"] == "diverges" and cut["step"] == 2 and "backtrack" in cut["why"]
     with pytest.raises(ValueError, match="max_backtrack"):
         replay.replay(run, {"max_backtrack": 0})
+    with pytest.raises(SystemExit, match="has no parameter 'max_backtrack'"):
+        replay.main([str(run), "--calibration", "max_backtrack=0"])
 
 
 def test_rule_a_model_that_already_matches_stops_at_once():
