@@ -75,8 +75,9 @@ TR_PAIRS = {"oracle f/h": ("oracle forget", "oracle holdout"), "oracle h/subject
             "run h/subject h": ("run holdout", "subject holdout")}
 
 
-def truth_ratio_row(shape, seed, label, w, models: dict) -> str:
-    """The `--truth-ratios` table's row: median log ratio per model and split, KS p per pair."""
+def truth_ratio_row(shape, seed, label, w, models: dict, scored: dict) -> str:
+    """The `--truth-ratios` table's row: median log ratio per model and split, KS p per pair.
+    `scored`: each model path's ratios per split, filled here and kept across a world's rows."""
     import numpy as np
     from scipy.stats import ks_2samp
 
@@ -84,8 +85,10 @@ def truth_ratio_row(shape, seed, label, w, models: dict) -> str:
 
     r = {}
     for name, path in models.items():
-        net, tok = load_model(path)
-        r.update({f"{name} {split}": truth_ratios(net, tok, getattr(w, split)) for split in ("forget", "holdout")})
+        if path not in scored:
+            net, tok = load_model(path)
+            scored[path] = {split: truth_ratios(net, tok, getattr(w, split)) for split in ("forget", "holdout")}
+        r.update({f"{name} {split}": v for split, v in scored[path].items()})
     med = " | ".join(f"{np.median(np.log(r[k])):+.3f}" if k in r else "–"
                      for k in (f"{m} {s}" for m in ("subject", "oracle", "run") for s in ("forget", "holdout")))
     ks = " | ".join(f"{ks_2samp(r[a], r[b]).pvalue:.2g}" if a in r and b in r else "–" for a, b in TR_PAIRS.values())
@@ -145,10 +148,10 @@ def main():
                   + (f"{aucs['holdout']:.3f} |" if aucs["holdout"] is not None else "– |"),
                   flush=True)
             if args.truth_ratios:
-                base = {"subject": models["subject"], "oracle": models["oracle"]}
+                base, scored = {"subject": models["subject"], "oracle": models["oracle"]}, {}
                 for name in (args.run.split(",") if args.run else [None]):
-                    tr_rows.append(truth_ratio_row(shape, seed, name or "–", w,
-                                                   {**base, **({"run": saved(args.cache, shape, seed, name)} if name else {})}))
+                    tr_rows.append(truth_ratio_row(shape, seed, name or "–", w, {**base, **(
+                        {"run": saved(args.cache, shape, seed, name)} if name else {})}, scored))
     if args.truth_ratios:
         print("\nMedian log truth ratio (subject, oracle, run; forget, holdout) and KS p:\n\n"
               "| world | seed | run | subject forget | subject holdout | oracle forget | oracle holdout | run forget "
