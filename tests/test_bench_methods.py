@@ -131,3 +131,23 @@ def test_the_default_row_takes_the_settings_of_the_method_it_runs(tiny_world):
     assert bench.method_params("default", p, tiny_world.data_dir, None, {"steps": 3}) == {"beta": 2.0}
     assert bench.method_params("default", {**p, "default": {"x": 1}}, tiny_world.data_dir, None, None) == {"x": 1}
     assert bench.method_params("ga", p, tiny_world.data_dir, None, None) is None
+
+
+def test_twin_bias_scores_truth_ratios_as_the_evaluation_does(tiny_world, tiny_results):
+    """bench/twin_bias.py's truth ratios (its `--truth-ratios` table) are the evaluation's, record
+    for record: the table's forget quality column is the evaluation's forget quality."""
+    spec = importlib.util.spec_from_file_location("twin_bias", Path(__file__).parents[1] / "bench" / "twin_bias.py")
+    tb = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tb)
+    from unlearnkit.data.io import load_world
+    from unlearnkit.models.load import load_model
+
+    w = load_world(tiny_world.data_dir)
+    mine = tb.truth_ratios(*load_model(tiny_world.subject_dir), w.forget)
+    theirs = tiny_results["subject"]["per_sample"]["forget_truth_ratios"]
+    assert len(mine) == len(theirs) == len(w.forget) and mine == pytest.approx(theirs, rel=1e-4)
+    row = tb.truth_ratio_row("default", 0, "subject", w, {"subject": tiny_world.subject_dir, "oracle": tiny_world.oracle_dir,
+                                                          "run": tiny_world.subject_dir}, {})
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    fq = float(cells[3 + 6 + list(tb.TR_PAIRS).index("run f/oracle f")])
+    assert fq == pytest.approx(tiny_results["subject"]["forget_quality"], rel=0.05)
