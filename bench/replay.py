@@ -71,7 +71,7 @@ def replay(run: Path, overrides: dict | None = None) -> dict:
 
     checks, stopped = read_log(run / "log.jsonl")
     if not checks or stopped is None:
-        raise SystemExit(f"{run / 'log.jsonl'}: no checks, or no 'stopped' record (a calibrated run that finished "
+        raise ValueError(f"{run / 'log.jsonl'}: no checks, or no 'stopped' record (a calibrated run that finished "
                          f"writes both)")
     info = json.loads((run / "calibration.json").read_text()) if (run / "calibration.json").is_file() else {}
     settings = settings_from({**(info.get("settings") or {}), **(overrides or {})})
@@ -133,10 +133,16 @@ def main(argv=None):
         raise SystemExit(str(e)) from None
     if not args.json:
         print("| run | logged: stop, at, kept | replayed | at | kept | why |\n|---|---|---|---:|---:|---|")
+    failed = 0
     for run in args.runs:
         if not (run / "log.jsonl").is_file():
             continue
-        r = replay(run, overrides)
+        try:
+            r = replay(run, overrides)
+        except (ValueError, json.JSONDecodeError) as e:  # a run that died mid-way: said, and the others go on
+            print(f"{run}: {str(e).splitlines()[0]}", file=sys.stderr)
+            failed += 1
+            continue
         if args.json:
             print(json.dumps(r), flush=True)
             continue
@@ -144,6 +150,7 @@ def main(argv=None):
         what = r["outcome"] + (f" ({r['reason']})" if r.get("reason") and r["outcome"] != "same" else "")
         print(f"| {run} | {lg['reason']}, {lg['stopped_at']}, {lg['kept_step']} | {what} | {r['step']} | "
               f"{r.get('kept_step', '–') if r.get('kept_step') is not None else '–'} | {r.get('why', '')} |", flush=True)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

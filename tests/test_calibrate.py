@@ -254,7 +254,7 @@ def test_rule_told_apart_at_the_level_stops_as_shape():
     assert info.kept_step == 2 * cal.every and h.lr == 0.5
 
 
-def test_replay_reads_a_runs_decisions_back_and_tries_other_settings(tmp_path):
+def test_replay_reads_a_runs_decisions_back_and_tries_other_settings(tmp_path, capsys):
     """bench/replay.py puts each logged check in place of the measurement and hands it to the real
     rule: the run's own log replays to the same decisions and stop; with fewer backtracks allowed it
     stops at the overshoot; a log whose decision the rule does not make diverges there."""
@@ -285,6 +285,14 @@ def test_replay_reads_a_runs_decisions_back_and_tries_other_settings(tmp_path):
         replay.replay(run, {"max_backtrack": 0})
     with pytest.raises(SystemExit, match="has no parameter 'max_backtrack'"):
         replay.main([str(run), "--calibration", "max_backtrack=0"])
+    # a run that died before its stop is named, and the others are still replayed
+    died = tmp_path / "died"
+    died.mkdir()
+    (died / "log.jsonl").write_text(lines[0] + "\n")
+    assert replay.main([str(died), str(run), "--json"]) == 1
+    out, err = capsys.readouterr()
+    assert f"{died / 'log.jsonl'}: no checks, or no 'stopped' record" in err
+    assert json.loads(out.strip().splitlines()[-1])["outcome"] == "diverges"
 
 
 def test_rule_a_model_that_already_matches_stops_at_once():
