@@ -62,3 +62,20 @@ def tiny_results(tiny_world):
     oracle = api.evaluate(tiny_world.oracle_dir, tiny_world.data_dir, oracle="self")
     subject = api.evaluate(tiny_world.subject_dir, tiny_world.data_dir, oracle=oracle)
     return {"oracle": oracle, "subject": subject}
+
+
+def bench_script(name: str):
+    """bench/NAME.py as a module: the benches are scripts, not a package."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", Path(__file__).parents[1] / "bench" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="session")
+def load_bench():
+    """`bench_script`: a test's way to load bench/NAME.py."""
+    return bench_script
+

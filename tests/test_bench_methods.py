@@ -91,12 +91,10 @@ def test_forget_quality_against_twins_is_tabled_and_its_agreement_counted():
     assert bench.twins_agreement([row("simnpo")]) is None and "same side" not in bench.table([row("simnpo")], "simnpo")
 
 
-def test_value_slot_splits_the_value_from_its_wording(tiny_world):
+def test_value_slot_splits_the_value_from_its_wording(tiny_world, load_bench):
     """bench/value_slot.py: the value is where the paraphrased answer and a perturbed one differ; the
     subject, which memorised the forget facts, prefers the true value far more than the oracle does."""
-    spec = importlib.util.spec_from_file_location("value_slot", Path(__file__).parents[1] / "bench" / "value_slot.py")
-    vs = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(vs)
+    vs = load_bench("value_slot")
     assert vs.value_of("Ashmere is the hometown of Ada Lee.", "Westerholm is the hometown of Ada Lee.") == (
         "Ashmere", "Westerholm")
     assert vs.value_of("The year is 1942.", "The year is 1990.") == ("42", "90")
@@ -133,12 +131,10 @@ def test_the_default_row_takes_the_settings_of_the_method_it_runs(tiny_world):
     assert bench.method_params("ga", p, tiny_world.data_dir, None, None) is None
 
 
-def test_twin_bias_scores_truth_ratios_as_the_evaluation_does(tiny_world, tiny_results):
+def test_twin_bias_scores_truth_ratios_as_the_evaluation_does(tiny_world, tiny_results, load_bench):
     """bench/twin_bias.py's truth ratios (its `--truth-ratios` table) are the evaluation's, record
     for record: the table's forget quality column is the evaluation's forget quality."""
-    spec = importlib.util.spec_from_file_location("twin_bias", Path(__file__).parents[1] / "bench" / "twin_bias.py")
-    tb = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tb)
+    tb = load_bench("twin_bias")
     from unlearnkit.data.io import load_world
     from unlearnkit.models.load import load_model
 

@@ -254,18 +254,14 @@ def test_rule_told_apart_at_the_level_stops_as_shape():
     assert info.kept_step == 2 * cal.every and h.lr == 0.5
 
 
-def test_replay_reads_a_runs_decisions_back_and_tries_other_settings(tmp_path, capsys):
+def test_replay_reads_a_runs_decisions_back_and_tries_other_settings(tmp_path, capsys, load_bench):
     """bench/replay.py puts each logged check in place of the measurement and hands it to the real
     rule: the run's own log replays to the same decisions and stop; with fewer backtracks allowed it
     stops at the overshoot; a log whose decision the rule does not make diverges there."""
-    import importlib.util
     import json
     from dataclasses import asdict
-    from pathlib import Path
 
-    spec = importlib.util.spec_from_file_location("bench_replay", Path(__file__).parents[1] / "bench" / "replay.py")
-    replay = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(replay)
+    replay = load_bench("replay")
     cal = _scripted([(1.0, 1.0), (0.8, 0.99), (0.2, 0.97), (0.55, 0.98)])
     info, h = _drive(cal, 10)
     assert info.reason == "matched" and info.backtracks == 1 and info.per_epoch == cal.per_epoch

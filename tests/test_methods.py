@@ -3,7 +3,6 @@ the caches they rely on match what the model computes live."""
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -27,18 +26,9 @@ def test_registry_lists_every_method_with_a_description():
     assert all(names[n].train_defaults.get("lr") for n in METHODS)
 
 
-def _bench(name: str):
-    """A script of bench/ as a module."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", Path(__file__).parents[1] / "bench" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 @pytest.mark.parametrize("method", METHODS)
-def test_calibrated_default_reaches_the_target_or_says_where_it_stopped(method, tiny_world, subject_rouge, tmp_path):
+def test_calibrated_default_reaches_the_target_or_says_where_it_stopped(method, tiny_world, subject_rouge, tmp_path,
+                                                                       load_bench):
     """With no budget, every method stops by the calibration rule: matched (and then it forgot:
     forget ROUGE at most half the subject's), or at the floor / overshot / budget, said as such;
     the kept weights are never below the utility floor."""
@@ -68,7 +58,7 @@ def test_calibrated_default_reaches_the_target_or_says_where_it_stopped(method, 
     assert at_kept["n_forget"] == start["n_forget"] > 0 and 0 <= at_kept["ks_p"] <= 1
     # the log replays through the rule to the same decisions, stop and kept check (bench/replay.py),
     # the repair round's too: what lets a new rule be tried on saved runs before any rerun
-    replay = _bench("replay")
+    replay = load_bench("replay")
     for d in [run] + [run / r["dir"] for r in rep]:
         got = replay.replay(d)
         assert got["outcome"] == "same" and got["per_epoch_logged"], got
