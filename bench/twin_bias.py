@@ -20,10 +20,11 @@ With `--truth-ratios`, a second table: TOFU's truth ratios (paraphrased against 
 as the evaluation scores them) of the forget and the holdout people under the subject, the oracle
 and, with `--run NAME[,NAME...]`, each model named: a calibrated run bench/methods.py saved
 (`CACHE/WORLD/runs/NAME/model`) or one of its retrained oracles (`CACHE/WORLD/models/NAME`, from
-`--retrained N`), a row each: each set's median log ratio and the KS p between pairs. Oracle forget against oracle holdout is the
-oracle-free forget quality of exact unlearning itself; oracle holdout against subject holdout, two
-trained models on the same people neither saw; the run's forget against the oracle's forget is the
-evaluation's forget quality, and against the run's own holdout the calibrator's truth-ratio check.
+`--retrained N`), a row each: each set's median log ratio and the KS p between pairs. Oracle
+forget against oracle holdout is the oracle-free forget quality of exact unlearning itself;
+oracle holdout against subject holdout, two trained models on the same people neither saw; the
+run's forget against the oracle's forget is the evaluation's forget quality, and against the
+run's own holdout the calibrator's truth-ratio check.
 """
 from __future__ import annotations
 
