@@ -6,7 +6,8 @@
 A calibrated run is deterministic up to a decision: the checks it logged (`log.jsonl`: AUC, KS p,
 utility, learning rate) are what any rule would have seen until the first step where that rule
 decides otherwise. So each logged check is put in place of the measurement and handed to the real
-`calibrate.Calibrator.check` (`Calibrator.replaying`: the rule alone, no data); the decisions it
+rule (`Calibrator.replaying`: the rule alone, no data; `Calibrator.replay`: `check` on a given
+check); the decisions it
 makes (brake, speed up, backtrack, stop) are compared with the ones the run logged. Per run:
 - `same`: today's rule makes every decision the log shows, and stops where it stopped;
 - `stops`: it stops at an earlier check (why, and the check it keeps: the same weights as the run
@@ -84,15 +85,11 @@ def replay(run: Path, overrides: dict | None = None) -> dict:
     h = _Handle()
     for i, (logged, events) in enumerate(checks):
         c = Check(**{k: v for k, v in logged.items() if k in names})
-        wants = cal._wants_utility(c)
-        if wants and c.utility is None:
+        h.lr, h.events = c.lr, []
+        stop = cal.replay(c, h)
+        if stop is None:
             return {**out, "outcome": "diverges", "step": c.step,
                     "why": "the rule measures the utility here; the run did not"}
-        if not wants:
-            c.utility = None  # the rule would not have it
-        h.lr, h.events = c.lr, []
-        cal.measure = lambda step, handle, c=c: c
-        stop = cal.check(c.step, h)
         mine, theirs = _decisions(h.events), _decisions(events)
         last = i == len(checks) - 1
         if stop and last and not theirs:

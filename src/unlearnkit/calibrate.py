@@ -99,7 +99,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Literal
 
 import numpy as np
@@ -474,8 +474,8 @@ class Calibrator:
 
     @classmethod
     def replaying(cls, settings: CalibrationSettings, per_epoch: int, tolerance: float) -> Calibrator:
-        """The rule alone, with no data to measure: `check` decides on the checks a caller puts in
-        place of `measure` (bench/replay.py replays a run's `log.jsonl` through it)."""
+        """The rule alone, with no data to measure: `replay` decides on the checks a caller hands it
+        (bench/replay.py replays a run's `log.jsonl` through it)."""
         cal = cls.__new__(cls)
         cal._init_rule(settings, per_epoch, tolerance)
         return cal
@@ -645,8 +645,20 @@ class Calibrator:
         return key(c) > key(b)
 
     def check(self, step: int, handle) -> bool:
+        return self._decide(self.measure(step, handle), handle)
+
+    def replay(self, c: Check, handle) -> bool | None:
+        """`check` with a logged check in place of the measurement (bench/replay.py): the utility the
+        rule would not have measured there is dropped; None where the rule would measure it and the
+        log has none (what follows cannot be read from the log)."""
+        wants = self._wants_utility(c)
+        if wants and c.utility is None:
+            return None
+        return self._decide(c if wants else replace(c, utility=None), handle)
+
+    def _decide(self, c: Check, handle) -> bool:
+        """The rule (module docstring) on the measured check `c`; True: stop."""
         before = self._last_measured(path=True)
-        c = self.measure(step, handle)
         self.history.append(c)
         handle.log({"check": asdict(c)})
         above = None if c.utility is None else c.utility >= self.settings.floor  # None: not measured here
@@ -677,10 +689,10 @@ class Calibrator:
         point = "safe" if above is False and "safe" in self.snapshots else "restore"
         if self.backtracks < self.settings.max_backtracks and point in self.snapshots:
             self.backtracks += 1
-            self.restored_at = step
+            self.restored_at = c.step
             handle.restore(self.snapshots[point])
             handle.scale_lr(0.5)
-            handle.log({"backtrack": {"step": step, "to_lr": handle.lr, "why": "floor" if above is False else c.state}})
+            handle.log({"backtrack": {"step": c.step, "to_lr": handle.lr, "why": "floor" if above is False else c.state}})
             return False
         self.reason = "floor" if above is False else "overshot"
         return True
