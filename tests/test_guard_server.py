@@ -20,6 +20,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 from unlearnkit.data.world import generate_world, training_texts  # noqa: E402
 from unlearnkit.guard import REFUSAL, Guard, targets_from_world  # noqa: E402
 from unlearnkit.guard.actions import restore  # noqa: E402
+from unlearnkit.guard.guarded import GuardedLM  # noqa: E402
+from unlearnkit.guard.output import find_leak  # noqa: E402
 
 TOKEN = "test-token-123"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -53,6 +55,15 @@ class ServerThread:
     def __exit__(self, *exc):
         self.server.should_exit = True
         self.thread.join(10)
+
+
+def past_output_check(server, prompt: str, text: str, handled=frozenset()) -> str:
+    """What the guard returns when the model answers `prompt` with `text`. The untrained model's
+    greedy answers hang on near-ties, so they differ between CPUs, and on some CPU one names a
+    target (CI's once said "Bonsk Bonsk ...", a surname of the world): the output check then
+    refuses, as it must (every target here is `refuse`)."""
+    leak = find_leak(server.guard.detector, prompt, text, set(handled), "", server.guard.value_index())
+    return REFUSAL if leak else text
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +115,7 @@ def test_completions_guarded_and_plain(server, world):
     texts = [c["text"] for c in body["choices"]]
     assert texts[0] == REFUSAL
     assert world.forget[0].subject not in texts[0] and world.forget[0].answer not in texts[0]
-    assert texts[1] == server.lm.generate([retain_q], max_new_tokens=8)[0]
+    assert texts[1] == past_output_check(server, retain_q, server.lm.generate([retain_q], max_new_tokens=8)[0])
 
 
 def test_chat_completions(server, world):
@@ -120,7 +131,8 @@ def test_chat_completions(server, world):
     plain = [{"role": "user", "content": world.retain[3].question}]
     r = server.client.post("/v1/chat/completions", json={"messages": plain, "max_tokens": 8})
     # no chat template (the embedded model): the last user message is the prompt, as is
-    assert r.json()["choices"][0]["message"]["content"] == server.lm.generate([world.retain[3].question], 8)[0]
+    q = world.retain[3].question
+    assert r.json()["choices"][0]["message"]["content"] == past_output_check(server, q, server.lm.generate([q], 8)[0])
 
 
 def test_forget_api_takes_effect_and_delete_restores(server):
@@ -162,9 +174,13 @@ def test_forget_action_per_target(server):
     # pseudonymise: the model answers about a stand-in, and the reply gets the asker's words back
     r = c.post("/v1/forget", json={"subject": "Oswin Trellmark", "action": "pseudonymise"}, headers=AUTH)
     assert r.status_code == 201 and r.json()["action"] == "pseudonymise"
-    stand = server.guard.stand_in(next(t for t in server.guard.list() if t.id == r.json()["id"]))
-    seen = server.lm.generate([f"Where does {stand[0]} {stand[1]} live?"], max_new_tokens=8)[0]
-    assert complete(c, "Where does Oswin Trellmark live?") == restore(seen, {stand[0]: "Oswin", stand[1]: "Trellmark"})
+    target = next(t for t in server.guard.list() if t.id == r.json()["id"])
+    stand, prompt = server.guard.stand_in(target), "Where does Oswin Trellmark live?"
+    mode, _, fake, mapping = GuardedLM(server.lm, server.guard).dispatch([prompt])[0]
+    assert (mode, fake, mapping) == ("plain", f"Where does {stand[0]} {stand[1]} live?",
+                                     {stand[0]: "Oswin", stand[1]: "Trellmark"})
+    seen = restore(server.lm.generate([fake], max_new_tokens=8)[0], mapping)
+    assert complete(c, prompt) == past_output_check(server, prompt, seen, {target.id})
     assert c.delete(f"/v1/forget/{r.json()['id']}", headers=AUTH).status_code == 200
 
 
