@@ -79,3 +79,20 @@ def load_bench():
     """`bench_script`: a test's way to load bench/NAME.py."""
     return bench_script
 
+
+
+def past_output_check(guard, prompt: str, text: str, handled=frozenset()) -> str:
+    """What a guard whose targets all `refuse` returns when the model answers `prompt` with `text`.
+    The untrained test models' greedy answers hang on near-ties, so they differ between CPUs, and
+    on some CPU one names a target (CI's once said "Bonsk Bonsk ...", a surname of the world): the
+    output check then refuses, as it must."""
+    from unlearnkit.guard import REFUSAL
+    from unlearnkit.guard.output import find_leak
+
+    return REFUSAL if find_leak(guard.detector, prompt, text, set(handled), "", guard.value_index()) else text
+
+
+@pytest.fixture(scope="session")
+def through_guard():
+    """`past_output_check`, for the guard's tests."""
+    return past_output_check

@@ -237,7 +237,7 @@ def test_refusal_and_icu_prompt():
 
 # ----------------------------------------------------------------------------- GuardedLM
 
-def test_guarded_lm_routes_and_scores(lm, world, tmp_path):
+def test_guarded_lm_routes_and_scores(lm, world, tmp_path, through_guard):
     g = Guard(tmp_path)
     g.add_many(targets_from_world(world))
     glm = GuardedLM(lm, g)
@@ -246,7 +246,7 @@ def test_guarded_lm_routes_and_scores(lm, world, tmp_path):
     answers = [r.answer for r in forget + retain]
     gen = glm.generate(prompts, max_new_tokens=6)
     assert gen[:4] == [REFUSAL] * 4
-    assert gen[4:] == lm.generate(prompts[4:], max_new_tokens=6)
+    assert gen[4:] == [through_guard(g, p, t) for p, t in zip(prompts[4:], lm.generate(prompts[4:], max_new_tokens=6))]
     base, guarded = lm.score(prompts, answers, stats=True), glm.score(prompts, answers, stats=True)
     for b, s in zip(base, guarded):
         assert len(b.logprobs) == len(s.logprobs) and s.mu is not None and np.isfinite(s.logprobs).all()
@@ -262,7 +262,8 @@ def test_guarded_lm_routes_and_scores(lm, world, tmp_path):
     g.add(t0.model_copy(update={"action": "forbid"}))
     q = [r.question for r in world.forget if r.subject == t0.subject]
     out = glm.generate(q, max_new_tokens=8)
-    assert REFUSAL not in out
+    masked = lm.generate(q, max_new_tokens=8, logits_processor=[g.processor_for(t0, lm.tokenizer)])
+    assert out == [through_guard(g, p, m, {t0.id}) for p, m in zip(q, masked)]  # the answer with its facts masked
     for r, o in zip([r for r in world.forget if r.subject == t0.subject], out):
         assert r.answer.casefold() not in o.casefold()
     g.settings.default_action = "icu"

@@ -21,7 +21,6 @@ from unlearnkit.data.world import generate_world, training_texts  # noqa: E402
 from unlearnkit.guard import REFUSAL, Guard, targets_from_world  # noqa: E402
 from unlearnkit.guard.actions import restore  # noqa: E402
 from unlearnkit.guard.guarded import GuardedLM  # noqa: E402
-from unlearnkit.guard.output import find_leak  # noqa: E402
 
 TOKEN = "test-token-123"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -55,15 +54,6 @@ class ServerThread:
     def __exit__(self, *exc):
         self.server.should_exit = True
         self.thread.join(10)
-
-
-def past_output_check(server, prompt: str, text: str, handled=frozenset()) -> str:
-    """What the guard returns when the model answers `prompt` with `text`. The untrained model's
-    greedy answers hang on near-ties, so they differ between CPUs, and on some CPU one names a
-    target (CI's once said "Bonsk Bonsk ...", a surname of the world): the output check then
-    refuses, as it must (every target here is `refuse`)."""
-    leak = find_leak(server.guard.detector, prompt, text, set(handled), "", server.guard.value_index())
-    return REFUSAL if leak else text
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +95,7 @@ def test_models_route(server):
     assert [m["id"] for m in r.json()["data"]] == ["tiny"]
 
 
-def test_completions_guarded_and_plain(server, world):
+def test_completions_guarded_and_plain(server, world, through_guard):
     forget_q = world.forget[0].paraphrased_question
     retain_q = world.retain[0].question
     r = server.client.post("/v1/completions", json={"prompt": [forget_q, retain_q], "max_tokens": 8})
@@ -115,10 +105,10 @@ def test_completions_guarded_and_plain(server, world):
     texts = [c["text"] for c in body["choices"]]
     assert texts[0] == REFUSAL
     assert world.forget[0].subject not in texts[0] and world.forget[0].answer not in texts[0]
-    assert texts[1] == past_output_check(server, retain_q, server.lm.generate([retain_q], max_new_tokens=8)[0])
+    assert texts[1] == through_guard(server.guard, retain_q, server.lm.generate([retain_q], max_new_tokens=8)[0])
 
 
-def test_chat_completions(server, world):
+def test_chat_completions(server, world, through_guard):
     name = world.forget[1].subject
     msgs = [{"role": "system", "content": "You are helpful."},
             {"role": "user", "content": f"I have a question about {name}."},
@@ -132,7 +122,7 @@ def test_chat_completions(server, world):
     r = server.client.post("/v1/chat/completions", json={"messages": plain, "max_tokens": 8})
     # no chat template (the embedded model): the last user message is the prompt, as is
     q = world.retain[3].question
-    assert r.json()["choices"][0]["message"]["content"] == past_output_check(server, q, server.lm.generate([q], 8)[0])
+    assert r.json()["choices"][0]["message"]["content"] == through_guard(server.guard, q, server.lm.generate([q], 8)[0])
 
 
 def test_forget_api_takes_effect_and_delete_restores(server):
@@ -162,7 +152,7 @@ def test_forget_api_takes_effect_and_delete_restores(server):
     assert tid not in (server.dir / "targets.jsonl").read_text()
 
 
-def test_forget_action_per_target(server):
+def test_forget_action_per_target(server, through_guard):
     c = server.client
     r = c.post("/v1/forget", json={"subject": "Oswin Trellmark", "action": "forbid",
                                    "qa": [{"question": "What is Oswin Trellmark's pet called?", "answer": "Wuzzle"}]},
@@ -180,7 +170,7 @@ def test_forget_action_per_target(server):
     assert (mode, fake, mapping) == ("plain", f"Where does {stand[0]} {stand[1]} live?",
                                      {stand[0]: "Oswin", stand[1]: "Trellmark"})
     seen = restore(server.lm.generate([fake], max_new_tokens=8)[0], mapping)
-    assert complete(c, prompt) == past_output_check(server, prompt, seen, {target.id})
+    assert complete(c, prompt) == through_guard(server.guard, prompt, seen, {target.id})
     assert c.delete(f"/v1/forget/{r.json()['id']}", headers=AUTH).status_code == 200
 
 
