@@ -7,7 +7,7 @@ A calibrated run is deterministic up to a decision: the checks it logged (`log.j
 utility, learning rate) are what any rule would have seen until the first step where that rule
 decides otherwise. So each logged check is put in place of the measurement and handed to the real
 rule (`Calibrator.replaying`: the rule alone, no data; `Calibrator.replay`: `check` on a given
-check); the decisions it
+check, its state decided again under the settings given); the decisions it
 makes (brake, speed up, backtrack, stop) are compared with the ones the run logged. Per run:
 - `same`: today's rule makes every decision the log shows, and stops where it stopped;
 - `stops`: it stops at an earlier check (why, and the check it keeps: the same weights as the run

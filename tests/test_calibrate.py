@@ -262,7 +262,9 @@ def test_replay_reads_a_runs_decisions_back_and_tries_other_settings(tmp_path, c
     from dataclasses import asdict
 
     replay = load_bench("replay")
-    cal = _scripted([(1.0, 1.0), (0.8, 0.99), (0.2, 0.97), (0.55, 0.98)])
+    # the last check below 0.5: a replay decides each state again by the real rule (`Calibrator.state`),
+    # which `_scripted`'s shortcut follows everywhere but in the band's upper half
+    cal = _scripted([(1.0, 1.0), (0.8, 0.99), (0.2, 0.97), (0.48, 0.98, 0.2)])
     info, h = _drive(cal, 10)
     assert info.reason == "matched" and info.backtracks == 1 and info.per_epoch == cal.per_epoch
     run = tmp_path / "run"
@@ -274,6 +276,9 @@ def test_replay_reads_a_runs_decisions_back_and_tries_other_settings(tmp_path, c
     assert got["outcome"] == "same" and (got["reason"], got["step"], got["kept_step"]) == ("matched", 3, 3)
     fewer = replay.replay(run, {"max_backtracks": 0})
     assert fewer["outcome"] == "stops" and fewer["reason"] == "overshot" and fewer["step"] == 2
+    # the states are decided again: with the KS test stricter than the match's p (0.2), it goes on
+    stricter = replay.replay(run, {"min_ks_p": 0.5})
+    assert stricter["outcome"] == "diverges" and stricter["step"] == 3 and "goes on" in stricter["why"]
     (run / "log.jsonl").write_text("\n".join(x for x in lines if not x.startswith('{"backtrack"')) + "\n")
     cut = replay.replay(run)
     assert cut["outcome"] == "diverges" and cut["step"] == 2 and "backtrack" in cut["why"]

@@ -588,18 +588,13 @@ class Calibrator:
         # within the band, the shapes not told apart, and no longer more likely on average than the
         # reference: a run that enters the band from above goes on (braking, `_adjust_pace`) to the
         # reference's level instead of stopping at the band's upper edge
-        gap = float(f.mean()) - float(r.mean())
-        band = abs(a - 0.5) <= self.tolerance
-        matched = band and ks_p >= self.settings.min_ks_p and (gap <= 0 or a < 0.5)
-        # over: below the band, or within it (the shapes told apart) with the mean at or below the
-        # reference's; an AUC a hair under 0.5 with the forget mean still above is short of the target
-        state = "matched" if matched else ("over" if a < 0.5 - self.tolerance or (band and gap <= 0) else "under")
         da = None  # reported beside the decision, not part of it (module docstring: Documents)
         if self.n.get("forget_docs"):
             da = auc(self._scores(handle, "forget_docs"), self._scores(handle, "holdout_docs"))
-        c = Check(step, a, ks_p, self.tolerance, state, None, float(f.mean()),
+        c = Check(step, a, ks_p, self.tolerance, "", None, float(f.mean()),
                   float(r.mean()), handle.lr, da, self.docs_tolerance if da is not None else None,
                   float(fe.mean()), float(re_.mean()))
+        c.state = self.state(c)
         t1 = time.perf_counter()
         self.seconds["target"] = self.seconds.get("target", 0.0) + t1 - t0
         if not self.history:  # the starting weights: does the test tell the forget facts from the reference's?
@@ -612,6 +607,17 @@ class Calibrator:
                 self.start_utility = u
             c.utility = u / max(self.start_utility, 1e-12)
         return c
+
+    def state(self, c: Check) -> str:
+        """`c`'s state (the one place it is decided). Matched: within the band, the shapes not told
+        apart, and the forget mean no longer above the reference's (a run that enters the band from
+        above goes on, braking in `_adjust_pace`, to the reference's level instead of stopping at the
+        band's upper edge). Over: below the band, or within it (the shapes told apart) with the mean
+        at or below the reference's (an AUC a hair under 0.5 with the forget mean still above is
+        short of the target). Else under."""
+        if c.in_band and c.ks_p >= self.settings.min_ks_p and (c.gap <= 0 or c.auc < 0.5):
+            return "matched"
+        return "over" if c.auc < 0.5 - c.tolerance or (c.in_band and c.gap <= 0) else "under"
 
     def _last_measured(self, path: bool = False) -> Check | None:
         """The last check with a utility; with `path`, on the weights' present path only (since the
@@ -648,13 +654,15 @@ class Calibrator:
         return self._decide(self.measure(step, handle), handle)
 
     def replay(self, c: Check, handle) -> bool | None:
-        """`check` with a logged check in place of the measurement (bench/replay.py): the utility the
-        rule would not have measured there is dropped; None where the rule would measure it and the
-        log has none (what follows cannot be read from the log)."""
+        """`check` with a logged check in place of the measurement (bench/replay.py): its state is
+        decided again under these settings (`state`: a replay with another `min_ks_p` sees other
+        matches), the utility the rule would not have measured there is dropped; None where the rule
+        would measure it and the log has none (what follows cannot be read from the log)."""
         wants = self._wants_utility(c)
         if wants and c.utility is None:
             return None
-        return self._decide(c if wants else replace(c, utility=None), handle)
+        c = replace(c, state=self.state(c), utility=c.utility if wants else None)  # the state under these settings
+        return self._decide(c, handle)
 
     def _decide(self, c: Check, handle) -> bool:
         """The rule (module docstring) on the measured check `c`; True: stop."""
