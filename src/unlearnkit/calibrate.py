@@ -219,16 +219,14 @@ class StopInfo:
     seconds: dict = field(default_factory=dict)  # wall time in the checks: target (forget, reference, documents), utility
     history: list = field(default_factory=list)
     truth_ratio: dict = field(default_factory=dict)  # `Calibrator.truth_ratios` at "start" and "kept" (None: no data)
-    min_ks_p: float = 0.05                            # below it, the truth ratios are told apart
     survivors: list | None = None                     # ids of the forget records `survivors` names at the kept weights
     #                                                   (None: not looked for, sharded weights)
-    repair_tolerance: float = 0.05
     repairs: list = field(default_factory=list)       # the repair rounds that followed (`unlearning.forget`)
     settings: dict = field(default_factory=dict)      # the run's CalibrationSettings, and its steps per epoch of
     per_epoch: int = 0                                # the forget stream: what bench/replay.py needs to replay it
 
     def summary(self) -> str:
-        k = self.kept
+        k, s = self.kept, CalibrationSettings(**self.settings)
         why = {"matched": "the forget set matches the reference",
                "floor": "utility reached the floor before the target",
                "overshot": "the target was passed at every learning rate tried",
@@ -240,9 +238,9 @@ class StopInfo:
                 + (f"documents' AUC {k['docs_auc']:.3f} vs holdout documents (± {k['docs_tolerance']:.3f}), "
                    if k.get("docs_auc") is not None else "")
                 + f"utility {k['utility']:.3f}x the start"
-                + (_surviving(k, self.n_forget, self.n_reference, self.repair_tolerance, self.survivors)
+                + (_surviving(k, self.n_forget, self.n_reference, s.repair_tolerance, self.survivors)
                    if not self.repairs else "")
-                + _facts(self.truth_ratio, self.min_ks_p) + "".join(_repair(i, r) for i, r in enumerate(self.repairs)))
+                + _facts(self.truth_ratio, s.min_ks_p) + "".join(_repair(i, r) for i, r in enumerate(self.repairs)))
 
 
 def _surviving(k: dict, n_forget: int, n_reference: int, tolerance: float, found: list | None = None) -> str:
@@ -784,8 +782,7 @@ class Calibrator:
                         {k: self.n[k] for k in UTILITY_SPLITS if k in self.n},
                         len(self.history), sum(c.utility is not None for c in self.history),
                         {k: round(v, 3) for k, v in self.seconds.items()}, [asdict(c) for c in self.history],
-                        dict(self.truth), self.settings.min_ks_p, repair_tolerance=self.settings.repair_tolerance,
-                        settings=self.settings.model_dump(), per_epoch=self.per_epoch)
+                        dict(self.truth), settings=self.settings.model_dump(), per_epoch=self.per_epoch)
         handle.log({"stopped": {k: v for k, v in asdict(info).items() if k != "history"}})
         return info
 
