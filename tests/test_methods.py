@@ -230,6 +230,27 @@ def test_a_repair_round_unlearns_what_the_run_left_reproduced(tiny_world, tmp_pa
     assert any(not torch.equal(w1[k], w0[k]) for k in w1)
 
 
+def test_repair_rounds_go_on_while_a_round_leaves_other_records(tiny_world, tmp_path, monkeypatch):
+    """`survivors` scripted: the run leaves records a, b; round 1 takes them and leaves c, d (answers
+    it brought back); round 2 takes c, d and leaves c; round 3 takes c and leaves c, every record it
+    took, so no fourth round is run though four are allowed. (Stopping when a round leaves as many
+    as it took ended after round 1 with c and d answered: a request home's batch, docs/requests.md.)"""
+    import json
+
+    from unlearnkit import api, calibrate
+    from unlearnkit.data.io import load_world
+
+    ids = [r.id for r in load_world(tiny_world.data_dir).forget][:4]
+    a, b, c, d = ids
+    script = iter([[a, b], [c, d], [c], [c]])
+    monkeypatch.setattr(calibrate, "survivors", lambda *args, **kw: next(script))
+    run = api.forget(tiny_world.subject_dir, tiny_world.data_dir, "simnpo", tmp_path / "r", progress=False,
+                     calibration={"max_epochs": 1, "repair_rounds": 4})
+    info = json.loads((run / "calibration.json").read_text())
+    assert [r["ids"] for r in info["repairs"]] == [[a, b], [c, d], [c]]
+    assert [r["left"] for r in info["repairs"]] == [2, 1, 1] and info["survivors"] == [a, b]
+
+
 def test_default_plan_chooses_by_the_data(tiny_world):
     """With no method named, a calibrated run on data with a holdout split gets Twin RMU against the
     holdout people; without one (or told reference=twins, or with a fixed budget), SimNPO. A named

@@ -281,10 +281,12 @@ def _repair(res, w: WorldData, m, streams: dict, cfg: TrainConfig, ctx: Context,
     unlearns them alone, calibrated again from the kept weights against their own twins, with the
     same retain data, at the method's own settings, and with a floor that keeps the rounds together
     at `settings.floor` x the run's start. It stops when nothing is left, or after a round that
-    left as many as it took. A saliency mask of the first round stays. Each round's log and stop go
-    to `out/repair-K/`; the last round's kept weights are the result, and the first round's
-    `StopInfo` lists what survived it (`survivors`) and the rounds (`repairs`). Sharded weights
-    (FSDP, ZeRO-3) cannot generate outside the training wrapper: no round, and the log says so."""
+    left every record it took (another would not do better); a round that left others (answers it
+    brought back: a request home's batch) is followed by one on those. A saliency mask of the first
+    round stays. Each round's log and stop go to `out/repair-K/`; the last round's kept weights are
+    the result, and the first round's `StopInfo` lists what survived it (`survivors`) and the rounds
+    (`repairs`). Sharded weights (FSDP, ZeRO-3) cannot generate outside the training wrapper: no
+    round, and the log says so."""
     from dataclasses import replace
 
     from .calibrate import Calibrator, survivors
@@ -296,8 +298,8 @@ def _repair(res, w: WorldData, m, streams: dict, cfg: TrainConfig, ctx: Context,
     first.survivors = ids = survivors(res.model, tok, w, settings, seed, tpl)
     by_id = {r.id: r for r in w.forget}
     for k in range(1, settings.repair_rounds + 1):
-        if not ids or first.repairs and len(ids) >= first.repairs[-1]["records"]:
-            break  # nothing left, or the last round left as many as it took: another would not do better
+        if not ids or first.repairs and set(first.repairs[-1]["ids"]) <= set(ids):
+            break  # nothing left, or the last round left every record it took: another would not do better
         recs = [by_id[i] for i in ids]
         wk = replace(w, forget=recs, forget_docs=[])
         prompts, answers, subjects = forget_pairs(wk)

@@ -58,8 +58,9 @@ class Settings(BaseModel):
     guard_action: str = Field("pseudonymise", description="answers like a model that never saw the person "
                                                           "(docs/guard.md)")
     keep_guard_after_verified: bool = Field(True, description="names only (docs/requests.md, 'Data minimisation')")
-    repair_rounds: int = Field(1, ge=0, description="repair rounds of a batch's calibrated run, per request, on "
-                                                    "the facts it left reproduced (calibrate.surviving)")
+    repair_rounds: int = Field(2, ge=0, description="repair rounds of a batch's calibrated run, per request, on "
+                                                    "the facts it left reproduced (calibrate.surviving); a second "
+                                                    "takes the facts a first brought back (docs/requests.md)")
     n_strangers: int = Field(8, ge=1, description="invented names probed beside the person")
     retain_sample: int = Field(200, ge=0, description="retain-pool records added to every batch's retain set")
     utility_records: int = Field(100, ge=1, description="fixed retain-pool slice that utility is measured on")
