@@ -296,6 +296,28 @@ def test_replay_reads_a_runs_decisions_back_and_tries_other_settings(tmp_path, c
     assert json.loads(out.strip().splitlines()[-1])["outcome"] == "diverges"
 
 
+def test_a_repair_round_stops_once_no_answer_is_left():
+    """A repair round (`answers`: the whole forget set's flags at its start) regenerates its own
+    records at the checks that measure the utility and keeps the others' flags: while `surviving`
+    still names a record it goes on; once none is left, above the floor, it stops as `answers` and
+    keeps these weights, far as the AUC still is from the target."""
+    from unlearnkit.calibrate import Answers
+
+    w = WorldData(forget=[_rec(i) for i in range(4)], retain=[_rec(100, "Bo Ka", "Who is Bo Ka?", "x")])
+    flags = lambda *m: Answers(list(w.forget), [[x] for x in w.forget], np.array(m, float), np.zeros(4))  # noqa: E731
+    cal = Calibrator(_Tok(), w, CalibrationSettings(), forget=w.forget[:2], answers=flags(1, 1, 0, 0))
+    assert cal._answer_idx == [0, 1]  # the round's records, among the set's
+    cal._scores = lambda handle, name, fn=None: np.stack([np.array([-0.1, -0.2] if name == "forget" else [-6.0, -7.0]),
+                                                          np.zeros(2)], -1)
+    cal._utility, cal.truth_ratios = (lambda handle: 1.0), (lambda handle: None)
+    h, passes = _Handle(), iter([flags(1, 1, 0, 0), flags(1, 0, 0, 0), flags(0, 0, 0, 0)])
+    h.score = lambda fn, batch: next(passes)  # what the generation pass through the handle returns, check by check
+    assert not cal.check(0, h) and not cal.check(1, h) and cal.check(2, h)
+    assert [c.answers_left for c in cal.history] == [2, 1, 0] and cal.history[-1].auc == 1.0
+    info = cal.finish(2, h)
+    assert info.reason == "answers" and info.kept_step == 2 and "no forget answer is left" in info.summary()
+
+
 def test_rule_a_model_that_already_matches_stops_at_once():
     info, _ = _drive(_scripted([(0.5, 1.0)]), 10)
     assert info.reason == "matched" and info.stopped_at == 0

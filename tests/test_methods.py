@@ -215,6 +215,9 @@ def test_a_repair_round_unlearns_what_the_run_left_reproduced(tiny_world, tmp_pa
     own = json.loads((run / "repair-1" / "calibration.json").read_text())
     assert own["n_forget"] == rep["records"] and own["kept"]["utility"] == rep["utility"]
     assert own["reason"] == rep["reason"] and len(own["survivors"]) == rep["left"] <= rep["records"]
+    if own["reason"] == "answers":  # the round's own stop: its last check found no answer left, and was kept
+        assert own["history"][-1]["answers_left"] == 0 and own["kept_step"] == own["stopped_at"]
+    assert all((c["answers_left"] is None) == (c["utility"] is None) for c in own["history"])
     assert '"check"' in (run / "repair-1" / "log.jsonl").read_text()
     summary = api.run_summary(run)
     assert f"repair round 1 on the {rep['records']} answers still given: {rep['reason']}" in summary
@@ -243,7 +246,20 @@ def test_repair_rounds_go_on_while_a_round_leaves_other_records(tiny_world, tmp_
     ids = [r.id for r in load_world(tiny_world.data_dir).forget][:4]
     a, b, c, d = ids
     script = iter([[a, b], [c, d], [c], [c]])
-    monkeypatch.setattr(calibrate, "survivors", lambda *args, **kw: next(script))
+
+    class Scripted:  # the whole-set pass before and after each round; a round's own checks never find none left
+        named = []
+
+        def __init__(self, ids):
+            self.ids = ids
+
+        def survivors(self, settings):
+            return self.ids
+
+        def again(self, *args):
+            return Scripted([a])
+
+    monkeypatch.setattr(calibrate.Answers, "generate", classmethod(lambda cls, *args: Scripted(next(script))))
     run = api.forget(tiny_world.subject_dir, tiny_world.data_dir, "simnpo", tmp_path / "r", progress=False,
                      calibration={"max_epochs": 1, "repair_rounds": 4})
     info = json.loads((run / "calibration.json").read_text())

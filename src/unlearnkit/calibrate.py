@@ -35,6 +35,13 @@ after the run, the forget records whose greedy answers still hold the true answe
 twins' do not (`survivors`, when the set, or with `repair_by="subject"` a subject, gives more
 answers than its twins by over `repair_tolerance`) are unlearned again, calibrated, from the kept
 weights, `repair_rounds` times at most (`unlearning._repair`; docs/methods.md, "Repair rounds").
+A round is run for those answers, so it also stops (`answers`; `repair_stop`) at a check above its floor where
+`survivors`'s test names none: at the checks that measure the utility it generates its own records'
+answers and their twins' again (0.13-0.16 s for 110 records and their twins) and keeps the other
+records' flags from its start (`Answers`). The AUC of so few records against their twins says
+little: on wide seed 0 a round of 110 records came to none left at step 15, and went on, under
+by the AUC, to stall at step 195. A request home keeps the AUC's stop (`repair_stop="auc"`): its
+test's tolerance is its answers check's, and stopping there left a fact or two a batch.
 
 Facts that survive. At the start and at the kept weights, the forget records' truth ratios (their
 paraphrased true answer against their perturbed false ones, as TOFU computes them) are compared with
@@ -89,8 +96,9 @@ The rule, all in `Calibrator.check`:
   (wide seed 0 went on to three more backtracks at AUC 0.545-0.55 and kept the first crossing).
 At the end the kept weights are the best check above the floor: a matched one first (the highest
 utility among them), else the one nearest the target (by AUC, then by the mean log-prob gap, which
-still moves where the AUC has saturated). The stop reason is one of `matched`,
-`floor` (the floor was reached before the target), `overshot` (the target was passed at every
+still moves where the AUC has saturated); a repair round's `answers` stop keeps its own check.
+The stop reason is one of `matched`, `answers` (a repair round: no answer left that a round would
+take), `floor` (the floor was reached before the target), `overshot` (the target was passed at every
 learning rate tried), `stalled` (converged short of it), `shape` (at the reference's level, told
 apart by shape) or `budget` (the step budget ran out first).
 """
@@ -113,7 +121,7 @@ from .data.twins import world_twins
 from .metrics.mia import null_auc_se
 from .scoring import answer_logprobs
 
-REASONS = ("matched", "floor", "overshot", "stalled", "shape", "budget")
+REASONS = ("matched", "answers", "floor", "overshot", "stalled", "shape", "budget")
 UTILITY_SPLITS = ("retain", "neighbours", "world_facts")
 
 
@@ -145,6 +153,11 @@ class CalibrationSettings(BaseModel):
                            "each subject (a deletion request's person) on its own")
     repair_tolerance: float = Field(0.05, ge=0, lt=1, description="share of answers given beyond the twins' "
                                                                   "that starts a repair round")
+    repair_stop: Literal["answers", "auc"] = Field(
+        "answers", description="how a repair round stops: answers, also once `survivors`'s test names no answer "
+                               "left (checked where the utility is measured); auc, by the AUC alone, as any run "
+                               "(a request home: its test's tolerance is its answers check's, 0.1, and stopping "
+                               "there left a fact or two a batch)")
     repair_twins: Literal["twins", "holdout"] = Field(
         "twins", description="the strangers a repair round's answers are compared with: twins, made as the "
                              "reference's are; holdout, the holdout records whose `twin_of` names the forget "
@@ -185,6 +198,7 @@ class Check:
     docs_tolerance: float | None = None
     forget_exact: float | None = None     # share of forget answers reproduced (teacher-forced: every scored
     reference_exact: float | None = None  # answer token the argmax), and of the reference's; reported, not decided on
+    answers_left: int | None = None       # a repair round's: the records `survivors` would still name (`Answers`)
 
     @property
     def distance(self) -> float:
@@ -232,6 +246,7 @@ class StopInfo:
                "overshot": "the target was passed at every learning rate tried",
                "stalled": "progress towards the target stopped short of it",
                "shape": "the forget set reached the reference's level, but the shapes of their scores are told apart",
+               "answers": "no forget answer is left beyond the twins' (the repair round's target)",
                "budget": "the step budget ran out before the target"}[self.reason]
         return (f"stopped: {self.reason} ({why}) at step {self.stopped_at}; kept step {self.kept_step}: "
                 f"AUC {k['auc']:.3f} vs the {self.reference} (target 0.5 ± {k['tolerance']:.3f}, {k['state']}), "
@@ -296,35 +311,62 @@ def holdout_twins(world: WorldData) -> dict[str, list]:
     return of
 
 
+@dataclass
+class Answers:
+    """Which forget records' greedy answers hold the true answer (`mine`, 0/1 per record of `named`)
+    and the share of each one's twins whose answers do (`theirs`): `survivors`'s test, kept by a
+    repair round (`Calibrator(answers=...)`) so that a check regenerates only the round's own records
+    and takes the others' flags as they were when it started."""
+    named: list
+    twins: list
+    mine: np.ndarray
+    theirs: np.ndarray
+
+    @classmethod
+    def generate(cls, model, tokenizer, world: WorldData, settings: CalibrationSettings, seed: int = 0,
+                 template=None) -> Answers:
+        """The forget records that have twins (`settings.repair_twins`: made by `world_twins`, or the
+        holdout records whose `twin_of` names them: `holdout_twins`), answered when the model's greedy
+        answer holds the whole true answer: the evaluation's answer rate and a request home's answers
+        check, by the same test (`attacks.recovery.contains_answer`). One generation pass (0.1-0.9 s
+        on the benches' 60-200 fact worlds, 1 s on 1000)."""
+        if settings.repair_twins == "holdout":
+            of = holdout_twins(world)
+            named = [r for r in world.forget if of.get(r.id)]
+            twins = [of[r.id] for r in named]
+        else:
+            named, tw = world_twins(world, list(world.forget), seed)
+            twins = [[t] for t in tw]
+        out = cls(named, twins, np.zeros(len(named)), np.zeros(len(named)))
+        return out.again(model, tokenizer, range(len(named)), template) if named else out
+
+    def again(self, model, tokenizer, idx, template=None) -> Answers:
+        """These flags with the records at positions `idx` (and their twins) generated anew."""
+        from .attacks.recovery import contains_answer
+        from .scoring import LM
+
+        idx = list(idx)
+        recs, tw = [self.named[i] for i in idx], [t for i in idx for t in self.twins[i]]
+        gens = LM(model, tokenizer, template=parse_template(template)).generate([r.question for r in recs + tw],
+                                                                               max_new_tokens=32)
+        flags = np.array(contains_answer(gens, recs + tw), dtype=float)
+        mine, theirs, k = self.mine.copy(), self.theirs.copy(), len(recs)
+        for i, pos in enumerate(idx):
+            mine[pos] = flags[i]
+            n = len(self.twins[pos])
+            theirs[pos] = flags[k:k + n].mean()
+            k += n
+        return Answers(self.named, self.twins, mine, theirs)
+
+    def survivors(self, settings: CalibrationSettings) -> list[str]:
+        return surviving(self.named, self.mine, self.theirs, settings.repair_tolerance, settings.repair_by)
+
+
 def survivors(model, tokenizer, world: WorldData, settings: CalibrationSettings, seed: int = 0,
               template=None) -> list[str]:
-    """`surviving` on the forget records that have twins (`settings.repair_twins`: made by
-    `world_twins`, or the holdout records whose `twin_of` names them: `holdout_twins`), each answered when the
-    model's greedy answer holds the whole true answer: the evaluation's answer rate and a request
-    home's answers check, by the same test (`attacks.recovery.contains_answer`). One generation pass
-    (0.1-0.9 s on the benches' 60-200 fact worlds); the word-for-word count of the checks' scoring
+    """`surviving` on `Answers.generate`'s flags; the word-for-word count of the checks' scoring
     pass misses answers given further into a free answer ("Tell me about X.")."""
-    from .attacks.recovery import contains_answer
-    from .scoring import LM
-
-    if settings.repair_twins == "holdout":
-        of = holdout_twins(world)
-        named = [r for r in world.forget if of.get(r.id)]
-        twins = [of[r.id] for r in named]
-    else:
-        named, tw = world_twins(world, list(world.forget), seed)
-        twins = [[t] for t in tw]
-    if not named:
-        return []
-    flat = [t for ts in twins for t in ts]
-    gens = LM(model, tokenizer, template=parse_template(template)).generate([r.question for r in named + flat],
-                                                                           max_new_tokens=32)
-    flags = np.array(contains_answer(gens, named + flat), dtype=float)
-    mine, theirs, i = flags[:len(named)], [], len(named)
-    for ts in twins:
-        theirs.append(flags[i:i + len(ts)].mean())
-        i += len(ts)
-    return surviving(named, mine, np.array(theirs), settings.repair_tolerance, settings.repair_by)
+    return Answers.generate(model, tokenizer, world, settings, seed, template).survivors(settings)
 
 
 def _facts(truth: dict, min_ks_p: float) -> str:
@@ -435,7 +477,8 @@ class Calibrator:
     """The `train.Monitor` that stops unlearning at the target (module docstring: the rule)."""
 
     def __init__(self, tokenizer, world: WorldData, settings: CalibrationSettings | None = None, *, seed: int = 0,
-                 forget_stream_len: int | None = None, batch_size: int = 16, template=None, forget: list | None = None):
+                 forget_stream_len: int | None = None, batch_size: int = 16, template=None, forget: list | None = None,
+                 answers: Answers | None = None):
         s = settings or CalibrationSettings()
         forget, ref = reference_records(world, s.reference, seed, forget)
         if s.repair_rounds and s.repair_twins == "holdout":
@@ -463,6 +506,12 @@ class Calibrator:
         self._layout = {k: [len(r.perturbed_answers) for r in v] for k, v in keep.items()}
         self.truth: dict[str, dict | None] = {}  # `truth_ratios` at the start and at the kept weights
         self.pad_id = tokenizer.pad_token_id
+        # a repair round's answers at its start: its own records are generated again at the checks
+        # that measure the utility, the rest kept (`Answers`); it stops once none is left
+        self._answers, self._tok, self._template = answers, tokenizer, template
+        if answers is not None:
+            mine = {r.id for r in forget}
+            self._answer_idx = [i for i, r in enumerate(answers.named) if r.id in mine]
         self._collated: dict[str, list] = {}
         self.seconds: dict[str, float] = {}  # time in the checks' passes (StopInfo.seconds)
         self._init_rule(s, math.ceil((forget_stream_len or len(forget)) / batch_size),
@@ -604,6 +653,12 @@ class Calibrator:
             if self.start_utility is None:
                 self.start_utility = u
             c.utility = u / max(self.start_utility, 1e-12)
+            if self._answers is not None:
+                t2 = time.perf_counter()
+                a = handle.score(lambda model, batch, ctx: self._answers.again(model, self._tok, self._answer_idx,
+                                                                               self._template), {})
+                c.answers_left = len(a.survivors(self.settings))
+                self.seconds["answers"] = self.seconds.get("answers", 0.0) + time.perf_counter() - t2
         return c
 
     def state(self, c: Check) -> str:
@@ -673,6 +728,11 @@ class Calibrator:
             self.snapshots["best"] = handle.snapshot()
         if c.state == "matched" and above:
             self.reason = "matched"
+            return True
+        if c.answers_left == 0 and above:  # a repair round's target: no answer left that a round would take
+            if self.best is not c:
+                self.best, self.snapshots["best"] = c, handle.snapshot()
+            self.reason = "answers"
             return True
         if above is not False and self._told_apart_at_the_level(c):
             self.reason = "shape"

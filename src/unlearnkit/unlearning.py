@@ -289,13 +289,14 @@ def _repair(res, w: WorldData, m, streams: dict, cfg: TrainConfig, ctx: Context,
     round, and the log says so."""
     from dataclasses import replace
 
-    from .calibrate import Calibrator, survivors
+    from .calibrate import Answers, Calibrator
 
     first, kept = res.stop, res.stop.kept.get("utility") or 1.0
     if res.full_state_dict is not None:
         log.warning("repair rounds skipped: the weights are sharded across processes")
         return res
-    first.survivors = ids = survivors(res.model, tok, w, settings, seed, tpl)
+    given = Answers.generate(res.model, tok, w, settings, seed, tpl)
+    first.survivors = ids = given.survivors(settings)
     by_id = {r.id: r for r in w.forget}
     for k in range(1, settings.repair_rounds + 1):
         if not ids or first.repairs and set(first.repairs[-1]["ids"]) <= set(ids):
@@ -307,7 +308,8 @@ def _repair(res, w: WorldData, m, streams: dict, cfg: TrainConfig, ctx: Context,
         ctx.forget_text = (prompts, answers, subjects)
         floor = min(1.0, settings.floor / max(kept, 1e-12))
         monitor = Calibrator(tok, w, settings.model_copy(update={"floor": floor}), seed=seed,
-                             forget_stream_len=len(sk["forget"]), batch_size=cfg.batch_size, template=tpl, forget=recs)
+                             forget_stream_len=len(sk["forget"]), batch_size=cfg.batch_size, template=tpl, forget=recs,
+                             answers=given if settings.repair_stop == "answers" else None)
         if m.prepare is not None:  # a method's reference (NPO's) is the round's start
             ctx.cache = m.prepare(res.model, sk, ctx)
         res = train(res.model, m.loss, sk, replace(cfg, steps=monitor.budget, save_every=0), pad_id=tok.pad_token_id,
@@ -315,7 +317,8 @@ def _repair(res, w: WorldData, m, streams: dict, cfg: TrainConfig, ctx: Context,
                     desc=f"{method} repair {k}", monitor=monitor)
         st = res.stop
         kept *= st.kept.get("utility") or 1.0
-        st.survivors = left = survivors(res.model, tok, w, settings, seed, tpl)
+        given = Answers.generate(res.model, tok, w, settings, seed, tpl)
+        st.survivors = left = given.survivors(settings)
         first.repairs.append({"records": len(recs), "reason": st.reason, "stopped_at": st.stopped_at,
                               "kept_step": st.kept_step, "utility": st.kept.get("utility"), "left": len(left),
                               "ids": ids, "dir": f"repair-{k}"})

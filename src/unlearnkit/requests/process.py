@@ -214,7 +214,7 @@ def _unlearn(home: Home, b: dict, per, world: Path, source, run_dir: Path, seed:
         # same strangers (the batch world's holdout: `batch_world`)
         train["calibration"] = {"utility": "answers", "repair_rounds": home.settings.repair_rounds,
                                 "repair_by": "subject", "repair_tolerance": home.settings.answer_tolerance,
-                                "repair_twins": "holdout",
+                                "repair_twins": "holdout", "repair_stop": "auc",
                                 **(overrides.get("calibration") or {})}
     out = run_dir / "unlearn"
     forget(source.path, world, b["method"], out, seed=seed, progress=progress, **train)
