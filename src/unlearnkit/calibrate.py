@@ -632,9 +632,6 @@ class Calibrator:
         t0 = time.perf_counter()
         (f, fe), (r, re_) = (self._scores(handle, k, _answer_scores_and_exact).T for k in ("forget", "reference"))
         a, ks_p = auc(f, r), float(ks_2samp(f, r).pvalue)
-        # within the band, the shapes not told apart, and no longer more likely on average than the
-        # reference: a run that enters the band from above goes on (braking, `_adjust_pace`) to the
-        # reference's level instead of stopping at the band's upper edge
         da = None  # reported beside the decision, not part of it (module docstring: Documents)
         if self.n.get("forget_docs"):
             da = auc(self._scores(handle, "forget_docs"), self._scores(handle, "holdout_docs"))
@@ -655,9 +652,9 @@ class Calibrator:
             c.utility = u / max(self.start_utility, 1e-12)
             if self._answers is not None:
                 t2 = time.perf_counter()
-                a = handle.score(lambda model, batch, ctx: self._answers.again(model, self._tok, self._answer_idx,
-                                                                               self._template), {})
-                c.answers_left = len(a.survivors(self.settings))
+                now = handle.score(lambda model, batch, ctx: self._answers.again(model, self._tok, self._answer_idx,
+                                                                                 self._template), {})
+                c.answers_left = len(now.survivors(self.settings))
                 self.seconds["answers"] = self.seconds.get("answers", 0.0) + time.perf_counter() - t2
         return c
 
