@@ -9,7 +9,7 @@ import random
 import numpy as np
 import pytest
 
-from unlearnkit.calibrate import CalibrationSettings, Calibrator, Check, auc, reference_records, survivors
+from unlearnkit.calibrate import Answers, CalibrationSettings, Calibrator, Check, auc, reference_records
 from unlearnkit.metrics.mia import null_auc_se
 from unlearnkit.data.io import WorldData
 from unlearnkit.data.schema import QARecord
@@ -301,8 +301,6 @@ def test_a_repair_round_stops_once_no_answer_is_left():
     records at the checks that measure the utility and keeps the others' flags: while `surviving`
     still names a record it goes on; once none is left, above the floor, it stops as `answers` and
     keeps these weights, far as the AUC still is from the target."""
-    from unlearnkit.calibrate import Answers
-
     w = WorldData(forget=[_rec(i) for i in range(4)], retain=[_rec(100, "Bo Ka", "Who is Bo Ka?", "x")])
     flags = lambda *m: Answers(list(w.forget), [[x] for x in w.forget], np.array(m, float), np.zeros(4))  # noqa: E731
     cal = Calibrator(_Tok(), w, CalibrationSettings(), forget=w.forget[:2], answers=flags(1, 1, 0, 0))
@@ -470,7 +468,7 @@ def test_forget_documents_and_reproduced_answers_are_reported(tiny_world):
                     return fn(net, batch)
 
         out[name] = cal.measure(0, H())
-        out[name + " survivors"] = survivors(net, tok, w, CalibrationSettings())
+        out[name + " survivors"] = Answers.generate(net, tok, w, CalibrationSettings()).survivors(CalibrationSettings())
     # the answers reproduced word for word (teacher-forced, names left out): the subject's forget
     # answers, not the twins'; the oracle reproduces fewer of them
     assert out["subject"].forget_exact >= 0.8 > out["subject"].reference_exact
@@ -492,7 +490,8 @@ def test_forget_documents_and_reproduced_answers_are_reported(tiny_world):
 
     named, tw = world_twins(w, list(w.forget), 0)
     paired = dataclasses.replace(w, holdout=[t.model_copy(update={"twin_of": r.id}) for r, t in zip(named, tw)])
-    assert survivors(net, tok, paired, CalibrationSettings(repair_twins="holdout")) == out["oracle survivors"]
+    holdout = CalibrationSettings(repair_twins="holdout")
+    assert Answers.generate(net, tok, paired, holdout).survivors(holdout) == out["oracle survivors"]
     with pytest.raises(DataError, match="holdout.jsonl: no record has a 'twin_of' field"):
         Calibrator(tok, w, CalibrationSettings(repair_twins="holdout"), seed=0)
     Calibrator(tok, w, CalibrationSettings(repair_twins="holdout", repair_rounds=0), seed=0)  # no round: not needed

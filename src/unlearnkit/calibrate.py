@@ -32,7 +32,7 @@ and no repair round follows.
 
 Repair rounds. Such facts need a round of their own, not more of the same loss on the whole set:
 after the run, the forget records whose greedy answers still hold the true answer where their
-twins' do not (`survivors`, when the set, or with `repair_by="subject"` a subject, gives more
+twins' do not (`Answers.survivors`, when the set, or with `repair_by="subject"` a subject, gives more
 answers than its twins by over `repair_tolerance`) are unlearned again, calibrated, from the kept
 weights, `repair_rounds` times at most (`unlearning._repair`; docs/methods.md, "Repair rounds").
 A round is run for those answers, so it also stops (`answers`; `repair_stop`) at a check above its floor where
@@ -359,14 +359,10 @@ class Answers:
         return Answers(self.named, self.twins, mine, theirs)
 
     def survivors(self, settings: CalibrationSettings) -> list[str]:
+        """The records a repair round takes (`surviving`). Generated answers, because the word-for-word
+        count of the checks' scoring pass misses answers given further into a free answer ("Tell me
+        about X.")."""
         return surviving(self.named, self.mine, self.theirs, settings.repair_tolerance, settings.repair_by)
-
-
-def survivors(model, tokenizer, world: WorldData, settings: CalibrationSettings, seed: int = 0,
-              template=None) -> list[str]:
-    """`surviving` on `Answers.generate`'s flags; the word-for-word count of the checks' scoring
-    pass misses answers given further into a free answer ("Tell me about X.")."""
-    return Answers.generate(model, tokenizer, world, settings, seed, template).survivors(settings)
 
 
 def _facts(truth: dict, min_ks_p: float) -> str:

@@ -277,7 +277,7 @@ def _repair(res, w: WorldData, m, streams: dict, cfg: TrainConfig, ctx: Context,
     """At most `settings.repair_rounds` repair rounds after a calibrated run. One learning rate moves
     the whole forget set, and the run stops when the set as a whole matches its twins; a few facts
     still near certainty have barely moved by then. A round takes the forget records the kept
-    weights still answer where their twins' answers are not given (`calibrate.survivors`) and
+    weights still answer where their twins' answers are not given (`calibrate.Answers.survivors`) and
     unlearns them alone, calibrated again from the kept weights against their own twins, with the
     same retain data, at the method's own settings, and with a floor that keeps the rounds together
     at `settings.floor` x the run's start. It stops when nothing is left, or after a round that
