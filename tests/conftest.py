@@ -80,7 +80,6 @@ def load_bench():
     return bench_script
 
 
-
 def past_output_check(guard, prompt: str, text: str, handled=frozenset()) -> str:
     """What a guard whose targets all `refuse` returns when the model answers `prompt` with `text`.
     The untrained test models' greedy answers hang on near-ties, so they differ between CPUs, and

@@ -234,10 +234,11 @@ def test_a_repair_round_unlearns_what_the_run_left_reproduced(tiny_world, tmp_pa
 
 
 def test_repair_rounds_go_on_while_a_round_leaves_other_records(tiny_world, tmp_path, monkeypatch):
-    """`survivors` scripted: the run leaves records a, b; round 1 takes them and leaves c, d (answers
-    it brought back); round 2 takes c, d and leaves c; round 3 takes c and leaves c, every record it
-    took, so no fourth round is run though four are allowed. (Stopping when a round leaves as many
-    as it took ended after round 1 with c and d answered: a request home's batch, docs/requests.md.)"""
+    """The whole-set test scripted (`Answers.generate`): the run leaves records a, b; round 1 takes
+    them and leaves c, d (answers it brought back); round 2 takes c, d and leaves c; round 3 takes c
+    and leaves c, every record it took, so no fourth round is run though four are allowed.
+    (Stopping when a round leaves as many as it took ended after round 1 with c and d answered: a
+    request home's batch, docs/requests.md.)"""
     import json
 
     from unlearnkit import api, calibrate
