@@ -55,22 +55,6 @@ def scores(net, tok, records):
     return out
 
 
-def truth_ratios(net, tok, records):
-    """TOFU's truth ratio of each record, scored as `evaluate` scores it (`LM.score`)."""
-    from unlearnkit.metrics import tofu
-    from unlearnkit.scoring import LM
-
-    recs = [r for r in records if r.perturbed_answers]
-    prompts = [r.question for r in recs for _ in range(1 + len(r.perturbed_answers))]
-    answers = [a for r in recs for a in (r.paraphrased_answer, *r.perturbed_answers)]
-    sc, out, i = LM(net, tok).score(prompts, answers), [], 0
-    for r in recs:
-        n = len(r.perturbed_answers)
-        out.append(tofu.truth_ratio(sc[i].logprobs, [x.logprobs for x in sc[i + 1:i + 1 + n]]))
-        i += 1 + n
-    return out
-
-
 TR_PAIRS = {"oracle f/h": ("oracle forget", "oracle holdout"), "oracle h/subject h": ("oracle holdout", "subject holdout"),
             "run f/oracle f": ("run forget", "oracle forget"), "run f/h": ("run forget", "run holdout"),
             "run h/subject h": ("run holdout", "subject holdout")}
@@ -82,13 +66,15 @@ def truth_ratio_row(shape, seed, label, w, models: dict, scored: dict) -> str:
     import numpy as np
     from scipy.stats import ks_2samp
 
+    from unlearnkit.evaluate import truth_ratios
     from unlearnkit.models.load import load_model
+    from unlearnkit.scoring import LM
 
     r = {}
     for name, path in models.items():
         if path not in scored:
             net, tok = load_model(path)
-            scored[path] = {split: truth_ratios(net, tok, getattr(w, split)) for split in ("forget", "holdout")}
+            scored[path] = {split: truth_ratios(LM(net, tok), getattr(w, split)) for split in ("forget", "holdout")}
         r.update({f"{name} {split}": v for split, v in scored[path].items()})
     med = " | ".join(f"{np.median(np.log(r[k])):+.3f}" if k in r else "–"
                      for k in (f"{m} {s}" for m in ("subject", "oracle", "run") for s in ("forget", "holdout")))

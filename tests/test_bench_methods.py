@@ -132,14 +132,17 @@ def test_the_default_row_takes_the_settings_of_the_method_it_runs(tiny_world):
 
 
 def test_twin_bias_scores_truth_ratios_as_the_evaluation_does(tiny_world, tiny_results, load_bench):
-    """bench/twin_bias.py's truth ratios (its `--truth-ratios` table) are the evaluation's, record
-    for record: the table's forget quality column is the evaluation's forget quality."""
+    """`evaluate.truth_ratios` (behind bench/twin_bias.py's `--truth-ratios` table) gives the
+    evaluation's truth ratios, record for record, and the table's forget quality column is the
+    evaluation's forget quality."""
     tb = load_bench("twin_bias")
     from unlearnkit.data.io import load_world
+    from unlearnkit.evaluate import truth_ratios
     from unlearnkit.models.load import load_model
+    from unlearnkit.scoring import LM
 
     w = load_world(tiny_world.data_dir)
-    mine = tb.truth_ratios(*load_model(tiny_world.subject_dir), w.forget)
+    mine = truth_ratios(LM(*load_model(tiny_world.subject_dir)), w.forget)
     theirs = tiny_results["subject"]["per_sample"]["forget_truth_ratios"]
     assert len(mine) == len(theirs) == len(w.forget) and mine == pytest.approx(theirs, rel=1e-4)
     row = tb.truth_ratio_row("default", 0, "subject", w, {"subject": tiny_world.subject_dir, "oracle": tiny_world.oracle_dir,

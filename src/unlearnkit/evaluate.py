@@ -74,10 +74,32 @@ def _twin_requests(world, forget: list, req: _Requests) -> list[tuple[int, Any]]
     index = {id(r): i for i, r in enumerate(forget)}
     twin_of = [(index[id(r)], t) for r, t in zip(named, tw) if t.perturbed_answers]
     for i, t in twin_of:
-        req.add(("twin", i, "para"), t.question, t.paraphrased_answer)
-        for j, p in enumerate(t.perturbed_answers):
-            req.add(("twin", i, "pert", j), t.question, p)
+        _queue_truth(req, ("twin", i), t)
     return twin_of
+
+
+def _queue_truth(req: _Requests, key: tuple, record) -> None:
+    """Queue what a record's truth ratio needs: its paraphrased answer under `key + ("para",)` and
+    each perturbed answer under `key + ("pert", j)` (read back by `_truth_ratio`)."""
+    req.add((*key, "para"), record.question, record.paraphrased_answer)
+    for j, p in enumerate(record.perturbed_answers):
+        req.add((*key, "pert", j), record.question, p)
+
+
+def _truth_ratio(sc, key: tuple, record) -> float:
+    """TOFU's truth ratio of a record queued by `_queue_truth`, `sc` mapping a key to its score."""
+    return tofu.truth_ratio(sc((*key, "para")), [sc((*key, "pert", j)) for j in range(len(record.perturbed_answers))])
+
+
+def truth_ratios(lm, records, batch_size: int | None = None) -> list[float]:
+    """TOFU's truth ratio of each record that has perturbed answers, scored as `evaluate` scores
+    them (one `lm.score` call)."""
+    recs = [r for r in records if r.perturbed_answers]
+    req = _Requests()
+    for i, r in enumerate(recs):
+        _queue_truth(req, (i,), r)
+    scores = lm.score(req.prompts, req.answers, batch_size=batch_size) if len(req) else []
+    return [_truth_ratio(lambda k: scores[req.index[k]], (i,), r) for i, r in enumerate(recs)]
 
 
 def _clean(obj: Any) -> Any:
@@ -158,9 +180,7 @@ def evaluate(lm, world, *, oracle: dict | None = None, suites: Sequence[str] = S
         for s, recs in splits_qa.items():
             for i, r in enumerate(recs):
                 req.add((s, i, "true"), r.question, r.answer)
-                req.add((s, i, "para"), r.question, r.paraphrased_answer)
-                for j, p in enumerate(r.perturbed_answers):
-                    req.add((s, i, "pert", j), r.question, p)
+                _queue_truth(req, (s, i), r)
     twin_of = _twin_requests(world, splits_qa["forget"], req) if do_tofu else []
     mia_sets: dict[str, dict[str, tuple[list, list]]] = {}  # source -> side -> (keys, texts)
     if need_mia_scores and source is not None:
@@ -272,8 +292,7 @@ def evaluate(lm, world, *, oracle: dict | None = None, suites: Sequence[str] = S
             d["normalised_probability"] = _mean(norm)
             # TOFU: plain probability on forget and retain, normalised on the other utility sets
             d["probability"] = d["answer_probability"] if s in ("forget", "retain") else d["normalised_probability"]
-            ratios = [tofu.truth_ratio(sc((s, i, "para")), [sc((s, i, "pert", j)) for j in range(len(r.perturbed_answers))])
-                      for i, r in enumerate(recs)]
+            ratios = [_truth_ratio(sc, (s, i), r) for i, r in enumerate(recs)]
             d["truth_ratio"] = tofu.truth_ratio_score(ratios, forget=(s == "forget"))
             d["truth_ratio_geomean_R"] = float(np.exp(np.mean(np.log(ratios))))
             d["exact_memorisation"] = _mean(tofu.exact_memorisation(x) for x in true)
@@ -311,9 +330,7 @@ def evaluate(lm, world, *, oracle: dict | None = None, suites: Sequence[str] = S
         # forget quality against the model's own twins: needs no oracle
         res["forget_quality_twins"] = None
         if len(twin_of) >= 2:
-            twin_ratios = [tofu.truth_ratio(sc(("twin", i, "para")), [sc(("twin", i, "pert", j))
-                                                                      for j in range(len(t.perturbed_answers))])
-                           for i, t in twin_of]
+            twin_ratios = [_truth_ratio(sc, ("twin", i), t) for i, t in twin_of]
             per_sample["twin_truth_ratios"] = twin_ratios
             f["forget_quality_twins"] = tofu.forget_quality([per_sample["forget_truth_ratios"][i] for i, _ in twin_of],
                                                             twin_ratios)
