@@ -17,6 +17,11 @@ base model is the subject and whose retain pool is the world (never its forget s
    each batch is processed, the oracle (never trained on these people) is judged by the very same
    checks (`requests.process.run_checks`), to show what they ask of exact unlearning.
 
+`--retrained N` trains N more oracles on the same data from other seeds (the seed + 1000 + i, as
+bench/methods.py's) and reports each one's answer rate on every batch: how far exact unlearning
+lands from the oracle by the training seed alone, the spread of the "within 0.05 of the oracle"
+line (docs/requests.md).
+
 `--train KEY=VALUE` sets a training setting for every batch (e.g. `--train sam=0` for plain steps);
 `--setting KEY=VALUE` a setting of the batches' home (e.g. `--setting repair_rounds=0`).
 """
@@ -34,6 +39,9 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+RETRAIN_SEED = 1000  # the retrained oracles' training seeds: seed + this + i (bench/methods.py's)
+WITHIN = 0.05  # issue 13's line: the candidate's forget answer rate within this of the oracle's
 
 
 def _summary(checks: dict) -> dict:
@@ -65,6 +73,8 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batches", type=int, default=5)
     ap.add_argument("--per-batch", type=int, default=2)
+    ap.add_argument("--retrained", type=int, default=0,
+                    help="oracles retrained from other seeds: exact unlearning's own spread on each batch")
     ap.add_argument("--skip-guard-locate", action="store_true", help="only the batches (3 and 4)")
     ap.add_argument("--method", default=None, help="unlearning method (default: the home's, unlearnkit.DEFAULT_METHOD)")
     ap.add_argument("--lr", type=float, default=None, help="override the method's learning rate")
@@ -85,6 +95,12 @@ def main():
     w = load_world(data)
     people = sorted({r.subject for r in w.forget})
     facts = {p: [r for r in w.forget if r.subject == p] for p in people}
+    retrained = []
+    for i in range(args.retrained):  # as bench/methods.py's `build`: the same data, another seed
+        ckpt, s = args.out / "models" / f"retrained-{i + 1}", args.seed + RETRAIN_SEED + i
+        if not api._reusable(ckpt, data, s, "oracle"):
+            api.finetune(data, ckpt, without_forget=True, seed=s, progress=False)
+        retrained.append(LM(*load_model(ckpt)))
     subject, oracle = LM(*load_model(models["subject"])), LM(*load_model(models["oracle"]))
     res = {"config": vars(args) | {"out": str(args.out)}, "n_forget_people": len(people)}
 
@@ -162,6 +178,8 @@ def main():
                "answer_rate": forget_metrics(lm, grecs, truth_ratio=False)["forget_contains"],
                "answer_rate_oracle": forget_metrics(oracle, grecs, truth_ratio=False)["forget_contains"],
                "answer_rate_subject": forget_metrics(subject, grecs, truth_ratio=False)["forget_contains"],
+               "answer_rate_retrained": [forget_metrics(m, grecs, truth_ratio=False)["forget_contains"]
+                                         for m in retrained],
                "requests": {i: (s := rq.show(home, i))["status"] + (f" ({s['failure']})" if s["failure"] else "")
                             for i in ids}}
         stop = (out.get("results") or {}).get("batch_checks")
@@ -190,6 +208,21 @@ def main():
         print(f"| {b['batch']} | {b['stage']} | {b['version']} ({b['current']}) | {b['answer_rate_subject']:.2f} / {b['answer_rate']:.2f} / "
               f"{b['answer_rate_oracle']:.2f} | {b['utility_ratio']:.3f} | {f(c.get('relearn_recovery'))} | "
               f"{f(c.get('quantize_recovery'))} | {b['seconds']:.0f} s | {verdict} ({f(o['values'].get('relearn_recovery'))}) |")
+    print("\n" + within_line(batches))
+
+
+def within_line(batches: list[dict]) -> str:
+    """How many batches deployed, how many candidates land within `WITHIN` of the oracle's answer
+    rate, and, with retrained oracles, how many of theirs do."""
+    near = lambda a, b: abs(a - b) <= WITHIN + 1e-9  # noqa: E731
+    n = len(batches)
+    out = (f"{sum(b['stage'] == 'deployed' for b in batches)} of {n} batches deployed; candidates within {WITHIN} of "
+           f"the oracle's answer rate: {sum(near(b['answer_rate'], b['answer_rate_oracle']) for b in batches)} of {n}")
+    for i in range(len(batches[0].get("answer_rate_retrained", [])) if batches else 0):
+        rates = [b["answer_rate_retrained"][i] for b in batches]
+        out += (f"; retrained oracle {i + 1}: {sum(near(r, b['answer_rate_oracle']) for r, b in zip(rates, batches))} "
+                f"of {n} (answer rates {', '.join(f'{r:.2f}' for r in rates)})")
+    return out
 
 
 if __name__ == "__main__":
