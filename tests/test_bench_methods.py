@@ -150,3 +150,16 @@ def test_twin_bias_scores_truth_ratios_as_the_evaluation_does(tiny_world, tiny_r
     cells = [c.strip() for c in row.strip("|").split("|")]
     fq = float(cells[3 + 6 + list(tb.TR_PAIRS).index("run f/oracle f")])
     assert fq == pytest.approx(tiny_results["subject"]["forget_quality"], rel=0.05)
+
+
+def test_requests_bench_counts_candidates_and_retrained_oracles_within_the_oracle(load_bench):
+    """bench/requests.py's closing line: batches deployed, candidates within 0.05 of the oracle's
+    forget answer rate, and the same count for each oracle retrained from another seed (`--retrained`)."""
+    rb = load_bench("requests")
+    batches = [{"stage": "deployed", "answer_rate": 0.10, "answer_rate_oracle": 0.05, "answer_rate_retrained": [0.00, 0.15]},
+               {"stage": "rejected", "answer_rate": 0.10, "answer_rate_oracle": 0.00, "answer_rate_retrained": [0.05, 0.00]}]
+    line = rb.within_line(batches)
+    assert line.startswith("1 of 2 batches deployed; candidates within 0.05 of the oracle's answer rate: 1 of 2")
+    assert "retrained oracle 1: 2 of 2 (answer rates 0.00, 0.05)" in line
+    assert "retrained oracle 2: 1 of 2 (answer rates 0.15, 0.00)" in line
+    assert "retrained" not in rb.within_line([{k: v for k, v in b.items() if k != "answer_rate_retrained"} for b in batches])
