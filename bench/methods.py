@@ -177,7 +177,7 @@ def fixed_name(method: str) -> str:
 def _metrics(res, oracle, subject) -> dict:
     mu, smu = res.get("model_utility"), subject.get("model_utility")
     return {"forget_quality": res.get("forget_quality"), "forget_quality_twins": res.get("forget_quality_twins"),
-            "answer_rate": answer_rate(res),
+            "truth_gap_twins": res.get("truth_gap_twins"), "answer_rate": answer_rate(res),
             "oracle_answer_rate": answer_rate(oracle), "privleak": res.get("privleak"),
             "utility_ratio": mu / smu if mu is not None and smu else None, "n_forget": res["n"]["forget"]}
 

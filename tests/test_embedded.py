@@ -51,6 +51,22 @@ def test_forget_quality_orders_subject_and_oracle(tiny_results):
     assert tiny_results["oracle"]["forget_rouge"] < 0.3
 
 
+def test_truth_gap_against_twins_tells_the_subject_from_the_oracle(tiny_results):
+    """`truth_gap_twins` (no oracle): the subject prefers its forget facts' true answers far more than
+    for strangers; the oracle, which never saw them, hardly more, and it is the paired statistic
+    of the per-sample truth ratios."""
+    from unlearnkit.metrics import tofu
+
+    gap = {}
+    for name, r in tiny_results.items():
+        ps = r["per_sample"]
+        assert r["forget_quality_twins_n"] == len(ps["forget_truth_ratios"]) == len(ps["twin_truth_ratios"])
+        gap[name] = tofu.paired_truth_gap(ps["forget_truth_ratios"], ps["twin_truth_ratios"])
+        assert r["truth_gap_twins"] == pytest.approx(gap[name]["mean"])
+    assert gap["subject"]["mean"] > 0.3 and gap["subject"]["p"] < 1e-6  # measured: 0.54, 1.6e-10
+    assert abs(gap["oracle"]["mean"]) < gap["subject"]["mean"] / 3  # measured: 0.062
+
+
 def test_graddiff_forgets_and_keeps_retain(tiny_world, tiny_results, tmp_path):
     before = _tree_hash(tiny_world.subject_dir)
     # the method's own claim, at its fixed default budget (calibrated runs: tests/test_methods.py)

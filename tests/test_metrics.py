@@ -67,6 +67,26 @@ def test_forget_quality_ks():
     assert fq["n"] == 3 and fq["n_oracle"] == 3
 
 
+def test_paired_truth_gap_is_the_mean_log_difference_fact_by_fact():
+    """The gap against the twins: mean and standard error of log R(forget) - log R(twin), and the
+    exact Wilcoxon signed-rank p, worked by hand: five differences all of one sign give the two
+    most extreme of 2^5 equally likely sign patterns, p = 2/32."""
+    twins = [0.5, 1.5, 0.8, 2.0, 1.1]
+    d = [0.1, 0.2, 0.3, 0.4, 0.5]
+    g = tofu.paired_truth_gap([t * math.exp(x) for t, x in zip(twins, d)], twins)
+    assert g["mean"] == pytest.approx(0.3) and g["se"] == pytest.approx(math.sqrt(0.025 / 5))
+    assert g["p"] == pytest.approx(2 / 32) and g["n"] == 5
+    assert tofu.paired_truth_gap(twins, twins) == {"mean": 0.0, "se": 0.0, "p": 1.0, "n": 5}
+    # a small shift on facts that differ widely: the two-sample test (forget quality's) cannot see
+    # it, the pairs can (ten of one sign: p = 2/1024)
+    spread = [0.2 * k for k in range(1, 11)]
+    shifted = [x * math.exp(0.05) for x in spread]
+    assert tofu.forget_quality(shifted, spread)["p"] > 0.9
+    assert tofu.paired_truth_gap(shifted, spread)["p"] == pytest.approx(2 / 1024)
+    with pytest.raises(ValueError, match="two or more pairs"):
+        tofu.paired_truth_gap([1.0, 2.0], [1.0])
+
+
 def test_harmonic_mean_and_model_utility():
     assert tofu.harmonic_mean([1.0, 0.5]) == pytest.approx(2 / 3)
     assert tofu.harmonic_mean([0.9, 0.0, 0.8]) == 0.0

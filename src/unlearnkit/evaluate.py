@@ -328,7 +328,7 @@ def evaluate(lm, world, *, oracle: dict | None = None, suites: Sequence[str] = S
         res["extraction_strength_forget"] = f["extraction_strength"]
         res["retain_rouge"] = split_out["retain"].get("rouge")
         # forget quality against the model's own twins: needs no oracle
-        res["forget_quality_twins"] = None
+        res["forget_quality_twins"] = res["truth_gap_twins"] = None
         if len(twin_of) >= 2:
             twin_ratios = [_truth_ratio(sc, ("twin", i), t) for i, t in twin_of]
             per_sample["twin_truth_ratios"] = twin_ratios
@@ -336,6 +336,10 @@ def evaluate(lm, world, *, oracle: dict | None = None, suites: Sequence[str] = S
                                                             twin_ratios)
             res["forget_quality_twins"] = f["forget_quality_twins"]["p"]
             res["forget_quality_twins_n"] = len(twin_ratios)
+            # the same pairs, fact by fact: how much more the true answer is preferred than for a stranger
+            f["truth_gap_twins"] = tofu.paired_truth_gap([per_sample["forget_truth_ratios"][i] for i, _ in twin_of],
+                                                         twin_ratios)
+            res["truth_gap_twins"] = f["truth_gap_twins"]["mean"]
         else:
             notes.append("fewer than two forget questions name their subject (with perturbed answers): "
                          "forget_quality_twins is None")

@@ -111,6 +111,25 @@ def forget_quality(model_ratios: Sequence[float], oracle_ratios: Sequence[float]
     }
 
 
+def paired_truth_gap(forget_ratios: Sequence[float], twin_ratios: Sequence[float]) -> dict:
+    """How much more the model prefers each forget fact's true answer than it does for the same
+    question about a stranger (its twin, `data.twins`), one model, fact by fact: the mean of
+    log R(forget) - log R(twin) over the pairs, its standard error, and the two-sided Wilcoxon
+    signed-rank p (scipy.stats.wilcoxon). A model that never saw the person has no reason to prefer
+    the true answer more for them than for a stranger: 0. Pairing takes out what varies from fact to
+    fact, which a two-sample test against other people's facts (or the twins' as a sample) keeps in
+    its noise; the ratio takes out how familiar the name is (docs/methods.md, "The truth-ratio gap
+    against the twins"). Returns {"mean", "se", "p", "n"}."""
+    from scipy.stats import wilcoxon
+
+    a, b = np.asarray(forget_ratios, dtype=np.float64), np.asarray(twin_ratios, dtype=np.float64)
+    if a.shape != b.shape or a.size < 2:
+        raise ValueError(f"the truth-ratio gap needs two or more pairs, got {a.size} forget and {b.size} twin ratios")
+    d = np.log(a) - np.log(b)
+    p = float(wilcoxon(d).pvalue) if np.any(d != 0) else 1.0
+    return {"mean": float(d.mean()), "se": float(d.std(ddof=1) / math.sqrt(d.size)), "p": p, "n": int(d.size)}
+
+
 def harmonic_mean(values: Iterable[float]) -> float:
     """Harmonic mean n / sum(1/v); 0 if any value is 0 (TOFU's model utility convention)."""
     v = np.asarray(list(values), dtype=np.float64)

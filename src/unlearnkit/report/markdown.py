@@ -9,6 +9,7 @@ from .. import runinfo
 ROWS = [
     ("forget_quality", "Forget quality (KS p vs oracle, higher = closer)", "higher: closer to the oracle"),
     ("forget_quality_twins", "Forget quality against twins (KS p, no oracle)", "higher: closer to never seen"),
+    ("truth_gap_twins", "Truth-ratio gap against twins (mean log, paired, no oracle)", "near 0: no more than for a stranger"),
     ("model_utility", "Model utility (harmonic mean, higher = better)", "higher"),
     ("forget_rouge", "Forget ROUGE-L recall (lower = forgot)", "lower, down to the oracle's"),
     ("retain_rouge", "Retain ROUGE-L recall (higher = kept)", "higher"),
