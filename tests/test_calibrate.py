@@ -593,12 +593,17 @@ def test_truth_ratios_against_the_twins_are_forget_quality_without_an_oracle(tin
         ref = evaluate(LM(net, tok), w, suites=("tofu",))
         assert got[name]["ks_p"] == pytest.approx(ref["forget_quality_twins"], rel=1e-3, abs=1e-9)
         assert got[name]["n_forget"] == got[name]["n_reference"] == len(ref["per_sample"]["twin_truth_ratios"])
+        # and the same pairs fact by fact: evaluate's truth_gap_twins
+        assert got[name]["twin_gap"] == pytest.approx(ref["truth_gap_twins"], rel=1e-3)
+        assert got[name]["n_twins"] == got[name]["n_forget"]
     assert got["subject"]["ks_p"] < 0.05 <= got["oracle"]["ks_p"]
+    assert got["subject"]["twin_gap"] > 3 * got["oracle"]["twin_gap"] and got["subject"]["twin_gap_p"] < 1e-6
     assert got["subject"]["forget_log_r"] > got["subject"]["reference_log_r"] + 0.5
 
     info, _ = _drive(_scripted([(0.5, 1.0)]), 1)
     told = dataclasses.replace(info, truth_ratio={"start": got["subject"], "kept": got["subject"]})
     assert "the forget facts are still told apart" in told.summary()
+    assert f"truth-ratio gap against the twins {got['subject']['twin_gap']:+.3f}" in told.summary()
     assert "preferred to false ones" in told.summary()
     for quiet in ({"start": got["subject"], "kept": got["oracle"]},   # forgotten
                   {"start": got["oracle"], "kept": got["oracle"]},    # no power at the start

@@ -366,14 +366,21 @@ class Answers:
 
 
 def _facts(truth: dict, min_ks_p: float) -> str:
-    """The summary's warning when the kept weights' forget truth ratios are still told apart from the
-    reference's (KS p below `min_ks_p`) where the starting weights' were too: the answers' wording is
-    forgotten, the facts are not (docs/methods.md, "Facts that survive"). Silent when the start
-    was not told apart either: the test then has no power on this data."""
+    """The summary's truth-ratio gap against the twins at the kept weights and the start (docs/methods.md,
+    "The truth-ratio gap against the twins"), and its warning when the kept weights' forget truth
+    ratios are still told apart from the reference's (KS p below `min_ks_p`) where the starting
+    weights' were too: the answers' wording is forgotten, the facts are not (docs/methods.md,
+    "Facts that survive"). No warning when the start was not told apart either: the test then has
+    no power on this data."""
     st, kt = truth.get("start"), truth.get("kept")
-    if not st or not kt or st["ks_p"] >= min_ks_p or kt["ks_p"] >= min_ks_p:
+    if not st or not kt:
         return ""
-    return (f"; but the forget facts are still told apart from the reference's: truth ratios' KS p {kt['ks_p']:.2g} "
+    gap = (f"; truth-ratio gap against the twins {kt['twin_gap']:+.3f} (SE {kt['twin_gap_se']:.3f}, Wilcoxon p "
+           f"{kt['twin_gap_p']:.2g}; start {st['twin_gap']:+.3f}; 0: the true answer preferred no more than for a "
+           "stranger)" if "twin_gap" in kt and "twin_gap" in st else "")
+    if st["ks_p"] >= min_ks_p or kt["ks_p"] >= min_ks_p:
+        return gap
+    return gap + (f"; but the forget facts are still told apart from the reference's: truth ratios' KS p {kt['ks_p']:.2g} "
             f"(median log ratio {kt['forget_log_r']:+.2f} against {kt['reference_log_r']:+.2f}; start: "
             f"p {st['ks_p']:.2g}): " + ("the true answers, reworded, are still preferred to false ones"
                                         if kt["forget_log_r"] > kt["reference_log_r"] else
@@ -497,8 +504,13 @@ class Calibrator:
         # the truth ratios' records: forget and reference records with paraphrased and perturbed answers
         keep.update({f"{k}_tr": [r for r in v if r.perturbed_answers]
                      for k, v in (("forget", forget), ("reference", ref))})
-        self.n.update({k: len(keep[k]) for k in ("forget_tr", "reference_tr")})
-        self._enc.update({k: _utility_encoding(tokenizer, keep[k], template) for k in ("forget_tr", "reference_tr")})
+        # and the twins of those forget records that name their subject, fact by fact (the gap's pairs)
+        named, keep["twin_tr"] = world_twins(world, keep["forget_tr"], seed)
+        at = {id(r): i for i, r in enumerate(keep["forget_tr"])}
+        self._twin_of = [at[id(r)] for r in named]
+        self.n.update({k: len(keep[k]) for k in ("forget_tr", "reference_tr", "twin_tr")})
+        self._enc.update({k: _utility_encoding(tokenizer, keep[k], template)
+                          for k in ("forget_tr", "reference_tr", "twin_tr")})
         self._layout = {k: [len(r.perturbed_answers) for r in v] for k, v in keep.items()}
         self.truth: dict[str, dict | None] = {}  # `truth_ratios` at the start and at the kept weights
         self.pad_id = tokenizer.pad_token_id
@@ -609,18 +621,24 @@ class Calibrator:
     def truth_ratios(self, handle) -> dict | None:
         """TOFU's forget quality with the reference in the oracle's place: the KS p of the forget
         records' truth ratios (paraphrased against perturbed answers) against the reference records'
-        (`metrics.tofu.forget_quality`), and each side's median log ratio. None when either side has
-        fewer than two records with perturbed answers. Reported, not decided on (module docstring:
-        Facts that survive)."""
+        (`metrics.tofu.forget_quality`), and each side's median log ratio; and, where two or more of
+        those forget records name their subject, the truth-ratio gap against their twins, fact by fact
+        (`metrics.tofu.paired_truth_gap`: `twin_gap`, `twin_gap_se`, `twin_gap_p`, `n_twins`). None
+        when either side has fewer than two records with perturbed answers. Reported, not decided on
+        (module docstring: Facts that survive)."""
         from .metrics import tofu
 
         if min(self.n.get("forget_tr", 0), self.n.get("reference_tr", 0)) < 2:
             return None
         t0 = time.perf_counter()
         f, r = (_ratios(self._answer_rows(handle, k)) for k in ("forget_tr", "reference_tr"))
+        out = {"ks_p": tofu.forget_quality(f, r)["p"], "forget_log_r": float(np.median(np.log(f))),
+               "reference_log_r": float(np.median(np.log(r))), "n_forget": len(f), "n_reference": len(r)}
+        if len(self._twin_of) >= 2:
+            gap = tofu.paired_truth_gap([f[i] for i in self._twin_of], _ratios(self._answer_rows(handle, "twin_tr")))
+            out |= {"twin_gap": gap["mean"], "twin_gap_se": gap["se"], "twin_gap_p": gap["p"], "n_twins": gap["n"]}
         self.seconds["truth_ratio"] = self.seconds.get("truth_ratio", 0.0) + time.perf_counter() - t0
-        return {"ks_p": tofu.forget_quality(f, r)["p"], "forget_log_r": float(np.median(np.log(f))),
-                "reference_log_r": float(np.median(np.log(r))), "n_forget": len(f), "n_reference": len(r)}
+        return out
 
     def measure(self, step: int, handle) -> Check:
         from scipy.stats import ks_2samp
