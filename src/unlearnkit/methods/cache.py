@@ -92,25 +92,6 @@ def cache_topk_distributions(model, examples: list[Encoded], pad_id: int, k: int
     return TopK(ids, logps, offsets)
 
 
-@_frozen
-def cache_topk_at(model, examples: list[Encoded], positions: list[list[int]], pad_id: int, k: int = 32) -> TopK:
-    """As `cache_topk_distributions`, at the given positions of each example (in their order)
-    instead of its answer positions."""
-    decoder, head = backbone_and_head(model)
-    offsets = torch.zeros(len(examples) + 1, dtype=torch.long)
-    offsets[1:] = torch.tensor([len(p) for p in positions]).cumsum(0)
-    ids = torch.zeros(int(offsets[-1]), k, dtype=torch.int32)
-    logps = torch.zeros(int(offsets[-1]), k, dtype=torch.float32)
-    for idx, b in _batches(model, examples, pad_id):
-        hidden = decoder(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).last_hidden_state
-        for row, i in enumerate(idx):
-            if positions[i]:
-                top = torch.log_softmax(head(hidden[row, positions[i]]).float(), -1).topk(k, dim=-1)
-                ids[offsets[i]:offsets[i + 1]] = top.indices.int().cpu()
-                logps[offsets[i]:offsets[i + 1]] = top.values.cpu()
-    return TopK(ids, logps, offsets)
-
-
 def hidden_at(model, layer: int, input_ids, attention_mask) -> torch.Tensor:
     """The residual stream after decoder layer `layer` (0-based), running only layers 0..layer."""
     decoder, _ = backbone_and_head(model)
@@ -172,12 +153,9 @@ def topk_kl(model, batch: dict, ref: TopK) -> torch.Tensor:
     decoder, head = backbone_and_head(model)
     hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
     mask = batch["labels"][:, 1:] != -100
-    return kl_rows(torch.log_softmax(head(hidden[:, :-1][mask]).float(), -1), *ref.gather(batch["index"], hidden.device))
-
-
-def kl_rows(logp: torch.Tensor, ref_idx: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
-    """Mean over rows of KL(p_ref || p) on the reference's top-k tokens and the tail mass beyond
-    them; `logp` the model's log-softmax per row, `ref_idx`/`ref_logp` a `TopK.gather`."""
+    h = hidden[:, :-1][mask]
+    ref_idx, ref_logp = ref.gather(batch["index"], h.device)
+    logp = torch.log_softmax(head(h).float(), -1)
     sel = logp.gather(-1, ref_idx)
     p_ref = ref_logp.exp()
     tail_ref = (1 - p_ref.sum(-1)).clamp_min(1e-8)

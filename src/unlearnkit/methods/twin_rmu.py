@@ -59,14 +59,13 @@ def _layer(model, p: TwinRMUParams) -> int:
     return p.layer if p.layer >= 0 else n - 1
 
 
-def twin_pairs(forget: list, ctx, method: str = "twin_rmu") -> tuple[list[tuple[list[int], list[int]]], list]:
-    """Each forget example's twin (its text with the person's name swapped for their stranger's:
-    the example itself when it names nobody) and the aligned positions (person's, twin's), shared
-    with twin_kl."""
+def prepare(model, streams, ctx):
+    """Each forget example's twin, the aligned positions, and the starting model's activations at
+    layer l on the twins (at those positions) and on retain (every token), on the CPU."""
     if ctx.forget_text is None or not ctx.strangers:
-        raise ValueError(f"method {method} needs forget records that name their subject (a world's or a request's "
+        raise ValueError("method twin_rmu needs forget records that name their subject (a world's or a request's "
                          "records), to make each person's stranger")
-    tok = ctx.tokenizer
+    tok, forget = ctx.tokenizer, streams["forget"]
     kw = {"template": ctx.template} if ctx.template is not None else {}
     pos, twins = [], []
     for e, q, a, s in zip(forget, *ctx.forget_text):
@@ -79,14 +78,7 @@ def twin_pairs(forget: list, ctx, method: str = "twin_rmu") -> tuple[list[tuple[
         pos.append(aligned(e.input_ids, t.input_ids))
         twins.append(t)
     if not any(p for p, _ in pos):
-        raise ValueError(f"method {method}: no forget example names its subject, so none has a stranger's twin")
-    return pos, twins
-
-
-def prepare(model, streams, ctx):
-    """Each forget example's twin, the aligned positions, and the starting model's activations at
-    layer l on the twins (at those positions) and on retain (every token), on the CPU."""
-    pos, twins = twin_pairs(streams["forget"], ctx)
+        raise ValueError("method twin_rmu: no forget example names its subject, so none has a stranger's twin")
     layer = _layer(model, ctx.params)
     acts = cache_activations(model, twins, ctx.pad_id, layer).rows
     return {"layer": layer, "pos": [p for p, _ in pos],
