@@ -25,6 +25,11 @@ forget against oracle holdout is the oracle-free forget quality of exact unlearn
 oracle holdout against subject holdout, two trained models on the same people neither saw; the
 run's forget against the oracle's forget is the evaluation's forget quality, and against the
 run's own holdout the calibrator's truth-ratio check.
+
+With `--truth-gap`, a third table: the truth-ratio gap against the twins (`evaluate`'s
+`truth_gap_twins`, no oracle) of the oracle, each `--run` model and the subject: the mean over the
+forget facts of log R(fact) - log R(its twin) under one model, its standard error and the Wilcoxon
+p, beside the two-sample KS p of the same ratios (`forget_quality_twins`) and forget quality.
 """
 from __future__ import annotations
 
@@ -92,6 +97,23 @@ def saved(cache: Path, shape: str, seed: int, name: str) -> Path:
                      f"exists (bench/methods.py writes them)")
 
 
+def truth_gap_rows(shape, seed, w, models: dict) -> list[str]:
+    """The `--truth-gap` table's rows, one per model (the oracle first: forget quality's reference)."""
+    from scipy.stats import ks_2samp
+
+    from unlearnkit.evaluate import truth_gap_twins
+    from unlearnkit.models.load import load_model
+    from unlearnkit.scoring import LM
+
+    rows, oracle = [], None
+    for name, path in models.items():
+        g = truth_gap_twins(LM(*load_model(path)), w)
+        oracle = oracle or g["forget"]
+        rows.append(f"| {shape} | {seed} | {name} | {g['mean']:+.3f} ({g['se']:.3f}) | {g['p']:.2g} "
+                    f"| {ks_2samp(g['forget'], g['twins']).pvalue:.2g} | {ks_2samp(g['forget'], oracle).pvalue:.2g} |")
+    return rows
+
+
 def main():
     import torch
 
@@ -108,12 +130,13 @@ def main():
     ap.add_argument("--run", default=None, help="with --truth-ratios: models to score beside the subject and oracle, "
                                                 "comma-separated: saved runs (CACHE/WORLD/runs/NAME/model) or "
                                                 "retrained oracles (CACHE/WORLD/models/NAME)")
+    ap.add_argument("--truth-gap", action="store_true", help="also the truth-ratio gap table (module docstring)")
     args = ap.parse_args()
     torch.set_num_threads(max(1, (os.cpu_count() or 2)))
     print("| world | seed | oracle: forget − twins | holdout − twins (subject) | holdout − twins (oracle) "
           "| subject: forget − twins | oracle AUC vs twins | oracle AUC vs holdout |\n"
           "|---|---:|---:|---:|---:|---:|---:|---:|")
-    tr_rows = []
+    tr_rows, gap_rows = [], []
     for shape in args.shapes.split(","):
         for seed in (int(s) for s in args.seeds.split(",")):
             data, models = methods.build(args.cache, shape, seed)
@@ -134,6 +157,10 @@ def main():
                   f"{gaps['subject']['forget']:+.2f} | {aucs['twins']:.3f} | "
                   + (f"{aucs['holdout']:.3f} |" if aucs["holdout"] is not None else "– |"),
                   flush=True)
+            if args.truth_gap:
+                names = ["oracle", *(args.run.split(",") if args.run else []), "subject"]
+                gap_rows += truth_gap_rows(shape, seed, w, {n: models[n] if n in ("subject", "oracle")
+                                                            else saved(args.cache, shape, seed, n) for n in names})
             if args.truth_ratios:
                 base, scored = {"subject": models["subject"], "oracle": models["oracle"]}, {}
                 for name in (args.run.split(",") if args.run else [None]):
@@ -144,6 +171,11 @@ def main():
               "| world | seed | run | subject forget | subject holdout | oracle forget | oracle holdout | run forget "
               "| run holdout | " + " | ".join(TR_PAIRS) + " |\n|---|---:|---|" + "---:|" * 11)
         print("\n".join(tr_rows), flush=True)
+    if args.truth_gap:
+        print("\nTruth-ratio gap against the twins, fact by fact (mean log R(fact) − log R(twin), SE):\n\n"
+              "| world | seed | model | gap (SE) | Wilcoxon p | KS p against the twins | forget quality |\n"
+              "|---|---:|---|---:|---:|---:|---:|")
+        print("\n".join(gap_rows), flush=True)
 
 
 if __name__ == "__main__":

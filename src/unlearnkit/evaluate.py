@@ -102,6 +102,18 @@ def truth_ratios(lm, records, batch_size: int | None = None) -> list[float]:
     return [_truth_ratio(lambda k: scores[req.index[k]], (i,), r) for i, r in enumerate(recs)]
 
 
+def truth_gap_twins(lm, world, batch_size: int | None = None) -> dict | None:
+    """`truth_gap_twins` of `evaluate` on its own (`metrics.tofu.paired_truth_gap` of the forget
+    questions that name their subject against their twins), with the forget and twin truth ratios
+    ("forget", "twins"). None with fewer than two such questions."""
+    named, tw = forget_twins(world)
+    pairs = [(r, t) for r, t in zip(named, tw) if t.perturbed_answers]
+    if len(pairs) < 2:
+        return None
+    f, t = (truth_ratios(lm, side, batch_size) for side in zip(*pairs))
+    return {**tofu.paired_truth_gap(f, t), "forget": f, "twins": t}
+
+
 def _clean(obj: Any) -> Any:
     """JSON-safe copy: numpy scalars/arrays to Python, non-finite floats to None."""
     if isinstance(obj, dict):
