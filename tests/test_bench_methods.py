@@ -163,3 +163,19 @@ def test_requests_bench_counts_candidates_and_retrained_oracles_within_the_oracl
     assert "retrained oracle 1: 2 of 2 (answer rates 0.00, 0.05)" in line
     assert "retrained oracle 2: 1 of 2 (answer rates 0.15, 0.00)" in line
     assert "retrained" not in rb.within_line([{k: v for k, v in b.items() if k != "answer_rate_retrained"} for b in batches])
+
+
+def test_twin_bias_truth_gap_rows_are_the_evaluations_figures(tiny_world, tiny_results, load_bench):
+    """bench/twin_bias.py --truth-gap: each model's gap is the evaluation's `truth_gap_twins`, its
+    last column (the oracle's ratios as reference) the evaluation's forget quality."""
+    tb = load_bench("twin_bias")
+    from unlearnkit.data.io import load_world
+
+    rows = tb.truth_gap_rows("default", 0, load_world(tiny_world.data_dir),
+                             {"oracle": tiny_world.oracle_dir, "subject": tiny_world.subject_dir})
+    cells = {r.split("|")[3].strip(): [c.strip() for c in r.strip("|").split("|")] for r in rows}
+    assert list(cells) == ["oracle", "subject"]
+    for name in cells:
+        assert float(cells[name][3].split()[0]) == pytest.approx(tiny_results[name]["truth_gap_twins"], abs=1e-3)
+    assert float(cells["oracle"][6]) == 1.0
+    assert float(cells["subject"][6]) == pytest.approx(tiny_results["subject"]["forget_quality"], rel=0.05)
