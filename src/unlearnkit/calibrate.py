@@ -50,6 +50,11 @@ forget quality with the reference in the oracle's place. The mean log-prob can m
 facts survive in other words: a run that unlearned the answers' wording still prefers the true
 paraphrased answer to the false ones. The summary says so when the kept weights are told apart and
 the start was too (else the test has no power here); reported, not decided on (docs/methods.md).
+The same passes give the truth-ratio gap against the twins: each of up to `TWIN_PAIRS` forget facts
+against its own twin, under the same model (`metrics.tofu.paired_truth_gap`), which tells exact
+unlearning from the subject on every world measured and sees what the KS test misses; reported
+too, since Twin RMU closes it only past the answers' match (docs/methods.md, "The truth-ratio gap
+against the twins").
 
 Utility. The same pass scores a sample (`retain_sample` records each) of the retain set, the
 neighbours (the people most at risk) and the world facts, with their paraphrased and perturbed
