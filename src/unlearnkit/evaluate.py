@@ -70,12 +70,18 @@ def _twin_requests(world, forget: list, req: _Requests) -> list[tuple[int, Any]]
     the same questions about people nobody saw) of the forget questions that name their subject;
     returns (index in `forget`, twin) pairs. Their truth ratios are forget quality's reference
     when there is no oracle (`forget_quality_twins`)."""
-    named, tw = forget_twins(world)
-    index = {id(r): i for i, r in enumerate(forget)}
-    twin_of = [(index[id(r)], t) for r, t in zip(named, tw) if t.perturbed_answers]
+    twin_of = _twins_of(world, forget)
     for i, t in twin_of:
         _queue_truth(req, ("twin", i), t)
     return twin_of
+
+
+def _twins_of(world, forget: list) -> list[tuple[int, Any]]:
+    """(index in `forget`, twin) of the forget questions that name their subject and have perturbed
+    answers (`data.twins.forget_twins`)."""
+    named, tw = forget_twins(world)
+    index = {id(r): i for i, r in enumerate(forget)}
+    return [(index[id(r)], t) for r, t in zip(named, tw) if t.perturbed_answers]
 
 
 def _queue_truth(req: _Requests, key: tuple, record) -> None:
@@ -106,11 +112,12 @@ def truth_gap_twins(lm, world, batch_size: int | None = None) -> dict | None:
     """`truth_gap_twins` of `evaluate` on its own (`metrics.tofu.paired_truth_gap` of the forget
     questions that name their subject against their twins), with the forget and twin truth ratios
     ("forget", "twins"). None with fewer than two such questions."""
-    named, tw = forget_twins(world)
-    pairs = [(r, t) for r, t in zip(named, tw) if t.perturbed_answers]
+    forget = list(world.forget)
+    pairs = _twins_of(world, forget)
     if len(pairs) < 2:
         return None
-    f, t = (truth_ratios(lm, side, batch_size) for side in zip(*pairs))
+    f = truth_ratios(lm, [forget[i] for i, _ in pairs], batch_size)
+    t = truth_ratios(lm, [t for _, t in pairs], batch_size)
     return {**tofu.paired_truth_gap(f, t), "forget": f, "twins": t}
 
 
