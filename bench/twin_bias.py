@@ -127,7 +127,7 @@ def main():
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--cache", type=Path, default=Path("runs/bench-methods"))
     ap.add_argument("--truth-ratios", action="store_true", help="also the truth-ratio table (module docstring)")
-    ap.add_argument("--run", default=None, help="with --truth-ratios: models to score beside the subject and oracle, "
+    ap.add_argument("--run", default=None, help="with --truth-ratios or --truth-gap: models to score beside the subject and oracle, "
                                                 "comma-separated: saved runs (CACHE/WORLD/runs/NAME/model) or "
                                                 "retrained oracles (CACHE/WORLD/models/NAME)")
     ap.add_argument("--truth-gap", action="store_true", help="also the truth-ratio gap table (module docstring)")
