@@ -116,8 +116,8 @@ def truth_gap_twins(lm, world, batch_size: int | None = None) -> dict | None:
     pairs = _twins_of(world, forget)
     if len(pairs) < 2:
         return None
-    f = truth_ratios(lm, [forget[i] for i, _ in pairs], batch_size)
-    t = truth_ratios(lm, [t for _, t in pairs], batch_size)
+    both = truth_ratios(lm, [forget[i] for i, _ in pairs] + [t for _, t in pairs], batch_size)  # one pass
+    f, t = both[:len(pairs)], both[len(pairs):]
     return {**tofu.paired_truth_gap(f, t), "forget": f, "twins": t}
 
 
@@ -351,13 +351,12 @@ def evaluate(lm, world, *, oracle: dict | None = None, suites: Sequence[str] = S
         if len(twin_of) >= 2:
             twin_ratios = [_truth_ratio(sc, ("twin", i), t) for i, t in twin_of]
             per_sample["twin_truth_ratios"] = twin_ratios
-            f["forget_quality_twins"] = tofu.forget_quality([per_sample["forget_truth_ratios"][i] for i, _ in twin_of],
-                                                            twin_ratios)
+            paired = [per_sample["forget_truth_ratios"][i] for i, _ in twin_of]
+            f["forget_quality_twins"] = tofu.forget_quality(paired, twin_ratios)
             res["forget_quality_twins"] = f["forget_quality_twins"]["p"]
             res["forget_quality_twins_n"] = len(twin_ratios)
             # the same pairs, fact by fact: how much more the true answer is preferred than for a stranger
-            f["truth_gap_twins"] = tofu.paired_truth_gap([per_sample["forget_truth_ratios"][i] for i, _ in twin_of],
-                                                         twin_ratios)
+            f["truth_gap_twins"] = tofu.paired_truth_gap(paired, twin_ratios)
             res["truth_gap_twins"] = f["truth_gap_twins"]["mean"]
         else:
             notes.append("fewer than two forget questions name their subject (with perturbed answers): "
