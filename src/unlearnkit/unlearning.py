@@ -262,14 +262,16 @@ def forget(model: str | os.PathLike, data: str | os.PathLike, method: str | None
     return out
 
 
-def _strangers(w: WorldData, seed: int) -> dict[str, str]:
-    """Each forget subject's stranger (`methods.Context.strangers`), named as the calibration's twins
-    are (`world_twins`); the run passes seed + 1, so that a method never trains towards the very
-    twins the calibration compares with."""
-    from .data.twins import world_twins
+def _strangers(w: WorldData, seed: int) -> dict[str, list[str]]:
+    """Each forget subject's `STRANGERS` strangers (`methods.Context.strangers`), named as the
+    calibration's twins are (`data.twins.stranger_names`: the retain and neighbour people's name words
+    recombined, else invented), the k-th subject's from `seed` + k; the run passes seed + 1, so that
+    a method does not train towards the very twins the calibration compares with."""
+    from .data.twins import STRANGERS, stranger_names
 
-    named, tw = world_twins(w, list(w.forget), seed)
-    return {r.subject: t.subject for r, t in zip(named, tw)}
+    people = sorted({r.subject for split in (w.retain, w.neighbours) for r in split})
+    return {s: stranger_names(s, STRANGERS, people, seed=seed + k)
+            for k, s in enumerate(sorted({r.subject for r in w.forget}))}
 
 
 def _repair(res, w: WorldData, m, streams: dict, cfg: TrainConfig, ctx: Context, tok, tpl, settings, seed: int,

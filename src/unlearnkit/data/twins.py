@@ -29,6 +29,8 @@ _ONSETS = ["b", "d", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v"]
 _VOWELS = ["a", "e", "i", "o", "u"]
 _ENDS = ["ley", "ton", "man", "son", "ford", "well"]
 
+STRANGERS = 8  # strangers made per person for a method that steers to them (`unlearning._strangers`)
+
 
 def name_parts(subject: str) -> list[str]:
     """The words of a name that identify it (letters, at least two of them)."""

@@ -15,7 +15,7 @@ forget term alone, the part a sharpness-aware step (`--sam`, `train.TrainConfig.
 
 `batch["forget"]` (and `batch["retain"]` when `needs_retain`) hold `input_ids`, `attention_mask`,
 `labels` and `index`. `ctx` is a `Context`: the validated `params`, the run's `seed`, `pad_id`, the
-`tokenizer`, the forget stream as text with each person's stranger (`forget_text`, `strangers`,
+`tokenizer`, the forget stream as text with each person's strangers (`forget_text`, `strangers`,
 `template`: for a method that asks the model about someone else), and `cache`, whatever the
 method's `prepare(model, streams, ctx)` returned (reference log-probs, frozen activations),
 computed once before training so no second model stays in memory.
@@ -47,7 +47,7 @@ class Context:
     tokenizer: Any = None
     cache: Any = None
     # the forget stream as text, example by example (prompts, answers, subjects), and each subject's
-    # stranger: a name nobody in the data has, made as the calibration's twins are but from the run's
+    # strangers: names nobody in the data has, made as the calibration's twins are but from the run's
     # seed + 1 (`unlearning._strangers`). None for data without people (a benchmark's documents).
     forget_text: tuple | None = None
     strangers: dict | None = None

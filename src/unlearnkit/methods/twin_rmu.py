@@ -1,18 +1,25 @@
-"""Twin RMU: steer the person's hidden states to a stranger's.
+"""Twin RMU: steer the person's hidden states to what the model reads about strangers.
 
-    L = mean_forget || h_l(x) - h_l^start(x_twin) ||^2  +  alpha * mean_retain || h_l(x) - h_l^start(x) ||^2
+    L = mean_forget || h_l(x) - mean_k h_l^start(x_twin_k) ||^2  +  alpha * mean_retain || h_l(x) - h_l^start(x) ||^2
 
 with h_l the residual stream after decoder layer l, x a forget example (question and answer, or a
-document) and x_twin the same text with the person's name swapped for a stranger's (`Context.strangers`:
-a name nobody in the data has, from other people's name words; not the calibration's own twins).
-The forget term runs over the positions after the first mention of the name whose tokens the two
-texts share (aligned by `difflib`), so the model comes to read everything said about the person as
-the starting model read it about someone it never saw; the retain term holds the starting model's
-activations on retain. RMU (Li et al. 2024, "The WMDP Benchmark") steers the forget activations to
-a random direction; here the target is the stranger's own activations, the twins' idea (the
-calibration's reference) moved into the representation. By default it trains the quarter of the
-weights most salient to the forget set (`saliency=0.25`, as simnpo), and steers the last decoder
-layer.
+document) and x_twin_k the same text with the person's name swapped for the k-th of `strangers`
+strangers' (`Context.strangers`: names nobody in the data has, from other people's name words; not
+the calibration's own twins). The forget term runs over the positions after the first mention of
+the name whose tokens the texts share (aligned by `difflib`), so the model comes to read everything
+said about the person as the starting model reads it about people it never saw; the retain term
+holds the starting model's activations on retain. RMU (Li et al. 2024, "The WMDP Benchmark") steers
+the forget activations to a random direction; here the target is the strangers' own activations,
+the twins' idea (the calibration's reference) moved into the representation. By default it trains
+the quarter of the weights most salient to the forget set (`saliency=0.25`, as simnpo), and steers
+the last decoder layer.
+
+Why a mean over several strangers (session 25; docs/methods.md, "Twin RMU towards several
+strangers"): a stranger's name is made of other people's name words, and the starting model reads
+into it some of what it knows of them; one stranger's activations carry those facts, the mean of
+several keeps what the model says of anyone. With one stranger (`strangers=1`, sessions 15-24) the
+calibrated runs left the true answers preferred more than for a stranger (the truth-ratio gap
++0.09 to +0.14 on the wide worlds); with four the gap was within the oracle's.
 
 Measured on the eight worlds of bench/methods.py (docs/methods.md, "Twin RMU"): forget quality at
 least 0.05 and the answer rate within 0.05 of the oracle's on all eight, where the default (simnpo)
@@ -27,7 +34,7 @@ import torch
 from pydantic import Field
 
 from ..data.batching import encode_pairs
-from ..data.twins import swap_name
+from ..data.twins import STRANGERS, swap_name
 from ..scoring import backbone_and_head
 from .cache import cache_activations, hidden_at
 from .registry import Params, register
@@ -37,6 +44,8 @@ from .rmu import masked_mse, with_every_trainable
 class TwinRMUParams(Params):
     layer: int = Field(-1, ge=-1, description="decoder layer l whose output is steered; -1: the last")
     alpha: float = Field(3.0, ge=0, description="weight of the retain activation MSE")
+    strangers: int = Field(4, ge=1, le=STRANGERS, description="strangers per person; the target is the mean of "
+                                                               "their activations")
 
 
 def aligned(mine: list[int], theirs: list[int]) -> tuple[list[int], list[int]]:
@@ -60,33 +69,40 @@ def _layer(model, p: TwinRMUParams) -> int:
 
 
 def prepare(model, streams, ctx):
-    """Each forget example's twin, the aligned positions, and the starting model's activations at
-    layer l on the twins (at those positions) and on retain (every token), on the CPU."""
+    """Each forget example's twins (one per stranger), the positions where the example and every
+    twin read the same tokens, and the starting model's activations at layer l there, averaged over
+    the twins; and on retain (every token). On the CPU."""
     if ctx.forget_text is None or not ctx.strangers:
         raise ValueError("method twin_rmu needs forget records that name their subject (a world's or a request's "
                          "records), to make each person's stranger")
-    tok, forget = ctx.tokenizer, streams["forget"]
+    tok, forget, k = ctx.tokenizer, streams["forget"], ctx.params.strangers
     kw = {"template": ctx.template} if ctx.template is not None else {}
-    pos, twins = [], []
+    twins = []  # per example: its twins, each with {position in the example: position in the twin}
     for e, q, a, s in zip(forget, *ctx.forget_text):
-        new = ctx.strangers.get(s)
-        if new is None or (s not in q and s not in a):
-            pos.append(([], []))
-            twins.append(e)
+        names = (ctx.strangers.get(s) or [])[:k]
+        if not names or (s not in q and s not in a):
+            twins.append([])
             continue
-        t = encode_pairs(tok, [swap_name(q, s, new.split())], [swap_name(a, s, new.split())], **kw)[0]
-        pos.append(aligned(e.input_ids, t.input_ids))
-        twins.append(t)
-    if not any(p for p, _ in pos):
+        ts = encode_pairs(tok, [swap_name(q, s, n.split()) for n in names], [swap_name(a, s, n.split()) for n in names],
+                          **kw)
+        twins.append([(t, dict(zip(*aligned(e.input_ids, t.input_ids)))) for t in ts])
+    shared = [sorted(set.intersection(*(set(m) for _, m in ts))) if ts else [] for ts in twins]
+    if not any(shared):
         raise ValueError("method twin_rmu: no forget example names its subject, so none has a stranger's twin")
     layer = _layer(model, ctx.params)
-    acts = cache_activations(model, twins, ctx.pad_id, layer).rows
-    return {"layer": layer, "pos": [p for p, _ in pos],
-            "targets": [acts[i][theirs] for i, (_, theirs) in enumerate(pos)],
+    targets: list = [None] * len(forget)
+    for i in range(k):  # one stranger's twins at a time: one set of activations in memory
+        which = [n for n, ts in enumerate(twins) if len(ts) > i and shared[n]]
+        acts = cache_activations(model, [twins[n][i][0] for n in which], ctx.pad_id, layer).rows
+        for n, h in zip(which, acts):
+            m = twins[n][i][1]
+            h = h[[m[p] for p in shared[n]]] / len(twins[n])
+            targets[n] = h if targets[n] is None else targets[n] + h
+    return {"layer": layer, "pos": shared, "targets": targets,
             "retain": cache_activations(model, streams["retain"], ctx.pad_id, layer)}
 
 
-@register("twin_rmu", TwinRMUParams, "Twin RMU: steer the person's activations to a stranger's; retain activations held",
+@register("twin_rmu", TwinRMUParams, "Twin RMU: steer the person's activations to strangers'; retain activations held",
           train=dict(lr=1e-3, epochs=5, batch_size=16, saliency=0.25), needs_retain=True, prepare=prepare)
 def loss(model, batch, ctx):
     c = ctx.cache
