@@ -19,11 +19,12 @@ strangers"): a stranger's name is made of other people's name words, and the sta
 into it some of what it knows of them; one stranger's activations carry those facts, the mean of
 several keeps what the model says of anyone. With one stranger (`strangers=1`, sessions 15-24) the
 calibrated runs left the true answers preferred more than for a stranger (the truth-ratio gap
-+0.09 to +0.14 on the wide worlds); with four the gap was within the oracle's.
++0.09 to +0.14 on the wide worlds, forget quality 0.029-0.26); with four, +0.008 to +0.031 and
+0.22-0.69, at about twice the steps.
 
-Measured on the eight worlds of bench/methods.py (docs/methods.md, "Twin RMU"): forget quality at
-least 0.05 and the answer rate within 0.05 of the oracle's on all eight, where the default (simnpo)
-leaves the facts in reworded answers on four. Steering layer 0 of the tiny model's two instead
+Measured on the eight small worlds of bench/methods.py (docs/methods.md, "Twin RMU"): forget
+quality at least 0.05 and the answer rate within 0.05 of the oracle's on all eight, with one
+stranger and with four, where simnpo leaves the facts in reworded answers on four. Steering layer 0 of the tiny model's two instead
 stalled at AUC 0.67-0.72 against the twins (unfamiliar world, seed 0).
 """
 from __future__ import annotations
