@@ -24,8 +24,9 @@ calibrated runs left the true answers preferred more than for a stranger (the tr
 
 Measured on the eight small worlds of bench/methods.py (docs/methods.md, "Twin RMU"): forget
 quality at least 0.05 and the answer rate within 0.05 of the oracle's on all eight, with one
-stranger and with four, where simnpo leaves the facts in reworded answers on four. Steering layer 0 of the tiny model's two instead
-stalled at AUC 0.67-0.72 against the twins (unfamiliar world, seed 0).
+stranger and with four, where simnpo leaves the facts in reworded answers on four. Steering
+layer 0 of the tiny model's two instead stalled at AUC 0.67-0.72 against the twins (unfamiliar
+world, seed 0).
 """
 from __future__ import annotations
 
