@@ -137,39 +137,13 @@ def test_rmu_trains_only_chosen_down_projections_and_caches_retain(tiny_world):
     assert norm > 0
 
 
-def test_twin_rmu_steers_the_positions_after_the_name_to_the_strangers(tiny_world):
-    """twin_rmu's forget term compares the person's activations with the stranger's at the tokens the
-    two texts share after the first mention of the name. Without a stranger for anyone there is
-    nothing to steer to: one line."""
-    from unlearnkit.data.batching import encode_pairs, forget_pairs
-    from unlearnkit.data.io import load_world
-    from unlearnkit.methods import Context, get_method
-    from unlearnkit.methods.twin_rmu import aligned
-    from unlearnkit.models.load import load_model
-    from unlearnkit.unlearning import _strangers
-
-    # [bos] Where was Ada Lee born ? -> [bos] Where was Bo Kin Tam born ?
-    assert aligned([1, 5, 6, 7, 8, 9, 3], [1, 5, 6, 17, 18, 19, 9, 3]) == ([5, 6], [6, 7])
-    net, tok = load_model(tiny_world.subject_dir)
-    w, m = load_world(tiny_world.data_dir), get_method("twin_rmu")
-    prompts, answers, subjects = forget_pairs(w)
-    streams = {"forget": encode_pairs(tok, prompts, answers, subjects=subjects),
-               "retain": encode_pairs(tok, [r.question for r in w.retain], [r.answer for r in w.retain])}
-    ctx = Context(m.params(), pad_id=tok.pad_token_id, tokenizer=tok, forget_text=(prompts, answers, subjects),
-                  strangers=_strangers(w, 1))
-    cache = m.prepare(net, streams, ctx)
-    named = [i for i, q in enumerate(prompts) if subjects[i] in q]
-    assert named and all(cache["pos"][i] for i in named)
-    assert all(cache["targets"][i].shape[0] == len(cache["pos"][i]) for i in named)
-    with pytest.raises(ValueError, match="no forget example names its subject"):
-        m.prepare(net, streams, Context(m.params(), pad_id=tok.pad_token_id, tokenizer=tok,
-                                        forget_text=(prompts, answers, subjects), strangers={"Nobody": ["X Y"]}))
-
-
-def test_twin_rmu_steers_to_the_mean_of_several_strangers(tiny_world):
-    """Each forget person gets `STRANGERS` strangers, none of them anyone in the data and none
-    sharing a word with the person; twin_rmu's target at a position is the mean of the starting
-    model's activations on the `strangers` twins there (with one stranger, that stranger's own)."""
+def test_twin_rmu_steers_the_positions_after_the_name_to_the_mean_of_the_strangers(tiny_world):
+    """twin_rmu's forget term compares the person's activations with strangers' at the tokens the
+    texts share after the first mention of the name. Each forget person gets `STRANGERS` strangers,
+    none of them anyone in the data and none sharing a word with the person; the target at a position
+    is the mean of the starting model's activations on the `strangers` twins there (with one
+    stranger, that stranger's own). Without a stranger for anyone there is nothing to steer to: one
+    line."""
     from unlearnkit.data.batching import encode_pairs, forget_pairs
     from unlearnkit.data.io import load_world
     from unlearnkit.data.twins import STRANGERS, name_parts, swap_name
@@ -179,6 +153,8 @@ def test_twin_rmu_steers_to_the_mean_of_several_strangers(tiny_world):
     from unlearnkit.models.load import load_model
     from unlearnkit.unlearning import _strangers
 
+    # [bos] Where was Ada Lee born ? -> [bos] Where was Bo Kin Tam born ?
+    assert aligned([1, 5, 6, 7, 8, 9, 3], [1, 5, 6, 17, 18, 19, 9, 3]) == ([5, 6], [6, 7])
     net, tok = load_model(tiny_world.subject_dir)
     w, m = load_world(tiny_world.data_dir), get_method("twin_rmu")
     people = {r.subject for split in (w.forget, w.retain, w.neighbours, w.holdout) for r in split}
@@ -188,23 +164,29 @@ def test_twin_rmu_steers_to_the_mean_of_several_strangers(tiny_world):
         assert len(set(names)) == len(names) == STRANGERS and not set(names) & people
         assert all(not set(name_parts(n)) & set(name_parts(s)) for n in names)
     prompts, answers, subjects = forget_pairs(w)
-    i = next(i for i, q in enumerate(prompts) if subjects[i] in q)
     streams = {"forget": encode_pairs(tok, prompts, answers, subjects=subjects),
                "retain": encode_pairs(tok, [r.question for r in w.retain], [r.answer for r in w.retain])}
+    named = [i for i, q in enumerate(prompts) if subjects[i] in q]
+    i = named[0]
     e, s = streams["forget"][i], subjects[i]
     twins = encode_pairs(tok, [swap_name(prompts[i], s, n.split()) for n in st[s]],
                          [swap_name(answers[i], s, n.split()) for n in st[s]])
-    acts = cache_activations(net, twins, tok.pad_token_id, 1).rows
-    for k in (1, 3):
-        ctx = Context(m.params({"strangers": k}), pad_id=tok.pad_token_id, tokenizer=tok,
+    acts = cache_activations(net, twins, tok.pad_token_id, net.config.num_hidden_layers - 1).rows
+    for k in (None, 1, 3):  # the default, then one stranger and three
+        ctx = Context(m.params({} if k is None else {"strangers": k}), pad_id=tok.pad_token_id, tokenizer=tok,
                       forget_text=(prompts, answers, subjects), strangers=st)
         cache = m.prepare(net, streams, ctx)
-        pos = cache["pos"][i]
+        assert named and all(cache["pos"][j] for j in named)
+        assert all(cache["targets"][j].shape[0] == len(cache["pos"][j]) for j in named)
+        k = k or m.params().strangers
         want = sum(acts[j][aligned(e.input_ids, twins[j].input_ids)[1]] for j in range(k)) / k
-        assert pos == aligned(e.input_ids, twins[0].input_ids)[0]
+        assert cache["pos"][i] == aligned(e.input_ids, twins[0].input_ids)[0]
         assert torch.allclose(cache["targets"][i], want, atol=1e-5)
     with pytest.raises(ValueError, match="strangers"):
         m.params({"strangers": STRANGERS + 1})
+    with pytest.raises(ValueError, match="no forget example names its subject"):
+        m.prepare(net, streams, Context(m.params(), pad_id=tok.pad_token_id, tokenizer=tok,
+                                        forget_text=(prompts, answers, subjects), strangers={"Nobody": ["X Y"]}))
 
 
 def test_idk_dpo_refusals_ship_with_the_project():
