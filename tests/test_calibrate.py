@@ -331,14 +331,24 @@ def _measured(forget, twins, settings):
     return cal.measure(0, _Handle())
 
 
-def test_an_auc_of_one_half_with_the_mean_above_is_not_matched():
-    """Two records, one still likely, one far below their twins: the AUC is 0.5 but the mean is
-    above the twins' (one fact still answered); matched needs the AUC below 0.5 or the mean at or
-    below the reference's."""
-    left = _measured([-0.1, -8.0], [-6.0, -7.0], CalibrationSettings())
-    assert left.auc == 0.5 and left.state == "under" and left.gap == pytest.approx(2.45)
+def test_a_forget_mean_above_the_reference_by_more_than_its_standard_error_is_not_matched():
+    """Within the band, the shapes not told apart: matched needs the forget mean above the
+    reference's by no more than `mean_se` (1) standard errors of the difference, sqrt(var_f / n_f + var_r / n_r)
+    (closer, the data cannot tell which is higher), or the AUC below 0.5. Two facts of forty still
+    6 nats above their twins put it past one standard error at an AUC of 0.51: short of the target."""
+    ref = np.linspace(-6, -4, 40)
+    left = ref - 0.05
+    left[[10, 30]] += 6.05
+    left = _measured(list(left), list(ref), CalibrationSettings())
+    assert left.auc == pytest.approx(0.5125) and left.in_band and left.ks_p > 0.05
+    assert left.gap == pytest.approx(0.2525) and left.gap_se == pytest.approx(0.2508, abs=1e-4) and left.state == "under"
+    shifted = _measured(list(ref + 0.1), list(ref), CalibrationSettings())  # all a little above: within one SE
+    assert shifted.gap == pytest.approx(0.1) and shifted.gap_se == pytest.approx(np.sqrt(2 * ref.var(ddof=1) / 40))
+    assert shifted.in_band and shifted.ks_p > 0.05 and shifted.state == "matched"
+    # mean_se=0 (a request home's): at or below the reference's mean, or short of the target
+    assert _measured(list(ref + 0.1), list(ref), CalibrationSettings(mean_se=0)).state == "under"
     near = _measured([-6.5, -8.0], [-6.0, -7.0], CalibrationSettings())
-    assert near.auc == 0.25 and near.state == "matched"  # within one standard error (0.32 at 2 against 2)
+    assert near.auc == 0.25 and near.state == "matched"  # within the AUC's standard error (0.32 at 2 against 2)
     even = _measured([-6.0, -7.5], [-6.5, -7.0], CalibrationSettings())
     assert even.auc == 0.5 and even.gap == 0.0 and even.state == "matched"
     past = _measured([-7.5, -8.0], [-6.0, -7.0], CalibrationSettings())

@@ -367,9 +367,11 @@ def test_repair_round_takes_the_facts_the_first_run_left_answered(tiny_world, tm
     assert rounds[1][0]["records"] == rounds[0][0]["records"] == len(recs)
     assert len(rounds[1]) == 2 and rounds[1][1]["dir"] == "repair-1" and item(rounds[1][1]["ids"]) == left
     assert cal[1]["repairs"][0]["records"] == len(left) and rounds[1][1]["reason"] == cal[1]["repairs"][0]["reason"]
-    # the home's rounds stop by the AUC alone (`repair_stop`): no answers pass at their checks
+    # the home's rounds stop by the AUC alone (`repair_stop`): no answers pass at their checks; and the
+    # forget mean must reach the strangers' (`mean_se=0`), a standard error of a batch being wide
     own = json.loads((homes[1].runs_dir / res[1]["batch"] / "unlearn" / "repair-1" / "calibration.json").read_text())
     assert own["settings"]["repair_stop"] == "auc" and all(c["answers_left"] is None for c in own["history"])
+    assert own["settings"]["mean_se"] == cal[1]["settings"]["mean_se"] == 0.0
     assert f"unlearned {len(recs)} facts of 1 request(s)" in printed
     assert f"repair round 1: {len(left)} facts of 1 request(s)" in printed
     assert homes[1].version(res[1]["new_version"]).weights != homes[0].version(res[0]["new_version"]).weights

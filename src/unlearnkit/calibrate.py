@@ -10,8 +10,14 @@ question (the end-of-sequence position left out, and so are the tokens of the su
 behind TOFU's probability, the LOSS attack and NPO. The forget set matches the reference when a
 membership-inference attacker holding these scores cannot tell them apart: the ROC AUC of forget
 (members) against reference (non-members) lies within 0.5 ± tolerance, and the forget records'
-mean score is no longer above the reference's (a run enters the band from above; stopping at its
-upper edge left a fact in three answered on small forget sets). Above is under-forgetting
+mean score is no longer above the reference's by more than `mean_se` (1) standard errors of the
+difference, sqrt(var_f / n_f + var_r / n_r) (a run enters the band from above; stopping at its
+upper edge left a fact in three answered on small forget sets, and holding out for the mean at or
+below the reference's left a converged method creeping at the edge for many epochs while the
+reference's own mean moved by more than the gap between checks: docs/methods.md, "The matched
+rule within one standard error"; a request home's batches, a few dozen facts, keep the mean at or
+below the reference's, `mean_se=0`: one standard error of so few left facts answered). Above is
+under-forgetting
 (the forget answers are still more likely than a stranger's); below is over-forgetting (they are
 *less* likely than a stranger's, which gives the set away as surely). The tolerance is the larger of
 `min_tolerance` and one standard error of the AUC under the null hypothesis,
@@ -138,6 +144,9 @@ class CalibrationSettings(BaseModel):
     min_ks_p: float = Field(0.05, ge=0, lt=1, description="smallest KS p-value (forget vs reference scores) that matches")
     every: int | None = Field(None, ge=1, description="steps between checks; None: a quarter epoch of the forget set")
     min_tolerance: float = Field(0.05, ge=0, lt=0.5, description="smallest accepted |AUC - 0.5|")
+    mean_se: float = Field(1.0, ge=0, description="how far the forget mean log-prob may sit above the reference's "
+                                                  "and match, in standard errors of their difference (0: at or "
+                                                  "below it; a request home's, whose batches are small)")
     floor: float = Field(0.95, ge=0, le=1, description="model utility (TOFU's, on the sampled utility splits) kept, "
                                                         "as a fraction of the starting model's")
     max_backtracks: int = Field(4, ge=0, description="learning-rate halvings after an overshoot or a floor hit")
@@ -204,6 +213,8 @@ class Check:
     forget_exact: float | None = None     # share of forget answers reproduced (teacher-forced: every scored
     reference_exact: float | None = None  # answer token the argmax), and of the reference's; reported, not decided on
     answers_left: int | None = None       # a repair round's: the records `survivors` would still name (`Answers`)
+    gap_se: float | None = None           # one standard error of `gap`, sqrt(var_f / n_f + var_r / n_r) (None in
+                                          # logs before session 26: read as 0)
 
     @property
     def distance(self) -> float:
@@ -661,7 +672,7 @@ class Calibrator:
             da = auc(self._scores(handle, "forget_docs"), self._scores(handle, "holdout_docs"))
         c = Check(step, a, ks_p, self.tolerance, "", None, float(f.mean()),
                   float(r.mean()), handle.lr, da, self.docs_tolerance if da is not None else None,
-                  float(fe.mean()), float(re_.mean()))
+                  float(fe.mean()), float(re_.mean()), gap_se=float(np.sqrt(f.var(ddof=1) / len(f) + r.var(ddof=1) / len(r))))
         c.state = self.state(c)
         t1 = time.perf_counter()
         self.seconds["target"] = self.seconds.get("target", 0.0) + t1 - t0
@@ -684,12 +695,14 @@ class Calibrator:
 
     def state(self, c: Check) -> str:
         """`c`'s state (the one place it is decided). Matched: within the band, the shapes not told
-        apart, and the forget mean no longer above the reference's (a run that enters the band from
-        above goes on, braking in `_adjust_pace`, to the reference's level instead of stopping at the
-        band's upper edge). Over: below the band, or within it (the shapes told apart) with the mean
-        at or below the reference's (an AUC a hair under 0.5 with the forget mean still above is
-        short of the target). Else under."""
-        if c.in_band and c.ks_p >= self.settings.min_ks_p and (c.gap <= 0 or c.auc < 0.5):
+        apart, and the forget mean no longer above the reference's by more than `mean_se` standard
+        errors of their difference (a run that enters the band from above goes on, braking in
+        `_adjust_pace`, towards the reference's level instead of stopping at the band's upper edge;
+        closer than one standard error the data cannot tell which mean is higher). Over: below the band, or within it
+        (the shapes told apart) with the mean at or below the reference's (an AUC a hair under 0.5
+        with the forget mean still above is short of the target). Else under."""
+        level = c.gap <= self.settings.mean_se * (c.gap_se or 0.0)
+        if c.in_band and c.ks_p >= self.settings.min_ks_p and (level or c.auc < 0.5):
             return "matched"
         return "over" if c.auc < 0.5 - c.tolerance or (c.in_band and c.gap <= 0) else "under"
 
