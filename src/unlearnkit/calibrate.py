@@ -670,9 +670,10 @@ class Calibrator:
         da = None  # reported beside the decision, not part of it (module docstring: Documents)
         if self.n.get("forget_docs"):
             da = auc(self._scores(handle, "forget_docs"), self._scores(handle, "holdout_docs"))
+        se = float(np.sqrt(f.var(ddof=1) / len(f) + r.var(ddof=1) / len(r)))  # of the difference of the means
         c = Check(step, a, ks_p, self.tolerance, "", None, float(f.mean()),
                   float(r.mean()), handle.lr, da, self.docs_tolerance if da is not None else None,
-                  float(fe.mean()), float(re_.mean()), gap_se=float(np.sqrt(f.var(ddof=1) / len(f) + r.var(ddof=1) / len(r))))
+                  float(fe.mean()), float(re_.mean()), gap_se=se)
         c.state = self.state(c)
         t1 = time.perf_counter()
         self.seconds["target"] = self.seconds.get("target", 0.0) + t1 - t0
@@ -698,9 +699,9 @@ class Calibrator:
         apart, and the forget mean no longer above the reference's by more than `mean_se` standard
         errors of their difference (a run that enters the band from above goes on, braking in
         `_adjust_pace`, towards the reference's level instead of stopping at the band's upper edge;
-        closer than one standard error the data cannot tell which mean is higher). Over: below the band, or within it
-        (the shapes told apart) with the mean at or below the reference's (an AUC a hair under 0.5
-        with the forget mean still above is short of the target). Else under."""
+        closer than one standard error the data cannot tell which mean is higher). Over: below the
+        band, or within it (the shapes told apart) with the mean at or below the reference's (an AUC
+        a hair under 0.5 with the forget mean still above is short of the target). Else under."""
         level = c.gap <= self.settings.mean_se * (c.gap_se or 0.0)
         if c.in_band and c.ks_p >= self.settings.min_ks_p and (level or c.auc < 0.5):
             return "matched"
