@@ -348,6 +348,10 @@ def test_a_forget_mean_above_the_reference_by_more_than_its_standard_error_is_no
     assert shifted.in_band and shifted.ks_p > 0.05 and shifted.state == "matched"
     # mean_se=0 (a request home's): at or below the reference's mean, or short of the target
     assert _measured(list(ref + 0.1), list(ref), CalibrationSettings(mean_se=0)).state == "under"
+    # one record (a repair round of one fact): no standard error, so the mean must reach the reference's
+    one = _measured([-6.9], [-6.0, -7.0], CalibrationSettings())
+    assert one.gap_se == 0.0 and one.gap == pytest.approx(-0.4) and one.state == "matched"
+    assert _measured([-6.4], [-6.0, -7.0], CalibrationSettings()).state == "under"
     near = _measured([-6.5, -8.0], [-6.0, -7.0], CalibrationSettings())
     assert near.auc == 0.25 and near.state == "matched"  # within the AUC's standard error (0.32 at 2 against 2)
     even = _measured([-6.0, -7.5], [-6.5, -7.0], CalibrationSettings())

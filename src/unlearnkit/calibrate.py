@@ -670,7 +670,9 @@ class Calibrator:
         da = None  # reported beside the decision, not part of it (module docstring: Documents)
         if self.n.get("forget_docs"):
             da = auc(self._scores(handle, "forget_docs"), self._scores(handle, "holdout_docs"))
-        se = float(np.sqrt(f.var(ddof=1) / len(f) + r.var(ddof=1) / len(r)))  # of the difference of the means
+        # the standard error of the difference of the means (0 with a single record on either side:
+        # a repair round may take one fact, and then the mean must reach the reference's)
+        se = float(np.sqrt(f.var(ddof=1) / len(f) + r.var(ddof=1) / len(r))) if min(len(f), len(r)) > 1 else 0.0
         c = Check(step, a, ks_p, self.tolerance, "", None, float(f.mean()),
                   float(r.mean()), handle.lr, da, self.docs_tolerance if da is not None else None,
                   float(fe.mean()), float(re_.mean()), gap_se=se)
