@@ -15,7 +15,7 @@ difference, sqrt(var_f / n_f + var_r / n_r) (a run enters the band from above; s
 upper edge left a fact in three answered on small forget sets, and holding out for the mean at or
 below the reference's left a converged method creeping at the edge for many epochs while the
 reference's own mean moved by more than the gap between checks: docs/methods.md, "The matched
-rule within one standard error"; a request home's batches, a few dozen facts, keep the mean at or
+rule within one standard error"; a request home's batches, twenty-odd facts, keep the mean at or
 below the reference's, `mean_se=0`: one standard error of so few left facts answered). Above is
 under-forgetting
 (the forget answers are still more likely than a stranger's); below is over-forgetting (they are

@@ -212,7 +212,7 @@ def _unlearn(home: Home, b: dict, per, world: Path, source, run_dir: Path, seed:
         # the floor holds what the deployment's utility check measures, on the records it scores;
         # repair rounds judge each request (its person) as its answers check does, against the
         # same strangers (the batch world's holdout: `batch_world`); the forget mean at or below the
-        # strangers' (`mean_se`): one standard error of a batch's few dozen facts left facts answered
+        # strangers' (`mean_se`): one standard error of a batch's twenty-odd facts left facts answered
         train["calibration"] = {"utility": "answers", "repair_rounds": home.settings.repair_rounds,
                                 "repair_by": "subject", "repair_tolerance": home.settings.answer_tolerance,
                                 "repair_twins": "holdout", "repair_stop": "auc", "mean_se": 0.0,
