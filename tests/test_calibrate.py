@@ -198,6 +198,20 @@ def test_rule_doubles_the_rate_when_progress_would_miss_the_budget():
     assert [e["speed_up"]["step"] for e in h.events if isinstance(e, dict) and "speed_up" in e] == [cal.per_epoch]
 
 
+def test_rule_with_speed_up_patience_doubles_when_the_target_lies_beyond_the_patience():
+    """speed_up=patience: within the budget (150 steps) but, at the last interval's pace, further
+    away than the patience (two epochs, 10 steps), the rate doubles after an epoch at it; by default
+    (speed_up=budget) it does not. At step 5 the gap is 4.5 nats closing by 0.1 a step: 45 steps away."""
+    steady = [(1.0 - 0.01 * i, 1.0) for i in range(7)]
+    cal = _scripted(steady + [(0.5, 1.0)], CalibrationSettings(max_doublings=1, speed_up="patience"))
+    info, h = _drive(cal, 20)
+    assert cal.budget == 150 and cal.patience == 10
+    assert info.doublings == 1 and h.lr == 2.0 and info.reason == "matched"
+    assert [e["speed_up"]["step"] for e in h.events if isinstance(e, dict) and "speed_up" in e] == [cal.per_epoch]
+    info, h = _drive(_scripted(steady + [(0.5, 1.0)], CalibrationSettings(max_doublings=1)), 20)
+    assert info.doublings == 0 and h.lr == 1.0 and info.reason == "matched"
+
+
 def test_rule_brakes_when_the_next_check_would_pass_the_reference():
     """Gap 3 then 1 (log-prob, forget minus reference), closing by 2 a check: the next check would
     pass the reference's level, so the rate is scaled by 1/2 to land on it; not a backtrack."""

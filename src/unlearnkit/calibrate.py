@@ -88,7 +88,9 @@ The rule, all in `Calibrator.check`:
   let pass: early steps dip and the retain term repairs them. The kept weights are never below the
   floor.
 - under, but at the pace of the last interval (of the gap between the forget and the reference
-  mean log-prob) the target lies beyond the step budget: double the learning rate (at most
+  mean log-prob) the target lies beyond the step budget (with `speed_up="patience"`, or further
+  away than the patience: the steps the rule waits on a run without progress before it stops it
+  as stalled, a pace that slow being as good as none): double the learning rate (at most
   `max_doublings` times, never after a backtrack, and only after an epoch at the present rate:
   the first steps move the forget answers and their twins alike); or the next check would pass the
   reference's level: scale the learning rate down to land on it (at most 4x). So the step size
@@ -151,6 +153,11 @@ class CalibrationSettings(BaseModel):
                                                         "as a fraction of the starting model's")
     max_backtracks: int = Field(4, ge=0, description="learning-rate halvings after an overshoot or a floor hit")
     max_doublings: int = Field(3, ge=0, description="learning-rate doublings when progress would miss the budget")
+    speed_up: Literal["budget", "patience"] = Field(
+        "budget", description="when the learning rate doubles: budget, when at the last interval's pace the target "
+                              "lies beyond the step budget; patience, also when it lies further away than the "
+                              "patience (faster and cheaper on the wide worlds, one target world fewer: "
+                              "docs/methods.md, \"A speed-up within the patience\")")
     max_epochs: float = Field(30.0, gt=0, description="step budget, in epochs over the forget set")
     patience_epochs: float = Field(2.0, gt=0, description="epochs without progress towards the target (once the "
                                    "learning rate can no longer be raised) before the run stops as stalled")
@@ -848,8 +855,10 @@ class Calibrator:
         """Brake or speed up, from the pace of the last interval (`_pace`).
         Brake: at this pace the next check would pass the reference's level, so the learning rate is
         scaled to land on it (at most 4x down): the band is narrow next to one interval's progress.
-        Speed up: the target lies beyond the step budget: double the learning rate (never after a
-        backtrack, which means a larger rate already went too far)."""
+        Speed up: the target lies beyond the step budget (with `speed_up="patience"`, or further
+        away than the patience: the steps a run without progress is given before it stops as
+        stalled): double the learning rate (never after a backtrack, which means a larger rate
+        already went too far)."""
         pace = self._pace(c)
         if pace is None:
             return
@@ -863,7 +872,10 @@ class Calibrator:
             return
         if c.step - self._rate_since(c) < self.per_epoch:
             return  # an epoch at this rate first: the first steps move the forget answers and their twins alike
-        if pace <= 0 or gap / pace > self.budget - c.step:
+        horizon = self.budget - c.step
+        if self.settings.speed_up == "patience":
+            horizon = min(horizon, self.patience)
+        if pace <= 0 or gap / pace > horizon:
             self.doublings += 1
             handle.scale_lr(2.0)
             handle.log({"speed_up": {"step": c.step, "to_lr": handle.lr, "pace": pace}})
