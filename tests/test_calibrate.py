@@ -348,8 +348,9 @@ def _measured(forget, twins, settings):
 def test_a_forget_mean_above_the_reference_by_more_than_its_standard_error_is_not_matched():
     """Within the band, the shapes not told apart: matched needs the forget mean above the
     reference's by no more than `mean_se` (1) standard errors of the difference,
-    sqrt(var_f / n_f + var_r / n_r) (closer, the data cannot tell which is higher), or the AUC below 0.5. Two facts of forty still
-    6 nats above their twins put it past one standard error at an AUC of 0.51: short of the target."""
+    sqrt(var_f / n_f + var_r / n_r) (closer, the data cannot tell which is higher), or the AUC
+    below 0.5. Two facts of forty still 6 nats above their twins put it past one standard error at
+    an AUC of 0.51: short of the target."""
     ref = np.linspace(-6, -4, 40)
     left = ref - 0.05
     left[[10, 30]] += 6.05
