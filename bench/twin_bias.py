@@ -30,6 +30,8 @@ With `--truth-gap`, a third table: the truth-ratio gap against the twins (`evalu
 `truth_gap_twins`, no oracle) of the oracle, each `--run` model and the subject: the mean over the
 forget facts of log R(fact) - log R(its twin) under one model, its standard error and the Wilcoxon
 p, beside the two-sample KS p of the same ratios (`forget_quality_twins`) and forget quality.
+With `--by-attribute`, a last column: the same mean over each attribute's facts (which kinds of
+fact the model still tells apart from a stranger's).
 """
 from __future__ import annotations
 
@@ -97,20 +99,28 @@ def saved(cache: Path, shape: str, seed: int, name: str) -> Path:
                      f"exists (bench/methods.py writes them)")
 
 
-def truth_gap_rows(shape, seed, w, models: dict) -> list[str]:
-    """The `--truth-gap` table's rows, one per model (the oracle first: forget quality's reference)."""
+def truth_gap_rows(shape, seed, w, models: dict, by_attribute: bool = False) -> list[str]:
+    """The `--truth-gap` table's rows, one per model (the oracle first: forget quality's reference);
+    with `by_attribute`, each attribute's mean gap in a last column."""
+    import numpy as np
+
     from scipy.stats import ks_2samp
 
     from unlearnkit.evaluate import truth_gap_twins
     from unlearnkit.models.load import load_model
     from unlearnkit.scoring import LM
 
+    attribute = {r.id: r.attribute or "–" for r in w.forget}
     rows, oracle = [], None
     for name, path in models.items():
         g = truth_gap_twins(LM(*load_model(path)), w)
         oracle = oracle or g["forget"]
-        rows.append(f"| {shape} | {seed} | {name} | {g['mean']:+.3f} ({g['se']:.3f}) | {g['p']:.2g} "
-                    f"| {ks_2samp(g['forget'], g['twins']).pvalue:.2g} | {ks_2samp(g['forget'], oracle).pvalue:.2g} |")
+        row = (f"| {shape} | {seed} | {name} | {g['mean']:+.3f} ({g['se']:.3f}) | {g['p']:.2g} "
+               f"| {ks_2samp(g['forget'], g['twins']).pvalue:.2g} | {ks_2samp(g['forget'], oracle).pvalue:.2g} |")
+        if by_attribute:
+            d, kinds = np.log(g["forget"]) - np.log(g["twins"]), np.array([attribute[i] for i in g["ids"]])
+            row += " " + ", ".join(f"{k} {d[kinds == k].mean():+.2f}" for k in sorted(set(kinds))) + " |"
+        rows.append(row)
     return rows
 
 
@@ -131,6 +141,7 @@ def main():
                                                 "comma-separated: saved runs (CACHE/WORLD/runs/NAME/model) or "
                                                 "retrained oracles (CACHE/WORLD/models/NAME)")
     ap.add_argument("--truth-gap", action="store_true", help="also the truth-ratio gap table (module docstring)")
+    ap.add_argument("--by-attribute", action="store_true", help="with --truth-gap: each attribute's mean gap too")
     args = ap.parse_args()
     torch.set_num_threads(max(1, (os.cpu_count() or 2)))
     print("| world | seed | oracle: forget − twins | holdout − twins (subject) | holdout − twins (oracle) "
@@ -160,7 +171,8 @@ def main():
             if args.truth_gap:
                 names = ["oracle", *(args.run.split(",") if args.run else []), "subject"]
                 gap_rows += truth_gap_rows(shape, seed, w, {n: models[n] if n in ("subject", "oracle")
-                                                            else saved(args.cache, shape, seed, n) for n in names})
+                                                            else saved(args.cache, shape, seed, n) for n in names},
+                                           args.by_attribute)
             if args.truth_ratios:
                 base, scored = {"subject": models["subject"], "oracle": models["oracle"]}, {}
                 for name in (args.run.split(",") if args.run else [None]):
@@ -173,8 +185,9 @@ def main():
         print("\n".join(tr_rows), flush=True)
     if args.truth_gap:
         print("\nTruth-ratio gap against the twins, fact by fact (mean log R(fact) − log R(twin), SE):\n\n"
-              "| world | seed | model | gap (SE) | Wilcoxon p | KS p against the twins | forget quality |\n"
-              "|---|---:|---|---:|---:|---:|---:|")
+              "| world | seed | model | gap (SE) | Wilcoxon p | KS p against the twins | forget quality |"
+              + (" by attribute |" if args.by_attribute else "") + "\n|---|---:|---|---:|---:|---:|---:|"
+              + ("---|" if args.by_attribute else ""))
         print("\n".join(gap_rows), flush=True)
 
 

@@ -70,8 +70,13 @@ def test_truth_gap_against_twins_tells_the_subject_from_the_oracle(tiny_world, t
     from unlearnkit.models.load import load_model
     from unlearnkit.scoring import LM
 
-    alone = truth_gap_twins(LM(*load_model(tiny_world.subject_dir)), load_world(tiny_world.data_dir))
+    world = load_world(tiny_world.data_dir)
+    alone = truth_gap_twins(LM(*load_model(tiny_world.subject_dir)), world)
     assert alone["mean"] == pytest.approx(gap["subject"]["mean"], rel=1e-4) and alone["n"] == gap["subject"]["n"]
+    # each pair's forget record, in order (bench/twin_bias.py --by-attribute groups by it)
+    ids, by_id = alone["ids"], {r.id: r for r in world.forget}
+    assert len(set(ids)) == len(ids) == alone["n"] and [i for i in by_id if i in set(ids)] == ids
+    assert all(by_id[i].subject in by_id[i].question for i in ids)
     assert abs(gap["oracle"]["mean"]) < gap["subject"]["mean"] / 3  # measured: 0.062
 
 

@@ -111,14 +111,15 @@ def truth_ratios(lm, records, batch_size: int | None = None) -> list[float]:
 def truth_gap_twins(lm, world, batch_size: int | None = None) -> dict | None:
     """`truth_gap_twins` of `evaluate` on its own (`metrics.tofu.paired_truth_gap` of the forget
     questions that name their subject against their twins), with the forget and twin truth ratios
-    ("forget", "twins"). None with fewer than two such questions."""
+    ("forget", "twins") and the forget records' ids ("ids"), pair by pair. None with fewer than two
+    such questions."""
     forget = list(world.forget)
     pairs = _twins_of(world, forget)
     if len(pairs) < 2:
         return None
     both = truth_ratios(lm, [forget[i] for i, _ in pairs] + [t for _, t in pairs], batch_size)  # one pass
     f, t = both[:len(pairs)], both[len(pairs):]
-    return {**tofu.paired_truth_gap(f, t), "forget": f, "twins": t}
+    return {**tofu.paired_truth_gap(f, t), "forget": f, "twins": t, "ids": [forget[i].id for i, _ in pairs]}
 
 
 def _clean(obj: Any) -> Any:
