@@ -103,7 +103,6 @@ def truth_gap_rows(shape, seed, w, models: dict, by_attribute: bool = False) -> 
     """The `--truth-gap` table's rows, one per model (the oracle first: forget quality's reference);
     with `by_attribute`, each attribute's mean gap in a last column."""
     import numpy as np
-
     from scipy.stats import ks_2samp
 
     from unlearnkit.evaluate import truth_gap_twins
