@@ -3,6 +3,7 @@ retraining's own spread (what oracles retrained from other seeds score against t
 from __future__ import annotations
 
 import importlib.util
+import math
 from pathlib import Path
 
 import pytest
@@ -179,3 +180,57 @@ def test_twin_bias_truth_gap_rows_are_the_evaluations_figures(tiny_world, tiny_r
         assert float(cells[name][3].split()[0]) == pytest.approx(tiny_results[name]["truth_gap_twins"], abs=1e-3)
     assert float(cells["oracle"][6]) == 1.0
     assert float(cells["subject"][6]) == pytest.approx(tiny_results["subject"]["forget_quality"], rel=0.05)
+
+
+def test_twin_bias_by_attribute_splits_the_gap_by_kind_of_fact(tiny_world, load_bench):
+    """--by-attribute: each attribute's printed mean is the mean of log R(fact) − log R(twin) over
+    that attribute's facts, and weighted by their counts the means give the whole gap."""
+    tb = load_bench("twin_bias")
+    from unlearnkit.data.io import load_world
+    from unlearnkit.evaluate import truth_gap_twins
+    from unlearnkit.models.load import load_model
+    from unlearnkit.scoring import LM
+
+    world = load_world(tiny_world.data_dir)
+    (row,) = tb.truth_gap_rows("default", 0, world, {"subject": tiny_world.subject_dir}, by_attribute=True)
+    means = {k.strip(): float(v) for k, v in (c.rsplit(" ", 1) for c in row.strip(" |").split("|")[-1].split(", "))}
+    g = truth_gap_twins(LM(*load_model(tiny_world.subject_dir)), world)
+    kinds = [next(r.attribute for r in world.forget if r.id == i) for i in g["ids"]]
+    assert set(means) == set(kinds) and len(means) > 1
+    d = [math.log(f) - math.log(t) for f, t in zip(g["forget"], g["twins"])]
+    for k in means:
+        assert means[k] == pytest.approx(sum(x for x, c in zip(d, kinds) if c == k) / kinds.count(k), abs=0.0051)
+    whole = sum(means[k] * kinds.count(k) for k in means) / len(kinds)
+    assert whole == pytest.approx(g["mean"], abs=0.01 * len(means))  # each mean printed to 2 decimals
+    assert "by attribute" not in tb.truth_gap_rows("default", 0, world, {"subject": tiny_world.subject_dir})[0]
+
+
+def test_weight_change_puts_a_name_edit_on_the_names(tiny_world, load_bench, tmp_path, monkeypatch, capsys):
+    """bench/weight_change.py: a copy of the subject whose only change is one forget person's name
+    rows in the embeddings reads 1.000 of the change on the names, and every other tensor at 0."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoTokenizer
+
+    from unlearnkit.data.io import load_world
+
+    wc = load_bench("weight_change")
+    edited = tmp_path / "edited"
+    shutil.copytree(tiny_world.subject_dir, edited)
+    (f,) = sorted(edited.glob("*.safetensors"))
+    tensors = load_file(f)
+    emb = next(k for k in tensors if k.endswith("embed_tokens.weight"))
+    person = load_world(tiny_world.data_dir).forget[0].subject
+    ids = AutoTokenizer.from_pretrained(tiny_world.subject_dir)(" " + person, add_special_tokens=False)["input_ids"]
+    tensors[emb] = tensors[emb].clone()
+    tensors[emb][ids] += 0.5 * torch.ones_like(tensors[emb][ids])
+    save_file({k: v.contiguous() for k, v in tensors.items()}, f, metadata={"format": "pt"})
+    monkeypatch.setattr("sys.argv", ["weight_change", str(edited), "--start", str(tiny_world.subject_dir),
+                                     "--data", str(tiny_world.data_dir), "--top", "3"])
+    wc.main()
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| ") and "tensor" not in line]
+    assert emb in rows[0] and float(rows[0].split("|")[2]) > 0 and float(rows[1].split("|")[2]) == 0.0
+    assert f"{len(set(ids))} of " in out.split("embeddings: ")[1] and "1.000 of the squared change" in out
