@@ -30,8 +30,11 @@ With `--truth-gap`, a third table: the truth-ratio gap against the twins (`evalu
 `truth_gap_twins`, no oracle) of the oracle, each `--run` model and the subject: the mean over the
 forget facts of log R(fact) - log R(its twin) under one model, its standard error and the Wilcoxon
 p, beside the two-sample KS p of the same ratios (`forget_quality_twins`) and forget quality.
-With `--by-attribute`, a last column: the same mean over each attribute's facts (which kinds of
-fact the model still tells apart from a stranger's).
+With `--by-attribute`, a further column: the same mean over each attribute's facts (which kinds of
+fact the model still tells apart from a stranger's). With `--by-name`, two more: the mean share of
+a forget person's name tokens that some retained person's name (retain, neighbours) also has, and
+the gap over the people who share none, some and all of them (a run that forgets by rewriting the
+name's tokens, bench/weight_change.py, cannot do so freely where retained people read them too).
 """
 from __future__ import annotations
 
@@ -99,9 +102,19 @@ def saved(cache: Path, shape: str, seed: int, name: str) -> Path:
                      f"exists (bench/methods.py writes them)")
 
 
-def truth_gap_rows(shape, seed, w, models: dict, by_attribute: bool = False) -> list[str]:
+def shared_name_tokens(w, tok) -> dict[str, float]:
+    """Each forget person's share of name tokens (the name after a space, as in a question) that
+    are also tokens of a retained person's name (retain and neighbours)."""
+    ids = lambda name: set(tok(" " + name, add_special_tokens=False)["input_ids"])  # noqa: E731
+    kept = set().union(*(ids(r.subject) for split in (w.retain, w.neighbours) for r in split))
+    return {p: len(ids(p) & kept) / len(ids(p)) for p in {r.subject for r in w.forget}}
+
+
+def truth_gap_rows(shape, seed, w, models: dict, by_attribute: bool = False, by_name: bool = False) -> list[str]:
     """The `--truth-gap` table's rows, one per model (the oracle first: forget quality's reference);
-    with `by_attribute`, each attribute's mean gap in a last column."""
+    with `by_attribute`, each attribute's mean gap in a further column; with `by_name`, the mean
+    share of the forget people's name tokens that a retained person's name also has, and the gap of
+    the people who share none, some and all of them."""
     import numpy as np
     from scipy.stats import ks_2samp
 
@@ -109,16 +122,25 @@ def truth_gap_rows(shape, seed, w, models: dict, by_attribute: bool = False) -> 
     from unlearnkit.models.load import load_model
     from unlearnkit.scoring import LM
 
-    attribute = {r.id: r.attribute or "–" for r in w.forget}
+    record = {r.id: r for r in w.forget}
     rows, oracle = [], None
     for name, path in models.items():
-        g = truth_gap_twins(LM(*load_model(path)), w)
+        net, tok = load_model(path)
+        g = truth_gap_twins(LM(net, tok), w)
         oracle = oracle or g["forget"]
         row = (f"| {shape} | {seed} | {name} | {g['mean']:+.3f} ({g['se']:.3f}) | {g['p']:.2g} "
                f"| {ks_2samp(g['forget'], g['twins']).pvalue:.2g} | {ks_2samp(g['forget'], oracle).pvalue:.2g} |")
+        d = np.log(g["forget"]) - np.log(g["twins"])
         if by_attribute:
-            d, kinds = np.log(g["forget"]) - np.log(g["twins"]), np.array([attribute[i] for i in g["ids"]])
+            kinds = np.array([record[i].attribute or "–" for i in g["ids"]])
             row += " " + ", ".join(f"{k} {d[kinds == k].mean():+.2f}" for k in sorted(set(kinds))) + " |"
+        if by_name:
+            share = shared_name_tokens(w, tok)
+            person = np.array([share[record[i].subject] for i in g["ids"]])
+            cells = [f"{label} {d[m].mean():+.2f} ({len({record[i].subject for i, k in zip(g['ids'], m) if k})})"
+                     for label, m in (("none", person == 0), ("some", (person > 0) & (person < 1)),
+                                      ("all", person == 1)) if m.any()]
+            row += f" {np.mean(list(share.values())):.2f} | " + ", ".join(cells) + " |"
         rows.append(row)
     return rows
 
@@ -141,6 +163,8 @@ def main():
                                                 "retrained oracles (CACHE/WORLD/models/NAME)")
     ap.add_argument("--truth-gap", action="store_true", help="also the truth-ratio gap table (module docstring)")
     ap.add_argument("--by-attribute", action="store_true", help="with --truth-gap: each attribute's mean gap too")
+    ap.add_argument("--by-name", action="store_true", help="with --truth-gap: the forget names' tokens that retained "
+                                                         "names share, and the gap by that share")
     args = ap.parse_args()
     torch.set_num_threads(max(1, (os.cpu_count() or 2)))
     print("| world | seed | oracle: forget − twins | holdout − twins (subject) | holdout − twins (oracle) "
@@ -171,7 +195,7 @@ def main():
                 names = ["oracle", *(args.run.split(",") if args.run else []), "subject"]
                 gap_rows += truth_gap_rows(shape, seed, w, {n: models[n] if n in ("subject", "oracle")
                                                             else saved(args.cache, shape, seed, n) for n in names},
-                                           args.by_attribute)
+                                           args.by_attribute, args.by_name)
             if args.truth_ratios:
                 base, scored = {"subject": models["subject"], "oracle": models["oracle"]}, {}
                 for name in (args.run.split(",") if args.run else [None]):
@@ -185,8 +209,10 @@ def main():
     if args.truth_gap:
         print("\nTruth-ratio gap against the twins, fact by fact (mean log R(fact) − log R(twin), SE):\n\n"
               "| world | seed | model | gap (SE) | Wilcoxon p | KS p against the twins | forget quality |"
-              + (" by attribute |" if args.by_attribute else "") + "\n|---|---:|---|---:|---:|---:|---:|"
-              + ("---|" if args.by_attribute else ""))
+              + (" by attribute |" if args.by_attribute else "")
+              + (" name tokens a retained name shares | gap by that share (people) |" if args.by_name else "")
+              + "\n|---|---:|---|---:|---:|---:|---:|" + ("---|" if args.by_attribute else "")
+              + ("---:|---|" if args.by_name else ""))
         print("\n".join(gap_rows), flush=True)
 
 

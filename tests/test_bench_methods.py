@@ -234,3 +234,27 @@ def test_weight_change_puts_a_name_edit_on_the_names(tiny_world, load_bench, tmp
     rows = [line for line in out.splitlines() if line.startswith("| ") and "tensor" not in line]
     assert emb in rows[0] and float(rows[0].split("|")[2]) > 0 and float(rows[1].split("|")[2]) == 0.0
     assert f"{len(set(ids))} of " in out.split("embeddings: ")[1] and "1.000 of the squared change" in out
+
+
+def test_twin_bias_by_name_counts_the_name_tokens_retained_people_share(tiny_world, load_bench):
+    """--by-name: a forget person's share is the fraction of their name's tokens found in some
+    retained name; the row's groups hold every person with a pair, each once, with their mean gap."""
+    tb = load_bench("twin_bias")
+    from transformers import AutoTokenizer
+
+    from unlearnkit.data.io import load_world
+
+    world = load_world(tiny_world.data_dir)
+    tok = AutoTokenizer.from_pretrained(tiny_world.subject_dir)
+    share = tb.shared_name_tokens(world, tok)
+    ids = lambda name: set(tok(" " + name, add_special_tokens=False)["input_ids"])  # noqa: E731
+    kept = set().union(*(ids(r.subject) for r in [*world.retain, *world.neighbours]))
+    assert set(share) == {r.subject for r in world.forget}
+    for person, s in share.items():
+        assert s == len(ids(person) & kept) / len(ids(person))
+    (row,) = tb.truth_gap_rows("default", 0, world, {"subject": tiny_world.subject_dir}, by_name=True)
+    mean_cell, groups = [c.strip() for c in row.strip(" |").split("|")[-2:]]
+    assert float(mean_cell) == pytest.approx(sum(share.values()) / len(share), abs=0.005)
+    people = sum(int(g.rsplit("(", 1)[1].rstrip(")")) for g in groups.split(", "))
+    named = {r.subject for r in world.forget if r.subject in r.question and r.perturbed_answers}
+    assert people == len(named) and all(g.split()[0] in ("none", "some", "all") for g in groups.split(", "))
