@@ -350,6 +350,9 @@ def test_shapes_registry():
     wide = generate_world(seed=0, **shape_options("wide"))  # membership inference on 1000 answers
     assert len(wide["forget"]) == 1000 and len({r.subject for r in wide["forget"]}) == 100
     assert "forget_docs" not in wide
+    alt = generate_world(seed=0, **shape_options("wide_alt_names"))  # the same size, the other names
+    assert len(alt["forget"]) == 1000 and "forget_docs" not in alt
+    assert not {r.subject for r in alt["forget"]} & {r.subject for r in wide["forget"]}
     assert shape_options("sentences", docs=True, n_people=None) == {"answer_style": "sentence", "docs": True}
     with pytest.raises(ValueError, match="shape must be one of"):
         shape_options("huge")

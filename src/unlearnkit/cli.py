@@ -104,7 +104,7 @@ def demo(out: Path = typer.Option(Path("runs/demo"), help="Run directory (world,
 @friendly
 def world(out: Path = typer.Option(..., help="Directory to write the JSONL splits into."),
           seed: int = typer.Option(0, help="Seed: the same seed gives byte-identical files."),
-          shape: Optional[str] = typer.Option(None, help="Named set of the options below: default | sentences | large | few_facts | unfamiliar | wide | wide_sentences | wide_few_facts; explicit options override it."),
+          shape: Optional[str] = typer.Option(None, help="Named set of the options below: default | sentences | large | few_facts | unfamiliar | wide | wide_sentences | wide_few_facts | wide_alt_names; explicit options override it."),
           people: Optional[int] = typer.Option(None, help="Number of fictitious people (default: 60)."),
           forget_fraction: Optional[float] = typer.Option(None, help="Fraction of people in the forget split, e.g. 0.01, 0.05, 0.10 (default: 0.10)."),
           answer_style: Optional[str] = typer.Option(None, help="short: the answer is the value; sentence: a full sentence naming the person (default: short)."),

@@ -482,7 +482,9 @@ SHAPE_DEFAULTS = {"answer_style": "short", "docs": True, "n_attributes": len(PER
 # PrivLeak is measured on the answers (docs/methods.md, "PrivLeak at a size where it has power").
 # "wide_sentences" is "unfamiliar" at that size: the same 1000 forget answers, as full sentences
 # naming the person, with the other names. "wide_few_facts" spreads 1000 forget answers over twice
-# the people, five facts each.
+# the people, five facts each. "wide_alt_names" is "wide" with the other names, whose syllables the
+# tokenizer cuts into pieces that several people's names share (docs/methods.md, "Where Twin RMU
+# moves the weights").
 SHAPES: dict[str, dict] = {
     "default": {},
     "sentences": {"answer_style": "sentence", "docs": False},
@@ -494,6 +496,7 @@ SHAPES: dict[str, dict] = {
     "wide_sentences": {"n_people": 400, "forget_fraction": 0.25, "answer_style": "sentence", "docs": False,
                        "names": "alt"},
     "wide_few_facts": {"n_people": 800, "forget_fraction": 0.25, "n_attributes": 5, "docs": False},
+    "wide_alt_names": {"n_people": 400, "forget_fraction": 0.25, "docs": False, "names": "alt"},
 }
 
 
