@@ -33,8 +33,8 @@ p, beside the two-sample KS p of the same ratios (`forget_quality_twins`) and fo
 With `--by-attribute`, a further column: the same mean over each attribute's facts (which kinds of
 fact the model still tells apart from a stranger's). With `--by-name`, two more: the mean share of
 a forget person's name tokens that some retained person's name (retain, neighbours) also has, and
-the gap over the people who share none, some and all of them (a run that forgets by rewriting the
-name's tokens, bench/weight_change.py, cannot do so freely where retained people read them too).
+the gap over the people who share none, some and all of them (where a run forgets by rewriting the
+name's tokens, bench/weight_change.py, retained people read the shared ones too).
 """
 from __future__ import annotations
 

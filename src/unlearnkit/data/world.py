@@ -482,9 +482,9 @@ SHAPE_DEFAULTS = {"answer_style": "short", "docs": True, "n_attributes": len(PER
 # PrivLeak is measured on the answers (docs/methods.md, "PrivLeak at a size where it has power").
 # "wide_sentences" is "unfamiliar" at that size: the same 1000 forget answers, as full sentences
 # naming the person, with the other names. "wide_few_facts" spreads 1000 forget answers over twice
-# the people, five facts each. "wide_alt_names" is "wide" with the other names, whose syllables the
-# tokenizer cuts into pieces that several people's names share (docs/methods.md, "Where Twin RMU
-# moves the weights").
+# the people, five facts each. "wide_alt_names" is "wide" with the other names (its own tokenizer
+# keeps them whole: no forget name shares a token with a retained one; docs/methods.md, "Where Twin
+# RMU moves the weights").
 SHAPES: dict[str, dict] = {
     "default": {},
     "sentences": {"answer_style": "sentence", "docs": False},
