@@ -263,3 +263,18 @@ def test_without_an_oracle_the_twins_decide_with_the_same_power_checks():
                                       oracle={"forget_rouge": 0.1}, subject={"forget_quality": 1e-6,
                                                                               "forget_quality_n": 20})["forgetting"]
     assert "needs an oracle result" in verdict({}, subject=subject)["forgetting"]["why"]
+
+
+def test_verbmem_pairs_given_are_compared_whole_and_none_given_is_a_note(world):
+    """MUSE's own VerbMem pairs are generated and compared whole (no document is cut for them); an
+    empty list of pairs gives no VerbMem and says so, rather than falling back to the documents."""
+    lm = FakeLM(world, ("forget",) + UTIL)
+    d = world.forget_docs[0].text.split()
+    pairs = [(" ".join(d[:12]), " ".join(d[12:20])), ("nothing like it", "any words")]
+    r = evaluate(lm, world, suites=("muse",), verbmem_pairs=pairs)
+    assert lm.generate_calls[-1]["n"] == 2 and r["splits"]["forget_docs"]["n_verbmem"] == 2
+    # the first continuation recited past its 8 words (the whole document), the second not at all
+    assert 0 < r["verbmem_forget"] < 0.5
+    r = evaluate(FakeLM(world, ("forget",) + UTIL), world, suites=("muse",), verbmem_pairs=[])
+    assert r["verbmem_forget"] is None and r["splits"]["forget_docs"]["n_verbmem"] == 0
+    assert "no VerbMem pairs given: VerbMem skipped" in r["notes"]

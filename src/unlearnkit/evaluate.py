@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
@@ -187,259 +188,41 @@ def evaluate(lm, world, *, oracle: dict | None = None, suites: Sequence[str] = S
     timings: dict[str, float] = {}
     notes: list[str] = []
     do_tofu, do_muse, do_mia = ("tofu" in suites), ("muse" in suites), ("mia" in suites)
-    need_mia_scores = do_mia or do_muse  # PrivLeak is Min-K% AUC
-    source = _pick_source(world, mia_source, min_docs) if need_mia_scores else None
-    if need_mia_scores and source is None:
+    source = _pick_source(world, mia_source, min_docs) if (do_mia or do_muse) else None  # PrivLeak is Min-K% AUC
+    if (do_mia or do_muse) and source is None:
         notes.append("no holdout documents or holdout QA: membership inference and PrivLeak skipped")
-
     splits_qa = {s: list(getattr(world, s)) for s in QA_SPLITS}
 
-    # ---- 1. everything to score, in one call
+    # 1. everything to score, in one call (and the reference model's pass for its attack)
     req = _Requests()
-    if do_tofu:
-        for s, recs in splits_qa.items():
-            for i, r in enumerate(recs):
-                req.add((s, i, "true"), r.question, r.answer)
-                _queue_truth(req, (s, i), r)
-    twin_of = _twin_requests(world, splits_qa["forget"], req) if do_tofu else []
-    mia_sets: dict[str, dict[str, tuple[list, list]]] = {}  # source -> side -> (keys, texts)
-    if need_mia_scores and source is not None:
-        if min(len(world.forget), len(world.holdout)):
-            for side, recs in (("members", world.forget), ("nonmembers", world.holdout)):
-                keys = []
-                for i, r in enumerate(recs):
-                    key = ("forget", i, "true") if side == "members" else ("holdout", i, "true")
-                    if key not in req.index:
-                        req.add(key, r.question, r.answer)
-                    keys.append(key)
-                mia_sets.setdefault("qa", {})[side] = (keys, [r.answer for r in recs])
-        if min(len(world.forget_docs), len(world.holdout_docs)):
-            for side, docs in (("members", world.forget_docs), ("nonmembers", world.holdout_docs)):
-                keys = []
-                for i, d in enumerate(docs):
-                    key = ("doc", side, i)
-                    req.add(key, "", d.text)
-                    keys.append(key)
-                mia_sets.setdefault("docs", {})[side] = (keys, [d.text for d in docs])
-    stats = do_mia
-    scores: list = []
-    if len(req):
-        t = time.perf_counter()
-        scores = lm.score(req.prompts, req.answers, stats=stats, batch_size=batch_size)
-        timings["score"] = time.perf_counter() - t
-        if len(scores) != len(req):
-            raise RuntimeError(f"lm.score returned {len(scores)} scores for {len(req)} pairs")
-    sc = lambda key: scores[req.index[key]]  # noqa: E731
-
-    ref_scores = None
+    twin_of = _queue_tofu(req, world, splits_qa) if do_tofu else []
+    mia_sets = _queue_mia(req, world) if source is not None else {}
+    sc = _Scores.of(lm, req, do_mia, batch_size, timings)
     if do_mia and reference_lm is not None and mia_sets:
-        ref_req = _Requests()
-        for src in mia_sets.values():
-            for keys, _ in src.values():
-                for key in keys:
-                    if key not in ref_req.index:
-                        i = req.index[key]
-                        ref_req.add(key, req.prompts[i], req.answers[i])
-        t = time.perf_counter()
-        out = reference_lm.score(ref_req.prompts, ref_req.answers, stats=False, batch_size=batch_size)
-        timings["reference_score"] = time.perf_counter() - t
-        ref_scores = {key: out[i] for key, i in ref_req.index.items()}
+        sc.reference = _reference_scores(reference_lm, req, mia_sets, batch_size, timings)
+    # 2. every greedy answer in one call; document continuations in another
+    gens, n_gen = _greedy_answers(lm, splits_qa, do_tofu, do_muse, max_new_tokens, batch_size, timings)
+    verbmem = (_Verbmem.of(lm, world, verbmem_pairs, verbmem_prompt_words, verbmem_continuation_words,
+                           verbmem_max_new_tokens, batch_size, timings, notes) if do_muse else None)
 
-    # ---- 2. every greedy answer, in one call; document continuations in another
-    gen_keys: list[tuple] = []
-    gen_prompts: list[str] = []
-    if do_tofu or do_muse:
-        for s, recs in splits_qa.items():
-            if not do_tofu and s not in ("forget", "retain"):
-                continue  # MUSE KnowMem needs only forget and retain
-            for i, r in enumerate(recs):
-                gen_keys.append((s, i, "q"))
-                gen_prompts.append(r.question)
-        if do_tofu:
-            for i, r in enumerate(splits_qa["forget"]):
-                if r.paraphrased_question:
-                    gen_keys.append(("forget", i, "pq"))
-                    gen_prompts.append(r.paraphrased_question)
-    gens: dict[tuple, str] = {}
-    if gen_prompts:
-        t = time.perf_counter()
-        out = lm.generate(gen_prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
-        timings["generate"] = time.perf_counter() - t
-        gens = dict(zip(gen_keys, out, strict=True))
-    given_pairs = verbmem_pairs is not None
-    verbmem_pairs = [tuple(p) for p in verbmem_pairs] if given_pairs else []
-    verbmem_out: list[str] = []
-    if do_muse and given_pairs and verbmem_pairs:
-        t = time.perf_counter()
-        verbmem_out = lm.generate([p for p, _ in verbmem_pairs], max_new_tokens=verbmem_max_new_tokens,
-                                  batch_size=batch_size)
-        timings["generate_verbmem"] = time.perf_counter() - t
-    elif do_muse and world.forget_docs:
-        for d in world.forget_docs:
-            prompt, cont = split_words(d.text, verbmem_prompt_words, verbmem_continuation_words)
-            if prompt and cont:
-                verbmem_pairs.append((prompt, cont))
-        if verbmem_pairs:
-            t = time.perf_counter()
-            verbmem_out = lm.generate([p for p, _ in verbmem_pairs], max_new_tokens=verbmem_max_new_tokens,
-                                      batch_size=batch_size)
-            timings["generate_verbmem"] = time.perf_counter() - t
-        else:
-            notes.append(f"forget documents shorter than {verbmem_prompt_words + 1} words: VerbMem skipped")
-    elif do_muse:
-        notes.append("no forget documents: VerbMem skipped")
-
-    # ---- 3. metrics
+    # 3. metrics
     t_metrics = time.perf_counter()
     res: dict[str, Any] = {}
-    split_out: dict[str, dict] = {}
     per_sample: dict[str, Any] = {"forget_ids": [r.id for r in splits_qa["forget"]]}
     if isinstance(oracle, str) and oracle == "self":  # this model is the oracle: compare it with itself
         res["per_sample"] = per_sample
         oracle = res
-
-    for s, recs in splits_qa.items():
-        d: dict[str, Any] = {"n": len(recs)}
-        if not recs:
-            split_out[s] = d
-            continue
-        if do_tofu:
-            true = [sc((s, i, "true")) for i in range(len(recs))]
-            d["answer_probability"] = _mean(tofu.answer_probability(x) for x in true)
-            norm = [tofu.normalised_probability(sc((s, i, "para")),
-                                                [sc((s, i, "pert", j)) for j in range(len(r.perturbed_answers))])
-                    for i, r in enumerate(recs)]
-            d["normalised_probability"] = _mean(norm)
-            # TOFU: plain probability on forget and retain, normalised on the other utility sets
-            d["probability"] = d["answer_probability"] if s in ("forget", "retain") else d["normalised_probability"]
-            ratios = [_truth_ratio(sc, (s, i), r) for i, r in enumerate(recs)]
-            d["truth_ratio"] = tofu.truth_ratio_score(ratios, forget=(s == "forget"))
-            d["truth_ratio_geomean_R"] = float(np.exp(np.mean(np.log(ratios))))
-            d["exact_memorisation"] = _mean(tofu.exact_memorisation(x) for x in true)
-            es = [tofu.extraction_strength(x) for x in true]
-            d["extraction_strength"] = _mean(es)
-            rouge = [rouge_l(gens[(s, i, "q")], r.answer) for i, r in enumerate(recs)]
-            d["rouge"] = _mean(x["recall"] for x in rouge)
-            if s == "forget":
-                per_sample["forget_truth_ratios"] = ratios
-                per_sample["forget_probability"] = [tofu.answer_probability(x) for x in true]
-                per_sample["forget_rouge"] = [x["recall"] for x in rouge]
-                per_sample["forget_extraction_strength"] = es
-                # every forget record, for the report's per-record table (greedy_answers keeps a few)
-                per_sample["forget_questions"] = [r.question for r in recs]
-                per_sample["forget_true_answers"] = [r.answer for r in recs]
-                per_sample["forget_answers"] = [gens[(s, i, "q")] for i in range(len(recs))]
-                pq = [(gens[(s, i, "pq")], r.answer) for i, r in enumerate(recs) if (s, i, "pq") in gens]
-                d["paraphrase_rouge"] = _mean(rouge_l(g, a)["recall"] for g, a in pq)
-                d["n_paraphrased_questions"] = len(pq)
-        if do_muse and s in ("forget", "retain"):
-            d["knowmem"] = muse.knowmem([gens[(s, i, "q")] for i in range(len(recs))], [r.answer for r in recs])
-        if (do_tofu or do_muse) and (s, 0, "q") in gens:
-            d["greedy_answers"] = [gens[(s, i, "q")] for i in range(min(len(recs), 5))]  # a few, for reading
-        split_out[s] = d
-
-    f = split_out["forget"]
+    split_out = {s: _split_metrics(s, recs, sc, gens, do_tofu, do_muse, per_sample) for s, recs in splits_qa.items()}
     if do_tofu:
-        res["forget_probability"] = f["probability"]
-        res["forget_rouge"] = f["rouge"]
-        res["forget_truth_ratio"] = f["truth_ratio"]
-        res["paraphrase_forget_rouge"] = f["paraphrase_rouge"]
-        res["exact_memorisation_forget"] = f["exact_memorisation"]
-        res["extraction_strength_forget"] = f["extraction_strength"]
-        res["retain_rouge"] = split_out["retain"].get("rouge")
-        # forget quality against the model's own twins: needs no oracle
-        res["forget_quality_twins"] = res["truth_gap_twins"] = None
-        if len(twin_of) >= 2:
-            twin_ratios = [_truth_ratio(sc, ("twin", i), t) for i, t in twin_of]
-            per_sample["twin_truth_ratios"] = twin_ratios
-            paired = [per_sample["forget_truth_ratios"][i] for i, _ in twin_of]
-            f["forget_quality_twins"] = tofu.forget_quality(paired, twin_ratios)
-            res["forget_quality_twins"] = f["forget_quality_twins"]["p"]
-            res["forget_quality_twins_n"] = len(twin_ratios)
-            # the same pairs, fact by fact: how much more the true answer is preferred than for a stranger
-            f["truth_gap_twins"] = tofu.paired_truth_gap(paired, twin_ratios)
-            res["truth_gap_twins"] = f["truth_gap_twins"]["mean"]
-        else:
-            notes.append("fewer than two forget questions name their subject (with perturbed answers): "
-                         "forget_quality_twins is None")
-        # forget quality against the oracle
-        fq = None
-        oracle_ratios = ((oracle or {}).get("per_sample") or {}).get("forget_truth_ratios")
-        if oracle is None:
-            notes.append("no oracle result given: forget_quality is None (it compares with the oracle)")
-        elif not oracle_ratios:
-            notes.append("the oracle result has no forget truth ratios (evaluated without the tofu suite?)")
-        else:
-            oracle_ids = oracle["per_sample"].get("forget_ids")
-            if oracle_ids is not None and sorted(oracle_ids) != sorted(per_sample["forget_ids"]):
-                raise ValueError("the oracle result was computed on a different forget set "
-                                 "(forget ids differ): evaluate the oracle on the same world")
-            fq = tofu.forget_quality(per_sample["forget_truth_ratios"], oracle_ratios)
-        res["forget_quality"] = fq["p"] if fq else None
-        res["forget_quality_log10"] = fq["log10_p"] if fq else None
-        res["forget_quality_n"] = fq["n"] if fq else len(splits_qa["forget"])
-        f["forget_quality"] = fq
-        # model utility over the utility splits present
-        comps = {s: {m: split_out[s][m] for m in ("probability", "rouge", "truth_ratio")}
-                 for s in UTILITY_SPLITS if split_out[s]["n"]}
-        missing = [s for s in UTILITY_SPLITS if not split_out[s]["n"]]
-        if missing:
-            notes.append(f"model utility without the empty splits {missing}")
-        res["model_utility"] = tofu.model_utility(comps) if comps else None
-        res["model_utility_components"] = comps
+        res.update(_tofu_headline(split_out, per_sample, sc, twin_of, oracle, notes))
     if do_muse:
-        res["knowmem_forget"] = f.get("knowmem")
-        res["knowmem_retain"] = split_out["retain"].get("knowmem")
-        # cut documents: the continuation compared is as many words as the true one; given pairs
-        # (MUSE's own) are compared whole, as MUSE does
-        cut = (lambda g, c: g) if given_pairs else (lambda g, c: " ".join(g.split()[:len(c.split())]))  # noqa: E731
-        res["verbmem_forget"] = (muse.verbmem([cut(g, c) for g, (_, c) in zip(verbmem_out, verbmem_pairs)],
-                                              [c for _, c in verbmem_pairs])
-                                 if verbmem_pairs else None)
-        split_out["forget_docs"] = {"n": len(world.forget_docs), "n_verbmem": len(verbmem_pairs),
-                                    "verbmem": res["verbmem_forget"]}
-
-    # membership inference
-    mia_out: dict[str, Any] = {"source": source, "k": k}
-    mink_auc: dict[str, float] = {}  # Min-K% AUC at muse.PRIVLEAK_K, for PrivLeak
-    for src, sides in mia_sets.items():
-        mk, mt = sides["members"]
-        nk, nt = sides["nonmembers"]
-        attacks = mia.ATTACKS if do_mia else ("min_k",)
-        aucs = mia.attack_aucs([sc(x) for x in mk], mt, [sc(x) for x in nk], nt, k=k,
-                               ref_members=[ref_scores[x] for x in mk] if ref_scores else None,
-                               ref_nonmembers=[ref_scores[x] for x in nk] if ref_scores else None,
-                               attacks=attacks)
-        mia_out[src] = {"auc": aucs, "k": {a: k for a in ("min_k", "min_k_plus_plus") if a in aucs},
-                        "n_members": len(mk), "n_nonmembers": len(nk)}
-        if do_muse:
-            mink_auc[src] = mia.attack_aucs([sc(x) for x in mk], mt, [sc(x) for x in nk], nt, k=muse.PRIVLEAK_K,
-                                            attacks=("min_k",))["min_k"]
-            mia_out[src]["privleak_min_k_auc"] = {"auc": mink_auc[src], "k": muse.PRIVLEAK_K}
-        if src == source:  # the per-sample scores behind the headline AUC, for the report's plot
-            per_sample["mia_scores"] = {"source": src, "attack": "min_k", "k": k,
-                                        "members": [mia.min_k_score(sc(x), k) for x in mk],
-                                        "nonmembers": [mia.min_k_score(sc(x), k) for x in nk]}
-    per_sample["mink_auc"] = mink_auc
-    per_sample["mink_k"] = muse.PRIVLEAK_K
+        res.update(_muse_headline(split_out, verbmem, len(world.forget_docs)))
+    mia_out, mink_auc = _membership(mia_sets, sc, source, k, do_mia, do_muse, per_sample)
     if do_mia:
         res["mia_auc"] = mia_out[source]["auc"] if source in mia_out else None
         res["mia_source"] = source
     if do_muse:
-        pl = None
-        oracle_auc = ((oracle or {}).get("per_sample") or {}).get("mink_auc", {}).get(source)
-        if source in mink_auc and oracle is not None:
-            if oracle_auc is None:
-                notes.append(f"the oracle result has no Min-K% AUC on {source}: PrivLeak is None")
-            else:
-                try:
-                    pl = muse.privleak(mink_auc[source], oracle_auc, muse.PRIVLEAK_K,
-                                       oracle["per_sample"].get("mink_k"))
-                except ValueError as e:  # oracle scored at another k: no number rather than a wrong one
-                    notes.append(f"{e}: PrivLeak is None")
-        elif oracle is None:
-            notes.append("no oracle result given: privleak is None (it compares with the oracle)")
-        res["privleak"] = pl
+        res["privleak"] = _privleak(mink_auc, source, oracle, notes)
         mia_out["privleak_source"] = source
     if mia_out.keys() - {"source", "k"}:
         split_out["mia"] = mia_out
@@ -451,7 +234,7 @@ def evaluate(lm, world, *, oracle: dict | None = None, suites: Sequence[str] = S
     timings["total"] = time.perf_counter() - t_start
     res["n"] = {**{s: len(v) for s, v in splits_qa.items()}, "holdout": len(world.holdout),
                 "forget_docs": len(world.forget_docs), "holdout_docs": len(world.holdout_docs),
-                "scored_pairs": len(req), "generated": len(gen_prompts) + len(verbmem_pairs)}
+                "scored_pairs": len(req), "generated": n_gen + (len(verbmem.pairs) if verbmem else 0)}
     res["timings_s"] = timings
     res["config"] = {"suites": list(suites), "max_new_tokens": max_new_tokens, "k": k,
                      "privleak_k": muse.PRIVLEAK_K if do_muse else None, "mia_source": mia_source,
@@ -461,6 +244,291 @@ def evaluate(lm, world, *, oracle: dict | None = None, suites: Sequence[str] = S
                      "oracle": oracle is not None, "subject": subject is not None}
     res["notes"] = notes
     return _clean(res)
+
+
+def _timed(timings: dict, name: str, fn, *args, **kwargs):
+    t = time.perf_counter()
+    out = fn(*args, **kwargs)
+    timings[name] = time.perf_counter() - t
+    return out
+
+
+def _queue_tofu(req: _Requests, world, splits_qa: dict) -> list[tuple[int, Any]]:
+    """Queue each record's true answer and truth-ratio answers, then the forget questions' twins';
+    returns the twins (`_twin_requests`)."""
+    for s, recs in splits_qa.items():
+        for i, r in enumerate(recs):
+            req.add((s, i, "true"), r.question, r.answer)
+            _queue_truth(req, (s, i), r)
+    return _twin_requests(world, splits_qa["forget"], req)
+
+
+def _queue_mia(req: _Requests, world) -> dict[str, dict[str, tuple[list, list]]]:
+    """Queue the membership-inference texts (forget against holdout answers, forget against holdout
+    documents), reusing the answers the TOFU suite queued; source -> side -> (keys, texts)."""
+    sets: dict[str, dict[str, tuple[list, list]]] = {}
+    if min(len(world.forget), len(world.holdout)):
+        for side, split, recs in (("members", "forget", world.forget), ("nonmembers", "holdout", world.holdout)):
+            keys = []
+            for i, r in enumerate(recs):
+                if (split, i, "true") not in req.index:
+                    req.add((split, i, "true"), r.question, r.answer)
+                keys.append((split, i, "true"))
+            sets.setdefault("qa", {})[side] = (keys, [r.answer for r in recs])
+    if min(len(world.forget_docs), len(world.holdout_docs)):
+        for side, docs in (("members", world.forget_docs), ("nonmembers", world.holdout_docs)):
+            keys = []
+            for i, d in enumerate(docs):
+                req.add(("doc", side, i), "", d.text)
+                keys.append(("doc", side, i))
+            sets.setdefault("docs", {})[side] = (keys, [d.text for d in docs])
+    return sets
+
+
+@dataclass
+class _Scores:
+    """The scored pairs of one `lm.score` call, read back by key; `reference`: the reference model's
+    scores of the membership texts, by key (None without a reference model)."""
+    req: _Requests
+    scores: list
+    reference: dict | None = None
+
+    @classmethod
+    def of(cls, lm, req: _Requests, stats: bool, batch_size: int | None, timings: dict) -> _Scores:
+        if not len(req):
+            return cls(req, [])
+        scores = _timed(timings, "score", lm.score, req.prompts, req.answers, stats=stats, batch_size=batch_size)
+        if len(scores) != len(req):
+            raise RuntimeError(f"lm.score returned {len(scores)} scores for {len(req)} pairs")
+        return cls(req, scores)
+
+    def __call__(self, key: tuple):
+        return self.scores[self.req.index[key]]
+
+
+def _reference_scores(reference_lm, req: _Requests, mia_sets: dict, batch_size: int | None, timings: dict) -> dict:
+    """The reference model's scores of every membership text, by key (one call)."""
+    ref_req = _Requests()
+    for sides in mia_sets.values():
+        for keys, _ in sides.values():
+            for key in keys:
+                if key not in ref_req.index:
+                    i = req.index[key]
+                    ref_req.add(key, req.prompts[i], req.answers[i])
+    out = _timed(timings, "reference_score", reference_lm.score, ref_req.prompts, ref_req.answers, stats=False,
+                 batch_size=batch_size)
+    return {key: out[i] for key, i in ref_req.index.items()}
+
+
+def _greedy_answers(lm, splits_qa: dict, do_tofu: bool, do_muse: bool, max_new_tokens: int,
+                    batch_size: int | None, timings: dict) -> tuple[dict[tuple, str], int]:
+    """Greedy answers to every question the suites read ((split, i, "q"); the forget paraphrased
+    questions as (forget, i, "pq")), in one call; and how many were generated."""
+    keys: list[tuple] = []
+    prompts: list[str] = []
+    if do_tofu or do_muse:
+        for s, recs in splits_qa.items():
+            if not do_tofu and s not in ("forget", "retain"):
+                continue  # MUSE KnowMem needs only forget and retain
+            for i, r in enumerate(recs):
+                keys.append((s, i, "q"))
+                prompts.append(r.question)
+        if do_tofu:
+            for i, r in enumerate(splits_qa["forget"]):
+                if r.paraphrased_question:
+                    keys.append(("forget", i, "pq"))
+                    prompts.append(r.paraphrased_question)
+    if not prompts:
+        return {}, 0
+    out = _timed(timings, "generate", lm.generate, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    return dict(zip(keys, out, strict=True)), len(prompts)
+
+
+@dataclass
+class _Verbmem:
+    """MUSE VerbMem's (prompt, true continuation) pairs, the model's continuations, and whether the
+    pairs were given (compared whole) or cut from the forget documents (compared word for word)."""
+    pairs: list[tuple[str, str]]
+    outputs: list[str]
+    given: bool
+
+    @classmethod
+    def of(cls, lm, world, pairs, prompt_words: int, continuation_words: int, max_new_tokens: int,
+           batch_size: int | None, timings: dict, notes: list[str]) -> _Verbmem:
+        given = pairs is not None
+        pairs = [tuple(p) for p in pairs] if given else []
+        if given and not pairs:
+            notes.append("no VerbMem pairs given: VerbMem skipped")
+        elif not given:
+            if not world.forget_docs:
+                notes.append("no forget documents: VerbMem skipped")
+                return cls(pairs, [], given)
+            for d in world.forget_docs:
+                prompt, cont = split_words(d.text, prompt_words, continuation_words)
+                if prompt and cont:
+                    pairs.append((prompt, cont))
+            if not pairs:
+                notes.append(f"forget documents shorter than {prompt_words + 1} words: VerbMem skipped")
+        outputs = (_timed(timings, "generate_verbmem", lm.generate, [p for p, _ in pairs],
+                          max_new_tokens=max_new_tokens, batch_size=batch_size) if pairs else [])
+        return cls(pairs, outputs, given)
+
+    def score(self) -> float | None:
+        """VerbMem: cut documents' continuations are compared over as many words as the true one;
+        given pairs (MUSE's own) whole, as MUSE does."""
+        if not self.pairs:
+            return None
+        cut = (lambda g, c: g) if self.given else (lambda g, c: " ".join(g.split()[:len(c.split())]))  # noqa: E731
+        return muse.verbmem([cut(g, c) for g, (_, c) in zip(self.outputs, self.pairs)], [c for _, c in self.pairs])
+
+
+def _split_metrics(s: str, recs: list, sc: _Scores, gens: dict, do_tofu: bool, do_muse: bool,
+                   per_sample: dict) -> dict[str, Any]:
+    """One QA split's metrics (TOFU's probability, truth ratio, ROUGE and the rest; MUSE's KnowMem on
+    forget and retain); the forget split's per-record values go into `per_sample`."""
+    d: dict[str, Any] = {"n": len(recs)}
+    if not recs:
+        return d
+    if do_tofu:
+        true = [sc((s, i, "true")) for i in range(len(recs))]
+        d["answer_probability"] = _mean(tofu.answer_probability(x) for x in true)
+        norm = [tofu.normalised_probability(sc((s, i, "para")),
+                                            [sc((s, i, "pert", j)) for j in range(len(r.perturbed_answers))])
+                for i, r in enumerate(recs)]
+        d["normalised_probability"] = _mean(norm)
+        # TOFU: plain probability on forget and retain, normalised on the other utility sets
+        d["probability"] = d["answer_probability"] if s in ("forget", "retain") else d["normalised_probability"]
+        ratios = [_truth_ratio(sc, (s, i), r) for i, r in enumerate(recs)]
+        d["truth_ratio"] = tofu.truth_ratio_score(ratios, forget=(s == "forget"))
+        d["truth_ratio_geomean_R"] = float(np.exp(np.mean(np.log(ratios))))
+        d["exact_memorisation"] = _mean(tofu.exact_memorisation(x) for x in true)
+        es = [tofu.extraction_strength(x) for x in true]
+        d["extraction_strength"] = _mean(es)
+        rouge = [rouge_l(gens[(s, i, "q")], r.answer) for i, r in enumerate(recs)]
+        d["rouge"] = _mean(x["recall"] for x in rouge)
+        if s == "forget":
+            per_sample["forget_truth_ratios"] = ratios
+            per_sample["forget_probability"] = [tofu.answer_probability(x) for x in true]
+            per_sample["forget_rouge"] = [x["recall"] for x in rouge]
+            per_sample["forget_extraction_strength"] = es
+            # every forget record, for the report's per-record table (greedy_answers keeps a few)
+            per_sample["forget_questions"] = [r.question for r in recs]
+            per_sample["forget_true_answers"] = [r.answer for r in recs]
+            per_sample["forget_answers"] = [gens[(s, i, "q")] for i in range(len(recs))]
+            pq = [(gens[(s, i, "pq")], r.answer) for i, r in enumerate(recs) if (s, i, "pq") in gens]
+            d["paraphrase_rouge"] = _mean(rouge_l(g, a)["recall"] for g, a in pq)
+            d["n_paraphrased_questions"] = len(pq)
+    if do_muse and s in ("forget", "retain"):
+        d["knowmem"] = muse.knowmem([gens[(s, i, "q")] for i in range(len(recs))], [r.answer for r in recs])
+    if (do_tofu or do_muse) and (s, 0, "q") in gens:
+        d["greedy_answers"] = [gens[(s, i, "q")] for i in range(min(len(recs), 5))]  # a few, for reading
+    return d
+
+
+def _tofu_headline(split_out: dict, per_sample: dict, sc: _Scores, twin_of: list, oracle: dict | None,
+                   notes: list[str]) -> dict[str, Any]:
+    """TOFU's headline numbers: the forget split's, forget quality against the twins (no oracle) and
+    against the oracle, and model utility over the utility splits present."""
+    f = split_out["forget"]
+    res: dict[str, Any] = {
+        "forget_probability": f["probability"], "forget_rouge": f["rouge"], "forget_truth_ratio": f["truth_ratio"],
+        "paraphrase_forget_rouge": f["paraphrase_rouge"], "exact_memorisation_forget": f["exact_memorisation"],
+        "extraction_strength_forget": f["extraction_strength"], "retain_rouge": split_out["retain"].get("rouge"),
+        "forget_quality_twins": None, "truth_gap_twins": None}
+    if len(twin_of) >= 2:
+        twin_ratios = [_truth_ratio(sc, ("twin", i), t) for i, t in twin_of]
+        per_sample["twin_truth_ratios"] = twin_ratios
+        paired = [per_sample["forget_truth_ratios"][i] for i, _ in twin_of]
+        f["forget_quality_twins"] = tofu.forget_quality(paired, twin_ratios)
+        res["forget_quality_twins"] = f["forget_quality_twins"]["p"]
+        res["forget_quality_twins_n"] = len(twin_ratios)
+        # the same pairs, fact by fact: how much more the true answer is preferred than for a stranger
+        f["truth_gap_twins"] = tofu.paired_truth_gap(paired, twin_ratios)
+        res["truth_gap_twins"] = f["truth_gap_twins"]["mean"]
+    else:
+        notes.append("fewer than two forget questions name their subject (with perturbed answers): "
+                     "forget_quality_twins is None")
+    fq = None
+    oracle_ratios = ((oracle or {}).get("per_sample") or {}).get("forget_truth_ratios")
+    if oracle is None:
+        notes.append("no oracle result given: forget_quality is None (it compares with the oracle)")
+    elif not oracle_ratios:
+        notes.append("the oracle result has no forget truth ratios (evaluated without the tofu suite?)")
+    else:
+        oracle_ids = oracle["per_sample"].get("forget_ids")
+        if oracle_ids is not None and sorted(oracle_ids) != sorted(per_sample["forget_ids"]):
+            raise ValueError("the oracle result was computed on a different forget set "
+                             "(forget ids differ): evaluate the oracle on the same world")
+        fq = tofu.forget_quality(per_sample["forget_truth_ratios"], oracle_ratios)
+    res["forget_quality"] = fq["p"] if fq else None
+    res["forget_quality_log10"] = fq["log10_p"] if fq else None
+    res["forget_quality_n"] = fq["n"] if fq else f["n"]
+    f["forget_quality"] = fq
+    comps = {s: {m: split_out[s][m] for m in ("probability", "rouge", "truth_ratio")}
+             for s in UTILITY_SPLITS if split_out[s]["n"]}
+    missing = [s for s in UTILITY_SPLITS if not split_out[s]["n"]]
+    if missing:
+        notes.append(f"model utility without the empty splits {missing}")
+    res["model_utility"] = tofu.model_utility(comps) if comps else None
+    res["model_utility_components"] = comps
+    return res
+
+
+def _muse_headline(split_out: dict, verbmem: _Verbmem, n_forget_docs: int) -> dict[str, Any]:
+    """MUSE's KnowMem (forget, retain) and VerbMem; VerbMem's counts go under `forget_docs`."""
+    score = verbmem.score()
+    split_out["forget_docs"] = {"n": n_forget_docs, "n_verbmem": len(verbmem.pairs), "verbmem": score}
+    return {"knowmem_forget": split_out["forget"].get("knowmem"),
+            "knowmem_retain": split_out["retain"].get("knowmem"), "verbmem_forget": score}
+
+
+def _membership(mia_sets: dict, sc: _Scores, source: str | None, k: float, do_mia: bool, do_muse: bool,
+                per_sample: dict) -> tuple[dict[str, Any], dict[str, float]]:
+    """Each source's attack AUCs (every attack with the mia suite, Min-K% for PrivLeak with muse), and
+    the Min-K% AUCs at `muse.PRIVLEAK_K` that PrivLeak compares; the headline source's per-sample
+    scores go into `per_sample` for the report's plot."""
+    out: dict[str, Any] = {"source": source, "k": k}
+    mink_auc: dict[str, float] = {}
+    for src, sides in mia_sets.items():
+        mk, mt = sides["members"]
+        nk, nt = sides["nonmembers"]
+        members, nonmembers = [sc(x) for x in mk], [sc(x) for x in nk]
+        ref = sc.reference
+        aucs = mia.attack_aucs(members, mt, nonmembers, nt, k=k,
+                               ref_members=[ref[x] for x in mk] if ref else None,
+                               ref_nonmembers=[ref[x] for x in nk] if ref else None,
+                               attacks=mia.ATTACKS if do_mia else ("min_k",))
+        out[src] = {"auc": aucs, "k": {a: k for a in ("min_k", "min_k_plus_plus") if a in aucs},
+                    "n_members": len(mk), "n_nonmembers": len(nk)}
+        if do_muse:
+            mink_auc[src] = mia.attack_aucs(members, mt, nonmembers, nt, k=muse.PRIVLEAK_K, attacks=("min_k",))["min_k"]
+            out[src]["privleak_min_k_auc"] = {"auc": mink_auc[src], "k": muse.PRIVLEAK_K}
+        if src == source:  # the per-sample scores behind the headline AUC, for the report's plot
+            per_sample["mia_scores"] = {"source": src, "attack": "min_k", "k": k,
+                                        "members": [mia.min_k_score(x, k) for x in members],
+                                        "nonmembers": [mia.min_k_score(x, k) for x in nonmembers]}
+    per_sample["mink_auc"] = mink_auc
+    per_sample["mink_k"] = muse.PRIVLEAK_K
+    return out, mink_auc
+
+
+def _privleak(mink_auc: dict, source: str | None, oracle: dict | None, notes: list[str]) -> float | None:
+    """MUSE's PrivLeak of the headline source against the oracle's Min-K% AUC there (None, with a
+    note, when there is no oracle or it was scored otherwise)."""
+    if oracle is None:
+        notes.append("no oracle result given: privleak is None (it compares with the oracle)")
+        return None
+    if source not in mink_auc:
+        return None
+    oracle_auc = (oracle.get("per_sample") or {}).get("mink_auc", {}).get(source)
+    if oracle_auc is None:
+        notes.append(f"the oracle result has no Min-K% AUC on {source}: PrivLeak is None")
+        return None
+    try:
+        return muse.privleak(mink_auc[source], oracle_auc, muse.PRIVLEAK_K, oracle["per_sample"].get("mink_k"))
+    except ValueError as e:  # oracle scored at another k: no number rather than a wrong one
+        notes.append(f"{e}: PrivLeak is None")
+        return None
 
 
 def _check(value, ok, tolerance, why: str) -> dict:
