@@ -189,14 +189,19 @@ def create_app(lm, guard: Guard, model_name: str = "guarded", token: str | None 
     """The app for `lm` (an `unlearnkit.scoring.LM`) behind `guard`. `token` defaults to the
     environment variable UNLEARN_GUARD_TOKEN, read when the app is created."""
     token = token if token is not None else os.environ.get("UNLEARN_GUARD_TOKEN") or None
-    glm = GuardedLM(lm, guard)
-    tok = lm.tokenizer
-    has_template = bool(getattr(tok, "chat_template", None))
-    slots = threading.BoundedSemaphore(MAX_CONCURRENT)
-    created = int(time.time())
     app = FastAPI(title="unlearnkit guard", version="1", docs_url=None, redoc_url=None)
-    app.state.guard, app.state.glm = guard, glm
+    serving = _Serving(lm, guard, model_name)
+    app.state.guard, app.state.glm = guard, serving.glm
+    _add_limits_and_errors(app)
+    _add_openai_routes(app, serving)
+    _add_forget_routes(app, guard, _admin(guard, token))
+    app.openapi = lambda: _openapi_400(app)
+    return app
 
+
+def _add_limits_and_errors(app: FastAPI) -> None:
+    """The body-size limit, and every error in OpenAI's one shape (`_err`): validation as 400 (413 for
+    too many prompts or messages), routes and methods that do not exist, and crashes as 500."""
     @app.middleware("http")
     async def _limit_body(request: Request, call_next):
         size = request.headers.get("content-length")
@@ -233,7 +238,135 @@ def create_app(lm, guard: Guard, model_name: str = "guarded", token: str | None 
         log.exception("internal error on %s", request.url.path)
         return _err(500, "internal error", "server_error")
 
-    def _admin(request: Request) -> None:
+
+class _Serving:
+    """What the OpenAI routes share: the guarded model, its tokenizer, the generation slots, and the
+    checks every request goes through."""
+
+    def __init__(self, lm, guard: Guard, model_name: str):
+        self.glm, self.guard, self.model_name = GuardedLM(lm, guard), guard, model_name
+        self.tok = lm.tokenizer
+        self.has_template = bool(getattr(self.tok, "chat_template", None))
+        self.slots = threading.BoundedSemaphore(MAX_CONCURRENT)
+        self.created = int(time.time())
+
+    def check_model(self, name) -> None:
+        if name is not None and name != self.model_name:
+            raise APIError(404, f"model '{name[:100]}' not found; this server serves '{self.model_name}'",
+                           param="model")
+
+    @staticmethod
+    def check_size(texts: list[str], param: str) -> None:
+        for t in texts:
+            if len(t) > MAX_PROMPT_CHARS:
+                raise APIError(413, f"{param}: one is longer than {MAX_PROMPT_CHARS} characters", param=param)
+        total = sum(len(t) for t in texts)
+        if total > MAX_TOTAL_CHARS:
+            raise APIError(413, f"{param}: {total} characters in all; the limit is {MAX_TOTAL_CHARS}", param=param)
+
+    def respond(self, prompts: list[str], max_tokens: int, detect_texts: list[list[str]] | None = None,
+                contexts: list[str] | None = None):
+        """The guarded replies; with `detect_texts` (chat), a hit in any of a prompt's texts counts."""
+        detections = None
+        if detect_texts is not None:
+            dets = self.guard.detect([t for ts in detect_texts for t in ts])
+            detections, k = [], 0
+            for ts in detect_texts:
+                ds = dets[k:k + len(ts)]
+                k += len(ts)
+                hits = [d for d in ds if d.hit]
+                detections.append(max(hits, key=lambda d: d.score) if hits else ds[-1])
+        with self.slots:
+            return self.glm.respond(prompts, max_new_tokens=max_tokens, detections=detections, contexts=contexts)
+
+    def tokens(self, text: str) -> int:
+        return len(self.tok(text, add_special_tokens=False)["input_ids"])
+
+    def usage(self, prompts: list[str], texts: list[str]) -> dict:
+        pt, ct = sum(map(self.tokens, prompts)), sum(map(self.tokens, texts))
+        return {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct}
+
+    def finish(self, text: str, stopped: bool, max_tokens: int) -> str:
+        return "stop" if stopped or self.tokens(text) < max_tokens else "length"
+
+    def chat_prompt(self, messages, texts: list[str]) -> tuple[str, str]:
+        """(prompt, earlier turns as context): the chat template's prompt, or without one (the embedded
+        model) the last user message as is, with the other messages as the context."""
+        if self.has_template:
+            msgs = [{"role": m.role, "content": t} for m, t in zip(messages, texts)]
+            prompt = self.tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+            if self.tok.bos_token and prompt.startswith(self.tok.bos_token):
+                prompt = prompt[len(self.tok.bos_token):]  # LM.generate adds bos itself
+            return prompt, ""
+        last = max(i for i, m in enumerate(messages) if m.role == "user")
+        return texts[last], "\n".join(t for i, t in enumerate(texts) if i != last and t)
+
+
+def _add_openai_routes(app: FastAPI, sv: _Serving) -> None:
+    """/v1/models, /v1/completions and /v1/chat/completions, streamed or not."""
+    @app.get("/v1/models")
+    def models():
+        return {"object": "list", "data": [{"id": sv.model_name, "object": "model", "created": sv.created,
+                                            "owned_by": "unlearnkit"}]}
+
+    @app.post("/v1/completions", responses=_responses(400, 404, 413))
+    def completions(req: CompletionRequest):
+        sv.check_model(req.model)
+        prompts = [req.prompt] if isinstance(req.prompt, str) else list(req.prompt)
+        if not prompts:
+            raise APIError(400, "prompt: must not be an empty list", param="prompt")
+        if req.stream and len(prompts) > 1:
+            raise APIError(400, "stream: send one prompt per streamed request", param="stream")
+        sv.check_size(prompts, "prompt")
+        choices = []
+        for i, r in enumerate(sv.respond(prompts, req.max_tokens)):
+            t, stopped = _cut_stop(r.text, req.stop)
+            choices.append({"index": i, "text": t, "logprobs": None,
+                            "finish_reason": sv.finish(t, stopped, req.max_tokens)})
+        cid, now = "cmpl-" + uuid.uuid4().hex[:24], int(time.time())
+        if req.stream:
+            head = {"id": cid, "object": "text_completion", "created": now, "model": sv.model_name}
+            c = choices[0]
+            return _sse([{**head, "choices": [{"index": 0, "text": piece, "logprobs": None, "finish_reason": None}]}
+                         for piece in _pieces(c["text"])]
+                        + [{**head, "choices": [{"index": 0, "text": "", "logprobs": None,
+                                                 "finish_reason": c["finish_reason"]}]}])
+        return {"id": cid, "object": "text_completion", "created": now,
+                "model": sv.model_name, "choices": choices, "usage": sv.usage(prompts, [c["text"] for c in choices])}
+
+    @app.post("/v1/chat/completions", responses=_responses(400, 404, 413))
+    def chat(req: ChatRequest):
+        sv.check_model(req.model)
+        texts = [_text(m.content) for m in req.messages]
+        sv.check_size(texts, "messages")
+        users = [t for m, t in zip(req.messages, texts) if m.role == "user"]
+        if not users or not users[-1].strip():
+            raise APIError(400, "messages: needs at least one non-empty user message", param="messages")
+        prompt, earlier = sv.chat_prompt(req.messages, texts)
+        max_tokens = req.max_completion_tokens or req.max_tokens or 64
+        # every message counts: system prompts and earlier turns (any role) can name a target
+        reply = sv.respond([prompt], max_tokens, detect_texts=[[t for t in texts if t.strip()]], contexts=[earlier])[0]
+        text, stopped = _cut_stop(reply.text, req.stop)
+        finish = sv.finish(text, stopped, max_tokens)
+        cid, now = "chatcmpl-" + uuid.uuid4().hex[:24], int(time.time())
+        if req.stream:
+            head = {"id": cid, "object": "chat.completion.chunk", "created": now, "model": sv.model_name}
+            return _sse([{**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                               "finish_reason": None}]}]
+                        + [{**head, "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]}
+                           for piece in _pieces(text)]
+                        + [{**head, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]}])
+        return {"id": cid, "object": "chat.completion", "created": now,
+                "model": sv.model_name,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                             "finish_reason": finish}],
+                "usage": sv.usage([prompt], [text])}
+
+
+def _admin(guard: Guard, token: str | None):
+    """The admin routes' dependency: a bearer token equal to `token` (none set: the routes are off),
+    and a guard directory that is not damaged."""
+    def check(request: Request) -> None:
         if not token:
             raise APIError(403, "admin routes are disabled: start the server with UNLEARN_GUARD_TOKEN set",
                            "permission_error")
@@ -247,114 +380,12 @@ def create_app(lm, guard: Guard, model_name: str = "guarded", token: str | None 
         guard.refresh()
         if guard.damage:
             raise APIError(503, f"guard directory damaged, last good index in force: {guard.damage}", "server_error")
+    return check
 
-    def _check_model(name):
-        if name is not None and name != model_name:
-            raise APIError(404, f"model '{name[:100]}' not found; this server serves '{model_name}'",
-                           param="model")
 
-    def _check_size(texts: list[str], param: str):
-        for t in texts:
-            if len(t) > MAX_PROMPT_CHARS:
-                raise APIError(413, f"{param}: one is longer than {MAX_PROMPT_CHARS} characters", param=param)
-        total = sum(len(t) for t in texts)
-        if total > MAX_TOTAL_CHARS:
-            raise APIError(413, f"{param}: {total} characters in all; the limit is {MAX_TOTAL_CHARS}", param=param)
-
-    def _respond(prompts: list[str], max_tokens: int, detect_texts: list[list[str]] | None = None,
-                 contexts: list[str] | None = None):
-        detections = None
-        if detect_texts is not None:  # chat: a hit in any message counts
-            flat = [t for ts in detect_texts for t in ts]
-            dets = guard.detect(flat)
-            detections, k = [], 0
-            for ts in detect_texts:
-                ds = dets[k:k + len(ts)]
-                k += len(ts)
-                hits = [d for d in ds if d.hit]
-                detections.append(max(hits, key=lambda d: d.score) if hits else ds[-1])
-        with slots:
-            return glm.respond(prompts, max_new_tokens=max_tokens, detections=detections, contexts=contexts)
-
-    def _usage(prompts, texts):
-        pt = sum(len(tok(p, add_special_tokens=False)["input_ids"]) for p in prompts)
-        ct = sum(len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts)
-        return {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct}
-
-    def _finish(text: str, stopped: bool, max_tokens: int) -> str:
-        if stopped:
-            return "stop"
-        return "length" if len(tok(text, add_special_tokens=False)["input_ids"]) >= max_tokens else "stop"
-
-    @app.get("/v1/models")
-    def models():
-        return {"object": "list", "data": [{"id": model_name, "object": "model", "created": created,
-                                            "owned_by": "unlearnkit"}]}
-
-    @app.post("/v1/completions", responses=_responses(400, 404, 413))
-    def completions(req: CompletionRequest):
-        _check_model(req.model)
-        prompts = [req.prompt] if isinstance(req.prompt, str) else list(req.prompt)
-        if not prompts:
-            raise APIError(400, "prompt: must not be an empty list", param="prompt")
-        if req.stream and len(prompts) > 1:
-            raise APIError(400, "stream: send one prompt per streamed request", param="stream")
-        _check_size(prompts, "prompt")
-        replies = _respond(prompts, req.max_tokens)
-        choices = []
-        for i, r in enumerate(replies):
-            t, stopped = _cut_stop(r.text, req.stop)
-            choices.append({"index": i, "text": t, "logprobs": None,
-                            "finish_reason": _finish(t, stopped, req.max_tokens)})
-        cid, now = "cmpl-" + uuid.uuid4().hex[:24], int(time.time())
-        if req.stream:
-            head = {"id": cid, "object": "text_completion", "created": now, "model": model_name}
-            c = choices[0]
-            return _sse([{**head, "choices": [{"index": 0, "text": piece, "logprobs": None, "finish_reason": None}]}
-                         for piece in _pieces(c["text"])]
-                        + [{**head, "choices": [{"index": 0, "text": "", "logprobs": None,
-                                                 "finish_reason": c["finish_reason"]}]}])
-        return {"id": cid, "object": "text_completion", "created": now,
-                "model": model_name, "choices": choices, "usage": _usage(prompts, [c["text"] for c in choices])}
-
-    @app.post("/v1/chat/completions", responses=_responses(400, 404, 413))
-    def chat(req: ChatRequest):
-        _check_model(req.model)
-        texts = [_text(m.content) for m in req.messages]
-        _check_size(texts, "messages")
-        users = [t for m, t in zip(req.messages, texts) if m.role == "user"]
-        if not users or not users[-1].strip():
-            raise APIError(400, "messages: needs at least one non-empty user message", param="messages")
-        if has_template:
-            msgs = [{"role": m.role, "content": t} for m, t in zip(req.messages, texts)]
-            prompt = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
-            if tok.bos_token and prompt.startswith(tok.bos_token):
-                prompt = prompt[len(tok.bos_token):]  # LM.generate adds bos itself
-            earlier = ""
-        else:
-            prompt = users[-1]  # no chat template (the embedded model): the last user message as is
-            last = max(i for i, m in enumerate(req.messages) if m.role == "user")
-            earlier = "\n".join(t for i, t in enumerate(texts) if i != last and t)
-        max_tokens = req.max_completion_tokens or req.max_tokens or 64
-        # every message counts: system prompts and earlier turns (any role) can name a target
-        reply = _respond([prompt], max_tokens, detect_texts=[[t for t in texts if t.strip()]], contexts=[earlier])[0]
-        text, stopped = _cut_stop(reply.text, req.stop)
-        finish = _finish(text, stopped, max_tokens)
-        cid, now = "chatcmpl-" + uuid.uuid4().hex[:24], int(time.time())
-        if req.stream:
-            head = {"id": cid, "object": "chat.completion.chunk", "created": now, "model": model_name}
-            return _sse([{**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
-                                               "finish_reason": None}]}]
-                        + [{**head, "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]}
-                           for piece in _pieces(text)]
-                        + [{**head, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]}])
-        return {"id": cid, "object": "chat.completion", "created": now,
-                "model": model_name,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                             "finish_reason": finish}],
-                "usage": _usage([prompt], [text])}
-
-    @app.post("/v1/forget", status_code=201, dependencies=[Depends(_admin)],
+def _add_forget_routes(app: FastAPI, guard: Guard, admin) -> None:
+    """/v1/forget: add, list and delete the guard's targets, behind the admin token."""
+    @app.post("/v1/forget", status_code=201, dependencies=[Depends(admin)],
               responses=_responses(400, 401, 403, 409, 413, 503))
     def forget_add(target: Target):  # the body is a Target, validated once, where it enters
         try:
@@ -364,14 +395,14 @@ def create_app(lm, guard: Guard, model_name: str = "guarded", token: str | None 
         return {"id": target.id, "object": "forget_target", "action": guard.action_for(target),
                 "created_at": target.created_at}
 
-    @app.get("/v1/forget", dependencies=[Depends(_admin)], responses=_responses(401, 403, 503))
+    @app.get("/v1/forget", dependencies=[Depends(admin)], responses=_responses(401, 403, 503))
     def forget_list():
         return {"object": "list", "data": [
             {"id": t.id, "object": "forget_target", "subject": t.subject, "action": guard.action_for(t),
              "n_aliases": len(t.aliases), "n_facts": len(t.facts), "n_qa": len(t.qa),
              "n_documents": len(t.documents), "created_at": t.created_at} for t in guard.list()]}
 
-    @app.delete("/v1/forget/{target_id}", dependencies=[Depends(_admin)], responses=_responses(401, 403, 404, 503))
+    @app.delete("/v1/forget/{target_id}", dependencies=[Depends(admin)], responses=_responses(401, 403, 404, 503))
     def forget_delete(target_id: str):
         try:
             t = guard.remove(target_id)
@@ -379,22 +410,20 @@ def create_app(lm, guard: Guard, model_name: str = "guarded", token: str | None 
             raise APIError(404, f"no forget target with id '{target_id[:128]}'", param="id") from None
         return {"id": t.id, "object": "forget_target", "deleted": True}
 
-    def openapi():
-        """FastAPI's spec, with its default 422 replaced by the 400 this server answers."""
-        if app.openapi_schema is None:
-            from fastapi.openapi.utils import get_openapi
 
-            spec = get_openapi(title=app.title, version=app.version, routes=app.routes)
-            for path in spec.get("paths", {}).values():
-                for op in path.values():
-                    resp = op.get("responses", {})
-                    if resp.pop("422", None) is not None and "400" not in resp:
-                        resp["400"] = _responses(400)[400]
-            app.openapi_schema = spec
-        return app.openapi_schema
+def _openapi_400(app: FastAPI) -> dict:
+    """FastAPI's spec, with its default 422 replaced by the 400 this server answers."""
+    if app.openapi_schema is None:
+        from fastapi.openapi.utils import get_openapi
 
-    app.openapi = openapi
-    return app
+        spec = get_openapi(title=app.title, version=app.version, routes=app.routes)
+        for path in spec.get("paths", {}).values():
+            for op in path.values():
+                resp = op.get("responses", {})
+                if resp.pop("422", None) is not None and "400" not in resp:
+                    resp["400"] = _responses(400)[400]
+        app.openapi_schema = spec
+    return app.openapi_schema
 
 
 def serve(model: str, port: int = 8000, host: str = "127.0.0.1", guard_dir: str | None = None,
