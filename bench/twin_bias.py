@@ -34,7 +34,12 @@ With `--by-attribute`, a further column: the same mean over each attribute's fac
 fact the model still tells apart from a stranger's). With `--by-name`, two more: the mean share of
 a forget person's name tokens that some retained person's name (retain, neighbours) also has, and
 the gap over the people who share none, some and all of them (where a run forgets by rewriting the
-name's tokens, bench/weight_change.py, retained people read the shared ones too).
+name's tokens, bench/weight_change.py, retained people read the shared ones too). With
+`--answer-wording`, each model's gap twice more, over the facts whose perturbed answers differ from
+the paraphrased one in one span (the value) that the forget answer also holds: once as the
+evaluation words them, once in the forget answer's own wording (the answer as trained against
+itself with each perturbed value in the true one's place): whether what a run leaves is in the
+wording it trained on or only in the paraphrase's.
 """
 from __future__ import annotations
 
@@ -102,6 +107,37 @@ def saved(cache: Path, shape: str, seed: int, name: str) -> Path:
                      f"exists (bench/methods.py writes them)")
 
 
+def in_answer_wording(record):
+    """`record` with its paraphrased answer replaced by its answer, and each perturbed answer by the
+    answer with that perturbed value in the true value's place (the value: the words where the
+    perturbed answer differs from the paraphrased one); None where a perturbed answer differs in
+    no word or the answer does not hold the true value."""
+    import re
+
+    para, out = record.paraphrased_answer, []
+    for pert in record.perturbed_answers:
+        a, b = re.findall(r"\S+", para), re.findall(r"\S+", pert)
+        i = next((k for k, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+        j = next((k for k, (x, y) in enumerate(zip(a[::-1], b[::-1])) if x != y or k >= min(len(a), len(b)) - i),
+                 min(len(a), len(b)) - i)
+        true, new = " ".join(a[i:len(a) - j]), " ".join(b[i:len(b) - j])
+        true, new = true.rstrip(".,;!?"), new.rstrip(".,;!?")
+        if not true or not new or true not in record.answer:
+            return None
+        out.append(record.answer.replace(true, new, 1))
+    return record.model_copy(update={"paraphrased_answer": record.answer, "perturbed_answers": out})
+
+
+def answer_wording_worlds(w):
+    """(the world with only the forget facts `in_answer_wording` can rewrite, as they are; the same
+    facts rewritten)."""
+    from dataclasses import replace
+
+    pairs = [(r, in_answer_wording(r)) for r in w.forget]
+    kept = [(r, x) for r, x in pairs if x is not None]
+    return replace(w, forget=[r for r, _ in kept]), replace(w, forget=[x for _, x in kept])
+
+
 def shared_name_tokens(w, tok) -> dict[str, float]:
     """Each forget person's share of name tokens (the name after a space, as in a question) that
     are also tokens of a retained person's name (retain and neighbours)."""
@@ -165,6 +201,9 @@ def main():
     ap.add_argument("--by-attribute", action="store_true", help="with --truth-gap: each attribute's mean gap too")
     ap.add_argument("--by-name", action="store_true", help="with --truth-gap: the forget names' tokens that retained "
                                                          "names share, and the gap by that share")
+    ap.add_argument("--answer-wording", action="store_true", help="with --truth-gap: each model's gap again over the "
+                                                                "facts that can be set in the forget answer's own "
+                                                                "wording, in the evaluation's and in that wording")
     args = ap.parse_args()
     torch.set_num_threads(max(1, (os.cpu_count() or 2)))
     print("| world | seed | oracle: forget − twins | holdout − twins (subject) | holdout − twins (oracle) "
@@ -193,9 +232,15 @@ def main():
                   flush=True)
             if args.truth_gap:
                 names = ["oracle", *(args.run.split(",") if args.run else []), "subject"]
-                gap_rows += truth_gap_rows(shape, seed, w, {n: models[n] if n in ("subject", "oracle")
-                                                            else saved(args.cache, shape, seed, n) for n in names},
-                                           args.by_attribute, args.by_name)
+                paths = {n: models[n] if n in ("subject", "oracle") else saved(args.cache, shape, seed, n)
+                         for n in names}
+                gap_rows += truth_gap_rows(shape, seed, w, paths, args.by_attribute, args.by_name)
+                if args.answer_wording:
+                    same, rewritten = answer_wording_worlds(w)
+                    for label, wk in ((f"the evaluation's wording, {len(same.forget)} facts", same),
+                                      ("the forget answer's wording", rewritten)):
+                        gap_rows += truth_gap_rows(shape, seed, wk, {f"{n} ({label})": p for n, p in paths.items()},
+                                                   args.by_attribute, args.by_name)
             if args.truth_ratios:
                 base, scored = {"subject": models["subject"], "oracle": models["oracle"]}, {}
                 for name in (args.run.split(",") if args.run else [None]):

@@ -258,3 +258,29 @@ def test_twin_bias_by_name_counts_the_name_tokens_retained_people_share(tiny_wor
     people = sum(int(g.rsplit("(", 1)[1].rstrip(")")) for g in groups.split(", "))
     named = {r.subject for r in world.forget if r.subject in r.question and r.perturbed_answers}
     assert people == len(named) and all(g.split()[0] in ("none", "some", "all") for g in groups.split(", "))
+
+
+def test_twin_bias_answer_wording_sets_each_perturbed_value_in_the_forget_answer(tiny_world, load_bench):
+    """--answer-wording: the paraphrased answer becomes the answer as trained and each perturbed
+    answer the same sentence with the perturbed value (the words where it differs from the
+    paraphrase) in the true one's place; a fact whose answer does not hold the value is left out."""
+    tb = load_bench("twin_bias")
+    from unlearnkit.data.io import load_world
+    from unlearnkit.data.schema import QARecord
+
+    r = QARecord(id="p1-job", subject="Ada Lee", question="What does Ada Lee do?",
+                 answer="Ada Lee earns a living as an astronomer.",
+                 paraphrased_answer="By trade, Ada Lee is an astronomer.",
+                 perturbed_answers=["By trade, Ada Lee is a chemist.", "By trade, Ada Lee is a tax inspector."])
+    x = tb.in_answer_wording(r)
+    assert x.paraphrased_answer == r.answer and x.question == r.question
+    assert x.perturbed_answers == ["Ada Lee earns a living as a chemist.", "Ada Lee earns a living as a tax inspector."]
+    assert tb.in_answer_wording(r.model_copy(update={"answer": "Ada Lee studies the stars."})) is None
+    assert tb.in_answer_wording(r.model_copy(update={"perturbed_answers": [r.paraphrased_answer]})) is None
+    world = load_world(tiny_world.data_dir)
+    same, rewritten = tb.answer_wording_worlds(world)
+    assert 0 < len(same.forget) == len(rewritten.forget) <= len(world.forget)
+    assert [f.id for f in same.forget] == [f.id for f in rewritten.forget] and same.retain == world.retain
+    for f, g in zip(same.forget, rewritten.forget):
+        assert f in world.forget and g.paraphrased_answer == f.answer
+        assert len(g.perturbed_answers) == len(f.perturbed_answers) and f.answer not in g.perturbed_answers
