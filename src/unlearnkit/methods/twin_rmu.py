@@ -38,7 +38,7 @@ from pydantic import Field
 from ..data.batching import encode_pairs
 from ..data.twins import STRANGERS, swap_name
 from ..scoring import backbone_and_head
-from .cache import _batches, _frozen, cache_activations, hidden_at
+from .cache import cache_activations, hidden_at
 from .registry import Params, register
 from .rmu import masked_mse, with_every_trainable
 
@@ -48,9 +48,6 @@ class TwinRMUParams(Params):
     alpha: float = Field(3.0, ge=0, description="weight of the retain activation MSE")
     strangers: int = Field(4, ge=1, le=STRANGERS, description="strangers per person; the target is the mean of "
                                                                "their activations")
-    focus: float = Field(0.0, ge=0, le=1, description="share of the forget term weighted by how much likelier the "
-                                                      "starting model finds each next token after the person than "
-                                                      "after the strangers (0: every position alike)")
 
 
 def aligned(mine: list[int], theirs: list[int]) -> tuple[list[int], list[int]]:
@@ -96,45 +93,15 @@ def prepare(model, streams, ctx):
         raise ValueError("method twin_rmu: no forget example names its subject, so none has a stranger's twin")
     layer = _layer(model, ctx.params)
     targets: list = [None] * len(forget)
-    excess: list = [None] * len(forget)  # per shared position: log p(next | person) - mean log p(next | stranger)
-    focus = ctx.params.focus
-    if focus:
-        mine = next_token_logprobs(model, list(forget), ctx.pad_id)
-        for n in range(len(forget)):
-            excess[n] = torch.stack([mine[n][p] for p in shared[n]]) if shared[n] else None
     for i in range(k):  # one stranger's twins at a time: one set of activations in memory
         which = [n for n, ts in enumerate(twins) if len(ts) > i and shared[n]]
         acts = cache_activations(model, [twins[n][i][0] for n in which], ctx.pad_id, layer).rows
-        theirs = next_token_logprobs(model, [twins[n][i][0] for n in which], ctx.pad_id) if focus else None
-        for j, (n, h) in enumerate(zip(which, acts)):
+        for n, h in zip(which, acts):
             m = twins[n][i][1]
             h = h[[m[p] for p in shared[n]]] / len(twins[n])
             targets[n] = h if targets[n] is None else targets[n] + h
-            if focus:  # the twin's next token is the person's where the next position is aligned too
-                lp = torch.stack([theirs[j][m[p]] if m.get(p + 1) == m[p] + 1 else mine[n][p] for p in shared[n]])
-                excess[n] = excess[n] - lp / len(twins[n])
-    weights = [None] * len(forget)
-    if focus:
-        d = [e.clamp_min(0) if e is not None else None for e in excess]
-        mean = torch.cat([x for x in d if x is not None]).mean().clamp_min(1e-6)
-        weights = [(1 - focus) + focus * x / mean if x is not None else None for x in d]
-    return {"layer": layer, "pos": shared, "targets": targets, "weights": weights,
+    return {"layer": layer, "pos": shared, "targets": targets,
             "retain": cache_activations(model, streams["retain"], ctx.pad_id, layer)}
-
-
-@_frozen
-def next_token_logprobs(model, examples, pad_id: int) -> list[torch.Tensor]:
-    """Per example, log p(token t+1 | tokens up to t) at every position t (the last gets 0)."""
-    decoder, head = backbone_and_head(model)
-    out: list = [None] * len(examples)
-    for idx, b in _batches(model, examples, pad_id):
-        logp = torch.log_softmax(head(decoder(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
-                                      .last_hidden_state).float(), -1)
-        nxt = logp[:, :-1].gather(-1, b["input_ids"][:, 1:, None]).squeeze(-1)
-        for r, i in enumerate(idx):
-            n = len(examples[i].input_ids)
-            out[i] = torch.cat([nxt[r, :n - 1].cpu(), torch.zeros(1)])
-    return out
 
 
 @register("twin_rmu", TwinRMUParams, "Twin RMU: steer the person's activations to strangers'; retain activations held",
@@ -145,11 +112,8 @@ def loss(model, batch, ctx):
     h = hidden_at(model, c["layer"], f["input_ids"], f["attention_mask"])
     index = f["index"].tolist()
     rows = [h[b, c["pos"][i]] for b, i in enumerate(index) if c["pos"][i]]
-    err = ((torch.cat(rows).float() - torch.cat([c["targets"][i] for i in index if c["pos"][i]]).to(h.device))
-           .square().mean(-1) if rows else None)
-    if err is not None and ctx.params.focus:
-        err = err * torch.cat([c["weights"][i] for i in index if c["pos"][i]]).to(h.device)
-    forget = err.mean() if err is not None else h.sum() * 0
+    forget = ((torch.cat(rows).float() - torch.cat([c["targets"][i] for i in index if c["pos"][i]]).to(h.device))
+              .square().mean() if rows else h.sum() * 0)
     h_r = hidden_at(model, c["layer"], r["input_ids"], r["attention_mask"])
     retain = masked_mse(h_r, c["retain"].gather(r["index"], r["input_ids"].shape[1], h_r.device), r["attention_mask"])
     total = forget + ctx.params.alpha * retain
