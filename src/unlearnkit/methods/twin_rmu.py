@@ -35,10 +35,10 @@ import difflib
 import torch
 from pydantic import Field
 
-from ..data.batching import collate, encode_pairs
+from ..data.batching import encode_pairs
 from ..data.twins import STRANGERS, swap_name
-from ..scoring import backbone_and_head, sequence_logprob
-from .cache import cache_activations, cache_sequence_logprobs, hidden_at
+from ..scoring import backbone_and_head
+from .cache import cache_activations, hidden_at
 from .registry import Params, register
 from .rmu import masked_mse, with_every_trainable
 
@@ -48,10 +48,6 @@ class TwinRMUParams(Params):
     alpha: float = Field(3.0, ge=0, description="weight of the retain activation MSE")
     strangers: int = Field(4, ge=1, le=STRANGERS, description="strangers per person; the target is the mean of "
                                                                "their activations")
-    rank: float = Field(0.0, ge=0, description="weight of the ranking term: the KL from the strangers' preference "
-                                               "among the true answer and other people's answers to the same "
-                                               "question to the model's about the person (0: off)")
-    alternatives: int = Field(4, ge=1, description="other people's answers the ranking term sets beside the true one")
 
 
 def aligned(mine: list[int], theirs: list[int]) -> tuple[list[int], list[int]]:
@@ -105,68 +101,7 @@ def prepare(model, streams, ctx):
             h = h[[m[p] for p in shared[n]]] / len(twins[n])
             targets[n] = h if targets[n] is None else targets[n] + h
     return {"layer": layer, "pos": shared, "targets": targets,
-            "retain": cache_activations(model, streams["retain"], ctx.pad_id, layer),
-            **(_ranking(model, ctx, kw) if ctx.params.rank else {})}
-
-
-def _ranking(model, ctx, kw) -> dict:
-    """Per forget example: the true answer and up to `alternatives` other people's answers to the same
-    question (the question with the name taken out), encoded about the person ("cands"), and the
-    starting model's preference among them about the strangers, averaged over them ("prefer")."""
-    import random
-
-    tok, p = ctx.tokenizer, ctx.params
-    qs, ans, subs = ctx.forget_text
-    key = [q.replace(s, "\0") if s in q else None for q, s in zip(qs, subs)]
-    by_key: dict = {}
-    for n, k in enumerate(key):
-        if k is not None:
-            by_key.setdefault(k, []).append(n)
-    rng = random.Random(ctx.seed)
-    cands, prefer = [None] * len(qs), [None] * len(qs)
-    theirs, spans = [], []  # every stranger's encoded answers, one stretch per (example, stranger)
-    for n, (q, a, s) in enumerate(zip(qs, ans, subs)):
-        names = (ctx.strangers.get(s) or [])[:p.strangers]
-        if key[n] is None or not names:
-            continue
-        words = s.split()
-        others = sorted({swap_name(ans[m], subs[m], words) for m in by_key[key[n]] if subs[m] != s} - {a})
-        rng.shuffle(others)
-        alts = [a, *others[:p.alternatives]]
-        if len(alts) < 2:
-            continue
-        cands[n] = encode_pairs(tok, [q] * len(alts), alts, subjects=[s] * len(alts), **kw)
-        for name in names:
-            nw = name.split()
-            spans.append((n, len(theirs), len(alts)))
-            theirs += encode_pairs(tok, [swap_name(q, s, nw)] * len(alts), [swap_name(x, s, nw) for x in alts],
-                                   subjects=[name] * len(alts), **kw)
-    lp = cache_sequence_logprobs(model, theirs, ctx.pad_id) if theirs else None
-    for n, at, k in spans:
-        pr = torch.softmax(lp[at:at + k], 0)
-        prefer[n] = pr if prefer[n] is None else prefer[n] + pr
-    prefer = [x / x.sum() if x is not None else None for x in prefer]
-    return {"cands": cands, "prefer": prefer}
-
-
-def ranking_kl(model, index: list[int], c: dict, pad_id: int, device) -> torch.Tensor | None:
-    """Mean over the batch's examples of KL(strangers' preference || the model's) among each one's answers."""
-    which = [i for i in index if c["cands"][i] is not None]
-    if not which:
-        return None
-    rows = [e for i in which for e in c["cands"][i]]
-    b = {k: v.to(device) for k, v in collate(rows, pad_id).items()}
-    lp = sequence_logprob(model, b).float()
-    out, at = [], 0
-    for i in which:
-        k = len(c["cands"][i])
-        t = c["prefer"][i][0].to(device)  # the strangers' share of the true answer
-        x = lp[at:at + k]
-        share = torch.log_softmax(torch.cat([x[:1], x[1:].detach()]), 0)[0]  # only the true answer moves
-        # KL(Bernoulli(t) || Bernoulli(share)): the true answer's share pushed to the strangers', from either side
-        out.append(t * (t.log() - share) + (1 - t) * ((1 - t).log() - torch.log1p(-share.exp().clamp_max(1 - 1e-6))))
-        at += k
-    return torch.stack(out).mean()
+            "retain": cache_activations(model, streams["retain"], ctx.pad_id, layer)}
 
 
 @register("twin_rmu", TwinRMUParams, "Twin RMU: steer the person's activations to strangers'; retain activations held",
@@ -182,11 +117,5 @@ def loss(model, batch, ctx):
     h_r = hidden_at(model, c["layer"], r["input_ids"], r["attention_mask"])
     retain = masked_mse(h_r, c["retain"].gather(r["index"], r["input_ids"].shape[1], h_r.device), r["attention_mask"])
     total = forget + ctx.params.alpha * retain
-    logs = {"forget_mse": forget.detach(), "retain_mse": retain.detach()}
-    if ctx.params.rank:
-        kl = ranking_kl(model, index, c, ctx.pad_id, h.device)
-        if kl is not None:
-            total = total + ctx.params.rank * kl
-            logs["rank_kl"] = kl.detach()
     total = with_every_trainable(total, model)
-    return total, logs, forget
+    return total, {"forget_mse": forget.detach(), "retain_mse": retain.detach()}, forget
