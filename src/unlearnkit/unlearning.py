@@ -1,7 +1,7 @@
 """One unlearning run: a copy of a model, a method's loss, the one loop, a run directory.
 
 `forget` is what `unlearn forget`, `api.forget` and a deletion request's `process` run. With no
-budget flag it is calibrated (`calibrate.py`); it never writes to its source model, refuses settings
+budget flag it is calibrated (`calibrate`); it never writes to its source model, refuses settings
 that make no sense where they enter, resumes only the same run, and says why it stopped.
 """
 from __future__ import annotations

@@ -1,0 +1,96 @@
+"""The forget answers a run leaves given where their twins' are not: what a repair round takes
+(`Answers.survivors`, `surviving`)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..data.io import DataError, WorldData
+from ..data.templates import parse_template
+from ..data.twins import world_twins
+from .settings import CalibrationSettings
+
+
+def surviving(forget: list, answered: np.ndarray, twin_answered: np.ndarray, tolerance: float,
+              by: str = "set") -> list[str]:
+    """The forget records a repair round unlearns again: where a group (the forget set as a whole,
+    or with `by="subject"` each subject's records) has more of its answers given than its twins
+    have (`answered`: per record, 0 or 1; `twin_answered`: per record, the share of its twins whose
+    answer is given) by more than `tolerance`, its records answered none of whose twins' answers is
+    given (an answer a stranger gets too is not the person's to forget). Returns their ids."""
+    groups: dict[str, list[int]] = {}
+    for i, r in enumerate(forget):
+        groups.setdefault(r.subject if by == "subject" else "", []).append(i)
+    out = []
+    for idx in groups.values():
+        if answered[idx].mean() - twin_answered[idx].mean() > tolerance:
+            out += [forget[i].id for i in idx if answered[i] and not twin_answered[i]]
+    return out
+
+
+def holdout_twins(world: WorldData) -> dict[str, list]:
+    """Forget id -> the holdout records that are its twins (their `twin_of`). A one-line DataError
+    names the holdout file when none is: `repair_twins=holdout` would have no strangers to compare."""
+    of: dict[str, list] = {}
+    for h in world.holdout:
+        if h.twin_of is not None:
+            of.setdefault(h.twin_of, []).append(h)
+    if not of:
+        raise DataError(f"{world.source('holdout')}: no record has a 'twin_of' field naming a forget record, and "
+                        f"repair_twins=holdout compares each forget record with those; use repair_twins=twins")
+    return of
+
+
+@dataclass
+class Answers:
+    """Which forget records' greedy answers hold the true answer (`mine`, 0/1 per record of `named`)
+    and the share of each one's twins whose answers do (`theirs`): `survivors`'s test, kept by a
+    repair round (`Calibrator(answers=...)`) so that a check regenerates only the round's own records
+    and takes the others' flags as they were when it started."""
+    named: list
+    twins: list
+    mine: np.ndarray
+    theirs: np.ndarray
+
+    @classmethod
+    def generate(cls, model, tokenizer, world: WorldData, settings: CalibrationSettings, seed: int = 0,
+                 template=None) -> Answers:
+        """The forget records that have twins (`settings.repair_twins`: made by `world_twins`, or the
+        holdout records whose `twin_of` names them: `holdout_twins`), answered when the model's greedy
+        answer holds the whole true answer: the evaluation's answer rate and a request home's answers
+        check, by the same test (`attacks.recovery.contains_answer`). One generation pass (0.1-0.9 s
+        on the benches' 60-200 fact worlds, 1 s on 1000)."""
+        if settings.repair_twins == "holdout":
+            of = holdout_twins(world)
+            named = [r for r in world.forget if of.get(r.id)]
+            twins = [of[r.id] for r in named]
+        else:
+            named, tw = world_twins(world, list(world.forget), seed)
+            twins = [[t] for t in tw]
+        out = cls(named, twins, np.zeros(len(named)), np.zeros(len(named)))
+        return out.again(model, tokenizer, range(len(named)), template) if named else out
+
+    def again(self, model, tokenizer, idx, template=None) -> Answers:
+        """These flags with the records at positions `idx` (and their twins) generated anew."""
+        from ..attacks.recovery import contains_answer
+        from ..scoring import LM
+
+        idx = list(idx)
+        recs, tw = [self.named[i] for i in idx], [t for i in idx for t in self.twins[i]]
+        gens = LM(model, tokenizer, template=parse_template(template)).generate([r.question for r in recs + tw],
+                                                                               max_new_tokens=32)
+        flags = np.array(contains_answer(gens, recs + tw), dtype=float)
+        mine, theirs, k = self.mine.copy(), self.theirs.copy(), len(recs)
+        for i, pos in enumerate(idx):
+            mine[pos] = flags[i]
+            n = len(self.twins[pos])
+            theirs[pos] = flags[k:k + n].mean()
+            k += n
+        return Answers(self.named, self.twins, mine, theirs)
+
+    def survivors(self, settings: CalibrationSettings) -> list[str]:
+        """The records a repair round takes (`surviving`). Generated answers, because the word-for-word
+        count of the checks' scoring pass misses answers given further into a free answer ("Tell me
+        about X.")."""
+        return surviving(self.named, self.mine, self.theirs, settings.repair_tolerance, settings.repair_by)
