@@ -223,16 +223,7 @@ def forget(model: str | os.PathLike, data: str | os.PathLike, method: str | None
               "template": tpl.to_dict(),
               "seed": seed, "lora": lora, "merge": merge, "params": hp.model_dump(), "train": config_dict(cfg),
               "calibration": settings.model_dump() if settings else None, "versions": runinfo.versions()}
-    if resume:
-        _check_resume(out, config)
-    if is_main():
-        out.mkdir(parents=True, exist_ok=True)
-        for name in RUN_OUTPUTS if not resume else ("model", "adapter", "train.json", "calibration.json"):
-            p = out / name  # outputs of an older run never stand beside a new (or unfinished) one
-            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
-        for p in out.glob("repair-*"):  # repair rounds run again after a resumed run
-            shutil.rmtree(p)
-        runinfo.write_text(out / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+    _open_run_dir(out, config, resume)
     timer = runinfo.Timer()
     with timer("prepare"):
         kept = keep_salient(net, streams["forget"], tok.pad_token_id, cfg.saliency) if cfg.saliency else None
@@ -246,20 +237,44 @@ def forget(model: str | os.PathLike, data: str | os.PathLike, method: str | None
         with timer("repair"):
             res = _repair(res, w, m, streams, cfg, ctx, tok, tpl, settings, seed, out, progress, method)
     if is_main():
-        if lora:
-            save_model(res.model, tok, out / "adapter", state_dict=res.full_state_dict)
-        if merge or not lora:
-            save_model(res.model, tok, out / "model", merge=lora, state_dict=res.full_state_dict)
-        stop = asdict(res.stop) if res.stop is not None else None
-        if stop is not None:
-            runinfo.write_json(out / "calibration.json", stop)
-        runinfo.write_json(out / "train.json", {
-            "seconds": timer.seconds, "train_stats": {"steps": first.steps, "last_step": first.last_step,
-                                                      "seconds": first.seconds, "tokens": first.tokens},
-            "stop": {k: v for k, v in stop.items() if k != "history"} if stop else {"reason": "budget"},
-            **({"saliency": {"fraction": cfg.saliency, "weights_trained": kept}} if cfg.saliency else {}),
-            "summary": f"{method}, " + (res.stop.summary() if res.stop else f"fixed budget: {res.last_step} steps")})
+        _write_outputs(out, res, first, tok, lora=lora, merge=merge, seconds=timer.seconds, method=method,
+                       saliency={"fraction": cfg.saliency, "weights_trained": kept} if cfg.saliency else None)
     return out
+
+
+def _open_run_dir(out: Path, config: dict, resume: bool) -> None:
+    """Check a resumed run's config against the one it resumes; then (main process) clear what an
+    older or unfinished run left, and write `config.yaml`."""
+    if resume:
+        _check_resume(out, config)
+    if is_main():
+        out.mkdir(parents=True, exist_ok=True)
+        for name in RUN_OUTPUTS if not resume else ("model", "adapter", "train.json", "calibration.json"):
+            p = out / name  # outputs of an older run never stand beside a new (or unfinished) one
+            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+        for p in out.glob("repair-*"):  # repair rounds run again after a resumed run
+            shutil.rmtree(p)
+        runinfo.write_text(out / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+
+
+def _write_outputs(out: Path, res, first, tok, *, lora: bool, merge: bool, seconds: dict, method: str,
+                   saliency: dict | None) -> None:
+    """The run's weights (`adapter/` with LoRA, `model/` merged or full), `calibration.json` when
+    calibrated, and `train.json`: timings, the first run's training figures (`first`; `res` is after
+    the repair rounds), how it stopped, the salient share trained, and the summary line."""
+    if lora:
+        save_model(res.model, tok, out / "adapter", state_dict=res.full_state_dict)
+    if merge or not lora:
+        save_model(res.model, tok, out / "model", merge=lora, state_dict=res.full_state_dict)
+    stop = asdict(res.stop) if res.stop is not None else None
+    if stop is not None:
+        runinfo.write_json(out / "calibration.json", stop)
+    runinfo.write_json(out / "train.json", {
+        "seconds": seconds, "train_stats": {"steps": first.steps, "last_step": first.last_step,
+                                            "seconds": first.seconds, "tokens": first.tokens},
+        "stop": {k: v for k, v in stop.items() if k != "history"} if stop else {"reason": "budget"},
+        **({"saliency": saliency} if saliency else {}),
+        "summary": f"{method}, " + (res.stop.summary() if res.stop else f"fixed budget: {res.last_step} steps")})
 
 
 def _strangers(w: WorldData, seed: int) -> dict[str, list[str]]:
