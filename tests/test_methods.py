@@ -73,7 +73,6 @@ def test_calibrated_default_reaches_the_target_or_says_where_it_stopped(method, 
 def test_sequence_cache_matches_live_logprobs(tiny_world):
     from test_train import _streams
     from unlearnkit.data.batching import collate
-    from unlearnkit.methods.cache import cache_sequence_logprobs
     from unlearnkit.scoring import sequence_logprob
 
     net, m, streams, ctx, tok = _streams(tiny_world, "npo")

@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 
 
-from . import DEFAULT_METHOD, runinfo
+from . import runinfo
 from .data.batching import encode_pairs, qa_pairs
 from .data.io import load_world
 from .data.templates import parse_template

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from .data.batching import IGNORE, collate, collate_left, encode_pairs, encode_prompt, length_batches
