@@ -538,31 +538,52 @@ def _generate(seed: int = 0, n_people: int = 60, forget_fraction: float = 0.10,
               n_perturbed: int = 3, n_countries: int = 10, answer_style: str = "short",
               docs: bool = True, n_attributes: int = 10,
               names: str = "default") -> tuple[dict[str, list], dict]:
-    """Generate the splits and the world description (what world.json holds)."""
+    """Generate the splits and the world description (what world.json holds). Every random choice
+    comes from one generator seeded by `seed`, drawn in the order of the steps below (sentence
+    frames from a second one), so a seed gives the same world whatever reads it."""
     config = _config(seed, n_people, forget_fraction, holdout_fraction, neighbour_fraction,
                      n_perturbed, n_countries, answer_style, docs, n_attributes, names)
     if n_perturbed < 1 or n_perturbed > min(len(p) for p in POOLS.values()) - 1:
         raise ValueError(f"n_perturbed must be between 1 and 19, got {n_perturbed}")
     if n_countries < 0 or n_countries > min(len(POOLS[a]) for a in ENTITY_ATTRIBUTES):
         raise ValueError(f"n_countries must be between 0 and 20, got {n_countries}")
-    n_forget, n_retain, n_neigh, n_holdout = _counts(
-        n_people, forget_fraction, holdout_fraction, neighbour_fraction)
+    counts = _counts(n_people, forget_fraction, holdout_fraction, neighbour_fraction)
     rng = random.Random(seed)
-    style = NAME_STYLES[names]
-    namer = _NameMaker(rng, style)
+    namer = _NameMaker(rng, NAME_STYLES[names])
     attributes = PERSON_ATTRIBUTES[:n_attributes]
-    # sentence frames come from their own generator, so that a sentence world has the same people
-    # and values as the short-answer world of the same seed
-    frame_rng = random.Random(f"sentences-{seed}")
+    frames = _Frames(seed, answer_style)
+    people = _people(rng, namer, n_people, attributes)
+    members = _assign_splits(rng, people, counts)
+    _link_neighbours(rng, members, attributes)
+    splits = _qa_splits(rng, namer, people, members, attributes, n_perturbed, frames)
+    entities, splits["world_facts"] = _world_facts(rng, namer, n_countries, n_perturbed, frames)
+    if docs:
+        splits.update(_biographies(rng, members, attributes))
+    check_heldout(splits)
+    meta = {"format": "unlearnkit-world", "seed": int(seed), "config": config,
+            "counts": {k: len(v) for k, v in splits.items()}, "people": people, "entities": entities,
+            "templates": _template_meta(answer_style)}
+    return splits, meta
 
-    def frames(attribute: str) -> tuple[int, int] | None:
-        if answer_style == "short":
+
+class _Frames:
+    """Each record's two sentence frames (answer, paraphrased answer) in a sentence world, None in a
+    short-answer one; from their own generator, so that a sentence world has the same people and
+    values as the short-answer world of the same seed."""
+
+    def __init__(self, seed: int, answer_style: str):
+        self.rng = random.Random(f"sentences-{seed}") if answer_style != "short" else None
+
+    def __call__(self, attribute: str) -> tuple[int, int] | None:
+        if self.rng is None:
             return None
-        i, j = frame_rng.sample(range(len(SENTENCES[attribute])), 2)
+        i, j = self.rng.sample(range(len(SENTENCES[attribute])), 2)
         return i, j
 
-    # people and their attributes
-    people: list[dict] = []
+
+def _people(rng: random.Random, namer: _NameMaker, n_people: int, attributes: list[str]) -> list[dict]:
+    """The people, each with a gender, a name and a value for every attribute."""
+    people = []
     for i in range(n_people):
         gender = rng.choice(["f", "m"])
         first = namer.make((1, 1), "female" if gender == "f" else "male")
@@ -571,20 +592,28 @@ def _generate(seed: int = 0, n_people: int = 60, forget_fraction: float = 0.10,
         people.append({"id": f"p{i:03d}", "name": f"{first} {last}", "first_name": first,
                        "last_name": last, "gender": gender, "split": None,
                        "attributes": attrs, "relations": []})
+    return people
 
-    # splits, disjoint by person
-    order = list(range(n_people))
+
+def _assign_splits(rng: random.Random, people: list[dict], counts: tuple[int, int, int, int]) -> dict[str, list[dict]]:
+    """Split name -> its people (disjoint, in id order); each person's "split" is set."""
+    n_forget, n_retain, n_neigh, n_holdout = counts
+    order = list(range(len(people)))
     rng.shuffle(order)
-    bounds = {"forget": n_forget, "holdout": n_holdout, "neighbours": n_neigh, "retain": n_retain}
     members: dict[str, list[dict]] = {}
     start = 0
-    for split, n in bounds.items():
+    for split, n in {"forget": n_forget, "holdout": n_holdout, "neighbours": n_neigh, "retain": n_retain}.items():
         members[split] = [people[j] for j in sorted(order[start:start + n])]
         for p in members[split]:
             p["split"] = split
         start += n
+    return members
 
-    # neighbours: share birthplace and employer with a forget person and name them in a relation
+
+def _link_neighbours(rng: random.Random, members: dict[str, list[dict]], attributes: list[str]) -> None:
+    """Each neighbour shares birthplace and employer (a sibling: and mother) with a forget person, and
+    the two name each other in a relation."""
+    n_forget = len(members["forget"])
     for k, nb in enumerate(members["neighbours"]):
         target = members["forget"][k % n_forget]
         kind = rng.choice(RELATION_KINDS)
@@ -602,7 +631,11 @@ def _generate(seed: int = 0, n_people: int = 60, forget_fraction: float = 0.10,
         nb["relations"].append({"kind": kind, "role": rel, "person": target["id"], "name": target["name"]})
         target["relations"].append({"kind": kind, "role": back, "person": nb["id"], "name": nb["name"]})
 
-    # QA records
+
+def _qa_splits(rng: random.Random, namer: _NameMaker, people: list[dict], members: dict[str, list[dict]],
+               attributes: list[str], n_perturbed: int, frames: _Frames) -> dict[str, list]:
+    """The people's QA records, split by split: one per attribute, and a neighbour's one per relation
+    (its perturbed answers other trained people's names)."""
     trained_names = sorted(p["name"] for p in people if p["split"] != "holdout")
     splits: dict[str, list] = {}
     for split in ("forget", "retain", "neighbours", "holdout"):
@@ -621,11 +654,14 @@ def _generate(seed: int = 0, n_people: int = 60, forget_fraction: float = 0.10,
                 recs.append(_qa_record(f"{p['id']}-{r['kind']}", _slots(p, value, r["role"]),
                                        r["kind"], value, wrong, frames(r["kind"])))
         splits[split] = recs
+    return splits
 
-    # world facts about invented countries
-    entities = []
+
+def _world_facts(rng: random.Random, namer: _NameMaker, n_countries: int, n_perturbed: int,
+                 frames: _Frames) -> tuple[list[dict], list]:
+    """(the invented countries, their QA records)."""
+    entities, facts = [], []
     chosen = {a: rng.sample(POOLS[a], n_countries) for a in ENTITY_ATTRIBUTES}
-    facts = []
     for c in range(n_countries):
         cname = namer.make((1, 2), "country")
         attrs = {a: chosen[a][c] for a in ENTITY_ATTRIBUTES}
@@ -634,12 +670,15 @@ def _generate(seed: int = 0, n_people: int = 60, forget_fraction: float = 0.10,
         for a in ENTITY_ATTRIBUTES:
             value = attrs[a]
             wrong = rng.sample([v for v in POOLS[a] if v != value], n_perturbed)
-            facts.append(_qa_record(f"{eid}-{a}", {"name": cname, "value": value}, a, value, wrong,
-                                    frames(a)))
-    splits["world_facts"] = facts
+            facts.append(_qa_record(f"{eid}-{a}", {"name": cname, "value": value}, a, value, wrong, frames(a)))
+    return entities, facts
 
-    # biographies, from sentence templates distinct from the question templates
-    for split in ("forget", "retain", "neighbours", "holdout") if docs else ():
+
+def _biographies(rng: random.Random, members: dict[str, list[dict]], attributes: list[str]) -> dict[str, list]:
+    """"SPLIT_docs" -> one biography per person, from sentence templates distinct from the question
+    templates (the first attribute's sentence first, the others shuffled)."""
+    out = {}
+    for split in ("forget", "retain", "neighbours", "holdout"):
         bios = []
         for p in members[split]:
             first, *rest = [TEMPLATES[a]["bio"] for a in attributes]
@@ -650,30 +689,22 @@ def _generate(seed: int = 0, n_people: int = 60, forget_fraction: float = 0.10,
             rng.shuffle(others)
             lines += [_render(t, **_slots(p, v, rel)) for t, v, rel in others]
             bios.append(DocRecord(id=f"{p['id']}-bio", subject=p["name"], text=" ".join(lines)))
-        splits[f"{split}_docs"] = bios
+        out[f"{split}_docs"] = bios
+    return out
 
-    check_heldout(splits)
 
-    templates = {
+def _template_meta(answer_style: str) -> dict:
+    """world.json's templates: each attribute's questions (held-out ones marked), answer, biography
+    sentence and, in a sentence world, its sentence frames."""
+    return {
         attr: {
-            "questions": [{"text": q, "held_out": i >= N_TRAIN_TEMPLATES}
-                          for i, q in enumerate(t["questions"])],
+            "questions": [{"text": q, "held_out": i >= N_TRAIN_TEMPLATES} for i, q in enumerate(t["questions"])],
             "answer": t["answer"],
             **({"bio": t["bio"]} if "bio" in t else {}),
             **({"sentences": SENTENCES[attr]} if answer_style == "sentence" else {}),
         }
         for attr, t in TEMPLATES.items()
     }
-    meta = {
-        "format": "unlearnkit-world",
-        "seed": int(seed),
-        "config": config,
-        "counts": {k: len(v) for k, v in splits.items()},
-        "people": people,
-        "entities": entities,
-        "templates": templates,
-    }
-    return splits, meta
 
 
 def generate_world(seed: int = 0, n_people: int = 60, forget_fraction: float = 0.10,
