@@ -311,14 +311,8 @@ def train(model, loss_fn: Loss, streams: dict[str, list[Encoded]], cfg: TrainCon
     while step < steps and not stopped:
         logs: dict = {}
         for micro in range(cfg.grad_accum):
-            batch = {}
-            for name in names:
-                data = streams[name]
-                idx = schedules[name].indices(step * cfg.grad_accum + micro, acc.process_index)
-                b = collate([data[i] for i in idx], pad_id)
-                b["index"] = torch.tensor(idx)
-                batch[name] = {k: v.to(acc.device) for k, v in b.items()}
-                tokens += int(b["attention_mask"].sum())
+            batch = _batch_at(streams, schedules, step * cfg.grad_accum + micro, acc, pad_id)
+            tokens += sum(int(b["attention_mask"].sum()) for b in batch.values())
             with acc.accumulate(model):
                 with acc.autocast():
                     loss, micro_logs, *forget = model(batch)
@@ -355,16 +349,36 @@ def train(model, loss_fn: Loss, streams: dict[str, list[Encoded]], cfg: TrainCon
     if log_f:
         log_f.close()
     acc.wait_for_everyone()
+    unwrapped, full = _trained_model(acc, model)
+    return TrainResult(unwrapped, step - start, step, time.perf_counter() - t0, tokens * acc.num_processes, full,
+                       stop_info)
+
+
+def _batch_at(streams: dict[str, list[Encoded]], schedules: dict, micro_step: int, acc, pad_id: int) -> dict:
+    """One micro-batch from every stream, on the device: this process's slice of the global batch
+    `micro_step` draws (`BatchSchedule`), each with `index`, the examples' positions in the stream."""
+    batch = {}
+    for name, data in streams.items():
+        idx = schedules[name].indices(micro_step, acc.process_index)
+        b = collate([data[i] for i in idx], pad_id)
+        b["index"] = torch.tensor(idx)
+        batch[name] = {k: v.to(acc.device) for k, v in b.items()}
+    return batch
+
+
+def _trained_model(acc, model) -> tuple[Any, dict | None]:
+    """(the unwrapped model in eval mode, its full state dict where the parameters are sharded across
+    processes, else None). Gathering is a collective: every process calls it, and the main process
+    saves what it returns (`models.load.save_model(state_dict=...)`)."""
+    from accelerate.utils import DistributedType
+
     full = None
     unwrapped = acc.unwrap_model(model).model
     if acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
-        # parameters are sharded across processes: gather a full state dict (a collective, every
-        # process calls it) for the main process to save; `models.load.save_model` takes it
         gathered = acc.get_state_dict(model)
         full = {k.removeprefix("model."): v for k, v in gathered.items()} if gathered else None
     unwrapped.eval()
-    return TrainResult(unwrapped, step - start, step, time.perf_counter() - t0, tokens * acc.num_processes, full,
-                       stop_info)
+    return unwrapped, full
 
 
 def _sharpness_aware_backward(acc, model, batch, forget: list, radius: float) -> tuple[torch.Tensor, dict]:
