@@ -5,7 +5,7 @@
 The calibrated run's target is the forget records' twins (`data.twins`): the same questions about
 a name nobody has, recombined from other people's name words. This prints, per world, the gap in
 the calibrator's own statistic (mean answer-token log-prob, the subject's name left out:
-`calibrate.encode_records`, `calibrate._answer_scores`) between real people and their twins:
+`calibrate.encode_records`, `calibrate.answer_scores`) between real people and their twins:
 - `oracle: forget - twins`: the oracle never saw the forget people, so this is how far the twins
   sit from "never seen" as exact unlearning defines it (0 if the twins were unbiased);
 - `holdout - twins` under the subject and the oracle: people neither model saw, against their own
@@ -59,14 +59,14 @@ def scores(net, tok, records):
     import numpy as np
     import torch
 
-    from unlearnkit.calibrate import _answer_scores, encode_records
+    from unlearnkit.calibrate import answer_scores, encode_records
     from unlearnkit.data.batching import collate, length_batches
 
     enc = encode_records(tok, records)
     out = np.zeros(len(enc))
     with torch.no_grad():
         for idx in length_batches([len(e.input_ids) for e in enc], 8192, 128):
-            out[idx] = _answer_scores(net, collate([enc[i] for i in idx], tok.pad_token_id)).float().numpy()
+            out[idx] = answer_scores(net, collate([enc[i] for i in idx], tok.pad_token_id)).float().numpy()
     return out
 
 

@@ -43,6 +43,7 @@ import numpy as np
 from .data.twins import forget_twins
 from .metrics import mia, muse, tofu
 from .metrics.text import rouge_l, split_words
+from .runinfo import json_safe
 
 SUITES = ("tofu", "muse", "mia")
 UTILITY_SPLITS = ("retain", "world_facts", "neighbours")
@@ -121,23 +122,6 @@ def truth_gap_twins(lm, world, batch_size: int | None = None) -> dict | None:
     both = truth_ratios(lm, [forget[i] for i, _ in pairs] + [t for _, t in pairs], batch_size)  # one pass
     f, t = both[:len(pairs)], both[len(pairs):]
     return {**tofu.paired_truth_gap(f, t), "forget": f, "twins": t, "ids": [forget[i].id for i, _ in pairs]}
-
-
-def _clean(obj: Any) -> Any:
-    """JSON-safe copy: numpy scalars/arrays to Python, non-finite floats to None."""
-    if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _clean(obj.tolist())
-    if isinstance(obj, (np.bool_, bool)):
-        return bool(obj)
-    if isinstance(obj, (np.integer, int)):
-        return int(obj)
-    if isinstance(obj, (np.floating, float)):
-        return float(obj) if math.isfinite(obj) else None
-    return obj
 
 
 def _mean(xs) -> float | None:
@@ -243,7 +227,7 @@ def evaluate(lm, world, *, oracle: dict | None = None, suites: Sequence[str] = S
                      "verbmem_max_new_tokens": verbmem_max_new_tokens, "reference_lm": reference_lm is not None,
                      "oracle": oracle is not None, "subject": subject is not None}
     res["notes"] = notes
-    return _clean(res)
+    return json_safe(res)
 
 
 def _timed(timings: dict, name: str, fn, *args, **kwargs):

@@ -74,6 +74,28 @@ def read_json(path: str | os.PathLike, error: type[Exception] = ValueError) -> d
     return obj
 
 
+def json_safe(obj):
+    """A JSON-safe copy of `obj`: numpy scalars and arrays to Python, non-finite floats to None,
+    mapping keys to strings (what results files hold: `evaluate`, the attacks)."""
+    import math
+
+    import numpy as np
+
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return json_safe(obj.tolist())
+    if isinstance(obj, (np.bool_, bool)):
+        return bool(obj)
+    if isinstance(obj, (np.integer, int)):
+        return int(obj)
+    if isinstance(obj, (np.floating, float)):
+        return float(obj) if math.isfinite(obj) else None
+    return obj
+
+
 def write_json(path: str | os.PathLike, obj) -> Path:
     """Write JSON atomically (see `write_bytes`)."""
     return write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_default) + "\n")

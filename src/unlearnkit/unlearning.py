@@ -116,12 +116,12 @@ def keep_salient(model, examples, pad_id: int, fraction: float) -> float:
     FSDP's flat parameters would bypass the hooks."""
     import torch
 
-    from .methods.cache import _batches
+    from .methods.cache import device_batches
     from .scoring import answer_logprobs
 
     weights = [p for p in model.parameters() if p.requires_grad]
     total = [torch.zeros_like(p) for p in weights]
-    for _, b in _batches(model, examples, pad_id, max_tokens=4096, max_rows=64):  # with grad: smaller batches
+    for _, b in device_batches(model, examples, pad_id, max_tokens=4096, max_rows=64):  # with grad: smaller batches
         out = answer_logprobs(model, b["input_ids"], b["attention_mask"], b["labels"])
         for acc, g in zip(total, torch.autograd.grad(-out["logprobs"].sum(), weights, allow_unused=True)):
             if g is not None:

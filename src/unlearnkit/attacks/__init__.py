@@ -188,7 +188,6 @@ def run_attack(kind: str, model, data, *, subject=None, oracle=None, seed: int =
     tpl = parse_template(template)
     from .. import runinfo
     from ..data.io import load_world
-    from ..evaluate import _clean
 
     t0 = time.perf_counter()
     w = load_world(data)
@@ -258,7 +257,7 @@ def run_attack(kind: str, model, data, *, subject=None, oracle=None, seed: int =
     res["keys"] = {role: _key(kind, p.options, seed, data, inputs[role]) for role in ("subject", "oracle")}
     res["info"] = {role: (_Target(x, role).name() if x is not None else None) for role, x in inputs.items()}
     res["info"].update(seconds=time.perf_counter() - t0, versions=runinfo.versions(), data_hash=runinfo.data_hash(data))
-    return _clean(res)
+    return runinfo.json_safe(res)
 
 
 def list_attacks() -> list[tuple[str, str]]:

@@ -120,9 +120,9 @@ from __future__ import annotations
 from .answers import Answers, holdout_twins, surviving
 from .calibrator import Calibrator
 from .settings import REASONS, UTILITY_SPLITS, CalibrationSettings, settings_from
-from .statistic import TWIN_PAIRS, _answer_scores, auc, encode_records, reference_records
+from .statistic import TWIN_PAIRS, answer_scores, auc, encode_records, reference_records
 from .stop import Check, StopInfo
 
 __all__ = ["REASONS", "TWIN_PAIRS", "UTILITY_SPLITS", "Answers", "CalibrationSettings", "Calibrator", "Check",
-           "StopInfo", "_answer_scores", "auc", "encode_records", "holdout_twins", "reference_records",
+           "StopInfo", "answer_scores", "auc", "encode_records", "holdout_twins", "reference_records",
            "settings_from", "surviving"]

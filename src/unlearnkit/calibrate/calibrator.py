@@ -15,7 +15,7 @@ from ..data.twins import world_twins
 from ..metrics.mia import null_auc_se
 from .answers import Answers, holdout_twins
 from .settings import UTILITY_SPLITS, CalibrationSettings
-from .statistic import (TWIN_PAIRS, _answer_scores, _answer_scores_and_exact, _lp, _mean_logprob_and_accuracy,
+from .statistic import (TWIN_PAIRS, answer_scores, _answer_scores_and_exact, _lp, _mean_logprob_and_accuracy,
                         _ratios, _utility_encoding, auc, encode_records, reference_records)
 from .stop import Check, StopInfo
 
@@ -115,7 +115,7 @@ class Calibrator:
     def _scores(self, handle, name: str, fn=None) -> np.ndarray:
         out = None
         for idx, batch in self._batches(name):
-            got = handle.score(fn or _answer_scores, batch).float().cpu().numpy()
+            got = handle.score(fn or answer_scores, batch).float().cpu().numpy()
             out = np.zeros((len(self._enc[name]), *got.shape[1:])) if out is None else out
             out[idx] = got
         return out

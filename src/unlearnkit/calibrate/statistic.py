@@ -55,7 +55,7 @@ def _before_eos(m: torch.Tensor) -> torch.Tensor:
     return m & ~(m & (m.cumsum(-1) == m.sum(-1, keepdim=True)))
 
 
-def _answer_scores(model, batch, ctx=None):
+def answer_scores(model, batch, ctx=None):
     """Per-row mean answer-token log-prob, the last (end-of-sequence) position left out."""
     return _answer_scores_and_exact(model, batch)[:, 0]
 

@@ -17,7 +17,7 @@ from ..scoring import answer_logprobs, backbone_and_head
 MAX_TOKENS = 8192  # padded tokens per no-grad batch while caching
 
 
-def _batches(model, examples: list[Encoded], pad_id: int, max_tokens: int = MAX_TOKENS, max_rows: int = 256):
+def device_batches(model, examples: list[Encoded], pad_id: int, max_tokens: int = MAX_TOKENS, max_rows: int = 256):
     """(indices, device batch) of examples grouped by length, at most `max_tokens` padded tokens and
     `max_rows` rows a batch (the caches below run them without grad, in eval mode;
     `unlearning.keep_salient` with grad)."""
@@ -45,7 +45,7 @@ def cache_sequence_logprobs(model, examples: list[Encoded], pad_id: int, normali
     """log p_ref(answer | prompt) per example (sum over answer tokens, or mean with `normalise`),
     float32 on the CPU, indexed by example position."""
     out = torch.zeros(len(examples), dtype=torch.float32)
-    for idx, b in _batches(model, examples, pad_id):
+    for idx, b in device_batches(model, examples, pad_id):
         r = answer_logprobs(model, b["input_ids"], b["attention_mask"], b["labels"])
         total = r["logprobs"].float().sum(-1)
         if normalise:
@@ -81,7 +81,7 @@ def cache_topk_distributions(model, examples: list[Encoded], pad_id: int, k: int
     offsets[1:] = torch.tensor(n_ans).cumsum(0)
     ids = torch.zeros(int(offsets[-1]), k, dtype=torch.int32)
     logps = torch.zeros(int(offsets[-1]), k, dtype=torch.float32)
-    for idx, b in _batches(model, examples, pad_id):
+    for idx, b in device_batches(model, examples, pad_id):
         hidden = decoder(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).last_hidden_state
         mask = b["labels"][:, 1:] != -100
         h = hidden[:, :-1][mask]
@@ -134,7 +134,7 @@ class Activations:
 def cache_activations(model, examples: list[Encoded], pad_id: int, layer: int, dtype=torch.float32) -> Activations:
     """Hidden states after `layer` on each example's real (unpadded) tokens."""
     rows: list[torch.Tensor | None] = [None] * len(examples)
-    for idx, b in _batches(model, examples, pad_id):
+    for idx, b in device_batches(model, examples, pad_id):
         h = hidden_at(model, layer, b["input_ids"], b["attention_mask"])
         for r, i in enumerate(idx):
             rows[i] = h[r, :len(examples[i].input_ids)].to("cpu", dtype)
