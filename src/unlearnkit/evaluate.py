@@ -43,7 +43,7 @@ import numpy as np
 from .data.twins import forget_twins
 from .metrics import mia, muse, tofu
 from .metrics.text import rouge_l, split_words
-from .runinfo import json_safe
+from .runinfo import Timer, json_safe
 
 SUITES = ("tofu", "muse", "mia")
 UTILITY_SPLITS = ("retain", "world_facts", "neighbours")
@@ -169,7 +169,7 @@ def evaluate(lm, world, *, oracle: dict | None = None, suites: Sequence[str] = S
     if not world.forget:
         raise ValueError("the world has no forget records")
     t_start = time.perf_counter()
-    timings: dict[str, float] = {}
+    timer = Timer()
     notes: list[str] = []
     do_tofu, do_muse, do_mia = ("tofu" in suites), ("muse" in suites), ("mia" in suites)
     source = _pick_source(world, mia_source, min_docs) if (do_mia or do_muse) else None  # PrivLeak is Min-K% AUC
@@ -181,13 +181,13 @@ def evaluate(lm, world, *, oracle: dict | None = None, suites: Sequence[str] = S
     req = _Requests()
     twin_of = _queue_tofu(req, world, splits_qa) if do_tofu else []
     mia_sets = _queue_mia(req, world) if source is not None else {}
-    sc = _Scores.of(lm, req, do_mia, batch_size, timings)
+    sc = _Scores.of(lm, req, do_mia, batch_size, timer)
     if do_mia and reference_lm is not None and mia_sets:
-        sc.reference = _reference_scores(reference_lm, req, mia_sets, batch_size, timings)
+        sc.reference = _reference_scores(reference_lm, req, mia_sets, batch_size, timer)
     # 2. every greedy answer in one call; document continuations in another
-    gens, n_gen = _greedy_answers(lm, splits_qa, do_tofu, do_muse, max_new_tokens, batch_size, timings)
+    gens, n_gen = _greedy_answers(lm, splits_qa, do_tofu, do_muse, max_new_tokens, batch_size, timer)
     verbmem = (_Verbmem.of(lm, world, verbmem_pairs, verbmem_prompt_words, verbmem_continuation_words,
-                           verbmem_max_new_tokens, batch_size, timings, notes) if do_muse else None)
+                           verbmem_max_new_tokens, batch_size, timer, notes) if do_muse else None)
 
     # 3. metrics
     t_metrics = time.perf_counter()
@@ -214,12 +214,12 @@ def evaluate(lm, world, *, oracle: dict | None = None, suites: Sequence[str] = S
     res["splits"] = split_out
     res["per_sample"] = per_sample
     res["verdict"] = verdict(res, oracle=oracle, subject=subject, **(verdict_options or {}))
-    timings["metrics"] = time.perf_counter() - t_metrics
-    timings["total"] = time.perf_counter() - t_start
+    timer.seconds["metrics"] = round(time.perf_counter() - t_metrics, 3)
+    timer.seconds["total"] = round(time.perf_counter() - t_start, 3)
     res["n"] = {**{s: len(v) for s, v in splits_qa.items()}, "holdout": len(world.holdout),
                 "forget_docs": len(world.forget_docs), "holdout_docs": len(world.holdout_docs),
                 "scored_pairs": len(req), "generated": n_gen + (len(verbmem.pairs) if verbmem else 0)}
-    res["timings_s"] = timings
+    res["timings_s"] = timer.seconds
     res["config"] = {"suites": list(suites), "max_new_tokens": max_new_tokens, "k": k,
                      "privleak_k": muse.PRIVLEAK_K if do_muse else None, "mia_source": mia_source,
                      "min_docs": min_docs, "verbmem_prompt_words": verbmem_prompt_words,
@@ -228,13 +228,6 @@ def evaluate(lm, world, *, oracle: dict | None = None, suites: Sequence[str] = S
                      "oracle": oracle is not None, "subject": subject is not None}
     res["notes"] = notes
     return json_safe(res)
-
-
-def _timed(timings: dict, name: str, fn, *args, **kwargs):
-    t = time.perf_counter()
-    out = fn(*args, **kwargs)
-    timings[name] = time.perf_counter() - t
-    return out
 
 
 def _queue_tofu(req: _Requests, world, splits_qa: dict) -> list[tuple[int, Any]]:
@@ -278,10 +271,11 @@ class _Scores:
     reference: dict | None = None
 
     @classmethod
-    def of(cls, lm, req: _Requests, stats: bool, batch_size: int | None, timings: dict) -> _Scores:
+    def of(cls, lm, req: _Requests, stats: bool, batch_size: int | None, timer: Timer) -> _Scores:
         if not len(req):
             return cls(req, [])
-        scores = _timed(timings, "score", lm.score, req.prompts, req.answers, stats=stats, batch_size=batch_size)
+        with timer("score"):
+            scores = lm.score(req.prompts, req.answers, stats=stats, batch_size=batch_size)
         if len(scores) != len(req):
             raise RuntimeError(f"lm.score returned {len(scores)} scores for {len(req)} pairs")
         return cls(req, scores)
@@ -290,7 +284,7 @@ class _Scores:
         return self.scores[self.req.index[key]]
 
 
-def _reference_scores(reference_lm, req: _Requests, mia_sets: dict, batch_size: int | None, timings: dict) -> dict:
+def _reference_scores(reference_lm, req: _Requests, mia_sets: dict, batch_size: int | None, timer: Timer) -> dict:
     """The reference model's scores of every membership text, by key (one call)."""
     ref_req = _Requests()
     for sides in mia_sets.values():
@@ -299,13 +293,13 @@ def _reference_scores(reference_lm, req: _Requests, mia_sets: dict, batch_size: 
                 if key not in ref_req.index:
                     i = req.index[key]
                     ref_req.add(key, req.prompts[i], req.answers[i])
-    out = _timed(timings, "reference_score", reference_lm.score, ref_req.prompts, ref_req.answers, stats=False,
-                 batch_size=batch_size)
+    with timer("reference_score"):
+        out = reference_lm.score(ref_req.prompts, ref_req.answers, stats=False, batch_size=batch_size)
     return {key: out[i] for key, i in ref_req.index.items()}
 
 
 def _greedy_answers(lm, splits_qa: dict, do_tofu: bool, do_muse: bool, max_new_tokens: int,
-                    batch_size: int | None, timings: dict) -> tuple[dict[tuple, str], int]:
+                    batch_size: int | None, timer: Timer) -> tuple[dict[tuple, str], int]:
     """Greedy answers to every question the suites read ((split, i, "q"); the forget paraphrased
     questions as (forget, i, "pq")), in one call; and how many were generated."""
     keys: list[tuple] = []
@@ -324,7 +318,8 @@ def _greedy_answers(lm, splits_qa: dict, do_tofu: bool, do_muse: bool, max_new_t
                     prompts.append(r.paraphrased_question)
     if not prompts:
         return {}, 0
-    out = _timed(timings, "generate", lm.generate, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    with timer("generate"):
+        out = lm.generate(prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
     return dict(zip(keys, out, strict=True)), len(prompts)
 
 
@@ -338,7 +333,7 @@ class _Verbmem:
 
     @classmethod
     def of(cls, lm, world, pairs, prompt_words: int, continuation_words: int, max_new_tokens: int,
-           batch_size: int | None, timings: dict, notes: list[str]) -> _Verbmem:
+           batch_size: int | None, timer: Timer, notes: list[str]) -> _Verbmem:
         given = pairs is not None
         pairs = [tuple(p) for p in pairs] if given else []
         if given and not pairs:
@@ -353,8 +348,10 @@ class _Verbmem:
                     pairs.append((prompt, cont))
             if not pairs:
                 notes.append(f"forget documents shorter than {prompt_words + 1} words: VerbMem skipped")
-        outputs = (_timed(timings, "generate_verbmem", lm.generate, [p for p, _ in pairs],
-                          max_new_tokens=max_new_tokens, batch_size=batch_size) if pairs else [])
+        outputs = []
+        if pairs:
+            with timer("generate_verbmem"):
+                outputs = lm.generate([p for p, _ in pairs], max_new_tokens=max_new_tokens, batch_size=batch_size)
         return cls(pairs, outputs, given)
 
     def score(self) -> float | None:
