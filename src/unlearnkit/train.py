@@ -311,8 +311,8 @@ def train(model, loss_fn: Loss, streams: dict[str, list[Encoded]], cfg: TrainCon
     while step < steps and not stopped:
         logs: dict = {}
         for micro in range(cfg.grad_accum):
-            batch = _batch_at(streams, schedules, step * cfg.grad_accum + micro, acc, pad_id)
-            tokens += sum(int(b["attention_mask"].sum()) for b in batch.values())
+            batch, n = _batch_at(streams, schedules, step * cfg.grad_accum + micro, acc, pad_id)
+            tokens += n
             with acc.accumulate(model):
                 with acc.autocast():
                     loss, micro_logs, *forget = model(batch)
@@ -354,16 +354,19 @@ def train(model, loss_fn: Loss, streams: dict[str, list[Encoded]], cfg: TrainCon
                        stop_info)
 
 
-def _batch_at(streams: dict[str, list[Encoded]], schedules: dict, micro_step: int, acc, pad_id: int) -> dict:
+def _batch_at(streams: dict[str, list[Encoded]], schedules: dict, micro_step: int, acc,
+              pad_id: int) -> tuple[dict, int]:
     """One micro-batch from every stream, on the device: this process's slice of the global batch
-    `micro_step` draws (`BatchSchedule`), each with `index`, the examples' positions in the stream."""
-    batch = {}
+    `micro_step` draws (`BatchSchedule`), each with `index`, the examples' positions in the stream;
+    and its real tokens, counted on the CPU before the copy (no device sync on the hot path)."""
+    batch, tokens = {}, 0
     for name, data in streams.items():
         idx = schedules[name].indices(micro_step, acc.process_index)
         b = collate([data[i] for i in idx], pad_id)
         b["index"] = torch.tensor(idx)
+        tokens += int(b["attention_mask"].sum())
         batch[name] = {k: v.to(acc.device) for k, v in b.items()}
-    return batch
+    return batch, tokens
 
 
 def _trained_model(acc, model) -> tuple[Any, dict | None]:
