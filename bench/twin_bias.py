@@ -112,14 +112,13 @@ def in_answer_wording(record):
     answer with that perturbed value in the true value's place (the value: the words where the
     perturbed answer differs from the paraphrased one); None where a perturbed answer differs in
     no word or the answer does not hold the true value."""
-    import re
+    from os.path import commonprefix  # of any two sequences: here, lists of words
 
     para, out = record.paraphrased_answer, []
     for pert in record.perturbed_answers:
-        a, b = re.findall(r"\S+", para), re.findall(r"\S+", pert)
-        i = next((k for k, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
-        j = next((k for k, (x, y) in enumerate(zip(a[::-1], b[::-1])) if x != y or k >= min(len(a), len(b)) - i),
-                 min(len(a), len(b)) - i)
+        a, b = para.split(), pert.split()
+        i = len(commonprefix([a, b]))  # words the two share at the start, then at the end (not overlapping)
+        j = min(len(commonprefix([a[::-1], b[::-1]])), min(len(a), len(b)) - i)
         true, new = " ".join(a[i:len(a) - j]), " ".join(b[i:len(b) - j])
         true, new = true.rstrip(".,;!?"), new.rstrip(".,;!?")
         if not true or not new or true not in record.answer:
