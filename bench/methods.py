@@ -1,8 +1,8 @@
-"""Calibrated forgetting across world shapes and seeds: the table of docs/methods.md.
+"""Calibrated forgetting across world shapes and seeds: the table of docs/methods-log.md.
 
     python bench/methods.py                                    # 4 shapes x 2 seeds, every method
     python bench/methods.py --shapes default --seeds 0 --methods graddiff
-    python bench/methods.py --write docs/methods.md            # replace the table between the markers
+    python bench/methods.py --write docs/methods-log.md        # replace the table between the markers
     python bench/methods.py --param graddiff.alpha=20 --calibration max_doublings=0 --train lr=1e-4
                                                                # one setting for every run (an experiment)
 
@@ -71,9 +71,10 @@ def retrained_names(n: int) -> list[str]:
     return ["retrained" if i == 0 else f"retrained-{i + 1}" for i in range(n)]
 
 
-def build(cache: Path, shape: str, seed: int, retrained: int = 0) -> tuple[Path, dict]:
+def build(cache: Path, shape: str, seed: int, retrained: int = 0, size: str = "tiny") -> tuple[Path, dict]:
     """World, subject, oracle and `retrained` more oracles trained on the same data from other seeds
-    (exact unlearning's own spread), each reused when already trained on that world."""
+    (exact unlearning's own spread), each reused when already trained on that world at that size
+    (`models.tiny.SIZES`)."""
     from unlearnkit import api
 
     root = world_dir(cache, shape, seed)
@@ -82,15 +83,16 @@ def build(cache: Path, shape: str, seed: int, retrained: int = 0) -> tuple[Path,
             **{k: (seed + RETRAIN_SEED + i, "oracle") for i, k in enumerate(retrained_names(retrained))}}
     models = {k: root / "models" / k for k in plan}
     for k, (s, kind) in plan.items():
-        if not api._reusable(models[k], data, s, kind):
-            api.finetune(data, models[k], without_forget=kind == "oracle", seed=s, progress=False)
+        if not api.reusable(models[k], data, s, kind, size):
+            api.finetune(data, models[k], without_forget=kind == "oracle", seed=s, size=size, progress=False)
     return data, models
 
 
 def _build_job(args):
     import torch
 
-    torch.set_num_threads(1)
+    *args, threads = args
+    torch.set_num_threads(threads)
     return build(*args)
 
 
@@ -100,11 +102,12 @@ def fixed_budget(method) -> dict:
 
 
 def run_world(cache: Path, shape: str, seed: int, methods: list[str], fixed: bool, params: dict | None = None,
-              calibration: dict | None = None, train: dict | None = None, retrained: int = 0) -> list[dict]:
+              calibration: dict | None = None, train: dict | None = None, retrained: int = 0,
+              size: str = "tiny") -> list[dict]:
     from unlearnkit import api
     from unlearnkit.methods import get_method
 
-    data, models = build(cache, shape, seed, retrained)
+    data, models = build(cache, shape, seed, retrained, size)
     root = world_dir(cache, shape, seed)
     oracle = api.evaluate(models["oracle"], data, oracle="self", suites=SUITES)
     subject = api.evaluate(models["subject"], data, oracle=oracle, suites=SUITES)
@@ -282,6 +285,8 @@ def main():
     ap.add_argument("--retrained", type=int, default=3,
                     help="oracles retrained from other seeds per world: exact unlearning's own spread")
     ap.add_argument("--jobs", type=int, default=2, help="worlds trained side by side")
+    ap.add_argument("--size", default="tiny", help="the subject's and oracles' model size (models.tiny.SIZES); "
+                                                   "one size per --cache")
     ap.add_argument("--cache", type=Path, default=Path("runs/bench-methods"))
     ap.add_argument("--write", type=Path, help="markdown file whose table (between the markers) is replaced")
     ap.add_argument("--param", action="append", default=[], metavar="METHOD.KEY=VALUE",
@@ -306,16 +311,18 @@ def main():
 
     worlds = [(s, int(seed)) for s in args.shapes.split(",") for seed in args.seeds.split(",")]
     with ProcessPoolExecutor(max_workers=args.jobs, mp_context=mp.get_context("spawn")) as pool:
-        list(pool.map(_build_job, [(args.cache, s, seed, args.retrained) for s, seed in worlds]))
+        threads = max(1, (os.cpu_count() or 1) // min(args.jobs, len(worlds)))  # the cores shared out
+        list(pool.map(_build_job, [(args.cache, s, seed, args.retrained, args.size, threads) for s, seed in worlds]))
     methods = args.methods.split(",")
     rows = []
     for shape, seed in worlds:
         rows += run_world(args.cache, shape, seed, methods, not args.no_fixed, params, calibration, train,
-                          args.retrained)
+                          args.retrained, args.size)
         (args.cache / "methods.json").write_text(json.dumps(rows, indent=1))
     out = table(rows)
     extra = "".join(f" --{k} {v}" for k in ("param", "calibration", "train") for v in getattr(args, k))
     extra += f" --retrained {args.retrained}" if args.retrained != 3 else ""
+    extra += f" --size {args.size}" if args.size != "tiny" else ""
     cmd = f"`python bench/methods.py --shapes {args.shapes} --seeds {args.seeds} --methods {args.methods}{extra}`"
     out = f"Command: {cmd}. Default method in bold.\n\n" + out
     print(out)

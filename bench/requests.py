@@ -98,7 +98,7 @@ def main():
     retrained = []
     for i in range(args.retrained):  # as bench/methods.py's `build`: the same data, another seed
         ckpt, s = args.out / "models" / f"retrained-{i + 1}", args.seed + RETRAIN_SEED + i
-        if not api._reusable(ckpt, data, s, "oracle"):
+        if not api.reusable(ckpt, data, s, "oracle"):
             api.finetune(data, ckpt, without_forget=True, seed=s, progress=False)
         retrained.append(LM(*load_model(ckpt)))
     subject, oracle = LM(*load_model(models["subject"])), LM(*load_model(models["oracle"]))

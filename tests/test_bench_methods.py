@@ -284,3 +284,33 @@ def test_twin_bias_answer_wording_sets_each_perturbed_value_in_the_forget_answer
     for f, g in zip(same.forget, rewritten.forget):
         assert f in world.forget and g.paraphrased_answer == f.answer
         assert len(g.perturbed_answers) == len(f.perturbed_answers) and f.answer not in g.perturbed_answers
+
+
+def test_build_reuses_a_model_only_at_its_own_size(tmp_path, monkeypatch):
+    """`--size`: a cache's subject trained at one size is not reused for another; a model tuned
+    from a base checkpoint (no size of its own) is reused at any."""
+    import json
+
+    from unlearnkit import api, runinfo
+
+    data = tmp_path / "c" / "default-s0" / "world"
+    data.mkdir(parents=True)
+    (data / "forget.jsonl").write_text('{"question": "q", "answer": "a"}\n')
+    monkeypatch.setattr(api, "world", lambda out, seed, shape: Path(out))
+    trained = []
+    monkeypatch.setattr(api, "finetune", lambda data, out, without_forget, seed, size, progress:
+                        trained.append((Path(out).name, size)))
+
+    def saved(kind, size):
+        ckpt = data.parent / "models" / kind
+        ckpt.mkdir(parents=True, exist_ok=True)
+        (ckpt / "config.json").write_text("{}")
+        (ckpt / "unlearnkit.json").write_text(json.dumps(
+            {"kind": kind, "seed": 0, "data_hash": runinfo.data_hash(data), "size": size}))
+
+    saved("subject", "tiny")
+    saved("oracle", None)
+    bench.build(tmp_path / "c", "default", 0)
+    assert trained == []
+    bench.build(tmp_path / "c", "default", 0, size="small")
+    assert trained == [("subject", "small")]

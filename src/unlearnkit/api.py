@@ -227,12 +227,15 @@ ATTACK_HEADLINE = ["recovery", "recovery_variant", "oracle_recovery", "excess_re
                    "attacked_forget_rouge"]
 
 
-def _reusable(ckpt: Path, data: Path, seed: int, kind: str) -> bool:
+def reusable(ckpt: Path, data: Path, seed: int, kind: str, size: str = "tiny") -> bool:
+    """Whether `ckpt` is a `kind` ("subject" or "oracle") already trained by `finetune` on this very
+    data, from this seed, at this size (a model tuned from a base checkpoint has no size of its own)."""
     meta = ckpt / "unlearnkit.json"
     if not meta.is_file() or not (ckpt / "config.json").is_file():
         return False
     m = json.loads(meta.read_text())
-    return m.get("data_hash") == runinfo.data_hash(data) and m.get("seed") == seed and m.get("kind") == kind
+    return (m.get("data_hash") == runinfo.data_hash(data) and m.get("seed") == seed and m.get("kind") == kind
+            and m.get("size") in (None, size))
 
 
 def _finetune_job(args):
@@ -273,7 +276,7 @@ def embedded(out: str | os.PathLike, *, seed: int = 0, n_people: int = 60, forge
         data = world(out / "world", seed=seed, n_people=n_people, forget_fraction=forget_fraction)
     say(f"[bold]1/6[/] world: {data}")
     models = {k: out / "models" / k for k in ("subject", "oracle")}
-    todo = [k for k, ckpt in models.items() if not _reusable(ckpt, data, seed, k)]
+    todo = [k for k, ckpt in models.items() if not reusable(ckpt, data, seed, k)]
     for k in models:
         say(f"[bold]2/6[/] {k}: " + ("training a small Llama from scratch" if k in todo else f"reusing {models[k]}"))
     with timer("subject+oracle"):

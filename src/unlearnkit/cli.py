@@ -30,7 +30,7 @@ TEMPLATE_HELP = ("Prompt format: raw (the question as is), chat (the tokenizer's
                  "string with {question}, e.g. TOFU's Llama-2 chat format (docs/benchmarks.md).")
 SYSTEM_HELP = "System prompt, with --template chat."
 DEFAULT_HELP = (f"{HOLDOUT_METHOD} calibrated against the holdout split where the data has one, else {DEFAULT_METHOD} "
-                "(docs/methods.md, 'The default, chosen by the data')")
+                "(docs/methods-log.md, 'The default, chosen by the data')")
 SPLIT_HELP = ("With --benchmark: tofu forget01|forget05|forget10; muse raw/forget|scal/forget_N|sust/forget_N; "
               "wmdp bio|cyber; rwku a target's name or all.")
 

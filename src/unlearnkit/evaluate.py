@@ -579,7 +579,7 @@ def _against_twins(result: dict, subject: dict | None, min_forget_quality: float
     """The forgetting check with no oracle: forget quality against the model's own twins
     (`forget_quality_twins`) >= `min_forget_quality`, with the same power checks as against the oracle
     (the subject's forget facts must be told apart from their twins'). On the eight worlds of
-    docs/methods.md it falls on the same side of 0.05 as forget quality against the oracle in most
+    docs/methods-log.md it falls on the same side of 0.05 as forget quality against the oracle in most
     rows (that table counts them)."""
     fq = result["forget_quality_twins"]
     n = result.get("forget_quality_twins_n") or 0

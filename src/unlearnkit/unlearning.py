@@ -98,7 +98,7 @@ def default_plan(method: str | None, settings, world: WorldData | None):
     otherwise). With none named, a calibrated run on data with a holdout split (and no `reference`
     given) is calibrated against the holdout people, with Twin RMU: of the methods measured, the
     one that lands on the holdout's level where membership inference has the power to tell
-    (docs/methods.md, "The default, chosen by the data"); SimNPO does worse against the holdout
+    (docs/methods-log.md, "The default, chosen by the data"); SimNPO does worse against the holdout
     than against twins. Otherwise (no holdout split, as in a deletion request; `reference=twins`;
     a fixed budget) the method is SimNPO."""
     if method is not None:

@@ -14,7 +14,7 @@ mean score is no longer above the reference's by more than `mean_se` (1) standar
 difference, sqrt(var_f / n_f + var_r / n_r) (a run enters the band from above; stopping at its
 upper edge left a fact in three answered on small forget sets, and holding out for the mean at or
 below the reference's left a converged method creeping at the edge for many epochs while the
-reference's own mean moved by more than the gap between checks: docs/methods.md, "The matched
+reference's own mean moved by more than the gap between checks: docs/methods-log.md, "The matched
 rule within one standard error"; a request home's batches, twenty-odd facts, keep the mean at or
 below the reference's, `mean_se=0`: one standard error of so few left facts answered). Above is
 under-forgetting
@@ -59,7 +59,7 @@ the start was too (else the test has no power here); reported, not decided on (d
 The same passes give the truth-ratio gap against the twins: each of up to `TWIN_PAIRS` forget facts
 against its own twin, under the same model (`metrics.tofu.paired_truth_gap`), which tells exact
 unlearning from the subject on every world measured and sees what the KS test misses; reported
-too, since Twin RMU closes it only past the answers' match (docs/methods.md, "The truth-ratio gap
+too, since Twin RMU closes it only past the answers' match (docs/methods-log.md, "The truth-ratio gap
 against the twins").
 
 Utility. The same pass scores a sample (`retain_sample` records each) of the retain set, the
@@ -103,7 +103,7 @@ The rule, all in `Calibrator.check`:
   and the shapes differ at the level itself, which no learning rate changes (answers that
   survive sit above the reference while the rest sit below it; a repair round takes them): stop
   (`shape`). On wide_few_facts both seeds went on to four backtracks or 850 more steps, at the
-  same AUC, to keep the same weights or their like (docs/methods.md). The same stop when the
+  same AUC, to keep the same weights or their like (docs/methods-log.md). The same stop when the
   level is crossed told apart a second time, at a lower learning rate than a first crossing
   (over within the band, told apart) that was backtracked from: the lower rate changed nothing
   (wide seed 0 went on to three more backtracks at AUC 0.545-0.55 and kept the first crossing).

@@ -28,7 +28,7 @@ class CalibrationSettings(BaseModel):
         "budget", description="when the learning rate doubles: budget, when at the last interval's pace the target "
                               "lies beyond the step budget; patience, also when it lies further away than the "
                               "patience (faster and cheaper on the wide worlds, one target world fewer: "
-                              "docs/methods.md, \"A speed-up within the patience\")")
+                              "docs/methods-log.md, \"A speed-up within the patience\")")
     max_epochs: float = Field(30.0, gt=0, description="step budget, in epochs over the forget set")
     patience_epochs: float = Field(2.0, gt=0, description="epochs without progress towards the target (once the "
                                    "learning rate can no longer be raised) before the run stops as stalled")

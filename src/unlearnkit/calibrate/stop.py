@@ -109,7 +109,7 @@ def _repair(i: int, r: dict) -> str:
 
 
 def _facts(truth: dict, min_ks_p: float) -> str:
-    """The summary's truth-ratio gap against the twins at the kept weights and the start (docs/methods.md,
+    """The summary's truth-ratio gap against the twins at the kept weights and the start (docs/methods-log.md,
     "The truth-ratio gap against the twins"), and its warning when the kept weights' forget truth
     ratios are still told apart from the reference's (KS p below `min_ks_p`) where the starting
     weights' were too: the answers' wording is forgotten, the facts are not (docs/methods.md,

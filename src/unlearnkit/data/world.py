@@ -479,11 +479,11 @@ SHAPE_DEFAULTS = {"answer_style": "short", "docs": True, "n_attributes": len(PER
 # override them). "unfamiliar" is the world of issue 11: other names, 160 people with 16 to forget,
 # sentence answers, no biographies. "wide" has a forget set large enough for membership inference to
 # have power: 400 people, a quarter of them to forget (1000 forget answers), no biographies, so
-# PrivLeak is measured on the answers (docs/methods.md, "PrivLeak at a size where it has power").
+# PrivLeak is measured on the answers (docs/methods-log.md, "PrivLeak at a size where it has power").
 # "wide_sentences" is "unfamiliar" at that size: the same 1000 forget answers, as full sentences
 # naming the person, with the other names. "wide_few_facts" spreads 1000 forget answers over twice
 # the people, five facts each. "wide_alt_names" is "wide" with the other names (its own tokenizer
-# keeps them whole: no forget name shares a token with a retained one; docs/methods.md, "Where Twin
+# keeps them whole: no forget name shares a token with a retained one; docs/methods-log.md, "Where Twin
 # RMU moves the weights").
 SHAPES: dict[str, dict] = {
     "default": {},

@@ -9,7 +9,7 @@ reference model and no cache: the per-token normalisation removes NPO's bias tow
 By default it trains only the quarter of the weights most salient to the forget set (`saliency=0.25`
 in its training defaults, `unlearning.keep_salient`, SalUn): measured on eight worlds of four shapes,
 that left forget answers at the oracle's rate where all weights training stopped at the utility
-floor (docs/methods.md, "Saliency"). `--saliency 0` runs the paper's plain SimNPO.
+floor (docs/methods-log.md, "Saliency"). `--saliency 0` runs the paper's plain SimNPO.
 """
 import torch.nn.functional as F
 from pydantic import Field

@@ -14,7 +14,7 @@ the twins' idea (the calibration's reference) moved into the representation. By 
 the quarter of the weights most salient to the forget set (`saliency=0.25`, as simnpo), and steers
 the last decoder layer.
 
-Why a mean over several strangers (session 25; docs/methods.md, "Twin RMU towards several
+Why a mean over several strangers (session 25; docs/methods-log.md, "Twin RMU towards several
 strangers"): a stranger's name is made of other people's name words, and the starting model reads
 into it some of what it knows of them; one stranger's activations carry those facts, the mean of
 several keeps what the model says of anyone. With one stranger (`strangers=1`, sessions 15-24) the
@@ -22,7 +22,7 @@ calibrated runs left the true answers preferred more than for a stranger (the tr
 +0.09 to +0.14 on the wide worlds, forget quality 0.029-0.26); with four, +0.008 to +0.031 and
 0.22-0.69, at about twice the steps.
 
-Measured on the eight small worlds of bench/methods.py (docs/methods.md, "Twin RMU"): forget
+Measured on the eight small worlds of bench/methods.py (docs/methods-log.md, "Twin RMU"): forget
 quality at least 0.05 and the answer rate within 0.05 of the oracle's on all eight, with one
 stranger and with four, where simnpo leaves the facts in reworded answers on four. Steering
 layer 0 of the tiny model's two instead stalled at AUC 0.67-0.72 against the twins (unfamiliar

@@ -118,7 +118,7 @@ def paired_truth_gap(forget_ratios: Sequence[float], twin_ratios: Sequence[float
     signed-rank p (scipy.stats.wilcoxon). A model that never saw the person has no reason to prefer
     the true answer more for them than for a stranger: 0. Pairing takes out what varies from fact to
     fact, which a two-sample test against other people's facts (or the twins' as a sample) keeps in
-    its noise; the ratio takes out how familiar the name is (docs/methods.md, "The truth-ratio gap
+    its noise; the ratio takes out how familiar the name is (docs/methods-log.md, "The truth-ratio gap
     against the twins"). Returns {"mean", "se", "p", "n"}."""
     from scipy.stats import wilcoxon
 

@@ -1,5 +1,5 @@
 """The checks a batch must pass before its version is deployed, each against a threshold of the
-home's settings (docs/requests.md, "Checks and thresholds").
+home's settings (docs/requests.md, "Process and its checks").
 
 Per request, on the weights alone (no guard):
   * answers: the share of the inventory the model still answers (the true answer inside its greedy
