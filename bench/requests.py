@@ -1,4 +1,4 @@
-"""The figures of docs/requests.md: forget requests end to end on the embedded world.
+"""The figures of docs/requests-log.md: forget requests end to end on the embedded world.
 
     python bench/requests.py                      # prints JSON and a markdown summary
     python bench/requests.py --out runs/bench-requests --people 60 --forget-fraction 0.2
@@ -20,7 +20,7 @@ base model is the subject and whose retain pool is the world (never its forget s
 `--retrained N` trains N more oracles on the same data from other seeds (the seed + 1000 + i, as
 bench/methods.py's) and reports each one's answer rate on every batch: how far exact unlearning
 lands from the oracle by the training seed alone, the spread of the "within 0.05 of the oracle"
-line (docs/requests.md).
+line (docs/requests-log.md).
 
 `--train KEY=VALUE` sets a training setting for every batch (e.g. `--train sam=0` for plain steps);
 `--setting KEY=VALUE` a setting of the batches' home (e.g. `--setting repair_rounds=0`).

@@ -49,7 +49,7 @@ class Settings(BaseModel):
     """A home's settings (home.json "settings"); every threshold a verification uses is here, each
     validated where it enters (`Settings.parse`).
 
-    Why these values: see docs/requests.md ("Checks and thresholds")."""
+    Why these values: see docs/requests.md ("Process and its checks")."""
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     method: str = Field(DEFAULT_METHOD, description="unlearning method of `request process`")
