@@ -5,6 +5,7 @@
     python bench/methods.py --write docs/methods-log.md        # replace the table between the markers
     python bench/methods.py --param graddiff.alpha=20 --calibration max_doublings=0 --train lr=1e-4
                                                                # one setting for every run (an experiment)
+    python bench/methods.py --size small --cache runs/bench-small   # subject and oracles of another size
 
 For each world (`unlearnkit.data.world.SHAPES`, each seed) it builds (or reuses, in `--cache`) the
 world, the subject and the oracle; then runs every method twice from the subject: calibrated (no
@@ -26,7 +27,9 @@ oracles, trained on the oracle's data from other seeds, get rows of their own, j
 world (the farthest a retrained oracle lands from the oracle; `retraining_spread`). Results also go
 to `--cache/methods.json`.
 
-Worlds are trained two at a time, one thread each; set --jobs 1 on a busy machine.
+Worlds are trained two at a time, the cores shared out between them; set --jobs 1 on a busy machine.
+`--size` trains the subject and the oracles at another of `models.tiny.SIZES` (tiny: hidden 128, 2
+layers; small: hidden 256, 4 layers); a model of another size in the cache is trained again.
 """
 from __future__ import annotations
 
@@ -277,6 +280,8 @@ def table(rows: list[dict], default: str = DEFAULT) -> str:
 
 
 def main():
+    from unlearnkit.models.tiny import SIZES
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shapes", default=",".join(SHAPES))
     ap.add_argument("--seeds", default="0,1")
@@ -285,8 +290,8 @@ def main():
     ap.add_argument("--retrained", type=int, default=3,
                     help="oracles retrained from other seeds per world: exact unlearning's own spread")
     ap.add_argument("--jobs", type=int, default=2, help="worlds trained side by side")
-    ap.add_argument("--size", default="tiny", help="the subject's and oracles' model size (models.tiny.SIZES); "
-                                                   "one size per --cache")
+    ap.add_argument("--size", default="tiny", choices=sorted(SIZES),
+                    help="the subject's and oracles' model size (models.tiny.SIZES)")
     ap.add_argument("--cache", type=Path, default=Path("runs/bench-methods"))
     ap.add_argument("--write", type=Path, help="markdown file whose table (between the markers) is replaced")
     ap.add_argument("--param", action="append", default=[], metavar="METHOD.KEY=VALUE",
