@@ -29,7 +29,8 @@ to `--cache/methods.json`.
 
 Worlds are trained two at a time, the cores shared out between them; set --jobs 1 on a busy machine.
 `--size` trains the subject and the oracles at another of `models.tiny.SIZES` (tiny: hidden 128, 2
-layers; small: hidden 256, 4 layers); a model of another size in the cache is trained again.
+layers; small: hidden 256, 4 layers); a cache whose models have another size is an error, never
+trained over.
 """
 from __future__ import annotations
 
@@ -85,6 +86,12 @@ def build(cache: Path, shape: str, seed: int, retrained: int = 0, size: str = "t
     plan = {"subject": (seed, "subject"), "oracle": (seed, "oracle"),
             **{k: (seed + RETRAIN_SEED + i, "oracle") for i, k in enumerate(retrained_names(retrained))}}
     models = {k: root / "models" / k for k in plan}
+    for k in plan:  # a model of another size is never trained over: it may be the only one of its kind
+        meta = models[k] / "unlearnkit.json"
+        other = json.loads(meta.read_text()).get("size") if meta.is_file() else None
+        if other not in (None, size):
+            raise SystemExit(f"{models[k]}: trained at size {other}, not {size}: pass --size {other}, "
+                             f"or another --cache")
     for k, (s, kind) in plan.items():
         if not api.reusable(models[k], data, s, kind, size):
             api.finetune(data, models[k], without_forget=kind == "oracle", seed=s, size=size, progress=False)

@@ -203,6 +203,7 @@ def main():
     ap.add_argument("--answer-wording", action="store_true", help="with --truth-gap: each model's gap again over the "
                                                                 "facts that can be set in the forget answer's own "
                                                                 "wording, in the evaluation's and in that wording")
+    ap.add_argument("--size", default="tiny", help="the models' size in --cache (bench/methods.py --size)")
     args = ap.parse_args()
     torch.set_num_threads(max(1, (os.cpu_count() or 2)))
     print("| world | seed | oracle: forget − twins | holdout − twins (subject) | holdout − twins (oracle) "
@@ -211,7 +212,7 @@ def main():
     tr_rows, gap_rows = [], []
     for shape in args.shapes.split(","):
         for seed in (int(s) for s in args.seeds.split(",")):
-            data, models = methods.build(args.cache, shape, seed)
+            data, models = methods.build(args.cache, shape, seed, size=args.size)
             w = load_world(data)
             (fn, ft), (hn, ht) = forget_twins(w), world_twins(w, w.holdout)
             gaps = {}

@@ -287,8 +287,10 @@ def test_twin_bias_answer_wording_sets_each_perturbed_value_in_the_forget_answer
 
 
 def test_build_reuses_a_model_only_at_its_own_size(tmp_path, monkeypatch):
-    """`--size`: a cache's subject trained at one size is not reused for another; a model tuned
-    from a base checkpoint (no size of its own) is reused at any."""
+    """`--size`: a cache's subject trained at one size is neither reused for another nor trained
+    over (it may be the only one: an analysis bench at the default size once replaced a larger
+    model's subject and oracle); a model tuned from a base checkpoint (no size of its own) is
+    reused at any."""
     import json
 
     from unlearnkit import api, runinfo
@@ -312,5 +314,9 @@ def test_build_reuses_a_model_only_at_its_own_size(tmp_path, monkeypatch):
     saved("oracle", None)
     bench.build(tmp_path / "c", "default", 0)
     assert trained == []
+    with pytest.raises(SystemExit, match="models/subject: trained at size tiny, not small: pass --size tiny"):
+        bench.build(tmp_path / "c", "default", 0, size="small")
+    assert trained == []
+    saved("subject", None)
     bench.build(tmp_path / "c", "default", 0, size="small")
-    assert trained == [("subject", "small")]
+    assert trained == []
