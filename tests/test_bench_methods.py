@@ -320,3 +320,27 @@ def test_build_reuses_a_model_only_at_its_own_size(tmp_path, monkeypatch):
     saved("subject", None)
     bench.build(tmp_path / "c", "default", 0, size="small")
     assert trained == []
+
+
+def test_calibration_cost_splits_the_extra_time_of_a_calibrated_run(load_bench):
+    cost = load_bench("calibration_cost")
+
+    def fixed(wall):
+        return {"wall_s": wall, "steps": 100, "seconds": {"prepare": 2.0, "train": 10.0}, "stop": "budget"}
+
+    def calibrated(wall, target):
+        return {"wall_s": wall, "steps": 150, "seconds": {"prepare": 2.0, "train": 20.0, "repair": 1.0},
+                "stop": "matched", "checks": 6, "utility_checks": 2,
+                "check_seconds": {"target": target, "truth_ratio": 1.0, "utility": 0.5}}
+
+    w = {"shape": "wide", "seed": 0, "method": "twin_rmu", "budget": {"epochs": 5},
+         "calibrated": [calibrated(22.0, 2.0), calibrated(24.0, 2.5)], "fixed": [fixed(12.0), fixed(16.0)]}
+    b = cost.breakdown(w)
+    assert b["ratio"] == pytest.approx((22 / 12 + 24 / 16) / 2)          # the median of the paired ratios
+    assert b["ratio_range"] == pytest.approx([1.5, 22 / 12])
+    assert b["extra_steps_s"] == pytest.approx(50 * 0.1)                 # 50 steps more at the fixed run's pace
+    assert b["checks_s"] == pytest.approx(3.75)
+    assert b["checks_by_kind_s"] == pytest.approx({"target": 2.25, "truth_ratio": 1.0, "utility": 0.5})
+    assert b["other_s"] == pytest.approx(23.0 - 14.0 - 5.0 - 3.75 - 1.0)  # what no part explains
+    line = cost.table([w]).splitlines()[-1]
+    assert line.startswith("| wide | 0 | twin_rmu | 100, 14.0 | matched, 150, 23.0 | 1.67x (1.50-1.83) | 5.0 |")

@@ -7,7 +7,7 @@ import json
 import pytest
 import yaml
 
-from unlearnkit.data.batching import encode_pairs, encode_prompt
+from unlearnkit.data.batching import encode_pairs, encode_prompt, encode_prompts
 from unlearnkit.data.templates import TOFU_LLAMA2, parse_template
 
 CHAT = ("{% if messages[0]['role'] == 'system' %}<s>{{ messages[0]['content'] }}\n{% endif %}"
@@ -60,6 +60,11 @@ def test_chat_and_format_prompts_are_encoded_in_one_place(chat_tiny):
     # documents (no prompt) are never formatted
     d = encode_pairs(tok, [""], ["A document."], template=chat)[0]
     assert d.n_prompt == 1 and tok.decode(d.input_ids[1:-1]) == "A document."
+    # many prompts are tokenized in one call, each as it would be alone; nothing to encode is no error
+    prompts = ["Where?", "", "Where was Ada born?"]
+    for tpl in (chat, parse_template(None), parse_template(TOFU_LLAMA2)):
+        assert encode_prompts(tok, prompts, tpl) == [encode_prompt(tok, p, tpl) for p in prompts]
+    assert encode_pairs(tok, [], []) == []
 
 
 def test_chat_without_a_chat_template_is_a_clear_error(tmp_path):

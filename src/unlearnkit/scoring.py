@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from .data.batching import IGNORE, collate, collate_left, encode_pairs, encode_prompt, length_batches
+from .data.batching import IGNORE, collate, collate_left, encode_pairs, encode_prompts, length_batches
 from .data.templates import RAW, Template
 
 CHUNK = 4096  # answer positions per head/log-softmax chunk
@@ -152,7 +152,7 @@ class LM:
                  logits_processor=None) -> list[str]:
         """Greedy continuations, batched with left padding and the KV cache."""
         tok = self.tokenizer
-        ids = [encode_prompt(tok, p, self.template) for p in prompts]
+        ids = encode_prompts(tok, prompts, self.template)
         out: list[str | None] = [None] * len(ids)
         budget = max(1, self.max_tokens // 2)
         was_training = self.model.training

@@ -58,11 +58,20 @@ def answer_text(prompt: str, answer: str, template: Template = RAW) -> str:
 def encode_prompt(tok, prompt: str, template: Template = RAW) -> list[int]:
     """bos + the prompt formatted by `template` (a chat template that writes its own bos keeps
     just that one)."""
-    text = template.apply(tok, prompt)
+    return encode_prompts(tok, [prompt], template)[0]
+
+
+def encode_prompts(tok, prompts: list[str], template: Template = RAW) -> list[list[int]]:
+    """`encode_prompt` of each prompt, tokenized in one batched call."""
+    texts = [template.apply(tok, p) for p in prompts]
     bos_text = getattr(tok, "bos_token", None)
-    has_bos = tok.bos_token_id is not None and not (template.kind == "chat" and bos_text and text.startswith(bos_text))
-    bos = [tok.bos_token_id] if has_bos else []
-    return bos + (tok(text, add_special_tokens=False)["input_ids"] if text else [])
+    said = [t for t in texts if t]
+    ids = iter(tok(said, add_special_tokens=False)["input_ids"] if said else [])
+    out = []
+    for text in texts:
+        has_bos = tok.bos_token_id is not None and not (template.kind == "chat" and bos_text and text.startswith(bos_text))
+        out.append(([tok.bos_token_id] if has_bos else []) + (next(ids) if text else []))
+    return out
 
 
 def encode_pairs(tok, prompts: list[str], answers: list[str], max_length: int | None = None,
@@ -78,7 +87,9 @@ def encode_pairs(tok, prompts: list[str], answers: list[str], max_length: int | 
     if len(prompts) != len(answers) or (subjects is not None and len(subjects) != len(prompts)):
         raise ValueError(f"{len(prompts)} prompts but {len(answers)} answers"
                          + (f" and {len(subjects)} subjects" if subjects is not None else ""))
-    q_ids = [encode_prompt(tok, p, template) for p in prompts]
+    if not prompts:
+        return []
+    q_ids = encode_prompts(tok, prompts, template)
     texts = [answer_text(p, a, template) for p, a in zip(prompts, answers)]
     offsets = None
     try:
