@@ -13,7 +13,8 @@ paired ratios with their range, and where the calibrated run's extra time goes, 
 - extra steps: (its steps - the fixed budget's) x the fixed run's seconds a step;
 - checks: the calibrator's passes (`StopInfo.seconds`: target, truth ratios, utility);
 - repair: the repair rounds, with the generation that decides whether one runs;
-- other: the rest (loading, setting up the checks' records, saving).
+- other: the rest (loading, setting up the checks' records, saving, and how much slower or faster
+  the same steps ran this time).
 Nothing is judged here (bench/methods.py judges the runs against the oracle). A one-world wall time
 on this 2-core machine moves by up to a fifth from one run to the next, hence the repeats.
 Results also go to `--cache/cost.json`.
