@@ -68,9 +68,8 @@ def world_cost(cache: Path, shape: str, seed: int, repeats: int, size: str = "ti
             if kind == "fixed" and method is None:
                 method = yaml.safe_load((root / "calibrated-0" / "config.yaml").read_text())["method"]
                 budget = methods.fixed_budget(get_method(method))
-            out = root / f"{kind}-{r}"
-            runs[kind].append(_run(models, data, out, seed, method if kind == "fixed" else None,
-                                   budget if kind == "fixed" else None))
+            plan = (method, budget) if kind == "fixed" else (None, None)  # None, None: the default, calibrated
+            runs[kind].append(_run(models, data, root / f"{kind}-{r}", seed, *plan))
     return {"shape": shape, "seed": seed, "method": method, "budget": budget, "size": size, **runs}
 
 

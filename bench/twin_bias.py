@@ -187,6 +187,7 @@ def main():
     from unlearnkit.data.io import load_world
     from unlearnkit.data.twins import forget_twins, world_twins
     from unlearnkit.models.load import load_model
+    from unlearnkit.models.tiny import SIZES
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shapes", default=",".join(methods.SHAPES))
@@ -203,7 +204,8 @@ def main():
     ap.add_argument("--answer-wording", action="store_true", help="with --truth-gap: each model's gap again over the "
                                                                 "facts that can be set in the forget answer's own "
                                                                 "wording, in the evaluation's and in that wording")
-    ap.add_argument("--size", default="tiny", help="the models' size in --cache (bench/methods.py --size)")
+    ap.add_argument("--size", default="tiny", choices=sorted(SIZES),
+                    help="the models' size in --cache (bench/methods.py --size)")
     args = ap.parse_args()
     torch.set_num_threads(max(1, (os.cpu_count() or 2)))
     print("| world | seed | oracle: forget − twins | holdout − twins (subject) | holdout − twins (oracle) "
