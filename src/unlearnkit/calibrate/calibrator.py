@@ -19,6 +19,8 @@ from .statistic import (TWIN_PAIRS, answer_scores, _answer_scores_and_exact, _lp
                         _ratios, _utility_encoding, auc, encode_records, reference_records)
 from .stop import Check, StopInfo
 
+TRUTH_SPLITS = ("forget_tr", "reference_tr", "twin_tr")  # the truth ratios' records (`truth_ratios`)
+
 
 class Calibrator:
     """The `train.Monitor` that stops unlearning at the target (module docstring: the rule)."""
@@ -54,9 +56,8 @@ class Calibrator:
         pick = sorted(rng.sample(range(len(named)), min(len(named), TWIN_PAIRS)))
         at = {id(r): i for i, r in enumerate(keep["forget_tr"])}
         self._twin_of, keep["twin_tr"] = [at[id(named[i])] for i in pick], [tw[i] for i in pick]
-        self.n.update({k: len(keep[k]) for k in ("forget_tr", "reference_tr", "twin_tr")})
-        self._enc.update({k: _utility_encoding(tokenizer, keep[k], template)
-                          for k in ("forget_tr", "reference_tr", "twin_tr")})
+        self.n.update({k: len(keep[k]) for k in TRUTH_SPLITS})
+        self._enc.update({k: _utility_encoding(tokenizer, keep[k], template, true=False) for k in TRUTH_SPLITS})
         self._layout = {k: [len(r.perturbed_answers) for r in v] for k, v in keep.items()}
         self.truth: dict[str, dict | None] = {}  # `truth_ratios` at the start and at the kept weights
         self.pad_id = tokenizer.pad_token_id
@@ -157,11 +158,13 @@ class Calibrator:
 
     def _answer_rows(self, handle, name: str) -> list[tuple]:
         """Per record of `name` (encoded by `_utility_encoding`): its true, paraphrased and perturbed
-        answers' rows of `_mean_logprob_and_accuracy` (the perturbed answers' log-probs only)."""
+        answers' rows of `_mean_logprob_and_accuracy` (the perturbed answers' log-probs only); the
+        true answer's is None for the truth ratios' records, encoded without it."""
         sc, i, rows = self._scores(handle, name, _mean_logprob_and_accuracy), 0, []
+        t = 0 if name in TRUTH_SPLITS else 1
         for n_pert in self._layout[name]:
-            rows.append((sc[i], sc[i + 1], sc[i + 2:i + 2 + n_pert, 0]))
-            i += 2 + n_pert
+            rows.append((sc[i] if t else None, sc[i + t], sc[i + t + 1:i + t + 1 + n_pert, 0]))
+            i += t + 1 + n_pert
         return rows
 
     def truth_ratios(self, handle) -> dict | None:

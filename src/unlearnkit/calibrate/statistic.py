@@ -96,8 +96,9 @@ def _ratios(rows: list[tuple]) -> list[float]:
     return [tofu.truth_ratio(_lp(a[0]), [_lp(x) for x in q]) for _, a, q in rows]
 
 
-def _utility_encoding(tokenizer, records, template=None) -> list[Encoded]:
-    """Each record's question with its true, paraphrased and perturbed answers, in that order."""
-    q = [r.question for r in records for _ in range(2 + len(r.perturbed_answers))]
-    a = [x for r in records for x in (r.answer, r.paraphrased_answer, *r.perturbed_answers)]
+def _utility_encoding(tokenizer, records, template=None, true: bool = True) -> list[Encoded]:
+    """Each record's question with its true (unless not `true`: a truth ratio needs only the
+    others), paraphrased and perturbed answers, in that order."""
+    q = [r.question for r in records for _ in range(int(true) + 1 + len(r.perturbed_answers))]
+    a = [x for r in records for x in ((r.answer,) if true else ()) + (r.paraphrased_answer, *r.perturbed_answers)]
     return encode_pairs(tokenizer, q, a, template=parse_template(template))
