@@ -387,7 +387,8 @@ def test_rule_nearest_is_told_by_the_gap_when_the_auc_saturates():
 
 def test_answers_utility_holds_every_split_to_its_true_answers():
     """utility=answers: per split the harmonic mean of the true answers' probability and exact rate;
-    the lowest split is the utility (a trained retain split at 1.0 does not hide a held-out one)."""
+    the lowest split is the utility (a trained retain split at 1.0 does not hide a held-out one).
+    Only the true answers are scored for it; TOFU's utility scores the paraphrased and perturbed too."""
     w = WorldData(forget=[_rec(0)], retain=[_rec(100, "Bo Ka", "Who is Bo Ka?", "x")],
                   world_facts=[_rec(200, "Cy Do", "Who is Cy Do?", "y")])
     rows = {"retain": [[0.0, 1.0], [0.0, 1.0], [-3.0, 0.0]],  # true, paraphrased, perturbed: [log-prob, exact]
@@ -395,7 +396,9 @@ def test_answers_utility_holds_every_split_to_its_true_answers():
     got = {}
     for kind in ("answers", "tofu"):
         cal = Calibrator(_Tok(), w, CalibrationSettings(utility=kind))
-        cal._scores = lambda handle, name, fn=None: np.array(rows[name])
+        n = 1 if kind == "answers" else 3
+        assert len(cal._enc["retain"]) == len(cal._enc["world_facts"]) == n
+        cal._scores = lambda handle, name, fn=None: np.array(rows[name][:n])
         got[kind] = cal._utility(None)
     assert got["answers"] == pytest.approx(2 / (1 / 0.25 + 1 / 1.0))  # the world facts' 0.4
     assert got["tofu"] != pytest.approx(got["answers"])

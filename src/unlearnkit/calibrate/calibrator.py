@@ -45,7 +45,7 @@ class Calibrator:
         self._enc = {"forget": encode_records(tokenizer, forget, template),
                      "reference": encode_records(tokenizer, ref, template),
                      # scored whole: their names are part of what must be kept
-                     **{k: _utility_encoding(tokenizer, v, template) for k, v in keep.items()},
+                     **{k: _utility_encoding(tokenizer, v, template, others=s.utility == "tofu") for k, v in keep.items()},
                      **docs}
         # the truth ratios' records: forget and reference records with paraphrased and perturbed answers
         keep.update({f"{k}_tr": [r for r in v if r.perturbed_answers]
@@ -59,6 +59,8 @@ class Calibrator:
         self.n.update({k: len(keep[k]) for k in TRUTH_SPLITS})
         self._enc.update({k: _utility_encoding(tokenizer, keep[k], template, true=False) for k in TRUTH_SPLITS})
         self._layout = {k: [len(r.perturbed_answers) for r in v] for k, v in keep.items()}
+        # which answers each split's records were encoded with (`_utility_encoding`): (true, the others)
+        self._parts = {k: (k not in TRUTH_SPLITS, k in TRUTH_SPLITS or s.utility == "tofu") for k in keep}
         self.truth: dict[str, dict | None] = {}  # `truth_ratios` at the start and at the kept weights
         self.pad_id = tokenizer.pad_token_id
         # a repair round's answers at its start: its own records are generated again at the checks
@@ -123,21 +125,23 @@ class Calibrator:
 
     def _utility(self, handle) -> float:
         """TOFU's model utility on the sampled utility splits (`metrics.tofu.model_utility`), with
-        the teacher-forced exact answer standing in for ROUGE (which needs generation); 1.0 with no
-        utility split."""
+        the teacher-forced exact answer standing in for ROUGE (which needs generation); with
+        `utility="answers"`, the lowest split's harmonic mean of the true answers' probability and
+        exact rate (`_true_answers`; the splits were encoded with their true answers alone). 1.0 with
+        no utility split."""
         from ..metrics.tofu import harmonic_mean, model_utility
 
-        comps = self._utility_components(handle)
-        if not comps:
+        splits = [k for k in UTILITY_SPLITS if self.n.get(k)]
+        if not splits:
             return 1.0
         if self.settings.utility == "answers":  # every split must hold, not their average
-            return min(harmonic_mean([c["answer_probability"], c["rouge"]]) for c in comps.values())
-        return model_utility(comps)
+            return min(harmonic_mean(list(_true_answers(self._answer_rows(handle, k)).values())) for k in splits)
+        return model_utility(self._utility_components(handle))
 
     def _utility_components(self, handle) -> dict[str, dict[str, float]]:
         """Per utility split: TOFU's probability (plain on retain, the paraphrase normalised against
         the perturbed answers elsewhere), truth-ratio score, and the teacher-forced exact answer
-        under the key "rouge"."""
+        under the key "rouge" (`utility="tofu"`: the splits' paraphrased and perturbed answers were encoded)."""
         from ..metrics import tofu
 
         comps = {}
@@ -145,15 +149,12 @@ class Calibrator:
             if not self.n.get(name):
                 continue
             rows = self._answer_rows(handle, name)
-            true, para, pert = zip(*rows)
             # TOFU: plain probability on retain; elsewhere normalised, the paraphrase (worded as the
             # perturbed answers are) against the perturbed answers
             prob = [tofu.answer_probability(_lp(t[0])) if name == "retain" else
-                    tofu.normalised_probability(_lp(a[0]), [_lp(x) for x in q]) for t, a, q in zip(true, para, pert)]
-            ratios = _ratios(rows)
-            comps[name] = {"probability": float(np.mean(prob)), "rouge": float(np.mean([t[1] for t in true])),
-                           "truth_ratio": tofu.truth_ratio_score(ratios, forget=False),
-                           "answer_probability": float(np.mean([tofu.answer_probability(_lp(t[0])) for t in true]))}
+                    tofu.normalised_probability(_lp(a[0]), [_lp(x) for x in q]) for t, a, q in rows]
+            comps[name] = {"probability": float(np.mean(prob)),
+                           "truth_ratio": tofu.truth_ratio_score(_ratios(rows), forget=False), **_true_answers(rows)}
         return comps
 
     def _answer_rows(self, handle, name: str) -> list[tuple]:
@@ -161,10 +162,12 @@ class Calibrator:
         answers' rows of `_mean_logprob_and_accuracy` (the perturbed answers' log-probs only); the
         true answer's is None for the truth ratios' records, encoded without it."""
         sc, i, rows = self._scores(handle, name, _mean_logprob_and_accuracy), 0, []
-        t = 0 if name in TRUTH_SPLITS else 1
+        true, others = self._parts[name]
         for n_pert in self._layout[name]:
-            rows.append((sc[i] if t else None, sc[i + t], sc[i + t + 1:i + t + 1 + n_pert, 0]))
-            i += t + 1 + n_pert
+            t = sc[i] if true else None
+            i += true
+            rows.append((t, *((sc[i], sc[i + 1:i + 1 + n_pert, 0]) if others else (None, None))))
+            i += (1 + n_pert) if others else 0
         return rows
 
     def truth_ratios(self, handle) -> dict | None:
@@ -432,3 +435,12 @@ class Calibrator:
         self.truth = state.get("truth", {})
         self.best = Check(**state["best"]) if state["best"] else None
         self.snapshots = state["snapshots"]
+
+
+def _true_answers(rows: list[tuple]) -> dict[str, float]:
+    """The true answers of `Calibrator._answer_rows`'s rows: TOFU's mean answer probability, and the
+    share answered word for word (teacher-forced) under the key "rouge", which it stands in for."""
+    from ..metrics import tofu
+
+    return {"rouge": float(np.mean([t[1] for t, _, _ in rows])),
+            "answer_probability": float(np.mean([tofu.answer_probability(_lp(t[0])) for t, _, _ in rows]))}

@@ -96,9 +96,11 @@ def _ratios(rows: list[tuple]) -> list[float]:
     return [tofu.truth_ratio(_lp(a[0]), [_lp(x) for x in q]) for _, a, q in rows]
 
 
-def _utility_encoding(tokenizer, records, template=None, true: bool = True) -> list[Encoded]:
-    """Each record's question with its true (unless not `true`: a truth ratio needs only the
-    others), paraphrased and perturbed answers, in that order."""
-    q = [r.question for r in records for _ in range(int(true) + 1 + len(r.perturbed_answers))]
-    a = [x for r in records for x in ((r.answer,) if true else ()) + (r.paraphrased_answer, *r.perturbed_answers)]
+def _utility_encoding(tokenizer, records, template=None, true: bool = True, others: bool = True) -> list[Encoded]:
+    """Each record's question with its true answer (with `true`), then its paraphrased and perturbed
+    answers (with `others`): a truth ratio needs only the others, the answers' utility only the true one."""
+    a = [[*((r.answer,) if true else ()), *((r.paraphrased_answer, *r.perturbed_answers) if others else ())]
+         for r in records]
+    q = [r.question for r, xs in zip(records, a) for _ in xs]
+    a = [x for xs in a for x in xs]
     return encode_pairs(tokenizer, q, a, template=parse_template(template))
