@@ -91,21 +91,60 @@ def test_ddp_two_cpu_processes(tiny_world, tmp_path, method, sam):
     assert ranks[0]["after"] != ranks[0]["before"]     # and applied
 
 
-def test_a_sharded_config_without_gpus_is_refused(tiny_world, tmp_path):
-    """An FSDP config launched on a machine without GPUs: accelerate cannot shard on CPU. `unlearn
-    forget` refuses, one line a process, before it loads the model or writes any output."""
-    config = tmp_path / "fsdp_cpu.yaml"
-    config.write_text((ROOT / "configs/accelerate/fsdp.yaml").read_text()
-                      .replace("num_processes: 8", "num_processes: 2").replace("mixed_precision: bf16", "use_cpu: true"))
+def _launch(config: Path, args: list[str]) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     cmd = [str(Path(sys.executable).with_name("accelerate")), "launch", "--config_file", str(config), "-m",
-           "unlearnkit.cli", "forget", "--model", str(tiny_world.subject_dir), "--data", str(tiny_world.data_dir),
-           "--method", "ga", "--steps", "2", "--out", str(tmp_path / "run")]
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+           "unlearnkit.cli", *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_fsdp_version_1_without_gpus_is_refused(tiny_world, tmp_path):
+    """FSDP version 1 launched on a machine without GPUs: `unlearn forget` refuses, one line a
+    process, before it loads the model or writes any output (FSDP2 runs: below). DeepSpeed is refused
+    the same way (`train.check_launch`), where accelerate itself does not refuse first for want of
+    the package."""
+    text = (ROOT / "configs/accelerate/fsdp.yaml").read_text()
+    for old, new in {"num_processes: 8": "num_processes: 2", "mixed_precision: bf16": "mixed_precision: 'no'",
+                     "fsdp_version: 2": "fsdp_version: 1"}.items():
+        text = text.replace(old, new)
+    (tmp_path / "fsdp1.yaml").write_text(text)
+    r = _launch(tmp_path / "fsdp1.yaml", ["forget", "--model", str(tiny_world.subject_dir), "--data",
+                                          str(tiny_world.data_dir), "--method", "ga", "--steps", "2", "--out",
+                                          str(tmp_path / "run")])
     assert r.returncode != 0
-    assert r.stderr.count("error: launched with FSDP, which needs GPUs, and this machine has none") == 2, \
-        r.stderr[-3000:]
+    assert r.stderr.count("error: launched with FSDP version 1, which needs GPUs") == 2, r.stderr[-3000:]
     assert not (tmp_path / "run").exists()
+
+
+def test_fsdp_two_cpu_processes_train_as_ddp_does(tiny_world, tmp_path):
+    """`unlearn forget`, calibrated, launched with FSDP2 on 2 CPU processes (configs/accelerate/
+    fsdp_cpu.yaml) and with DDP (ddp_cpu.yaml): both really train on 2 processes, and the sharded
+    run is the replicated one, check for check. Its checks snapshot and restore sharded weights
+    (the run backtracks), and Twin RMU, the default where there is a holdout split, trains the
+    salient quarter of the weights: under FSDP each mask is sharded like its weight, so the rest
+    stay put. (No repair round: it needs whole weights, and is skipped under FSDP.)"""
+    from safetensors.torch import load_file
+
+    runs = {}
+    for name in ("fsdp_cpu", "ddp_cpu"):
+        out = tmp_path / name
+        r = _launch(ROOT / "configs/accelerate" / f"{name}.yaml",
+                    ["forget", "--model", str(tiny_world.subject_dir), "--data", str(tiny_world.data_dir),
+                     "--calibration", "repair_rounds=0", "--out", str(out)])
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert r.stderr.count("twin_rmu, stopped") == 1  # the main process reports; the other waits for it
+        runs[name] = json.loads((out / "train.json").read_text())
+        assert runs[name]["train_stats"]["processes"] == 2
+    fsdp, ddp = (runs[k]["stop"] for k in ("fsdp_cpu", "ddp_cpu"))
+    assert fsdp["backtracks"] == ddp["backtracks"] > 0
+    assert (fsdp["reason"], fsdp["stopped_at"], fsdp["kept_step"]) == (ddp["reason"], ddp["stopped_at"], ddp["kept_step"])
+    assert fsdp["kept"]["auc"] == pytest.approx(ddp["kept"]["auc"], abs=0.01)
+    start = load_file(tiny_world.subject_dir / "model.safetensors")
+    sharded, replicated = (load_file(tmp_path / k / "model" / "model.safetensors") for k in ("fsdp_cpu", "ddp_cpu"))
+    for k, v in replicated.items():
+        torch.testing.assert_close(sharded[k], v, atol=1e-4, rtol=0)
+    moved = sum(int((sharded[k] != start[k]).sum()) for k in start) / sum(v.numel() for v in start.values())
+    assert 0.1 < moved <= runs["fsdp_cpu"]["saliency"]["weights_trained"] == pytest.approx(0.25, abs=1e-3)
 
 
 def test_resume_is_bit_for_bit(tiny_world, tmp_path):

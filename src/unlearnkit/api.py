@@ -22,7 +22,7 @@ from .data.templates import parse_template
 from .methods import get_method
 from .models.load import load_model, save_model
 from .sft import sft_loss
-from .train import TrainConfig, check_launch, config_dict, train
+from .train import TrainConfig, check_launch, config_dict, process_state, train
 from .unlearning import is_main, run_summary
 
 log = logging.getLogger("unlearnkit")
@@ -103,6 +103,7 @@ def finetune(data: str | os.PathLike, out: str | os.PathLike, *, model: str | No
             "train_stats": {"steps": res.steps, "seconds": res.seconds, "tokens": res.tokens},
             "versions": runinfo.versions(),
         })
+    process_state().wait_for_everyone()  # every process returns once the model is written
     return out
 
 

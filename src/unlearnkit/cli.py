@@ -182,6 +182,8 @@ def forget(model: str = typer.Option(..., help="Checkpoint dir or hub id of the 
                      calibration=assignments(calibration, "--calibration") or None,
                      benchmark=benchmark, split=split, template=template, system=system, zero_shot=zero_shot,
                      **_train_overrides(lr, steps, epochs, batch_size, saliency, sam))
+    if not api.is_main():  # launched on several processes: the main one reports, and evaluates
+        return
     console.print(api.run_summary(run), highlight=False)
     out_console.print(str(run))
     if eval:

@@ -30,19 +30,60 @@ if "LOCAL_RANK" in os.environ and not torch.cuda.is_available():
     os.environ.setdefault("ACCELERATE_USE_CPU", "true")
 
 
+def process_state():
+    """accelerate's `PartialState` as the loop's `Accelerator` will find it. Under torchrun on a
+    machine without GPUs that is gloo data parallelism (ACCELERATE_USE_CPU, set above); a bare
+    `PartialState()` there sets each process up alone, and an `Accelerator` built after it inherits
+    that: every process trains apart and writes the same files."""
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+
+
+def _sharded_on_cpu() -> bool:
+    """Launched with FSDP across processes on a machine without GPUs."""
+    from accelerate.utils import parse_flag_from_env
+
+    return (int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+            and parse_flag_from_env("ACCELERATE_USE_FSDP"))
+
+
 def check_launch() -> None:
-    """A one-line ValueError, before the model is loaded, for an FSDP or DeepSpeed launch on a machine
-    without GPUs. accelerate cannot shard on CPU: it sets each process up alone (each would train apart
-    and write the same output directory), and FSDP's memory-saving load fails first, with a
-    traceback. On CPU, DDP over gloo is what runs several processes (configs/accelerate/ddp_cpu.yaml)."""
+    """A one-line ValueError, before the model is loaded, for a sharded launch that cannot run on a
+    machine without GPUs: DeepSpeed (its CPU accelerator is another package), and FSDP version 1.
+    FSDP version 2 shards over gloo on CPU (`_accelerator`; configs/accelerate/fsdp_cpu.yaml)."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or torch.cuda.is_available():
         return
     from accelerate.utils import parse_flag_from_env
 
-    for name, flag in (("FSDP", "ACCELERATE_USE_FSDP"), ("DeepSpeed", "ACCELERATE_USE_DEEPSPEED")):
-        if parse_flag_from_env(flag):
-            raise ValueError(f"launched with {name}, which needs GPUs, and this machine has none: use "
-                             f"configs/accelerate/ddp_cpu.yaml on CPU (DDP over gloo)")
+    if parse_flag_from_env("ACCELERATE_USE_DEEPSPEED"):
+        raise ValueError("launched with DeepSpeed, which needs GPUs, and this machine has none: use "
+                         "configs/accelerate/fsdp_cpu.yaml (FSDP2) or configs/accelerate/ddp_cpu.yaml (DDP) on CPU")
+    if _sharded_on_cpu() and os.environ.get("FSDP_VERSION", "1") != "2":
+        raise ValueError(f"launched with FSDP version {os.environ.get('FSDP_VERSION', '1')}, which needs GPUs, and "
+                         f"this machine has none: set fsdp_version: 2 (configs/accelerate/fsdp_cpu.yaml)")
+
+
+def _accelerator(cfg: TrainConfig):
+    """The run's `Accelerator`. Under an FSDP launch without GPUs, FSDP2 over gloo: accelerate sets
+    FSDP up on accelerator devices only (on CPU each process would be plain data parallel, its
+    weights whole), while `fully_shard` itself shards on CPU, so the state is told it is FSDP, with
+    the plugin the launcher's FSDP_* settings describe. That is the path
+    tests/test_train.py::test_fsdp_two_cpu_processes runs."""
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    kw = dict(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=cfg.mixed_precision)
+    if not _sharded_on_cpu():
+        return Accelerator(**kw)
+    check_launch()
+    plugin = FullyShardedDataParallelPlugin()
+    acc = Accelerator(cpu=True, fsdp_plugin=plugin, **kw)
+    # both states, as accelerate's own FSDP set-up leaves them (a later AcceleratorState() copies PartialState's)
+    acc.state.distributed_type = process_state().distributed_type = DistributedType.FSDP
+    acc.state.fsdp_plugin = plugin
+    return acc
 
 
 @dataclass
@@ -115,8 +156,9 @@ class TrainResult:
     last_step: int                  # the global step the run ended at
     seconds: float
     tokens: int
-    full_state_dict: dict | None = None   # gathered weights under FSDP/ZeRO-3 (main process), else None
+    full_state_dict: dict | None = None   # gathered weights under FSDP/ZeRO-3 (main process; {} on the others), else None
     stop: Any = None                # the monitor's account of why and where the run stopped
+    processes: int = 1              # processes that trained it, each on its slice of every batch
 
 
 class Monitor(Protocol):
@@ -222,7 +264,18 @@ class Handle:
             self._wrapped.train(was)
 
     def _params(self):
+        self._reshard()
         return [(n, p) for n, p in self._wrapped.named_parameters() if p.requires_grad]
+
+    def _reshard(self) -> None:
+        """Under FSDP2, put every module's sharded weights back in place. After a forward with no
+        backward (a check's) the root module keeps its gathered weights, as plain tensors, in their
+        place: a copy taken then is not a shard, and one written there is lost at the next reshard."""
+        from torch.distributed.fsdp import FSDPModule
+
+        for m in self._wrapped.modules():
+            if isinstance(m, FSDPModule):
+                m.reshard()
 
     def snapshot(self) -> dict[str, torch.Tensor]:
         """A CPU copy of the trainable weights (this process's shard under FSDP)."""
@@ -247,9 +300,10 @@ class Handle:
 def train(model, loss_fn: Loss, streams: dict[str, list[Encoded]], cfg: TrainConfig, *, pad_id: int,
           ctx: dict | None = None, out_dir: str | Path | None = None, resume: bool = False,
           progress: bool = True, desc: str = "train", accelerator=None, stop: Callable[[int, dict], bool] | None = None,
-          monitor: Monitor | None = None) -> TrainResult:
+          monitor: Monitor | None = None, grad_masks: dict[str, torch.Tensor] | None = None) -> TrainResult:
     """Optimise `loss_fn(model, batch, ctx) -> (loss, logs)`; return a `TrainResult` holding the
-    (unwrapped, eval-mode) model.
+    (unwrapped, eval-mode) model. `grad_masks`: a 0/1 mask per weight of `model`, by name
+    (`unlearning.keep_salient`), multiplying its gradient after every backward pass.
 
     `streams` maps names ("forget", "retain", "train", ...) to encoded examples; each step draws one
     batch from every stream: `batch[name]` holds `input_ids`, `attention_mask`, `labels` and `index`
@@ -259,11 +313,10 @@ def train(model, loss_fn: Loss, streams: dict[str, list[Encoded]], cfg: TrainCon
     is asked before the first step and every `monitor.every` steps, and at the end restores the
     weights it keeps. A NaN or infinite loss raises `DivergedError`.
     """
-    from accelerate import Accelerator
     from accelerate.utils import DistributedType, set_seed
 
     check_launch()
-    acc = accelerator or Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=cfg.mixed_precision)
+    acc = accelerator or _accelerator(cfg)
     if cfg.sam and acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
         raise ValueError(f"--sam under {acc.distributed_type.value}: sharpness-aware steps move whole weights, which are "
                          f"sharded here; run it on one process or with DDP")
@@ -283,6 +336,7 @@ def train(model, loss_fn: Loss, streams: dict[str, list[Encoded]], cfg: TrainCon
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg, steps))
     acc.register_for_checkpointing(sched)
     model, opt = acc.prepare(_LossModule(model, loss_fn, ctx), opt)
+    masks = _sharded_masks(acc, model, grad_masks) if grad_masks else []
     model.train()
 
     out = Path(out_dir) if out_dir else None
@@ -317,9 +371,10 @@ def train(model, loss_fn: Loss, streams: dict[str, list[Encoded]], cfg: TrainCon
                 with acc.autocast():
                     loss, micro_logs, *forget = model(batch)
                 if cfg.sam:
-                    loss, micro_logs = _sharpness_aware_backward(acc, model, batch, forget, cfg.sam)
+                    loss, micro_logs = _sharpness_aware_backward(acc, model, batch, forget, cfg.sam, masks)
                 else:
                     acc.backward(loss)
+                _mask_grads(masks)
                 if acc.sync_gradients and cfg.max_grad_norm:
                     acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                 opt.step()
@@ -351,7 +406,7 @@ def train(model, loss_fn: Loss, streams: dict[str, list[Encoded]], cfg: TrainCon
     acc.wait_for_everyone()
     unwrapped, full = _trained_model(acc, model)
     return TrainResult(unwrapped, step - start, step, time.perf_counter() - t0, tokens * acc.num_processes, full,
-                       stop_info)
+                       stop_info, acc.num_processes)
 
 
 def _batch_at(streams: dict[str, list[Encoded]], schedules: dict, micro_step: int, acc,
@@ -372,30 +427,62 @@ def _batch_at(streams: dict[str, list[Encoded]], schedules: dict, micro_step: in
 def _trained_model(acc, model) -> tuple[Any, dict | None]:
     """(the unwrapped model in eval mode, its full state dict where the parameters are sharded across
     processes, else None). Gathering is a collective: every process calls it, and the main process
-    saves what it returns (`models.load.save_model(state_dict=...)`)."""
+    saves what it returns (`models.load.save_model(state_dict=...)`); the others get an empty dict,
+    which still says the weights are sharded."""
     from accelerate.utils import DistributedType
 
     full = None
     unwrapped = acc.unwrap_model(model).model
     if acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
         gathered = acc.get_state_dict(model)
-        full = {k.removeprefix("model."): v for k, v in gathered.items()} if gathered else None
+        full = {k.removeprefix("model."): v for k, v in (gathered or {}).items()}
     unwrapped.eval()
     return unwrapped, full
 
 
-def _sharpness_aware_backward(acc, model, batch, forget: list, radius: float) -> tuple[torch.Tensor, dict]:
+def _sharded_masks(acc, model, grad_masks: dict[str, torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(weight, mask) pairs for the prepared `model`, each mask on its weight's device and dtype and,
+    under FSDP2, sharded as the weight is (`distribute_tensor`: every process computed the same full
+    mask from the same starting weights). FSDP version 1 and DeepSpeed hold weights their own way: a
+    one-line ValueError."""
+    from accelerate.utils import DistributedType
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    if acc.distributed_type == DistributedType.DEEPSPEED or (acc.distributed_type == DistributedType.FSDP
+                                                              and not acc.state.is_fsdp2):
+        raise ValueError("--saliency with DeepSpeed or FSDP version 1: the masked gradients are not this loop's to "
+                         "touch there; use fsdp_version: 2 (configs/accelerate/fsdp.yaml), or --saliency 0")
+    params = dict(acc.unwrap_model(model).model.named_parameters())
+    out = []
+    for name, mask in grad_masks.items():
+        p = params[name]
+        m = mask.to(p.device, p.dtype)
+        out.append((p, distribute_tensor(m, p.device_mesh, p.placements) if isinstance(p, DTensor) else m))
+    return out
+
+
+def _mask_grads(masks: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """Zero the gradients of the weights a saliency mask keeps still (`train(grad_masks=...)`)."""
+    with torch.no_grad():
+        for p, m in masks:
+            if p.grad is not None:
+                p.grad.mul_(m)
+
+
+def _sharpness_aware_backward(acc, model, batch, forget: list, radius: float,
+                              masks: list | None = None) -> tuple[torch.Tensor, dict]:
     """Sharpness-aware unlearning (Fan et al. 2025, "Towards LLM unlearning resilient to relearning
     attacks: a sharpness-aware minimization perspective"): minimise the loss at the weights moved
     along the forget term's gradient, the direction in which the forget set comes back fastest (what
     a relearning attack follows), by `radius` x the trainable weights' norm (scale-free, like ASAM).
     The weights are put back and the optimiser steps with the gradient taken there, so the forget
     set stays forgotten in a neighbourhood of the result, not only at it. Two forward and backward
-    passes a step. The perturbation follows the gradient as it arrives: a saliency mask's zeros
-    (`unlearning.keep_salient`) keep the frozen weights where they are."""
+    passes a step. The perturbation follows the masked gradient: a saliency mask's zeros
+    (`masks`, `unlearning.keep_salient`) keep the frozen weights where they are."""
     if not forget:
         raise ValueError("--sam needs an unlearning loss that returns its forget term (loss, logs, forget)")
     acc.backward(forget[0])
+    _mask_grads(masks or [])
     params = [p for p in model.parameters() if p.grad is not None]
     with torch.no_grad():
         g = torch.sqrt(sum((p.grad.float() ** 2).sum() for p in params))

@@ -22,16 +22,14 @@ from .data.io import WorldData, check_overlap, load_world, require_split
 from .data.templates import parse_template
 from .methods import Context, get_method
 from .models.load import apply_lora, load_model, save_model
-from .train import TrainConfig, check_launch, config_dict, train
+from .train import TrainConfig, check_launch, config_dict, process_state, train
 
 log = logging.getLogger("unlearnkit")
 
 
 def is_main() -> bool:
     """Whether this process writes files (the main one under accelerate)."""
-    from accelerate import PartialState
-
-    return PartialState().is_main_process
+    return process_state().is_main_process
 
 
 BUDGET_KEYS = ("steps", "epochs")
@@ -108,34 +106,35 @@ def default_plan(method: str | None, settings, world: WorldData | None):
     return (HOLDOUT_METHOD if settings is not None and settings.reference == "holdout" else DEFAULT_METHOD), settings
 
 
-def keep_salient(model, examples, pad_id: int, fraction: float) -> float:
-    """Let only the `fraction` of weights most salient to the forget set train (SalUn, Fan et al.
-    2024): the magnitude of the forget NLL's gradient at the source weights, summed over the forget
-    set, one threshold across all weights; the others get zero gradient (a hook on each weight), so
-    neither Adam nor clipping moves them. Returns the fraction kept. Tested in one process;
-    FSDP's flat parameters would bypass the hooks."""
+def keep_salient(model, examples, pad_id: int, fraction: float) -> dict:
+    """The weights most salient to the forget set (SalUn, Fan et al. 2024): the magnitude of the
+    forget NLL's gradient at the source weights, summed over the forget set, one threshold across all
+    weights, keeping `fraction` of them. Returns a 0/1 mask per trainable weight (by name); `train`
+    multiplies each weight's gradient by its mask (`grad_masks`), so neither Adam nor clipping moves
+    the others, under FSDP too (each mask sharded like its weight)."""
     import torch
 
     from .methods.cache import device_batches
     from .scoring import answer_logprobs
 
-    weights = [p for p in model.parameters() if p.requires_grad]
-    total = [torch.zeros_like(p) for p in weights]
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    total = [torch.zeros_like(p) for _, p in named]
     for _, b in device_batches(model, examples, pad_id, max_tokens=4096, max_rows=64):  # with grad: smaller batches
         out = answer_logprobs(model, b["input_ids"], b["attention_mask"], b["labels"])
-        for acc, g in zip(total, torch.autograd.grad(-out["logprobs"].sum(), weights, allow_unused=True)):
+        grads = torch.autograd.grad(-out["logprobs"].sum(), [p for _, p in named], allow_unused=True)
+        for acc, g in zip(total, grads):
             if g is not None:
                 acc += g
     size = [t.abs().flatten() for t in total]
     flat = torch.cat(size)
     k = max(1, round(fraction * flat.numel()))
     threshold = flat.kthvalue(flat.numel() - k + 1).values
-    kept = 0
-    for p, mag in zip(weights, size):
-        mask = (mag >= threshold).view_as(p).to(p.dtype)
-        kept += int(mask.sum())
-        p.register_hook(lambda grad, mask=mask: grad * mask)
-    return kept / flat.numel()
+    return {n: (mag >= threshold).view_as(p).to(p.dtype) for (n, p), mag in zip(named, size)}
+
+
+def _kept_share(masks: dict) -> float:
+    """The share of the masked weights that train."""
+    return sum(float(m.sum()) for m in masks.values()) / max(1, sum(m.numel() for m in masks.values()))
 
 
 def forget(model: str | os.PathLike, data: str | os.PathLike, method: str | None, out: str | os.PathLike, *, seed: int = 0,
@@ -226,19 +225,20 @@ def forget(model: str | os.PathLike, data: str | os.PathLike, method: str | None
     _open_run_dir(out, config, resume)
     timer = runinfo.Timer()
     with timer("prepare"):
-        kept = keep_salient(net, streams["forget"], tok.pad_token_id, cfg.saliency) if cfg.saliency else None
+        masks = keep_salient(net, streams["forget"], tok.pad_token_id, cfg.saliency) if cfg.saliency else None
         if m.prepare is not None:
             ctx.cache = m.prepare(net, streams, ctx)
     with timer("train"):
         res = train(net, m.loss, streams, cfg, pad_id=tok.pad_token_id, ctx=ctx, out_dir=out, resume=resume,
-                    progress=progress, desc=method, monitor=monitor)
+                    progress=progress, desc=method, monitor=monitor, grad_masks=masks)
     first = res
     if calibrated:
         with timer("repair"):
-            res = _repair(res, w, m, streams, cfg, ctx, tok, tpl, settings, seed, out, progress, method)
+            res = _repair(res, w, m, streams, cfg, ctx, tok, tpl, settings, seed, out, progress, method, masks)
     if is_main():
         _write_outputs(out, res, first, tok, lora=lora, merge=merge, seconds=timer.seconds, method=method,
-                       saliency={"fraction": cfg.saliency, "weights_trained": kept} if cfg.saliency else None)
+                       saliency={"fraction": cfg.saliency, "weights_trained": _kept_share(masks)} if masks else None)
+    process_state().wait_for_everyone()  # every process returns once the outputs are written
     return out
 
 
@@ -271,7 +271,8 @@ def _write_outputs(out: Path, res, first, tok, *, lora: bool, merge: bool, secon
         runinfo.write_json(out / "calibration.json", stop)
     runinfo.write_json(out / "train.json", {
         "seconds": seconds, "train_stats": {"steps": first.steps, "last_step": first.last_step,
-                                            "seconds": first.seconds, "tokens": first.tokens},
+                                            "seconds": first.seconds, "tokens": first.tokens,
+                                            "processes": first.processes},
         "stop": {k: v for k, v in stop.items() if k != "history"} if stop else {"reason": "budget"},
         **({"saliency": saliency} if saliency else {}),
         "summary": f"{method}, " + (res.stop.summary() if res.stop else f"fixed budget: {res.last_step} steps")})
@@ -290,7 +291,7 @@ def _strangers(w: WorldData, seed: int) -> dict[str, list[str]]:
 
 
 def _repair(res, w: WorldData, m, streams: dict, cfg: TrainConfig, ctx: Context, tok, tpl, settings, seed: int,
-            out: Path, progress: bool, method: str):
+            out: Path, progress: bool, method: str, masks: dict | None = None):
     """At most `settings.repair_rounds` repair rounds after a calibrated run. One learning rate moves
     the whole forget set, and the run stops when the set as a whole matches its twins; a few facts
     still near certainty have barely moved by then. A round takes the forget records the kept
@@ -299,8 +300,8 @@ def _repair(res, w: WorldData, m, streams: dict, cfg: TrainConfig, ctx: Context,
     same retain data, at the method's own settings, and with a floor that keeps the rounds together
     at `settings.floor` x the run's start. It stops when nothing is left, or after a round that
     left every record it took (another would not do better); a round that left others (answers it
-    brought back: a request home's batch) is followed by one on those. A saliency mask of the first
-    round stays. Each round's log and stop go to `out/repair-K/`; the last round's kept weights are
+    brought back: a request home's batch) is followed by one on those. The run's saliency mask
+    (`masks`) holds in every round. Each round's log and stop go to `out/repair-K/`; the last round's kept weights are
     the result, and the first round's `StopInfo` lists what survived it (`survivors`) and the rounds
     (`repairs`). Sharded weights (FSDP, ZeRO-3) cannot generate outside the training wrapper: no
     round, and the log says so."""
@@ -331,7 +332,7 @@ def _repair(res, w: WorldData, m, streams: dict, cfg: TrainConfig, ctx: Context,
             ctx.cache = m.prepare(res.model, sk, ctx)
         res = train(res.model, m.loss, sk, replace(cfg, steps=monitor.budget, save_every=0), pad_id=tok.pad_token_id,
                     ctx=ctx, out_dir=out / f"repair-{k}" if is_main() else None, progress=progress,
-                    desc=f"{method} repair {k}", monitor=monitor)
+                    desc=f"{method} repair {k}", monitor=monitor, grad_masks=masks)
         st = res.stop
         kept *= st.kept.get("utility") or 1.0
         given = Answers.generate(res.model, tok, w, settings, seed, tpl)

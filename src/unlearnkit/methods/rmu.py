@@ -97,8 +97,12 @@ def _frozen_hidden(model, batch, c: RMUCache):
 
 def with_every_trainable(total: torch.Tensor, model) -> torch.Tensor:
     """`total` plus zero times one entry of every trainable tensor, so that DDP's reducer also sees
-    the tensors after the steered layer (LoRA), which the loss itself never reaches."""
-    return total + 0.0 * sum(w.view(-1)[0] for w in model.parameters() if w.requires_grad)
+    the tensors after the steered layer (LoRA), which the loss itself never reaches. Under FSDP2 the
+    weights of the layers not run are still sharded (DTensors) and are left out: FSDP reduces each
+    layer's gradients after its own backward, and a layer that never ran has none on any process."""
+    from torch.distributed.tensor import DTensor
+
+    return total + 0.0 * sum(w.view(-1)[0] for w in model.parameters() if w.requires_grad and not isinstance(w, DTensor))
 
 
 def masked_mse(h, target, mask):
