@@ -70,14 +70,13 @@ def _accelerator(cfg: TrainConfig):
     FSDP up on accelerator devices only (on CPU each process would be plain data parallel, its
     weights whole), while `fully_shard` itself shards on CPU, so the state is told it is FSDP, with
     the plugin the launcher's FSDP_* settings describe. That is the path
-    tests/test_train.py::test_fsdp_two_cpu_processes runs."""
+    tests/test_train.py::test_fsdp_two_cpu_processes_train_as_ddp_does runs."""
     from accelerate import Accelerator
     from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 
     kw = dict(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=cfg.mixed_precision)
     if not _sharded_on_cpu():
         return Accelerator(**kw)
-    check_launch()
     plugin = FullyShardedDataParallelPlugin()
     acc = Accelerator(cpu=True, fsdp_plugin=plugin, **kw)
     # both states, as accelerate's own FSDP set-up leaves them (a later AcceleratorState() copies PartialState's)
@@ -302,7 +301,7 @@ def train(model, loss_fn: Loss, streams: dict[str, list[Encoded]], cfg: TrainCon
           progress: bool = True, desc: str = "train", accelerator=None, stop: Callable[[int, dict], bool] | None = None,
           monitor: Monitor | None = None, grad_masks: dict[str, torch.Tensor] | None = None) -> TrainResult:
     """Optimise `loss_fn(model, batch, ctx) -> (loss, logs)`; return a `TrainResult` holding the
-    (unwrapped, eval-mode) model. `grad_masks`: a 0/1 mask per weight of `model`, by name
+    (unwrapped, eval-mode) model. `grad_masks`: a boolean mask per weight of `model`, by name
     (`unlearning.keep_salient`), multiplying its gradient after every backward pass.
 
     `streams` maps names ("forget", "retain", "train", ...) to encoded examples; each step draws one

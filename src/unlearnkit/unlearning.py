@@ -109,7 +109,7 @@ def default_plan(method: str | None, settings, world: WorldData | None):
 def keep_salient(model, examples, pad_id: int, fraction: float) -> dict:
     """The weights most salient to the forget set (SalUn, Fan et al. 2024): the magnitude of the
     forget NLL's gradient at the source weights, summed over the forget set, one threshold across all
-    weights, keeping `fraction` of them. Returns a 0/1 mask per trainable weight (by name); `train`
+    weights, keeping `fraction` of them. Returns a boolean mask per trainable weight (by name); `train`
     multiplies each weight's gradient by its mask (`grad_masks`), so neither Adam nor clipping moves
     the others, under FSDP too (each mask sharded like its weight)."""
     import torch
@@ -129,12 +129,12 @@ def keep_salient(model, examples, pad_id: int, fraction: float) -> dict:
     flat = torch.cat(size)
     k = max(1, round(fraction * flat.numel()))
     threshold = flat.kthvalue(flat.numel() - k + 1).values
-    return {n: (mag >= threshold).view_as(p).to(p.dtype) for (n, p), mag in zip(named, size)}
+    return {n: (mag >= threshold).view_as(p) for (n, p), mag in zip(named, size)}
 
 
 def _kept_share(masks: dict) -> float:
     """The share of the masked weights that train."""
-    return sum(float(m.sum()) for m in masks.values()) / max(1, sum(m.numel() for m in masks.values()))
+    return sum(int(m.sum()) for m in masks.values()) / max(1, sum(m.numel() for m in masks.values()))
 
 
 def forget(model: str | os.PathLike, data: str | os.PathLike, method: str | None, out: str | os.PathLike, *, seed: int = 0,
