@@ -147,6 +147,25 @@ def test_fsdp_two_cpu_processes_train_as_ddp_does(tiny_world, tmp_path):
     assert 0.1 < moved <= runs["fsdp_cpu"]["saliency"]["weights_trained"] == pytest.approx(0.25, abs=1e-3)
 
 
+def test_finetune_on_two_cpu_processes_fsdp_as_ddp(tiny_world, tmp_path):
+    """`unlearn finetune` launched with FSDP2 and with DDP on 2 CPU processes: both train on 2
+    processes (`unlearnkit.json` says so), the main process alone prints the checkpoint, and the
+    gathered weights equal the replicated ones."""
+    from safetensors.torch import load_file
+
+    for name in ("fsdp_cpu", "ddp_cpu"):
+        out = tmp_path / name
+        r = _launch(ROOT / "configs/accelerate" / f"{name}.yaml",
+                    ["finetune", "--model", str(tiny_world.subject_dir), "--data", str(tiny_world.data_dir), "--steps",
+                     "3", "--out", str(out)])
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert r.stdout.replace("\n", "").count(name) == 1
+        assert json.loads((out / "unlearnkit.json").read_text())["train_stats"]["processes"] == 2
+    sharded, replicated = (load_file(tmp_path / k / "model.safetensors") for k in ("fsdp_cpu", "ddp_cpu"))
+    for k, v in replicated.items():
+        torch.testing.assert_close(sharded[k], v, atol=1e-5, rtol=0)
+
+
 def test_resume_is_bit_for_bit(tiny_world, tmp_path):
     """Stopped at a checkpoint and resumed, a run ends with exactly the uninterrupted run's weights."""
     full = _run(tiny_world, tmp_path / "full")

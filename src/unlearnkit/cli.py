@@ -135,7 +135,8 @@ def finetune(data: Path = typer.Option(..., help="World directory (JSONL splits)
 
     path = api.finetune(data, out, model=model, without_forget=without_forget, seed=seed, size=size,
                         template=template, system=system, **_train_overrides(lr, steps, epochs, batch_size))
-    out_console.print(str(path))
+    if api.is_main():  # launched on several processes: the main one reports
+        out_console.print(str(path))
 
 
 @app.command()
