@@ -41,19 +41,23 @@ def process_state():
     return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
 
 
+def _processes_on_cpu() -> bool:
+    """Launched across processes on a machine without GPUs."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+
+
 def _sharded_on_cpu() -> bool:
     """Launched with FSDP across processes on a machine without GPUs."""
     from accelerate.utils import parse_flag_from_env
 
-    return (int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
-            and parse_flag_from_env("ACCELERATE_USE_FSDP"))
+    return _processes_on_cpu() and parse_flag_from_env("ACCELERATE_USE_FSDP")
 
 
 def check_launch() -> None:
     """A one-line ValueError, before the model is loaded, for a sharded launch that cannot run on a
     machine without GPUs: DeepSpeed (its CPU accelerator is another package), and FSDP version 1.
     FSDP version 2 shards over gloo on CPU (`_accelerator`; configs/accelerate/fsdp_cpu.yaml)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or torch.cuda.is_available():
+    if not _processes_on_cpu():
         return
     from accelerate.utils import parse_flag_from_env
 

@@ -42,10 +42,13 @@ class Calibrator:
             docs = {k: encode_pairs(tokenizer, [""] * len(d), [x.text for x in d], subjects=[x.subject for x in d])
                     for k, d in (("forget_docs", world.forget_docs), ("holdout_docs", world.holdout_docs))}
             self.n.update({k: len(v) for k, v in docs.items()})
+        # which answers a split's records are encoded with (`_utility_encoding`): (the true one, the
+        # paraphrased and perturbed ones); a truth ratio reads only the latter, utility="answers" only the former
+        parts = lambda k: (k not in TRUTH_SPLITS, k in TRUTH_SPLITS or s.utility == "tofu")  # noqa: E731
         self._enc = {"forget": encode_records(tokenizer, forget, template),
                      "reference": encode_records(tokenizer, ref, template),
                      # scored whole: their names are part of what must be kept
-                     **{k: _utility_encoding(tokenizer, v, template, others=s.utility == "tofu") for k, v in keep.items()},
+                     **{k: _utility_encoding(tokenizer, v, template, *parts(k)) for k, v in keep.items()},
                      **docs}
         # the truth ratios' records: forget and reference records with paraphrased and perturbed answers
         keep.update({f"{k}_tr": [r for r in v if r.perturbed_answers]
@@ -57,10 +60,9 @@ class Calibrator:
         at = {id(r): i for i, r in enumerate(keep["forget_tr"])}
         self._twin_of, keep["twin_tr"] = [at[id(named[i])] for i in pick], [tw[i] for i in pick]
         self.n.update({k: len(keep[k]) for k in TRUTH_SPLITS})
-        self._enc.update({k: _utility_encoding(tokenizer, keep[k], template, true=False) for k in TRUTH_SPLITS})
+        self._enc.update({k: _utility_encoding(tokenizer, keep[k], template, *parts(k)) for k in TRUTH_SPLITS})
         self._layout = {k: [len(r.perturbed_answers) for r in v] for k, v in keep.items()}
-        # which answers each split's records were encoded with (`_utility_encoding`): (true, the others)
-        self._parts = {k: (k not in TRUTH_SPLITS, k in TRUTH_SPLITS or s.utility == "tofu") for k in keep}
+        self._parts = {k: parts(k) for k in keep}
         self.truth: dict[str, dict | None] = {}  # `truth_ratios` at the start and at the kept weights
         self.pad_id = tokenizer.pad_token_id
         # a repair round's answers at its start: its own records are generated again at the checks
