@@ -122,7 +122,9 @@ def test_fsdp_two_cpu_processes_train_as_ddp_does(tiny_world, tmp_path):
     run is the replicated one, check for check. Its checks snapshot and restore sharded weights
     (the run backtracks), and Twin RMU, the default where there is a holdout split, trains the
     salient quarter of the weights: under FSDP each mask is sharded like its weight, so the rest
-    stay put. (No repair round: it needs whole weights, and is skipped under FSDP.)"""
+    stay put. Its repair round starts from the gathered weights, whole in every process, and trains
+    them sharded again: the same round as DDP's (the floor at 0.9x leaves the round room to keep
+    weights of its own)."""
     from safetensors.torch import load_file
 
     runs = {}
@@ -130,7 +132,7 @@ def test_fsdp_two_cpu_processes_train_as_ddp_does(tiny_world, tmp_path):
         out = tmp_path / name
         r = _launch(ROOT / "configs/accelerate" / f"{name}.yaml",
                     ["forget", "--model", str(tiny_world.subject_dir), "--data", str(tiny_world.data_dir),
-                     "--calibration", "repair_rounds=0", "--out", str(out)])
+                     "--calibration", "floor=0.9", "--out", str(out)])
         assert r.returncode == 0, r.stderr[-3000:]
         assert r.stderr.count("twin_rmu, stopped") == 1  # the main process reports; the other waits for it
         runs[name] = json.loads((out / "train.json").read_text())
@@ -139,6 +141,10 @@ def test_fsdp_two_cpu_processes_train_as_ddp_does(tiny_world, tmp_path):
     assert fsdp["backtracks"] == ddp["backtracks"] > 0
     assert (fsdp["reason"], fsdp["stopped_at"], fsdp["kept_step"]) == (ddp["reason"], ddp["stopped_at"], ddp["kept_step"])
     assert fsdp["kept"]["auc"] == pytest.approx(ddp["kept"]["auc"], abs=0.01)
+    rounds = lambda stop: [(r["records"], r["reason"], r["stopped_at"], r["kept_step"], r["left"])  # noqa: E731
+                           for r in stop["repairs"]]
+    assert rounds(fsdp) == rounds(ddp) and rounds(fsdp)[0][3] > 0  # a round that trained and kept its weights
+    assert not (tmp_path / "fsdp_cpu" / ".whole").exists()
     start = load_file(tiny_world.subject_dir / "model.safetensors")
     sharded, replicated = (load_file(tmp_path / k / "model" / "model.safetensors") for k in ("fsdp_cpu", "ddp_cpu"))
     for k, v in replicated.items():

@@ -303,17 +303,19 @@ def _repair(res, w: WorldData, m, streams: dict, cfg: TrainConfig, ctx: Context,
     brought back: a request home's batch) is followed by one on those. The run's saliency mask
     (`masks`) holds in every round. Each round's log and stop go to `out/repair-K/`; the last round's kept weights are
     the result, and the first round's `StopInfo` lists what survived it (`survivors`) and the rounds
-    (`repairs`). Sharded weights (FSDP, ZeRO-3) cannot generate outside the training wrapper: no
-    round, and the log says so."""
+    (`repairs`). Sharded weights (FSDP, ZeRO-3) cannot generate outside the training wrapper: each
+    round starts from them whole (`_whole`), and its `train` shards them again; under LoRA they are
+    not rebuilt, and the log says the rounds were skipped."""
     from dataclasses import replace
 
     from .calibrate import Answers, Calibrator
 
     first, kept = res.stop, res.stop.kept.get("utility") or 1.0
-    if res.full_state_dict is not None:
-        log.warning("repair rounds skipped: the weights are sharded across processes")
+    if res.full_state_dict is not None and hasattr(res.model, "peft_config"):
+        log.warning("repair rounds skipped: the adapter's weights are sharded across processes")
         return res
-    given = Answers.generate(res.model, tok, w, settings, seed, tpl)
+    net = _whole(res, tok, out / ".whole", m, ctx)
+    given = Answers.generate(net, tok, w, settings, seed, tpl)
     first.survivors = ids = given.survivors(settings)
     by_id = {r.id: r for r in w.forget}
     for k in range(1, settings.repair_rounds + 1):
@@ -329,13 +331,14 @@ def _repair(res, w: WorldData, m, streams: dict, cfg: TrainConfig, ctx: Context,
                              forget_stream_len=len(sk["forget"]), batch_size=cfg.batch_size, template=tpl, forget=recs,
                              answers=given if settings.repair_stop == "answers" else None)
         if m.prepare is not None:  # a method's reference (NPO's) is the round's start
-            ctx.cache = m.prepare(res.model, sk, ctx)
-        res = train(res.model, m.loss, sk, replace(cfg, steps=monitor.budget, save_every=0), pad_id=tok.pad_token_id,
+            ctx.cache = m.prepare(net, sk, ctx)
+        res = train(net, m.loss, sk, replace(cfg, steps=monitor.budget, save_every=0), pad_id=tok.pad_token_id,
                     ctx=ctx, out_dir=out / f"repair-{k}" if is_main() else None, progress=progress,
                     desc=f"{method} repair {k}", monitor=monitor, grad_masks=masks)
         st = res.stop
         kept *= st.kept.get("utility") or 1.0
-        given = Answers.generate(res.model, tok, w, settings, seed, tpl)
+        net = _whole(res, tok, out / ".whole", m, ctx)
+        given = Answers.generate(net, tok, w, settings, seed, tpl)
         st.survivors = left = given.survivors(settings)
         first.repairs.append({"records": len(recs), "reason": st.reason, "stopped_at": st.stopped_at,
                               "kept_step": st.kept_step, "utility": st.kept.get("utility"), "left": len(left),
@@ -345,6 +348,27 @@ def _repair(res, w: WorldData, m, streams: dict, cfg: TrainConfig, ctx: Context,
         ids = left
     res.stop = first
     return res
+
+
+def _whole(res, tok, tmp: Path, m, ctx):
+    """`res`'s weights as one model in every process, to generate with and to train again:
+    `res.model` itself, or, where they are sharded across processes (`res.full_state_dict`), the
+    gathered weights, written once by the main process to `tmp` and read back by each (every process
+    then holds the whole model between rounds, as the main one does to save it), with the method's
+    frozen weights frozen again (`trainable`)."""
+    if res.full_state_dict is None:
+        return res.model
+    state = process_state()
+    if state.is_main_process:
+        save_model(res.model, tok, tmp, state_dict=res.full_state_dict)
+    state.wait_for_everyone()
+    net, _ = load_model(tmp)
+    state.wait_for_everyone()  # every process has read it
+    if state.is_main_process:
+        shutil.rmtree(tmp)
+    if m.trainable is not None:
+        m.trainable(net, ctx.params)
+    return net
 
 
 def run_summary(run: str | os.PathLike) -> str:
