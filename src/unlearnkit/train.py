@@ -320,9 +320,10 @@ def train(model, loss_fn: Loss, streams: dict[str, list[Encoded]], cfg: TrainCon
 
     check_launch()
     acc = accelerator or _accelerator(cfg)
-    if cfg.sam and acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
-        raise ValueError(f"--sam under {acc.distributed_type.value}: sharpness-aware steps move whole weights, which are "
-                         f"sharded here; run it on one process or with DDP")
+    if cfg.sam and (acc.distributed_type == DistributedType.DEEPSPEED
+                    or acc.distributed_type == DistributedType.FSDP and not acc.state.is_fsdp2):
+        raise ValueError(f"--sam under {acc.distributed_type.value}: sharpness-aware steps move the weights, which are "
+                         f"not this loop's to move there; use fsdp_version: 2, DDP or one process")
     set_seed(cfg.seed)
     names = list(streams)
     for name in names:
@@ -481,16 +482,20 @@ def _sharpness_aware_backward(acc, model, batch, forget: list, radius: float,
     The weights are put back and the optimiser steps with the gradient taken there, so the forget
     set stays forgotten in a neighbourhood of the result, not only at it. Two forward and backward
     passes a step. The perturbation follows the masked gradient: a saliency mask's zeros
-    (`masks`, `unlearning.keep_salient`) keep the frozen weights where they are."""
+    (`masks`, `unlearning.keep_salient`) keep the frozen weights where they are. Under FSDP2 each
+    process moves its own shards, by the norms summed over every process's shards."""
     if not forget:
         raise ValueError("--sam needs an unlearning loss that returns its forget term (loss, logs, forget)")
     acc.backward(forget[0])
     _mask_grads(masks or [])
     params = [p for p in model.parameters() if p.grad is not None]
     with torch.no_grad():
-        g = torch.sqrt(sum((p.grad.float() ** 2).sum() for p in params))
-        w = torch.sqrt(sum((p.float() ** 2).sum() for p in params))
-        scale = radius * w / g.clamp_min(1e-12)
+        norms = torch.stack([sum((_local(p.grad).float() ** 2).sum() for p in params),
+                             sum((_local(p).float() ** 2).sum() for p in params)])
+        if any(_local(p) is not p for p in params):  # FSDP2: each process holds one shard of every weight
+            torch.distributed.all_reduce(norms)
+        g, w = norms.sqrt()
+        scale = float(radius * w / g.clamp_min(1e-12))  # a number: DTensors multiply by numbers, not tensors
         moves = [p.grad * scale for p in params]
         for p, e in zip(params, moves):
             p.add_(e)
@@ -503,6 +508,14 @@ def _sharpness_aware_backward(acc, model, batch, forget: list, radius: float,
         for p, e in zip(params, moves):
             p.sub_(e)
     return loss, logs
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """A sharded weight's (or gradient's) own shard (`DTensor.to_local`, FSDP2, where every weight is
+    sharded along its first dimension), else the tensor itself."""
+    from torch.distributed.tensor import DTensor
+
+    return t.to_local() if isinstance(t, DTensor) else t
 
 
 def _save_checkpoint(acc, out: Path, step: int, monitor: Monitor | None = None) -> None:
