@@ -173,6 +173,21 @@ def test_sharpness_aware_steps_under_fsdp_as_under_ddp(tiny_world, tmp_path):
         torch.testing.assert_close(sharded[k], v, atol=1e-4, rtol=0)
 
 
+def test_launchers_mixed_precision_reaches_the_loop(tiny_world, tmp_path):
+    """`accelerate launch --mixed_precision bf16` sets ACCELERATE_MIXED_PRECISION; the loop takes it
+    (until session 32 it passed its own "no", which overrode the launcher's) and records what ran."""
+    env = {**os.environ, "ACCELERATE_MIXED_PRECISION": "bf16", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    runs = {}
+    for name, env_ in (("bf16", env), ("no", {k: v for k, v in env.items() if k != "ACCELERATE_MIXED_PRECISION"})):
+        r = subprocess.run([str(Path(sys.executable).with_name("unlearn")), "forget", "--model",
+                            str(tiny_world.subject_dir), "--data", str(tiny_world.data_dir), "--method", "simnpo",
+                            "--steps", "2", "--out", str(tmp_path / name)], env=env_, capture_output=True, text=True,
+                           timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+        runs[name] = json.loads((tmp_path / name / "train.json").read_text())["train_stats"]["mixed_precision"]
+    assert runs == {"bf16": "bf16", "no": "no"}
+
+
 def test_finetune_on_two_cpu_processes_fsdp_as_ddp(tiny_world, tmp_path):
     """`unlearn finetune` launched with FSDP2 and with DDP on 2 CPU processes: both train on 2
     processes (`unlearnkit.json` says so), the main process alone prints the checkpoint, and the

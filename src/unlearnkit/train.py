@@ -107,7 +107,7 @@ class TrainConfig:
     seed: int = 0
     save_every: int = 0             # checkpoint every N steps (0: never)
     log_every: int = 10
-    mixed_precision: str = "no"     # no | bf16 | fp16
+    mixed_precision: str | None = None  # no | bf16 | fp16; None: the launcher's (`accelerate launch --mixed_precision`), else no
     group_by_length: bool = False   # batch similar lengths together (less padding; changes which examples meet)
     extra: dict = field(default_factory=dict)
 
@@ -143,7 +143,7 @@ class TrainConfig:
             bad("sam", "sharpness-aware steps take the gradient twice per step; use --grad-accum 1")
         if self.saliency and self.weight_decay:
             bad("saliency", "with weight_decay > 0 the weights it keeps fixed would still shrink: drop one of them")
-        if self.mixed_precision not in ("no", "bf16", "fp16"):
+        if self.mixed_precision not in (None, "no", "bf16", "fp16"):
             bad("mixed_precision", "choose one of no, bf16, fp16")
 
 
@@ -162,6 +162,7 @@ class TrainResult:
     full_state_dict: dict | None = None   # gathered weights under FSDP/ZeRO-3 (main process; {} on the others), else None
     stop: Any = None                # the monitor's account of why and where the run stopped
     processes: int = 1              # processes that trained it, each on its slice of every batch
+    mixed_precision: str = "no"     # what the forward passes ran in: no (the weights' dtype), bf16, fp16
 
 
 class Monitor(Protocol):
@@ -410,7 +411,7 @@ def train(model, loss_fn: Loss, streams: dict[str, list[Encoded]], cfg: TrainCon
     acc.wait_for_everyone()
     unwrapped, full = _trained_model(acc, model)
     return TrainResult(unwrapped, step - start, step, time.perf_counter() - t0, tokens * acc.num_processes, full,
-                       stop_info, acc.num_processes)
+                       stop_info, acc.num_processes, str(acc.mixed_precision))
 
 
 def _batch_at(streams: dict[str, list[Encoded]], schedules: dict, micro_step: int, acc,
