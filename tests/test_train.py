@@ -173,6 +173,27 @@ def test_sharpness_aware_steps_under_fsdp_as_under_ddp(tiny_world, tmp_path):
         torch.testing.assert_close(sharded[k], v, atol=1e-4, rtol=0)
 
 
+def test_lora_merged_under_fsdp_as_under_ddp(tiny_world, tmp_path):
+    """`--lora --merge` under FSDP2: the adapter is trained sharded, and the merge is made on a whole
+    copy holding the gathered weights (the sharded ones take no plain tensors: until session 32 the
+    save failed there), equal to DDP's."""
+    from safetensors.torch import load_file
+
+    for name in ("fsdp_cpu", "ddp_cpu"):
+        r = _launch(ROOT / "configs/accelerate" / f"{name}.yaml",
+                    ["forget", "--model", str(tiny_world.subject_dir), "--data", str(tiny_world.data_dir), "--method",
+                     "npo", "--steps", "3", "--lora", "--merge", "--out", str(tmp_path / name)])
+        assert r.returncode == 0, r.stderr[-3000:]
+    start = load_file(tiny_world.subject_dir / "model.safetensors")
+    for f in ("model/model.safetensors", "adapter/adapter_model.safetensors"):
+        sharded, replicated = (load_file(tmp_path / k / f) for k in ("fsdp_cpu", "ddp_cpu"))
+        assert sharded.keys() == replicated.keys()
+        for k, v in replicated.items():
+            torch.testing.assert_close(sharded[k], v, atol=1e-5, rtol=0)
+    merged = load_file(tmp_path / "fsdp_cpu" / "model" / "model.safetensors")
+    assert any(not torch.equal(start[k], merged[k]) for k in start)  # the merged adapter moved the weights
+
+
 def test_launchers_mixed_precision_reaches_the_loop(tiny_world, tmp_path):
     """`accelerate launch --mixed_precision bf16` sets ACCELERATE_MIXED_PRECISION; the loop takes it
     (until session 32 it passed its own "no", which overrode the launcher's) and records what ran."""

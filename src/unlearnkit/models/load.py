@@ -210,8 +210,7 @@ def save_model(model, tokenizer, out: str | os.PathLike, merge: bool = False, st
     the local shards `model` holds."""
     if merge and hasattr(model, "merge_and_unload"):
         if state_dict is not None:
-            model.load_state_dict(state_dict)
-            state_dict = None
+            model, state_dict = _whole_adapter_model(model, state_dict), None
         model = model.merge_and_unload()
     with atomic_dir(out) as tmp:
         model.save_pretrained(tmp, safe_serialization=True, **({"state_dict": state_dict} if state_dict is not None else {}))
@@ -219,6 +218,20 @@ def save_model(model, tokenizer, out: str | os.PathLike, merge: bool = False, st
         if (tmp / "adapter_config.json").is_file():
             _record_absolute_base(tmp / "adapter_config.json")
     return Path(out)
+
+
+def _whole_adapter_model(model, state_dict: dict):
+    """A fresh copy of the peft `model` holding `state_dict`, the weights gathered from sharded
+    training: merging needs whole weights, and the sharded ones (FSDP2's DTensors) take no plain
+    tensors."""
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = model.get_base_model()
+    fresh = AutoModelForCausalLM.from_config(base.config, torch_dtype=next(iter(state_dict.values())).dtype)
+    fresh = get_peft_model(fresh, model.peft_config[model.active_adapter])
+    fresh.load_state_dict(state_dict)
+    return fresh
 
 
 def _record_absolute_base(cfg_path: Path) -> None:
