@@ -90,13 +90,13 @@ def test_ddp_two_cpu_processes(tiny_world, tmp_path, method, sam):
     assert ranks[0]["after"] != ranks[0]["before"]     # and applied
 
 
-def _launch(config: Path, args: list[str], module: bool = True) -> subprocess.CompletedProcess:
+def _launch(config: Path, args: list[str], module: bool = True, **env_) -> subprocess.CompletedProcess:
     """`accelerate launch` of `unlearnkit.cli` (or, with `module` false, of a script) with `args`, on a
     free port: the tests run side by side, and two launches on torchrun's default port collide."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **env_}
     cmd = [str(Path(sys.executable).with_name("accelerate")), "launch", "--config_file", str(config),
            "--main_process_port", str(port), *(["-m", "unlearnkit.cli"] if module else []), *args]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
@@ -132,11 +132,11 @@ def test_fsdp_two_cpu_processes_train_as_ddp_does(tiny_world, tmp_path):
     from safetensors.torch import load_file
 
     runs = {}
+    args = ["forget", "--model", str(tiny_world.subject_dir), "--data", str(tiny_world.data_dir), "--calibration",
+            "floor=0.9"]
     for name in ("fsdp_cpu", "ddp_cpu"):
         out = tmp_path / name
-        r = _launch(ROOT / "configs/accelerate" / f"{name}.yaml",
-                    ["forget", "--model", str(tiny_world.subject_dir), "--data", str(tiny_world.data_dir),
-                     "--calibration", "floor=0.9", "--out", str(out)])
+        r = _launch(ROOT / "configs/accelerate" / f"{name}.yaml", [*args, "--out", str(out)])
         assert r.returncode == 0, r.stderr[-3000:]
         assert r.stderr.count("twin_rmu, stopped") == 1  # the main process reports; the other waits for it
         runs[name] = json.loads((out / "train.json").read_text())
@@ -155,6 +155,16 @@ def test_fsdp_two_cpu_processes_train_as_ddp_does(tiny_world, tmp_path):
         torch.testing.assert_close(sharded[k], v, atol=1e-4, rtol=0)
     moved = sum(int((sharded[k] != start[k]).sum()) for k in start) / sum(v.numel() for v in start.values())
     assert 0.1 < moved <= runs["fsdp_cpu"]["saliency"]["weights_trained"] == pytest.approx(0.25, abs=1e-3)
+
+    # killed right after its checkpoint at step 10, then resumed: the uninterrupted run's weights, to
+    # the bit (each process restores its own shards of the checkpoint's snapshots)
+    cut = [*args, "--save-every", "10", "--out", str(tmp_path / "cut")]
+    r = _launch(ROOT / "configs/accelerate/fsdp_cpu.yaml", cut, UNLEARNKIT_KILL_AT="checkpoint-10")
+    assert r.returncode != 0 and (tmp_path / "cut/checkpoints/step-10").is_dir()
+    r = _launch(ROOT / "configs/accelerate/fsdp_cpu.yaml", [*cut, "--resume"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    resumed = load_file(tmp_path / "cut" / "model" / "model.safetensors")
+    assert all(torch.equal(resumed[k], v) for k, v in sharded.items())
 
 
 def test_sharpness_aware_steps_under_fsdp_as_under_ddp(tiny_world, tmp_path):

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import platform
+import signal
 import tempfile
 import time
 from contextlib import contextmanager
@@ -126,3 +127,13 @@ class Timer:
             yield
         finally:
             self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - t, 3)
+
+
+KILL_ENV = "UNLEARNKIT_KILL_AT"
+
+
+def kill_point(name: str) -> None:
+    """SIGKILL this process at `name` when UNLEARNKIT_KILL_AT says so (the reliability tests: a
+    request home's stages, `requests.process`; a training checkpoint, `checkpoint-STEP`)."""
+    if os.environ.get(KILL_ENV) == name:
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -20,6 +20,7 @@ from typing import Any, Callable, Protocol
 
 import torch
 
+from . import runinfo
 from .data.batching import Encoded, collate
 
 Loss = Callable[..., "tuple[torch.Tensor, dict] | tuple[torch.Tensor, dict, torch.Tensor]"]  # (loss, logs[, forget term])
@@ -353,7 +354,7 @@ def train(model, loss_fn: Loss, streams: dict[str, list[Encoded]], cfg: TrainCon
         state = json.loads((ck / "trainer_state.json").read_text())
         start = state["step"]
         if monitor is not None and "monitor" in state:
-            monitor.load_state_dict({**state["monitor"], "snapshots": torch.load(ck / "monitor.pt")})
+            monitor.load_state_dict({**state["monitor"], "snapshots": torch.load(ck / _monitor_file(acc))})
     log_f = open(out / "log.jsonl", "a" if start else "w") if (out and acc.is_main_process) else None
     def log(record: dict) -> None:
         if log_f:
@@ -403,6 +404,7 @@ def train(model, loss_fn: Loss, streams: dict[str, list[Encoded]], cfg: TrainCon
         stopped = monitor is not None and step % monitor.every == 0 and monitor.check(step, handle)
         if out is not None and cfg.save_every and step % cfg.save_every == 0 and step < steps and not stopped:
             _save_checkpoint(acc, out, step, monitor)
+            runinfo.kill_point(f"checkpoint-{step}")
         stopped = stopped or (stop is not None and stop(step, logs))
     stop_info = monitor.finish(step, handle) if monitor is not None else None
     bar.close()
@@ -526,18 +528,30 @@ def _save_checkpoint(acc, out: Path, step: int, monitor: Monitor | None = None) 
         shutil.rmtree(tmp, ignore_errors=True)
     acc.wait_for_everyone()
     acc.save_state(str(tmp))
+    state: dict = {"step": step}
+    if monitor is not None:
+        state["monitor"] = monitor.state_dict()
+        snapshots = state["monitor"].pop("snapshots", {})
+        if acc.is_main_process or _monitor_file(acc) != "monitor.pt":
+            torch.save(snapshots, tmp / _monitor_file(acc))
+    acc.wait_for_everyone()
     if acc.is_main_process:
-        state: dict = {"step": step}
-        if monitor is not None:
-            mstate = monitor.state_dict()
-            torch.save(mstate.pop("snapshots", {}), tmp / "monitor.pt")
-            state["monitor"] = mstate
         (tmp / "trainer_state.json").write_text(json.dumps(state))
         tmp.rename(final)
         for old in (out / "checkpoints").glob("step-*"):  # keep the latest only
             if old != final:
                 shutil.rmtree(old, ignore_errors=True)
     acc.wait_for_everyone()
+
+
+def _monitor_file(acc) -> str:
+    """A checkpoint's file for the monitor's snapshots of the weights: one, or, where each process
+    holds its own shard of them (FSDP, ZeRO-3), one a process (until session 32 the main process's
+    shards were restored into every process on `--resume`)."""
+    from accelerate.utils import DistributedType
+
+    sharded = acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+    return f"monitor-{acc.process_index}.pt" if sharded else "monitor.pt"
 
 
 def config_dict(cfg: TrainConfig) -> dict:

@@ -17,10 +17,8 @@ Resuming: a `started` batch is trained again from scratch (its world is rebuilt 
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
-import signal
 import time
 import uuid
 from pathlib import Path
@@ -28,21 +26,13 @@ from pathlib import Path
 import yaml
 
 from .. import runinfo
+from ..runinfo import kill_point
 from ..data.io import write_jsonl
 from .certificate import build as build_certificate, write as write_certificate
 from .home import Home, HomeError
 from .intake import guard_target, put_target
 from .locate import forget_records, load_probes, locate, twin_records
 from .pool import load_pool, neighbours_of, utility_slice
-
-KILL_ENV = "UNLEARNKIT_KILL_AT"
-
-
-def kill_point(name: str) -> None:
-    """SIGKILL this process at `name` when UNLEARNKIT_KILL_AT says so (for the reliability tests)."""
-    if os.environ.get(KILL_ENV) == name:
-        os.kill(os.getpid(), signal.SIGKILL)
-
 
 def _home(home) -> Home:
     return home if isinstance(home, Home) else Home(home)
