@@ -167,39 +167,24 @@ def test_fsdp_two_cpu_processes_train_as_ddp_does(tiny_world, tmp_path):
     assert all(torch.equal(resumed[k], v) for k, v in sharded.items())
 
 
-def test_sharpness_aware_steps_under_fsdp_as_under_ddp(tiny_world, tmp_path):
-    """`--sam` (a request home's default) under FSDP2: each process moves its own shards by the
-    norms summed over every process's, so the sharded run ends where the replicated one does
-    (measured: with each process's own norms alone, 6e-3 away)."""
+def test_sharpness_aware_lora_merged_under_fsdp_as_under_ddp(tiny_world, tmp_path):
+    """`--sam` (a request home's default) and `--lora --merge` under FSDP2, against DDP. Each process
+    moves its own shards by the norms summed over every process's (with each process's own norms
+    alone the weights end 5e-4 away); the merge is made on a whole copy holding the gathered weights
+    (the sharded ones take no plain tensors: until session 32 the save failed there)."""
     from safetensors.torch import load_file
 
     for name in ("fsdp_cpu", "ddp_cpu"):
         r = _launch(ROOT / "configs/accelerate" / f"{name}.yaml",
                     ["forget", "--model", str(tiny_world.subject_dir), "--data", str(tiny_world.data_dir), "--method",
-                     "simnpo", "--steps", "4", "--sam", "0.003", "--out", str(tmp_path / name)])
+                     "simnpo", "--steps", "4", "--sam", "0.003", "--lora", "--merge", "--out", str(tmp_path / name)])
         assert r.returncode == 0, r.stderr[-3000:]
-    sharded, replicated = (load_file(tmp_path / k / "model" / "model.safetensors") for k in ("fsdp_cpu", "ddp_cpu"))
-    for k, v in replicated.items():
-        torch.testing.assert_close(sharded[k], v, atol=1e-4, rtol=0)
-
-
-def test_lora_merged_under_fsdp_as_under_ddp(tiny_world, tmp_path):
-    """`--lora --merge` under FSDP2: the adapter is trained sharded, and the merge is made on a whole
-    copy holding the gathered weights (the sharded ones take no plain tensors: until session 32 the
-    save failed there), equal to DDP's."""
-    from safetensors.torch import load_file
-
-    for name in ("fsdp_cpu", "ddp_cpu"):
-        r = _launch(ROOT / "configs/accelerate" / f"{name}.yaml",
-                    ["forget", "--model", str(tiny_world.subject_dir), "--data", str(tiny_world.data_dir), "--method",
-                     "npo", "--steps", "3", "--lora", "--merge", "--out", str(tmp_path / name)])
-        assert r.returncode == 0, r.stderr[-3000:]
-    start = load_file(tiny_world.subject_dir / "model.safetensors")
     for f in ("model/model.safetensors", "adapter/adapter_model.safetensors"):
         sharded, replicated = (load_file(tmp_path / k / f) for k in ("fsdp_cpu", "ddp_cpu"))
         assert sharded.keys() == replicated.keys()
         for k, v in replicated.items():
-            torch.testing.assert_close(sharded[k], v, atol=1e-5, rtol=0)
+            torch.testing.assert_close(sharded[k], v, atol=1e-4, rtol=0)
+    start = load_file(tiny_world.subject_dir / "model.safetensors")
     merged = load_file(tmp_path / "fsdp_cpu" / "model" / "model.safetensors")
     assert any(not torch.equal(start[k], merged[k]) for k in start)  # the merged adapter moved the weights
 
@@ -208,15 +193,11 @@ def test_launchers_mixed_precision_reaches_the_loop(tiny_world, tmp_path):
     """`accelerate launch --mixed_precision bf16` sets ACCELERATE_MIXED_PRECISION; the loop takes it
     (until session 32 it passed its own "no", which overrode the launcher's) and records what ran."""
     env = {**os.environ, "ACCELERATE_MIXED_PRECISION": "bf16", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    runs = {}
-    for name, env_ in (("bf16", env), ("no", {k: v for k, v in env.items() if k != "ACCELERATE_MIXED_PRECISION"})):
-        r = subprocess.run([str(Path(sys.executable).with_name("unlearn")), "forget", "--model",
-                            str(tiny_world.subject_dir), "--data", str(tiny_world.data_dir), "--method", "simnpo",
-                            "--steps", "2", "--out", str(tmp_path / name)], env=env_, capture_output=True, text=True,
-                           timeout=300)
-        assert r.returncode == 0, r.stderr[-3000:]
-        runs[name] = json.loads((tmp_path / name / "train.json").read_text())["train_stats"]["mixed_precision"]
-    assert runs == {"bf16": "bf16", "no": "no"}
+    r = subprocess.run([str(Path(sys.executable).with_name("unlearn")), "forget", "--model", str(tiny_world.subject_dir),
+                        "--data", str(tiny_world.data_dir), "--method", "simnpo", "--steps", "2", "--out",
+                        str(tmp_path / "run")], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads((tmp_path / "run" / "train.json").read_text())["train_stats"]["mixed_precision"] == "bf16"
 
 
 def test_finetune_on_two_cpu_processes_fsdp_as_ddp(tiny_world, tmp_path):
