@@ -318,12 +318,11 @@ def train(model, loss_fn: Loss, streams: dict[str, list[Encoded]], cfg: TrainCon
     is asked before the first step and every `monitor.every` steps, and at the end restores the
     weights it keeps. A NaN or infinite loss raises `DivergedError`.
     """
-    from accelerate.utils import DistributedType, set_seed
+    from accelerate.utils import set_seed
 
     check_launch()
     acc = accelerator or _accelerator(cfg)
-    if cfg.sam and (acc.distributed_type == DistributedType.DEEPSPEED
-                    or acc.distributed_type == DistributedType.FSDP and not acc.state.is_fsdp2):
+    if cfg.sam and _weights_not_the_loops(acc):
         raise ValueError(f"--sam under {acc.distributed_type.value}: sharpness-aware steps move the weights, which are "
                          f"not this loop's to move there; use fsdp_version: 2, DDP or one process")
     set_seed(cfg.seed)
@@ -436,15 +435,28 @@ def _trained_model(acc, model) -> tuple[Any, dict | None]:
     processes, else None). Gathering is a collective: every process calls it, and the main process
     saves what it returns (`models.load.save_model(state_dict=...)`); the others get an empty dict,
     which still says the weights are sharded."""
-    from accelerate.utils import DistributedType
-
     full = None
     unwrapped = acc.unwrap_model(model).model
-    if acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+    if _sharded(acc):
         gathered = acc.get_state_dict(model)
         full = {k.removeprefix("model."): v for k, v in (gathered or {}).items()}
     unwrapped.eval()
     return unwrapped, full
+
+
+def _sharded(acc) -> bool:
+    """Whether each process holds only its own shard of the weights (FSDP, ZeRO-3)."""
+    from accelerate.utils import DistributedType
+
+    return acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+
+
+def _weights_not_the_loops(acc) -> bool:
+    """Whether the weights and their gradients are held where this loop cannot mask or move them
+    (DeepSpeed, FSDP version 1's flat parameters); FSDP2's per-weight shards it can."""
+    from accelerate.utils import DistributedType
+
+    return _sharded(acc) and not (acc.distributed_type == DistributedType.FSDP and acc.state.is_fsdp2)
 
 
 def _sharded_masks(acc, model, grad_masks: dict[str, torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -452,11 +464,9 @@ def _sharded_masks(acc, model, grad_masks: dict[str, torch.Tensor]) -> list[tupl
     under FSDP2, sharded as the weight is (`distribute_tensor`: every process computed the same full
     mask from the same starting weights). FSDP version 1 and DeepSpeed hold weights their own way: a
     one-line ValueError."""
-    from accelerate.utils import DistributedType
     from torch.distributed.tensor import DTensor, distribute_tensor
 
-    if acc.distributed_type == DistributedType.DEEPSPEED or (acc.distributed_type == DistributedType.FSDP
-                                                              and not acc.state.is_fsdp2):
+    if _weights_not_the_loops(acc):
         raise ValueError("--saliency with DeepSpeed or FSDP version 1: the masked gradients are not this loop's to "
                          "touch there; use fsdp_version: 2 (configs/accelerate/fsdp.yaml), or --saliency 0")
     params = dict(acc.unwrap_model(model).model.named_parameters())
@@ -493,9 +503,9 @@ def _sharpness_aware_backward(acc, model, batch, forget: list, radius: float,
     _mask_grads(masks or [])
     params = [p for p in model.parameters() if p.grad is not None]
     with torch.no_grad():
-        norms = torch.stack([sum((_local(p.grad).float() ** 2).sum() for p in params),
-                             sum((_local(p).float() ** 2).sum() for p in params)])
-        if any(_local(p) is not p for p in params):  # FSDP2: each process holds one shard of every weight
+        local = [(_local(p), _local(p.grad)) for p in params]
+        norms = torch.stack([sum((g.float() ** 2).sum() for _, g in local), sum((w.float() ** 2).sum() for w, _ in local)])
+        if _sharded(acc):  # FSDP2: each process holds one shard of every weight
             torch.distributed.all_reduce(norms)
         g, w = norms.sqrt()
         scale = float(radius * w / g.clamp_min(1e-12))  # a number: DTensors multiply by numbers, not tensors
@@ -532,7 +542,7 @@ def _save_checkpoint(acc, out: Path, step: int, monitor: Monitor | None = None) 
     if monitor is not None:
         state["monitor"] = monitor.state_dict()
         snapshots = state["monitor"].pop("snapshots", {})
-        if acc.is_main_process or _monitor_file(acc) != "monitor.pt":
+        if acc.is_main_process or _sharded(acc):  # whole weights: the same snapshots in every process
             torch.save(snapshots, tmp / _monitor_file(acc))
     acc.wait_for_everyone()
     if acc.is_main_process:
@@ -548,10 +558,7 @@ def _monitor_file(acc) -> str:
     """A checkpoint's file for the monitor's snapshots of the weights: one, or, where each process
     holds its own shard of them (FSDP, ZeRO-3), one a process (until session 32 the main process's
     shards were restored into every process on `--resume`)."""
-    from accelerate.utils import DistributedType
-
-    sharded = acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
-    return f"monitor-{acc.process_index}.pt" if sharded else "monitor.pt"
+    return f"monitor-{acc.process_index}.pt" if _sharded(acc) else "monitor.pt"
 
 
 def config_dict(cfg: TrainConfig) -> dict:
