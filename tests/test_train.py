@@ -104,9 +104,7 @@ def _launch(config: Path, args: list[str], module: bool = True, **env_) -> subpr
 
 def test_fsdp_version_1_without_gpus_is_refused(tiny_world, tmp_path):
     """FSDP version 1 launched on a machine without GPUs: `unlearn forget` refuses, one line a
-    process, before it loads the model or writes any output (FSDP2 runs: below). DeepSpeed is refused
-    the same way (`train.check_launch`), where accelerate itself does not refuse first for want of
-    the package."""
+    process, before it loads the model or writes any output (FSDP2 and DeepSpeed run: below)."""
     text = (ROOT / "configs/accelerate/fsdp.yaml").read_text()
     for old, new in {"num_processes: 8": "num_processes: 2", "mixed_precision: bf16": "mixed_precision: 'no'",
                      "fsdp_version: 2": "fsdp_version: 1"}.items():
@@ -120,47 +118,51 @@ def test_fsdp_version_1_without_gpus_is_refused(tiny_world, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_fsdp_two_cpu_processes_train_as_ddp_does(tiny_world, tmp_path):
-    """`unlearn forget`, calibrated, launched with FSDP2 on 2 CPU processes (configs/accelerate/
-    fsdp_cpu.yaml) and with DDP (ddp_cpu.yaml): both really train on 2 processes, and the sharded
-    run is the replicated one, check for check. Its checks snapshot and restore sharded weights
-    (the run backtracks), and Twin RMU, the default where there is a holdout split, trains the
-    salient quarter of the weights: under FSDP each mask is sharded like its weight, so the rest
-    stay put. Its repair round starts from the gathered weights, whole in every process, and trains
-    them sharded again: the same round as DDP's (the floor at 0.9x leaves the round room to keep
-    weights of its own). The FSDP run is killed right after its checkpoint at step 10 and resumed:
-    each process restores its own shards of the checkpoint's snapshots (with the main process's
-    alone in every process, it stops elsewhere)."""
+@pytest.mark.parametrize("sharded", ["fsdp_cpu", "deepspeed_cpu"])
+def test_sharded_two_cpu_processes_train_as_ddp_does(tiny_world, tmp_path, sharded):
+    """`unlearn forget`, calibrated, launched on 2 CPU processes with FSDP2 (configs/accelerate/
+    fsdp_cpu.yaml) or DeepSpeed ZeRO-3 (deepspeed_cpu.yaml), and with DDP (ddp_cpu.yaml): both
+    really train on 2 processes, and the sharded run is the replicated one, check for check. Its
+    checks snapshot and restore sharded weights (the run backtracks; under ZeRO-3 until session 33
+    the snapshots were empty and a backtrack restored nothing), and Twin RMU, the default where
+    there is a holdout split, trains the salient quarter of the weights: under FSDP each mask is
+    sharded like its weight, under DeepSpeed it is a gradient hook, so the rest stay put. Its
+    repair round starts from the gathered weights, whole in every process (a model loaded under
+    ZeRO-3 came out partitioned), and trains them sharded again: the same round as DDP's (the floor
+    at 0.9x leaves the round room to keep weights of its own). The sharded run is killed right
+    after its checkpoint at step 10 and resumed: each process restores its own shards of the
+    checkpoint's snapshots (with the main process's alone in every process, it stops elsewhere)."""
     from safetensors.torch import load_file
 
     runs = {}
-    for name in ("fsdp_cpu", "ddp_cpu"):
+    for name in (sharded, "ddp_cpu"):
         out = tmp_path / name
         args = ["forget", "--model", str(tiny_world.subject_dir), "--data", str(tiny_world.data_dir), "--calibration",
                 "floor=0.9", "--save-every", "10", "--out", str(out)]
-        if name == "fsdp_cpu":
+        if name == sharded:
             r = _launch(ROOT / "configs/accelerate" / f"{name}.yaml", args, UNLEARNKIT_KILL_AT="checkpoint-10")
             assert r.returncode != 0 and (out / "checkpoints/step-10").is_dir() and not (out / "train.json").exists()
             args.append("--resume")
         r = _launch(ROOT / "configs/accelerate" / f"{name}.yaml", args)
         assert r.returncode == 0, r.stderr[-3000:]
         assert r.stderr.count("twin_rmu, stopped") == 1  # the main process reports; the other waits for it
+        assert "Setting accelerator" not in r.stdout  # DeepSpeed's "no GPU" warning, printed in every run before
         runs[name] = json.loads((out / "train.json").read_text())
         assert runs[name]["train_stats"]["processes"] == 2
-    fsdp, ddp = (runs[k]["stop"] for k in ("fsdp_cpu", "ddp_cpu"))
-    assert fsdp["backtracks"] == ddp["backtracks"] > 0
-    assert (fsdp["reason"], fsdp["stopped_at"], fsdp["kept_step"]) == (ddp["reason"], ddp["stopped_at"], ddp["kept_step"])
-    assert fsdp["kept"]["auc"] == pytest.approx(ddp["kept"]["auc"], abs=0.01)
+    stop, ddp = (runs[k]["stop"] for k in (sharded, "ddp_cpu"))
+    assert stop["backtracks"] == ddp["backtracks"] > 0
+    assert (stop["reason"], stop["stopped_at"], stop["kept_step"]) == (ddp["reason"], ddp["stopped_at"], ddp["kept_step"])
+    assert stop["kept"]["auc"] == pytest.approx(ddp["kept"]["auc"], abs=0.01)
     rounds = lambda stop: [(r["records"], r["reason"], r["stopped_at"], r["kept_step"], r["left"])  # noqa: E731
                            for r in stop["repairs"]]
-    assert rounds(fsdp) == rounds(ddp) and rounds(fsdp)[0][3] > 0  # a round that trained and kept its weights
-    assert not (tmp_path / "fsdp_cpu" / ".whole").exists()
+    assert rounds(stop) == rounds(ddp) and rounds(stop)[0][3] > 0  # a round that trained and kept its weights
+    assert not (tmp_path / sharded / ".whole").exists()
     start = load_file(tiny_world.subject_dir / "model.safetensors")
-    sharded, replicated = (load_file(tmp_path / k / "model" / "model.safetensors") for k in ("fsdp_cpu", "ddp_cpu"))
+    weights, replicated = (load_file(tmp_path / k / "model" / "model.safetensors") for k in (sharded, "ddp_cpu"))
     for k, v in replicated.items():
-        torch.testing.assert_close(sharded[k], v, atol=1e-4, rtol=0)
-    moved = sum(int((sharded[k] != start[k]).sum()) for k in start) / sum(v.numel() for v in start.values())
-    assert 0.1 < moved <= runs["fsdp_cpu"]["saliency"]["weights_trained"] == pytest.approx(0.25, abs=1e-3)
+        torch.testing.assert_close(weights[k], v, atol=1e-4, rtol=0)
+    moved = sum(int((weights[k] != start[k]).sum()) for k in start) / sum(v.numel() for v in start.values())
+    assert 0.1 < moved <= runs[sharded]["saliency"]["weights_trained"] == pytest.approx(0.25, abs=1e-3)
 
 
 def test_sharpness_aware_lora_merged_under_fsdp_as_under_ddp(tiny_world, tmp_path):

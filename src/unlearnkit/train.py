@@ -27,19 +27,28 @@ Loss = Callable[..., "tuple[torch.Tensor, dict] | tuple[torch.Tensor, dict, torc
 
 # Launched by torchrun / `accelerate launch --multi_gpu` on a machine without GPUs: accelerate only
 # picks gloo data parallelism (MULTI_CPU) when told it runs on CPU, before its state is first built.
-if "LOCAL_RANK" in os.environ and not torch.cuda.is_available():
+# Not under DeepSpeed, which runs on CPU through its own accelerator (`process_state`).
+if ("LOCAL_RANK" in os.environ and not torch.cuda.is_available()
+        and os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() != "true"):
     os.environ.setdefault("ACCELERATE_USE_CPU", "true")
+# DeepSpeed, which accelerate imports wherever it is installed (`unwrap_model`), prints to stdout
+# that it found no GPU when left to detect its accelerator; told, it says nothing.
+if not torch.cuda.is_available():
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 
 def process_state():
     """accelerate's `PartialState` as the loop's `Accelerator` will find it. Under torchrun on a
     machine without GPUs that is gloo data parallelism (ACCELERATE_USE_CPU, set above); a bare
     `PartialState()` there sets each process up alone, and an `Accelerator` built after it inherits
-    that: every process trains apart and writes the same files."""
+    that: every process trains apart and writes the same files. Under DeepSpeed there, the backend
+    is named: accelerate finds none for the CPU, lets DeepSpeed start its process group, and then
+    counts one process (each would take the whole batch as the whole run's)."""
     from accelerate import PartialState
     from accelerate.utils import parse_flag_from_env
 
-    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    kw = {"backend": "gloo"} if _deepspeed_on_cpu() else {}
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"), **kw)
 
 
 def _processes_on_cpu() -> bool:
@@ -47,7 +56,14 @@ def _processes_on_cpu() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
 
 
-def _sharded_on_cpu() -> bool:
+def _deepspeed_on_cpu() -> bool:
+    """Launched with DeepSpeed across processes on a machine without GPUs (its CPU accelerator, gloo)."""
+    from accelerate.utils import parse_flag_from_env
+
+    return _processes_on_cpu() and parse_flag_from_env("ACCELERATE_USE_DEEPSPEED")
+
+
+def _fsdp_on_cpu() -> bool:
     """Launched with FSDP across processes on a machine without GPUs."""
     from accelerate.utils import parse_flag_from_env
 
@@ -56,32 +72,35 @@ def _sharded_on_cpu() -> bool:
 
 def check_launch() -> None:
     """A one-line ValueError, before the model is loaded, for a sharded launch that cannot run on a
-    machine without GPUs: DeepSpeed (its CPU accelerator is another package), and FSDP version 1.
-    FSDP version 2 shards over gloo on CPU (`_accelerator`; configs/accelerate/fsdp_cpu.yaml)."""
-    if not _processes_on_cpu():
-        return
-    from accelerate.utils import parse_flag_from_env
-
-    if parse_flag_from_env("ACCELERATE_USE_DEEPSPEED"):
-        raise ValueError("launched with DeepSpeed, which needs GPUs, and this machine has none: use "
-                         "configs/accelerate/fsdp_cpu.yaml (FSDP2) or configs/accelerate/ddp_cpu.yaml (DDP) on CPU")
-    if _sharded_on_cpu() and os.environ.get("FSDP_VERSION", "1") != "2":
+    machine without GPUs: FSDP version 1. FSDP version 2 shards over gloo on CPU (`_accelerator`;
+    configs/accelerate/fsdp_cpu.yaml), and so does DeepSpeed, through its CPU accelerator
+    (`process_state`; deepspeed_cpu.yaml)."""
+    if _fsdp_on_cpu() and os.environ.get("FSDP_VERSION", "1") != "2":
         raise ValueError(f"launched with FSDP version {os.environ.get('FSDP_VERSION', '1')}, which needs GPUs, and "
                          f"this machine has none: set fsdp_version: 2 (configs/accelerate/fsdp_cpu.yaml)")
 
 
 def _accelerator(cfg: TrainConfig):
-    """The run's `Accelerator`. Under an FSDP launch without GPUs, FSDP2 over gloo: accelerate sets
+    """The run's `Accelerator`, with a DeepSpeed launch's config set to the run's batch size, gradient
+    accumulation and clipping. Under an FSDP launch without GPUs, FSDP2 over gloo: accelerate sets
     FSDP up on accelerator devices only (on CPU each process would be plain data parallel, its
     weights whole), while `fully_shard` itself shards on CPU, so the state is told it is FSDP, with
     the plugin the launcher's FSDP_* settings describe. That is the path
-    tests/test_train.py::test_fsdp_two_cpu_processes_train_as_ddp_does runs."""
+    tests/test_train.py::test_sharded_two_cpu_processes_train_as_ddp_does runs."""
     from accelerate import Accelerator
     from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 
     kw = dict(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=cfg.mixed_precision)
-    if not _sharded_on_cpu():
-        return Accelerator(**kw)
+    if not _fsdp_on_cpu():
+        process_state()  # first: it names DeepSpeed's backend on CPU
+        acc = Accelerator(**kw)
+        if acc.state.deepspeed_plugin is not None:
+            # DeepSpeed steps by its own config, not by the loop's: the run's settings go there (its
+            # batch size is bookkeeping, which accelerate reads from a dataloader this loop has not)
+            acc.state.deepspeed_plugin.deepspeed_config.update(
+                train_micro_batch_size_per_gpu=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
+                gradient_clipping=cfg.max_grad_norm or 0.0)
+        return acc
     plugin = FullyShardedDataParallelPlugin()
     acc = Accelerator(cpu=True, fsdp_plugin=plugin, **kw)
     # both states, as accelerate's own FSDP set-up leaves them (a later AcceleratorState() copies PartialState's)
@@ -283,13 +302,29 @@ class Handle:
                 m.reshard()
 
     def snapshot(self) -> dict[str, torch.Tensor]:
-        """A CPU copy of the trainable weights (this process's shard under FSDP)."""
-        return {n: p.detach().to("cpu", copy=True) for n, p in self._params()}
+        """A CPU copy of the trainable weights: this process's shard under FSDP, and under ZeRO-3
+        its partition of the optimiser's float32 weights (the module's own tensors are empty
+        between passes there)."""
+        return {n: (_zero3_master(p) if _is_zero3(p) else p).detach().to("cpu", copy=True) for n, p in self._params()}
 
     @torch.no_grad()
     def restore(self, snap: dict[str, torch.Tensor]) -> None:
-        for n, p in self._params():
-            p.copy_(snap[n].to(p.device, p.dtype))
+        params = self._params()
+        zero3 = [(n, p) for n, p in params if _is_zero3(p)]
+        for n, p in params:
+            if not _is_zero3(p):
+                p.copy_(snap[n].to(p.device, p.dtype))
+        if zero3:  # the optimiser's float32 partition, which the next step starts from, and the module's own
+            from deepspeed.utils import safe_set_local_fp32_param
+
+            for n, p in zero3:
+                safe_set_local_fp32_param(p, snap[n].to(p.ds_tensor.device))
+                p.ds_tensor.copy_(snap[n].to(p.ds_tensor.device, p.ds_tensor.dtype))
+            # the whole copies ZeRO-3 keeps gathered between passes (weights it expects to use again
+            # soon) hold the abandoned path: dropped, so that the next pass gathers the partitions
+            self._wrapped.empty_partition_cache()
+            if persist := [p for _, p in zero3 if getattr(p, "ds_persist", False)]:
+                persist[0].all_gather(persist)  # the small weights ZeRO-3 keeps whole in every process
         self._opt.state.clear()  # moments of the abandoned path would push back towards it
 
     def scale_lr(self, factor: float) -> None:
@@ -341,7 +376,7 @@ def train(model, loss_fn: Loss, streams: dict[str, list[Encoded]], cfg: TrainCon
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg, steps))
     acc.register_for_checkpointing(sched)
     model, opt = acc.prepare(_LossModule(model, loss_fn, ctx), opt)
-    masks = _sharded_masks(acc, model, grad_masks) if grad_masks else []
+    masks, hooks = _sharded_masks(acc, model, grad_masks) if grad_masks else ([], [])
     model.train()
 
     out = Path(out_dir) if out_dir else None
@@ -406,6 +441,8 @@ def train(model, loss_fn: Loss, streams: dict[str, list[Encoded]], cfg: TrainCon
             runinfo.kill_point(f"checkpoint-{step}")
         stopped = stopped or (stop is not None and stop(step, logs))
     stop_info = monitor.finish(step, handle) if monitor is not None else None
+    for h in hooks:
+        h.remove()
     bar.close()
     if log_f:
         log_f.close()
@@ -459,23 +496,31 @@ def _weights_not_the_loops(acc) -> bool:
     return _sharded(acc) and not (acc.distributed_type == DistributedType.FSDP and acc.state.is_fsdp2)
 
 
-def _sharded_masks(acc, model, grad_masks: dict[str, torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def _sharded_masks(acc, model, grad_masks: dict[str, torch.Tensor]) -> tuple[list[tuple[torch.Tensor, torch.Tensor]],
+                                                                             list]:
     """(weight, mask) pairs for the prepared `model`, each mask on its weight's device and dtype and,
     under FSDP2, sharded as the weight is (`distribute_tensor`: every process computed the same full
-    mask from the same starting weights). FSDP version 1 and DeepSpeed hold weights their own way: a
-    one-line ValueError."""
+    mask from the same starting weights); and the handles of gradient hooks, for DeepSpeed, which
+    takes its step inside the backward pass, after it has reduced and partitioned the gradients:
+    there each mask is a hook on its weight, which sees the whole gradient before the reduction
+    (and no pair is returned). FSDP version 1 holds weights its own way: a one-line ValueError."""
+    from accelerate.utils import DistributedType
     from torch.distributed.tensor import DTensor, distribute_tensor
 
-    if _weights_not_the_loops(acc):
-        raise ValueError("--saliency with DeepSpeed or FSDP version 1: the masked gradients are not this loop's to "
-                         "touch there; use fsdp_version: 2 (configs/accelerate/fsdp.yaml), or --saliency 0")
+    deepspeed = acc.distributed_type == DistributedType.DEEPSPEED
+    if _weights_not_the_loops(acc) and not deepspeed:
+        raise ValueError("--saliency with FSDP version 1: the masked gradients are not this loop's to touch there; "
+                         "use fsdp_version: 2 (configs/accelerate/fsdp.yaml), or --saliency 0")
     params = dict(acc.unwrap_model(model).model.named_parameters())
-    out = []
+    out, hooks = [], []
     for name, mask in grad_masks.items():
         p = params[name]
         m = mask.to(p.device, p.dtype)
-        out.append((p, distribute_tensor(m, p.device_mesh, p.placements) if isinstance(p, DTensor) else m))
-    return out
+        if deepspeed:
+            hooks.append(p.register_hook(lambda g, m=m: g * m.to(g.dtype)))
+        else:
+            out.append((p, distribute_tensor(m, p.device_mesh, p.placements) if isinstance(p, DTensor) else m))
+    return out, hooks
 
 
 def _mask_grads(masks: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
@@ -521,6 +566,19 @@ def _sharpness_aware_backward(acc, model, batch, forget: list, radius: float,
         for p, e in zip(params, moves):
             p.sub_(e)
     return loss, logs
+
+
+def _is_zero3(p: torch.Tensor) -> bool:
+    """A weight DeepSpeed ZeRO-3 partitions across the processes (its module tensor is empty between
+    passes; `ds_tensor` holds this process's partition)."""
+    return hasattr(p, "ds_tensor")
+
+
+def _zero3_master(p: torch.Tensor) -> torch.Tensor:
+    """This process's partition of a ZeRO-3 weight in the optimiser's float32 copy."""
+    from deepspeed.utils import safe_get_local_fp32_param
+
+    return safe_get_local_fp32_param(p)
 
 
 def _local(t: torch.Tensor) -> torch.Tensor:

@@ -99,10 +99,12 @@ def with_every_trainable(total: torch.Tensor, model) -> torch.Tensor:
     """`total` plus zero times one entry of every trainable tensor, so that DDP's reducer also sees
     the tensors after the steered layer (LoRA), which the loss itself never reaches. Under FSDP2 the
     weights of the layers not run are still sharded (DTensors) and are left out: FSDP reduces each
-    layer's gradients after its own backward, and a layer that never ran has none on any process."""
+    layer's gradients after its own backward, and a layer that never ran has none on any process.
+    Under ZeRO-3 such a layer's weights are empty (partitioned, not gathered) and are left out too."""
     from torch.distributed.tensor import DTensor
 
-    return total + 0.0 * sum(w.view(-1)[0] for w in model.parameters() if w.requires_grad and not isinstance(w, DTensor))
+    return total + 0.0 * sum(w.view(-1)[0] for w in model.parameters()
+                             if w.requires_grad and not isinstance(w, DTensor) and w.numel())
 
 
 def masked_mse(h, target, mask):

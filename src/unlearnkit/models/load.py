@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -31,6 +32,26 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model",
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
+
+
+@contextmanager
+def whole_weights():
+    """Models built inside come out whole. While a ZeRO-3 DeepSpeed config is registered with
+    transformers (accelerate registers the launcher's when it starts), `from_pretrained` and
+    `from_config` build each model partitioned across the processes (`deepspeed.zero.Init`), whatever
+    the launcher's `zero3_init_flag`; this project loads whole models and shards them only where the
+    training loop prepares them (a repair round's model must generate first)."""
+    try:
+        from transformers.integrations import deepspeed as hf_ds
+    except ImportError:  # pragma: no cover - transformers without its DeepSpeed integration
+        yield
+        return
+    ref = hf_ds._hf_deepspeed_config_weak_ref  # transformers keeps no other handle on it
+    hf_ds.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        hf_ds._hf_deepspeed_config_weak_ref = ref
 
 
 def load_model(path_or_id: str | os.PathLike, dtype: str | None = None, device: str | None = None):
@@ -67,7 +88,8 @@ def load_model(path_or_id: str | os.PathLike, dtype: str | None = None, device: 
     except (OSError, ValueError) as e:
         raise ModelLoadError(f"{src}: could not load the tokenizer of the {where}: {_first_line(e)}") from None
     try:
-        model = AutoModelForCausalLM.from_pretrained(src, config=config, **kwargs)
+        with whole_weights():
+            model = AutoModelForCausalLM.from_pretrained(src, config=config, **kwargs)
     except (OSError, SafetensorError) as e:
         raise ModelLoadError(f"{src}: could not load {where}: {_first_line(e)}") from None
     if tokenizer.pad_token is None:
@@ -228,7 +250,8 @@ def _whole_adapter_model(model, state_dict: dict):
     from transformers import AutoModelForCausalLM
 
     base = model.get_base_model()
-    fresh = AutoModelForCausalLM.from_config(base.config, torch_dtype=next(iter(state_dict.values())).dtype)
+    with whole_weights():
+        fresh = AutoModelForCausalLM.from_config(base.config, torch_dtype=next(iter(state_dict.values())).dtype)
     fresh = get_peft_model(fresh, model.peft_config[model.active_adapter])
     fresh.load_state_dict(state_dict)
     return fresh
