@@ -41,6 +41,45 @@ json.dump({"world": st.num_processes, "before": before, "after": fingerprint(net
 '''
 
 
+# Takes a snapshot at the start, trains 3 steps, restores it, trains 3 more (as a backtrack does)
+# and saves the weights (the main process).
+RESTORE_SCRIPT = r'''
+import sys, torch
+from unlearnkit.data.batching import encode_pairs
+from unlearnkit.data.batching import qa_pairs as _pairs
+from unlearnkit.data.io import load_world
+from unlearnkit.models.load import load_model
+from unlearnkit.scoring import nll
+from unlearnkit.train import TrainConfig, process_state, train
+
+data, subject, out = sys.argv[1:4]
+net, tok = load_model(subject)
+forget = encode_pairs(tok, *_pairs(load_world(data).forget))
+
+
+class Backtrack:
+    every = 3
+
+    def check(self, step, handle):
+        if step == 0:
+            self.snap = handle.snapshot()
+        if step == 3:
+            handle.restore(self.snap)
+        return False
+
+    def finish(self, step, handle): return None
+    def state_dict(self): return {}
+    def load_state_dict(self, state): pass
+
+
+res = train(net, lambda model, b, ctx: (-nll(model, b["forget"]), {}), {"forget": forget}, TrainConfig(lr=1e-3, steps=6),
+            pad_id=tok.pad_token_id, monitor=Backtrack(), progress=False)
+weights = res.full_state_dict if res.full_state_dict is not None else res.model.state_dict()
+if process_state().is_main_process:
+    torch.save({k: v.detach().float().clone() for k, v in weights.items()}, out)
+'''
+
+
 def _streams(tiny_world, method):
     from unlearnkit.data.batching import encode_pairs, forget_pairs
     from unlearnkit.data.batching import qa_pairs as _pairs
@@ -163,6 +202,26 @@ def test_sharded_two_cpu_processes_train_as_ddp_does(tiny_world, tmp_path, shard
         torch.testing.assert_close(weights[k], v, atol=1e-4, rtol=0)
     moved = sum(int((weights[k] != start[k]).sum()) for k in start) / sum(v.numel() for v in start.values())
     assert 0.1 < moved <= runs[sharded]["saliency"]["weights_trained"] == pytest.approx(0.25, abs=1e-3)
+
+
+def test_deepspeed_zero2_backtracks_as_ddp_does(tiny_world, tmp_path):
+    """ZeRO-1/2 keep the weights whole in every process, but step from a float32 master copy that
+    each process holds a fragment of, and write it back over the weights: until session 33 a
+    backtrack restored the weights alone, and the next step undid it (the weights then ended 6e-3
+    from DDP's here). A restore now writes the master copy too (`train._set_weights`); ZeRO-3's
+    partitions: the test above."""
+    script = tmp_path / "restore.py"
+    script.write_text(RESTORE_SCRIPT)
+    zero2 = (ROOT / "configs/accelerate/deepspeed_cpu.yaml").read_text().replace("zero_stage: 3", "zero_stage: 2")
+    (tmp_path / "zero2.yaml").write_text(zero2)
+    for name, config in (("zero2", tmp_path / "zero2.yaml"), ("ddp", ROOT / "configs/accelerate/ddp_cpu.yaml")):
+        r = _launch(config, [str(script), str(tiny_world.data_dir), str(tiny_world.subject_dir), str(tmp_path / name)],
+                    module=False)
+        assert r.returncode == 0, r.stderr[-3000:]
+    zero2, ddp = (torch.load(tmp_path / k) for k in ("zero2", "ddp"))
+    assert zero2.keys() == ddp.keys()
+    for k, v in ddp.items():
+        torch.testing.assert_close(zero2[k], v, atol=1e-5, rtol=0)
 
 
 def test_sharpness_aware_lora_merged_under_fsdp_as_under_ddp(tiny_world, tmp_path):

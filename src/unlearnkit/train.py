@@ -302,28 +302,20 @@ class Handle:
                 m.reshard()
 
     def snapshot(self) -> dict[str, torch.Tensor]:
-        """A CPU copy of the trainable weights: this process's shard under FSDP, and under ZeRO-3
-        its partition of the optimiser's float32 weights (the module's own tensors are empty
-        between passes there)."""
-        return {n: (_zero3_master(p) if _is_zero3(p) else p).detach().to("cpu", copy=True) for n, p in self._params()}
+        """A CPU copy of the trainable weights as the next step starts from them (`_master_copy`):
+        this process's shard under FSDP, its partition of the float32 weights under ZeRO-3."""
+        return {n: _master_copy(p).detach().to("cpu", copy=True) for n, p in self._params()}
 
     @torch.no_grad()
     def restore(self, snap: dict[str, torch.Tensor]) -> None:
         params = self._params()
-        zero3 = [(n, p) for n, p in params if _is_zero3(p)]
         for n, p in params:
-            if not _is_zero3(p):
-                p.copy_(snap[n].to(p.device, p.dtype))
-        if zero3:  # the optimiser's float32 partition, which the next step starts from, and the module's own
-            from deepspeed.utils import safe_set_local_fp32_param
-
-            for n, p in zero3:
-                safe_set_local_fp32_param(p, snap[n].to(p.ds_tensor.device))
-                p.ds_tensor.copy_(snap[n].to(p.ds_tensor.device, p.ds_tensor.dtype))
+            _set_weights(p, snap[n])
+        if any(_is_zero3(p) for _, p in params):
             # the whole copies ZeRO-3 keeps gathered between passes (weights it expects to use again
             # soon) hold the abandoned path: dropped, so that the next pass gathers the partitions
             self._wrapped.empty_partition_cache()
-            if persist := [p for _, p in zero3 if getattr(p, "ds_persist", False)]:
+            if persist := [p for _, p in params if getattr(p, "ds_persist", False)]:
                 persist[0].all_gather(persist)  # the small weights ZeRO-3 keeps whole in every process
         self._opt.state.clear()  # moments of the abandoned path would push back towards it
 
@@ -574,11 +566,36 @@ def _is_zero3(p: torch.Tensor) -> bool:
     return hasattr(p, "ds_tensor")
 
 
-def _zero3_master(p: torch.Tensor) -> torch.Tensor:
-    """This process's partition of a ZeRO-3 weight in the optimiser's float32 copy."""
-    from deepspeed.utils import safe_get_local_fp32_param
+def _master_copy(p: torch.Tensor) -> torch.Tensor:
+    """The copy of a trainable weight that the next optimiser step starts from: the weight itself,
+    or under DeepSpeed its float32 master copy, which the step writes back over the weight (until
+    session 33 a restore wrote the weight alone, and the next step undid it): under ZeRO-3 this
+    process's partition of it, under ZeRO-1/2 the whole of it, gathered from every process's
+    fragment (a collective: every process snapshots the same weights in the same order)."""
+    if _is_zero3(p):
+        from deepspeed.utils import safe_get_local_fp32_param
 
-    return safe_get_local_fp32_param(p)
+        return safe_get_local_fp32_param(p)
+    if hasattr(p, "_hp_mapping"):
+        from deepspeed.utils import safe_get_full_fp32_param
+
+        return safe_get_full_fp32_param(p)
+    return p
+
+
+def _set_weights(p: torch.Tensor, value: torch.Tensor) -> None:
+    """Write `value` (a `_master_copy`) into the weight and, under DeepSpeed, into its master copy."""
+    if _is_zero3(p):
+        from deepspeed.utils import safe_set_local_fp32_param
+
+        safe_set_local_fp32_param(p, value.to(p.ds_tensor.device))
+        p.ds_tensor.copy_(value.to(p.ds_tensor.device, p.ds_tensor.dtype))
+        return
+    p.copy_(value.to(p.device, p.dtype))
+    if hasattr(p, "_hp_mapping"):
+        from deepspeed.utils import safe_set_full_fp32_param
+
+        safe_set_full_fp32_param(p, value.to(p.device))
 
 
 def _local(t: torch.Tensor) -> torch.Tensor:
