@@ -188,6 +188,8 @@ def test_sharded_two_cpu_processes_train_as_ddp_does(tiny_world, tmp_path, shard
         assert "Setting accelerator" not in r.stdout  # DeepSpeed's "no GPU" warning, printed in every run before
         runs[name] = json.loads((out / "train.json").read_text())
         assert runs[name]["train_stats"]["processes"] == 2
+        assert runs[name]["train_stats"]["distributed"] == {"fsdp_cpu": "fsdp2", "deepspeed_cpu": "deepspeed-zero3",
+                                                             "ddp_cpu": "ddp"}[name]
     stop, ddp = (runs[k]["stop"] for k in (sharded, "ddp_cpu"))
     assert stop["backtracks"] == ddp["backtracks"] > 0
     assert (stop["reason"], stop["stopped_at"], stop["kept_step"]) == (ddp["reason"], ddp["stopped_at"], ddp["kept_step"])
@@ -254,7 +256,8 @@ def test_launchers_mixed_precision_reaches_the_loop(tiny_world, tmp_path):
                         "--data", str(tiny_world.data_dir), "--method", "simnpo", "--steps", "2", "--out",
                         str(tmp_path / "run")], env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert json.loads((tmp_path / "run" / "train.json").read_text())["train_stats"]["mixed_precision"] == "bf16"
+    stats = json.loads((tmp_path / "run" / "train.json").read_text())["train_stats"]
+    assert (stats["mixed_precision"], stats["distributed"], stats["processes"]) == ("bf16", "none", 1)
 
 
 def test_finetune_on_two_cpu_processes_fsdp_as_ddp(tiny_world, tmp_path):
@@ -270,7 +273,8 @@ def test_finetune_on_two_cpu_processes_fsdp_as_ddp(tiny_world, tmp_path):
                      "3", "--out", str(out)])
         assert r.returncode == 0, r.stderr[-3000:]
         assert r.stdout.replace("\n", "").count(name) == 1
-        assert json.loads((out / "unlearnkit.json").read_text())["train_stats"]["processes"] == 2
+        stats = json.loads((out / "unlearnkit.json").read_text())["train_stats"]
+        assert (stats["processes"], stats["distributed"]) == (2, {"fsdp_cpu": "fsdp2", "ddp_cpu": "ddp"}[name])
     sharded, replicated = (load_file(tmp_path / k / "model.safetensors") for k in ("fsdp_cpu", "ddp_cpu"))
     for k, v in replicated.items():
         torch.testing.assert_close(sharded[k], v, atol=1e-5, rtol=0)

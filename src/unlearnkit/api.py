@@ -101,7 +101,7 @@ def finetune(data: str | os.PathLike, out: str | os.PathLike, *, model: str | No
             "template": tpl.to_dict(),
             "examples": {k: len(v) for k, v in streams.items()}, "loss_params": loss_params, "seconds": timer.seconds,
             "train_stats": {"steps": res.steps, "seconds": res.seconds, "tokens": res.tokens, "processes": res.processes,
-                            "mixed_precision": res.mixed_precision},
+                            "mixed_precision": res.mixed_precision, "distributed": res.distributed},
             "versions": runinfo.versions(),
         })
     process_state().wait_for_everyone()  # every process returns once the model is written

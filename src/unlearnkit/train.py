@@ -183,6 +183,7 @@ class TrainResult:
     stop: Any = None                # the monitor's account of why and where the run stopped
     processes: int = 1              # processes that trained it, each on its slice of every batch
     mixed_precision: str = "no"     # what the forward passes ran in: no (the weights' dtype), bf16, fp16
+    distributed: str = "none"       # how the processes shared the work (`_distributed`): none, ddp, fsdp2, deepspeed-zero3, ...
 
 
 class Monitor(Protocol):
@@ -441,7 +442,21 @@ def train(model, loss_fn: Loss, streams: dict[str, list[Encoded]], cfg: TrainCon
     acc.wait_for_everyone()
     unwrapped, full = _trained_model(acc, model)
     return TrainResult(unwrapped, step - start, step, time.perf_counter() - t0, tokens * acc.num_processes, full,
-                       stop_info, acc.num_processes, str(acc.mixed_precision))
+                       stop_info, acc.num_processes, str(acc.mixed_precision), _distributed(acc))
+
+
+def _distributed(acc) -> str:
+    """How the processes shared the work, as recorded with the run: none (one process), ddp, fsdp1,
+    fsdp2, or deepspeed-zeroN. A launch that asked for one thing and ran another says so here (the
+    first DeepSpeed launch on CPU ran plain DDP, and nothing said it)."""
+    from accelerate.utils import DistributedType
+
+    t = acc.distributed_type
+    if t == DistributedType.DEEPSPEED:
+        return f"deepspeed-zero{acc.state.deepspeed_plugin.zero_stage}"
+    if t == DistributedType.FSDP:
+        return "fsdp2" if acc.state.is_fsdp2 else "fsdp1"
+    return "ddp" if acc.num_processes > 1 else "none"
 
 
 def _batch_at(streams: dict[str, list[Encoded]], schedules: dict, micro_step: int, acc,

@@ -273,7 +273,8 @@ def _write_outputs(out: Path, res, first, tok, *, lora: bool, merge: bool, secon
         "seconds": seconds, "train_stats": {"steps": first.steps, "last_step": first.last_step,
                                             "seconds": first.seconds, "tokens": first.tokens,
                                             "processes": first.processes,
-                                            "mixed_precision": first.mixed_precision},
+                                            "mixed_precision": first.mixed_precision,
+                                            "distributed": first.distributed},
         "stop": {k: v for k, v in stop.items() if k != "history"} if stop else {"reason": "budget"},
         **({"saliency": saliency} if saliency else {}),
         "summary": f"{method}, " + (res.stop.summary() if res.stop else f"fixed budget: {res.last_step} steps")})
