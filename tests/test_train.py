@@ -226,6 +226,35 @@ def test_deepspeed_zero2_backtracks_as_ddp_does(tiny_world, tmp_path):
         torch.testing.assert_close(zero2[k], v, atol=1e-5, rtol=0)
 
 
+def test_repair_round_rebuilds_a_gathered_lora_model_whole_and_trainable(tiny_world, tmp_path):
+    """A repair round after sharded LoRA training (FSDP, ZeRO-3) starts from the gathered weights of
+    the whole adapter model, rebuilt with the adapter trainable (until session 33 the rounds were
+    skipped there; reloaded as a checkpoint, the adapter would come back frozen). One process
+    stands in for the sharded run: its `full_state_dict` is what the gathering gives the main
+    process. On 2 processes (default world seed 0, `--lora`): the same round as DDP's, under FSDP2
+    and ZeRO-3 (docs/distributed.md)."""
+    from unlearnkit.methods import get_method
+    from unlearnkit.models.load import apply_lora, load_model
+    from unlearnkit.train import TrainResult
+    from unlearnkit.unlearning import _whole
+
+    net, tok = load_model(tiny_world.subject_dir)
+    net = apply_lora(net)
+    with torch.no_grad():
+        for n, p in net.named_parameters():
+            if "lora_B" in n:
+                p.add_(0.01)  # an adapter that has trained
+    full = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    res = TrainResult(net, 1, 1, 0.0, 0, full_state_dict=full)
+    whole = _whole(res, tok, tmp_path / ".whole", get_method("simnpo"), None)
+    assert whole is not net and hasattr(whole, "peft_config")
+    trainable = lambda m: sorted(n for n, p in m.named_parameters() if p.requires_grad)  # noqa: E731
+    assert trainable(whole) == trainable(net) and all("lora_" in n for n in trainable(whole))
+    state = whole.state_dict()
+    assert state.keys() == full.keys() and all(torch.equal(state[k], v) for k, v in full.items())
+    assert not (tmp_path / ".whole").exists()
+
+
 def test_sharpness_aware_lora_merged_under_fsdp_as_under_ddp(tiny_world, tmp_path):
     """`--sam` (a request home's default) and `--lora --merge` under FSDP2, against DDP. Each process
     moves its own shards by the norms summed over every process's (with each process's own norms

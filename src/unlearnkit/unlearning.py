@@ -21,7 +21,7 @@ from .data.batching import encode_pairs, forget_pairs, qa_pairs
 from .data.io import WorldData, check_overlap, load_world, require_split
 from .data.templates import parse_template
 from .methods import Context, get_method
-from .models.load import apply_lora, load_model, save_model
+from .models.load import apply_lora, load_model, save_model, whole_adapter_model
 from .train import TrainConfig, check_launch, config_dict, process_state, train
 
 log = logging.getLogger("unlearnkit")
@@ -111,7 +111,7 @@ def keep_salient(model, examples, pad_id: int, fraction: float) -> dict:
     forget NLL's gradient at the source weights, summed over the forget set, one threshold across all
     weights, keeping `fraction` of them. Returns a boolean mask per trainable weight (by name); `train`
     multiplies each weight's gradient by its mask (`grad_masks`), so neither Adam nor clipping moves
-    the others, under FSDP too (each mask sharded like its weight)."""
+    the others, under FSDP too (each mask sharded like its weight) and DeepSpeed (a gradient hook)."""
     import torch
 
     from .methods.cache import device_batches
@@ -306,16 +306,12 @@ def _repair(res, w: WorldData, m, streams: dict, cfg: TrainConfig, ctx: Context,
     (`masks`) holds in every round. Each round's log and stop go to `out/repair-K/`; the last round's kept weights are
     the result, and the first round's `StopInfo` lists what survived it (`survivors`) and the rounds
     (`repairs`). Sharded weights (FSDP, ZeRO-3) cannot generate outside the training wrapper: each
-    round starts from them whole (`_whole`), and its `train` shards them again; under LoRA they are
-    not rebuilt, and the log says the rounds were skipped."""
+    round starts from them whole (`_whole`), and its `train` shards them again."""
     from dataclasses import replace
 
     from .calibrate import Answers, Calibrator
 
     first, kept = res.stop, res.stop.kept.get("utility") or 1.0
-    if res.full_state_dict is not None and hasattr(res.model, "peft_config"):
-        log.warning("repair rounds skipped: the adapter's weights are sharded across processes")
-        return res
     net = _whole(res, tok, out / ".whole", m, ctx)
     given = Answers.generate(net, tok, w, settings, seed, tpl)
     first.survivors = ids = given.survivors(settings)
@@ -356,20 +352,32 @@ def _whole(res, tok, tmp: Path, m, ctx):
     """`res`'s weights as one model in every process, to generate with and to train again:
     `res.model` itself, or, where they are sharded across processes (`res.full_state_dict`), the
     gathered weights, written once by the main process to `tmp` and read back by each (every process
-    then holds the whole model between rounds, as the main one does to save it), with the method's
-    frozen weights frozen again (`trainable`)."""
+    then holds the whole model between rounds, as the main one does to save it): a checkpoint, with
+    the method's frozen weights frozen again (`trainable`), or under LoRA the gathered state of the
+    whole adapter model, rebuilt with its adapter trainable (`models.load.whole_adapter_model`;
+    until session 33 the rounds were skipped there)."""
     if res.full_state_dict is None:
         return res.model
+    import torch
+
     state = process_state()
+    lora = hasattr(res.model, "peft_config")
     if state.is_main_process:
-        save_model(res.model, tok, tmp, state_dict=res.full_state_dict)
+        if lora:
+            tmp.mkdir(parents=True, exist_ok=True)
+            torch.save(res.full_state_dict, tmp / "weights.pt")
+        else:
+            save_model(res.model, tok, tmp, state_dict=res.full_state_dict)
     state.wait_for_everyone()
-    net, _ = load_model(tmp)
+    if lora:
+        net = whole_adapter_model(res.model, torch.load(tmp / "weights.pt"))
+    else:
+        net, _ = load_model(tmp)
+        if m.trainable is not None:
+            m.trainable(net, ctx.params)
     state.wait_for_everyone()  # every process has read it
     if state.is_main_process:
         shutil.rmtree(tmp)
-    if m.trainable is not None:
-        m.trainable(net, ctx.params)
     return net
 
 

@@ -232,7 +232,7 @@ def save_model(model, tokenizer, out: str | os.PathLike, merge: bool = False, st
     the local shards `model` holds."""
     if merge and hasattr(model, "merge_and_unload"):
         if state_dict is not None:
-            model, state_dict = _whole_adapter_model(model, state_dict), None
+            model, state_dict = whole_adapter_model(model, state_dict), None
         model = model.merge_and_unload()
     with atomic_dir(out) as tmp:
         model.save_pretrained(tmp, safe_serialization=True, **({"state_dict": state_dict} if state_dict is not None else {}))
@@ -242,10 +242,11 @@ def save_model(model, tokenizer, out: str | os.PathLike, merge: bool = False, st
     return Path(out)
 
 
-def _whole_adapter_model(model, state_dict: dict):
+def whole_adapter_model(model, state_dict: dict):
     """A fresh copy of the peft `model` holding `state_dict`, the weights gathered from sharded
-    training: merging needs whole weights, and the sharded ones (FSDP2's DTensors) take no plain
-    tensors."""
+    training, its adapter trainable: merging needs whole weights, and so does a repair round, which
+    generates before it trains the adapter again; the sharded ones (FSDP2's DTensors, ZeRO-3's
+    partitions) take no plain tensors."""
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM
 
