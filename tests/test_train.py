@@ -157,39 +157,55 @@ def test_fsdp_version_1_without_gpus_is_refused(tiny_world, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+SHARDED_ARGS = ["--calibration", "floor=0.9", "--save-every", "10"]  # the floor leaves a repair round room to keep weights
+
+
+@pytest.fixture(scope="session")
+def ddp_run(tiny_world, tmp_path_factory) -> Path:
+    """The calibrated default under DDP on 2 CPU processes (`SHARDED_ARGS`), the reference the
+    sharded launches are held to: run once for every xdist worker, as `tiny_world` is built."""
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    out = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "ddp_run"
+    with FileLock(f"{out}.lock"):
+        if not (out / "train.json").is_file():
+            r = _launch(ROOT / "configs/accelerate/ddp_cpu.yaml", ["forget", "--model", str(tiny_world.subject_dir),
+                                                                   "--data", str(tiny_world.data_dir), *SHARDED_ARGS,
+                                                                   "--out", str(out)])
+            assert r.returncode == 0, r.stderr[-3000:]
+    return out
+
+
 @pytest.mark.parametrize("sharded", ["fsdp_cpu", "deepspeed_cpu"])
-def test_sharded_two_cpu_processes_train_as_ddp_does(tiny_world, tmp_path, sharded):
+def test_sharded_two_cpu_processes_train_as_ddp_does(tiny_world, ddp_run, tmp_path, sharded):
     """`unlearn forget`, calibrated, launched on 2 CPU processes with FSDP2 (configs/accelerate/
-    fsdp_cpu.yaml) or DeepSpeed ZeRO-3 (deepspeed_cpu.yaml), and with DDP (ddp_cpu.yaml): both
-    really train on 2 processes, and the sharded run is the replicated one, check for check. Its
-    checks snapshot and restore sharded weights (the run backtracks; under ZeRO-3 until session 33
-    the snapshots were empty and a backtrack restored nothing), and Twin RMU, the default where
+    fsdp_cpu.yaml) or DeepSpeed ZeRO-3 (deepspeed_cpu.yaml), against DDP (ddp_cpu.yaml, `ddp_run`):
+    both really train on 2 processes, and the sharded run is the replicated one, check for check.
+    Its checks snapshot and restore sharded weights (the run backtracks; under ZeRO-3 until session
+    33 the snapshots were empty and a backtrack restored nothing), and Twin RMU, the default where
     there is a holdout split, trains the salient quarter of the weights: under FSDP each mask is
     sharded like its weight, under DeepSpeed it is a gradient hook, so the rest stay put. Its
     repair round starts from the gathered weights, whole in every process (a model loaded under
-    ZeRO-3 came out partitioned), and trains them sharded again: the same round as DDP's (the floor
-    at 0.9x leaves the round room to keep weights of its own). The sharded run is killed right
-    after its checkpoint at step 10 and resumed: each process restores its own shards of the
-    checkpoint's snapshots (with the main process's alone in every process, it stops elsewhere)."""
+    ZeRO-3 came out partitioned), and trains them sharded again: the same round as DDP's. The
+    sharded run is killed right after its checkpoint at step 10 and resumed: each process restores
+    its own shards of the checkpoint's snapshots (with the main process's alone in every process,
+    it stops elsewhere)."""
     from safetensors.torch import load_file
 
-    runs = {}
-    for name in (sharded, "ddp_cpu"):
-        out = tmp_path / name
-        args = ["forget", "--model", str(tiny_world.subject_dir), "--data", str(tiny_world.data_dir), "--calibration",
-                "floor=0.9", "--save-every", "10", "--out", str(out)]
-        if name == sharded:
-            r = _launch(ROOT / "configs/accelerate" / f"{name}.yaml", args, UNLEARNKIT_KILL_AT="checkpoint-10")
-            assert r.returncode != 0 and (out / "checkpoints/step-10").is_dir() and not (out / "train.json").exists()
-            args.append("--resume")
-        r = _launch(ROOT / "configs/accelerate" / f"{name}.yaml", args)
-        assert r.returncode == 0, r.stderr[-3000:]
-        assert r.stderr.count("twin_rmu, stopped") == 1  # the main process reports; the other waits for it
-        assert "Setting accelerator" not in r.stdout  # DeepSpeed's "no GPU" warning, printed in every run before
-        runs[name] = json.loads((out / "train.json").read_text())
-        assert runs[name]["train_stats"]["processes"] == 2
-        assert runs[name]["train_stats"]["distributed"] == {"fsdp_cpu": "fsdp2", "deepspeed_cpu": "deepspeed-zero3",
-                                                             "ddp_cpu": "ddp"}[name]
+    out = tmp_path / sharded
+    args = ["forget", "--model", str(tiny_world.subject_dir), "--data", str(tiny_world.data_dir), *SHARDED_ARGS,
+            "--out", str(out)]
+    r = _launch(ROOT / "configs/accelerate" / f"{sharded}.yaml", args, UNLEARNKIT_KILL_AT="checkpoint-10")
+    assert r.returncode != 0 and (out / "checkpoints/step-10").is_dir() and not (out / "train.json").exists()
+    r = _launch(ROOT / "configs/accelerate" / f"{sharded}.yaml", [*args, "--resume"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stderr.count("twin_rmu, stopped") == 1  # the main process reports; the other waits for it
+    assert "Setting accelerator" not in r.stdout  # DeepSpeed's "no GPU" warning, printed in every run before
+    runs = {k: json.loads((d / "train.json").read_text()) for k, d in ((sharded, out), ("ddp_cpu", ddp_run))}
+    for k, run in runs.items():
+        assert (run["train_stats"]["processes"], run["train_stats"]["distributed"]) == (
+            2, {"fsdp_cpu": "fsdp2", "deepspeed_cpu": "deepspeed-zero3", "ddp_cpu": "ddp"}[k])
     stop, ddp = (runs[k]["stop"] for k in (sharded, "ddp_cpu"))
     assert stop["backtracks"] == ddp["backtracks"] > 0
     assert (stop["reason"], stop["stopped_at"], stop["kept_step"]) == (ddp["reason"], ddp["stopped_at"], ddp["kept_step"])
@@ -197,9 +213,9 @@ def test_sharded_two_cpu_processes_train_as_ddp_does(tiny_world, tmp_path, shard
     rounds = lambda stop: [(r["records"], r["reason"], r["stopped_at"], r["kept_step"], r["left"])  # noqa: E731
                            for r in stop["repairs"]]
     assert rounds(stop) == rounds(ddp) and rounds(stop)[0][3] > 0  # a round that trained and kept its weights
-    assert not (tmp_path / sharded / ".whole").exists()
+    assert not (out / ".whole").exists()
     start = load_file(tiny_world.subject_dir / "model.safetensors")
-    weights, replicated = (load_file(tmp_path / k / "model" / "model.safetensors") for k in (sharded, "ddp_cpu"))
+    weights, replicated = (load_file(d / "model" / "model.safetensors") for d in (out, ddp_run))
     for k, v in replicated.items():
         torch.testing.assert_close(weights[k], v, atol=1e-4, rtol=0)
     moved = sum(int((weights[k] != start[k]).sum()) for k in start) / sum(v.numel() for v in start.values())

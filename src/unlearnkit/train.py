@@ -503,8 +503,7 @@ def _weights_not_the_loops(acc) -> bool:
     return _sharded(acc) and not (acc.distributed_type == DistributedType.FSDP and acc.state.is_fsdp2)
 
 
-def _sharded_masks(acc, model, grad_masks: dict[str, torch.Tensor]) -> tuple[list[tuple[torch.Tensor, torch.Tensor]],
-                                                                             list]:
+def _sharded_masks(acc, model, grad_masks: dict[str, torch.Tensor]) -> tuple[list, list]:
     """(weight, mask) pairs for the prepared `model`, each mask on its weight's device and dtype and,
     under FSDP2, sharded as the weight is (`distribute_tensor`: every process computed the same full
     mask from the same starting weights); and the handles of gradient hooks, for DeepSpeed, which
