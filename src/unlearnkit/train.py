@@ -350,9 +350,12 @@ def train(model, loss_fn: Loss, streams: dict[str, list[Encoded]], cfg: TrainCon
 
     check_launch()
     acc = accelerator or _accelerator(cfg)
-    if cfg.sam and _weights_not_the_loops(acc):
-        raise ValueError(f"--sam under {acc.distributed_type.value}: sharpness-aware steps move the weights, which are "
-                         f"not this loop's to move there; use fsdp_version: 2, DDP or one process")
+    if cfg.sam and _fsdp1(acc):
+        raise ValueError("--sam under FSDP version 1: sharpness-aware steps move the weights, which its flat "
+                         "parameters hold where this loop cannot move them; use fsdp_version: 2, DDP or DeepSpeed")
+    if cfg.sam and _deepspeed(acc) and acc.state.deepspeed_plugin.zero_stage != 3:
+        raise ValueError(f"--sam under DeepSpeed ZeRO-{acc.state.deepspeed_plugin.zero_stage}: its gradient buckets "
+                         f"do not take the step's extra gradient pass; use zero_stage: 3, FSDP2 or DDP")
     set_seed(cfg.seed)
     names = list(streams)
     for name in names:
@@ -495,12 +498,21 @@ def _sharded(acc) -> bool:
     return acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
 
 
-def _weights_not_the_loops(acc) -> bool:
-    """Whether the weights and their gradients are held where this loop cannot mask or move them
-    (DeepSpeed, FSDP version 1's flat parameters); FSDP2's per-weight shards it can."""
+def _fsdp1(acc) -> bool:
+    """FSDP version 1, whose flat parameters hold the weights and gradients where this loop can
+    neither mask nor move them (FSDP2's per-weight shards it can, and DeepSpeed's partitions
+    through DeepSpeed's own accessors)."""
     from accelerate.utils import DistributedType
 
-    return _sharded(acc) and not (acc.distributed_type == DistributedType.FSDP and acc.state.is_fsdp2)
+    return acc.distributed_type == DistributedType.FSDP and not acc.state.is_fsdp2
+
+
+def _deepspeed(acc) -> bool:
+    """Launched with DeepSpeed (any ZeRO stage), which steps inside the backward pass from a float32
+    master copy of the weights that it holds apart from the module's."""
+    from accelerate.utils import DistributedType
+
+    return acc.distributed_type == DistributedType.DEEPSPEED
 
 
 def _sharded_masks(acc, model, grad_masks: dict[str, torch.Tensor]) -> tuple[list, list]:
@@ -510,11 +522,10 @@ def _sharded_masks(acc, model, grad_masks: dict[str, torch.Tensor]) -> tuple[lis
     takes its step inside the backward pass, after it has reduced and partitioned the gradients:
     there each mask is a hook on its weight, which sees the whole gradient before the reduction
     (and no pair is returned). FSDP version 1 holds weights its own way: a one-line ValueError."""
-    from accelerate.utils import DistributedType
     from torch.distributed.tensor import DTensor, distribute_tensor
 
-    deepspeed = acc.distributed_type == DistributedType.DEEPSPEED
-    if _weights_not_the_loops(acc) and not deepspeed:
+    deepspeed = _deepspeed(acc)
+    if _fsdp1(acc):
         raise ValueError("--saliency with FSDP version 1: the masked gradients are not this loop's to touch there; "
                          "use fsdp_version: 2 (configs/accelerate/fsdp.yaml), or --saliency 0")
     params = dict(acc.unwrap_model(model).model.named_parameters())
@@ -550,6 +561,8 @@ def _sharpness_aware_backward(acc, model, batch, forget: list, radius: float,
     process moves its own shards, by the norms summed over every process's shards."""
     if not forget:
         raise ValueError("--sam needs an unlearning loss that returns its forget term (loss, logs, forget)")
+    if _deepspeed(acc):
+        return _sharpness_aware_backward_deepspeed(acc, model, batch, forget[0], radius)
     acc.backward(forget[0])
     _mask_grads(masks or [])
     params = [p for p in model.parameters() if p.grad is not None]
@@ -571,6 +584,43 @@ def _sharpness_aware_backward(acc, model, batch, forget: list, radius: float,
     with torch.no_grad():
         for p, e in zip(params, moves):
             p.sub_(e)
+    return loss, logs
+
+
+def _sharpness_aware_backward_deepspeed(acc, model, batch, forget: torch.Tensor, radius: float) -> tuple[torch.Tensor, dict]:
+    """`_sharpness_aware_backward` under DeepSpeed ZeRO-3 (`train` refuses ZeRO-1/2, whose gradient
+    buckets fail on the extra pass), which takes its step inside the backward pass and holds the
+    weights' float32 master copy apart from the module's weights. The forget term's
+    gradient is taken outside DeepSpeed's reduction (`torch.autograd.grad`; the saliency masks'
+    hooks apply) and averaged over the processes, as DDP averages it. The move goes into the
+    module's weights alone (this process's partition of each), not into the master copy, which the
+    step then writes back over them: the step is taken from the weights as they were, with the
+    gradient at the moved ones."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    grads = torch.autograd.grad(forget, params, allow_unused=True)
+    params, grads = zip(*[(p, g) for p, g in zip(params, grads) if g is not None])
+    with torch.no_grad():
+        for g in grads:
+            torch.distributed.all_reduce(g)
+            g.div_(acc.num_processes)
+        g_norm = torch.stack([g.float().square().sum() for g in grads]).sum().sqrt()
+        w_sq = torch.stack([p.ds_tensor.float().square().sum() for p in params]).sum()
+        torch.distributed.all_reduce(w_sq)  # each process holds a partition of every weight
+        scale = float(radius * w_sq.sqrt() / g_norm.clamp_min(1e-12))
+        rank = torch.distributed.get_rank()
+        for p, g in zip(params, grads):
+            n = p.ds_tensor.numel()  # the partitions are equal, the last padded past the weight's end
+            part = g.flatten()[rank * n:(rank + 1) * n] * scale
+            p.ds_tensor[:part.numel()].add_(part.to(p.ds_tensor.dtype))
+        model.empty_partition_cache()  # the next pass gathers the moved partitions
+        if persist := [p for p in params if getattr(p, "ds_persist", False)]:
+            persist[0].all_gather(persist)
+    # DeepSpeed's own hooks took the forget term's gradients into its buffers as well, where the
+    # step would add them to the loss's (the weights ended 1e-2 from DDP's after 8 steps)
+    model.optimizer.zero_grad()
+    with acc.autocast():
+        loss, logs, *_ = model(batch)
+    acc.backward(loss)  # DeepSpeed steps from its master copy and writes it over the moved weights
     return loss, logs
 
 
