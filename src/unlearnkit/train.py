@@ -86,7 +86,7 @@ def _accelerator(cfg: TrainConfig):
     FSDP up on accelerator devices only (on CPU each process would be plain data parallel, its
     weights whole), while `fully_shard` itself shards on CPU, so the state is told it is FSDP, with
     the plugin the launcher's FSDP_* settings describe. That is the path
-    tests/test_train.py::test_sharded_two_cpu_processes_train_as_ddp_does runs."""
+    tests/test_distributed.py::test_sharded_two_cpu_processes_train_as_ddp_does runs."""
     from accelerate import Accelerator
     from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 
