@@ -32,8 +32,8 @@ if ("LOCAL_RANK" in os.environ and not torch.cuda.is_available()
         and os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() != "true"):
     os.environ.setdefault("ACCELERATE_USE_CPU", "true")
 # DeepSpeed, which accelerate imports wherever it is installed (`unwrap_model`), prints to stdout
-# that it found no GPU when left to detect its accelerator; told, it says nothing.
-if not torch.cuda.is_available():
+# that it found no accelerator when left to detect one on a machine that has none; told, it says nothing.
+if not (torch.cuda.is_available() or hasattr(torch, "accelerator") and torch.accelerator.is_available()):
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 
