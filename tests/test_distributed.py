@@ -3,6 +3,7 @@
 refusals where the loop cannot take a step (docs/distributed.md)."""
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import socket
@@ -117,8 +118,9 @@ def test_fsdp_version_1_without_gpus_is_refused(tiny_world, tmp_path, monkeypatc
     of such a launch, as torchrun and `accelerate launch` set it up: the refusal reads only that."""
     from typer.testing import CliRunner
 
-    import unlearnkit.train  # noqa: F401  (imported before the launch's variables: it reads LOCAL_RANK once)
     from unlearnkit.cli import app
+
+    importlib.import_module("unlearnkit.train")  # before the launch's variables: it reads LOCAL_RANK once
 
     for k, v in {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "ACCELERATE_USE_FSDP": "true",
                  "FSDP_VERSION": "1"}.items():
