@@ -315,9 +315,7 @@ class Handle:
         if any(_is_zero3(p) for _, p in params):
             # the whole copies ZeRO-3 keeps gathered between passes (weights it expects to use again
             # soon) hold the abandoned path: dropped, so that the next pass gathers the partitions
-            self._wrapped.empty_partition_cache()
-            if persist := [p for _, p in params if getattr(p, "ds_persist", False)]:
-                persist[0].all_gather(persist)  # the small weights ZeRO-3 keeps whole in every process
+            _regather_zero3(self._wrapped, [p for _, p in params])
         self._opt.state.clear()  # moments of the abandoned path would push back towards it
 
     def scale_lr(self, factor: float) -> None:
@@ -454,11 +452,10 @@ def _distributed(acc) -> str:
     first DeepSpeed launch on CPU ran plain DDP, and nothing said it)."""
     from accelerate.utils import DistributedType
 
-    t = acc.distributed_type
-    if t == DistributedType.DEEPSPEED:
+    if _deepspeed(acc):
         return f"deepspeed-zero{acc.state.deepspeed_plugin.zero_stage}"
-    if t == DistributedType.FSDP:
-        return "fsdp2" if acc.state.is_fsdp2 else "fsdp1"
+    if acc.distributed_type == DistributedType.FSDP:
+        return "fsdp1" if _fsdp1(acc) else "fsdp2"
     return "ddp" if acc.num_processes > 1 else "none"
 
 
@@ -492,7 +489,8 @@ def _trained_model(acc, model) -> tuple[Any, dict | None]:
 
 
 def _sharded(acc) -> bool:
-    """Whether each process holds only its own shard of the weights (FSDP, ZeRO-3)."""
+    """Whether the weights are the wrapper's to gather (FSDP, DeepSpeed): each process holds only
+    its own shard of them (FSDP, ZeRO-3) or of their float32 master copy (ZeRO-1/2)."""
     from accelerate.utils import DistributedType
 
     return acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
@@ -612,9 +610,7 @@ def _sharpness_aware_backward_deepspeed(acc, model, batch, forget: torch.Tensor,
             n = p.ds_tensor.numel()  # the partitions are equal, the last padded past the weight's end
             part = g.flatten()[rank * n:(rank + 1) * n] * scale
             p.ds_tensor[:part.numel()].add_(part.to(p.ds_tensor.dtype))
-        model.empty_partition_cache()  # the next pass gathers the moved partitions
-        if persist := [p for p in params if getattr(p, "ds_persist", False)]:
-            persist[0].all_gather(persist)
+        _regather_zero3(model, params)  # the next pass gathers the moved partitions
     # DeepSpeed's own hooks took the forget term's gradients into its buffers as well, where the
     # step would add them to the loss's (the weights ended 1e-2 from DDP's after 8 steps)
     model.optimizer.zero_grad()
@@ -622,6 +618,15 @@ def _sharpness_aware_backward_deepspeed(acc, model, batch, forget: torch.Tensor,
         loss, logs, *_ = model(batch)
     acc.backward(loss)  # DeepSpeed steps from its master copy and writes it over the moved weights
     return loss, logs
+
+
+def _regather_zero3(engine, params) -> None:
+    """After this process's ZeRO-3 partitions were written outside a step: drop the whole copies
+    DeepSpeed keeps gathered between passes (so that the next pass gathers the partitions anew), and
+    gather again the small weights it keeps whole in every process (`ds_persist`)."""
+    engine.empty_partition_cache()
+    if persist := [p for p in params if getattr(p, "ds_persist", False)]:
+        persist[0].all_gather(persist)
 
 
 def _is_zero3(p: torch.Tensor) -> bool:
