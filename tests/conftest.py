@@ -55,6 +55,22 @@ def tiny_world(tmp_path_factory) -> TinyWorld:
 
 
 @pytest.fixture(scope="session")
+def simnpo_run(tiny_world, tmp_path_factory) -> Path:
+    """SimNPO's calibrated run on `tiny_world` with a checkpoint every 3 steps, made once per test
+    run (as `tiny_world` is): its method's test and the resume test read it; neither writes to it."""
+    from filelock import FileLock
+
+    from unlearnkit import api
+
+    base = tmp_path_factory.getbasetemp()
+    out = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "simnpo_run"
+    with FileLock(f"{out}.lock"):
+        if not (out / "calibration.json").is_file():
+            api.forget(tiny_world.subject_dir, tiny_world.data_dir, "simnpo", out, save_every=3, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
 def tiny_results(tiny_world):
     """Evaluation results of the oracle (against itself) and the subject (against the oracle)."""
     from unlearnkit import api

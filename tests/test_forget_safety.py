@@ -156,15 +156,14 @@ def test_methods_lists_each_setting_with_type_and_default():
     assert rl["type"] == "nll | kl" and rl["default"] == "nll" and rl["doc"]
 
 
-def test_a_calibrated_run_resumes_to_the_same_stop_and_weights(tiny_world, tmp_path):
+def test_a_calibrated_run_resumes_to_the_same_stop_and_weights(tiny_world, simnpo_run, tmp_path):
     """The calibrator's history and kept weights travel in the checkpoint: a calibrated run resumed
     from its last checkpoint stops where the whole run stopped, with the same weights."""
     from safetensors.torch import load_file
 
     from unlearnkit import api
 
-    full = api.forget(tiny_world.subject_dir, tiny_world.data_dir, "simnpo", tmp_path / "full", save_every=3,
-                      progress=False)
+    full = simnpo_run  # SimNPO, calibrated, a checkpoint every 3 steps
     info = json.loads((full / "calibration.json").read_text())
     ckpts = list((full / "checkpoints").glob("step-*"))
     assert ckpts, "the run stopped before its first checkpoint"

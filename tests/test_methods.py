@@ -28,16 +28,18 @@ def test_registry_lists_every_method_with_a_description():
 
 @pytest.mark.parametrize("method", METHODS)
 def test_calibrated_default_reaches_the_target_or_says_where_it_stopped(method, tiny_world, subject_rouge, tmp_path,
-                                                                       load_bench):
+                                                                       load_bench, request):
     """With no budget, every method stops by the calibration rule: matched (and then it forgot:
     forget ROUGE at most half the subject's), or at the floor / overshot / budget, said as such;
-    the kept weights are never below the utility floor."""
+    the kept weights are never below the utility floor. (SimNPO's run is the resume test's too:
+    its checkpoints change nothing it decides.)"""
     import json
 
     from unlearnkit import api
     from unlearnkit.calibrate import REASONS
 
-    run = api.forget(tiny_world.subject_dir, tiny_world.data_dir, method, tmp_path / method, progress=False)
+    run = (request.getfixturevalue("simnpo_run") if method == "simnpo" else
+           api.forget(tiny_world.subject_dir, tiny_world.data_dir, method, tmp_path / method, progress=False))
     info = json.loads((run / "calibration.json").read_text())
     assert info["reason"] in REASONS and info["reason"] in api.run_summary(run)
     kept = info["kept"]

@@ -14,6 +14,7 @@ import os
 import random
 import shutil
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
@@ -100,6 +101,10 @@ def _accelerator(cfg: TrainConfig):
             acc.state.deepspeed_plugin.deepspeed_config.update(
                 train_micro_batch_size_per_gpu=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
                 gradient_clipping=cfg.max_grad_norm or 0.0)
+            # DeepSpeed's ZeRO calls torch's deprecated collectives at every step, and the warning came
+            # back each time (something clears the warnings registry between steps): 600 lines of
+            # stderr in a 99-step run. It is DeepSpeed's to change, not the user's.
+            warnings.filterwarnings("ignore", r"`torch\.distributed\.\w+` is deprecated", FutureWarning)
         return acc
     plugin = FullyShardedDataParallelPlugin()
     acc = Accelerator(cpu=True, fsdp_plugin=plugin, **kw)
