@@ -69,7 +69,8 @@ def _launch(config: Path, args: list[str], module: bool = True, **env_) -> subpr
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **env_}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "DS_ACCELERATOR": "cpu", **env_}  # as deepspeed_cpu.yaml says (unlearnkit.train sets it in this process)
     cmd = [str(Path(sys.executable).with_name("accelerate")), "launch", "--config_file", str(config),
            "--main_process_port", str(port), *(["-m", "unlearnkit.cli"] if module else []), *args]
     with FileLock(LAUNCH_LOCK):
@@ -142,7 +143,9 @@ def test_sharded_two_cpu_processes_train_as_ddp_does(tiny_world, ddp_run, tmp_pa
     r = _launch(ROOT / "configs/accelerate" / f"{sharded}.yaml", args)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stderr.count("twin_rmu, stopped") == 1  # the main process reports; the other waits for it
-    assert "Setting accelerator" not in r.stdout  # DeepSpeed's "no GPU" warning, printed in every run before
+    # stdout is the run's directory alone, as a script reads it: DeepSpeed's "no GPU" warning, its comm
+    # op's "built successfully" and its log went there until session 34
+    assert "".join(r.stdout.split()) == str(out), r.stdout  # (rich may wrap a long path)
     assert "`torch.distributed.all_gather_into_tensor` is deprecated" not in r.stderr  # ZeRO's, 600 times a run before
     runs = {k: json.loads((d / "train.json").read_text()) for k, d in ((sharded, out), ("ddp_cpu", ddp_run))}
     for k, run in runs.items():

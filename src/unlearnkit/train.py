@@ -8,11 +8,13 @@ sees exactly the batches the uninterrupted run would have seen.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import random
 import shutil
+import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -49,7 +51,32 @@ def process_state():
     from accelerate.utils import parse_flag_from_env
 
     kw = {"backend": "gloo"} if _deepspeed_on_cpu() else {}
-    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"), **kw)
+    if not parse_flag_from_env("ACCELERATE_USE_DEEPSPEED"):
+        return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"), **kw)
+    _deepspeed_logs_to_stderr()
+    with contextlib.redirect_stdout(sys.stderr):  # its CPU comm op's "built successfully", once a process
+        return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"), **kw)
+
+
+def _deepspeed_logs_to_stderr() -> None:
+    """DeepSpeed logs to stdout, where `unlearn forget` and `finetune` print the one line a script
+    reads (the run's directory): its log goes to stderr. Dropped: its warning that a module's output
+    holds no tensor, about the loop's wrapper when a check's scoring function returns other things (a
+    repair round's answers, generated under no_grad: there is no backward pass for a hook to miss)."""
+    import logging
+
+    from deepspeed.utils import logger
+
+    for h in logger.handlers:
+        if isinstance(h, logging.StreamHandler) and h.stream is sys.stdout:
+            h.setStream(sys.stderr)
+    if _harmless not in logger.filters:
+        logger.addFilter(_harmless)
+
+
+def _harmless(record) -> bool:
+    """False for DeepSpeed's warning about the loop's wrapper (`_deepspeed_logs_to_stderr`)."""
+    return not record.getMessage().startswith("A module has unknown inputs or outputs type")
 
 
 def _processes_on_cpu() -> bool:
