@@ -53,19 +53,24 @@ def process_state():
     kw = {"backend": "gloo"} if _deepspeed_on_cpu() else {}
     if not parse_flag_from_env("ACCELERATE_USE_DEEPSPEED"):
         return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"), **kw)
-    _deepspeed_logs_to_stderr()
+    _deepspeed_output()
     with contextlib.redirect_stdout(sys.stderr):  # its CPU comm op's "built successfully", once a process
         return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"), **kw)
 
 
-def _deepspeed_logs_to_stderr() -> None:
+def _deepspeed_output() -> None:
     """DeepSpeed logs to stdout, where `unlearn forget` and `finetune` print the one line a script
     reads (the run's directory): its log goes to stderr. Dropped: its warning that a module's output
     holds no tensor, about the loop's wrapper when a check's scoring function returns other things (a
-    repair round's answers, generated under no_grad: there is no backward pass for a hook to miss)."""
+    repair round's answers, generated under no_grad: there is no backward pass for a hook to miss);
+    and torch's FutureWarning that the collectives ZeRO calls at every step are deprecated, which
+    came back at each step (something clears the warnings registry between steps: 600 lines of
+    stderr in a 99-step run), and is DeepSpeed's to act on, not the user's."""
     import logging
 
     from deepspeed.utils import logger
+
+    warnings.filterwarnings("ignore", r"`torch\.distributed\.\w+` is deprecated", FutureWarning)
 
     for h in logger.handlers:
         if isinstance(h, logging.StreamHandler) and h.stream is sys.stdout:
@@ -75,7 +80,7 @@ def _deepspeed_logs_to_stderr() -> None:
 
 
 def _harmless(record) -> bool:
-    """False for DeepSpeed's warning about the loop's wrapper (`_deepspeed_logs_to_stderr`)."""
+    """False for DeepSpeed's warning about the loop's wrapper (`_deepspeed_output`)."""
     return not record.getMessage().startswith("A module has unknown inputs or outputs type")
 
 
@@ -128,10 +133,6 @@ def _accelerator(cfg: TrainConfig):
             acc.state.deepspeed_plugin.deepspeed_config.update(
                 train_micro_batch_size_per_gpu=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
                 gradient_clipping=cfg.max_grad_norm or 0.0)
-            # DeepSpeed's ZeRO calls torch's deprecated collectives at every step, and the warning came
-            # back each time (something clears the warnings registry between steps): 600 lines of
-            # stderr in a 99-step run. It is DeepSpeed's to change, not the user's.
-            warnings.filterwarnings("ignore", r"`torch\.distributed\.\w+` is deprecated", FutureWarning)
         return acc
     plugin = FullyShardedDataParallelPlugin()
     acc = Accelerator(cpu=True, fsdp_plugin=plugin, **kw)
