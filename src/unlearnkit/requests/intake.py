@@ -5,7 +5,7 @@ import os
 from dataclasses import dataclass
 
 from .home import Home
-from .person import check_name, person_hash, read_facts
+from .person import check_name, new_names, person_hash, read_facts
 
 
 @dataclass
@@ -18,7 +18,8 @@ class Added:
 def guard_target(request_id: str, name: str, aliases: list[str], facts: list[dict], inventory: list[dict] | None = None,
                  names_only: bool = False):
     """The guard's target for a request: the names always; the given facts and the located
-    inventory (as question-answer pairs, whose answers the guard forbids) until verified."""
+    inventory's items (the ledger's `inventory["items"]`: question-answer pairs, whose answers the
+    guard forbids) until verified."""
     from ..guard import QAPair, Target
 
     qa, sentences = [], []
@@ -46,16 +47,18 @@ def add(home: Home | str | os.PathLike | None, name: str, aliases: list[str] | N
     alias is a known request's name or alias, merges into that request."""
     home = home if isinstance(home, Home) else Home(home)
     name = check_name(name)
-    aliases = [check_name(a, "alias") for a in (aliases or [])]
+    aliases = new_names([check_name(a, "alias") for a in (aliases or [])], [name])
     facts = read_facts(facts) if isinstance(facts, (str, os.PathLike)) else list(facts or [])
     keys = [person_hash(n, home.salt) for n in [name, *aliases]]
     guard = home.targets()
     with home.ledger() as led:
         existing = led.find_key(keys)
         if existing is not None:
-            r = led.merge(existing, keys, [n for n in [name, *aliases]], facts)
-            if r.status != "verified":
-                put_target(guard, guard_target(r.id, r.name, r.aliases, r.facts, r.inventory))
+            r = led.merge(existing, keys, [name, *aliases], facts)
+            if r.status == "verified":  # the ledger holds no name any more; the guard may
+                _more_names(guard, r.id, [name, *aliases])
+            else:
+                put_target(guard, guard_target(r.id, r.name, r.aliases, r.facts, (r.inventory or {}).get("items")))
                 if r.status == "failed":
                     led.transition(r.id, "guarded")
             return Added(r.id, led.get(r.id).status, True)
@@ -63,3 +66,15 @@ def add(home: Home | str | os.PathLike | None, name: str, aliases: list[str] | N
         put_target(guard, guard_target(rid, name, aliases, facts))
         led.transition(rid, "guarded")
         return Added(rid, "guarded", False)
+
+
+def _more_names(store, request_id: str, names: list[str]) -> None:
+    """A verified request filed again under a name its guard target lacks: the target, which keeps
+    the names only (docs/requests.md), takes it. Nothing where the guard let the person go once
+    verified (`keep_guard_after_verified` false)."""
+    t = next((t for t in store.list() if t.id == request_id), None)
+    if t is None:
+        return
+    new = new_names(names, [t.subject, *t.aliases])
+    if new:
+        put_target(store, guard_target(request_id, t.subject, [*t.aliases, *new], [], names_only=True))

@@ -18,6 +18,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from .person import new_names
+
 STATES = ("received", "guarded", "located", "processing", "verified", "failed")
 TRANSITIONS = {
     "received": {"guarded", "failed"},
@@ -189,7 +191,7 @@ class Ledger:
             for k in key_hashes:
                 c.execute("INSERT OR IGNORE INTO keys VALUES (?,?)", (k, request_id))
             if r.status != "verified":
-                al = r.aliases + [a for a in aliases if a not in r.aliases and a != r.name]
+                al = r.aliases + new_names(aliases, [r.name, *r.aliases])  # one name, however written
                 fa = r.facts + [f for f in facts if f not in r.facts]
                 counts = {**r.counts, "aliases": len(al), "facts": len(fa), "merged": r.counts.get("merged", 0) + 1}
                 c.execute("UPDATE requests SET aliases=?, facts=?, counts=?, updated_at=? WHERE id=?",

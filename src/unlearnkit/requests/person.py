@@ -22,6 +22,16 @@ def normalise_name(name: str) -> str:
     return " ".join("".join(c for c in t if not unicodedata.combining(c)).casefold().split())
 
 
+def new_names(names: list[str], known: list[str]) -> list[str]:
+    """The names of `names` that are none of `known` once normalised, each once, as first written."""
+    seen, out = {normalise_name(n) for n in known}, []
+    for n in names:
+        if normalise_name(n) not in seen:
+            seen.add(normalise_name(n))
+            out.append(n)
+    return out
+
+
 def check_name(name: str, what: str = "name") -> str:
     clean = " ".join(str(name).split())
     if not clean:
