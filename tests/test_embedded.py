@@ -200,6 +200,21 @@ def test_cli_eval_without_an_oracle_judges_forgetting_against_twins(tiny_world, 
     assert got["subject"]["forget_quality_twins"] == pytest.approx(tiny_results["subject"]["forget_quality_twins"])
 
 
+def test_cli_eval_with_a_subject_checkpoint_scores_it_against_the_oracle(tiny_world, tiny_results, tmp_path):
+    """`--subject` as a checkpoint (as `forget --eval` passes the source model): the subject is
+    evaluated against the oracle, so the verdict has its forget quality and can fail the subject
+    itself, as with the subject's results JSON (until session 34: "cannot decide ... the subject
+    has no forget quality")."""
+    oracle_json = tmp_path / "oracle.json"
+    oracle_json.write_text(json.dumps(tiny_results["oracle"]))
+    r = runner.invoke(app, ["eval", "--model", str(tiny_world.subject_dir), "--data", str(tiny_world.data_dir),
+                            "--oracle", str(oracle_json), "--subject", str(tiny_world.subject_dir), "--suite", "tofu",
+                            "--out", str(tmp_path / "e.json")])
+    assert r.exit_code == 0, r.output
+    v = json.loads((tmp_path / "e.json").read_text())["verdict"]["forgetting"]
+    assert v["status"] == "fail", v
+
+
 def test_cli_help_explains_every_flag():
     for verb in ("demo", "world", "finetune", "forget", "eval", "methods"):
         r = runner.invoke(app, [verb, "--help"])

@@ -174,7 +174,7 @@ def evaluate(model, data: str | os.PathLike, *, oracle=None, subject=None, suite
         oracle_res = _as_result(oracle, w, suites, tpl)
         if bench is not None and bench.convert_oracle is not None and isinstance(oracle_res, dict):
             oracle_res = bench.convert_oracle(oracle_res)
-        subject_res = _as_result(subject, w, suites, tpl) if subject is not None else None
+        subject_res = _as_result(subject, w, suites, tpl, oracle=oracle_res) if subject is not None else None
         ref_lm = as_lm(reference, tpl)[0] if reference is not None else None
         with timer("eval"):
             res = run_eval(lm, w, oracle=oracle_res, subject=subject_res, suites=tuple(suites), reference_lm=ref_lm,
@@ -202,7 +202,11 @@ def as_lm(model, template=None):
     return LM(net, tok, template=parse_template(template)), fingerprint(net)
 
 
-def _as_result(x, w, suites, template=None):
+def _as_result(x, w, suites, template=None, oracle=None):
+    """`x` (an oracle or a subject: a result dict, a results JSON, "self", a checkpoint or an LM) as
+    a result dict; a model is evaluated here, against `oracle` (a result dict) where given: the
+    verdict reads the subject's forget quality and PrivLeak, which need it (until session 34 a
+    subject checkpoint came without them, and the verdict could not decide)."""
     from .evaluate import evaluate as run_eval
 
     if x is None or isinstance(x, dict) or x == "self":
@@ -211,7 +215,7 @@ def _as_result(x, w, suites, template=None):
     if p is not None and p.suffix == ".json" and not p.is_dir():
         return _read_result(p)
     lm, _ = as_lm(x, template)
-    return run_eval(lm, w, suites=tuple(suites))
+    return run_eval(lm, w, suites=tuple(suites), oracle=oracle if isinstance(oracle, dict) else None)
 
 
 def _read_result(p: Path) -> dict:
