@@ -206,7 +206,10 @@ def test_cli_report_compare_and_errors(run_dir, tmp_path):
     assert (tmp_path / "c.html").is_file()
     # the Markdown report, as before, from a metrics JSON
     r = runner.invoke(app, ["report", str(run_dir / "metrics.json"), "--out", str(tmp_path / "r.md")])
-    assert r.exit_code == 0 and (tmp_path / "r.md").read_text().startswith("# unlearnkit report")
+    md = (tmp_path / "r.md").read_text()
+    assert r.exit_code == 0 and md.startswith("# unlearnkit report")
+    # it names the file its numbers come from (it said metrics.json and `unlearn demo` for any input)
+    assert md.rstrip().endswith(f"Numbers come from `{(run_dir / 'metrics.json').resolve()}`.")
     r = runner.invoke(app, ["report", str(tmp_path / "nowhere"), "--html", str(out)])
     assert r.exit_code == 2 and "nowhere: no such file or directory" in r.output
     r = runner.invoke(app, ["report", str(tmp_path), "--html", str(out)])

@@ -283,7 +283,8 @@ def report(inputs: List[Path] = typer.Argument(..., help="Run directories or met
             raise ValueError("a Markdown report takes one input; pass --html OUT.html for several")
         run = load_run(inputs[0])
         data = {"models": run.models, "attacks": run.attacks, "config": run.config}
-        out_console.print(str(write_report(data, out or run.source.with_name("report.md"))))
+        out_console.print(str(write_report(data, out or run.source.with_name("report.md"),
+                                           source=f"`{run.source.resolve()}`", rerun=None)))
 
 
 @app.command()

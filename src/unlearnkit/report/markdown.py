@@ -37,7 +37,10 @@ def headline_table(models: dict[str, dict]) -> list[list[str]]:
     return rows
 
 
-def write_report(metrics: dict, path: str | Path) -> Path:
+def write_report(metrics: dict, path: str | Path, source: str = "`metrics.json` beside this file",
+                 rerun: str | None = "unlearn demo") -> Path:
+    """The Markdown report of `metrics` at `path`; its last line names where the numbers come from
+    (`source`) and the command that makes them again (`rerun`, where known)."""
     models = metrics["models"]
     names = list(models)
     lines = ["# unlearnkit report", ""]
@@ -66,5 +69,5 @@ def write_report(metrics: dict, path: str | Path) -> Path:
                   f"| {fmt(a.get('plain_forget_rouge'))} → {fmt(a.get('attacked_forget_rouge'))} |" for k, a in attacks.items()]
     if "seconds" in metrics:
         lines += ["", "## Wall time (s)", ""] + [f"- {k}: {v:.1f}" for k, v in metrics["seconds"].items()]
-    lines += ["", "Numbers come from `metrics.json` beside this file; rerun with `unlearn demo`.", ""]
+    lines += ["", f"Numbers come from {source}" + (f"; rerun with `{rerun}`." if rerun else "."), ""]
     return runinfo.write_text(path, "\n".join(lines))
