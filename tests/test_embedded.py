@@ -213,6 +213,7 @@ def test_cli_eval_with_a_subject_checkpoint_scores_it_against_the_oracle(tiny_wo
     assert r.exit_code == 0, r.output
     v = json.loads((tmp_path / "e.json").read_text())["verdict"]["forgetting"]
     assert v["status"] == "fail", v
+    assert f"verdict (model) forgetting: FAIL — {v['why']}" in " ".join(r.stdout.split())  # printed, not only in the JSON
 
 
 def test_cli_help_explains_every_flag():

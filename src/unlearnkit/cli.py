@@ -298,7 +298,9 @@ def compare(runs: List[Path] = typer.Argument(..., help="Run directories or metr
 
 
 def _print_headline(models: dict) -> None:
+    """The headline metrics of each model, and each model's verdict below them."""
     from .report import headline_table
+    from .report.markdown import verdict_rows
 
     table = Table()
     table.add_column("metric")
@@ -307,6 +309,9 @@ def _print_headline(models: dict) -> None:
     for row in headline_table(models):
         table.add_row(*row)
     out_console.print(table)
+    for n, res in models.items():
+        for aspect, mark, why in verdict_rows(res.get("verdict") or {}):
+            out_console.print(f"verdict ({n}) {aspect}: {mark}" + (f" — {why}" if why else ""), highlight=False)
 
 
 def _mount_subapps() -> None:

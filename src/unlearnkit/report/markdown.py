@@ -37,6 +37,13 @@ def headline_table(models: dict[str, dict]) -> list[list[str]]:
     return rows
 
 
+def verdict_rows(verdict: dict) -> list[tuple[str, str, str]]:
+    """(aspect, PASS | FAIL | CANNOT DECIDE, why) for each aspect of an evaluation's verdict."""
+    return [(aspect, v.get("status", "pass" if v.get("pass") else "cannot decide" if v.get("pass") is None
+                           else "fail").upper(), v.get("why", ""))
+            for aspect, v in verdict.items() if isinstance(v, dict)]
+
+
 def write_report(metrics: dict, path: str | Path, source: str = "`metrics.json` beside this file",
                  rerun: str | None = "unlearn demo") -> Path:
     """The Markdown report of `metrics` at `path`; its last line names where the numbers come from
@@ -54,11 +61,7 @@ def write_report(metrics: dict, path: str | Path, source: str = "`metrics.json` 
         if not verdict:
             continue
         lines += ["", f"## Verdict: {name}", ""]
-        for aspect, v in verdict.items():
-            if isinstance(v, dict):
-                mark = v.get("status", "pass" if v.get("pass") else "cannot decide" if v.get("pass") is None
-                             else "fail").upper()
-                lines.append(f"- **{aspect}**: {mark} — {v.get('why', '')}")
+        lines += [f"- **{aspect}**: {mark} — {why}" for aspect, mark, why in verdict_rows(verdict)]
     if attacks := metrics.get("attacks"):
         lines += ["", "## Attacks on the unlearned model", "",
                   "Recovery: share of the subject-to-unlearned gap the attack closes (0 = nothing comes back); "
