@@ -168,6 +168,13 @@ def test_bad_input_one_line_errors(home, tmp_path):
         rq.init(tmp_path / "h3", home.path / "versions" / "v0000", home.path / "retain" / "retain.jsonl",
                 answer_tol=0.2)
     assert not (tmp_path / "h3").exists()
+    # a retain pool or a model that is not there: one line, and no half-made home is left (an empty one was)
+    code, _, err = cli("home", "init", "--model", str(home.path / "versions" / "v0000"), "--retain",
+                       str(tmp_path / "nowhere.jsonl"), "--home", str(tmp_path / "h4"))
+    assert code == 2 and "nowhere.jsonl" in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "h4").exists()
+    code, _, err = cli("home", "init", "--model", str(tmp_path / "no-model"), "--retain",
+                       str(home.path / "retain" / "retain.jsonl"), "--home", str(tmp_path / "h4"))
+    assert code == 2 and "no-model" in err and not (tmp_path / "h4").exists()
     meta = json.loads((home.path / "home.json").read_text())
     bad = tmp_path / "bad-home"
     bad.mkdir()

@@ -211,24 +211,35 @@ class Home:
         if (path / "home.json").exists():
             raise HomeError(f"{path}: already a deployment home")
         settings = settings or Settings()
+        existed = path.exists()
+        empty = not existed or not any(path.iterdir())
         path.mkdir(parents=True, exist_ok=True)
-        import_pool(retain, path / "retain")
-        v0 = _import_model(model, path / "versions", "v0000")
-        g = Guard(path / "guard", settings=GuardSettings(default_action=settings.guard_action))
-        g.save_settings()
-        meta = {"format": FORMAT, "created": time.time(), "base_model": str(model), "retain_source": str(retain),
-                "salt": secrets.token_hex(16), "settings": settings.model_dump(), "base_version": v0.name,
-                "versions": runinfo.versions()}
-        runinfo.write_json(path / "home.json", meta)
-        home = cls(path)
-        home.set_current(v0.name)
-        home.ledger().close()  # creates the schema
-        if measure_utility:
-            from .verify import utility
+        try:
+            import_pool(retain, path / "retain")
+            v0 = _import_model(model, path / "versions", "v0000")
+            g = Guard(path / "guard", settings=GuardSettings(default_action=settings.guard_action))
+            g.save_settings()
+            meta = {"format": FORMAT, "created": time.time(), "base_model": str(model), "retain_source": str(retain),
+                    "salt": secrets.token_hex(16), "settings": settings.model_dump(), "base_version": v0.name,
+                    "versions": runinfo.versions()}
+            runinfo.write_json(path / "home.json", meta)
+            home = cls(path)
+            home.set_current(v0.name)
+            home.ledger().close()  # creates the schema
+            if measure_utility:
+                from .verify import utility
 
-            home.meta["base_utility"] = utility(home, v0.path)
-            runinfo.write_json(path / "home.json", home.meta)
-        return home
+                home.meta["base_utility"] = utility(home, v0.path)
+                runinfo.write_json(path / "home.json", home.meta)
+            return home
+        except BaseException:  # a home half made is no home: what this call made goes (a bad retain pool left it)
+            if empty:
+                for p in path.iterdir():
+                    shutil.rmtree(p) if p.is_dir() else p.unlink()
+            if not existed:
+                with contextlib.suppress(OSError):
+                    path.rmdir()
+            raise
 
     # -- versions ----------------------------------------------------------------------------------
     def current_name(self) -> str:
