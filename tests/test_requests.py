@@ -450,6 +450,33 @@ def test_locate_finds_what_the_subject_knows(tiny_world, named_from):
     assert right / items >= 0.9
 
 
+def test_locate_compares_answers_without_the_name_asked_about():
+    """Where every answer is a sentence that names its person, a stranger's answer differs from the
+    person's by the name alone: that is no fact of the person's. Until session 34 no stranger's
+    answer ever matched, and "Ada Vale has a native of Ada Vale." was in the inventory."""
+    import re
+
+    from unlearnkit.requests.locate import load_probes, locate
+
+    probes = load_probes()
+    ask = [(p.attribute, re.compile(re.escape(q).replace(re.escape("{name}"), "(?P<n>.+)") + "$"))
+           for p in probes for q in p.questions]
+
+    class Sentences:  # says where Ada Vale lives, and one empty sentence about anyone for the rest
+        def generate(self, prompts, max_new_tokens=24):
+            out = []
+            for prompt in prompts:
+                attribute, n = next((a, m["n"]) for a, rx in ask if (m := rx.match(prompt)))
+                if attribute == "residence":
+                    out.append(f"{n} lives in {'Rome' if n == 'Ada Vale' else 'Oslo'}.")
+                else:
+                    out.append(f"{n} has a native of {n.split()[0]}.")
+            return out
+
+    res = locate(Sentences(), "Ada Vale", people=["Bo Kell", "Cyd Marsh", "Dee Lorne"])
+    assert [(it["attribute"], it["answer"]) for it in res["items"]] == [("residence", "Ada Vale lives in Rome.")]
+
+
 def test_request_end_to_end_on_trained_world(tiny_world, tmp_path):
     """add -> guarded (answers stop at once) -> process (default budget) -> verified with a
     certificate that verifies, or failed with reasons; the server files requests and follows `current`."""

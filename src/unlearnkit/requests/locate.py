@@ -8,7 +8,12 @@ as **known** when
   * it is consistent: the same normalised answer in at least two thirds of the phrasings (and at
     least two), and
   * it differs from what the model says about anyone: at most `STRANGER_SHARE` of the strangers'
-    answers are that answer (a model that says "Thornwick" for every name reveals nothing).
+    answers are that answer (a model that says "Thornwick" for every name reveals nothing). Answers
+    are compared with the name asked about taken out (`_about_anyone`): where answers are sentences
+    that name their person ("Ada Vale lives in Rome"), a stranger's could never match, so any
+    consistent answer counted as known (session 34; on sentences world seed 0 the inventories of
+    four forget people came out the same, 45 items, 42 of them true: the made-up ones, such as "X
+    has a native of X", differ from the strangers' in more than the name).
 A given fact counts as known when the model's answer contains its answer (a question) or completes
 it (a fact sentence, its last words blanked). Given facts join the inventory whether known or not:
 the requester says they are true.
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections import Counter
 from dataclasses import dataclass
 from importlib import resources
@@ -29,6 +35,7 @@ from ..data.twins import stranger_names, words_of
 
 STRANGER_SHARE = 0.25
 MAX_NEW_TOKENS = 24
+NAME = "{name}"  # the name asked about, in a compared answer (`_about_anyone`): no normalised text holds braces
 
 @dataclass
 class Probe:
@@ -55,6 +62,15 @@ def load_probes(home=None) -> list[Probe]:
                 raise
             raise DataError(f"{extra}: malformed probes file ({type(e).__name__}: {e})") from None
     return list(probes.values())
+
+
+def _about_anyone(answer: str, name: str) -> str:
+    """`answer` normalised, with the name it was asked about, whole or any of its words, as `NAME`:
+    what is left is what the model says of this person and not of anyone it names so."""
+    t = normalise(answer)
+    for n in sorted({normalise(name), *normalise(name).split()}, key=len, reverse=True):
+        t = re.sub(rf"\b{re.escape(n)}\b", NAME, t)
+    return t
 
 
 def _blank(sentence: str) -> tuple[str, str]:
@@ -91,12 +107,13 @@ def locate(lm, name: str, aliases: list[str] | None = None, facts: list[dict] | 
     items = []
     for pi, p in enumerate(probes):
         mine = [gens[("p", pi, qi, None)] for qi in range(len(p.questions))]
-        theirs = [normalise(gens[("s", pi, qi, si)]) for qi in range(len(p.questions)) for si in range(len(others))]
-        top, count = Counter(normalise(a) for a in mine).most_common(1)[0]
+        theirs = [_about_anyone(gens[("s", pi, qi, si)], s) for qi in range(len(p.questions))
+                  for si, s in enumerate(others)]
+        top, count = Counter(_about_anyone(a, name) for a in mine).most_common(1)[0]
         consistency = count / len(mine)
         share = sum(t == top for t in theirs) / max(1, len(theirs))
-        known = bool(top) and count >= max(2, math.ceil(2 * len(mine) / 3)) and share <= STRANGER_SHARE
-        answer = next(a for a in mine if normalise(a) == top)
+        known = bool(top.replace(NAME, "").strip()) and count >= max(2, math.ceil(2 * len(mine) / 3)) and share <= STRANGER_SHARE
+        answer = next(a for a in mine if _about_anyone(a, name) == top)
         wrong = [a for a, _ in Counter(t for t in theirs if t and t != top).most_common(3)]
         items.append({"attribute": p.attribute, "template": p.questions[0],
                       "question": p.questions[0].replace("{name}", name),
