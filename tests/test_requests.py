@@ -378,15 +378,13 @@ def test_repair_round_takes_the_facts_the_first_run_left_answered(tiny_world, tm
         homes[k] = rq.init(tmp_path / f"h{k}", tiny_world.subject_dir, tiny_world.data_dir, repair_rounds=k,
                            **only_answers)
         rq.add(homes[k], person)
-        if k == 0:
-            res[k] = rq.process(homes[k], calibration={"max_epochs": 1, "every": 4, "floor": 0.5})
-        else:  # the command line prints the rounds
-            code, printed, err = cli("request", "process", "-c", "max_epochs=1", "-c", "every=4", "-c", "floor=0.5",
-                                     "--home", str(homes[k].path))
-            assert code == 0, err
-            bid = printed.split()[1].rstrip(":")
-            with homes[k].ledger() as led:
-                res[k] = {"batch": bid, "new_version": led.batch(bid)["new_version"]}
+        # the command line prints the rounds, and exits 1 where the batch is not deployed
+        code, printed, err = cli("request", "process", "-c", "max_epochs=1", "-c", "every=4", "-c", "floor=0.5",
+                                 "--home", str(homes[k].path))
+        bid = printed.split()[1].rstrip(":")
+        with homes[k].ledger() as led:
+            res[k] = {"batch": bid, "new_version": led.batch(bid)["new_version"], "stage": led.batch(bid)["stage"]}
+        assert code == (0 if res[k]["stage"] == "deployed" else 1), err
         run = homes[k].runs_dir / res[k]["batch"]
         rounds[k] = json.loads((run / "rounds.json").read_text())["rounds"]
         cal[k] = json.loads((run / "unlearn" / "calibration.json").read_text())

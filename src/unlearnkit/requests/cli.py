@@ -107,7 +107,8 @@ def request_process(home: Optional[Path] = HOME,
                         None, "--calibration", "-c", help="Calibration setting key=value for this batch (repeatable; "
                                                           "`unlearn forget --help`), e.g. repair_rounds=2."),
                     progress: bool = typer.Option(False, "--progress")):
-    """Unlearn the guarded requests as one batch from `current`, verify each, deploy if all pass."""
+    """Unlearn the guarded requests as one batch from `current`, verify each, deploy if all pass.
+    Exits 1 when the batch is not deployed (its requests failed: the table says why)."""
     from . import process
 
     if max_batch is not None and max_batch < 1:
@@ -130,6 +131,8 @@ def request_process(home: Optional[Path] = HOME,
         why = f", {r['reason']}, utility {r['utility']:.3f}x its start" if r["reason"] else ""
         out.print(f"  {what} {r['records']} facts of {r['requests']} request(s){why}")
     _list(home, ids=res["requests"])
+    if res["stage"] != "deployed":
+        raise typer.Exit(1)
 
 
 def _list(home, ids=None):
@@ -137,7 +140,7 @@ def _list(home, ids=None):
 
     t = Table(title="forget requests")
     for c in ("id", "status", "received", "verified", "inventory", "failure"):
-        t.add_column(c)
+        t.add_column(c, overflow="fold")  # an id or a failure cut short says nothing
     for r in list_requests(home):
         if ids is not None and r["id"] not in ids:
             continue
