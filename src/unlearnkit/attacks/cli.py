@@ -65,7 +65,7 @@ def attack(model: str = typer.Option(..., help="Checkpoint dir (e.g. RUN/model) 
     runinfo.write_json(out, res)
     table = Table(title=f"attack: {kind}")
     for col in ("variant", "rouge before", "rouge after", "prob before", "prob after", "recovery", "oracle recovery"):
-        table.add_column(col, justify="right")
+        table.add_column(col, justify="right", overflow="fold")  # a variant's name cut short says nothing
     f = lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731
     for name, v in res["variants"].items():
         table.add_row(name, f(res["plain"]["model"]["forget_rouge"]), f(v["model"]["forget_rouge"]),

@@ -81,9 +81,9 @@ def read_facts(path: str | os.PathLike) -> list[dict]:
             f = Fact.model_validate(obj)
         except ValidationError as e:
             err = e.errors()[0]
-            loc = ".".join(str(p) for p in err.get("loc", ())) or "(line)"
+            loc = ".".join(str(p) for p in err.get("loc", ()))
             msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
-            raise DataError(f"{where}: field '{loc}': {msg}") from None
+            raise DataError(f"{where}: field '{loc}': {msg}" if loc else f"{where}: {msg}") from None
         out.append(f.model_dump(exclude_none=True))
     if not out:
         raise DataError(f"{path}: no facts")
