@@ -509,6 +509,13 @@ def test_request_end_to_end_on_trained_world(tiny_world, tmp_path):
     assert client.get(f"/v1/requests/{rid}", headers=auth).json()["status"] == "guarded"
     assert client.get("/v1/requests/r-nope", headers=auth).status_code == 404
     assert client.get("/v1/models").json()["data"][0]["id"] == "v0000"
+    # the guard server's own target routes are refused: deleting a request's target let its facts out
+    # while the ledger said "guarded", and the listing gave back the names (until session 34)
+    for verb, path in (("delete", f"/v1/forget/{rid}"), ("get", "/v1/forget")):
+        r = getattr(client, verb)(path, headers=auth)
+        assert r.status_code == 405 and "guard targets are its forget requests" in r.json()["error"]["message"]
+    assert client.delete(f"/v1/forget/{rid}").status_code == 401
+    assert rid in {t.id for t in home.guard().list()}
 
     res = rq.process(home, max_batch=2)
     run = yaml.safe_load((home.runs_dir / res["batch"] / "unlearn" / "config.yaml").read_text())

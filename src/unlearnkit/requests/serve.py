@@ -5,7 +5,8 @@ OpenAI-compatible server (`unlearnkit.guard.server.create_app`), plus two reques
   request in the ledger (the same flow as `unlearn request add`) and returns {id, status, merged};
 * `GET /v1/requests/{id}` returns the request's status and times (never its name or facts).
 
-Both need `Authorization: Bearer $UNLEARN_GUARD_TOKEN`. Every other route goes to the guard's app
+Both need `Authorization: Bearer $UNLEARN_GUARD_TOKEN`. The guard server's own routes that list and
+delete its targets are refused (405): the home's targets are its requests. Every other route goes to the guard's app
 for the current version. The `current` pointer is read on each request; when it names a new version,
 that version is checked against its manifest and loaded, and requests go to it from then on (no
 restart). A version that fails its manifest check is never loaded: the server keeps the one it has.
@@ -114,6 +115,17 @@ class HomeServer:
                 return _err(400, str(e).splitlines()[0])
             return {"id": r.id, "object": "forget_request", "status": r.status, "merged": r.merged}
 
+        @app.api_route("/v1/forget", methods=["GET", "PUT", "PATCH", "DELETE"])
+        @app.api_route("/v1/forget/{target_id:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
+        def guard_targets(request: Request, target_id: str = ""):
+            # the guard server's own target routes: here its targets are the ledger's requests, and
+            # one deleted there would let a guarded person's facts out while the ledger still said
+            # "guarded" (until session 34); the listing would give back the names the ledger dropped
+            if (denied := self._admin(request)) is not None:
+                return denied
+            return _err(405, "a deployment home's guard targets are its forget requests: POST /v1/forget files "
+                             "one, GET /v1/requests/{id} reads it (`unlearn request list` lists them)")
+
         @app.get("/v1/requests/{request_id}")
         def status(request_id: str, request: Request):
             if (denied := self._admin(request)) is not None:
@@ -130,8 +142,8 @@ class HomeServer:
         return app
 
     async def __call__(self, scope, receive, send):
-        path, method = scope.get("path", ""), scope.get("method", "")
-        if scope["type"] == "http" and ((path == "/v1/forget" and method == "POST") or path.startswith("/v1/requests/")):
+        path = scope.get("path", "")
+        if scope["type"] == "http" and (path == "/v1/forget" or path.startswith(("/v1/forget/", "/v1/requests/"))):
             await self.routes(scope, receive, send)
             return
         if scope["type"] == "lifespan":
