@@ -75,6 +75,24 @@ def test_chat_without_a_chat_template_is_a_clear_error(tmp_path):
         encode_prompt(tok, "q", parse_template("chat"))
 
 
+def test_chat_without_a_chat_template_is_refused_at_load(tiny_world, monkeypatch):
+    """`guard serve --template chat` on a model with no chat template refuses with one line before it
+    serves (it started, and every chat request failed with a 500)."""
+    import uvicorn
+    from typer.testing import CliRunner
+
+    from unlearnkit.cli import app
+    from unlearnkit.models.load import load_model
+    from unlearnkit.scoring import LM
+
+    with pytest.raises(ValueError, match="the tokenizer has no chat template"):
+        LM(*load_model(tiny_world.subject_dir), template=parse_template("chat"))
+    served = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: served.append(app))
+    r = CliRunner().invoke(app, ["guard", "serve", "--model", str(tiny_world.subject_dir), "--template", "chat"])
+    assert r.exit_code == 2 and not served and "--template chat: the tokenizer has no chat template" in r.output
+
+
 def test_finetune_forget_eval_with_chat_template(tmp_path, chat_tiny):
     from typer.testing import CliRunner
 

@@ -117,6 +117,7 @@ class LM:
 
     def __init__(self, model, tokenizer, max_tokens: int = 16384, max_batch: int = 256, max_length: int = 512,
                  template: Template = RAW):
+        template.check(tokenizer)  # a server would start and fail every request (until session 34)
         self.model, self.tokenizer, self.template = model, tokenizer, template
         self.max_tokens, self.max_batch, self.max_length = max_tokens, max_batch, max_length
 

@@ -33,9 +33,14 @@ class Template:
             return self.text.format(question=question)
         messages = ([{"role": "system", "content": self.system}] if self.system else []) + \
             [{"role": "user", "content": question}]
-        if not getattr(tokenizer, "chat_template", None):
-            raise ValueError("--template chat: the tokenizer has no chat template; use raw or a format string")
+        self.check(tokenizer)
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def check(self, tokenizer) -> None:
+        """A one-line ValueError where this format cannot be made with `tokenizer` (chat, and it has no
+        chat template): at load, not at the first prompt (`scoring.LM`)."""
+        if self.kind == "chat" and not getattr(tokenizer, "chat_template", None):
+            raise ValueError("--template chat: the tokenizer has no chat template; use raw or a format string")
 
     @property
     def answer_separator(self) -> str:
