@@ -311,3 +311,24 @@ def test_generated_world_passes_the_checks(tmp_path):
     w = load_world(build_world(tmp_path / "w", seed=0, n_people=20))
     assert w.forget and w.retain
     assert 0 <= check_overlap(w) < len(w.forget)
+
+
+def test_data_hash_covers_every_data_file_of_any_format(tmp_path):
+    """A cached attack and a reused checkpoint are keyed on `runinfo.data_hash`: until session 34 it
+    read a directory's top-level JSONL files only, so every TOFU (JSON), parquet or `save_to_disk`
+    directory hashed as the same empty input."""
+    from unlearnkit.runinfo import data_hash
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d, answer in ((a, "Paris"), (b, "Rome")):
+        (d / "sub").mkdir(parents=True)
+        (d / "forget10.json").write_text(json.dumps([{"question": "Where?", "answer": answer}]))
+        (d / "sub" / "data.arrow").write_bytes(b"\x00\x01")
+    assert data_hash(a) != data_hash(b) != data_hash(tmp_path / "empty")
+    h = data_hash(a)
+    (a / ".cache").mkdir()
+    (a / ".cache" / "x").write_text("scratch")  # hidden: no data
+    assert data_hash(a) == h
+    (a / "sub" / "data.arrow").write_bytes(b"\x00\x02")  # at any depth
+    assert data_hash(a) != h
+    assert data_hash(a / "forget10.json") != data_hash(b / "forget10.json")  # one data file

@@ -26,11 +26,17 @@ def versions() -> dict:
     return out
 
 
-def data_hash(data_dir: str | os.PathLike) -> str:
-    """sha256 over the JSONL files of a data directory (names and bytes)."""
+def data_hash(data: str | os.PathLike) -> str:
+    """sha256 over a data directory's files, at any depth (relative paths and bytes; hidden ones left
+    out), or over one data file: what a cached result or a reused checkpoint is keyed on. (Until
+    session 34 only a directory's top-level JSONL files counted: every benchmark directory of JSON,
+    parquet or `save_to_disk` files hashed as the same empty input.)"""
+    root = Path(data)
+    files = [root] if root.is_file() else sorted(
+        f for f in root.rglob("*") if f.is_file() and not any(p.startswith(".") for p in f.relative_to(root).parts))
     h = hashlib.sha256()
-    for f in sorted(Path(data_dir).glob("*.jsonl")):
-        h.update(f.name.encode())
+    for f in files:
+        h.update((f.name if f == root else f.relative_to(root).as_posix()).encode())
         h.update(f.read_bytes())
     return h.hexdigest()[:16]
 
