@@ -275,6 +275,28 @@ def test_tofu_missing_config_and_bad_split(tmp_path):
         load_benchmark("tofu", tmp_path / "t2")
 
 
+def test_a_benchmark_value_of_the_wrong_kind_is_one_line_naming_table_row_and_field(tmp_path, tiny_world):
+    """A number where TOFU has text raised a TypeError deep in the loader, and the command line's
+    error printer dropped "[forget10_perturbed/train]" as if it were a style (rich markup): the
+    message said "tofu row 0", or " row 3" with no directory at all (until session 34)."""
+    from typer.testing import CliRunner
+
+    from unlearnkit.cli import app
+
+    root = write_tofu(tmp_path / "tofu", "json")
+    path = root / "forget10_perturbed.json"
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    rows[1]["answer"] = 42
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(DataError, match=r"forget10_perturbed/train\] row 1: field 'answer': expected a string, got int"):
+        load_benchmark("tofu", root)
+    r = CliRunner().invoke(app, ["eval", "--model", str(tiny_world.subject_dir), "--data", str(root), "--benchmark",
+                                 "tofu", "--out", str(tmp_path / "e.json")])
+    assert r.exit_code == 2
+    assert f"error: {root}[forget10_perturbed/train] row 1: field 'answer': expected a string, got int" in " ".join(
+        r.output.split())
+
+
 # ---------------------------------------------------------------- MUSE
 def write_muse(root: Path) -> Path:
     """MUSE-News as `push_to_hub(config_name=...)` lays it out: `<config>/<split>-00000-of-00001.parquet`."""

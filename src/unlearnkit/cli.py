@@ -311,7 +311,8 @@ def _print_headline(models: dict) -> None:
     out_console.print(table)
     for n, res in models.items():
         for aspect, mark, why in verdict_rows(res.get("verdict") or {}):
-            out_console.print(f"verdict ({n}) {aspect}: {mark}" + (f" — {why}" if why else ""), highlight=False)
+            out_console.print(f"verdict ({n}) {aspect}: {mark}" + (f" — {why}" if why else ""), highlight=False,
+                              markup=False)
 
 
 def _mount_subapps() -> None:

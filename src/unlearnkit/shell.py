@@ -12,7 +12,10 @@ console = Console(stderr=True)
 
 
 def fail(msg: str) -> None:
-    console.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
+    from rich.markup import escape
+
+    # escaped: a message names tables as "dir[forget10_perturbed]", which rich took for a style and dropped
+    console.print(f"[bold red]error:[/] {escape(msg)}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 

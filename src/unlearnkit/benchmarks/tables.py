@@ -100,9 +100,17 @@ def find_rows(root: str | Path, config: str, split: str | None = None) -> list[d
     return None
 
 
-def read_rows(root: str | Path, config: str, split: str | None = None, *, required: Sequence[str] = ()) -> list[dict]:
+# what a required column may hold (`read_rows`'s `kinds`; "text" unless named)
+KINDS = {"text": (lambda v: isinstance(v, str), "a string"),
+         "texts": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), "a list of strings"),
+         "any": (lambda v: True, "")}
+
+
+def read_rows(root: str | Path, config: str, split: str | None = None, *, required: Sequence[str] = (),
+              kinds: dict[str, str] | None = None) -> list[dict]:
     """`find_rows`, and a DataError naming what was looked for when nothing holds the table; every
-    row must have the `required` columns (non-null)."""
+    row must have the `required` columns (non-null), each of its kind (`KINDS`: a string unless
+    `kinds` names another; a number where TOFU has text raised a TypeError deep in the loader)."""
     rows = find_rows(root, config, split)
     name = f"{config}" + (f"/{split}" if split else "")
     if rows is None:
@@ -115,7 +123,10 @@ def read_rows(root: str | Path, config: str, split: str | None = None, *, requir
         if not isinstance(row, dict):
             raise DataError(f"{root}[{name}] row {i}: expected an object, got {type(row).__name__}")
         for col in required:
-            if row.get(col) is None:
+            if (v := row.get(col)) is None:
                 raise DataError(f"{root}[{name}] row {i}: field '{col}': missing")
+            ok, what = KINDS[(kinds or {}).get(col, "text")]
+            if not ok(v):
+                raise DataError(f"{root}[{name}] row {i}: field '{col}': expected {what}, got {type(v).__name__}")
     return rows
 

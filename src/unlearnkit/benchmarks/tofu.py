@@ -127,20 +127,23 @@ def _pairs(rows: list[dict]) -> tuple[list[str], list[str]]:
     return [r["question"] for r in rows], [r["answer"] for r in rows]
 
 
+PERT = {"perturbed_answer": "texts"}
+
+
 def load(root: str | Path, split: str | None = None) -> Benchmark:
     """The TOFU benchmark `split` (forget01 | forget05 | forget10; default forget10) under `root`."""
     split = split or "forget10"
     pct = _forget_percent(split)
     qa = ("question", "answer")
     pert = qa + ("perturbed_answer",)
-    forget = read_rows(root, f"{split}_perturbed", "train", required=pert + ("paraphrased_answer",))
+    forget = read_rows(root, f"{split}_perturbed", "train", required=pert + ("paraphrased_answer",), kinds=PERT)
     world = WorldData(
         forget=_records(forget, f"{split}_perturbed"),
-        retain=_records(read_rows(root, "retain_perturbed", "train", required=pert + ("paraphrased_answer",)),
+        retain=_records(read_rows(root, "retain_perturbed", "train", required=pert + ("paraphrased_answer",), kinds=PERT),
                         "retain_perturbed"),
-        neighbours=_records(read_rows(root, "real_authors_perturbed", "train", required=pert),
+        neighbours=_records(read_rows(root, "real_authors_perturbed", "train", required=pert, kinds=PERT),
                             "real_authors_perturbed", base_is_answer=True, per_author=False),
-        world_facts=_records(read_rows(root, "world_facts_perturbed", "train", required=pert),
+        world_facts=_records(read_rows(root, "world_facts_perturbed", "train", required=pert, kinds=PERT),
                              "world_facts_perturbed", base_is_answer=True, per_author=False),
         path=Path(root),
     )

@@ -54,7 +54,8 @@ def load(root: str | Path, split: str | None = None) -> Benchmark:
     if split not in SPLITS:
         raise ValueError(f"WMDP split {split!r}: choose one of {', '.join(SPLITS)}")
     config = f"wmdp-{split}"
-    forget_q = _questions(read_rows(root, config, "test", required=("question", "choices", "answer")), f"{root}[{config}]")
+    forget_q = _questions(read_rows(root, config, "test", required=("question", "choices", "answer"),
+                                    kinds={"choices": "texts", "answer": "any"}), f"{root}[{config}]")
     mmlu = _mmlu(root)
 
     def run(lm, batch_size: int | None = None) -> dict:
