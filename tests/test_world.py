@@ -386,7 +386,8 @@ def test_bad_shape_options(kwargs, field, tmp_path):
 @pytest.mark.parametrize("args,field", [
     (["--answer-style", "long"], "answer_style"), (["--attributes", "0"], "n_attributes"),
     (["--attributes", "12"], "n_attributes"), (["--shape", "huge"], "shape"), (["--names", "x"], "names"),
-    (["--forget-fraction", "1.5"], "forget_fraction"),
+    (["--forget-fraction", "1.5"], "forget_fraction"), (["--forget-fraction", "0"], "forget_fraction"),
+    (["--people", "0"], "n_people must be at least 2"), (["--people", "-5"], "n_people must be at least 2"),
 ])
 def test_cli_bad_values_are_one_line(args, field, tmp_path):
     from typer.testing import CliRunner
@@ -448,3 +449,21 @@ def test_world_help_names_every_shape():
     help_text = next(p.help for p in cmd.params if p.name == "shape")
     listed = help_text.split(":", 1)[1].split(";", 1)[0]
     assert {s.strip() for s in listed.split("|")} == set(SHAPES)
+
+
+def test_names_outlast_the_short_ones():
+    """The one-syllable first names run out near 4,000 people: "could not invent a unique name" came
+    as a traceback at 5,000. The namer goes on with a syllable more, for the words of that kind only
+    and from then on, so worlds too small to get there keep their names (a 2,000-person world's
+    files are byte for byte session 33's)."""
+    import random
+
+    from unlearnkit.data.world import NAME_STYLES, _NameMaker
+
+    namer = _NameMaker(random.Random(0), NAME_STYLES["default"])
+    first = [namer.make((1, 1), "female") for _ in range(300)]
+    assert namer.longer == {}
+    namer._ok = lambda w, ok=namer._ok: ok(w) and bool(namer.longer)  # the short ones have run out
+    more = [namer.make((1, 1), "female") for _ in range(20)]
+    assert namer.longer == {((1, 1), "female"): 1} and len(set(first + more)) == 320
+    assert namer.make((1, 2), "last") and set(namer.longer) == {((1, 1), "female")}  # other kinds as before

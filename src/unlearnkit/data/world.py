@@ -337,6 +337,7 @@ class _NameMaker:
         self.style = style
         self.used: list[str] = []
         self.blocked = _pool_words()
+        self.longer: dict[tuple, int] = {}  # syllables added where the shorter words ran out (`make`)
 
     def _ok(self, word: str) -> bool:
         w = word.lower()
@@ -351,15 +352,23 @@ class _NameMaker:
         return True
 
     def make(self, n_syll: tuple[int, int], endings: str | list[str]) -> str:
-        """A new word of `n_syll` syllables and one of `endings` (a list, or a key of the style)."""
+        """A new word of `n_syll` syllables and one of `endings` (a list, or a key of the style). Where
+        10,000 tries find none (the one-syllable first names run out near 4,000 people), a syllable
+        more from then on: a world small enough never gets there, so its names stay as they were."""
+        key = (n_syll, str(endings))
         if isinstance(endings, str):
             endings = self.style[endings] if endings != "person" else self.style["female"] + self.style["male"]
-        for _ in range(10_000):
-            word = _word(self.rng, self.rng.randint(*n_syll), self.rng.choice(endings), self.style)
-            if self._ok(word):
-                self.used.append(word.lower())
-                return word
-        raise RuntimeError("could not invent a unique name")
+        while True:
+            extra = self.longer.get(key, 0)
+            for _ in range(10_000):
+                word = _word(self.rng, self.rng.randint(n_syll[0] + extra, n_syll[1] + extra), self.rng.choice(endings),
+                             self.style)
+                if self._ok(word):
+                    self.used.append(word.lower())
+                    return word
+            if extra >= 2:  # names of 9 letters at most: few longer ones would pass
+                raise ValueError(f"could not invent more than {len(self.used)} unique names: ask for fewer people")
+            self.longer[key] = extra + 1
 
 
 # ----------------------------------------------------------------------------- rendering
@@ -454,11 +463,14 @@ def check_heldout(splits: dict[str, list]) -> None:
 
 def _counts(n_people: int, forget_fraction: float, holdout_fraction: float,
             neighbour_fraction: float) -> tuple[int, int, int, int]:
-    for label, f in (("forget_fraction", forget_fraction), ("holdout_fraction", holdout_fraction),
-                     ("neighbour_fraction", neighbour_fraction)):
+    if n_people < 2:
+        raise ValueError(f"n_people must be at least 2 (one to forget, one to retain), got {n_people}")
+    if not 0.0 < forget_fraction < 1.0:  # 0 gave a world with one person to forget all the same
+        raise ValueError(f"forget_fraction must be in (0, 1), got {forget_fraction}")
+    for label, f in (("holdout_fraction", holdout_fraction), ("neighbour_fraction", neighbour_fraction)):
         if not 0.0 <= f < 1.0:
             raise ValueError(f"{label} must be in [0, 1), got {f}")
-    n_forget = max(1, round(n_people * forget_fraction))
+    n_forget = max(1, round(n_people * forget_fraction))  # one person at least
     n_holdout = round(n_people * holdout_fraction)
     n_neigh = round(n_people * neighbour_fraction)
     n_retain = n_people - n_forget - n_holdout - n_neigh
