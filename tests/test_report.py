@@ -214,3 +214,13 @@ def test_cli_report_compare_and_errors(run_dir, tmp_path):
     assert r.exit_code == 2 and "nowhere: no such file or directory" in r.output
     r = runner.invoke(app, ["report", str(tmp_path), "--html", str(out)])
     assert r.exit_code == 2 and "no metrics.json in this directory" in r.output
+
+
+def test_muse_results_have_headline_rows():
+    """A MUSE benchmark's results (KnowMem, VerbMem, no TOFU metric) printed an empty table."""
+    from unlearnkit.report import headline_table
+
+    rows = headline_table({"model": {"knowmem_forget": 0.0, "knowmem_retain": 1.0, "verbmem_forget": 0.495,
+                                     "privleak": None}})
+    assert [(r[0].split(" (")[0], r[1]) for r in rows] == [("VerbMem on forget", "0.495"), ("KnowMem on forget", "0.000"),
+                                                          ("KnowMem on retain", "1.000")]

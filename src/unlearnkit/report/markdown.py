@@ -16,6 +16,10 @@ ROWS = [
     ("paraphrase_forget_rouge", "Forget ROUGE on held-out phrasings", "lower, down to the oracle's"),
     ("forget_truth_ratio", "Forget truth ratio (1 = true and false equally likely)", "like the oracle's"),
     ("privleak", "PrivLeak vs oracle (0 = like oracle)", "near 0"),
+    # MUSE's (a MUSE benchmark run had no row here: its table printed empty)
+    ("verbmem_forget", "VerbMem on forget (ROUGE-L F1 of continuations, lower = forgot)", "lower, down to the oracle's"),
+    ("knowmem_forget", "KnowMem on forget (ROUGE-L F1 of answers, lower = forgot)", "lower, down to the oracle's"),
+    ("knowmem_retain", "KnowMem on retain (higher = kept)", "higher"),
 ]
 
 
