@@ -476,3 +476,10 @@ def test_guard_cli_add_list_calibrate_eval_remove(tiny_world, tmp_path):
     assert r.exit_code == 0 and listed[0]["id"] not in (tmp_path / "guard" / "targets.jsonl").read_text()
     r = run(app, ["guard", "add", "--guard-dir", g, "--subject", "Ada Quill", "--action", "erase"])
     assert r.exit_code != 0 and "--action 'erase': choose one of refuse, forbid, pseudonymise, icu" in r.output
+    # a split that is none, and a bad target in a JSONL file: the split's choices, the file and line
+    r = run(app, ["guard", "add", "--guard-dir", g, "--world", str(tiny_world.data_dir), "--split", "bogus"])
+    assert r.exit_code == 2 and "--split 'bogus': choose one of forget, retain" in r.output
+    bad = tmp_path / "targets.jsonl"
+    bad.write_text(json.dumps({"subject": "Ada Quill"}) + "\n" + json.dumps({"subject": "Bo Kell", "action": "erase"}) + "\n")
+    r = run(app, ["guard", "add", "--guard-dir", g, "--jsonl", str(bad)])
+    assert r.exit_code == 2 and f"{bad}:2: invalid target: action:" in " ".join(r.output.split())

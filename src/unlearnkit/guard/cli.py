@@ -54,7 +54,7 @@ def add(guard_dir: Path = GUARD_DIR,
     from pydantic import ValidationError
 
     from .from_world import targets_from_world
-    from .targets import ACTIONS
+    from .targets import ACTIONS, Target
 
     if action is not None and action not in ACTIONS:
         _fail(f"--action {action!r}: choose one of {', '.join(ACTIONS)}")
@@ -64,7 +64,7 @@ def add(guard_dir: Path = GUARD_DIR,
 
         try:
             targets += targets_from_world(load_world(world), action=action, split=split)
-        except (DataError, AttributeError) as e:
+        except (DataError, ValueError) as e:
             _fail(str(e))
     if jsonl is not None:
         if not jsonl.is_file():
@@ -75,6 +75,11 @@ def add(guard_dir: Path = GUARD_DIR,
                     targets.append(json.loads(line))
                 except json.JSONDecodeError as e:
                     _fail(f"{jsonl}:{n}: malformed JSON ({e.msg})")
+                try:  # here, where the line is known (the store's check names no line)
+                    Target.model_validate(targets[-1])
+                except ValidationError as e:
+                    err = e.errors()[0]
+                    _fail(f"{jsonl}:{n}: invalid target: {'.'.join(map(str, err['loc'])) or 'target'}: {err['msg']}")
     if subject or alias or fact or qa or document:
         docs = []
         for d in document:

@@ -17,6 +17,10 @@ def targets_from_world(world, action: Action | None = None, split: str = "forget
     pairs (question, true answer, perturbed answers as wrong labels) and their biographies. Ids are stable: a slug of the name plus a short hash."""
     from collections import OrderedDict
 
+    from ..data.io import QA_SPLITS
+
+    if split not in QA_SPLITS:  # not "'WorldData' object has no attribute"
+        raise ValueError(f"--split {split!r}: choose one of {', '.join(QA_SPLITS)}")
     by: OrderedDict[str, list] = OrderedDict()
     for r in getattr(world, split):
         by.setdefault(r.subject, []).append(r)
