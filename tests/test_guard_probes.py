@@ -234,7 +234,7 @@ def test_damaged_targets_file_gets_503_and_targets_stay_caught(app_for, tmp_path
     auth = {"Authorization": "Bearer tok"}
     for r in (c.get("/v1/forget", headers=auth), c.post("/v1/forget", json={"subject": "A B"}, headers=auth)):
         assert r.status_code == 503, r.text
-        assert "targets.jsonl:2" in r.json()["error"]["message"]
+        assert "targets.jsonl:2: malformed JSON" in r.json()["error"]["message"]  # not "invalid target"
     path.write_text(path.read_text().replace("{not json\n", ""))  # repaired
     assert c.get("/v1/forget", headers=auth).status_code == 200
 

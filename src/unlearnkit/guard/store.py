@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Iterable
 
 import numpy as np
+from pydantic import ValidationError
 
 from .embedder import Embedder, MiniLMEmbedder, get_embedder
 from .files import atomic_write_bytes, atomic_write_npy, dir_lock
@@ -142,8 +143,11 @@ class TargetStore:
             if line.strip():
                 try:
                     out.append(Target.model_validate_json(line))
-                except ValueError as e:
-                    raise ValueError(f"{p}:{n}: invalid target ({str(e).splitlines()[0]})") from None
+                except ValidationError as e:  # what is wrong with the line: broken JSON, or which field
+                    err = e.errors()[0]
+                    what = (f"malformed JSON ({err['msg']})" if err["type"] == "json_invalid" else
+                            f"invalid target: {'.'.join(map(str, err['loc'])) or 'target'}: {err['msg']}")
+                    raise ValueError(f"{p}:{n}: {what}") from None
         return out
 
     def _load(self) -> None:
