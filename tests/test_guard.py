@@ -476,6 +476,12 @@ def test_guard_cli_add_list_calibrate_eval_remove(tiny_world, tmp_path):
     assert r.exit_code == 0 and listed[0]["id"] not in (tmp_path / "guard" / "targets.jsonl").read_text()
     r = run(app, ["guard", "add", "--guard-dir", g, "--subject", "Ada Quill", "--action", "erase"])
     assert r.exit_code != 0 and "--action 'erase': choose one of refuse, forbid, pseudonymise, icu" in r.output
+    # calibrating a guard that is not there, or has no targets: one line, nothing made
+    r = run(app, ["guard", "calibrate", "--guard-dir", str(tmp_path / "nowhere"), "--world", str(tiny_world.data_dir)])
+    assert r.exit_code == 2 and "guard directory not found" in r.output and not (tmp_path / "nowhere").exists()
+    (tmp_path / "empty").mkdir()
+    r = run(app, ["guard", "calibrate", "--guard-dir", str(tmp_path / "empty"), "--world", str(tiny_world.data_dir)])
+    assert r.exit_code == 2 and "the guard has no targets to calibrate against" in r.output
     # a split that is none, and a bad target in a JSONL file: the split's choices, the file and line
     r = run(app, ["guard", "add", "--guard-dir", g, "--world", str(tiny_world.data_dir), "--split", "bogus"])
     assert r.exit_code == 2 and "--split 'bogus': choose one of forget, retain" in r.output

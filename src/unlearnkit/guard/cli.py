@@ -163,7 +163,11 @@ def calibrate(guard_dir: Path = GUARD_DIR,
         _fail("no benign prompts: give --world or --benign")
     if not 0 <= false_refusal < 1:
         _fail(f"--false-refusal must be in [0, 1), got {false_refusal}")
+    if not guard_dir.is_dir():  # as `list` says (it made an empty guard there)
+        _fail(f"{guard_dir}: guard directory not found")
     g = _open(guard_dir)
+    if not g.list():  # it reported recall 0.0 and a threshold against nothing
+        _fail(f"{guard_dir}: the guard has no targets to calibrate against; add them first (`unlearn guard add`)")
     if action is not None:
         if action not in ACTIONS:
             _fail(f"--action {action!r}: choose one of {', '.join(ACTIONS)}")
