@@ -104,6 +104,9 @@ def test_completions_guarded_and_plain(server, world, through_guard):
     assert body["object"] == "text_completion" and body["usage"]["total_tokens"] > 0
     texts = [c["text"] for c in body["choices"]]
     assert texts[0] == REFUSAL
+    # the refusal, longer than max_tokens, is given whole and was not cut: "stop" (it said "length")
+    assert len(server.lm.tokenizer(REFUSAL, add_special_tokens=False)["input_ids"]) > 8
+    assert body["choices"][0]["finish_reason"] == "stop"
     assert world.forget[0].subject not in texts[0] and world.forget[0].answer not in texts[0]
     assert texts[1] == through_guard(server.guard, retain_q, server.lm.generate([retain_q], max_new_tokens=8)[0])
 

@@ -286,8 +286,11 @@ class _Serving:
         pt, ct = sum(map(self.tokens, prompts)), sum(map(self.tokens, texts))
         return {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct}
 
-    def finish(self, text: str, stopped: bool, max_tokens: int) -> str:
-        return "stop" if stopped or self.tokens(text) < max_tokens else "length"
+    def finish(self, text: str, stopped: bool, max_tokens: int, refused: bool = False) -> str:
+        """Why a reply ended: "length" where generation ran into `max_tokens`. A guard's refusal is
+        not generated and is given whole, whatever `max_tokens` (docs/guard.md): "stop" (a refusal
+        longer than `max_tokens` was marked "length", as if cut, until session 34)."""
+        return "stop" if refused or stopped or self.tokens(text) < max_tokens else "length"
 
     def chat_prompt(self, messages, texts: list[str]) -> tuple[str, str]:
         """(prompt, earlier turns as context): the chat template's prompt, or without one (the embedded
@@ -322,7 +325,7 @@ def _add_openai_routes(app: FastAPI, sv: _Serving) -> None:
         for i, r in enumerate(sv.respond(prompts, req.max_tokens)):
             t, stopped = _cut_stop(r.text, req.stop)
             choices.append({"index": i, "text": t, "logprobs": None,
-                            "finish_reason": sv.finish(t, stopped, req.max_tokens)})
+                            "finish_reason": sv.finish(t, stopped, req.max_tokens, r.action == "refuse")})
         cid, now = "cmpl-" + uuid.uuid4().hex[:24], int(time.time())
         if req.stream:
             head = {"id": cid, "object": "text_completion", "created": now, "model": sv.model_name}
@@ -347,7 +350,7 @@ def _add_openai_routes(app: FastAPI, sv: _Serving) -> None:
         # every message counts: system prompts and earlier turns (any role) can name a target
         reply = sv.respond([prompt], max_tokens, detect_texts=[[t for t in texts if t.strip()]], contexts=[earlier])[0]
         text, stopped = _cut_stop(reply.text, req.stop)
-        finish = sv.finish(text, stopped, max_tokens)
+        finish = sv.finish(text, stopped, max_tokens, reply.action == "refuse")
         cid, now = "chatcmpl-" + uuid.uuid4().hex[:24], int(time.time())
         if req.stream:
             head = {"id": cid, "object": "chat.completion.chunk", "created": now, "model": sv.model_name}
