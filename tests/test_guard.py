@@ -476,6 +476,10 @@ def test_guard_cli_add_list_calibrate_eval_remove(tiny_world, tmp_path):
     assert r.exit_code == 0 and listed[0]["id"] not in (tmp_path / "guard" / "targets.jsonl").read_text()
     r = run(app, ["guard", "add", "--guard-dir", g, "--subject", "Ada Quill", "--action", "erase"])
     assert r.exit_code != 0 and "--action 'erase': choose one of refuse, forbid, pseudonymise, icu" in r.output
+    # the same subject again: added, and said on stderr (stdout keeps the ids alone)
+    for _ in range(2):
+        r = run(app, ["guard", "add", "--guard-dir", g, "--subject", "Ada Quill"])
+    assert r.exit_code == 0 and len(r.stdout.split()) == 1 and "'Ada Quill' was a target already" in r.stderr
     # calibrating a guard that is not there, or has no targets: one line, nothing made
     r = run(app, ["guard", "calibrate", "--guard-dir", str(tmp_path / "nowhere"), "--world", str(tiny_world.data_dir)])
     assert r.exit_code == 2 and "guard directory not found" in r.output and not (tmp_path / "nowhere").exists()

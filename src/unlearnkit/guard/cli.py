@@ -94,6 +94,7 @@ def add(guard_dir: Path = GUARD_DIR,
     if not targets:
         _fail("nothing to add: give --subject/--fact/--qa/--document, --world or --jsonl")
     g = _open(guard_dir)
+    had = {t.subject.casefold(): t.id for t in g.list() if t.subject}
     try:
         added = g.add_many(targets)
     except ValidationError as e:
@@ -103,6 +104,8 @@ def add(guard_dir: Path = GUARD_DIR,
         _fail(e.args[0])
     for t in added:
         typer.echo(t.id)
+        if t.subject and t.subject.casefold() in had:  # allowed (other facts, another action), but said
+            typer.echo(f"note: {t.subject!r} was a target already ({had[t.subject.casefold()]}); both are kept", err=True)
 
 
 @app.command()
