@@ -133,3 +133,29 @@ def test_api_names_the_file_too(world, tmp_path, model_dir):
         api.evaluate(model_dir, world, oracle=bad)
     with pytest.raises(ValueError, match="is a directory"):
         api.evaluate(model_dir, world, out=tmp_path)
+
+
+def test_finetune_never_replaces_the_source_or_a_folder_of_other_files(world, tmp_path, model_dir):
+    """A checkpoint replaces its whole folder: `finetune --out` deleted a folder's other files (a
+    run's outputs among them), and `--model X --out X` wrote over the source (until session 34).
+    Both are refused before any work; an earlier checkpoint of this tool is still replaced."""
+    import hashlib
+
+    src = tmp_path / "src"
+    shutil.copytree(model_dir, src)
+    before = hashlib.sha256((src / "model.safetensors").read_bytes()).hexdigest()
+    assert "it is the source model's folder" in fails("finetune", "--model", src, "--data", world, "--steps", 1,
+                                                     "--out", src)
+    assert hashlib.sha256((src / "model.safetensors").read_bytes()).hexdigest() == before
+    mine = tmp_path / "mine"
+    (mine / "sub").mkdir(parents=True)
+    (mine / "notes.txt").write_text("mine")
+    assert "holds other files, and the checkpoint replaces the whole folder" in fails(
+        "finetune", "--data", world, "--steps", 1, "--out", mine)
+    assert (mine / "notes.txt").read_text() == "mine" and (mine / "sub").is_dir()
+    (tmp_path / "afile").write_text("x")
+    assert "is a file" in fails("finetune", "--data", world, "--steps", 1, "--out", tmp_path / "afile")
+    res = CliRunner().invoke(app, ["finetune", "--data", str(world), "--steps", "1", "--out", str(tmp_path / "ck")])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(app, ["finetune", "--data", str(world), "--steps", "1", "--out", str(tmp_path / "ck")])
+    assert res.exit_code == 0 and (tmp_path / "ck" / "unlearnkit.json").is_file()  # its own checkpoint: replaced

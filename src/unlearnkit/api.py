@@ -67,8 +67,13 @@ def finetune(data: str | os.PathLike, out: str | os.PathLike, *, model: str | No
     trained on the whole world's text, so subject and oracle share one vocabulary.
     `template`/`system`: the prompt format (raw | chat | a format string with {question}).
     """
+    from .models.load import check_out, check_replaceable
+
     tpl = parse_template(template, system)
     timer = runinfo.Timer()
+    if model is not None:
+        check_out(model, out)  # before any work: the source is never written to
+    check_replaceable(out)
     w = load_world(data)
     if model is None:
         from .models.tiny import new_model, train_tokenizer

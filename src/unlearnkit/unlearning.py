@@ -21,7 +21,7 @@ from .data.batching import encode_pairs, forget_pairs, qa_pairs
 from .data.io import WorldData, check_overlap, load_world, require_split
 from .data.templates import parse_template
 from .methods import Context, get_method
-from .models.load import apply_lora, load_model, save_model, whole_adapter_model
+from .models.load import apply_lora, check_out, load_model, save_model, whole_adapter_model
 from .train import TrainConfig, check_launch, config_dict, process_state, train
 
 log = logging.getLogger("unlearnkit")
@@ -36,16 +36,6 @@ BUDGET_KEYS = ("steps", "epochs")
 RUN_OUTPUTS = ("model", "adapter", "checkpoints", "log.jsonl", "train.json", "calibration.json", "metrics.json")
 # and repair-K/ (`_repair`)
 
-
-def _check_out(model, out: Path) -> None:
-    """Refuse an output folder that is, holds or lies inside the source model's folder."""
-    src = Path(model).expanduser()
-    if not src.exists():
-        return
-    src, dst = src.resolve(), out.expanduser().resolve()
-    if dst == src or src.is_relative_to(dst) or dst.is_relative_to(src):
-        raise ValueError(f"--out {out}: it {'is' if dst == src else 'contains' if src.is_relative_to(dst) else 'lies inside'} "
-                         f"the source model's folder {model}; the source is never written to: choose another folder")
 
 
 def _check_resume(out: Path, config: dict) -> None:
@@ -169,7 +159,7 @@ def forget(model: str | os.PathLike, data: str | os.PathLike, method: str | None
     if method is not None:
         get_method(method).params(params)  # an unknown method or setting fails before the data is read
     out = Path(out)
-    _check_out(model, out)
+    check_out(model, out)
     if train_overrides.get("saliency") and lora:
         raise ValueError(f"--saliency {train_overrides['saliency']!r} goes with full fine-tuning: LoRA trains its own "
                          f"small matrices; drop one of them")

@@ -195,6 +195,29 @@ def apply_lora(model, r: int = 8, alpha: int = 16, dropout: float = 0.0, target_
     return get_peft_model(model, cfg)
 
 
+def check_out(model, out: str | os.PathLike) -> None:
+    """Refuse an output folder that is, holds or lies inside the source model's folder."""
+    src, out = Path(model).expanduser(), Path(out)
+    if not src.exists():
+        return
+    src, dst = src.resolve(), out.expanduser().resolve()
+    if dst == src or src.is_relative_to(dst) or dst.is_relative_to(src):
+        raise ValueError(f"--out {out}: it {'is' if dst == src else 'contains' if src.is_relative_to(dst) else 'lies inside'} "
+                         f"the source model's folder {model}; the source is never written to: choose another folder")
+
+
+def check_replaceable(out: str | os.PathLike) -> None:
+    """Refuse an output folder that a checkpoint would replace whole (`save_model`) where it holds
+    anything but a checkpoint this tool wrote (`unlearnkit.json`): `unlearn finetune --out` deleted
+    a folder's other files, a run's outputs among them, until session 34."""
+    out = Path(out)
+    if out.is_file():
+        raise ValueError(f"--out {out}: is a file; the checkpoint is a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / "unlearnkit.json").is_file():
+        raise ValueError(f"--out {out}: holds other files, and the checkpoint replaces the whole folder: "
+                         f"choose a new or empty folder")
+
+
 def atomic_dir(out: str | os.PathLike):
     """Context manager: yields a temp dir beside `out`, renamed to `out` on success only."""
     return _AtomicDir(Path(out))
