@@ -155,6 +155,8 @@ def test_finetune_never_replaces_the_source_or_a_folder_of_other_files(world, tm
     assert (mine / "notes.txt").read_text() == "mine" and (mine / "sub").is_dir()
     (tmp_path / "afile").write_text("x")
     assert "is a file" in fails("finetune", "--data", world, "--steps", 1, "--out", tmp_path / "afile")
+    assert "is a file; a run is a folder" in fails("forget", "--model", src, "--data", world, "--method", "ga",
+                                                   "--steps", 1, "--out", tmp_path / "afile")
     res = CliRunner().invoke(app, ["finetune", "--data", str(world), "--steps", "1", "--out", str(tmp_path / "ck")])
     assert res.exit_code == 0, res.output
     res = CliRunner().invoke(app, ["finetune", "--data", str(world), "--steps", "1", "--out", str(tmp_path / "ck")])

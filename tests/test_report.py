@@ -208,6 +208,7 @@ def test_cli_report_compare_and_errors(run_dir, tmp_path):
     r = runner.invoke(app, ["report", str(run_dir / "metrics.json"), "--out", str(tmp_path / "r.md")])
     md = (tmp_path / "r.md").read_text()
     assert r.exit_code == 0 and md.startswith("# unlearnkit report")
+    assert "`None`" not in md  # a config without a run directory names none
     # it names the file its numbers come from (it said metrics.json and `unlearn demo` for any input)
     assert md.rstrip().endswith(f"Numbers come from `{(run_dir / 'metrics.json').resolve()}`.")
     r = runner.invoke(app, ["report", str(tmp_path / "nowhere"), "--html", str(out)])
@@ -224,3 +225,12 @@ def test_muse_results_have_headline_rows():
                                      "privleak": None}})
     assert [(r[0].split(" (")[0], r[1]) for r in rows] == [("VerbMem on forget", "0.495"), ("KnowMem on forget", "0.000"),
                                                           ("KnowMem on retain", "1.000")]
+
+
+def test_markdown_report_says_only_what_the_config_holds(tmp_path):
+    """An eval's config names no run directory: the report said "run directory `None`"."""
+    from unlearnkit.report import write_report
+
+    md = write_report({"models": {"model": {"forget_rouge": 0.5}}, "config": {"method": "simnpo", "seed": 0}},
+                      tmp_path / "r.md").read_text()
+    assert "Method `simnpo`, seed 0.\n" in md and "None" not in md

@@ -160,6 +160,8 @@ def forget(model: str | os.PathLike, data: str | os.PathLike, method: str | None
         get_method(method).params(params)  # an unknown method or setting fails before the data is read
     out = Path(out)
     check_out(model, out)
+    if out.is_file():  # a traceback (FileExistsError) until session 34
+        raise ValueError(f"--out {out}: is a file; a run is a folder")
     if train_overrides.get("saliency") and lora:
         raise ValueError(f"--saliency {train_overrides['saliency']!r} goes with full fine-tuning: LoRA trains its own "
                          f"small matrices; drop one of them")

@@ -56,8 +56,11 @@ def write_report(metrics: dict, path: str | Path, source: str = "`metrics.json` 
     names = list(models)
     lines = ["# unlearnkit report", ""]
     cfg = metrics.get("config", {})
-    if cfg:
-        lines += [f"Method `{cfg.get('method')}`, seed {cfg.get('seed')}, run directory `{cfg.get('out')}`.", ""]
+    if cfg:  # what the run's config holds ("run directory `None`" where it named none)
+        said = [f"Method `{cfg['method']}`" if cfg.get("method") else None,
+                f"seed {cfg['seed']}" if cfg.get("seed") is not None else None,
+                f"run directory `{cfg['out']}`" if cfg.get("out") else None]
+        lines += [", ".join(x for x in said if x) + ".", ""] if any(said) else []
     lines += ["| metric | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     lines += ["| " + " | ".join(r) + " |" for r in headline_table(models)]
     for name in names:
