@@ -42,7 +42,7 @@ def _run(models: dict, data: Path, out: Path, seed: int, method: str | None, bud
     from unlearnkit import api
 
     t0 = time.perf_counter()
-    api.forget(models["subject"], data, method, out, seed=seed, progress=False, **(budget or {}))
+    api.forget(models["subject"], data, method, out, seed=seed, progress=False, overwrite=True, **(budget or {}))
     wall = time.perf_counter() - t0
     info = json.loads((out / "train.json").read_text())
     row = {"wall_s": wall, "steps": info["train_stats"]["steps"], "seconds": info["seconds"],

@@ -131,7 +131,7 @@ def run_world(cache: Path, shape: str, seed: int, methods: list[str], fixed: boo
         t0 = time.perf_counter()
         run = api.forget(models["subject"], data, None if name == DEFAULT else name, root / "runs" / name, seed=seed,
                          progress=False, params=method_params(name, params, data, calibration, train),
-                         calibration=calibration, **(train or {}))
+                         calibration=calibration, overwrite=True, **(train or {}))
         wall = time.perf_counter() - t0
         stop = json.loads((run / "train.json").read_text())
         config = yaml.safe_load((run / "config.yaml").read_text())  # the method run, for the default's
@@ -157,7 +157,7 @@ def run_world(cache: Path, shape: str, seed: int, methods: list[str], fixed: boo
             budget = fixed_budget(get_method(method))
             t0 = time.perf_counter()
             run = api.forget(models["subject"], data, method, root / "fixed" / method, seed=seed, progress=False,
-                             params=(params or {}).get(method), **budget)
+                             params=(params or {}).get(method), overwrite=True, **budget)
             row["fixed_wall_s"] = time.perf_counter() - t0
             res = api.evaluate(run / "model", data, oracle=oracle, subject=subject, suites=SUITES)
             rows.append({"shape": shape, "seed": seed, "model": fixed_name(method), **_metrics(res, oracle, subject),

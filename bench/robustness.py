@@ -54,7 +54,7 @@ def run(out: Path, people: int, seed: int, methods: list[str], attacks: list[str
     for name, method, overrides in [(m, m, dict(calibrated)) for m in methods] + [WEAK]:
         print(f"unlearning: {name}", file=sys.stderr)
         runs[name] = api.forget(paths["subject"], data, method, out / "runs" / name, seed=seed, progress=False,
-                                **overrides) / "model"
+                                overwrite=True, **overrides) / "model"
     results: dict = {}
     previous: dict = {}
     for name, model in runs.items():

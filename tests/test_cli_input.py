@@ -157,6 +157,13 @@ def test_finetune_never_replaces_the_source_or_a_folder_of_other_files(world, tm
     assert "is a file" in fails("finetune", "--data", world, "--steps", 1, "--out", tmp_path / "afile")
     assert "is a file; a run is a folder" in fails("forget", "--model", src, "--data", world, "--method", "ga",
                                                    "--steps", 1, "--out", tmp_path / "afile")
+    # a run into a folder that holds an earlier run: refused (it was replaced without a word) unless told
+    run = ["forget", "--model", str(src), "--data", str(world), "--method", "ga", "--steps", "1", "--out", str(tmp_path / "r")]
+    assert CliRunner().invoke(app, run).exit_code == 0
+    first = (tmp_path / "r" / "train.json").read_text()
+    assert "holds an earlier run (model, log.jsonl, train.json): --resume it, --overwrite it" in fails(*run)
+    assert (tmp_path / "r" / "train.json").read_text() == first
+    assert CliRunner().invoke(app, [*run, "--overwrite"]).exit_code == 0
     res = CliRunner().invoke(app, ["finetune", "--data", str(world), "--steps", "1", "--out", str(tmp_path / "ck")])
     assert res.exit_code == 0, res.output
     res = CliRunner().invoke(app, ["finetune", "--data", str(world), "--steps", "1", "--out", str(tmp_path / "ck")])

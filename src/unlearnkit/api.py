@@ -393,7 +393,8 @@ def demo(out: str | os.PathLike = "runs/demo", *, seed: int = 0, method: str | N
                             say=say, timer=timer)
     say(f"[bold]3/6[/] unlearning the forget set with {method or 'the default method'}")
     with timer("forget"):
-        run = forget(models["subject"], data, method, out / "unlearned", seed=seed, progress=progress)
+        run = forget(models["subject"], data, method, out / "unlearned", seed=seed, progress=progress,
+                     overwrite=True)  # the demo's own stage
     say(f"      {run_summary(run)}")
     models["unlearned"] = run / "model"
     if guard is not None:

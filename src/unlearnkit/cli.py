@@ -156,6 +156,8 @@ def forget(model: str = typer.Option(..., help="Checkpoint dir or hub id of the 
                                                          "a fraction of the weights' norm; 0: plain steps (default: "
                                                          "the method's)."),
            resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in OUT."),
+           overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier run's outputs in OUT "
+                                                                    "(refused without it)."),
            save_every: int = typer.Option(0, help="Checkpoint every N steps (0: never)."),
            param: Optional[List[str]] = typer.Option(None, "--param", "-p", help="Method parameter key=value (repeatable; `unlearn methods` lists them)."),
            calibration: Optional[List[str]] = typer.Option(None, "--calibration", "-c", help="Calibration setting key=value (repeatable): reference=twins|holdout, floor, min_tolerance, mean_se, every, max_epochs, max_backtracks, speed_up=budget|patience, retain_sample, repair_rounds, repair_by=set|subject, repair_tolerance, repair_twins=twins|holdout, repair_stop=answers|auc (docs/methods.md, Settings)."),
@@ -178,7 +180,7 @@ def forget(model: str = typer.Option(..., help="Checkpoint dir or hub id of the 
     retain, neighbours and world facts) at or above the floor, and prints why it stopped."""
     from . import api
 
-    run = api.forget(model, data, method, out, seed=seed, lora=lora, merge=merge, resume=resume,
+    run = api.forget(model, data, method, out, seed=seed, lora=lora, merge=merge, resume=resume, overwrite=overwrite,
                      save_every=save_every, params=assignments(param, "--param"),
                      calibration=assignments(calibration, "--calibration") or None,
                      benchmark=benchmark, split=split, template=template, system=system, zero_shot=zero_shot,

@@ -128,7 +128,7 @@ def _kept_share(masks: dict) -> float:
 
 
 def forget(model: str | os.PathLike, data: str | os.PathLike, method: str | None, out: str | os.PathLike, *, seed: int = 0,
-           lora: bool = False, merge: bool = False, resume: bool = False, params: dict | None = None,
+           lora: bool = False, merge: bool = False, resume: bool = False, overwrite: bool = False, params: dict | None = None,
            calibration: dict | None = None, progress: bool = True, save_every: int = 0, benchmark: str | None = None,
            split: str | None = None, template: str | None = None, system: str | None = None,
            world: WorldData | None = None, **train_overrides) -> Path:
@@ -162,6 +162,10 @@ def forget(model: str | os.PathLike, data: str | os.PathLike, method: str | None
     check_out(model, out)
     if out.is_file():  # a traceback (FileExistsError) until session 34
         raise ValueError(f"--out {out}: is a file; a run is a folder")
+    if not (resume or overwrite) and (earlier := [n for n in RUN_OUTPUTS if (out / n).exists()]):
+        # an earlier run's model, checkpoints and metrics were replaced without a word until session 34
+        raise ValueError(f"--out {out}: holds an earlier run ({', '.join(earlier[:3])}): --resume it, --overwrite "
+                         f"it, or choose another folder")
     if train_overrides.get("saliency") and lora:
         raise ValueError(f"--saliency {train_overrides['saliency']!r} goes with full fine-tuning: LoRA trains its own "
                          f"small matrices; drop one of them")

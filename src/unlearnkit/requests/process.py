@@ -208,7 +208,8 @@ def _unlearn(home: Home, b: dict, per, world: Path, source, run_dir: Path, seed:
                                 "repair_twins": "holdout", "repair_stop": "auc", "mean_se": 0.0,
                                 **(overrides.get("calibration") or {})}
     out = run_dir / "unlearn"
-    forget(source.path, world, b["method"], out, seed=seed, progress=progress, **train)
+    forget(source.path, world, b["method"], out, seed=seed, progress=progress, overwrite=True,  # a batch trains again
+           **train)
     cal = out / "calibration.json"
     info = json.loads(cal.read_text()) if cal.is_file() else {}
     n_req = lambda ids: len({i.rsplit("-", 1)[0] for i in ids})  # noqa: E731  (item ids: "<request id>-NN")
