@@ -89,7 +89,8 @@ def test_a_diverging_run_fails_and_saves_nothing(tiny_world, tmp_path):
     (out / "model").mkdir(parents=True)
     (out / "model" / "config.json").write_text("{}")  # an older run's model
     with pytest.raises(DivergedError, match="loss became"):
-        api.forget(tiny_world.subject_dir, tiny_world.data_dir, "ga", out, steps=20, lr=1e30, progress=False)
+        api.forget(tiny_world.subject_dir, tiny_world.data_dir, "ga", out, steps=20, lr=1e30, progress=False,
+                   overwrite=True)  # without it, refused: the folder holds an earlier run (test_cli_input)
     assert not (out / "model").exists()  # no stale model beside an unfinished run
     for line in (out / "log.jsonl").read_text().splitlines():
         json.loads(line)  # the log stays valid JSON
