@@ -37,7 +37,6 @@ RUN_OUTPUTS = ("model", "adapter", "checkpoints", "log.jsonl", "train.json", "ca
 # and repair-K/ (`_repair`)
 
 
-
 def _check_resume(out: Path, config: dict) -> None:
     """A resumed run must be the same run: same method, data, settings and budget."""
     old_path = out / "config.yaml"
@@ -139,6 +138,9 @@ def forget(model: str | os.PathLike, data: str | os.PathLike, method: str | None
     benchmark, whose `split` names the forget set (docs/benchmarks.md). `world`: the forget set as
     records in memory instead (RWKU's zero-shot setting, `api.forget(zero_shot=True)`: what the model
     itself reveals about the target); it has no retain split.
+
+    `out` holding an earlier run's outputs is refused unless `resume` (continue it from its last
+    checkpoint) or `overwrite` (replace its outputs; other files there are left alone).
 
     `saliency` (a training setting, 0 < f < 1; a method may default to one): train only that fraction
     of the weights, those most salient to the forget set (`keep_salient`); 0 trains them all. With
