@@ -157,6 +157,8 @@ def test_finetune_never_replaces_the_source_or_a_folder_of_other_files(world, tm
     assert "is a file" in fails("finetune", "--data", world, "--steps", 1, "--out", tmp_path / "afile")
     assert "is a file; a run is a folder" in fails("forget", "--model", src, "--data", world, "--method", "ga",
                                                    "--steps", 1, "--out", tmp_path / "afile")
+    assert "--merge goes with --lora" in fails("forget", "--model", src, "--data", world, "--method", "ga", "--steps", 1,
+                                               "--merge", "--out", tmp_path / "m")
     # a run into a folder that holds an earlier run: refused (it was replaced without a word) unless told
     run = ["forget", "--model", str(src), "--data", str(world), "--method", "ga", "--steps", "1", "--out", str(tmp_path / "r")]
     assert CliRunner().invoke(app, run).exit_code == 0

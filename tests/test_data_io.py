@@ -70,6 +70,10 @@ def test_malformed_json(tmp_path):
     msg = str(e.value)
     assert "forget.jsonl:2" in msg and "malformed JSON" in msg and "column" in msg
     assert "\n" not in msg
+    # a line cut short: the column where it ends (it said "column 1", of the line break after it)
+    p.write_text(qa(1).model_dump_json() + "\n" + '{"id": "x", "subject": "y"\n')
+    with pytest.raises(DataError, match=r"forget.jsonl:2: malformed JSON \(Expecting ',' delimiter: column 27\)"):
+        read_jsonl(p)
 
 
 def test_not_an_object(tmp_path):

@@ -168,6 +168,8 @@ def forget(model: str | os.PathLike, data: str | os.PathLike, method: str | None
         # an earlier run's model, checkpoints and metrics were replaced without a word until session 34
         raise ValueError(f"--out {out}: holds an earlier run ({', '.join(earlier[:3])}): --resume it, --overwrite "
                          f"it, or choose another folder")
+    if merge and not lora:  # accepted, and recorded as merge: true, until session 34
+        raise ValueError("--merge goes with --lora: it merges the trained adapter into the model")
     if train_overrides.get("saliency") and lora:
         raise ValueError(f"--saliency {train_overrides['saliency']!r} goes with full fine-tuning: LoRA trains its own "
                          f"small matrices; drop one of them")

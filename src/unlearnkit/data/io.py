@@ -88,8 +88,8 @@ def iter_jsonl(path: str | os.PathLike, error: type[Exception] = DataError, obje
                 raise error(f"{where}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
             if not line.strip():
                 continue
-            try:
-                obj = json.loads(line)
+            try:  # without its line break: a line cut short was reported at "column 1" of the next line
+                obj = json.loads(line.rstrip("\r\n"))
             except json.JSONDecodeError as e:
                 raise error(f"{where}: malformed JSON ({e.msg}: column {e.colno})") from None
             if objects and not isinstance(obj, dict):

@@ -10,12 +10,17 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
 from .. import runinfo
+
+# peft reads transformers' deprecated `is_gradient_checkpointing` when it wraps a model: a warning on
+# every `--lora` run that only peft can act on
+warnings.filterwarnings("ignore", r"`is_gradient_checkpointing` is deprecated", FutureWarning)
 
 
 class ModelLoadError(RuntimeError):
