@@ -35,10 +35,19 @@ def data_hash(data: str | os.PathLike) -> str:
     files = [root] if root.is_file() else sorted(
         f for f in root.rglob("*") if f.is_file() and not any(p.startswith(".") for p in f.relative_to(root).parts))
     h = hashlib.sha256()
-    for f in files:
+    for f in files:  # each file streamed (a benchmark's corpus can be large), as a home's manifest is
         h.update((f.name if f == root else f.relative_to(root).as_posix()).encode())
-        h.update(f.read_bytes())
+        h.update(file_sha256(f).encode())
     return h.hexdigest()[:16]
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes (hex), read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:

@@ -51,10 +51,11 @@ def process_state():
     from accelerate.utils import parse_flag_from_env
 
     kw = {"backend": "gloo"} if _deepspeed_on_cpu() else {}
-    if not parse_flag_from_env("ACCELERATE_USE_DEEPSPEED"):
-        return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"), **kw)
-    _deepspeed_output()
-    with contextlib.redirect_stdout(sys.stderr):  # its CPU comm op's "built successfully", once a process
+    deepspeed = parse_flag_from_env("ACCELERATE_USE_DEEPSPEED")
+    if deepspeed:
+        _deepspeed_output()
+    # DeepSpeed's CPU comm op prints "built successfully", once a process, as its process group starts
+    with contextlib.redirect_stdout(sys.stderr) if deepspeed else contextlib.nullcontext():
         return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"), **kw)
 
 
@@ -71,7 +72,6 @@ def _deepspeed_output() -> None:
     from deepspeed.utils import logger
 
     warnings.filterwarnings("ignore", r"`torch\.distributed\.\w+` is deprecated", FutureWarning)
-
     for h in logger.handlers:
         if isinstance(h, logging.StreamHandler) and h.stream is sys.stdout:
             h.setStream(sys.stderr)

@@ -54,7 +54,7 @@ def add(guard_dir: Path = GUARD_DIR,
     from pydantic import ValidationError
 
     from .from_world import targets_from_world
-    from .targets import ACTIONS, Target
+    from .targets import ACTIONS, Target, invalid_target
 
     if action is not None and action not in ACTIONS:
         _fail(f"--action {action!r}: choose one of {', '.join(ACTIONS)}")
@@ -78,8 +78,7 @@ def add(guard_dir: Path = GUARD_DIR,
                 try:  # here, where the line is known (the store's check names no line)
                     Target.model_validate(targets[-1])
                 except ValidationError as e:
-                    err = e.errors()[0]
-                    _fail(f"{jsonl}:{n}: invalid target: {'.'.join(map(str, err['loc'])) or 'target'}: {err['msg']}")
+                    _fail(f"{jsonl}:{n}: {invalid_target(e)}")
     if subject or alias or fact or qa or document:
         docs = []
         for d in document:
@@ -98,8 +97,7 @@ def add(guard_dir: Path = GUARD_DIR,
     try:
         added = g.add_many(targets)
     except ValidationError as e:
-        err = e.errors()[0]
-        _fail(f"invalid target: {'.'.join(map(str, err['loc'])) or 'target'}: {err['msg']}")
+        _fail(invalid_target(e))
     except KeyError as e:
         _fail(e.args[0])
     for t in added:

@@ -33,7 +33,7 @@ from pydantic import ValidationError
 
 from .embedder import Embedder, MiniLMEmbedder, get_embedder
 from .files import atomic_write_bytes, atomic_write_npy, dir_lock
-from .targets import Target, embed_texts
+from .targets import Target, embed_texts, invalid_target
 
 
 class TargetStore:
@@ -145,8 +145,7 @@ class TargetStore:
                     out.append(Target.model_validate_json(line))
                 except ValidationError as e:  # what is wrong with the line: broken JSON, or which field
                     err = e.errors()[0]
-                    what = (f"malformed JSON ({err['msg']})" if err["type"] == "json_invalid" else
-                            f"invalid target: {'.'.join(map(str, err['loc'])) or 'target'}: {err['msg']}")
+                    what = f"malformed JSON ({err['msg']})" if err["type"] == "json_invalid" else invalid_target(e)
                     raise ValueError(f"{p}:{n}: {what}") from None
         return out
 

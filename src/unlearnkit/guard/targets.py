@@ -11,7 +11,7 @@ import time
 import uuid
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 Action = Literal["refuse", "forbid", "pseudonymise", "icu"]
 ACTIONS: tuple[str, ...] = ("refuse", "forbid", "pseudonymise", "icu")
@@ -95,6 +95,12 @@ class Target(BaseModel):
     @property
     def label(self) -> str:
         return self.subject or (self.qa[0].question if self.qa else (self.facts or self.documents or [self.id])[0])[:60]
+
+
+def invalid_target(e: ValidationError) -> str:
+    """A target that failed validation, as one line naming its first bad field (never the value)."""
+    err = e.errors()[0]
+    return f"invalid target: {'.'.join(map(str, err['loc'])) or 'target'}: {err['msg']}"
 
 
 def chunk_text(text: str, words: int = CHUNK_WORDS) -> list[str]:

@@ -33,6 +33,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .. import DEFAULT_METHOD, runinfo
+from ..runinfo import file_sha256
 
 FORMAT = "unlearnkit-home"
 MANIFEST = "MANIFEST.json"
@@ -86,14 +87,6 @@ class Settings(BaseModel):
 
 def default_home() -> Path:
     return Path(os.environ.get(ENV_HOME) or DEFAULT_HOME)
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def manifest_of(directory: Path) -> dict[str, str]:
