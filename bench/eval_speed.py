@@ -56,12 +56,18 @@ def scale_world(w, pairs: int):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     ap.add_argument("--shape", default="tiny", choices=["tiny", "llama-1b"])
     ap.add_argument("--pairs", type=int, default=0, help="scale the QA splits to this many pairs (0: as generated)")
     ap.add_argument("--reference-samples", type=int, default=200, help="samples timed with the per-sample scorer")
     ap.add_argument("--people", type=int, default=60)
     args = ap.parse_args()
+    if not (args.device == "cpu" or args.device.startswith("cuda")):
+        ap.error(f"--device {args.device}: choose cpu, cuda or cuda:N")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        ap.error(f"--device {args.device}: torch sees no CUDA device on this machine")
+    if args.pairs < 0 or args.reference_samples < 1 or args.people < 2:
+        ap.error("--pairs must be >= 0, --reference-samples >= 1 and --people >= 2")
 
     tmp = Path(tempfile.mkdtemp(prefix="ukbench-"))
     data = api.world(tmp / "world", n_people=args.people)

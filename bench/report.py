@@ -31,13 +31,21 @@ def main() -> None:
     ap.add_argument("run", type=Path, help="run directory or metrics JSON")
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
+    if not args.run.exists():
+        ap.error(f"{args.run}: no such file or directory")
+    if args.repeat < 1:
+        ap.error(f"--repeat {args.repeat}: must be >= 1")
     src = Path(__file__).resolve().parents[1] / "src"
     walls, cpus = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.repeat):
             out = subprocess.run([sys.executable, "-c", CHILD, str(args.run), str(Path(tmp) / "report.html")],
-                                 capture_output=True, text=True, check=True,
+                                 capture_output=True, text=True,
                                  env={**os.environ, "PYTHONPATH": str(src), "OMP_NUM_THREADS": "1"})
+            if out.returncode:  # the report's own one-line error, not the child's traceback
+                last = (out.stderr.strip().splitlines() or ["the report failed"])[-1]
+                kind, _, message = last.partition(": ")
+                sys.exit(f"error: {message if message and ' ' not in kind else last}")
             wall, cpu, size = out.stdout.split()
             walls.append(float(wall))
             cpus.append(float(cpu))

@@ -133,6 +133,12 @@ def run_one(name, args):
     return {"method": name, "steps_per_s": args.steps / sec, "tokens_per_s": tokens / sec, "peak_gib": peak / 2**30}
 
 
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -144,6 +150,15 @@ def main():
     ap.add_argument("--methods", default=",".join(METHODS + REFERENCE))
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    for name in ("batch", "seq", "steps"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            ap.error(f"--{name} {getattr(args, name)}: must be >= 1")
+    if args.warmup < 0:
+        ap.error(f"--warmup {args.warmup}: must be >= 0")
+    if unknown := [m for m in args.methods.split(",") if m not in METHODS + REFERENCE]:
+        ap.error(f"--methods: unknown {', '.join(map(repr, unknown))}; choose from {', '.join(METHODS + REFERENCE)}")
+    if args.device == "cuda" and not _cuda():
+        ap.error("--device cuda: torch sees no CUDA device on this machine")
     args.seq = args.seq or (256 if args.device == "cuda" else 64)
     args.steps = args.steps or (10 if args.device == "cuda" else 5)
     if args.one:

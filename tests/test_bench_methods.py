@@ -344,3 +344,30 @@ def test_calibration_cost_splits_the_extra_time_of_a_calibrated_run(load_bench):
     assert b["other_s"] == pytest.approx(23.0 - 14.0 - 5.0 - 3.75 - 1.0)  # what no part explains
     line = cost.table([w]).splitlines()[-1]
     assert line.startswith("| wide | 0 | twin_rmu | 100, 14.0 | matched, 150, 23.0 | 1.67x (1.50-1.83) | 5.0 |")
+
+
+@pytest.mark.parametrize("script, args, says", [
+    ("step_speed.py", ["--batch", "0"], "--batch 0: must be >= 1"),
+    ("step_speed.py", ["--methods", "graddiff,nope"], "unknown 'nope'"),
+    ("step_speed.py", ["--device", "cuda"], "no CUDA device"),
+    ("eval_speed.py", ["--device", "tpu"], "choose cpu, cuda"),
+    ("eval_speed.py", ["--people", "1"], "--people >= 2"),
+    ("report.py", ["nowhere"], "nowhere: no such file or directory"),
+    ("report.py", ["."], "no metrics.json in this directory"),
+])
+def test_benches_refuse_bad_options_in_one_line(script, args, says, tmp_path):
+    """A bad option or input gets argparse's usage and one error line, not a traceback (a zero
+    batch, an unknown method and a missing run each ended in one until session 35). The GPU
+    check runs only where there is no GPU."""
+    import os
+    import subprocess
+    import sys
+
+    import torch
+
+    if "cuda" in args and torch.cuda.is_available():
+        pytest.skip("a GPU is here")
+    r = subprocess.run([sys.executable, str(Path(__file__).parents[1] / "bench" / script), *args], cwd=tmp_path,
+                       capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode in (1, 2) and "Traceback" not in r.stderr, r.stderr
+    assert says in r.stderr.strip().splitlines()[-1]

@@ -170,3 +170,14 @@ def test_finetune_never_replaces_the_source_or_a_folder_of_other_files(world, tm
     assert res.exit_code == 0, res.output
     res = CliRunner().invoke(app, ["finetune", "--data", str(world), "--steps", "1", "--out", str(tmp_path / "ck")])
     assert res.exit_code == 0 and (tmp_path / "ck" / "unlearnkit.json").is_file()  # its own checkpoint: replaced
+
+
+def test_finetune_needs_a_retain_split_and_one_budget(world, tmp_path):
+    """A world with no retain split trained the subject on the forget set alone, and --steps beside
+    --epochs dropped the epochs, both without a word (until session 35)."""
+    (world / "retain.jsonl").unlink()
+    assert "retain.jsonl: not found, and the subject trains on forget + retain" in fails(
+        "finetune", "--data", world, "--out", tmp_path / "m")
+    assert "give one budget" in fails("finetune", "--data", world, "--steps", 2, "--epochs", 1, "--out", tmp_path / "m")
+    assert not (tmp_path / "m").exists()
+

@@ -43,7 +43,7 @@ def test_out_never_overlaps_the_source_model(tiny_world, tmp_path, where):
     (["--calibration", "floor=2"], "floor"), (["--calibration", "floor=0.9", "--steps", "3"], "--calibration"),
     (["--saliency", "1"], "--saliency"), (["--saliency", "-0.1"], "--saliency"), (["--saliency", "0.3", "--lora"], "--saliency"),
     (["--sam", "1"], "--sam"), (["--sam", "-0.1"], "--sam"), (["--calibration", "floor"], "--calibration 'floor'"),
-    (["--calibration", "utility=rouge"], "utility"),
+    (["--calibration", "utility=rouge"], "utility"), (["--steps", "3", "--epochs", "1"], "give one budget"),
 ])
 def test_nonsense_is_refused_at_the_door(tiny_world, tmp_path, flags, option):
     args = ["forget", "--model", str(tiny_world.subject_dir), "--data", str(tiny_world.data_dir),
@@ -171,8 +171,19 @@ def test_a_calibrated_run_resumes_to_the_same_stop_and_weights(tiny_world, simnp
     cut = tmp_path / "cut"
     shutil.copytree(full, cut)
     shutil.rmtree(cut / "model")
+    with open(cut / "log.jsonl", "a") as f:  # a run killed mid-line
+        f.write('{"loss": 0.5, "st')
     api.forget(tiny_world.subject_dir, tiny_world.data_dir, "simnpo", cut, save_every=3, resume=True, progress=False)
     again = json.loads((cut / "calibration.json").read_text())
+    # the log reads as the whole run's, once each (a resume appended the steps after the checkpoint
+    # again, and train.json counted only the resumed part, until session 35)
+    def steps(run):
+        return [(sorted(r), r.get("step", next(iter(r.values())).get("step") if len(r) == 1 else None))
+                for r in map(json.loads, (run / "log.jsonl").read_text().splitlines())]
+    assert steps(cut) == steps(full)
+    stats = [json.loads((r / "train.json").read_text())["train_stats"] for r in (full, cut)]
+    assert stats[1]["steps"] == stats[0]["steps"] == info["stopped_at"] and stats[1]["resumed_from"] > 0
+    assert stats[1]["tokens"] == stats[0]["tokens"]
     assert (again["reason"], again["stopped_at"], again["kept_step"]) == (info["reason"], info["stopped_at"],
                                                                           info["kept_step"])
     for k in ("start", "kept"):  # the start's travels in the checkpoint

@@ -6,6 +6,7 @@ The expected numbers of marks per figure for `demo_like_run` are worked out by h
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 from test_evaluate import UTIL, FakeLM, make_world
@@ -185,8 +186,6 @@ def test_bad_input_names_the_file(tmp_path, content, message):
 
 
 def test_bad_log_line_names_file_and_line(run_dir, tmp_path):
-    import shutil
-
     d = tmp_path / "run"
     shutil.copytree(run_dir, d)
     with open(d / "unlearned" / "log.jsonl", "a") as f:
@@ -201,9 +200,14 @@ def test_cli_report_compare_and_errors(run_dir, tmp_path):
     r = runner.invoke(app, ["report", str(run_dir), "--html", str(out)])
     assert r.exit_code == 0, r.output
     assert str(out) in r.output and figure_marks(out.read_text()) == MARKS
-    r = runner.invoke(app, ["compare", str(run_dir), str(run_dir / "metrics.json"), "--html", str(tmp_path / "c.html")])
+    other = shutil.copytree(run_dir, tmp_path / "other")
+    r = runner.invoke(app, ["compare", str(run_dir), str(other / "metrics.json"), "--html", str(tmp_path / "c.html")])
     assert r.exit_code == 0, r.output
     assert (tmp_path / "c.html").is_file()
+    # a run and its own metrics.json are one run: a comparison with itself is refused in one line
+    r = runner.invoke(app, ["compare", str(run_dir), str(run_dir / "metrics.json"), "--html", str(tmp_path / "d.html")])
+    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
+    assert "the same run as" in r.output and not (tmp_path / "d.html").exists()
     # the Markdown report, as before, from a metrics JSON
     r = runner.invoke(app, ["report", str(run_dir / "metrics.json"), "--out", str(tmp_path / "r.md")])
     md = (tmp_path / "r.md").read_text()

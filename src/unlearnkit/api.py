@@ -17,12 +17,12 @@ from pathlib import Path
 
 from . import runinfo
 from .data.batching import encode_pairs, qa_pairs
-from .data.io import load_world
+from .data.io import load_world, require_split
 from .data.templates import parse_template
 from .methods import get_method
 from .models.load import load_model, save_model
 from .sft import sft_loss
-from .train import TrainConfig, check_launch, config_dict, process_state, train
+from .train import TrainConfig, check_launch, config_dict, one_budget, process_state, train
 from .unlearning import is_main, run_summary
 
 log = logging.getLogger("unlearnkit")
@@ -70,11 +70,13 @@ def finetune(data: str | os.PathLike, out: str | os.PathLike, *, model: str | No
     from .models.load import check_out, check_replaceable
 
     tpl = parse_template(template, system)
+    train_overrides = one_budget(train_overrides)
     timer = runinfo.Timer()
     if model is not None:
         check_out(model, out)  # before any work: the source is never written to
     check_replaceable(out)
     w = load_world(data)
+    require_split(w, "retain", why="the subject trains on forget + retain, and the oracle on retain alone")
     if model is None:
         from .models.tiny import new_model, train_tokenizer
 

@@ -210,13 +210,14 @@ class TrainResult:
     model: Any
     steps: int                      # optimizer steps run by this call
     last_step: int                  # the global step the run ended at
-    seconds: float
-    tokens: int
+    seconds: float                  # training time, the part before a resume included
+    tokens: int                     # tokens trained on, the part before a resume included
     full_state_dict: dict | None = None   # gathered weights under FSDP/ZeRO-3 (main process; {} on the others), else None
     stop: Any = None                # the monitor's account of why and where the run stopped
     processes: int = 1              # processes that trained it, each on its slice of every batch
     mixed_precision: str = "no"     # what the forward passes ran in: no (the weights' dtype), bf16, fp16
     distributed: str = "none"       # how the processes shared the work (`_distributed`): none, ddp, fsdp2, deepspeed-zero3, ...
+    resumed_from: int = 0           # the checkpoint's step this call went on from (0: it started the run)
 
 
 class Monitor(Protocol):
@@ -276,6 +277,14 @@ def _lr_lambda(cfg: TrainConfig, total: int):
         frac = (step - warm) / max(1, total - warm)
         return max(0.0, 1 - frac) if cfg.schedule == "linear" else 0.5 * (1 + math.cos(math.pi * frac))
     return f
+
+
+def one_budget(overrides: dict) -> dict:
+    """The caller's training overrides with one budget: `steps` or `epochs`, refused together (the steps
+    won without a word until session 35); an epoch budget replaces a default step budget."""
+    if overrides.get("steps") is not None and overrides.get("epochs") is not None:
+        raise ValueError(f"--steps {overrides['steps']!r} and --epochs {overrides['epochs']!r}: give one budget, not both")
+    return {**overrides, "steps": None} if overrides.get("epochs") is not None else overrides
 
 
 def total_steps(cfg: TrainConfig, n_first: int, processes: int = 1) -> int:
@@ -409,13 +418,15 @@ def train(model, loss_fn: Loss, streams: dict[str, list[Encoded]], cfg: TrainCon
     out = Path(out_dir) if out_dir else None
     if out is not None and acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
-    start = 0
+    start, before = 0, {"seconds": 0.0, "tokens": 0}
     if out is not None and resume and (ck := _latest_checkpoint(out)) is not None:
         acc.load_state(str(ck))
         state = json.loads((ck / "trainer_state.json").read_text())
-        start = state["step"]
+        start, before = state["step"], {"seconds": state.get("seconds", 0.0), "tokens": state.get("tokens", 0)}
         if monitor is not None and "monitor" in state:
             monitor.load_state_dict({**state["monitor"], "snapshots": torch.load(ck / _monitor_file(acc))})
+        if acc.is_main_process:
+            _trim_log(out / "log.jsonl", start)
     log_f = open(out / "log.jsonl", "a" if start else "w") if (out and acc.is_main_process) else None
     def log(record: dict) -> None:
         if log_f:
@@ -428,6 +439,10 @@ def train(model, loss_fn: Loss, streams: dict[str, list[Encoded]], cfg: TrainCon
                dynamic_ncols=True, leave=False)
     handle = Handle(model, opt, sched, acc.device, log)
     t0, tokens, step = time.perf_counter(), 0, start
+
+    def so_far() -> dict:  # the run's time and tokens up to now, for a checkpoint and the result
+        return {"seconds": before["seconds"] + time.perf_counter() - t0,
+                "tokens": before["tokens"] + tokens * acc.num_processes}
     stopped = monitor is not None and start == 0 and monitor.check(0, handle)
     while step < steps and not stopped:
         logs: dict = {}
@@ -464,7 +479,7 @@ def train(model, loss_fn: Loss, streams: dict[str, list[Encoded]], cfg: TrainCon
             log(logs)
         stopped = monitor is not None and step % monitor.every == 0 and monitor.check(step, handle)
         if out is not None and cfg.save_every and step % cfg.save_every == 0 and step < steps and not stopped:
-            _save_checkpoint(acc, out, step, monitor)
+            _save_checkpoint(acc, out, step, monitor, so_far())
             runinfo.kill_point(f"checkpoint-{step}")
         stopped = stopped or (stop is not None and stop(step, logs))
     stop_info = monitor.finish(step, handle) if monitor is not None else None
@@ -475,8 +490,25 @@ def train(model, loss_fn: Loss, streams: dict[str, list[Encoded]], cfg: TrainCon
         log_f.close()
     acc.wait_for_everyone()
     unwrapped, full = _trained_model(acc, model)
-    return TrainResult(unwrapped, step - start, step, time.perf_counter() - t0, tokens * acc.num_processes, full,
-                       stop_info, acc.num_processes, str(acc.mixed_precision), _distributed(acc))
+    return TrainResult(unwrapped, step - start, step, so_far()["seconds"], so_far()["tokens"], full,
+                       stop_info, acc.num_processes, str(acc.mixed_precision), _distributed(acc), start)
+
+
+def _trim_log(path: Path, step: int) -> None:
+    """Before a resume from the checkpoint at `step`: drop the records a run logged after it (they are
+    logged again), so that `log.jsonl` reads as one run's. A record's step is its own (`step`) or, for
+    the monitor's records, that of the one dict it holds; one with none (the monitor's `stopped`,
+    written at the end) or cut short by a kill is dropped."""
+    def at(line: str) -> float:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            return math.inf
+        inner = [v for v in record.values() if isinstance(v, dict)]
+        return record.get("step", inner[0].get("step", math.inf) if len(inner) == 1 else math.inf)
+
+    if path.is_file():
+        runinfo.write_text(path, "".join(line + "\n" for line in path.read_text().splitlines() if at(line) <= step))
 
 
 def _distributed(acc) -> str:
@@ -708,14 +740,16 @@ def _local(t: torch.Tensor) -> torch.Tensor:
     return t.to_local() if isinstance(t, DTensor) else t
 
 
-def _save_checkpoint(acc, out: Path, step: int, monitor: Monitor | None = None) -> None:
+def _save_checkpoint(acc, out: Path, step: int, monitor: Monitor | None = None, so_far: dict | None = None) -> None:
+    """The run's state at `step`, written whole or not at: the optimizer's and scheduler's (accelerate),
+    the step, the time and tokens so far (`so_far`), and the monitor's state and weight snapshots."""
     final = out / "checkpoints" / f"step-{step}"
     tmp = out / "checkpoints" / f".tmp-step-{step}"
     if acc.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
     acc.wait_for_everyone()
     acc.save_state(str(tmp))
-    state: dict = {"step": step}
+    state: dict = {"step": step, **(so_far or {})}
     if monitor is not None:
         state["monitor"] = monitor.state_dict()
         snapshots = state["monitor"].pop("snapshots", {})

@@ -22,7 +22,7 @@ from .data.io import WorldData, check_overlap, load_world, require_split
 from .data.templates import parse_template
 from .methods import Context, get_method
 from .models.load import apply_lora, check_out, load_model, save_model, whole_adapter_model
-from .train import TrainConfig, check_launch, config_dict, process_state, train
+from .train import TrainConfig, check_launch, config_dict, one_budget, process_state, train
 
 log = logging.getLogger("unlearnkit")
 
@@ -173,8 +173,9 @@ def forget(model: str | os.PathLike, data: str | os.PathLike, method: str | None
     if train_overrides.get("saliency") and lora:
         raise ValueError(f"--saliency {train_overrides['saliency']!r} goes with full fine-tuning: LoRA trains its own "
                          f"small matrices; drop one of them")
+    train_overrides = one_budget(train_overrides)
     tpl = parse_template(template, system)
-    calibrated = not any(k in train_overrides for k in BUDGET_KEYS)
+    calibrated = not any(train_overrides.get(k) is not None for k in BUDGET_KEYS)
     settings = settings_from(calibration) if calibrated else None
     if calibration and not calibrated:
         raise ValueError("--calibration goes with a calibrated run: drop --steps/--epochs, or drop --calibration")
@@ -182,8 +183,6 @@ def forget(model: str | os.PathLike, data: str | os.PathLike, method: str | None
     method, settings = default_plan(method, settings, w)
     m = get_method(method)
     hp = m.params(params)
-    if "epochs" in train_overrides and "steps" not in train_overrides:
-        train_overrides["steps"] = None  # an explicit epoch budget replaces a method's default step budget
     cfg = TrainConfig(**{**m.train_defaults, **train_overrides, "seed": seed, "save_every": save_every,
                          **({"saliency": 0.0} if lora else {})})
     if world is not None:
@@ -270,7 +269,8 @@ def _write_outputs(out: Path, res, first, tok, *, lora: bool, merge: bool, secon
     if stop is not None:
         runinfo.write_json(out / "calibration.json", stop)
     runinfo.write_json(out / "train.json", {
-        "seconds": seconds, "train_stats": {"steps": first.steps, "last_step": first.last_step,
+        "seconds": seconds, "train_stats": {"steps": first.resumed_from + first.steps, "last_step": first.last_step,
+                                            "resumed_from": first.resumed_from,
                                             "seconds": first.seconds, "tokens": first.tokens,
                                             "processes": first.processes,
                                             "mixed_precision": first.mixed_precision,

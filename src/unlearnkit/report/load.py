@@ -103,9 +103,15 @@ def load_run(path: str | Path) -> Run:
 
 def load_runs(paths) -> list[Run]:
     """Every input, in order; names made unique (a comparison of `seed0/metrics.json` and `seed1/...`)."""
+    paths = list(paths)
     runs = [load_run(p) for p in paths]
     if not runs:
         raise ReportInputError("no input given: pass run directories or metrics JSON files")
+    given: dict[Path, str] = {}
+    for p, r in zip(paths, runs):  # a run given twice was compared with itself until session 35
+        if (key := r.source.resolve()) in given:
+            raise ReportInputError(f"{p}: the same run as {given[key]} (both are {r.source}); pass each run once")
+        given[key] = str(p)
     seen: dict[str, int] = {}
     for r in runs:
         if r.name in seen:
