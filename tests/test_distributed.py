@@ -28,7 +28,8 @@ from unlearnkit.data.batching import qa_pairs as _pairs
 from unlearnkit.data.io import load_world
 from unlearnkit.models.load import load_model
 from unlearnkit.scoring import nll
-from unlearnkit.train import TrainConfig, process_state, train
+from unlearnkit.launch import process_state
+from unlearnkit.train import TrainConfig, train
 
 data, subject, out = sys.argv[1:4]
 net, tok = load_model(subject)
@@ -85,7 +86,7 @@ def test_fsdp_version_1_without_gpus_is_refused(tiny_world, tmp_path, monkeypatc
 
     from unlearnkit.cli import app
 
-    importlib.import_module("unlearnkit.train")  # before the launch's variables: it reads LOCAL_RANK once
+    importlib.import_module("unlearnkit.launch")  # before the launch's variables: it reads LOCAL_RANK once
 
     for k, v in {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "ACCELERATE_USE_FSDP": "true",
                  "FSDP_VERSION": "1"}.items():
@@ -171,7 +172,7 @@ def test_deepspeed_zero2_backtracks_as_ddp_does(tiny_world, tmp_path):
     """ZeRO-1/2 keep the weights whole in every process, but step from a float32 master copy that
     each process holds a fragment of, and write it back over the weights: until session 33 a
     backtrack restored the weights alone, and the next step undid it (the weights then ended 6e-3
-    from DDP's here). A restore now writes the master copy too (`train._set_weights`); ZeRO-3's
+    from DDP's here). A restore now writes the master copy too (`shards.set_weights`); ZeRO-3's
     partitions: the test above."""
     script = tmp_path / "restore.py"
     script.write_text(RESTORE_SCRIPT)

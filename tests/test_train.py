@@ -83,7 +83,8 @@ def test_a_sharpness_aware_step_takes_the_gradient_beside_the_weights(tiny_world
     from accelerate import Accelerator
 
     from unlearnkit.data.batching import collate
-    from unlearnkit.train import _LossModule, _sharpness_aware_backward
+    from unlearnkit.shards import sharpness_aware_backward
+    from unlearnkit.train import _LossModule
 
     net, m, streams, ctx, tok = _streams(tiny_world, "simnpo")
     batch = {k: collate(streams[k][:4], tok.pad_token_id) for k in ("forget", "retain")}
@@ -103,7 +104,7 @@ def test_a_sharpness_aware_step_takes_the_gradient_beside_the_weights(tiny_world
         for p, s in zip(params, start):
             p.copy_(s)
     module = _LossModule(net, m.loss, ctx)
-    got_loss, _ = _sharpness_aware_backward(Accelerator(cpu=True), module, batch, list(module(batch)[2:]), 0.01)
+    got_loss, _ = sharpness_aware_backward(Accelerator(cpu=True), module, batch, list(module(batch)[2:]), 0.01)
     assert torch.allclose(got_loss, loss.detach(), rtol=1e-5, atol=1e-6)
     assert all(torch.allclose(p.grad, e, rtol=1e-4, atol=1e-7) for p, e in zip(params, expected))
     assert all(torch.allclose(p, s, atol=1e-7) for p, s in zip(params, start))  # put back

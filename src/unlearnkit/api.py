@@ -22,7 +22,8 @@ from .data.templates import parse_template
 from .methods import get_method
 from .models.load import load_model, save_model
 from .sft import sft_loss
-from .train import TrainConfig, check_launch, config_dict, one_budget, process_state, train
+from .launch import check_launch, process_state
+from .train import TrainConfig, config_dict, one_budget, train
 from .unlearning import is_main, run_summary
 
 log = logging.getLogger("unlearnkit")

@@ -8,138 +8,21 @@ sees exactly the batches the uninterrupted run would have seen.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import os
 import random
 import shutil
-import sys
 import time
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
 import torch
 
-from . import runinfo
+from . import launch, runinfo, shards
 from .data.batching import Encoded, collate
 
 Loss = Callable[..., "tuple[torch.Tensor, dict] | tuple[torch.Tensor, dict, torch.Tensor]"]  # (loss, logs[, forget term])
-
-# Launched by torchrun / `accelerate launch --multi_gpu` on a machine without GPUs: accelerate only
-# picks gloo data parallelism (MULTI_CPU) when told it runs on CPU, before its state is first built.
-# Not under DeepSpeed, which runs on CPU through its own accelerator (`process_state`).
-if ("LOCAL_RANK" in os.environ and not torch.cuda.is_available()
-        and os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() != "true"):
-    os.environ.setdefault("ACCELERATE_USE_CPU", "true")
-# DeepSpeed, which accelerate imports wherever it is installed (`unwrap_model`), prints to stdout
-# that it found no accelerator when left to detect one on a machine that has none; told, it says nothing.
-if not (torch.cuda.is_available() or hasattr(torch, "accelerator") and torch.accelerator.is_available()):
-    os.environ.setdefault("DS_ACCELERATOR", "cpu")
-
-
-def process_state():
-    """accelerate's `PartialState` as the loop's `Accelerator` will find it. Under torchrun on a
-    machine without GPUs that is gloo data parallelism (ACCELERATE_USE_CPU, set above); a bare
-    `PartialState()` there sets each process up alone, and an `Accelerator` built after it inherits
-    that: every process trains apart and writes the same files. Under DeepSpeed there, the backend
-    is named: accelerate finds none for the CPU, lets DeepSpeed start its process group, and then
-    counts one process (each would take the whole batch as the whole run's)."""
-    from accelerate import PartialState
-    from accelerate.utils import parse_flag_from_env
-
-    kw = {"backend": "gloo"} if _deepspeed_on_cpu() else {}
-    deepspeed = parse_flag_from_env("ACCELERATE_USE_DEEPSPEED")
-    if deepspeed:
-        _deepspeed_output()
-    # DeepSpeed's CPU comm op prints "built successfully", once a process, as its process group starts
-    with contextlib.redirect_stdout(sys.stderr) if deepspeed else contextlib.nullcontext():
-        return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"), **kw)
-
-
-def _deepspeed_output() -> None:
-    """DeepSpeed logs to stdout, where `unlearn forget` and `finetune` print the one line a script
-    reads (the run's directory): its log goes to stderr. Dropped: its warning that a module's output
-    holds no tensor, about the loop's wrapper when a check's scoring function returns other things (a
-    repair round's answers, generated under no_grad: there is no backward pass for a hook to miss);
-    and torch's FutureWarning that the collectives ZeRO calls at every step are deprecated, which
-    came back at each step (something clears the warnings registry between steps: 600 lines of
-    stderr in a 99-step run), and is DeepSpeed's to act on, not the user's."""
-    import logging
-
-    from deepspeed.utils import logger
-
-    warnings.filterwarnings("ignore", r"`torch\.distributed\.\w+` is deprecated", FutureWarning)
-    for h in logger.handlers:
-        if isinstance(h, logging.StreamHandler) and h.stream is sys.stdout:
-            h.setStream(sys.stderr)
-    if _harmless not in logger.filters:
-        logger.addFilter(_harmless)
-
-
-def _harmless(record) -> bool:
-    """False for DeepSpeed's warning about the loop's wrapper (`_deepspeed_output`)."""
-    return not record.getMessage().startswith("A module has unknown inputs or outputs type")
-
-
-def _processes_on_cpu() -> bool:
-    """Launched across processes on a machine without GPUs."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
-
-
-def _deepspeed_on_cpu() -> bool:
-    """Launched with DeepSpeed across processes on a machine without GPUs (its CPU accelerator, gloo)."""
-    from accelerate.utils import parse_flag_from_env
-
-    return _processes_on_cpu() and parse_flag_from_env("ACCELERATE_USE_DEEPSPEED")
-
-
-def _fsdp_on_cpu() -> bool:
-    """Launched with FSDP across processes on a machine without GPUs."""
-    from accelerate.utils import parse_flag_from_env
-
-    return _processes_on_cpu() and parse_flag_from_env("ACCELERATE_USE_FSDP")
-
-
-def check_launch() -> None:
-    """A one-line ValueError, before the model is loaded, for a sharded launch that cannot run on a
-    machine without GPUs: FSDP version 1. FSDP version 2 shards over gloo on CPU (`_accelerator`;
-    configs/accelerate/fsdp_cpu.yaml), and so does DeepSpeed, through its CPU accelerator
-    (`process_state`; deepspeed_cpu.yaml)."""
-    if _fsdp_on_cpu() and os.environ.get("FSDP_VERSION", "1") != "2":
-        raise ValueError(f"launched with FSDP version {os.environ.get('FSDP_VERSION', '1')}, which needs GPUs, and "
-                         f"this machine has none: set fsdp_version: 2 (configs/accelerate/fsdp_cpu.yaml)")
-
-
-def _accelerator(cfg: TrainConfig):
-    """The run's `Accelerator`, with a DeepSpeed launch's config set to the run's batch size, gradient
-    accumulation and clipping. Under an FSDP launch without GPUs, FSDP2 over gloo: accelerate sets
-    FSDP up on accelerator devices only (on CPU each process would be plain data parallel, its
-    weights whole), while `fully_shard` itself shards on CPU, so the state is told it is FSDP, with
-    the plugin the launcher's FSDP_* settings describe. That is the path
-    tests/test_distributed.py::test_sharded_two_cpu_processes_train_as_ddp_does runs."""
-    from accelerate import Accelerator
-    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
-
-    kw = dict(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=cfg.mixed_precision)
-    if not _fsdp_on_cpu():
-        process_state()  # first: it names DeepSpeed's backend on CPU
-        acc = Accelerator(**kw)
-        if acc.state.deepspeed_plugin is not None:
-            # DeepSpeed steps by its own config, not by the loop's: the run's settings go there (its
-            # batch size is bookkeeping, which accelerate reads from a dataloader this loop has not)
-            acc.state.deepspeed_plugin.deepspeed_config.update(
-                train_micro_batch_size_per_gpu=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
-                gradient_clipping=cfg.max_grad_norm or 0.0)
-        return acc
-    plugin = FullyShardedDataParallelPlugin()
-    acc = Accelerator(cpu=True, fsdp_plugin=plugin, **kw)
-    # both states, as accelerate's own FSDP set-up leaves them (a later AcceleratorState() copies PartialState's)
-    acc.state.distributed_type = process_state().distributed_type = DistributedType.FSDP
-    acc.state.fsdp_plugin = plugin
-    return acc
 
 
 @dataclass
@@ -155,7 +38,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     saliency: float = 0.0           # unlearning: train only this fraction of the weights (unlearning.keep_salient; 0: all)
     sam: float = 0.0                # unlearning: sharpness-aware steps against relearning, radius as a fraction of the
-                                    # trainable weights' norm (`_sharpness_aware_backward`; 0: plain steps)
+                                    # trainable weights' norm (`sharpness_aware_backward`; 0: plain steps)
     max_grad_norm: float | None = 1.0
     seed: int = 0
     save_every: int = 0             # checkpoint every N steps (0: never)
@@ -216,7 +99,7 @@ class TrainResult:
     stop: Any = None                # the monitor's account of why and where the run stopped
     processes: int = 1              # processes that trained it, each on its slice of every batch
     mixed_precision: str = "no"     # what the forward passes ran in: no (the weights' dtype), bf16, fp16
-    distributed: str = "none"       # how the processes shared the work (`_distributed`): none, ddp, fsdp2, deepspeed-zero3, ...
+    distributed: str = "none"       # how the processes shared the work (`distributed`): none, ddp, fsdp2, deepspeed-zero3, ...
     resumed_from: int = 0           # the checkpoint's step this call went on from (0: it started the run)
 
 
@@ -345,19 +228,19 @@ class Handle:
                 m.reshard()
 
     def snapshot(self) -> dict[str, torch.Tensor]:
-        """A CPU copy of the trainable weights as the next step starts from them (`_master_copy`):
+        """A CPU copy of the trainable weights as the next step starts from them (`master_copy`):
         this process's shard under FSDP, its partition of the float32 weights under ZeRO-3."""
-        return {n: _master_copy(p).detach().to("cpu", copy=True) for n, p in self._params()}
+        return {n: shards.master_copy(p).detach().to("cpu", copy=True) for n, p in self._params()}
 
     @torch.no_grad()
     def restore(self, snap: dict[str, torch.Tensor]) -> None:
         params = self._params()
         for n, p in params:
-            _set_weights(p, snap[n])
-        if any(_is_zero3(p) for _, p in params):
+            shards.set_weights(p, snap[n])
+        if any(shards.is_zero3(p) for _, p in params):
             # the whole copies ZeRO-3 keeps gathered between passes (weights it expects to use again
             # soon) hold the abandoned path: dropped, so that the next pass gathers the partitions
-            _regather_zero3(self._wrapped, [p for _, p in params])
+            shards.regather_zero3(self._wrapped, [p for _, p in params])
         self._opt.state.clear()  # moments of the abandoned path would push back towards it
 
     def scale_lr(self, factor: float) -> None:
@@ -388,12 +271,12 @@ def train(model, loss_fn: Loss, streams: dict[str, list[Encoded]], cfg: TrainCon
     """
     from accelerate.utils import set_seed
 
-    check_launch()
-    acc = accelerator or _accelerator(cfg)
-    if cfg.sam and _fsdp1(acc):
+    launch.check_launch()
+    acc = accelerator or launch.accelerator(cfg)
+    if cfg.sam and launch.fsdp1(acc):
         raise ValueError("--sam under FSDP version 1: sharpness-aware steps move the weights, which its flat "
                          "parameters hold where this loop cannot move them; use fsdp_version: 2, DDP or DeepSpeed")
-    if cfg.sam and _deepspeed(acc) and acc.state.deepspeed_plugin.zero_stage != 3:
+    if cfg.sam and launch.deepspeed(acc) and acc.state.deepspeed_plugin.zero_stage != 3:
         raise ValueError(f"--sam under DeepSpeed ZeRO-{acc.state.deepspeed_plugin.zero_stage}: its gradient buckets "
                          f"do not take the step's extra gradient pass; use zero_stage: 3, FSDP2 or DDP")
     set_seed(cfg.seed)
@@ -412,7 +295,7 @@ def train(model, loss_fn: Loss, streams: dict[str, list[Encoded]], cfg: TrainCon
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg, steps))
     acc.register_for_checkpointing(sched)
     model, opt = acc.prepare(_LossModule(model, loss_fn, ctx), opt)
-    masks, hooks = _sharded_masks(acc, model, grad_masks) if grad_masks else ([], [])
+    masks, hooks = shards.sharded_masks(acc, model, grad_masks) if grad_masks else ([], [])
     model.train()
 
     out = Path(out_dir) if out_dir else None
@@ -453,10 +336,10 @@ def train(model, loss_fn: Loss, streams: dict[str, list[Encoded]], cfg: TrainCon
                 with acc.autocast():
                     loss, micro_logs, *forget = model(batch)
                 if cfg.sam:
-                    loss, micro_logs = _sharpness_aware_backward(acc, model, batch, forget, cfg.sam, masks)
+                    loss, micro_logs = shards.sharpness_aware_backward(acc, model, batch, forget, cfg.sam, masks)
                 else:
                     acc.backward(loss)
-                _mask_grads(masks)
+                shards.mask_grads(masks)
                 if acc.sync_gradients and cfg.max_grad_norm:
                     acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                 opt.step()
@@ -489,9 +372,9 @@ def train(model, loss_fn: Loss, streams: dict[str, list[Encoded]], cfg: TrainCon
     if log_f:
         log_f.close()
     acc.wait_for_everyone()
-    unwrapped, full = _trained_model(acc, model)
+    unwrapped, full = shards.trained_model(acc, model)
     return TrainResult(unwrapped, step - start, step, so_far()["seconds"], so_far()["tokens"], full,
-                       stop_info, acc.num_processes, str(acc.mixed_precision), _distributed(acc), start)
+                       stop_info, acc.num_processes, str(acc.mixed_precision), launch.distributed(acc), start)
 
 
 def _trim_log(path: Path, step: int) -> None:
@@ -511,19 +394,6 @@ def _trim_log(path: Path, step: int) -> None:
         runinfo.write_text(path, "".join(line + "\n" for line in path.read_text().splitlines() if at(line) <= step))
 
 
-def _distributed(acc) -> str:
-    """How the processes shared the work, as recorded with the run: none (one process), ddp, fsdp1,
-    fsdp2, or deepspeed-zeroN. A launch that asked for one thing and ran another says so here (the
-    first DeepSpeed launch on CPU ran plain DDP, and nothing said it)."""
-    from accelerate.utils import DistributedType
-
-    if _deepspeed(acc):
-        return f"deepspeed-zero{acc.state.deepspeed_plugin.zero_stage}"
-    if acc.distributed_type == DistributedType.FSDP:
-        return "fsdp1" if _fsdp1(acc) else "fsdp2"
-    return "ddp" if acc.num_processes > 1 else "none"
-
-
 def _batch_at(streams: dict[str, list[Encoded]], schedules: dict, micro_step: int, acc,
               pad_id: int) -> tuple[dict, int]:
     """One micro-batch from every stream, on the device: this process's slice of the global batch
@@ -539,207 +409,6 @@ def _batch_at(streams: dict[str, list[Encoded]], schedules: dict, micro_step: in
     return batch, tokens
 
 
-def _trained_model(acc, model) -> tuple[Any, dict | None]:
-    """(the unwrapped model in eval mode, its full state dict where the parameters are sharded across
-    processes, else None). Gathering is a collective: every process calls it, and the main process
-    saves what it returns (`models.load.save_model(state_dict=...)`); the others get an empty dict,
-    which still says the weights are sharded."""
-    full = None
-    unwrapped = acc.unwrap_model(model).model
-    if _sharded(acc):
-        gathered = acc.get_state_dict(model)
-        full = {k.removeprefix("model."): v for k, v in (gathered or {}).items()}
-    unwrapped.eval()
-    return unwrapped, full
-
-
-def _sharded(acc) -> bool:
-    """Whether the weights are the wrapper's to gather (FSDP, DeepSpeed): each process holds only
-    its own shard of them (FSDP, ZeRO-3) or of their float32 master copy (ZeRO-1/2)."""
-    from accelerate.utils import DistributedType
-
-    return acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
-
-
-def _fsdp1(acc) -> bool:
-    """FSDP version 1, whose flat parameters hold the weights and gradients where this loop can
-    neither mask nor move them (FSDP2's per-weight shards it can, and DeepSpeed's partitions
-    through DeepSpeed's own accessors)."""
-    from accelerate.utils import DistributedType
-
-    return acc.distributed_type == DistributedType.FSDP and not acc.state.is_fsdp2
-
-
-def _deepspeed(acc) -> bool:
-    """Launched with DeepSpeed (any ZeRO stage), which steps inside the backward pass from a float32
-    master copy of the weights that it holds apart from the module's."""
-    from accelerate.utils import DistributedType
-
-    return acc.distributed_type == DistributedType.DEEPSPEED
-
-
-def _sharded_masks(acc, model, grad_masks: dict[str, torch.Tensor]) -> tuple[list, list]:
-    """(weight, mask) pairs for the prepared `model`, each mask on its weight's device and dtype and,
-    under FSDP2, sharded as the weight is (`distribute_tensor`: every process computed the same full
-    mask from the same starting weights); and the handles of gradient hooks, for DeepSpeed, which
-    takes its step inside the backward pass, after it has reduced and partitioned the gradients:
-    there each mask is a hook on its weight, which sees the whole gradient before the reduction
-    (and no pair is returned). FSDP version 1 holds weights its own way: a one-line ValueError."""
-    from torch.distributed.tensor import DTensor, distribute_tensor
-
-    deepspeed = _deepspeed(acc)
-    if _fsdp1(acc):
-        raise ValueError("--saliency with FSDP version 1: the masked gradients are not this loop's to touch there; "
-                         "use fsdp_version: 2 (configs/accelerate/fsdp.yaml), or --saliency 0")
-    params = dict(acc.unwrap_model(model).model.named_parameters())
-    out, hooks = [], []
-    for name, mask in grad_masks.items():
-        p = params[name]
-        m = mask.to(p.device, p.dtype)
-        if deepspeed:
-            hooks.append(p.register_hook(lambda g, m=m: g * m.to(g.dtype)))
-        else:
-            out.append((p, distribute_tensor(m, p.device_mesh, p.placements) if isinstance(p, DTensor) else m))
-    return out, hooks
-
-
-def _mask_grads(masks: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-    """Zero the gradients of the weights a saliency mask keeps still (`train(grad_masks=...)`)."""
-    with torch.no_grad():
-        for p, m in masks:
-            if p.grad is not None:
-                p.grad.mul_(m)
-
-
-def _sharpness_aware_backward(acc, model, batch, forget: list, radius: float,
-                              masks: list | None = None) -> tuple[torch.Tensor, dict]:
-    """Sharpness-aware unlearning (Fan et al. 2025, "Towards LLM unlearning resilient to relearning
-    attacks: a sharpness-aware minimization perspective"): minimise the loss at the weights moved
-    along the forget term's gradient, the direction in which the forget set comes back fastest (what
-    a relearning attack follows), by `radius` x the trainable weights' norm (scale-free, like ASAM).
-    The weights are put back and the optimiser steps with the gradient taken there, so the forget
-    set stays forgotten in a neighbourhood of the result, not only at it. Two forward and backward
-    passes a step. The perturbation follows the masked gradient: a saliency mask's zeros
-    (`masks`, `unlearning.keep_salient`) keep the frozen weights where they are. Under FSDP2 each
-    process moves its own shards, by the norms summed over every process's shards."""
-    if not forget:
-        raise ValueError("--sam needs an unlearning loss that returns its forget term (loss, logs, forget)")
-    if _deepspeed(acc):
-        return _sharpness_aware_backward_deepspeed(acc, model, batch, forget[0], radius)
-    acc.backward(forget[0])
-    _mask_grads(masks or [])
-    params = [p for p in model.parameters() if p.grad is not None]
-    with torch.no_grad():
-        local = [(_local(p), _local(p.grad)) for p in params]
-        norms = torch.stack([sum((g.float() ** 2).sum() for _, g in local), sum((w.float() ** 2).sum() for w, _ in local)])
-        if _sharded(acc):  # FSDP2: each process holds one shard of every weight
-            torch.distributed.all_reduce(norms)
-        g, w = norms.sqrt()
-        scale = float(radius * w / g.clamp_min(1e-12))  # a number: DTensors multiply by numbers, not tensors
-        moves = [p.grad * scale for p in params]
-        for p, e in zip(params, moves):
-            p.add_(e)
-    for p in params:
-        p.grad = None
-    with acc.autocast():
-        loss, logs, *_ = model(batch)
-    acc.backward(loss)
-    with torch.no_grad():
-        for p, e in zip(params, moves):
-            p.sub_(e)
-    return loss, logs
-
-
-def _sharpness_aware_backward_deepspeed(acc, model, batch, forget: torch.Tensor, radius: float) -> tuple[torch.Tensor, dict]:
-    """`_sharpness_aware_backward` under DeepSpeed ZeRO-3 (`train` refuses ZeRO-1/2, whose gradient
-    buckets fail on the extra pass), which takes its step inside the backward pass and holds the
-    weights' float32 master copy apart from the module's weights. The forget term's
-    gradient is taken outside DeepSpeed's reduction (`torch.autograd.grad`; the saliency masks'
-    hooks apply) and averaged over the processes, as DDP averages it. The move goes into the
-    module's weights alone (this process's partition of each), not into the master copy, which the
-    step then writes back over them: the step is taken from the weights as they were, with the
-    gradient at the moved ones."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    grads = torch.autograd.grad(forget, params, allow_unused=True)
-    params, grads = zip(*[(p, g) for p, g in zip(params, grads) if g is not None])
-    with torch.no_grad():
-        for g in grads:
-            torch.distributed.all_reduce(g)
-            g.div_(acc.num_processes)
-        g_norm = torch.stack([g.float().square().sum() for g in grads]).sum().sqrt()
-        w_sq = torch.stack([p.ds_tensor.float().square().sum() for p in params]).sum()
-        torch.distributed.all_reduce(w_sq)  # each process holds a partition of every weight
-        scale = float(radius * w_sq.sqrt() / g_norm.clamp_min(1e-12))
-        rank = torch.distributed.get_rank()
-        for p, g in zip(params, grads):
-            n = p.ds_tensor.numel()  # the partitions are equal, the last padded past the weight's end
-            part = g.flatten()[rank * n:(rank + 1) * n] * scale
-            p.ds_tensor[:part.numel()].add_(part.to(p.ds_tensor.dtype))
-        _regather_zero3(model, params)  # the next pass gathers the moved partitions
-    # DeepSpeed's own hooks took the forget term's gradients into its buffers as well, where the
-    # step would add them to the loss's (the weights ended 1e-2 from DDP's after 8 steps)
-    model.optimizer.zero_grad()
-    with acc.autocast():
-        loss, logs, *_ = model(batch)
-    acc.backward(loss)  # DeepSpeed steps from its master copy and writes it over the moved weights
-    return loss, logs
-
-
-def _regather_zero3(engine, params) -> None:
-    """After this process's ZeRO-3 partitions were written outside a step: drop the whole copies
-    DeepSpeed keeps gathered between passes (so that the next pass gathers the partitions anew), and
-    gather again the small weights it keeps whole in every process (`ds_persist`)."""
-    engine.empty_partition_cache()
-    if persist := [p for p in params if getattr(p, "ds_persist", False)]:
-        persist[0].all_gather(persist)
-
-
-def _is_zero3(p: torch.Tensor) -> bool:
-    """A weight DeepSpeed ZeRO-3 partitions across the processes (its module tensor is empty between
-    passes; `ds_tensor` holds this process's partition)."""
-    return hasattr(p, "ds_tensor")
-
-
-def _master_copy(p: torch.Tensor) -> torch.Tensor:
-    """The copy of a trainable weight that the next optimiser step starts from: the weight itself,
-    or under DeepSpeed its float32 master copy, which the step writes back over the weight (until
-    session 33 a restore wrote the weight alone, and the next step undid it): under ZeRO-3 this
-    process's partition of it, under ZeRO-1/2 the whole of it, gathered from every process's
-    fragment (a collective: every process snapshots the same weights in the same order)."""
-    if _is_zero3(p):
-        from deepspeed.utils import safe_get_local_fp32_param
-
-        return safe_get_local_fp32_param(p)
-    if hasattr(p, "_hp_mapping"):
-        from deepspeed.utils import safe_get_full_fp32_param
-
-        return safe_get_full_fp32_param(p)
-    return p
-
-
-def _set_weights(p: torch.Tensor, value: torch.Tensor) -> None:
-    """Write `value` (a `_master_copy`) into the weight and, under DeepSpeed, into its master copy."""
-    if _is_zero3(p):
-        from deepspeed.utils import safe_set_local_fp32_param
-
-        safe_set_local_fp32_param(p, value.to(p.ds_tensor.device))
-        p.ds_tensor.copy_(value.to(p.ds_tensor.device, p.ds_tensor.dtype))
-        return
-    p.copy_(value.to(p.device, p.dtype))
-    if hasattr(p, "_hp_mapping"):
-        from deepspeed.utils import safe_set_full_fp32_param
-
-        safe_set_full_fp32_param(p, value.to(p.device))
-
-
-def _local(t: torch.Tensor) -> torch.Tensor:
-    """A sharded weight's (or gradient's) own shard (`DTensor.to_local`, FSDP2, where every weight is
-    sharded along its first dimension), else the tensor itself."""
-    from torch.distributed.tensor import DTensor
-
-    return t.to_local() if isinstance(t, DTensor) else t
-
-
 def _save_checkpoint(acc, out: Path, step: int, monitor: Monitor | None = None, so_far: dict | None = None) -> None:
     """The run's state at `step`, written whole or not at: the optimizer's and scheduler's (accelerate),
     the step, the time and tokens so far (`so_far`), and the monitor's state and weight snapshots."""
@@ -753,7 +422,7 @@ def _save_checkpoint(acc, out: Path, step: int, monitor: Monitor | None = None, 
     if monitor is not None:
         state["monitor"] = monitor.state_dict()
         snapshots = state["monitor"].pop("snapshots", {})
-        if acc.is_main_process or _sharded(acc):  # whole weights: the same snapshots in every process
+        if acc.is_main_process or launch.sharded(acc):  # whole weights: the same snapshots in every process
             torch.save(snapshots, tmp / _monitor_file(acc))
     acc.wait_for_everyone()
     if acc.is_main_process:
@@ -769,7 +438,7 @@ def _monitor_file(acc) -> str:
     """A checkpoint's file for the monitor's snapshots of the weights: one, or, where each process
     holds its own shard of them (FSDP, ZeRO-3), one a process (until session 32 the main process's
     shards were restored into every process on `--resume`)."""
-    return f"monitor-{acc.process_index}.pt" if _sharded(acc) else "monitor.pt"
+    return f"monitor-{acc.process_index}.pt" if launch.sharded(acc) else "monitor.pt"
 
 
 def config_dict(cfg: TrainConfig) -> dict:

@@ -22,7 +22,8 @@ from .data.io import WorldData, check_overlap, load_world, require_split
 from .data.templates import parse_template
 from .methods import Context, get_method
 from .models.load import apply_lora, check_out, load_model, save_model, whole_adapter_model
-from .train import TrainConfig, check_launch, config_dict, one_budget, process_state, train
+from .launch import check_launch, process_state
+from .train import TrainConfig, config_dict, one_budget, train
 
 log = logging.getLogger("unlearnkit")
 
