@@ -162,18 +162,8 @@ def forget(model: str | os.PathLike, data: str | os.PathLike, method: str | None
     if method is not None:
         get_method(method).params(params)  # an unknown method or setting fails before the data is read
     out = Path(out)
-    check_out(model, out)
-    if out.is_file():  # a traceback (FileExistsError) until session 34
-        raise ValueError(f"--out {out}: is a file; a run is a folder")
-    if not (resume or overwrite) and (earlier := [n for n in RUN_OUTPUTS if (out / n).exists()]):
-        # an earlier run's model, checkpoints and metrics were replaced without a word until session 34
-        raise ValueError(f"--out {out}: holds an earlier run ({', '.join(earlier[:3])}): --resume it, --overwrite "
-                         f"it, or choose another folder")
-    if merge and not lora:  # accepted, and recorded as merge: true, until session 34
-        raise ValueError("--merge goes with --lora: it merges the trained adapter into the model")
-    if train_overrides.get("saliency") and lora:
-        raise ValueError(f"--saliency {train_overrides['saliency']!r} goes with full fine-tuning: LoRA trains its own "
-                         f"small matrices; drop one of them")
+    _check_options(model, out, lora=lora, merge=merge, resume=resume, overwrite=overwrite,
+                   saliency=train_overrides.get("saliency"))
     train_overrides = one_budget(train_overrides)
     tpl = parse_template(template, system)
     calibrated = not any(train_overrides.get(k) is not None for k in BUDGET_KEYS)
@@ -215,12 +205,12 @@ def forget(model: str | os.PathLike, data: str | os.PathLike, method: str | None
     ctx = Context(params=hp, seed=seed, pad_id=tok.pad_token_id, tokenizer=tok, template=tpl,
                   forget_text=(prompts, answers, subjects[0]) if subjects else None,
                   strangers=_strangers(w, seed + 1) if w is not None else None)
+    bench_info = ({"name": benchmark, "split": split,
+                   **({"zero_shot": True, "forget_records": len(w.forget)} if world is not None else {})}
+                  if benchmark else None)
     config = {"method": method, "model": str(model), "data": str(data), "data_hash": runinfo.data_hash(data),
-              "benchmark": {"name": benchmark, "split": split,
-                            **({"zero_shot": True, "forget_records": len(w.forget)} if world is not None else {})}
-              if benchmark else None,
-              "template": tpl.to_dict(),
-              "seed": seed, "lora": lora, "merge": merge, "params": hp.model_dump(), "train": config_dict(cfg),
+              "benchmark": bench_info, "template": tpl.to_dict(), "seed": seed, "lora": lora, "merge": merge,
+              "params": hp.model_dump(), "train": config_dict(cfg),
               "calibration": settings.model_dump() if settings else None, "versions": runinfo.versions()}
     _open_run_dir(out, config, resume)
     timer = runinfo.Timer()
@@ -240,6 +230,25 @@ def forget(model: str | os.PathLike, data: str | os.PathLike, method: str | None
                        saliency={"fraction": cfg.saliency, "weights_trained": _kept_share(masks)} if masks else None)
     process_state().wait_for_everyone()  # every process returns once the outputs are written
     return out
+
+
+def _check_options(model, out: Path, *, lora: bool, merge: bool, resume: bool, overwrite: bool,
+                   saliency: float | None) -> None:
+    """`forget`'s options that make no sense together, or an `out` it must not write to, refused in
+    one line before any work: the source model's folder (or one inside it), a file, a folder holding
+    an earlier run (without `resume` or `overwrite`), `merge` without `lora`, `saliency` with `lora`."""
+    check_out(model, out)
+    if out.is_file():  # a traceback (FileExistsError) until session 34
+        raise ValueError(f"--out {out}: is a file; a run is a folder")
+    if not (resume or overwrite) and (earlier := [n for n in RUN_OUTPUTS if (out / n).exists()]):
+        # an earlier run's model, checkpoints and metrics were replaced without a word until session 34
+        raise ValueError(f"--out {out}: holds an earlier run ({', '.join(earlier[:3])}): --resume it, --overwrite "
+                         f"it, or choose another folder")
+    if merge and not lora:  # accepted, and recorded as merge: true, until session 34
+        raise ValueError("--merge goes with --lora: it merges the trained adapter into the model")
+    if saliency and lora:
+        raise ValueError(f"--saliency {saliency!r} goes with full fine-tuning: LoRA trains its own "
+                         f"small matrices; drop one of them")
 
 
 def _open_run_dir(out: Path, config: dict, resume: bool) -> None:
