@@ -60,6 +60,11 @@ def test_fake_quantize_grid_and_error():
     lin = torch.nn.Sequential(torch.nn.Linear(64, 16), torch.nn.Linear(16, 4))
     info = quantize_model(lin, 4)
     assert info["n_tensors"] == 2 and 0 < info["mean_relative_error"] < 0.2
+    # groups of 16 fit the first layer's rows (64 wide), not the second's (16 wide: one group, per channel);
+    # groups of 7 fit neither, and the result says so (a variant named -g7 said "group 7" until session 35)
+    assert quantize_model(torch.nn.Sequential(torch.nn.Linear(64, 16), torch.nn.Linear(16, 4)), 4, 16)["per_channel"] == ["1"]
+    assert quantize_model(torch.nn.Sequential(torch.nn.Linear(64, 16), torch.nn.Linear(16, 4)), 4, 7)["per_channel"] == ["0", "1"]
+    assert quantize_model(lin, 4)["per_channel"] == []
 
 
 def test_plans(tiny_world):

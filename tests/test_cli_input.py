@@ -115,6 +115,14 @@ def test_bad_oracle_json(world, tmp_path, model_dir):
     assert f"{bad}: expected a JSON object" in _eval(model_dir, world, tmp_path / "o.json", "--oracle", bad)
     assert f"{tmp_path / 'missing.json'}: file not found" in _eval(
         model_dir, world, tmp_path / "o.json", "--oracle", tmp_path / "missing.json")
+    # any JSON object passed as a result, and another world's result was compared with this one's
+    # (until session 35): an attack's JSON, and a result made on other data, are refused
+    bad.write_text(json.dumps({"attack": "relearn", "variants": {}}))
+    assert f"{bad}: not a results dict of `unlearn eval`" in _eval(model_dir, world, tmp_path / "o.json", "--oracle", bad)
+    bad.write_text(json.dumps({"per_sample": {}, "info": {"data": "/elsewhere", "data_hash": "0123456789abcdef"}}))
+    err = _eval(model_dir, world, tmp_path / "o.json", "--subject", bad)
+    assert f"{bad}: the subject was evaluated on other data (/elsewhere" in err
+    assert not (tmp_path / "o.json").exists()
 
 
 def test_out_is_a_directory(world, tmp_path, model_dir):
@@ -133,6 +141,8 @@ def test_api_names_the_file_too(world, tmp_path, model_dir):
         api.evaluate(model_dir, world, oracle=bad)
     with pytest.raises(ValueError, match="is a directory"):
         api.evaluate(model_dir, world, out=tmp_path)
+    with pytest.raises(ValueError, match="batch_size 0"):
+        api.evaluate(model_dir, world, batch_size=0)
 
 
 def test_finetune_never_replaces_the_source_or_a_folder_of_other_files(world, tmp_path, model_dir):

@@ -203,6 +203,21 @@ def test_privleak_finer_than_its_sampling_error_cannot_decide():
     assert v["status"] == "pass"
 
 
+def test_privleak_against_an_oracle_at_auc_one_is_undefined_and_undecided():
+    """An oracle whose own Min-K% AUC is 1 leaves PrivLeak (relative to the oracle's distance from 1)
+    undefined: None with a note, and the privacy check cannot decide (until session 35 the JSON held
+    null beside a verdict that failed on "|PrivLeak| = inf")."""
+    from unlearnkit.evaluate import _privleak
+
+    notes: list[str] = []
+    oracle = {"per_sample": {"mink_auc": {"docs": 1.0}, "mink_k": 0.4}}
+    assert _privleak({"docs": 0.9}, "docs", oracle, notes) is None
+    assert "undefined" in notes[0] and "1.000" in notes[0]
+    result = {"privleak": None, "splits": {"mia": {"privleak_source": "docs"}}}
+    v = verdict(result, oracle=oracle, subject={"privleak": -100.0})["privacy"]
+    assert v["status"] == "cannot decide" and "AUC on docs is 1.000, so PrivLeak is undefined" in v["why"]
+
+
 def test_utility_reference_is_subject_when_given():
     res = {"model_utility": 0.5}
     assert verdict(res, oracle={"model_utility": 0.5}, subject={"model_utility": 0.6})["utility"]["pass"] is False

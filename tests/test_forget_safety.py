@@ -81,19 +81,31 @@ def test_choices_are_listed_when_a_setting_is_wrong():
         get_method("finetune")  # fine-tuning trains subjects; it is not an unlearning method
 
 
-def test_a_diverging_run_fails_and_saves_nothing(tiny_world, tmp_path):
+def test_a_diverging_run_saves_nothing_and_keeps_the_run_it_would_replace(tiny_world, tmp_path):
+    """A diverged run leaves nothing behind, so a retry needs no --overwrite; one that would have
+    replaced an earlier run (--overwrite) leaves that run as it was (until session 35 the earlier
+    model was deleted before training began, and the diverged run's config and log blocked a retry).
+    An overwriting run that succeeds replaces it and keeps nothing aside; other files stay."""
     from unlearnkit import api
     from unlearnkit.train import DivergedError
 
+    kw = dict(progress=False)
     out = tmp_path / "run"
     (out / "model").mkdir(parents=True)
-    (out / "model" / "config.json").write_text("{}")  # an older run's model
+    (out / "model" / "config.json").write_text("{}")  # an earlier run's model
+    (out / "notes.txt").write_text("mine")
     with pytest.raises(DivergedError, match="loss became"):
-        api.forget(tiny_world.subject_dir, tiny_world.data_dir, "ga", out, steps=20, lr=1e30, progress=False,
-                   overwrite=True)  # without it, refused: the folder holds an earlier run (test_cli_input)
-    assert not (out / "model").exists()  # no stale model beside an unfinished run
-    for line in (out / "log.jsonl").read_text().splitlines():
-        json.loads(line)  # the log stays valid JSON
+        api.forget(tiny_world.subject_dir, tiny_world.data_dir, "ga", out, steps=20, lr=1e30, overwrite=True, **kw)
+    assert sorted(p.name for p in out.iterdir()) == ["model", "notes.txt"]
+    assert [p.name for p in (out / "model").iterdir()] == ["config.json"]
+    fresh = tmp_path / "fresh"
+    with pytest.raises(DivergedError):
+        api.forget(tiny_world.subject_dir, tiny_world.data_dir, "ga", fresh, steps=20, lr=1e30, **kw)
+    assert not list(fresh.iterdir())
+    api.forget(tiny_world.subject_dir, tiny_world.data_dir, "ga", fresh, steps=2, lr=1e-4, **kw)  # no --overwrite
+    api.forget(tiny_world.subject_dir, tiny_world.data_dir, "ga", out, steps=2, lr=1e-4, overwrite=True, **kw)
+    assert (out / "model" / "model.safetensors").is_file() and (out / "notes.txt").read_text() == "mine"
+    assert not (out / ".earlier").exists()
 
 
 def test_resume_only_the_same_run(tiny_world, tmp_path):

@@ -186,6 +186,25 @@ def test_calibration_validates_input(guard):
         calibrate(guard.detector, [], 0.01)
     with pytest.raises(ValueError):
         calibrate(guard.detector, ["x"], 1.5)
+    with pytest.raises(ValueError, match="a number in"):
+        calibrate(guard.detector, ["x"], "0.01")
+
+
+def test_bad_targets_and_settings_are_one_line_and_leave_no_guard(tmp_path, world):
+    """A bad target field is one ValueError line naming it (pydantic's several lines and link until
+    session 35), and the demo's guard checks its action and false-refusal rate before it makes its
+    folder (it embedded the targets and left an uncalibrated guard behind)."""
+    from unlearnkit import api
+
+    with pytest.raises(ValueError, match=r"^invalid target: action: ") as e:
+        Guard(tmp_path / "g").add({"subject": "Ada Quill", "action": "nope"})
+    assert "\n" not in str(e.value)
+    w = tmp_path / "w"
+    api.world(w, n_people=12)
+    for kw, says in (({"action": "nope"}, "invalid target: action"), ({"false_refusal": 2}, "false_refusal must be")):
+        with pytest.raises(ValueError, match=says):
+            api.demo_guard(tmp_path / "demo", w, **kw)
+        assert not (tmp_path / "demo").exists()
 
 
 def test_two_stage_search_agrees_with_direct(guard, world):

@@ -14,7 +14,7 @@ METHODS = ["ga", "graddiff", "npo", "npo_rt", "simnpo", "idk_dpo", "rmu", "twin_
 def subject_rouge(tiny_world):
     from unlearnkit import api
 
-    return api.evaluate(tiny_world.subject_dir, tiny_world.data_dir, suites=("tofu",))
+    return api.evaluate(tiny_world.subject_dir, tiny_world.data_dir, suites="tofu")  # one name: one suite
 
 
 def test_registry_lists_every_method_with_a_description():

@@ -215,6 +215,14 @@ def test_cli_report_compare_and_errors(run_dir, tmp_path):
     assert "`None`" not in md  # a config without a run directory names none
     # it names the file its numbers come from (it said metrics.json and `unlearn demo` for any input)
     assert md.rstrip().endswith(f"Numbers come from `{(run_dir / 'metrics.json').resolve()}`.")
+    # the page or the Markdown written over the results it reads was refused by nothing until session 35
+    metrics = run_dir / "metrics.json"
+    before = metrics.read_bytes()
+    for flag in ("--html", "--out"):
+        r = runner.invoke(app, ["report", str(metrics), flag, str(metrics)])
+        assert r.exit_code == 2 and "input" in r.output and metrics.read_bytes() == before, r.output
+    r = runner.invoke(app, ["report", str(run_dir), "--html", str(tmp_path)])
+    assert r.exit_code == 2 and "is a directory" in r.output
     r = runner.invoke(app, ["report", str(tmp_path / "nowhere"), "--html", str(out)])
     assert r.exit_code == 2 and "nowhere: no such file or directory" in r.output
     r = runner.invoke(app, ["report", str(tmp_path), "--html", str(out)])

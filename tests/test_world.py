@@ -467,3 +467,25 @@ def test_names_outlast_the_short_ones():
     more = [namer.make((1, 1), "female") for _ in range(20)]
     assert namer.longer == {((1, 1), "female"): 1} and len(set(first + more)) == 320
     assert namer.make((1, 2), "last") and set(namer.longer) == {((1, 1), "female")}  # other kinds as before
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    """Atomic writes go through private temp files (mode 600, folders 700); what they become takes
+    the umask, as a plain open or mkdir would (until session 35 a world, a checkpoint and every
+    results file were unreadable to the other users of a machine)."""
+    from unlearnkit import api
+    from unlearnkit.models.load import save_model
+    from unlearnkit.models.tiny import new_model, train_tokenizer
+    from unlearnkit.runinfo import write_json
+
+    old = os.umask(0o022)
+    try:
+        w = api.world(tmp_path / "w", n_people=12)
+        tok = train_tokenizer(["a b c"], vocab_size=300)
+        m = save_model(new_model(tok, seed=0), tok, tmp_path / "m")
+        write_json(tmp_path / "r.json", {"a": 1})
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (w, w / "forget.jsonl", m, m / "model.safetensors", tmp_path / "r.json")}
+    assert modes == {"w": 0o755, "forget.jsonl": 0o644, "m": 0o755, "model.safetensors": 0o644, "r.json": 0o644}
+

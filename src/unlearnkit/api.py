@@ -159,6 +159,7 @@ def evaluate(model, data: str | os.PathLike, *, oracle=None, subject=None, suite
     from .evaluate import evaluate as run_eval
 
     tpl = parse_template(template, system)
+    suites = (suites,) if isinstance(suites, str) else tuple(suites)
     timer = runinfo.Timer()
     if out is not None and Path(out).is_dir():
         from .data.io import DataError
@@ -179,10 +180,12 @@ def evaluate(model, data: str | os.PathLike, *, oracle=None, subject=None, suite
         with timer("eval"):
             res = bench.run(lm, batch_size=kwargs.get("batch_size"))
     else:
-        oracle_res = _as_result(oracle, w, suites, tpl)
-        if bench is not None and bench.convert_oracle is not None and isinstance(oracle_res, dict):
+        converts = bench is not None and bench.convert_oracle is not None  # TOFU's own eval logs
+        oracle_res = _as_result(oracle, w, suites, tpl, role="oracle", data=None if converts else data)
+        if converts and isinstance(oracle_res, dict):
             oracle_res = bench.convert_oracle(oracle_res)
-        subject_res = _as_result(subject, w, suites, tpl, oracle=oracle_res) if subject is not None else None
+        subject_res = (_as_result(subject, w, suites, tpl, oracle=oracle_res, role="subject", data=data)
+                       if subject is not None else None)
         ref_lm = as_lm(reference, tpl)[0] if reference is not None else None
         with timer("eval"):
             res = run_eval(lm, w, oracle=oracle_res, subject=subject_res, suites=tuple(suites), reference_lm=ref_lm,
@@ -210,18 +213,29 @@ def as_lm(model, template=None):
     return LM(net, tok, template=parse_template(template)), fingerprint(net)
 
 
-def _as_result(x, w, suites, template=None, oracle=None):
-    """`x` (an oracle or a subject: a result dict, a results JSON, "self", a checkpoint or an LM) as
-    a result dict; a model is evaluated here, against `oracle` (a result dict) where given: the
+def _as_result(x, w, suites, template=None, oracle=None, *, role: str = "oracle", data=None):
+    """`x` (the `role`, oracle or subject: a result dict, a results JSON, "self", a checkpoint or an
+    LM) as a result dict; a model is evaluated here, against `oracle` (a result dict) where given: the
     verdict reads the subject's forget quality and PrivLeak, which need it (until session 34 a
-    subject checkpoint came without them, and the verdict could not decide)."""
-    from .evaluate import evaluate as run_eval
+    subject checkpoint came without them, and the verdict could not decide). A given result must be
+    one of `evaluate`'s and, with `data`, made on the same data (its `info.data_hash`): until session
+    35 any JSON object passed, and another world's result was compared with this one's."""
+    from .data.io import DataError
+    from .evaluate import evaluate as run_eval, is_result
 
-    if x is None or isinstance(x, dict) or x == "self":
+    if x is None or x == "self":
         return x
     p = Path(x) if isinstance(x, (str, Path)) else None
-    if p is not None and p.suffix == ".json" and not p.is_dir():
-        return _read_result(p)
+    if isinstance(x, dict) or (p is not None and p.suffix == ".json" and not p.is_dir()):
+        res, where = (x, f"the {role} result") if isinstance(x, dict) else (_read_result(p), str(p))
+        if data is not None and not is_result(res):
+            raise DataError(f"{where}: not a results dict of `unlearn eval` (no verdict, per_sample or "
+                            f"forget_quality field): give the {role}'s evaluation, or its checkpoint")
+        made_on = (res.get("info") or {}).get("data_hash")
+        if data is not None and made_on is not None and made_on != runinfo.data_hash(data):
+            raise DataError(f"{where}: the {role} was evaluated on other data ({res['info'].get('data')}, hash "
+                            f"{made_on}; {data} hashes to {runinfo.data_hash(data)}): evaluate it on {data}")
+        return res
     lm, _ = as_lm(x, template)
     return run_eval(lm, w, suites=tuple(suites), oracle=oracle if isinstance(oracle, dict) else None)
 
@@ -265,7 +279,9 @@ def train_pair(data: str | os.PathLike, todo: dict[str, str | os.PathLike], *, s
     """Train from scratch the models named in `todo` ("subject" and/or "oracle" -> checkpoint dir).
 
     Two at once run side by side, one process and one thread each: at this model size a step gains
-    little from a second thread, so two processes nearly halve the wall time."""
+    little from a second thread, so two processes nearly halve the wall time. The processes are
+    spawned, so a script that calls this at its top level needs Python's usual
+    `if __name__ == "__main__":` guard (without it, each new process runs the script again)."""
     jobs = [(data, ckpt, kind == "oracle", seed, progress, train_overrides) for kind, ckpt in todo.items()]
     if len(jobs) < 2 or (os.cpu_count() or 1) < 2:
         for _, ckpt, without_forget, *_ in jobs:
@@ -310,10 +326,12 @@ def demo_guard(out: str | os.PathLike | None, data: str | os.PathLike, action: s
     there are replaced by id (a rerun is idempotent; targets added by hand stay). Returns the
     `Guard`; its `settings.calibration` holds the calibration."""
     from .guard import Guard, targets_from_world
+    from .guard.detect import check_false_refusal
 
     w = load_world(data)
+    targets = targets_from_world(w, action=action)  # both checked before the guard's folder is made
+    check_false_refusal(false_refusal)
     g = Guard(out)
-    targets = targets_from_world(w, action=action)
     have = {t.id for t in g.list()}
     for t in targets:
         if t.id in have:

@@ -285,6 +285,8 @@ def report(inputs: List[Path] = typer.Argument(..., help="Run directories or met
             raise ValueError("a Markdown report takes one input; pass --html OUT.html for several")
         run = load_run(inputs[0])
         data = {"models": run.models, "attacks": run.attacks, "config": run.config}
+        if out is not None and out.resolve() == run.source.resolve():
+            raise ValueError(f"--out {out}: is the report's input; write the report to another file")
         out_console.print(str(write_report(data, out or run.source.with_name("report.md"),
                                            source=f"`{run.source.resolve()}`", rerun=None)))
 

@@ -124,6 +124,12 @@ def truth_gap_twins(lm, world, batch_size: int | None = None) -> dict | None:
     return {**tofu.paired_truth_gap(f, t), "forget": f, "twins": t, "ids": [forget[i].id for i, _ in pairs]}
 
 
+def is_result(obj) -> bool:
+    """Whether `obj` is a results dict of `evaluate` (`unlearn eval`), as an oracle, a subject or a
+    report reads one: it holds a verdict, per-sample scores or a forget quality."""
+    return isinstance(obj, dict) and any(k in obj for k in ("verdict", "per_sample", "forget_quality"))
+
+
 def _mean(xs) -> float | None:
     xs = list(xs)
     return float(np.mean(xs)) if xs else None
@@ -163,9 +169,12 @@ def evaluate(lm, world, *, oracle: dict | None = None, suites: Sequence[str] = S
     Returns a JSON-serialisable dict: flat headline metrics, `splits` (per-split sub-dicts), `mia_auc`,
     `verdict`, `per_sample`, `n`, `timings_s`, `config`, `notes`.
     """
+    suites = (suites,) if isinstance(suites, str) else tuple(suites)  # "tofu" was read as four letters
     unknown = set(suites) - set(SUITES)
     if unknown:
         raise ValueError(f"unknown suites {sorted(unknown)}; choose from {SUITES}")
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise ValueError(f"batch_size {batch_size!r}: a whole number >= 1, or None (the scorer's own)")
     if not world.forget:
         raise ValueError("the world has no forget records")
     t_start = time.perf_counter()
@@ -505,6 +514,10 @@ def _privleak(mink_auc: dict, source: str | None, oracle: dict | None, notes: li
     if oracle_auc is None:
         notes.append(f"the oracle result has no Min-K% AUC on {source}: PrivLeak is None")
         return None
+    if oracle_auc >= 1.0:  # ±inf, written as null beside a verdict that said "inf", until session 35
+        notes.append(f"the oracle's own Min-K% AUC on {source} is {oracle_auc:.3f}: PrivLeak, relative to the "
+                     f"oracle's distance from 1, is undefined (None)")
+        return None
     try:
         return muse.privleak(mink_auc[source], oracle_auc, muse.PRIVLEAK_K, oracle["per_sample"].get("mink_k"))
     except ValueError as e:  # oracle scored at another k: no number rather than a wrong one
@@ -648,7 +661,12 @@ def verdict(result: dict, *, oracle: dict | None = None, subject: dict | None = 
         out["forgetting"] = {**_check(fq, bool(by_fq or by_rouge), min_forget_quality, why),
                              "rouge_gap": gap, "rouge_tolerance": rouge_tolerance}
     pl, spl = result.get("privleak"), (subject or {}).get("privleak")
-    if pl is None:
+    src = ((result.get("splits") or {}).get("mia") or {}).get("privleak_source")
+    oracle_auc = (((oracle or {}).get("per_sample") or {}).get("mink_auc") or {}).get(src)
+    if pl is None and oracle_auc is not None and oracle_auc >= 1.0:
+        out["privacy"] = _check(None, None, privleak_tolerance, f"cannot decide on this data: the oracle's own "
+                                f"Min-K% AUC on {src} is {oracle_auc:.3f}, so PrivLeak is undefined")
+    elif pl is None:
         out["privacy"] = _check(None, None, privleak_tolerance, "needs PrivLeak (the muse suite and an oracle result)")
     elif spl is None:
         out["privacy"] = _check(pl, None, privleak_tolerance, "cannot decide on this data: no subject PrivLeak, so "

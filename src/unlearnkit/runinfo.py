@@ -50,13 +50,31 @@ def file_sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def umask() -> int:
+    """This process's umask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def temp_dir(path: Path) -> Path:
+    """A new hidden folder beside `path`, to build it in and rename it into place, with the
+    permissions a plain `mkdir` gives (mkdtemp's are the owner's alone: until session 35 every world
+    and checkpoint folder was unreadable to the other users of a shared machine)."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    tmp.chmod(0o777 & ~umask())
+    return tmp
+
+
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write a file atomically: a temporary file in the same directory, flushed to disk, then
-    renamed over `path`, so a reader sees the old file or the new one, never half of one."""
+    renamed over `path`, so a reader sees the old file or the new one, never half of one. It gets
+    the permissions a plain `open` gives (mkstemp's are the owner's alone)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import shutil
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from .data.templates import parse_template
 from .methods import Context, get_method
 from .models.load import apply_lora, check_out, load_model, save_model, whole_adapter_model
 from .launch import check_launch, process_state
-from .train import TrainConfig, config_dict, one_budget, train
+from .train import DivergedError, TrainConfig, config_dict, one_budget, train
 
 log = logging.getLogger("unlearnkit")
 
@@ -34,6 +35,7 @@ def is_main() -> bool:
 
 
 BUDGET_KEYS = ("steps", "epochs")
+EARLIER = ".earlier"  # in a run directory: the outputs an --overwrite run replaces, until it has its own
 RUN_OUTPUTS = ("model", "adapter", "checkpoints", "log.jsonl", "train.json", "calibration.json", "metrics.json")
 # and repair-K/ (`_repair`)
 
@@ -212,22 +214,22 @@ def forget(model: str | os.PathLike, data: str | os.PathLike, method: str | None
               "benchmark": bench_info, "template": tpl.to_dict(), "seed": seed, "lora": lora, "merge": merge,
               "params": hp.model_dump(), "train": config_dict(cfg),
               "calibration": settings.model_dump() if settings else None, "versions": runinfo.versions()}
-    _open_run_dir(out, config, resume)
     timer = runinfo.Timer()
-    with timer("prepare"):
-        masks = keep_salient(net, streams["forget"], tok.pad_token_id, cfg.saliency) if cfg.saliency else None
-        if m.prepare is not None:
-            ctx.cache = m.prepare(net, streams, ctx)
-    with timer("train"):
-        res = train(net, m.loss, streams, cfg, pad_id=tok.pad_token_id, ctx=ctx, out_dir=out, resume=resume,
-                    progress=progress, desc=method, monitor=monitor, grad_masks=masks)
-    first = res
-    if calibrated:
-        with timer("repair"):
-            res = _repair(res, w, m, streams, cfg, ctx, tok, tpl, settings, seed, out, progress, method, masks)
-    if is_main():
-        _write_outputs(out, res, first, tok, lora=lora, merge=merge, seconds=timer.seconds, method=method,
-                       saliency={"fraction": cfg.saliency, "weights_trained": _kept_share(masks)} if masks else None)
+    with _run_dir(out, config, resume):
+        with timer("prepare"):
+            masks = keep_salient(net, streams["forget"], tok.pad_token_id, cfg.saliency) if cfg.saliency else None
+            if m.prepare is not None:
+                ctx.cache = m.prepare(net, streams, ctx)
+        with timer("train"):
+            res = train(net, m.loss, streams, cfg, pad_id=tok.pad_token_id, ctx=ctx, out_dir=out, resume=resume,
+                        progress=progress, desc=method, monitor=monitor, grad_masks=masks)
+        first = res
+        if calibrated:
+            with timer("repair"):
+                res = _repair(res, w, m, streams, cfg, ctx, tok, tpl, settings, seed, out, progress, method, masks)
+        if is_main():
+            _write_outputs(out, res, first, tok, lora=lora, merge=merge, seconds=timer.seconds, method=method,
+                           saliency={"fraction": cfg.saliency, "weights_trained": _kept_share(masks)} if masks else None)
     process_state().wait_for_everyone()  # every process returns once the outputs are written
     return out
 
@@ -251,19 +253,62 @@ def _check_options(model, out: Path, *, lora: bool, merge: bool, resume: bool, o
                          f"small matrices; drop one of them")
 
 
+@contextmanager
+def _run_dir(out: Path, config: dict, resume: bool):
+    """The run directory while the run writes it (`_open_run_dir`). A new run sets the outputs of an
+    earlier one aside (`--overwrite`) in `EARLIER`, and drops them once its own are written; if it
+    fails, it takes its own outputs away and puts the earlier ones back (until session 35 an
+    overwriting run that failed had already deleted them). A run that diverged leaves nothing, as it
+    says: no checkpoint is worth resuming there, and a retry needs no --overwrite. Any other failure
+    of a run with nothing set aside keeps its checkpoints, for `--resume`."""
+    _open_run_dir(out, config, resume)
+    try:
+        yield
+    except BaseException as e:
+        if is_main() and (isinstance(e, DivergedError) or (out / EARLIER).is_dir()):
+            _clear_outputs(out)
+            if (out / EARLIER).is_dir():
+                for p in (out / EARLIER).iterdir():
+                    os.replace(p, out / p.name)
+                (out / EARLIER).rmdir()
+        raise
+    if is_main():
+        shutil.rmtree(out / EARLIER, ignore_errors=True)
+
+
 def _open_run_dir(out: Path, config: dict, resume: bool) -> None:
-    """Check a resumed run's config against the one it resumes; then (main process) clear what an
-    older or unfinished run left, and write `config.yaml`."""
+    """Check a resumed run's config against the one it resumes; then (main process) set an earlier
+    run's outputs aside in `EARLIER` (or, where one is set aside already by an overwriting run that
+    was killed, clear that run's), clear what a resumed run makes again, and write `config.yaml`."""
     if resume:
         _check_resume(out, config)
-    if is_main():
-        out.mkdir(parents=True, exist_ok=True)
-        for name in RUN_OUTPUTS if not resume else ("model", "adapter", "train.json", "calibration.json"):
-            p = out / name  # outputs of an older run never stand beside a new (or unfinished) one
-            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
-        for p in out.glob("repair-*"):  # repair rounds run again after a resumed run
-            shutil.rmtree(p)
-        runinfo.write_text(out / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+    if not is_main():
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    if resume:
+        for name in ("model", "adapter", "train.json", "calibration.json", *(p.name for p in out.glob("repair-*"))):
+            _remove(out / name)  # made again: the repair rounds too run again after a resumed run
+    elif (out / EARLIER).is_dir():
+        _clear_outputs(out)
+    else:
+        for p in _outputs(out):
+            (out / EARLIER).mkdir(exist_ok=True)
+            os.replace(p, out / EARLIER / p.name)
+    runinfo.write_text(out / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+
+
+def _outputs(out: Path) -> list[Path]:
+    """What a run writes in `out` that is there now: `RUN_OUTPUTS`, its repair rounds and config."""
+    return [p for p in (*(out / n for n in (*RUN_OUTPUTS, "config.yaml")), *out.glob("repair-*")) if p.exists()]
+
+
+def _clear_outputs(out: Path) -> None:
+    for p in _outputs(out):
+        _remove(p)
+
+
+def _remove(p: Path) -> None:
+    shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
 
 
 def _write_outputs(out: Path, res, first, tok, *, lora: bool, merge: bool, seconds: dict, method: str,

@@ -26,6 +26,12 @@ import torch
 from . import AttackPlan, Variant
 
 
+def _grouped(cols: int, group_size: int) -> bool:
+    """Whether a row `cols` wide is quantized in groups (else per channel: no groups asked, or its
+    width is not a multiple of `group_size`, or not wider than one group)."""
+    return bool(group_size) and group_size > 0 and cols % group_size == 0 and group_size < cols
+
+
 @torch.no_grad()
 def fake_quantize(w: torch.Tensor, bits: int, group_size: int = 0) -> torch.Tensor:
     """Symmetric round-to-nearest quantization of a 2-D weight (out, in), dequantized back to its dtype."""
@@ -34,7 +40,7 @@ def fake_quantize(w: torch.Tensor, bits: int, group_size: int = 0) -> torch.Tens
     q = 2 ** (bits - 1) - 1
     x = w.detach().float()
     rows, cols = x.shape
-    grouped = group_size and group_size > 0 and cols % group_size == 0 and group_size < cols
+    grouped = _grouped(cols, group_size)
     g = x.reshape(rows, cols // group_size, group_size) if grouped else x.reshape(rows, 1, cols)
     scale = g.abs().amax(dim=-1, keepdim=True).clamp_min(1e-12) / q
     out = (torch.round(g / scale).clamp_(-q, q) * scale).reshape(rows, cols)
@@ -43,10 +49,12 @@ def fake_quantize(w: torch.Tensor, bits: int, group_size: int = 0) -> torch.Tens
 
 @torch.no_grad()
 def quantize_model(net, bits: int, group_size: int = 0, embeddings: bool = False) -> dict:
-    """Fake-quantize `net` in place; returns {"n_tensors", "mean_relative_error", "skipped"}."""
+    """Fake-quantize `net` in place; returns {"n_tensors", "mean_relative_error", "skipped",
+    "per_channel"}: the last names the tensors that fell back to one scale per row when groups were
+    asked (until session 35 a variant named `-g7` said "group 7" where every row fell back)."""
     emb = net.get_input_embeddings() if hasattr(net, "get_input_embeddings") else None
     emb_w = emb.weight if emb is not None else None
-    errors, skipped, done = [], [], set()
+    errors, skipped, per_channel, done = [], [], [], set()
     mods = [(n, m) for n, m in net.named_modules() if isinstance(m, torch.nn.Linear)]
     if embeddings and emb is not None:
         mods.append(("embed_tokens", emb))
@@ -58,10 +66,13 @@ def quantize_model(net, bits: int, group_size: int = 0, embeddings: bool = False
             skipped.append(f"{name} (tied to the input embedding)")
             continue
         done.add(id(w))
+        if group_size and not _grouped(w.shape[1], group_size):
+            per_channel.append(name)
         new = fake_quantize(w, bits, group_size)
         errors.append(float((new.float() - w.float()).norm() / w.float().norm().clamp_min(1e-12)))
         w.copy_(new)
-    return {"n_tensors": len(errors), "mean_relative_error": sum(errors) / max(1, len(errors)), "skipped": skipped}
+    return {"n_tensors": len(errors), "mean_relative_error": sum(errors) / max(1, len(errors)), "skipped": skipped,
+            "per_channel": per_channel}
 
 
 def plan(world, *, seed: int = 0, bits=(8, 4), group_size: int = 0, embeddings: bool = False) -> AttackPlan:
@@ -76,6 +87,8 @@ def plan(world, *, seed: int = 0, bits=(8, 4), group_size: int = 0, embeddings: 
         def transform(net, tok, b=b):
             return net, quantize_model(net, b, group_size, embeddings)
         name = f"int{b}" + (f"-g{group_size}" if group_size else "")
+        granularity = (f"group {group_size} (per channel in a row not a multiple of it wide: the model's "
+                       f"`per_channel` lists those tensors)" if group_size else "per channel")
         variants[name] = Variant(transform=transform, info={"bits": b, "group_size": group_size,
-                                                            "granularity": f"group {group_size}" if group_size else "per channel"})
+                                                            "granularity": granularity})
     return AttackPlan(list(world.forget), variants, {"bits": bits, "group_size": group_size, "embeddings": embeddings})

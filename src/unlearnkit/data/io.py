@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -114,29 +113,10 @@ def _to_jsonable(record: Any) -> Any:
 
 
 def write_jsonl(path: str | os.PathLike, records: Iterable) -> Path:
-    """Write records (pydantic models or dicts) as JSONL, atomically.
+    """Write records (pydantic models or dicts) as JSONL, atomically (`runinfo.write_text`)."""
+    from ..runinfo import write_text
 
-    The data goes to a temporary file in the same directory, which then replaces
-    ``path`` with ``os.replace``; on failure the temporary file is removed.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            for r in records:
-                f.write(json.dumps(_to_jsonable(r), ensure_ascii=False))
-                f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
+    return write_text(path, "".join(json.dumps(_to_jsonable(r), ensure_ascii=False) + "\n" for r in records))
 
 
 def _is_datasets_dir(data_dir: Path) -> bool:

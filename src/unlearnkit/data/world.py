@@ -35,6 +35,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from .. import runinfo
 from .io import DataError, write_jsonl
 from .schema import DocRecord, QARecord
 
@@ -764,7 +765,7 @@ def build_world(out_dir: str | os.PathLike, seed: int = 0, n_people: int = 60,
     splits, meta = _generate(seed, n_people, forget_fraction, holdout_fraction, neighbour_fraction,
                              n_perturbed, n_countries, **shape)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
+    tmp = runinfo.temp_dir(out_dir)
     try:
         for name, records in splits.items():
             write_jsonl(tmp / f"{name}.jsonl", records)

@@ -96,8 +96,8 @@ def add(guard_dir: Path = GUARD_DIR,
     had = {t.subject.casefold(): t.id for t in g.list() if t.subject}
     try:
         added = g.add_many(targets)
-    except ValidationError as e:
-        _fail(invalid_target(e))
+    except ValueError as e:
+        _fail(str(e))
     except KeyError as e:
         _fail(e.args[0])
     for t in added:

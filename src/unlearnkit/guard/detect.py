@@ -223,6 +223,13 @@ class Detector:
         return out
 
 
+def check_false_refusal(false_refusal) -> float:
+    """The share of benign prompts a calibration may refuse, a number in [0, 1), or a one-line ValueError."""
+    if isinstance(false_refusal, bool) or not isinstance(false_refusal, (int, float)) or not 0 <= false_refusal < 1:
+        raise ValueError(f"false_refusal must be a number in [0, 1), got {false_refusal!r}")
+    return float(false_refusal)
+
+
 def calibrate(detector: Detector, benign: list[str] | dict[str, list[str]], false_refusal: float = 0.01,
               positives: list[str] | None = None, min_threshold: float = 0.5) -> Calibration:
     """Set `detector.threshold` so that at most `false_refusal` of the `benign` prompts are hit.
@@ -235,12 +242,11 @@ def calibrate(detector: Detector, benign: list[str] | dict[str, list[str]], fals
     the groups and never below `min_threshold`. With `positives` (e.g. held-out paraphrases of
     forget questions) the recall at the new threshold is reported too.
     """
+    check_false_refusal(false_refusal)
     groups = benign if isinstance(benign, dict) else {"benign": list(benign)}
     groups = {k: list(v) for k, v in groups.items() if len(v)}
     if not groups:
         raise ValueError("calibration needs at least one benign prompt")
-    if not 0 <= false_refusal < 1:
-        raise ValueError(f"false_refusal must be in [0, 1), got {false_refusal}")
     notes, thr = [], min_threshold
     scores = {}
     for name, prompts in groups.items():

@@ -4,7 +4,7 @@ from __future__ import annotations
 import hashlib
 import re
 
-from .targets import Action, QAPair, Target
+from .targets import Action, QAPair, Target, as_target
 
 
 def _stable_id(subject: str) -> str:
@@ -31,6 +31,6 @@ def targets_from_world(world, action: Action | None = None, split: str = "forget
     for subject, recs in by.items():
         qa = [QAPair(question=r.question, answer=r.answer,
                      wrong_answers=[a for a in r.perturbed_answers if a.strip()][:8]) for r in recs]
-        out.append(Target(id=_stable_id(subject), subject=subject, qa=qa,
-                          documents=docs.get(subject, []), action=action))
+        out.append(as_target(dict(id=_stable_id(subject), subject=subject, qa=qa, documents=docs.get(subject, []),
+                                  action=action)))
     return out

@@ -33,7 +33,7 @@ from pydantic import ValidationError
 
 from .embedder import Embedder, MiniLMEmbedder, get_embedder
 from .files import atomic_write_bytes, atomic_write_npy, dir_lock
-from .targets import Target, embed_texts, invalid_target
+from .targets import Target, as_target, embed_texts, invalid_target
 
 
 class TargetStore:
@@ -246,7 +246,7 @@ class TargetStore:
     def add_many(self, targets: Iterable[Target | dict], defer: bool = False) -> list[Target]:
         """Add targets; with `defer` and no embedder loaded in this process, they go in pending
         (module docstring): searchable by name at once, embedded by the first vector search."""
-        new = [t if isinstance(t, Target) else Target.model_validate(t) for t in targets]
+        new = [as_target(t) for t in targets]
         ids = [t.id for t in new]
         if len(set(ids)) != len(ids):
             raise KeyError("duplicate target ids in one request")

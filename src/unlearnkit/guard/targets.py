@@ -103,6 +103,17 @@ def invalid_target(e: ValidationError) -> str:
     return f"invalid target: {'.'.join(map(str, err['loc'])) or 'target'}: {err['msg']}"
 
 
+def as_target(t: Target | dict) -> Target:
+    """`t` as a `Target` (validated once, here, from its dict form); a bad field is a one-line
+    ValueError (`invalid_target`), not pydantic's several lines and link."""
+    if isinstance(t, Target):
+        return t
+    try:
+        return Target.model_validate(t)
+    except ValidationError as e:
+        raise ValueError(invalid_target(e)) from None
+
+
 def chunk_text(text: str, words: int = CHUNK_WORDS) -> list[str]:
     """Split a document into chunks of about `words` words, on sentence ends where possible."""
     sents = re.split(r"(?<=[.!?])\s+", " ".join(text.split()))

@@ -9,7 +9,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -234,13 +233,16 @@ class _AtomicDir:
 
     def __enter__(self) -> Path:
         self.out.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.", dir=self.out.parent))
+        self.tmp = runinfo.temp_dir(self.out)
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb):
         if exc_type is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
             return False
+        for f in self.tmp.rglob("*"):  # safetensors writes its files through a private temp file
+            if f.is_file():
+                f.chmod(0o666 & ~runinfo.umask())
         old = None
         if self.out.exists():
             old = self.out.with_name(f".{self.out.name}.old")

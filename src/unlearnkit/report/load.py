@@ -57,9 +57,11 @@ def read_log(path: Path) -> list[dict]:
 
 
 def _check_results(results: dict, where: str) -> None:
+    from ..evaluate import is_result
+
     if not isinstance(results, dict):
         raise ReportInputError(f"{where}: expected a results object, got {type(results).__name__}")
-    if "verdict" not in results and "per_sample" not in results and "forget_quality" not in results:
+    if not is_result(results):
         raise ReportInputError(f"{where}: not a results dict of `unlearn eval` (no verdict, per_sample or "
                                "forget_quality field)")
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .. import runinfo
 from . import plots
-from .load import REFERENCES, Run, load_runs
+from .load import REFERENCES, ReportInputError, Run, load_runs
 from .markdown import ROWS, fmt
 from .plots import HIT_ROUGE, Entry
 
@@ -234,6 +234,11 @@ def render(runs: list[Run], compare: bool = False, title: str | None = None) -> 
 
 def write_html(inputs, out: str | os.PathLike, *, compare: bool = False, title: str | None = None) -> Path:
     """Write the report of `inputs` (run directories, metrics JSON paths or loaded `Run`s) to `out`."""
-    inputs = list(inputs)
-    runs = inputs if all(isinstance(x, Run) for x in inputs) else load_runs(inputs)
+    inputs, out = list(inputs), Path(out)
+    runs = inputs if inputs and all(isinstance(x, Run) for x in inputs) else load_runs(inputs)
+    if out.is_dir():
+        raise ReportInputError(f"{out}: is a directory; the report goes to a file (e.g. {out / 'report.html'})")
+    if clash := next((r.source for r in runs if r.source.resolve() == out.resolve()), None):
+        # the page was written over the results it read until session 35
+        raise ReportInputError(f"{out}: is an input of the report ({clash}); write the page to another file")
     return runinfo.write_text(out, render(runs, compare=compare, title=title))
