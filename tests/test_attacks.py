@@ -45,6 +45,13 @@ def test_recovery_zero_with_a_note_when_nothing_to_recover():
 
 # ------------------------------------------------------------------------------ pieces without a model
 
+def test_many_shot_needs_a_shot():
+    from types import SimpleNamespace
+
+    with pytest.raises(ValueError, match="--shots -1"):
+        make_plan("probes", SimpleNamespace(forget=[], retain=[]), kinds=["many_shot"], shots=-1)
+
+
 def test_fake_quantize_grid_and_error():
     torch.manual_seed(0)
     w = torch.randn(16, 64)

@@ -240,6 +240,10 @@ def test_demo_end_to_end_reuses_checkpoints(tiny_world, tmp_path):
         for key in ("forget_quality", "model_utility", "forget_rouge", "retain_rouge", "forget_truth_ratio"):
             assert key in m
     assert models["oracle"]["forget_quality"] == pytest.approx(1.0)
+    # the references judged as any model, both known: the untouched subject fails (it said "cannot decide:
+    # give --subject" in the demo that had evaluated it, until session 35), the oracle forgets
+    assert models["subject"]["verdict"]["forgetting"]["status"] == "fail"
+    assert models["oracle"]["verdict"]["forgetting"]["status"] == "pass"
     stop = metrics["unlearning"]["stop"]
     if stop["reason"] == "matched":  # else it says where it stopped (utility floor first on this small world)
         assert models["unlearned"]["forget_rouge"] <= 0.5 * models["subject"]["forget_rouge"]

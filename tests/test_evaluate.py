@@ -218,6 +218,12 @@ def test_privleak_against_an_oracle_at_auc_one_is_undefined_and_undecided():
     assert v["status"] == "cannot decide" and "AUC on docs is 1.000, so PrivLeak is undefined" in v["why"]
 
 
+def test_a_reference_without_utility_cannot_decide_utility():
+    """`0.000 >= 0.95 x 0.000` passed a model with no utility at all (until session 35)."""
+    v = verdict({"model_utility": 0.0}, subject={"model_utility": 0.0})["utility"]
+    assert v["status"] == "cannot decide" and "subject's model utility is 0.000" in v["why"]
+
+
 def test_utility_reference_is_subject_when_given():
     res = {"model_utility": 0.5}
     assert verdict(res, oracle={"model_utility": 0.5}, subject={"model_utility": 0.6})["utility"]["pass"] is False

@@ -44,6 +44,8 @@ def test_out_never_overlaps_the_source_model(tiny_world, tmp_path, where):
     (["--saliency", "1"], "--saliency"), (["--saliency", "-0.1"], "--saliency"), (["--saliency", "0.3", "--lora"], "--saliency"),
     (["--sam", "1"], "--sam"), (["--sam", "-0.1"], "--sam"), (["--calibration", "floor"], "--calibration 'floor'"),
     (["--calibration", "utility=rouge"], "utility"), (["--steps", "3", "--epochs", "1"], "give one budget"),
+    (["--split", "forget10"], "--split 'forget10' goes with --benchmark"), (["--resume", "--overwrite"], "give one"),
+    (["--oracle", "o.json"], "--oracle goes with --eval"),
 ])
 def test_nonsense_is_refused_at_the_door(tiny_world, tmp_path, flags, option):
     args = ["forget", "--model", str(tiny_world.subject_dir), "--data", str(tiny_world.data_dir),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -491,6 +492,9 @@ def test_guard_cli_add_list_calibrate_eval_remove(tiny_world, tmp_path):
     assert r.exit_code == 0, r.output
     res = json.loads(out.read_text())
     assert res["forget_rouge"] <= 0.15 and res["retain_rouge"] >= 0.98 and res["forget_quality"] >= 0.01
+    # which model and which guard (the result said "GuardedLM" and nothing else until session 35)
+    assert res["info"]["model"] == str(tiny_world.subject_dir) and res["info"]["guard"] == str(Path(g).resolve())
+    assert res["info"]["fingerprint"]
     r = run(app, ["guard", "remove", listed[0]["id"], "--guard-dir", g])
     assert r.exit_code == 0 and listed[0]["id"] not in (tmp_path / "guard" / "targets.jsonl").read_text()
     r = run(app, ["guard", "add", "--guard-dir", g, "--subject", "Ada Quill", "--action", "erase"])

@@ -185,6 +185,58 @@ def test_bad_input_names_the_file(tmp_path, content, message):
         load_run(p)
 
 
+def test_damaged_fields_and_config_name_the_file(tmp_path, models):
+    """Fields of the wrong type or length, a verdict that is no object, and a damaged config.yaml:
+    one ReportInputError naming the file and field (each ended in a traceback until session 35)."""
+    def one(name, **fields):
+        res = json.loads(json.dumps(models["unlearned"]))
+        for k, v in fields.items():
+            if k.startswith("ps_"):
+                res["per_sample"][k[3:]] = v
+            else:
+                res[k] = v
+        (p := tmp_path / f"{name}.json").write_text(json.dumps(res))
+        return p
+
+    for p, field in ((one("a", forget_quality="abc"), "forget_quality"), (one("b", verdict="oops"), "verdict"),
+                     (one("c", ps_forget_rouge=[0.5] * 2), "per_sample.forget_rouge"),
+                     (one("d", ps_forget_truth_ratios=[None] * N), "per_sample.forget_truth_ratios")):
+        with pytest.raises(ReportInputError, match=rf"{re.escape(str(p))}: field '{re.escape(field)}'"):
+            load_run(p)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.json").write_text(json.dumps(models["unlearned"]))
+    for text, says in (("method: [unclosed", "malformed YAML"), ("- a list", "expected a mapping")):
+        (run / "config.yaml").write_text(text)
+        with pytest.raises(ReportInputError, match=rf"config\.yaml: {says}"):
+            load_run(run)
+
+
+def test_the_oracle_is_known_by_its_result_not_its_file_name(tmp_path, models):
+    """The oracle's own result (evaluated with oracle "self") is the report's oracle whatever the file
+    is called (TOFU's retain90.json), and a file called oracle.json whose result says it is not one
+    is shown as a model (until session 35 the file name alone decided)."""
+    lab = tmp_path / "lab"
+    lab.mkdir()
+    (lab / "retain90.json").write_text(json.dumps(models["oracle"]))
+    (lab / "oracle.json").write_text(json.dumps(models["unlearned"]))
+    assert models["oracle"]["config"]["self_oracle"] and models["unlearned"]["config"]["self_oracle"] is False
+    runs = [load_run(lab / "retain90.json"), load_run(lab / "oracle.json")]
+    assert [list(r.models) for r in runs] == [["oracle"], ["oracle.json"]]
+    from unlearnkit.report.page import entries_for
+
+    entries, notes = entries_for(runs)
+    assert [(e.role, e.results["forget_quality"]) for e in entries] == [
+        ("oracle", models["oracle"]["forget_quality"]), ("model", models["unlearned"]["forget_quality"])]
+    # results measured on other data are said to be (they were joined by record id without a word)
+    other = json.loads(json.dumps(models["unlearned"]))
+    other["info"], mine = {"data_hash": "aaaa"}, {**models["unlearned"], "info": {"data_hash": "bbbb"}}
+    (lab / "x.json").write_text(json.dumps(other))
+    (lab / "y.json").write_text(json.dumps(mine))
+    _, notes = entries_for([load_run(lab / "x.json"), load_run(lab / "y.json")])
+    assert any("2 different data sets" in n for n in notes)
+
+
 def test_bad_log_line_names_file_and_line(run_dir, tmp_path):
     d = tmp_path / "run"
     shutil.copytree(run_dir, d)
@@ -223,6 +275,10 @@ def test_cli_report_compare_and_errors(run_dir, tmp_path):
         assert r.exit_code == 2 and "input" in r.output and metrics.read_bytes() == before, r.output
     r = runner.invoke(app, ["report", str(run_dir), "--html", str(tmp_path)])
     assert r.exit_code == 2 and "is a directory" in r.output
+    # several inputs with a Markdown --out: refused before the page is written (it was written, then refused)
+    r = runner.invoke(app, ["report", str(run_dir), str(other), "--html", str(tmp_path / "two.html"), "--out",
+                            str(tmp_path / "two.md")])
+    assert r.exit_code == 2 and not (tmp_path / "two.html").exists()
     r = runner.invoke(app, ["report", str(tmp_path / "nowhere"), "--html", str(out)])
     assert r.exit_code == 2 and "nowhere: no such file or directory" in r.output
     r = runner.invoke(app, ["report", str(tmp_path), "--html", str(out)])

@@ -146,7 +146,8 @@ def forget(model: str | os.PathLike, data: str | os.PathLike, method: str | None
 
 def evaluate(model, data: str | os.PathLike, *, oracle=None, subject=None, suites=("tofu", "muse", "mia"),
              reference=None, out: str | os.PathLike | None = None, benchmark: str | None = None,
-             split: str | None = None, template: str | None = None, system: str | None = None, **kwargs) -> dict:
+             split: str | None = None, template: str | None = None, system: str | None = None,
+             guard: str | os.PathLike | None = None, **kwargs) -> dict:
     """Evaluate a model (a checkpoint path, or any object with `score`/`generate`) on a world, or
     with `benchmark` (tofu | muse | wmdp | rwku) on a local copy of that benchmark's `split`
     (docs/benchmarks.md); its suites are those of `suites` the benchmark has.
@@ -154,7 +155,9 @@ def evaluate(model, data: str | os.PathLike, *, oracle=None, subject=None, suite
     `oracle`/`subject`/`reference` may be checkpoint paths, LMs, or earlier result dicts (or JSON files;
     for TOFU also TOFU's own saved eval_log_forget.json of a retain model). `template`/`system`: the
     prompt format for models loaded here (raw | chat | a format string with {question}); an object
-    that already scores and generates keeps its own.
+    that already scores and generates keeps its own. `guard`: a guard directory to evaluate the
+    model behind (`info` records the model and the guard: until session 35 a guarded evaluation
+    said only "GuardedLM").
     """
     from .evaluate import evaluate as run_eval
 
@@ -165,6 +168,9 @@ def evaluate(model, data: str | os.PathLike, *, oracle=None, subject=None, suite
         from .data.io import DataError
 
         raise DataError(f"{out}: is a directory; the results go to a JSON file (e.g. {Path(out) / 'metrics.json'})")
+    from .benchmarks import check_split
+
+    check_split(benchmark, split)
     bench = None
     if benchmark is not None:
         from .benchmarks import load_benchmark
@@ -176,6 +182,10 @@ def evaluate(model, data: str | os.PathLike, *, oracle=None, subject=None, suite
         kwargs = {**bench.eval_options, **kwargs}
     w = load_world(data) if bench is None else bench.world
     lm, fp = as_lm(model, tpl)
+    if guard is not None:
+        from .guard.guarded import guarded_lm
+
+        lm = guarded_lm(lm, guard)
     if bench is not None and bench.run is not None:
         with timer("eval"):
             res = bench.run(lm, batch_size=kwargs.get("batch_size"))
@@ -193,6 +203,7 @@ def evaluate(model, data: str | os.PathLike, *, oracle=None, subject=None, suite
     if bench is not None:
         res["benchmark"] = bench.describe()
     res["info"] = {"model": str(model) if isinstance(model, (str, Path)) else type(model).__name__, "fingerprint": fp,
+                   **({"guard": str(Path(guard).resolve())} if guard is not None else {}),
                    "template": getattr(lm, "template", tpl).to_dict(),
                    "data": str(data), "data_hash": runinfo.data_hash(data), "versions": runinfo.versions(),
                    "seconds": timer.seconds}
@@ -399,6 +410,7 @@ def demo(out: str | os.PathLike = "runs/demo", *, seed: int = 0, method: str | N
     """
     from .guard import ACTIONS
     from .attacks import check_attack, run_attack
+    from .evaluate import verdict as run_verdict
     from .report import write_report
 
     say = console.print if console is not None else (lambda *a, **k: None)
@@ -428,6 +440,10 @@ def demo(out: str | os.PathLike = "runs/demo", *, seed: int = 0, method: str | N
     with timer("eval"):
         results["oracle"] = evaluate(models["oracle"], data, oracle="self")
         results["subject"] = evaluate(models["subject"], data, oracle=results["oracle"])
+        # the references judged as any model is, now that both are known (each said "cannot decide: give
+        # --subject" in a demo that had evaluated the subject): the subject must fail, or no check has power
+        for name in ("oracle", "subject"):
+            results[name]["verdict"] = run_verdict(results[name], oracle=results["oracle"], subject=results["subject"])
         results["unlearned"] = evaluate(models["unlearned"], data, oracle=results["oracle"], subject=results["subject"])
         if guard is not None:
             from .guard import GuardedLM

@@ -202,7 +202,8 @@ def evaluate(lm, world, *, oracle: dict | None = None, suites: Sequence[str] = S
     t_metrics = time.perf_counter()
     res: dict[str, Any] = {}
     per_sample: dict[str, Any] = {"forget_ids": [r.id for r in splits_qa["forget"]]}
-    if isinstance(oracle, str) and oracle == "self":  # this model is the oracle: compare it with itself
+    self_oracle = isinstance(oracle, str) and oracle == "self"
+    if self_oracle:  # this model is the oracle: compare it with itself
         res["per_sample"] = per_sample
         oracle = res
     split_out = {s: _split_metrics(s, recs, sc, gens, do_tofu, do_muse, per_sample) for s, recs in splits_qa.items()}
@@ -234,7 +235,8 @@ def evaluate(lm, world, *, oracle: dict | None = None, suites: Sequence[str] = S
                      "min_docs": min_docs, "verbmem_prompt_words": verbmem_prompt_words,
                      "verbmem_continuation_words": verbmem_continuation_words,
                      "verbmem_max_new_tokens": verbmem_max_new_tokens, "reference_lm": reference_lm is not None,
-                     "oracle": oracle is not None, "subject": subject is not None}
+                     "oracle": oracle is not None, "subject": subject is not None,
+                     "self_oracle": self_oracle}  # the oracle's own result (a report shows it as the oracle)
     res["notes"] = notes
     return json_safe(res)
 
@@ -688,6 +690,9 @@ def verdict(result: dict, *, oracle: dict | None = None, subject: dict | None = 
     if mu is None or ref is None:
         out["utility"] = _check(mu, None, utility_fraction,
                                 "needs model utility of this model and of the subject (or oracle)")
+    elif ref <= 0:  # "0.000 >= 0.95 x 0.000" passed a model with no utility at all until session 35
+        out["utility"] = _check(mu, None, utility_fraction, f"cannot decide on this data: the {ref_name}'s model "
+                                f"utility is {ref:.3f}, so no share of it tells a useful model from a useless one")
     else:
         ok = mu >= utility_fraction * ref
         out["utility"] = _check(mu, ok, utility_fraction, f"model utility {mu:.3f} {'>=' if ok else '<'} "

@@ -57,6 +57,9 @@ def _check_resume(out: Path, config: dict) -> None:
 
 def _load_data(data, benchmark: str | None, split: str | None):
     """(world or None, benchmark or None) from a world directory or a benchmark's local copy."""
+    from .benchmarks import check_split
+
+    check_split(benchmark, split)
     if benchmark is None:
         w = load_world(data)
         if n := check_overlap(w):
@@ -246,6 +249,8 @@ def _check_options(model, out: Path, *, lora: bool, merge: bool, resume: bool, o
         # an earlier run's model, checkpoints and metrics were replaced without a word until session 34
         raise ValueError(f"--out {out}: holds an earlier run ({', '.join(earlier[:3])}): --resume it, --overwrite "
                          f"it, or choose another folder")
+    if resume and overwrite:
+        raise ValueError("--resume and --overwrite: resume continues the run there, overwrite replaces it; give one")
     if merge and not lora:  # accepted, and recorded as merge: true, until session 34
         raise ValueError("--merge goes with --lora: it merges the trained adapter into the model")
     if saliency and lora:
@@ -332,7 +337,7 @@ def _write_outputs(out: Path, res, first, tok, *, lora: bool, merge: bool, secon
                                             "distributed": first.distributed},
         "stop": {k: v for k, v in stop.items() if k != "history"} if stop else {"reason": "budget"},
         **({"saliency": saliency} if saliency else {}),
-        "summary": f"{method}, " + (res.stop.summary() if res.stop else f"fixed budget: {res.last_step} steps")})
+        "summary": f"{method}, " + (res.stop.summary() if res.stop else f"fixed budget: {res.last_step} step{'s' * (res.last_step != 1)}")})
 
 
 def _strangers(w: WorldData, seed: int) -> dict[str, list[str]]:

@@ -88,6 +88,8 @@ def plan(world, *, seed: int = 0, kinds=KINDS, shots: int = 8) -> AttackPlan:
     bad = [k for k in kinds if k not in KINDS]
     if bad or not kinds:
         raise ValueError(f"unknown probe kind {bad[0] if bad else ''!r}; valid kinds: {', '.join(KINDS)}")
+    if "many_shot" in kinds and (isinstance(shots, bool) or not isinstance(shots, int) or shots < 1):
+        raise ValueError(f"--shots {shots!r}: the many-shot prompt's retain examples, a whole number >= 1")
     records = list(world.forget)
     rng = random.Random(seed)
     notes = []

@@ -13,6 +13,13 @@ LOADERS = {"tofu": tofu.load, "muse": muse.load, "wmdp": wmdp.load, "rwku": rwku
 BENCHMARKS = tuple(LOADERS)
 
 
+def check_split(benchmark: str | None, split: str | None) -> None:
+    """`--split` names a benchmark's forget set: without `--benchmark` it was ignored (session 35)."""
+    if benchmark is None and split is not None:
+        raise ValueError(f"--split {split!r} goes with --benchmark ({', '.join(BENCHMARKS)}); a world directory's "
+                         f"forget set is its forget.jsonl")
+
+
 def load_benchmark(name: str, root: str | Path, split: str | None = None) -> Benchmark:
     """The benchmark `name` (tofu | muse | wmdp | rwku) from its files under `root`."""
     if name not in LOADERS:
@@ -20,4 +27,4 @@ def load_benchmark(name: str, root: str | Path, split: str | None = None) -> Ben
     return LOADERS[name](root, split)
 
 
-__all__ = ["BENCHMARKS", "Benchmark", "load_benchmark"]
+__all__ = ["BENCHMARKS", "Benchmark", "check_split", "load_benchmark"]

@@ -64,6 +64,55 @@ def _check_results(results: dict, where: str) -> None:
     if not is_result(results):
         raise ReportInputError(f"{where}: not a results dict of `unlearn eval` (no verdict, per_sample or "
                                "forget_quality field)")
+    from .markdown import ROWS
+
+    def bad(field: str, why: str):
+        raise ReportInputError(f"{where}: field '{field}' {why}")
+
+    for key, *_ in ROWS:  # the headline numbers (a string there raised a TypeError deep in a plot)
+        if not (results.get(key) is None or isinstance(results[key], (int, float)) and not isinstance(results[key], bool)):
+            bad(key, f"must be a number or null, not {results[key]!r:.40}")
+    if "verdict" in results and not isinstance(results["verdict"], dict):
+        bad("verdict", "must be an object of checks")
+    ps = results.get("per_sample")
+    if ps is None:
+        return
+    if not isinstance(ps, dict):
+        bad("per_sample", "must be an object")
+    n = len(ps.get("forget_ids") or [])
+    for key in ("forget_rouge", "forget_answers", "forget_questions", "forget_true_answers", "forget_truth_ratios"):
+        v = ps.get(key)
+        if v is not None and (not isinstance(v, list) or (n and len(v) != n)):
+            bad(f"per_sample.{key}", f"must be a list of one value per forget record ({n})")
+    for key in ("forget_rouge", "forget_truth_ratios"):
+        if any(not isinstance(x, (int, float)) or isinstance(x, bool) for x in ps.get(key) or []):
+            bad(f"per_sample.{key}", "must hold numbers only")
+
+
+def _model_name(results: dict, directory: Path, metrics_file: Path) -> str:
+    """What a report calls the model of one results file: "oracle" for the oracle's own result
+    (evaluated with `--oracle self`, whatever the file is called: TOFU's `retain90.json`), "unlearned"
+    in a run directory, else the file's stem. A stem that names a reference is taken at its word
+    only where the result does not say otherwise (until session 35 any file called `oracle.json` was
+    drawn as the oracle, and the real oracle's result, called otherwise, as an unlearned model)."""
+    self_oracle = (results.get("config") or {}).get("self_oracle")
+    if self_oracle:
+        return "oracle"
+    if (directory / "log.jsonl").is_file():
+        return "unlearned"
+    stem = metrics_file.stem
+    return f"{stem}.json" if stem == "oracle" and self_oracle is False else stem
+
+
+def _read_config(path: Path) -> dict:
+    """A run's `config.yaml` as a mapping; a damaged one is a ReportInputError naming it."""
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ReportInputError(f"{path}: malformed YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(config, dict):
+        raise ReportInputError(f"{path}: expected a mapping of settings, got a {type(config).__name__}")
+    return config
 
 
 def load_run(path: str | Path) -> Run:
@@ -88,10 +137,8 @@ def load_run(path: str | Path) -> Run:
         config = dict(data.get("config") or {})
     else:
         _check_results(data, str(metrics_file))
-        models = {"unlearned" if (directory / "log.jsonl").is_file() else metrics_file.stem: data}
-        config = {}
-        if (directory / "config.yaml").is_file():
-            config = yaml.safe_load((directory / "config.yaml").read_text()) or {}
+        models = {_model_name(data, directory, metrics_file): data}
+        config = _read_config(directory / "config.yaml") if (directory / "config.yaml").is_file() else {}
     attacks = dict(data.get("attacks") or {})
     for kind, a in attacks.items():
         if not isinstance(a, dict):

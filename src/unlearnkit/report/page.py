@@ -55,6 +55,13 @@ def entries_for(runs: list[Run], compare: bool = False) -> tuple[list[Entry], li
             else:
                 label = name if len(runs) == 1 else f"{run.name}/{name}"
             models.append(Entry(label, "model", res, run.name))
+    hashes = {}  # data hash -> the first input measured on it
+    for e in [*refs.values(), *models]:
+        if (h := (e.results.get("info") or {}).get("data_hash")) is not None:
+            hashes.setdefault(h, e.run)
+    if len(hashes) > 1:  # joined by record id in one table until session 35, without a word
+        notes.append(f"the inputs were evaluated on {len(hashes)} different data sets (first in "
+                     f"{', '.join(hashes.values())}): their metrics and records are not on the same questions")
     seen: dict[str, int] = defaultdict(int)
     for e in models:  # two runs with the same method and seed: keep the labels apart
         seen[e.label] += 1
@@ -241,4 +248,11 @@ def write_html(inputs, out: str | os.PathLike, *, compare: bool = False, title: 
     if clash := next((r.source for r in runs if r.source.resolve() == out.resolve()), None):
         # the page was written over the results it read until session 35
         raise ReportInputError(f"{out}: is an input of the report ({clash}); write the page to another file")
-    return runinfo.write_text(out, render(runs, compare=compare, title=title))
+    try:
+        page = render(runs, compare=compare, title=title)
+    except ReportInputError:
+        raise
+    except (TypeError, ValueError, IndexError, KeyError, AttributeError) as e:  # a field `load_run` does not check
+        raise ReportInputError(f"{', '.join(str(r.source) for r in runs)}: a field is not as `unlearn eval` writes it "
+                               f"({type(e).__name__}: {e})") from None
+    return runinfo.write_text(out, page)
