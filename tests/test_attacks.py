@@ -190,3 +190,20 @@ def test_cli(tiny_world, weak, tmp_path):
     r = CliRunner().invoke(app, ["attack", "--model", str(weak), "--data", str(tiny_world.data_dir), "--kind", "nope",
                                  "--out", str(tmp_path / "x.json")])
     assert r.exit_code == 2 and "valid attacks" in r.output
+
+
+def test_a_run_whose_subject_is_gone_says_so(tmp_path):
+    """A run directory's config.yaml names the subject an attack measures recovery against; one that
+    is gone, or a config that does not read, is said (both read "no subject given" until session 35)."""
+    from unlearnkit.attacks import _subject_from_run
+
+    (tmp_path / "model").mkdir()
+    (tmp_path / "config.yaml").write_text(f"model: {tmp_path / 'gone'}\n")
+    assert _subject_from_run(tmp_path / "model") == (None, f"{tmp_path / 'config.yaml'} names the subject "
+                                                           f"'{tmp_path / 'gone'}', which is not there")
+    (tmp_path / "config.yaml").write_text("model: [unclosed\n")
+    assert "does not read" in _subject_from_run(tmp_path / "model")[1]
+    (tmp_path / "gone").mkdir()
+    (tmp_path / "config.yaml").write_text(f"model: {tmp_path / 'gone'}\n")
+    assert _subject_from_run(tmp_path / "model") == (str(tmp_path / "gone"), None)
+    assert _subject_from_run(tmp_path / "elsewhere.bin") == (None, None)

@@ -222,6 +222,9 @@ def test_a_reference_without_utility_cannot_decide_utility():
     """`0.000 >= 0.95 x 0.000` passed a model with no utility at all (until session 35)."""
     v = verdict({"model_utility": 0.0}, subject={"model_utility": 0.0})["utility"]
     assert v["status"] == "cannot decide" and "subject's model utility is 0.000" in v["why"]
+    # an evaluation of the mia suite alone: forgetting needs the tofu suite (it said "needs an oracle result")
+    v = verdict({"config": {"suites": ["mia"]}, "mia_auc": 0.7}, subject={"forget_quality": 1e-6})["forgetting"]
+    assert v["status"] == "cannot decide" and "needs the tofu suite" in v["why"]
 
 
 def test_utility_reference_is_subject_when_given():

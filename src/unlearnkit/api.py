@@ -258,10 +258,6 @@ def _read_result(p: Path) -> dict:
     return runinfo.read_json(p, DataError)
 
 
-HEADLINE = ["forget_quality", "forget_quality_twins", "truth_gap_twins", "model_utility", "forget_rouge", "retain_rouge",
-            "forget_truth_ratio", "privleak", "mia_auc_loss"]
-
-
 ATTACK_HEADLINE = ["recovery", "recovery_variant", "oracle_recovery", "excess_recovery", "plain_forget_rouge",
                    "attacked_forget_rouge"]
 

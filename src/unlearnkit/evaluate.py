@@ -223,13 +223,6 @@ def evaluate(lm, world, *, oracle: dict | None = None, suites: Sequence[str] = S
 
     res["splits"] = split_out
     res["per_sample"] = per_sample
-    res["verdict"] = verdict(res, oracle=oracle, subject=subject, **(verdict_options or {}))
-    timer.seconds["metrics"] = round(time.perf_counter() - t_metrics, 3)
-    timer.seconds["total"] = round(time.perf_counter() - t_start, 3)
-    res["n"] = {**{s: len(v) for s, v in splits_qa.items()}, "holdout": len(world.holdout),
-                "forget_docs": len(world.forget_docs), "holdout_docs": len(world.holdout_docs),
-                "scored_pairs": len(req), "generated": n_gen + (len(verbmem.pairs) if verbmem else 0)}
-    res["timings_s"] = timer.seconds
     res["config"] = {"suites": list(suites), "max_new_tokens": max_new_tokens, "k": k,
                      "privleak_k": muse.PRIVLEAK_K if do_muse else None, "mia_source": mia_source,
                      "min_docs": min_docs, "verbmem_prompt_words": verbmem_prompt_words,
@@ -237,6 +230,13 @@ def evaluate(lm, world, *, oracle: dict | None = None, suites: Sequence[str] = S
                      "verbmem_max_new_tokens": verbmem_max_new_tokens, "reference_lm": reference_lm is not None,
                      "oracle": oracle is not None, "subject": subject is not None,
                      "self_oracle": self_oracle}  # the oracle's own result (a report shows it as the oracle)
+    res["verdict"] = verdict(res, oracle=oracle, subject=subject, **(verdict_options or {}))
+    timer.seconds["metrics"] = round(time.perf_counter() - t_metrics, 3)
+    timer.seconds["total"] = round(time.perf_counter() - t_start, 3)
+    res["n"] = {**{s: len(v) for s, v in splits_qa.items()}, "holdout": len(world.holdout),
+                "forget_docs": len(world.forget_docs), "holdout_docs": len(world.holdout_docs),
+                "scored_pairs": len(req), "generated": n_gen + (len(verbmem.pairs) if verbmem else 0)}
+    res["timings_s"] = timer.seconds
     res["notes"] = notes
     return json_safe(res)
 
@@ -645,6 +645,9 @@ def verdict(result: dict, *, oracle: dict | None = None, subject: dict | None = 
     ofr = (oracle or {}).get("forget_rouge")
     if fq is None and (fr is None or ofr is None) and oracle is None and result.get("forget_quality_twins") is not None:
         out["forgetting"] = _against_twins(result, subject, min_forget_quality)
+    elif "tofu" not in (result.get("config") or {}).get("suites", ["tofu"]):  # the muse or mia suite alone
+        out["forgetting"] = _check(None, None, min_forget_quality, "needs the tofu suite (forget quality and forget "
+                                   "ROUGE come from it)")
     elif fq is None and (fr is None or ofr is None):
         out["forgetting"] = _check(fq, None, min_forget_quality,
                                    "needs an oracle result (forget quality and forget ROUGE compare with it), or "

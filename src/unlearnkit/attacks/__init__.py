@@ -140,22 +140,24 @@ class _Target:
         return lm, info
 
 
-def _subject_from_run(model) -> str | None:
-    """The source model recorded in an `unlearn forget` run directory (`<run>/config.yaml`)."""
+def _subject_from_run(model) -> tuple[str | None, str | None]:
+    """(the source model recorded in an `unlearn forget` run directory's `<run>/config.yaml`, or None;
+    and, where the run's config names none that can be used, why: a config that does not read, or a
+    source that is gone). Not a run directory: (None, None)."""
     if not isinstance(model, (str, Path)):
-        return None
+        return None, None
     import yaml
 
     cfg = Path(model).parent / "config.yaml"
     if Path(model).name not in ("model", "adapter") or not cfg.is_file():
-        return None
+        return None, None
     try:
         src = (yaml.safe_load(cfg.read_text()) or {}).get("model")
     except Exception:  # noqa: BLE001 - not a run directory's config
-        return None
+        return None, f"{cfg} does not read as a run's config"
     if src and Path(src).exists():
-        return str(src)
-    return None
+        return str(src), None
+    return None, f"{cfg} names the subject {src!r}, which is not there" if src else f"{cfg} names no subject"
 
 
 def _key(kind, options, seed, data, role_input) -> str | None:
@@ -193,11 +195,13 @@ def run_attack(kind: str, model, data, *, subject=None, oracle=None, seed: int =
     w = load_world(data)
     p = make_plan(kind, w, seed=seed, **options, **({"template": tpl} if kind == "relearn" else {}))
     notes = list(p.notes)
-    if subject is None and (found := _subject_from_run(model)) is not None:
+    found, why = _subject_from_run(model) if subject is None else (None, None)
+    if found is not None:
         subject = found
         notes.append(f"subject taken from the run directory's config.yaml: {found}")
-    if subject is None:
-        notes.append("no subject given: recovery cannot be computed (it is measured against the subject)")
+    if subject is None:  # "no subject given" also where the run's config named one that is gone (session 35)
+        notes.append(f"no subject given{f' ({why})' if why else ''}: recovery cannot be computed (it is measured "
+                     f"against the subject; give --subject)")
     inputs = {"model": model, "subject": subject, "oracle": oracle}
     reused = {}
     for role in ("subject", "oracle"):

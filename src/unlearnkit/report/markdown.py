@@ -38,6 +38,12 @@ def headline_table(models: dict[str, dict]) -> list[list[str]]:
     for key, label, _ in ROWS:
         if any(models[n].get(key) is not None for n in names):
             rows.append([label] + [fmt(models[n].get(key)) for n in names])
+    # the membership attacks' AUCs, one row each (an evaluation of the mia suite alone printed no row)
+    aucs = {n: models[n].get("mia_auc") if isinstance(models[n].get("mia_auc"), dict) else {} for n in names}
+    for attack in sorted({a for d in aucs.values() for a in d}):
+        source = next((models[n].get("mia_source") for n in names if attack in aucs[n]), None)
+        rows.append([f"MIA AUC, {attack} ({source}: members vs holdout, 0.5 = chance)"]
+                    + [fmt(aucs[n].get(attack)) for n in names])
     return rows
 
 
