@@ -333,4 +333,4 @@ def test_forget_without_a_method_runs_the_default_and_says_which(tiny_world, tmp
                                    "--out", str(tmp_path / "fixed"), "--steps", "1"])
     assert res.exit_code == 0, res.output
     config = yaml.safe_load((tmp_path / "fixed" / "config.yaml").read_text())
-    assert config["method"] == "simnpo" and config["calibration"] is None and "simnpo, fixed budget: 1 steps" in res.output
+    assert config["method"] == "simnpo" and config["calibration"] is None and "simnpo, fixed budget: 1 step\n" in res.output

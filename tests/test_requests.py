@@ -75,6 +75,12 @@ def test_home_layout_manifest_and_corruption(home):
     with pytest.raises(HomeError, match="corrupted"):
         home.set_current("v0001")
     assert home.current_name() == "v0000"
+    # a manifest whose files are not a mapping is unreadable (an AttributeError until session 35)
+    manifest = json.loads((bad.path / "MANIFEST.json").read_text())
+    (bad.path / "MANIFEST.json").write_text(json.dumps({**manifest, "files": list(manifest["files"])}))
+    with pytest.raises(HomeError, match="field 'files' must map"):
+        home.check_version("v0001")
+    (bad.path / "MANIFEST.json").write_text(json.dumps(manifest))
     # the server refuses a corrupted current version at start
     from unlearnkit.requests.serve import HomeServer
 
@@ -281,22 +287,37 @@ def test_process_killed_at_every_stage_resumes(home, raw):
         ids += added
         assert all(states[i] in ("processing", "verified") for i in ids[:2]), states
         current.append(home.current_name())
+        if point == "certified":  # the candidate damaged before it was deployed: built again from the run's
+            # model by the next run (every later `process` failed on it until session 35)
+            with open(home.versions_dir / "v0001" / "model.safetensors", "r+b") as f:
+                f.seek(200)
+                f.write(b"\x00\x01\x02")
+            # and a request of the batch filed again under a new name while the batch runs: that name was
+            # never located or unlearned, so it is not verified with the batch but goes back to guarded, and
+            # the next batch locates it under both names (its alias was dropped from the guard at the
+            # switch, and the request verified, until session 35)
+            rq.add(home, raw["people"][0], aliases=["Q. Alias"])
     # the batch was switched by the last killed run, but its requests were not yet committed
     assert current[-1] == "v0001"
     proc = subprocess.run(_process_cmd(home), env=_env(), capture_output=True, timeout=600)
     assert proc.returncode == 0, proc.stderr.decode()[-2000:]
     states = _consistent(home, ids)
     assert set(states) == set(ids) and set(states.values()) == {"verified"}, states  # nothing lost or doubled
+    grown = ids[0]
+    assert "Q. Alias" in next(t for t in home.targets().list() if t.id == grown).aliases  # names only, kept
     with home.ledger() as led:
         batches = led.db.execute("SELECT id, stage FROM batches ORDER BY started_at").fetchall()
         # the resumed batch, then one for the requests added meanwhile if the first did not take them
         assert {b["stage"] for b in batches} == {"deployed"}
-        for rid in ids:
-            assert sum(rid in json.loads(b) for (b,) in led.db.execute("SELECT request_ids FROM batches")) == 1
-    for rid in ids[:2]:
-        v = rq.verify_certificate(home, rid)
-        assert v["ok"], v
-    code, out, _ = cli("request", "certificate", ids[0], "--verify", "--home", str(home.path))
+        for rid in ids:  # the grown request: the batch it went back from, and the next
+            assert sum(rid in json.loads(b) for (b,) in led.db.execute("SELECT request_ids FROM batches")) == (
+                2 if rid == grown else 1)
+        moves = [tuple(e) for e in led.db.execute("SELECT from_status, to_status FROM events WHERE request_id=? "
+                                                  "ORDER BY seq", (grown,))]
+        assert ("processing", "guarded") in moves and moves[-1] == ("processing", "verified"), moves
+    v = rq.verify_certificate(home, ids[1])  # its version was built again: the same weights
+    assert v["ok"], v
+    code, out, _ = cli("request", "certificate", ids[1], "--verify", "--home", str(home.path))
     assert code == 0 and "OK" in out
 
 
@@ -473,6 +494,20 @@ def test_locate_compares_answers_without_the_name_asked_about():
 
     res = locate(Sentences(), "Ada Vale", people=["Bo Kell", "Cyd Marsh", "Dee Lorne"])
     assert [(it["attribute"], it["answer"]) for it in res["items"]] == [("residence", "Ada Vale lives in Rome.")]
+    # an alias is probed too: what the model says of "Zed Quorn" (someone of its own, named as an alias
+    # of Ada Vale) goes into the inventory, as a record about that name (guarded, never located, unlearned
+    # or checked, while the request was verified, until session 35)
+    class Two(Sentences):
+        def generate(self, prompts, max_new_tokens=24):
+            out = super().generate(prompts, max_new_tokens)
+            return [o.replace("Oslo", "Lima") if p.count("Zed Quorn") else o for p, o in zip(prompts, out)]
+
+    res = locate(Two(), "Ada Vale", aliases=["Zed Quorn", "ada  vale"], people=["Bo Kell", "Cyd Marsh", "Dee Lorne"])
+    assert [(it["name"], it["answer"]) for it in res["items"]] == [("Ada Vale", "Ada Vale lives in Rome."),
+                                                                   ("Zed Quorn", "Zed Quorn lives in Lima.")]
+    from unlearnkit.requests.locate import forget_records
+
+    assert [r.subject for r in forget_records("r-1", "Ada Vale", res["items"])] == ["Ada Vale", "Zed Quorn"]
 
 
 def test_request_end_to_end_on_trained_world(tiny_world, tmp_path):

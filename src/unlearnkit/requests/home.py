@@ -260,7 +260,10 @@ class Home:
             meta = json.loads(m.read_text())
         except ValueError:
             raise HomeError(f"{m}: unreadable manifest") from None
-        return Version(name, d, meta.get("files", {}), meta.get("parent"))
+        files = meta.get("files") if isinstance(meta, dict) else None
+        if not isinstance(files, dict) or not all(isinstance(h, str) for h in files.values()):
+            raise HomeError(f"{m}: unreadable manifest (field 'files' must map each file to its sha256)")
+        return Version(name, d, files, meta.get("parent"))
 
     def check_version(self, name: str) -> Version:
         """The version, after checking every file against its manifest (HomeError on any mismatch)."""

@@ -25,7 +25,7 @@ TRANSITIONS = {
     "received": {"guarded", "failed"},
     "guarded": {"located", "processing", "failed"},
     "located": {"located", "processing", "failed"},
-    "processing": {"verified", "failed", "located"},
+    "processing": {"verified", "failed", "located", "guarded"},  # guarded: it gained names or facts mid-batch
     "failed": {"guarded"},  # a repeated request reopens a failed one
     "verified": set(),
 }
@@ -232,7 +232,7 @@ class Ledger:
             _update_batch(c, batch_id, fields)
 
 
-COLUMNS = {"verified_at", "name", "aliases", "facts", "reason", "inventory", "failure", "batch", "counts", "metrics", "certificate",
+COLUMNS = {"verified_at", "guarded_at", "name", "aliases", "facts", "reason", "inventory", "failure", "batch", "counts", "metrics", "certificate",
            "certificate_sha256"}
 TIME_COLUMN = {"guarded": "guarded_at", "located": "located_at", "verified": "verified_at", "failed": "failed_at"}
 

@@ -32,6 +32,7 @@ from typing import Iterable
 from ..attacks.recovery import normalise
 from ..data.schema import QARecord
 from ..data.twins import stranger_names, words_of
+from .person import new_names
 
 STRANGER_SHARE = 0.25
 MAX_NEW_TOKENS = 24
@@ -82,7 +83,8 @@ def _blank(sentence: str) -> tuple[str, str]:
 
 def locate(lm, name: str, aliases: list[str] | None = None, facts: list[dict] | None = None,
            probes: list[Probe] | None = None, n_strangers: int = 8, seed: int = 0, people: Iterable[str] = ()) -> dict:
-    """The inventory of what `lm` reveals about `name`: {"items": [...], "strangers": [...], "counts": {...}}.
+    """The inventory of what `lm` reveals about `name` and its `aliases`: {"items": [...], "strangers":
+    [...], "names": the names probed, "counts": {...}}.
 
     The strangers are named as the calibration's twins are (`data.twins.stranger_names`): from the
     name words of `people` (the deployment's retain pool), else invented.
@@ -91,11 +93,15 @@ def locate(lm, name: str, aliases: list[str] | None = None, facts: list[dict] | 
     source ("probe" | "fact"), known, consistency, stranger_share."""
     probes = probes if probes is not None else load_probes()
     facts = facts or []
-    others = stranger_names(name, n_strangers, people, avoid=words_of([name, *(aliases or [])]), seed=seed)
+    # every name the person goes by is probed: an alias the model knows as someone of its own was
+    # guarded but never located, unlearned or checked, and the request was verified (until session 35)
+    names = [name, *new_names(aliases or [], [name])]
+    others = stranger_names(name, n_strangers, people, avoid=words_of(names), seed=seed)
     prompts, keys = [], []
     for pi, p in enumerate(probes):
         for qi, q in enumerate(p.questions):
-            prompts.append(q.replace("{name}", name)), keys.append(("p", pi, qi, None))
+            for ni, who in enumerate(names):
+                prompts.append(q.replace("{name}", who)), keys.append(("p", pi, qi, ni))
             for si, s in enumerate(others):
                 prompts.append(q.replace("{name}", s)), keys.append(("s", pi, qi, si))
     fact_prompts = []
@@ -105,21 +111,23 @@ def locate(lm, name: str, aliases: list[str] | None = None, facts: list[dict] | 
         prompts.append(prompt), keys.append(("f", fi, 0, None))
     gens = dict(zip(keys, lm.generate(prompts, max_new_tokens=MAX_NEW_TOKENS)))
     items = []
-    for pi, p in enumerate(probes):
-        mine = [gens[("p", pi, qi, None)] for qi in range(len(p.questions))]
-        theirs = [_about_anyone(gens[("s", pi, qi, si)], s) for qi in range(len(p.questions))
-                  for si, s in enumerate(others)]
-        top, count = Counter(_about_anyone(a, name) for a in mine).most_common(1)[0]
-        consistency = count / len(mine)
-        share = sum(t == top for t in theirs) / max(1, len(theirs))
-        known = bool(top.replace(NAME, "").strip()) and count >= max(2, math.ceil(2 * len(mine) / 3)) and share <= STRANGER_SHARE
-        answer = next(a for a in mine if _about_anyone(a, name) == top)
-        wrong = [a for a, _ in Counter(t for t in theirs if t and t != top).most_common(3)]
-        items.append({"attribute": p.attribute, "template": p.questions[0],
-                      "question": p.questions[0].replace("{name}", name),
-                      "phrasings": [q.replace("{name}", name) for q in p.questions], "templates": p.questions,
-                      "answer": answer, "source": "probe", "known": known, "consistency": consistency,
-                      "stranger_share": share, "stranger_answers": wrong})
+    for ni, who in enumerate(names):
+        for pi, p in enumerate(probes):
+            mine = [gens[("p", pi, qi, ni)] for qi in range(len(p.questions))]
+            theirs = [_about_anyone(gens[("s", pi, qi, si)], s) for qi in range(len(p.questions))
+                      for si, s in enumerate(others)]
+            top, count = Counter(_about_anyone(a, who) for a in mine).most_common(1)[0]
+            consistency = count / len(mine)
+            share = sum(t == top for t in theirs) / max(1, len(theirs))
+            known = (bool(top.replace(NAME, "").strip()) and count >= max(2, math.ceil(2 * len(mine) / 3))
+                     and share <= STRANGER_SHARE)
+            answer = next(a for a in mine if _about_anyone(a, who) == top)
+            wrong = [a for a, _ in Counter(t for t in theirs if t and t != top).most_common(3)]
+            items.append({"attribute": p.attribute, "template": p.questions[0], "name": who,
+                          "question": p.questions[0].replace("{name}", who),
+                          "phrasings": [q.replace("{name}", who) for q in p.questions], "templates": p.questions,
+                          "answer": answer, "source": "probe", "known": known, "consistency": consistency,
+                          "stranger_share": share, "stranger_answers": wrong})
     for fi, (f, (prompt, answer)) in enumerate(zip(facts, fact_prompts)):
         out = normalise(gens[("f", fi, 0, None)])
         items.append({"attribute": "given", "template": None, "question": prompt, "phrasings": [prompt],
@@ -127,7 +135,7 @@ def locate(lm, name: str, aliases: list[str] | None = None, facts: list[dict] | 
                       "known": bool(normalise(answer)) and normalise(answer) in out,
                       "consistency": None, "stranger_share": None, "stranger_answers": []})
     inventory = [it for it in items if it["source"] == "fact" or it["known"]]
-    return {"items": inventory, "probed": len(probes), "strangers": others,
+    return {"items": inventory, "probed": len(probes), "strangers": others, "names": names,
             "counts": {"probes": len(probes), "known_probes": sum(it["known"] for it in items if it["source"] == "probe"),
                        "facts": len(facts), "known_facts": sum(it["known"] for it in items if it["source"] == "fact"),
                        "inventory": len(inventory)}}
@@ -139,11 +147,12 @@ def item_id(request_id: str, i: int) -> str:
 
 
 def forget_records(request_id: str, name: str, inventory: list[dict]) -> list[QARecord]:
-    """The inventory as forget-set QA records (every phrasing a training phrasing)."""
+    """The inventory as forget-set QA records (every phrasing a training phrasing), each about the name
+    it was located under (`name`, or an alias)."""
     out = []
     for i, it in enumerate(inventory):
         wrong = [w for w in it.get("stranger_answers") or [] if normalise(w) != normalise(it["answer"])] or ["unknown"]
-        out.append(QARecord(id=item_id(request_id, i), subject=name, question=it["phrasings"][0],
+        out.append(QARecord(id=item_id(request_id, i), subject=it.get("name") or name, question=it["phrasings"][0],
                             alt_questions=it["phrasings"][1:], answer=it["answer"], paraphrased_answer=it["answer"],
                             perturbed_answers=wrong, attribute=it["attribute"]))
     return out
@@ -157,8 +166,8 @@ def twin_records(request_id: str, name: str, inventory: list[dict], others: list
         for j, s in enumerate(others[:per_item]):
             if it.get("templates"):
                 qs = [t.replace("{name}", s) for t in it["templates"]]
-            elif name in it["question"]:
-                qs = [it["question"].replace(name, s)]
+            elif (it.get("name") or name) in it["question"]:
+                qs = [it["question"].replace(it.get("name") or name, s)]
             else:
                 continue
             out.append(QARecord(id=f"{item_id(request_id, i)}-twin{j}", subject=s, question=qs[0], alt_questions=qs[1:],

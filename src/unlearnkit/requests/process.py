@@ -17,6 +17,7 @@ Resuming: a `started` batch is trained again from scratch (its world is rebuilt 
 from __future__ import annotations
 
 import json
+import logging
 import random
 import shutil
 import time
@@ -32,7 +33,11 @@ from .certificate import build as build_certificate, write as write_certificate
 from .home import Home, HomeError
 from .intake import guard_target, put_target
 from .locate import forget_records, load_probes, locate, twin_records
+from .person import new_names
 from .pool import load_pool, neighbours_of, utility_slice
+
+log = logging.getLogger("unlearnkit.requests")
+
 
 def _home(home) -> Home:
     return home if isinstance(home, Home) else Home(home)
@@ -57,7 +62,8 @@ def locate_request(home, request_id: str, lm=None) -> dict:
         res = locate(lm, r.name, r.aliases, r.facts, load_probes(home), home.settings.n_strangers, home.settings.seed,
                      people=sorted({x.subject for x in load_pool(home)}))
         put_target(home.targets(), guard_target(r.id, r.name, r.aliases, r.facts, res["items"]))
-        led.transition(r.id, "located", inventory={"items": res["items"], "strangers": res["strangers"]},
+        led.transition(r.id, "located", inventory={"items": res["items"], "strangers": res["strangers"],
+                                                   "names": res["names"], "facts": len(r.facts)},
                        counts={**r.counts, **res["counts"]})
     return res
 
@@ -122,7 +128,7 @@ def process(home=None, method: str | None = None, max_batch: int | None = None, 
         source = home.current()
         lm = None
         for r in todo:
-            if r.status == "guarded" or r.inventory is None:
+            if r.status == "guarded" or r.inventory is None or _grown(r):
                 lm = lm or _lm(source.path)
                 locate_request(home, r.id, lm)
                 kill_point("located")
@@ -164,7 +170,7 @@ def _run(home: Home, batch_id: str, train_overrides: dict, progress: bool, seed:
         kill_point("versioned")
         _stage(home, batch_id, "versioned")
         b["stage"] = "versioned"
-    after = home.check_version(b["new_version"]) if has_forget else source
+    after = _checked_new_version(home, b, run_dir, source) if has_forget else source
     if b["stage"] == "versioned":
         _verify(home, b, reqs, per, world, source, after, run_dir)
         with home.ledger() as led:
@@ -285,11 +291,45 @@ def _verify(home: Home, b: dict, reqs, per, world: Path, source, after, run_dir:
     _stage(home, b["id"], "deploying", results={**results, "certificates": certs, "verified_at": now})
 
 
+def _grown(r) -> bool:
+    """Whether request `r` gained names or facts since its inventory was located (`request add` of the
+    person again, from another process): they were never probed, so the inventory must be made again.
+    An inventory from before session 35 does not say what it was made from: taken as it is."""
+    inv = r.inventory or {}
+    if "names" not in inv:
+        return False
+    return bool(new_names([r.name, *r.aliases], inv["names"])) or len(r.facts) > inv.get("facts", 0)
+
+
+def _checked_new_version(home: Home, b: dict, run_dir: Path, source):
+    """The batch's new version, checked against its manifest; one found damaged before it was deployed
+    is built again from the run's model where that is still there (a damaged candidate failed every
+    later `process`, and no request could be processed again, until session 35)."""
+    try:
+        return home.check_version(b["new_version"])
+    except HomeError:
+        model = run_dir / "unlearn" / "model"
+        if b["stage"] == "deployed" or not (model / "config.json").is_file():
+            raise
+        log.warning("version %s is damaged: building it again from %s", b["new_version"], model)
+        shutil.rmtree(home.versions_dir / b["new_version"], ignore_errors=True)
+        return home.add_version(model, b["new_version"], parent=source.name)
+
+
 def _deploy(home: Home, b: dict, reqs, after) -> None:
-    """Switch `current`, trim the guard to what it needs, and commit: verified, clear text dropped."""
+    """Switch `current`, trim the guard to what it needs, and commit: verified, clear text dropped. A
+    request that gained names or facts while the batch ran (`request add` from another process) is not
+    verified: its new names were never located or unlearned. It goes back to `guarded`, its guard
+    target whole, for the next batch (until session 35 its new alias was dropped from the guard here,
+    and the request verified)."""
     certs = b["results"]["certificates"]
     guard = home.targets()
+    with home.ledger() as led:
+        now = {r.id: led.get(r.id) for r in reqs}
+    grown = {rid for rid, r in now.items() if r.status == "processing" and _grown(r)}
     for r in reqs:
+        if r.id in grown:
+            continue
         if home.settings.keep_guard_after_verified:
             if r.name is not None:
                 put_target(guard, guard_target(r.id, r.name, r.aliases, [], names_only=True))
@@ -298,8 +338,11 @@ def _deploy(home: Home, b: dict, reqs, after) -> None:
     home.set_current(after.name)
     kill_point("switched")
     checks = b["results"]["request_checks"]
-    changes = []
+    changes = [(rid, "guarded", {"batch": None, "inventory": None, "guarded_at": now[rid].guarded_at})
+               for rid in sorted(grown)]
     for r in reqs:
+        if r.id in grown:
+            continue
         counts = {**r.counts, "inventory": len((r.inventory or {}).get("items", []))}
         changes.append((r.id, "verified", {
             "certificate": certs[r.id]["path"], "certificate_sha256": certs[r.id]["sha256"],

@@ -17,6 +17,7 @@ import logging
 import os
 import secrets
 import threading
+import time
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -25,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from .home import Home, HomeError
 
 log = logging.getLogger("unlearnkit.requests.serve")
+RECHECK_S = 30.0  # how long a version that failed its check is not checked again (it is hashed whole)
 
 
 class ForgetBody(BaseModel):
@@ -49,6 +51,7 @@ class HomeServer:
         self._lock = threading.Lock()
         self._name: str | None = None
         self._app = None
+        self._refused: tuple[str | None, float] = (None, 0.0)  # the version `current` named that failed, and when
         self.routes = self._request_routes()
         self.guard_app()  # load now: a broken current version fails at start, not on the first request
 
@@ -62,9 +65,15 @@ class HomeServer:
         from ..models.load import load_model
         from ..scoring import LM
 
-        name = self.home.current_name()
-        if name == self._name:
+        try:
+            name = self.home.current_name()
+        except HomeError as e:  # `current` missing or garbled: a 500 on every request until session 35
+            if self._app is None:
+                raise
+            self._refuse(None, e)
             return self._app
+        if name == self._name or (name == self._refused[0] and time.monotonic() < self._refused[1] + RECHECK_S):
+            return self._app  # a refused version is checked again every RECHECK_S, not at every request
         with self._lock:
             if name != self._name:
                 try:
@@ -72,13 +81,18 @@ class HomeServer:
                 except HomeError as e:
                     if self._app is None:
                         raise
-                    log.error("not switching to %s: %s", name, e)
+                    self._refuse(name, e)
                     return self._app
                 lm = LM(*load_model(str(v.path)))
                 self._app = create_app(lm, self.home.guard(), model_name=name, token=self.token)
                 self._name = name
                 log.info("serving version %s", name)
         return self._app
+
+    def _refuse(self, name: str | None, e: HomeError) -> None:
+        """Keep serving the loaded version, and say why the pointer's is not served."""
+        log.error("keeping version %s: %s", self._name, e)
+        self._refused = (name, time.monotonic())
 
     def _admin(self, request: Request):
         if not self.token:
