@@ -301,6 +301,7 @@ def test_process_killed_at_every_stage_resumes(home, raw):
     assert current[-1] == "v0001"
     proc = subprocess.run(_process_cmd(home), env=_env(), capture_output=True, timeout=600)
     assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    assert b"(left open by an earlier run): deployed" in proc.stdout  # said, beside the new batch's line
     states = _consistent(home, ids)
     assert set(states) == set(ids) and set(states.values()) == {"verified"}, states  # nothing lost or doubled
     grown = ids[0]
@@ -581,6 +582,9 @@ def test_home_report_shows_the_ledger_and_one_page_per_certificate(home, raw, tm
     cert = rq.certificate(home, rid)
     assert cert_page.count('<tr class="check">') == len(cert["checks"]) and cert["person_sha256"] in cert_page
     assert f'href="home-certificates/{rid}.html"' in page and 'href="../home.html"' in cert_page
+    # without --html: one line that says a home's report is the HTML page (it read "no metrics.json")
+    r = CliRunner().invoke(app, ["report", str(home.path)])
+    assert r.exit_code == 2 and "a deployment home: its report is the ledger's HTML page" in r.output
 
 
 def test_demo_requests_carries_every_forget_person_through_sequential_batches(tiny_world, tmp_path):

@@ -120,6 +120,9 @@ def load_run(path: str | Path) -> Run:
     path = Path(path)
     if path.is_dir():
         directory, metrics_file = path, path / "metrics.json"
+        if (path / "home.json").is_file():
+            raise ReportInputError(f"{path}: a deployment home: its report is the ledger's HTML page "
+                                   f"(`unlearn report {path} --html OUT.html`)")
         if not metrics_file.is_file():
             raise ReportInputError(f"{path}: no metrics.json in this directory (a run directory of `unlearn "
                                    "demo` or `unlearn forget --eval`, or pass a results JSON)")

@@ -108,7 +108,8 @@ def request_process(home: Optional[Path] = HOME,
                                                           "`unlearn forget --help`), e.g. repair_rounds=2."),
                     progress: bool = typer.Option(False, "--progress")):
     """Unlearn the guarded requests as one batch from `current`, verify each, deploy if all pass.
-    Exits 1 when the batch is not deployed (its requests failed: the table says why)."""
+    A batch an earlier run left open (killed) is finished first, and said. Exits 1 when the batch is
+    not deployed (its requests failed: the table says why)."""
     from . import process
 
     if max_batch is not None and max_batch < 1:
@@ -125,10 +126,15 @@ def request_process(home: Optional[Path] = HOME,
     if not res:
         out.print("nothing to process")
         return
+    for b in res.get("resumed", []):  # a run killed earlier left it open: finished first (unsaid until session 35)
+        out.print(f"batch {b['batch']} (left open by an earlier run): {b['stage']} ({b['source_version']} -> "
+                  f"{b['new_version']}), {len(b['requests'])} request(s)")
     out.print(f"batch {res['batch']}: {res['stage']} ({res['source_version']} -> {res['new_version']})")
     for i, r in enumerate(res.get("rounds", [])):
         what = "unlearned" if i == 0 else f"repair round {i}:"
-        why = f", {r['reason']}, utility {r['utility']:.3f}x its start" if r["reason"] else ""
+        # the run's own utility, on its retain sample; the check that may reject the batch measures the
+        # home's utility slice against the base model (docs/requests.md): two numbers, said apart
+        why = f", {r['reason']}, run utility {r['utility']:.3f}x its start" if r["reason"] else ""
         out.print(f"  {what} {r['records']} facts of {r['requests']} request(s){why}")
     _list(home, ids=res["requests"])
     if res["stage"] != "deployed":

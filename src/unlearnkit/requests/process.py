@@ -110,7 +110,8 @@ def process(home=None, method: str | None = None, max_batch: int | None = None, 
             seed: int | None = None, **train_overrides) -> dict:
     """Finish any batch a crash left open, then take the guarded/located requests (at most
     `max_batch`) as one batch. Returns the batch summary (the resumed batch's when there was no new
-    request; {} when there was nothing to do at all)."""
+    request; {} when there was nothing to do at all), with the summaries of the other batches it
+    finished first under "resumed" (their requests count apart from `max_batch`)."""
     from ..calibrate import settings_from
 
     home = _home(home)
@@ -124,7 +125,7 @@ def process(home=None, method: str | None = None, max_batch: int | None = None, 
         if max_batch is not None:
             todo = todo[:max_batch]
         if not todo:
-            return resumed[-1] if resumed else {}
+            return {**resumed[-1], "resumed": resumed[:-1]} if resumed else {}
         source = home.current()
         lm = None
         for r in todo:
@@ -140,7 +141,7 @@ def process(home=None, method: str | None = None, max_batch: int | None = None, 
             if seed is not None or train_overrides:
                 led.update_batch(batch_id, results={"train_overrides": train_overrides, "seed": seed})
         kill_point("started")
-        return _run(home, batch_id, train_overrides, progress, seed)
+        return {**_run(home, batch_id, train_overrides, progress, seed), "resumed": resumed}
 
 
 def _run(home: Home, batch_id: str, train_overrides: dict, progress: bool, seed: int | None = None) -> dict:
