@@ -146,6 +146,14 @@ def test_tofu_forget_quality_against_tofus_saved_retain_log(tmp_path):
     # KS between [2, 0.5] and [4, 8]: completely separated, exact two-sided p = 2 / C(4, 2) = 1/3
     assert res["forget_quality"] == pytest.approx(1 / 3)
     assert res["forget_quality_n"] == 2
+    # a log of another split (one question), one with an empty list of losses, and a JSON that is
+    # neither: refused (a wrong forget quality, a ZeroDivisionError, and a note, until session 35)
+    for bad, says in (({"avg_paraphrased_loss": {"0": 0.0}, "average_perturb_loss": {"0": [1.0]}}, "has 1 forget truth"),
+                      ({"avg_paraphrased_loss": {"0": 0.0, "1": 0.0}, "average_perturb_loss": {"0": [1.0], "1": []}},
+                       "question 1: expected a non-empty list"), ({"foo": 1}, "neither a result")):
+        (tmp_path / "bad_log.json").write_text(json.dumps(bad))
+        with pytest.raises(ValueError, match=says):
+            api.evaluate(TableLM(PROBS, GENS), root, benchmark="tofu", oracle=tmp_path / "bad_log.json")
 
 
 def _world_by_hand(out: Path) -> Path:
@@ -273,6 +281,15 @@ def test_tofu_missing_config_and_bad_split(tmp_path):
     (tmp_path / "t2" / "world_facts_perturbed.json").write_text(json.dumps({"question": "q", "answer": "a"}) + "\n")
     with pytest.raises(DataError, match=r"world_facts_perturbed/train\] row 0: field 'perturbed_answer': missing"):
         load_benchmark("tofu", tmp_path / "t2")
+    # an empty list of perturbed answers, or an empty paraphrase, stood in by the answer (session 35: refused)
+    for field, value in (("perturbed_answer", []), ("paraphrased_answer", "")):
+        write_tofu(tmp_path / field, "json")
+        path = tmp_path / field / "forget10_perturbed.json"
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
+        rows[1][field] = value
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        with pytest.raises(DataError, match=rf"row 1: field '{field}': empty"):
+            load_benchmark("tofu", tmp_path / field, "forget10")
 
 
 def test_a_benchmark_value_of_the_wrong_kind_is_one_line_naming_table_row_and_field(tmp_path, tiny_world):
@@ -410,6 +427,9 @@ def test_wmdp_multiple_choice_accuracy_by_hand(tmp_path):
     from unlearnkit.benchmarks.multiple_choice import Question, prompt
 
     assert prompt(Question(" Which agent? ", ("x", "y"), 0)) == "Which agent?\nA. x\nB. y\nAnswer:"
+    # with the task's description, as lm-evaluation-harness's wmdp_bio.yaml gives it (left out until session 35)
+    assert prompt(Question("Which agent?", ("x", "y"), 0, "biology")) == (
+        "The following are multiple choice questions (with answers) about biology.\n\nWhich agent?\nA. x\nB. y\nAnswer:")
     root = write_wmdp(tmp_path / "wmdp")
     res = api.evaluate(ChoiceLM(), root, benchmark="wmdp", split="bio")
     # the shortest choice wins (and 'A's eos at -50 is not counted): right, wrong, right
@@ -434,6 +454,12 @@ def test_wmdp_without_mmlu_and_bad_answer(tmp_path):
     datasets.DatasetDict({"test": datasets.Dataset.from_list(bad)}).save_to_disk(str(tmp_path / "w2" / "wmdp-cyber"))
     with pytest.raises(DataError, match="row 0: field 'answer': expected an index"):
         load_benchmark("wmdp", tmp_path / "w2", "cyber")
+    # eleven choices (ten letters) and a bool answer: one line each (an IndexError, and index 1, until session 35)
+    for i, row in enumerate(({"question": "q", "choices": [str(k) for k in range(11)], "answer": 0},
+                             {"question": "q", "choices": ["a", "b"], "answer": True})):
+        datasets.DatasetDict({"test": datasets.Dataset.from_list([row])}).save_to_disk(str(tmp_path / f"w{i + 3}" / "wmdp-bio"))
+        with pytest.raises(DataError, match="row 0: field '(choices|answer)'"):
+            load_benchmark("wmdp", tmp_path / f"w{i + 3}", "bio")
 
 
 # ---------------------------------------------------------------- RWKU

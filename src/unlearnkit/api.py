@@ -159,14 +159,13 @@ def evaluate(model, data: str | os.PathLike, *, oracle=None, subject=None, suite
     model behind (`info` records the model and the guard: until session 35 a guarded evaluation
     said only "GuardedLM").
     """
-    from .evaluate import evaluate as run_eval
+    from .data.io import DataError
+    from .evaluate import evaluate as run_eval, is_result
 
     tpl = parse_template(template, system)
     suites = (suites,) if isinstance(suites, str) else tuple(suites)
     timer = runinfo.Timer()
     if out is not None and Path(out).is_dir():
-        from .data.io import DataError
-
         raise DataError(f"{out}: is a directory; the results go to a JSON file (e.g. {Path(out) / 'metrics.json'})")
     from .benchmarks import check_split
 
@@ -194,6 +193,9 @@ def evaluate(model, data: str | os.PathLike, *, oracle=None, subject=None, suite
         oracle_res = _as_result(oracle, w, suites, tpl, role="oracle", data=None if converts else data)
         if converts and isinstance(oracle_res, dict):
             oracle_res = bench.convert_oracle(oracle_res)
+            if not is_result(oracle_res):  # any JSON object passed, with a note, until session 35
+                raise DataError(f"{oracle if isinstance(oracle, (str, Path)) else 'the oracle result'}: neither a "
+                                f"result of `unlearn eval` nor {benchmark}'s own saved evaluation of a retain model")
         subject_res = (_as_result(subject, w, suites, tpl, oracle=oracle_res, role="subject", data=data)
                        if subject is not None else None)
         ref_lm = as_lm(reference, tpl)[0] if reference is not None else None

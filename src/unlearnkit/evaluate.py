@@ -451,6 +451,10 @@ def _tofu_headline(split_out: dict, per_sample: dict, sc: _Scores, twin_of: list
         if oracle_ids is not None and sorted(oracle_ids) != sorted(per_sample["forget_ids"]):
             raise ValueError("the oracle result was computed on a different forget set "
                              "(forget ids differ): evaluate the oracle on the same world")
+        if len(oracle_ratios) != len(per_sample["forget_truth_ratios"]):  # TOFU's eval logs name no ids
+            raise ValueError(f"the oracle result has {len(oracle_ratios)} forget truth ratios and this forget set "
+                             f"{len(per_sample['forget_truth_ratios'])} questions: evaluate the oracle on the same "
+                             f"forget set (a retain model's log of another split?)")
         fq = tofu.forget_quality(per_sample["forget_truth_ratios"], oracle_ratios)
     res["forget_quality"] = fq["p"] if fq else None
     res["forget_quality_log10"] = fq["log10_p"] if fq else None

@@ -110,6 +110,12 @@ def _records(rows: list[dict], config: str, *, base_is_answer: bool = False, per
         pert = r.get("perturbed_answer")
         if pert is not None and not isinstance(pert, list):
             raise DataError(f"[{config}] row {i}: field 'perturbed_answer': expected a list of strings")
+        # the truth ratio reads the paraphrased answer against the perturbed ones: an empty one stood in
+        # by the answer itself (a ratio of the answer against the paraphrase) until session 35
+        if pert is not None and not [a for a in pert if str(a).strip()]:
+            raise DataError(f"[{config}] row {i}: field 'perturbed_answer': empty (the truth ratio needs one or more)")
+        if not base_is_answer and "paraphrased_answer" in r and not str(r["paraphrased_answer"] or "").strip():
+            raise DataError(f"[{config}] row {i}: field 'paraphrased_answer': empty")
         answer = r["answer"]
         out.append(QARecord(
             id=f"{config}:{i}",
@@ -179,6 +185,16 @@ def oracle_from_tofu_log(result: dict) -> dict:
     if not isinstance(log, dict) or "avg_paraphrased_loss" not in log or "average_perturb_loss" not in log:
         return result
     para, pert = log["avg_paraphrased_loss"], log["average_perturb_loss"]
+    if not isinstance(para, dict) or not isinstance(pert, dict):
+        raise DataError("TOFU eval log: 'avg_paraphrased_loss' and 'average_perturb_loss' must map question indices "
+                        "to losses")
     keys = sorted(para, key=lambda k: int(k) if str(k).isdigit() else str(k))
+    for k in keys:  # a missing key was "error: 5", an empty list a ZeroDivisionError (until session 35)
+        losses = pert.get(k)
+        if not isinstance(losses, list) or not losses or not all(isinstance(x, (int, float)) for x in losses):
+            raise DataError(f"TOFU eval log: 'average_perturb_loss' question {k}: expected a non-empty list of losses, "
+                            f"got {losses!r:.40}")
+        if not isinstance(para[k], (int, float)):
+            raise DataError(f"TOFU eval log: 'avg_paraphrased_loss' question {k}: expected a loss, got {para[k]!r:.40}")
     ratios = [math.exp(sum(pert[k]) / len(pert[k]) - para[k]) for k in keys]
     return {"per_sample": {"forget_truth_ratios": ratios}, "source": "TOFU eval_log_forget"}

@@ -17,26 +17,38 @@ from pathlib import Path
 
 from ..data.io import DataError
 from .base import Benchmark
-from .multiple_choice import Question, accuracy
+from .multiple_choice import LETTERS, Question, accuracy
 from .tables import find_rows, read_rows
 
 SPLITS = ("bio", "cyber", "chem")
+TOPICS = {"bio": "biology", "cyber": "cybersecurity", "chem": "chemistry"}  # lm-eval's wmdp_*.yaml descriptions
 
 
-def _questions(rows: list[dict], where: str) -> list[Question]:
+def _questions(rows: list[dict], where: str, topic: str | None = None) -> list[Question]:
+    """The rows as questions; `topic` None: each row's MMLU `subject` (underscores as spaces; a row
+    without one is asked with no description)."""
     out = []
     for i, r in enumerate(rows):
+        for field in ("question", "choices", "answer"):
+            if field not in r:
+                raise DataError(f"{where} row {i}: field '{field}': missing")
+        if not isinstance(r["choices"], (list, tuple)) or not 2 <= len(r["choices"]) <= len(LETTERS):
+            raise DataError(f"{where} row {i}: field 'choices': expected a list of 2 to {len(LETTERS)} options, "
+                            f"got {r['choices']!r:.60}")
         choices = tuple(str(c) for c in r["choices"])
         ans = r["answer"]
-        if not isinstance(ans, int) or not 0 <= ans < len(choices):
+        if isinstance(ans, bool) or not isinstance(ans, int) or not 0 <= ans < len(choices):
             raise DataError(f"{where} row {i}: field 'answer': expected an index into the {len(choices)} choices, got {ans!r}")
-        out.append(Question(r["question"], choices, ans))
+        about = topic if topic is not None else str(r.get("subject") or "").replace("_", " ")
+        out.append(Question(r["question"], choices, ans, about))
     return out
 
 
 def _mmlu(root: Path) -> list[Question] | None:
     for base, config in ((root / "mmlu", "all"), (root, "all"), (root, "mmlu")):
         if base.is_dir() and (rows := find_rows(base, config, "test")) is not None:
+            if not rows:
+                raise DataError(f"{base}[{config}/test]: no questions")
             return _questions(rows, f"{base}[{config}/test]")
     return None
 
@@ -55,7 +67,7 @@ def load(root: str | Path, split: str | None = None) -> Benchmark:
         raise ValueError(f"WMDP split {split!r}: choose one of {', '.join(SPLITS)}")
     config = f"wmdp-{split}"
     forget_q = _questions(read_rows(root, config, "test", required=("question", "choices", "answer"),
-                                    kinds={"choices": "texts", "answer": "any"}), f"{root}[{config}]")
+                                    kinds={"choices": "texts", "answer": "any"}), f"{root}[{config}]", TOPICS[split])
     mmlu = _mmlu(root)
 
     def run(lm, batch_size: int | None = None) -> dict:
