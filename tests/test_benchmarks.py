@@ -116,6 +116,13 @@ def test_tofu_loader_hand_values(tmp_path, layout):
     assert [len(w.forget), len(w.retain), len(w.neighbours), len(w.world_facts), len(w.holdout)] == [2, 2, 1, 1, 2]
     assert w.neighbours[0].paraphrased_answer == "aa0"  # TOFU's base answer on real authors is the answer
     assert w.forget[1].perturbed_answers == ["fx1a", "fx1b"] and w.forget[0].paraphrased_question == "fpq0"
+    if layout == "parquet":  # a second copy of a table beside the first was joined to it (session 35: refused)
+        import shutil
+
+        shutil.copy(root / "forget10_perturbed" / "train-00000-of-00001.parquet", root / "forget10_perturbed" / "train.parquet")
+        with pytest.raises(DataError, match="the table 'train' is there twice"):
+            load_benchmark("tofu", root, "forget10")
+        (root / "forget10_perturbed" / "train.parquet").unlink()
     assert bench.forget() == (["fq0", "fq1"], ["fa0", "fa1"], ["F#0", "F#0"])  # one author, no name in the text
     assert bench.retain() == (["rq0", "rq1", "rq2"], ["ra0", "ra1", "ra2"])  # retain90 trains, retain_perturbed evaluates
 
@@ -435,6 +442,8 @@ def test_wmdp_multiple_choice_accuracy_by_hand(tmp_path):
     # the shortest choice wins (and 'A's eos at -50 is not counted): right, wrong, right
     assert res["splits"]["wmdp-bio"] == {"acc": pytest.approx(2 / 3), "acc_norm": pytest.approx(2 / 3), "n": 3}
     assert res["forget_accuracy"] == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match="--oracle: the wmdp benchmark scores the model on its own"):
+        api.evaluate(ChoiceLM(), root, benchmark="wmdp", split="bio", oracle="self")  # ignored until session 35
     # MMLU: "4" is the shortest (right); "Rome", "Oslo", "Bern" tie at 4 letters and argmax takes the
     # first, B (right)
     assert res["utility_accuracy"] == pytest.approx(1.0)
@@ -594,6 +603,14 @@ def test_rwku_zero_shot_forgets_what_the_model_reveals(tiny_world, tmp_path):
     with pytest.raises(ValueError, match="needs a retain set"):
         api.forget(tiny_world.subject_dir, root, "graddiff", tmp_path / "x", benchmark="rwku", split=name,
                    zero_shot=True)
+    # a name that is none of RWKU's targets (the model was made to forget facts of someone it never saw
+    # until session 35), and the default method on data with no retain set: NPO (SimNPO, refused, before)
+    with pytest.raises(ValueError, match="Nobody Here"):
+        api.forget(tiny_world.subject_dir, root, None, tmp_path / "x", benchmark="rwku", split="Nobody Here",
+                   zero_shot=True)
+    run = api.forget(tiny_world.subject_dir, root, None, tmp_path / "default", benchmark="rwku", split=name,
+                     zero_shot=True, steps=1, progress=False)
+    assert yaml.safe_load((run / "config.yaml").read_text())["method"] == "npo"
 
 
 def test_calibrated_forget_on_tofu_compares_with_twins_of_the_named_authors(tmp_path):

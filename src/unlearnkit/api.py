@@ -139,6 +139,9 @@ def forget(model: str | os.PathLike, data: str | os.PathLike, method: str | None
     if zero_shot:
         if kwargs.get("benchmark") != "rwku" or kwargs.get("split") in (None, "all"):
             raise ValueError("--zero-shot goes with --benchmark rwku --split TARGET (one target's name)")
+        from .benchmarks import load_benchmark
+
+        load_benchmark("rwku", data, kwargs["split"])  # the target is one of RWKU's (any name was taken until session 35)
         kwargs["world"] = _located(model, kwargs["split"], parse_template(kwargs.get("template"), kwargs.get("system")),
                                    kwargs.get("seed", 0))
     return run(model, data, method, out, **kwargs)
@@ -186,6 +189,9 @@ def evaluate(model, data: str | os.PathLike, *, oracle=None, subject=None, suite
 
         lm = guarded_lm(lm, guard)
     if bench is not None and bench.run is not None:
+        if given := [k for k, v in (("oracle", oracle), ("subject", subject), ("reference", reference)) if v is not None]:
+            raise ValueError(f"--{given[0]}: the {benchmark} benchmark scores the model on its own (its accuracy or "
+                             f"probes), against no other model")  # ignored without a word until session 35
         with timer("eval"):
             res = bench.run(lm, batch_size=kwargs.get("batch_size"))
     else:

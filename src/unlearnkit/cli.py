@@ -31,6 +31,7 @@ TEMPLATE_HELP = ("Prompt format: raw (the question as is), chat (the tokenizer's
 SYSTEM_HELP = "System prompt, with --template chat."
 DEFAULT_HELP = (f"{HOLDOUT_METHOD} calibrated against the holdout split where the data has one, else {DEFAULT_METHOD} "
                 "(docs/methods-log.md, 'The default, chosen by the data')")
+OWN_SCORES = ("wmdp", "rwku")  # benchmarks scored their own way: no oracle, no subject, no headline table
 SPLIT_HELP = ("With --benchmark: tofu forget01|forget05|forget10; muse raw/forget|scal/forget_N|sust/forget_N; "
               "wmdp bio|cyber|chem; rwku a target's name or all.")
 
@@ -142,7 +143,8 @@ def finetune(data: Path = typer.Option(..., help="World directory (JSONL splits)
 @app.command()
 @friendly
 def forget(model: str = typer.Option(..., help="Checkpoint dir or hub id of the model to unlearn (never modified)."),
-           data: Path = typer.Option(..., help="World directory with forget.jsonl (and retain.jsonl)."),
+           data: Path = typer.Option(..., help="World directory with forget.jsonl (and retain.jsonl), or with "
+                                                 "--benchmark a local copy of that benchmark."),
            method: Optional[str] = typer.Option(None, help=f"Method name; `unlearn methods` lists them. Default: {DEFAULT_HELP}."),
            out: Path = typer.Option(..., help="Run directory: config.yaml, log.jsonl, model/ ..."),
            seed: int = typer.Option(0),
@@ -182,6 +184,8 @@ def forget(model: str = typer.Option(..., help="Checkpoint dir or hub id of the 
 
     if oracle is not None and not eval:  # ignored until session 35
         raise ValueError("--oracle goes with --eval: it is what the evaluation compares the result with")
+    if oracle is not None and benchmark in OWN_SCORES:
+        raise ValueError(f"--oracle: the {benchmark} benchmark scores the model on its own, against no other model")
     run = api.forget(model, data, method, out, seed=seed, lora=lora, merge=merge, resume=resume, overwrite=overwrite,
                      save_every=save_every, params=assignments(param, "--param"),
                      calibration=assignments(calibration, "--calibration") or None,
@@ -194,9 +198,9 @@ def forget(model: str = typer.Option(..., help="Checkpoint dir or hub id of the 
     if eval:
         target = run / "model" if (run / "model").exists() else run / "adapter"
         # the source model is the subject: the verdict checks its power against it
-        res = api.evaluate(target, data, oracle=oracle, subject=model, out=run / "metrics.json", benchmark=benchmark,
-                           split=split, template=template, system=system)
-        _print_headline({"unlearned": res})
+        res = api.evaluate(target, data, oracle=oracle, subject=None if benchmark in OWN_SCORES else model,
+                           out=run / "metrics.json", benchmark=benchmark, split=split, template=template, system=system)
+        _print_results("unlearned", res, benchmark)
 
 
 @app.command("eval")
@@ -226,10 +230,16 @@ def eval_(model: str = typer.Option(..., help="Checkpoint dir or hub id."),
         raise ValueError(f"--suite: unknown suite {sorted(bad)[0]!r}; valid: tofu, muse, mia, all")
     res = api.evaluate(model, data, oracle=oracle, subject=subject, reference=reference, suites=suites, out=out,
                        benchmark=benchmark, split=split, template=template, system=system, guard=guard)
-    if benchmark in ("wmdp", "rwku"):  # their own results, not the TOFU/MUSE headline
+    _print_results("model", res, benchmark)
+
+
+def _print_results(name: str, res: dict, benchmark: str | None) -> None:
+    """A benchmark's own results (WMDP's accuracies, RWKU's probes) as JSON; else the headline table
+    (forget --eval printed an empty table for WMDP and RWKU until session 35)."""
+    if benchmark in OWN_SCORES:
         out_console.print_json(data={k: v for k, v in res.items() if k != "info"})
-        return
-    _print_headline({"model": res})
+    else:
+        _print_headline({name: res})
 
 
 @app.command()

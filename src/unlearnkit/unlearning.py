@@ -35,6 +35,7 @@ def is_main() -> bool:
 
 
 BUDGET_KEYS = ("steps", "epochs")
+NO_RETAIN_METHOD = "npo"  # the default where the data has no retain set (`default_plan`)
 EARLIER = ".earlier"  # in a run directory: the outputs an --overwrite run replaces, until it has its own
 RUN_OUTPUTS = ("model", "adapter", "checkpoints", "log.jsonl", "train.json", "calibration.json", "metrics.json")
 # and repair-K/ (`_repair`)
@@ -83,7 +84,7 @@ def _training_data(w: WorldData | None, bench, method: str, needs_retain: bool):
     return bench.forget(), bench.retain() if needs_retain else None
 
 
-def default_plan(method: str | None, settings, world: WorldData | None):
+def default_plan(method: str | None, settings, world: WorldData | None, has_retain: bool = True):
     """(method, calibration settings) of a run: the one place where a run's default method is chosen.
     `settings`: the run's `CalibrationSettings`, None for a fixed budget.
 
@@ -93,9 +94,12 @@ def default_plan(method: str | None, settings, world: WorldData | None):
     one that lands on the holdout's level where membership inference has the power to tell
     (docs/methods-log.md, "The default, chosen by the data"); SimNPO does worse against the holdout
     than against twins. Otherwise (no holdout split, as in a deletion request; `reference=twins`;
-    a fixed budget) the method is SimNPO."""
+    a fixed budget) the method is SimNPO; on data with no retain set (RWKU, its zero-shot setting) it
+    is NPO, which needs none (the default refused RWKU for want of one until session 35)."""
     if method is not None:
         return method, settings
+    if not has_retain:
+        return NO_RETAIN_METHOD, settings
     if settings is not None and "reference" not in settings.model_fields_set and world is not None and world.holdout:
         settings = settings.model_copy(update={"reference": "holdout"})
     return (HOLDOUT_METHOD if settings is not None and settings.reference == "holdout" else DEFAULT_METHOD), settings
@@ -176,7 +180,8 @@ def forget(model: str | os.PathLike, data: str | os.PathLike, method: str | None
     if calibration and not calibrated:
         raise ValueError("--calibration goes with a calibrated run: drop --steps/--epochs, or drop --calibration")
     w, bench = (world, None) if world is not None else _load_data(data, benchmark, split)
-    method, settings = default_plan(method, settings, w)
+    method, settings = default_plan(method, settings, w, has_retain=world is None and (
+        bench.retain is not None if bench is not None else bool(w.retain)))
     m = get_method(method)
     hp = m.params(params)
     cfg = TrainConfig(**{**m.train_defaults, **train_overrides, "seed": seed, "save_every": save_every,

@@ -76,11 +76,13 @@ def find_rows(root: str | Path, config: str, split: str | None = None) -> list[d
     cdir = root / config
     if cdir.is_dir():
         if split is not None:
-            parquet = list(cdir.glob(f"{split}-*.parquet")) + list(cdir.glob(f"{split}.parquet"))
-            if (cdir / split).is_dir():
-                parquet += list((cdir / split).glob("*.parquet"))
-            if parquet:
-                return _parquet_rows(parquet)
+            layouts = [sorted(cdir.glob(f"{split}-*.parquet")), sorted(cdir.glob(f"{split}.parquet")),
+                       sorted((cdir / split).glob("*.parquet")) if (cdir / split).is_dir() else []]
+            if len(found := [x for x in layouts if x]) > 1:  # the shards of one copy are joined; two copies were too
+                raise DataError(f"{cdir}: the table '{split}' is there twice ({found[0][0].name}, {found[1][0].name}): "
+                                f"keep one copy")
+            if found:
+                return _parquet_rows(found[0])
             for ext in ("jsonl", "json"):
                 if (cdir / f"{split}.{ext}").is_file():
                     return _json_rows(cdir / f"{split}.{ext}")
