@@ -115,8 +115,8 @@ def test_resume_only_the_same_run(tiny_world, tmp_path):
 
     out = tmp_path / "run"
     api.forget(tiny_world.subject_dir, tiny_world.data_dir, "npo", out, steps=4, lr=1e-3, save_every=2, progress=False)
-    for kwargs, what in [(dict(method="ga"), "method"), (dict(lr=2e-3), "train"), (dict(steps=3), "train"),
-                         (dict(seed=1), "seed")]:
+    for kwargs, what in [(dict(method="ga"), "method"), (dict(lr=2e-3), r"train \(train\.lr: 0\.001 there, 0\.002 now"),
+                         (dict(steps=3), r"train \(train\.steps: 4 there, 3 now"), (dict(seed=1), "seed")]:
         kw = {"method": "npo", "steps": 4, "lr": 1e-3, "seed": 0, **kwargs}
         m = kw.pop("method")
         with pytest.raises(ValueError, match=f"differs in .*{what}"):

@@ -127,6 +127,9 @@ def test_page_has_every_section_figure_and_mark(run_dir):
     # the headline table: the direction of each metric and the verdict's reasons
     assert "higher: closer to the oracle" in html and "near 0" in html
     assert "Verdict: unlearned" in html and "forget quality" in html
+    # each check's mark as the command line prints it ("n/a" stood for CANNOT DECIDE until session 35)
+    marks = re.findall(r'<span class="(PASS|FAIL|na)">([A-Z ]+)</span>', html)
+    assert marks and all((c, m) in {("PASS", "PASS"), ("FAIL", "FAIL"), ("na", "CANNOT DECIDE")} for c, m in marks)
     # the record table: one row per forget record, hits counted per model
     assert html.count("<tr data-hits=") == N
     assert f"unlearned {STILL_KNOWN}/{N}" in html and f"subject {N}/{N}" in html and f"oracle 0/{N}" in html

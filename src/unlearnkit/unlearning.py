@@ -51,9 +51,12 @@ def _check_resume(out: Path, config: dict) -> None:
     diff = [k for k in sorted(set(old) | set(config)) if k not in skip and old.get(k) != config.get(k)]
     if diff:
         k = diff[0]
+        a, b = old.get(k), config.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):  # the setting inside, not two whole dicts (session 35)
+            sub = next(x for x in sorted(set(a) | set(b)) if a.get(x) != b.get(x))
+            k, a, b = f"{k}.{sub}", a.get(sub), b.get(sub)
         raise ValueError(f"--resume {out}: the run there differs in {', '.join(diff)} "
-                         f"({k}: {old.get(k)!r} there, {config.get(k)!r} now); resume with the same settings "
-                         f"or write to a new --out")
+                         f"({k}: {a!r} there, {b!r} now); resume with the same settings or write to a new --out")
 
 
 def _load_data(data, benchmark: str | None, split: str | None):

@@ -17,7 +17,7 @@ from pathlib import Path
 from .. import runinfo
 from . import plots
 from .load import REFERENCES, ReportInputError, Run, load_runs
-from .markdown import ROWS, fmt
+from .markdown import ROWS, fmt, verdict_rows
 from .plots import HIT_ROUGE, Entry
 
 SECTIONS = [  # (id, title): the page's order
@@ -86,8 +86,8 @@ def verdicts(entries: list[Entry]) -> list[dict]:
         v = e.results.get("verdict")
         if not v or e.role == "oracle":
             continue
-        checks = [{"aspect": k, "mark": "PASS" if c.get("pass") else ("n/a" if c.get("pass") is None else "FAIL"),
-                   "why": c.get("why", "")} for k, c in v.items() if isinstance(c, dict)]
+        # the marks the command line and the Markdown print (the page said "n/a" for CANNOT DECIDE)
+        checks = [{"aspect": k, "mark": mark, "why": why} for k, mark, why in verdict_rows(v)]
         out.append({"label": e.label, "checks": checks})
     return out
 
