@@ -130,6 +130,19 @@ def test_a_request_filed_again_in_any_state_guards_its_new_name(home, raw):
     assert rq.add(home, "tiv  ORREL").id == verified  # known to the ledger by its hash alone
     (t,) = [t for t in home.guard().list() if t.id == verified]
     assert t.aliases == ["Tiv Orrel"]
+    # facts given for a verified request are not kept (it keeps no clear text), and that is said (dropped
+    # without a word until session 35), on the command line too
+    again = rq.add(home, "Tiv Orrel", facts=[{"question": "What does Tiv Orrel grow?", "answer": "Leeks"}])
+    assert again.id == verified and again.facts_not_kept == 1
+    code, _, err = cli("request", "add", "Tiv Orrel", "--home", str(home.path), "--facts",
+                       _facts_file(home.path.parent, [{"question": "Q?", "answer": "A"}]))
+    assert code == 0 and "the 1 fact(s) given were not kept" in " ".join(err.split())
+
+
+def _facts_file(where, facts) -> str:
+    path = where / "facts.jsonl"
+    path.write_text("".join(json.dumps(f) + "\n" for f in facts))
+    return str(path)
 
 
 def test_ledger_refuses_bad_transitions(home, raw):

@@ -70,6 +70,9 @@ def request_add(name: str = typer.Argument(..., help="The person's full name."),
     r = add(home, name, alias or [], facts, reason)
     out.print(r.id)
     console.print(f"{r.status}{' (merged into an existing request)' if r.merged else ''}")
+    if r.facts_not_kept:
+        console.print(f"note: the request is verified and keeps no clear text (data minimisation): the "
+                      f"{r.facts_not_kept} fact(s) given were not kept")
 
 
 @request_app.command("locate")

@@ -13,6 +13,7 @@ class Added:
     id: str
     status: str
     merged: bool
+    facts_not_kept: int = 0  # facts given for a verified request, which keeps no clear text (said since session 35)
 
 
 def guard_target(request_id: str, name: str, aliases: list[str], facts: list[dict], inventory: list[dict] | None = None,
@@ -57,6 +58,7 @@ def add(home: Home | str | os.PathLike | None, name: str, aliases: list[str] | N
             r = led.merge(existing, keys, [name, *aliases], facts)
             if r.status == "verified":  # the ledger holds no name any more; the guard may
                 _more_names(guard, r.id, [name, *aliases])
+                return Added(r.id, r.status, True, facts_not_kept=len(facts))
             else:
                 put_target(guard, guard_target(r.id, r.name, r.aliases, r.facts, (r.inventory or {}).get("items")))
                 if r.status == "failed":

@@ -127,7 +127,8 @@ class HomeServer:
                 r = add(self.home, body.name, body.aliases, facts, body.reason)
             except (DataError, LedgerError, ValueError) as e:
                 return _err(400, str(e).splitlines()[0])
-            return {"id": r.id, "object": "forget_request", "status": r.status, "merged": r.merged}
+            return {"id": r.id, "object": "forget_request", "status": r.status, "merged": r.merged,
+                    **({"facts_not_kept": r.facts_not_kept} if r.facts_not_kept else {})}
 
         @app.api_route("/v1/forget", methods=["GET", "PUT", "PATCH", "DELETE"])
         @app.api_route("/v1/forget/{target_id:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
