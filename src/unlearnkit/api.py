@@ -183,6 +183,7 @@ def evaluate(model, data: str | os.PathLike, *, oracle=None, subject=None, suite
             raise ValueError(f"the {benchmark} benchmark has the suites {', '.join(bench.suites)} only")
         kwargs = {**bench.eval_options, **kwargs}
     w = load_world(data) if bench is None else bench.world
+    made_on = runinfo.data_hash(data)  # once: what the results record, and what a given result must match
     lm, fp = as_lm(model, tpl)
     if guard is not None:
         from .guard.guarded import guarded_lm
@@ -196,13 +197,13 @@ def evaluate(model, data: str | os.PathLike, *, oracle=None, subject=None, suite
             res = bench.run(lm, batch_size=kwargs.get("batch_size"))
     else:
         converts = bench is not None and bench.convert_oracle is not None  # TOFU's own eval logs
-        oracle_res = _as_result(oracle, w, suites, tpl, role="oracle", data=None if converts else data)
+        oracle_res = _as_result(oracle, w, suites, tpl, role="oracle", data=None if converts else (data, made_on))
         if converts and isinstance(oracle_res, dict):
             oracle_res = bench.convert_oracle(oracle_res)
             if not is_result(oracle_res):  # any JSON object passed, with a note, until session 35
                 raise DataError(f"{oracle if isinstance(oracle, (str, Path)) else 'the oracle result'}: neither a "
                                 f"result of `unlearn eval` nor {benchmark}'s own saved evaluation of a retain model")
-        subject_res = (_as_result(subject, w, suites, tpl, oracle=oracle_res, role="subject", data=data)
+        subject_res = (_as_result(subject, w, suites, tpl, oracle=oracle_res, role="subject", data=(data, made_on))
                        if subject is not None else None)
         ref_lm = as_lm(reference, tpl)[0] if reference is not None else None
         with timer("eval"):
@@ -213,7 +214,7 @@ def evaluate(model, data: str | os.PathLike, *, oracle=None, subject=None, suite
     res["info"] = {"model": str(model) if isinstance(model, (str, Path)) else type(model).__name__, "fingerprint": fp,
                    **({"guard": str(Path(guard).resolve())} if guard is not None else {}),
                    "template": getattr(lm, "template", tpl).to_dict(),
-                   "data": str(data), "data_hash": runinfo.data_hash(data), "versions": runinfo.versions(),
+                   "data": str(data), "data_hash": made_on, "versions": runinfo.versions(),
                    "seconds": timer.seconds}
     if out is not None:
         runinfo.write_json(out, res)
@@ -232,13 +233,15 @@ def as_lm(model, template=None):
     return LM(net, tok, template=parse_template(template)), fingerprint(net)
 
 
-def _as_result(x, w, suites, template=None, oracle=None, *, role: str = "oracle", data=None):
+def _as_result(x, w, suites, template=None, oracle=None, *, role: str = "oracle",
+               data: tuple[str | os.PathLike, str] | None = None):
     """`x` (the `role`, oracle or subject: a result dict, a results JSON, "self", a checkpoint or an
     LM) as a result dict; a model is evaluated here, against `oracle` (a result dict) where given: the
     verdict reads the subject's forget quality and PrivLeak, which need it (until session 34 a
     subject checkpoint came without them, and the verdict could not decide). A given result must be
-    one of `evaluate`'s and, with `data`, made on the same data (its `info.data_hash`): until session
-    35 any JSON object passed, and another world's result was compared with this one's."""
+    one of `evaluate`'s and, with `data` (the data and its `runinfo.data_hash`), made on the same data
+    (its `info.data_hash`): until session 35 any JSON object passed, and another world's result was
+    compared with this one's."""
     from .data.io import DataError
     from .evaluate import evaluate as run_eval, is_result
 
@@ -251,9 +254,9 @@ def _as_result(x, w, suites, template=None, oracle=None, *, role: str = "oracle"
             raise DataError(f"{where}: not a results dict of `unlearn eval` (no verdict, per_sample or "
                             f"forget_quality field): give the {role}'s evaluation, or its checkpoint")
         made_on = (res.get("info") or {}).get("data_hash")
-        if data is not None and made_on is not None and made_on != runinfo.data_hash(data):
+        if data is not None and made_on is not None and made_on != data[1]:
             raise DataError(f"{where}: the {role} was evaluated on other data ({res['info'].get('data')}, hash "
-                            f"{made_on}; {data} hashes to {runinfo.data_hash(data)}): evaluate it on {data}")
+                            f"{made_on}; {data[0]} hashes to {data[1]}): evaluate it on {data[0]}")
         return res
     lm, _ = as_lm(x, template)
     return run_eval(lm, w, suites=tuple(suites), oracle=oracle if isinstance(oracle, dict) else None)

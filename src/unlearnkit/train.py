@@ -373,7 +373,8 @@ def train(model, loss_fn: Loss, streams: dict[str, list[Encoded]], cfg: TrainCon
         log_f.close()
     acc.wait_for_everyone()
     unwrapped, full = shards.trained_model(acc, model)
-    return TrainResult(unwrapped, step - start, step, so_far()["seconds"], so_far()["tokens"], full,
+    total = so_far()
+    return TrainResult(unwrapped, step - start, step, total["seconds"], total["tokens"], full,
                        stop_info, acc.num_processes, str(acc.mixed_precision), launch.distributed(acc), start)
 
 

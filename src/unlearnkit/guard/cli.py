@@ -51,10 +51,8 @@ def add(guard_dir: Path = GUARD_DIR,
         jsonl: Optional[Path] = typer.Option(None, "--jsonl", help="A JSONL file of targets (Target fields)."),
         target_id: Optional[str] = typer.Option(None, "--id", help="Id for the new target (default: generated).")):
     """Add forget targets; prints their ids."""
-    from pydantic import ValidationError
-
     from .from_world import targets_from_world
-    from .targets import ACTIONS, Target, invalid_target
+    from .targets import ACTIONS, as_target
 
     if action is not None and action not in ACTIONS:
         _fail(f"--action {action!r}: choose one of {', '.join(ACTIONS)}")
@@ -72,13 +70,13 @@ def add(guard_dir: Path = GUARD_DIR,
         for n, line in enumerate(jsonl.read_text().splitlines(), 1):
             if line.strip():
                 try:
-                    targets.append(json.loads(line))
+                    obj = json.loads(line)
                 except json.JSONDecodeError as e:
                     _fail(f"{jsonl}:{n}: malformed JSON ({e.msg})")
                 try:  # here, where the line is known (the store's check names no line)
-                    Target.model_validate(targets[-1])
-                except ValidationError as e:
-                    _fail(f"{jsonl}:{n}: {invalid_target(e)}")
+                    targets.append(as_target(obj))
+                except ValueError as e:
+                    _fail(f"{jsonl}:{n}: {e}")
     if subject or alias or fact or qa or document:
         docs = []
         for d in document:

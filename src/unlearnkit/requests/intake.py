@@ -59,10 +59,9 @@ def add(home: Home | str | os.PathLike | None, name: str, aliases: list[str] | N
             if r.status == "verified":  # the ledger holds no name any more; the guard may
                 _more_names(guard, r.id, [name, *aliases])
                 return Added(r.id, r.status, True, facts_not_kept=len(facts))
-            else:
-                put_target(guard, guard_target(r.id, r.name, r.aliases, r.facts, (r.inventory or {}).get("items")))
-                if r.status == "failed":
-                    led.transition(r.id, "guarded")
+            put_target(guard, guard_target(r.id, r.name, r.aliases, r.facts, (r.inventory or {}).get("items")))
+            if r.status == "failed":
+                led.transition(r.id, "guarded")
             return Added(r.id, led.get(r.id).status, True)
         rid = led.create(keys[0], keys, name, aliases, facts, reason)
         put_target(guard, guard_target(rid, name, aliases, facts))

@@ -110,12 +110,13 @@ def locate(lm, name: str, aliases: list[str] | None = None, facts: list[dict] | 
         fact_prompts.append((prompt, answer))
         prompts.append(prompt), keys.append(("f", fi, 0, None))
     gens = dict(zip(keys, lm.generate(prompts, max_new_tokens=MAX_NEW_TOKENS)))
+    # what the model says of the strangers, per probe: the same for every name of the person
+    theirs_of = [[_about_anyone(gens[("s", pi, qi, si)], s) for qi in range(len(p.questions))
+                  for si, s in enumerate(others)] for pi, p in enumerate(probes)]
     items = []
     for ni, who in enumerate(names):
         for pi, p in enumerate(probes):
-            mine = [gens[("p", pi, qi, ni)] for qi in range(len(p.questions))]
-            theirs = [_about_anyone(gens[("s", pi, qi, si)], s) for qi in range(len(p.questions))
-                      for si, s in enumerate(others)]
+            mine, theirs = [gens[("p", pi, qi, ni)] for qi in range(len(p.questions))], theirs_of[pi]
             top, count = Counter(_about_anyone(a, who) for a in mine).most_common(1)[0]
             consistency = count / len(mine)
             share = sum(t == top for t in theirs) / max(1, len(theirs))
