@@ -10,7 +10,8 @@ base model is the subject and whose retain pool is the world (never its forget s
    ROUGE of the subject behind the home's guard against the subject's and the oracle's on their facts;
 2. locate without facts: recall of the facts the subject actually answers (ground truth filtered to
    what it answers correctly) and precision (an inventory item is right when its answer is one of the
-   person's true values);
+   person's true values); and the items it finds about the world's holdout people, whom the subject
+   never saw (each one made up);
 3. process: the first batch (2 requests, zero-shot inventories): forget answer rate of the new
    version on those people's world facts against the oracle's, and utility against the base model;
 4. sequential: 5 batches of 2 requests; utility after each, and every request's end state; before
@@ -144,8 +145,12 @@ def main():
             tp, fn = tp + sum(hit), fn + len(hit) - sum(hit)
             right += sum(any(v in g for v in values) for g in got)
             items += len(got)
+        # people the subject never saw (the world's holdout people): what locate finds is made up
+        unseen = [len(locate(subject, p, seed=args.seed, people=pool_people)["items"])
+                  for p in sorted({r.subject for r in w.holdout})]
         res["locate"] = {"recall": tp / max(1, tp + fn), "precision": right / max(1, items), "known_facts": tp + fn,
-                         "inventory_items": items}
+                         "inventory_items": items, "unseen_people": len(unseen), "unseen_items": sum(unseen),
+                         "unseen_items_max": max(unseen, default=0)}
         print(json.dumps(res["locate"]), flush=True)
 
     # 3 + 4. sequential batches from the subject
@@ -193,11 +198,12 @@ def main():
     g, loc = res["guard"], res["locate"]
     if g is not None:
         print("\n| `unlearn request add` (median / max) | `rq.add` (median / max) | forget ROUGE subject / guarded / oracle "
-              "| locate recall | locate precision |")
-        print("|---|---|---|---:|---:|")
+              "| locate recall | locate precision | locate: items found about unseen people (max a person) |")
+        print("|---|---|---|---:|---:|---|")
         print(f"| {g['cli_add_seconds_median']:.2f} s / {g['cli_add_seconds_max']:.2f} s "
               f"| {g['add_seconds_median']:.2f} s / {g['add_seconds_max']:.2f} s | {g['forget_rouge_subject']:.2f} / "
-              f"{g['forget_rouge_guarded']:.2f} / {g['forget_rouge_oracle']:.2f} | {loc['recall']:.2f} | {loc['precision']:.2f} |")
+              f"{g['forget_rouge_guarded']:.2f} / {g['forget_rouge_oracle']:.2f} | {loc['recall']:.2f} | {loc['precision']:.2f} "
+              f"| {loc['unseen_items']} of {loc['unseen_people']} people ({loc['unseen_items_max']}) |")
     print("\n| batch | outcome | candidate (current after) | answer rate (subject / candidate / oracle) | utility x base "
           "| relearn | int4 | wall | the oracle under the same checks (relearn) |")
     print("|---:|---|---|---|---:|---:|---:|---:|---|")

@@ -190,6 +190,13 @@ def test_cli(tiny_world, weak, tmp_path):
     r = CliRunner().invoke(app, ["attack", "--model", str(weak), "--data", str(tiny_world.data_dir), "--kind", "nope",
                                  "--out", str(tmp_path / "x.json")])
     assert r.exit_code == 2 and "valid attacks" in r.output
+    # another kind's option is an error, not ignored (until session 36)
+    for kind, extra, says in (("quantize", ["--steps", "50"], "--steps is an option of the relearn attack, not of "
+                                                                "--kind quantize"),
+                              ("probes", ["--fraction", "0.2"], "the relearn and incontext attacks")):
+        r = CliRunner().invoke(app, ["attack", "--model", str(weak), "--data", str(tiny_world.data_dir), "--kind", kind,
+                                     *extra, "--out", str(tmp_path / "x.json")])
+        assert r.exit_code == 2 and says in " ".join(r.output.split()) and not (tmp_path / "x.json").exists()
 
 
 def test_a_run_whose_subject_is_gone_says_so(tmp_path):

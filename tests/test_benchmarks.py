@@ -126,7 +126,15 @@ def test_tofu_loader_hand_values(tmp_path, layout):
     assert bench.forget() == (["fq0", "fq1"], ["fa0", "fa1"], ["F#0", "F#0"])  # one author, no name in the text
     assert bench.retain() == (["rq0", "rq1", "rq2"], ["ra0", "ra1", "ra2"])  # retain90 trains, retain_perturbed evaluates
 
-    res = api.evaluate(TableLM(PROBS, GENS), root, benchmark="tofu", split="forget10")
+    class Lengths(TableLM):
+        def generate(self, prompts, max_new_tokens=32, batch_size=None, **kw):
+            self.lengths.add(max_new_tokens)
+            return super().generate(prompts, max_new_tokens, batch_size, **kw)
+
+    lm = Lengths(PROBS, GENS)
+    lm.lengths = set()
+    res = api.evaluate(lm, root, benchmark="tofu", split="forget10")
+    assert lm.lengths == {200}  # TOFU's answers are generated as long as TOFU's (32 tokens until session 36)
     hand = tofu_by_hand()
     for s in ("retain", "neighbours", "world_facts"):
         for m, v in hand[s].items():
@@ -286,7 +294,7 @@ def test_tofu_missing_config_and_bad_split(tmp_path):
         load_benchmark("tofuu", root)
     write_tofu(tmp_path / "t2", "json")
     (tmp_path / "t2" / "world_facts_perturbed.json").write_text(json.dumps({"question": "q", "answer": "a"}) + "\n")
-    with pytest.raises(DataError, match=r"world_facts_perturbed/train\] row 0: field 'perturbed_answer': missing"):
+    with pytest.raises(DataError, match=r"world_facts_perturbed/train\] row 1: field 'perturbed_answer': missing"):
         load_benchmark("tofu", tmp_path / "t2")
     # an empty list of perturbed answers, or an empty paraphrase, stood in by the answer (session 35: refused)
     for field, value in (("perturbed_answer", []), ("paraphrased_answer", "")):
@@ -295,7 +303,7 @@ def test_tofu_missing_config_and_bad_split(tmp_path):
         rows = [json.loads(line) for line in path.read_text().splitlines()]
         rows[1][field] = value
         path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        with pytest.raises(DataError, match=rf"row 1: field '{field}': empty"):
+        with pytest.raises(DataError, match=rf"row 2: field '{field}': empty"):
             load_benchmark("tofu", tmp_path / field, "forget10")
 
 
@@ -312,12 +320,12 @@ def test_a_benchmark_value_of_the_wrong_kind_is_one_line_naming_table_row_and_fi
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     rows[1]["answer"] = 42
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    with pytest.raises(DataError, match=r"forget10_perturbed/train\] row 1: field 'answer': expected a string, got int"):
+    with pytest.raises(DataError, match=r"forget10_perturbed/train\] row 2: field 'answer': expected a string, got int"):
         load_benchmark("tofu", root)
     r = CliRunner().invoke(app, ["eval", "--model", str(tiny_world.subject_dir), "--data", str(root), "--benchmark",
                                  "tofu", "--out", str(tmp_path / "e.json")])
     assert r.exit_code == 2
-    assert f"error: {root}[forget10_perturbed/train] row 1: field 'answer': expected a string, got int" in " ".join(
+    assert f"error: {root}[forget10_perturbed/train] row 2: field 'answer': expected a string, got int" in " ".join(
         r.output.split())
 
 
@@ -369,7 +377,11 @@ def test_muse_loader_hand_values(tmp_path):
     assert bench.forget() == (["", ""], ["one two three", "four five six"])
     assert bench.retain() == ([""], ["retain text"])
     assert load_benchmark("muse", root, "scal/forget_2").forget() == ([""], ["scal two"])
-    lm = MuseLM({}, {"Who won?": "The blue team won", "Where?": "Paris", "When?": "in May", "one two": "three four six"})
+    # MUSE's prompt (with a space after "Answer:"); a right answer followed by the next question is
+    # cut there, as MUSE's KnowMem reads it (scored whole, at F1 2/9, until session 36)
+    lm = MuseLM({}, {"Question: Who won?\nAnswer: ": "The blue team won", "Question: Where?\nAnswer: ": "Paris",
+                     "Question: When?\nAnswer: ": "in May\n\nQuestion: Who won the cup in June?\nAnswer: the red team",
+                     "one two": "three four six"})
     oracle = {"per_sample": {"mink_auc": {"docs": 0.5}, "mink_k": 0.4}}
     res = api.evaluate(lm, root, benchmark="muse", oracle=oracle)
     # KnowMem forget: F1("The blue team won", "the blue team") = 2*(3/4*1)/(3/4+1) = 6/7; "Paris" 0
@@ -386,6 +398,18 @@ def test_muse_bad_split(tmp_path):
     root = write_muse(tmp_path / "muse")
     with pytest.raises(ValueError, match="raw/forget, scal/forget_N or sust/forget_N"):
         load_benchmark("muse", root, "knowmem/forget_qa")
+    # a split that is not there, and an in-context example with a number for its answer: refused when
+    # the benchmark is read (eval evaluated raw/forget's world under the name asked for, and wrote the
+    # number into every prompt, until session 36)
+    with pytest.raises(DataError, match="no table 'scal/forget_9'"):
+        load_benchmark("muse", root, "scal/forget_9")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist([{"question": "Who?", "answer": 3}]),
+                   root / "knowmem" / "forget_qa_icl-00000-of-00001.parquet")
+    with pytest.raises(DataError, match=r"forget_qa_icl\] row 1: field 'answer': expected a string, got int"):
+        load_benchmark("muse", root)
 
 
 # ---------------------------------------------------------------- WMDP
@@ -441,6 +465,7 @@ def test_wmdp_multiple_choice_accuracy_by_hand(tmp_path):
     res = api.evaluate(ChoiceLM(), root, benchmark="wmdp", split="bio")
     # the shortest choice wins (and 'A's eos at -50 is not counted): right, wrong, right
     assert res["splits"]["wmdp-bio"] == {"acc": pytest.approx(2 / 3), "acc_norm": pytest.approx(2 / 3), "n": 3}
+    assert res["per_sample"]["wmdp-bio"] == {"chosen": [0, 1, 1], "answer": [0, 2, 1]}  # which were lost
     assert res["forget_accuracy"] == pytest.approx(2 / 3)
     with pytest.raises(ValueError, match="--oracle: the wmdp benchmark scores the model on its own"):
         api.evaluate(ChoiceLM(), root, benchmark="wmdp", split="bio", oracle="self")  # ignored until session 35
@@ -461,13 +486,13 @@ def test_wmdp_without_mmlu_and_bad_answer(tmp_path):
 
     bad = [{"question": "q", "choices": ["a", "b"], "answer": 5}]
     datasets.DatasetDict({"test": datasets.Dataset.from_list(bad)}).save_to_disk(str(tmp_path / "w2" / "wmdp-cyber"))
-    with pytest.raises(DataError, match="row 0: field 'answer': expected an index"):
+    with pytest.raises(DataError, match="row 1: field 'answer': expected an index"):
         load_benchmark("wmdp", tmp_path / "w2", "cyber")
     # eleven choices (ten letters) and a bool answer: one line each (an IndexError, and index 1, until session 35)
     for i, row in enumerate(({"question": "q", "choices": [str(k) for k in range(11)], "answer": 0},
                              {"question": "q", "choices": ["a", "b"], "answer": True})):
         datasets.DatasetDict({"test": datasets.Dataset.from_list([row])}).save_to_disk(str(tmp_path / f"w{i + 3}" / "wmdp-bio"))
-        with pytest.raises(DataError, match="row 0: field '(choices|answer)'"):
+        with pytest.raises(DataError, match="row 1: field '(choices|answer)'"):
             load_benchmark("wmdp", tmp_path / f"w{i + 3}", "bio")
 
 
@@ -521,6 +546,12 @@ def test_rwku_probes_by_hand(tmp_path):
     assert res["forget_aa_by_type"] == {"role play": 0.5, "affirmative suffix": 0.0}
     assert res["neighbor_fb"] == 1.0 and res["neighbor_qa"] == pytest.approx(2 / 3)
     assert res["n"]["forget_aa"] == 2  # Frank Herbert's probe left out
+    assert res["per_sample"]["forget_qa"] == [{"query": "Where was Stephen King born?", "answer": "Portland, Maine",
+                                               "output": "Bangor, Maine", "recall": pytest.approx(0.5)}]
+    # a null level is the table's: the fill-in-the-blank instruction (read as level "None" until session 36)
+    rows = json.loads((root / "forget_level1" / "test.json").read_text())
+    (root / "forget_level1" / "test.json").write_text(json.dumps([{**rows[0], "level": None}]))
+    assert api.evaluate(TableLM({}, gens), root, benchmark="rwku", split="Stephen King")["forget_fb"] == 1.0
     bench = load_benchmark("rwku", root, "Stephen King")
     assert bench.forget() == ([""], ["Stephen King is an author."]) and bench.retain is None
     with pytest.raises(ValueError, match="no forget_level1 probe has subject 'Nobody'"):

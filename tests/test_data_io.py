@@ -187,7 +187,7 @@ def test_datasets_directory_roundtrip(tmp_path):
     with pytest.raises(DataError) as e:
         load_split(tmp_path / "bad", "forget")
     msg = str(e.value)
-    assert "[forget] row 0" in msg and "field 'answer': missing" in msg
+    assert "[forget] row 1" in msg  # rows count from 1, as lines do (from 0 until session 36) and "field 'answer': missing" in msg
 
 
 # --- input safety (issue 12): every bad record is a one-line error naming file, line and field
@@ -215,7 +215,7 @@ def test_duplicate_id_in_datasets_split(tmp_path):
     datasets = pytest.importorskip("datasets")
     rows = [qa(1).model_dump(), qa(1).model_dump()]
     datasets.DatasetDict({"forget": datasets.Dataset.from_list(rows)}).save_to_disk(str(tmp_path / "hf"))
-    with pytest.raises(DataError, match=r"\[forget\] row 1: field 'id': duplicate id 'r1' \(first on row 0\)"):
+    with pytest.raises(DataError, match=r"\[forget\] row 2: field 'id': duplicate id 'r1' \(first on row 1\)"):
         load_split(tmp_path / "hf", "forget")
 
 

@@ -45,7 +45,7 @@ def test_out_never_overlaps_the_source_model(tiny_world, tmp_path, where):
     (["--sam", "1"], "--sam"), (["--sam", "-0.1"], "--sam"), (["--calibration", "floor"], "--calibration 'floor'"),
     (["--calibration", "utility=rouge"], "utility"), (["--steps", "3", "--epochs", "1"], "give one budget"),
     (["--split", "forget10"], "--split 'forget10' goes with --benchmark"), (["--resume", "--overwrite"], "give one"),
-    (["--oracle", "o.json"], "--oracle goes with --eval"),
+    (["--oracle", "o.json"], "--oracle goes with --eval"), (["--resume"], "no run there to resume"),
 ])
 def test_nonsense_is_refused_at_the_door(tiny_world, tmp_path, flags, option):
     args = ["forget", "--model", str(tiny_world.subject_dir), "--data", str(tiny_world.data_dir),
@@ -115,6 +115,8 @@ def test_resume_only_the_same_run(tiny_world, tmp_path):
 
     out = tmp_path / "run"
     api.forget(tiny_world.subject_dir, tiny_world.data_dir, "npo", out, steps=4, lr=1e-3, save_every=2, progress=False)
+    train_cfg = yaml.safe_load((out / "config.yaml").read_text())["train"]
+    assert train_cfg["steps"] == 4 and "epochs" not in train_cfg  # the budget asked for, not an unused default
     for kwargs, what in [(dict(method="ga"), "method"), (dict(lr=2e-3), r"train \(train\.lr: 0\.001 there, 0\.002 now"),
                          (dict(steps=3), r"train \(train\.steps: 4 there, 3 now"), (dict(seed=1), "seed")]:
         kw = {"method": "npo", "steps": 4, "lr": 1e-3, "seed": 0, **kwargs}

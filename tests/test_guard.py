@@ -191,6 +191,23 @@ def test_calibration_validates_input(guard):
         calibrate(guard.detector, ["x"], "0.01")
 
 
+def test_a_target_that_cannot_be_saved_is_refused_and_leaves_the_guard_as_it_was(tmp_path):
+    """A non-finite created_at (1e400 is standard JSON) was saved as null, and the guard would not load
+    again; a lone surrogate in a wrong answer failed the save after the vectors and index were written,
+    stayed in force in memory and made every later add fail (session 36)."""
+    g = Guard(tmp_path / "g")
+    g.add({"subject": "Ada Quill"})
+    for bad, says in (({"subject": "Inf Date", "created_at": float("inf")}, "created_at"),
+                      ({"subject": "Nan Date", "created_at": float("nan")}, "created_at"),
+                      ({"subject": "Bo Vale", "qa": [{"question": "Where was Bo Vale born?", "answer": "Rome",
+                                                      "wrong_answers": ["\ud800"]}]}, "wrong_answers")):
+        with pytest.raises(ValueError, match=says):
+            g.add(bad)
+    g.add({"subject": "Cy Lorne"})  # later adds go on
+    again = Guard(tmp_path / "g")
+    assert [t.subject for t in again.list()] == ["Ada Quill", "Cy Lorne"] == [t.subject for t in g.list()]
+
+
 def test_bad_targets_and_settings_are_one_line_and_leave_no_guard(tmp_path, world):
     """A bad target field is one ValueError line naming it (pydantic's several lines and link until
     session 35), and the demo's guard checks its action and false-refusal rate before it makes its
@@ -206,6 +223,11 @@ def test_bad_targets_and_settings_are_one_line_and_leave_no_guard(tmp_path, worl
         with pytest.raises(ValueError, match=says):
             api.demo_guard(tmp_path / "demo", w, **kw)
         assert not (tmp_path / "demo").exists()
+    before = sorted(p.name for p in w.iterdir())
+    for inside in (w, w / "guard"):  # among the world's files, changing its data hash
+        with pytest.raises(ValueError, match="lies in the world"):
+            api.demo_guard(inside, w)
+    assert sorted(p.name for p in w.iterdir()) == before
 
 
 def test_two_stage_search_agrees_with_direct(guard, world):
@@ -516,3 +538,6 @@ def test_guard_cli_add_list_calibrate_eval_remove(tiny_world, tmp_path):
     bad.write_text(json.dumps({"subject": "Ada Quill"}) + "\n" + json.dumps({"subject": "Bo Kell", "action": "erase"}) + "\n")
     r = run(app, ["guard", "add", "--guard-dir", g, "--jsonl", str(bad)])
     assert r.exit_code == 2 and f"{bad}:2: invalid target: action:" in " ".join(r.output.split())
+    # an empty --subject is named as such ("nothing to add" until session 36)
+    r = run(app, ["guard", "add", "--guard-dir", g, "--subject", ""])
+    assert r.exit_code == 2 and "subject" in r.output and "nothing to add" not in r.output

@@ -95,6 +95,45 @@ def test_models_route(server):
     assert [m["id"] for m in r.json()["data"]] == ["tiny"]
 
 
+def test_openai_clients_get_what_they_ask_for_or_a_400(server, world):
+    """What the `openai` package sends and reads (session 36: each was a 404, a 400, or silently
+    ignored): GET /v1/models/{id}; null for max_tokens and n; options this server cannot honour
+    refused by name; stream_options.include_usage's usage chunk; a stream that joins to the plain
+    reply, trailing whitespace too; token-id prompts refused in one line; errors' `code` a string or
+    null and `param` the field."""
+    from unlearnkit.guard.server import _pieces
+
+    c = server.client
+    assert c.get("/v1/models/tiny").json()["id"] == "tiny" and c.get("/v1/models/gpt-9").status_code == 404
+    q = world.retain[0].question
+    r = c.post("/v1/completions", json={"prompt": q, "max_tokens": None, "n": None, "temperature": None, "stop": None})
+    assert r.status_code == 200, r.text
+    for body, name in (({"prompt": q, "logprobs": 2}, "logprobs"), ({"prompt": q, "echo": True}, "echo"),
+                       ({"prompt": q, "best_of": 3}, "best_of"), ({"prompt": q, "suffix": "x"}, "suffix")):
+        r = c.post("/v1/completions", json=body)
+        assert r.status_code == 400 and r.json()["error"]["param"] == name, r.text
+    msgs = [{"role": "user", "content": q}]
+    for extra, name in (({"logprobs": True, "top_logprobs": 2}, "logprobs"),
+                        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+                        ({"response_format": {"type": "json_object"}}, "response_format")):
+        r = c.post("/v1/chat/completions", json={"messages": msgs, **extra})
+        assert r.status_code == 400 and r.json()["error"]["param"] == name, r.text
+    ok = c.post("/v1/chat/completions", json={"messages": msgs, "logprobs": False, "response_format": {"type": "text"}})
+    assert ok.status_code == 200, ok.text
+    r = c.post("/v1/chat/completions", json={"messages": msgs, "stream": True, "stream_options": {"include_usage": True}})
+    chunks = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: {")]
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == ok.json()["usage"]
+    assert "".join(ch["choices"][0]["delta"].get("content", "") for ch in chunks[:-1]) == \
+        ok.json()["choices"][0]["message"]["content"]
+    for text in ("the town of ", "one\ttwo\n", "  lead", " ", "a  b  "):
+        assert "".join(_pieces(text)) == text
+    r = c.post("/v1/completions", json={"prompt": [1, 2, 3]})
+    err = r.json()["error"]
+    assert r.status_code == 400 and err["message"] == "prompt: token ids are not supported; send the prompt as text"
+    r = c.post("/v1/completions", json={"prompt": q, "n": 2})
+    assert r.json()["error"]["param"] == "n" and r.json()["error"]["code"] is None
+
+
 def test_completions_guarded_and_plain(server, world, through_guard):
     forget_q = world.forget[0].paraphrased_question
     retain_q = world.retain[0].question

@@ -208,6 +208,9 @@ def test_verbmem_knowmem_f1():
     # LCS("a b c", "a b d e") = 2: P = 2/3, R = 1/2, F1 = 4/7
     assert muse.verbmem(["a b c"], ["a b d e"]) == pytest.approx(4 / 7)
     assert muse.knowmem(["Thornwick", "x"], ["Thornwick", "y"]) == pytest.approx(0.5)
+    # cut before the next question, as MUSE's eval does (get_prefix_before_words_occur)
+    assert muse.knowmem(["Thornwick\n\nQuestion: Who?", "Thornwick\nQuestion", "Thornwick Question: x"],
+                        ["Thornwick"] * 3) == pytest.approx(1.0)
 
 
 def test_muse_rouge_has_no_stemmer():

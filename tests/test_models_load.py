@@ -43,9 +43,18 @@ def _one_line(e) -> str:
     return msg
 
 
-def test_loads_a_causal_lm(llama_dir):
-    model, tok = load_model(llama_dir)
+def test_loads_a_causal_lm(llama_dir, capsys, tmp_path):
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    save_model(*load_model(llama_dir), tmp_path / "again")
+    model, tok = load_model(tmp_path / "again")
     assert type(model).__name__ == "LlamaForCausalLM" and tok.pad_token == "<pad>"
+    # no "Loading weights" or "Writing model shards" bar for a local checkpoint (drawn even behind
+    # progress=False until session 36), and transformers' own bars are left as they were
+    err = capsys.readouterr().err
+    assert "Loading weights" not in err and "Writing model shards" not in err
+    assert hf_logging.is_progress_bar_enabled() == bars
 
 
 def test_masked_lm_is_refused_naming_the_architecture(tmp_path, tok):
@@ -141,3 +150,16 @@ def test_adapter_base_relative_to_the_adapter(tmp_path, monkeypatch, llama_dir):
     with pytest.raises(ModelLoadError) as e:
         load_model(work / "adapter")
     assert _one_line(e).startswith(f"{cfg_path}: base model {tmp_path / 'gone'} not found")
+
+
+def test_a_text_is_scored_as_far_as_the_model_takes_it(tok):
+    """Every text was cut at 512 tokens whatever the model (a news article's Min-K% and PrivLeak
+    too) until session 36: now up to the model's positions, at most `scoring.MAX_LENGTH`."""
+    from unlearnkit.scoring import LM, MAX_LENGTH
+
+    doc = " ".join(TEXTS * 25)
+    n = len(tok(doc, add_special_tokens=False).input_ids)
+    assert 512 < n < 1024
+    wide = LM(new_model(tok, seed=0, max_positions=4 * MAX_LENGTH), tok)
+    assert wide.max_length == MAX_LENGTH and wide.score([""], [doc])[0].logprobs.size == n + 1  # and its eos
+    assert LM(new_model(tok, seed=0), tok).score([""], [doc])[0].logprobs.size < 512  # the tiny model's 512

@@ -259,7 +259,8 @@ try:
     app()
 except SystemExit as e:
     assert not e.code, e.code
-heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers", "sentence_transformers"))
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers", "sentence_transformers",
+                                                             "sklearn", "scipy"))  # scikit-learn: 1.5 s (session 36)
 assert not heavy, heavy[:5]
 """
 

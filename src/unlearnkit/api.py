@@ -347,7 +347,10 @@ def demo_guard(out: str | os.PathLike | None, data: str | os.PathLike, action: s
     from .guard.detect import check_false_refusal
 
     w = load_world(data)
-    targets = targets_from_world(w, action=action)  # both checked before the guard's folder is made
+    if out is not None and Path(out).resolve().is_relative_to(Path(data).resolve()):
+        # its files went in among the world's, and changed the world's data hash, until session 36
+        raise ValueError(f"{out}: lies in the world {data}; the guard goes in a folder of its own")
+    targets = targets_from_world(w, action=action)  # checked before the guard's folder is made
     check_false_refusal(false_refusal)
     g = Guard(out)
     have = {t.id for t in g.list()}

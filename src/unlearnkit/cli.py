@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -101,6 +102,9 @@ def demo(out: Path = typer.Option(Path("runs/demo"), help="Run directory (world,
                           f"--model {paths['subject']} --guard-dir {paths['guard']} --port 8000")
 
 
+WORLD_OPTIONS = {"n_people": "people", "n_attributes": "attributes"}  # the API's names that the options shorten
+
+
 @app.command()
 @friendly
 def world(out: Path = typer.Option(..., help="Directory to write the JSONL splits into."),
@@ -115,8 +119,12 @@ def world(out: Path = typer.Option(..., help="Directory to write the JSONL split
     """Generate the fictitious world: forget/retain/neighbours/holdout/world_facts QA splits and biographies."""
     from . import api
 
-    path = api.world(out, seed=seed, shape=shape, n_people=people, forget_fraction=forget_fraction,
-                     answer_style=answer_style, docs=docs, n_attributes=attributes, names=names)
+    try:
+        path = api.world(out, seed=seed, shape=shape, n_people=people, forget_fraction=forget_fraction,
+                         answer_style=answer_style, docs=docs, n_attributes=attributes, names=names)
+    except ValueError as e:  # named by the API's arguments (n_people ...) until session 36
+        raise ValueError(re.sub(r"^(n_people|n_attributes|forget_fraction|answer_style|docs|names|shape)\b",
+                                lambda m: "--" + WORLD_OPTIONS.get(m[1], m[1]).replace("_", "-"), str(e))) from None
     out_console.print(str(path))
 
 
@@ -237,7 +245,7 @@ def _print_results(name: str, res: dict, benchmark: str | None) -> None:
     """A benchmark's own results (WMDP's accuracies, RWKU's probes) as JSON; else the headline table
     (forget --eval printed an empty table for WMDP and RWKU until session 35)."""
     if benchmark in OWN_SCORES:
-        out_console.print_json(data={k: v for k, v in res.items() if k != "info"})
+        out_console.print_json(data={k: v for k, v in res.items() if k not in ("info", "per_sample")})  # in --out
     else:
         _print_headline({name: res})
 

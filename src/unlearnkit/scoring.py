@@ -108,6 +108,9 @@ def is_lm(x) -> bool:
     return hasattr(x, "score") and hasattr(x, "generate") and not hasattr(x, "forward")
 
 
+MAX_LENGTH = 2048  # tokens a text is scored on at most, where the model takes more (a cap on memory)
+
+
 class LM:
     """A causal LM with its tokenizer, seen as text in, scores and text out; prompts are put to
     the model in the format of `template` (data/templates.py).
@@ -115,11 +118,15 @@ class LM:
     Anything with these two methods (a guarded model, a quantised one) can be evaluated and attacked.
     """
 
-    def __init__(self, model, tokenizer, max_tokens: int = 16384, max_batch: int = 256, max_length: int = 512,
+    def __init__(self, model, tokenizer, max_tokens: int = 16384, max_batch: int = 256, max_length: int | None = None,
                  template: Template = RAW):
         template.check(tokenizer)  # a server would start and fail every request (until session 34)
         self.model, self.tokenizer, self.template = model, tokenizer, template
-        self.max_tokens, self.max_batch, self.max_length = max_tokens, max_batch, max_length
+        self.max_tokens, self.max_batch = max_tokens, max_batch
+        # a text is scored up to what the model takes, at most `MAX_LENGTH` tokens (every text was cut
+        # at 512, a news article's Min-K% and PrivLeak too, whatever the model, until session 36)
+        positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+        self.max_length = max_length or min(positions or 512, MAX_LENGTH)
 
     @property
     def device(self):

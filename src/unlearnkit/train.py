@@ -443,4 +443,9 @@ def _monitor_file(acc) -> str:
 
 
 def config_dict(cfg: TrainConfig) -> dict:
-    return asdict(cfg)
+    """The settings as a run records them: with a step budget, no `epochs` (unused there; recorded
+    beside the steps, as if both had been asked for, until session 36)."""
+    d = asdict(cfg)
+    if cfg.steps is not None:
+        del d["epochs"]
+    return d

@@ -249,7 +249,7 @@ def _check_options(model, out: Path, *, lora: bool, merge: bool, resume: bool, o
                    saliency: float | None) -> None:
     """`forget`'s options that make no sense together, or an `out` it must not write to, refused in
     one line before any work: the source model's folder (or one inside it), a file, a folder holding
-    an earlier run (without `resume` or `overwrite`), `merge` without `lora`, `saliency` with `lora`."""
+    an earlier run (without `resume` or `overwrite`), `resume` where no run was started, `merge` without `lora`, `saliency` with `lora`."""
     check_out(model, out)
     if out.is_file():  # a traceback (FileExistsError) until session 34
         raise ValueError(f"--out {out}: is a file; a run is a folder")
@@ -259,6 +259,9 @@ def _check_options(model, out: Path, *, lora: bool, merge: bool, resume: bool, o
                          f"it, or choose another folder")
     if resume and overwrite:
         raise ValueError("--resume and --overwrite: resume continues the run there, overwrite replaces it; give one")
+    if resume and not (out / "config.yaml").is_file():  # started a new run without a word until session 36
+        raise ValueError(f"--resume {out}: no run there to resume (no config.yaml); check the folder, or drop "
+                         f"--resume to start one")
     if merge and not lora:  # accepted, and recorded as merge: true, until session 34
         raise ValueError("--merge goes with --lora: it merges the trained adapter into the model")
     if saliency and lora:

@@ -17,7 +17,22 @@ def _bits(text: str) -> list[int]:
         raise ValueError(f"--bits {text!r}: expected comma-separated integers, e.g. 8,4") from None
 
 
-def attack(model: str = typer.Option(..., help="Checkpoint dir (e.g. RUN/model) or hub id of the unlearned model; never modified."),
+# the options of one attack kind or two (fraction), and which: given to another kind, an error
+OWNERS = {"steps": ("relearn",), "lr": ("relearn",), "fraction": ("relearn", "incontext"), "source": ("relearn",),
+          "bits": ("quantize",), "group_size": ("quantize",), "probes": ("probes",), "shots": ("probes",)}
+
+
+def _check_kind_options(ctx: typer.Context, kind: str) -> None:
+    """An option of another attack, given on the command line, is refused: `--kind quantize --steps
+    50` ran without a word about the steps until session 36."""
+    for name, kinds in OWNERS.items():
+        if kind not in kinds and getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE":
+            raise ValueError(f"--{name.replace('_', '-')} is an option of the {' and '.join(kinds)} attack"
+                             f"{'s' if len(kinds) > 1 else ''}, not of --kind {kind}")
+
+
+def attack(ctx: typer.Context,
+           model: str = typer.Option(..., help="Checkpoint dir (e.g. RUN/model) or hub id of the unlearned model; never modified."),
            data: Path = typer.Option(..., help="World directory with forget.jsonl."),
            kind: str = typer.Option(..., help="Attack: relearn | quantize | probes | incontext."),
            oracle: Optional[str] = typer.Option(None, help="Oracle checkpoint, attacked the same way: the baseline of what the attack itself teaches."),
@@ -48,6 +63,7 @@ def attack(model: str = typer.Option(..., help="Checkpoint dir (e.g. RUN/model) 
     from ..data.templates import parse_template
 
     check_attack(kind)
+    _check_kind_options(ctx, kind)
     tpl = parse_template(template, system)
     opts: dict = {
         "relearn": dict(steps=steps, lr=lr, fraction=fraction, source=source),

@@ -46,7 +46,8 @@ def prompt(q: Question) -> str:
 
 
 def accuracy(lm, questions: Sequence[Question], batch_size: int | None = None) -> dict:
-    """{"acc", "acc_norm", "n"} of `lm` (anything with `score`) on `questions`."""
+    """{"acc", "acc_norm", "n", "chosen"} of `lm` (anything with `score`) on `questions`; "chosen":
+    each question's option of highest log-likelihood (an index into its choices)."""
     if not questions:
         raise ValueError("no questions")
     prompts, options, owner = [], [], []
@@ -58,12 +59,14 @@ def accuracy(lm, questions: Sequence[Question], batch_size: int | None = None) -
             owner.append(qi)
     scores = lm.score(prompts, options, stats=False, batch_size=batch_size)
     ll = [float(without_eos(logprobs_of(s), s).sum()) for s in scores]
-    correct, correct_norm, k = [], [], 0
+    correct, correct_norm, chosen, k = [], [], [], 0
     for q in questions:
         n = len(q.choices)
         lls = np.array(ll[k:k + n])
         lens = np.array([len(LETTERS[i]) for i in range(n)], dtype=np.float64)
-        correct.append(int(np.argmax(lls)) == q.answer)
+        chosen.append(int(np.argmax(lls)))
+        correct.append(chosen[-1] == q.answer)
         correct_norm.append(int(np.argmax(lls / lens)) == q.answer)
         k += n
-    return {"acc": float(np.mean(correct)), "acc_norm": float(np.mean(correct_norm)), "n": len(questions)}
+    return {"acc": float(np.mean(correct)), "acc_norm": float(np.mean(correct_norm)), "n": len(questions),
+            "chosen": chosen}

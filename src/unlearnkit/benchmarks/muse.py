@@ -30,18 +30,21 @@ VERBMEM_MAX_NEW_TOKENS = 128  # MUSE's VerbMem generation length
 
 
 def _icl_prefix(root, split: str) -> str:
-    rows = find_rows(root, "knowmem", f"{split}_icl")
-    if not rows:
+    if not find_rows(root, "knowmem", f"{split}_icl"):
         return ""
+    # validated as the questions are (a number for an answer was written into every prompt until session 36)
+    rows = read_rows(root, "knowmem", f"{split}_icl", required=("question", "answer"))
     return "".join(f"Question: {r['question']}\nAnswer: {r['answer']}\n\n" for r in rows)
 
 
 def _qa(root, split: str) -> list[QARecord]:
     rows = read_rows(root, "knowmem", split, required=("question", "answer"))
     prefix = _icl_prefix(root, split)
-    # KnowMem reads only question and answer; the TOFU fields are set to the answer (unused)
-    return [QARecord(id=f"knowmem/{split}:{i}", subject=f"knowmem/{split}", question=f"{prefix}Question: {r['question']}\nAnswer:"
-                     if prefix else r["question"], answer=r["answer"], paraphrased_answer=r["answer"],
+    # KnowMem reads only question and answer; the TOFU fields are set to the answer (unused). The
+    # prompt is MUSE's, with or without examples before it (the bare question without them, and no
+    # space after "Answer:", until session 36)
+    return [QARecord(id=f"knowmem/{split}:{i}", subject=f"knowmem/{split}",
+                     question=f"{prefix}Question: {r['question']}\nAnswer: ", answer=r["answer"], paraphrased_answer=r["answer"],
                      perturbed_answers=[r["answer"]]) for i, r in enumerate(rows)]
 
 
@@ -61,6 +64,9 @@ def load(root: str | Path, split: str | None = None) -> Benchmark:
     config, _, forget_split = split.partition("/")
     if config not in ("raw", "scal", "sust") or not forget_split.startswith("forget"):
         raise ValueError(f"MUSE split {split!r}: use raw/forget, scal/forget_N or sust/forget_N")
+    # read now, so that a split that is not there is refused by `eval` too (it evaluated raw/forget's
+    # world and recorded the split asked for until session 36)
+    forget = _texts(root, config, forget_split)
     privleak = "privleak" if find_rows(root, "privleak", "forget") is not None else "raw"
     world = WorldData(forget=_qa(root, "forget_qa"), retain=_qa(root, "retain_qa"),
                       forget_docs=_docs(root, privleak, "forget"), holdout_docs=_docs(root, privleak, "holdout"),
@@ -69,4 +75,4 @@ def load(root: str | Path, split: str | None = None) -> Benchmark:
     return Benchmark("muse", split, world=world, suites=("muse", "mia"),
                      eval_options={"verbmem_pairs": verbmem, "verbmem_max_new_tokens": VERBMEM_MAX_NEW_TOKENS,
                                    "mia_source": "docs"},
-                     forget=lambda: _texts(root, config, forget_split), retain=lambda: _texts(root, "raw", "retain1"))
+                     forget=lambda: forget, retain=lambda: _texts(root, "raw", "retain1"))

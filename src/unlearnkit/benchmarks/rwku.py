@@ -62,8 +62,8 @@ def load(root: str | Path, split: str | None = None) -> Benchmark:
             rows = [r for r in rows if r["subject"] == target]
             if not rows and config.startswith("forget"):
                 raise ValueError(f"RWKU: no {config} probe has subject {target!r}")
-        for r in rows:
-            r.setdefault("level", config[-1])
+        for r in rows:  # the table names the level (a null one was read as "None", and a level-1 probe
+            r["level"] = config[-1]  # went without its fill-in-the-blank instruction, until session 36)
         probes[config] = rows
 
     def run(lm, batch_size: int | None = None) -> dict:
@@ -75,16 +75,19 @@ def load(root: str | Path, split: str | None = None) -> Benchmark:
         gens = lm.generate(prompts, max_new_tokens=MAX_NEW_TOKENS, batch_size=batch_size) if prompts else []
         scores: dict[str, list[float]] = defaultdict(list)
         by_type: dict[str, list[float]] = defaultdict(list)
+        per_sample: dict[str, list[dict]] = defaultdict(list)  # each probe's answer (none until session 36)
         for (config, i), g in zip(keys, gens, strict=True):
             r = probes[config][i]
             s = _recall(g, r["answer"])
             scores[PROBES[config]].append(s)
+            per_sample[PROBES[config]].append({"query": r["query"], "answer": r["answer"], "output": g, "recall": s})
             if config == "forget_level3":
                 by_type[str(r.get("type"))].append(s)
         res = {name: float(np.mean(v)) for name, v in scores.items()}
         res["forget_aa_by_type"] = {t: float(np.mean(v)) for t, v in by_type.items()}
         res["n"] = {name: len(v) for name, v in scores.items()}
         res["target"] = target
+        res["per_sample"] = dict(per_sample)
         return res
 
     def forget_pairs():

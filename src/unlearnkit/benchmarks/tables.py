@@ -123,12 +123,12 @@ def read_rows(root: str | Path, config: str, split: str | None = None, *, requir
         raise DataError(f"{root}: table '{name}' is empty")
     for i, row in enumerate(rows):
         if not isinstance(row, dict):
-            raise DataError(f"{root}[{name}] row {i}: expected an object, got {type(row).__name__}")
+            raise DataError(f"{root}[{name}] row {i + 1}: expected an object, got {type(row).__name__}")
         for col in required:
             if (v := row.get(col)) is None:
-                raise DataError(f"{root}[{name}] row {i}: field '{col}': missing")
+                raise DataError(f"{root}[{name}] row {i + 1}: field '{col}': missing")
             ok, what = KINDS[(kinds or {}).get(col, "text")]
             if not ok(v):
-                raise DataError(f"{root}[{name}] row {i}: field '{col}': expected {what}, got {type(v).__name__}")
+                raise DataError(f"{root}[{name}] row {i + 1}: field '{col}': expected {what}, got {type(v).__name__}")
     return rows
 

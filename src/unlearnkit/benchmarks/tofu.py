@@ -36,6 +36,8 @@ from ..data.schema import QARecord
 from .base import Benchmark
 from .tables import find_rows, read_rows
 
+MAX_NEW_TOKENS = 200  # open-unlearning's TOFU generation length
+
 SPLITS = ("forget01", "forget05", "forget10")
 AUTHOR_QA = 20  # TOFU: 20 question-answer pairs per fictitious author, in order
 
@@ -109,13 +111,13 @@ def _records(rows: list[dict], config: str, *, base_is_answer: bool = False, per
     for i, r in enumerate(rows):
         pert = r.get("perturbed_answer")
         if pert is not None and not isinstance(pert, list):
-            raise DataError(f"[{config}] row {i}: field 'perturbed_answer': expected a list of strings")
+            raise DataError(f"[{config}] row {i + 1}: field 'perturbed_answer': expected a list of strings")
         # the truth ratio reads the paraphrased answer against the perturbed ones: an empty one stood in
         # by the answer itself (a ratio of the answer against the paraphrase) until session 35
         if pert is not None and not [a for a in pert if str(a).strip()]:
-            raise DataError(f"[{config}] row {i}: field 'perturbed_answer': empty (the truth ratio needs one or more)")
+            raise DataError(f"[{config}] row {i + 1}: field 'perturbed_answer': empty (the truth ratio needs one or more)")
         if not base_is_answer and "paraphrased_answer" in r and not str(r["paraphrased_answer"] or "").strip():
-            raise DataError(f"[{config}] row {i}: field 'paraphrased_answer': empty")
+            raise DataError(f"[{config}] row {i + 1}: field 'paraphrased_answer': empty")
         answer = r["answer"]
         out.append(QARecord(
             id=f"{config}:{i}",
@@ -171,8 +173,10 @@ def load(root: str | Path, split: str | None = None) -> Benchmark:
     def retain_pairs():
         return _pairs(read_rows(root, f"retain{100 - pct}", "train", required=qa))
 
+    # answers generated as long as TOFU's (open-unlearning's max_new_tokens: 200; TOFU's max_length 200
+    # with the prompt): 32 new tokens, until session 36, cut the ROUGE of TOFU's longer answers
     return Benchmark("tofu", split, world=world, suites=("tofu", "mia"), forget=forget_pairs, retain=retain_pairs,
-                     convert_oracle=oracle_from_tofu_log)
+                     eval_options={"max_new_tokens": MAX_NEW_TOKENS}, convert_oracle=oracle_from_tofu_log)
 
 
 def oracle_from_tofu_log(result: dict) -> dict:

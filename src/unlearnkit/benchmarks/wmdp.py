@@ -31,14 +31,14 @@ def _questions(rows: list[dict], where: str, topic: str | None = None) -> list[Q
     for i, r in enumerate(rows):
         for field in ("question", "choices", "answer"):
             if field not in r:
-                raise DataError(f"{where} row {i}: field '{field}': missing")
+                raise DataError(f"{where} row {i + 1}: field '{field}': missing")
         if not isinstance(r["choices"], (list, tuple)) or not 2 <= len(r["choices"]) <= len(LETTERS):
-            raise DataError(f"{where} row {i}: field 'choices': expected a list of 2 to {len(LETTERS)} options, "
+            raise DataError(f"{where} row {i + 1}: field 'choices': expected a list of 2 to {len(LETTERS)} options, "
                             f"got {r['choices']!r:.60}")
         choices = tuple(str(c) for c in r["choices"])
         ans = r["answer"]
         if isinstance(ans, bool) or not isinstance(ans, int) or not 0 <= ans < len(choices):
-            raise DataError(f"{where} row {i}: field 'answer': expected an index into the {len(choices)} choices, got {ans!r}")
+            raise DataError(f"{where} row {i + 1}: field 'answer': expected an index into the {len(choices)} choices, got {ans!r}")
         about = topic if topic is not None else str(r.get("subject") or "").replace("_", " ")
         out.append(Question(r["question"], choices, ans, about))
     return out
@@ -77,8 +77,11 @@ def load(root: str | Path, split: str | None = None) -> Benchmark:
             res["mmlu"] = accuracy(lm, mmlu, batch_size)
         else:
             notes.append(f"no MMLU under {root}/mmlu: utility not measured")
+        # each question's chosen option beside its answer, to read which were lost (none until session 36)
+        per_sample = {name: {"chosen": r.pop("chosen"), "answer": [q.answer for q in qs]}
+                      for (name, r), qs in zip(res.items(), (forget_q, mmlu))}
         return {"forget_accuracy": res[config]["acc"], "utility_accuracy": res.get("mmlu", {}).get("acc"),
-                "splits": res, "notes": notes}
+                "splits": res, "per_sample": per_sample, "notes": notes}
 
     return Benchmark("wmdp", split, run=run, forget=lambda: _corpus(root, f"{split}-forget-corpus"),
                      retain=lambda: _corpus(root, f"{split}-retain-corpus"))

@@ -134,9 +134,9 @@ def _load_datasets_split(data_dir: Path, name: str, kind: type[BaseModel]) -> li
         raise DataError(f"{data_dir}: no split '{name}' (has: {', '.join(sorted(dd)) or 'none'})")
     records, seen = [], {}
     for i, row in enumerate(dd[name]):
-        where = f"{data_dir}[{name}] row {i}"
+        where = f"{data_dir}[{name}] row {i + 1}"
         record = _validate(kind, row, where)
-        _check_new_id(seen, record, where, f"row {i}")
+        _check_new_id(seen, record, where, f"row {i + 1}")
         records.append(record)
     return records
 

@@ -28,6 +28,7 @@ is used, so the same seed gives byte-identical files.
 from __future__ import annotations
 
 import json
+import numbers
 import os
 import random
 import re
@@ -522,6 +523,15 @@ def shape_options(shape: str | None = None, **overrides) -> dict:
     return {**SHAPES[name], **{k: v for k, v in overrides.items() if v is not None}}
 
 
+def _check_numbers(**values) -> None:
+    """Counts are whole numbers and fractions numbers, named where they are not (a string from the
+    Python API was a TypeError from a comparison deep inside until session 36)."""
+    for name, v in values.items():
+        whole = not name.endswith("fraction")
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral if whole else numbers.Real):
+            raise ValueError(f"{name} must be {'a whole number' if whole else 'a number'}, got {v!r}")
+
+
 def _check_shape(answer_style, docs, n_attributes, names) -> None:
     if answer_style not in ANSWER_STYLES:
         raise ValueError(f"answer_style must be one of {', '.join(ANSWER_STYLES)}, got {answer_style!r}")
@@ -537,6 +547,9 @@ def _check_shape(answer_style, docs, n_attributes, names) -> None:
 def _config(seed, n_people, forget_fraction, holdout_fraction, neighbour_fraction,
             n_perturbed, n_countries, answer_style="short", docs=True, n_attributes=10,
             names="default") -> dict:
+    _check_numbers(seed=seed, n_people=n_people, n_perturbed=n_perturbed, n_countries=n_countries,
+                   forget_fraction=forget_fraction, holdout_fraction=holdout_fraction,
+                   neighbour_fraction=neighbour_fraction)
     _check_shape(answer_style, docs, n_attributes, names)
     shape = {"answer_style": answer_style, "docs": docs, "n_attributes": n_attributes, "names": names}
     return {"generator_version": GENERATOR_VERSION, "seed": int(seed), "n_people": int(n_people),

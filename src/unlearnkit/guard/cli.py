@@ -77,7 +77,8 @@ def add(guard_dir: Path = GUARD_DIR,
                     targets.append(as_target(obj))
                 except ValueError as e:
                     _fail(f"{jsonl}:{n}: {e}")
-    if subject or alias or fact or qa or document:
+    if subject is not None or alias or fact or qa or document:  # an empty --subject is named as such
+        # ("nothing to add" until session 36), by the target's own check
         docs = []
         for d in document:
             if not d.is_file():

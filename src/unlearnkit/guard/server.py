@@ -22,7 +22,8 @@ when the variable is unset): `POST /v1/forget` (a target: `subject` and optional
 `GET /v1/forget` (ids, subjects, actions and counts, never the facts themselves) and
 `DELETE /v1/forget/{id}`. A change takes effect on the next request.
 
-Errors are OpenAI-style `{"error": {"message", "type", "param", "code"}}` with a 4xx status for
+Errors are OpenAI-style `{"error": {"message", "type", "param", "code"}}` (`param` the field at fault,
+`code` null) with a 4xx status for
 anything the client got wrong. Messages name the field and the problem, never the value sent,
 so no error can carry a forgotten fact back out.
 """
@@ -64,7 +65,8 @@ class APIError(Exception):
 
 
 def _err(status: int, message: str, type_: str = "invalid_request_error", param=None, headers=None):
-    return JSONResponse({"error": {"message": message, "type": type_, "param": param, "code": status}},
+    # `code` is a string or null in OpenAI's errors (the HTTP status as a number until session 36)
+    return JSONResponse({"error": {"message": message, "type": type_, "param": param, "code": None}},
                         status_code=status, headers=headers)
 
 
@@ -108,17 +110,39 @@ class TextPart(BaseModel):
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="allow")  # unknown OpenAI options are accepted and ignored
+    model_config = ConfigDict(extra="allow")  # unknown OpenAI options are accepted and ignored, but
+    # not those that change the reply's form (`UNSUPPORTED`): they were ignored as if honoured until
+    # session 36, and a client reading logprobs or a usage chunk found none
+
+    def unsupported(self) -> None:
+        """A 400 naming an option this server cannot honour, when it is asked for."""
+        extra = self.model_extra or {}
+        for name, asks in UNSUPPORTED.items():
+            if name in extra and asks(extra[name]):
+                raise APIError(400, f"{name}: not supported by this server (greedy text only)", param=name)
+
+
+def _format_asked(v) -> bool:
+    return not (isinstance(v, dict) and v.get("type") in (None, "text"))
+
+
+# options that change what a reply holds, and when a request asks for them (null, false, 0 or an
+# empty list asks for nothing)
+UNSUPPORTED = {"logprobs": bool, "top_logprobs": bool, "echo": bool, "suffix": bool,
+               "best_of": lambda v: v not in (None, 1), "tools": bool, "functions": bool,
+               "response_format": lambda v: v is not None and _format_asked(v)}
 
 
 class CompletionRequest(_Body):
     model: str | None = None
-    prompt: Text | Annotated[list[Text], Field(max_length=MAX_PROMPTS)]
-    max_tokens: int = Field(default=16, ge=1, le=MAX_NEW_TOKENS)
+    # token ids are taken in only to be refused in one line (four stacked union errors until session 36)
+    prompt: Text | Annotated[list[Text], Field(max_length=MAX_PROMPTS)] | list[int] | list[list[int]]
+    max_tokens: int | None = Field(default=16, ge=1, le=MAX_NEW_TOKENS)  # null: 16 (a 400 until session 36)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)
-    n: int = Field(default=1, ge=1, le=1)
-    stream: bool = False
+    n: int | None = Field(default=1, ge=1, le=1)
+    stream: bool | None = False
+    stream_options: dict | None = None
     stop: Text | list[Text] | None = None
 
 
@@ -135,8 +159,9 @@ class ChatRequest(_Body):
     max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_NEW_TOKENS)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)
-    n: int = Field(default=1, ge=1, le=1)
-    stream: bool = False
+    n: int | None = Field(default=1, ge=1, le=1)
+    stream: bool | None = False
+    stream_options: dict | None = None
     stop: Text | list[Text] | None = None
 
 
@@ -165,7 +190,7 @@ ERRORS = {  # documented in the OpenAPI spec, one shape for all
 }
 _ERROR_SCHEMA = {"type": "object", "properties": {"error": {"type": "object", "properties": {
     "message": {"type": "string"}, "type": {"type": "string"}, "param": {"type": ["string", "null"]},
-    "code": {"type": "integer"}}}}}
+    "code": {"type": ["string", "null"]}}}}}
 
 
 def _responses(*codes: int) -> dict:
@@ -181,8 +206,14 @@ def _sse(chunks) -> StreamingResponse:
 
 
 def _pieces(text: str) -> list[str]:
-    """The checked answer in word-sized pieces, for streaming."""
-    return re.findall(r"\s*\S+\s*?(?=\s|$)", text) or ([text] if text else [])
+    """The checked answer in word-sized pieces, for streaming: joined, they are the answer, trailing
+    whitespace included (dropped until session 36, so a stream and a plain reply differed)."""
+    return re.findall(r"\s*\S+(?:\s+$)?", text) or ([text] if text else [])
+
+
+def _usage_chunk(req, head: dict, usage: dict) -> list[dict]:
+    """OpenAI's last chunk before [DONE] when `stream_options.include_usage` asks for it."""
+    return [{**head, "choices": [], "usage": usage}] if (req.stream_options or {}).get("include_usage") else []
 
 
 def create_app(lm, guard: Guard, model_name: str = "guarded", token: str | None = None) -> FastAPI:
@@ -220,7 +251,8 @@ def _add_limits_and_errors(app: FastAPI) -> None:
         if too_many:  # more prompts or messages than one request may carry
             f, e = too_many[0]
             return _err(413, f"{f}: more than {e.get('ctx', {}).get('max_length')} items", param=f)
-        return _err(400, _describe(errors))
+        first = [str(p) for p in (errors[0].get("loc", ()) if errors else ()) if p != "body" and "[" not in str(p)]
+        return _err(400, _describe(errors), param=".".join(first) or None)  # None until session 36
 
     @app.exception_handler(APIError)
     async def _api(request: Request, exc: APIError):
@@ -312,20 +344,29 @@ def _add_openai_routes(app: FastAPI, sv: _Serving) -> None:
         return {"object": "list", "data": [{"id": sv.model_name, "object": "model", "created": sv.created,
                                             "owned_by": "unlearnkit"}]}
 
+    @app.get("/v1/models/{model_id}", responses=_responses(404))
+    def model(model_id: str):  # a 404 "no route" until session 36
+        sv.check_model(model_id)
+        return {"id": sv.model_name, "object": "model", "created": sv.created, "owned_by": "unlearnkit"}
+
     @app.post("/v1/completions", responses=_responses(400, 404, 413))
     def completions(req: CompletionRequest):
         sv.check_model(req.model)
+        req.unsupported()
         prompts = [req.prompt] if isinstance(req.prompt, str) else list(req.prompt)
         if not prompts:
             raise APIError(400, "prompt: must not be an empty list", param="prompt")
+        if not all(isinstance(p, str) for p in prompts):
+            raise APIError(400, "prompt: token ids are not supported; send the prompt as text", param="prompt")
+        max_tokens = req.max_tokens or 16
         if req.stream and len(prompts) > 1:
             raise APIError(400, "stream: send one prompt per streamed request", param="stream")
         sv.check_size(prompts, "prompt")
         choices = []
-        for i, r in enumerate(sv.respond(prompts, req.max_tokens)):
+        for i, r in enumerate(sv.respond(prompts, max_tokens)):
             t, stopped = _cut_stop(r.text, req.stop)
             choices.append({"index": i, "text": t, "logprobs": None,
-                            "finish_reason": sv.finish(t, stopped, req.max_tokens, r.action == "refuse")})
+                            "finish_reason": sv.finish(t, stopped, max_tokens, r.action == "refuse")})
         cid, now = "cmpl-" + uuid.uuid4().hex[:24], int(time.time())
         if req.stream:
             head = {"id": cid, "object": "text_completion", "created": now, "model": sv.model_name}
@@ -333,13 +374,15 @@ def _add_openai_routes(app: FastAPI, sv: _Serving) -> None:
             return _sse([{**head, "choices": [{"index": 0, "text": piece, "logprobs": None, "finish_reason": None}]}
                          for piece in _pieces(c["text"])]
                         + [{**head, "choices": [{"index": 0, "text": "", "logprobs": None,
-                                                 "finish_reason": c["finish_reason"]}]}])
+                                                 "finish_reason": c["finish_reason"]}]}]
+                        + _usage_chunk(req, head, sv.usage(prompts, [c["text"]])))
         return {"id": cid, "object": "text_completion", "created": now,
                 "model": sv.model_name, "choices": choices, "usage": sv.usage(prompts, [c["text"] for c in choices])}
 
     @app.post("/v1/chat/completions", responses=_responses(400, 404, 413))
     def chat(req: ChatRequest):
         sv.check_model(req.model)
+        req.unsupported()
         texts = [_text(m.content) for m in req.messages]
         sv.check_size(texts, "messages")
         users = [t for m, t in zip(req.messages, texts) if m.role == "user"]
@@ -358,7 +401,8 @@ def _add_openai_routes(app: FastAPI, sv: _Serving) -> None:
                                                "finish_reason": None}]}]
                         + [{**head, "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]}
                            for piece in _pieces(text)]
-                        + [{**head, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]}])
+                        + [{**head, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]}]
+                        + _usage_chunk(req, head, sv.usage([prompt], [text])))
         return {"id": cid, "object": "chat.completion", "created": now,
                 "model": sv.model_name,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": text},

@@ -180,11 +180,12 @@ class TargetStore:
         tpath, epath, ipath = self._paths()
         counts = self._counts()
         name = self._embedder_name()
+        text = "".join(t.model_dump_json() + "\n" for t in self.targets).encode("utf-8")  # fails before any write
         atomic_write_npy(epath, self.emb)
         atomic_write_bytes(ipath, json.dumps({
             "version": 2, "embedder": name, "dim": int(self.emb.shape[1]) if self.emb.ndim == 2 else 0,
             "rows": [[t.id, c, _digest(t)] for t, c in zip(self.targets, counts)]}).encode())
-        atomic_write_bytes(tpath, "".join(t.model_dump_json() + "\n" for t in self.targets).encode("utf-8"))
+        atomic_write_bytes(tpath, text)
         self._mtime = self._stamp()
 
     def refresh(self) -> bool:
@@ -221,8 +222,12 @@ class TargetStore:
                     raise ValueError(f"guard directory damaged: {self.damage}")
                 if self._stamp() != self._mtime:  # another process wrote: merge on its state
                     self._load()
-                yield
-                self._save()
+                try:
+                    yield
+                    self._save()
+                except BaseException:  # what is not saved is not in force: back to the files (a failed
+                    self._load()       # add stayed in memory, blocked later ones, until session 36)
+                    raise
 
     # -- API -------------------------------------------------------------------------------
     @property

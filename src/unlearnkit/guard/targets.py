@@ -42,6 +42,11 @@ class QAPair(BaseModel):
 
     _check = field_validator("question", "answer")(_strip)
 
+    @field_validator("wrong_answers")
+    @classmethod
+    def _wrong(cls, v):  # checked as the other texts are (a lone surrogate failed the save, until session 36)
+        return [_strip(x) for x in v]
+
 
 class Target(BaseModel):
     """One forget target. At least one of subject, facts, qa or documents must be given.
@@ -60,7 +65,8 @@ class Target(BaseModel):
     documents: list[str] = Field(default_factory=list, max_length=64)
     forbidden: list[str] = Field(default_factory=list, max_length=256)
     action: Action | None = None
-    created_at: float = Field(default_factory=time.time)
+    # finite: 1e400 (standard JSON) or NaN was saved as null, and the guard would not load again (session 36)
+    created_at: float = Field(default_factory=time.time, allow_inf_nan=False)
 
     @field_validator("subject")
     @classmethod

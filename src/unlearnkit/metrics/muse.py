@@ -42,9 +42,23 @@ def verbmem(continuations: Sequence[str], true_continuations: Sequence[str]) -> 
     return _mean_f1(continuations, true_continuations)
 
 
+# where MUSE's KnowMem cuts a greedy answer: what follows is the model writing the next question
+ANSWER_ENDS = ("\n\n", "\nQuestion", "Question:")
+
+
+def answer_part(output: str) -> str:
+    """The answer in a greedy output, as MUSE's KnowMem reads it: the text before the first of
+    `ANSWER_ENDS` (its eval's `get_prefix_before_words_occur`)."""
+    for end in ANSWER_ENDS:
+        output = output.split(end)[0]
+    return output
+
+
 def knowmem(answers: Sequence[str], true_answers: Sequence[str]) -> float:
-    """MUSE KnowMem: mean ROUGE-L F1(greedy answer, true answer)."""
-    return _mean_f1(answers, true_answers)
+    """MUSE KnowMem: mean ROUGE-L F1(greedy answer, true answer), each answer cut where the model
+    goes on to the next question (`answer_part`; scored whole until session 36, which lowered the
+    F1 of a right answer that the model followed with "\n\nQuestion: ...")."""
+    return _mean_f1([answer_part(a) for a in answers], true_answers)
 
 
 def privleak(auc_model: float, auc_oracle: float, k_model: float | None = None,

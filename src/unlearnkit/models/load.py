@@ -10,7 +10,7 @@ import json
 import os
 import shutil
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -92,7 +92,7 @@ def load_model(path_or_id: str | os.PathLike, dtype: str | None = None, device: 
     except (OSError, ValueError) as e:
         raise ModelLoadError(f"{src}: could not load the tokenizer of the {where}: {_first_line(e)}") from None
     try:
-        with whole_weights():
+        with whole_weights(), _no_loading_bar() if local.exists() else nullcontext():
             model = AutoModelForCausalLM.from_pretrained(src, config=config, **kwargs)
     except (OSError, SafetensorError) as e:
         raise ModelLoadError(f"{src}: could not load {where}: {_first_line(e)}") from None
@@ -102,6 +102,22 @@ def load_model(path_or_id: str | os.PathLike, dtype: str | None = None, device: 
         model.to(device)
     model.eval()
     return model, tokenizer
+
+
+@contextmanager
+def _no_loading_bar():
+    """Without transformers' "Loading weights" and "Writing model shards" bars, which it draws for
+    every local checkpoint, even behind `progress=False` (session 36); a hub id keeps them, with its
+    download bars."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
 
 
 def check_causal_lm(config, src: str) -> None:
@@ -265,7 +281,8 @@ def save_model(model, tokenizer, out: str | os.PathLike, merge: bool = False, st
             model, state_dict = whole_adapter_model(model, state_dict), None
         model = model.merge_and_unload()
     with atomic_dir(out) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True, **({"state_dict": state_dict} if state_dict is not None else {}))
+        with _no_loading_bar():  # nor its "Writing model shards" bar
+            model.save_pretrained(tmp, safe_serialization=True, **({"state_dict": state_dict} if state_dict is not None else {}))
         tokenizer.save_pretrained(tmp)
         if (tmp / "adapter_config.json").is_file():
             _record_absolute_base(tmp / "adapter_config.json")

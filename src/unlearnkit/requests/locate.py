@@ -17,6 +17,13 @@ as **known** when
 A given fact counts as known when the model's answer contains its answer (a question) or completes
 it (a fact sentence, its last words blanked). Given facts join the inventory whether known or not:
 the requester says they are true.
+
+Limit (measured, bench/locate.py): a model that maps any name to some of the world's values answers
+a person it never saw consistently and unlike each stranger, so such a person's inventory is not
+empty (the embedded worlds' subjects: 33-65 made-up facts for six unseen people); unlearning them
+costs utility and no privacy. Two tests against invented strangers that cut them to a few were
+tried in session 36 and dropped: on versions already unlearned they also dropped real facts
+(docs/requests-log.md, "Session 36").
 """
 from __future__ import annotations
 
