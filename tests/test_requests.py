@@ -224,6 +224,8 @@ def test_cli_round_trip(raw, tmp_path, monkeypatch):
     assert code == 0 and "history" in out
     code, _, err = cli("request", "certificate", rid)
     assert code == 2 and "no certificate (status guarded)" in err
+    code, _, err = cli("home", "prune")  # only the base version, which is deployed
+    assert code == 0 and "nothing to prune" in err and (h / "versions" / "v0000" / "model.safetensors").is_file()
 
 
 def _process_cmd(home, *extra):
@@ -360,12 +362,43 @@ def test_verified_request_keeps_no_clear_text(home, raw, tmp_path):
     assert cert["versions"]["before"]["name"] == "v0000" and cert["versions"]["after"]["name"] == "v0001"
     assert {c["check"] for c in cert["checks"]} >= {"answers", "utility", "relearn_recovery", "quantize_recovery"}
     assert all("threshold" in c for c in cert["checks"])
+    # the version from before the deletion still knows the person: pruned, its files go and its manifest
+    # stays, so the certificate still verifies (--verify needed those weights kept, until session 36)
+    assert rq.verify_certificate(home, rid)["ok"]
+    assert rq.prune(home) == ["v0000"] and rq.prune(home) == []
+    assert [p.name for p in (home.versions_dir / "v0000").iterdir()] == ["MANIFEST.json"]
+    v = rq.verify_certificate(home, rid)
+    assert v["ok"] and any("v0000) pruned" in c["what"] for c in v["checks"]), v
+    with pytest.raises(rq.HomeError, match="pruned"):
+        home.check_version("v0000")
     # tampering with a stored version is caught by --verify
     with open(home.versions_dir / "v0001" / "model.safetensors", "r+b") as f:
         f.seek(200)
         f.write(b"\xff\xfe")
     v = rq.verify_certificate(home, rid)
     assert not v["ok"] and any(not c["ok"] and "after" in c["what"] for c in v["checks"])
+    # a damaged certificate fails its verification, in one line (an error, "person_sha256", until session 36)
+    (home.path / rq.show(home, rid)["certificate"]).write_text('{"x": 1}')
+    v = rq.verify_certificate(home, rid)
+    assert not v["ok"] and any(c["what"] == "certificate readable" and not c["ok"] for c in v["checks"])
+
+
+def test_the_ledger_says_when_a_reader_keeps_the_write_ahead_log(home):
+    """A reader holding the ledger keeps the WAL pages it may read, clear text dropped since included;
+    the checkpoint after a deployment ignored that and said nothing (until session 36): now it tries
+    again until its timeout and says whether it went through."""
+    from unlearnkit.requests.ledger import Ledger
+
+    rq.add(home, "Ada Quill")
+    reader = sqlite3.connect(home.ledger_path)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM requests").fetchone()
+    with Ledger(home.ledger_path) as led:
+        rq.add(home, "Bo Kell")  # a write the reader's snapshot does not see: it stays in the WAL
+        assert led.checkpoint(timeout=0.3) is False
+        reader.rollback()
+        assert led.checkpoint(timeout=0.3) is True
+    reader.close()
 
 
 # ------------------------------------------------------------------------------ end to end (trained)

@@ -30,6 +30,12 @@ def open_home(home: str | os.PathLike | Home | None = None) -> Home:
     return home if isinstance(home, Home) else Home(home)
 
 
+def prune(home=None) -> list[str]:
+    """Delete the files of every version but the deployed one (`unlearn home prune`): a version from
+    before a deletion still knows what was deleted. Their manifests stay, so certificates verify."""
+    return open_home(home).prune()
+
+
 def list_requests(home=None) -> list[dict]:
     with open_home(home).ledger() as led:
         return [r.public() for r in led.list()]
@@ -42,4 +48,4 @@ def show(home, request_id: str) -> dict:
 
 
 __all__ = ["Added", "Home", "HomeError", "LedgerError", "Request", "STATES", "Settings", "add", "certificate",
-           "init", "list_requests", "locate", "open_home", "process", "show", "verify_certificate"]
+           "init", "list_requests", "locate", "open_home", "process", "prune", "show", "verify_certificate"]

@@ -57,6 +57,18 @@ def home_init(model: str = typer.Option(..., help="Base model: checkpoint dir or
     out.print(str(h.path))
 
 
+@home_app.command("prune")
+@friendly
+def home_prune(home: Optional[Path] = HOME):
+    """Delete every version but the deployed one (their manifests stay, so certificates still verify):
+    a version from before a deletion still knows what was deleted."""
+    from . import prune
+
+    pruned = prune(home)
+    console.print(f"pruned {len(pruned)} version(s): {', '.join(pruned)}" if pruned else "nothing to prune",
+                  highlight=False)
+
+
 @request_app.command("add")
 @friendly
 def request_add(name: str = typer.Argument(..., help="The person's full name."),

@@ -112,6 +112,7 @@ class Version:
     path: Path
     files: dict[str, str] = field(default_factory=dict)
     parent: str | None = None
+    pruned_at: float | None = None  # its files deleted (`Home.prune`); the manifest keeps their hashes
 
     @property
     def hash(self) -> str:
@@ -263,11 +264,13 @@ class Home:
         files = meta.get("files") if isinstance(meta, dict) else None
         if not isinstance(files, dict) or not all(isinstance(h, str) for h in files.values()):
             raise HomeError(f"{m}: unreadable manifest (field 'files' must map each file to its sha256)")
-        return Version(name, d, files, meta.get("parent"))
+        return Version(name, d, files, meta.get("parent"), meta.get("pruned_at"))
 
     def check_version(self, name: str) -> Version:
         """The version, after checking every file against its manifest (HomeError on any mismatch)."""
         v = self.version(name)
+        if v.pruned_at is not None:
+            raise HomeError(f"{v.path}: pruned (`unlearn home prune`): its model was deleted, its manifest kept")
         have = manifest_of(v.path)
         for f, h in v.files.items():
             if f not in have:
@@ -282,6 +285,30 @@ class Home:
     def current(self) -> Version:
         """The deployed version, checked against its manifest."""
         return self.check_version(self.current_name())
+
+    def prune(self) -> list[str]:
+        """Delete the files of every version but `current`, keeping each one's manifest (its sha256s,
+        so the certificates naming it still verify against it) marked `pruned_at`; returns the
+        versions pruned. A version from before a deletion still holds what was deleted: kept (as it
+        was, with no way to drop it, until session 36), it undid the deletion for whoever reads the
+        home. Refused while a batch is open: its source or candidate may be needed."""
+        cur = self.current_name()
+        with self.ledger() as led:
+            if led.open_batches():
+                raise HomeError("a batch is open: `unlearn request process` finishes it; prune after it")
+        pruned = []
+        for name in self.list_versions():
+            v = self.version(name)
+            if name == cur or v.pruned_at is not None:
+                continue
+            meta = json.loads((v.path / MANIFEST).read_text())
+            # marked first: a prune cut short leaves a version that says it is pruned, never one served half
+            runinfo.write_json(v.path / MANIFEST, {**meta, "pruned_at": time.time()})
+            for p in sorted(v.path.iterdir()):
+                if p.name != MANIFEST:
+                    shutil.rmtree(p) if p.is_dir() else p.unlink()
+            pruned.append(name)
+        return pruned
 
     def list_versions(self) -> list[str]:
         return sorted(p.name for p in self.versions_dir.iterdir() if VERSION_RE.fullmatch(p.name))

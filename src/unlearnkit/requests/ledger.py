@@ -98,6 +98,9 @@ class Request:
                                               "batch", "counts", "metrics", "certificate")}
 
 
+CHECKPOINT_S = 30.0  # how long a checkpoint waits for readers to let go of the WAL
+
+
 class Ledger:
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -222,10 +225,20 @@ class Ledger:
             for rid in request_ids:
                 _transition(c, rid, "processing", {"batch": batch_id})
 
-    def checkpoint(self) -> None:
+    def checkpoint(self, timeout: float = CHECKPOINT_S) -> bool:
         """Fold the WAL into the database and truncate it, so no old page (with clear text dropped
-        since) stays in the -wal file."""
-        self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        since) stays in the -wal file. A reader holding the ledger open keeps the pages it may read:
+        the checkpoint is tried again until `timeout` seconds have passed; False if it never went
+        through (its busy result was ignored, and the clear text stayed in the -wal file without a
+        word, until session 36)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            busy, *_ = self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            if not busy:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.2)
 
     def update_batch(self, batch_id: str, **fields) -> None:
         with self.tx() as c:

@@ -352,5 +352,8 @@ def _deploy(home: Home, b: dict, reqs, after) -> None:
             "verified_at": b["results"]["verified_at"]}))
     with home.ledger() as led:
         led.transition_many(changes, (b["id"], {"stage": "deployed"}))
-        led.checkpoint()
+        if not led.checkpoint():
+            log.warning("%s-wal: a reader held the ledger open, so the clear text the verified requests "
+                        "dropped is still in the write-ahead log; it is folded in and removed when the ledger "
+                        "is next opened with no reader (e.g. `unlearn request list`)", home.ledger_path)
     runinfo.write_json(home.runs_dir / b["id"] / "deployed.json", {"version": after.name, "at": time.time()})
