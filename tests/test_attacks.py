@@ -72,6 +72,19 @@ def test_fake_quantize_grid_and_error():
     assert quantize_model(torch.nn.Sequential(torch.nn.Linear(64, 16), torch.nn.Linear(16, 4)), 4, 16)["per_channel"] == ["1"]
     assert quantize_model(torch.nn.Sequential(torch.nn.Linear(64, 16), torch.nn.Linear(16, 4)), 4, 7)["per_channel"] == ["0", "1"]
     assert quantize_model(lin, 4)["per_channel"] == []
+    # GPT-2's Conv1D (weight (in, out)) is quantized per output channel, as a Linear of the same map is
+    # (skipped until session 36); a model with nothing to quantize is refused, not reported robust
+    from transformers.pytorch_utils import Conv1D
+
+    conv = Conv1D(16, 64)  # 64 in, 16 out
+    lin = torch.nn.Linear(64, 16)
+    with torch.no_grad():
+        lin.weight.copy_(conv.weight.T)
+    assert quantize_model(torch.nn.Sequential(conv), 4)["n_tensors"] == 1
+    quantize_model(lin, 4)
+    assert torch.equal(conv.weight.T, lin.weight)
+    with pytest.raises(ValueError, match="no Linear or Conv1D weights"):
+        quantize_model(torch.nn.Sequential(torch.nn.LayerNorm(4)), 4)
 
 
 def test_plans(tiny_world):

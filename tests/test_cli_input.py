@@ -123,6 +123,14 @@ def test_bad_oracle_json(world, tmp_path, model_dir):
     err = _eval(model_dir, world, tmp_path / "o.json", "--subject", bad)
     assert f"{bad}: the subject was evaluated on other data (/elsewhere" in err
     assert not (tmp_path / "o.json").exists()
+    # a result whose questions were put in another prompt format (until session 36 the verdict
+    # compared a raw evaluation with a chat one without a word)
+    from unlearnkit.runinfo import data_hash
+
+    bad.write_text(json.dumps({"per_sample": {}, "info": {"data_hash": data_hash(world),
+                                                         "template": {"kind": "chat", "text": None, "system": None}}}))
+    err = _eval(model_dir, world, tmp_path / "o.json", "--oracle", bad)
+    assert "--oracle: evaluated with the prompt format 'chat', this evaluation uses 'raw'" in err
 
 
 def test_out_is_a_directory(world, tmp_path, model_dir):

@@ -2,6 +2,7 @@
 the caches they rely on match what the model computes live."""
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -336,3 +337,33 @@ def test_forget_without_a_method_runs_the_default_and_says_which(tiny_world, tmp
     assert res.exit_code == 0, res.output
     config = yaml.safe_load((tmp_path / "fixed" / "config.yaml").read_text())
     assert config["method"] == "simnpo" and config["calibration"] is None and "simnpo, fixed budget: 1 step\n" in res.output
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "gpt_neox"])
+def test_rmu_and_twin_rmu_find_the_layers_of_other_architectures(arch, tiny_world, tmp_path):
+    """RMU trains the MLP output projections of layers l-2..l and Twin RMU reads a layer's
+    activations: both looked for Llama's `model.layers[i].mlp.down_proj` alone, and the default
+    method failed with an AttributeError on GPT-2 (blocks under `transformer.h`, a `Conv1D` c_proj)
+    and RMU on GPT-NeoX (`mlp.dense_4h_to_h`) until session 36. The GPT-2 takes 64 positions, fewer
+    than a biography's ~93 tokens: texts are cut there (an IndexError in training until session 36)."""
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM
+
+    from unlearnkit import api
+    from unlearnkit.methods.rmu import mlp_out
+    from unlearnkit.models.load import save_model
+    from unlearnkit.scoring import decoder_blocks
+
+    tok = AutoTokenizer.from_pretrained(tiny_world.subject_dir)
+    ids = dict(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+               pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    net = (GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=3, n_head=2, n_positions=64, **ids)) if arch == "gpt2" else
+           GPTNeoXForCausalLM(GPTNeoXConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
+                                            intermediate_size=64, max_position_embeddings=256, **ids)))
+    blocks = decoder_blocks(net)
+    assert len(blocks) == 3
+    assert mlp_out(blocks[1]) is (blocks[1].mlp.c_proj.weight if arch == "gpt2" else blocks[1].mlp.dense_4h_to_h.weight)
+    model = save_model(net, tok, tmp_path / arch)
+    for method in ("rmu", "twin_rmu"):
+        run = api.forget(model, tiny_world.data_dir, method, tmp_path / method, steps=2, progress=False)
+        assert json.loads((run / "train.json").read_text())["train_stats"]["steps"] == 2

@@ -163,3 +163,16 @@ def test_a_text_is_scored_as_far_as_the_model_takes_it(tok):
     wide = LM(new_model(tok, seed=0, max_positions=4 * MAX_LENGTH), tok)
     assert wide.max_length == MAX_LENGTH and wide.score([""], [doc])[0].logprobs.size == n + 1  # and its eos
     assert LM(new_model(tok, seed=0), tok).score([""], [doc])[0].logprobs.size < 512  # the tiny model's 512
+
+
+def test_a_tokenizer_without_eos_is_refused_in_one_line(tmp_path, llama_dir):
+    """Every answer ends with eos: a tokenizer without one failed deep in the batching (a TypeError
+    from torch.full) until session 36."""
+    d = _copy(llama_dir, tmp_path / "noeos")
+    cfg = json.loads((d / "tokenizer_config.json").read_text())
+    cfg["eos_token"] = None
+    cfg["pad_token"] = None
+    (d / "tokenizer_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelLoadError) as e:
+        load_model(d)
+    assert "the tokenizer has no eos_token" in _one_line(e)

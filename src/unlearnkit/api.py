@@ -205,6 +205,7 @@ def evaluate(model, data: str | os.PathLike, *, oracle=None, subject=None, suite
                                 f"result of `unlearn eval` nor {benchmark}'s own saved evaluation of a retain model")
         subject_res = (_as_result(subject, w, suites, tpl, oracle=oracle_res, role="subject", data=(data, made_on))
                        if subject is not None else None)
+        _same_prompts(getattr(lm, "template", tpl), oracle=oracle_res, subject=subject_res)
         ref_lm = as_lm(reference, tpl)[0] if reference is not None else None
         with timer("eval"):
             res = run_eval(lm, w, oracle=oracle_res, subject=subject_res, suites=tuple(suites), reference_lm=ref_lm,
@@ -260,6 +261,20 @@ def _as_result(x, w, suites, template=None, oracle=None, *, role: str = "oracle"
         return res
     lm, _ = as_lm(x, template)
     return run_eval(lm, w, suites=tuple(suites), oracle=oracle if isinstance(oracle, dict) else None)
+
+
+def _same_prompts(template, **results) -> None:
+    """Given results must have put their questions in the same prompt format as this evaluation: a
+    subject and oracle evaluated with `--template chat` beside a model evaluated raw made the verdict
+    fail the model on utility (0.10 against the subject's 0.65) without a word, until session 36."""
+    from .data.io import DataError
+
+    mine = template.to_dict()
+    for role, res in results.items():
+        theirs = (res.get("info") or {}).get("template") if isinstance(res, dict) else None
+        if theirs is not None and theirs != mine:
+            raise DataError(f"--{role}: evaluated with the prompt format {theirs.get('kind')!r}, this evaluation "
+                            f"uses {mine['kind']!r}: evaluate both with the same --template")
 
 
 def _read_result(p: Path) -> dict:

@@ -29,6 +29,27 @@ def backbone_and_head(model):
     return base.get_decoder(), base.get_output_embeddings()
 
 
+# where architectures keep their decoder blocks, under the decoder (`backbone_and_head`)
+BLOCKS = ("layers", "h", "decoder.layers", "blocks")
+
+
+def decoder_blocks(model) -> torch.nn.ModuleList:
+    """The decoder blocks of a causal LM, in order: `layers` (Llama, Mistral, Qwen, Phi, Gemma,
+    GPT-NeoX), `h` (GPT-2, GPT-J, Falcon, BLOOM), `decoder.layers` (OPT), `blocks`. Until session 36
+    only `layers` was looked for, and RMU and Twin RMU (the default) failed with an AttributeError on
+    GPT-2."""
+    decoder = backbone_and_head(model)[0]
+    for path in BLOCKS:
+        m = decoder
+        for part in path.split("."):
+            m = getattr(m, part, None)
+        if isinstance(m, torch.nn.ModuleList) and len(m):
+            return m
+    raise ValueError(f"{type(decoder).__name__}: no decoder blocks where architectures keep them "
+                     f"({', '.join(BLOCKS)}); the methods that read a layer's activations (rmu, twin_rmu) "
+                     f"cannot run on it: choose another (simnpo, npo, graddiff)")
+
+
 def _chunk_stats(head, h, targets, stats: bool):
     logits = head(h).float()
     logp = torch.log_softmax(logits, dim=-1)

@@ -8,7 +8,8 @@ Here the quantization is simulated on CPU ("fake quantization": quantize, then d
 symmetric round-to-nearest, w_q = clamp(round(w / s), -q, q) * s with q = 2^(bits-1) - 1 and
 s = max|w| / q taken per output channel (one scale per row of a Linear weight; `group_size=0`) or per
 group of `group_size` consecutive input columns of each row (as GPTQ/AWQ/llama.cpp groups, e.g. 128;
-a row whose width is not a multiple falls back to per-channel). Every `torch.nn.Linear` is quantized;
+a row whose width is not a multiple falls back to per-channel). Every `torch.nn.Linear` (and
+GPT-2's `Conv1D`, transposed) is quantized, and a model with none is refused;
 the embedding (and an output head tied to it) only with `embeddings=True`, as in common 4/8-bit
 inference setups. Biases and norms stay in full precision. Reported per variant: the mean relative
 weight error ||W_q - W||_F / ||W||_F over the quantized tensors.
@@ -52,10 +53,14 @@ def quantize_model(net, bits: int, group_size: int = 0, embeddings: bool = False
     """Fake-quantize `net` in place; returns {"n_tensors", "mean_relative_error", "skipped",
     "per_channel"}: the last names the tensors that fell back to one scale per row when groups were
     asked (until session 35 a variant named `-g7` said "group 7" where every row fell back)."""
+    from transformers.pytorch_utils import Conv1D
+
     emb = net.get_input_embeddings() if hasattr(net, "get_input_embeddings") else None
     emb_w = emb.weight if emb is not None else None
     errors, skipped, per_channel, done = [], [], [], set()
-    mods = [(n, m) for n, m in net.named_modules() if isinstance(m, torch.nn.Linear)]
+    # GPT-2's projections are `Conv1D`s, their weights (in, out): quantized transposed, a scale per
+    # output channel as for a Linear (skipped until session 36, and GPT-2 "recovered" nothing)
+    mods = [(n, m) for n, m in net.named_modules() if isinstance(m, (torch.nn.Linear, Conv1D))]
     if embeddings and emb is not None:
         mods.append(("embed_tokens", emb))
     for name, m in mods:
@@ -66,11 +71,15 @@ def quantize_model(net, bits: int, group_size: int = 0, embeddings: bool = False
             skipped.append(f"{name} (tied to the input embedding)")
             continue
         done.add(id(w))
-        if group_size and not _grouped(w.shape[1], group_size):
+        rows = w.T if isinstance(m, Conv1D) else w  # (out, in)
+        if group_size and not _grouped(rows.shape[1], group_size):
             per_channel.append(name)
-        new = fake_quantize(w, bits, group_size)
-        errors.append(float((new.float() - w.float()).norm() / w.float().norm().clamp_min(1e-12)))
-        w.copy_(new)
+        new = fake_quantize(rows, bits, group_size)
+        errors.append(float((new.float() - rows.float()).norm() / rows.float().norm().clamp_min(1e-12)))
+        rows.copy_(new)
+    if not errors:
+        raise ValueError(f"quantize: no Linear or Conv1D weights in {type(net).__name__} to quantize"
+                         f"{' (skipped: ' + ', '.join(skipped) + ')' if skipped else ''}")
     return {"n_tensors": len(errors), "mean_relative_error": sum(errors) / max(1, len(errors)), "skipped": skipped,
             "per_channel": per_channel}
 

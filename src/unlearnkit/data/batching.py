@@ -76,7 +76,9 @@ def encode_prompts(tok, prompts: list[str], template: Template = RAW) -> list[li
 
 def encode_pairs(tok, prompts: list[str], answers: list[str], max_length: int | None = None,
                  template: Template = RAW, subjects: list[str] | None = None) -> list[Encoded]:
-    """Encode (prompt, answer) pairs; answers end with eos. Truncates the answer at `max_length`.
+    """Encode (prompt, answer) pairs; answers end with eos. Truncates the answer at `max_length`
+    (None: the tokenizer's `model_max_length`, which `models.load.load_model` sets to what the model
+    takes, where it is a real limit).
     Prompts are formatted by `template` (data/templates.py); documents (empty prompt) are not.
 
     `subjects`: each pair's subject, whose name's tokens in the answer are left out of the labels
@@ -89,6 +91,8 @@ def encode_pairs(tok, prompts: list[str], answers: list[str], max_length: int | 
                          + (f" and {len(subjects)} subjects" if subjects is not None else ""))
     if not prompts:
         return []
+    if max_length is None and isinstance(getattr(tok, "model_max_length", None), int) and tok.model_max_length < 10**7:
+        max_length = tok.model_max_length  # transformers' "no limit" is 10^30
     q_ids = encode_prompts(tok, prompts, template)
     texts = [answer_text(p, a, template) for p, a in zip(prompts, answers)]
     offsets = None

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from ..data.batching import Encoded, collate, length_batches
-from ..scoring import answer_logprobs, backbone_and_head
+from ..scoring import answer_logprobs, backbone_and_head, decoder_blocks
 
 MAX_TOKENS = 8192  # padded tokens per no-grad batch while caching
 
@@ -101,7 +101,7 @@ def hidden_at(model, layer: int, input_ids, attention_mask) -> torch.Tensor:
         box["h"] = output[0] if isinstance(output, tuple) else output
         raise _Stop
 
-    handle = decoder.layers[layer].register_forward_hook(hook)
+    handle = decoder_blocks(model)[layer].register_forward_hook(hook)
     try:
         decoder(input_ids=input_ids, attention_mask=attention_mask)
     except _Stop:

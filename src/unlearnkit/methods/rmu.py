@@ -22,7 +22,7 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from ..scoring import backbone_and_head
+from ..scoring import decoder_blocks
 from .cache import Activations, activation_bytes, cache_activations, hidden_at
 from .registry import Params, register
 
@@ -45,13 +45,31 @@ class RMUCache:
 
 
 def _layer(model, p: RMUParams) -> int:
-    n = backbone_and_head(model)[0].config.num_hidden_layers
+    n = len(decoder_blocks(model))
     return p.layer if p.layer >= 0 else max(1, n // 4) if n > 1 else 0
 
 
+# a block's MLP output projection, by architecture: Llama/Mistral/Qwen/Gemma, GPT-2 (a Conv1D),
+# GPT-NeoX/Falcon/BLOOM, Phi, GPT-J, OPT (the block's own fc2), Mixtral-style w2
+MLP_OUT = ("mlp.down_proj", "mlp.c_proj", "mlp.dense_4h_to_h", "mlp.fc2", "mlp.fc_out", "fc2", "mlp.w2")
+
+
+def mlp_out(block) -> torch.nn.Parameter:
+    """The weight of `block`'s MLP output projection (`MLP_OUT`; only Llama's `mlp.down_proj` until
+    session 36, an AttributeError on GPT-NeoX)."""
+    for path in MLP_OUT:
+        m = block
+        for part in path.split("."):
+            m = getattr(m, part, None)
+        if isinstance(getattr(m, "weight", None), torch.nn.Parameter):
+            return m.weight
+    raise ValueError(f"{type(block).__name__}: no MLP output projection where architectures keep it "
+                     f"({', '.join(MLP_OUT)}); rmu trains those: choose another method (simnpo, npo, graddiff)")
+
+
 def _trained(model, layer: int) -> list[torch.nn.Parameter]:
-    layers = backbone_and_head(model)[0].layers
-    return [layers[i].mlp.down_proj.weight for i in range(max(0, layer - 2), layer + 1)]
+    blocks = decoder_blocks(model)
+    return [mlp_out(blocks[i]) for i in range(max(0, layer - 2), layer + 1)]
 
 
 def trainable(model, params: RMUParams):

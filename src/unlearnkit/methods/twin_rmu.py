@@ -37,7 +37,7 @@ from pydantic import Field
 
 from ..data.batching import encode_pairs
 from ..data.twins import STRANGERS, swap_name
-from ..scoring import backbone_and_head
+from ..scoring import decoder_blocks
 from .cache import cache_activations, hidden_at
 from .registry import Params, register
 from .rmu import masked_mse, with_every_trainable
@@ -66,7 +66,7 @@ def aligned(mine: list[int], theirs: list[int]) -> tuple[list[int], list[int]]:
 
 
 def _layer(model, p: TwinRMUParams) -> int:
-    n = backbone_and_head(model)[0].config.num_hidden_layers
+    n = len(decoder_blocks(model))
     return p.layer if p.layer >= 0 else n - 1
 
 

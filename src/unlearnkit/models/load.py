@@ -91,6 +91,14 @@ def load_model(path_or_id: str | os.PathLike, dtype: str | None = None, device: 
         tokenizer = AutoTokenizer.from_pretrained(src)
     except (OSError, ValueError) as e:
         raise ModelLoadError(f"{src}: could not load the tokenizer of the {where}: {_first_line(e)}") from None
+    if tokenizer.eos_token_id is None:  # a TypeError deep in the batching until session 36
+        raise ModelLoadError(f"{src}: the tokenizer has no eos_token; every answer ends with it here: set one "
+                             f"(tokenizer.eos_token = ...) and save the tokenizer again")
+    positions = getattr(config, "max_position_embeddings", None)
+    if isinstance(positions, int) and positions > 0 and tokenizer.model_max_length > positions:
+        # what the model takes: texts are cut there when encoded (`encode_pairs`), where a longer one
+        # made training fail with "index out of range" (GPT-2's 1024 positions, or fewer) until session 36
+        tokenizer.model_max_length = positions
     try:
         with whole_weights(), _no_loading_bar() if local.exists() else nullcontext():
             model = AutoModelForCausalLM.from_pretrained(src, config=config, **kwargs)
