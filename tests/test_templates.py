@@ -117,8 +117,13 @@ def test_finetune_forget_eval_with_chat_template(tmp_path, chat_tiny):
     assert r.exit_code == 0, r.output
     res = json.loads((tmp_path / "m.json").read_text())
     assert res["info"]["template"]["kind"] == "chat" and res["model_utility"] is not None
+    # without --template, a checkpoint is put the questions in the format it was trained in (the run's
+    # config.yaml; it was evaluated raw, and looked as if it had forgotten, until session 36)
+    again = api.evaluate(tmp_path / "run" / "model", world, suites=("tofu",))
+    assert again["info"]["template"] == res["info"]["template"] and again["forget_probability"] == res["forget_probability"]
+    assert api.evaluate(tmp_path / "ft", world, suites=("tofu",))["info"]["template"]["system"] == "Answer briefly."
     # the same model evaluated raw sees other prompts, so other numbers
-    raw = api.evaluate(tmp_path / "run" / "model", world, suites=("tofu",))
+    raw = api.evaluate(tmp_path / "run" / "model", world, suites=("tofu",), template="raw")
     assert raw["info"]["template"]["kind"] == "raw" and raw["forget_probability"] != res["forget_probability"]
 
 

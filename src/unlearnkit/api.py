@@ -70,7 +70,7 @@ def finetune(data: str | os.PathLike, out: str | os.PathLike, *, model: str | No
     """
     from .models.load import check_out, check_replaceable
 
-    tpl = parse_template(template, system)
+    tpl = parse_template(template, system, model)
     train_overrides = one_budget(train_overrides)
     timer = runinfo.Timer()
     if model is not None:
@@ -165,7 +165,7 @@ def evaluate(model, data: str | os.PathLike, *, oracle=None, subject=None, suite
     from .data.io import DataError
     from .evaluate import evaluate as run_eval, is_result
 
-    tpl = parse_template(template, system)
+    tpl = parse_template(template, system, model)
     suites = (suites,) if isinstance(suites, str) else tuple(suites)
     timer = runinfo.Timer()
     if out is not None and Path(out).is_dir():

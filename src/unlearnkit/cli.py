@@ -28,7 +28,8 @@ out_console = Console()
 BENCHMARK_HELP = ("Read --data as a local copy of a published benchmark: tofu | muse | wmdp | rwku "
                   "(docs/benchmarks.md).")
 TEMPLATE_HELP = ("Prompt format: raw (the question as is), chat (the tokenizer's chat template), or a format "
-                 "string with {question}, e.g. TOFU's Llama-2 chat format (docs/benchmarks.md).")
+                 "string with {question}, e.g. TOFU's Llama-2 chat format (docs/benchmarks.md); default: the one "
+                 "the checkpoint was trained in (its unlearnkit.json or run's config.yaml), else raw.")
 SYSTEM_HELP = "System prompt, with --template chat."
 DEFAULT_HELP = (f"{HOLDOUT_METHOD} calibrated against the holdout split where the data has one, else {DEFAULT_METHOD} "
                 "(docs/methods-log.md, 'The default, chosen by the data')")
@@ -137,7 +138,7 @@ def finetune(data: Path = typer.Option(..., help="World directory (JSONL splits)
              seed: int = typer.Option(0), size: str = typer.Option("tiny", help="Size of a from-scratch model: tiny|small|wide (models/tiny.py)."),
              lr: Optional[float] = typer.Option(None), epochs: Optional[float] = typer.Option(None),
              steps: Optional[int] = typer.Option(None), batch_size: Optional[int] = typer.Option(None),
-             template: str = typer.Option("raw", help=TEMPLATE_HELP),
+             template: Optional[str] = typer.Option(None, help=TEMPLATE_HELP),
              system: Optional[str] = typer.Option(None, help=SYSTEM_HELP)):
     """Train the subject (all training splits) or the oracle (--without-forget)."""
     from . import api
@@ -179,7 +180,7 @@ def forget(model: str = typer.Option(..., help="Checkpoint dir or hub id of the 
            oracle: Optional[str] = typer.Option(None, help="Oracle checkpoint or results JSON, for --eval."),
            benchmark: Optional[str] = typer.Option(None, help=BENCHMARK_HELP),
            split: Optional[str] = typer.Option(None, help=SPLIT_HELP),
-           template: str = typer.Option("raw", help=TEMPLATE_HELP),
+           template: Optional[str] = typer.Option(None, help=TEMPLATE_HELP),
            system: Optional[str] = typer.Option(None, help=SYSTEM_HELP),
            zero_shot: bool = typer.Option(False, "--zero-shot", help="RWKU with --split TARGET and no corpus: forget "
                                                                      "what the model reveals about the target (located by probes).")):
@@ -227,7 +228,7 @@ def eval_(model: str = typer.Option(..., help="Checkpoint dir or hub id."),
           seed: int = typer.Option(0),
           benchmark: Optional[str] = typer.Option(None, help=BENCHMARK_HELP),
           split: Optional[str] = typer.Option(None, help=SPLIT_HELP),
-          template: str = typer.Option("raw", help=TEMPLATE_HELP),
+          template: Optional[str] = typer.Option(None, help=TEMPLATE_HELP),
           system: Optional[str] = typer.Option(None, help=SYSTEM_HELP)):
     """Evaluate a model: TOFU, MUSE and membership-inference metrics, with a verdict."""
     from . import api

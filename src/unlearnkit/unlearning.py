@@ -177,7 +177,7 @@ def forget(model: str | os.PathLike, data: str | os.PathLike, method: str | None
     _check_options(model, out, lora=lora, merge=merge, resume=resume, overwrite=overwrite,
                    saliency=train_overrides.get("saliency"))
     train_overrides = one_budget(train_overrides)
-    tpl = parse_template(template, system)
+    tpl = parse_template(template, system, model)
     calibrated = not any(train_overrides.get(k) is not None for k in BUDGET_KEYS)
     settings = settings_from(calibration) if calibrated else None
     if calibration and not calibrated:

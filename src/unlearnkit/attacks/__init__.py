@@ -187,7 +187,7 @@ def run_attack(kind: str, model, data, *, subject=None, oracle=None, seed: int =
     """
     from ..data.templates import parse_template
 
-    tpl = parse_template(template)
+    tpl = parse_template(template, model=model)
     from .. import runinfo
     from ..data.io import load_world
 

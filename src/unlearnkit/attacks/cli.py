@@ -49,7 +49,7 @@ def attack(ctx: typer.Context,
            group_size: int = typer.Option(0, help="quantize: input columns per scale (0: one scale per output channel)."),
            probes: str = typer.Option("all", help="probes: comma-separated kinds (paraphrase, fill_blank, multiple_choice, conversation, many_shot, step_by_step) or all."),
            shots: int = typer.Option(8, help="probes: retain examples in the many-shot prompt."),
-           template: str = typer.Option("raw", help="Prompt format: raw | chat (the tokenizer's chat template) | a format string with {question}."),
+           template: Optional[str] = typer.Option(None, help="Prompt format: raw | chat (the tokenizer's chat template) | a format string with {question}; default: the one the checkpoint was trained in, else raw."),
            system: Optional[str] = typer.Option(None, help="System prompt, with --template chat.")):
     """Attack an unlearned model (relearning, quantization, probes, facts in context) and report the forget
     metrics after the attack and the recovery: the share of the subject-vs-model gap the attack closes."""
@@ -64,7 +64,7 @@ def attack(ctx: typer.Context,
 
     check_attack(kind)
     _check_kind_options(ctx, kind)
-    tpl = parse_template(template, system)
+    tpl = parse_template(template, system, model)
     opts: dict = {
         "relearn": dict(steps=steps, lr=lr, fraction=fraction, source=source),
         "quantize": dict(bits=_bits(bits), group_size=group_size),

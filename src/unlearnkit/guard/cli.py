@@ -184,7 +184,7 @@ def serve(model: str = typer.Option(..., help="Checkpoint dir or hub id."),
                                                    help="Where targets persist (in memory if omitted)."),
           name: Optional[str] = typer.Option(None, help="Model name in /v1/models (default: the directory name)."),
           log_level: str = typer.Option("info"),
-          template: str = typer.Option("raw", help="Prompt format: raw | chat (the tokenizer's chat template) | a format string with {question}."),
+          template: Optional[str] = typer.Option(None, help="Prompt format: raw | chat (the tokenizer's chat template) | a format string with {question}; default: the one the checkpoint was trained in, else raw."),
           system: Optional[str] = typer.Option(None, help="System prompt, with --template chat.")):
     """Serve the guarded model with an OpenAI-compatible API (admin token: UNLEARN_GUARD_TOKEN)."""
     from .server import serve as _serve
@@ -195,7 +195,7 @@ def serve(model: str = typer.Option(..., help="Checkpoint dir or hub id."),
         from ..data.templates import parse_template
 
         _serve(model, port=port, host=host, guard_dir=str(guard_dir) if guard_dir else None,
-               model_name=name, log_level=log_level, template=parse_template(template, system))
+               model_name=name, log_level=log_level, template=parse_template(template, system, model))
     except Exception as e:  # noqa: BLE001 - model load errors etc. as one line
         from ..models.load import ModelLoadError
 
