@@ -165,6 +165,25 @@ def test_compare_puts_runs_side_by_side(tmp_path, models):
     assert " ± " in html
 
 
+def test_a_comparison_tells_runs_of_one_method_apart_by_their_setup(tmp_path):
+    """LoRA, a saliency of one's own, a fixed budget and a prompt format set runs of one method apart:
+    a comparison labelled them all "simnpo seed 0" and averaged them as one method (until session 36)."""
+    from unlearnkit.report.load import Run
+    from unlearnkit.report.page import method_summary
+
+    def run(name, **config):
+        return Run(name, tmp_path, {"unlearned": {"forget_quality": 0.5}},
+                   config={"method": "simnpo", "seed": 0, "calibration": {}, "train": {"saliency": 0.25}, **config})
+
+    runs = [run("a"), run("b", lora=True, merge=True, train={"saliency": 0.0}),
+            run("c", calibration=None, train={"saliency": 0.5, "steps": 30}),
+            run("d", template={"kind": "chat"}), run("e", seed=1)]
+    assert [r.label for r in runs] == ["simnpo seed 0", "simnpo, lora merged seed 0",
+                                       "simnpo, saliency 0.5, 30 steps seed 0", "simnpo, chat seed 0", "simnpo seed 1"]
+    assert [(m["method"], m["n"]) for m in method_summary(runs)] == [
+        ("simnpo", 2), ("simnpo, lora merged", 1), ("simnpo, saliency 0.5, 30 steps", 1), ("simnpo, chat", 1)]
+
+
 def test_results_json_alone(tmp_path, models):
     """`unlearn eval` output: one results dict, no run directory around it; missing parts say why."""
     p = tmp_path / "unlearned.json"
@@ -173,6 +192,15 @@ def test_results_json_alone(tmp_path, models):
     # its forget quality (against the oracle it was evaluated with) and utility are in it: one point
     assert figure_marks(html) == {"pareto": {"point": 1}, "truth": {"line": 2}, "mia": {"point": 2 * N}}  # + its twins
     assert "No attacks were run" in html and "No training log" in html and "No guard in this run" in html
+    # said, not left for the reader to find out (session 36): no references, and two prompt formats
+    assert "no subject or oracle among the inputs" in html
+    chat = tmp_path / "chat.json"
+    chat.write_text(json.dumps({**models["unlearned"], "info": {**(models["unlearned"].get("info") or {}),
+                                                              "template": {"kind": "chat"}}}))
+    raw = tmp_path / "raw.json"
+    raw.write_text(json.dumps({**models["unlearned"], "info": {**(models["unlearned"].get("info") or {}),
+                                                             "template": {"kind": "raw"}}}))
+    assert "the inputs put their questions in 2 prompt formats" in render([load_run(chat), load_run(raw)])
 
 
 @pytest.mark.parametrize("content, message", [

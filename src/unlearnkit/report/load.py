@@ -35,12 +35,43 @@ class Run:
     config: dict = field(default_factory=dict)
 
     @property
+    def setup(self) -> str | None:
+        """The run's method and what else sets it apart from another run of that method: LoRA, a
+        saliency other than the method's own, a fixed budget (else calibrated), a prompt format
+        other than raw. A comparison groups runs by it (until session 36 by the method alone, so a
+        LoRA run and a calibrated one were averaged together)."""
+        c = self.config
+        if c.get("method") is None:
+            return None
+        parts = [str(c["method"])]
+        train = c.get("train") if isinstance(c.get("train"), dict) else {}
+        if c.get("lora"):
+            parts.append("lora" + (" merged" if c.get("merge") else ""))
+        if (sal := train.get("saliency")) and sal != _default_saliency(c["method"]):
+            parts.append(f"saliency {sal:g}")
+        if c.get("calibration") is None and "calibration" in c:
+            parts.append(f"{train['steps']} steps" if train.get("steps") else f"{train.get('epochs', '?')} epochs")
+        kind = (c.get("template") or {}).get("kind") if isinstance(c.get("template"), dict) else None
+        if kind not in (None, "raw"):
+            parts.append(str(kind))
+        return ", ".join(parts)
+
+    @property
     def label(self) -> str:
-        """What a comparison calls this run: its method and seed when known, else its name."""
-        method, seed = self.config.get("method"), self.config.get("seed")
-        if method is not None:
-            return f"{method} seed {seed}" if seed is not None else str(method)
+        """What a comparison calls this run: its setup and seed when known, else its name."""
+        setup, seed = self.setup, self.config.get("seed")
+        if setup is not None:
+            return f"{setup} seed {seed}" if seed is not None else setup
         return self.name
+
+
+def _default_saliency(method: str) -> float | None:
+    try:
+        from ..methods import get_method
+
+        return get_method(method).train_defaults.get("saliency")
+    except (KeyError, ValueError):
+        return None
 
 
 def _read_json(path: Path) -> dict:

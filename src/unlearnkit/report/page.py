@@ -62,6 +62,17 @@ def entries_for(runs: list[Run], compare: bool = False) -> tuple[list[Entry], li
     if len(hashes) > 1:  # joined by record id in one table until session 35, without a word
         notes.append(f"the inputs were evaluated on {len(hashes)} different data sets (first in "
                      f"{', '.join(hashes.values())}): their metrics and records are not on the same questions")
+    formats = {}  # prompt format -> the first input evaluated in it (unsaid until session 36)
+    for e in [*refs.values(), *models]:
+        if isinstance(t := (e.results.get("info") or {}).get("template"), dict):
+            formats.setdefault(str(t.get("kind")), e.run)
+    if len(formats) > 1:
+        notes.append(f"the inputs put their questions in {len(formats)} prompt formats "
+                     f"({', '.join(f'{k} in {v}' for k, v in formats.items())}): their numbers do not compare")
+    if models and not refs:  # the page's star and reference curves are the subject's and oracle's
+        notes.append("no subject or oracle among the inputs: what is drawn against them (the oracle's star and "
+                     "truth-ratio curve, the subject's records) is left out; `unlearn demo` and `forget --eval` "
+                     "runs hold them")
     seen: dict[str, int] = defaultdict(int)
     for e in models:  # two runs with the same method and seed: keep the labels apart
         seen[e.label] += 1
@@ -171,7 +182,7 @@ def method_summary(runs: list[Run]) -> list[dict]:
         own = [res for n, res in r.models.items() if n not in REFERENCES]
         main = r.models.get("unlearned") or (own[0] if own else None)
         if main is not None:
-            by[str(r.config.get("method") or r.name)].append(main)
+            by[r.setup or r.name].append(main)
     out = []
     for method, results in by.items():
         cells = []
