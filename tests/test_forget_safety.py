@@ -251,3 +251,19 @@ def test_sharpness_aware_steps_keep_the_saliency_mask_and_are_recorded(tiny_worl
     assert 0.1 < changed <= kept + 1e-9                  # nothing outside the mask moved
     assert any(not torch.equal(a[k], b[k]) for k in a)  # and the steps differ from plain ones
     assert yaml.safe_load((sam / "config.yaml").read_text())["train"]["sam"] == 0.01
+
+
+def test_a_run_records_where_its_model_and_data_are_from_anywhere(tiny_world, tmp_path, monkeypatch):
+    """Paths given relative to the working directory were recorded as given (config.yaml, a
+    fine-tune's unlearnkit.json), and the attack, run from elsewhere, did not find the run's subject
+    (until session 36): local paths are recorded absolute."""
+    from unlearnkit import api
+    from unlearnkit.attacks import _subject_from_run
+
+    monkeypatch.chdir(tiny_world.subject_dir.parent)
+    run = api.forget(tiny_world.subject_dir.name, tiny_world.data_dir.name, "ga", tmp_path / "run", steps=1,
+                     progress=False)
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert cfg["model"] == str(tiny_world.subject_dir.resolve()) and cfg["data"] == str(tiny_world.data_dir.resolve())
+    monkeypatch.chdir(tmp_path)
+    assert _subject_from_run(run / "model") == (str(tiny_world.subject_dir.resolve()), None)

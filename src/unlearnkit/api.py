@@ -104,8 +104,8 @@ def finetune(data: str | os.PathLike, out: str | os.PathLike, *, model: str | No
     if is_main():
         save_model(res.model, tok, out, state_dict=res.full_state_dict)
         runinfo.write_json(out / "unlearnkit.json", {
-            "kind": "oracle" if without_forget else "subject", "data": str(data), "data_hash": runinfo.data_hash(data),
-            "base_model": model, "size": size if model is None else None, "seed": seed, "train": config_dict(cfg),
+            "kind": "oracle" if without_forget else "subject", "data": runinfo.where(data),
+            "data_hash": runinfo.data_hash(data), "base_model": runinfo.where(model), "size": size if model is None else None, "seed": seed, "train": config_dict(cfg),
             "template": tpl.to_dict(),
             "examples": {k: len(v) for k, v in streams.items()}, "loss_params": loss_params, "seconds": timer.seconds,
             "train_stats": {"steps": res.steps, "seconds": res.seconds, "tokens": res.tokens, "processes": res.processes,

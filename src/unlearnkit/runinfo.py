@@ -26,6 +26,16 @@ def versions() -> dict:
     return out
 
 
+def where(x) -> str | None:
+    """How a run records a model or data it read: a local path made absolute (relative to the
+    working directory it was given in, it named nothing from anywhere else: session 36), else as
+    given (a hub id)."""
+    if x is None:
+        return None
+    p = Path(x).expanduser()
+    return str(p.resolve()) if p.exists() else str(x)
+
+
 def data_hash(data: str | os.PathLike) -> str:
     """sha256 over a data directory's files, at any depth (relative paths and bytes; hidden ones left
     out), or over one data file: what a cached result or a reused checkpoint is keyed on. (Until

@@ -221,7 +221,7 @@ def forget(model: str | os.PathLike, data: str | os.PathLike, method: str | None
     bench_info = ({"name": benchmark, "split": split,
                    **({"zero_shot": True, "forget_records": len(w.forget)} if world is not None else {})}
                   if benchmark else None)
-    config = {"method": method, "model": str(model), "data": str(data), "data_hash": runinfo.data_hash(data),
+    config = {"method": method, "model": runinfo.where(model), "data": runinfo.where(data), "data_hash": runinfo.data_hash(data),
               "benchmark": bench_info, "template": tpl.to_dict(), "seed": seed, "lora": lora, "merge": merge,
               "params": hp.model_dump(), "train": config_dict(cfg),
               "calibration": settings.model_dump() if settings else None, "versions": runinfo.versions()}

@@ -213,7 +213,7 @@ class Home:
             v0 = _import_model(model, path / "versions", "v0000")
             g = Guard(path / "guard", settings=GuardSettings(default_action=settings.guard_action))
             g.save_settings()
-            meta = {"format": FORMAT, "created": time.time(), "base_model": str(model), "retain_source": str(retain),
+            meta = {"format": FORMAT, "created": time.time(), "base_model": runinfo.where(model), "retain_source": runinfo.where(retain),
                     "salt": secrets.token_hex(16), "settings": settings.model_dump(), "base_version": v0.name,
                     "versions": runinfo.versions()}
             runinfo.write_json(path / "home.json", meta)
