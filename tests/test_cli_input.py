@@ -131,6 +131,9 @@ def test_bad_oracle_json(world, tmp_path, model_dir):
                                                          "template": {"kind": "chat", "text": None, "system": None}}}))
     err = _eval(model_dir, world, tmp_path / "o.json", "--oracle", bad)
     assert "--oracle: evaluated with the prompt format 'chat', this evaluation uses 'raw'" in err
+    # the subject cannot be the model itself (an AttributeError inside the verdict until session 36)
+    assert "subject='self': only the oracle can be the model itself" in _eval(
+        model_dir, world, tmp_path / "o.json", "--subject", "self")
 
 
 def test_out_is_a_directory(world, tmp_path, model_dir):

@@ -35,6 +35,22 @@ def test_out_never_overlaps_the_source_model(tiny_world, tmp_path, where):
     assert _tree_hash(src) == before
 
 
+
+def test_out_never_goes_into_the_data(tiny_world, tmp_path):
+    """Outputs written among a world's files changed its data hash, and every earlier result was then
+    refused as "evaluated on other data" (until session 36): forget and finetune refuse them."""
+    from unlearnkit import api
+
+    data = shutil.copytree(tiny_world.data_dir, tmp_path / "world")
+    before = _tree_hash(data)
+    for out in (data, data / "run"):
+        with pytest.raises(ValueError, match="the data's folder"):
+            api.forget(tiny_world.subject_dir, data, "ga", out, steps=1, progress=False)
+        with pytest.raises(ValueError, match="the data's folder"):
+            api.finetune(data, out, steps=1, progress=False)
+    assert _tree_hash(data) == before
+
+
 @pytest.mark.parametrize("flags, option", [
     (["--steps", "0"], "--steps"), (["--steps", "-5"], "--steps"), (["--lr", "0"], "--lr"),
     (["--lr", "inf"], "--lr"), (["--lr", "nan"], "--lr"), (["--epochs", "0"], "--epochs"),

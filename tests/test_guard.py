@@ -230,6 +230,15 @@ def test_bad_targets_and_settings_are_one_line_and_leave_no_guard(tmp_path, worl
     assert sorted(p.name for p in w.iterdir()) == before
 
 
+def test_one_string_is_one_prompt(guard, world):
+    """A string given where a list of prompts goes was taken letter by letter, a prompt each (32
+    detections for one question, a calibration on single letters) until session 36."""
+    q = world.forget[0].question
+    assert len(guard.detect(q)) == 1 and guard.detect(q)[0].hit == guard.detect([q])[0].hit
+    with pytest.raises(TypeError, match="prompts: expected strings, got int"):
+        guard.detect([q, 3])
+
+
 def test_two_stage_search_agrees_with_direct(guard, world):
     prompts = [r.paraphrased_question for r in world.forget[:10]] + ["What award did someone win?"]
     direct = Detector(guard.store, direct_rows=10**9)

@@ -201,6 +201,9 @@ def test_results_json_alone(tmp_path, models):
     raw.write_text(json.dumps({**models["unlearned"], "info": {**(models["unlearned"].get("info") or {}),
                                                              "template": {"kind": "raw"}}}))
     assert "the inputs put their questions in 2 prompt formats" in render([load_run(chat), load_run(raw)])
+    # a result dict is no input: said, where it was read as its keys, each "no such file" (session 36)
+    with pytest.raises(TypeError, match="inputs: run directories or results JSON files, not dict"):
+        api.report(models["unlearned"], tmp_path / "r.html")
 
 
 @pytest.mark.parametrize("content, message", [

@@ -200,9 +200,28 @@ def test_bad_input_one_line_errors(home, tmp_path):
     (bad / "home.json").write_text(json.dumps({**meta, "settings": {**meta["settings"], "utility_floor": 3}}))
     code, _, err = cli("request", "list", "--home", str(bad))
     assert code == 2 and f"{bad / 'home.json'}: setting, parameter utility_floor=3" in err
+    # from Python (session 36): a method or guard action that is none, at the door, and facts, a name and
+    # aliases checked before the request is made (a bad method stuck the home's next batch for good, and a
+    # malformed fact failed after the request was created and before its guard target)
+    v0 = home.path / "versions" / "v0000"
+    for bad_setting, says in (({"method": "nonsense"}, "unknown method 'nonsense'"),
+                              ({"guard_action": "block"}, "choose one of")):
+        with pytest.raises(ValueError, match=says) as e:
+            rq.init(tmp_path / "h5", v0, home.path / "retain" / "retain.jsonl", **bad_setting)
+        assert "\n" not in str(e.value) and not (tmp_path / "h5").exists()
+    with pytest.raises(ValueError, match="--method: unknown method 'nonsense'"):
+        rq.process(home, method="nonsense", steps=2)
+    for facts_, exc, says in ((["Zed was born in Paris."], ValueError, r"facts\[0\]"),
+                              ([{"question": "Where was Zed born?"}], ValueError, r"facts\[0\]: a line needs"),
+                              ({"question": "Q?", "answer": "A"}, TypeError, "facts: expected")):
+        with pytest.raises(exc, match=says):
+            rq.add(home, "Zed Two", facts=facts_)
+    with pytest.raises(TypeError, match="name: expected a string, got NoneType"):
+        rq.add(home, None)
     code, _, _ = cli("request", "list", "--home", h)
     assert code == 0  # the failed adds left nothing behind
     assert rq.list_requests(home) == []
+    assert rq.show(home, rq.add(home, "Zed Two", aliases="Z. Two").id)["aliases"] == ["Z. Two"]  # not 6 letters
 
 
 def test_cli_round_trip(raw, tmp_path, monkeypatch):

@@ -75,6 +75,7 @@ def finetune(data: str | os.PathLike, out: str | os.PathLike, *, model: str | No
     timer = runinfo.Timer()
     if model is not None:
         check_out(model, out)  # before any work: the source is never written to
+    check_out(data, out, what="data")
     check_replaceable(out)
     w = load_world(data)
     require_split(w, "retain", why="the subject trains on forget + retain, and the oracle on retain alone")
@@ -246,6 +247,9 @@ def _as_result(x, w, suites, template=None, oracle=None, *, role: str = "oracle"
     from .data.io import DataError
     from .evaluate import evaluate as run_eval, is_result
 
+    if x == "self" and role == "subject":  # an AttributeError inside the verdict until session 36
+        raise ValueError("subject='self': only the oracle can be the model itself; give the subject's checkpoint "
+                         "or its result")
     if x is None or x == "self":
         return x
     p = Path(x) if isinstance(x, (str, Path)) else None
@@ -396,7 +400,11 @@ def report(inputs, html: str | os.PathLike, *, compare: bool = False) -> Path:
     (`compare=True`: runs side by side, see `unlearnkit.report.page`)."""
     from .report import write_html
 
-    return write_html([inputs] if isinstance(inputs, (str, Path)) else list(inputs), html, compare=compare)
+    inputs = [inputs] if isinstance(inputs, (str, Path)) else list(inputs) if not isinstance(inputs, dict) else [inputs]
+    if bad := [x for x in inputs if not isinstance(x, (str, Path))]:  # a dict was read as its keys until session 36
+        raise TypeError(f"inputs: run directories or results JSON files, not {type(bad[0]).__name__}; write a result "
+                        f"with `evaluate(..., out=PATH)` and pass PATH")
+    return write_html(inputs, html, compare=compare)
 
 
 def report_home(home: str | os.PathLike, html: str | os.PathLike) -> Path:

@@ -174,6 +174,7 @@ def forget(model: str | os.PathLike, data: str | os.PathLike, method: str | None
     if method is not None:
         get_method(method).params(params)  # an unknown method or setting fails before the data is read
     out = Path(out)
+    check_out(data, out, what="data")  # a world's files, a benchmark's copy: never written to
     _check_options(model, out, lora=lora, merge=merge, resume=resume, overwrite=overwrite,
                    saliency=train_overrides.get("saliency"))
     train_overrides = one_budget(train_overrides)

@@ -196,6 +196,7 @@ class Detector:
     # -- the decision --------------------------------------------------------------------------
     def detect(self, prompts: list[str]) -> list[Detection]:
         """One :class:`Detection` per prompt (batched embedding and search)."""
+        prompts = texts(prompts, "prompts")
         self.store.refresh()
         if self.store.targets:
             self.embed(prompts)  # the slow part, outside the lock (cached below)
@@ -223,6 +224,17 @@ class Detector:
         return out
 
 
+def texts(x, what: str) -> list[str]:
+    """A list of prompts: one string is one prompt (taken letter by letter, each a prompt, until
+    session 36); anything else that is not a sequence of strings is a TypeError naming `what`."""
+    if isinstance(x, str):
+        return [x]
+    x = list(x)
+    if not all(isinstance(t, str) for t in x):
+        raise TypeError(f"{what}: expected strings, got {type(next(t for t in x if not isinstance(t, str))).__name__}")
+    return x
+
+
 def check_false_refusal(false_refusal) -> float:
     """The share of benign prompts a calibration may refuse, a number in [0, 1), or a one-line ValueError."""
     if isinstance(false_refusal, bool) or not isinstance(false_refusal, (int, float)) or not 0 <= false_refusal < 1:
@@ -243,7 +255,9 @@ def calibrate(detector: Detector, benign: list[str] | dict[str, list[str]], fals
     forget questions) the recall at the new threshold is reported too.
     """
     check_false_refusal(false_refusal)
-    groups = benign if isinstance(benign, dict) else {"benign": list(benign)}
+    groups = {k: texts(v, f"benign[{k!r}]") for k, v in benign.items()} if isinstance(benign, dict) else \
+        {"benign": texts(benign, "benign")}
+    positives = texts(positives, "positives") if positives is not None else None
     groups = {k: list(v) for k, v in groups.items() if len(v)}
     if not groups:
         raise ValueError("calibration needs at least one benign prompt")

@@ -44,15 +44,20 @@ def _certificate_of(home: Home, request_id: str):
     return r, home.path / r.certificate
 
 
-def load(home: Home, request_id: str) -> dict:
-    _, p = _certificate_of(home, request_id)
+def load(home: Home | str | Path | None, request_id: str) -> dict:
+    _, p = _certificate_of(_home(home), request_id)
     if not p.is_file():
         raise HomeError(f"{p}: certificate file missing")
     return json.loads(p.read_text())
 
 
-def verify_certificate(home: Home, request_id: str) -> dict:
+def _home(home) -> Home:  # a path, as every other `rq` function takes (an AttributeError until session 36)
+    return home if isinstance(home, Home) else Home(home)
+
+
+def verify_certificate(home: Home | str | Path | None, request_id: str) -> dict:
     """Recompute what the certificate claims: {"ok": bool, "checks": [{"what", "ok", "detail"}]}."""
+    home = _home(home)
     r, p = _certificate_of(home, request_id)
     out = []
     if not p.is_file():

@@ -5,7 +5,7 @@ import os
 from dataclasses import dataclass
 
 from .home import Home
-from .person import check_name, new_names, person_hash, read_facts
+from .person import check_facts, check_name, new_names, person_hash, read_facts
 
 
 @dataclass
@@ -48,8 +48,10 @@ def add(home: Home | str | os.PathLike | None, name: str, aliases: list[str] | N
     alias is a known request's name or alias, merges into that request."""
     home = home if isinstance(home, Home) else Home(home)
     name = check_name(name)
+    if isinstance(aliases, str):  # iterated letter by letter ("alias: must not be empty") until session 36
+        aliases = [aliases]
     aliases = new_names([check_name(a, "alias") for a in (aliases or [])], [name])
-    facts = read_facts(facts) if isinstance(facts, (str, os.PathLike)) else list(facts or [])
+    facts = read_facts(facts) if isinstance(facts, (str, os.PathLike)) else check_facts(facts or [])
     keys = [person_hash(n, home.salt) for n in [name, *aliases]]
     guard = home.targets()
     with home.ledger() as led:

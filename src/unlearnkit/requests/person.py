@@ -33,7 +33,9 @@ def new_names(names: list[str], known: list[str]) -> list[str]:
 
 
 def check_name(name: str, what: str = "name") -> str:
-    clean = " ".join(str(name).split())
+    if not isinstance(name, str):  # None was filed as a person named "None" until session 36
+        raise TypeError(f"{what}: expected a string, got {type(name).__name__}")
+    clean = " ".join(name.split())
     if not clean:
         raise ValueError(f"{what}: must not be empty")
     if len(clean) > 200:
@@ -70,6 +72,24 @@ class Fact(BaseModel):
         if self.fact is not None and (self.question is not None or self.answer is not None):
             raise ValueError("a line has either 'fact' or 'question'+'answer', not both")
         return self
+
+
+def check_facts(facts) -> list[dict]:
+    """Facts given in Python, validated as a file's lines are (`Fact`): until session 36 they went
+    into the ledger unchecked, and a malformed one failed `request add` after the request was
+    created and before its guard target, for good."""
+    if isinstance(facts, (str, bytes, dict)) or not isinstance(facts, (list, tuple)):
+        raise TypeError(f"facts: expected a JSONL file or a list of dicts, got {type(facts).__name__}")
+    out = []
+    for i, obj in enumerate(facts):
+        try:
+            out.append(Fact.model_validate(obj).model_dump(exclude_none=True))
+        except ValidationError as e:
+            err = e.errors()[0]
+            loc = ".".join(str(p) for p in err.get("loc", ()))
+            msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+            raise ValueError(f"facts[{i}]: " + (f"field '{loc}': {msg}" if loc else msg)) from None
+    return out
 
 
 def read_facts(path: str | os.PathLike) -> list[dict]:

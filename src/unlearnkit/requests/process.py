@@ -114,8 +114,15 @@ def process(home=None, method: str | None = None, max_batch: int | None = None, 
     finished first under "resumed" (their requests count apart from `max_batch`)."""
     from ..calibrate import settings_from
 
+    from ..methods import get_method
+
     home = _home(home)
     settings_from(train_overrides.get("calibration"))  # at the door: a batch that starts must be able to run
+    if method is not None:  # recorded with the batch unchecked, and every resume failed on it, until session 36
+        try:
+            get_method(method)
+        except KeyError as e:
+            raise ValueError(f"--method: {e.args[0]}") from None
     with home.process_lock():
         for stale in home.versions_dir.glob(".v*.tmp-*"):  # half-copied versions of a killed run
             shutil.rmtree(stale, ignore_errors=True)
