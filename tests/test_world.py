@@ -373,6 +373,16 @@ def test_shape_determinism_and_other_names(tmp_path):
     assert not name_words(a) & name_words(build_world(tmp_path / "d", seed=4, n_people=16))
 
 
+def test_numpy_numbers_are_numbers(tmp_path):
+    """A notebook's numpy integers: a TypeError from random.Random, or "must be between 1 and 10, got
+    np.int64(3)", until session 36; the world is the one of the plain ints."""
+    import numpy as np
+
+    a = build_world(tmp_path / "a", seed=np.int64(1), n_people=np.int64(12), n_attributes=np.int64(3))
+    b = build_world(tmp_path / "b", seed=1, n_people=12, n_attributes=3)
+    assert (a / "forget.jsonl").read_bytes() == (b / "forget.jsonl").read_bytes()
+
+
 @pytest.mark.parametrize("kwargs,field", [
     ({"answer_style": "long"}, "answer_style"), ({"n_attributes": 0}, "n_attributes"),
     ({"n_attributes": 11}, "n_attributes"), ({"docs": "no"}, "docs"), ({"names": "klingon"}, "names"),

@@ -537,7 +537,7 @@ def _check_shape(answer_style, docs, n_attributes, names) -> None:
         raise ValueError(f"answer_style must be one of {', '.join(ANSWER_STYLES)}, got {answer_style!r}")
     if not isinstance(docs, bool):
         raise ValueError(f"docs must be true or false, got {docs!r}")
-    if isinstance(n_attributes, bool) or not isinstance(n_attributes, int) \
+    if isinstance(n_attributes, bool) or not isinstance(n_attributes, numbers.Integral) \
             or not 1 <= n_attributes <= len(PERSON_ATTRIBUTES):
         raise ValueError(f"n_attributes must be between 1 and {len(PERSON_ATTRIBUTES)}, got {n_attributes!r}")
     if names not in NAME_STYLES:
@@ -551,7 +551,7 @@ def _config(seed, n_people, forget_fraction, holdout_fraction, neighbour_fractio
                    forget_fraction=forget_fraction, holdout_fraction=holdout_fraction,
                    neighbour_fraction=neighbour_fraction)
     _check_shape(answer_style, docs, n_attributes, names)
-    shape = {"answer_style": answer_style, "docs": docs, "n_attributes": n_attributes, "names": names}
+    shape = {"answer_style": answer_style, "docs": docs, "n_attributes": int(n_attributes), "names": names}
     return {"generator_version": GENERATOR_VERSION, "seed": int(seed), "n_people": int(n_people),
             "forget_fraction": float(forget_fraction), "holdout_fraction": float(holdout_fraction),
             "neighbour_fraction": float(neighbour_fraction), "n_perturbed": int(n_perturbed),
@@ -569,6 +569,9 @@ def _generate(seed: int = 0, n_people: int = 60, forget_fraction: float = 0.10,
     frames from a second one), so a seed gives the same world whatever reads it."""
     config = _config(seed, n_people, forget_fraction, holdout_fraction, neighbour_fraction,
                      n_perturbed, n_countries, answer_style, docs, n_attributes, names)
+    # numpy's integers are numbers too (a TypeError from random.Random until session 36)
+    seed, n_people, n_perturbed, n_countries, n_attributes = map(int, (seed, n_people, n_perturbed, n_countries,
+                                                                      n_attributes))
     if n_perturbed < 1 or n_perturbed > min(len(p) for p in POOLS.values()) - 1:
         raise ValueError(f"n_perturbed must be between 1 and 19, got {n_perturbed}")
     if n_countries < 0 or n_countries > min(len(POOLS[a]) for a in ENTITY_ATTRIBUTES):
