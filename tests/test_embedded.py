@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from unlearnkit import api
@@ -249,6 +250,8 @@ def test_demo_end_to_end_reuses_checkpoints(tiny_world, tmp_path):
         assert models["unlearned"]["forget_rouge"] <= 0.5 * models["subject"]["forget_rouge"]
     assert stop["kept"]["utility"] >= 0.95
     assert metrics["config"]["seed"] == 0 and metrics["versions"]["transformers"]
+    # the method the run used, the data's default included (null, and "method None" in the report, until session 36)
+    assert metrics["config"]["method"] == yaml.safe_load((out / "unlearned" / "config.yaml").read_text())["method"]
     assert {"world", "subject+oracle", "forget", "guard", "eval"} <= set(metrics["seconds"])
     assert (out / "report.md").read_text().startswith("# unlearnkit report")
     assert (out / "world" / "forget.jsonl").is_file() and (out / "unlearned" / "model" / "config.json").is_file()

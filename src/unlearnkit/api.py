@@ -428,6 +428,13 @@ def compare(inputs, html: str | os.PathLike) -> Path:
     return report(inputs, html, compare=True)
 
 
+def _run_method(run: Path, asked: str | None) -> str | None:
+    """The method a run used, from its config.yaml (the data's default, where none was asked for)."""
+    import yaml
+
+    return (yaml.safe_load((run / "config.yaml").read_text()) or {}).get("method", asked)
+
+
 def demo(out: str | os.PathLike = "runs/demo", *, seed: int = 0, method: str | None = None, n_people: int = 60,
          forget_fraction: float = 0.10, attacks: tuple[str, ...] = DEMO_ATTACKS, guard: str | None = DEMO_GUARD,
          progress: bool = True, console=None, requests: bool = False) -> dict:
@@ -505,7 +512,9 @@ def demo(out: str | os.PathLike = "runs/demo", *, seed: int = 0, method: str | N
         "attacks": attack_results,
         "unlearning": json.loads((run / "train.json").read_text()),
         **({"requests": request_results} if requests else {}),
-        "config": {"seed": seed, "method": method, "n_people": n_people, "forget_fraction": forget_fraction,
+        # the method the run used, the data's default included (null, shown as "method None", until session 36)
+        "config": {"seed": seed, "method": _run_method(run, method),
+                   "n_people": n_people, "forget_fraction": forget_fraction,
                    "attacks": list(attacks), "guard": guard, "out": str(out),
                    "paths": {k: str(v) for k, v in models.items()}},
         "versions": runinfo.versions(),

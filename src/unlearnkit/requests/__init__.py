@@ -23,6 +23,13 @@ def init(home: str | os.PathLike | None, model: str | os.PathLike, retain: str |
          measure_utility: bool = True, **settings) -> Home:
     """Create a deployment home (`unlearn home init`); `settings` override `Settings` fields.
     `measure_utility=False` skips measuring the base utility (a home that will never `process`)."""
+    if "method" in settings:  # here, not in `Settings`: reading a home's settings imports no torch
+        from ..methods import get_method  # (unchecked until session 36: its first batch failed for good)
+
+        try:
+            get_method(settings["method"])
+        except KeyError as e:
+            raise ValueError(f"method: {e.args[0]}") from None
     return Home.init(home, model, retain, Settings.parse(**settings), measure_utility=measure_utility)
 
 

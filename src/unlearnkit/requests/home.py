@@ -74,17 +74,6 @@ class Settings(BaseModel):
     relearn_steps: int = Field(20, ge=0, description="steps of the relearning check")
     seed: int = 0
 
-    @field_validator("method")
-    @classmethod
-    def _method(cls, v):  # unchecked until session 36: a batch opened with it, and failed every resume
-        from ..methods import get_method
-
-        try:
-            get_method(v)
-        except KeyError as e:
-            raise ValueError(e.args[0]) from None
-        return v
-
     @field_validator("guard_action")
     @classmethod
     def _action(cls, v):  # a multi-line error from the guard's own settings until session 36
