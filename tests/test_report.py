@@ -178,10 +178,12 @@ def test_a_comparison_tells_runs_of_one_method_apart_by_their_setup(tmp_path):
     runs = [run("a"), run("b", lora=True, merge=True, train={"saliency": 0.0}),
             run("c", calibration=None, train={"saliency": 0.5, "steps": 30}),
             run("d", template={"kind": "chat"}), run("e", seed=1)]
-    assert [r.label for r in runs] == ["simnpo seed 0", "simnpo, lora merged seed 0",
-                                       "simnpo, saliency 0.5, 30 steps seed 0", "simnpo, chat seed 0", "simnpo seed 1"]
+    assert [r.label for r in runs] == ["simnpo, saliency 0.25 seed 0", "simnpo, lora merged seed 0",
+                                       "simnpo, saliency 0.5, 30 steps seed 0", "simnpo, saliency 0.25, chat seed 0",
+                                       "simnpo, saliency 0.25 seed 1"]
     assert [(m["method"], m["n"]) for m in method_summary(runs)] == [
-        ("simnpo", 2), ("simnpo, lora merged", 1), ("simnpo, saliency 0.5, 30 steps", 1), ("simnpo, chat", 1)]
+        ("simnpo, saliency 0.25", 2), ("simnpo, lora merged", 1), ("simnpo, saliency 0.5, 30 steps", 1),
+        ("simnpo, saliency 0.25, chat", 1)]
 
 
 def test_results_json_alone(tmp_path, models):

@@ -36,8 +36,8 @@ class Run:
 
     @property
     def setup(self) -> str | None:
-        """The run's method and what else sets it apart from another run of that method: LoRA, a
-        saliency other than the method's own, a fixed budget (else calibrated), a prompt format
+        """The run's method and what else sets it apart from another run of that method: LoRA, the
+        fraction of weights trained (saliency), a fixed budget (else calibrated), a prompt format
         other than raw. A comparison groups runs by it (until session 36 by the method alone, so a
         LoRA run and a calibrated one were averaged together)."""
         c = self.config
@@ -47,8 +47,8 @@ class Run:
         train = c.get("train") if isinstance(c.get("train"), dict) else {}
         if c.get("lora"):
             parts.append("lora" + (" merged" if c.get("merge") else ""))
-        if (sal := train.get("saliency")) and sal != _default_saliency(c["method"]):
-            parts.append(f"saliency {sal:g}")
+        if isinstance(sal := train.get("saliency"), (int, float)) and sal:  # a method's own default too: the
+            parts.append(f"saliency {sal:g}")  # report imports no method (and no torch) to tell them apart
         if c.get("calibration") is None and "calibration" in c:
             parts.append(f"{train['steps']} steps" if train.get("steps") else f"{train.get('epochs', '?')} epochs")
         kind = (c.get("template") or {}).get("kind") if isinstance(c.get("template"), dict) else None
@@ -64,14 +64,6 @@ class Run:
             return f"{setup} seed {seed}" if seed is not None else setup
         return self.name
 
-
-def _default_saliency(method: str) -> float | None:
-    try:
-        from ..methods import get_method
-
-        return get_method(method).train_defaults.get("saliency")
-    except (KeyError, ValueError):
-        return None
 
 
 def _read_json(path: Path) -> dict:
