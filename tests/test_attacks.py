@@ -227,3 +227,11 @@ def test_a_run_whose_subject_is_gone_says_so(tmp_path):
     (tmp_path / "config.yaml").write_text(f"model: {tmp_path / 'gone'}\n")
     assert _subject_from_run(tmp_path / "model") == (str(tmp_path / "gone"), None)
     assert _subject_from_run(tmp_path / "elsewhere.bin") == (None, None)
+
+
+def test_an_attack_needs_a_model(tiny_world):
+    """`run_attack(kind, None, data)` returned a result with nothing measured (until session 36)."""
+    from unlearnkit.attacks import run_attack
+
+    with pytest.raises(TypeError, match="model: the model to attack is required"):
+        run_attack("incontext", None, tiny_world.data_dir)

@@ -49,6 +49,8 @@ def test_out_never_goes_into_the_data(tiny_world, tmp_path):
         with pytest.raises(ValueError, match="the data's folder"):
             api.finetune(data, out, steps=1, progress=False)
     assert _tree_hash(data) == before
+    with pytest.raises(TypeError, match="without_forget: expected True or False, got 'no'"):  # an oracle until session 36
+        api.finetune(data, tmp_path / "o", without_forget="no", steps=1, progress=False)
 
 
 @pytest.mark.parametrize("flags, option", [

@@ -70,6 +70,8 @@ def finetune(data: str | os.PathLike, out: str | os.PathLike, *, model: str | No
     """
     from .models.load import check_out, check_replaceable
 
+    if not isinstance(without_forget, bool):  # "no" trained an oracle until session 36
+        raise TypeError(f"without_forget: expected True or False, got {without_forget!r}")
     tpl = parse_template(template, system, model)
     train_overrides = one_budget(train_overrides)
     timer = runinfo.Timer()

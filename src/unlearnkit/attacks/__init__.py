@@ -187,6 +187,8 @@ def run_attack(kind: str, model, data, *, subject=None, oracle=None, seed: int =
     """
     from ..data.templates import parse_template
 
+    if model is None:  # a result with nothing measured until session 36
+        raise TypeError("model: the model to attack is required (a checkpoint, an LM or (model, tokenizer))")
     tpl = parse_template(template, model=model)
     from .. import runinfo
     from ..data.io import load_world
