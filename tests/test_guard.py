@@ -225,7 +225,7 @@ def test_bad_targets_and_settings_are_one_line_and_leave_no_guard(tmp_path, worl
         assert not (tmp_path / "demo").exists()
     before = sorted(p.name for p in w.iterdir())
     for inside in (w, w / "guard"):  # among the world's files, changing its data hash
-        with pytest.raises(ValueError, match="lies in the world"):
+        with pytest.raises(ValueError, match="the data's folder"):
             api.demo_guard(inside, w)
     assert sorted(p.name for p in w.iterdir()) == before
 

@@ -20,7 +20,7 @@ from .data.batching import encode_pairs, qa_pairs
 from .data.io import load_world, require_split
 from .data.templates import parse_template
 from .methods import get_method
-from .models.load import load_model, save_model
+from .models.load import check_out, load_model, save_model
 from .sft import sft_loss
 from .launch import check_launch, process_state
 from .train import TrainConfig, config_dict, one_budget, train
@@ -68,7 +68,7 @@ def finetune(data: str | os.PathLike, out: str | os.PathLike, *, model: str | No
     trained on the whole world's text, so subject and oracle share one vocabulary.
     `template`/`system`: the prompt format (raw | chat | a format string with {question}).
     """
-    from .models.load import check_out, check_replaceable
+    from .models.load import check_replaceable
 
     if not isinstance(without_forget, bool):  # "no" trained an oracle until session 36
         raise TypeError(f"without_forget: expected True or False, got {without_forget!r}")
@@ -368,9 +368,8 @@ def demo_guard(out: str | os.PathLike | None, data: str | os.PathLike, action: s
     from .guard.detect import check_false_refusal
 
     w = load_world(data)
-    if out is not None and Path(out).resolve().is_relative_to(Path(data).resolve()):
-        # its files went in among the world's, and changed the world's data hash, until session 36
-        raise ValueError(f"{out}: lies in the world {data}; the guard goes in a folder of its own")
+    if out is not None:  # its files went in among the world's, and changed its data hash, until session 36
+        check_out(data, out, what="data")
     targets = targets_from_world(w, action=action)  # checked before the guard's folder is made
     check_false_refusal(false_refusal)
     g = Guard(out)
@@ -402,7 +401,7 @@ def report(inputs, html: str | os.PathLike, *, compare: bool = False) -> Path:
     (`compare=True`: runs side by side, see `unlearnkit.report.page`)."""
     from .report import write_html
 
-    inputs = [inputs] if isinstance(inputs, (str, Path)) else list(inputs) if not isinstance(inputs, dict) else [inputs]
+    inputs = [inputs] if isinstance(inputs, (str, Path, dict)) else list(inputs)
     if bad := [x for x in inputs if not isinstance(x, (str, Path))]:  # a dict was read as its keys until session 36
         raise TypeError(f"inputs: run directories or results JSON files, not {type(bad[0]).__name__}; write a result "
                         f"with `evaluate(..., out=PATH)` and pass PATH")

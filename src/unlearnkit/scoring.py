@@ -33,6 +33,13 @@ def backbone_and_head(model):
 BLOCKS = ("layers", "h", "decoder.layers", "blocks")
 
 
+def attribute_at(obj, dotted: str):
+    """`obj.a.b` for "a.b", or None where any part is missing: where architectures keep a module."""
+    for part in dotted.split("."):
+        obj = getattr(obj, part, None)
+    return obj
+
+
 def decoder_blocks(model) -> torch.nn.ModuleList:
     """The decoder blocks of a causal LM, in order: `layers` (Llama, Mistral, Qwen, Phi, Gemma,
     GPT-NeoX), `h` (GPT-2, GPT-J, Falcon, BLOOM), `decoder.layers` (OPT), `blocks`. Until session 36
@@ -40,10 +47,7 @@ def decoder_blocks(model) -> torch.nn.ModuleList:
     GPT-2."""
     decoder = backbone_and_head(model)[0]
     for path in BLOCKS:
-        m = decoder
-        for part in path.split("."):
-            m = getattr(m, part, None)
-        if isinstance(m, torch.nn.ModuleList) and len(m):
+        if isinstance(m := attribute_at(decoder, path), torch.nn.ModuleList) and len(m):
             return m
     raise ValueError(f"{type(decoder).__name__}: no decoder blocks where architectures keep them "
                      f"({', '.join(BLOCKS)}); the methods that read a layer's activations (rmu, twin_rmu) "

@@ -258,7 +258,7 @@ def calibrate(detector: Detector, benign: list[str] | dict[str, list[str]], fals
     groups = {k: texts(v, f"benign[{k!r}]") for k, v in benign.items()} if isinstance(benign, dict) else \
         {"benign": texts(benign, "benign")}
     positives = texts(positives, "positives") if positives is not None else None
-    groups = {k: list(v) for k, v in groups.items() if len(v)}
+    groups = {k: v for k, v in groups.items() if v}
     if not groups:
         raise ValueError("calibration needs at least one benign prompt")
     notes, thr = [], min_threshold

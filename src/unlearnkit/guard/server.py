@@ -41,10 +41,11 @@ from typing import Annotated, Literal
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from .errors import error_response
 from .guarded import Guard, GuardedLM
 from .targets import Target
 
@@ -64,10 +65,6 @@ class APIError(Exception):
         self.status, self.message, self.type, self.param = status, message, type_, param
 
 
-def _err(status: int, message: str, type_: str = "invalid_request_error", param=None, headers=None):
-    # `code` is a string or null in OpenAI's errors (the HTTP status as a number until session 36)
-    return JSONResponse({"error": {"message": message, "type": type_, "param": param, "code": None}},
-                        status_code=status, headers=headers)
 
 
 def _describe(errors) -> str:
@@ -237,10 +234,10 @@ def _add_limits_and_errors(app: FastAPI) -> None:
     async def _limit_body(request: Request, call_next):
         size = request.headers.get("content-length")
         if size is not None and size.isdigit() and int(size) > MAX_BODY_BYTES:
-            return _err(413, f"request body of {int(size)} bytes; the limit is {MAX_BODY_BYTES}")
+            return error_response(413, f"request body of {int(size)} bytes; the limit is {MAX_BODY_BYTES}")
         if request.method == "POST" and size is None:  # chunked upload: measure what arrived
             if len(await request.body()) > MAX_BODY_BYTES:  # cached: the route reads it again
-                return _err(413, f"request body over {MAX_BODY_BYTES} bytes")
+                return error_response(413, f"request body over {MAX_BODY_BYTES} bytes")
         return await call_next(request)
 
     @app.exception_handler(RequestValidationError)
@@ -250,25 +247,26 @@ def _add_limits_and_errors(app: FastAPI) -> None:
                     if e.get("type") == "too_long" and tuple(e.get("loc", ()))[1:2] == (f,)]
         if too_many:  # more prompts or messages than one request may carry
             f, e = too_many[0]
-            return _err(413, f"{f}: more than {e.get('ctx', {}).get('max_length')} items", param=f)
+            return error_response(413, f"{f}: more than {e.get('ctx', {}).get('max_length')} items", param=f)
         first = [str(p) for p in (errors[0].get("loc", ()) if errors else ()) if p != "body" and "[" not in str(p)]
-        return _err(400, _describe(errors), param=".".join(first) or None)  # None until session 36
+        return error_response(400, _describe(errors), param=".".join(first) or None)  # None until session 36
 
     @app.exception_handler(APIError)
     async def _api(request: Request, exc: APIError):
-        return _err(exc.status, exc.message, exc.type, exc.param,
-                    headers={"WWW-Authenticate": "Bearer"} if exc.status == 401 else None)
+        return error_response(exc.status, exc.message, exc.type, exc.param,
+                              headers={"WWW-Authenticate": "Bearer"} if exc.status == 401 else None)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
         msg = {404: f"no route {request.method} {request.url.path}",
                405: f"method {request.method} not allowed on {request.url.path}"}.get(exc.status_code, str(exc.detail))
-        return _err(exc.status_code, msg, "invalid_request_error" if exc.status_code < 500 else "server_error")
+        return error_response(exc.status_code, msg,
+                              "invalid_request_error" if exc.status_code < 500 else "server_error")
 
     @app.exception_handler(Exception)
     async def _crash(request: Request, exc: Exception):
         log.exception("internal error on %s", request.url.path)
-        return _err(500, "internal error", "server_error")
+        return error_response(500, "internal error", "server_error")
 
 
 class _Serving:

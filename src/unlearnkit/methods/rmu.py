@@ -22,7 +22,7 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from ..scoring import decoder_blocks
+from ..scoring import attribute_at, decoder_blocks
 from .cache import Activations, activation_bytes, cache_activations, hidden_at
 from .registry import Params, register
 
@@ -58,11 +58,8 @@ def mlp_out(block) -> torch.nn.Parameter:
     """The weight of `block`'s MLP output projection (`MLP_OUT`; only Llama's `mlp.down_proj` until
     session 36, an AttributeError on GPT-NeoX)."""
     for path in MLP_OUT:
-        m = block
-        for part in path.split("."):
-            m = getattr(m, part, None)
-        if isinstance(getattr(m, "weight", None), torch.nn.Parameter):
-            return m.weight
+        if isinstance(w := attribute_at(block, path + ".weight"), torch.nn.Parameter):
+            return w
     raise ValueError(f"{type(block).__name__}: no MLP output projection where architectures keep it "
                      f"({', '.join(MLP_OUT)}); rmu trains those: choose another method (simnpo, npo, graddiff)")
 

@@ -65,7 +65,6 @@ class Run:
         return self.name
 
 
-
 def _read_json(path: Path) -> dict:
     from ..runinfo import read_json
 

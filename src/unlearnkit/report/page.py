@@ -55,18 +55,14 @@ def entries_for(runs: list[Run], compare: bool = False) -> tuple[list[Entry], li
             else:
                 label = name if len(runs) == 1 else f"{run.name}/{name}"
             models.append(Entry(label, "model", res, run.name))
-    hashes = {}  # data hash -> the first input measured on it
-    for e in [*refs.values(), *models]:
-        if (h := (e.results.get("info") or {}).get("data_hash")) is not None:
-            hashes.setdefault(h, e.run)
+    everyone = [*refs.values(), *models]
+    hashes = _first_input_by(everyone, lambda info: info.get("data_hash"))
     if len(hashes) > 1:  # joined by record id in one table until session 35, without a word
         notes.append(f"the inputs were evaluated on {len(hashes)} different data sets (first in "
                      f"{', '.join(hashes.values())}): their metrics and records are not on the same questions")
-    formats = {}  # prompt format -> the first input evaluated in it (unsaid until session 36)
-    for e in [*refs.values(), *models]:
-        if isinstance(t := (e.results.get("info") or {}).get("template"), dict):
-            formats.setdefault(str(t.get("kind")), e.run)
-    if len(formats) > 1:
+    formats = _first_input_by(everyone, lambda info: (info.get("template") or {}).get("kind")
+                              if isinstance(info.get("template"), dict) else None)
+    if len(formats) > 1:  # unsaid until session 36
         notes.append(f"the inputs put their questions in {len(formats)} prompt formats "
                      f"({', '.join(f'{k} in {v}' for k, v in formats.items())}): their numbers do not compare")
     if models and not refs:  # the page's star and reference curves are the subject's and oracle's
@@ -89,6 +85,15 @@ def headline(entries: list[Entry]) -> list[dict]:
             rows.append({"label": label.split(" (")[0], "key": key, "direction": direction,
                          "cells": [fmt(v) for v in values]})
     return rows
+
+
+def _first_input_by(entries: list[Entry], key) -> dict:
+    """{`key(info)`: the first input whose results' `info` gives it}, None left out."""
+    out = {}
+    for e in entries:
+        if (k := key(e.results.get("info") or {})) is not None:
+            out.setdefault(str(k), e.run)
+    return out
 
 
 def verdicts(entries: list[Entry]) -> list[dict]:

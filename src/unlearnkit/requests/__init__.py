@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 
 from .certificate import load as certificate, verify_certificate
-from .home import Home, HomeError, Settings
+from .home import Home, HomeError, Settings, check_method, open_home
 from .intake import Added, add
 from .ledger import STATES, LedgerError, Request
 from .process import locate_request as locate, process
@@ -24,17 +24,8 @@ def init(home: str | os.PathLike | None, model: str | os.PathLike, retain: str |
     """Create a deployment home (`unlearn home init`); `settings` override `Settings` fields.
     `measure_utility=False` skips measuring the base utility (a home that will never `process`)."""
     if "method" in settings:  # here, not in `Settings`: reading a home's settings imports no torch
-        from ..methods import get_method  # (unchecked until session 36: its first batch failed for good)
-
-        try:
-            get_method(settings["method"])
-        except KeyError as e:
-            raise ValueError(f"method: {e.args[0]}") from None
+        check_method(settings["method"])  # (unchecked until session 36: its first batch failed for good)
     return Home.init(home, model, retain, Settings.parse(**settings), measure_utility=measure_utility)
-
-
-def open_home(home: str | os.PathLike | Home | None = None) -> Home:
-    return home if isinstance(home, Home) else Home(home)
 
 
 def prune(home=None) -> list[str]:

@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 from .. import runinfo
-from .home import Home, HomeError, manifest_of, version_hash, weights_hash
+from .home import Home, HomeError, manifest_of, open_home, version_hash, weights_hash
 
 FORMAT = "unlearnkit-certificate/1"
 
@@ -45,19 +45,15 @@ def _certificate_of(home: Home, request_id: str):
 
 
 def load(home: Home | str | Path | None, request_id: str) -> dict:
-    _, p = _certificate_of(_home(home), request_id)
+    _, p = _certificate_of(open_home(home), request_id)
     if not p.is_file():
         raise HomeError(f"{p}: certificate file missing")
     return json.loads(p.read_text())
 
 
-def _home(home) -> Home:  # a path, as every other `rq` function takes (an AttributeError until session 36)
-    return home if isinstance(home, Home) else Home(home)
-
-
 def verify_certificate(home: Home | str | Path | None, request_id: str) -> dict:
     """Recompute what the certificate claims: {"ok": bool, "checks": [{"what", "ok", "detail"}]}."""
-    home = _home(home)
+    home = open_home(home)  # a path too, as every other `rq` function (an AttributeError until session 36)
     r, p = _certificate_of(home, request_id)
     out = []
     if not p.is_file():

@@ -94,6 +94,23 @@ class Settings(BaseModel):
             raise ValueError(describe(where, cls, e)) from None
 
 
+def open_home(home: "str | os.PathLike | Home | None" = None) -> "Home":
+    """`home` as a `Home`: one already open, or a path (None: `default_home`)."""
+    return home if isinstance(home, Home) else Home(home)
+
+
+def check_method(name: str, what: str = "method") -> str:
+    """`name` if it is a registered method, else a one-line ValueError naming `what` (imports the
+    methods, and torch, only when called: reading a home's settings must not)."""
+    from ..methods import get_method
+
+    try:
+        get_method(name)
+    except KeyError as e:
+        raise ValueError(f"{what}: {e.args[0]}") from None
+    return name
+
+
 def default_home() -> Path:
     return Path(os.environ.get(ENV_HOME) or DEFAULT_HOME)
 

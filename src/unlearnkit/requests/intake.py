@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from .home import Home
+from .home import Home, open_home
 from .person import check_facts, check_name, new_names, person_hash, read_facts
 
 
@@ -46,7 +46,7 @@ def add(home: Home | str | os.PathLike | None, name: str, aliases: list[str] | N
         facts: str | os.PathLike | list[dict] | None = None, reason: str | None = None) -> Added:
     """File a forget request for `name`; returns its id. A repeated request, or one whose name or an
     alias is a known request's name or alias, merges into that request."""
-    home = home if isinstance(home, Home) else Home(home)
+    home = open_home(home)
     name = check_name(name)
     if isinstance(aliases, str):  # iterated letter by letter ("alias: must not be empty") until session 36
         aliases = [aliases]

@@ -74,37 +74,30 @@ class Fact(BaseModel):
         return self
 
 
+def _fact(obj, where: str, error: type[ValueError] = ValueError) -> dict:
+    """One fact, validated (`Fact`), or `error` naming `where` and the field."""
+    try:
+        return Fact.model_validate(obj).model_dump(exclude_none=True)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(p) for p in err.get("loc", ()))
+        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        raise error(f"{where}: field '{loc}': {msg}" if loc else f"{where}: {msg}") from None
+
+
 def check_facts(facts) -> list[dict]:
     """Facts given in Python, validated as a file's lines are (`Fact`): until session 36 they went
     into the ledger unchecked, and a malformed one failed `request add` after the request was
     created and before its guard target, for good."""
     if isinstance(facts, (str, bytes, dict)) or not isinstance(facts, (list, tuple)):
         raise TypeError(f"facts: expected a JSONL file or a list of dicts, got {type(facts).__name__}")
-    out = []
-    for i, obj in enumerate(facts):
-        try:
-            out.append(Fact.model_validate(obj).model_dump(exclude_none=True))
-        except ValidationError as e:
-            err = e.errors()[0]
-            loc = ".".join(str(p) for p in err.get("loc", ()))
-            msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
-            raise ValueError(f"facts[{i}]: " + (f"field '{loc}': {msg}" if loc else msg)) from None
-    return out
+    return [_fact(obj, f"facts[{i}]") for i, obj in enumerate(facts)]
 
 
 def read_facts(path: str | os.PathLike) -> list[dict]:
     """Facts from a JSONL file; DataError naming file:line:field on any problem."""
     path = Path(path)
-    out = []
-    for where, _, obj in iter_jsonl(path, objects=True):
-        try:
-            f = Fact.model_validate(obj)
-        except ValidationError as e:
-            err = e.errors()[0]
-            loc = ".".join(str(p) for p in err.get("loc", ()))
-            msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
-            raise DataError(f"{where}: field '{loc}': {msg}" if loc else f"{where}: {msg}") from None
-        out.append(f.model_dump(exclude_none=True))
+    out = [_fact(obj, where, DataError) for where, _, obj in iter_jsonl(path, objects=True)]
     if not out:
         raise DataError(f"{path}: no facts")
     return out

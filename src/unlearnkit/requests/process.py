@@ -30,17 +30,13 @@ from .. import runinfo
 from ..runinfo import kill_point
 from ..data.io import write_jsonl
 from .certificate import build as build_certificate, write as write_certificate
-from .home import Home, HomeError
+from .home import Home, HomeError, check_method, open_home
 from .intake import guard_target, put_target
 from .locate import forget_records, load_probes, locate, twin_records
 from .person import new_names
 from .pool import load_pool, neighbours_of, utility_slice
 
 log = logging.getLogger("unlearnkit.requests")
-
-
-def _home(home) -> Home:
-    return home if isinstance(home, Home) else Home(home)
 
 
 def _lm(model_dir):
@@ -53,7 +49,7 @@ def _lm(model_dir):
 def locate_request(home, request_id: str, lm=None) -> dict:
     """Run locate for one request on `current`, store the inventory, move it to `located`, and put
     the inventory's answers behind the guard too. Returns the locate result."""
-    home = _home(home)
+    home = open_home(home)
     with home.ledger() as led:
         r = led.get(request_id)
         if r.status not in ("guarded", "located"):
@@ -114,15 +110,10 @@ def process(home=None, method: str | None = None, max_batch: int | None = None, 
     finished first under "resumed" (their requests count apart from `max_batch`)."""
     from ..calibrate import settings_from
 
-    from ..methods import get_method
-
-    home = _home(home)
+    home = open_home(home)
     settings_from(train_overrides.get("calibration"))  # at the door: a batch that starts must be able to run
     if method is not None:  # recorded with the batch unchecked, and every resume failed on it, until session 36
-        try:
-            get_method(method)
-        except KeyError as e:
-            raise ValueError(f"--method: {e.args[0]}") from None
+        check_method(method, "--method")
     with home.process_lock():
         for stale in home.versions_dir.glob(".v*.tmp-*"):  # half-copied versions of a killed run
             shutil.rmtree(stale, ignore_errors=True)

@@ -20,10 +20,10 @@ import threading
 import time
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from .home import Home, HomeError
+from ..guard.errors import error_response
+from .home import Home, HomeError, open_home
 
 log = logging.getLogger("unlearnkit.requests.serve")
 RECHECK_S = 30.0  # how long a version that failed its check is not checked again (it is hashed whole)
@@ -37,16 +37,13 @@ class ForgetBody(BaseModel):
     reason: str | None = Field(default=None, max_length=2000)
 
 
-def _err(status: int, message: str, type_: str = "invalid_request_error"):
-    return JSONResponse({"error": {"message": message, "type": type_, "param": None, "code": status}},
-                        status_code=status)
 
 
 class HomeServer:
     """An ASGI app: request routes here, everything else to the guard app of the current version."""
 
     def __init__(self, home: str | os.PathLike | Home | None, token: str | None = None):
-        self.home = home if isinstance(home, Home) else Home(home)
+        self.home = open_home(home)
         self.token = token if token is not None else os.environ.get("UNLEARN_GUARD_TOKEN") or None
         self._lock = threading.Lock()
         self._name: str | None = None
@@ -96,11 +93,11 @@ class HomeServer:
 
     def _admin(self, request: Request):
         if not self.token:
-            return _err(403, "admin routes are disabled: start the server with UNLEARN_GUARD_TOKEN set",
-                        "permission_error")
+            return error_response(403, "admin routes are disabled: start the server with UNLEARN_GUARD_TOKEN set",
+                                  "permission_error")
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip().encode(), self.token.encode()):
-            return _err(401, "missing or invalid bearer token", "authentication_error")
+            return error_response(401, "missing or invalid bearer token", "authentication_error")
         return None
 
     def _request_routes(self) -> FastAPI:
@@ -122,11 +119,11 @@ class HomeServer:
                 errs = getattr(e, "errors", None)
                 msg = "; ".join(".".join(str(p) for p in x.get("loc", ())) + ": " + str(x.get("msg", ""))
                                 for x in errs()[:3]) if errs else "request body is not valid JSON"
-                return _err(400, msg)
+                return error_response(400, msg)
             try:
                 r = add(self.home, body.name, body.aliases, facts, body.reason)
             except (DataError, LedgerError, ValueError) as e:
-                return _err(400, str(e).splitlines()[0])
+                return error_response(400, str(e).splitlines()[0])
             return {"id": r.id, "object": "forget_request", "status": r.status, "merged": r.merged,
                     **({"facts_not_kept": r.facts_not_kept} if r.facts_not_kept else {})}
 
@@ -138,8 +135,8 @@ class HomeServer:
             # "guarded" (until session 34); the listing would give back the names the ledger dropped
             if (denied := self._admin(request)) is not None:
                 return denied
-            return _err(405, "a deployment home's guard targets are its forget requests: POST /v1/forget files "
-                             "one, GET /v1/requests/{id} reads it (`unlearn request list` lists them)")
+            return error_response(405, "a deployment home's guard targets are its forget requests: POST /v1/forget "
+                                       "files one, GET /v1/requests/{id} reads it (`unlearn request list` lists them)")
 
         @app.get("/v1/requests/{request_id}")
         def status(request_id: str, request: Request):
@@ -149,7 +146,7 @@ class HomeServer:
                 try:
                     r = led.get(request_id)
                 except LedgerError:
-                    return _err(404, f"no request with id '{request_id[:64]}'")
+                    return error_response(404, f"no request with id '{request_id[:64]}'")
             return {"id": r.id, "object": "forget_request", "status": r.status, "received_at": r.received_at,
                     "guarded_at": r.guarded_at, "verified_at": r.verified_at, "failure": r.failure,
                     "certificate": r.certificate}
