@@ -558,6 +558,22 @@ def test_rwku_probes_by_hand(tmp_path):
         load_benchmark("rwku", root, "Nobody")
 
 
+def test_rwku_split_matches_the_subject_in_any_unicode_form_and_case(tmp_path):
+    """A name typed with decomposed accents (NFD) matched no probe of the table's NFC name (until
+    session 37); the passages follow the same name."""
+    import unicodedata
+
+    root = write_rwku(tmp_path / "rwku")
+    for path in root.glob("*/*.json"):
+        path.write_text(path.read_text(encoding="utf-8").replace("Stephen King", "Zo\u00eb King"), encoding="utf-8")
+    nfd = unicodedata.normalize("NFD", "zoë king")
+    assert nfd != "zoë king"
+    bench = load_benchmark("rwku", root, nfd)
+    assert bench.forget() == ([""], ["Zo\u00eb King is an author."])
+    res = bench.run(TableLM({}, {}))
+    assert res["n"] == {"forget_fb": 1, "forget_qa": 1, "forget_aa": 2, "neighbor_fb": 1, "neighbor_qa": 1}
+
+
 # ---------------------------------------------------------------- forget on a benchmark
 @pytest.fixture(scope="module")
 def random_tiny(tmp_path_factory):

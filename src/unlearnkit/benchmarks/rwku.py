@@ -9,7 +9,7 @@ subject):
   `unlearn forget` trains on (RWKU's "with passage" setting). The zero-shot setting (only the
   target's name, no corpus) is `unlearn forget --benchmark rwku --split TARGET --zero-shot`: the
   forget set is what the model reveals about the target (`requests.locate`), see `api.forget`.
-`--split` is one target's name (the probes' `subject`), or `all` (default).
+`--split` is one target's name (the probes' `subject`, compared in NFC and casefolded), or `all` (default).
 
 Each probe is answered greedily (30 new tokens, as RWKU's eval_forget.py) after RWKU's
 instruction ("Please complete the blank in the following question." for level 1, "Please briefly
@@ -20,6 +20,7 @@ are close to, not identical with, RWKU's tables.
 """
 from __future__ import annotations
 
+import unicodedata
 from collections import defaultdict
 from pathlib import Path
 
@@ -51,15 +52,22 @@ def _recall(prediction: str, reference: str) -> float:
     return rouge_l(prediction, reference, use_stemmer=False)["recall"]
 
 
+def _name_key(name) -> str:
+    """A target's name as `--split` matches it: NFC, casefolded (a name typed with decomposed accents,
+    or in another case, is the same target; such a name matched no probe until session 37)."""
+    return unicodedata.normalize("NFC", str(name or "")).casefold()
+
+
 def load(root: str | Path, split: str | None = None) -> Benchmark:
     """RWKU under `root`, for one target (`split` = its name) or all of them."""
     root = Path(root)
     target = split or "all"
+    key = _name_key(target)
     probes: dict[str, list[dict]] = {}
     for config in PROBES:
         rows = read_rows(root, config, "test", required=("query", "answer", "subject"))
         if target != "all":
-            rows = [r for r in rows if r["subject"] == target]
+            rows = [r for r in rows if _name_key(r["subject"]) == key]
             if not rows and config.startswith("forget"):
                 raise ValueError(f"RWKU: no {config} probe has subject {target!r}")
         for r in rows:  # the table names the level (a null one was read as "None", and a level-1 probe
@@ -92,7 +100,7 @@ def load(root: str | Path, split: str | None = None) -> Benchmark:
 
     def forget_pairs():
         rows = read_rows(root, "train_original_passage", "train", required=("text",))
-        texts = [r["text"] for r in rows if target == "all" or r.get("subject") == target]
+        texts = [r["text"] for r in rows if target == "all" or _name_key(r.get("subject")) == key]
         if not texts:
             raise ValueError(f"RWKU: no train_original_passage text for {target!r}")
         return [""] * len(texts), texts
