@@ -208,6 +208,35 @@ def test_a_target_that_cannot_be_saved_is_refused_and_leaves_the_guard_as_it_was
     assert [t.subject for t in again.list()] == ["Ada Quill", "Cy Lorne"] == [t.subject for t in g.list()]
 
 
+def test_guard_add_jsonl_reads_as_a_world_file_is_read_and_names_a_duplicate_id(tmp_path):
+    """`guard add --jsonl` split lines on U+2028 inside a string and refused a byte-order mark as
+    malformed JSON, gave a traceback on bad UTF-8, and a duplicated id was "duplicate target ids in
+    one request", naming neither the id nor the line (until session 37)."""
+    from typer.testing import CliRunner
+
+    from unlearnkit.cli import app
+
+    run = CliRunner().invoke
+    g, path = str(tmp_path / "guard"), tmp_path / "targets.jsonl"
+    rows = [{"id": "a", "subject": "Ada Quill", "facts": ["Ada Quill was born\u2028in Zelbury."]},
+            {"id": "b", "subject": "Bo Kell", "facts": ["Bo Kell\u0085keeps bees."]}]
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
+    r = run(app, ["guard", "add", "--guard-dir", g, "--jsonl", str(path)])
+    assert r.exit_code == 0, r.output
+    assert r.stdout.split() == ["a", "b"]
+    path.write_bytes(text.encode("utf-8") + b'{"subject": "Cy \xff"}\n')
+    r = run(app, ["guard", "add", "--guard-dir", str(tmp_path / "g2"), "--jsonl", str(path)])
+    assert r.exit_code == 2 and f"{path}:3: not valid UTF-8" in " ".join(r.output.split())
+    path.write_text(text + json.dumps({"id": "a", "subject": "Cy Lorne"}) + "\n", encoding="utf-8")
+    r = run(app, ["guard", "add", "--guard-dir", str(tmp_path / "g2"), "--jsonl", str(path)])
+    assert r.exit_code == 2
+    assert f"{path}:3: field 'id': duplicate target id 'a' (first on line 1)" in " ".join(r.output.split())
+    with pytest.raises(KeyError, match="duplicate target id 'c' in one request"):
+        TargetStore(None).add_many([{"id": "c", "subject": "C D"}, {"id": "d", "subject": "D E"},
+                                    {"id": "c", "subject": "E F"}])
+
+
 def test_bad_targets_and_settings_are_one_line_and_leave_no_guard(tmp_path, world):
     """A bad target field is one ValueError line naming it (pydantic's several lines and link until
     session 35), and the demo's guard checks its action and false-refusal rate before it makes its

@@ -65,18 +65,20 @@ def add(guard_dir: Path = GUARD_DIR,
         except (DataError, ValueError) as e:
             _fail(str(e))
     if jsonl is not None:
-        if not jsonl.is_file():
-            _fail(f"{jsonl}: file not found")
-        for n, line in enumerate(jsonl.read_text().splitlines(), 1):
-            if line.strip():
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    _fail(f"{jsonl}:{n}: malformed JSON ({e.msg})")
-                try:  # here, where the line is known (the store's check names no line)
-                    targets.append(as_target(obj))
+        from ..data.io import DataError, iter_jsonl
+
+        first_on: dict[str, int] = {}
+        try:  # as a world's JSONL is read (bad UTF-8 was a traceback, a byte-order mark or a U+2028
+            for where, n, obj in iter_jsonl(jsonl, objects=True):  # in a string "malformed", until session 37)
+                try:  # here, where the line is known (the store's checks name no line)
+                    t = as_target(obj)
                 except ValueError as e:
-                    _fail(f"{jsonl}:{n}: {e}")
+                    _fail(f"{where}: {e}")
+                if (first := first_on.setdefault(t.id, n)) != n:
+                    _fail(f"{where}: field 'id': duplicate target id {t.id!r} (first on line {first})")
+                targets.append(t)
+        except DataError as e:
+            _fail(str(e))
     if subject is not None or alias or fact or qa or document:  # an empty --subject is named as such
         # ("nothing to add" until session 36), by the target's own check
         docs = []

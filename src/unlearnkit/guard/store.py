@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import threading
+from collections import Counter
 from pathlib import Path
 from typing import Iterable
 
@@ -254,7 +255,8 @@ class TargetStore:
         new = [as_target(t) for t in targets]
         ids = [t.id for t in new]
         if len(set(ids)) != len(ids):
-            raise KeyError("duplicate target ids in one request")
+            dup = next(i for i, n in Counter(ids).items() if n > 1)
+            raise KeyError(f"duplicate target id {dup!r} in one request")
         if defer and self._embedder is None:
             e, counts = np.zeros((0, self.emb.shape[1] if self.emb.ndim == 2 else 0), np.float32), [0] * len(new)
         else:
