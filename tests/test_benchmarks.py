@@ -329,6 +329,26 @@ def test_a_benchmark_value_of_the_wrong_kind_is_one_line_naming_table_row_and_fi
         r.output.split())
 
 
+def test_json_tables_read_as_world_files_are(tmp_path):
+    """A table's JSON lines were split on U+2028/U+0085 inside a string, a byte-order mark was
+    "malformed JSON" (and a JSON array after one was taken for JSON lines), and bad UTF-8 named no
+    file (until session 37)."""
+    from unlearnkit.benchmarks.tables import read_rows
+
+    rows = [{"question": "q\u2028one", "answer": "a\u0085one"}, {"question": "q\u2029two", "answer": "a two"}]
+    bom = b"\xef\xbb\xbf"
+    (tmp_path / "lines.json").write_bytes(bom + "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode())
+    (tmp_path / "array.json").write_bytes(bom + b"\n " + json.dumps(rows, ensure_ascii=False).encode())
+    for config in ("lines", "array"):
+        assert read_rows(tmp_path, config, required=("question", "answer")) == rows
+    (tmp_path / "bad.json").write_bytes(b'{"question": "q"}\n{"question": "\xff"}\n')
+    with pytest.raises(DataError, match=r"bad\.json:2: not valid UTF-8"):
+        read_rows(tmp_path, "bad")
+    (tmp_path / "badarray.json").write_bytes(b'[{"question": "\xff"}]')
+    with pytest.raises(DataError, match=r"badarray\.json: not valid UTF-8"):
+        read_rows(tmp_path, "badarray")
+
+
 # ---------------------------------------------------------------- MUSE
 def write_muse(root: Path) -> Path:
     """MUSE-News as `push_to_hub(config_name=...)` lays it out: `<config>/<split>-00000-of-00001.parquet`."""

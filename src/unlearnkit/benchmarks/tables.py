@@ -13,31 +13,29 @@ Every problem is a `DataError` naming the directory or file, the row and the fie
 """
 from __future__ import annotations
 
+import codecs
 import json
 from pathlib import Path
 from typing import Sequence
 
-from ..data.io import DataError
+from ..data.io import DataError, iter_jsonl
 
 
 def _json_rows(path: Path) -> list[dict]:
-    text = path.read_text(encoding="utf-8")
-    stripped = text.lstrip()
-    if stripped.startswith("["):
+    """One JSON array, or JSON lines read by `iter_jsonl` (a byte-order mark, or a U+2028 inside a
+    string, was refused as malformed, and bad UTF-8 named no file, until session 37)."""
+    raw = path.read_bytes()
+    if raw.removeprefix(codecs.BOM_UTF8).lstrip().startswith(b"["):
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError as e:
+            raise DataError(f"{path}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
         try:
             rows = json.loads(text)
         except json.JSONDecodeError as e:
-            raise DataError(f"{path}: malformed JSON ({e.msg}: line {e.lineno})") from None
+            raise DataError(f"{path}:{e.lineno}: malformed JSON ({e.msg}: column {e.colno})") from None
         return list(rows)
-    rows = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg}: column {e.colno})") from None
-    return rows
+    return [obj for _, _, obj in iter_jsonl(path)]
 
 
 def _parquet_rows(paths: Sequence[Path]) -> list[dict]:
