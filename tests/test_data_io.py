@@ -253,6 +253,18 @@ def test_empty_perturbed_answer(tmp_path):
     _one_line_error(p, r"forget.jsonl:1: field 'paraphrased_answer'")
 
 
+@pytest.mark.parametrize("field, value", [("answer", "A \ud800"), ("paraphrased_question", "Q\udfff?"),
+                                          ("alt_questions", ["Other?", "\ud800"])])
+def test_lone_surrogate_names_file_line_and_field(tmp_path, field, value):
+    """JSON's "\\ud800" was read into a record, and crashed the tokenizer (forget) or a UTF-8 write
+    naming no file (finetune), until session 37."""
+    p = _write_lines(tmp_path / "forget.jsonl", [qa(1).model_dump(), {**qa(2).model_dump(), field: value}])
+    _one_line_error(p, rf"forget.jsonl:2: field '{field}': text is not valid Unicode \(a lone surrogate\)")
+    d = _write_lines(tmp_path / "forget_docs.jsonl", [{"id": "d1", "subject": "S1", "text": "A bio \udc00."}])
+    with pytest.raises(DataError, match=r"forget_docs.jsonl:1: field 'text': text is not valid Unicode"):
+        read_jsonl(d, DocRecord)
+
+
 def test_utf8_bom_accepted(tmp_path):
     p = tmp_path / "forget.jsonl"
     p.write_bytes(b"\xef\xbb\xbf" + (qa(1).model_dump_json() + "\n" + qa(2).model_dump_json() + "\n").encode())

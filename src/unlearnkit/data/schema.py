@@ -4,6 +4,7 @@ A :class:`QARecord` is one fact; a :class:`DocRecord` is one document (a biograp
 Unknown fields in the input are accepted and dropped; numbers given for string
 fields (``"answer": 1974``) are read as strings, but NaN and infinity are refused:
 ``json`` reads the literal ``NaN`` as a float, and "nan" would then pass for an answer.
+A lone surrogate (JSON's ``"\\ud800"``) in any text is refused: no tokenizer can encode it.
 """
 
 from __future__ import annotations
@@ -24,6 +25,25 @@ def _each_non_empty(values: list[str]) -> list[str]:
         if not v.strip():
             raise ValueError(f"item {i} must be a non-empty string")
     return values
+
+
+def valid_unicode(value: str) -> str:
+    """`value`, refused if it holds a lone surrogate: JSON may write one ("\\ud800"), and no
+    tokenizer (nor a UTF-8 file) can take it."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("text is not valid Unicode (a lone surrogate)") from None
+    return value
+
+
+def _unicode(value):
+    """`valid_unicode` on a text or each text of a list (a record's text crashed the tokenizer, or
+    failed a UTF-8 write naming no file, until session 37)."""
+    for v in value if isinstance(value, list) else [value]:
+        if isinstance(v, str):
+            valid_unicode(v)
+    return value
 
 
 def _finite(value):
@@ -54,6 +74,7 @@ class QARecord(BaseModel):
     twin_of: str | None = None
 
     _finite = field_validator("*", mode="before")(_finite)
+    _unicode = field_validator("*")(_unicode)
     _check = field_validator("id", "subject", "question", "answer", "paraphrased_answer")(_non_empty)
     _check_each = field_validator("perturbed_answers", "alt_questions")(_each_non_empty)
 
@@ -72,4 +93,5 @@ class DocRecord(BaseModel):
     text: str
 
     _finite = field_validator("*", mode="before")(_finite)
+    _unicode = field_validator("*")(_unicode)
     _check = field_validator("id", "subject", "text")(_non_empty)

@@ -45,6 +45,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ..data.schema import valid_unicode
 from .errors import error_response
 from .guarded import Guard, GuardedLM
 from .targets import Target
@@ -87,16 +88,7 @@ def _describe(errors) -> str:
 
 # -- request bodies ---------------------------------------------------------------------------
 
-def _utf8(v: str) -> str:
-    """A JSON string may carry a lone surrogate ("\\ud800"), which no tokenizer can encode."""
-    try:
-        v.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError("text is not valid Unicode (a lone surrogate)") from None
-    return v
-
-
-Text = Annotated[str, AfterValidator(_utf8)]
+Text = Annotated[str, AfterValidator(valid_unicode)]  # a JSON string may carry a lone surrogate ("\\ud800")
 
 
 class TextPart(BaseModel):

@@ -13,6 +13,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ..data.schema import valid_unicode
+
 Action = Literal["refuse", "forbid", "pseudonymise", "icu"]
 ACTIONS: tuple[str, ...] = ("refuse", "forbid", "pseudonymise", "icu")
 
@@ -24,11 +26,7 @@ def _strip(v: str) -> str:
     v = " ".join(str(v).split())
     if not v:
         raise ValueError("must be a non-empty string")
-    try:
-        v.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError("text is not valid Unicode (a lone surrogate)") from None
-    return v
+    return valid_unicode(v)
 
 
 class QAPair(BaseModel):
