@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -412,6 +413,33 @@ def test_muse_loader_hand_values(tmp_path):
     # PrivLeak at Min-40% (eos left out): members -1.75, -1 vs non-members -2, -3 -> AUC 1; oracle 0.5 -> -100
     assert res["privleak"] == pytest.approx(-100.0)
     assert res["benchmark"]["name"] == "muse" and "tofu" not in res["config"]["suites"]
+
+
+def test_a_record_refused_by_its_schema_is_one_line_naming_table_row_and_field(tmp_path):
+    """TOFU's and MUSE's rows made into records directly: an empty answer or a lone surrogate was
+    pydantic's "1 validation error for QARecord", with no file, row or field (until session 37)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    root = write_tofu(tmp_path / "tofu", "json")
+    path = root / "retain_perturbed.json"
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    rows[1]["answer"] = " "
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(DataError, match=r"^" + re.escape(f"{root}[retain_perturbed/train] row 2: field 'answer': "
+                                                          "must be a non-empty string") + "$"):
+        load_benchmark("tofu", root)
+    muse = write_muse(tmp_path / "muse")
+    (muse / "knowmem" / "retain_qa-00000-of-00001.parquet").unlink()  # parquet cannot hold a lone surrogate; JSON can
+    (muse / "knowmem" / "retain_qa.jsonl").write_text(json.dumps({"question": "Who won?", "answer": "the \ud800 team"}))
+    with pytest.raises(DataError, match=r"^" + re.escape(f"{muse}[knowmem/retain_qa] row 1: field 'answer': text is "
+                                                          "not valid Unicode (a lone surrogate)")):
+        load_benchmark("muse", muse)
+    muse = write_muse(tmp_path / "muse2")
+    pq.write_table(pa.Table.from_pylist([{"text": "2 2"}, {"text": "  "}]), muse / "privleak" / "holdout-00000-of-00001.parquet")
+    with pytest.raises(DataError, match=r"^" + re.escape(f"{muse}[privleak/holdout] row 2: field 'text': must be a "
+                                                          "non-empty string") + "$"):
+        load_benchmark("muse", muse)
 
 
 def test_muse_bad_split(tmp_path):

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..data.io import WorldData
+from ..data.io import WorldData, validate_record
 from ..data.schema import DocRecord, QARecord
 from .base import Benchmark
 from .tables import find_rows, read_rows
@@ -43,14 +43,18 @@ def _qa(root, split: str) -> list[QARecord]:
     # KnowMem reads only question and answer; the TOFU fields are set to the answer (unused). The
     # prompt is MUSE's, with or without examples before it (the bare question without them, and no
     # space after "Answer:", until session 36)
-    return [QARecord(id=f"knowmem/{split}:{i}", subject=f"knowmem/{split}",
-                     question=f"{prefix}Question: {r['question']}\nAnswer: ", answer=r["answer"], paraphrased_answer=r["answer"],
-                     perturbed_answers=[r["answer"]]) for i, r in enumerate(rows)]
+    # validated as a world's records are: one line naming table, row and field (pydantic's "1 validation
+    # error for QARecord" until session 37)
+    return [validate_record(QARecord, dict(
+        id=f"knowmem/{split}:{i}", subject=f"knowmem/{split}", question=f"{prefix}Question: {r['question']}\nAnswer: ",
+        answer=r["answer"], paraphrased_answer=r["answer"], perturbed_answers=[r["answer"]]),
+        f"{root}[knowmem/{split}] row {i + 1}") for i, r in enumerate(rows)]
 
 
 def _docs(root, config: str, split: str) -> list[DocRecord]:
     rows = read_rows(root, config, split, required=("text",))
-    return [DocRecord(id=f"{config}/{split}:{i}", subject=f"{config}/{split}", text=r["text"]) for i, r in enumerate(rows)]
+    return [validate_record(DocRecord, dict(id=f"{config}/{split}:{i}", subject=f"{config}/{split}", text=r["text"]),
+                            f"{root}[{config}/{split}] row {i + 1}") for i, r in enumerate(rows)]
 
 
 def _texts(root, config: str, split: str) -> tuple[list[str], list[str]]:

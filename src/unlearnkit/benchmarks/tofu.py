@@ -31,7 +31,7 @@ import math
 import re
 from pathlib import Path
 
-from ..data.io import DataError, WorldData
+from ..data.io import DataError, WorldData, validate_record
 from ..data.schema import QARecord
 from .base import Benchmark
 from .tables import find_rows, read_rows
@@ -99,35 +99,38 @@ def _unnamed(config: str, k: int) -> str:
     return f"{_LETTER.get(config.split('_')[0].rstrip('0123456789'), 'X')}#{k}"
 
 
-def _records(rows: list[dict], config: str, *, base_is_answer: bool = False, per_author: bool = True) -> list[QARecord]:
-    """One record per row. With `per_author`, every `AUTHOR_QA` rows are one author's, whose subject
-    is the name their records share (`author_name`; the twins of calibration and of forget quality
-    are made from it), else an unnamed subject per author (`_unnamed`); without, one per record."""
+def _records(rows: list[dict], config: str, root, *, base_is_answer: bool = False,
+             per_author: bool = True) -> list[QARecord]:
+    """One record per row of table `config` (split train) under `root`. With `per_author`, every
+    `AUTHOR_QA` rows are one author's, whose subject is the name their records share (`author_name`;
+    the twins of calibration and of forget quality are made from it), else an unnamed subject per
+    author (`_unnamed`); without, one per record."""
     names = {}
     if per_author:
         for k in range(0, len(rows), AUTHOR_QA):
             names[k // AUTHOR_QA] = author_name(rows[k:k + AUTHOR_QA]) or _unnamed(config, k // AUTHOR_QA)
     out = []
     for i, r in enumerate(rows):
+        where = f"{root}[{config}/train] row {i + 1}"
         pert = r.get("perturbed_answer")
         if pert is not None and not isinstance(pert, list):
-            raise DataError(f"[{config}] row {i + 1}: field 'perturbed_answer': expected a list of strings")
+            raise DataError(f"{where}: field 'perturbed_answer': expected a list of strings")
         # the truth ratio reads the paraphrased answer against the perturbed ones: an empty one stood in
         # by the answer itself (a ratio of the answer against the paraphrase) until session 35
         if pert is not None and not [a for a in pert if str(a).strip()]:
-            raise DataError(f"[{config}] row {i + 1}: field 'perturbed_answer': empty (the truth ratio needs one or more)")
+            raise DataError(f"{where}: field 'perturbed_answer': empty (the truth ratio needs one or more)")
         if not base_is_answer and "paraphrased_answer" in r and not str(r["paraphrased_answer"] or "").strip():
-            raise DataError(f"[{config}] row {i + 1}: field 'paraphrased_answer': empty")
+            raise DataError(f"{where}: field 'paraphrased_answer': empty")
         answer = r["answer"]
-        out.append(QARecord(
-            id=f"{config}:{i}",
+        out.append(validate_record(QARecord, dict(  # one line naming table, row and field (pydantic's
+            id=f"{config}:{i}",  # "1 validation error for QARecord" until session 37)
             subject=names[i // AUTHOR_QA] if per_author else _unnamed(config, i),
             question=r["question"],
             answer=answer,
             paraphrased_answer=answer if base_is_answer or not r.get("paraphrased_answer") else r["paraphrased_answer"],
             perturbed_answers=pert or [answer],
             paraphrased_question=r.get("paraphrased_question") or None,
-        ))
+        ), where))
     return out
 
 
@@ -146,18 +149,18 @@ def load(root: str | Path, split: str | None = None) -> Benchmark:
     pert = qa + ("perturbed_answer",)
     forget = read_rows(root, f"{split}_perturbed", "train", required=pert + ("paraphrased_answer",), kinds=PERT)
     world = WorldData(
-        forget=_records(forget, f"{split}_perturbed"),
+        forget=_records(forget, f"{split}_perturbed", root),
         retain=_records(read_rows(root, "retain_perturbed", "train", required=pert + ("paraphrased_answer",), kinds=PERT),
-                        "retain_perturbed"),
+                        "retain_perturbed", root),
         neighbours=_records(read_rows(root, "real_authors_perturbed", "train", required=pert, kinds=PERT),
-                            "real_authors_perturbed", base_is_answer=True, per_author=False),
+                            "real_authors_perturbed", root, base_is_answer=True, per_author=False),
         world_facts=_records(read_rows(root, "world_facts_perturbed", "train", required=pert, kinds=PERT),
-                             "world_facts_perturbed", base_is_answer=True, per_author=False),
+                             "world_facts_perturbed", root, base_is_answer=True, per_author=False),
         path=Path(root),
     )
     holdout = find_rows(root, f"holdout{pct:02d}", "train")
     if holdout is not None:
-        world.holdout = _records(read_rows(root, f"holdout{pct:02d}", "train", required=qa), f"holdout{pct:02d}")
+        world.holdout = _records(read_rows(root, f"holdout{pct:02d}", "train", required=qa), f"holdout{pct:02d}", root)
 
     subject_of = {r.question: r.subject for r in world.forget}
 

@@ -50,7 +50,8 @@ def _describe_validation(err: ValidationError) -> str:
     return _one_line(text)
 
 
-def _validate(kind: type[BaseModel], obj: Any, where: str) -> BaseModel:
+def validate_record(kind: type[BaseModel], obj: Any, where: str) -> BaseModel:
+    """`kind` from `obj`; a problem is one DataError line, ``{where}: field 'answer': ...``."""
     if not isinstance(obj, dict):
         raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
     try:
@@ -100,7 +101,7 @@ def read_jsonl(path: str | os.PathLike, kind: type[BaseModel] = QARecord) -> lis
     """Read and validate a JSONL file of ``kind`` records (blank lines are skipped)."""
     records, seen = [], {}
     for where, lineno, obj in iter_jsonl(path):
-        record = _validate(kind, obj, where)
+        record = validate_record(kind, obj, where)
         _check_new_id(seen, record, where, f"line {lineno}")
         records.append(record)
     return records
@@ -135,7 +136,7 @@ def _load_datasets_split(data_dir: Path, name: str, kind: type[BaseModel]) -> li
     records, seen = [], {}
     for i, row in enumerate(dd[name]):
         where = f"{data_dir}[{name}] row {i + 1}"
-        record = _validate(kind, row, where)
+        record = validate_record(kind, row, where)
         _check_new_id(seen, record, where, f"row {i + 1}")
         records.append(record)
     return records
