@@ -219,6 +219,20 @@ def test_duplicate_id_in_datasets_split(tmp_path):
         load_split(tmp_path / "hf", "forget")
 
 
+def test_datasets_split_with_an_optional_list_on_some_rows(tmp_path):
+    """save_to_disk gives every row every column: `alt_questions` on one row was null on the other
+    and refused ("Input should be a valid list") until session 37; a null required field still is."""
+    datasets = pytest.importorskip("datasets")
+    rows = [qa(1, alt_questions=["Other?"]).model_dump(exclude={"paraphrased_question", "attribute", "twin_of"}),
+            qa(2).model_dump(exclude={"alt_questions", "paraphrased_question", "attribute", "twin_of"})]
+    datasets.DatasetDict({"forget": datasets.Dataset.from_list(rows)}).save_to_disk(str(tmp_path / "hf"))
+    assert [r.alt_questions for r in load_split(tmp_path / "hf", "forget")] == [["Other?"], []]
+    rows[1]["answer"] = None
+    datasets.DatasetDict({"forget": datasets.Dataset.from_list(rows)}).save_to_disk(str(tmp_path / "bad"))
+    with pytest.raises(DataError, match=r"\[forget\] row 2: field 'answer': Input should be a valid string"):
+        load_split(tmp_path / "bad", "forget")
+
+
 def test_blank_subject(tmp_path):
     p = _write_lines(tmp_path / "retain.jsonl", [qa(1).model_dump(), {**qa(2).model_dump(), "subject": "  "}])
     _one_line_error(p, r"retain.jsonl:2: field 'subject': must be a non-empty string")
