@@ -224,6 +224,33 @@ def test_bad_input_one_line_errors(home, tmp_path):
     assert rq.show(home, rq.add(home, "Zed Two", aliases="Z. Two").id)["aliases"] == ["Z. Two"]  # not 6 letters
 
 
+def test_a_retain_pool_from_a_world_keeps_ids_that_repeat_across_its_splits(tmp_path):
+    """Ids are unique within a split (README); the pool joins the splits, and an id two of them
+    share was refused in the home's own retain.jsonl ("home/retain/retain.jsonl:3: duplicate id",
+    naming no file of the user's) until session 37."""
+    from unlearnkit.data.io import DataError, write_jsonl
+    from unlearnkit.requests.pool import import_pool, load_pool, read_pool_source
+
+    def rec(i, s):
+        return {"id": i, "subject": s, "question": f"Where was {s} born?", "answer": "Leeds",
+                "paraphrased_answer": "In Leeds.", "perturbed_answers": ["In York."]}
+
+    world = tmp_path / "world"
+    world.mkdir()
+    write_jsonl(world / "forget.jsonl", [rec("1", "Ada Vale")])
+    write_jsonl(world / "retain.jsonl", [rec("1", "Bo Kell"), rec("2", "Cy Lorne")])
+    write_jsonl(world / "neighbours.jsonl", [rec("1", "Di Moss")])
+    write_jsonl(world / "world_facts.jsonl", [rec("1", "Ed Nye"), rec("2", "Fa Orr")])
+    import_pool(world, tmp_path / "retain")
+    pool = load_pool(type("Home", (), {"retain_dir": tmp_path / "retain"}))
+    assert [(r.id, r.subject) for r in pool] == [("1", "Bo Kell"), ("2", "Cy Lorne"), ("neighbours:1", "Di Moss"),
+                                                 ("world_facts:1", "Ed Nye"), ("world_facts:2", "Fa Orr")]
+    write_jsonl(world / "neighbours.jsonl", [rec("1", "Di Moss"), rec("world_facts:1", "Gus Pike")])
+    with pytest.raises(DataError, match=r"world_facts.jsonl: record '1': field 'id': in an earlier split, and "
+                                        r"'world_facts:1' is taken too"):
+        read_pool_source(world)
+
+
 def test_cli_round_trip(raw, tmp_path, monkeypatch):
     h = tmp_path / "h"
     monkeypatch.setenv("UNLEARN_HOME", str(h))  # the default home

@@ -5,7 +5,7 @@ import os
 import random
 from pathlib import Path
 
-from ..data.io import DataError, has_split, load_split, read_jsonl, write_jsonl
+from ..data.io import DataError, has_split, load_split, read_jsonl, split_source, write_jsonl
 from ..data.schema import QARecord
 
 POOL_SPLITS = ("retain", "neighbours", "world_facts")  # everything an oracle trains on
@@ -18,7 +18,18 @@ def read_pool_source(source: str | os.PathLike) -> list[QARecord]:
     if src.is_file():
         recs = read_jsonl(src)
     elif src.is_dir():
-        recs = [r for s in POOL_SPLITS if has_split(src, s) for r in load_split(src, s)]
+        recs, seen = [], set()
+        for s in POOL_SPLITS:
+            for r in load_split(src, s) if has_split(src, s) else []:
+                # ids are unique within a split only: one an earlier split has is named for its split (the
+                # home's own retain.jsonl was refused for a duplicate id until session 37)
+                if r.id in seen:
+                    if (named := f"{s}:{r.id}") in seen:
+                        raise DataError(f"{split_source(src, s)}: record {r.id!r}: field 'id': in an earlier split, "
+                                        f"and {named!r} is taken too")
+                    r = r.model_copy(update={"id": named})
+                seen.add(r.id)
+                recs.append(r)
     else:
         raise DataError(f"{src}: retain pool not found (a world dir, a datasets dir or a JSONL file)")
     if not recs:
