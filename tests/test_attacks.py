@@ -32,14 +32,16 @@ def test_recovery_by_hand():
     assert recovery(_m(0.2, 0.1), _m(0.95, 0.0), _m(1.0, 0.9), _m(0.8, 0.9))["recovery"] == {"forget_rouge": 1.0, "forget_probability": 0.0}
 
 
-def test_recovery_zero_with_a_note_when_nothing_to_recover():
+def test_recovery_undefined_with_a_note_when_nothing_to_recover():
     same = _m(0.9, 0.8)
     r = recovery(same, _m(0.5, 0.99), same, _m(0.7, 0.99))  # the subject attacked against itself
-    assert r["recovery"] == {"forget_rouge": 0.0, "forget_probability": 0.0}
+    assert r["recovery"] == {"forget_rouge": None, "forget_probability": None} and r["score"] is None
     assert len(r["notes"]) == 2 and all("nothing to recover" in n for n in r["notes"])
-    # the attack does not elicit the knowledge from the subject either
-    r = recovery(_m(0.1, 0.1), _m(0.3, 0.1), _m(0.9, 0.9), _m(0.12, 0.9))
-    assert r["recovery"]["forget_rouge"] == 0.0
+    # the attack does not elicit the knowledge from the subject either: that metric is left out of
+    # the score (until session 37 it counted as 0, halving the other's recovery)
+    r = recovery(_m(0.1, 0.1), _m(0.3, 0.5), _m(0.9, 0.9), _m(0.12, 0.9))
+    assert r["recovery"]["forget_rouge"] is None
+    assert r["recovery"]["forget_probability"] == pytest.approx(0.5) == r["score"]
     assert any("does not elicit" in n for n in r["notes"])
 
 
@@ -114,6 +116,11 @@ def test_plans(tiny_world):
         make_plan("relearn", w, bits=4)
     with pytest.raises(ValueError, match="valid kinds"):
         make_plan("probes", w, kinds="riddle")
+    assert make_plan("quantize", w, bits="8, 4").options["bits"] == [8, 4] == make_plan("quantize", w).options["bits"]
+    for bad, msg in (("", "give at least one width"), (",", "give at least one width"), ([], "at least one"),
+                     ("8,x", r"quantize bits '8,x': expected widths")):
+        with pytest.raises(ValueError, match=msg):
+            make_plan("quantize", w, bits=bad)
     assert set(ATTACKS) == {"relearn", "quantize", "probes", "incontext"}
 
 
@@ -130,11 +137,13 @@ def weak(tiny_world, tmp_path_factory):
 
 
 def test_subject_has_nothing_to_recover(tiny_world):
-    res = run_attack("quantize", tiny_world.subject_dir, tiny_world.data_dir, subject=tiny_world.subject_dir, bits=[4])
-    assert res["recovery"] == 0.0
+    res = run_attack("quantize", tiny_world.subject_dir, tiny_world.data_dir, subject=tiny_world.subject_dir, bits="4")
+    assert res["recovery"] is None and res["recovery_variant"] is None  # not "0: robust"
     v = res["variants"]["int4"]
-    assert v["recovery"]["recovery"] == {"forget_rouge": 0.0, "forget_probability": 0.0}
+    assert v["recovery"]["recovery"] == {"forget_rouge": None, "forget_probability": None}
     assert all("nothing to recover" in n for n in v["recovery"]["notes"])
+    assert any(n.startswith("recovery undefined under every variant: forget_rouge: nothing to recover")
+               for n in res["notes"])
     assert 0 < v["model"]["info"]["mean_relative_error"] < 0.2
 
 
@@ -179,7 +188,9 @@ def test_prompt_attacks_run_on_any_lm(tiny_world, weak):
                      oracle=tiny_world.oracle_dir, kinds=["paraphrase", "multiple_choice"])
     for name in ("paraphrase", "multiple_choice"):
         v = res["variants"][name]
-        assert 0.0 <= v["recovery"]["score"] <= 1.0
+        defined = [r for r in v["recovery"]["recovery"].values() if r is not None]  # the others: a note each
+        assert len(v["recovery"]["notes"]) == 2 - len(defined)
+        assert v["recovery"]["score"] == (pytest.approx(sum(defined) / len(defined)) if defined else None)
         assert {"forget_rouge", "forget_probability", "forget_truth_ratio", "forget_exact_match"} <= set(v["model"])
     assert 0.0 <= res["variants"]["multiple_choice"]["model"]["mc_accuracy"] <= 1.0
     res = run_attack("incontext", Wrapped(), tiny_world.data_dir, subject=tiny_world.subject_dir)

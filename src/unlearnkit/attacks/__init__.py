@@ -240,13 +240,18 @@ def run_attack(kind: str, model, data, *, subject=None, oracle=None, seed: int =
             if "oracle" in plain:
                 entry["oracle_recovery"] = recovery(plain["oracle"], a["oracle"], plain["subject"], a["subject"],
                                                     min_gap=min_gap)
-                entry["excess_recovery"] = entry["recovery"]["score"] - entry["oracle_recovery"]["score"]
+                r, o = entry["recovery"]["score"], entry["oracle_recovery"]["score"]
+                entry["excess_recovery"] = None if r is None or o is None else r - o
         variants[name] = entry
     res = {"attack": kind, "description": ATTACKS[kind], "options": p.options, "template": tpl.to_dict(),
            "seed": seed, "data": str(data),
            "n_eval": len(p.records), "eval_ids": [r.id for r in p.records], "plan": p.info, "plain": plain,
            "variants": variants}
-    scored = {n: v for n, v in variants.items() if "recovery" in v}
+    # the headline: the strongest variant whose recovery is defined (`recovery.recovery`)
+    scored = {n: v for n, v in variants.items() if (v.get("recovery") or {}).get("score") is not None}
+    if variants and "subject" in plain and not scored:
+        notes.append("recovery undefined under every variant: " + "; ".join(
+            dict.fromkeys(n for v in variants.values() for n in v["recovery"]["notes"])))
     if scored:
         best = max(scored, key=lambda n: scored[n]["recovery"]["score"])
         v = scored[best]

@@ -10,11 +10,6 @@ from typing import Optional
 import typer
 
 
-def _bits(text: str) -> list[int]:
-    try:
-        return [int(b) for b in text.split(",") if b.strip()]
-    except ValueError:
-        raise ValueError(f"--bits {text!r}: expected comma-separated integers, e.g. 8,4") from None
 
 
 # the options of one attack kind or two (fraction), and which: given to another kind, an error
@@ -67,7 +62,7 @@ def attack(ctx: typer.Context,
     tpl = parse_template(template, system, model)
     opts: dict = {
         "relearn": dict(steps=steps, lr=lr, fraction=fraction, source=source),
-        "quantize": dict(bits=_bits(bits), group_size=group_size),
+        "quantize": dict(bits=bits, group_size=group_size),
         "probes": dict(kinds=list(PROBE_KINDS) if probes == "all" else probes, shots=shots),
         "incontext": dict(fraction=fraction),
     }[kind]

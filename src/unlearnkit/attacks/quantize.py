@@ -85,7 +85,15 @@ def quantize_model(net, bits: int, group_size: int = 0, embeddings: bool = False
 
 
 def plan(world, *, seed: int = 0, bits=(8, 4), group_size: int = 0, embeddings: bool = False) -> AttackPlan:
-    bits = [int(b) for b in ([bits] if isinstance(bits, (int, str)) else bits)]
+    given = bits
+    if isinstance(bits, str):  # the CLI's form, "8,4"
+        bits = [b for b in bits.split(",") if b.strip()]
+    try:
+        bits = [int(b) for b in ([bits] if isinstance(bits, int) else bits)]
+    except (TypeError, ValueError):
+        raise ValueError(f"quantize bits {given!r}: expected widths such as 8,4 or [8, 4]") from None
+    if not bits:  # until session 37 an empty list ran no variant and reported nothing, exit 0
+        raise ValueError("quantize bits: give at least one width, e.g. 8,4")
     for b in bits:
         if b < 2 or b > 16:
             raise ValueError(f"quantize bits must be between 2 and 16, got {b}")

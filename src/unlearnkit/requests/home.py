@@ -71,7 +71,7 @@ class Settings(BaseModel):
     mia_tolerance: float = Field(0.3, ge=0, le=0.5, description="|AUC(person vs strangers) - 0.5|")
     relearn_max: float = Field(0.5, ge=0, description="recovery under relearning (attacks.relearn, source=facts)")
     quantize_max: float = Field(0.3, ge=0, description="recovery under 4-bit round-to-nearest quantization")
-    relearn_steps: int = Field(20, ge=0, description="steps of the relearning check")
+    relearn_steps: int = Field(20, ge=1, description="steps of the relearning check")
     seed: int = 0
 
     @field_validator("guard_action")

@@ -79,13 +79,22 @@ def attack_checks(model_dir, world_dir, source_dir, settings) -> list[dict]:
         r = run_attack("relearn", str(model_dir), str(world_dir), subject=str(source_dir), seed=settings.seed,
                        steps=settings.relearn_steps, source="facts")
         out.append(check("relearn_recovery", r["recovery"], settings.relearn_max,
-                         (r["recovery"] or 0.0) <= settings.relearn_max, variant=r["recovery_variant"]))
-    except ValueError as e:  # e.g. no person with two facts to split into relearn and evaluation
-        out.append(check("relearn_recovery", None, settings.relearn_max, True, note=f"not run: {e}"))
+                         (r["recovery"] or 0.0) <= settings.relearn_max, variant=r["recovery_variant"],
+                         **_undefined(r)))
+    except ValueError as e:  # e.g. no person with two facts to split into relearn and evaluation: cannot decide,
+        # so not verified (until session 37 it passed, and a batch nothing could relearn was deployed)
+        out.append(check("relearn_recovery", None, settings.relearn_max, False, note=f"cannot decide, not run: {e}"))
     q = run_attack("quantize", str(model_dir), str(world_dir), subject=str(source_dir), seed=settings.seed, bits=(4,))
     out.append(check("quantize_recovery", q["recovery"], settings.quantize_max,
-                     (q["recovery"] or 0.0) <= settings.quantize_max, variant=q["recovery_variant"]))
+                     (q["recovery"] or 0.0) <= settings.quantize_max, variant=q["recovery_variant"], **_undefined(q)))
     return out
+
+
+def _undefined(res: dict) -> dict:
+    """A recovery check's note where the attack's recovery is undefined: the subject's answers on
+    the batch's facts are within `attacks.recovery.MIN_GAP` of the new version's (nothing was there
+    to take back; were the facts still answered, the answers check fails the request)."""
+    return {"note": res["notes"][-1]} if res["recovery"] is None and res["notes"] else {}
 
 
 def utility_check(home, model_dir, lm=None) -> dict:
