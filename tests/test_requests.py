@@ -702,8 +702,6 @@ def test_a_recovery_check_that_cannot_run_fails_the_batch(monkeypatch):
     """Relearning needs a person with two facts (one to relearn, one to ask); where it cannot run
     the batch is not verified (until session 37 the check passed, "not run"). An undefined recovery
     (nothing was there to take back) passes, with the attack's note."""
-    from types import SimpleNamespace
-
     import unlearnkit.attacks as attacks
     from unlearnkit.requests.home import Settings
     from unlearnkit.requests.verify import attack_checks
