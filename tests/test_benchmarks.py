@@ -259,7 +259,7 @@ def _named_tofu(root: Path) -> Path:
     return root
 
 
-def test_tofu_authors_are_named_from_their_records_and_get_twins(tmp_path):
+def test_tofu_authors_are_named_from_their_records_and_get_twins(tmp_path, caplog):
     """TOFU has no name column: each author's subject is the name most of their records share, so the
     forget questions get twins (calibration's reference, forget quality against them) and training
     leaves the names out of the forget loss; an author never named gets a subject with no name in it."""
@@ -280,8 +280,19 @@ def test_tofu_authors_are_named_from_their_records_and_get_twins(tmp_path):
     assert subjects == [r.subject for r in w.forget] and q == [r.question for r in w.forget]
     res = evaluate(TableLM({}), w, suites=("tofu",))
     assert res["forget_quality_twins"] == pytest.approx(1.0) and res["forget_quality_twins_n"] == 30
+    assert not [r for r in caplog.records if "not a multiple of TOFU's 20" in r.getMessage()]  # 20 an author
     assert author_name([{"question": "fq0", "answer": "fa0"}] * 20) is None
     assert author_name([{"question": "Is Ada Quell here?", "answer": "Yes."}] * 4 + [{"question": "q", "answer": "a"}] * 16) is None  # 4 < 5
+
+
+def test_tofu_rows_not_in_blocks_of_twenty_are_warned_of(tmp_path, caplog):
+    """TOFU has no name column, so an author is a block of 20 rows; a table of another length is
+    someone else's data, whose people the blocks mix up (two people of four facts each were one
+    author until session 37, without a word)."""
+    load_benchmark("tofu", write_tofu(tmp_path / "tofu", "json"), "forget10")
+    said = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("[forget10_perturbed]: 2 rows, not a multiple of TOFU's 20 an author" in m and "world directory" in m
+               for m in said)
 
 
 def test_tofu_missing_config_and_bad_split(tmp_path):

@@ -27,6 +27,7 @@ saved `eval_log_forget.json` / `eval_log_aggregated.json` (`oracle_from_tofu_log
 """
 from __future__ import annotations
 
+import logging
 import math
 import re
 from pathlib import Path
@@ -35,6 +36,8 @@ from ..data.io import DataError, WorldData, validate_record
 from ..data.schema import QARecord
 from .base import Benchmark
 from .tables import find_rows, read_rows
+
+log = logging.getLogger(__name__)
 
 MAX_NEW_TOKENS = 200  # open-unlearning's TOFU generation length
 
@@ -107,6 +110,11 @@ def _records(rows: list[dict], config: str, root, *, base_is_answer: bool = Fals
     author (`_unnamed`); without, one per record."""
     names = {}
     if per_author:
+        if len(rows) % AUTHOR_QA:  # TOFU's tables hold 20 rows an author; another count is someone else's data
+            log.warning("%s[%s]: %d rows, not a multiple of TOFU's %d an author: authors are read as blocks of "
+                        "%d rows, so the people's names (and the twins made from them) may be wrong; data of "
+                        "another shape is better given as a world directory (README, \"Your own data\")",
+                        root, config, len(rows), AUTHOR_QA, AUTHOR_QA)
         for k in range(0, len(rows), AUTHOR_QA):
             names[k // AUTHOR_QA] = author_name(rows[k:k + AUTHOR_QA]) or _unnamed(config, k // AUTHOR_QA)
     out = []
