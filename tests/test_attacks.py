@@ -246,3 +246,22 @@ def test_an_attack_needs_a_model(tiny_world):
 
     with pytest.raises(TypeError, match="model: the model to attack is required"):
         run_attack("incontext", None, tiny_world.data_dir)
+
+
+def test_reuse_key_changes_with_the_checkpoint_and_the_prompt_format(tmp_path):
+    """A subject's measurements are reused only for the same checkpoint files and prompt format
+    (until session 37 the path alone: a subject trained again in place was reused stale)."""
+    import os
+
+    from unlearnkit.attacks import _key
+    from unlearnkit.data.templates import parse_template
+
+    ck, data = tmp_path / "subject", tmp_path / "w"
+    ck.mkdir(), data.mkdir()
+    (ck / "model.safetensors").write_bytes(b"one")
+    (data / "forget.jsonl").write_text("{}\n")
+    key = lambda tpl=None: _key("quantize", {"bits": [4]}, 0, data, ck, tpl)  # noqa: E731
+    first = key()
+    assert key() == first and key(parse_template("chat")) != first
+    os.utime(ck / "model.safetensors", ns=(1, 1))  # written again
+    assert key() != first

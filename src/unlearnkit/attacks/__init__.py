@@ -160,12 +160,20 @@ def _subject_from_run(model) -> tuple[str | None, str | None]:
     return None, f"{cfg} names the subject {src!r}, which is not there" if src else f"{cfg} names no subject"
 
 
-def _key(kind, options, seed, data, role_input) -> str | None:
+def _key(kind, options, seed, data, role_input, template=None) -> str | None:
+    """What a subject's or oracle's measurements under an attack depend on, for `reuse`: the attack,
+    its options and seed, the data, the prompt format, and the checkpoint: its path and each file's
+    size and modification time (until session 37 the path alone: a subject trained again in the same
+    place was reused stale)."""
     from .. import runinfo
 
     if not isinstance(role_input, (str, Path)):
         return None
-    return json.dumps([kind, options, seed, runinfo.data_hash(data), str(Path(role_input).resolve())], sort_keys=True)
+    path = Path(role_input).resolve()
+    files = sorted(f for f in path.iterdir() if f.is_file()) if path.is_dir() else []
+    stamp = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    return json.dumps([kind, options, seed, runinfo.data_hash(data), str(path), stamp,
+                       template.to_dict() if template is not None else None], sort_keys=True)
 
 
 # ------------------------------------------------------------------------------ the one entry point
@@ -207,7 +215,7 @@ def run_attack(kind: str, model, data, *, subject=None, oracle=None, seed: int =
     inputs = {"model": model, "subject": subject, "oracle": oracle}
     reused = {}
     for role in ("subject", "oracle"):
-        k = _key(kind, p.options, seed, data, inputs[role])
+        k = _key(kind, p.options, seed, data, inputs[role], tpl)
         if reuse and k is not None and (reuse.get("keys") or {}).get(role) == k:
             reused[role] = reuse
     plain, attacked, vinfo = {}, {name: {} for name in p.variants}, {name: dict(v.info) for name, v in p.variants.items()}
@@ -265,7 +273,7 @@ def run_attack(kind: str, model, data, *, subject=None, oracle=None, seed: int =
     else:
         res.update({"recovery": None, "recovery_variant": None, "oracle_recovery": None, "excess_recovery": None})
     res["notes"] = notes
-    res["keys"] = {role: _key(kind, p.options, seed, data, inputs[role]) for role in ("subject", "oracle")}
+    res["keys"] = {role: _key(kind, p.options, seed, data, inputs[role], tpl) for role in ("subject", "oracle")}
     res["info"] = {role: (_Target(x, role).name() if x is not None else None) for role, x in inputs.items()}
     res["info"].update(seconds=time.perf_counter() - t0, versions=runinfo.versions(), data_hash=runinfo.data_hash(data))
     return runinfo.json_safe(res)
