@@ -224,6 +224,27 @@ def test_bad_input_one_line_errors(home, tmp_path):
     assert rq.show(home, rq.add(home, "Zed Two", aliases="Z. Two").id)["aliases"] == ["Z. Two"]  # not 6 letters
 
 
+def test_home_init_refuses_a_home_inside_the_model_folder_or_holding_it(raw, tmp_path):
+    """A home inside the model's folder copied the model into itself, writing into the source, until
+    "File name too long" (session 37); a home that holds the model folder is refused too."""
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(raw["model"], model)
+    before = sorted(p.relative_to(model) for p in model.rglob("*"))
+    code, _, err = cli("home", "init", "--model", str(model), "--retain", str(raw["world"]),
+                       "--home", str(model / "home"))
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert f"--home {model / 'home'}: it lies inside the source model's folder {model}" in " ".join(err.split())
+    assert sorted(p.relative_to(model) for p in model.rglob("*")) == before  # nothing written into the source
+    with pytest.raises(HomeError, match="it contains the source model's folder"):
+        rq.init(tmp_path, model, raw["world"], **LENIENT)
+    with pytest.raises(HomeError, match="it is the source model's folder"):
+        rq.init(model, model, raw["world"], **LENIENT)
+    assert sorted(p.relative_to(model) for p in model.rglob("*")) == before
+    assert not (tmp_path / "home.json").exists() and not (tmp_path / "versions").exists()
+
+
 def test_a_retain_pool_from_a_world_keeps_ids_that_repeat_across_its_splits(tmp_path):
     """Ids are unique within a split (README); the pool joins the splits, and an id two of them
     share was refused in the home's own retain.jsonl ("home/retain/retain.jsonl:3: duplicate id",

@@ -223,7 +223,7 @@ def apply_lora(model, r: int = 8, alpha: int = 16, dropout: float = 0.0, target_
     return get_peft_model(model, cfg)
 
 
-def check_out(model, out: str | os.PathLike, what: str = "source model") -> None:
+def check_out(model, out: str | os.PathLike, what: str = "source model", option: str = "--out") -> None:
     """Refuse an output folder that is, holds or lies inside the source model's folder (or, with
     `what="data"`, the data's: outputs written among a world's files changed its data hash, and every
     earlier result was refused as "evaluated on other data", until session 36)."""
@@ -233,7 +233,7 @@ def check_out(model, out: str | os.PathLike, what: str = "source model") -> None
     src, dst = src.resolve(), out.expanduser().resolve()
     holds = src.is_relative_to(dst) and what != "data"  # a run beside the data, in its parent, changes none of it
     if dst == src or holds or dst.is_relative_to(src):
-        raise ValueError(f"--out {out}: it {'is' if dst == src else 'contains' if src.is_relative_to(dst) else 'lies inside'} "
+        raise ValueError(f"{option} {out}: it {'is' if dst == src else 'contains' if src.is_relative_to(dst) else 'lies inside'} "
                          f"the {what}'s folder {model}; the {what} is never written to: choose another folder")
 
 

@@ -225,11 +225,16 @@ class Home:
         """Create a home from a base model (checkpoint dir or hub id) and a retain pool (a world dir,
         a `datasets` dir or a JSONL file of QA records)."""
         from ..guard import Guard, GuardSettings
+        from ..models.load import check_out
         from .pool import import_pool
 
         path = Path(path) if path is not None else default_home()
         if (path / "home.json").exists():
             raise HomeError(f"{path}: already a deployment home")
+        try:  # a home inside the model's folder copied the model into itself until "File name too long"
+            check_out(model, path, option="--home")
+        except ValueError as e:
+            raise HomeError(str(e)) from None
         settings = settings or Settings()
         existed = path.exists()
         empty = not existed or not any(path.iterdir())
