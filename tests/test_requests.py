@@ -245,6 +245,26 @@ def test_home_init_refuses_a_home_inside_the_model_folder_or_holding_it(raw, tmp
     assert not (tmp_path / "home.json").exists() and not (tmp_path / "versions").exists()
 
 
+def test_home_init_refuses_a_retain_pool_no_larger_than_its_utility_slice(raw, tmp_path):
+    """The utility slice is never trained on, and a batch's retain set is drawn from the rest: a pool
+    of utility_records or fewer left none, and every batch failed ("retain.jsonl: empty, and method
+    simnpo needs a retain set") and stayed open for good (session 37)."""
+    from unlearnkit.data.io import write_jsonl
+    from unlearnkit.requests.pool import read_pool_source
+
+    pool = read_pool_source(raw["world"])
+    small = write_jsonl(tmp_path / "small.jsonl", pool[:50])
+    code, _, err = cli("home", "init", "--model", str(raw["model"]), "--retain", str(small),
+                       "--home", str(tmp_path / "h"))  # utility_records: 100 by default
+    assert code == 2 and len(err.strip().splitlines()) == 1 and not (tmp_path / "h").exists()
+    assert f"{small}: the retain pool has 50 records, and utility_records is 100: it must hold more" in " ".join(err.split())
+    with pytest.raises(ValueError, match="the retain pool has 50 records, and utility_records is 50"):
+        rq.init(tmp_path / "h", raw["model"], small, measure_utility=False, utility_records=50)
+    assert not (tmp_path / "h").exists()
+    h = rq.init(tmp_path / "h", raw["model"], small, measure_utility=False, utility_records=49)
+    assert len((h.retain_dir / "retain.jsonl").read_text().splitlines()) == 50
+
+
 def test_a_retain_pool_from_a_world_keeps_ids_that_repeat_across_its_splits(tmp_path):
     """Ids are unique within a split (README); the pool joins the splits, and an id two of them
     share was refused in the home's own retain.jsonl ("home/retain/retain.jsonl:3: duplicate id",

@@ -240,7 +240,7 @@ class Home:
         empty = not existed or not any(path.iterdir())
         path.mkdir(parents=True, exist_ok=True)
         try:
-            import_pool(retain, path / "retain")
+            import_pool(retain, path / "retain", settings.utility_records)
             v0 = _import_model(model, path / "versions", "v0000")
             g = Guard(path / "guard", settings=GuardSettings(default_action=settings.guard_action))
             g.save_settings()

@@ -37,8 +37,17 @@ def read_pool_source(source: str | os.PathLike) -> list[QARecord]:
     return recs
 
 
-def import_pool(source: str | os.PathLike, out_dir: Path) -> Path:
-    return write_jsonl(Path(out_dir) / "retain.jsonl", read_pool_source(source))
+def import_pool(source: str | os.PathLike, out_dir: Path, utility_records: int = 0) -> Path:
+    """The pool as `out_dir/retain.jsonl`; refused when it holds no more than `utility_records` (the
+    home's utility slice, which no batch trains on): a batch's retain set is drawn from the rest, and
+    with none left every batch failed ("retain.jsonl: empty, and method ... needs a retain set") and
+    stayed open for good (session 37)."""
+    recs = read_pool_source(source)
+    if len(recs) <= utility_records:
+        raise DataError(f"{source}: the retain pool has {len(recs)} records, and utility_records is {utility_records}: "
+                        f"it must hold more (the utility check's records are never trained on; a batch's retain set "
+                        f"is drawn from the rest)")
+    return write_jsonl(Path(out_dir) / "retain.jsonl", recs)
 
 
 def load_pool(home) -> list[QARecord]:
