@@ -370,6 +370,33 @@ def test_request_add_from_the_command_line_guards_at_once_without_the_model_side
     assert [x["status"] for x in rq.list_requests(home)] == ["guarded"]
 
 
+def test_a_request_add_killed_before_its_guard_step_is_guarded_by_the_next_add_or_process(home, raw):
+    """`request add` SIGKILLed between the ledger's create and the guard step left the request
+    `received` for good (session 37): never guarded, never taken by `process`, and filing it again
+    merged into it without moving it on. The next add of the person, or the next process, guards it."""
+    def killed_add(name):
+        r = subprocess.run([sys.executable, "-m", "unlearnkit.cli", "request", "add", name, "--home", str(home.path)],
+                           env=_env(UNLEARNKIT_KILL_AT="received"), capture_output=True, timeout=120)
+        assert r.returncode == -9, r.stderr.decode()[-2000:]
+        (left,) = [x for x in rq.list_requests(home) if x["name"] == name]
+        assert left["status"] == "received" and left["id"] not in {t.id for t in home.targets().list()}
+        return left["id"]
+
+    first, second = raw["people"][:2]
+    rid = killed_add(first)
+    again = rq.add(home, first.upper(), aliases=["F. Again"])  # filed again: merged, and guarded now
+    assert (again.id, again.status, again.merged) == (rid, "guarded", True)
+    (t,) = [t for t in home.targets().list() if t.id == rid]
+    assert t.subject == first and t.aliases == ["F. Again"]
+    assert home.guard().detect([f"Where was {first} born?"])[0].hit
+    rid2 = killed_add(second)
+    res = rq.process(home, steps=2)  # guards it first, then takes it with the other
+    assert set(res["requests"]) == {rid, rid2}
+    r2 = rq.show(home, rid2)
+    assert r2["status"] in ("verified", "failed") and r2["guarded_at"] is not None
+    assert [e["to_status"] for e in r2["events"]][:3] == ["received", "guarded", "located"]
+
+
 def test_process_killed_at_every_stage_resumes(home, raw):
     """SIGKILL at each stage of a batch, then the next `process` goes on; meanwhile `request add`
     from this process (another writer) is safe."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from ..runinfo import kill_point
 from .home import Home, open_home
 from .person import check_facts, check_name, new_names, person_hash, read_facts
 
@@ -61,14 +62,21 @@ def add(home: Home | str | os.PathLike | None, name: str, aliases: list[str] | N
             if r.status == "verified":  # the ledger holds no name any more; the guard may
                 _more_names(guard, r.id, [name, *aliases])
                 return Added(r.id, r.status, True, facts_not_kept=len(facts))
-            put_target(guard, guard_target(r.id, r.name, r.aliases, r.facts, (r.inventory or {}).get("items")))
-            if r.status == "failed":
-                led.transition(r.id, "guarded")
-            return Added(r.id, led.get(r.id).status, True)
+            return Added(r.id, guard_request(led, guard, r), True)
         rid = led.create(keys[0], keys, name, aliases, facts, reason)
-        put_target(guard, guard_target(rid, name, aliases, facts))
-        led.transition(rid, "guarded")
-        return Added(rid, "guarded", False)
+        kill_point("received")  # in the ledger, not yet behind the guard: the next add or process guards it
+        return Added(rid, guard_request(led, guard, led.get(rid)), False)
+
+
+def guard_request(led, store, r) -> str:
+    """Put request `r` (not verified) behind the guard, its inventory's answers too, and move it to
+    `guarded` where it is `received` (just filed, or left there by an `add` killed between the ledger
+    and the guard: stranded for good until session 37, as `process` takes guarded and located
+    requests only) or `failed` (filed again). Idempotent, and safe beside another process doing the
+    same: the move is made only from those states. Returns the request's status."""
+    put_target(store, guard_target(r.id, r.name, r.aliases, r.facts, (r.inventory or {}).get("items")))
+    led.transition(r.id, "guarded", only_from=("received", "failed"))
+    return led.get(r.id).status
 
 
 def _more_names(store, request_id: str, names: list[str]) -> None:

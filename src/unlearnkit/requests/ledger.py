@@ -202,11 +202,17 @@ class Ledger:
             _event(c, request_id, None, r.status, r.status, {"merged": True, "aliases": len(aliases), "facts": len(facts)})
         return self.get(request_id)
 
-    def transition(self, request_id: str, to: str, **fields) -> None:
+    def transition(self, request_id: str, to: str, only_from: tuple[str, ...] | None = None, **fields) -> bool:
         """Move a request to state `to` (checked against TRANSITIONS), setting `fields` in the same
-        transaction; the time column of the new state is set too."""
+        transaction; the time column of the new state is set too. With `only_from`, a request in
+        another state is left as it is (another process moved it first): False."""
         with self.tx() as c:
+            if only_from is not None:
+                row = c.execute("SELECT status FROM requests WHERE id=?", (request_id,)).fetchone()
+                if row is not None and row[0] not in only_from:
+                    return False
             _transition(c, request_id, to, fields)
+        return True
 
     def transition_many(self, changes: list[tuple[str, str, dict]], batch_update: tuple[str, dict] | None = None) -> None:
         """Several state changes (and a batch update) as one transaction."""

@@ -31,7 +31,7 @@ from ..runinfo import kill_point
 from ..data.io import write_jsonl
 from .certificate import build as build_certificate, write as write_certificate
 from .home import Home, HomeError, check_method, open_home
-from .intake import guard_target, put_target
+from .intake import guard_request, guard_target, put_target
 from .locate import forget_records, load_probes, locate, twin_records
 from .person import new_names
 from .pool import load_pool, neighbours_of, utility_slice
@@ -118,6 +118,8 @@ def process(home=None, method: str | None = None, max_batch: int | None = None, 
         for stale in home.versions_dir.glob(".v*.tmp-*"):  # half-copied versions of a killed run
             shutil.rmtree(stale, ignore_errors=True)
         with home.ledger() as led:
+            for r in led.list("received"):  # an `add` killed before its guard step: guarded first
+                guard_request(led, home.targets(), r)
             resumed = [_run(home, b["id"], train_overrides, progress) for b in led.open_batches()]
             todo = led.list(("guarded", "located"))
         if max_batch is not None:
