@@ -397,6 +397,29 @@ def test_a_request_add_killed_before_its_guard_step_is_guarded_by_the_next_add_o
     assert [e["to_status"] for e in r2["events"]][:3] == ["received", "guarded", "located"]
 
 
+def test_a_resumed_batch_trains_with_what_it_was_started_with(home, raw):
+    """A batch left open goes on with its own seed and budget, recorded with it, not the next call's
+    (it trained with the new call's `--steps` and `--seed` until session 37), and the call says so."""
+    rid, _ = (rq.add(home, p, facts=[{"question": f"What is the pet of {p}?", "answer": "Wobbles"}]).id
+              for p in raw["people"][:2])  # two: the relearning check needs facts to train on and facts to ask
+    proc = subprocess.run(_process_cmd(home, "--seed", "7"), env=_env(UNLEARNKIT_KILL_AT="started"),
+                          capture_output=True, timeout=600)  # --steps 2
+    assert proc.returncode == -9, proc.stderr.decode()[-2000:]
+    b = rq.show(home, rid)["batch"]
+    code, out, err = cli("request", "process", "--home", str(home.path), "--steps", "3", "--seed", "1")
+    assert code in (0, 1), out + err  # 1: not deployed (the checks, on an untrained model, decide)
+    said = " ".join(out.split())
+    assert f"batch {b}: " in said and "left open" not in said  # the batch resumed is the one printed
+    assert 'resumed with what it was started with (seed=7, steps=2); this call\'s seed=1, steps=3 apply to a new ' \
+           'batch only' in said
+    config = yaml.safe_load((home.runs_dir / b / "unlearn" / "config.yaml").read_text())
+    assert config["seed"] == 7 and config["train"]["steps"] == 2
+    assert rq.show(home, rid)["status"] in ("verified", "failed")
+    with home.ledger() as led:  # what it was started with stays on record with its results
+        assert {k: led.batch(b)["results"][k] for k in ("seed", "train_overrides")} == {
+            "seed": 7, "train_overrides": {"steps": 2}}
+
+
 def test_process_killed_at_every_stage_resumes(home, raw):
     """SIGKILL at each stage of a batch, then the next `process` goes on; meanwhile `request add`
     from this process (another writer) is safe."""

@@ -144,7 +144,11 @@ def request_process(home: Optional[Path] = HOME,
     for b in res.get("resumed", []):  # a run killed earlier left it open: finished first (unsaid until session 35)
         out.print(f"batch {b['batch']} (left open by an earlier run): {b['stage']} ({b['source_version']} -> "
                   f"{b['new_version']}), {len(b['requests'])} request(s)")
+        if b.get("note"):
+            out.print(f"  {b['note']}", highlight=False)
     out.print(f"batch {res['batch']}: {res['stage']} ({res['source_version']} -> {res['new_version']})")
+    if res.get("note"):  # the batch printed is one an earlier run left open, resumed with its own options
+        out.print(f"  {res['note']}", highlight=False)
     for i, r in enumerate(res.get("rounds", [])):
         what = "unlearned" if i == 0 else f"repair round {i}:"
         # the run's own utility, on its retain sample; the check that may reject the batch measures the

@@ -223,11 +223,14 @@ class Ledger:
                 _update_batch(c, *batch_update)
 
     def start_batch(self, batch_id: str, source_version: str, new_version: str, request_ids: list[str],
-                    method: str) -> None:
+                    method: str, results: dict | None = None) -> None:
+        """A new batch (its `results`: what it was started with) and its requests -> processing, as
+        one transaction."""
         with self.tx() as c:
-            c.execute("INSERT INTO batches (id, stage, source_version, new_version, request_ids, method, started_at) "
-                      "VALUES (?,?,?,?,?,?,?)", (batch_id, "started", source_version, new_version,
-                                                 json.dumps(request_ids), method, time.time()))
+            c.execute("INSERT INTO batches (id, stage, source_version, new_version, request_ids, method, results, "
+                      "started_at) VALUES (?,?,?,?,?,?,?,?)",
+                      (batch_id, "started", source_version, new_version, json.dumps(request_ids), method,
+                       json.dumps(results) if results is not None else None, time.time()))
             for rid in request_ids:
                 _transition(c, rid, "processing", {"batch": batch_id})
 

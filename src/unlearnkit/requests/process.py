@@ -107,7 +107,13 @@ def process(home=None, method: str | None = None, max_batch: int | None = None, 
     """Finish any batch a crash left open, then take the guarded/located requests (at most
     `max_batch`) as one batch. Returns the batch summary (the resumed batch's when there was no new
     request; {} when there was nothing to do at all), with the summaries of the other batches it
-    finished first under "resumed" (their requests count apart from `max_batch`)."""
+    finished first under "resumed" (their requests count apart from `max_batch`).
+
+    A batch left open goes on with the method, seed and training options it was started with (the
+    ledger's record), whatever this call asks: they are its certificates' method. This call's
+    `method`, `seed` and options apply to its new batch only; where they differ from a resumed
+    batch's, its summary's "note" says so (it trained with this call's seed and budget until
+    session 37)."""
     from ..calibrate import settings_from
 
     home = open_home(home)
@@ -120,7 +126,8 @@ def process(home=None, method: str | None = None, max_batch: int | None = None, 
         with home.ledger() as led:
             for r in led.list("received"):  # an `add` killed before its guard step: guarded first
                 guard_request(led, home.targets(), r)
-            resumed = [_run(home, b["id"], train_overrides, progress) for b in led.open_batches()]
+            resumed = [{**_run(home, b["id"], progress), **_differs(home, b, method, seed, train_overrides)}
+                       for b in led.open_batches()]
             todo = led.list(("guarded", "located"))
         if max_batch is not None:
             todo = todo[:max_batch]
@@ -137,20 +144,44 @@ def process(home=None, method: str | None = None, max_batch: int | None = None, 
         batch_id = "b-" + time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
         with home.ledger() as led:
             led.start_batch(batch_id, source.name, home.next_version_name(), [r.id for r in todo],
-                            method or home.settings.method)
-            if seed is not None or train_overrides:
-                led.update_batch(batch_id, results={"train_overrides": train_overrides, "seed": seed})
+                            method or home.settings.method, {"train_overrides": train_overrides, "seed": seed})
         kill_point("started")
-        return {**_run(home, batch_id, train_overrides, progress, seed), "resumed": resumed}
+        return {**_run(home, batch_id, progress), "resumed": resumed}
 
 
-def _run(home: Home, batch_id: str, train_overrides: dict, progress: bool, seed: int | None = None) -> dict:
-    """Carry batch `batch_id` from its recorded stage to deployed or rejected."""
+def _started_with(b: dict) -> dict:
+    """The seed (None: the home's) and training options batch `b` was started with, as the ledger
+    recorded them (a batch recorded none where it was given none, before session 37)."""
+    rec = b.get("results") or {}
+    return {"train_overrides": rec.get("train_overrides") or {}, "seed": rec.get("seed")}
+
+
+def _differs(home: Home, b: dict, method: str | None, seed: int | None, overrides: dict) -> dict:
+    """{"note": ...} where this call asked for a method, seed or option other than resumed batch `b`
+    was started with (and goes on with), else {}."""
+    own = _started_with(b)
+    had = {"method": b["method"], "seed": home.settings.seed if own["seed"] is None else own["seed"],
+           **own["train_overrides"]}
+    asked = {"method": method, "seed": seed, **overrides}
+    asked = {k: v for k, v in asked.items() if v is not None and had.get(k) != v}
+    if not asked:
+        return {}
+    say = lambda d: ", ".join(f"{k}={json.dumps(v)}" for k, v in d.items())  # noqa: E731
+    note = (f"resumed with what it was started with ({say({k: had.get(k) for k in asked})}); this call's "
+            f"{say(asked)} apply to a new batch only")
+    log.warning("batch %s: %s", b["id"], note)
+    return {"note": note}
+
+
+def _run(home: Home, batch_id: str, progress: bool) -> dict:
+    """Carry batch `batch_id` from its recorded stage to deployed or rejected, with the seed and
+    training options it was started with (`_started_with`)."""
     run_dir = home.runs_dir / batch_id
     with home.ledger() as led:
         b = led.batch(batch_id)
         reqs = [led.get(i) for i in b["request_ids"]]
-    seed = home.settings.seed if seed is None else seed
+    own = _started_with(b)
+    seed, train_overrides = home.settings.seed if own["seed"] is None else own["seed"], own["train_overrides"]
     world, per = batch_world(home, reqs, run_dir / "world")
     has_forget = (world / "forget.jsonl").is_file()
     source = home.check_version(b["source_version"])
@@ -269,7 +300,7 @@ def _verify(home: Home, b: dict, reqs, per, world: Path, source, after, run_dir:
     got = run_checks(home, reqs, per, world, source.path, after.path)
     kill_point("checked")
     ok, batch_checks, per_checks = got["passed"], got["batch_checks"], got["request_checks"]
-    results = {"batch_checks": batch_checks, "request_checks": per_checks}
+    results = {**_started_with(b), "batch_checks": batch_checks, "request_checks": per_checks}
     if not ok:
         failures = {}
         for r in reqs:
