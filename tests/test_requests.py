@@ -420,6 +420,49 @@ def test_a_resumed_batch_trains_with_what_it_was_started_with(home, raw):
             "seed": 7, "train_overrides": {"steps": 2}}
 
 
+def test_a_batch_that_fails_every_time_can_be_abandoned(home, raw, monkeypatch):
+    """A batch whose run raises every time (as a home made before session 37 whose retain pool left
+    nothing to retain did) held its requests `processing` and every later batch back for good;
+    `request process --abandon` gives it up: abandoned, its requests failed with the reason, the guard
+    still on them; filed again, a request is taken again."""
+    from unlearnkit.data.io import DataError
+
+    proc = sys.modules["unlearnkit.requests.process"]  # the package's `process` is the function
+    def fails(*a, **k):
+        raise DataError("world/retain.jsonl: empty, and method simnpo needs a retain set")
+
+    monkeypatch.setattr(proc, "_unlearn", fails)
+    ids = [rq.add(home, p, facts=[{"question": f"What is the pet of {p}?", "answer": "Wobbles"}]).id
+           for p in raw["people"][:2]]
+    for _ in range(2):  # the same every time, and the way out said
+        with pytest.raises(HomeError, match=r"needs a retain set \(batch b-\S+ stays open: `unlearn request process "
+                                            r"--abandon` gives it up"):
+            rq.process(home, steps=2)
+        assert {x["status"] for x in rq.list_requests(home)} == {"processing"}
+    (b,) = {x["batch"] for x in rq.list_requests(home)}
+    assert (home.runs_dir / b / "world").is_dir()
+    code, out, err = cli("request", "process", "--abandon", "--home", str(home.path))
+    assert code == 0, out + err
+    assert f"batch {b}: abandoned at stage started, 2 request(s) failed" in out
+    for rid in ids:
+        r = rq.show(home, rid)
+        assert r["status"] == "failed" and r["failure"].startswith(f"abandoned: batch {b} given up at stage started")
+    with home.ledger() as led:
+        assert led.batch(b)["stage"] == "abandoned" and not led.open_batches()
+    assert not (home.runs_dir / b / "world").exists()  # names in clear: gone with the batch
+    assert {t.id for t in home.targets().list()} == set(ids)  # still behind the guard
+    assert rq.abandon(home) == []
+    assert "no open batch to abandon" in cli("request", "process", "--abandon", "--home", str(home.path))[1]
+    assert rq.add(home, raw["people"][0]).status == "guarded"  # filed again: taken by the next batch
+    # a batch whose checks all passed may already be deployed: `process` finishes it, it is not abandoned
+    with home.ledger() as led:
+        led.start_batch("b-deploying", "v0000", "v0001", [ids[0]], DEFAULT_METHOD)
+        led.update_batch("b-deploying", stage="deploying")
+    with pytest.raises(HomeError, match="batch b-deploying: deploying .* it is not abandoned"):
+        rq.abandon(home)
+    assert rq.show(home, ids[0])["status"] == "processing"
+
+
 def test_process_killed_at_every_stage_resumes(home, raw):
     """SIGKILL at each stage of a batch, then the next `process` goes on; meanwhile `request add`
     from this process (another writer) is safe."""

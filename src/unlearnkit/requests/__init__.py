@@ -6,6 +6,7 @@ batches, a certificate per request. See docs/requests.md.
     rid = rq.add(home, "Alaric Thornwood").id      # guarded at once
     rq.locate(home, rid)                           # what the model reveals: the inventory
     rq.process(home)                               # unlearn, verify, deploy, certify
+    rq.abandon(home)                               # give up a batch that fails every time: its requests fail
     rq.show(home, rid)["status"], rq.verify_certificate(home, rid)["ok"]
 """
 from __future__ import annotations
@@ -16,7 +17,7 @@ from .certificate import load as certificate, verify_certificate
 from .home import Home, HomeError, Settings, check_method, open_home
 from .intake import Added, add
 from .ledger import STATES, LedgerError, Request
-from .process import locate_request as locate, process
+from .process import abandon, locate_request as locate, process
 
 
 def init(home: str | os.PathLike | None, model: str | os.PathLike, retain: str | os.PathLike, *,
@@ -45,5 +46,5 @@ def show(home, request_id: str) -> dict:
         return {**r.public(), "events": led.events(request_id)}
 
 
-__all__ = ["Added", "Home", "HomeError", "LedgerError", "Request", "STATES", "Settings", "add", "certificate",
+__all__ = ["Added", "Home", "HomeError", "LedgerError", "Request", "STATES", "Settings", "abandon", "add", "certificate",
            "init", "list_requests", "locate", "open_home", "process", "prune", "show", "verify_certificate"]

@@ -121,12 +121,27 @@ def request_process(home: Optional[Path] = HOME,
                     calibration: Optional[List[str]] = typer.Option(
                         None, "--calibration", "-c", help="Calibration setting key=value for this batch (repeatable; "
                                                           "`unlearn forget --help`), e.g. repair_rounds=2."),
-                    progress: bool = typer.Option(False, "--progress")):
+                    progress: bool = typer.Option(False, "--progress"),
+                    abandon: bool = typer.Option(False, "--abandon",
+                                                 help="Give up the batch an earlier run left open (one that fails "
+                                                      "every time): it is marked abandoned and its requests failed; "
+                                                      "nothing else is processed.")):
     """Unlearn the guarded requests as one batch from `current`, verify each, deploy if all pass.
     A batch an earlier run left open (killed) is finished first, and said. Exits 1 when the batch is
     not deployed (its requests failed: the table says why)."""
     from . import process
 
+    if abandon:
+        from . import abandon as give_up
+
+        done = give_up(home)
+        for b in done:
+            out.print(f"batch {b['batch']}: abandoned at stage {b['stage']}, {len(b['requests'])} request(s) failed")
+        if not done:
+            out.print("no open batch to abandon")
+        else:
+            _list(home, ids=[i for b in done for i in b["requests"]])
+        return
     if max_batch is not None and max_batch < 1:
         raise ValueError("--max-batch: must be >= 1")
     if method is not None:

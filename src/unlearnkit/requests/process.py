@@ -126,7 +126,7 @@ def process(home=None, method: str | None = None, max_batch: int | None = None, 
         with home.ledger() as led:
             for r in led.list("received"):  # an `add` killed before its guard step: guarded first
                 guard_request(led, home.targets(), r)
-            resumed = [{**_run(home, b["id"], progress), **_differs(home, b, method, seed, train_overrides)}
+            resumed = [{**_run_or_say(home, b["id"], progress), **_differs(home, b, method, seed, train_overrides)}
                        for b in led.open_batches()]
             todo = led.list(("guarded", "located"))
         if max_batch is not None:
@@ -146,7 +146,42 @@ def process(home=None, method: str | None = None, max_batch: int | None = None, 
             led.start_batch(batch_id, source.name, home.next_version_name(), [r.id for r in todo],
                             method or home.settings.method, {"train_overrides": train_overrides, "seed": seed})
         kill_point("started")
-        return {**_run(home, batch_id, progress), "resumed": resumed}
+        return {**_run_or_say(home, batch_id, progress), "resumed": resumed}
+
+
+def abandon(home=None) -> list[dict]:
+    """Give up the batches left open (`unlearn request process --abandon`): a batch whose run fails
+    every time (an error, not a check) held its requests `processing` and every later batch back for
+    good until session 37. Each open batch is marked `abandoned` and its requests `failed` with the
+    reason, in one transaction; the guard stays on for them, and filing one again retries it. A batch
+    at `deploying` (every check passed; `current` may already be its version) is refused: `process`
+    finishes it. Returns [{"batch", "stage" (the one it was abandoned at), "requests" (failed)}]."""
+    home = open_home(home)
+    done = []
+    with home.process_lock(), home.ledger() as led:
+        batches = led.open_batches()
+        for b in batches:
+            if b["stage"] == "deploying":
+                raise HomeError(f"batch {b['id']}: deploying (every check passed, certificates written): "
+                                f"`unlearn request process` finishes it; it is not abandoned")
+        for b in batches:
+            failure = (f"abandoned: batch {b['id']} given up at stage {b['stage']} (`request process --abandon`); "
+                       f"file the request again to retry")
+            ids = [rid for rid in b["request_ids"] if led.get(rid).status == "processing"]
+            led.transition_many([(rid, "failed", {"failure": failure}) for rid in ids], (b["id"], {"stage": "abandoned"}))
+            for d in (home.runs_dir / b["id"]).glob("world*"):  # names and facts in clear: gone with the batch
+                shutil.rmtree(d, ignore_errors=True)
+            done.append({"batch": b["id"], "stage": b["stage"], "requests": ids})
+    return done
+
+
+def _run_or_say(home: Home, batch_id: str, progress: bool) -> dict:
+    """`_run`, with an error that stops the batch saying that it stays open and how to give it up."""
+    try:
+        return _run(home, batch_id, progress)
+    except ValueError as e:  # expected failures (data, settings, paths); anything else raises as it is
+        raise HomeError(f"{str(e).splitlines()[0] if str(e) else type(e).__name__} (batch {batch_id} stays open: "
+                        f"`unlearn request process --abandon` gives it up, its requests failed)") from e
 
 
 def _started_with(b: dict) -> dict:
