@@ -833,20 +833,27 @@ def test_demo_requests_carries_every_forget_person_through_sequential_batches(ti
 
 
 def test_a_recovery_check_that_cannot_run_fails_the_batch(monkeypatch):
-    """Relearning needs a person with two facts (one to relearn, one to ask); where it cannot run
-    the batch is not verified (until session 37 the check passed, "not run"). An undefined recovery
-    (nothing was there to take back) passes, with the attack's note."""
+    """Relearning needs a person with two facts (one to relearn, one to ask), or two people, or
+    neighbours to relearn; where no source can run the batch is not verified (until session 37 the
+    check passed, "not run"). An undefined recovery (nothing was there to take back) passes, with
+    the attack's note."""
     import unlearnkit.attacks as attacks
     from unlearnkit.requests.home import Settings
     from unlearnkit.requests.verify import attack_checks
 
-    def fake(kind, *a, **k):
+    tried = []
+
+    def fake(kind, *a, source=None, **k):
         if kind == "relearn":
-            raise ValueError("relearn by facts needs a forget person with at least 2 facts")
+            tried.append(source)
+            raise ValueError(f"relearn source {source!r} cannot run")
         return {"recovery": None, "recovery_variant": None, "notes": ["recovery undefined under every variant: x"]}
     monkeypatch.setattr(attacks, "run_attack", fake)
     relearn, quant = attack_checks("m", "w", "s", Settings())
-    assert relearn["passed"] is False and relearn["note"].startswith("cannot decide, not run: relearn by facts")
+    assert tried == ["facts", "people", "neighbours"] and relearn["passed"] is False
+    assert relearn["note"].startswith("cannot decide, not run: relearn source 'facts' cannot run; relearn source 'people'")
     assert quant["passed"] is True and quant["note"] == "recovery undefined under every variant: x"
     with pytest.raises(ValueError, match="relearn_steps"):
         Settings(relearn_steps=0)
+    with pytest.raises(ValueError, match="answer_tolerance"):  # every calibrated process failed on it
+        Settings(answer_tolerance=1.0)

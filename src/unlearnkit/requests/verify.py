@@ -71,19 +71,27 @@ def request_checks(lm, records, twins, settings) -> list[dict]:
 
 
 def attack_checks(model_dir, world_dir, source_dir, settings) -> list[dict]:
-    """Recovery under relearning and 4-bit quantization, batch-wide."""
+    """Recovery under relearning and 4-bit quantization, batch-wide. Relearning takes the first source
+    the batch allows (`attacks.relearn.split`); with none, the batch cannot be verified."""
     from ..attacks import run_attack
 
-    out = []
-    try:
-        r = run_attack("relearn", str(model_dir), str(world_dir), subject=str(source_dir), seed=settings.seed,
-                       steps=settings.relearn_steps, source="facts")
+    out, why = [], []
+    # by facts (half of each person's relearned, the rest asked); where no person has two, by people
+    # (some relearned, the others asked), then by neighbours (their records relearned, the facts asked)
+    for source in ("facts", "people", "neighbours"):
+        try:
+            r = run_attack("relearn", str(model_dir), str(world_dir), subject=str(source_dir), seed=settings.seed,
+                           steps=settings.relearn_steps, source=source)
+        except ValueError as e:
+            why.append(str(e))
+            continue
         out.append(check("relearn_recovery", r["recovery"], settings.relearn_max,
                          (r["recovery"] or 0.0) <= settings.relearn_max, variant=r["recovery_variant"],
                          **_undefined(r)))
-    except ValueError as e:  # e.g. no person with two facts to split into relearn and evaluation: cannot decide,
-        # so not verified (until session 37 it passed, and a batch nothing could relearn was deployed)
-        out.append(check("relearn_recovery", None, settings.relearn_max, False, note=f"cannot decide, not run: {e}"))
+        break
+    else:  # cannot decide, so not verified (until session 37 it passed, and a batch nothing could relearn deployed)
+        out.append(check("relearn_recovery", None, settings.relearn_max, False,
+                         note=f"cannot decide, not run: {'; '.join(why)}"))
     q = run_attack("quantize", str(model_dir), str(world_dir), subject=str(source_dir), seed=settings.seed, bits=(4,))
     out.append(check("quantize_recovery", q["recovery"], settings.quantize_max,
                      (q["recovery"] or 0.0) <= settings.quantize_max, variant=q["recovery_variant"], **_undefined(q)))
