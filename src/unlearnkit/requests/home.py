@@ -67,7 +67,7 @@ class Settings(BaseModel):
     utility_records: int = Field(100, ge=1, description="fixed retain-pool slice that utility is measured on")
     utility_floor: float = Field(0.9, ge=0, le=1, description="x the base model's utility, for every deployed "
                                                               "version")
-    answer_tolerance: float = Field(0.1, ge=0, lt=1, description="person's answer rate - strangers' answer rate (below 1: the repair rounds' tolerance too)")
+    answer_tolerance: float = Field(0.1, ge=0, le=1, description="person's answer rate - strangers' answer rate (also the repair rounds' tolerance)")
     mia_tolerance: float = Field(0.3, ge=0, le=0.5, description="|AUC(person vs strangers) - 0.5|")
     relearn_max: float = Field(0.5, ge=0, description="recovery under relearning (attacks.relearn, source=facts)")
     quantize_max: float = Field(0.3, ge=0, description="recovery under 4-bit round-to-nearest quantization")
