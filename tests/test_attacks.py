@@ -93,11 +93,13 @@ def test_plans(tiny_world):
     from unlearnkit.data.io import load_world
 
     w = load_world(tiny_world.data_dir)
-    for source in ("people", "facts", "neighbours"):
+    for source in ("people", "facts", "neighbours", "retain"):
         train, ev = split(w, source, 0.5, seed=0)
         assert train and ev
         assert not {r.id for r in train} & {r.id for r in ev}
         assert [r.id for r in train] == [r.id for r in split(w, source, 0.5, seed=0)[0]]  # deterministic
+    train, ev = split(w, "retain", 0.5, seed=0)  # benign data, as many records as forget facts
+    assert len(train) == len(w.forget) and {r.id for r in train} <= {r.id for r in w.retain} and ev == list(w.forget)
     train, ev = split(w, "people", 0.5, seed=0)
     assert not {r.subject for r in train} & {r.subject for r in ev}
     p = make_plan("probes", w)

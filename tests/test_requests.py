@@ -850,7 +850,7 @@ def test_a_recovery_check_that_cannot_run_fails_the_batch(monkeypatch):
         return {"recovery": None, "recovery_variant": None, "notes": ["recovery undefined under every variant: x"]}
     monkeypatch.setattr(attacks, "run_attack", fake)
     relearn, quant = attack_checks("m", "w", "s", Settings())
-    assert tried == ["facts", "people", "neighbours"] and relearn["passed"] is False
+    assert tried == ["facts", "people", "neighbours", "retain"] and relearn["passed"] is False
     assert relearn["note"].startswith("cannot decide, not run: relearn source 'facts' cannot run; relearn source 'people'")
     assert quant["passed"] is True and quant["note"] == "recovery undefined under every variant: x"
     with pytest.raises(ValueError, match="relearn_steps"):

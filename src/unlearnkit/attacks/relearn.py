@@ -13,6 +13,9 @@ source (which data relearns; the split is a deterministic function of `seed`):
 - "facts": `fraction` of each forget person's facts; evaluated on their other facts.
 - "neighbours": `fraction` of the neighbour records (public people who share a birthplace, an
   employer or a relation with a forget person); evaluated on the whole forget set.
+- "retain": as many retain records as the forget set has, unrelated to it (fine-tuning on benign
+  data, which also brings hidden knowledge back: Lynch et al.); evaluated on the whole forget set.
+  It runs wherever there is a retain set: a request batch of one person with one fact falls back to it.
 Training: the `finetune` loss (plain NLL) through `unlearnkit.train.train`, every training phrasing
 of each relearn fact, `steps` AdamW steps at constant `lr`, `batch_size` pairs per step.
 """
@@ -22,7 +25,7 @@ import random
 
 from . import AttackPlan, Variant
 
-SOURCES = ("people", "facts", "neighbours")
+SOURCES = ("people", "facts", "neighbours", "retain")
 
 
 def _take(n: int, fraction: float, lo: int = 1) -> int:
@@ -59,6 +62,12 @@ def split(world, source: str = "people", fraction: float = 0.5, seed: int = 0) -
             raise ValueError("relearn source 'neighbours': the world has no neighbours split")
         rng.shuffle(nb)
         return nb[:max(1, round(fraction * len(nb)))], forget
+    if source == "retain":
+        pool = sorted(world.retain, key=lambda r: r.id)
+        if not pool:
+            raise ValueError("relearn source 'retain': the world has no retain split")
+        rng.shuffle(pool)
+        return pool[:len(forget)], forget
     raise ValueError(f"unknown relearn source {source!r}; valid sources: {', '.join(SOURCES)}")
 
 

@@ -77,8 +77,8 @@ def attack_checks(model_dir, world_dir, source_dir, settings) -> list[dict]:
 
     out, why = [], []
     # by facts (half of each person's relearned, the rest asked); where no person has two, by people
-    # (some relearned, the others asked), then by neighbours (their records relearned, the facts asked)
-    for source in ("facts", "people", "neighbours"):
+    # (some relearned, the others asked), then by neighbours or by retain records (relearned, the facts asked)
+    for source in ("facts", "people", "neighbours", "retain"):
         try:
             r = run_attack("relearn", str(model_dir), str(world_dir), subject=str(source_dir), seed=settings.seed,
                            steps=settings.relearn_steps, source=source)
