@@ -128,6 +128,89 @@ def test_a_diverging_run_saves_nothing_and_keeps_the_run_it_would_replace(tiny_w
     assert not (out / ".earlier").exists()
 
 
+def test_a_second_run_into_the_same_folder_is_refused_while_one_runs(tiny_world, tmp_path, monkeypatch):
+    """Two runs into one --out at once both ran until session 37, and left one's config and log
+    beside the other's weights. The folder is locked for the whole run: a second is refused in one
+    line (with --overwrite or --resume too), and the first's outputs are its own."""
+    from unlearnkit import api, unlearning
+
+    out = tmp_path / "run"
+    second = ["forget", "--model", str(tiny_world.subject_dir), "--data", str(tiny_world.data_dir), "--method", "ga",
+              "--steps", "1", "--out", str(out)]
+    refused, started, load = [], [], unlearning.load_model
+
+    def load_and_start_another(*a, **k):  # the first run holds the lock here: it loads its model
+        if not started:
+            started.append(True)
+            refused.extend(runner.invoke(app, second + extra) for extra in ([], ["--overwrite"], ["--resume"]))
+        return load(*a, **k)
+
+    monkeypatch.setattr(unlearning, "load_model", load_and_start_another)
+    api.forget(tiny_world.subject_dir, tiny_world.data_dir, "npo", out, steps=3, lr=1e-4, progress=False)
+    assert [r.exit_code for r in refused[:2]] == [2, 2]
+    for r in refused[:2]:
+        assert r.stderr.strip() == f"error: --out {out}: another run is writing there now; wait for it to end, or " \
+                                   f"choose another folder"
+    assert refused[2].exit_code == 2 and "no run there to resume" in refused[2].stderr  # no config.yaml yet
+    assert yaml.safe_load((out / "config.yaml").read_text())["method"] == "npo"
+    assert json.loads((out / "train.json").read_text())["train_stats"]["steps"] == 3
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "log.jsonl", "model", "train.json"]
+
+
+def test_a_run_killed_outright_leaves_no_lock(tiny_world, tmp_path):
+    """The lock is the kernel's (fcntl): a run SIGKILLed mid-training leaves none, and --resume runs."""
+    import os
+    import subprocess
+    import sys
+
+    from unlearnkit import api
+
+    out = tmp_path / "run"
+    kw = dict(steps=4, lr=1e-4, save_every=2, progress=False)
+    cmd = [sys.executable, "-m", "unlearnkit.cli", "forget", "--model", str(tiny_world.subject_dir), "--data",
+           str(tiny_world.data_dir), "--method", "ga", "--out", str(out), "--steps", "4", "--lr", "1e-4",
+           "--save-every", "2"]
+    proc = subprocess.run(cmd, env={**os.environ, "UNLEARNKIT_KILL_AT": "checkpoint-2"}, capture_output=True)
+    assert proc.returncode == -9, proc.stderr[-500:]
+    assert (out / "checkpoints" / "step-2").is_dir() and not (out / "train.json").exists()
+    api.forget(tiny_world.subject_dir, tiny_world.data_dir, "ga", out, resume=True, **kw)
+    assert json.loads((out / "train.json").read_text())["train_stats"]["resumed_from"] == 2
+
+
+def test_an_overwriting_run_killed_while_it_sets_the_earlier_run_aside_loses_none_of_it(tiny_world, tmp_path,
+                                                                                       monkeypatch):
+    """--overwrite moves the earlier run's outputs aside one by one; killed between two moves, the
+    next run took the half-filled `.earlier` for the whole earlier run and deleted the rest (its
+    config.yaml, train.json: until session 37). Now the half-moved run is put back first: the next
+    overwriting run that fails restores all of it."""
+    import os
+
+    from unlearnkit import api
+
+    out = tmp_path / "run"
+    kw = dict(progress=False)
+    api.forget(tiny_world.subject_dir, tiny_world.data_dir, "ga", out, steps=1, lr=1e-4, **kw)
+    (out / "metrics.json").write_text("{}")
+    before = _tree_hash(out)
+    replace = os.replace
+
+    def killed_before_train_json(a, b):
+        if str(b).endswith("train.json") and ".earlier" in str(b):
+            raise KeyboardInterrupt
+        return replace(a, b)
+
+    with monkeypatch.context() as m:
+        m.setattr(os, "replace", killed_before_train_json)
+        with pytest.raises(KeyboardInterrupt):
+            api.forget(tiny_world.subject_dir, tiny_world.data_dir, "ga", out, steps=1, lr=1e-4, overwrite=True, **kw)
+    from unlearnkit.train import DivergedError
+
+    with pytest.raises(DivergedError):  # an overwriting run that fails puts the earlier run back, whole
+        api.forget(tiny_world.subject_dir, tiny_world.data_dir, "ga", out, steps=20, lr=1e30, overwrite=True, **kw)
+    assert _tree_hash(out) == before
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "log.jsonl", "metrics.json", "model", "train.json"]
+
+
 def test_resume_only_the_same_run(tiny_world, tmp_path):
     from unlearnkit import api
 

@@ -180,3 +180,22 @@ def kill_point(name: str) -> None:
     request home's stages, `requests.process`; a training checkpoint, `checkpoint-STEP`)."""
     if os.environ.get(KILL_ENV) == name:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+@contextmanager
+def exclusive(folder: str | os.PathLike, busy: str):
+    """Hold an exclusive lock on `folder` (an `fcntl` lock on the folder itself: no lock file left
+    behind) while the block runs; ValueError(`busy`) at once where another process, or another
+    block of this one, holds it. The kernel releases it when the process ends, SIGKILL included,
+    so none is ever left stale."""
+    import fcntl
+
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ValueError(busy) from None
+        yield
+    finally:
+        os.close(fd)

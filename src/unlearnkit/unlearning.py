@@ -37,6 +37,8 @@ def is_main() -> bool:
 BUDGET_KEYS = ("steps", "epochs")
 NO_RETAIN_METHOD = "npo"  # the default where the data has no retain set (`default_plan`)
 EARLIER = ".earlier"  # in a run directory: the outputs an --overwrite run replaces, until it has its own
+MOVING = ".earlier-moving"  # outputs on their way into EARLIER or back out of it (`_put_back`)
+DROPPED = ".earlier-dropped"  # EARLIER once the run has its own outputs, while it is deleted
 RUN_OUTPUTS = ("model", "adapter", "checkpoints", "log.jsonl", "train.json", "calibration.json", "metrics.json")
 # and repair-K/ (`_repair`)
 
@@ -201,47 +203,48 @@ def forget(model: str | os.PathLike, data: str | os.PathLike, method: str | None
         raise ValueError(f"the {benchmark} benchmark's forget set is documents, with no questions to calibrate on: "
                          f"give a budget (--steps or --epochs)")
     check_launch()
-    net, tok = load_model(model)
-    set_seed(seed)  # before the adapter: its initial weights come from the run's seed (as train() seeds)
-    if lora:
-        net = apply_lora(net)
-    elif m.trainable is not None:
-        m.trainable(net, hp)
-    prompts, answers, *subjects = f_pairs  # subjects: from a world's records (benchmarks' pairs have none)
-    streams = {"forget": encode_pairs(tok, prompts, answers, template=tpl, subjects=subjects[0] if subjects else None)}
-    if m.needs_retain:
-        streams["retain"] = encode_pairs(tok, *r_pairs, template=tpl)
-    monitor = None
-    if calibrated:
-        monitor = Calibrator(tok, w, settings, seed=seed, forget_stream_len=len(streams["forget"]),
-                             batch_size=cfg.batch_size, template=tpl)
-        cfg.steps = monitor.budget
-    ctx = Context(params=hp, seed=seed, pad_id=tok.pad_token_id, tokenizer=tok, template=tpl,
-                  forget_text=(prompts, answers, subjects[0]) if subjects else None,
-                  strangers=_strangers(w, seed + 1) if w is not None else None)
-    bench_info = ({"name": benchmark, "split": split,
-                   **({"zero_shot": True, "forget_records": len(w.forget)} if world is not None else {})}
-                  if benchmark else None)
-    config = {"method": method, "model": runinfo.where(model), "data": runinfo.where(data), "data_hash": runinfo.data_hash(data),
-              "benchmark": bench_info, "template": tpl.to_dict(), "seed": seed, "lora": lora, "merge": merge,
-              "params": hp.model_dump(), "train": config_dict(cfg),
-              "calibration": settings.model_dump() if settings else None, "versions": runinfo.versions()}
-    timer = runinfo.Timer()
-    with _run_dir(out, config, resume):
-        with timer("prepare"):
-            masks = keep_salient(net, streams["forget"], tok.pad_token_id, cfg.saliency) if cfg.saliency else None
-            if m.prepare is not None:
-                ctx.cache = m.prepare(net, streams, ctx)
-        with timer("train"):
-            res = train(net, m.loss, streams, cfg, pad_id=tok.pad_token_id, ctx=ctx, out_dir=out, resume=resume,
-                        progress=progress, desc=method, monitor=monitor, grad_masks=masks)
-        first = res
+    with _run_lock(out, resume=resume, overwrite=overwrite):  # to the end: one run at a time in `out`
+        net, tok = load_model(model)
+        set_seed(seed)  # before the adapter: its initial weights come from the run's seed (as train() seeds)
+        if lora:
+            net = apply_lora(net)
+        elif m.trainable is not None:
+            m.trainable(net, hp)
+        prompts, answers, *subjects = f_pairs  # subjects: from a world's records (benchmarks' pairs have none)
+        streams = {"forget": encode_pairs(tok, prompts, answers, template=tpl, subjects=subjects[0] if subjects else None)}
+        if m.needs_retain:
+            streams["retain"] = encode_pairs(tok, *r_pairs, template=tpl)
+        monitor = None
         if calibrated:
-            with timer("repair"):
-                res = _repair(res, w, m, streams, cfg, ctx, tok, tpl, settings, seed, out, progress, method, masks)
-        if is_main():
-            _write_outputs(out, res, first, tok, lora=lora, merge=merge, seconds=timer.seconds, method=method,
-                           saliency={"fraction": cfg.saliency, "weights_trained": _kept_share(masks)} if masks else None)
+            monitor = Calibrator(tok, w, settings, seed=seed, forget_stream_len=len(streams["forget"]),
+                                 batch_size=cfg.batch_size, template=tpl)
+            cfg.steps = monitor.budget
+        ctx = Context(params=hp, seed=seed, pad_id=tok.pad_token_id, tokenizer=tok, template=tpl,
+                      forget_text=(prompts, answers, subjects[0]) if subjects else None,
+                      strangers=_strangers(w, seed + 1) if w is not None else None)
+        bench_info = ({"name": benchmark, "split": split,
+                       **({"zero_shot": True, "forget_records": len(w.forget)} if world is not None else {})}
+                      if benchmark else None)
+        config = {"method": method, "model": runinfo.where(model), "data": runinfo.where(data), "data_hash": runinfo.data_hash(data),
+                  "benchmark": bench_info, "template": tpl.to_dict(), "seed": seed, "lora": lora, "merge": merge,
+                  "params": hp.model_dump(), "train": config_dict(cfg),
+                  "calibration": settings.model_dump() if settings else None, "versions": runinfo.versions()}
+        timer = runinfo.Timer()
+        with _run_dir(out, config, resume):
+            with timer("prepare"):
+                masks = keep_salient(net, streams["forget"], tok.pad_token_id, cfg.saliency) if cfg.saliency else None
+                if m.prepare is not None:
+                    ctx.cache = m.prepare(net, streams, ctx)
+            with timer("train"):
+                res = train(net, m.loss, streams, cfg, pad_id=tok.pad_token_id, ctx=ctx, out_dir=out, resume=resume,
+                            progress=progress, desc=method, monitor=monitor, grad_masks=masks)
+            first = res
+            if calibrated:
+                with timer("repair"):
+                    res = _repair(res, w, m, streams, cfg, ctx, tok, tpl, settings, seed, out, progress, method, masks)
+            if is_main():
+                _write_outputs(out, res, first, tok, lora=lora, merge=merge, seconds=timer.seconds, method=method,
+                               saliency={"fraction": cfg.saliency, "weights_trained": _kept_share(masks)} if masks else None)
     process_state().wait_for_everyone()  # every process returns once the outputs are written
     return out
 
@@ -254,20 +257,43 @@ def _check_options(model, out: Path, *, lora: bool, merge: bool, resume: bool, o
     check_out(model, out)
     if out.is_file():  # a traceback (FileExistsError) until session 34
         raise ValueError(f"--out {out}: is a file; a run is a folder")
-    if not (resume or overwrite) and (earlier := [n for n in RUN_OUTPUTS if (out / n).exists()]):
-        # an earlier run's model, checkpoints and metrics were replaced without a word until session 34
-        raise ValueError(f"--out {out}: holds an earlier run ({', '.join(earlier[:3])}): --resume it, --overwrite "
-                         f"it, or choose another folder")
     if resume and overwrite:
         raise ValueError("--resume and --overwrite: resume continues the run there, overwrite replaces it; give one")
-    if resume and not (out / "config.yaml").is_file():  # started a new run without a word until session 36
-        raise ValueError(f"--resume {out}: no run there to resume (no config.yaml); check the folder, or drop "
-                         f"--resume to start one")
+    _check_run_dir(out, resume=resume, overwrite=overwrite)
     if merge and not lora:  # accepted, and recorded as merge: true, until session 34
         raise ValueError("--merge goes with --lora: it merges the trained adapter into the model")
     if saliency and lora:
         raise ValueError(f"--saliency {saliency!r} goes with full fine-tuning: LoRA trains its own "
                          f"small matrices; drop one of them")
+
+
+def _check_run_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
+    """What `out` holds, against `resume` and `overwrite`: checked before any work, and again under
+    the run's lock (`_run_lock`), where no other run can write there between the check and the run."""
+    if not (resume or overwrite) and (earlier := [n for n in RUN_OUTPUTS if (out / n).exists()]):
+        # an earlier run's model, checkpoints and metrics were replaced without a word until session 34
+        raise ValueError(f"--out {out}: holds an earlier run ({', '.join(earlier[:3])}): --resume it, --overwrite "
+                         f"it, or choose another folder")
+    if resume and not (out / "config.yaml").is_file():  # started a new run without a word until session 36
+        raise ValueError(f"--resume {out}: no run there to resume (no config.yaml); check the folder, or drop "
+                         f"--resume to start one")
+
+
+@contextmanager
+def _run_lock(out: Path, *, resume: bool, overwrite: bool):
+    """The main process holds `out`'s lock for the whole run (`runinfo.exclusive`): a second run
+    into the same folder is refused while one runs there (until session 37 both ran, and left one's
+    config and log beside the other's weights). Under it, the earlier run that an overwriting run
+    killed mid-move had half set aside is put back (`_put_back`), and `out` is checked again."""
+    if not is_main():
+        yield
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    with runinfo.exclusive(out, f"--out {out}: another run is writing there now; wait for it to end, or "
+                                f"choose another folder"):
+        _put_back(out)
+        _check_run_dir(out, resume=resume, overwrite=overwrite)
+        yield
 
 
 @contextmanager
@@ -285,18 +311,21 @@ def _run_dir(out: Path, config: dict, resume: bool):
         if is_main() and (isinstance(e, DivergedError) or (out / EARLIER).is_dir()):
             _clear_outputs(out)
             if (out / EARLIER).is_dir():
-                for p in (out / EARLIER).iterdir():
-                    os.replace(p, out / p.name)
-                (out / EARLIER).rmdir()
+                os.replace(out / EARLIER, out / MOVING)
+                _put_back(out)
         raise
-    if is_main():
-        shutil.rmtree(out / EARLIER, ignore_errors=True)
+    if is_main() and (out / EARLIER).is_dir():
+        os.replace(out / EARLIER, out / DROPPED)  # whole, at once: a kill in rmtree leaves no half EARLIER
+        shutil.rmtree(out / DROPPED)
 
 
 def _open_run_dir(out: Path, config: dict, resume: bool) -> None:
     """Check a resumed run's config against the one it resumes; then (main process) set an earlier
     run's outputs aside in `EARLIER` (or, where one is set aside already by an overwriting run that
-    was killed, clear that run's), clear what a resumed run makes again, and write `config.yaml`."""
+    was killed, clear that run's), clear what a resumed run makes again, and write `config.yaml`.
+    The outputs move into `MOVING` first, which becomes `EARLIER` only once all are there: a run
+    killed in between lost those not yet moved to the next run's clearing until session 37
+    (`_put_back` now returns them)."""
     if resume:
         _check_resume(out, config)
     if not is_main():
@@ -307,11 +336,22 @@ def _open_run_dir(out: Path, config: dict, resume: bool) -> None:
             _remove(out / name)  # made again: the repair rounds too run again after a resumed run
     elif (out / EARLIER).is_dir():
         _clear_outputs(out)
-    else:
-        for p in _outputs(out):
-            (out / EARLIER).mkdir(exist_ok=True)
-            os.replace(p, out / EARLIER / p.name)
+    elif earlier := _outputs(out):
+        (out / MOVING).mkdir()
+        for p in earlier:
+            os.replace(p, out / MOVING / p.name)
+        os.replace(out / MOVING, out / EARLIER)
     runinfo.write_text(out / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+
+
+def _put_back(out: Path) -> None:
+    """Finish what a killed run left half done in `out`: outputs in `MOVING` (an earlier run being
+    set aside, or being put back after a failure) return to `out`, and a dropped `EARLIER` goes."""
+    if (out / MOVING).is_dir():
+        for p in (out / MOVING).iterdir():
+            os.replace(p, out / p.name)
+        (out / MOVING).rmdir()
+    shutil.rmtree(out / DROPPED, ignore_errors=True)
 
 
 def _outputs(out: Path) -> list[Path]:
