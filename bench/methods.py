@@ -94,7 +94,7 @@ def build(cache: Path, shape: str, seed: int, retrained: int = 0, size: str = "t
                              f"or another --cache")
     for k, (s, kind) in plan.items():
         if not api.reusable(models[k], data, s, kind, size):
-            api.finetune(data, models[k], without_forget=kind == "oracle", seed=s, size=size, progress=False)
+            api.finetune(data, models[k], without_forget=kind == "oracle", seed=s, size=size, progress=False, overwrite=True)
     return data, models
 
 

@@ -100,7 +100,7 @@ def main():
     for i in range(args.retrained):  # as bench/methods.py's `build`: the same data, another seed
         ckpt, s = args.out / "models" / f"retrained-{i + 1}", args.seed + RETRAIN_SEED + i
         if not api.reusable(ckpt, data, s, "oracle"):
-            api.finetune(data, ckpt, without_forget=True, seed=s, progress=False)
+            api.finetune(data, ckpt, without_forget=True, seed=s, progress=False, overwrite=True)
         retrained.append(LM(*load_model(ckpt)))
     subject, oracle = LM(*load_model(models["subject"])), LM(*load_model(models["oracle"]))
     res = {"config": vars(args) | {"out": str(args.out)}, "n_forget_people": len(people)}

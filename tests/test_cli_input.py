@@ -171,7 +171,7 @@ def test_finetune_never_replaces_the_source_or_a_folder_of_other_files(world, tm
     mine = tmp_path / "mine"
     (mine / "sub").mkdir(parents=True)
     (mine / "notes.txt").write_text("mine")
-    assert "holds other files, and the checkpoint replaces the whole folder" in fails(
+    assert "holds other files (notes.txt, sub), and the checkpoint replaces the whole folder" in fails(
         "finetune", "--data", world, "--steps", 1, "--out", mine)
     assert (mine / "notes.txt").read_text() == "mine" and (mine / "sub").is_dir()
     (tmp_path / "afile").write_text("x")
@@ -187,10 +187,52 @@ def test_finetune_never_replaces_the_source_or_a_folder_of_other_files(world, tm
     assert "holds an earlier run (model, log.jsonl, train.json): --resume it, --overwrite it" in fails(*run)
     assert (tmp_path / "r" / "train.json").read_text() == first
     assert CliRunner().invoke(app, [*run, "--overwrite"]).exit_code == 0
-    res = CliRunner().invoke(app, ["finetune", "--data", str(world), "--steps", "1", "--out", str(tmp_path / "ck")])
+    ck = ["finetune", "--data", str(world), "--steps", "1", "--out", str(tmp_path / "ck")]
+    res = CliRunner().invoke(app, ck)
     assert res.exit_code == 0, res.output
-    res = CliRunner().invoke(app, ["finetune", "--data", str(world), "--steps", "1", "--out", str(tmp_path / "ck")])
-    assert res.exit_code == 0 and (tmp_path / "ck" / "unlearnkit.json").is_file()  # its own checkpoint: replaced
+    # its own checkpoint: replaced with --overwrite only, as forget replaces a run (it was replaced without a
+    # word until session 37)
+    before = (tmp_path / "ck" / "unlearnkit.json").read_text()
+    assert fails(*ck) == f"error: --out {tmp_path / 'ck'}: holds a checkpoint (unlearnkit.json): --overwrite it, or " \
+                         f"choose another folder"
+    assert (tmp_path / "ck" / "unlearnkit.json").read_text() == before
+    res = CliRunner().invoke(app, [*ck, "--overwrite"])
+    assert res.exit_code == 0 and (tmp_path / "ck" / "unlearnkit.json").read_text() != before
+
+
+def test_finetune_never_replaces_a_run_kept_in_a_checkpoint_folder(world, tmp_path, model_dir):
+    """`forget --out` takes a checkpoint folder; a later `finetune --out` there replaced the whole
+    folder, the run with it, since the folder held unlearnkit.json (until session 37)."""
+    ck = tmp_path / "ck"
+    res = CliRunner().invoke(app, ["finetune", "--data", str(world), "--steps", "1", "--out", str(ck)])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(app, ["forget", "--model", str(model_dir), "--data", str(world), "--method", "ga",
+                                   "--steps", "1", "--out", str(ck)])
+    assert res.exit_code == 0, res.output
+    assert fails("finetune", "--data", world, "--steps", 1, "--out", ck, "--overwrite") == (
+        f"error: --out {ck}: holds other files (config.yaml, log.jsonl, model, ...), and the checkpoint replaces the "
+        f"whole folder: choose a new or empty folder")
+    assert (ck / "model" / "model.safetensors").is_file() and (ck / "train.json").is_file()
+
+
+def test_finetune_writes_its_record_with_the_weights(world, tmp_path, monkeypatch):
+    """unlearnkit.json (the prompt format the checkpoint was trained in, its data) was written after
+    the weights: a kill in between left a checkpoint that loaded in the raw format, and which a rerun
+    called "other files" (until session 37). Both go into the folder in one rename, or neither."""
+    from unlearnkit import api, runinfo
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runinfo, "versions", killed)  # the last thing the record needs
+    with pytest.raises(KeyboardInterrupt):
+        api.finetune(world, tmp_path / "ck", steps=1, progress=False)
+    assert not (tmp_path / "ck").exists() and not list(tmp_path.glob(".ck*"))
+    monkeypatch.undo()
+    api.finetune(world, tmp_path / "ck", steps=1, progress=False)  # no --overwrite needed: nothing was there
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == [
+        "config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+        "unlearnkit.json"]
 
 
 def test_finetune_needs_a_retain_split_and_one_budget(world, tmp_path):

@@ -61,12 +61,14 @@ def _all_texts(w) -> list[str]:
 
 def finetune(data: str | os.PathLike, out: str | os.PathLike, *, model: str | None = None, without_forget: bool = False,
              seed: int = 0, size: str = "tiny", progress: bool = True, template: str | None = None,
-             system: str | None = None, **train_overrides) -> Path:
+             system: str | None = None, overwrite: bool = False, **train_overrides) -> Path:
     """Train a model on a world's training splits (subject), or without its forget set (oracle).
 
     Without `model`, a BPE tokenizer and a small Llama are trained from scratch; the tokenizer is
     trained on the whole world's text, so subject and oracle share one vocabulary.
     `template`/`system`: the prompt format (raw | chat | a format string with {question}).
+    `out` holding an earlier checkpoint of `finetune` is refused unless `overwrite`; one holding
+    anything else always is (`models.load.check_replaceable`).
     """
     from .models.load import check_replaceable
 
@@ -78,7 +80,7 @@ def finetune(data: str | os.PathLike, out: str | os.PathLike, *, model: str | No
     if model is not None:
         check_out(model, out)  # before any work: the source is never written to
     check_out(data, out, what="data")
-    check_replaceable(out)
+    check_replaceable(out, overwrite)
     w = load_world(data)
     require_split(w, "retain", why="the subject trains on forget + retain, and the oracle on retain alone")
     if model is None:
@@ -105,8 +107,7 @@ def finetune(data: str | os.PathLike, out: str | os.PathLike, *, model: str | No
                     desc="oracle" if without_forget else "subject")
     out = Path(out)
     if is_main():
-        save_model(res.model, tok, out, state_dict=res.full_state_dict)
-        runinfo.write_json(out / "unlearnkit.json", {
+        save_model(res.model, tok, out, state_dict=res.full_state_dict, info={
             "kind": "oracle" if without_forget else "subject", "data": runinfo.where(data),
             "data_hash": runinfo.data_hash(data), "base_model": runinfo.where(model), "size": size if model is None else None, "seed": seed, "train": config_dict(cfg),
             "template": tpl.to_dict(),
@@ -314,13 +315,15 @@ def _finetune_job(args):
 
 
 def train_pair(data: str | os.PathLike, todo: dict[str, str | os.PathLike], *, seed: int = 0, progress: bool = True,
-               **train_overrides) -> None:
-    """Train from scratch the models named in `todo` ("subject" and/or "oracle" -> checkpoint dir).
+               overwrite: bool = False, **train_overrides) -> None:
+    """Train from scratch the models named in `todo` ("subject" and/or "oracle" -> checkpoint dir);
+    `overwrite`: replace an earlier checkpoint there (`finetune`).
 
     Two at once run side by side, one process and one thread each: at this model size a step gains
     little from a second thread, so two processes nearly halve the wall time. The processes are
     spawned, so a script that calls this at its top level needs Python's usual
     `if __name__ == "__main__":` guard (without it, each new process runs the script again)."""
+    train_overrides = {**train_overrides, "overwrite": overwrite}
     jobs = [(data, ckpt, kind == "oracle", seed, progress, train_overrides) for kind, ckpt in todo.items()]
     if len(jobs) < 2 or (os.cpu_count() or 1) < 2:
         for _, ckpt, without_forget, *_ in jobs:
@@ -349,7 +352,7 @@ def embedded(out: str | os.PathLike, *, seed: int = 0, n_people: int = 60, forge
     for k in models:
         say(f"[bold]2/6[/] {k}: " + ("training a small Llama from scratch" if k in todo else f"reusing {models[k]}"))
     with timer("subject+oracle"):
-        train_pair(data, {k: models[k] for k in todo}, seed=seed, progress=progress)
+        train_pair(data, {k: models[k] for k in todo}, seed=seed, progress=progress, overwrite=True)  # its own stage
     return data, models
 
 

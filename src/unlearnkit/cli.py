@@ -139,12 +139,15 @@ def finetune(data: Path = typer.Option(..., help="World directory (JSONL splits)
              lr: Optional[float] = typer.Option(None), epochs: Optional[float] = typer.Option(None),
              steps: Optional[int] = typer.Option(None), batch_size: Optional[int] = typer.Option(None),
              template: Optional[str] = typer.Option(None, help=TEMPLATE_HELP),
-             system: Optional[str] = typer.Option(None, help=SYSTEM_HELP)):
+             system: Optional[str] = typer.Option(None, help=SYSTEM_HELP),
+             overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier checkpoint of `unlearn "
+                                                                      "finetune` in OUT (refused without it).")):
     """Train the subject (all training splits) or the oracle (--without-forget)."""
     from . import api
 
     path = api.finetune(data, out, model=model, without_forget=without_forget, seed=seed, size=size,
-                        template=template, system=system, **_train_overrides(lr, steps, epochs, batch_size))
+                        template=template, system=system, overwrite=overwrite,
+                        **_train_overrides(lr, steps, epochs, batch_size))
     if api.is_main():  # launched on several processes: the main one reports
         out_console.print(str(path))
 

@@ -237,16 +237,34 @@ def check_out(model, out: str | os.PathLike, what: str = "source model", option:
                          f"the {what}'s folder {model}; the {what} is never written to: choose another folder")
 
 
-def check_replaceable(out: str | os.PathLike) -> None:
+INFO = "unlearnkit.json"  # what `unlearn finetune` records beside a checkpoint's weights (`save_model(info=)`)
+# the files of a saved checkpoint: weights, configs, tokenizer (any `save_pretrained` writes), and INFO
+CHECKPOINT_FILES = {"config.json", "generation_config.json", "special_tokens_map.json", "added_tokens.json",
+                    "merges.txt", "chat_template.jinja", "chat_template.json", INFO, *TOKENIZER_FILES}
+
+
+def _checkpoint_file(p: Path) -> bool:
+    return p.is_file() and (p.name in CHECKPOINT_FILES or p.name.endswith((".safetensors", ".safetensors.index.json")))
+
+
+def check_replaceable(out: str | os.PathLike, overwrite: bool = False) -> None:
     """Refuse an output folder that a checkpoint would replace whole (`save_model`) where it holds
-    anything but a checkpoint this tool wrote (`unlearnkit.json`): `unlearn finetune --out` deleted
-    a folder's other files, a run's outputs among them, until session 34."""
+    anything but a checkpoint this tool wrote (INFO and a checkpoint's own files, `CHECKPOINT_FILES`:
+    until session 37 INFO alone let `finetune --out` delete a `forget` run kept in that folder), and
+    one of its checkpoints without `overwrite`, as `forget` refuses an earlier run."""
     out = Path(out)
     if out.is_file():
         raise ValueError(f"--out {out}: is a file; the checkpoint is a folder")
-    if out.is_dir() and any(out.iterdir()) and not (out / "unlearnkit.json").is_file():
-        raise ValueError(f"--out {out}: holds other files, and the checkpoint replaces the whole folder: "
-                         f"choose a new or empty folder")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if other := sorted(p.name for p in out.iterdir() if not _checkpoint_file(p)):
+        raise ValueError(f"--out {out}: holds other files ({', '.join(other[:3])}{', ...' * (len(other) > 3)}), and "
+                         f"the checkpoint replaces the whole folder: choose a new or empty folder")
+    if not (out / INFO).is_file():
+        raise ValueError(f"--out {out}: holds a checkpoint that unlearnkit did not write (no {INFO}), and the "
+                         f"checkpoint replaces the whole folder: choose a new or empty folder")
+    if not overwrite:
+        raise ValueError(f"--out {out}: holds a checkpoint ({INFO}): --overwrite it, or choose another folder")
 
 
 def atomic_dir(out: str | os.PathLike):
@@ -281,8 +299,11 @@ class _AtomicDir:
         return False
 
 
-def save_model(model, tokenizer, out: str | os.PathLike, merge: bool = False, state_dict: dict | None = None) -> Path:
-    """Save as an ordinary Hugging Face checkpoint (safetensors), atomically.
+def save_model(model, tokenizer, out: str | os.PathLike, merge: bool = False, state_dict: dict | None = None,
+               info: dict | None = None) -> Path:
+    """Save as an ordinary Hugging Face checkpoint (safetensors), atomically, with `info` (what
+    `finetune` records) as INFO in the same folder: written after the weights until session 37, a
+    kill in between left a checkpoint that loaded in the wrong prompt format.
 
     A peft model saves its adapter; with `merge=True` it saves the merged full model instead.
     `state_dict`: the full weights gathered from sharded training (FSDP, ZeRO-3), saved in place of
@@ -297,6 +318,8 @@ def save_model(model, tokenizer, out: str | os.PathLike, merge: bool = False, st
         tokenizer.save_pretrained(tmp)
         if (tmp / "adapter_config.json").is_file():
             _record_absolute_base(tmp / "adapter_config.json")
+        if info is not None:
+            runinfo.write_json(tmp / INFO, info)
     return Path(out)
 
 
