@@ -244,3 +244,22 @@ def test_finetune_needs_a_retain_split_and_one_budget(world, tmp_path):
     assert "give one budget" in fails("finetune", "--data", world, "--steps", 2, "--epochs", 1, "--out", tmp_path / "m")
     assert not (tmp_path / "m").exists()
 
+
+
+def test_results_never_go_into_a_folder_the_command_reads(world, tmp_path, model_dir):
+    """`eval --out` and `attack --out` wrote into the model's folder (a request home's version, which
+    then failed its manifest check) until session 37: refused, as forget refuses, before any work."""
+    src = shutil.copytree(model_dir, tmp_path / "m")
+    oracle = shutil.copytree(model_dir, tmp_path / "o")
+    before = sorted(p.name for p in src.iterdir())
+    assert fails("eval", "--model", src, "--data", world, "--out", src / "metrics.json") == (
+        f"error: --out {src / 'metrics.json'}: it lies inside the model's folder {src}; the model is never written "
+        f"to: choose another folder")
+    assert "lies inside the oracle's folder" in fails("eval", "--model", src, "--data", world, "--oracle", oracle,
+                                                     "--out", oracle / "r" / "metrics.json")
+    assert "lies inside the data's folder" in fails("eval", "--model", src, "--data", world, "--out",
+                                                   world / "metrics.json")
+    assert "lies inside the model's folder" in fails("attack", "--model", src, "--data", world, "--kind", "quantize",
+                                                    "--subject", oracle, "--out", src / "q.json")
+    assert sorted(p.name for p in src.iterdir()) == before and not (oracle / "r").exists()
+    assert not (world / "metrics.json").exists()

@@ -20,7 +20,7 @@ from .data.batching import encode_pairs, qa_pairs
 from .data.io import load_world, require_split
 from .data.templates import parse_template
 from .methods import get_method
-from .models.load import check_out, load_model, save_model
+from .models.load import check_out, check_results_out, load_model, save_model
 from .sft import sft_loss
 from .launch import check_launch, process_state
 from .train import TrainConfig, config_dict, one_budget, train
@@ -174,6 +174,8 @@ def evaluate(model, data: str | os.PathLike, *, oracle=None, subject=None, suite
     timer = runinfo.Timer()
     if out is not None and Path(out).is_dir():
         raise DataError(f"{out}: is a directory; the results go to a JSON file (e.g. {Path(out) / 'metrics.json'})")
+    if out is not None:
+        check_results_out(out, model=model, subject=subject, oracle=oracle, reference=reference, guard=guard, data=data)
     from .benchmarks import check_split
 
     check_split(benchmark, split)

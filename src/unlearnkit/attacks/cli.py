@@ -59,6 +59,9 @@ def attack(ctx: typer.Context,
 
     check_attack(kind)
     _check_kind_options(ctx, kind)
+    from ..models.load import check_results_out
+
+    check_results_out(out, model=model, subject=subject, oracle=oracle, guard=guard, data=data)
     tpl = parse_template(template, system, model)
     opts: dict = {
         "relearn": dict(steps=steps, lr=lr, fraction=fraction, source=source),

@@ -237,6 +237,15 @@ def check_out(model, out: str | os.PathLike, what: str = "source model", option:
                          f"the {what}'s folder {model}; the {what} is never written to: choose another folder")
 
 
+def check_results_out(out: str | os.PathLike, **read) -> None:
+    """Refuse a results file that lies inside a folder the command reads (`read`: role -> path, e.g.
+    model=, oracle=, data=): `eval --out` and `attack --out` wrote into a model's folder, a request
+    home's version among them (which then failed its manifest check), until session 37."""
+    for what, x in read.items():
+        if isinstance(x, (str, os.PathLike)) and Path(x).expanduser().is_dir():
+            check_out(x, out, what=what)
+
+
 INFO = "unlearnkit.json"  # what `unlearn finetune` records beside a checkpoint's weights (`save_model(info=)`)
 # the files of a saved checkpoint: weights, configs, tokenizer (any `save_pretrained` writes), and INFO
 CHECKPOINT_FILES = {"config.json", "generation_config.json", "special_tokens_map.json", "added_tokens.json",
