@@ -368,3 +368,33 @@ def test_a_run_records_where_its_model_and_data_are_from_anywhere(tiny_world, tm
     assert cfg["model"] == str(tiny_world.subject_dir.resolve()) and cfg["data"] == str(tiny_world.data_dir.resolve())
     monkeypatch.chdir(tmp_path)
     assert _subject_from_run(run / "model") == (str(tiny_world.subject_dir.resolve()), None)
+
+
+def test_an_interrupted_run_says_whether_it_can_be_continued(tiny_world, tmp_path, monkeypatch):
+    """Ctrl-C of `unlearn forget` exited without a word until session 37; now it says whether the
+    run has a checkpoint to continue from with --resume (and --resume does)."""
+    from unlearnkit import runinfo
+
+    out = tmp_path / "run"
+    run = ["forget", "--model", str(tiny_world.subject_dir), "--data", str(tiny_world.data_dir), "--method", "ga",
+           "--steps", "4", "--lr", "1e-4", "--out", str(out)]
+
+    def ctrl_c_at(point):
+        def kill_point(name):
+            if name == point:
+                raise KeyboardInterrupt
+        return kill_point
+
+    monkeypatch.setattr(runinfo, "kill_point", ctrl_c_at("checkpoint-2"))
+    r = runner.invoke(app, [*run, "--save-every", "2"])
+    assert r.exit_code == 130
+    assert r.stderr.strip().splitlines()[-1] == f"interrupted: {out} keeps the run's checkpoint at step 2; continue it with --resume"
+    monkeypatch.undo()
+    r = runner.invoke(app, [*run, "--save-every", "2", "--resume"])
+    assert r.exit_code == 0, r.output
+    from unlearnkit import unlearning
+
+    monkeypatch.setattr(unlearning, "load_model", ctrl_c_at(str(tiny_world.subject_dir)))  # before any step
+    r = runner.invoke(app, [*run[:-1], str(tmp_path / "other"), "--save-every", "2"])
+    assert r.exit_code == 130
+    assert r.stderr.strip().splitlines()[-1] == f"interrupted: no checkpoint in {tmp_path / 'other'} to continue from (--save-every N saves them)"

@@ -198,11 +198,16 @@ def forget(model: str = typer.Option(..., help="Checkpoint dir or hub id of the 
         raise ValueError("--oracle goes with --eval: it is what the evaluation compares the result with")
     if oracle is not None and benchmark in OWN_SCORES:
         raise ValueError(f"--oracle: the {benchmark} benchmark scores the model on its own, against no other model")
-    run = api.forget(model, data, method, out, seed=seed, lora=lora, merge=merge, resume=resume, overwrite=overwrite,
-                     save_every=save_every, params=assignments(param, "--param"),
-                     calibration=assignments(calibration, "--calibration") or None,
-                     benchmark=benchmark, split=split, template=template, system=system, zero_shot=zero_shot,
-                     **_train_overrides(lr, steps, epochs, batch_size, saliency, sam))
+    try:
+        run = api.forget(model, data, method, out, seed=seed, lora=lora, merge=merge, resume=resume, overwrite=overwrite,
+                         save_every=save_every, params=assignments(param, "--param"),
+                         calibration=assignments(calibration, "--calibration") or None,
+                         benchmark=benchmark, split=split, template=template, system=system, zero_shot=zero_shot,
+                         **_train_overrides(lr, steps, epochs, batch_size, saliency, sam))
+    except KeyboardInterrupt:  # exit 130 without a word until session 37
+        if api.is_main():
+            console.print("\n" + _interrupted(out), highlight=False, markup=False, soft_wrap=True)  # below a cut bar
+        raise typer.Exit(130) from None
     if not api.is_main():  # launched on several processes: the main one reports, and evaluates
         return
     console.print(api.run_summary(run), highlight=False)
@@ -213,6 +218,14 @@ def forget(model: str = typer.Option(..., help="Checkpoint dir or hub id of the 
         res = api.evaluate(target, data, oracle=oracle, subject=None if benchmark in OWN_SCORES else model,
                            out=run / "metrics.json", benchmark=benchmark, split=split, template=template, system=system)
         _print_results("unlearned", res, benchmark)
+
+
+def _interrupted(out: Path) -> str:
+    """What an interrupted `forget` says: whether the run in `out` can be continued (its checkpoints)."""
+    steps = [int(p.name.split("-")[1]) for p in out.glob("checkpoints/step-*")]
+    if steps:
+        return f"interrupted: {out} keeps the run's checkpoint at step {max(steps)}; continue it with --resume"
+    return f"interrupted: no checkpoint in {out} to continue from (--save-every N saves them)"
 
 
 @app.command("eval")
