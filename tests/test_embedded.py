@@ -264,6 +264,9 @@ def test_demo_end_to_end_reuses_checkpoints(tiny_world, tmp_path):
     assert set(metrics["attacks"]) == {"relearn", "quantize", "probes", "incontext"}
     for kind, a in metrics["attacks"].items():
         full = json.loads((out / "attacks" / f"{kind}.json").read_text())
+        if a["recovery"] is None:  # nothing to recover, or the attack has no power here: said, not 0
+            assert full["recovery"] is None and any(n.startswith("recovery undefined") for n in full["notes"])
+            continue
         assert a["recovery"] == pytest.approx(full["recovery"]) and 0.0 <= a["recovery"] <= 1.0
         assert a["oracle_recovery"] is not None
     assert "## Attacks on the unlearned model" in (out / "report.md").read_text()
