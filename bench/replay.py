@@ -13,7 +13,10 @@ makes (brake, speed up, backtrack, stop) are compared with the ones the run logg
 - `stops`: it stops at an earlier check (why, and the check it keeps: the same weights as the run
   kept when the step is the same);
 - `diverges`: it decides otherwise at a check (the log from there on was made by another decision,
-  so nothing after it can be read), or wants the utility where the run did not measure it.
+  so nothing after it can be read), wants the utility where the run did not measure it, or does not
+  check where the run decided something. A logged check where the run decided nothing and the rule
+  does not check (`max_stride`: fewer checks far from the target) is passed over: the weights at
+  the next check are the same either way.
 The settings and steps per epoch come from the run's `calibration.json` (`settings`, `per_epoch`;
 runs saved before session 22 lack them: defaults, and a quarter epoch taken as the first check's
 interval). Writes one JSON object per run to stdout with `--json`, else a table.
@@ -85,13 +88,18 @@ def replay(run: Path, overrides: dict | None = None) -> dict:
     h = _Handle()
     for i, (logged, events) in enumerate(checks):
         c = Check(**{k: v for k, v in logged.items() if k in names})
+        last = i == len(checks) - 1
+        if i and not cal.due(c.step):  # the rule's schedule skips it (`max_stride`)
+            if events or last:
+                return {**out, "outcome": "diverges", "step": c.step,
+                        "why": "the rule does not check here; the run " + ("stopped" if last else "decided") + " here"}
+            continue  # nothing decided here: the run's weights at the next check are the same
         h.lr, h.events = c.lr, []
         stop = cal.replay(c, h)
         if stop is None:
             return {**out, "outcome": "diverges", "step": c.step,
                     "why": "the rule measures the utility here; the run did not"}
         mine, theirs = _decisions(h.events), _decisions(events)
-        last = i == len(checks) - 1
         if stop and last and not theirs:
             same = cal.reason == stopped["reason"] and cal.best is not None and cal.best.step == stopped["kept_step"]
             return {**out, "outcome": "same" if same else "diverges", "step": c.step,

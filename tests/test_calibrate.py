@@ -211,6 +211,53 @@ def test_rule_with_speed_up_patience_doubles_when_the_target_lies_beyond_the_pat
     assert info.doublings == 0 and h.lr == 1.0 and info.reason == "matched"
 
 
+def _steady(max_stride):
+    """A calibrated run whose gap closes by 0.025 nats a step from 5 (AUC 1 - 0.0025 step), checked
+    where the rule says it is `due`; 5 steps an interval."""
+    w = WorldData(forget=[_rec(i) for i in range(20)],
+                  retain=[_rec(100 + i, "Bo Ka", "Who is Bo Ka?", "x") for i in range(5)])
+    cal = Calibrator(_Tok(), w, CalibrationSettings(max_stride=max_stride), forget_stream_len=80, batch_size=4)
+    cal.truth_ratios = lambda handle: None
+
+    def measure(step, handle):
+        a = 1.0 - 0.0025 * step
+        c = Check(step, a, 1.0, cal.tolerance, "", 1.0, 10 * (a - 0.5), 0.0, handle.lr, gap_se=1.0)
+        c.state = cal.state(c)  # the real rule's, as a replay decides it again
+        return c
+    cal.measure = measure
+    h, step = _Handle(), 0
+    stop = cal.check(0, h)
+    while not stop:
+        step += 1
+        stop = cal.due(step) and cal.check(step, h)
+    return cal, cal.finish(step, h), h
+
+
+def test_checks_thin_out_far_from_the_target_and_the_run_stops_where_checking_every_interval_does(tmp_path, load_bench):
+    """A steady pace: far from the reference's level the checks come one in four intervals, then one
+    in two within twelve intervals of it (at every interval within six), so the run matches at the
+    same step as with `max_stride=1`, in a third of the checks. bench/replay.py reads the log made
+    with every interval checked as the thinned schedule would have run it: the checks it passes
+    over decided nothing, so the weights at the next one are the same."""
+    import json
+    from dataclasses import asdict
+
+    cal, info, _ = _steady(4)
+    steps = [c.step for c in cal.history]
+    assert cal.every == 5 and info.reason == "matched"
+    assert steps == [0, 5, 25, 45, 65, 85, 105, 125, 145, 155, 165]  # the band (AUC 0.5 +- 0.092) from step 165
+    plain, plain_info, h = _steady(1)
+    assert plain_info.stopped_at == info.stopped_at == 165 and len(plain.history) == 34
+    assert cal.state_dict()["stride"] == 1
+    run = tmp_path
+    (run / "log.jsonl").write_text("".join(json.dumps(e) + "\n" for e in h.events if isinstance(e, dict)))
+    (run / "calibration.json").write_text(json.dumps(asdict(plain_info)))
+    replay = load_bench("replay")
+    assert replay.replay(run)["outcome"] == "same"
+    thinned = replay.replay(run, {"max_stride": 4})
+    assert (thinned["outcome"], thinned["reason"], thinned["kept_step"]) == ("same", "matched", 165)
+
+
 def test_rule_brakes_when_the_next_check_would_pass_the_reference():
     """Gap 3 then 1 (log-prob, forget minus reference), closing by 2 a check: the next check would
     pass the reference's level, so the rate is scaled by 1/2 to land on it; not a backtrack."""
@@ -661,3 +708,19 @@ def test_repair_takes_the_answers_a_group_reproduces_beyond_its_twins():
     assert surviving(recs, exact, twin, 0.05, by="subject") == ["r0", "r1", "r11"]
     twin[1] = 0.5           # one of a record's two strangers gets its answer: not the person's to forget
     assert surviving(recs, exact, twin, 0.05, by="subject") == ["r0", "r11"]
+
+
+def test_a_start_that_knows_none_of_the_utility_records_is_refused_not_stopped_at_the_floor(tiny_world, tmp_path):
+    """An untrained model answers no utility record word for word, so TOFU's utility (a harmonic
+    mean) starts at 0 and a floor of 0.95x of it means nothing. Until session 37 the run stopped at
+    step 0, "floor", and wrote the unchanged model as its result."""
+    from unlearnkit import api
+    from unlearnkit.models.load import load_model, save_model
+    from unlearnkit.models.tiny import new_model
+
+    _, tok = load_model(tiny_world.subject_dir)
+    save_model(new_model(tok, seed=0), tok, tmp_path / "blank")
+    with pytest.raises(ValueError, match=r"utility on the sampled retain, neighbours, world_facts records is 0.*"
+                                         r"--calibration floor=0"):
+        api.forget(tmp_path / "blank", tiny_world.data_dir, "simnpo", tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "model").exists()

@@ -104,9 +104,10 @@ class TrainResult:
 
 
 class Monitor(Protocol):
-    """Watches a run every `every` steps (and once before the first step) through a `Handle`, and
-    decides whether it goes on. `calibrate.Calibrator` is the one that stops unlearning at its target."""
-    every: int
+    """Watches a run at the steps it says are `due` (and once before the first step) through a
+    `Handle`, and decides whether it goes on. `calibrate.Calibrator` is the one that stops
+    unlearning at its target."""
+    def due(self, step: int) -> bool: ...                           # check after this step?
 
     def check(self, step: int, handle: "Handle") -> bool: ...      # True: stop now
     def finish(self, step: int, handle: "Handle") -> Any: ...      # at the end: restore the kept weights, say why
@@ -266,7 +267,7 @@ def train(model, loss_fn: Loss, streams: dict[str, list[Encoded]], cfg: TrainCon
     (positions in the stream, for per-example caches in `ctx`). With `out_dir`, logs go to
     `log.jsonl` and checkpoints to `checkpoints/step-N` every `cfg.save_every` steps; `resume`
     continues from the latest one. `stop(step, logs)` may end training early; so may `monitor`, which
-    is asked before the first step and every `monitor.every` steps, and at the end restores the
+    is asked before the first step and after each step it says is `due`, and at the end restores the
     weights it keeps. A NaN or infinite loss raises `DivergedError`.
     """
     from accelerate.utils import set_seed
@@ -360,7 +361,7 @@ def train(model, loss_fn: Loss, streams: dict[str, list[Encoded]], cfg: TrainCon
         bar.set_postfix(loss=f"{logs['loss']:.3f}")
         if step % cfg.log_every == 0 or step == steps:
             log(logs)
-        stopped = monitor is not None and step % monitor.every == 0 and monitor.check(step, handle)
+        stopped = monitor is not None and monitor.due(step) and monitor.check(step, handle)
         if out is not None and cfg.save_every and step % cfg.save_every == 0 and step < steps and not stopped:
             _save_checkpoint(acc, out, step, monitor, so_far())
             runinfo.kill_point(f"checkpoint-{step}")

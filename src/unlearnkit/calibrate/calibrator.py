@@ -100,6 +100,7 @@ class Calibrator:
         self.backtracks = 0
         self.restored_at = -1   # step of the last backtrack
         self.doublings = 0
+        self.stride = 1         # `every` intervals to the next check (`_stride`)
         self.best: Check | None = None
         self.snapshots: dict[str, dict] = {}   # "restore", "safe" (room above the floor), "best": weights
         self.reason: str | None = None
@@ -219,6 +220,13 @@ class Calibrator:
             u = self._utility(handle)
             self.seconds["utility"] = self.seconds.get("utility", 0.0) + time.perf_counter() - t1
             if self.start_utility is None:
+                if u <= 0 and self.settings.floor > 0:  # until session 37 the run stopped at step 0 "at the floor"
+                    raise ValueError(
+                        f"the starting model's utility on the sampled {', '.join(k for k in UTILITY_SPLITS if self.n.get(k))} "
+                        f"records is 0 (it gives none of their answers word for word, or one split's harmonic-mean "
+                        f"component is 0): a floor of {self.settings.floor}x of it is undefined; check that the "
+                        f"data is what the model was trained on, or give a budget (--steps/--epochs) or "
+                        f"--calibration floor=0")
                 self.start_utility = u
             c.utility = u / max(self.start_utility, 1e-12)
             if self._answers is not None:
@@ -241,6 +249,13 @@ class Calibrator:
         if c.in_band and c.ks_p >= self.settings.min_ks_p and (level or c.auc < 0.5):
             return "matched"
         return "over" if c.auc < 0.5 - c.tolerance or (c.in_band and c.gap <= 0) else "under"
+
+    def due(self, step: int) -> bool:
+        """Whether the loop checks at `step` (after the first check, at step 0): `stride` intervals after
+        the last check, and at the last interval the step budget allows."""
+        last = self.history[-1].step if self.history else 0
+        return step % self.every == 0 and (step - last >= self.stride * self.every
+                                           or step >= self.budget - self.budget % self.every)
 
     def _last_measured(self, path: bool = False) -> Check | None:
         """The last check with a utility; with `path`, on the weights' present path only (since the
@@ -291,6 +306,7 @@ class Calibrator:
         """The rule (module docstring) on the measured check `c`; True: stop."""
         before = self._last_measured(path=True)
         self.history.append(c)
+        self.stride = 1
         handle.log({"check": asdict(c)})
         above = None if c.utility is None else c.utility >= self.settings.floor  # None: not measured here
         if above and self._better(c):
@@ -315,7 +331,10 @@ class Calibrator:
             if self._stalled(c):
                 self.reason = "stalled"
                 return True
+            lr = handle.lr
             self._adjust_pace(c, handle)
+            if handle.lr == lr:  # no brake or speed-up here: the pace just measured holds
+                self.stride = self._stride(c)
             return False
         if c.state == "under" and (before is None or before.utility >= self.settings.floor):
             # a first dip below the floor on this path, still short of the target: the retain term may repair it
@@ -377,6 +396,24 @@ class Calibrator:
         prev = before[-1]
         return (prev.gap - c.gap) / max(1, c.step - prev.step)
 
+    def _stride(self, c: Check) -> int:
+        """How many `every` intervals to the next check, after an under check where the learning rate
+        did not change: the most (a power of two, `max_stride` at most) that leaves the reference's
+        level at least three strides away at the last interval's pace, and 1 near it (where the
+        brake acts), within the band, with no pace, or with the utility measured here in the lower
+        half of the room above the floor (the "safe" restore point's line). A check costs several
+        training steps; far from the target the pace is steady and the checks between say nothing
+        the next one does not."""
+        pace = self._pace(c)
+        if (pace is None or pace <= 0 or c.gap <= 0 or c.in_band
+                or (c.utility is not None and c.utility < (1 + self.settings.floor) / 2)):
+            return 1
+        away = c.gap / (pace * self.every)  # intervals to the level at this pace
+        stride = 1
+        while stride * 2 <= self.settings.max_stride and 3 * stride * 2 <= away:
+            stride *= 2
+        return stride
+
     def _adjust_pace(self, c: Check, handle) -> None:
         """Brake or speed up, from the pace of the last interval (`_pace`).
         Brake: at this pace the next check would pass the reference's level, so the learning rate is
@@ -425,6 +462,7 @@ class Calibrator:
     def state_dict(self) -> dict:
         return {"history": [asdict(c) for c in self.history], "start_utility": self.start_utility,
                 "backtracks": self.backtracks, "doublings": self.doublings, "restored_at": self.restored_at,
+                "stride": self.stride,
                 "seconds": self.seconds, "truth": self.truth,
                 "best": asdict(self.best) if self.best else None,
                 "snapshots": self.snapshots}
@@ -433,6 +471,7 @@ class Calibrator:
         self.history = [Check(**c) for c in state["history"]]
         self.start_utility, self.backtracks, self.doublings = state["start_utility"], state["backtracks"], state["doublings"]
         self.restored_at = state.get("restored_at", -1)
+        self.stride = state.get("stride", 1)
         self.seconds = state.get("seconds", {})
         self.truth = state.get("truth", {})
         self.best = Check(**state["best"]) if state["best"] else None

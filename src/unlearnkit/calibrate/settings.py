@@ -16,6 +16,10 @@ class CalibrationSettings(BaseModel):
     reference: Literal["twins", "holdout"] = Field("twins", description="what 'never seen' is measured on")
     min_ks_p: float = Field(0.05, ge=0, lt=1, description="smallest KS p-value (forget vs reference scores) that matches")
     every: int | None = Field(None, ge=1, description="steps between checks; None: a quarter epoch of the forget set")
+    max_stride: int = Field(1, ge=1, description="most `every` intervals between two checks: far from the target "
+                                                 "(at the last interval's pace, at least three strides away) the "
+                                                 "checks thin out to one in two, then one in four with 4 (1, the "
+                                                 "default until it is measured on the worlds: every interval)")
     min_tolerance: float = Field(0.05, ge=0, lt=0.5, description="smallest accepted |AUC - 0.5|")
     mean_se: float = Field(1.0, ge=0, description="how far the forget mean log-prob may sit above the reference's "
                                                   "and match, in standard errors of their difference (0: at or "
@@ -43,8 +47,8 @@ class CalibrationSettings(BaseModel):
     repair_by: Literal["set", "subject"] = Field(
         "set", description="what must not give more answers than its twins: the forget set as a whole, or "
                            "each subject (a deletion request's person) on its own")
-    repair_tolerance: float = Field(0.05, ge=0, lt=1, description="share of answers given beyond the twins' "
-                                                                  "that starts a repair round")
+    repair_tolerance: float = Field(0.05, ge=0, le=1, description="share of answers given beyond the twins' "
+                                                                  "that starts a repair round (1: none ever does)")
     repair_stop: Literal["answers", "auc"] = Field(
         "answers", description="how a repair round stops: answers, also once `survivors`'s test names no answer "
                                "left (checked where the utility is measured); auc, by the AUC alone, as any run "
