@@ -162,8 +162,10 @@ def test_sharded_two_cpu_processes_train_as_ddp_does(tiny_world, ddp_run, tmp_pa
     assert not (out / ".whole").exists()
     start = load_file(tiny_world.subject_dir / "model.safetensors")
     weights, replicated = (load_file(d / "model" / "model.safetensors") for d in (out, ddp_run))
+    # the same up to reduction order, which differs with the CPU's kernels: 26 of 262,144 weights
+    # were 1e-4 to 3e-4 apart on one CPU; a restore that missed the master copy put them 6e-3 apart
     for k, v in replicated.items():
-        torch.testing.assert_close(weights[k], v, atol=1e-4, rtol=0)
+        torch.testing.assert_close(weights[k], v, atol=1e-3, rtol=0)
     moved = sum(int((weights[k] != start[k]).sum()) for k in start) / sum(v.numel() for v in start.values())
     assert 0.1 < moved <= runs[sharded]["saliency"]["weights_trained"] == pytest.approx(0.25, abs=1e-3)
 

@@ -64,7 +64,8 @@ def test_truth_gap_against_twins_tells_the_subject_from_the_oracle(tiny_world, t
         assert r["forget_quality_twins_n"] == len(ps["forget_truth_ratios"]) == len(ps["twin_truth_ratios"])
         gap[name] = tofu.paired_truth_gap(ps["forget_truth_ratios"], ps["twin_truth_ratios"])
         assert r["truth_gap_twins"] == pytest.approx(gap[name]["mean"])
-    assert gap["subject"]["mean"] > 0.3 and gap["subject"]["p"] < 1e-6  # measured: 0.54, 1.6e-10
+    # measured over test-sized worlds (seeds stand in for CPUs, bench/twin_power.py): 0.19-0.47, p 5e-13-7e-4
+    assert gap["subject"]["mean"] > 0.15 and gap["subject"]["p"] < 0.01
     # on its own (bench/twin_bias.py --truth-gap): the same figure from a scoring call of its own
     from unlearnkit.data.io import load_world
     from unlearnkit.evaluate import truth_gap_twins
@@ -78,7 +79,7 @@ def test_truth_gap_against_twins_tells_the_subject_from_the_oracle(tiny_world, t
     ids, by_id = alone["ids"], {r.id: r for r in world.forget}
     assert len(set(ids)) == len(ids) == alone["n"] and [i for i in by_id if i in set(ids)] == ids
     assert all(by_id[i].subject in by_id[i].question for i in ids)
-    assert abs(gap["oracle"]["mean"]) < gap["subject"]["mean"] / 3  # measured: 0.062
+    assert abs(gap["oracle"]["mean"]) < gap["subject"]["mean"] / 2  # measured: 0.0001-0.08
 
 
 def test_graddiff_forgets_and_keeps_retain(tiny_world, tiny_results, tmp_path):
@@ -186,19 +187,34 @@ def test_cli_world_finetune_eval_roundtrip(tiny_world, tiny_results, tmp_path):
 def test_cli_eval_without_an_oracle_judges_forgetting_against_twins(tiny_world, tiny_results, tmp_path):
     """No --oracle: the verdict's forgetting check uses forget quality against the model's own twins,
     with the subject's result for its power. The oracle model, standing in for a model that forgot,
-    passes; the subject fails."""
-    subject_json = tmp_path / "subject.json"
-    subject_json.write_text(json.dumps(tiny_results["subject"]))
+    passes; the subject fails. The KS test against the twins has little power on this tiny world
+    (the subject's p is 0.002-0.4 over seeds and CPUs, bench/twin_power.py): where the subject's
+    facts are not told apart, both cannot decide and say why; the oracle's pass is then checked
+    with a subject result that has the power."""
+    sub = tiny_results["subject"]
+    told = sub["forget_quality_twins"] < 0.05
+    subjects = {"real": sub, "apart": {**sub, "forget_quality_twins": 1e-4}}
     got = {}
-    for name, path in (("oracle", tiny_world.oracle_dir), ("subject", tiny_world.subject_dir)):
-        r = runner.invoke(app, ["eval", "--model", str(path), "--data", str(tiny_world.data_dir),
-                                "--subject", str(subject_json), "--suite", "tofu", "--out", str(tmp_path / f"{name}.json")])
-        assert r.exit_code == 0, r.output
-        got[name] = json.loads((tmp_path / f"{name}.json").read_text())
-        assert got[name]["forget_quality"] is None and got[name]["verdict"]["forgetting"]["reference"] == "twins"
-    assert got["oracle"]["verdict"]["forgetting"]["status"] == "pass"
-    assert got["subject"]["verdict"]["forgetting"]["status"] == "fail"
-    assert got["subject"]["forget_quality_twins"] == pytest.approx(tiny_results["subject"]["forget_quality_twins"])
+    for given, result in subjects.items():
+        (tmp_path / f"{given}.json").write_text(json.dumps(result))
+        for name, path in (("oracle", tiny_world.oracle_dir), ("subject", tiny_world.subject_dir)):
+            if given == "apart" and (name == "subject" or told):
+                continue
+            out = tmp_path / f"{given}-{name}.json"
+            r = runner.invoke(app, ["eval", "--model", str(path), "--data", str(tiny_world.data_dir),
+                                    "--subject", str(tmp_path / f"{given}.json"), "--suite", "tofu", "--out", str(out)])
+            assert r.exit_code == 0, r.output
+            got[given, name] = json.loads(out.read_text())
+            assert got[given, name]["forget_quality"] is None
+            assert got[given, name]["verdict"]["forgetting"]["reference"] == "twins"
+    assert got["real", "subject"]["forget_quality_twins"] == pytest.approx(sub["forget_quality_twins"])
+    status = {k: v["verdict"]["forgetting"]["status"] for k, v in got.items()}
+    if told:
+        assert status == {("real", "oracle"): "pass", ("real", "subject"): "fail"}
+    else:
+        assert status == {("real", "oracle"): "cannot decide", ("real", "subject"): "cannot decide",
+                          ("apart", "oracle"): "pass"}
+        assert "does not tell the subject's forget facts from their twins'" in got["real", "oracle"]["verdict"]["forgetting"]["why"]
 
 
 def test_cli_eval_with_a_subject_checkpoint_scores_it_against_the_oracle(tiny_world, tiny_results, tmp_path):

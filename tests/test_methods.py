@@ -50,7 +50,8 @@ def test_calibrated_default_reaches_the_target_or_says_where_it_stopped(method, 
     assert set(info["seconds"]) <= {"target", "utility", "truth_ratio"} and info["seconds"]["target"] > 0
     # the facts' check, at the start and at the kept weights: the subject's are told from the twins'
     start, at_kept = info["truth_ratio"]["start"], info["truth_ratio"]["kept"]
-    assert start["ks_p"] < 0.05 and start["forget_log_r"] > start["reference_log_r"]
+    # (the paired gap: the KS test's p at the start varies 0.002-0.4 with the CPU, bench/twin_power.py)
+    assert start["twin_gap_p"] < 0.01 and start["forget_log_r"] > start["reference_log_r"]
     assert at_kept["n_forget"] == start["n_forget"] > 0 and 0 <= at_kept["ks_p"] <= 1
     # the log replays through the rule to the same decisions, stop and kept check (bench/replay.py),
     # the repair round's too: what lets a new rule be tried on saved runs before any rerun
