@@ -258,6 +258,21 @@ def test_nan_in_other_fields_and_python_floats(tmp_path):
     assert QARecord.model_validate({**qa(1).model_dump(), "answer": 2.5}).answer == "2.5"
 
 
+def test_a_whole_float_answer_is_read_as_an_integer(tmp_path):
+    """A year read as a float (pandas with a gap in the column, a JSON writer's 1961.0) was the
+    answer "1961.0", trained and scored so, until session 38; a fraction is kept as written."""
+    rec = {**qa(1).model_dump(), "answer": 1961.0, "paraphrased_answer": 3.5, "perturbed_answers": [1962.0, -4.0, 1e20]}
+    p = _write_lines(tmp_path / "forget.jsonl", [rec])
+    assert '"answer": 1961.0' in p.read_text()
+    r = read_jsonl(p)[0]
+    assert (r.answer, r.paraphrased_answer, r.perturbed_answers) == ("1961", "3.5", ["1962", "-4", "1e+20"])
+    datasets = pytest.importorskip("datasets")
+    rows = [{**qa(1).model_dump(), "answer": 1961.0}, {**qa(2).model_dump(), "answer": 0.5}]  # one float column
+    datasets.DatasetDict({"forget": datasets.Dataset.from_list(rows)}).save_to_disk(str(tmp_path / "hf"))
+    assert [r.answer for r in load_split(tmp_path / "hf", "forget")] == ["1961", "0.5"]
+    assert DocRecord.model_validate({"id": 7.0, "subject": "S", "text": 2024.0}).text == "2024"
+
+
 def test_empty_perturbed_answer(tmp_path):
     p = _write_lines(tmp_path / "forget.jsonl", [{**qa(1).model_dump(), "perturbed_answers": ["It is B1.", " "]}])
     _one_line_error(p, r"forget.jsonl:1: field 'perturbed_answers': item 1 must be a non-empty string")

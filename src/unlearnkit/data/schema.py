@@ -2,8 +2,9 @@
 
 A :class:`QARecord` is one fact; a :class:`DocRecord` is one document (a biography).
 Unknown fields in the input are accepted and dropped; numbers given for string
-fields (``"answer": 1974``) are read as strings, but NaN and infinity are refused:
-``json`` reads the literal ``NaN`` as a float, and "nan" would then pass for an answer.
+fields (``"answer": 1974``) are read as strings (a whole float as an integer, see
+:func:`number_text`), but NaN and infinity are refused: ``json`` reads the literal ``NaN``
+as a float, and "nan" would then pass for an answer.
 A lone surrogate (JSON's ``"\\ud800"``) in any text is refused: no tokenizer can encode it.
 """
 
@@ -46,13 +47,24 @@ def _unicode(value):
     return value
 
 
-def _finite(value):
-    """Refuse NaN/inf (alone or in a list) before they are coerced to the strings "nan"/"inf"."""
-    items = value if isinstance(value, list) else [value]
-    for v in items:
-        if isinstance(v, float) and not math.isfinite(v):
-            raise ValueError(f"must be a string, not {'NaN' if math.isnan(v) else v}")
-    return value
+def number_text(value):
+    """A float given for a text field as the text its writer meant: a whole number as an integer
+    ("1961": pandas reads a year column with a gap in it as floats, and a parquet file or datasets
+    folder written from it keeps them, as do some JSON writers; "1961.0" was the answer trained and
+    scored, until session 38), any other
+    as Python writes it ("3.5"; beyond 2**53 a float holds no exact integer: "1e+20"). NaN and
+    infinity are refused: they would become the strings "nan"/"inf". Anything else is returned
+    as it is (pydantic writes an int as its digits)."""
+    if not isinstance(value, float):
+        return value
+    if not math.isfinite(value):
+        raise ValueError(f"must be a string, not {'NaN' if math.isnan(value) else value}")
+    return str(int(value)) if value.is_integer() and abs(value) < 2 ** 53 else str(value)
+
+
+def _numbers(value):
+    """`number_text` on a value or each item of a list, before pydantic coerces numbers to strings."""
+    return [number_text(v) for v in value] if isinstance(value, list) else number_text(value)
 
 
 class QARecord(BaseModel):
@@ -73,7 +85,7 @@ class QARecord(BaseModel):
     # question and answer about someone the model never saw): `repair_twins=holdout`'s reference
     twin_of: str | None = None
 
-    _finite = field_validator("*", mode="before")(_finite)
+    _numbers = field_validator("*", mode="before")(_numbers)
     _unicode = field_validator("*")(_unicode)
     _check = field_validator("id", "subject", "question", "answer", "paraphrased_answer")(_non_empty)
     _check_each = field_validator("perturbed_answers", "alt_questions")(_each_non_empty)
@@ -92,6 +104,6 @@ class DocRecord(BaseModel):
     subject: str
     text: str
 
-    _finite = field_validator("*", mode="before")(_finite)
+    _numbers = field_validator("*", mode="before")(_numbers)
     _unicode = field_validator("*")(_unicode)
     _check = field_validator("id", "subject", "text")(_non_empty)
