@@ -361,6 +361,40 @@ def test_json_tables_read_as_world_files_are(tmp_path):
         read_rows(tmp_path, "badarray")
 
 
+def test_save_to_disk_folders_that_do_not_hold_the_table_say_what_they_hold(tmp_path):
+    """A single `Dataset.save_to_disk` folder given for the benchmark's folder, or a DatasetDict without
+    the split, was only "no table ... looked for ...", and a DatasetDict with an empty split raised an
+    IndexError from `datasets` naming nothing (for any of its splits), until session 38."""
+    import datasets
+
+    from unlearnkit.benchmarks.tables import read_rows
+
+    row = TOFU["forget10_perturbed"][0]
+    datasets.Dataset.from_list([row]).save_to_disk(str(tmp_path / "one"))
+    with pytest.raises(DataError) as e:
+        load_benchmark("tofu", tmp_path / "one")
+    msg = str(e.value)
+    assert msg.startswith(f"{tmp_path / 'one'}: no table 'forget10_perturbed/train'") and "\n" not in msg
+    assert msg.endswith(f"; {tmp_path / 'one'} is a single Dataset (Dataset.save_to_disk), expected a folder of tables "
+                        "(forget10_perturbed/, ...) or a DatasetDict of them")
+    empty = datasets.Dataset.from_list([row]).select([])
+    datasets.DatasetDict({"train": datasets.Dataset.from_list([row]), "validation": empty}).save_to_disk(
+        str(tmp_path / "b" / "wmdp-bio"))
+    with pytest.raises(DataError) as e:
+        read_rows(tmp_path / "b", "wmdp-bio", "test")
+    assert str(e.value).endswith(f"; {tmp_path / 'b' / 'wmdp-bio'} is a DatasetDict with splits train, validation "
+                                 "(validation empty), expected a split 'test'")
+    assert [r["question"] for r in read_rows(tmp_path / "b", "wmdp-bio", "train")] == [row["question"]]
+    with pytest.raises(DataError) as e:
+        read_rows(tmp_path / "b", "wmdp-bio", "validation")
+    assert str(e.value) == f"{tmp_path / 'b'}: table 'wmdp-bio/validation' is empty"
+    datasets.DatasetDict({"forget01": datasets.Dataset.from_list([row])}).save_to_disk(str(tmp_path / "dd"))
+    with pytest.raises(DataError) as e:
+        read_rows(tmp_path / "dd", "forget10_perturbed", "train")
+    assert str(e.value).endswith(f"; {tmp_path / 'dd'} is a DatasetDict with splits forget01, expected a split "
+                                 "'forget10_perturbed'")
+
+
 # ---------------------------------------------------------------- MUSE
 def write_muse(root: Path) -> Path:
     """MUSE-News as `push_to_hub(config_name=...)` lays it out: `<config>/<split>-00000-of-00001.parquet`."""

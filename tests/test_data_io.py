@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import pytest
 
@@ -188,6 +189,32 @@ def test_datasets_directory_roundtrip(tmp_path):
         load_split(tmp_path / "bad", "forget")
     msg = str(e.value)
     assert "[forget] row 1" in msg  # rows count from 1, as lines do (from 0 until session 36) and "field 'answer': missing" in msg
+
+
+def test_a_single_dataset_or_an_empty_split_given_for_a_world_is_named(tmp_path):
+    """A folder of `Dataset.save_to_disk` (no splits) given for a world was "forget.jsonl: file not
+    found", and a DatasetDict with an empty split failed whole ("cannot load datasets directory (list
+    index out of range)", for any split asked for), until session 38."""
+    datasets = pytest.importorskip("datasets")
+    datasets.Dataset.from_list([qa(1).model_dump()]).save_to_disk(str(tmp_path / "one"))
+    for load in (load_world, lambda d: load_split(d, "forget")):
+        with pytest.raises(DataError) as e:
+            load(tmp_path / "one")
+        assert str(e.value) == (f"{tmp_path / 'one'}: a single Dataset (Dataset.save_to_disk), not a world: expected "
+                                "forget.jsonl (retain.jsonl, ...) or a DatasetDict with splits forget (retain, ...), "
+                                "e.g. DatasetDict({'forget': ds}).save_to_disk(...)")
+    empty = datasets.Dataset.from_list([qa(1).model_dump()]).select([])
+    datasets.DatasetDict({"forget": datasets.Dataset.from_list([qa(1).model_dump()]), "retain": empty}).save_to_disk(
+        str(tmp_path / "hf"))
+    w = load_world(tmp_path / "hf")
+    assert [r.id for r in w.forget] == ["r1"] and w.retain == []
+    with pytest.raises(DataError, match=r"^" + re.escape(f"{tmp_path / 'hf'}[retain]: empty, and method npo needs")):
+        require_split(w, "retain", why="method npo needs a retain set")
+    datasets.DatasetDict({"forget": empty, "retain": datasets.Dataset.from_list([qa(2).model_dump()])}).save_to_disk(
+        str(tmp_path / "hf2"))
+    with pytest.raises(DataError) as e:
+        load_world(tmp_path / "hf2")
+    assert str(e.value) == f"{tmp_path / 'hf2'}[forget]: empty forget set"
 
 
 # --- input safety (issue 12): every bad record is a one-line error naming file, line and field

@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-from ..data.io import DataError, iter_jsonl
+from ..data.io import DataError, describe_saved, is_saved_dataset, iter_jsonl, saved_rows, saved_splits
 
 
 def _json_rows(path: Path) -> list[dict]:
@@ -51,18 +51,16 @@ def _parquet_rows(paths: Sequence[Path]) -> list[dict]:
 
 
 def _saved_rows(path: Path, split: str | None) -> list[dict] | None:
-    """Rows of a `save_to_disk` directory (a DatasetDict's `split`, or a Dataset), None if absent."""
-    import datasets
-
+    """Rows of a `save_to_disk` directory (a DatasetDict's `split`, or a Dataset), None if absent. Each
+    split is loaded alone (`saved_rows`): an empty one (which `datasets` cannot load back) is a table
+    with no rows, and the others load."""
     if (path / "dataset_dict.json").is_file():
-        dd = datasets.load_from_disk(str(path))
-        if split is None or split not in dd:
-            if len(dd) == 1 and split is None:
-                return list(next(iter(dd.values())))
-            return None
-        return list(dd[split])
-    if (path / "state.json").is_file() and (path / "dataset_info.json").is_file():
-        return list(datasets.load_from_disk(str(path)))
+        names = saved_splits(path)
+        if split is None and len(names) == 1:
+            split = names[0]
+        return saved_rows(path / split) if split in names else None
+    if is_saved_dataset(path):
+        return saved_rows(path)
     return None
 
 
@@ -100,6 +98,20 @@ def find_rows(root: str | Path, config: str, split: str | None = None) -> list[d
     return None
 
 
+def _saved_note(root: Path, config: str, split: str | None) -> str:
+    """What the `save_to_disk` folders where a table was looked for hold instead, for `read_rows`'s
+    error ('' if none): a single Dataset given for the benchmark's folder, or a DatasetDict without
+    the split, was only "no table" until session 38."""
+    want = f"a split '{split}'" if split else "one split"
+    notes = []
+    if (what := describe_saved(root)) is not None:
+        notes.append(f"{root} is {what}, expected a split '{config}'" if what.startswith("a DatasetDict") else
+                     f"{root} is {what}, expected a folder of tables ({config}/, ...) or a DatasetDict of them")
+    if (root / config).is_dir() and (what := describe_saved(root / config)) is not None:
+        notes.append(f"{root / config} is {what}, expected {want}")
+    return "".join(f"; {n}" for n in notes)
+
+
 # what a required column may hold (`read_rows`'s `kinds`; "text" unless named)
 KINDS = {"text": (lambda v: isinstance(v, str), "a string"),
          "texts": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), "a list of strings"),
@@ -116,7 +128,7 @@ def read_rows(root: str | Path, config: str, split: str | None = None, *, requir
     if rows is None:
         raise DataError(f"{root}: no table '{name}' (looked for {config}.json(l), {config}.parquet, "
                         f"{config}/{split or '<split>'}-*.parquet, {config}/{split or '<split>'}.json(l) and "
-                        f"save_to_disk folders)")
+                        f"save_to_disk folders){_saved_note(Path(root), config, split)}")
     if not rows:
         raise DataError(f"{root}: table '{name}' is empty")
     for i, row in enumerate(rows):

@@ -124,20 +124,73 @@ def _is_datasets_dir(data_dir: Path) -> bool:
     return (data_dir / "dataset_dict.json").is_file()
 
 
-def _load_datasets_split(data_dir: Path, name: str, kind: type[BaseModel]) -> list:
+def is_saved_dataset(path: Path) -> bool:
+    """Whether `path` is a folder written by `Dataset.save_to_disk`: one table, no splits."""
+    return (path / "state.json").is_file() and (path / "dataset_info.json").is_file()
+
+
+def saved_splits(path: Path) -> list[str]:
+    """The split names of a folder written by `DatasetDict.save_to_disk` (its dataset_dict.json)."""
+    try:
+        info = json.loads((path / "dataset_dict.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise DataError(_one_line(f"{path / 'dataset_dict.json'}: unreadable ({e})")) from None
+    return list(info.get("splits", []))
+
+
+def _saved_empty(path: Path) -> bool:
+    """Whether a `Dataset.save_to_disk` folder holds no rows (its state.json lists no data files)."""
+    try:
+        return not json.loads((path / "state.json").read_text(encoding="utf-8")).get("_data_files")
+    except (OSError, ValueError, AttributeError):
+        return False  # loading it says what is wrong
+
+
+def saved_rows(path: Path) -> list[dict]:
+    """The rows of a folder written by `Dataset.save_to_disk` (a DatasetDict's split is one), [] for one
+    saved with none: `datasets` cannot load that back, and a DatasetDict with an empty split failed
+    whole with "list index out of range", naming no split, until session 38."""
+    if _saved_empty(path):
+        return []
     import datasets  # lazy: slow import
 
     try:
-        dd = datasets.load_from_disk(str(data_dir))
+        return list(datasets.load_from_disk(str(path)))
     except Exception as e:  # noqa: BLE001 - report any loader failure as a data error
-        raise DataError(_one_line(f"{data_dir}: cannot load datasets directory ({e})")) from None
-    if name not in dd:
-        raise DataError(f"{data_dir}: no split '{name}' (has: {', '.join(sorted(dd)) or 'none'})")
+        raise DataError(_one_line(f"{path}: cannot load datasets directory ({e})")) from None
+
+
+def describe_saved(path: Path) -> str | None:
+    """What a `save_to_disk` folder holds, for a message: "a single Dataset (Dataset.save_to_disk)" or
+    "a DatasetDict with splits forget, retain (retain empty)"; None if `path` is neither."""
+    if _is_datasets_dir(path):
+        names = saved_splits(path)
+        empty = [n for n in names if _saved_empty(path / n)]
+        return (f"a DatasetDict with splits {', '.join(names) or '(none)'}"
+                + (f" ({', '.join(empty)} empty)" if empty else ""))
+    if is_saved_dataset(path):
+        return "a single Dataset (Dataset.save_to_disk)" + (", empty" if _saved_empty(path) else "")
+    return None
+
+
+def _refuse_single_dataset(data_dir: Path) -> None:
+    """A world given as one `Dataset.save_to_disk` folder was "forget.jsonl: file not found" until
+    session 38: say what the folder is and what a world is."""
+    if is_saved_dataset(data_dir) and not _is_datasets_dir(data_dir):
+        raise DataError(f"{data_dir}: {describe_saved(data_dir)}, not a world: expected forget.jsonl (retain.jsonl, "
+                        f"...) or a DatasetDict with splits forget (retain, ...), e.g. DatasetDict({{'forget': ds}})"
+                        f".save_to_disk(...)")
+
+
+def _load_datasets_split(data_dir: Path, name: str, kind: type[BaseModel]) -> list:
+    names = saved_splits(data_dir)
+    if name not in names:
+        raise DataError(f"{data_dir}: no split '{name}' (has: {', '.join(sorted(names)) or 'none'})")
     # a table has one set of columns: a field some rows lack (`alt_questions`) is null on the others;
     # null is absent for a field with a default ("Input should be a valid list" until session 37)
     optional = {n for n, f in kind.model_fields.items() if not f.is_required()}
     records, seen = [], {}
-    for i, row in enumerate(dd[name]):
+    for i, row in enumerate(saved_rows(data_dir / name)):
         where = f"{data_dir}[{name}] row {i + 1}"
         row = {k: v for k, v in row.items() if v is not None or k not in optional}
         record = validate_record(kind, row, where)
@@ -150,11 +203,7 @@ def has_split(data_dir: str | os.PathLike, name: str) -> bool:
     """Whether the world directory has split ``name`` (JSONL file or datasets split)."""
     data_dir = Path(data_dir)
     if _is_datasets_dir(data_dir):
-        try:
-            info = json.loads((data_dir / "dataset_dict.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            raise DataError(_one_line(f"{data_dir / 'dataset_dict.json'}: unreadable ({e})")) from None
-        return name in info.get("splits", [])
+        return name in saved_splits(data_dir)
     return (data_dir / f"{name}.jsonl").is_file()
 
 
@@ -174,6 +223,7 @@ def load_split(data_dir: str | os.PathLike, name: str, kind: type[BaseModel] | N
     kind = kind or _kind_for(name)
     if not data_dir.is_dir():
         raise DataError(f"{data_dir}: directory not found")
+    _refuse_single_dataset(data_dir)
     if _is_datasets_dir(data_dir):
         return _load_datasets_split(data_dir, name, kind)
     return read_jsonl(data_dir / f"{name}.jsonl", kind)
@@ -217,6 +267,7 @@ def load_world(data_dir: str | os.PathLike) -> WorldData:
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise DataError(f"{data_dir}: directory not found")
+    _refuse_single_dataset(data_dir)
     world = WorldData(path=data_dir)
     for name in QA_SPLITS + DOC_SPLITS:
         if name == "forget" or has_split(data_dir, name):
