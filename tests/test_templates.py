@@ -67,6 +67,29 @@ def test_chat_and_format_prompts_are_encoded_in_one_place(chat_tiny):
     assert encode_pairs(tok, [], []) == []
 
 
+def test_answers_cut_at_the_length_limit_are_warned_of_once(caplog):
+    """Answers longer than the model takes were cut there, and only their start trained and scored,
+    with nothing said (until session 38); the cut itself is as it was."""
+    from unlearnkit.models.tiny import train_tokenizer
+
+    tok = train_tokenizer(["where was ada born in leeds one two three four five six seven eight"], vocab_size=300)
+    prompts = ["Where?"] * 3
+    answers = ["one two", "one two three four five", "one two three four five six seven eight"]
+    full = [len(e.input_ids) for e in encode_pairs(tok, prompts, answers, max_length=10**6)]
+    assert full == sorted(full) and len(set(full)) == 3
+    limit = full[0]  # the first pair fits exactly
+    with caplog.at_level("WARNING", logger="unlearnkit.data.batching"):
+        cut = encode_pairs(tok, prompts, answers, max_length=limit)
+        tok.model_max_length = full[1]  # no max_length given: the tokenizer's
+        encode_pairs(tok, prompts, answers)
+        encode_pairs(tok, prompts[:2], answers[:2])  # nothing cut, nothing said
+    whole = encode_pairs(tok, prompts, answers, max_length=10**6)
+    assert [e.input_ids for e in cut] == [e.input_ids[:limit] for e in whole]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{n} of 3 answers cut at the limit of {m} tokens (the longest pair, prompt and answer, is {full[2]} tokens): "
+        "only their start is trained or scored" for n, m in ((2, limit), (1, full[1]))]
+
+
 def test_chat_without_a_chat_template_is_a_clear_error(tmp_path):
     from unlearnkit.models.tiny import train_tokenizer
 

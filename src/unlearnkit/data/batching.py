@@ -6,12 +6,15 @@ scoring pad on the right; generation pads on the left.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
 
 from .templates import RAW, Template
 from .twins import name_spans
+
+log = logging.getLogger(__name__)
 
 IGNORE = -100
 
@@ -78,7 +81,8 @@ def encode_pairs(tok, prompts: list[str], answers: list[str], max_length: int | 
                  template: Template = RAW, subjects: list[str] | None = None) -> list[Encoded]:
     """Encode (prompt, answer) pairs; answers end with eos. Truncates the answer at `max_length`
     (None: the tokenizer's `model_max_length`, which `models.load.load_model` sets to what the model
-    takes, where it is a real limit).
+    takes, where it is a real limit), with a warning that says how many were cut and the longest
+    pair's length: only the start of a cut answer is trained or scored (said nowhere until session 38).
     Prompts are formatted by `template` (data/templates.py); documents (empty prompt) are not.
 
     `subjects`: each pair's subject, whose name's tokens in the answer are left out of the labels
@@ -101,6 +105,10 @@ def encode_pairs(tok, prompts: list[str], answers: list[str], max_length: int | 
         offsets = enc.get("offset_mapping")
     except (NotImplementedError, KeyError, TypeError, ValueError):  # a slow tokenizer has no offsets
         enc = tok(texts, add_special_tokens=False)
+    lengths = [len(q) + len(a) + 1 for q, a in zip(q_ids, enc["input_ids"])]  # bos and prompt, answer, eos
+    if max_length is not None and (cut := [n for n in lengths if n > max_length]):
+        log.warning("%d of %d answers cut at the limit of %d tokens (the longest pair, prompt and answer, is %d "
+                    "tokens): only their start is trained or scored", len(cut), len(lengths), max_length, max(cut))
     out = []
     for k, (q, a) in enumerate(zip(q_ids, enc["input_ids"])):
         ids = q + a + [tok.eos_token_id]
