@@ -70,6 +70,7 @@ def test_chat_and_format_prompts_are_encoded_in_one_place(chat_tiny):
 def test_answers_cut_at_the_length_limit_are_warned_of_once(caplog):
     """Answers longer than the model takes were cut there, and only their start trained and scored,
     with nothing said (until session 38); the cut itself is as it was."""
+    from unlearnkit.data import batching
     from unlearnkit.models.tiny import train_tokenizer
 
     tok = train_tokenizer(["where was ada born in leeds one two three four five six seven eight"], vocab_size=300)
@@ -78,8 +79,10 @@ def test_answers_cut_at_the_length_limit_are_warned_of_once(caplog):
     full = [len(e.input_ids) for e in encode_pairs(tok, prompts, answers, max_length=10**6)]
     assert full == sorted(full) and len(set(full)) == 3
     limit = full[0]  # the first pair fits exactly
+    batching._CUT_SAID.clear()
     with caplog.at_level("WARNING", logger="unlearnkit.data.batching"):
         cut = encode_pairs(tok, prompts, answers, max_length=limit)
+        encode_pairs(tok, prompts, answers, max_length=limit)  # the same limit again (scoring, batch by batch): said once
         tok.model_max_length = full[1]  # no max_length given: the tokenizer's
         encode_pairs(tok, prompts, answers)
         encode_pairs(tok, prompts[:2], answers[:2])  # nothing cut, nothing said

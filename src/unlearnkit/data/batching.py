@@ -15,6 +15,7 @@ from .templates import RAW, Template
 from .twins import name_spans
 
 log = logging.getLogger(__name__)
+_CUT_SAID: set[int] = set()  # the limits at which `encode_pairs` has warned of cut answers, in this process
 
 IGNORE = -100
 
@@ -81,8 +82,9 @@ def encode_pairs(tok, prompts: list[str], answers: list[str], max_length: int | 
                  template: Template = RAW, subjects: list[str] | None = None) -> list[Encoded]:
     """Encode (prompt, answer) pairs; answers end with eos. Truncates the answer at `max_length`
     (None: the tokenizer's `model_max_length`, which `models.load.load_model` sets to what the model
-    takes, where it is a real limit), with a warning that says how many were cut and the longest
-    pair's length: only the start of a cut answer is trained or scored (said nowhere until session 38).
+    takes, where it is a real limit), with a warning, once per limit in a process, that says how many
+    were cut and the longest pair's length: only the start of a cut answer is trained or scored
+    (said nowhere until session 38).
     Prompts are formatted by `template` (data/templates.py); documents (empty prompt) are not.
 
     `subjects`: each pair's subject, whose name's tokens in the answer are left out of the labels
@@ -106,7 +108,8 @@ def encode_pairs(tok, prompts: list[str], answers: list[str], max_length: int | 
     except (NotImplementedError, KeyError, TypeError, ValueError):  # a slow tokenizer has no offsets
         enc = tok(texts, add_special_tokens=False)
     lengths = [len(q) + len(a) + 1 for q, a in zip(q_ids, enc["input_ids"])]  # bos and prompt, answer, eos
-    if max_length is not None and (cut := [n for n in lengths if n > max_length]):
+    if max_length is not None and (cut := [n for n in lengths if n > max_length]) and max_length not in _CUT_SAID:
+        _CUT_SAID.add(max_length)  # scoring encodes batch by batch: once per limit is enough to be told
         log.warning("%d of %d answers cut at the limit of %d tokens (the longest pair, prompt and answer, is %d "
                     "tokens): only their start is trained or scored", len(cut), len(lengths), max_length, max(cut))
     out = []
