@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
+# every test here on one xdist worker (pyproject.toml: --dist loadgroup): their launches run one at a time
+pytestmark = pytest.mark.xdist_group("launch")
 ROOT = Path(__file__).resolve().parents[1]
 # one lock for the whole test run, whichever xdist worker launches (`_launch`)
 LAUNCH_LOCK = Path(tempfile.gettempdir()) / f"unlearnkit-launch-{os.environ.get('PYTEST_XDIST_TESTRUNUID', os.getpid())}.lock"
