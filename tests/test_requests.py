@@ -483,6 +483,9 @@ def test_process_killed_at_every_stage_resumes(home, raw):
         ids += added
         assert all(states[i] in ("processing", "verified") for i in ids[:2]), states
         current.append(home.current_name())
+        if point == "switched":  # the guard is trimmed after the switch, not before: it still forbids the facts
+            facts = {t.id: [q.answer for q in t.qa] for t in home.targets().list()}
+            assert all("Wobbles" in facts[i] for i in ids[:2]), facts
         if point == "certified":  # the candidate damaged before it was deployed: built again from the run's
             # model by the next run (every later `process` failed on it until session 35)
             with open(home.versions_dir / "v0001" / "model.safetensors", "r+b") as f:

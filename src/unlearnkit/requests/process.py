@@ -384,12 +384,17 @@ def _checked_new_version(home: Home, b: dict, run_dir: Path, source):
 
 
 def _deploy(home: Home, b: dict, reqs, after) -> None:
-    """Switch `current`, trim the guard to what it needs, and commit: verified, clear text dropped. A
-    request that gained names or facts while the batch ran (`request add` from another process) is not
-    verified: its new names were never located or unlearned. It goes back to `guarded`, its guard
-    target whole, for the next batch (until session 35 its new alias was dropped from the guard here,
-    and the request verified)."""
+    """Switch `current`, then trim the guard to what it needs, and commit: verified, clear text
+    dropped. The switch comes first: a process stopped between the two leaves the unlearned model
+    behind a guard that still holds the facts, where the other order left the model that knows
+    them behind a trimmed guard (until session 38). A rerun of a deploying batch does both again.
+    A request that gained names or facts while the batch ran (`request add` from another process)
+    is not verified: its new names were never located or unlearned. It goes back to `guarded`, its
+    guard target whole, for the next batch (until session 35 its new alias was dropped from the
+    guard here, and the request verified)."""
     certs = b["results"]["certificates"]
+    home.set_current(after.name)
+    kill_point("switched")
     guard = home.targets()
     with home.ledger() as led:
         now = {r.id: led.get(r.id) for r in reqs}
@@ -402,8 +407,6 @@ def _deploy(home: Home, b: dict, reqs, after) -> None:
                 put_target(guard, guard_target(r.id, r.name, r.aliases, [], names_only=True))
         elif any(t.id == r.id for t in guard.list()):
             guard.remove(r.id)
-    home.set_current(after.name)
-    kill_point("switched")
     checks = b["results"]["request_checks"]
     changes = [(rid, "guarded", {"batch": None, "inventory": None, "guarded_at": now[rid].guarded_at})
                for rid in sorted(grown)]
