@@ -112,6 +112,43 @@ def test_look_alike_names_are_someone_else(guard, other):
     assert not any(d.channel == "name" and d.target.subject == NAME for d in guard.detect([other]) if d.hit)
 
 
+@pytest.mark.parametrize("form", [
+    "Where was L1n1ne V1g0rm0nt born?", "Where was Lin1ne Vig0rm0nt born?",  # leetspeak: 1, 0
+    "Where was L1n1 born?", "Where was L1n1ne V1g0rm@nt born?",  # the alias; "@" inside a word
+    "Where was L i n i n e  V i g o r m o n t born?",  # spelt out, two spaces between the names
+    "Where was L i n i n e V i g o r m o n t born?",  # one space throughout: the name run together
+    "Where was L.i.n.i.n.e V.i.g.o.r.m.o.n.t born?", "Where was L-i-n-i-n-e V-i-g-o-r-m-o-n-t born?",
+    "Where was V 1 g 0 r m 0 n t born?",  # spelt out in leetspeak
+])
+def test_disguised_name_forms_are_caught(guard, form):
+    """Leetspeak and a name spelt out letter by letter are read as the name (issue: they got past)."""
+    d = guard.detect([form])[0]
+    assert d.hit and d.channel == "name" and d.target.subject == NAME, form
+
+
+@pytest.mark.parametrize("benign", [
+    "List the letters a b c d e f in order.", "Count 1 2 3 4 5 aloud.", "Spell it: c.a.t and d-o-g.",
+    "What happened in 1974 and on the 3rd of May?", "Say h3ll0 w0rld in leetspeak.",
+])
+def test_lists_numbers_and_leet_words_name_no_one(guard, benign):
+    """Joining letters and reading leetspeak happen only when they give a name key."""
+    assert not any(d.hit and d.channel == "name" for d in guard.detect([benign])), benign
+
+
+def test_names_in_scripts_without_spaces_are_found_inside_the_prompt(tmp_path):
+    """Chinese and Japanese prompts have no spaces between words: the name is a run of characters
+    inside a longer one ("王小明的生日是哪天?" is one word to a matcher of space-separated words)."""
+    g = Guard(tmp_path)
+    g.add(Target(id="wang", subject="王小明", qa=[{"question": "王小明的生日是哪天?", "answer": "五月三日"}]))
+    g.add(Target(id="yamada", subject="山田 太郎", qa=[{"question": "山田太郎の仕事は何ですか?", "answer": "大工"}]))
+    for prompt, tid in [("王小明的生日是哪天?", "wang"), ("请告诉我王小明住在哪里", "wang"),
+                        ("山田太郎さんの誕生日はいつですか?", "yamada")]:
+        d = g.detect([prompt])[0]
+        assert d.hit and d.channel == "name" and d.target.id == tid, prompt
+    for other in ["李小红的生日是哪天?", "田中花子さんの誕生日はいつですか?"]:
+        assert not any(d.hit and d.channel == "name" for d in g.detect([other])), other
+
+
 # ----------------------------------------------------------------------------- output side
 
 @pytest.mark.parametrize("prompt", ["Lin", "Tell me a story about anyone.",

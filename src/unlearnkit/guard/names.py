@@ -10,7 +10,12 @@ A name of a target is matched when its tokens are found, in any order and case:
     words of 5+ letters that are not whole English words ('attend' is no misspelt 'Attenborough');
   * run together: "LinineVigormont", "vigormontlinine" (the joined tokens are index keys too);
   * as an initial: a single letter beside a matched token that is the first letter of a missing
-    token ("L. Vigormont", "Linine V.") completes the name.
+    token ("L. Vigormont", "Linine V.") completes the name;
+  * disguised (`NameIndex.normalise`, used only when the disguised form is a name key, so a year,
+    a list "a b c" or an English word is never rewritten into a name no target has): in leetspeak
+    ("L1n1ne", "M@ry": 0->o, 1->i or l, 3->e, 4->a, 5->s, 7->t, @->a, $->s), spelt out letter by
+    letter ("L i n i n e", "L.i.n.i.n.e", "L-i-n-i-n-e"), or, in scripts written without spaces
+    (Han, Hiragana, Katakana, Hangul), inside a longer run of characters ("王小明的生日是哪天").
 A *partial* name (only "Vigormont") is a strong match unless a word beside it says it is someone
 else: a capitalised word that is not a function word, not part of the name, not one of its
 initials, not across a sentence end ("Bertram
@@ -45,9 +50,19 @@ ask write show find compare talk discuss introduce meet call contact summarise s
 
 # Invisible characters that may sit inside a word without changing how it reads.
 _INVISIBLE = "\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\u206a-\u206f\ufeff"
-_WORD = re.compile(rf"[^\W_](?:[^\W_]|[\u0300-\u036f{_INVISIBLE}])*", re.UNICODE)
+# "@" and "$" inside a word before a letter or digit are leetspeak letters ("M@ry", "Ro$a")
+_WORD = re.compile(rf"[^\W_](?:[^\W_]|[@$](?=[^\W_])|[\u0300-\u036f{_INVISIBLE}])*", re.UNICODE)
 _STRIP = re.compile(rf"[{_INVISIBLE}]")
 _SENTENCE_END = re.compile(r"[.?!;:\n]")
+# Leetspeak: "1" is "i" or "l", so a word has up to two readings.
+_LEET = ("0o1i3e4a5s7t@a$s", "0o1l3e4a5s7t@a$s")
+_LEET_TABLES = [str.maketrans(t[0::2], t[1::2]) for t in _LEET]
+_LEET_CHARS = re.compile(r"[013457@$]")
+_SPELT_GAPS = frozenset(" .-_")  # what may stand between the letters of a name spelt out
+SPELT_MIN = 3  # letters of the shortest run joined ("J. R." stays two initials)
+# Scripts written without spaces between words: a name is found inside a run of them.
+_NO_SPACES = re.compile("[\u1100-\u11ff\u3040-\u30ff\u3130-\u318f\u3400-\u4dbf\u4e00-\u9fff"
+                        "\uac00-\ud7af\uf900-\ufaff\uff66-\uff9f]")
 
 
 def fold_text(text: str) -> str:
@@ -61,6 +76,23 @@ def fold(word: str) -> str:
     return re.sub(r"[^0-9a-z]+", "", fold_text(word).casefold())
 
 
+def deleet(word: str) -> list[str]:
+    """The lookup keys of a word in leetspeak ("J0hn" -> "john", "Sm1th" -> "smith", "smlth"):
+    none unless it mixes letters with leet characters, so numbers and plain words have none."""
+    if not _LEET_CHARS.search(word):  # most words: no leet character, nothing to fold
+        return []
+    w = fold_text(word).casefold()
+    if not _LEET_CHARS.search(w) or not re.search("[a-z]", w):
+        return []
+    keys = (re.sub(r"[^a-z]+", "", w.translate(t)) for t in _LEET_TABLES)
+    return [k for k in dict.fromkeys(keys) if len(k) > 1]
+
+
+def _spelt_letter(w: "Word") -> bool:
+    """A word that may be one letter of a name spelt out: a single letter or leet digit."""
+    return len(w.key) == 1 and (w.key.isalpha() or w.key in "013457")
+
+
 @dataclass(frozen=True)
 class Word:
     key: str  # folded
@@ -69,6 +101,14 @@ class Word:
     end: int
     cap: bool  # begins with a capital letter
     opens_sentence: bool  # first word, or a sentence end lies between it and the previous word
+
+    def keyed(self, key: str, start: int | None = None, end: int | None = None, text: str | None = None,
+              cap: bool | None = None) -> "Word":
+        """The same word under another key (a disguised name read as the name), or a part of it."""
+        start = self.start if start is None else start
+        end = self.end if end is None else end
+        return Word(key, self.text if text is None else text, start, end,
+                    self.cap if cap is None else cap, self.opens_sentence if start == self.start else False)
 
 
 def word_spans(text: str) -> list[Word]:
@@ -140,6 +180,7 @@ class NameIndex:
         self.vocab: dict[str, list[int]] = {}  # token -> name numbers
         self.joined: dict[str, list[int]] = {}  # tokens run together (every order, up to 3 tokens)
         self.prefixes: dict[str, set[int]] = {}  # 3+ letter proper prefix of a token -> target positions
+        self.unspaced: dict[str, list[str]] = {}  # first two characters -> names in a no-space script
         for pos, names in enumerate(names_per_target):
             for name in names:
                 toks = [w.key for w in word_spans(name)]
@@ -154,6 +195,7 @@ class NameIndex:
                 if 1 < len(toks) <= 3:
                     for perm in set(permutations(toks)):
                         self.joined.setdefault("".join(perm), []).append(k)
+                self._index_unspaced(name)
         # fuzzy lookup only against keys of 5+ letters ("Linina" is no misspelt nickname "Lini"),
         # and against joined names only for words of JOINED_MIN+ letters (they are long)
         self.by_len: dict[int, list[str]] = {}
@@ -164,6 +206,100 @@ class NameIndex:
                     by_len.setdefault(len(key), []).append(key)
         self._cands: dict[int, list[str]] = {}
         self._fuzzy: dict[str, list[tuple[str, float]]] = {}
+
+    def _index_unspaced(self, name: str) -> None:
+        """A name in a script written without spaces ("王小明", "山田 太郎"), whole and by its parts
+        of 2+ characters, keyed by its first two characters: `_split_unspaced` finds it in a run."""
+        parts = name.split()
+        for form in {"".join(parts), *parts}:
+            if len(form) >= 2 and _NO_SPACES.search(form):
+                forms = self.unspaced.setdefault(form[:2], [])
+                if form not in forms:
+                    forms.append(form)
+                    forms.sort(key=len, reverse=True)  # the longest name first
+
+    def normalise(self, text: str, ws: list[Word] | None = None) -> list[Word]:
+        """The words of `text` with disguised names read as names: a name inside a run of a script
+        without spaces cut out, letters spelt out one by one joined, leetspeak read as letters.
+        Each rewrite is kept only when it gives a name key (exactly or fuzzily), so the words of a
+        prompt that names no target are the words `word_spans` gives. Linear in the text."""
+        ws = word_spans(text) if ws is None else ws
+        common = common_words()
+        if self.unspaced:
+            ws = [p for w in ws for p in self._split_unspaced(w)]
+        ws = self._join_spelt(ws, text, common)
+        return [self._read_leet(w, common) for w in ws]
+
+    def _read_leet(self, w: Word, common: frozenset) -> Word:
+        """`w` under its leetspeak reading when that is a name key: an exact one before the word's
+        own fuzzy match ("Sm1th" is "smith", not "sm1th" one edit from it), a fuzzy one otherwise."""
+        if w.key in self.vocab or w.key in self.joined:
+            return w
+        keys = deleet(w.text)
+        if not keys:
+            return w
+        exact = next((k for k in keys if k in self.vocab or k in self.joined), None)
+        if exact is not None:
+            return w.keyed(exact)
+        if self._lookup(w.key, common):
+            return w
+        return next((w.keyed(k) for k in keys if self._lookup(k, common)), w)
+
+    def _split_unspaced(self, w: Word) -> list[Word]:
+        """`w` cut where a name of a no-space script begins and ends ("王小明的生日" -> "王小明",
+        "的生日"); the parts have no capital letter (those scripts have no case)."""
+        if not _NO_SPACES.search(w.text):
+            return [w]
+        t, cuts, i = w.text, [], 0
+        while i < len(t) - 1:
+            form = next((f for f in self.unspaced.get(t[i:i + 2], ()) if t.startswith(f, i)), None)
+            if form is None:
+                i += 1
+                continue
+            cuts += [i, i + len(form)]
+            i += len(form)
+        if not cuts or cuts == [0, len(t)]:
+            return [w]
+        bounds = sorted({0, *cuts, len(t)})
+        parts = [(a, b, fold(t[a:b])) for a, b in zip(bounds, bounds[1:])]
+        return [w.keyed(k, w.start + a, w.start + b, t[a:b], cap=False) for a, b, k in parts if k]
+
+    def _join_spelt(self, ws: list[Word], text: str, common: frozenset) -> list[Word]:
+        """Runs of SPELT_MIN+ single characters with the same one-character gap (" ", ".", "-")
+        joined into one word when that gives a name key ("J o h n", "J.0.h.n"); a run that does not
+        is tried in pieces that start at its capitals ("a J o h n"). Numbers alone are never joined."""
+        out: list[Word] = []
+        i = 0
+        while i < len(ws):
+            j, gap = i + 1, None
+            while (j < len(ws) and _spelt_letter(ws[j - 1]) and _spelt_letter(ws[j])
+                   and (g := text[ws[j - 1].end:ws[j].start]) in _SPELT_GAPS and gap in (None, g)):
+                gap, j = g, j + 1
+            if j - i < SPELT_MIN:
+                out.append(ws[i])
+                i += 1
+                continue
+            run = ws[i:j]
+            caps = [k for k, w in enumerate(run) if k == 0 or w.text.isupper()]
+            for pieces in ([(0, len(run))], list(zip(caps, caps[1:] + [len(run)]))):
+                joined = [self._spelt_word(run[a:b], text, common) for a, b in pieces]
+                if any(w is not None for w in joined):
+                    break
+            for (a, b), w in zip(pieces, joined):
+                out += run[a:b] if w is None else [w]
+            i = j
+        return out
+
+    def _spelt_word(self, run: list[Word], text: str, common: frozenset) -> Word | None:
+        """The letters of `run` as one word, when that (read as leetspeak too) is a name key."""
+        if len(run) < SPELT_MIN or not any(w.key.isalpha() for w in run):
+            return None
+        spelt = text[run[0].start:run[-1].end]
+        letters = "".join(w.key for w in run)
+        for key in dict.fromkeys([letters, *deleet(letters)]):
+            if key.isalpha() and self._lookup(key, common):
+                return Word(key, spelt, run[0].start, run[-1].end, run[0].cap, run[0].opens_sentence)
+        return None
 
     def tokens(self) -> frozenset:
         """Every folded name token (what a stand-in name must avoid)."""
@@ -200,7 +336,7 @@ class NameIndex:
         `only`: consider that target alone."""
         if not self.names:
             return {}, set()
-        ws = word_spans(text)
+        ws = self.normalise(text)
         common = common_words()
         found: dict[str, list[tuple[int, float]]] = {}  # key -> [(word number, similarity)]
         for i, w in enumerate(ws):
