@@ -263,3 +263,16 @@ def test_results_never_go_into_a_folder_the_command_reads(world, tmp_path, model
                                                     "--subject", oracle, "--out", src / "q.json")
     assert sorted(p.name for p in src.iterdir()) == before and not (oracle / "r").exists()
     assert not (world / "metrics.json").exists()
+
+
+def test_an_unknown_method_is_one_value_error(world, tmp_path, model_dir):
+    """`api.forget(..., "gradascent", ...)` raised a bare KeyError, its message quoted; the API and
+    the CLI now say the same one line."""
+    from unlearnkit import api
+
+    says = "unknown method 'gradascent'; valid methods: ga, graddiff, idk_dpo, npo, npo_rt, rmu, simnpo, twin_rmu"
+    with pytest.raises(ValueError, match="^" + re.escape(says) + "$"):
+        api.forget(model_dir, world, "gradascent", tmp_path / "r")
+    assert fails("forget", "--model", model_dir, "--data", world, "--method", "gradascent",
+                 "--out", tmp_path / "r") == f"error: {says}"
+    assert not (tmp_path / "r").exists()

@@ -97,7 +97,7 @@ def test_choices_are_listed_when_a_setting_is_wrong():
         get_method("graddiff").params({"retain_loss": "KL"})
     with pytest.raises(ValueError, match="its parameters: gamma, alpha, retain_loss, kl_topk"):
         get_method("graddiff").params({"retian_loss": "kl"})
-    with pytest.raises(KeyError):
+    with pytest.raises(ValueError, match="unknown method 'finetune'"):
         get_method("finetune")  # fine-tuning trains subjects; it is not an unlearning method
 
 

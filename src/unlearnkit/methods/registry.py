@@ -117,9 +117,11 @@ def _load_all() -> None:
 
 
 def get_method(name: str) -> Method:
+    """The registered method `name`; else a one-line ValueError listing the valid ones, the one message
+    for the API, the CLI and a home's settings (a KeyError came quoted, and was no ValueError)."""
     _load_all()
     if name not in REGISTRY:
-        raise KeyError(f"unknown method {name!r}; valid methods: {', '.join(sorted(REGISTRY))}")
+        raise ValueError(f"unknown method {name!r}; valid methods: {', '.join(sorted(REGISTRY))}")
     return REGISTRY[name]
 
 

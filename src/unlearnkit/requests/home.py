@@ -106,8 +106,8 @@ def check_method(name: str, what: str = "method") -> str:
 
     try:
         get_method(name)
-    except KeyError as e:
-        raise ValueError(f"{what}: {e.args[0]}") from None
+    except ValueError as e:
+        raise ValueError(f"{what}: {e}") from None
     return name
 
 
