@@ -276,3 +276,22 @@ def test_an_unknown_method_is_one_value_error(world, tmp_path, model_dir):
     assert fails("forget", "--model", model_dir, "--data", world, "--method", "gradascent",
                  "--out", tmp_path / "r") == f"error: {says}"
     assert not (tmp_path / "r").exists()
+
+
+def test_a_string_where_a_number_belongs_is_named(world, tmp_path, model_dir):
+    """Strings for numbers through the API ("1e-3", as YAML reads it) were refused as "not > 0" or
+    were TypeErrors deep in training, scoring or an attack's plan: now one line naming the option."""
+    from unlearnkit import api
+    from unlearnkit.attacks import run_attack
+
+    for kw, says in ((dict(lr="1e-3", steps=1), "--lr '1e-3': must be a number, not str"),
+                     (dict(steps="10"), "--steps '10': must be a number, not str"),
+                     (dict(epochs="2"), "--epochs '2': must be a number, not str"),
+                     (dict(steps=1, warmup="0.1"), "--warmup '0.1': must be a number, not str")):
+        with pytest.raises(ValueError, match="^" + re.escape(says) + "$"):
+            api.forget(model_dir, world, "ga", tmp_path / "r", progress=False, **kw)
+    assert not (tmp_path / "r").exists()
+    with pytest.raises(ValueError, match="^" + re.escape("max_new_tokens '8': must be a number, not str") + "$"):
+        api.evaluate(model_dir, world, max_new_tokens="8")
+    with pytest.raises(ValueError, match="^" + re.escape("attack 'relearn', option steps='x': must be a number, not str") + "$"):
+        run_attack("relearn", model_dir, world, steps="x")

@@ -34,6 +34,7 @@ Which text is scored or generated (prompts are the plain question; tokenisation 
 from __future__ import annotations
 
 import math
+import numbers
 import time
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -175,6 +176,12 @@ def evaluate(lm, world, *, oracle: dict | None = None, suites: Sequence[str] = S
         raise ValueError(f"unknown suites {sorted(unknown)}; choose from {SUITES}")
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
         raise ValueError(f"batch_size {batch_size!r}: a whole number >= 1, or None (the scorer's own)")
+    for name, value in (("max_new_tokens", max_new_tokens), ("k", k), ("min_docs", min_docs),
+                        ("verbmem_prompt_words", verbmem_prompt_words),
+                        ("verbmem_continuation_words", verbmem_continuation_words),
+                        ("verbmem_max_new_tokens", verbmem_max_new_tokens)):  # a string was a TypeError deep in scoring
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise ValueError(f"{name} {value!r}: must be a number, not {type(value).__name__}")
     if not world.forget:
         raise ValueError("the world has no forget records")
     t_start = time.perf_counter()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import random
 import shutil
 import time
@@ -21,6 +22,11 @@ import torch
 
 from . import launch, runinfo, shards
 from .data.batching import Encoded, collate
+
+# TrainConfig's numeric fields; those that may also be None (no step budget, no clipping)
+NUMBERS = ("lr", "steps", "epochs", "batch_size", "grad_accum", "warmup", "weight_decay", "saliency", "sam",
+           "max_grad_norm", "seed", "save_every", "log_every")
+OPTIONAL_NUMBERS = ("steps", "max_grad_norm")
 
 Loss = Callable[..., "tuple[torch.Tensor, dict] | tuple[torch.Tensor, dict, torch.Tensor]"]  # (loss, logs[, forget term])
 
@@ -52,6 +58,12 @@ class TrainConfig:
         def bad(name, why):
             raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)!r}: {why}")
 
+        # first the types: a string ("1e-3", from the API or YAML) was refused as not > 0, or reached a
+        # comparison as a TypeError. Refused, not converted: the dataclass converts nothing else either.
+        for name in NUMBERS:
+            v = getattr(self, name)
+            if not (v is None and name in OPTIONAL_NUMBERS) and (isinstance(v, bool) or not isinstance(v, numbers.Real)):
+                bad(name, f"must be a number, not {type(v).__name__}")
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             bad("lr", "the learning rate must be a finite number > 0")
         if self.steps is not None and (int(self.steps) != self.steps or self.steps < 1):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import json
+import numbers
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,7 +80,17 @@ def make_plan(kind: str, world, *, seed: int = 0, **options) -> AttackPlan:
     unknown = set(options) - allowed
     if unknown:
         raise ValueError(f"attack {kind!r} has no option {sorted(unknown)[0]!r}; its options: {', '.join(sorted(allowed))}")
+    # an option whose default is a number takes a number: steps="x" was a TypeError deep in the plan
+    params = inspect.signature(mod.plan).parameters
+    for name, value in options.items():
+        default = params[name].default
+        if _is_number(default) and not _is_number(value):
+            raise ValueError(f"attack {kind!r}, option {name}={value!r}: must be a number, not {type(value).__name__}")
     return mod.plan(world, seed=seed, **options)
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
 
 # ------------------------------------------------------------------------------ model handling
