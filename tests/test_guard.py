@@ -259,6 +259,23 @@ def test_bad_targets_and_settings_are_one_line_and_leave_no_guard(tmp_path, worl
     assert sorted(p.name for p in w.iterdir()) == before
 
 
+def test_a_misspelt_guard_setting_is_refused(tmp_path):
+    """`GuardSettings(defualt_action="refuse")` was accepted and the typo dropped (the default action
+    stayed in force); in code and in guard.json an unknown setting is one line naming it, and a
+    guard.json as saved loads as before."""
+    says = ("guard settings has no parameter 'defualt_action'; its parameters: threshold, fuzzy_cutoff, "
+            "default_action, refusal, icu_examples, forbidden_logprob, calibration")
+    with pytest.raises(ValueError) as e:
+        GuardSettings(defualt_action="refuse")
+    assert str(e.value) == says
+    (tmp_path / "guard.json").write_text(json.dumps({"defualt_action": "refuse"}))
+    with pytest.raises(ValueError) as e:
+        Guard(tmp_path)
+    assert str(e.value) == f"{tmp_path / 'guard.json'}: invalid guard settings ({says})"
+    (tmp_path / "guard.json").write_text(GuardSettings(default_action="icu").model_dump_json(indent=2))
+    assert Guard(tmp_path).settings.default_action == "icu"
+
+
 def test_one_string_is_one_prompt(guard, world):
     """A string given where a list of prompts goes was taken letter by letter, a prompt each (32
     detections for one question, a calibration on single letters) until session 36."""

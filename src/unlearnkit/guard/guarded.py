@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .actions import (REFUSAL, ForbidTokensProcessor, forbidden_strings, forbidden_token_sequences, icu_prompt,
                       pseudonymise, refusal, restore, stand_in)
@@ -54,8 +54,10 @@ from .output import ValueIndex, find_leak, states_value, values
 
 
 class GuardSettings(BaseModel):
-    """Stored as `guard.json` in the guard directory."""
-    model_config = ConfigDict(extra="ignore")
+    """Stored as `guard.json` in the guard directory. An unknown name is an error, in code and in the
+    file: a typo (`defualt_action`) was dropped without a word, leaving the default in force. Every
+    guard.json written so far holds these fields only, so none stops loading."""
+    model_config = ConfigDict(extra="forbid")
     threshold: float = Field(default=0.8, ge=0, le=1.5)
     fuzzy_cutoff: float = Field(default=80.0, ge=50, le=100)
     default_action: Action = "refuse"
@@ -63,6 +65,24 @@ class GuardSettings(BaseModel):
     icu_examples: int = Field(default=4, ge=1, le=32)
     forbidden_logprob: float = -20.0
     calibration: dict | None = None
+
+    def __init__(self, **data):
+        try:
+            super().__init__(**data)
+        except ValidationError as e:  # one line naming the setting, not pydantic's several
+            raise ValueError(settings_error(e)) from None
+
+
+def settings_error(e: ValidationError) -> str:
+    """The first thing wrong with guard settings, in one line: broken JSON, or which setting."""
+    from ..methods.registry import describe
+
+    err = e.errors()[0]
+    if err["type"] == "json_invalid":
+        return f"malformed JSON ({err['msg']})"
+    if err["type"] == "value_error" and not err["loc"]:  # from the file: `__init__`'s line, wrapped by pydantic
+        return str(err["ctx"]["error"])
+    return describe("guard settings", GuardSettings, e)
 
 
 class Guard:
@@ -96,7 +116,9 @@ class Guard:
         path = self.dir / "guard.json"
         try:
             return GuardSettings.model_validate_json(path.read_text(encoding="utf-8"))
-        except ValueError as e:
+        except ValidationError as e:
+            raise ValueError(f"{path}: invalid guard settings ({settings_error(e)})") from None
+        except ValueError as e:  # not UTF-8
             raise ValueError(f"{path}: invalid guard settings ({str(e).splitlines()[0]})") from None
 
     def refresh(self) -> bool:
