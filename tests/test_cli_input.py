@@ -295,3 +295,17 @@ def test_a_string_where_a_number_belongs_is_named(world, tmp_path, model_dir):
         api.evaluate(model_dir, world, max_new_tokens="8")
     with pytest.raises(ValueError, match="^" + re.escape("attack 'relearn', option steps='x': must be a number, not str") + "$"):
         run_attack("relearn", model_dir, world, steps="x")
+
+
+def test_finetune_refuses_an_option_it_does_not_take(world, tmp_path):
+    """`api.finetune(..., saliency=0.25)` was accepted and ignored (fine-tuning trains every weight)."""
+    from unlearnkit import api
+
+    options = ("lr, steps, epochs, batch_size, stream_batch, grad_accum, warmup, schedule, weight_decay, "
+               "max_grad_norm, log_every, mixed_precision, group_by_length")
+    for kw, says in ((dict(saliency=0.25), "finetune has no option 'saliency' (an unlearning setting: `forget` takes it)"),
+                     (dict(learning_rate=1e-3), "finetune has no option 'learning_rate'")):
+        with pytest.raises(ValueError) as e:
+            api.finetune(world, tmp_path / "m", steps=1, progress=False, **kw)
+        assert str(e.value) == f"{says}; its options: {options}"
+    assert not (tmp_path / "m").exists()

@@ -34,6 +34,22 @@ log = logging.getLogger("unlearnkit")
 SCRATCH = dict(lr=3e-3, epochs=20, batch_size=32, warmup=0.05, schedule="cosine", weight_decay=0.0)
 DOCS_BATCH = 1  # documents per step beside each QA batch (more made the knowledge shallower, not deeper)
 FINETUNE = dict(lr=1e-4, epochs=3, batch_size=16, warmup=0.05, schedule="cosine")
+# TrainConfig's fields that fine-tuning has no use for: saliency and sam shape an unlearning run's
+# steps (`forget` takes them), finetune keeps no checkpoints (save_every), seed is its own argument
+_UNLEARNING = " (an unlearning setting: `forget` takes it)"
+NOT_FINETUNE = {"saliency": _UNLEARNING, "sam": _UNLEARNING, "save_every": " (finetune keeps no checkpoints)",
+                "seed": "", "extra": ""}
+
+
+def _check_finetune_options(overrides: dict) -> None:
+    """An option `finetune` does not take is refused by name: `saliency=0.25` was accepted and ignored."""
+    from dataclasses import fields
+
+    options = [f.name for f in fields(TrainConfig) if f.name not in NOT_FINETUNE]
+    for name in overrides:
+        if name not in options:
+            raise ValueError(f"finetune has no option {name!r}{NOT_FINETUNE.get(name, '')}; "
+                             f"its options: {', '.join(options)}")
 
 
 def world(out: str | os.PathLike, seed: int = 0, shape: str | None = None, **kwargs) -> Path:
@@ -74,6 +90,7 @@ def finetune(data: str | os.PathLike, out: str | os.PathLike, *, model: str | No
 
     if not isinstance(without_forget, bool):  # "no" trained an oracle until session 36
         raise TypeError(f"without_forget: expected True or False, got {without_forget!r}")
+    _check_finetune_options(train_overrides)
     tpl = parse_template(template, system, model)
     train_overrides = one_budget(train_overrides)
     timer = runinfo.Timer()
