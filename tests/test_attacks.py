@@ -112,7 +112,7 @@ def test_plans(tiny_world):
     assert p.records and not ctx & {r.id for r in p.records}
     assert option_value("She works as a potter.", "potter", "She works as an architect.") == "architect"
     assert option_value("She wrote Foxglove Summer.", "Foxglove Summer", "She wrote The Hollow Crown.") == "The Hollow Crown"
-    with pytest.raises(KeyError, match="valid attacks: relearn, quantize, probes, incontext"):
+    with pytest.raises(ValueError, match="^unknown attack 'jailbreak'; valid attacks: relearn, quantize, probes, incontext$"):
         make_plan("jailbreak", w)
     with pytest.raises(ValueError, match="has no option 'bits'"):
         make_plan("relearn", w, bits=4)
