@@ -34,7 +34,6 @@ Which text is scored or generated (prompts are the plain question; tokenisation 
 from __future__ import annotations
 
 import math
-import numbers
 import time
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -44,7 +43,7 @@ import numpy as np
 from .data.twins import forget_twins
 from .metrics import mia, muse, tofu
 from .metrics.text import rouge_l, split_words
-from .runinfo import Timer, json_safe
+from .runinfo import Timer, is_number, json_safe
 
 SUITES = ("tofu", "muse", "mia")
 UTILITY_SPLITS = ("retain", "world_facts", "neighbours")
@@ -180,7 +179,7 @@ def evaluate(lm, world, *, oracle: dict | None = None, suites: Sequence[str] = S
                         ("verbmem_prompt_words", verbmem_prompt_words),
                         ("verbmem_continuation_words", verbmem_continuation_words),
                         ("verbmem_max_new_tokens", verbmem_max_new_tokens)):  # a string was a TypeError deep in scoring
-        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        if not is_number(value):
             raise ValueError(f"{name} {value!r}: must be a number, not {type(value).__name__}")
     if not world.forget:
         raise ValueError("the world has no forget records")

@@ -118,6 +118,14 @@ def read_json(path: str | os.PathLike, error: type[Exception] = ValueError) -> d
     return obj
 
 
+def is_number(x) -> bool:
+    """A real number, not a bool and not a string of digits: what a numeric option takes (`train.TrainConfig`,
+    `evaluate.evaluate`, an attack's plan each refuse anything else, naming the option)."""
+    import numbers
+
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
 def json_safe(obj):
     """A JSON-safe copy of `obj`: numpy scalars and arrays to Python, non-finite floats to None,
     mapping keys to strings (what results files hold: `evaluate`, the attacks)."""

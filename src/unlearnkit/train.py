@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import numbers
 import random
 import shutil
 import time
@@ -62,7 +61,7 @@ class TrainConfig:
         # comparison as a TypeError. Refused, not converted: the dataclass converts nothing else either.
         for name in NUMBERS:
             v = getattr(self, name)
-            if not (v is None and name in OPTIONAL_NUMBERS) and (isinstance(v, bool) or not isinstance(v, numbers.Real)):
+            if not (v is None and name in OPTIONAL_NUMBERS) and not runinfo.is_number(v):
                 bad(name, f"must be a number, not {type(v).__name__}")
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             bad("lr", "the learning rate must be a finite number > 0")

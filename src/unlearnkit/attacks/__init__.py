@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import copy
 import json
-import numbers
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,21 +76,19 @@ def make_plan(kind: str, world, *, seed: int = 0, **options) -> AttackPlan:
     mod = _module(kind)
     import inspect
 
-    allowed = set(inspect.signature(mod.plan).parameters) - {"world", "seed"}
+    from .. import runinfo
+
+    params = inspect.signature(mod.plan).parameters
+    allowed = set(params) - {"world", "seed"}
     unknown = set(options) - allowed
     if unknown:
         raise ValueError(f"attack {kind!r} has no option {sorted(unknown)[0]!r}; its options: {', '.join(sorted(allowed))}")
     # an option whose default is a number takes a number: steps="x" was a TypeError deep in the plan
-    params = inspect.signature(mod.plan).parameters
     for name, value in options.items():
         default = params[name].default
-        if _is_number(default) and not _is_number(value):
+        if runinfo.is_number(default) and not runinfo.is_number(value):
             raise ValueError(f"attack {kind!r}, option {name}={value!r}: must be a number, not {type(value).__name__}")
     return mod.plan(world, seed=seed, **options)
-
-
-def _is_number(x) -> bool:
-    return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
 
 # ------------------------------------------------------------------------------ model handling

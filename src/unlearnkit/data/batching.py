@@ -108,7 +108,7 @@ def encode_pairs(tok, prompts: list[str], answers: list[str], max_length: int | 
     except (NotImplementedError, KeyError, TypeError, ValueError):  # a slow tokenizer has no offsets
         enc = tok(texts, add_special_tokens=False)
     lengths = [len(q) + len(a) + 1 for q, a in zip(q_ids, enc["input_ids"])]  # bos and prompt, answer, eos
-    if max_length is not None and (cut := [n for n in lengths if n > max_length]) and max_length not in _CUT_SAID:
+    if max_length is not None and max_length not in _CUT_SAID and (cut := [n for n in lengths if n > max_length]):
         _CUT_SAID.add(max_length)  # scoring encodes batch by batch: once per limit is enough to be told
         log.warning("%d of %d answers cut at the limit of %d tokens (the longest pair, prompt and answer, is %d "
                     "tokens): only their start is trained or scored", len(cut), len(lengths), max_length, max(cut))
