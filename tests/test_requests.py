@@ -569,8 +569,11 @@ def test_verified_request_keeps_no_clear_text(home, raw, tmp_path):
 def test_the_ledger_says_when_a_reader_keeps_the_write_ahead_log(home):
     """A reader holding the ledger keeps the WAL pages it may read, clear text dropped since included;
     the checkpoint after a deployment ignored that and said nothing (until session 36): now it tries
-    again until its timeout and says whether it went through."""
-    from unlearnkit.requests.ledger import Ledger
+    again until its timeout and says whether it went through. The timeout is its own: SQLite's busy
+    handler waited the ledger's 30 s inside the checkpoint, whatever it said, until session 39."""
+    import time
+
+    from unlearnkit.requests.ledger import BUSY_MS, Ledger
 
     rq.add(home, "Ada Quill")
     reader = sqlite3.connect(home.ledger_path)
@@ -578,7 +581,10 @@ def test_the_ledger_says_when_a_reader_keeps_the_write_ahead_log(home):
     reader.execute("SELECT count(*) FROM requests").fetchone()
     with Ledger(home.ledger_path) as led:
         rq.add(home, "Bo Kell")  # a write the reader's snapshot does not see: it stays in the WAL
+        start = time.monotonic()
         assert led.checkpoint(timeout=0.3) is False
+        assert time.monotonic() - start < 10
+        assert led.db.execute("PRAGMA busy_timeout").fetchone()[0] == BUSY_MS  # other writes still queue
         reader.rollback()
         assert led.checkpoint(timeout=0.3) is True
     reader.close()

@@ -239,15 +239,21 @@ class Ledger:
         since) stays in the -wal file. A reader holding the ledger open keeps the pages it may read:
         the checkpoint is tried again until `timeout` seconds have passed; False if it never went
         through (its busy result was ignored, and the clear text stayed in the -wal file without a
-        word, until session 36)."""
+        word, until session 36). SQLite waits for the readers itself, up to the busy timeout, which
+        is `timeout` here (it was the ledger's 30 s whatever `timeout` said, until session 39)."""
         deadline = time.monotonic() + timeout
-        while True:
-            busy, *_ = self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-            if not busy:
-                return True
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.2)
+        try:
+            while True:
+                left = max(0.0, deadline - time.monotonic())
+                self.db.execute(f"PRAGMA busy_timeout={int(left * 1000)}")
+                busy, *_ = self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                if not busy:
+                    return True
+                if time.monotonic() >= deadline:
+                    return False
+                time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+        finally:
+            self.db.execute(f"PRAGMA busy_timeout={BUSY_MS}")
 
     def update_batch(self, batch_id: str, **fields) -> None:
         with self.tx() as c:
