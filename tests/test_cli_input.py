@@ -200,6 +200,26 @@ def test_finetune_never_replaces_the_source_or_a_folder_of_other_files(world, tm
     assert res.exit_code == 0 and (tmp_path / "ck" / "unlearnkit.json").read_text() != before
 
 
+def test_a_second_finetune_into_a_folder_being_written_is_refused(world, tmp_path):
+    """`finetune` holds its folder's lock from before training to after the save, as `forget` does:
+    two runs into one folder both trained, and the later one replaced the other's checkpoint
+    without --overwrite (until session 39). A folder made for the lock is taken away again when
+    the run fails before writing anything, and one that was there stays."""
+    from unlearnkit import runinfo
+
+    out = tmp_path / "ck"
+    out.mkdir()
+    with runinfo.exclusive(out, "held"):  # as the first run holds it while it trains
+        assert fails("finetune", "--data", world, "--steps", 1, "--out", out) == (
+            f"error: --out {out}: another run is writing there now; wait for it to end, or choose another folder")
+    assert out.is_dir() and not any(out.iterdir())
+    (world / "retain.jsonl").unlink()  # the run fails after taking the lock: the folder it made goes
+    assert "retain" in fails("finetune", "--data", world, "--steps", 1, "--out", tmp_path / "new")
+    assert not (tmp_path / "new").exists()
+    assert CliRunner().invoke(app, ["finetune", "--data", str(tmp_path / "w"), "--steps", "1", "--out", str(out)]
+                              ).exit_code != 0 and out.is_dir()
+
+
 def test_finetune_never_replaces_a_run_kept_in_a_checkpoint_folder(world, tmp_path, model_dir):
     """`forget --out` takes a checkpoint folder; a later `finetune --out` there replaced the whole
     folder, the run with it, since the folder held unlearnkit.json (until session 37)."""
@@ -295,6 +315,18 @@ def test_a_string_where_a_number_belongs_is_named(world, tmp_path, model_dir):
         api.evaluate(model_dir, world, max_new_tokens="8")
     with pytest.raises(ValueError, match="^" + re.escape("attack 'relearn', option steps='x': must be a number, not str") + "$"):
         run_attack("relearn", model_dir, world, steps="x")
+
+
+def test_an_unknown_evaluation_option_is_named_at_the_door(tmp_path):
+    """`api.evaluate(..., max_new_token=8)` was Python's TypeError from inside the evaluation, after
+    the model and the world were loaded; now one line naming it and the valid options, before
+    anything is read (the paths here do not exist)."""
+    from unlearnkit import api
+
+    with pytest.raises(ValueError) as e:
+        api.evaluate(tmp_path / "no-model", tmp_path / "no-world", max_new_token=8)
+    assert str(e.value).startswith("unknown evaluation option 'max_new_token'; valid options: ")
+    assert "max_new_tokens" in str(e.value) and "\n" not in str(e.value)
 
 
 def test_finetune_refuses_an_option_it_does_not_take(world, tmp_path):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -98,6 +99,36 @@ def finetune(data: str | os.PathLike, out: str | os.PathLike, *, model: str | No
         check_out(model, out)  # before any work: the source is never written to
     check_out(data, out, what="data")
     check_replaceable(out, overwrite)
+    with _finetune_lock(Path(out), overwrite):
+        return _finetune(data, Path(out), model, without_forget, seed, size, progress, tpl, train_overrides, timer)
+
+
+@contextmanager
+def _finetune_lock(out: Path, overwrite: bool):
+    """The main process holds `out`'s lock (`runinfo.exclusive`) from before training to after the
+    save, and checks `out` again under it: two runs into one folder both trained, and the later
+    one replaced the other's checkpoint without `--overwrite`, until session 39. A folder made here
+    for the lock and left empty by a failed run is taken away again."""
+    from .models.load import check_replaceable
+
+    if not is_main():
+        yield
+        return
+    made = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        with runinfo.exclusive(out, f"--out {out}: another run is writing there now; wait for it to end, or "
+                                    f"choose another folder"):
+            check_replaceable(out, overwrite)
+            yield
+    finally:
+        if made and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+
+
+def _finetune(data, out: Path, model, without_forget: bool, seed: int, size: str, progress: bool, tpl,
+              train_overrides: dict, timer) -> Path:
+    """`finetune`'s training and save, under its lock."""
     w = load_world(data)
     require_split(w, "retain", why="the subject trains on forget + retain, and the oracle on retain alone")
     if model is None:
@@ -122,7 +153,6 @@ def finetune(data: str | os.PathLike, out: str | os.PathLike, *, model: str | No
     with timer("train"):
         res = train(net, sft_loss(**loss_params), streams, cfg, pad_id=tok.pad_token_id, progress=progress,
                     desc="oracle" if without_forget else "subject")
-    out = Path(out)
     if is_main():
         save_model(res.model, tok, out, state_dict=res.full_state_dict, info={
             "kind": "oracle" if without_forget else "subject", "data": runinfo.where(data),
@@ -183,9 +213,15 @@ def evaluate(model, data: str | os.PathLike, *, oracle=None, subject=None, suite
     model behind (`info` records the model and the guard: until session 35 a guarded evaluation
     said only "GuardedLM").
     """
+    import inspect
+
     from .data.io import DataError
     from .evaluate import evaluate as run_eval, is_result
 
+    # an option `evaluate` does not take, at the door (Python's TypeError from deep inside until session 39)
+    options = set(inspect.signature(run_eval).parameters) - {"lm", "world", "oracle", "subject", "suites", "reference_lm"}
+    if unknown := sorted(set(kwargs) - options):
+        raise ValueError(f"unknown evaluation option {unknown[0]!r}; valid options: {', '.join(sorted(options))}")
     tpl = parse_template(template, system, model)
     suites = (suites,) if isinstance(suites, str) else tuple(suites)
     timer = runinfo.Timer()

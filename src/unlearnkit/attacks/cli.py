@@ -14,7 +14,7 @@ import typer
 
 # the options of one attack kind or two (fraction), and which: given to another kind, an error
 OWNERS = {"steps": ("relearn",), "lr": ("relearn",), "fraction": ("relearn", "incontext"), "source": ("relearn",),
-          "bits": ("quantize",), "group_size": ("quantize",), "probes": ("probes",), "shots": ("probes",)}
+          "bits": ("quantize",), "group_size": ("quantize",), "embeddings": ("quantize",), "probes": ("probes",), "shots": ("probes",)}
 
 
 def _check_kind_options(ctx: typer.Context, kind: str) -> None:
@@ -42,6 +42,7 @@ def attack(ctx: typer.Context,
            source: str = typer.Option("people", help="relearn: people | facts | neighbours | retain."),
            bits: str = typer.Option("8,4", help="quantize: comma-separated bit widths."),
            group_size: int = typer.Option(0, help="quantize: input columns per scale (0: one scale per output channel)."),
+           embeddings: bool = typer.Option(False, "--embeddings", help="quantize: the input embedding (and an output head tied to it) too."),
            probes: str = typer.Option("all", help="probes: comma-separated kinds (paraphrase, fill_blank, multiple_choice, conversation, many_shot, step_by_step) or all."),
            shots: int = typer.Option(8, help="probes: retain examples in the many-shot prompt."),
            template: Optional[str] = typer.Option(None, help="Prompt format: raw | chat (the tokenizer's chat template) | a format string with {question}; default: the one the checkpoint was trained in, else raw."),
@@ -65,7 +66,7 @@ def attack(ctx: typer.Context,
     tpl = parse_template(template, system, model)
     opts: dict = {
         "relearn": dict(steps=steps, lr=lr, fraction=fraction, source=source),
-        "quantize": dict(bits=bits, group_size=group_size),
+        "quantize": dict(bits=bits, group_size=group_size, embeddings=embeddings),
         "probes": dict(kinds=list(PROBE_KINDS) if probes == "all" else probes, shots=shots),
         "incontext": dict(fraction=fraction),
     }[kind]
