@@ -112,7 +112,8 @@ def test_exact_memorisation_and_extraction_strength():
     assert tofu.extraction_strength([False, True, True]) == pytest.approx(2 / 3)  # k = 1
     assert tofu.extraction_strength([True, False, True, True]) == 0.5  # k = 2
     assert tofu.extraction_strength([True, True, True]) == 1.0  # k = 0: reproduced from the question
-    assert tofu.extraction_strength([True, True, False]) == 0.0  # not even eos reproduced
+    # not even the last token reproduced: 1/|a|, open-unlearning's floor (0 here until session 39)
+    assert tofu.extraction_strength([True, True, False]) == pytest.approx(1 / 3)
     assert tofu.extraction_strength(S([0, 0, 0, 0, 0], [0, 0, 0, 0, 1])) == pytest.approx(1 / 5)
 
 
@@ -126,7 +127,7 @@ def test_extraction_strength_by_search_matches_hits():
 
     assert tofu.extraction_strength_by_search(5, reproduces) == pytest.approx(tofu.extraction_strength(hits)) == 0.4
     assert calls == [0, 1, 2, 3]
-    assert tofu.extraction_strength_by_search(3, lambda k: False) == 0.0
+    assert tofu.extraction_strength_by_search(3, lambda k: False) == pytest.approx(1 / 3)
 
 
 def test_eos_is_left_out_of_exact_memorisation_and_extraction_strength():
@@ -137,7 +138,7 @@ def test_eos_is_left_out_of_exact_memorisation_and_extraction_strength():
     assert tofu.extraction_strength(said_not_stopped) == 1.0  # with eos it was 0
     # no eos marked (cut by max_length, or a plain array): every position counts
     assert tofu.exact_memorisation(S([0, 0, 0], [1, 1, 0])) == pytest.approx(2 / 3)
-    assert tofu.extraction_strength([True, True, False]) == 0.0
+    assert tofu.extraction_strength([True, True, False]) == pytest.approx(1 / 3)
     # an answer of eos alone keeps its one position
     only_eos = S([-1.0], [1])
     only_eos.eos = True
@@ -303,7 +304,7 @@ def test_scoring_on_fixed_logit_table(batch_size):
     assert tofu.answer_probability(a) == pytest.approx(math.sqrt(0.2), rel=1e-6)  # eos counts here (TOFU)
     assert tofu.exact_memorisation(b) == pytest.approx(1 / 2)  # hits x, misses y; eos left out
     assert tofu.extraction_strength(a) == 1.0
-    assert tofu.extraction_strength(b) == 0.0
+    assert tofu.extraction_strength(b) == 0.5  # hits T F (eos left out): no suffix, open-unlearning's 1/|a|
     assert tofu.extraction_strength(c) == pytest.approx(1 / 3)  # hits F F T (eos left out): k = 2 of 3
     # truth ratio of "x" (paraphrased) against "x y" and "y y x": exp(mean(L_b, L_c) - L_a)
     la, lb, lc = -np.mean(np.log([0.5, 0.4])), -np.mean(np.log([0.5, 0.3, 0.2])), -np.mean(np.log([0.2, 0.2, 0.4, 0.4]))

@@ -338,3 +338,18 @@ def test_markdown_report_says_only_what_the_config_holds(tmp_path):
     md = write_report({"models": {"model": {"forget_rouge": 0.5}}, "config": {"method": "simnpo", "seed": 0}},
                       tmp_path / "r.md").read_text()
     assert "Method `simnpo`, seed 0.\n" in md and "None" not in md
+
+
+def test_a_record_hits_where_the_answer_holds_the_whole_true_answer():
+    """The record table's hit is the answer rate's rule (`attacks.recovery.holds_answer`): with
+    ROUGE-L recall >= 0.5 (until session 39) "Kingsreach University" was a hit for "Aldermoor
+    University", and a right answer in a long sentence could be a miss."""
+    from unlearnkit.report.page import records
+    from unlearnkit.report.plots import Entry
+
+    ps = {"forget_ids": ["a", "b", "c"], "forget_questions": ["q1", "q2", "q3"],
+          "forget_true_answers": ["Aldermoor University", "1961", "a red fox named Pip"],
+          "forget_answers": ["Kingsreach University", "She was born in 1961.", "a red fox"],
+          "forget_rouge": [0.5, 1.0, 0.6]}
+    table = records([Entry("m", "model", {"per_sample": ps})])
+    assert [row["cells"][0]["hit"] for row in table["rows"]] == [False, True, False] and table["totals"] == [1]

@@ -56,6 +56,18 @@ def test_deterministic_for_a_seed(tiny_world):
     assert _same(_run(tiny_world, method="rmu", steps=3), _run(tiny_world, method="rmu", steps=3))
 
 
+def test_progress_to_a_log_is_drawn_seldom(tiny_world, capfd):
+    """The loop's bar, written to a file or pipe (CI, `make demo > log`), is drawn once in 10 s, not
+    twice a step (the step, then its loss): 320 KB of bars in one `make demo` log until session 39."""
+    from unlearnkit.train import TrainConfig, train
+
+    net, m, streams, ctx, tok = _streams(tiny_world, "ga")
+    train(net, m.loss, streams, TrainConfig(lr=1e-4, steps=20, batch_size=4), pad_id=tok.pad_token_id, ctx=ctx,
+          progress=True, desc="quiet")
+    err = capfd.readouterr().err
+    assert 1 <= err.count("quiet") <= 3, err  # each drawing names the bar: 40 of them before
+
+
 def test_lora_and_merge_layout(tiny_world, tmp_path):
     """--lora writes the adapter; --merge also a plain merged model; both load and agree."""
     from unlearnkit import api

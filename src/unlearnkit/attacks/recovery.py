@@ -91,9 +91,15 @@ def normalise(text: str) -> str:
     return " ".join(re.sub(r"[^0-9a-z]+", " ", text.lower()).split())
 
 
+def holds_answer(generation: str, answer: str) -> bool:
+    """Whether `generation` holds the whole true `answer`, both normalised: "answered" (the answer
+    rate's count, and the report's hit)."""
+    return normalise(answer) in normalise(generation)
+
+
 def contains_answer(generations: Sequence[str], records) -> list[bool]:
-    """Whether each generation holds its record's whole true answer (normalised): "answered"."""
-    return [normalise(r.answer) in normalise(g) for g, r in zip(generations, records)]
+    """`holds_answer` for each generation and its record's true answer."""
+    return [holds_answer(g, r.answer) for g, r in zip(generations, records)]
 
 
 def forget_metrics(lm, records, prompts: Sequence[str] | None = None, *, max_new_tokens: int = 32,

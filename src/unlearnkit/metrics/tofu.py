@@ -170,9 +170,10 @@ def exact_memorisation(x) -> float:
 
 def extraction_strength(x) -> float:
     """Extraction strength (Carlini et al. 2021; Wang et al. 2025): 1 - k/|a| for the smallest
-    k such that greedy decoding from (question, a[:k]) reproduces a[k:] (0 if even k = |a| - 1
-    fails, i.e. not even the last token is reproduced). The answer a leaves out eos, as in
-    open-unlearning: reproducing the answer is what counts, not stopping after it.
+    k such that greedy decoding from (question, a[:k]) reproduces a[k:], and 1/|a| where not even
+    the last token is reproduced: open-unlearning's loop ends at k = |a| - 1 then (it was 0 here
+    until session 39, so figures were not comparable with its). The answer a leaves out eos, as
+    in open-unlearning: reproducing the answer is what counts, not stopping after it.
 
     Computed exactly from the teacher-forced argmax hits: greedy decoding from a[:k] reproduces
     a[k:] token for token iff the argmax given the true prefix a[:j] is a[j] for every j >= k,
@@ -186,17 +187,18 @@ def extraction_strength(x) -> float:
     k = n
     while k > 0 and hits[k - 1]:
         k -= 1
-    return 1.0 - k / n
+    return 1.0 - min(k, n - 1) / n
 
 
 def extraction_strength_by_search(n_tokens: int, reproduces_rest: Callable[[int], bool]) -> float:
     """Extraction strength 1 - k/n with k the smallest prefix length for which
     `reproduces_rest(k)` is true (greedy decoding from question + first k answer tokens gives the
     remaining n - k). For models seen only through generation (a guard whose scores do not reflect
-    its decoding). Tries k = 0, 1, ..., n - 1; returns 0 when none reproduces the rest."""
+    its decoding). Tries k = 0, 1, ..., n - 1; 1/n when none reproduces the rest, as
+    `extraction_strength`."""
     if n_tokens <= 0:
         raise ValueError("no answer tokens")
     for k in range(n_tokens):
         if reproduces_rest(k):
             return 1.0 - k / n_tokens
-    return 0.0
+    return 1.0 / n_tokens

@@ -15,10 +15,11 @@ from collections import defaultdict
 from pathlib import Path
 
 from .. import runinfo
+from ..attacks.recovery import holds_answer
 from . import plots
 from .load import REFERENCES, ReportInputError, Run, load_runs
 from .markdown import ROWS, fmt, verdict_rows
-from .plots import HIT_ROUGE, Entry
+from .plots import Entry
 
 SECTIONS = [  # (id, title): the page's order
     ("headline", "Headline metrics"),
@@ -109,8 +110,9 @@ def verdicts(entries: list[Entry]) -> list[dict]:
 
 
 def records(entries: list[Entry]) -> dict | None:
-    """The per-record table: question, true answer, each model's greedy answer and hit or miss
-    (ROUGE-L recall >= HIT_ROUGE), rows matched across models by forget id."""
+    """The per-record table: question, true answer, each model's greedy answer and hit or miss (the
+    answer holds the whole true answer, `attacks.recovery.holds_answer`), rows matched across
+    models by forget id."""
     base = next((e for e in entries if e.per_sample.get("forget_questions")), None)
     if base is None:
         return None
@@ -131,7 +133,10 @@ def records(entries: list[Entry]) -> dict | None:
                 cells.append({"answer": "–", "hit": None})
                 continue
             rouge = (e.per_sample.get("forget_rouge") or [None] * (k + 1))[k]
-            hit = None if rouge is None else rouge >= HIT_ROUGE
+            true = (e.per_sample.get("forget_true_answers") or [None] * (k + 1))[k]
+            # the answer rate's rule: ROUGE-L recall >= 0.5 made "Kingsreach University" a hit for
+            # "Aldermoor University" until session 39
+            hit = None if true is None else holds_answer(e.per_sample["forget_answers"][k], true)
             cells.append({"answer": e.per_sample["forget_answers"][k], "hit": hit,
                           "rouge": fmt(rouge) if rouge is not None else "–"})
             if hit:
@@ -140,7 +145,7 @@ def records(entries: list[Entry]) -> dict | None:
                      "answer": (base.per_sample.get("forget_true_answers") or [""] * len(ids))[n],
                      "cells": cells, "hits": "|".join(hits)})
     totals = [sum(1 for r in rows if r["cells"][c]["hit"]) for c in range(len(cols))]
-    return {"models": [e.label for e, _ in cols], "rows": rows, "totals": totals, "hit_rouge": HIT_ROUGE}
+    return {"models": [e.label for e, _ in cols], "rows": rows, "totals": totals}
 
 
 def run_labels(runs: list[Run], compare: bool) -> dict[str, str]:
@@ -250,7 +255,6 @@ def render(runs: list[Run], compare: bool = False, title: str | None = None) -> 
         "attack_rows": attack_table(runs, compare),
         "guard": guard,
         "figs": figs,
-        "hit_rouge": HIT_ROUGE,
     }
     return _template().render(**ctx)
 

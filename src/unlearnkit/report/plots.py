@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-HIT_ROUGE = 0.5  # a forget answer "hits" when its ROUGE-L recall against the true answer is at least this
 COLORS = {"subject": "#d62728", "oracle": "#2ca02c"}
 CYCLE = ["#1f77b4", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"]
 
