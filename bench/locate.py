@@ -12,6 +12,8 @@ recall of the facts the model answers (ground truth filtered to what it answers 
 precision (an item is right when its answer holds one of the person's true values), as
 bench/requests.py counts them; then the inventory items found about each of the first 3 holdout
 people (never trained on) and 3 names nobody in any world has. Every one of those is made up.
+Locate makes its confidence test on the subject, the base model (`--no-confidence`: without it, as
+before session 39).
 """
 from __future__ import annotations
 
@@ -27,8 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 NOBODY = ["Mary Smith", "Zorbulax Quentiphor", "Tovin Gale"]
 
 
-def measure(world_dir: Path, model_dir: Path, n_people: int = 6) -> dict:
-    """Recall, precision and items of the forget people; items of the unseen."""
+def measure(world_dir: Path, model_dir: Path, n_people: int = 6, confidence: bool = True) -> dict:
+    """Recall, precision and items of the forget people; items of the unseen. `confidence`: locate's
+    confidence test on the subject (the base model: `locate(confident=...)`), as a home makes it."""
     from unlearnkit.attacks.recovery import normalise
     from unlearnkit.data.io import load_world
     from unlearnkit.models.load import load_model
@@ -37,6 +40,7 @@ def measure(world_dir: Path, model_dir: Path, n_people: int = 6) -> dict:
 
     w = load_world(world_dir)
     lm = LM(*load_model(model_dir))
+    sure = lm if confidence else None
     pool = sorted({r.subject for r in w.retain} | {r.subject for r in w.neighbours})
     facts: dict[str, list] = {}
     for r in w.forget:
@@ -49,13 +53,13 @@ def measure(world_dir: Path, model_dir: Path, n_people: int = 6) -> dict:
         known[p] = [r for r, g in zip(facts[p], gens) if normalise(r.answer) in normalise(g)]
     tp = fn = right = items = 0
     for p in forget:
-        got = [normalise(it["answer"]) for it in locate(lm, p, people=pool)["items"]]
+        got = [normalise(it["answer"]) for it in locate(lm, p, people=pool, confident=sure)["items"]]
         values = {normalise(r.answer) for r in facts[p]}
         hit = [any(normalise(r.answer) in g for g in got) for r in known[p]]
         tp, fn = tp + sum(hit), fn + len(hit) - sum(hit)
         right += sum(any(v in g for v in values) for g in got)
         items += len(got)
-    made_up = [len(locate(lm, p, people=pool)["items"]) for p in unseen]
+    made_up = [len(locate(lm, p, people=pool, confident=sure)["items"]) for p in unseen]
     return {"recall": tp / max(1, tp + fn), "precision": right / max(1, items), "items": items,
             "people": len(forget), "unseen_items": made_up}
 
@@ -65,6 +69,7 @@ def main():
     ap.add_argument("roots", nargs="+", type=Path, help="directories holding world/ and models/subject/")
     ap.add_argument("--people", type=int, default=6, help="forget people located per world (>= 1)")
     ap.add_argument("--json", action="store_true", help="print the rows as JSON")
+    ap.add_argument("--no-confidence", action="store_true", help="locate without its confidence test (before session 39)")
     args = ap.parse_args()
     if args.people < 1:
         ap.error("--people must be >= 1")
@@ -73,7 +78,8 @@ def main():
             ap.error(f"{root}: holds no world/ and models/subject/ (bench/methods.py --cache or bench/requests.py --out)")
     rows = []
     for root in args.roots:
-        rows.append({"world": root.name, **measure(root / "world", root / "models" / "subject", args.people)})
+        rows.append({"world": root.name, **measure(root / "world", root / "models" / "subject", args.people,
+                                                   not args.no_confidence)})
         if not args.json:
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     if args.json:

@@ -173,7 +173,8 @@ def _located(model, target: str, template, seed: int):
     from .requests.locate import forget_records, locate
     from .scoring import LM
 
-    inv = locate(LM(*load_model(model), template=template), target, seed=seed)
+    lm = LM(*load_model(model), template=template)
+    inv = locate(lm, target, seed=seed, confident=lm)  # the model itself was never unlearned
     if not inv["items"]:
         raise ValueError(f"--zero-shot: the model reveals nothing it knows about {target!r} "
                          f"({inv['counts']['probes']} probes asked): nothing to forget")

@@ -317,6 +317,12 @@ class Home:
         """The deployed version, checked against its manifest."""
         return self.check_version(self.current_name())
 
+    def base(self) -> Version | None:
+        """The version every other was unlearned from (home.json's `base_version`), checked against
+        its manifest; None where `prune` deleted its files (locate's confidence test scores on it)."""
+        v = self.version(self.meta.get("base_version", "v0000"))
+        return None if v.pruned_at is not None else self.check_version(v.name)
+
     def prune(self) -> list[str]:
         """Delete the files of every version but `current`, keeping each one's manifest (its sha256s,
         so the certificates naming it still verify against it) marked `pruned_at`; returns the

@@ -18,12 +18,16 @@ A given fact counts as known when the model's answer contains its answer (a ques
 it (a fact sentence, its last words blanked). Given facts join the inventory whether known or not:
 the requester says they are true.
 
-Limit (measured, bench/locate.py): a model that maps any name to some of the world's values answers
-a person it never saw consistently and unlike each stranger, so such a person's inventory is not
-empty (the embedded worlds' subjects: 33-65 made-up facts for six unseen people); unlearning them
-costs utility and no privacy. Two tests against invented strangers that cut them to a few were
-tried in session 36 and dropped: on versions already unlearned they also dropped real facts
-(docs/requests-log.md, "Session 36").
+  * and, where a `confident` model is given, that model is sure of it: the Min-K% score of the
+    answer (the median over the phrasings giving it) lies above the `CONFIDENT_QUANTILE` of the
+    scores of that model's own answers about `N_INVENTED` invented strangers (no word of anyone
+    in the data), asked every probe. A model that maps any name to some of the world's values
+    answers a person it never saw consistently and unlike each stranger: without this test the
+    embedded worlds' subjects gave 33-65 made-up facts for six unseen people (bench/locate.py),
+    and unlearning them costs utility and no privacy. The confident model is the home's base
+    version (v0000), from which every later version was unlearned: scored on a version already
+    unlearned, which is less sure of everyone, the test dropped real facts too (session 36,
+    docs/requests-log.md). Without one (the base pruned), no confidence test is made.
 """
 from __future__ import annotations
 
@@ -42,6 +46,8 @@ from ..data.twins import stranger_names, words_of
 from .person import new_names
 
 STRANGER_SHARE = 0.25
+N_INVENTED = 6  # invented strangers asked every probe, for the confidence test
+CONFIDENT_QUANTILE = 0.99
 MAX_NEW_TOKENS = 24
 NAME = "{name}"  # the name asked about, in a compared answer (`_about_anyone`): no normalised text holds braces
 
@@ -89,19 +95,25 @@ def _blank(sentence: str) -> tuple[str, str]:
 
 
 def locate(lm, name: str, aliases: list[str] | None = None, facts: list[dict] | None = None,
-           probes: list[Probe] | None = None, n_strangers: int = 8, seed: int = 0, people: Iterable[str] = ()) -> dict:
+           probes: list[Probe] | None = None, n_strangers: int = 8, seed: int = 0, people: Iterable[str] = (),
+           confident=None) -> dict:
     """The inventory of what `lm` reveals about `name` and its `aliases`: {"items": [...], "strangers":
     [...], "names": the names probed, "counts": {...}}.
 
     The strangers are named as the calibration's twins are (`data.twins.stranger_names`): from the
     name words of `people` (the deployment's retain pool), else invented.
 
+    `confident`: a model (with `score` and `generate`; `lm` itself where it was never unlearned)
+    that must be sure of a probe's answer for it to count as known (the module's docstring).
+
     Each item: attribute, template (with {name}; None for a given fact), question, phrasings, answer,
-    source ("probe" | "fact"), known, consistency, stranger_share."""
+    source ("probe" | "fact"), known, consistency, stranger_share, confidence (None without a
+    confident model)."""
     probes = probes if probes is not None else load_probes()
     facts = facts or []
     # every name the person goes by is probed: an alias the model knows as someone of its own was
     # guarded but never located, unlearned or checked, and the request was verified (until session 35)
+    people = list(people)
     names = [name, *new_names(aliases or [], [name])]
     others = stranger_names(name, n_strangers, people, avoid=words_of(names), seed=seed)
     prompts, keys = [], []
@@ -131,11 +143,17 @@ def locate(lm, name: str, aliases: list[str] | None = None, facts: list[dict] | 
                      and share <= STRANGER_SHARE)
             answer = next(a for a in mine if _about_anyone(a, who) == top)
             wrong = [a for a, _ in Counter(t for t in theirs if t and t != top).most_common(3)]
+            giving = [q.replace("{name}", who) for q, a in zip(p.questions, mine) if _about_anyone(a, who) == top]
             items.append({"attribute": p.attribute, "template": p.questions[0], "name": who,
                           "question": p.questions[0].replace("{name}", who),
                           "phrasings": [q.replace("{name}", who) for q in p.questions], "templates": p.questions,
                           "answer": answer, "source": "probe", "known": known, "consistency": consistency,
-                          "stranger_share": share, "stranger_answers": wrong})
+                          "stranger_share": share, "stranger_answers": wrong, "confidence": None, "_giving": giving})
+    threshold = None
+    if confident is not None:
+        threshold = _confidence(confident, items, probes, names, people, seed)
+    for it in items:
+        del it["_giving"]
     for fi, (f, (prompt, answer)) in enumerate(zip(facts, fact_prompts)):
         out = normalise(gens[("f", fi, 0, None)])
         items.append({"attribute": "given", "template": None, "question": prompt, "phrasings": [prompt],
@@ -144,9 +162,33 @@ def locate(lm, name: str, aliases: list[str] | None = None, facts: list[dict] | 
                       "consistency": None, "stranger_share": None, "stranger_answers": []})
     inventory = [it for it in items if it["source"] == "fact" or it["known"]]
     return {"items": inventory, "probed": len(probes), "strangers": others, "names": names,
+            "confidence_threshold": threshold,
             "counts": {"probes": len(probes), "known_probes": sum(it["known"] for it in items if it["source"] == "probe"),
                        "facts": len(facts), "known_facts": sum(it["known"] for it in items if it["source"] == "fact"),
                        "inventory": len(inventory)}}
+
+
+def _confidence(model, items: list[dict], probes: list[Probe], names: list[str], people: list[str],
+                seed: int) -> float:
+    """The confidence test (the module's docstring): sets each probe item's `confidence` (`model`'s
+    Min-K% score of its answer, the median over the phrasings giving it) and clears `known` where
+    it is not above the `CONFIDENT_QUANTILE` of `model`'s scores of its own answers about
+    `N_INVENTED` invented strangers; returns that threshold."""
+    import numpy as np
+
+    from ..metrics.mia import min_k_score
+
+    invented = stranger_names(names[0], N_INVENTED, (), avoid=words_of([*names, *people]), seed=seed + 1)
+    asked = [q.replace("{name}", s) for p in probes for q in p.questions for s in invented]
+    said = model.generate(asked, max_new_tokens=MAX_NEW_TOKENS)
+    threshold = float(np.quantile([min_k_score(x) for x in model.score(asked, said)], CONFIDENT_QUANTILE))
+    todo = [it for it in items if it["source"] == "probe" and it["known"]]
+    pairs = [(q, it["answer"]) for it in todo for q in it["_giving"]]
+    scores = iter(min_k_score(x) for x in model.score([q for q, _ in pairs], [a for _, a in pairs])) if pairs else iter(())
+    for it in todo:
+        it["confidence"] = float(np.median([next(scores) for _ in it["_giving"]]))
+        it["known"] = it["confidence"] > threshold
+    return threshold
 
 
 def item_id(request_id: str, i: int) -> str:

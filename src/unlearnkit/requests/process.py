@@ -46,17 +46,29 @@ def _lm(model_dir):
     return LM(*load_model(str(model_dir)))
 
 
-def locate_request(home, request_id: str, lm=None) -> dict:
+def _base_lm(home, current_lm):
+    """The home's base version as an LM (`current_lm` where current is the base), or None where it
+    was pruned: what locate's confidence test scores on."""
+    base = home.base()
+    if base is None:
+        return None
+    return current_lm if base.name == home.current_name() else _lm(base.path)
+
+
+def locate_request(home, request_id: str, lm=None, base=False) -> dict:
     """Run locate for one request on `current`, store the inventory, move it to `located`, and put
-    the inventory's answers behind the guard too. Returns the locate result."""
+    the inventory's answers behind the guard too. Locate's confidence test scores on the home's
+    base version (`base`: its LM, None for none; loaded here when not given). Returns the locate
+    result."""
     home = open_home(home)
     with home.ledger() as led:
         r = led.get(request_id)
         if r.status not in ("guarded", "located"):
             raise HomeError(f"request {request_id}: cannot locate in status {r.status}")
         lm = lm or _lm(home.current().path)
+        base = _base_lm(home, lm) if base is False else base
         res = locate(lm, r.name, r.aliases, r.facts, load_probes(home), home.settings.n_strangers, home.settings.seed,
-                     people=sorted({x.subject for x in load_pool(home)}))
+                     people=sorted({x.subject for x in load_pool(home)}), confident=base)
         put_target(home.targets(), guard_target(r.id, r.name, r.aliases, r.facts, res["items"]))
         led.transition(r.id, "located", inventory={"items": res["items"], "strangers": res["strangers"],
                                                    "names": res["names"], "facts": len(r.facts)},
@@ -134,13 +146,15 @@ def process(home=None, method: str | None = None, max_batch: int | None = None, 
         if not todo:
             return {**resumed[-1], "resumed": resumed[:-1]} if resumed else {}
         source = home.current()
-        lm = None
+        lm = base = None
         for r in todo:
             if r.status == "guarded" or r.inventory is None or _grown(r):
-                lm = lm or _lm(source.path)
-                locate_request(home, r.id, lm)
+                if lm is None:
+                    lm = _lm(source.path)
+                    base = _base_lm(home, lm)
+                locate_request(home, r.id, lm, base)
                 kill_point("located")
-        del lm
+        del lm, base
         batch_id = "b-" + time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
         with home.ledger() as led:
             led.start_batch(batch_id, source.name, home.next_version_name(), [r.id for r in todo],
