@@ -132,13 +132,14 @@ def main():
                         "forget_rouge_oracle": forget_metrics(oracle, recs, truth_ratio=False)["forget_rouge"]}
         print(json.dumps(res["guard"]), flush=True)
 
-        # 2. locate without facts (strangers named from the home's retain pool, as `process` does)
+        # 2. locate without facts (strangers named from the home's retain pool, and the confidence test
+        # scored on the home's base version, the subject here, as `process` does)
         pool_people = sorted({r.subject for r in load_pool(home)})
         tp = fn = right = items = 0
         for p in people:
             gens = subject.generate([r.question for r in facts[p]], max_new_tokens=24)
             known = [r for r, g in zip(facts[p], gens) if normalise(r.answer) in normalise(g)]
-            inv = locate(subject, p, seed=args.seed, people=pool_people)["items"]
+            inv = locate(subject, p, seed=args.seed, people=pool_people, confident=subject)["items"]
             got = [normalise(it["answer"]) for it in inv]
             values = {normalise(r.answer) for r in facts[p]}
             hit = [any(normalise(r.answer) in g for g in got) for r in known]
@@ -146,7 +147,7 @@ def main():
             right += sum(any(v in g for v in values) for g in got)
             items += len(got)
         # people the subject never saw (the world's holdout people): what locate finds is made up
-        unseen = [len(locate(subject, p, seed=args.seed, people=pool_people)["items"])
+        unseen = [len(locate(subject, p, seed=args.seed, people=pool_people, confident=subject)["items"])
                   for p in sorted({r.subject for r in w.holdout})]
         res["locate"] = {"recall": tp / max(1, tp + fn), "precision": right / max(1, items), "known_facts": tp + fn,
                          "inventory_items": items, "unseen_people": len(unseen), "unseen_items": sum(unseen),
