@@ -811,6 +811,14 @@ def test_request_end_to_end_on_trained_world(tiny_world, tmp_path):
         assert r.status_code == 405 and "guard targets are its forget requests" in r.json()["error"]["message"]
     assert client.delete(f"/v1/forget/{rid}").status_code == 401
     assert rid in {t.id for t in home.guard().list()}
+    # `request locate` from the command line: the inventory, each probe's confidence under the base
+    # version (v0000 here) above the invented strangers' threshold, said in the table's title
+    code, stdout, _ = cli("request", "locate", rid, "--home", str(home.path), "--json")
+    inv = json.loads(stdout)
+    assert code == 0 and inv["items"] and inv["confidence_threshold"] is not None
+    assert all(it["confidence"] > inv["confidence_threshold"] for it in inv["items"] if it["source"] == "probe")
+    code, stdout, _ = cli("request", "locate", rid, "--home", str(home.path))
+    assert code == 0 and f"the base version's confidence above {inv['confidence_threshold']:.3f}" in " ".join(stdout.split())
 
     res = rq.process(home, max_batch=2)
     run = yaml.safe_load((home.runs_dir / res["batch"] / "unlearn" / "config.yaml").read_text())

@@ -98,14 +98,17 @@ def request_locate(request_id: str = typer.Argument(...), home: Optional[Path] =
     if as_json:
         out.print_json(json.dumps(res))
         return
+    sure = res.get("confidence_threshold")
     t = Table(title=f"{request_id}: inventory ({res['counts']['inventory']} items, "
-                    f"{res['counts']['probes']} probes, {len(res['strangers'])} strangers)")
-    for c in ("attribute", "question", "answer", "source", "consistency", "strangers share"):
+                    f"{res['counts']['probes']} probes, {len(res['strangers'])} strangers; "
+                    + ("no confidence test: the base version was pruned)" if sure is None else
+                       f"the base version's confidence above {sure:.3f})"))
+    for c in ("attribute", "question", "answer", "source", "consistency", "strangers share", "confidence"):
         t.add_column(c)
+    num = lambda x: "–" if x is None else f"{x:.2f}"  # noqa: E731
     for it in res["items"]:
-        t.add_row(it["attribute"], it["question"], it["answer"], it["source"],
-                  "–" if it["consistency"] is None else f"{it['consistency']:.2f}",
-                  "–" if it["stranger_share"] is None else f"{it['stranger_share']:.2f}")
+        t.add_row(it["attribute"], it["question"], it["answer"], it["source"], num(it["consistency"]),
+                  num(it["stranger_share"]), "–" if it.get("confidence") is None else f"{it['confidence']:.3f}")
     out.print(t)
 
 
