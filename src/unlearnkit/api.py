@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -25,7 +24,7 @@ from .models.load import check_out, check_results_out, load_model, save_model
 from .sft import sft_loss
 from .launch import check_launch, process_state
 from .train import TrainConfig, config_dict, one_budget, train
-from .unlearning import is_main, run_summary
+from .unlearning import is_main, run_lock, run_summary
 
 log = logging.getLogger("unlearnkit")
 
@@ -99,30 +98,17 @@ def finetune(data: str | os.PathLike, out: str | os.PathLike, *, model: str | No
         check_out(model, out)  # before any work: the source is never written to
     check_out(data, out, what="data")
     check_replaceable(out, overwrite)
-    with _finetune_lock(Path(out), overwrite):
-        return _finetune(data, Path(out), model, without_forget, seed, size, progress, tpl, train_overrides, timer)
-
-
-@contextmanager
-def _finetune_lock(out: Path, overwrite: bool):
-    """The main process holds `out`'s lock (`runinfo.exclusive`) from before training to after the
-    save, and checks `out` again under it: two runs into one folder both trained, and the later
-    one replaced the other's checkpoint without `--overwrite`, until session 39. A folder made here
-    for the lock and left empty by a failed run is taken away again."""
-    from .models.load import check_replaceable
-
-    if not is_main():
-        yield
-        return
+    # the folder's lock from before training to after the save, as `forget` holds it, and the folder
+    # checked again under it: two runs into one folder both trained, and the later one replaced the
+    # other's checkpoint without --overwrite, until session 39. A folder made for the lock and left
+    # empty by a failed run is taken away again.
+    out = Path(out)
     made = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
     try:
-        with runinfo.exclusive(out, f"--out {out}: another run is writing there now; wait for it to end, or "
-                                    f"choose another folder"):
-            check_replaceable(out, overwrite)
-            yield
+        with run_lock(out, lambda: check_replaceable(out, overwrite)):
+            return _finetune(data, out, model, without_forget, seed, size, progress, tpl, train_overrides, timer)
     finally:
-        if made and out.is_dir() and not any(out.iterdir()):
+        if made and is_main() and out.is_dir() and not any(out.iterdir()):
             out.rmdir()
 
 

@@ -13,6 +13,7 @@ import shutil
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
+from typing import Callable
 
 import yaml
 from accelerate.utils import set_seed
@@ -280,20 +281,29 @@ def _check_run_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
 
 
 @contextmanager
-def _run_lock(out: Path, *, resume: bool, overwrite: bool):
-    """The main process holds `out`'s lock for the whole run (`runinfo.exclusive`): a second run
-    into the same folder is refused while one runs there (until session 37 both ran, and left one's
-    config and log beside the other's weights). Under it, the earlier run that an overwriting run
-    killed mid-move had half set aside is put back (`_put_back`), and `out` is checked again."""
+def run_lock(out: Path, check: Callable[[], None]):
+    """The main process holds `out`'s lock (`runinfo.exclusive`, the folder made if need be) while
+    the block runs, and runs `check` under it first, where no other run can write there between
+    the check and the run; the other processes pass through. A second run into the same folder is
+    refused while one runs there (until session 37 two `forget` runs both ran, and left one's config
+    and log beside the other's weights; until session 39 two `finetune` runs both trained)."""
     if not is_main():
         yield
         return
     out.mkdir(parents=True, exist_ok=True)
     with runinfo.exclusive(out, f"--out {out}: another run is writing there now; wait for it to end, or "
                                 f"choose another folder"):
+        check()
+        yield
+
+
+def _run_lock(out: Path, *, resume: bool, overwrite: bool):
+    """`run_lock` for an unlearning run: under it, the earlier run that an overwriting run killed
+    mid-move had half set aside is put back (`_put_back`), and `out` is checked again."""
+    def check() -> None:
         _put_back(out)
         _check_run_dir(out, resume=resume, overwrite=overwrite)
-        yield
+    return run_lock(out, check)
 
 
 @contextmanager

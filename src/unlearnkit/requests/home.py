@@ -317,11 +317,11 @@ class Home:
         """The deployed version, checked against its manifest."""
         return self.check_version(self.current_name())
 
-    def base(self) -> Version | None:
-        """The version every other was unlearned from (home.json's `base_version`), checked against
-        its manifest; None where `prune` deleted its files (locate's confidence test scores on it)."""
-        v = self.version(self.meta.get("base_version", "v0000"))
-        return None if v.pruned_at is not None else self.check_version(v.name)
+    def base(self) -> Version:
+        """The version every other was unlearned from (home.json's `base_version`), as its manifest
+        says (`pruned_at` set where `prune` deleted its files; `check_version` checks the files):
+        locate's confidence test scores on it."""
+        return self.version(self.meta.get("base_version", "v0000"))
 
     def prune(self) -> list[str]:
         """Delete the files of every version but `current`, keeping each one's manifest (its sha256s,

@@ -132,7 +132,7 @@ def locate(lm, name: str, aliases: list[str] | None = None, facts: list[dict] | 
     # what the model says of the strangers, per probe: the same for every name of the person
     theirs_of = [[_about_anyone(gens[("s", pi, qi, si)], s) for qi in range(len(p.questions))
                   for si, s in enumerate(others)] for pi, p in enumerate(probes)]
-    items = []
+    items, giving = [], []  # giving: per probe item, the phrasings that gave its answer
     for ni, who in enumerate(names):
         for pi, p in enumerate(probes):
             mine, theirs = [gens[("p", pi, qi, ni)] for qi in range(len(p.questions))], theirs_of[pi]
@@ -143,17 +143,13 @@ def locate(lm, name: str, aliases: list[str] | None = None, facts: list[dict] | 
                      and share <= STRANGER_SHARE)
             answer = next(a for a in mine if _about_anyone(a, who) == top)
             wrong = [a for a, _ in Counter(t for t in theirs if t and t != top).most_common(3)]
-            giving = [q.replace("{name}", who) for q, a in zip(p.questions, mine) if _about_anyone(a, who) == top]
+            giving.append([q.replace("{name}", who) for q, a in zip(p.questions, mine) if _about_anyone(a, who) == top])
             items.append({"attribute": p.attribute, "template": p.questions[0], "name": who,
                           "question": p.questions[0].replace("{name}", who),
                           "phrasings": [q.replace("{name}", who) for q in p.questions], "templates": p.questions,
                           "answer": answer, "source": "probe", "known": known, "consistency": consistency,
-                          "stranger_share": share, "stranger_answers": wrong, "confidence": None, "_giving": giving})
-    threshold = None
-    if confident is not None:
-        threshold = _confidence(confident, items, probes, names, people, seed)
-    for it in items:
-        del it["_giving"]
+                          "stranger_share": share, "stranger_answers": wrong, "confidence": None})
+    threshold = _confidence(confident, items, giving, probes, names, people, seed) if confident is not None else None
     for fi, (f, (prompt, answer)) in enumerate(zip(facts, fact_prompts)):
         out = normalise(gens[("f", fi, 0, None)])
         items.append({"attribute": "given", "template": None, "question": prompt, "phrasings": [prompt],
@@ -168,12 +164,12 @@ def locate(lm, name: str, aliases: list[str] | None = None, facts: list[dict] | 
                        "inventory": len(inventory)}}
 
 
-def _confidence(model, items: list[dict], probes: list[Probe], names: list[str], people: list[str],
-                seed: int) -> float:
+def _confidence(model, items: list[dict], giving: list[list[str]], probes: list[Probe], names: list[str],
+                people: list[str], seed: int) -> float:
     """The confidence test (the module's docstring): sets each probe item's `confidence` (`model`'s
-    Min-K% score of its answer, the median over the phrasings giving it) and clears `known` where
-    it is not above the `CONFIDENT_QUANTILE` of `model`'s scores of its own answers about
-    `N_INVENTED` invented strangers; returns that threshold."""
+    Min-K% score of its answer, the median over `giving`, the phrasings that gave it) and clears
+    `known` where it is not above the `CONFIDENT_QUANTILE` of `model`'s scores of its own answers
+    about `N_INVENTED` invented strangers; returns that threshold."""
     import numpy as np
 
     from ..metrics.mia import min_k_score
@@ -182,11 +178,11 @@ def _confidence(model, items: list[dict], probes: list[Probe], names: list[str],
     asked = [q.replace("{name}", s) for p in probes for q in p.questions for s in invented]
     said = model.generate(asked, max_new_tokens=MAX_NEW_TOKENS)
     threshold = float(np.quantile([min_k_score(x) for x in model.score(asked, said)], CONFIDENT_QUANTILE))
-    todo = [it for it in items if it["source"] == "probe" and it["known"]]
-    pairs = [(q, it["answer"]) for it in todo for q in it["_giving"]]
-    scores = iter(min_k_score(x) for x in model.score([q for q, _ in pairs], [a for _, a in pairs])) if pairs else iter(())
-    for it in todo:
-        it["confidence"] = float(np.median([next(scores) for _ in it["_giving"]]))
+    todo = [(it, qs) for it, qs in zip(items, giving) if it["known"]]
+    pairs = [(q, it["answer"]) for it, qs in todo for q in qs]
+    scores = iter([min_k_score(x) for x in model.score([q for q, _ in pairs], [a for _, a in pairs])] if pairs else [])
+    for it, qs in todo:
+        it["confidence"] = float(np.median([next(scores) for _ in qs]))
         it["known"] = it["confidence"] > threshold
     return threshold
 

@@ -47,12 +47,13 @@ def _lm(model_dir):
 
 
 def _base_lm(home, current_lm):
-    """The home's base version as an LM (`current_lm` where current is the base), or None where it
-    was pruned: what locate's confidence test scores on."""
+    """The home's base version as an LM, or None where it was pruned: what locate's confidence test
+    scores on. Where current is the base, `current_lm` (its files were checked as current's: they
+    were hashed twice, until the review of session 39); else the base, checked."""
     base = home.base()
-    if base is None:
+    if base.pruned_at is not None:
         return None
-    return current_lm if base.name == home.current_name() else _lm(base.path)
+    return current_lm if base.name == home.current_name() else _lm(home.check_version(base.name).path)
 
 
 def locate_request(home, request_id: str, lm=None, base=False) -> dict:
