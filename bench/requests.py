@@ -190,6 +190,7 @@ def main():
                             for i in ids}}
         stop = (out.get("results") or {}).get("batch_checks")
         row["checks"] = {c["check"]: c["value"] for c in (stop or [])}
+        row["failed"] = _summary(out["results"])["failed"] if stop is not None else []  # why it was not deployed
         row["oracle_checks"] = _summary(exact)
         batches.append(row)
         print(json.dumps(row), flush=True)
@@ -209,13 +210,20 @@ def main():
           "| relearn | int4 | wall | the oracle under the same checks (relearn) |")
     print("|---:|---|---|---|---:|---:|---:|---:|---|")
     for b in batches:
-        c, o = b["checks"], b["oracle_checks"]
-        f = lambda x: "–" if x is None else f"{x:.2f}"  # noqa: E731
-        verdict = "passes" if o["passed"] else "fails " + ", ".join(o["failed"])
-        print(f"| {b['batch']} | {b['stage']} | {b['version']} ({b['current']}) | {b['answer_rate_subject']:.2f} / {b['answer_rate']:.2f} / "
-              f"{b['answer_rate_oracle']:.2f} | {b['utility_ratio']:.3f} | {f(c.get('relearn_recovery'))} | "
-              f"{f(c.get('quantize_recovery'))} | {b['seconds']:.0f} s | {verdict} ({f(o['values'].get('relearn_recovery'))}) |")
+        print(batch_row(b))
     print("\n" + within_line(batches))
+
+
+def batch_row(b: dict) -> str:
+    """One batch's line of the table: a batch not deployed names the checks that failed."""
+    c, o = b["checks"], b["oracle_checks"]
+    f = lambda x: "–" if x is None else f"{x:.2f}"  # noqa: E731
+    verdict = "passes" if o["passed"] else "fails " + ", ".join(o["failed"])
+    why = f" ({', '.join(b['failed'])})" if b.get("failed") else ""
+    return (f"| {b['batch']} | {b['stage']}{why} | {b['version']} ({b['current']}) | {b['answer_rate_subject']:.2f} / "
+            f"{b['answer_rate']:.2f} / {b['answer_rate_oracle']:.2f} | {b['utility_ratio']:.3f} | "
+            f"{f(c.get('relearn_recovery'))} | {f(c.get('quantize_recovery'))} | {b['seconds']:.0f} s | {verdict} "
+            f"({f(o['values'].get('relearn_recovery'))}) |")
 
 
 def within_line(batches: list[dict]) -> str:

@@ -164,6 +164,17 @@ def test_requests_bench_counts_candidates_and_retrained_oracles_within_the_oracl
     assert "retrained oracle 1: 2 of 2 (answer rates 0.00, 0.05)" in line
     assert "retrained oracle 2: 1 of 2 (answer rates 0.15, 0.00)" in line
     assert "retrained" not in rb.within_line([{k: v for k, v in b.items() if k != "answer_rate_retrained"} for b in batches])
+    # a batch not deployed says which checks failed (the table did not say, until session 40)
+    summary = rb._summary({"passed": False, "batch_checks": [{"check": "utility", "value": 0.88, "passed": False}],
+                           "request_checks": {"r-1": [{"check": "answers", "value": 0.1, "passed": False},
+                                                      {"check": "mia_auc", "value": 0.5, "passed": True}]}})
+    row = {"batch": 2, "stage": "rejected", "failed": summary["failed"], "version": "v0002", "current": "v0001",
+           "answer_rate_subject": 1.0, "answer_rate": 0.1, "answer_rate_oracle": 0.05, "utility_ratio": 0.88,
+           "checks": {"relearn_recovery": 0.2}, "seconds": 12.0,
+           "oracle_checks": {"passed": True, "failed": [], "values": {"relearn_recovery": 0.0}}}
+    cells = [c.strip() for c in rb.batch_row(row).strip("|").split("|")]
+    assert cells[:3] == ["2", "rejected (answers, utility)", "v0002 (v0001)"] and cells[4] == "0.880"
+    assert rb.batch_row({**row, "stage": "deployed", "failed": []}).split("|")[2].strip() == "deployed"
 
 
 def test_twin_bias_truth_gap_rows_are_the_evaluations_figures(tiny_world, tiny_results, load_bench):

@@ -122,6 +122,25 @@ def test_store_sees_changes_by_another_process(tmp_path):
     assert a.refresh() and len(a) == 2
 
 
+def test_put_replaces_a_target_in_one_write_beside_another_process(tmp_path):
+    """`put` adds a target or replaces the one of its id in one write, where another store of the same
+    directory put it meanwhile (remove, then add, raised KeyError there until session 40); the other
+    targets' vectors stay as they were."""
+    a, b = TargetStore(tmp_path), TargetStore(tmp_path)
+    keep = a.add({"subject": "Ada Quill", "facts": ["Ada Quill was born in Zelbury."]})
+    rows = a.emb.copy()
+    b.refresh()
+    a.put({"id": "r-1", "subject": "Bo Rell"})
+    b.put({"id": "r-1", "subject": "Bo Rell", "aliases": ["B. Rell"]})  # b's view is stale: it had no r-1
+    a.put({"id": "r-1", "subject": "Bo Rell", "aliases": ["Bob Rell"], "facts": ["Bo Rell keeps bees."]})
+    again = TargetStore(tmp_path)
+    assert [(t.id, t.aliases) for t in again.list()] == [(keep.id, []), ("r-1", ["Bob Rell"])]
+    np.testing.assert_array_equal(again.emb[again.row_target == 0], rows)
+    assert (again.row_target == 1).sum() == 3  # name, alias and fact, embedded for the new version only
+    with pytest.raises(KeyError, match="already exists"):
+        again.add({"id": "r-1", "subject": "Bo Rell"})
+
+
 def test_targets_from_world(world):
     ts = targets_from_world(world)
     people = {r.subject for r in world.forget}

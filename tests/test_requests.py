@@ -139,6 +139,65 @@ def test_a_request_filed_again_in_any_state_guards_its_new_name(home, raw):
     assert code == 0 and "the 1 fact(s) given were not kept" in " ".join(err.split())
 
 
+def test_an_add_beside_a_locate_leaves_the_guard_as_the_ledger_says(home, raw, monkeypatch):
+    """`request add` from another process while `process` locates the same request: the guard keeps
+    both the new alias and the inventory's answers (whichever wrote the guard last won until session
+    40: the locate's write, made from the request as read before the add, dropped the alias)."""
+    proc = sys.modules["unlearnkit.requests.process"]
+    person = raw["people"][0]
+    rid = rq.add(home, person).id
+    item = {"question": f"What is the pet of {person}?", "answer": "Zibblewump", "source": "probe"}
+
+    def locate_while_added(*a, **k):
+        rq.add(home, person, aliases=["Pelly Marwick"])  # "another process", while locate runs
+        return {"items": [item], "strangers": [], "names": [person], "counts": {"inventory": 1}}
+
+    monkeypatch.setattr(proc, "locate", locate_while_added)
+    proc.locate_request(home, rid, lm=object(), base=None)
+    (t,) = [t for t in home.targets().list() if t.id == rid]
+    assert t.aliases == ["Pelly Marwick"] and [q.answer for q in t.qa] == ["Zibblewump"]
+    assert home.guard().detect(["Where was Pelly Marwick born?"])[0].hit
+    r = rq.show(home, rid)
+    assert r["status"] == "located" and r["aliases"] == ["Pelly Marwick"]
+
+
+def test_an_add_beside_a_deployment_is_neither_lost_nor_left_in_the_guard(home, raw, monkeypatch):
+    """`request add` from another process between the deployment's guard trim and its commit: a new
+    alias sends the request back to guarded, kept in the ledger and the guard (the request was
+    verified and the alias dropped until session 40); the same name filed again leaves the guard
+    with the names alone once verified (the add's write put the facts back until session 40)."""
+    proc = sys.modules["unlearnkit.requests.process"]
+    grows, repeats = raw["people"][:2]
+    facts = {p: [{"question": f"What is the pet of {p}?", "answer": f"Wobbles{i}"}] for i, p in enumerate((grows, repeats))}
+    ids = {p: rq.add(home, p, facts=facts[p]).id for p in (grows, repeats)}
+    with home.ledger() as led:
+        for p, i in ids.items():
+            led.transition(i, "located", inventory={"items": [], "strangers": [], "names": [p], "facts": 1})
+        led.start_batch("b-race", "v0000", "v0001", list(ids.values()), DEFAULT_METHOD)
+        reqs = [led.get(i) for i in ids.values()]
+    b = {"id": "b-race", "results": {"certificates": {i: {"path": f"certificates/{i}.json", "sha256": "0" * 64}
+                                                      for i in ids.values()},
+                                     "request_checks": {i: [] for i in ids.values()}, "batch_checks": [],
+                                     "verified_at": time.time()}}
+    real_put, filed = proc.put_target, []
+
+    def put_then_add(store, target):
+        real_put(store, target)
+        if len(filed) < 1:  # after the first trim, before the commit: "another process" files both again
+            filed.append(rq.add(home, grows, aliases=["Quon Ashby"]))
+            filed.append(rq.add(home, repeats))
+
+    monkeypatch.setattr(proc, "put_target", put_then_add)
+    proc._deploy(home, b, reqs, home.current())
+    r = rq.show(home, ids[grows])
+    assert r["status"] == "guarded" and r["aliases"] == ["Quon Ashby"]
+    targets = {t.id: t for t in home.targets().list()}
+    assert targets[ids[grows]].aliases == ["Quon Ashby"] and [q.answer for q in targets[ids[grows]].qa] == ["Wobbles0"]
+    assert rq.show(home, ids[repeats])["status"] == "verified"
+    t = targets[ids[repeats]]
+    assert t.subject == repeats and not t.qa and not t.facts  # the names alone
+
+
 def _facts_file(where, facts) -> str:
     path = where / "facts.jsonl"
     path.write_text("".join(json.dumps(f) + "\n" for f in facts))

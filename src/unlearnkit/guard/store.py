@@ -252,7 +252,15 @@ class TargetStore:
     def add_many(self, targets: Iterable[Target | dict], defer: bool = False) -> list[Target]:
         """Add targets; with `defer` and no embedder loaded in this process, they go in pending
         (module docstring): searchable by name at once, embedded by the first vector search."""
-        new = [as_target(t) for t in targets]
+        return self._put([as_target(t) for t in targets], defer, replace=False)
+
+    def put(self, target: Target | dict, defer: bool = False) -> Target:
+        """Add a target, or replace the one with its id, in one write under the directory lock (a
+        remove, then an add, raised KeyError where another process put the same id between the two,
+        until session 40). `defer` as in `add_many`."""
+        return self._put([as_target(target)], defer, replace=True)[0]
+
+    def _put(self, new: list[Target], defer: bool, replace: bool) -> list[Target]:
         ids = [t.id for t in new]
         if len(set(ids)) != len(ids):
             dup = next(i for i, n in Counter(ids).items() if n > 1)
@@ -262,13 +270,14 @@ class TargetStore:
         else:
             e, counts = self._embed(new)  # outside the lock: embedding is the slow part
         with self._writing():
-            have = {t.id for t in self.targets}
-            clash = [i for i in ids if i in have]
-            if clash:
-                raise KeyError(f"target id already exists: {clash[0]}")
-            old_counts = self._counts()
-            emb = e if self.emb.size == 0 else (self.emb if e.size == 0 else np.concatenate([self.emb, e]))
-            self._set(self.targets + new, emb, old_counts + counts)
+            gone = [i for i, t in enumerate(self.targets) if t.id in set(ids)]
+            if gone and not replace:
+                raise KeyError(f"target id already exists: {self.targets[gone[0]].id}")
+            keep = ~np.isin(self.row_target, gone)
+            old = [(t, c) for i, (t, c) in enumerate(zip(self.targets, self._counts())) if i not in gone]
+            emb = self.emb[keep] if self.emb.size else self.emb
+            emb = e if emb.size == 0 else (emb if e.size == 0 else np.concatenate([emb, e]))
+            self._set([t for t, _ in old] + new, emb, [c for _, c in old] + counts)
         return new
 
     def remove(self, target_id: str) -> Target:

@@ -1,12 +1,15 @@
 """`request add`: a request enters the ledger and its person goes behind the guard at once."""
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 
 from ..runinfo import kill_point
 from .home import Home, open_home
 from .person import check_facts, check_name, new_names, person_hash, read_facts
+
+log = logging.getLogger("unlearnkit.requests")
 
 
 @dataclass
@@ -34,13 +37,49 @@ def guard_target(request_id: str, name: str, aliases: list[str], facts: list[dic
 
 
 def put_target(store, target) -> None:
-    """Replace the target of the same id in the guard's `TargetStore` (remove + add: the store has no
-    update). Its vectors are left to the first search that needs them unless this process has the
-    embedder loaded (`TargetStore.add_many(defer=True)`): the name channel guards at once, and a
-    command-line `request add` does not wait seconds for the embedder."""
-    if any(t.id == target.id for t in store.list()):
-        store.remove(target.id)
-    store.add_many([target], defer=True)
+    """Put `target` in the guard's `TargetStore`, replacing the one of its id. Its vectors are left
+    to the first search that needs them unless this process has the embedder loaded
+    (`TargetStore.add_many(defer=True)`): the name channel guards at once, and a command-line
+    `request add` does not wait seconds for the embedder."""
+    store.put(target, defer=True)
+
+
+SYNC_TRIES = 8
+
+
+def sync_guard(led, store, request_id: str, keep_after_verified: bool = True):
+    """Bring request `request_id`'s guard target to what the ledger holds now: its names, given
+    facts and inventory's answers until it is verified; after, the names the target has (the
+    ledger keeps none), or no target where the guard lets the person go. `request add` and
+    `process` write the ledger first and then call this, which reads the ledger again after each
+    write to the guard until the two agree: whichever of two processes writes the guard last, it
+    ends with what the ledger holds. (An `add` beside a `process` could leave the guard without the
+    inventory's answers or a new alias, or a verified person's facts in it, until session 40.)
+    Returns the request as last read."""
+    for _ in range(SYNC_TRIES):
+        r = led.get(request_id)
+        store.refresh()
+        have = next((t for t in store.list() if t.id == request_id), None)
+        if r.status != "verified":
+            want = guard_target(r.id, r.name, r.aliases, r.facts, (r.inventory or {}).get("items"))
+        elif have is not None and keep_after_verified:
+            want = guard_target(r.id, have.subject, have.aliases, [], names_only=True)
+        else:
+            want = None
+        if _same(have, want):
+            return r
+        if want is None:
+            store.remove(request_id)
+        else:
+            put_target(store, want)
+    log.warning("request %s: the guard and the ledger still changed after %d tries", request_id, SYNC_TRIES)
+    return r
+
+
+def _same(a, b) -> bool:
+    if a is None or b is None:
+        return a is b
+    return a.model_dump(exclude={"created_at"}) == b.model_dump(exclude={"created_at"})
 
 
 def add(home: Home | str | os.PathLike | None, name: str, aliases: list[str] | None = None,
@@ -61,22 +100,23 @@ def add(home: Home | str | os.PathLike | None, name: str, aliases: list[str] | N
             r = led.merge(existing, keys, [name, *aliases], facts)
             if r.status == "verified":  # the ledger holds no name any more; the guard may
                 _more_names(guard, r.id, [name, *aliases])
+                sync_guard(led, guard, r.id, home.settings.keep_guard_after_verified)
                 return Added(r.id, r.status, True, facts_not_kept=len(facts))
-            return Added(r.id, guard_request(led, guard, r), True)
+            return Added(r.id, guard_request(home, led, r.id, guard), True)
         rid = led.create(keys[0], keys, name, aliases, facts, reason)
         kill_point("received")  # in the ledger, not yet behind the guard: the next add or process guards it
-        return Added(rid, guard_request(led, guard, led.get(rid)), False)
+        return Added(rid, guard_request(home, led, rid, guard), False)
 
 
-def guard_request(led, store, r) -> str:
-    """Put request `r` (not verified) behind the guard, its inventory's answers too, and move it to
+def guard_request(home: Home, led, request_id: str, store=None) -> str:
+    """Put a request behind the guard as the ledger holds it (`sync_guard`), and move it to
     `guarded` where it is `received` (just filed, or left there by an `add` killed between the ledger
     and the guard: stranded for good until session 37, as `process` takes guarded and located
     requests only) or `failed` (filed again). Idempotent, and safe beside another process doing the
     same: the move is made only from those states. Returns the request's status."""
-    put_target(store, guard_target(r.id, r.name, r.aliases, r.facts, (r.inventory or {}).get("items")))
-    led.transition(r.id, "guarded", only_from=("received", "failed"))
-    return led.get(r.id).status
+    sync_guard(led, store or home.targets(), request_id, home.settings.keep_guard_after_verified)
+    led.transition(request_id, "guarded", only_from=("received", "failed"))
+    return led.get(request_id).status
 
 
 def _more_names(store, request_id: str, names: list[str]) -> None:

@@ -214,10 +214,17 @@ class Ledger:
             _transition(c, request_id, to, fields)
         return True
 
-    def transition_many(self, changes: list[tuple[str, str, dict]], batch_update: tuple[str, dict] | None = None) -> None:
-        """Several state changes (and a batch update) as one transaction."""
+    def transition_many(self, changes: list[tuple[str, str, dict]], batch_update: tuple[str, dict] | None = None,
+                        recheck=None) -> None:
+        """Several state changes (and a batch update) as one transaction. With `recheck`, each
+        request is read again inside the transaction and `recheck(request, to, fields)` returns the
+        change to make: another process may have changed the request since the caller read it."""
         with self.tx() as c:
             for rid, to, fields in changes:
+                if recheck is not None:
+                    row = c.execute("SELECT * FROM requests WHERE id=?", (rid,)).fetchone()
+                    if row is not None:
+                        to, fields = recheck(Request.from_row(row), to, fields)
                 _transition(c, rid, to, fields)
             if batch_update is not None:
                 _update_batch(c, *batch_update)

@@ -31,7 +31,7 @@ from ..runinfo import kill_point
 from ..data.io import write_jsonl
 from .certificate import build as build_certificate, write as write_certificate
 from .home import Home, HomeError, check_method, open_home
-from .intake import guard_request, guard_target, put_target
+from .intake import guard_request, guard_target, put_target, sync_guard
 from .locate import forget_records, load_probes, locate, twin_records
 from .person import new_names
 from .pool import load_pool, neighbours_of, utility_slice
@@ -70,10 +70,12 @@ def locate_request(home, request_id: str, lm=None, base=False) -> dict:
         base = _base_lm(home, lm) if base is False else base
         res = locate(lm, r.name, r.aliases, r.facts, load_probes(home), home.settings.n_strangers, home.settings.seed,
                      people=sorted({x.subject for x in load_pool(home)}), confident=base)
-        put_target(home.targets(), guard_target(r.id, r.name, r.aliases, r.facts, res["items"]))
+        guard = home.targets()
+        put_target(guard, guard_target(r.id, r.name, r.aliases, r.facts, res["items"]))  # before the ledger says so
         led.transition(r.id, "located", inventory={"items": res["items"], "strangers": res["strangers"],
                                                    "names": res["names"], "facts": len(r.facts)},
                        counts={**r.counts, **res["counts"]})
+        sync_guard(led, guard, r.id, home.settings.keep_guard_after_verified)  # an `add` may have come between
     return res
 
 
@@ -138,7 +140,7 @@ def process(home=None, method: str | None = None, max_batch: int | None = None, 
             shutil.rmtree(stale, ignore_errors=True)
         with home.ledger() as led:
             for r in led.list("received"):  # an `add` killed before its guard step: guarded first
-                guard_request(led, home.targets(), r)
+                guard_request(home, led, r.id)
             resumed = [{**_run_or_say(home, b["id"], progress), **_differs(home, b, method, seed, train_overrides)}
                        for b in led.open_batches()]
             todo = led.list(("guarded", "located"))
@@ -423,8 +425,10 @@ def _deploy(home: Home, b: dict, reqs, after) -> None:
         elif any(t.id == r.id for t in guard.list()):
             guard.remove(r.id)
     checks = b["results"]["request_checks"]
-    changes = [(rid, "guarded", {"batch": None, "inventory": None, "guarded_at": now[rid].guarded_at})
-               for rid in sorted(grown)]
+    # back to guarded, its inventory kept (the guard keeps forbidding its answers; `_grown` has the next
+    # `process` locate it again)
+    back = lambda r: ("guarded", {"batch": None, "guarded_at": r.guarded_at})  # noqa: E731
+    changes = [(rid, *back(now[rid])) for rid in sorted(grown)]
     for r in reqs:
         if r.id in grown:
             continue
@@ -434,8 +438,14 @@ def _deploy(home: Home, b: dict, reqs, after) -> None:
             "metrics": {"checks": checks[r.id] + b["results"]["batch_checks"]}, "counts": counts,
             "name": None, "aliases": None, "facts": None, "inventory": None, "reason": None,
             "verified_at": b["results"]["verified_at"]}))
+
+    def unless_grown(r, to, fields):  # a request that grew after `now` was read goes back too
+        return back(r) if to == "verified" and r.status == "processing" and _grown(r) else (to, fields)
+
     with home.ledger() as led:
-        led.transition_many(changes, (b["id"], {"stage": "deployed"}))
+        led.transition_many(changes, (b["id"], {"stage": "deployed"}), recheck=unless_grown)
+        for r in reqs:  # the trim above may have crossed an `add`'s guard write: as the ledger now says
+            sync_guard(led, guard, r.id, home.settings.keep_guard_after_verified)
         if not led.checkpoint():
             log.warning("%s-wal: a reader held the ledger open, so the clear text the verified requests "
                         "dropped is still in the write-ahead log; it is folded in and removed when the ledger "
