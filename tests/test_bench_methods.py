@@ -165,9 +165,10 @@ def test_requests_bench_counts_candidates_and_retrained_oracles_within_the_oracl
     assert "retrained oracle 2: 1 of 2 (answer rates 0.15, 0.00)" in line
     assert "retrained" not in rb.within_line([{k: v for k, v in b.items() if k != "answer_rate_retrained"} for b in batches])
     # a batch not deployed says which checks failed (the table did not say, until session 40)
-    summary = rb._summary({"passed": False, "batch_checks": [{"check": "utility", "value": 0.88, "passed": False}],
+    summary = rb._summary({"batch_checks": [{"check": "utility", "value": 0.88, "passed": False}],
                            "request_checks": {"r-1": [{"check": "answers", "value": 0.1, "passed": False},
                                                       {"check": "mia_auc", "value": 0.5, "passed": True}]}})
+    assert summary["passed"] is False  # a batch's results (what `process` returns) do not say
     row = {"batch": 2, "stage": "rejected", "failed": summary["failed"], "version": "v0002", "current": "v0001",
            "answer_rate_subject": 1.0, "answer_rate": 0.1, "answer_rate_oracle": 0.05, "utility_ratio": 0.88,
            "checks": {"relearn_recovery": 0.2}, "seconds": 12.0,
