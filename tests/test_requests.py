@@ -5,8 +5,10 @@ and hashes, not forgetting); thresholds are opened wide there so that every chec
 end-to-end tests at the bottom use the session's trained `tiny_world`."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -602,6 +604,7 @@ def test_verified_request_keeps_no_clear_text(home, raw, tmp_path):
     assert t.subject == name and t.aliases == ["Quxley Vandermeer"] and not t.qa and not t.facts
     cert = rq.certificate(home, rid)
     assert cert["versions"]["before"]["name"] == "v0000" and cert["versions"]["after"]["name"] == "v0001"
+    assert rq.verify_signature(cert, rq.public_key(home))  # signed by `process` with the home's key
     assert {c["check"] for c in cert["checks"]} >= {"answers", "utility", "relearn_recovery", "quantize_recovery"}
     assert all("threshold" in c for c in cert["checks"])
     # the version from before the deletion still knows the person: pruned, its files go and its manifest
@@ -623,6 +626,162 @@ def test_verified_request_keeps_no_clear_text(home, raw, tmp_path):
     (home.path / rq.show(home, rid)["certificate"]).write_text('{"x": 1}')
     v = rq.verify_certificate(home, rid)
     assert not v["ok"] and any(c["what"] == "certificate readable" and not c["ok"] for c in v["checks"])
+
+
+def _certified(home, person, *, signed=True) -> str:
+    """A verified request with a certificate written as `process` writes one (`signed=False`: as it
+    was written before certificates were signed, format 1), the ledger moved by hand: no unlearning."""
+    from unlearnkit import runinfo
+    from unlearnkit.requests.certificate import UNSIGNED_FORMAT, build, write
+
+    rid = rq.add(home, person).id
+    with home.ledger() as led:
+        req = led.get(rid)
+    v = home.current().summary()
+    cert = build(req, {"id": "b-test"}, v, v, {"name": DEFAULT_METHOD},
+                    [{"check": "answers", "value": 0.0, "threshold": 0.1, "passed": True}], {"inventory": 1}, time.time())
+    if signed:
+        path, sha = write(home, cert)
+    else:
+        path = runinfo.write_json(home.certificates_dir / f"{rid}.json", {**cert, "format": UNSIGNED_FORMAT})
+        sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    with home.ledger() as led:
+        led.transition(rid, "processing")
+        led.transition(rid, "verified", certificate=str(path.relative_to(home.path)), certificate_sha256=sha,
+                       name=None, aliases=None)
+    return rid
+
+
+def _line(v: dict, what: str) -> dict:
+    (line,) = [c for c in v["checks"] if c["what"] == what]
+    return line
+
+
+def _other_key() -> str:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from unlearnkit.requests.signing import public_hex
+
+    return public_hex(Ed25519PrivateKey.generate())
+
+
+def test_a_certificate_is_signed_and_checked_with_the_public_key_alone(home, raw, tmp_path):
+    key_file, pub_file = home.path / "signing.key", home.path / "signing.pub"
+    assert key_file.stat().st_mode & 0o777 == 0o600 and pub_file.is_file()  # made by `Home.init`
+    rid = _certified(home, raw["people"][0])
+    cert = rq.certificate(home, rid)
+    key = rq.public_key(home)
+    assert cert["format"] == "unlearnkit-certificate/2" and cert["signature"]["alg"] == "ed25519"
+    assert cert["signature"]["public_key"] == key and len(key) == 64
+    # no clear text of the person in what signing added (the key files, the signature)
+    for f in (key_file, pub_file, home.certificates_dir / f"{rid}.json"):
+        assert raw["people"][0].encode() not in f.read_bytes()
+    # in the home
+    v = rq.verify_certificate(home, rid)
+    assert v["ok"] and _line(v, "signature")["ok"], v
+    code, out, _ = cli("request", "certificate", rid, "--verify", "--home", str(home.path))
+    assert code == 0 and "signature" in out
+    code, out, err = cli("home", "key", "--home", str(home.path))
+    assert code == 0 and out.strip() == key and str(pub_file) in err
+    # a third party: the certificate alone, away from the home, and the public key (hex, or its PEM file)
+    given = tmp_path / "given.json"
+    given.write_bytes((home.certificates_dir / f"{rid}.json").read_bytes())
+    assert rq.verify_signature(cert, key) and rq.verify_signature(cert, pub_file)
+    res = rq.check_certificate_file(given, key)
+    assert res["ok"] and res["request_id"] == rid, res
+    for spec in (key, str(pub_file)):
+        code, out, _ = cli("request", "certificate-check", str(given), "--public-key", spec)
+        assert code == 0 and "signature valid" in out and rid in out, out
+    code, out, _ = cli("request", "certificate-check", str(given), "--public-key", key, "--json")
+    assert code == 0 and json.loads(out)["ok"] is True
+    # another key does not verify it
+    other = _other_key()
+    assert not rq.verify_signature(cert, other)
+    code, out, _ = cli("request", "certificate-check", str(given), "--public-key", other)
+    assert code == 1 and "INVALID" in out and "signed by another key" in out
+    # nor does the certificate once a value in it is changed
+    edited = json.loads(given.read_text())
+    edited["checks"][0]["value"] = 0.05
+    given.write_text(json.dumps(edited, indent=2))
+    assert not rq.verify_signature(edited, key)
+    code, out, _ = cli("request", "certificate-check", str(given), "--public-key", key, "--json")
+    assert code == 1 and "edited after signing" in json.loads(out)["detail"]
+
+
+def test_a_certificate_edited_with_its_ledger_sha256_rewritten_fails_on_the_signature(home, raw):
+    rid = _certified(home, raw["people"][0])
+    path = home.path / rq.show(home, rid)["certificate"]
+    cert = json.loads(path.read_text())
+    cert["checks"][0]["value"] = 0.42  # one value, and the ledger's sha256 made to match it
+    path.write_text(json.dumps(cert, indent=2) + "\n")
+    con = sqlite3.connect(home.ledger_path)
+    con.execute("UPDATE requests SET certificate_sha256=? WHERE id=?", (hashlib.sha256(path.read_bytes()).hexdigest(), rid))
+    con.commit()
+    con.close()
+    v = rq.verify_certificate(home, rid)
+    assert not v["ok"] and _line(v, "certificate sha256 (ledger)")["ok"]
+    assert not _line(v, "signature")["ok"] and "edited after signing" in _line(v, "signature")["detail"]
+    assert [c["what"] for c in v["checks"] if not c["ok"]] == ["signature"]
+    code, out, _ = cli("request", "certificate", rid, "--verify", "--home", str(home.path))
+    assert code == 1 and "FAILED" in out and any(ln.split()[:2] == ["signature", "NO"] for ln in
+                                                 out.replace("│", " ").splitlines()), out
+    # relabelled as a certificate from before signing, its signature kept: the format is signed too
+    path.write_text(json.dumps({**cert, "checks": cert["checks"], "format": "unlearnkit-certificate/1"}))
+    assert not _line(rq.verify_certificate(home, rid), "signature")["ok"]
+    # a certificate of the signed format with its signature removed fails
+    path.write_text(json.dumps({k: v for k, v in cert.items() if k != "signature"}))
+    line = _line(rq.verify_certificate(home, rid), "signature")
+    assert not line["ok"] and line["detail"] == "no signature"
+
+
+def test_a_certificate_from_before_signing_says_it_is_unsigned(home, raw):
+    # a home made before certificates were signed: no key pair, a format-1 certificate
+    (home.path / "signing.key").unlink()
+    (home.path / "signing.pub").unlink()
+    old = _certified(home, raw["people"][0], signed=False)
+    v = rq.verify_certificate(home, old)
+    assert v["ok"] and _line(v, "signature") == {"what": "signature", "ok": True,
+                                                "detail": "none (written before signing)"}, v
+    assert not (home.path / "signing.key").exists()  # verifying makes no key
+    # its next certificate makes the pair (mode 0600) and is signed; the old one still verifies in the home
+    new = _certified(home, raw["people"][1])
+    assert (home.path / "signing.key").stat().st_mode & 0o777 == 0o600
+    key = rq.public_key(home)
+    assert rq.certificate(home, new)["signature"]["public_key"] == key
+    assert rq.verify_certificate(home, new)["ok"] and rq.verify_certificate(home, old)["ok"]
+    # a third party, who has the public key alone, is told an unsigned certificate proves nothing
+    res = rq.check_certificate_file(home.certificates_dir / f"{old}.json", key)
+    assert not res["ok"] and "no signature (written before certificates were signed)" in res["detail"]
+    code, out, _ = cli("request", "certificate-check", str(home.certificates_dir / f"{old}.json"), "--public-key", key)
+    assert code == 1 and "INVALID" in out
+
+
+def test_bad_keys_and_certificate_files_are_one_line_errors(home, raw, tmp_path):
+    rid = _certified(home, raw["people"][0])
+    cert_file = home.certificates_dir / f"{rid}.json"
+    not_json = tmp_path / "not.json"
+    not_json.write_text("{certainly not json\n")
+    bad_key = tmp_path / "bad.pub"
+    bad_key.write_text("not a key\n")
+    key = rq.public_key(home)
+    for path, spec, says in ((cert_file, str(tmp_path / "missing.pub"), f"{tmp_path / 'missing.pub'}: no such key file"),
+                             (cert_file, str(bad_key), f"{bad_key}: not an Ed25519 public key"),
+                             (cert_file, key[:-1], f"{key[:-1]}: no such key file"),
+                             (not_json, key, f"{not_json}:1: malformed JSON"),
+                             (tmp_path / "gone.json", key, f"{tmp_path / 'gone.json'}: file not found")):
+        code, _, err = cli("request", "certificate-check", str(path), "--public-key", spec)
+        assert code == 2 and says in err and len(err.strip().splitlines()) == 1, err
+        with pytest.raises(rq.SignatureError, match="^" + re.escape(says)):
+            rq.check_certificate_file(path, spec)
+    # a home's damaged key files: signing is refused naming the file, verifying says it on its line
+    (home.path / "signing.pub").write_text("garbage\n")
+    line = _line(rq.verify_certificate(home, rid), "signature")
+    assert not line["ok"] and "signing.pub: not an Ed25519 public key" in line["detail"]
+    code, _, err = cli("home", "key", "--home", str(home.path))
+    assert code == 2 and "signing.pub: not an Ed25519 public key" in err and len(err.strip().splitlines()) == 1
+    (home.path / "signing.key").write_text("garbage\n")
+    with pytest.raises(HomeError, match="signing.key: not an unencrypted Ed25519 private key"):
+        _certified(home, raw["people"][1])
 
 
 def test_the_ledger_says_when_a_reader_keeps_the_write_ahead_log(home):

@@ -150,10 +150,11 @@ def json_safe(obj):
 
 def write_json(path: str | os.PathLike, obj) -> Path:
     """Write JSON atomically (see `write_bytes`)."""
-    return write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_default) + "\n")
+    return write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=json_default) + "\n")
 
 
-def _default(o):
+def json_default(o):
+    """What `json.dumps` cannot write by itself, as JSON: numpy scalars and arrays, paths."""
     import numpy as np
 
     if isinstance(o, (np.floating, np.integer)):

@@ -8,16 +8,19 @@ batches, a certificate per request. See docs/requests.md.
     rq.process(home)                               # unlearn, verify, deploy, certify
     rq.abandon(home)                               # give up a batch that fails every time: its requests fail
     rq.show(home, rid)["status"], rq.verify_certificate(home, rid)["ok"]
+    key = rq.public_key(home)                      # 64 hex digits, for whoever checks a certificate
+    rq.check_certificate_file(f"{home.path}/certificates/{rid}.json", key)["ok"]   # no home needed
 """
 from __future__ import annotations
 
 import os
 
-from .certificate import load as certificate, verify_certificate
+from .certificate import check_file as check_certificate_file, load as certificate, verify_certificate, verify_signature
 from .home import Home, HomeError, Settings, check_method, open_home
 from .intake import Added, add
 from .ledger import STATES, LedgerError, Request
 from .process import abandon, locate_request as locate, process
+from .signing import SignatureError, public_hex
 
 
 def init(home: str | os.PathLike | None, model: str | os.PathLike, retain: str | os.PathLike, *,
@@ -35,6 +38,14 @@ def prune(home=None) -> list[str]:
     return open_home(home).prune()
 
 
+def public_key(home=None) -> str:
+    """The home's public key as 64 hex digits (`unlearn home key`): what a third party checks its
+    certificates with. A home made before certificates were signed gets its key pair here."""
+    h = open_home(home)
+    key = h.public_key()
+    return public_hex(key if key is not None else h.signing_key())
+
+
 def list_requests(home=None) -> list[dict]:
     with open_home(home).ledger() as led:
         return [r.public() for r in led.list()]
@@ -46,5 +57,6 @@ def show(home, request_id: str) -> dict:
         return {**r.public(), "events": led.events(request_id)}
 
 
-__all__ = ["Added", "Home", "HomeError", "LedgerError", "Request", "STATES", "Settings", "abandon", "add", "certificate",
-           "init", "list_requests", "locate", "open_home", "process", "prune", "show", "verify_certificate"]
+__all__ = ["Added", "Home", "HomeError", "LedgerError", "Request", "STATES", "Settings", "SignatureError", "abandon", "add",
+           "certificate", "check_certificate_file", "init", "list_requests", "locate", "open_home", "process", "prune",
+           "public_key", "show", "verify_certificate", "verify_signature"]

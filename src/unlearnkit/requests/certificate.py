@@ -1,23 +1,38 @@
-"""Certificates: one JSON per verified request, the evidence that it was carried out.
+"""Certificates: one JSON per verified request, the evidence that it was carried out, signed with
+the home's key.
 
 It holds the request id, the salted hash of the person (never the name or the facts), the received,
 guarded and verified times, the versions before and after with their sha256 (whole version and
-weights only), the method and its configuration, and every check with its value and threshold.
-`verify_certificate` recomputes the hashes of both versions from the files on disk (of a pruned
-version, from the manifest it keeps) and compares them with the certificate, and the certificate's
-own sha256 with the one the ledger recorded. It is no signature: whoever can write the home can
-write a certificate and the ledger's sha256 of it (docs/requests.md, "What the home keeps").
+weights only), the method and its configuration, every check with its value and threshold, and
+(format 2) its `signature`: Ed25519 by the home's key over the certificate's canonical bytes without
+that field (signing.py), naming the public key; it holds nothing of the person.
+
+`verify_certificate` (in the home) recomputes the hashes of both versions from the files on disk (of
+a pruned version, from the manifest it keeps), compares them with the certificate and the
+certificate's own sha256 with the one the ledger recorded, and checks the signature under the home's
+public key (`signing.pub`). A certificate written before certificates were signed (format 1, no
+`signature` field) says so on that line and does not fail on it; any other must verify (the format
+is signed, so a signed certificate cannot pass as an old one). `check_file` needs no home: a third
+party checks a certificate with the home's public key alone (`unlearn request certificate-check`),
+and there an unsigned certificate fails, since it proves nothing.
+
+What a valid signature proves: that the holder of the home's private key wrote the certificate as
+it stands. Whoever can read `signing.key` can sign anything: it is written readable by its owner
+alone (docs/requests.md, "What the home keeps").
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 from .. import runinfo
+from . import signing
 from .home import Home, HomeError, manifest_of, open_home, version_hash, weights_hash
 
-FORMAT = "unlearnkit-certificate/1"
+FORMAT = "unlearnkit-certificate/2"
+UNSIGNED_FORMAT = "unlearnkit-certificate/1"  # written before certificates were signed
 
 
 def build(request, batch: dict, before: dict, after: dict, method: dict, checks: list[dict], counts: dict,
@@ -30,9 +45,48 @@ def build(request, batch: dict, before: dict, after: dict, method: dict, checks:
 
 
 def write(home: Home, cert: dict) -> tuple[Path, str]:
-    """Write the certificate atomically; returns (path, sha256 of its bytes)."""
-    path = runinfo.write_json(home.certificates_dir / f"{cert['request_id']}.json", cert)
+    """Sign the certificate with the home's key and write it atomically; returns (path, sha256 of its bytes)."""
+    path = runinfo.write_json(home.certificates_dir / f"{cert['request_id']}.json",
+                              signing.sign(cert, home.signing_key()))
     return path, hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def from_before_signing(cert: dict) -> bool:
+    """Written before certificates were signed: format 1, and no signature field at all."""
+    return "signature" not in cert and cert.get("format") == UNSIGNED_FORMAT
+
+
+def verify_signature(cert: dict, public_key) -> bool:
+    """Whether `cert` is signed, as it stands, by the holder of `public_key` (a key, its 64 hex digits,
+    or a file holding it: `signing.read_public_key`). No home needed; an unsigned certificate is False."""
+    return signing.check(cert, signing.read_public_key(public_key))[0]
+
+
+def check_file(path: str | os.PathLike, public_key) -> dict:
+    """A certificate file checked with a public key alone (`unlearn request certificate-check`):
+    {"ok", "detail", "certificate", "request_id", "public_key"}. A key or a file that cannot be read,
+    or a file that is no JSON object, is a one-line `signing.SignatureError` naming the file."""
+    key = signing.read_public_key(public_key)
+    cert = runinfo.read_json(path, error=signing.SignatureError)
+    ok, detail = signing.check(cert, key)
+    if from_before_signing(cert):
+        detail = "no signature (written before certificates were signed): it proves nothing"
+    return {"ok": ok, "detail": detail, "certificate": str(path), "request_id": cert.get("request_id"),
+            "public_key": signing.public_hex(key)}
+
+
+def _signature_line(home: Home, cert: dict) -> dict:
+    """The signature's line of `verify_certificate`: under the home's public key."""
+    if from_before_signing(cert):
+        return {"what": "signature", "ok": True, "detail": "none (written before signing)"}
+    try:
+        key = home.public_key()
+    except HomeError as e:
+        return {"what": "signature", "ok": False, "detail": str(e)}
+    if key is None:
+        return {"what": "signature", "ok": False, "detail": f"the home has no public key ({home.public_key_path})"}
+    ok, detail = signing.check(cert, key)
+    return {"what": "signature", "ok": ok, "detail": detail}
 
 
 def _certificate_of(home: Home, request_id: str):
@@ -52,7 +106,8 @@ def load(home: Home | str | Path | None, request_id: str) -> dict:
 
 
 def verify_certificate(home: Home | str | Path | None, request_id: str) -> dict:
-    """Recompute what the certificate claims: {"ok": bool, "checks": [{"what", "ok", "detail"}]}."""
+    """Recompute what the certificate claims and check its signature under the home's public key:
+    {"ok": bool, "checks": [{"what", "ok", "detail"}]}."""
     home = open_home(home)  # a path too, as every other `rq` function (an AttributeError until session 36)
     r, p = _certificate_of(home, request_id)
     out = []
@@ -70,6 +125,7 @@ def verify_certificate(home: Home | str | Path | None, request_id: str) -> dict:
         out.append({"what": "certificate readable", "ok": False, "detail": f"{type(e).__name__}: {e}"[:80]})
         return {"ok": False, "checks": out, "certificate": str(p)}
     out.append({"what": "person hash (ledger)", "ok": person == r.person_hash, "detail": ""})
+    out.append(_signature_line(home, cert))
     for side, name, v in versions:
         d = home.versions_dir / str(name)
         if not d.is_dir():

@@ -16,7 +16,7 @@ from .home import Settings
 
 home_app = typer.Typer(help="A deployment home: model versions, the guard, the ledger of forget requests.",
                        no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-request_app = typer.Typer(help="Forget requests: add, locate, process, list, show, certificate.",
+request_app = typer.Typer(help="Forget requests: add, locate, process, list, show, certificate, certificate-check.",
                           no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 console = Console(stderr=True)
 out = Console()
@@ -67,6 +67,19 @@ def home_prune(home: Optional[Path] = HOME):
     pruned = prune(home)
     console.print(f"pruned {len(pruned)} version(s): {', '.join(pruned)}" if pruned else "nothing to prune",
                   highlight=False)
+
+
+@home_app.command("key")
+@friendly
+def home_key(home: Optional[Path] = HOME):
+    """Print the home's public key (64 hex digits; the PEM file is HOME/signing.pub): give it to whoever
+    checks a certificate (`unlearn request certificate-check`). A home made before certificates were
+    signed gets its key pair here."""
+    from . import open_home, public_key
+
+    h = open_home(home)
+    out.print(public_key(h), highlight=False)
+    console.print(f"PEM: {h.public_key_path}", highlight=False, markup=False)
 
 
 @request_app.command("add")
@@ -249,8 +262,11 @@ def _fmt(v) -> str:
 @request_app.command("certificate")
 @friendly
 def request_certificate(request_id: str = typer.Argument(...), home: Optional[Path] = HOME,
-                        verify: bool = typer.Option(False, "--verify", help="Recompute the hashes against the stored versions.")):
-    """Print a request's certificate, or (--verify) check it against the stored versions."""
+                        verify: bool = typer.Option(False, "--verify", help="Recompute the hashes against the stored "
+                                                                            "versions and check the signature under "
+                                                                            "the home's key.")):
+    """Print a request's certificate, or (--verify) check it against the stored versions and the
+    home's public key."""
     from . import certificate, open_home, verify_certificate
 
     h = open_home(home)
@@ -264,6 +280,28 @@ def request_certificate(request_id: str = typer.Argument(...), home: Optional[Pa
     for c in res["checks"]:
         t.add_row(c["what"], "yes" if c["ok"] else "NO", c["detail"])
     out.print(t)
+    if not res["ok"]:
+        raise typer.Exit(1)
+
+
+@request_app.command("certificate-check")
+@friendly
+def request_certificate_check(path: Path = typer.Argument(..., metavar="FILE", help="A certificate file (JSON)."),
+                              public_key: str = typer.Option(..., "--public-key",
+                                                             help="The home's public key: its 64 hex digits "
+                                                                  "(`unlearn home key`), or a file holding them "
+                                                                  "or a PEM public key (HOME/signing.pub)."),
+                              as_json: bool = typer.Option(False, "--json")):
+    """Check a certificate's signature with the home's public key alone (no home needed). Exits 1 when
+    it is not signed by that key as it stands (edited, signed by another key, or unsigned)."""
+    from . import check_certificate_file
+
+    res = check_certificate_file(path, public_key)
+    if as_json:
+        out.print_json(json.dumps(res))
+    else:
+        out.print(f"{path}: {'signature valid' if res['ok'] else 'INVALID'} (request {res['request_id']}): "
+                  f"{res['detail']}", highlight=False, markup=False, soft_wrap=True)
     if not res["ok"]:
         raise typer.Exit(1)
 

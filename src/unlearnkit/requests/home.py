@@ -8,7 +8,9 @@ forget requests and their certificates.
 <home>/guard/               the guard (unlearnkit.guard.Guard) every request goes behind at once
 <home>/retain/              the retain pool as a world directory (retain.jsonl)
 <home>/ledger.sqlite        the ledger (ledger.py)
-<home>/certificates/ID.json one certificate per verified request
+<home>/certificates/ID.json one certificate per verified request, signed with the home's key
+<home>/signing.key          the home's Ed25519 private key (PEM, mode 0600: whoever reads it can sign)
+<home>/signing.pub          its public key (PEM), what a third party checks certificates with
 <home>/runs/BATCH/          working directories of `process` (batch world, unlearning run)
 ```
 
@@ -29,11 +31,15 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .. import DEFAULT_METHOD, runinfo
 from ..runinfo import file_sha256
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 FORMAT = "unlearnkit-home"
 MANIFEST = "MANIFEST.json"
@@ -198,6 +204,18 @@ class Home:
         return self.path / "runs"
 
     @property
+    def signing_key_path(self) -> Path:
+        from .signing import KEY_FILE
+
+        return self.path / KEY_FILE
+
+    @property
+    def public_key_path(self) -> Path:
+        from .signing import PUBLIC_FILE
+
+        return self.path / PUBLIC_FILE
+
+    @property
     def salt(self) -> bytes:
         return bytes.fromhex(self.meta["salt"])
 
@@ -210,6 +228,34 @@ class Home:
         from ..guard import Guard
 
         return Guard(self.guard_dir)
+
+    def signing_key(self) -> Ed25519PrivateKey:
+        """The home's Ed25519 private key. `Home.init` makes the pair; a home made before certificates
+        were signed gets it here, the first time it signs (`process`, under `process_lock`; made
+        atomically, and of two processes that race, both keep the first one's)."""
+        from . import signing
+
+        try:
+            if not self.signing_key_path.exists():
+                return signing.make_key_pair(self.signing_key_path, self.public_key_path)
+            key = signing.read_private_key(self.signing_key_path)
+            if not self.public_key_path.exists():  # a pair made by a process stopped between the two files
+                signing.write_public_key(key, self.public_key_path)
+            return key
+        except signing.SignatureError as e:
+            raise HomeError(str(e)) from None
+
+    def public_key(self) -> Ed25519PublicKey | None:
+        """The home's public key (`signing.pub`), or None where the home has none yet (made before
+        certificates were signed, and it has signed nothing since)."""
+        from . import signing
+
+        if not self.public_key_path.exists():
+            return None
+        try:
+            return signing.read_public_key(self.public_key_path)
+        except signing.SignatureError as e:
+            raise HomeError(str(e)) from None
 
     def targets(self):
         """The guard's targets alone (`guard.TargetStore`): what putting a person behind the guard
@@ -249,6 +295,7 @@ class Home:
                     "versions": runinfo.versions()}
             runinfo.write_json(path / "home.json", meta)
             home = cls(path)
+            home.signing_key()  # the key pair its certificates are signed with
             home.set_current(v0.name)
             home.ledger().close()  # creates the schema
             if measure_utility:
