@@ -1055,7 +1055,9 @@ def test_request_end_to_end_on_trained_world(tiny_world, tmp_path):
 
 
 def test_home_report_shows_the_ledger_and_one_page_per_certificate(home, raw, tmp_path):
-    rid = rq.add(home, raw["people"][0]).id
+    # a fact to unlearn (the untrained model reveals nothing): the batch makes a version
+    rid = rq.add(home, raw["people"][0], facts=[{"question": f"What is the pet of {raw['people'][0]}?",
+                                                 "answer": "Wobbles"}]).id
     other = rq.add(home, raw["people"][2]).id
     assert rq.process(home, steps=2)["stage"] == "deployed"
     r = CliRunner().invoke(app, ["report", str(home.path), "--html", str(tmp_path / "home.html")])
@@ -1067,6 +1069,19 @@ def test_home_report_shows_the_ledger_and_one_page_per_certificate(home, raw, tm
     cert = rq.certificate(home, rid)
     assert cert_page.count('<tr class="check">') == len(cert["checks"]) and cert["person_sha256"] in cert_page
     assert f'href="home-certificates/{rid}.html"' in page and 'href="../home.html"' in cert_page
+    # the versions and the utility measured on each (MUSE's sustainability; nowhere to be read until session 40)
+    vs = rq.versions(home)
+    u = next(c for c in cert["checks"] if c["check"] == "utility")
+    assert [(v["name"], v["parent"], v["current"], v["deployed"], v["requests"]) for v in vs] == [
+        ("v0000", None, False, True, 0), ("v0001", "v0000", True, True, 2)]
+    assert vs[0]["utility"] == 1.0 and vs[0]["utility_raw"] == home.meta["base_utility"]
+    assert vs[1]["utility"] == u["value"] and vs[1]["utility_raw"] == u["utility"] and vs[1]["batch"] == cert["batch"]
+    assert page.count('<tr class="version">') == 2 and f"{u['value']:.4g}" in page
+    code, printed, _ = cli("home", "versions", "--home", str(home.path), "--json")
+    assert code == 0 and json.loads(printed) == vs
+    code, printed, _ = cli("home", "versions", "--home", str(home.path))
+    line = next(x for x in printed.splitlines() if "v0001" in x)
+    assert code == 0 and "v0001*" in line and "deployed" in line and f"{u['value']:.3f}" in line
     # without --html: one line that says a home's report is the HTML page (it read "no metrics.json")
     r = CliRunner().invoke(app, ["report", str(home.path)])
     assert r.exit_code == 2 and "a deployment home: its report is the ledger's HTML page" in r.output

@@ -454,15 +454,16 @@ def report(inputs, html: str | os.PathLike, *, compare: bool = False) -> Path:
 
 
 def report_home(home: str | os.PathLike, html: str | os.PathLike) -> Path:
-    """The deployment home's ledger as an HTML page at `html`, with one page per certificate beside it
-    (`<html stem>-certificates/<request id>.html`)."""
+    """The deployment home's ledger and versions (with their utility) as an HTML page at `html`, with
+    one page per certificate beside it (`<html stem>-certificates/<request id>.html`)."""
     from . import requests as rq
     from .report.home import write_home_html
 
     h = rq.open_home(home)
     rows = rq.list_requests(h)
     certs = {r["id"]: rq.certificate(h, r["id"]) for r in rows if r["status"] == "verified" and r["certificate"]}
-    return write_home_html(rows, certs, html, title=f"Forget requests: {Path(home).resolve().name}")
+    return write_home_html(rows, certs, html, title=f"Forget requests: {Path(home).resolve().name}",
+                           versions=rq.versions(h), floor=h.settings.utility_floor)
 
 
 def is_home(path: str | os.PathLike) -> bool:

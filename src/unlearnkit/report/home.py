@@ -2,7 +2,7 @@
 
 `write_home_html(ledger, certificates, out)` takes what `unlearnkit.requests` returns (the ledger's
 public rows, the certificates' JSON) and renders it; it never reads the ledger or recomputes a check.
-The ledger page is `out`; each certificate is `<out stem>-certificates/<request id>.html`, linked
+The ledger page is `out`, with the home's versions and the utility measured on each; each certificate is `<out stem>-certificates/<request id>.html`, linked
 from its row. Like the run report: self-contained, no script from outside, no URL.
 """
 from __future__ import annotations
@@ -30,7 +30,17 @@ hash of the person, counts and metrics (docs/requests.md).</p>
 <td><code>{{ (r.person_hash or '')[:16] }}</code></td><td>{{ r.received_at|when }}</td><td>{{ r.guarded_at|when }}</td>
 <td>{{ r.verified_at|when }}</td><td>{{ r.batch or '' }}</td><td>{{ r.counts.get('facts', 0) }} / {{ r.counts.get('inventory', '–') }}</td>
 <td>{{ r.failure or '' }}</td><td>{% if r.id in pages %}<a href="{{ pages[r.id] }}">certificate</a>{% endif %}</td></tr>
-{% endfor %}</tbody></table></body></html>"""
+{% endfor %}</tbody></table>
+{% if versions %}<h2>Versions</h2>
+<p>Utility: x the base model's, on the home's utility slice, measured by the check of the batch that
+made each version. Every deletion costs some; the floor a batch must keep is {{ floor|num }}x.</p>
+<table id="versions"><thead><tr><th>version</th><th>parent</th><th>created</th><th>batch</th><th>requests</th>
+<th>outcome</th><th>utility</th></tr></thead><tbody>
+{% for v in versions %}<tr class="version"><td>{{ v.name }}{{ ' (current)' if v.current }}{{ ' (pruned)' if v.pruned }}</td>
+<td>{{ v.parent or '–' }}</td><td>{{ v.created|when }}</td><td>{{ v.batch or '–' }}</td><td>{{ v.requests }}</td>
+<td class="{{ 'pass' if v.deployed else 'fail' if v.stage == 'rejected' else '' }}">{{ 'base' if v.deployed and not v.batch else v.stage or '–' }}</td>
+<td>{{ v.utility|num }}</td></tr>
+{% endfor %}</tbody></table>{% endif %}</body></html>"""
 
 CERTIFICATE = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Certificate {{ c.request_id }}</title>
 <style>{{ style }}</style></head><body>
@@ -60,8 +70,10 @@ def _env() -> Environment:
 
 
 def write_home_html(ledger: list[dict], certificates: dict[str, dict], out: str | os.PathLike,
-                    title: str = "Forget requests") -> Path:
-    """Write the ledger page to `out` and one page per certificate beside it; returns `out`."""
+                    title: str = "Forget requests", versions: list[dict] | None = None,
+                    floor: float | None = None) -> Path:
+    """Write the ledger page to `out` (with the versions and their utility, `requests.versions`, when
+    given) and one page per certificate beside it; returns `out`."""
     out = Path(out)
     folder = out.with_name(out.stem + "-certificates")
     env = _env()
@@ -70,7 +82,8 @@ def write_home_html(ledger: list[dict], certificates: dict[str, dict], out: str 
         page = env.from_string(CERTIFICATE).render(c=cert, style=STYLE, back=os.path.relpath(out, folder))
         runinfo.write_text(folder / f"{rid}.html", page)
         pages[rid] = f"{folder.name}/{rid}.html"
-    html = env.from_string(LEDGER).render(rows=ledger, pages=pages, style=STYLE, title=title)
+    html = env.from_string(LEDGER).render(rows=ledger, pages=pages, style=STYLE, title=title, versions=versions,
+                                          floor=floor)
     if "://" in html or any("://" in (folder / f"{r}.html").read_text() for r in certificates):
         raise ValueError("the home report would hold a URL")
     return runinfo.write_text(out, html)

@@ -46,6 +46,34 @@ def public_key(home=None) -> str:
     return public_hex(key if key is not None else h.signing_key())
 
 
+def versions(home=None) -> list[dict]:
+    """Every version of the home, oldest first, with the utility measured on it: the sequence of
+    deletions' cost (MUSE's sustainability). Each: name, parent, created, current, deployed (the
+    base, or a batch's version that passed every check), pruned, the batch that made it and its stage,
+    its requests, and `utility` (x the base model's, on the home's utility slice: the utility check
+    of its batch, 1.0 for the base) with `utility_raw`. A version no batch names (made by hand) has
+    no utility: None."""
+    h = open_home(home)
+    with h.ledger() as led:
+        made = {b["new_version"]: b for b in led.batches()}  # a rejected batch's version stays, named by it
+    base, cur, rows = h.meta.get("base_version", "v0000"), h.current_name(), []
+    for name in h.list_versions():
+        try:
+            v = h.version(name)
+        except HomeError:  # a partial copy: not a version
+            continue
+        b = made.get(name)
+        u = next((c for c in ((b or {}).get("results") or {}).get("batch_checks", []) if c["check"] == "utility"), None)
+        if name == base:
+            u = {"value": 1.0, "utility": h.meta.get("base_utility")}
+        rows.append({"name": name, "parent": v.parent, "created": v.created, "current": name == cur,
+                     "deployed": name == base or (b is not None and b["stage"] == "deployed"),
+                     "pruned": v.pruned_at is not None, "batch": b and b["id"], "stage": b and b["stage"],
+                     "requests": len(b["request_ids"]) if b else 0,
+                     "utility": u and u["value"], "utility_raw": u and u.get("utility")})
+    return rows
+
+
 def list_requests(home=None) -> list[dict]:
     with open_home(home).ledger() as led:
         return [r.public() for r in led.list()]
@@ -59,4 +87,4 @@ def show(home, request_id: str) -> dict:
 
 __all__ = ["Added", "Home", "HomeError", "LedgerError", "Request", "STATES", "Settings", "SignatureError", "abandon", "add",
            "certificate", "check_certificate_file", "init", "list_requests", "locate", "open_home", "process", "prune",
-           "public_key", "show", "verify_certificate", "verify_signature"]
+           "public_key", "show", "verify_certificate", "verify_signature", "versions"]

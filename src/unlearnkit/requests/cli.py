@@ -69,6 +69,28 @@ def home_prune(home: Optional[Path] = HOME):
                   highlight=False)
 
 
+@home_app.command("versions")
+@friendly
+def home_versions(home: Optional[Path] = HOME, as_json: bool = typer.Option(False, "--json")):
+    """Every version, oldest first, with the utility measured on it (x the base model's): what the
+    deletions have cost so far, and which version is deployed."""
+    from . import versions
+
+    rows = versions(home)
+    if as_json:
+        out.print_json(json.dumps(rows))
+        return
+    t = Table(title="versions (* current; utility: x the base model's, on the home's utility slice)")
+    for col in ("version", "parent", "outcome", "utility", "requests", "batch", "created"):
+        t.add_column(col, no_wrap=col in ("version", "outcome", "utility"))
+    for v in rows:
+        outcome = "base" if v["batch"] is None and v["deployed"] else (v["stage"] or "–")
+        t.add_row(v["name"] + ("*" if v["current"] else ""), v["parent"] or "–",
+                  outcome + (", pruned" if v["pruned"] else ""), _fmt(v["utility"]), str(v["requests"]),
+                  v["batch"] or "–", _when(v["created"]))
+    out.print(t)
+
+
 @home_app.command("key")
 @friendly
 def home_key(home: Optional[Path] = HOME):
@@ -79,7 +101,7 @@ def home_key(home: Optional[Path] = HOME):
 
     h = open_home(home)
     out.print(public_key(h), highlight=False)
-    console.print(f"PEM: {h.public_key_path}", highlight=False, markup=False)
+    console.print(f"PEM: {h.public_key_path}", highlight=False, markup=False, soft_wrap=True)
 
 
 @request_app.command("add")

@@ -145,6 +145,7 @@ class Version:
     files: dict[str, str] = field(default_factory=dict)
     parent: str | None = None
     pruned_at: float | None = None  # its files deleted (`Home.prune`); the manifest keeps their hashes
+    created: float | None = None
 
     @property
     def hash(self) -> str:
@@ -342,7 +343,7 @@ class Home:
         files = meta.get("files") if isinstance(meta, dict) else None
         if not isinstance(files, dict) or not all(isinstance(h, str) for h in files.values()):
             raise HomeError(f"{m}: unreadable manifest (field 'files' must map each file to its sha256)")
-        return Version(name, d, files, meta.get("parent"), meta.get("pruned_at"))
+        return Version(name, d, files, meta.get("parent"), meta.get("pruned_at"), meta.get("created"))
 
     def check_version(self, name: str) -> Version:
         """The version, after checking every file against its manifest (HomeError on any mismatch)."""

@@ -167,6 +167,10 @@ class Ledger:
         row = self.db.execute("SELECT * FROM batches WHERE id=?", (batch_id,)).fetchone()
         return _batch(row) if row else None
 
+    def batches(self) -> list[dict]:
+        rows = self.db.execute("SELECT * FROM batches ORDER BY started_at").fetchall()
+        return [_batch(r) for r in rows]
+
     def open_batches(self) -> list[dict]:
         rows = self.db.execute("SELECT * FROM batches WHERE stage NOT IN ('deployed','rejected','abandoned') "
                                "ORDER BY started_at").fetchall()
