@@ -128,3 +128,24 @@ def test_a_forget_waiting_on_the_ledger_holds_up_no_other_request(home, monkeypa
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+def test_a_new_current_whose_model_does_not_load_is_not_served(home, raw, tmp_path):
+    """A version that passes its manifest (written so) but whose model does not load (a garbled
+    config.json) is refused as a damaged one is: the loaded version goes on serving. Until session
+    40 every request answered 500, and each loaded the version again."""
+    import shutil
+
+    from unlearnkit.requests.serve import HomeServer
+
+    client = TestClient(HomeServer(home, token="tok"))
+    assert client.get("/v1/models").json()["data"][0]["id"] == "v0000"
+    bad = tmp_path / "bad"
+    shutil.copytree(raw["model"], bad)
+    (bad / "config.json").write_text('{"model_type": "llama",')
+    home.add_version(bad, "v0001", "v0000")
+    home.set_current("v0001")  # the manifest matches: only loading finds the fault
+    for _ in range(2):
+        assert client.get("/v1/models").json()["data"][0]["id"] == "v0000"
+        r = client.post("/v1/completions", json={"prompt": "Where was Ann Bee born?", "max_tokens": 2})
+        assert r.status_code == 200 and r.json()["model"] == "v0000"

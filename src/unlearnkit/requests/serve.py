@@ -12,7 +12,8 @@ nothing filed. The guard server's own routes that list and delete its targets ar
 the home's targets are its requests. Every other route goes to the guard's app for the current
 version. The `current` pointer is read on each request; when it names a new version,
 that version is checked against its manifest and loaded, and requests go to it from then on (no
-restart). A version that fails its manifest check is never loaded: the server keeps the one it has.
+restart). A version that fails its manifest check, or whose model does not load, is never served:
+the server keeps the one it has.
 """
 from __future__ import annotations
 
@@ -68,7 +69,7 @@ class HomeServer:
     def guard_app(self):
         """The guard app for the current version, reloaded when `current` changed."""
         from ..guard.server import create_app
-        from ..models.load import load_model
+        from ..models.load import ModelLoadError, load_model
         from ..scoring import LM
 
         try:
@@ -82,20 +83,20 @@ class HomeServer:
             return self._app  # a refused version is checked again every RECHECK_S, not at every request
         with self._lock:
             if name != self._name:
-                try:
-                    v = self.home.check_version(name)
-                except HomeError as e:
+                try:  # a version that loads no model is refused as a damaged one is (it failed every
+                    # request, and was loaded again at each, until session 40)
+                    lm = LM(*load_model(str(self.home.check_version(name).path)))
+                except (HomeError, ModelLoadError) as e:
                     if self._app is None:
                         raise
                     self._refuse(name, e)
                     return self._app
-                lm = LM(*load_model(str(v.path)))
                 self._app = create_app(lm, self.home.guard(), model_name=name, token=self.token)
                 self._name = name
                 log.info("serving version %s", name)
         return self._app
 
-    def _refuse(self, name: str | None, e: HomeError) -> None:
+    def _refuse(self, name: str | None, e: Exception) -> None:
         """Keep serving the loaded version, and say why the pointer's is not served."""
         log.error("keeping version %s: %s", self._name, e)
         self._refused = (name, time.monotonic())
