@@ -62,7 +62,8 @@ def test_request_routes_answer_bad_input_in_one_line_naming_the_field(home):
     assert error({"name": "Ann Bee", "facts": [{"fact": "x"}, {"fact": "y", "source": "z"}]}) == (
         "facts.1.source: Extra inputs are not permitted", "facts.1.source")
     assert error({"name": "Ann Bee", "facts": [{"fact": "x" * 2001}]})[1] == "facts.0.fact"
-    assert error(content=b'{"name": "Ann \\ud800 Bee"}') == ("name: text is not valid Unicode (a lone surrogate)", "name")
+    assert error(content=b'{"name": "Ann \\ud800 Bee"}') == (
+        "name: text is not valid Unicode (a lone surrogate)", "name")
     assert error({"name": "Ann Bee", "extra": 1}) == ("extra: Extra inputs are not permitted", "extra")
     # a body that is no JSON object, or no JSON ("Input should be ... instance of ForgetBody" until session 40)
     assert error(content=b"[]")[0].startswith("body: ")

@@ -7,13 +7,13 @@ OpenAI-compatible server (`unlearnkit.guard.server.create_app`), plus two reques
 
 Both need `Authorization: Bearer $UNLEARN_GUARD_TOKEN`, and answer as the guard server's routes do
 (its body limit, bearer check and error shape: a 4xx whose one-line message names the field); a
-damaged guard directory or a ledger another process holds past its busy timeout is a 503, with
-nothing filed. The guard server's own routes that list and delete its targets are refused (405):
-the home's targets are its requests. Every other route goes to the guard's app for the current
-version. The `current` pointer is read on each request; when it names a new version,
-that version is checked against its manifest and loaded, and requests go to it from then on (no
-restart). A version that fails its manifest check, or whose model does not load, is never served:
-the server keeps the one it has.
+damaged guard directory or a ledger another process holds past its busy timeout is a 503. The
+guard server's own routes that list and delete its targets are refused (405): the home's targets
+are its requests. Every other route goes to the guard's app for the current version. The
+`current` pointer is read on each request; when it names a new version, that version is checked
+against its manifest and loaded, and requests go to it from then on (no restart). A version that
+fails its manifest check, or whose model does not load, is never served: the server keeps the one
+it has.
 """
 from __future__ import annotations
 
@@ -115,14 +115,14 @@ class HomeServer:
         def admin(request: Request) -> None:  # a dependency: asked before the body is validated
             check_admin(request, self.guard_app().state.guard, self.token)
 
-
         @app.post("/v1/forget", status_code=201, dependencies=[Depends(admin)])
         def forget(body: ForgetBody):
             facts = [f.model_dump(exclude_none=True) for f in body.facts]
             try:
                 r = add(self.home, body.name, body.aliases, facts, body.reason)
-            except sqlite3.OperationalError as e:  # another process held the ledger past its busy timeout
-                raise APIError(503, f"the ledger is busy ({e}); nothing was filed: try again", "server_error") from None
+            except sqlite3.OperationalError as e:  # another process held the ledger past its busy timeout; a
+                # request filed again merges into the one a half-done add left, and is guarded then
+                raise APIError(503, f"the ledger is busy ({e}): send the request again", "server_error") from None
             except (LedgerError, ValueError) as e:
                 raise APIError(400, str(e).splitlines()[0]) from None
             return {"id": r.id, "object": "forget_request", "status": r.status, "merged": r.merged,
