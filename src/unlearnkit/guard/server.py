@@ -212,16 +212,17 @@ def create_app(lm, guard: Guard, model_name: str = "guarded", token: str | None 
     app = FastAPI(title="unlearnkit guard", version="1", docs_url=None, redoc_url=None)
     serving = _Serving(lm, guard, model_name)
     app.state.guard, app.state.glm = guard, serving.glm
-    _add_limits_and_errors(app)
+    add_limits_and_errors(app)
     _add_openai_routes(app, serving)
     _add_forget_routes(app, guard, _admin(guard, token))
     app.openapi = lambda: _openapi_400(app)
     return app
 
 
-def _add_limits_and_errors(app: FastAPI) -> None:
-    """The body-size limit, and every error in OpenAI's one shape (`_err`): validation as 400 (413 for
-    too many prompts or messages), routes and methods that do not exist, and crashes as 500."""
+def add_limits_and_errors(app: FastAPI) -> None:
+    """The body-size limit, and every error in OpenAI's one shape (`error_response`): validation as 400
+    (413 for too many prompts or messages), routes and methods that do not exist, and crashes as 500.
+    A deployment home's request routes (`unlearnkit.requests.serve`) take the same."""
     @app.middleware("http")
     async def _limit_body(request: Request, call_next):
         size = request.headers.get("content-length")
@@ -240,7 +241,8 @@ def _add_limits_and_errors(app: FastAPI) -> None:
         if too_many:  # more prompts or messages than one request may carry
             f, e = too_many[0]
             return error_response(413, f"{f}: more than {e.get('ctx', {}).get('max_length')} items", param=f)
-        first = [str(p) for p in (errors[0].get("loc", ()) if errors else ()) if p != "body" and "[" not in str(p)]
+        loc = errors[0].get("loc", ()) if errors and errors[0].get("type") != "json_invalid" else ()  # not its offset
+        first = [str(p) for p in loc if p != "body" and "[" not in str(p)]
         return error_response(400, _describe(errors), param=".".join(first) or None)  # None until session 36
 
     @app.exception_handler(APIError)
@@ -400,23 +402,28 @@ def _add_openai_routes(app: FastAPI, sv: _Serving) -> None:
                 "usage": sv.usage([prompt], [text])}
 
 
+def check_admin(request: Request, guard: Guard, token: str | None) -> None:
+    """APIError unless the request carries `Authorization: Bearer <token>` (none set: 403, the admin
+    routes are off) and the guard directory is not damaged (503). The guard's admin routes and a
+    deployment home's request routes both ask it."""
+    if not token:
+        raise APIError(403, "admin routes are disabled: start the server with UNLEARN_GUARD_TOKEN set",
+                       "permission_error")
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not given:
+        raise APIError(401, "missing bearer token: send 'Authorization: Bearer <UNLEARN_GUARD_TOKEN>'",
+                       "authentication_error")
+    if not secrets.compare_digest(given.strip().encode(), token.encode()):
+        raise APIError(401, "invalid bearer token", "authentication_error")
+    guard.refresh()
+    if guard.damage:
+        raise APIError(503, f"guard directory damaged, last good index in force: {guard.damage}", "server_error")
+
+
 def _admin(guard: Guard, token: str | None):
-    """The admin routes' dependency: a bearer token equal to `token` (none set: the routes are off),
-    and a guard directory that is not damaged."""
+    """The admin routes' dependency (`check_admin`)."""
     def check(request: Request) -> None:
-        if not token:
-            raise APIError(403, "admin routes are disabled: start the server with UNLEARN_GUARD_TOKEN set",
-                           "permission_error")
-        auth = request.headers.get("authorization", "")
-        scheme, _, given = auth.partition(" ")
-        if scheme.lower() != "bearer" or not given:
-            raise APIError(401, "missing bearer token: send 'Authorization: Bearer <UNLEARN_GUARD_TOKEN>'",
-                           "authentication_error")
-        if not secrets.compare_digest(given.strip().encode(), token.encode()):
-            raise APIError(401, "invalid bearer token", "authentication_error")
-        guard.refresh()
-        if guard.damage:
-            raise APIError(503, f"guard directory damaged, last good index in force: {guard.damage}", "server_error")
+        check_admin(request, guard, token)
     return check
 
 

@@ -5,38 +5,48 @@ OpenAI-compatible server (`unlearnkit.guard.server.create_app`), plus two reques
   request in the ledger (the same flow as `unlearn request add`) and returns {id, status, merged};
 * `GET /v1/requests/{id}` returns the request's status and times (never its name or facts).
 
-Both need `Authorization: Bearer $UNLEARN_GUARD_TOKEN`. The guard server's own routes that list and
-delete its targets are refused (405): the home's targets are its requests. Every other route goes to the guard's app
-for the current version. The `current` pointer is read on each request; when it names a new version,
-that version is checked against its manifest and loaded, and requests go to it from then on (no
-restart). A version that fails its manifest check is never loaded: the server keeps the one it has.
+Both need `Authorization: Bearer $UNLEARN_GUARD_TOKEN`, and answer as the guard server's routes do
+(its body limit, bearer check and error shape: a 4xx whose one-line message names the field); a
+damaged guard directory or a ledger another process holds past its busy timeout is a 503. The
+guard server's own routes that list and delete its targets are refused (405): the home's targets
+are its requests. Every other route goes to the guard's app for the current version. The
+`current` pointer is read on each request; when it names a new version, that version is checked
+against its manifest and loaded, and requests go to it from then on (no restart). A version that
+fails its manifest check, or whose model does not load, is never served: the server keeps the one
+it has.
 """
 from __future__ import annotations
 
 import logging
 import os
-import secrets
+import sqlite3
 import threading
 import time
+from typing import Annotated
 
-from fastapi import FastAPI, Request
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import Depends, FastAPI, Request
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from ..guard.errors import error_response
+from ..data.schema import valid_unicode
 from .home import Home, HomeError, open_home
+from .person import Fact
 
 log = logging.getLogger("unlearnkit.requests.serve")
 RECHECK_S = 30.0  # how long a version that failed its check is not checked again (it is hashed whole)
 
 
+Text = Annotated[str, AfterValidator(valid_unicode)]  # JSON may carry a lone surrogate ("\\ud800")
+
+
 class ForgetBody(BaseModel):
+    """`POST /v1/forget`'s body, validated where it enters: an error names the field (`facts.0.answer`),
+    as the guard server's do (a fact's error named no field, and a body that was no JSON object
+    named the model's class, until session 40)."""
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(min_length=1, max_length=200)
-    aliases: list[str] = Field(default_factory=list, max_length=32)
-    facts: list[dict] = Field(default_factory=list, max_length=256)
-    reason: str | None = Field(default=None, max_length=2000)
-
-
+    name: Text = Field(min_length=1, max_length=200)
+    aliases: list[Text] = Field(default_factory=list, max_length=32)
+    facts: list[Fact] = Field(default_factory=list, max_length=256)
+    reason: Text | None = Field(default=None, max_length=2000)
 
 
 class HomeServer:
@@ -59,7 +69,7 @@ class HomeServer:
     def guard_app(self):
         """The guard app for the current version, reloaded when `current` changed."""
         from ..guard.server import create_app
-        from ..models.load import load_model
+        from ..models.load import ModelLoadError, load_model
         from ..scoring import LM
 
         try:
@@ -73,80 +83,70 @@ class HomeServer:
             return self._app  # a refused version is checked again every RECHECK_S, not at every request
         with self._lock:
             if name != self._name:
-                try:
-                    v = self.home.check_version(name)
-                except HomeError as e:
+                try:  # a version that loads no model is refused as a damaged one is (it failed every
+                    # request, and was loaded again at each, until session 40)
+                    lm = LM(*load_model(str(self.home.check_version(name).path)))
+                except (HomeError, ModelLoadError) as e:
                     if self._app is None:
                         raise
                     self._refuse(name, e)
                     return self._app
-                lm = LM(*load_model(str(v.path)))
                 self._app = create_app(lm, self.home.guard(), model_name=name, token=self.token)
                 self._name = name
                 log.info("serving version %s", name)
         return self._app
 
-    def _refuse(self, name: str | None, e: HomeError) -> None:
+    def _refuse(self, name: str | None, e: Exception) -> None:
         """Keep serving the loaded version, and say why the pointer's is not served."""
         log.error("keeping version %s: %s", self._name, e)
         self._refused = (name, time.monotonic())
 
-    def _admin(self, request: Request):
-        if not self.token:
-            return error_response(403, "admin routes are disabled: start the server with UNLEARN_GUARD_TOKEN set",
-                                  "permission_error")
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip().encode(), self.token.encode()):
-            return error_response(401, "missing or invalid bearer token", "authentication_error")
-        return None
-
     def _request_routes(self) -> FastAPI:
-        from ..data.io import DataError
+        """The home's routes, with the guard server's body limit, bearer check and error shape. They are
+        plain functions, run in the worker threads: `add` waits on the ledger's lock and hashes names,
+        and on the event loop it held up every other request meanwhile (until session 40)."""
+        from ..guard.server import APIError, add_limits_and_errors, check_admin
         from .intake import add
         from .ledger import LedgerError
-        from .person import Fact
 
         app = FastAPI(docs_url=None, redoc_url=None)
+        add_limits_and_errors(app)
 
-        @app.post("/v1/forget", status_code=201)
-        async def forget(request: Request):
-            if (denied := self._admin(request)) is not None:
-                return denied
-            try:
-                body = ForgetBody.model_validate(await request.json())
-                facts = [Fact.model_validate(f).model_dump(exclude_none=True) for f in body.facts]
-            except ValueError as e:  # pydantic's ValidationError and JSON errors; never echo the values
-                errs = getattr(e, "errors", None)
-                msg = "; ".join(".".join(str(p) for p in x.get("loc", ())) + ": " + str(x.get("msg", ""))
-                                for x in errs()[:3]) if errs else "request body is not valid JSON"
-                return error_response(400, msg)
+        def admin(request: Request) -> None:  # a dependency: asked before the body is validated
+            check_admin(request, self.guard_app().state.guard, self.token)
+
+        @app.post("/v1/forget", status_code=201, dependencies=[Depends(admin)])
+        def forget(body: ForgetBody):
+            facts = [f.model_dump(exclude_none=True) for f in body.facts]
             try:
                 r = add(self.home, body.name, body.aliases, facts, body.reason)
-            except (DataError, LedgerError, ValueError) as e:
-                return error_response(400, str(e).splitlines()[0])
+            except sqlite3.OperationalError as e:  # another process held the ledger past its busy timeout; a
+                # request filed again merges into the one a half-done add left, and is guarded then
+                raise APIError(503, f"the ledger is busy ({e}): send the request again", "server_error") from None
+            except (LedgerError, ValueError) as e:
+                raise APIError(400, str(e).splitlines()[0]) from None
             return {"id": r.id, "object": "forget_request", "status": r.status, "merged": r.merged,
                     **({"facts_not_kept": r.facts_not_kept} if r.facts_not_kept else {})}
 
-        @app.api_route("/v1/forget", methods=["GET", "PUT", "PATCH", "DELETE"])
-        @app.api_route("/v1/forget/{target_id:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
-        def guard_targets(request: Request, target_id: str = ""):
+        @app.api_route("/v1/forget", methods=["GET", "PUT", "PATCH", "DELETE"], dependencies=[Depends(admin)])
+        @app.api_route("/v1/forget/{target_id:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+                       dependencies=[Depends(admin)])
+        def guard_targets(target_id: str = ""):
             # the guard server's own target routes: here its targets are the ledger's requests, and
             # one deleted there would let a guarded person's facts out while the ledger still said
             # "guarded" (until session 34); the listing would give back the names the ledger dropped
-            if (denied := self._admin(request)) is not None:
-                return denied
-            return error_response(405, "a deployment home's guard targets are its forget requests: POST /v1/forget "
-                                       "files one, GET /v1/requests/{id} reads it (`unlearn request list` lists them)")
+            raise APIError(405, "a deployment home's guard targets are its forget requests: POST /v1/forget "
+                                "files one, GET /v1/requests/{id} reads it (`unlearn request list` lists them)")
 
-        @app.get("/v1/requests/{request_id}")
-        def status(request_id: str, request: Request):
-            if (denied := self._admin(request)) is not None:
-                return denied
-            with self.home.ledger() as led:
-                try:
+        @app.get("/v1/requests/{request_id}", dependencies=[Depends(admin)])
+        def status(request_id: str):
+            try:
+                with self.home.ledger() as led:
                     r = led.get(request_id)
-                except LedgerError:
-                    return error_response(404, f"no request with id '{request_id[:64]}'")
+            except LedgerError:
+                raise APIError(404, f"no request with id '{request_id[:64]}'", param="id") from None
+            except sqlite3.OperationalError as e:
+                raise APIError(503, f"the ledger is busy ({e}): try again", "server_error") from None
             return {"id": r.id, "object": "forget_request", "status": r.status, "received_at": r.received_at,
                     "guarded_at": r.guarded_at, "verified_at": r.verified_at, "failure": r.failure,
                     "certificate": r.certificate}
