@@ -141,6 +141,35 @@ def test_a_request_filed_again_in_any_state_guards_its_new_name(home, raw):
     assert code == 0 and "the 1 fact(s) given were not kept" in " ".join(err.split())
 
 
+def test_two_adds_of_one_new_person_at_once_file_one_request(home, monkeypatch):
+    """The look-up of a person's names and the new request are one transaction: two `request add`s of
+    one new person at once give one request, the later merged (until session 40 both could create
+    one; a pause before the insert, as here, made it certain)."""
+    import threading
+    import uuid
+
+    real = uuid.uuid4
+
+    def slow():
+        time.sleep(0.3)
+        return real()
+
+    monkeypatch.setattr(uuid, "uuid4", slow)
+    start, got = threading.Barrier(3), []
+
+    def file():
+        start.wait()
+        got.append(rq.add(home, "Race Twin"))
+
+    threads = [threading.Thread(target=file) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len({a.id for a in got}) == 1 and sorted(a.merged for a in got) == [False, True, True]
+    assert len(rq.list_requests(home)) == 1 and [t.subject for t in home.targets().list()] == ["Race Twin"]
+
+
 def test_an_add_beside_a_locate_leaves_the_guard_as_the_ledger_says(home, raw, monkeypatch):
     """`request add` from another process while `process` locates the same request: the guard keeps
     both the new alias and the inventory's answers (whichever wrote the guard last won until session

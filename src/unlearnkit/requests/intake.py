@@ -95,17 +95,14 @@ def add(home: Home | str | os.PathLike | None, name: str, aliases: list[str] | N
     keys = [person_hash(n, home.salt) for n in [name, *aliases]]
     guard = home.targets()
     with home.ledger() as led:
-        existing = led.find_key(keys)
-        if existing is not None:
-            r = led.merge(existing, keys, [name, *aliases], facts)
-            if r.status == "verified":  # the ledger holds no name any more; the guard may
-                _more_names(guard, r.id, [name, *aliases])
-                sync_guard(led, guard, r.id, home.settings.keep_guard_after_verified)
-                return Added(r.id, r.status, True, facts_not_kept=len(facts))
-            return Added(r.id, guard_request(home, led, r.id, guard), True)
-        rid = led.create(keys[0], keys, name, aliases, facts, reason)
-        kill_point("received")  # in the ledger, not yet behind the guard: the next add or process guards it
-        return Added(rid, guard_request(home, led, rid, guard), False)
+        r, merged = led.file(keys, name, aliases, facts, reason)
+        if r.status == "verified":  # the ledger holds no name any more; the guard may
+            _more_names(guard, r.id, [name, *aliases])
+            sync_guard(led, guard, r.id, home.settings.keep_guard_after_verified)
+            return Added(r.id, r.status, True, facts_not_kept=len(facts))
+        if not merged:
+            kill_point("received")  # in the ledger, not yet behind the guard: the next add or process guards it
+        return Added(r.id, guard_request(home, led, r.id, guard), merged)
 
 
 def guard_request(home: Home, led, request_id: str, store=None) -> str:

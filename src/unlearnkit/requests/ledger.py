@@ -152,13 +152,6 @@ class Ledger:
                                    "ORDER BY received_at, id", st).fetchall()
         return [Request.from_row(r) for r in rows]
 
-    def find_key(self, key_hashes: list[str]) -> str | None:
-        for k in key_hashes:
-            row = self.db.execute("SELECT request_id FROM keys WHERE key_hash=?", (k,)).fetchone()
-            if row:
-                return row[0]
-        return None
-
     def events(self, request_id: str) -> list[dict]:
         rows = self.db.execute("SELECT * FROM events WHERE request_id=? ORDER BY seq", (request_id,)).fetchall()
         return [dict(r) for r in rows]
@@ -177,34 +170,36 @@ class Ledger:
         return [_batch(r) for r in rows]
 
     # -- writes --------------------------------------------------------------------------------------
-    def create(self, person_hash: str, key_hashes: list[str], name: str, aliases: list[str], facts: list[dict],
-               reason: str | None) -> str:
-        rid = "r-" + uuid.uuid4().hex[:12]
-        now = time.time()
+    def file(self, key_hashes: list[str], name: str, aliases: list[str], facts: list[dict],
+             reason: str | None) -> tuple[Request, bool]:
+        """File a request for a person (`key_hashes`: the salted hashes of their names, the first the
+        person's): merged into the request any of them already names, adding aliases and facts (not
+        to a verified one, which keeps no clear text), else created `received`. The look-up and the
+        write are one transaction: two processes filing the same person at once get one request (they
+        could get two until session 40). Returns (request, merged)."""
         with self.tx() as c:
-            c.execute("INSERT INTO requests (id, person_hash, name, aliases, facts, reason, status, received_at, "
-                      "counts, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                      (rid, person_hash, name, json.dumps(aliases), json.dumps(facts), reason, "received", now,
-                       json.dumps({"aliases": len(aliases), "facts": len(facts)}), now))
+            rid = next((row[0] for k in key_hashes
+                        if (row := c.execute("SELECT request_id FROM keys WHERE key_hash=?", (k,)).fetchone())), None)
+            merged = rid is not None
+            if merged:
+                r = Request.from_row(c.execute("SELECT * FROM requests WHERE id=?", (rid,)).fetchone())
+                if r.status != "verified":
+                    al = r.aliases + new_names([name, *aliases], [r.name, *r.aliases])  # one name, however written
+                    fa = r.facts + [f for f in facts if f not in r.facts]
+                    counts = {**r.counts, "aliases": len(al), "facts": len(fa), "merged": r.counts.get("merged", 0) + 1}
+                    c.execute("UPDATE requests SET aliases=?, facts=?, counts=?, updated_at=? WHERE id=?",
+                              (json.dumps(al), json.dumps(fa), json.dumps(counts), time.time(), rid))
+                _event(c, rid, None, r.status, r.status, {"merged": True, "aliases": 1 + len(aliases), "facts": len(facts)})
+            else:
+                rid, now = "r-" + uuid.uuid4().hex[:12], time.time()
+                c.execute("INSERT INTO requests (id, person_hash, name, aliases, facts, reason, status, received_at, "
+                          "counts, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                          (rid, key_hashes[0], name, json.dumps(aliases), json.dumps(facts), reason, "received", now,
+                           json.dumps({"aliases": len(aliases), "facts": len(facts)}), now))
+                _event(c, rid, None, None, "received", {"reason_given": reason is not None})
             for k in key_hashes:
                 c.execute("INSERT OR IGNORE INTO keys VALUES (?,?)", (k, rid))
-            _event(c, rid, None, None, "received", {"reason_given": reason is not None})
-        return rid
-
-    def merge(self, request_id: str, key_hashes: list[str], aliases: list[str], facts: list[dict]) -> Request:
-        """Add aliases and facts to an existing request (a repeated request, or one by an alias)."""
-        with self.tx() as c:
-            r = Request.from_row(c.execute("SELECT * FROM requests WHERE id=?", (request_id,)).fetchone())
-            for k in key_hashes:
-                c.execute("INSERT OR IGNORE INTO keys VALUES (?,?)", (k, request_id))
-            if r.status != "verified":
-                al = r.aliases + new_names(aliases, [r.name, *r.aliases])  # one name, however written
-                fa = r.facts + [f for f in facts if f not in r.facts]
-                counts = {**r.counts, "aliases": len(al), "facts": len(fa), "merged": r.counts.get("merged", 0) + 1}
-                c.execute("UPDATE requests SET aliases=?, facts=?, counts=?, updated_at=? WHERE id=?",
-                          (json.dumps(al), json.dumps(fa), json.dumps(counts), time.time(), request_id))
-            _event(c, request_id, None, r.status, r.status, {"merged": True, "aliases": len(aliases), "facts": len(facts)})
-        return self.get(request_id)
+        return self.get(rid), merged
 
     def transition(self, request_id: str, to: str, only_from: tuple[str, ...] | None = None, **fields) -> bool:
         """Move a request to state `to` (checked against TRANSITIONS), setting `fields` in the same
