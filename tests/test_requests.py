@@ -252,6 +252,9 @@ def test_bad_input_one_line_errors(home, tmp_path):
     h = str(home.path)
     code, _, err = cli("request", "add", "   ", "--home", h)
     assert code == 2 and "name: must not be empty" in err and len(err.strip().splitlines()) == 1
+    with pytest.raises(ValueError, match=r"alias: holds the control character '\\x00'"):  # filed until session 40
+        rq.add(home, "Ann Bee", aliases=["Ann\x00Bee"])
+    assert rq.list_requests(home) == []
     code, _, err = cli("request", "show", "r-nope", "--home", h)
     assert code == 2 and "no request with id 'r-nope'" in err
     facts = tmp_path / "f.jsonl"

@@ -40,6 +40,8 @@ def check_name(name: str, what: str = "name") -> str:
         raise ValueError(f"{what}: must not be empty")
     if len(clean) > 200:
         raise ValueError(f"{what}: longer than 200 characters")
+    if bad := next((c for c in clean if unicodedata.category(c) in ("Cc", "Cs")), None):  # "Ann\x00Bee" was
+        raise ValueError(f"{what}: holds the control character {bad!r}")  # filed until session 40
     return clean
 
 
