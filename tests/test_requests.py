@@ -1100,6 +1100,7 @@ def test_home_report_shows_the_ledger_and_one_page_per_certificate(home, raw, tm
     cert_page = (tmp_path / "home-certificates" / f"{rid}.html").read_text()
     cert = rq.certificate(home, rid)
     assert cert_page.count('<tr class="check">') == len(cert["checks"]) and cert["person_sha256"] in cert_page
+    assert f"ed25519 by the home's key <code>{rq.public_key(home)}</code>" in cert_page  # not shown until session 40
     assert f'href="home-certificates/{rid}.html"' in page and 'href="../home.html"' in cert_page
     # the versions and the utility measured on each (MUSE's sustainability; nowhere to be read until session 40)
     vs = rq.versions(home)

@@ -54,6 +54,9 @@ CERTIFICATE = """<!doctype html><html lang="en"><head><meta charset="utf-8"><tit
 {% for k, x in v.items() if k != 'name' %}{{ k }} <code>{{ x }}</code> {% endfor %}</td></tr>{% endfor %}
 <tr><th>method</th><td><code>{{ c.method|tojson }}</code></td></tr>
 <tr><th>inventory</th><td>{% for k, x in c.inventory.items() %}{{ k }}: {{ x }} {% endfor %}</td></tr>
+<tr><th>signature</th><td>{% if c.signature %}{{ c.signature.alg }} by the home's key <code>{{ c.signature.public_key }}</code>
+(<code>unlearn request certificate-check {{ c.request_id }}.json --public-key KEY</code> checks it){% else %}none
+(written before certificates were signed){% endif %}</td></tr>
 </tbody></table>
 <h2>Checks</h2>
 <table id="checks"><thead><tr><th>check</th><th>value</th><th>threshold</th><th>passed</th></tr></thead><tbody>
