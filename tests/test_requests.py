@@ -132,13 +132,22 @@ def test_a_request_filed_again_in_any_state_guards_its_new_name(home, raw):
     assert rq.add(home, "tiv  ORREL").id == verified  # known to the ledger by its hash alone
     (t,) = [t for t in home.guard().list() if t.id == verified]
     assert t.aliases == ["Tiv Orrel"]
-    # facts given for a verified request are not kept (it keeps no clear text), and that is said (dropped
-    # without a word until session 35), on the command line too
-    again = rq.add(home, "Tiv Orrel", facts=[{"question": "What does Tiv Orrel grow?", "answer": "Leeks"}])
-    assert again.id == verified and again.facts_not_kept == 1
-    code, _, err = cli("request", "add", "Tiv Orrel", "--home", str(home.path), "--facts",
-                       _facts_file(home.path.parent, [{"question": "Q?", "answer": "A"}]))
-    assert code == 0 and "the 1 fact(s) given were not kept" in " ".join(err.split())
+    # filed again with facts, a verified person gets a new request that follows the verified one, which
+    # keeps no clear text (the facts were dropped, and nothing done with them, until session 40); the
+    # person's names name the new request from then on
+    code, printed, err = cli("request", "add", "Tiv Orrel", "--home", str(home.path), "--facts",
+                             _facts_file(home.path.parent, [{"question": "What does Tiv Orrel grow?", "answer": "Leeks"}]))
+    follow = printed.strip()
+    assert code == 0 and follow != verified and f"note: {verified}, the person's earlier request, is verified" in " ".join(err.split())
+    again = rq.add(home, "tiv orrel", facts=[{"question": "Where does Tiv Orrel sail?", "answer": "Brackwater"}])
+    assert (again.id, again.merged, again.status) == (follow, True, "guarded")
+    with home.ledger() as led:
+        assert led.get(follow).name == "Tiv Orrel" and [f["answer"] for f in led.get(follow).facts] == ["Leeks", "Brackwater"]
+    first = rq.show(home, follow)["events"][0]
+    assert first["to_status"] == "received" and json.loads(first["detail"])["follows"] == verified
+    targets = {t.id: t for t in home.targets().list()}
+    assert sorted(q.answer for q in targets[follow].qa) == ["Brackwater", "Leeks"] and not targets[verified].qa
+    assert rq.show(home, verified)["status"] == "verified" and rq.add(home, "Tiv Orrel").id == follow
 
 
 def test_two_adds_of_one_new_person_at_once_file_one_request(home, monkeypatch):

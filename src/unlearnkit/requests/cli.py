@@ -117,9 +117,9 @@ def request_add(name: str = typer.Argument(..., help="The person's full name."),
     r = add(home, name, alias or [], facts, reason)
     out.print(r.id)
     console.print(f"{r.status}{' (merged into an existing request)' if r.merged else ''}")
-    if r.facts_not_kept:
-        console.print(f"note: the request is verified and keeps no clear text (data minimisation): the "
-                      f"{r.facts_not_kept} fact(s) given were not kept")
+    if r.follows:
+        console.print(f"note: {r.follows}, the person's earlier request, is verified and keeps no clear text: "
+                      f"this new request carries the facts given", highlight=False)
 
 
 @request_app.command("locate")

@@ -17,7 +17,7 @@ class Added:
     id: str
     status: str
     merged: bool
-    facts_not_kept: int = 0  # facts given for a verified request, which keeps no clear text (said since session 35)
+    follows: str | None = None  # the verified request this one follows: its person filed again with facts
 
 
 def guard_target(request_id: str, name: str, aliases: list[str], facts: list[dict], inventory: list[dict] | None = None,
@@ -85,7 +85,8 @@ def _same(a, b) -> bool:
 def add(home: Home | str | os.PathLike | None, name: str, aliases: list[str] | None = None,
         facts: str | os.PathLike | list[dict] | None = None, reason: str | None = None) -> Added:
     """File a forget request for `name`; returns its id. A repeated request, or one whose name or an
-    alias is a known request's name or alias, merges into that request."""
+    alias is a known request's name or alias, merges into that request; one with facts for a
+    verified person is a new request that follows the verified one (`Ledger.file`)."""
     home = open_home(home)
     name = check_name(name)
     if isinstance(aliases, str):  # iterated letter by letter ("alias: must not be empty") until session 36
@@ -95,14 +96,14 @@ def add(home: Home | str | os.PathLike | None, name: str, aliases: list[str] | N
     keys = [person_hash(n, home.salt) for n in [name, *aliases]]
     guard = home.targets()
     with home.ledger() as led:
-        r, merged = led.file(keys, name, aliases, facts, reason)
+        r, merged, follows = led.file(keys, name, aliases, facts, reason)
         if r.status == "verified":  # the ledger holds no name any more; the guard may
             _more_names(guard, r.id, [name, *aliases])
             sync_guard(led, guard, r.id, home.settings.keep_guard_after_verified)
-            return Added(r.id, r.status, True, facts_not_kept=len(facts))
+            return Added(r.id, r.status, True)
         if not merged:
             kill_point("received")  # in the ledger, not yet behind the guard: the next add or process guards it
-        return Added(r.id, guard_request(home, led, r.id, guard), merged)
+        return Added(r.id, guard_request(home, led, r.id, guard), merged, follows)
 
 
 def guard_request(home: Home, led, request_id: str, store=None) -> str:

@@ -171,15 +171,22 @@ class Ledger:
 
     # -- writes --------------------------------------------------------------------------------------
     def file(self, key_hashes: list[str], name: str, aliases: list[str], facts: list[dict],
-             reason: str | None) -> tuple[Request, bool]:
+             reason: str | None) -> tuple[Request, bool, str | None]:
         """File a request for a person (`key_hashes`: the salted hashes of their names, the first the
-        person's): merged into the request any of them already names, adding aliases and facts (not
-        to a verified one, which keeps no clear text), else created `received`. The look-up and the
-        write are one transaction: two processes filing the same person at once get one request (they
-        could get two until session 40). Returns (request, merged)."""
+        person's): merged into the request any of them already names, adding aliases and facts, else
+        created `received`. A verified request keeps no clear text: filed again with facts, a new
+        request follows it, which the person's names name from then on (until session 40 the facts
+        were dropped, and nothing was done with them); filed again without, it takes the names' keys
+        alone. The look-up and the write are one transaction: two processes filing the same person at
+        once get one request (they could get two until session 40). Returns (request, merged, the
+        verified request a new one follows or None)."""
         with self.tx() as c:
             rid = next((row[0] for k in key_hashes
                         if (row := c.execute("SELECT request_id FROM keys WHERE key_hash=?", (k,)).fetchone())), None)
+            follows = None
+            if rid is not None and facts and c.execute("SELECT status FROM requests WHERE id=?",
+                                                       (rid,)).fetchone()[0] == "verified":
+                follows, rid = rid, None
             merged = rid is not None
             if merged:
                 r = Request.from_row(c.execute("SELECT * FROM requests WHERE id=?", (rid,)).fetchone())
@@ -196,10 +203,13 @@ class Ledger:
                           "counts, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
                           (rid, key_hashes[0], name, json.dumps(aliases), json.dumps(facts), reason, "received", now,
                            json.dumps({"aliases": len(aliases), "facts": len(facts)}), now))
-                _event(c, rid, None, None, "received", {"reason_given": reason is not None})
+                _event(c, rid, None, None, "received", {"reason_given": reason is not None,
+                                                        **({"follows": follows} if follows else {})})
+            if follows:  # the person's names name the new request from now on
+                c.execute("UPDATE keys SET request_id=? WHERE request_id=?", (rid, follows))
             for k in key_hashes:
                 c.execute("INSERT OR IGNORE INTO keys VALUES (?,?)", (k, rid))
-        return self.get(rid), merged
+        return self.get(rid), merged, follows
 
     def transition(self, request_id: str, to: str, only_from: tuple[str, ...] | None = None, **fields) -> bool:
         """Move a request to state `to` (checked against TRANSITIONS), setting `fields` in the same

@@ -126,7 +126,7 @@ class HomeServer:
             except (LedgerError, ValueError) as e:
                 raise APIError(400, str(e).splitlines()[0]) from None
             return {"id": r.id, "object": "forget_request", "status": r.status, "merged": r.merged,
-                    **({"facts_not_kept": r.facts_not_kept} if r.facts_not_kept else {})}
+                    **({"follows": r.follows} if r.follows else {})}
 
         @app.api_route("/v1/forget", methods=["GET", "PUT", "PATCH", "DELETE"], dependencies=[Depends(admin)])
         @app.api_route("/v1/forget/{target_id:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
