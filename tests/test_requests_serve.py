@@ -73,6 +73,13 @@ def test_request_routes_answer_bad_input_in_one_line_naming_the_field(home):
     # routes and methods that do not exist answer in the same shape ({"detail": ...} until session 40)
     assert error(method="get", path="/v1/requests/a/b", status=404)[0] == "no route GET /v1/requests/a/b"
     assert error(path="/v1/requests/r-x", status=405)[0] == "method POST not allowed on /v1/requests/r-x"
+    # the token is asked first: a body that is no JSON, or over the limit, from a client without it is a
+    # 401 (the body was parsed first, and answered 400, until session 40)
+    for content in (b"{name:", b'{"name": "A B", "reason": "' + b"r" * MAX_BODY_BYTES + b'"}'):
+        r = client.post("/v1/forget", content=content, headers={"content-type": "application/json"})
+        assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer", r.text
+        assert r.json()["error"]["type"] == "authentication_error"
+    assert client.get("/v1/requests/r-x", headers={"Authorization": "Bearer nope"}).status_code == 401
     assert rq.list_requests(home) == []
     # a damaged guard directory is the server's fault, not the client's (a 400 until session 40): 503
     # and nothing filed

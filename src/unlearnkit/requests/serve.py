@@ -24,7 +24,7 @@ import threading
 import time
 from typing import Annotated
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from ..data.schema import valid_unicode
@@ -105,6 +105,9 @@ class HomeServer:
         """The home's routes, with the guard server's body limit, bearer check and error shape. They are
         plain functions, run in the worker threads: `add` waits on the ledger's lock and hashes names,
         and on the event loop it held up every other request meanwhile (until session 40)."""
+        import anyio
+
+        from ..guard.errors import error_response
         from ..guard.server import APIError, add_limits_and_errors, check_admin
         from .intake import add
         from .ledger import LedgerError
@@ -112,10 +115,16 @@ class HomeServer:
         app = FastAPI(docs_url=None, redoc_url=None)
         add_limits_and_errors(app)
 
-        def admin(request: Request) -> None:  # a dependency: asked before the body is validated
-            check_admin(request, self.guard_app().state.guard, self.token)
+        @app.middleware("http")  # added last, so run first: before the body is read or its size counted
+        async def admin_first(request: Request, call_next):
+            try:  # a thread: the first request may load the current version
+                await anyio.to_thread.run_sync(lambda: check_admin(request, self.guard_app().state.guard, self.token))
+            except APIError as e:  # a body that was no JSON, sent without the token, was a 400 until session 40
+                return error_response(e.status, e.message, e.type, e.param,
+                                      headers={"WWW-Authenticate": "Bearer"} if e.status == 401 else None)
+            return await call_next(request)
 
-        @app.post("/v1/forget", status_code=201, dependencies=[Depends(admin)])
+        @app.post("/v1/forget", status_code=201)
         def forget(body: ForgetBody):
             facts = [f.model_dump(exclude_none=True) for f in body.facts]
             try:
@@ -128,9 +137,8 @@ class HomeServer:
             return {"id": r.id, "object": "forget_request", "status": r.status, "merged": r.merged,
                     **({"follows": r.follows} if r.follows else {})}
 
-        @app.api_route("/v1/forget", methods=["GET", "PUT", "PATCH", "DELETE"], dependencies=[Depends(admin)])
-        @app.api_route("/v1/forget/{target_id:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
-                       dependencies=[Depends(admin)])
+        @app.api_route("/v1/forget", methods=["GET", "PUT", "PATCH", "DELETE"])
+        @app.api_route("/v1/forget/{target_id:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
         def guard_targets(target_id: str = ""):
             # the guard server's own target routes: here its targets are the ledger's requests, and
             # one deleted there would let a guarded person's facts out while the ledger still said
@@ -138,7 +146,7 @@ class HomeServer:
             raise APIError(405, "a deployment home's guard targets are its forget requests: POST /v1/forget "
                                 "files one, GET /v1/requests/{id} reads it (`unlearn request list` lists them)")
 
-        @app.get("/v1/requests/{request_id}", dependencies=[Depends(admin)])
+        @app.get("/v1/requests/{request_id}")
         def status(request_id: str):
             try:
                 with self.home.ledger() as led:
