@@ -270,11 +270,12 @@ class TargetStore:
         else:
             e, counts = self._embed(new)  # outside the lock: embedding is the slow part
         with self._writing():
-            gone = [i for i, t in enumerate(self.targets) if t.id in set(ids)]
+            put = set(ids)
+            gone = [i for i, t in enumerate(self.targets) if t.id in put]
             if gone and not replace:
                 raise KeyError(f"target id already exists: {self.targets[gone[0]].id}")
             keep = ~np.isin(self.row_target, gone)
-            old = [(t, c) for i, (t, c) in enumerate(zip(self.targets, self._counts())) if i not in gone]
+            old = [(t, c) for t, c in zip(self.targets, self._counts()) if t.id not in put]
             emb = self.emb[keep] if self.emb.size else self.emb
             emb = e if emb.size == 0 else (emb if e.size == 0 else np.concatenate([emb, e]))
             self._set([t for t, _ in old] + new, emb, [c for _, c in old] + counts)

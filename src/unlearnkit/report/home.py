@@ -38,7 +38,7 @@ made each version. Every deletion costs some; the floor a batch must keep is {{ 
 <th>outcome</th><th>utility</th></tr></thead><tbody>
 {% for v in versions %}<tr class="version"><td>{{ v.name }}{{ ' (current)' if v.current }}{{ ' (pruned)' if v.pruned }}</td>
 <td>{{ v.parent or '–' }}</td><td>{{ v.created|when }}</td><td>{{ v.batch or '–' }}</td><td>{{ v.requests }}</td>
-<td class="{{ 'pass' if v.deployed else 'fail' if v.stage == 'rejected' else '' }}">{{ 'base' if v.deployed and not v.batch else v.stage or '–' }}</td>
+<td class="{{ 'pass' if v.deployed else 'fail' if v.stage == 'rejected' else '' }}">{{ v.outcome or '–' }}</td>
 <td>{{ v.utility|num }}</td></tr>
 {% endfor %}</tbody></table>{% endif %}</body></html>"""
 

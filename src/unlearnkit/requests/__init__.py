@@ -50,13 +50,13 @@ def versions(home=None) -> list[dict]:
     """Every version of the home, oldest first, with the utility measured on it: the sequence of
     deletions' cost (MUSE's sustainability). Each: name, parent, created, current, deployed (the
     base, or a batch's version that passed every check), pruned, the batch that made it and its stage,
-    its requests, and `utility` (x the base model's, on the home's utility slice: the utility check
+    `outcome` ("base", the batch's stage, or None for a version no batch made), its requests, and `utility` (x the base model's, on the home's utility slice: the utility check
     of its batch, 1.0 for the base) with `utility_raw`. A version no batch names (made by hand) has
     no utility: None."""
     h = open_home(home)
     with h.ledger() as led:
         made = {b["new_version"]: b for b in led.batches()}  # a rejected batch's version stays, named by it
-    base, cur, rows = h.meta.get("base_version", "v0000"), h.current_name(), []
+    base, cur, rows = h.base_name, h.current_name(), []
     for name in h.list_versions():
         try:
             v = h.version(name)
@@ -69,6 +69,7 @@ def versions(home=None) -> list[dict]:
         rows.append({"name": name, "parent": v.parent, "created": v.created, "current": name == cur,
                      "deployed": name == base or (b is not None and b["stage"] == "deployed"),
                      "pruned": v.pruned_at is not None, "batch": b and b["id"], "stage": b and b["stage"],
+                     "outcome": "base" if name == base else b and b["stage"],
                      "requests": len(b["request_ids"]) if b else 0,
                      "utility": u and u["value"], "utility_raw": u and u.get("utility")})
     return rows

@@ -84,9 +84,8 @@ def home_versions(home: Optional[Path] = HOME, as_json: bool = typer.Option(Fals
     for col in ("version", "parent", "outcome", "utility", "requests", "batch", "created"):
         t.add_column(col, no_wrap=col in ("version", "outcome", "utility"))
     for v in rows:
-        outcome = "base" if v["batch"] is None and v["deployed"] else (v["stage"] or "–")
         t.add_row(v["name"] + ("*" if v["current"] else ""), v["parent"] or "–",
-                  outcome + (", pruned" if v["pruned"] else ""), _fmt(v["utility"]), str(v["requests"]),
+                  (v["outcome"] or "–") + (", pruned" if v["pruned"] else ""), _fmt(v["utility"]), str(v["requests"]),
                   v["batch"] or "–", _when(v["created"]))
     out.print(t)
 

@@ -365,11 +365,15 @@ class Home:
         """The deployed version, checked against its manifest."""
         return self.check_version(self.current_name())
 
+    @property
+    def base_name(self) -> str:
+        """The name of the version every other was unlearned from (home.json's `base_version`)."""
+        return self.meta.get("base_version", "v0000")
+
     def base(self) -> Version:
-        """The version every other was unlearned from (home.json's `base_version`), as its manifest
-        says (`pruned_at` set where `prune` deleted its files; `check_version` checks the files):
-        locate's confidence test scores on it."""
-        return self.version(self.meta.get("base_version", "v0000"))
+        """The base version (`base_name`), as its manifest says (`pruned_at` set where `prune` deleted
+        its files; `check_version` checks the files): locate's confidence test scores on it."""
+        return self.version(self.base_name)
 
     def prune(self) -> list[str]:
         """Delete the files of every version but `current`, keeping each one's manifest (its sha256s,
