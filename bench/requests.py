@@ -16,7 +16,8 @@ base model is the subject and whose retain pool is the world (never its forget s
    version on those people's world facts against the oracle's, and utility against the base model;
 4. sequential: 5 batches of 2 requests; utility after each, and every request's end state; before
    each batch is processed, the oracle (never trained on these people) is judged by the very same
-   checks (`requests.process.run_checks`), to show what they ask of exact unlearning.
+   checks (`requests.process.run_checks`), to show what they ask of exact unlearning, and so is the
+   version the batch starts from, which still knows them, to show that the checks can tell (power);
 
 `--retrained N` trains N more oracles on the same data from other seeds (the seed + 1000 + i, as
 bench/methods.py's) and reports each one's answer rate on every batch: how far exact unlearning
@@ -173,6 +174,8 @@ def main():
         with tempfile.TemporaryDirectory() as tmp:
             world, per = batch_world(home, reqs, Path(tmp))
             exact = run_checks(home, reqs, per, world, home.current().path, models["oracle"])
+            # the checks' power: the version the batch starts from still knows these people
+            before = run_checks(home, reqs, per, world, home.current().path, home.current().path)
         t = time.perf_counter()
         out = rq.process(home, method=args.method, max_batch=args.per_batch, seed=args.seed, **overrides)
         wall = time.perf_counter() - t
@@ -192,6 +195,7 @@ def main():
         row["checks"] = {c["check"]: c["value"] for c in (stop or [])}
         row["failed"] = _summary(out["results"])["failed"] if stop is not None else []  # why it was not deployed
         row["oracle_checks"] = _summary(exact)
+        row["before_fails"] = sum(any(not c["passed"] for c in cs) for cs in before["request_checks"].values())
         batches.append(row)
         print(json.dumps(row), flush=True)
     res["batches"] = batches
@@ -207,8 +211,8 @@ def main():
               f"{g['forget_rouge_guarded']:.2f} / {g['forget_rouge_oracle']:.2f} | {loc['recall']:.2f} | {loc['precision']:.2f} "
               f"| {loc['unseen_items']} of {loc['unseen_people']} people ({loc['unseen_items_max']}) |")
     print("\n| batch | outcome | candidate (current after) | answer rate (subject / candidate / oracle) | utility x base "
-          "| relearn | int4 | wall | the oracle under the same checks (relearn) |")
-    print("|---:|---|---|---|---:|---:|---:|---:|---|")
+          "| relearn | int4 | wall | the oracle under the same checks (relearn) | requests the version before fails |")
+    print("|---:|---|---|---|---:|---:|---:|---:|---|---|")
     for b in batches:
         print(batch_row(b))
     print("\n" + within_line(batches))
@@ -220,10 +224,11 @@ def batch_row(b: dict) -> str:
     f = lambda x: "–" if x is None else f"{x:.2f}"  # noqa: E731
     verdict = "passes" if o["passed"] else "fails " + ", ".join(o["failed"])
     why = f" ({', '.join(b['failed'])})" if b.get("failed") else ""
+    power = f"{b['before_fails']} of {len(b['requests'])}" if "before_fails" in b else "–"  # before session 41: not run
     return (f"| {b['batch']} | {b['stage']}{why} | {b['version']} ({b['current']}) | {b['answer_rate_subject']:.2f} / "
             f"{b['answer_rate']:.2f} / {b['answer_rate_oracle']:.2f} | {b['utility_ratio']:.3f} | "
             f"{f(c.get('relearn_recovery'))} | {f(c.get('quantize_recovery'))} | {b['seconds']:.0f} s | {verdict} "
-            f"({f(o['values'].get('relearn_recovery'))}) |")
+            f"({f(o['values'].get('relearn_recovery'))}) | {power} |")
 
 
 def within_line(batches: list[dict]) -> str:

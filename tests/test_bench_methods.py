@@ -176,6 +176,10 @@ def test_requests_bench_counts_candidates_and_retrained_oracles_within_the_oracl
     cells = [c.strip() for c in rb.batch_row(row).strip("|").split("|")]
     assert cells[:3] == ["2", "rejected (answers, utility)", "v0002 (v0001)"] and cells[4] == "0.880"
     assert rb.batch_row({**row, "stage": "deployed", "failed": []}).split("|")[2].strip() == "deployed"
+    # the checks' power: how many of the batch's requests the version it started from fails (session 41)
+    assert cells[-1] == "–"
+    assert rb.batch_row({**row, "before_fails": 2, "requests": {"r-1": "failed", "r-2": "failed"}}).strip("|").split(
+        "|")[-1].strip() == "2 of 2"
 
 
 def test_twin_bias_truth_gap_rows_are_the_evaluations_figures(tiny_world, tiny_results, load_bench):

@@ -1096,6 +1096,8 @@ def test_request_end_to_end_on_trained_world(tiny_world, tmp_path):
 
 
 def test_home_report_shows_the_ledger_and_one_page_per_certificate(home, raw, tmp_path):
+    from unlearnkit.requests.certificate import significance
+
     # a fact to unlearn (the untrained model reveals nothing): the batch makes a version
     rid = rq.add(home, raw["people"][0], facts=[{"question": f"What is the pet of {raw['people'][0]}?",
                                                  "answer": "Wobbles"}]).id
@@ -1109,6 +1111,11 @@ def test_home_report_shows_the_ledger_and_one_page_per_certificate(home, raw, tm
     cert_page = (tmp_path / "home-certificates" / f"{rid}.html").read_text()
     cert = rq.certificate(home, rid)
     assert cert_page.count('<tr class="check">') == len(cert["checks"]) and cert["person_sha256"] in cert_page
+    # each request check's exact test beside it, on the page and in `request show` (session 41)
+    shown = [significance(c) for c in cert["checks"] if significance(c)]
+    assert shown and all(x in cert_page for x in shown)
+    code, stdout, _ = cli("request", "show", rid, "--home", str(home.path))
+    assert code == 0 and all(x in stdout for x in shown), stdout
     assert f"ed25519 by the home's key <code>{rq.public_key(home)}</code>" in cert_page  # not shown until session 40
     assert f'href="home-certificates/{rid}.html"' in page and 'href="../home.html"' in cert_page
     # the versions and the utility measured on each (MUSE's sustainability; nowhere to be read until session 40)

@@ -14,6 +14,7 @@ from pathlib import Path
 from jinja2 import Environment
 
 from .. import runinfo
+from ..requests.certificate import significance
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:70em;color:#222}
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left}
@@ -59,14 +60,16 @@ CERTIFICATE = """<!doctype html><html lang="en"><head><meta charset="utf-8"><tit
 (written before certificates were signed){% endif %}</td></tr>
 </tbody></table>
 <h2>Checks</h2>
-<table id="checks"><thead><tr><th>check</th><th>value</th><th>threshold</th><th>passed</th></tr></thead><tbody>
+<table id="checks"><thead><tr><th>check</th><th>value</th><th>threshold</th><th>significance</th><th>passed</th></tr></thead><tbody>
 {% for k in c.checks %}<tr class="check"><td>{{ k.check }}</td><td>{{ k.value|num }}</td><td>{{ k.threshold|num }}</td>
+<td>{{ k|significance or '–' }}</td>
 <td class="{{ 'pass' if k.passed else 'fail' }}">{{ 'yes' if k.passed else 'no' }}</td></tr>{% endfor %}
 </tbody></table><p><a href="{{ back }}">back to the ledger</a></p></body></html>"""
 
 
 def _env() -> Environment:
     env = Environment(autoescape=True)
+    env.filters["significance"] = significance
     env.filters["when"] = lambda t: dt.datetime.fromtimestamp(t, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC") if t else "–"
     env.filters["num"] = lambda x: f"{x:.4g}" if isinstance(x, float) else ("–" if x is None else x)
     return env

@@ -62,6 +62,17 @@ def verify_signature(cert: dict, public_key) -> bool:
     return signing.check(cert, signing.read_public_key(public_key))[0]
 
 
+def significance(check: dict) -> str:
+    """How a per-request check's permutation test reads (verify.judged; docs/requests.md, "Process and its
+    checks"): its p-value against its level, or that its facts were too few to test; "" for a check
+    without one (a batch's checks, or the tolerance alone: `check_alpha=0`, or before session 41)."""
+    if not check.get("level"):
+        return ""
+    if not check.get("powered"):
+        return f"no power (min p {check['min_p']:.2g})"  # too few facts: the tolerance alone decides
+    return f"p {check['p']:.3g} {'≥' if check['p'] >= check['level'] else '<'} {check['level']:.3g}"
+
+
 def check_file(path: str | os.PathLike, public_key) -> dict:
     """A certificate file checked with a public key alone (`unlearn request certificate-check`):
     {"ok", "detail", "certificate", "request_id", "public_key"}. A key or a file that cannot be read,

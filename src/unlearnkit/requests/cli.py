@@ -259,10 +259,13 @@ def request_show(request_id: str = typer.Argument(...), home: Optional[Path] = H
     checks = (r.get("metrics") or {}).get("checks") or []
     if checks:
         c = Table(title="checks")
-        for col in ("check", "value", "threshold", "passed"):
+        from .certificate import significance
+
+        for col in ("check", "value", "threshold", "significance", "passed"):
             c.add_column(col)
         for ch in checks:
-            c.add_row(ch["check"], _fmt(ch["value"]), _fmt(ch["threshold"]), "yes" if ch["passed"] else "NO")
+            c.add_row(ch["check"], _fmt(ch["value"]), _fmt(ch["threshold"]), significance(ch) or "–",
+                      "yes" if ch["passed"] else "NO")
         out.print(c)
     h = Table(title="history")
     for col in ("at", "from", "to"):

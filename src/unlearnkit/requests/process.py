@@ -337,13 +337,14 @@ def run_checks(home: Home, reqs, per, world: Path, source_dir, model_dir) -> dic
     `model_dir` unlearned from `source_dir`: {"batch_checks", "request_checks" (by request id),
     "passed"}. `process` judges its candidate with it; any other model can be judged the same way
     (bench/requests.py runs it on the oracle, exact unlearning, to show the checks can be passed)."""
-    from .verify import attack_checks, request_checks, utility_check  # the model side: torch, the metrics
+    from .verify import attack_checks, check_level, request_checks, utility_check  # the model side: torch, the metrics
 
     lm = _lm(model_dir)
     batch_checks = [utility_check(home, model_dir, lm)]
     if Path(model_dir).resolve() != Path(source_dir).resolve():
         batch_checks += attack_checks(model_dir, world, source_dir, home.settings)
-    per_checks = {r.id: request_checks(lm, *per[r.id], home.settings) for r in reqs}
+    level = check_level(home.settings, len(reqs))
+    per_checks = {r.id: request_checks(lm, *per[r.id], home.settings, level) for r in reqs}
     ok = all(c["passed"] for c in batch_checks) and all(c["passed"] for cs in per_checks.values() for c in cs)
     return {"batch_checks": batch_checks, "request_checks": per_checks, "passed": ok}
 
