@@ -157,3 +157,26 @@ def test_a_new_current_whose_model_does_not_load_is_not_served(home, raw, tmp_pa
         assert client.get("/v1/models").json()["data"][0]["id"] == "v0000"
         r = client.post("/v1/completions", json={"prompt": "Where was Ann Bee born?", "max_tokens": 2})
         assert r.status_code == 200 and r.json()["model"] == "v0000"
+
+
+def test_a_client_that_names_the_model_current_follows_each_deployment(home, raw):
+    """The model's name is its version, so a client that pinned "v0000" gets a 404 once a new version
+    is current (as it should: that version is no longer served). A client that names it "current"
+    is answered by whichever version is current (until session 41 it got a 404 after every
+    deployment), and each answer says which version gave it."""
+    from unlearnkit.requests.serve import CURRENT_MODEL, HomeServer
+
+    client = TestClient(HomeServer(home, token="tok"))
+    ask = lambda model: client.post("/v1/chat/completions", json={  # noqa: E731
+        "model": model, "messages": [{"role": "user", "content": "Where was Ann Bee born?"}], "max_tokens": 2})
+    assert CURRENT_MODEL == "current"
+    assert ask("current").status_code == 200 and ask("current").json()["model"] == "v0000"
+    assert client.get("/v1/models/current").json()["id"] == "v0000"
+    home.add_version(raw["model"], "v0001", "v0000")
+    home.set_current("v0001")
+    r = ask("current")
+    assert r.status_code == 200 and r.json()["model"] == "v0001"
+    r = ask("v0000")
+    assert r.status_code == 404 and r.json()["error"]["message"] == (
+        "model 'v0000' not found; this server serves 'v0001' (or 'current')")
+    assert ask("v0001").status_code == 200

@@ -205,12 +205,14 @@ def _usage_chunk(req, head: dict, usage: dict) -> list[dict]:
     return [{**head, "choices": [], "usage": usage}] if (req.stream_options or {}).get("include_usage") else []
 
 
-def create_app(lm, guard: Guard, model_name: str = "guarded", token: str | None = None) -> FastAPI:
-    """The app for `lm` (an `unlearnkit.scoring.LM`) behind `guard`. `token` defaults to the
-    environment variable UNLEARN_GUARD_TOKEN, read when the app is created."""
+def create_app(lm, guard: Guard, model_name: str = "guarded", token: str | None = None,
+               aliases: tuple[str, ...] = ()) -> FastAPI:
+    """The app for `lm` (an `unlearnkit.scoring.LM`) behind `guard`, named `model_name` (and answering
+    to `aliases` too, while answers name `model_name`). `token` defaults to the environment variable
+    UNLEARN_GUARD_TOKEN, read when the app is created."""
     token = token if token is not None else os.environ.get("UNLEARN_GUARD_TOKEN") or None
     app = FastAPI(title="unlearnkit guard", version="1", docs_url=None, redoc_url=None)
-    serving = _Serving(lm, guard, model_name)
+    serving = _Serving(lm, guard, model_name, aliases)
     app.state.guard, app.state.glm = guard, serving.glm
     add_limits_and_errors(app)
     _add_openai_routes(app, serving)
@@ -267,16 +269,18 @@ class _Serving:
     """What the OpenAI routes share: the guarded model, its tokenizer, the generation slots, and the
     checks every request goes through."""
 
-    def __init__(self, lm, guard: Guard, model_name: str):
+    def __init__(self, lm, guard: Guard, model_name: str, aliases: tuple[str, ...] = ()):
         self.glm, self.guard, self.model_name = GuardedLM(lm, guard), guard, model_name
+        self.names = {model_name, *aliases}
         self.tok = lm.tokenizer
         self.has_template = bool(getattr(self.tok, "chat_template", None))
         self.slots = threading.BoundedSemaphore(MAX_CONCURRENT)
         self.created = int(time.time())
 
     def check_model(self, name) -> None:
-        if name is not None and name != self.model_name:
-            raise APIError(404, f"model '{name[:100]}' not found; this server serves '{self.model_name}'",
+        if name is not None and name not in self.names:
+            also = "".join(f" (or '{a}')" for a in sorted(self.names - {self.model_name}))
+            raise APIError(404, f"model '{name[:100]}' not found; this server serves '{self.model_name}'{also}",
                            param="model")
 
     @staticmethod

@@ -13,7 +13,7 @@ are its requests. Every other route goes to the guard's app for the current vers
 `current` pointer is read on each request; when it names a new version, that version is checked
 against its manifest and loaded, and requests go to it from then on (no restart). A version that
 fails its manifest check, or whose model does not load, is never served: the server keeps the one
-it has.
+it has. The model is named after its version ("v0003"), and answers to `CURRENT_MODEL` too.
 """
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ from .home import Home, HomeError, open_home
 from .person import Fact
 
 log = logging.getLogger("unlearnkit.requests.serve")
+CURRENT_MODEL = "current"  # the model name that follows `current`: a client that pins it never gets a 404 after a deployment
 RECHECK_S = 30.0  # how long a version that failed its check is not checked again (it is hashed whole)
 
 
@@ -91,7 +92,8 @@ class HomeServer:
                         raise
                     self._refuse(name, e)
                     return self._app
-                self._app = create_app(lm, self.home.guard(), model_name=name, token=self.token)
+                self._app = create_app(lm, self.home.guard(), model_name=name, token=self.token,
+                                       aliases=(CURRENT_MODEL,))
                 self._name = name
                 log.info("serving version %s", name)
         return self._app
