@@ -218,6 +218,7 @@ def test_forget_action_per_target(server, through_guard):
 
 @pytest.mark.parametrize("route,body,status,needle", [
     ("/v1/completions", b"{not json", 400, "not valid JSON"),
+    ("/v1/completions", b'{"prompt": "caf\xe9"}', 400, "not valid UTF-8"),  # FastAPI's own message until session 41
     ("/v1/completions", {"max_tokens": 4}, 400, "prompt"),
     ("/v1/completions", {"prompt": "hi", "n": 2}, 400, "n:"),
     ("/v1/completions", {"prompt": "hi", "max_tokens": 0}, 400, "max_tokens"),

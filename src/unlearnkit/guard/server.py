@@ -230,9 +230,14 @@ def add_limits_and_errors(app: FastAPI) -> None:
         size = request.headers.get("content-length")
         if size is not None and size.isdigit() and int(size) > MAX_BODY_BYTES:
             return error_response(413, f"request body of {int(size)} bytes; the limit is {MAX_BODY_BYTES}")
-        if request.method == "POST" and size is None:  # chunked upload: measure what arrived
-            if len(await request.body()) > MAX_BODY_BYTES:  # cached: the route reads it again
+        if request.method == "POST":
+            body = await request.body()  # cached: the route reads it again
+            if size is None and len(body) > MAX_BODY_BYTES:  # chunked upload: measure what arrived
                 return error_response(413, f"request body over {MAX_BODY_BYTES} bytes")
+            try:  # FastAPI's own "There was an error parsing the body" until session 41
+                body.decode("utf-8")
+            except UnicodeDecodeError as e:
+                return error_response(400, f"request body is not valid UTF-8 (at byte offset {e.start}): JSON is UTF-8 text")
         return await call_next(request)
 
     @app.exception_handler(RequestValidationError)
