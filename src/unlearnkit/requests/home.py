@@ -74,7 +74,7 @@ class Settings(BaseModel):
     utility_floor: float = Field(0.9, ge=0, le=1, description="x the base model's utility, for every deployed "
                                                               "version")
     answer_tolerance: float = Field(0.1, ge=0, le=1, description="person's answer rate - strangers' answer rate (also the repair rounds' tolerance)")
-    mia_tolerance: float = Field(0.3, ge=0, le=0.5, description="|paired AUC(person vs strangers) - 0.5|")
+    mia_tolerance: float = Field(0.3, ge=0, le=0.5, description="|AUC(person vs strangers) - 0.5|")
     check_alpha: float = Field(0.05, ge=0, lt=1, description="how often a batch unlearned exactly may fail a "
                                                              "request's answers or MIA check by chance: beyond its "
                                                              "tolerance, a check still passes where its permutation test's "
