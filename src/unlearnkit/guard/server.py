@@ -237,7 +237,8 @@ def add_limits_and_errors(app: FastAPI) -> None:
             try:  # FastAPI's own "There was an error parsing the body" until session 41
                 body.decode("utf-8")
             except UnicodeDecodeError as e:
-                return error_response(400, f"request body is not valid UTF-8 (at byte offset {e.start}): JSON is UTF-8 text")
+                return error_response(400, f"request body is not valid UTF-8 (at byte offset {e.start}): "
+                                           "JSON is UTF-8 text")
         return await call_next(request)
 
     @app.exception_handler(RequestValidationError)

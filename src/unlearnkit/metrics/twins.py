@@ -11,8 +11,9 @@ however hard each fact is.
 Exchangeability is the null, and it holds only nearly: the oracles of bench/requests.py's worlds
 scored their forget people's answers above the twins' (pooled AUC 0.61 on average over 36 people,
 session 41), likely because a model that never saw a person may still have met the name in
-retained records (a neighbour's mother, say), where a twin's name appears nowhere. So a check does not fail on significance alone: it fails
-beyond a tolerance, and significantly (`requests.verify.judged`).
+retained records (a neighbour's mother, say), where a twin's name appears nowhere. So a check does
+not fail on significance alone: it fails beyond a tolerance, and significantly
+(`requests.verify.judged`).
 
 - `answered_test`: the person's facts answered, against the chance that, on each fact, the person
   is among those of the m + 1 who were answered (c / (m + 1)): a Poisson-binomial tail, one-sided
