@@ -499,6 +499,36 @@ def test_a_request_add_killed_before_its_guard_step_is_guarded_by_the_next_add_o
     assert [e["to_status"] for e in r2["events"]][:3] == ["received", "guarded", "located"]
 
 
+def test_process_takes_at_most_the_homes_max_batch_oldest_first(raw, tmp_path):
+    """One batch of all twelve forget people was rejected on all four bench worlds, batches of four
+    deployed 9 of 12 (session 41): `process` takes at most the home's `max_batch` (4 unless set),
+    oldest first, and says how many wait for the next run."""
+    from unlearnkit.requests.home import Settings
+
+    assert Settings().max_batch == 4
+    home = rq.init(tmp_path / "home", raw["model"], raw["world"], **LENIENT, max_batch=2)
+    ids = [rq.add(home, p, facts=[{"question": f"What is the pet of {p}?", "answer": "Wobbles"}]).id
+           for p in raw["people"][:3]]
+    code, out, err = cli("request", "process", "--home", str(home.path), "--steps", "2")
+    assert code in (0, 1), out + err
+    taken = {x["id"]: x for x in rq.list_requests(home)}
+    assert [taken[i]["status"] in ("verified", "failed") for i in ids] == [True, True, False]
+    assert taken[ids[2]]["status"] == "guarded"
+    assert "1 request(s) wait for the next batch: run `unlearn request process` again (at most 2 a batch)" in \
+        " ".join(out.split())
+    res = rq.process(home, steps=2)
+    assert res["requests"] == [ids[2]] and res["waiting"] == 0
+    assert rq.process(home) == {}
+    with pytest.raises(ValueError, match="--max-batch: must be >= 1"):
+        rq.process(home, max_batch=0)
+    code, _, err = cli("home", "init", "--model", str(raw["model"]), "--retain", str(raw["world"]), "--home",
+                       str(tmp_path / "h2"), "--max-batch", "-1")
+    assert code == 2 and "--max-batch" in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "h2").exists()
+    code, _, err = cli("home", "init", "--model", str(raw["model"]), "--retain", str(raw["world"]), "--home",
+                       str(tmp_path / "h2"), "--max-batch", "0")
+    assert code == 0 and rq.open_home(tmp_path / "h2").settings.max_batch == 0, err
+
+
 def test_a_resumed_batch_trains_with_what_it_was_started_with(home, raw):
     """A batch left open goes on with its own seed and budget, recorded with it, not the next call's
     (it trained with the new call's `--steps` and `--seed` until session 37), and the call says so."""

@@ -42,7 +42,10 @@ def home_init(model: str = typer.Option(..., help="Base model: checkpoint dir or
               repair_rounds: int = typer.Option(Settings.model_fields["repair_rounds"].default,
                                                 help="Repair rounds of `request process`: the facts a batch's "
                                                      "calibrated run left reproduced, per request, unlearned again "
-                                                     "(0: none).")):
+                                                     "(0: none)."),
+              max_batch: int = typer.Option(Settings.model_fields["max_batch"].default,
+                                            help="Most requests one `request process` takes as a batch (0: every "
+                                                 "waiting one).")):
     """Create a deployment home from a base model and a retain pool."""
     from ..guard import ACTIONS
     from ..methods import get_method
@@ -51,9 +54,10 @@ def home_init(model: str = typer.Option(..., help="Base model: checkpoint dir or
     get_method(method)
     if guard_action not in ACTIONS:
         raise ValueError(f"--guard-action {guard_action!r}: choose one of {', '.join(ACTIONS)}")
-    for name, value in (("sam", sam), ("repair_rounds", repair_rounds)):  # before anything is copied
+    for name, value in (("sam", sam), ("repair_rounds", repair_rounds), ("max_batch", max_batch)):  # before any copy
         Settings.parse(f"--{name.replace('_', '-')}", **{name: value})
-    h = init(home, model, retain, method=method, guard_action=guard_action, sam=sam, repair_rounds=repair_rounds)
+    h = init(home, model, retain, method=method, guard_action=guard_action, sam=sam, repair_rounds=repair_rounds,
+             max_batch=max_batch)
     out.print(str(h.path))
 
 
@@ -150,7 +154,8 @@ def request_locate(request_id: str = typer.Argument(...), home: Optional[Path] =
 @friendly
 def request_process(home: Optional[Path] = HOME,
                     method: Optional[str] = typer.Option(None, help="Unlearning method (default: the home's)."),
-                    max_batch: Optional[int] = typer.Option(None, help="At most N requests in this batch."),
+                    max_batch: Optional[int] = typer.Option(None, help="At most N requests in this batch "
+                                                                       "(default: the home's max_batch setting)."),
                     seed: Optional[int] = typer.Option(None),
                     steps: Optional[int] = typer.Option(None, help="Fixed step budget (default: the method's own)."),
                     sam: Optional[float] = typer.Option(None, help="Sharpness-aware steps' radius for this batch "
@@ -163,10 +168,11 @@ def request_process(home: Optional[Path] = HOME,
                                                  help="Give up the batch an earlier run left open (one that fails "
                                                       "every time): it is marked abandoned and its requests failed; "
                                                       "nothing else is processed.")):
-    """Unlearn the guarded requests as one batch from `current`, verify each, deploy if all pass.
-    A batch an earlier run left open (killed) is finished first, and said. Exits 1 when the batch is
-    not deployed (its requests failed: the table says why)."""
-    from . import process
+    """Unlearn the guarded requests as one batch from `current` (at most the home's max_batch, 4
+    unless set: the rest wait for the next run), verify each, deploy if all pass. A batch an earlier
+    run left open (killed) is finished first, and said. Exits 1 when the batch is not deployed (its
+    requests failed: the table says why)."""
+    from . import open_home, process
 
     if abandon:
         from . import abandon as give_up
@@ -179,8 +185,6 @@ def request_process(home: Optional[Path] = HOME,
         else:
             _list(home, ids=[i for b in done for i in b["requests"]])
         return
-    if max_batch is not None and max_batch < 1:
-        raise ValueError("--max-batch: must be >= 1")
     if method is not None:
         from ..methods import get_method
 
@@ -208,6 +212,9 @@ def request_process(home: Optional[Path] = HOME,
         why = f", {r['reason']}, run utility {r['utility']:.3f}x its start" if r["reason"] else ""
         out.print(f"  {what} {r['records']} facts of {r['requests']} request(s){why}")
     _list(home, ids=res["requests"])
+    if res.get("waiting"):
+        out.print(f"{res['waiting']} request(s) wait for the next batch: run `unlearn request process` again "
+                  f"(at most {max_batch or open_home(home).settings.max_batch} a batch)")
     if res["stage"] != "deployed":
         raise typer.Exit(1)
 

@@ -68,6 +68,9 @@ class Settings(BaseModel):
     repair_rounds: int = Field(2, ge=0, description="repair rounds of a batch's calibrated run, per request, on "
                                                     "the facts it left reproduced (calibrate.surviving); a second "
                                                     "takes the facts a first brought back (docs/requests.md)")
+    max_batch: int = Field(4, ge=0, description="most requests one `request process` takes as a batch (0: every "
+                                               "waiting one); the rest wait for the next. Twelve at once cost "
+                                               "more utility than the floor allows (docs/requests.md, 'Figures')")
     n_strangers: int = Field(8, ge=1, description="invented names probed beside the person")
     retain_sample: int = Field(200, ge=0, description="retain-pool records added to every batch's retain set")
     utility_records: int = Field(100, ge=1, description="fixed retain-pool slice that utility is measured on")

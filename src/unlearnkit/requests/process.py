@@ -1,4 +1,5 @@
-"""`request process`: the guarded requests as one batch, from `current` to a verified new version.
+"""`request process`: the guarded requests as one batch (at most the home's `max_batch`, oldest
+first), from `current` to a verified new version.
 
 Stages of a batch (ledger `batches.stage`), each entered in one transaction, so that the next
 `process` after a crash knows how far the last one got:
@@ -119,10 +120,12 @@ def batch_world(home: Home, requests, out: Path) -> tuple[Path, dict]:
 
 def process(home=None, method: str | None = None, max_batch: int | None = None, progress: bool = False,
             seed: int | None = None, **train_overrides) -> dict:
-    """Finish any batch a crash left open, then take the guarded/located requests (at most
-    `max_batch`) as one batch. Returns the batch summary (the resumed batch's when there was no new
+    """Finish any batch a crash left open, then take the guarded/located requests, oldest first, as
+    one batch of at most `max_batch` (None: the home's `max_batch` setting, 4 unless set; the rest
+    wait for the next call). Returns the batch summary (the resumed batch's when there was no new
     request; {} when there was nothing to do at all), with the summaries of the other batches it
-    finished first under "resumed" (their requests count apart from `max_batch`).
+    finished first under "resumed" (their requests count apart from `max_batch`) and "waiting": how
+    many requests are left for the next batch.
 
     A batch left open goes on with the method, seed and training options it was started with (the
     ledger's record), whatever this call asks: they are its certificates' method. This call's
@@ -131,6 +134,8 @@ def process(home=None, method: str | None = None, max_batch: int | None = None, 
     session 37)."""
     from ..calibrate import settings_from
 
+    if max_batch is not None and max_batch < 1:
+        raise ValueError("--max-batch: must be >= 1")
     home = open_home(home)
     settings_from(train_overrides.get("calibration"))  # at the door: a batch that starts must be able to run
     if method is not None:  # recorded with the batch unchecked, and every resume failed on it, until session 36
@@ -144,10 +149,10 @@ def process(home=None, method: str | None = None, max_batch: int | None = None, 
             resumed = [{**_run_or_say(home, b["id"], progress), **_differs(home, b, method, seed, train_overrides)}
                        for b in led.open_batches()]
             todo = led.list(("guarded", "located"))
-        if max_batch is not None:
-            todo = todo[:max_batch]
+        limit = home.settings.max_batch if max_batch is None else max_batch
+        todo, waiting = (todo[:limit], len(todo[limit:])) if limit else (todo, 0)
         if not todo:
-            return {**resumed[-1], "resumed": resumed[:-1]} if resumed else {}
+            return {**resumed[-1], "resumed": resumed[:-1], "waiting": 0} if resumed else {}
         source = home.current()
         lm = base = None
         for r in todo:
@@ -163,7 +168,7 @@ def process(home=None, method: str | None = None, max_batch: int | None = None, 
             led.start_batch(batch_id, source.name, home.next_version_name(), [r.id for r in todo],
                             method or home.settings.method, {"train_overrides": train_overrides, "seed": seed})
         kill_point("started")
-        return {**_run_or_say(home, batch_id, progress), "resumed": resumed}
+        return {**_run_or_say(home, batch_id, progress), "resumed": resumed, "waiting": waiting}
 
 
 def abandon(home=None) -> list[dict]:
