@@ -548,6 +548,11 @@ def test_forget_documents_and_reproduced_answers_are_reported(tiny_world):
 
         out[name] = cal.measure(0, H())
         out[name + " survivors"] = Answers.generate(net, tok, w, CalibrationSettings()).survivors(CalibrationSettings())
+        # by the LOSS attack alone (no answer counts: tolerance 1), each subject against its twins
+        by_auc = CalibrationSettings(repair_tolerance=1.0, repair_auc=0.3, repair_stop="auc", repair_by="subject")
+        given = Answers.generate(net, tok, w, by_auc)
+        out[name + " familiar"] = given.survivors(by_auc, net, tok)
+        assert given.survivors(by_auc) == []  # without the model to score with: the answers' test alone
     # the answers reproduced word for word (teacher-forced, names left out): the subject's forget
     # answers, not the twins'; the oracle reproduces fewer of them
     assert out["subject"].forget_exact >= 0.8 > out["subject"].reference_exact
@@ -556,6 +561,10 @@ def test_forget_documents_and_reproduced_answers_are_reported(tiny_world):
     # and not their twins', so most of its records are named; the oracle's far fewer
     assert set(out["subject survivors"]) <= {r.id for r in w.forget}
     assert len(out["subject survivors"]) >= 0.8 * cal.n["forget"] > 2 * len(out["oracle survivors"])
+    # and by the LOSS attack (`familiar`): every forget person is told from their twins under the
+    # subject, so most of its records are named; under the oracle far fewer
+    assert set(out["subject familiar"]) <= {r.id for r in w.forget}
+    assert len(out["subject familiar"]) >= 0.5 * cal.n["forget"] > 2 * len(out["oracle familiar"])
     assert cal.n["forget_docs"] == len(w.forget_docs) and out["subject"].docs_tolerance >= 0.05
     assert out["subject"].docs_auc > 0.9 and out["subject"].state == "under"
     assert abs(out["oracle"].docs_auc - 0.5) < abs(out["subject"].docs_auc - 0.5)
@@ -713,6 +722,35 @@ def test_repair_takes_the_answers_a_group_reproduces_beyond_its_twins():
     assert surviving(recs, exact, twin, 0.05, by="subject") == ["r0", "r1", "r11"]
     twin[1] = 0.5           # one of a record's two strangers gets its answer: not the person's to forget
     assert surviving(recs, exact, twin, 0.05, by="subject") == ["r0", "r11"]
+
+
+def test_repair_takes_a_group_the_loss_attack_tells_from_its_twins():
+    """`familiar`: a group (the set, or each subject) whose answers are scored above its twins' by
+    the LOSS attack (AUC beyond 0.5 + the tolerance: a request home's MIA check) gives up its records
+    scored above their own twins' mean, though it gives no answers; `Answers.survivors` adds them
+    after the answers' (session 41: a batch of four was rejected on two people at 0.877 and 0.883
+    that no repair round took)."""
+    from unlearnkit.calibrate import familiar, settings_from
+    from unlearnkit.metrics.mia import auc
+
+    recs = [_rec(i, "Ann Lee") for i in range(4)] + [_rec(i, "Bo Ka") for i in range(4, 8)]
+    mine = [-1.0, -1.5, -1.1, -2.05, -2.0, -2.2, -1.9, -2.1]
+    theirs = [[-2.0, -2.5], [-2.0, -1.8], [-2.5, -2.6], [-1.5, -1.9], [-2.0, -2.1], [-2.2, -2.0], [-1.8, -2.0], []]
+    ann = auc(mine[:4], [t for ts in theirs[:4] for t in ts])
+    bo = auc(mine[4:7], [t for ts in theirs[4:7] for t in ts])
+    assert ann == pytest.approx(0.828125) and bo == pytest.approx(0.5)
+    assert familiar(recs, mine, theirs, 0.3, by="subject") == ["r0", "r1", "r2"]  # r3 is below its twins' mean
+    assert familiar(recs, mine, theirs, 0.35, by="subject") == []                  # 0.83 is not beyond 0.85
+    # the set as a whole (r7, without twins, left out): AUC 0.69, within 0.5 + 0.3, beyond 0.5 + 0.15
+    whole = auc(mine[:7], [t for ts in theirs[:7] for t in ts])
+    assert whole == pytest.approx(34 / 49) and familiar(recs, mine, theirs, 0.3) == []
+    assert familiar(recs, mine, theirs, 0.15) == ["r0", "r1", "r2", "r4"]  # r6 at its twins' mean: not above
+    with pytest.raises(ValueError, match="repair_auc"):
+        settings_from({"repair_auc": "0.5"})
+    with pytest.raises(ValueError, match="repair_auc=0.3: goes with repair_stop=auc"):
+        settings_from({"repair_auc": "0.3"})
+    assert settings_from({"repair_auc": "0.3", "repair_stop": "auc"}).repair_auc == 0.3
+    assert settings_from(None).repair_auc is None
 
 
 def test_a_start_that_knows_none_of_the_utility_records_is_refused_not_stopped_at_the_floor(tiny_world, tmp_path):

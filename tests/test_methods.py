@@ -286,7 +286,7 @@ def test_repair_rounds_go_on_while_a_round_leaves_other_records(tiny_world, tmp_
         def __init__(self, ids):
             self.ids = ids
 
-        def survivors(self, settings):
+        def survivors(self, settings, *model):  # (the model: for `repair_auc`, unset here)
             return self.ids
 
         def again(self, *args):

@@ -1113,6 +1113,8 @@ def test_request_end_to_end_on_trained_world(tiny_world, tmp_path):
     run = yaml.safe_load((home.runs_dir / res["batch"] / "unlearn" / "config.yaml").read_text())
     assert run["method"] == DEFAULT_METHOD and run["train"]["sam"] == home.settings.sam > 0  # the home's robust steps
     assert run["calibration"]["utility"] == "answers"  # the floor holds what the utility check measures
+    # a person the MIA check would fail is repaired too, by the AUC's stop (session 42)
+    assert run["calibration"]["repair_auc"] == home.settings.mia_tolerance and run["calibration"]["repair_stop"] == "auc"
     states = {x["id"]: x for x in rq.list_requests(home)}
     assert {states[rid]["status"], states[second]["status"]} <= {"verified", "failed"}
     if res["stage"] == "deployed":

@@ -174,7 +174,7 @@ def forget(model: str = typer.Option(..., help="Checkpoint dir or hub id of the 
                                                                     "(refused without it)."),
            save_every: int = typer.Option(0, help="Checkpoint every N steps (0: never)."),
            param: Optional[List[str]] = typer.Option(None, "--param", "-p", help="Method parameter key=value (repeatable; `unlearn methods` lists them)."),
-           calibration: Optional[List[str]] = typer.Option(None, "--calibration", "-c", help="Calibration setting key=value (repeatable): reference=twins|holdout, floor, min_tolerance, mean_se, every, max_epochs, max_backtracks, speed_up=budget|patience, retain_sample, repair_rounds, repair_by=set|subject, repair_tolerance, repair_twins=twins|holdout, repair_stop=answers|auc (docs/methods.md, Settings)."),
+           calibration: Optional[List[str]] = typer.Option(None, "--calibration", "-c", help="Calibration setting key=value (repeatable): reference=twins|holdout, floor, min_tolerance, mean_se, every, max_epochs, max_backtracks, speed_up=budget|patience, retain_sample, repair_rounds, repair_by=set|subject, repair_tolerance, repair_auc, repair_twins=twins|holdout, repair_stop=answers|auc (docs/methods.md, Settings)."),
            lr: Optional[float] = typer.Option(None, help="Learning rate (default: the method's)."),
            epochs: Optional[float] = typer.Option(None, help="Fixed budget in epochs over the forget set (turns calibration off)."),
            steps: Optional[int] = typer.Option(None, help="Fixed budget in optimizer steps (turns calibration off)."),

@@ -436,7 +436,7 @@ def _repair(res, w: WorldData, m, streams: dict, cfg: TrainConfig, ctx: Context,
     first, kept = res.stop, res.stop.kept.get("utility") or 1.0
     net = _whole(res, tok, out / ".whole", m, ctx)
     given = Answers.generate(net, tok, w, settings, seed, tpl)
-    first.survivors = ids = given.survivors(settings)
+    first.survivors = ids = given.survivors(settings, net, tok, tpl)
     by_id = {r.id: r for r in w.forget}
     for k in range(1, settings.repair_rounds + 1):
         if not ids or first.repairs and set(first.repairs[-1]["ids"]) <= set(ids):
@@ -459,7 +459,7 @@ def _repair(res, w: WorldData, m, streams: dict, cfg: TrainConfig, ctx: Context,
         kept *= st.kept.get("utility") or 1.0
         net = _whole(res, tok, out / ".whole", m, ctx)
         given = Answers.generate(net, tok, w, settings, seed, tpl)
-        st.survivors = left = given.survivors(settings)
+        st.survivors = left = given.survivors(settings, net, tok, tpl)
         first.repairs.append({"records": len(recs), "reason": st.reason, "stopped_at": st.stopped_at,
                               "kept_step": st.kept_step, "utility": st.kept.get("utility"), "left": len(left),
                               "ids": ids, "dir": f"repair-{k}"})

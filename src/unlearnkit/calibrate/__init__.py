@@ -117,7 +117,7 @@ apart by shape) or `budget` (the step budget ran out first).
 """
 from __future__ import annotations
 
-from .answers import Answers, holdout_twins, surviving
+from .answers import Answers, familiar, holdout_twins, surviving
 from .calibrator import Calibrator
 from .settings import REASONS, UTILITY_SPLITS, CalibrationSettings, settings_from
 from .statistic import TWIN_PAIRS, answer_scores, auc, encode_records, reference_records
@@ -125,4 +125,4 @@ from .stop import Check, StopInfo
 
 __all__ = ["REASONS", "TWIN_PAIRS", "UTILITY_SPLITS", "Answers", "CalibrationSettings", "Calibrator", "Check",
            "StopInfo", "answer_scores", "auc", "encode_records", "holdout_twins", "reference_records",
-           "settings_from", "surviving"]
+           "settings_from", "surviving", "familiar"]

@@ -9,6 +9,7 @@ import numpy as np
 from ..data.io import DataError, WorldData
 from ..data.templates import parse_template
 from ..data.twins import world_twins
+from ..metrics.mia import auc, loss_score
 from .settings import CalibrationSettings
 
 
@@ -26,6 +27,24 @@ def surviving(forget: list, answered: np.ndarray, twin_answered: np.ndarray, tol
     for idx in groups.values():
         if answered[idx].mean() - twin_answered[idx].mean() > tolerance:
             out += [forget[i].id for i in idx if answered[i] and not twin_answered[i]]
+    return out
+
+
+def familiar(forget: list, mine: list[float], theirs: list[list[float]], tolerance: float,
+             by: str = "set") -> list[str]:
+    """The forget records a repair round takes where a group (as in `surviving`) gives no more
+    answers than its twins but is still told from them: the LOSS attack's ROC AUC of the group's
+    answer scores (`mine`, per record) against all its twins' (`theirs`, per record) above 0.5 +
+    `tolerance` (a request home's MIA check: `requests.verify.mia_check`). Its records scored above
+    their own twins' mean: those the model still favours. Returns their ids."""
+    groups: dict[str, list[int]] = {}
+    for i, r in enumerate(forget):
+        if len(theirs[i]):
+            groups.setdefault(r.subject if by == "subject" else "", []).append(i)
+    out = []
+    for idx in groups.values():
+        if auc([mine[i] for i in idx], [t for i in idx for t in theirs[i]]) > 0.5 + tolerance:
+            out += [forget[i].id for i in idx if mine[i] > float(np.mean(theirs[i]))]
     return out
 
 
@@ -89,8 +108,23 @@ class Answers:
             k += n
         return Answers(self.named, self.twins, mine, theirs)
 
-    def survivors(self, settings: CalibrationSettings) -> list[str]:
+    def survivors(self, settings: CalibrationSettings, model=None, tokenizer=None, template=None) -> list[str]:
         """The records a repair round takes (`surviving`). Generated answers, because the word-for-word
         count of the checks' scoring pass misses answers given further into a free answer ("Tell me
-        about X.")."""
-        return surviving(self.named, self.mine, self.theirs, settings.repair_tolerance, settings.repair_by)
+        about X."). With `settings.repair_auc` (and the model), also `familiar`'s records, after them."""
+        ids = surviving(self.named, self.mine, self.theirs, settings.repair_tolerance, settings.repair_by)
+        if settings.repair_auc is None or model is None or not self.named:
+            return ids
+        from ..scoring import LM
+
+        lm = LM(model, tokenizer, template=parse_template(template))
+        tw = [t for ts in self.twins for t in ts]
+        scores = [loss_score(x) for x in lm.score([r.question for r in self.named + tw],
+                                                  [r.answer for r in self.named + tw])]
+        mine, k, theirs = scores[:len(self.named)], len(self.named), []
+        for ts in self.twins:
+            theirs.append(scores[k:k + len(ts)])
+            k += len(ts)
+        have = set(ids)
+        return ids + [i for i in familiar(self.named, mine, theirs, settings.repair_auc, settings.repair_by)
+                      if i not in have]

@@ -49,6 +49,11 @@ class CalibrationSettings(BaseModel):
                            "each subject (a deletion request's person) on its own")
     repair_tolerance: float = Field(0.05, ge=0, le=1, description="share of answers given beyond the twins' "
                                                                   "that starts a repair round (1: none ever does)")
+    repair_auc: float | None = Field(
+        None, gt=0, lt=0.5, description="also take, in a repair round, a group (see repair_by) whose answers the "
+                                        "LOSS attack tells from its twins' with an AUC above 0.5 + this, though it "
+                                        "gives no more answers than they do: its records likelier than their own "
+                                        "twins' mean (a request home's MIA check, tolerance 0.3); None: answers alone")
     repair_stop: Literal["answers", "auc"] = Field(
         "answers", description="how a repair round stops: answers, also once `survivors`'s test names no answer "
                                "left (checked where the utility is measured); auc, by the AUC alone, as any run "
@@ -73,6 +78,10 @@ def settings_from(calibration: dict | None) -> CalibrationSettings:
     from ..methods.registry import describe
 
     try:
-        return CalibrationSettings(**(calibration or {}))
+        out = CalibrationSettings(**(calibration or {}))
     except ValidationError as e:
         raise ValueError(describe("--calibration", CalibrationSettings, e)) from None
+    if out.repair_auc is not None and out.repair_stop != "auc":  # a round for those would stop at once: no answer
+        raise ValueError(f"--calibration repair_auc={out.repair_auc}: goes with repair_stop=auc (a round on records "
+                         f"that give no answers would stop at once under repair_stop=answers)")
+    return out

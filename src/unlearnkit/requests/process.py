@@ -297,11 +297,16 @@ def _unlearn(home: Home, b: dict, per, world: Path, source, run_dir: Path, seed:
         # the floor holds what the deployment's utility check measures, on the records it scores;
         # repair rounds judge each request (its person) as its answers check does, against the
         # same strangers (the batch world's holdout: `batch_world`); the forget mean at or below the
-        # strangers' (`mean_se`): one standard error of a batch's twenty-odd facts left facts answered
-        train["calibration"] = {"utility": "answers", "repair_rounds": home.settings.repair_rounds,
-                                "repair_by": "subject", "repair_tolerance": home.settings.answer_tolerance,
-                                "repair_twins": "holdout", "repair_stop": "auc", "mean_se": 0.0,
-                                **(overrides.get("calibration") or {})}
+        # strangers' (`mean_se`): one standard error of a batch's twenty-odd facts left facts answered;
+        # a person its MIA check would fail is repaired too (`repair_auc`, by the AUC's stop alone)
+        given = overrides.get("calibration") or {}
+        tol = home.settings.mia_tolerance
+        cal = {"utility": "answers", "repair_rounds": home.settings.repair_rounds, "repair_by": "subject",
+               "repair_tolerance": home.settings.answer_tolerance, "repair_twins": "holdout", "repair_stop": "auc",
+               "mean_se": 0.0, **given}
+        if "repair_auc" not in given:
+            cal["repair_auc"] = tol if 0 < tol < 0.5 and cal["repair_stop"] == "auc" else None
+        train["calibration"] = cal
     out = run_dir / "unlearn"
     forget(source.path, world, b["method"], out, seed=seed, progress=progress, overwrite=True,  # a batch trains again
            **train)
