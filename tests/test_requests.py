@@ -514,11 +514,20 @@ def test_process_takes_at_most_the_homes_max_batch_oldest_first(raw, tmp_path):
     taken = {x["id"]: x for x in rq.list_requests(home)}
     assert [taken[i]["status"] in ("verified", "failed") for i in ids] == [True, True, False]
     assert taken[ids[2]]["status"] == "guarded"
-    assert "1 request(s) wait for the next batch: run `unlearn request process` again (at most 2 a batch)" in \
+    assert "1 request(s) wait for the next batch: run `unlearn request process` again (at most 2 a batch; " \
+           "--all: until none waits)" in \
         " ".join(out.split())
-    res = rq.process(home, steps=2)
-    assert res["requests"] == [ids[2]] and res["waiting"] == 0
-    assert rq.process(home) == {}
+    more = [rq.add(home, p, facts=[{"question": f"What is the pet of {p}?", "answer": "Wobbles"}]).id
+            for p in (raw["people"][3], "Extra Person0")]
+    # `rq.process_all` (`--all`): batch after batch, the oldest first, until none waits
+    done = rq.process_all(home, steps=2)
+    assert [b["requests"] for b in done] == [[ids[2], more[0]], [more[1]]] and [b["waiting"] for b in done] == [1, 0]
+    assert rq.process(home) == {} and rq.process_all(home) == []
+    last = rq.add(home, "Extra Person1", facts=[{"question": "What is the pet of Extra Person1?", "answer": "Wobbles"}])
+    code, out, err = cli("request", "process", "--all", "--home", str(home.path), "--steps", "2")
+    assert code in (0, 1), out + err
+    assert " ".join(out.split()).count(" -> v000") == 1 and "wait for the next batch" not in out
+    assert rq.show(home, last.id)["status"] in ("verified", "failed")
     with pytest.raises(ValueError, match="--max-batch: must be >= 1"):
         rq.process(home, max_batch=0)
     code, _, err = cli("home", "init", "--model", str(raw["model"]), "--retain", str(raw["world"]), "--home",

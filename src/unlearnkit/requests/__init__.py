@@ -19,7 +19,7 @@ from .certificate import check_file as check_certificate_file, load as certifica
 from .home import Home, HomeError, Settings, check_method, open_home
 from .intake import Added, add
 from .ledger import STATES, LedgerError, Request
-from .process import abandon, locate_request as locate, process
+from .process import abandon, locate_request as locate, process, process_all
 from .signing import SignatureError, public_hex
 
 
@@ -87,5 +87,5 @@ def show(home, request_id: str) -> dict:
 
 
 __all__ = ["Added", "Home", "HomeError", "LedgerError", "Request", "STATES", "Settings", "SignatureError", "abandon", "add",
-           "certificate", "check_certificate_file", "init", "list_requests", "locate", "open_home", "process", "prune",
+           "certificate", "check_certificate_file", "init", "list_requests", "locate", "open_home", "process", "process_all", "prune",
            "public_key", "show", "verify_certificate", "verify_signature", "versions"]

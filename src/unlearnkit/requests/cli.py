@@ -164,15 +164,18 @@ def request_process(home: Optional[Path] = HOME,
                         None, "--calibration", "-c", help="Calibration setting key=value for this batch (repeatable; "
                                                           "`unlearn forget --help`), e.g. repair_rounds=2."),
                     progress: bool = typer.Option(False, "--progress"),
+                    every: bool = typer.Option(False, "--all", help="Batch after batch until no request waits "
+                                                                    "(each of at most max_batch, each from the "
+                                                                    "version the one before left)."),
                     abandon: bool = typer.Option(False, "--abandon",
                                                  help="Give up the batch an earlier run left open (one that fails "
                                                       "every time): it is marked abandoned and its requests failed; "
                                                       "nothing else is processed.")):
     """Unlearn the guarded requests as one batch from `current` (at most the home's max_batch, 4
-    unless set: the rest wait for the next run), verify each, deploy if all pass. A batch an earlier
-    run left open (killed) is finished first, and said. Exits 1 when the batch is not deployed (its
-    requests failed: the table says why)."""
-    from . import open_home, process
+    unless set: the rest wait for the next run, or `--all` goes on), verify each, deploy if all pass.
+    A batch an earlier run left open (killed) is finished first, and said. Exits 1 when a batch is
+    not deployed (its requests failed: the table says why)."""
+    from . import process, process_all
 
     if abandon:
         from . import abandon as give_up
@@ -193,10 +196,22 @@ def request_process(home: Optional[Path] = HOME,
                                    ("calibration", assignments(calibration, "--calibration") or None)) if v is not None}
     if sam is not None:
         Settings.parse("--sam", sam=sam)  # refused at the door by the home setting's own bounds
-    res = process(home, method=method, max_batch=max_batch, seed=seed, progress=progress, **overrides)
-    if not res:
+    kw = dict(method=method, max_batch=max_batch, seed=seed, progress=progress, **overrides)
+    batches = process_all(home, **kw) if every else [r for r in [process(home, **kw)] if r]
+    if not batches:
         out.print("nothing to process")
         return
+    for res in batches:
+        _said(home, res, max_batch, last=res is batches[-1])
+    if any(res["stage"] != "deployed" for res in batches):
+        raise typer.Exit(1)
+
+
+def _said(home, res: dict, max_batch: int | None, last: bool = True) -> None:
+    """What `request process` prints of one batch (and of those it finished first); after the
+    `last` (not one `--all` went on from), how many requests wait."""
+    from . import open_home
+
     for b in res.get("resumed", []):  # a run killed earlier left it open: finished first (unsaid until session 35)
         out.print(f"batch {b['batch']} (left open by an earlier run): {b['stage']} ({b['source_version']} -> "
                   f"{b['new_version']}), {len(b['requests'])} request(s)")
@@ -212,11 +227,9 @@ def request_process(home: Optional[Path] = HOME,
         why = f", {r['reason']}, run utility {r['utility']:.3f}x its start" if r["reason"] else ""
         out.print(f"  {what} {r['records']} facts of {r['requests']} request(s){why}")
     _list(home, ids=res["requests"])
-    if res.get("waiting"):
+    if res.get("waiting") and last:
         out.print(f"{res['waiting']} request(s) wait for the next batch: run `unlearn request process` again "
-                  f"(at most {max_batch or open_home(home).settings.max_batch} a batch)")
-    if res["stage"] != "deployed":
-        raise typer.Exit(1)
+                  f"(at most {max_batch or open_home(home).settings.max_batch} a batch; --all: until none waits)")
 
 
 def _list(home, ids=None):

@@ -171,6 +171,18 @@ def process(home=None, method: str | None = None, max_batch: int | None = None, 
         return {**_run_or_say(home, batch_id, progress), "resumed": resumed, "waiting": waiting}
 
 
+def process_all(home=None, **kw) -> list[dict]:
+    """`process` (with `kw`) again until no request waits: every guarded request carried through in
+    batches of at most `max_batch`, each from the version the one before left (`request process
+    --all`). Returns the batches' summaries in order; [] when there was nothing to do."""
+    done = []
+    while res := process(home, **kw):
+        done.append(res)
+        if not res.get("waiting"):
+            break
+    return done
+
+
 def abandon(home=None) -> list[dict]:
     """Give up the batches left open (`unlearn request process --abandon`): a batch whose run fails
     every time (an error, not a check) held its requests `processing` and every later batch back for
