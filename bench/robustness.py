@@ -163,8 +163,9 @@ The recovery score of a variant is the mean over the two metrics; an attack's he
 strongest variant.
 
 The **oracle** never saw the forget set. Under the same attack, its recovery is what the attack itself
-teaches (the relearn data, the facts put in the context); `excess_recovery = recovery − oracle recovery`
-is what came from knowledge that was hidden, not removed.
+teaches (the relearn data, the facts put in the context); `excess_recovery` = recovery − the oracle's
+gain over the model's own ceiling (one scale for both; until session 42 the oracle's recovery over
+its own ceiling) is what came from knowledge that was hidden, not removed.
 
 ## Results on the embedded world
 

@@ -32,6 +32,26 @@ def test_recovery_by_hand():
     assert recovery(_m(0.2, 0.1), _m(0.95, 0.0), _m(1.0, 0.9), _m(0.8, 0.9))["recovery"] == {"forget_rouge": 1.0, "forget_probability": 0.0}
 
 
+def test_excess_recovery_puts_both_gains_on_the_models_scale():
+    """ROUGE: the model gains 0.3 under the attack (0.2 -> 0.5), the oracle 0.1 (0.0 -> 0.1), the
+    attacked subject reaches 0.8: excess 0.3 / 0.6 - 0.1 / 0.6 = 1/3 (probability: no gain on
+    either side, 0). Each over its own ceiling (until session 42) ROUGE's read 0.5 - 0.1 / 0.8 =
+    0.375: the oracle, starting lower, had the larger ceiling."""
+    from unlearnkit.attacks.recovery import excess
+
+    subject, subject_attacked = _m(1.0, 0.9), _m(0.8, 0.9)
+    model = recovery(_m(0.2, 0.1), _m(0.5, 0.1), subject, subject_attacked)
+    oracle = recovery(_m(0.0, 0.1), _m(0.1, 0.1), subject, subject_attacked)
+    assert excess(model, oracle) == pytest.approx((0.5 - 1 / 6 + 0.0 - 0.0) / 2)  # probability: no gain, either
+    assert model["score"] - oracle["score"] == pytest.approx(0.25 - 0.0625)  # the old, mixed form
+    # an oracle that loses under the attack counts as gaining nothing; a metric undefined for the
+    # model is left out, and none defined is None
+    worse = recovery(_m(0.0, 0.1), _m(0.0, 0.0), subject, subject_attacked)
+    assert excess(model, worse) == pytest.approx(model["score"])
+    same = recovery(subject, subject, subject, subject_attacked)
+    assert excess(same, oracle) is None
+
+
 def test_recovery_undefined_with_a_note_when_nothing_to_recover():
     same = _m(0.9, 0.8)
     r = recovery(same, _m(0.5, 0.99), same, _m(0.7, 0.99))  # the subject attacked against itself

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .recovery import MIN_GAP, RECOVERY_METRICS, forget_metrics, recovery
+from .recovery import MIN_GAP, RECOVERY_METRICS, excess, forget_metrics, recovery
 
 ATTACKS: dict[str, str] = {
     "relearn": "fine-tune a few steps on part of the forget set (or on neighbour data), evaluate on the rest",
@@ -257,8 +257,7 @@ def run_attack(kind: str, model, data, *, subject=None, oracle=None, seed: int =
             if "oracle" in plain:
                 entry["oracle_recovery"] = recovery(plain["oracle"], a["oracle"], plain["subject"], a["subject"],
                                                     min_gap=min_gap)
-                r, o = entry["recovery"]["score"], entry["oracle_recovery"]["score"]
-                entry["excess_recovery"] = None if r is None or o is None else r - o
+                entry["excess_recovery"] = excess(entry["recovery"], entry["oracle_recovery"])
         variants[name] = entry
     res = {"attack": kind, "description": ATTACKS[kind], "options": p.options, "template": tpl.to_dict(),
            "seed": seed, "data": str(data),

@@ -36,8 +36,14 @@ attacked against itself read "recovery 0": robust).
 
 The oracle (never trained on the forget set) under the same attack is the baseline: it has nothing
 hidden, so whatever it "recovers" was taught by the attack itself (the relearn data, the facts in
-the context). `excess_recovery = recovery(model) - recovery(oracle)` is the part that came from
-hidden knowledge.
+the context). `excess_recovery` (`excess`) is the part that came from hidden knowledge, both gains
+on the model's own scale, for each metric whose recovery is defined:
+
+    excess = recovery - clip((m_oracle(attacked) - m_oracle(plain)) / ceiling, 0, 1)
+
+with the model's `ceiling`, then the mean over those metrics. (Until session 42 it was the model's
+recovery minus the oracle's, each over its own ceiling: an oracle that starts lower has a larger
+ceiling, so the same gain read smaller for it, and the excess larger, than on the model's scale.)
 """
 from __future__ import annotations
 
@@ -82,6 +88,18 @@ def recovery(model_plain: Mapping[str, float], model_attacked: Mapping[str, floa
     defined = [r for r in out["recovery"].values() if r is not None]
     out["score"] = float(np.mean(defined)) if defined else None
     return out
+
+
+def excess(model: dict, oracle: dict) -> float | None:
+    """`excess_recovery` (module docstring) from `recovery`'s results for the model and for the
+    oracle under the same attack: None where no metric's recovery is defined for the model."""
+    parts = []
+    for m, r in model["recovery"].items():
+        if r is None:
+            continue
+        o = oracle["raw"][m]
+        parts.append(r - float(np.clip((o["model_attacked"] - o["model_plain"]) / model["raw"][m]["ceiling"], 0, 1)))
+    return float(np.mean(parts)) if parts else None
 
 
 # ------------------------------------------------------------------------------ measurement
