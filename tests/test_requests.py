@@ -365,6 +365,17 @@ def test_home_init_refuses_a_retain_pool_no_larger_than_its_utility_slice(raw, t
     assert not (tmp_path / "h").exists()
     h = rq.init(tmp_path / "h", raw["model"], small, measure_utility=False, utility_records=49)
     assert len((h.retain_dir / "retain.jsonl").read_text().splitlines()) == 50
+    # a home made before the refusal may hold such a pool: `process` says so before it opens a
+    # batch (each batch failed and stayed open until session 42), and the request stays guarded
+    write_jsonl(h.retain_dir / "retain.jsonl", pool[:40])
+    rid = rq.add(h, raw["people"][0], facts=[{"question": f"What is the pet of {raw['people'][0]}?",
+                                               "answer": "Wobbles"}]).id
+    code, _, err = cli("request", "process", "--home", str(h.path), "--steps", "2")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"{h.retain_dir / 'retain.jsonl'}: the retain pool has 40 records, and utility_records is 49" in \
+        " ".join(err.split())
+    with h.ledger() as led:
+        assert not led.open_batches() and led.get(rid).status == "guarded"
 
 
 def test_a_retain_pool_from_a_world_keeps_ids_that_repeat_across_its_splits(tmp_path):

@@ -43,15 +43,26 @@ def import_pool(source: str | os.PathLike, out_dir: Path, utility_records: int =
     with none left every batch failed ("retain.jsonl: empty, and method ... needs a retain set") and
     stayed open for good (session 37)."""
     recs = read_pool_source(source)
-    if len(recs) <= utility_records:
-        raise DataError(f"{source}: the retain pool has {len(recs)} records, and utility_records is {utility_records}: "
-                        f"it must hold more (the utility check's records are never trained on; a batch's retain set "
-                        f"is drawn from the rest)")
+    check_size(recs, utility_records, source)
     return write_jsonl(Path(out_dir) / "retain.jsonl", recs)
 
 
-def load_pool(home) -> list[QARecord]:
-    return read_jsonl(home.retain_dir / "retain.jsonl")
+def check_size(recs: list, utility_records: int, where) -> None:
+    """A one-line DataError naming `where` when the pool holds no more than `utility_records`."""
+    if len(recs) <= utility_records:
+        raise DataError(f"{where}: the retain pool has {len(recs)} records, and utility_records is {utility_records}: "
+                        f"it must hold more (the utility check's records are never trained on; a batch's retain set "
+                        f"is drawn from the rest)")
+
+
+def load_pool(home, checked: bool = False) -> list[QARecord]:
+    """The home's pool; `checked`: refused, as `home init` refuses it, when no record is left to
+    retain beside the utility slice (a home made before session 37 may hold such a pool: each of
+    its batches failed, and stayed open, until session 42)."""
+    recs = read_jsonl(home.retain_dir / "retain.jsonl")
+    if checked:
+        check_size(recs, home.settings.utility_records, home.retain_dir / "retain.jsonl")
+    return recs
 
 
 def utility_slice(records: list[QARecord], n: int, seed: int = 0) -> list[QARecord]:

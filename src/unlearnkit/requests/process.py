@@ -153,6 +153,7 @@ def process(home=None, method: str | None = None, max_batch: int | None = None, 
         todo, waiting = (todo[:limit], len(todo[limit:])) if limit else (todo, 0)
         if not todo:
             return {**resumed[-1], "resumed": resumed[:-1], "waiting": 0} if resumed else {}
+        load_pool(home, checked=True)  # before a batch opens that could never run
         source = home.current()
         lm = base = None
         for r in todo:
