@@ -202,12 +202,12 @@ def request_process(home: Optional[Path] = HOME,
         out.print("nothing to process")
         return
     for res in batches:
-        _said(home, res, max_batch, last=res is batches[-1])
+        _print_batch(home, res, max_batch, last=res is batches[-1])
     if any(res["stage"] != "deployed" for res in batches):
         raise typer.Exit(1)
 
 
-def _said(home, res: dict, max_batch: int | None, last: bool = True) -> None:
+def _print_batch(home, res: dict, max_batch: int | None, last: bool = True) -> None:
     """What `request process` prints of one batch (and of those it finished first); after the
     `last` (not one `--all` went on from), how many requests wait."""
     from . import open_home
