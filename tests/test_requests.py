@@ -823,20 +823,37 @@ def test_a_certificate_edited_with_its_ledger_sha256_rewritten_fails_on_the_sign
     path.write_text(json.dumps({k: v for k, v in cert.items() if k != "signature"}))
     line = _line(rq.verify_certificate(home, rid), "signature")
     assert not line["ok"] and line["detail"] == "no signature"
+    # and so does one stripped of it and relabelled as from before signing, its ledger sha256 made to
+    # match: its request was verified after the home began to sign (it passed until session 42)
+    path.write_text(json.dumps({**{k: v for k, v in cert.items() if k != "signature"},
+                                "format": "unlearnkit-certificate/1"}))
+    con = sqlite3.connect(home.ledger_path)
+    con.execute("UPDATE requests SET certificate_sha256=? WHERE id=?", (hashlib.sha256(path.read_bytes()).hexdigest(), rid))
+    con.commit()
+    con.close()
+    v = rq.verify_certificate(home, rid)
+    assert [c["what"] for c in v["checks"] if not c["ok"]] == ["signature"]
+    assert _line(v, "signature")["detail"].startswith("none, though the home has signed every certificate since ")
 
 
 def test_a_certificate_from_before_signing_says_it_is_unsigned(home, raw):
-    # a home made before certificates were signed: no key pair, a format-1 certificate
+    # a home made before certificates were signed: no key pair, no `signed_since`, a format-1 certificate
     (home.path / "signing.key").unlink()
     (home.path / "signing.pub").unlink()
+    meta = json.loads((home.path / "home.json").read_text())
+    assert meta["signed_since"] <= time.time()  # `init` made the pair, and said when
+    (home.path / "home.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "signed_since"}))
+    home = rq.open_home(home.path)
     old = _certified(home, raw["people"][0], signed=False)
     v = rq.verify_certificate(home, old)
     assert v["ok"] and _line(v, "signature") == {"what": "signature", "ok": True,
                                                 "detail": "none (written before signing)"}, v
     assert not (home.path / "signing.key").exists()  # verifying makes no key
-    # its next certificate makes the pair (mode 0600) and is signed; the old one still verifies in the home
+    # its next certificate makes the pair (mode 0600), says when, and is signed; the old one, verified
+    # before, still verifies in the home
     new = _certified(home, raw["people"][1])
     assert (home.path / "signing.key").stat().st_mode & 0o777 == 0o600
+    assert rq.show(home, old)["verified_at"] < json.loads((home.path / "home.json").read_text())["signed_since"]
     key = rq.public_key(home)
     assert rq.certificate(home, new)["signature"]["public_key"] == key
     assert rq.verify_certificate(home, new)["ok"] and rq.verify_certificate(home, old)["ok"]

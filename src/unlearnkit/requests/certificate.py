@@ -11,8 +11,9 @@ that field (signing.py), naming the public key; it holds nothing of the person.
 a pruned version, from the manifest it keeps), compares them with the certificate and the
 certificate's own sha256 with the one the ledger recorded, and checks the signature under the home's
 public key (`signing.pub`). A certificate written before certificates were signed (format 1, no
-`signature` field) says so on that line and does not fail on it; any other must verify (the format
-is signed, so a signed certificate cannot pass as an old one). `check_file` needs no home: a third
+`signature` field) says so on that line and does not fail on it, where its request was verified
+before the home began to sign (home.json `signed_since`); any other must verify (the format is
+signed, so a signed certificate cannot pass as an old one). `check_file` needs no home: a third
 party checks a certificate with the home's public key alone (`unlearn request certificate-check`),
 and there an unsigned certificate fails, since it proves nothing.
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from pathlib import Path
 
 from .. import runinfo
@@ -86,9 +88,17 @@ def check_file(path: str | os.PathLike, public_key) -> dict:
             "public_key": signing.public_hex(key)}
 
 
-def _signature_line(home: Home, cert: dict) -> dict:
-    """The signature's line of `verify_certificate`: under the home's public key."""
+def _signature_line(home: Home, cert: dict, verified_at: float | None) -> dict:
+    """The signature's line of `verify_certificate`: under the home's public key. An unsigned
+    certificate passes only where its request (`verified_at`, the ledger's) was verified before the
+    home began to sign (`signed_since`; a home made before session 42 does not record it): until
+    session 42 one stripped of its signature and relabelled format 1 passed."""
     if from_before_signing(cert):
+        since = home.meta.get("signed_since")
+        if since is not None and (verified_at is None or verified_at >= since):
+            when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(since))
+            return {"what": "signature", "ok": False,
+                    "detail": f"none, though the home has signed every certificate since {when}"}
         return {"what": "signature", "ok": True, "detail": "none (written before signing)"}
     try:
         key = home.public_key()
@@ -136,7 +146,7 @@ def verify_certificate(home: Home | str | Path | None, request_id: str) -> dict:
         out.append({"what": "certificate readable", "ok": False, "detail": f"{type(e).__name__}: {e}"[:80]})
         return {"ok": False, "checks": out, "certificate": str(p)}
     out.append({"what": "person hash (ledger)", "ok": person == r.person_hash, "detail": ""})
-    out.append(_signature_line(home, cert))
+    out.append(_signature_line(home, cert, r.verified_at))
     for side, name, v in versions:
         d = home.versions_dir / str(name)
         if not d.is_dir():

@@ -241,12 +241,18 @@ class Home:
     def signing_key(self) -> Ed25519PrivateKey:
         """The home's Ed25519 private key. `Home.init` makes the pair; a home made before certificates
         were signed gets it here, the first time it signs (`process`, under `process_lock`; made
-        atomically, and of two processes that race, both keep the first one's)."""
+        atomically, and of two processes that race, both keep the first one's). Making it records
+        the time in home.json (`signed_since`): a certificate of a request verified since then
+        must be signed (`certificate.verify_certificate`)."""
         from . import signing
 
         try:
             if not self.signing_key_path.exists():
-                return signing.make_key_pair(self.signing_key_path, self.public_key_path)
+                key = signing.make_key_pair(self.signing_key_path, self.public_key_path)
+                # from now on every certificate is signed: an unsigned one verified later is no certificate
+                self.meta["signed_since"] = time.time()
+                runinfo.write_json(self.path / "home.json", self.meta)
+                return key
             key = signing.read_private_key(self.signing_key_path)
             if not self.public_key_path.exists():  # a pair made by a process stopped between the two files
                 signing.write_public_key(key, self.public_key_path)
