@@ -828,7 +828,8 @@ def test_a_certificate_edited_with_its_ledger_sha256_rewritten_fails_on_the_sign
     path.write_text(json.dumps({**{k: v for k, v in cert.items() if k != "signature"},
                                 "format": "unlearnkit-certificate/1"}))
     con = sqlite3.connect(home.ledger_path)
-    con.execute("UPDATE requests SET certificate_sha256=? WHERE id=?", (hashlib.sha256(path.read_bytes()).hexdigest(), rid))
+    con.execute("UPDATE requests SET certificate_sha256=? WHERE id=?",
+                (hashlib.sha256(path.read_bytes()).hexdigest(), rid))
     con.commit()
     con.close()
     v = rq.verify_certificate(home, rid)
@@ -1151,7 +1152,7 @@ def test_request_end_to_end_on_trained_world(tiny_world, tmp_path):
     assert run["method"] == DEFAULT_METHOD and run["train"]["sam"] == home.settings.sam > 0  # the home's robust steps
     assert run["calibration"]["utility"] == "answers"  # the floor holds what the utility check measures
     # a person the MIA check would fail is repaired too, by the AUC's stop (session 42)
-    assert run["calibration"]["repair_auc"] == home.settings.mia_tolerance and run["calibration"]["repair_stop"] == "auc"
+    assert (run["calibration"]["repair_auc"], run["calibration"]["repair_stop"]) == (home.settings.mia_tolerance, "auc")
     states = {x["id"]: x for x in rq.list_requests(home)}
     assert {states[rid]["status"], states[second]["status"]} <= {"verified", "failed"}
     if res["stage"] == "deployed":
