@@ -197,12 +197,15 @@ def request_process(home: Optional[Path] = HOME,
     if sam is not None:
         Settings.parse("--sam", sam=sam)  # refused at the door by the home setting's own bounds
     kw = dict(method=method, max_batch=max_batch, seed=seed, progress=progress, **overrides)
-    batches = process_all(home, **kw) if every else [r for r in [process(home, **kw)] if r]
+    if every:  # each batch said as it ends; how many wait, after the last only (none do)
+        batches = process_all(home, on_batch=lambda res: _print_batch(home, res, max_batch, last=False), **kw)
+    else:
+        batches = [r for r in [process(home, **kw)] if r]
+        for res in batches:
+            _print_batch(home, res, max_batch)
     if not batches:
         out.print("nothing to process")
         return
-    for res in batches:
-        _print_batch(home, res, max_batch, last=res is batches[-1])
     if any(res["stage"] != "deployed" for res in batches):
         raise typer.Exit(1)
 

@@ -172,13 +172,16 @@ def process(home=None, method: str | None = None, max_batch: int | None = None, 
         return {**_run_or_say(home, batch_id, progress), "resumed": resumed, "waiting": waiting}
 
 
-def process_all(home=None, **kw) -> list[dict]:
+def process_all(home=None, on_batch=None, **kw) -> list[dict]:
     """`process` (with `kw`) again until no request waits: every guarded request carried through in
     batches of at most `max_batch`, each from the version the one before left (`request process
-    --all`). Returns the batches' summaries in order; [] when there was nothing to do."""
+    --all`, which prints each batch as it ends through `on_batch(summary)`). Returns the batches'
+    summaries in order; [] when there was nothing to do."""
     done = []
     while res := process(home, **kw):
         done.append(res)
+        if on_batch is not None:
+            on_batch(res)
         if not res.get("waiting"):
             break
     return done
