@@ -20,11 +20,8 @@ def surviving(forget: list, answered: np.ndarray, twin_answered: np.ndarray, tol
     have (`answered`: per record, 0 or 1; `twin_answered`: per record, the share of its twins whose
     answer is given) by more than `tolerance`, its records answered none of whose twins' answers is
     given (an answer a stranger gets too is not the person's to forget). Returns their ids."""
-    groups: dict[str, list[int]] = {}
-    for i, r in enumerate(forget):
-        groups.setdefault(r.subject if by == "subject" else "", []).append(i)
     out = []
-    for idx in groups.values():
+    for idx in _groups(forget, by):
         if answered[idx].mean() - twin_answered[idx].mean() > tolerance:
             out += [forget[i].id for i in idx if answered[i] and not twin_answered[i]]
     return out
@@ -32,20 +29,26 @@ def surviving(forget: list, answered: np.ndarray, twin_answered: np.ndarray, tol
 
 def familiar(forget: list, mine: list[float], theirs: list[list[float]], tolerance: float,
              by: str = "set") -> list[str]:
-    """The forget records a repair round takes where a group (as in `surviving`) gives no more
-    answers than its twins but is still told from them: the LOSS attack's ROC AUC of the group's
-    answer scores (`mine`, per record) against all its twins' (`theirs`, per record) above 0.5 +
-    `tolerance` (a request home's MIA check: `requests.verify.mia_check`). Its records scored above
-    their own twins' mean: those the model still favours. Returns their ids."""
-    groups: dict[str, list[int]] = {}
-    for i, r in enumerate(forget):
-        if len(theirs[i]):
-            groups.setdefault(r.subject if by == "subject" else "", []).append(i)
+    """The forget records a repair round takes where a group (as in `surviving`) is still told from
+    its twins, however few answers it gives: the LOSS attack's ROC AUC of the group's answer scores
+    (`mine`, per record) against all its twins' (`theirs`, per record; records without twins left
+    out) above 0.5 + `tolerance` (a request home's MIA check: `requests.verify.mia_check`). Its
+    records scored above their own twins' mean: those the model still favours. Returns their ids."""
     out = []
-    for idx in groups.values():
+    for idx in _groups(forget, by, keep=lambda i: len(theirs[i]) > 0):
         if auc([mine[i] for i in idx], [t for i in idx for t in theirs[i]]) > 0.5 + tolerance:
             out += [forget[i].id for i in idx if mine[i] > float(np.mean(theirs[i]))]
     return out
+
+
+def _groups(forget: list, by: str, keep=None) -> list[list[int]]:
+    """Positions of `forget` (those `keep` holds, all by default) by group: the set as one, or with
+    `by="subject"` each subject's."""
+    groups: dict[str, list[int]] = {}
+    for i, r in enumerate(forget):
+        if keep is None or keep(i):
+            groups.setdefault(r.subject if by == "subject" else "", []).append(i)
+    return list(groups.values())
 
 
 def holdout_twins(world: WorldData) -> dict[str, list]:

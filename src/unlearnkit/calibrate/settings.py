@@ -51,8 +51,8 @@ class CalibrationSettings(BaseModel):
                                                                   "that starts a repair round (1: none ever does)")
     repair_auc: float | None = Field(
         None, gt=0, lt=0.5, description="also take, in a repair round, a group (see repair_by) whose answers the "
-                                        "LOSS attack tells from its twins' with an AUC above 0.5 + this, though it "
-                                        "gives no more answers than they do: its records likelier than their own "
+                                        "LOSS attack tells from its twins' with an AUC above 0.5 + this, however few "
+                                        "answers it gives: its records likelier than their own "
                                         "twins' mean (a request home's MIA check, tolerance 0.3); None: answers alone")
     repair_stop: Literal["answers", "auc"] = Field(
         "answers", description="how a repair round stops: answers, also once `survivors`'s test names no answer "
