@@ -37,9 +37,23 @@ def process_state():
     deepspeed = parse_flag_from_env("ACCELERATE_USE_DEEPSPEED")
     if deepspeed:
         _deepspeed_output()
+    if kw:
+        _gloo_alone()
     # DeepSpeed's CPU comm op prints "built successfully", once a process, as its process group starts
     with contextlib.redirect_stdout(sys.stderr) if deepspeed else contextlib.nullcontext():
         return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"), **kw)
+
+
+def _gloo_alone() -> None:
+    """DeepSpeed on CPU processes all-reduces over gloo, as DDP and FSDP do here, not through its
+    shared-memory op: that op is C++ that each process compiles with the machine's g++ on its first
+    launch in an environment (45 s on two idle cores, 90 s beside other work: a third of a ZeRO-3
+    test's time, every fresh clone), and DeepSpeed's own comment says its kernels fault without
+    AVX2 (AVX-512 in half precision) and leave the other processes waiting. Marked incompatible,
+    DeepSpeed neither builds nor loads it (`deepspeed.comm.torch.build_shm_op`)."""
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
 
 def _deepspeed_output() -> None:
