@@ -244,6 +244,9 @@ def test_a_repair_round_unlearns_what_the_run_left_reproduced(tiny_world, tmp_pa
     assert info["reason"] == "budget" and len(info["survivors"]) >= 5
     (rep,) = info["repairs"]
     assert rep["ids"] == info["survivors"] and rep["records"] == len(rep["ids"]) and rep["dir"] == "repair-1"
+    from unlearnkit.methods import get_method
+
+    assert rep["lr"] == get_method("simnpo").train_defaults["lr"]  # repair_lr=run: the run's rate
     own = json.loads((run / "repair-1" / "calibration.json").read_text())
     assert own["n_forget"] == rep["records"] and own["kept"]["utility"] == rep["utility"]
     assert own["reason"] == rep["reason"] and len(own["survivors"]) == rep["left"] <= rep["records"]
@@ -294,10 +297,33 @@ def test_repair_rounds_go_on_while_a_round_leaves_other_records(tiny_world, tmp_
 
     monkeypatch.setattr(calibrate.Answers, "generate", classmethod(lambda cls, *args: Scripted(next(script))))
     run = api.forget(tiny_world.subject_dir, tiny_world.data_dir, "simnpo", tmp_path / "r", progress=False,
-                     calibration={"max_epochs": 1, "repair_rounds": 4})
+                     calibration={"max_epochs": 1, "repair_rounds": 4, "repair_lr": "share"})
     info = json.loads((run / "calibration.json").read_text())
     assert [r["ids"] for r in info["repairs"]] == [[a, b], [c, d], [c]]
     assert [r["left"] for r in info["repairs"]] == [2, 1, 1] and info["survivors"] == [a, b]
+    # `repair_lr=share`: each round starts at the run's rate x sqrt(its records / the run's forget records),
+    # as its first check says
+    from unlearnkit.methods import get_method
+
+    lr, n = get_method("simnpo").train_defaults["lr"], len(load_world(tiny_world.data_dir).forget)
+    assert [r["lr"] for r in info["repairs"]] == pytest.approx([lr * math.sqrt(k / n) for k in (2, 2, 1)])
+    for r in info["repairs"]:
+        log = (run / r["dir"] / "log.jsonl").read_text().splitlines()
+        assert json.loads(next(line for line in log if '"check"' in line))["check"]["lr"] == pytest.approx(r["lr"])
+
+
+def test_a_repair_round_starts_at_the_runs_rate_or_at_its_share():
+    """`repair_lr`: run, the run's learning rate; share, x sqrt(the round's records / the run's), and
+    the run's own rate for a round of all of them (or of none)."""
+    from unlearnkit.calibrate import settings_from
+    from unlearnkit.unlearning import _round_lr
+
+    run, share = settings_from({}), settings_from({"repair_lr": "share"})
+    assert run.repair_lr == "run" and _round_lr(1e-3, 2, 32, run) == 1e-3
+    assert _round_lr(1e-3, 2, 32, share) == pytest.approx(2.5e-4) and _round_lr(1e-3, 8, 32, share) == pytest.approx(5e-4)
+    assert _round_lr(1e-3, 32, 32, share) == _round_lr(1e-3, 0, 32, share) == 1e-3
+    with pytest.raises(ValueError, match="repair_lr"):
+        settings_from({"repair_lr": "half"})
 
 
 def test_default_plan_chooses_by_the_data(tiny_world):

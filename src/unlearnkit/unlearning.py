@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 from contextlib import contextmanager
@@ -452,7 +453,8 @@ def _repair(res, w: WorldData, m, streams: dict, cfg: TrainConfig, ctx: Context,
                              answers=given if settings.repair_stop == "answers" else None)
         if m.prepare is not None:  # a method's reference (NPO's) is the round's start
             ctx.cache = m.prepare(net, sk, ctx)
-        res = train(net, m.loss, sk, replace(cfg, steps=monitor.budget, save_every=0), pad_id=tok.pad_token_id,
+        lr = _round_lr(cfg.lr, len(recs), len(w.forget), settings)
+        res = train(net, m.loss, sk, replace(cfg, lr=lr, steps=monitor.budget, save_every=0), pad_id=tok.pad_token_id,
                     ctx=ctx, out_dir=out / f"repair-{k}" if is_main() else None, progress=progress,
                     desc=f"{method} repair {k}", monitor=monitor, grad_masks=masks)
         st = res.stop
@@ -462,12 +464,22 @@ def _repair(res, w: WorldData, m, streams: dict, cfg: TrainConfig, ctx: Context,
         st.survivors = left = given.survivors(settings, net, tok, tpl)
         first.repairs.append({"records": len(recs), "reason": st.reason, "stopped_at": st.stopped_at,
                               "kept_step": st.kept_step, "utility": st.kept.get("utility"), "left": len(left),
-                              "ids": ids, "dir": f"repair-{k}"})
+                              "ids": ids, "dir": f"repair-{k}", "lr": lr})
         if is_main():
             runinfo.write_json(out / f"repair-{k}" / "calibration.json", asdict(st))
         ids = left
     res.stop = first
     return res
+
+
+def _round_lr(lr: float, records: int, of: int, settings) -> float:
+    """A repair round's starting learning rate (`repair_lr`): the run's, or under `share` the run's x
+    sqrt(records / of). Adam moves every weight whose gradient keeps its sign by about the learning
+    rate a step, whatever the gradient's size; a round's gradient is that of a few facts, the same
+    at every step, so at the run's rate a round of 2 of 34 facts took 5.6% of the utility in four
+    steps (docs/requests-log.md, "Session 43"). The round's doublings raise a rate too low for its
+    pace (`Calibrator`)."""
+    return lr * math.sqrt(records / of) if settings.repair_lr == "share" and 0 < records < of else lr
 
 
 def _whole(res, tok, tmp: Path, m, ctx):

@@ -63,6 +63,11 @@ class CalibrationSettings(BaseModel):
         "twins", description="the strangers a repair round's answers are compared with: twins, made as the "
                              "reference's are; holdout, the holdout records whose `twin_of` names the forget "
                              "record (a request home's strangers, those its answers check asks about)")
+    repair_lr: Literal["run", "share"] = Field(
+        "run", description="a repair round's starting learning rate: run, the run's; share, the run's x the square "
+                           "root of the round's share of the run's forget records (a request home's: a round of "
+                           "two facts at the run's rate took 5.6% of the utility in four steps), which the round's own "
+                           "doublings raise again where its pace needs it (`max_doublings`)")
     utility_every: int | None = Field(
         None, ge=1, description="steps between utility measurements on the way to the target; None: one epoch "
                                 "of the forget set. It is also measured at the first check, at checks within the "

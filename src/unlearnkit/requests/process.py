@@ -314,12 +314,13 @@ def _unlearn(home: Home, b: dict, per, world: Path, source, run_dir: Path, seed:
         # repair rounds judge each request (its person) as its answers check does, against the
         # same strangers (the batch world's holdout: `batch_world`); the forget mean at or below the
         # strangers' (`mean_se`): one standard error of a batch's twenty-odd facts left facts answered;
-        # a person its MIA check would fail is repaired too (`repair_auc`, by the AUC's stop alone)
+        # a person its MIA check would fail is repaired too (`repair_auc`, by the AUC's stop alone); a round
+        # starts at its share of the run's learning rate (`repair_lr`: its few facts' steps cost utility)
         given = overrides.get("calibration") or {}
         tol = home.settings.mia_tolerance
         cal = {"utility": "answers", "repair_rounds": home.settings.repair_rounds, "repair_by": "subject",
                "repair_tolerance": home.settings.answer_tolerance, "repair_twins": "holdout", "repair_stop": "auc",
-               "mean_se": 0.0, **given}
+               "repair_lr": "share", "mean_se": 0.0, **given}
         if "repair_auc" not in given:
             cal["repair_auc"] = tol if 0 < tol < 0.5 and cal["repair_stop"] == "auc" else None
         train["calibration"] = cal
@@ -332,7 +333,8 @@ def _unlearn(home: Home, b: dict, per, world: Path, source, run_dir: Path, seed:
     rounds = [{"dir": "unlearn", "records": sum(len(recs) for recs, _ in per.values()), "requests": len(per),
                "reason": info.get("reason"), "utility": float((info.get("kept") or {}).get("utility", 1.0))}]
     rounds += [{"dir": r["dir"], "records": r["records"], "requests": n_req(r["ids"]), "reason": r["reason"],
-                "utility": float(r["utility"]), "ids": sorted(r["ids"])} for r in info.get("repairs", [])]
+                "utility": float(r["utility"]), "ids": sorted(r["ids"]), "lr": r.get("lr")}
+               for r in info.get("repairs", [])]
     runinfo.write_json(run_dir / "rounds.json", {"rounds": rounds})
 
 
