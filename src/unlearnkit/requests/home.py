@@ -65,9 +65,10 @@ class Settings(BaseModel):
     guard_action: str = Field("pseudonymise", description="answers like a model that never saw the person "
                                                           "(docs/guard.md)")
     keep_guard_after_verified: bool = Field(True, description="names only (docs/requests.md, 'Data minimisation')")
-    repair_rounds: int = Field(2, ge=0, description="repair rounds of a batch's calibrated run, per request, on "
+    repair_rounds: int = Field(3, ge=0, description="repair rounds of a batch's calibrated run, per request, on "
                                                     "the facts it left reproduced (calibrate.surviving); a second "
-                                                    "takes the facts a first brought back (docs/requests.md)")
+                                                    "takes the facts a first brought back, a third a person a "
+                                                    "second left past the MIA check (docs/requests.md)")
     max_batch: int = Field(4, ge=0, description="most requests one `request process` takes as a batch (0: every "
                                                "waiting one); the rest wait for the next. Twelve at once cost "
                                                "more utility than the floor allows (docs/requests.md, 'Figures')")
