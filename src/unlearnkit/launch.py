@@ -37,15 +37,16 @@ def process_state():
     deepspeed = parse_flag_from_env("ACCELERATE_USE_DEEPSPEED")
     if deepspeed:
         _deepspeed_output()
-    if kw:
-        _gloo_alone()
-    # DeepSpeed's CPU comm op prints "built successfully", once a process, as its process group starts
+        if os.environ.get("DS_ACCELERATOR") == "cpu":  # its CPU accelerator, in one process or several
+            _gloo_alone()
+    # DeepSpeed prints to stdout as its process group starts (its CPU comm op's "built successfully",
+    # once a process, until `_gloo_alone`)
     with contextlib.redirect_stdout(sys.stderr) if deepspeed else contextlib.nullcontext():
         return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"), **kw)
 
 
 def _gloo_alone() -> None:
-    """DeepSpeed on CPU processes all-reduces over gloo, as DDP and FSDP do here, not through its
+    """DeepSpeed's CPU accelerator all-reduces over gloo, as DDP and FSDP do here, not through its
     shared-memory op: that op is C++ that each process compiles with the machine's g++ on its first
     launch in an environment (45 s on two idle cores, 90 s beside other work: a third of a ZeRO-3
     test's time, every fresh clone), and DeepSpeed's own comment says its kernels fault without
