@@ -175,15 +175,27 @@ def _confidence(model, items: list[dict], giving: list[list[str]], probes: list[
     from ..metrics.mia import min_k_score
 
     invented = stranger_names(names[0], N_INVENTED, (), avoid=words_of([*names, *people]), seed=seed + 1)
-    asked = [q.replace("{name}", s) for p in probes for q in p.questions for s in invented]
-    said = model.generate(asked, max_new_tokens=MAX_NEW_TOKENS)
-    threshold = float(np.quantile([min_k_score(x) for x in model.score(asked, said)], CONFIDENT_QUANTILE))
+    asked = [(pi, s, q.replace("{name}", s)) for pi, p in enumerate(probes) for q in p.questions for s in invented]
+    said = model.generate([q for _, _, q in asked], max_new_tokens=MAX_NEW_TOKENS)
+    scores = [min_k_score(x) for x in model.score([q for _, _, q in asked], said)]
+    said = [(pi, _about_anyone(a, s)) for (pi, s, _), a in zip(asked, said)]
+    by = {}  # (probe, answer) -> the invented names given it
+    for (pi, s, _), key in zip(asked, said):
+        by.setdefault(key, set()).add(s)
+    default = {key: -math.inf for key, who in by.items() if len(who) / len(invented) > STRANGER_SHARE}
+    for key, x in zip(said, scores):
+        if key in default:
+            default[key] = max(default[key], x)
+    own = [x for key, x in zip(said, scores) if key not in default]
+    threshold = float(np.quantile(own or scores, CONFIDENT_QUANTILE))
+    probe_of = {p.attribute: pi for pi, p in enumerate(probes)}
     todo = [(it, qs) for it, qs in zip(items, giving) if it["known"]]
     pairs = [(q, it["answer"]) for it, qs in todo for q in qs]
     scores = iter([min_k_score(x) for x in model.score([q for q, _ in pairs], [a for _, a in pairs])] if pairs else [])
     for it, qs in todo:
         it["confidence"] = float(np.median([next(scores) for _ in qs]))
-        it["known"] = it["confidence"] > threshold
+        it["known"] = it["confidence"] > max(threshold, default.get(
+            (probe_of[it["attribute"]], _about_anyone(it["answer"], it["name"])), threshold))
     return threshold
 
 
