@@ -999,6 +999,46 @@ def test_repair_round_takes_the_facts_the_first_run_left_answered(tiny_world, tm
         rq.process(homes[1], calibration={"repair_round": 2})
 
 
+def test_locate_judges_what_the_model_says_of_anyone_by_itself():
+    """The confidence test's threshold comes from what the model makes up about one invented name
+    alone; an answer it gives most of them (a default: "origami" for anyone's hobby, Min-K% -0.001)
+    counts only against its own best score. With the defaults in the quantile (until session 44)
+    the threshold sat at -0.001, above every real fact (-0.01 here): a subject sure of two defaults
+    lost half of what it knew about twelve people."""
+    import numpy as np
+
+    from unlearnkit.requests.locate import Probe, _confidence
+    from unlearnkit.scoring import SampleScore
+
+    person = "Ada Vale"
+    sure = {"kite flying": -0.01, "Rex": -0.01, "origami": -0.001}
+
+    class Model:  # any name's hobby is origami; its pet a name of its own; scores by answer
+        def generate(self, prompts, max_new_tokens):
+            return ["origami" if "hobby" in p or "fun" in p else f"Pet{sum(map(ord, p.split(' of ')[-1][:6]))}"
+                    if " of " in p else f"Pet{sum(map(ord, p.split(' does ')[-1][:6]))}" for p in prompts]
+
+        def score(self, prompts, answers):
+            return [SampleScore(np.full(3, -0.002 if person in p and a == "origami" else sure.get(a, -0.5)),
+                                np.zeros(3, bool)) for p, a in zip(prompts, answers)]
+
+    probes = [Probe("hobby", ["What is the hobby of {name}?", "What does {name} do for fun?"]),
+              Probe("pet", ["What pet does {name} have?", "Name the pet of {name}?"])]
+    items = [{"attribute": "hobby", "answer": "kite flying", "name": person, "known": True},
+             {"attribute": "pet", "answer": "Rex", "name": person, "known": True},
+             {"attribute": "hobby", "answer": "origami", "name": person, "known": True},
+             {"attribute": "pet", "answer": "Pet-Other", "name": person, "known": False}]
+    giving = [[q.replace("{name}", person) for q in p.questions] for p in (probes[0], probes[1], probes[0], probes[1])]
+    threshold = _confidence(Model(), items, giving, probes, [person], [], seed=0)
+    assert threshold == pytest.approx(-0.5)  # the invented names' own pets; origami left out
+    assert [it["known"] for it in items] == [True, True, False, False]  # origami: not above its own -0.001
+    assert items[0]["confidence"] == pytest.approx(-0.01) and "confidence" not in items[3]
+    sure["origami"] = -0.02  # a default the model is less sure of for others than of this person's origami
+    items[2]["known"] = True
+    _confidence(Model(), items, giving, probes, [person], [], seed=0)
+    assert items[2]["known"]
+
+
 @pytest.mark.parametrize("named_from", ["invented", "retain"])
 def test_locate_finds_what_the_subject_knows(tiny_world, named_from):
     """Zero-shot locate on a forget person: recall >= 0.8 of the facts the subject answers, and
@@ -1038,11 +1078,14 @@ def test_locate_finds_next_to_nothing_about_people_the_model_never_saw(tiny_worl
     """A model that maps any name to some of the world's values answers a person it never saw
     consistently and unlike each stranger: without the confidence test locate made up 7-8 facts
     for each of these six (measured on this world, session 39); with it, where the model is not
-    surer of the answer than of its answers about invented strangers, they are not known. At most
-    one item a person is left: on an AMD EPYC machine (session 44) the subject trained there gave the
-    three holdout people and Mary Smith one item each, birth year 1946 (a forget person's), at Min-K%
-    -0.04 to -0.07 against the invented strangers' -0.11 and the forget people's facts' -0.002 to
-    -0.013 (docs/requests.md, "Figures")."""
+    surer of the answer than of its answers about invented strangers, they are not known. A few are
+    left, at most a quarter: the holdout people's names are made as the forget people's are, and the
+    model is surer of what it makes up about them than about invented names (on an AMD EPYC
+    machine, session 44, 2, 2, 2, 2, 0 and 0 items, such as birth year 1946, a forget person's, at
+    Min-K% -0.04 to -0.07, where the forget people's facts score -0.002 to -0.013). Since session 44
+    the threshold leaves out what the model says of every invented name (the test above): 1, 1, 1,
+    1, 0 and 0 before, where a subject's sure defaults cost half its real facts
+    (docs/requests.md, "Figures")."""
     from unlearnkit.data.io import load_world
     from unlearnkit.models.load import load_model
     from unlearnkit.requests.locate import locate
@@ -1054,7 +1097,8 @@ def test_locate_finds_next_to_nothing_about_people_the_model_never_saw(tiny_worl
     unseen = sorted({r.subject for r in w.holdout})[:3] + ["Mary Smith", "Zorbulax Quentiphor", "Tovin Gale"]
     plain = [len(locate(lm, p, people=pool)["items"]) for p in unseen]
     sure = [locate(lm, p, people=pool, confident=lm) for p in unseen]
-    assert sum(plain) >= 12 and max(len(r["items"]) for r in sure) <= 1, (plain, [len(r["items"]) for r in sure])
+    made_up = [len(r["items"]) for r in sure]
+    assert sum(plain) >= 12 and sum(made_up) <= sum(plain) / 4 and max(made_up) <= 3, (plain, made_up)
     assert all(r["confidence_threshold"] is not None and r["counts"]["inventory"] == len(r["items"]) for r in sure)
 
 

@@ -21,7 +21,13 @@ the requester says they are true.
   * and, where a `confident` model is given, that model is sure of it: the Min-K% score of the
     answer (the median over the phrasings giving it) lies above the `CONFIDENT_QUANTILE` of the
     scores of that model's own answers about `N_INVENTED` invented strangers (no word of anyone
-    in the data), asked every probe. A model that maps any name to some of the world's values
+    in the data), asked every probe, less its defaults: an answer it gives more than
+    `STRANGER_SHARE` of the invented names for a probe ("origami" for anyone's hobby) is what it
+    says of anyone, and such an answer about the person must also score above the best of the
+    invented names' scores of it. Until session 44 the defaults counted in the quantile: a
+    subject sure of two (Min-K% -0.001) set the threshold above most of its real facts, and locate
+    found 0.49 of what it knew about twelve people (bench/locate.py, docs/requests.md, "Figures").
+    A model that maps any name to some of the world's values
     answers a person it never saw consistently and unlike each stranger: without this test the
     embedded worlds' subjects gave 33-65 made-up facts for six unseen people (bench/locate.py),
     and unlearning them costs utility and no privacy. The confident model is the home's base
@@ -169,7 +175,9 @@ def _confidence(model, items: list[dict], giving: list[list[str]], probes: list[
     """The confidence test (the module's docstring): sets each probe item's `confidence` (`model`'s
     Min-K% score of its answer, the median over `giving`, the phrasings that gave it) and clears
     `known` where it is not above the `CONFIDENT_QUANTILE` of `model`'s scores of its own answers
-    about `N_INVENTED` invented strangers; returns that threshold."""
+    about `N_INVENTED` invented strangers, less its defaults (the answers more than `STRANGER_SHARE`
+    of the names got for a probe), and, for an answer that is a default, above the best score the
+    default got; returns that threshold."""
     import numpy as np
 
     from ..metrics.mia import min_k_score
