@@ -186,15 +186,15 @@ def _confidence(model, items: list[dict], giving: list[list[str]], probes: list[
     asked = [(pi, s, q.replace("{name}", s)) for pi, p in enumerate(probes) for q in p.questions for s in invented]
     said = model.generate([q for _, _, q in asked], max_new_tokens=MAX_NEW_TOKENS)
     scores = [min_k_score(x) for x in model.score([q for _, _, q in asked], said)]
-    said = [(pi, _about_anyone(a, s)) for (pi, s, _), a in zip(asked, said)]
-    by = {}  # (probe, answer) -> the invented names given it
-    for (pi, s, _), key in zip(asked, said):
-        by.setdefault(key, set()).add(s)
-    default = {key: -math.inf for key, who in by.items() if len(who) / len(invented) > STRANGER_SHARE}
-    for key, x in zip(said, scores):
-        if key in default:
-            default[key] = max(default[key], x)
-    own = [x for key, x in zip(said, scores) if key not in default]
+    keys = [(pi, _about_anyone(a, s)) for (pi, s, _), a in zip(asked, said)]  # (probe, what it says of anyone)
+    given: dict[tuple, set] = {}  # key -> the invented names it was said of
+    for (_, s, _), key in zip(asked, keys):
+        given.setdefault(key, set()).add(s)
+    default: dict[tuple, float] = {}  # a key said of more than STRANGER_SHARE of the names -> its best score
+    for key, x in zip(keys, scores):
+        if len(given[key]) / len(invented) > STRANGER_SHARE:
+            default[key] = max(default.get(key, -math.inf), x)
+    own = [x for key, x in zip(keys, scores) if key not in default]
     threshold = float(np.quantile(own or scores, CONFIDENT_QUANTILE))
     probe_of = {p.attribute: pi for pi, p in enumerate(probes)}
     todo = [(it, qs) for it, qs in zip(items, giving) if it["known"]]
