@@ -364,9 +364,9 @@ def test_calibration_cost_splits_the_extra_time_of_a_calibrated_run(load_bench):
 
 def test_locate_bench_counts_what_locate_makes_up_about_unseen_people(tiny_world, load_bench):
     """bench/locate.py: the forget person's facts are found, and what locate finds about people the
-    subject never saw (the holdout people's, names nobody has) is counted: made up, every one, and
-    a third or less of them since the confidence test (session 39; test_requests.py's test of
-    locate on unseen people says why any)."""
+    subject never saw (the holdout people's, names nobody has) is counted: made up, every one; since
+    the confidence test (session 39) a third or less of what locate finds without it
+    (test_requests.py's test of locate on unseen people says why any are left)."""
     row = load_bench("locate").measure(tiny_world.data_dir, tiny_world.subject_dir, n_people=1)
     assert row["recall"] >= 0.8 and row["precision"] >= 0.9 and row["people"] == 1
     assert len(row["unseen_items"]) == 6 and sum(row["unseen_items"]) <= 18  # a third of the 51-60 without it
