@@ -753,6 +753,28 @@ def test_repair_takes_a_group_the_loss_attack_tells_from_its_twins():
     assert settings_from(None).repair_auc is None
 
 
+def test_a_lift_round_takes_a_group_the_run_left_below_its_twins():
+    """`forgotten`, `familiar`'s mirror: a group whose answers the LOSS attack scores below its
+    twins' (AUC under 0.5 - the tolerance: over-forgotten, which gives the person away as surely)
+    gives up its records scored below their own twins' mean (session 44: seed 1's batch of twelve
+    was rejected on one person at AUC 0.155, whom no repair round took). `lift_rounds` goes with
+    `repair_auc`, the band's half-width."""
+    from unlearnkit.calibrate import familiar, forgotten, settings_from
+    from unlearnkit.metrics.mia import auc
+
+    recs = [_rec(i, "Ann Lee") for i in range(4)] + [_rec(i, "Bo Ka") for i in range(4, 8)]
+    mine = [-4.0, -3.5, -1.0, -3.9, -2.0, -2.2, -1.9, -2.1]
+    theirs = [[-2.0, -2.5], [-2.0, -1.8], [-2.5, -2.6], [-1.5, -1.9], [-2.0, -2.1], [-2.2, -2.0], [-1.8, -2.0], []]
+    ann = auc(mine[:4], [t for ts in theirs[:4] for t in ts])
+    assert ann == pytest.approx(0.25) and familiar(recs, mine, theirs, 0.2, by="subject") == []
+    assert forgotten(recs, mine, theirs, 0.2, by="subject") == ["r0", "r1", "r3"]  # r2 is above its twins' mean
+    assert forgotten(recs, mine, theirs, 0.25, by="subject") == []                 # 0.25 is at 0.5 - 0.25: within
+    with pytest.raises(ValueError, match="lift_rounds=1: goes with repair_auc"):
+        settings_from({"lift_rounds": "1"})
+    assert settings_from({"lift_rounds": "1", "repair_auc": "0.3", "repair_stop": "auc"}).lift_rounds == 1
+    assert settings_from(None).lift_rounds == 0
+
+
 def test_a_start_that_knows_none_of_the_utility_records_is_refused_not_stopped_at_the_floor(tiny_world, tmp_path):
     """An untrained model answers no utility record word for word, so TOFU's utility (a harmonic
     mean) starts at 0 and a floor of 0.95x of it means nothing. Until session 37 the run stopped at

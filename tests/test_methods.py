@@ -268,6 +268,60 @@ def test_a_repair_round_unlearns_what_the_run_left_reproduced(tiny_world, tmp_pa
     assert any(not torch.equal(w1[k], w0[k]) for k in w1)
 
 
+def test_a_lift_round_brings_an_over_forgotten_person_back_to_the_strangers_level(tiny_world, tmp_path):
+    """A person unlearned far past their twins (NPO-RT, a fixed budget of 40 steps on their ten
+    facts alone: every answer much less likely than a stranger's, which the LOSS attack reads as
+    surely as remembering) gets a lift round from a calibrated run with `lift_rounds` (a request
+    home's setting; session 44's batch of twelve was rejected on one such person). The round takes
+    the facts scored below their twins' mean, trains them back by their NLL with the check mirrored,
+    and stops at the twins' level: the person's AUC against the twins, measured here on the result's
+    own scores, rises from under 0.2 into 0.5 ± 0.3, and no answer comes back."""
+    import json
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from unlearnkit import api
+    from unlearnkit.cli import app
+    from unlearnkit.data.io import load_world
+    from unlearnkit.data.twins import world_twins
+    from unlearnkit.metrics.mia import auc, loss_score
+    from unlearnkit.models.load import load_model
+    from unlearnkit.scoring import LM
+
+    data = tmp_path / "world"
+    shutil.copytree(tiny_world.data_dir, data)
+    person = sorted({r.subject for r in load_world(data).forget})[0]
+    for name in ("forget.jsonl", "forget_docs.jsonl"):  # the person alone is forgotten
+        rows = [json.loads(x) for x in (data / name).read_text().splitlines()]
+        (data / name).write_text("".join(json.dumps(r) + "\n" for r in rows if r["subject"] == person))
+    w = load_world(data)
+    named, twins = world_twins(w, list(w.forget), 0)
+
+    def person_auc(model_dir):
+        lm = LM(*load_model(model_dir))
+        score = lambda recs: [loss_score(x) for x in lm.score([r.question for r in recs], [r.answer for r in recs])]  # noqa: E731
+        return auc(score(named), score(twins))
+
+    past = api.forget(tiny_world.subject_dir, data, "npo_rt", tmp_path / "past", steps=40, progress=False)
+    assert person_auc(past / "model") < 0.2
+    r = CliRunner().invoke(app, ["forget", "--model", str(past / "model"), "--data", str(data), "--method", "simnpo",
+                                 "--out", str(tmp_path / "lift"), *[x for kv in ("repair_auc=0.3", "repair_stop=auc",
+                                 "repair_by=subject", "lift_rounds=1") for x in ("--calibration", kv)]])
+    assert r.exit_code == 0, r.output
+    run = tmp_path / "lift"
+    info = json.loads((run / "calibration.json").read_text())
+    (lift,) = info["repairs"]  # no answer was left to repair: the lift round alone
+    assert lift["lift"] and lift["dir"] == "repair-1" and len(info["survivors"]) == 0
+    assert lift["records"] == len(lift["ids"]) >= len(w.forget) // 2
+    own = json.loads((run / "repair-1" / "calibration.json").read_text())
+    first = own["history"][0]  # mirrored: the person's facts below their twins read as a forget set above its reference
+    assert first["state"] == "under" and first["auc"] > 0.8 and first["reference_logprob"] < first["forget_logprob"]
+    assert own["kept"]["state"] == "matched" and own["survivors"] == [] and lift["left"] == 0
+    assert 0.2 <= person_auc(run / "model") <= 0.8
+    assert f"lift round 1 on the {lift['records']} facts left less likely than their twins'" in api.run_summary(run)
+
+
 def test_repair_rounds_go_on_while_a_round_leaves_other_records(tiny_world, tmp_path, monkeypatch):
     """The whole-set test scripted (`Answers.generate`): the run leaves records a, b; round 1 takes
     them and leaves c, d (answers it brought back); round 2 takes c, d and leaves c; round 3 takes c

@@ -144,3 +144,30 @@ def test_how_a_check_s_significance_reads():
     assert significance({"check": "answers", "p": 1.0, "min_p": 1 / 9, "level": 0.025, "powered": False}) == \
         "no power (min p 0.11)"
     assert significance({"check": "utility", "value": 1.0}) == significance({"check": "answers", "level": 0.0}) == ""
+
+
+def test_a_check_at_its_tolerance_passes_whatever_the_float_arithmetic():
+    """An AUC of exactly 0.8 (160 of 200 pairs) is at the MIA check's tolerance (0.5 + 0.3), and an
+    answer rate 0.1 above the strangers' (0.4 against 0.3) at the answers check's: both within it.
+    In floats 0.8 - 0.5 is 0.30000000000000004 and 0.4 - 0.3 is 0.10000000000000003, and until
+    session 45 both failed (seed 2's first batch of two was rejected on an AUC of 0.8). Two pairs
+    more (162 of 200) are beyond it. `check_alpha=0`: the tolerance alone decides."""
+    from unlearnkit.calibrate import familiar, surviving
+
+    recs, tw = _person(10)
+    above = {r.question: (1.0 if i < 8 else -1.0) for i, r in enumerate(recs)} | {t.question: 0.0 for t in tw}
+    c = _checks(TableLM(set(), above), recs, tw, 1, check_alpha=0.0)["mia_auc"]
+    assert c["value"] == 0.8 and abs(c["value"] - 0.5) > 0.3 and c["passed"]
+    beyond = above | {tw[-1].question: -2.0}  # the two facts at -1 now beat one twin: 162 of 200
+    c = _checks(TableLM(set(), beyond), recs, tw, 1, check_alpha=0.0)["mia_auc"]
+    assert c["value"] == pytest.approx(0.81) and not c["passed"]
+    # the repair rounds read the AUC as the check does (`familiar`): none taken at 0.8
+    mine = [above[r.question] for r in recs]
+    theirs = [[above[t.question] for t in tw if t.twin_of == r.id] for r in recs]
+    assert familiar(recs, mine, theirs, 0.3) == [] and len(familiar(recs, mine, theirs, 0.29)) == 8
+    # four facts answered of ten, six of twenty twins: 0.4 - 0.3
+    answered = {r.question for r in recs[:4]} | {t.question for t in tw[8:14]}
+    c = _checks(TableLM(answered, {q.question: -1.0 for q in recs + tw}), recs, tw, 1, check_alpha=0.0)["answers"]
+    assert (c["person_rate"], c["strangers_rate"]) == (0.4, 0.3) and c["passed"]
+    flags, twin_flags = np.array([1.0] * 4 + [0.0] * 6), np.array([0.0] * 4 + [1.0] * 3 + [0.0] * 3)
+    assert flags.mean() - twin_flags.mean() > 0.1 and surviving(recs, flags, twin_flags, 0.1) == []

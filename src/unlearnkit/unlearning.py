@@ -26,6 +26,7 @@ from .data.templates import parse_template
 from .methods import Context, get_method
 from .models.load import apply_lora, check_out, load_model, save_model, whole_adapter_model
 from .launch import check_launch, process_state
+from .scoring import nll
 from .train import DivergedError, TrainConfig, config_dict, one_budget, train
 
 log = logging.getLogger("unlearnkit")
@@ -429,7 +430,14 @@ def _repair(res, w: WorldData, m, streams: dict, cfg: TrainConfig, ctx: Context,
     (`masks`) holds in every round. Each round's log and stop go to `out/repair-K/`; the last round's kept weights are
     the result, and the first round's `StopInfo` lists what survived it (`survivors`) and the rounds
     (`repairs`). Sharded weights (FSDP, ZeRO-3) cannot generate outside the training wrapper: each
-    round starts from them whole (`_whole`), and its `train` shards them again."""
+    round starts from them whole (`_whole`), and its `train` shards them again.
+
+    Then at most `settings.lift_rounds` lift rounds (with `repair_auc`; `calibrate` package
+    docstring: Lift rounds): a group the rounds left below its twins (`Answers.forgotten`) has its
+    records scored below their twins' mean trained back by their NLL (`_lift_loss`) from the kept
+    weights, with the check mirrored, against those records' own twins (`Answers.twins`: a request
+    home's strangers), at the same floor. Their log and stop go to `out/repair-K/`
+    too, numbered after the repair rounds, and `repairs` marks them `"lift": true`."""
     from dataclasses import replace
 
     from .calibrate import Answers, Calibrator
@@ -439,37 +447,63 @@ def _repair(res, w: WorldData, m, streams: dict, cfg: TrainConfig, ctx: Context,
     given = Answers.generate(net, tok, w, settings, seed, tpl)
     first.survivors = ids = given.survivors(settings, net, tok, tpl)
     by_id = {r.id: r for r in w.forget}
-    for k in range(1, settings.repair_rounds + 1):
-        if not ids or first.repairs and set(first.repairs[-1]["ids"]) <= set(ids):
-            break  # nothing left, or the last round left every record it took: another would not do better
+
+    def round_(k: int, ids: list[str], lift: bool):
+        """Round `k` on the records `ids`, from `net`; returns its result and what it left."""
+        nonlocal net, given, kept
         recs = [by_id[i] for i in ids]
-        wk = replace(w, forget=recs, forget_docs=[])
-        prompts, answers, subjects = forget_pairs(wk)
+        prompts, answers, subjects = forget_pairs(replace(w, forget=recs, forget_docs=[]))
         sk = {**streams, "forget": encode_pairs(tok, prompts, answers, template=tpl, subjects=subjects)}
-        ctx.forget_text = (prompts, answers, subjects)
         floor = min(1.0, settings.floor / max(kept, 1e-12))
+        at = {r.id: j for j, r in enumerate(given.named)}  # a lift's level: the strangers `forgotten` read it below
         monitor = Calibrator(tok, w, settings.model_copy(update={"floor": floor}), seed=seed,
                              forget_stream_len=len(sk["forget"]), batch_size=cfg.batch_size, template=tpl, forget=recs,
-                             answers=given if settings.repair_stop == "answers" else None)
-        if m.prepare is not None:  # a method's reference (NPO's) is the round's start
-            ctx.cache = m.prepare(net, sk, ctx)
+                             answers=given if settings.repair_stop == "answers" and not lift else None, lift=lift,
+                             reference=[t for i in ids for t in given.twins[at[i]]] if lift else None)
+        if not lift:
+            ctx.forget_text = (prompts, answers, subjects)
+            if m.prepare is not None:  # a method's reference (NPO's) is the round's start
+                ctx.cache = m.prepare(net, sk, ctx)
         lr = _round_lr(cfg.lr, len(recs), len(w.forget), settings)
-        res = train(net, m.loss, sk, replace(cfg, lr=lr, steps=monitor.budget, save_every=0), pad_id=tok.pad_token_id,
-                    ctx=ctx, out_dir=out / f"repair-{k}" if is_main() else None, progress=progress,
-                    desc=f"{method} repair {k}", monitor=monitor, grad_masks=masks)
+        res = train(net, _lift_loss if lift else m.loss, sk,
+                    replace(cfg, lr=lr, steps=monitor.budget, save_every=0, **({"sam": 0.0} if lift else {})),
+                    pad_id=tok.pad_token_id, ctx=ctx, out_dir=out / f"repair-{k}" if is_main() else None,
+                    progress=progress, desc=f"{method} {'lift' if lift else 'repair'} {k}", monitor=monitor,
+                    grad_masks=masks)
         st = res.stop
         kept *= st.kept.get("utility") or 1.0
         net = _whole(res, tok, out / ".whole", m, ctx)
         given = Answers.generate(net, tok, w, settings, seed, tpl)
-        st.survivors = left = given.survivors(settings, net, tok, tpl)
+        st.survivors = given.survivors(settings, net, tok, tpl)
+        left = given.forgotten(settings, net, tok, tpl) if lift else st.survivors
         first.repairs.append({"records": len(recs), "reason": st.reason, "stopped_at": st.stopped_at,
                               "kept_step": st.kept_step, "utility": st.kept.get("utility"), "left": len(left),
-                              "ids": ids, "dir": f"repair-{k}", "lr": lr})
+                              "ids": ids, "dir": f"repair-{k}", "lr": lr, **({"lift": True} if lift else {})})
         if is_main():
             runinfo.write_json(out / f"repair-{k}" / "calibration.json", asdict(st))
-        ids = left
+        return res, left
+
+    for k in range(1, settings.repair_rounds + 1):
+        if not ids or first.repairs and set(first.repairs[-1]["ids"]) <= set(ids):
+            break  # nothing left, or the last round left every record it took: another would not do better
+        res, ids = round_(k, ids, lift=False)
+    for _ in range(settings.lift_rounds):  # then the groups the run and rounds took below their twins
+        if not (ids := given.forgotten(settings, net, tok, tpl)):
+            break
+        res, _ = round_(len(first.repairs) + 1, ids, lift=True)
     res.stop = first
     return res
+
+
+def _lift_loss(model, batch, ctx):
+    """A lift round's loss (`_repair`): the NLL of the records it takes, which the run left less
+    likely than their twins' answers; its mirrored check stops it at their level. No sharpness-aware
+    step: that guards a descent's forget term against relearning, and here relearning is the aim. No
+    retain term: with the retain NLL added, the utility fell along the same path (session 45: seed 1's
+    batch of twelve, 0.993 to 0.984 of the round's start as the person's mean log-prob rose from -12.7
+    to -9.4, with or without it)."""
+    forget_nll = nll(model, batch["forget"])
+    return forget_nll, {"forget_nll": forget_nll.detach()}
 
 
 def _round_lr(lr: float, records: int, of: int, settings) -> float:

@@ -49,6 +49,14 @@ little: on wide seed 0 a round of 110 records came to none left at step 15, and 
 by the AUC, to stall at step 195. A request home keeps the AUC's stop (`repair_stop="auc"`): its
 test's tolerance is its answers check's, and stopping there left a fact or two a batch.
 
+Lift rounds. A run can also leave a group below the band: its answers less likely than its twins',
+which the LOSS attack reads as surely as the reverse (a request home's MIA check failed batches on
+one person at AUC 0.155). With `repair_auc`, after the repair rounds, `lift_rounds` rounds at most
+take such a group's records scored below their own twins' mean (`Answers.forgotten`) and train
+them back by their own NLL, from the kept weights, with the check mirrored (`Calibrator(lift=True)`:
+the forget and reference scores swap places, so that the rule above, written for a descent, stops
+where the records rise to the twins' level and backtracks where they pass it).
+
 Facts that survive. At the start and at the kept weights, the forget records' truth ratios (their
 paraphrased true answer against their perturbed false ones, as TOFU computes them) are compared with
 the reference records' by the KS test behind TOFU's forget quality (`Calibrator.truth_ratios`):
@@ -117,7 +125,7 @@ apart by shape) or `budget` (the step budget ran out first).
 """
 from __future__ import annotations
 
-from .answers import Answers, familiar, holdout_twins, surviving
+from .answers import Answers, familiar, forgotten, holdout_twins, surviving
 from .calibrator import Calibrator
 from .settings import REASONS, UTILITY_SPLITS, CalibrationSettings, settings_from
 from .statistic import TWIN_PAIRS, answer_scores, auc, encode_records, reference_records
@@ -125,4 +133,4 @@ from .stop import Check, StopInfo
 
 __all__ = ["REASONS", "TWIN_PAIRS", "UTILITY_SPLITS", "Answers", "CalibrationSettings", "Calibrator", "Check",
            "StopInfo", "answer_scores", "auc", "encode_records", "holdout_twins", "reference_records",
-           "settings_from", "surviving", "familiar"]
+           "settings_from", "surviving", "familiar", "forgotten"]

@@ -1,5 +1,5 @@
 """The forget answers a run leaves given where their twins' are not: what a repair round takes
-(`Answers.survivors`, `surviving`)."""
+(`Answers.survivors`, `surviving`); and what a lift round takes (`Answers.forgotten`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -10,6 +10,7 @@ from ..data.io import DataError, WorldData
 from ..data.templates import parse_template
 from ..data.twins import world_twins
 from ..metrics.mia import auc, loss_score
+from ..metrics.twins import beyond
 from .settings import CalibrationSettings
 
 
@@ -22,7 +23,7 @@ def surviving(forget: list, answered: np.ndarray, twin_answered: np.ndarray, tol
     given (an answer a stranger gets too is not the person's to forget). Returns their ids."""
     out = []
     for idx in _groups(forget, by):
-        if answered[idx].mean() - twin_answered[idx].mean() > tolerance:
+        if beyond(answered[idx].mean() - twin_answered[idx].mean(), tolerance):
             out += [forget[i].id for i in idx if answered[i] and not twin_answered[i]]
     return out
 
@@ -34,10 +35,23 @@ def familiar(forget: list, mine: list[float], theirs: list[list[float]], toleran
     (`mine`, per record) against all its twins' (`theirs`, per record; records without twins left
     out) above 0.5 + `tolerance` (a request home's MIA check: `requests.verify.mia_check`). Its
     records scored above their own twins' mean: those the model still favours. Returns their ids."""
-    out = []
+    return _told_apart(forget, mine, theirs, tolerance, by, above=True)
+
+
+def forgotten(forget: list, mine: list[float], theirs: list[list[float]], tolerance: float,
+              by: str = "set") -> list[str]:
+    """`familiar`'s mirror, what a lift round takes: where a group's AUC is below 0.5 - `tolerance`
+    (over-forgotten: its answers less likely than its twins', which gives the set away as surely),
+    its records scored below their own twins' mean. Returns their ids."""
+    return _told_apart(forget, mine, theirs, tolerance, by, above=False)
+
+
+def _told_apart(forget: list, mine: list[float], theirs: list[list[float]], tolerance: float, by: str,
+                above: bool) -> list[str]:
+    out, sign = [], 1 if above else -1
     for idx in _groups(forget, by, keep=lambda i: len(theirs[i]) > 0):
-        if auc([mine[i] for i in idx], [t for i in idx for t in theirs[i]]) > 0.5 + tolerance:
-            out += [forget[i].id for i in idx if mine[i] > float(np.mean(theirs[i]))]
+        if beyond(sign * (auc([mine[i] for i in idx], [t for i in idx for t in theirs[i]]) - 0.5), tolerance):
+            out += [forget[i].id for i in idx if sign * (mine[i] - float(np.mean(theirs[i]))) > 0]
     return out
 
 
@@ -118,6 +132,18 @@ class Answers:
         ids = surviving(self.named, self.mine, self.theirs, settings.repair_tolerance, settings.repair_by)
         if settings.repair_auc is None or model is None or not self.named:
             return ids
+        have = set(ids)
+        return ids + [i for i in familiar(self.named, *self._scores(model, tokenizer, template), settings.repair_auc,
+                                          settings.repair_by) if i not in have]
+
+    def forgotten(self, settings: CalibrationSettings, model, tokenizer, template=None) -> list[str]:
+        """The records a lift round takes (`forgotten`, at `settings.repair_auc`; none without it)."""
+        if settings.repair_auc is None or not self.named:
+            return []
+        return forgotten(self.named, *self._scores(model, tokenizer, template), settings.repair_auc, settings.repair_by)
+
+    def _scores(self, model, tokenizer, template=None) -> tuple[list[float], list[list[float]]]:
+        """The LOSS attack's score of each record's answer, and of its twins' (`mia.loss_score`)."""
         from ..scoring import LM
 
         lm = LM(model, tokenizer, template=parse_template(template))
@@ -128,6 +154,4 @@ class Answers:
         for ts in self.twins:
             theirs.append(scores[k:k + len(ts)])
             k += len(ts)
-        have = set(ids)
-        return ids + [i for i in familiar(self.named, mine, theirs, settings.repair_auc, settings.repair_by)
-                      if i not in have]
+        return mine, theirs

@@ -27,9 +27,15 @@ class Calibrator:
 
     def __init__(self, tokenizer, world: WorldData, settings: CalibrationSettings | None = None, *, seed: int = 0,
                  forget_stream_len: int | None = None, batch_size: int = 16, template=None, forget: list | None = None,
-                 answers: Answers | None = None):
+                 answers: Answers | None = None, lift: bool = False, reference: list | None = None):
+        """`lift`: a lift round's checks (package docstring: Lift rounds), mirrored: the forget and
+        reference scores swap places, so a forget set below its reference reads as one above it.
+        `reference`: these records in place of `settings.reference`'s (a lift round's: the strangers
+        `Answers.forgotten` compared its records with, whose level it lifts them to)."""
         s = settings or CalibrationSettings()
-        forget, ref = reference_records(world, s.reference, seed, forget)
+        self.lift = lift
+        forget, ref = (list(forget), list(reference)) if reference is not None else reference_records(
+            world, s.reference, seed, forget)
         if s.repair_rounds and s.repair_twins == "holdout":
             holdout_twins(world)  # before training, not after it
         rng = random.Random(seed)
@@ -200,6 +206,8 @@ class Calibrator:
 
         t0 = time.perf_counter()
         (f, fe), (r, re_) = (self._scores(handle, k, _answer_scores_and_exact).T for k in ("forget", "reference"))
+        if self.lift:  # mirrored (`__init__`)
+            (f, fe), (r, re_) = (r, re_), (f, fe)
         a, ks_p = auc(f, r), float(ks_2samp(f, r).pvalue)
         da = None  # reported beside the decision, not part of it (module docstring: Documents)
         if self.n.get("forget_docs"):

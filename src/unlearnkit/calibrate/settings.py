@@ -54,6 +54,10 @@ class CalibrationSettings(BaseModel):
                                         "LOSS attack tells from its twins' with an AUC above 0.5 + this, however few "
                                         "answers it gives: its records likelier than their own "
                                         "twins' mean (a request home's MIA check, tolerance 0.3); None: answers alone")
+    lift_rounds: int = Field(0, ge=0, description="with repair_auc, lift rounds after the repair rounds: a group "
+                             "whose answers the LOSS attack tells from its twins' with an AUC below 0.5 - repair_auc "
+                             "(over-forgotten) has its records scored below their own twins' mean trained back by "
+                             "their NLL, calibrated (the check mirrored), until they look like the twins'")
     repair_stop: Literal["answers", "auc"] = Field(
         "answers", description="how a repair round stops: answers, also once `survivors`'s test names no answer "
                                "left (checked where the utility is measured); auc, by the AUC alone, as any run "
@@ -89,4 +93,7 @@ def settings_from(calibration: dict | None) -> CalibrationSettings:
     if out.repair_auc is not None and out.repair_stop != "auc":  # a round for those would stop at once: no answer
         raise ValueError(f"--calibration repair_auc={out.repair_auc}: goes with repair_stop=auc (a round on records "
                          f"that give no answers would stop at once under repair_stop=answers)")
+    if out.lift_rounds and out.repair_auc is None:
+        raise ValueError(f"--calibration lift_rounds={out.lift_rounds}: goes with repair_auc (the AUC below 0.5 - "
+                         f"repair_auc that starts a lift round)")
     return out

@@ -102,10 +102,12 @@ def _surviving(k: dict, n_forget: int, n_reference: int, tolerance: float, found
 
 
 def _repair(i: int, r: dict) -> str:
-    """The summary's line for repair round i + 1 (`unlearning.forget`)."""
-    return (f"; repair round {i + 1} on the {r['records']} answers still given: {r['reason']} at step "
-            f"{r['stopped_at']}, kept step {r['kept_step']}, utility {r['utility']:.3f}x its start"
-            + (f", {r['left']} still given" if r.get("left") else ""))
+    """The summary's line for repair or lift round i + 1 (`unlearning._repair`)."""
+    lift = r.get("lift")
+    return ((f"; lift round {i + 1} on the {r['records']} facts left less likely than their twins'" if lift else
+             f"; repair round {i + 1} on the {r['records']} answers still given")
+            + f": {r['reason']} at step {r['stopped_at']}, kept step {r['kept_step']}, utility {r['utility']:.3f}x "
+            f"its start" + (f", {r['left']} still {'below' if lift else 'given'}" if r.get("left") else ""))
 
 
 def _facts(truth: dict, min_ks_p: float) -> str:

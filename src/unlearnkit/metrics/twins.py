@@ -87,4 +87,12 @@ def pooled_test(mine: Sequence[float], twins: Sequence[Sequence[float]], draws: 
     return {"n": n, "auc": got, "p": float((far + 1) / (draws + 1)), "min_p": min(1.0, 2 * float(np.prod(1 / sizes)))}
 
 
-__all__ = ["answered_test", "pooled_test"]
+def beyond(distance: float, tolerance: float) -> bool:
+    """Whether `distance` (an AUC's from 0.5, an answer rate's from the strangers') is beyond
+    `tolerance`; one at the tolerance is within it, whatever the float arithmetic that made it:
+    0.8 - 0.5 is 0.30000000000000004, and an AUC of exactly 0.8 (160 of 200 pairs) failed a
+    request home's MIA check at tolerance 0.3 (session 45)."""
+    return distance > tolerance + 1e-9
+
+
+__all__ = ["answered_test", "beyond", "pooled_test"]

@@ -69,6 +69,10 @@ class Settings(BaseModel):
                                                     "the facts it left reproduced (calibrate.surviving); a second "
                                                     "takes the facts a first brought back, a third a person a "
                                                     "second left past the MIA check (docs/requests.md)")
+    lift_rounds: int = Field(1, ge=0, description="lift rounds after the repair rounds: a person the run left "
+                                                 "below their strangers (the MIA check's AUC under 0.5 - "
+                                                 "mia_tolerance) has the facts it disfavours trained back to the "
+                                                 "strangers' level (docs/requests.md)")
     max_batch: int = Field(4, ge=0, description="most requests one `request process` takes as a batch (0: every "
                                                "waiting one); the rest wait for the next. Twelve at once cost "
                                                "more utility than the floor allows (docs/requests.md, 'Figures')")

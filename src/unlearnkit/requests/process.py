@@ -301,10 +301,12 @@ def _unlearn(home: Home, b: dict, per, world: Path, source, run_dir: Path, seed:
     reproduce beyond their twins' share (`answer_tolerance`, as its answers check) has those facts
     unlearned again, calibrated, from the kept weights. One run over the whole batch moves every
     fact at one learning rate and stops when the batch as a whole matches; a fact still near
-    certainty has barely moved by then. The run's floor holds what the deployment's utility check
-    measures (`utility=answers`). A fixed budget (`steps`) runs as given, without repair.
-    Writes `rounds.json`: each round's directory, size, stop and kept utility, and a repair round's
-    inventory item ids."""
+    certainty has barely moved by then. Then `lift_rounds` lift rounds: a request whose facts the
+    run left below their strangers' (its MIA check's AUC under 0.5 - `mia_tolerance`) has those it
+    disfavours trained back to the strangers' level. The run's floor holds what the deployment's
+    utility check measures (`utility=answers`). A fixed budget (`steps`) runs as given, without repair.
+    Writes `rounds.json`: each round's directory, size, stop and kept utility, and a repair or lift
+    round's inventory item ids (a lift round marked `lift`)."""
     from ..unlearning import BUDGET_KEYS, forget
 
     shutil.rmtree(run_dir / "unlearn", ignore_errors=True)
@@ -314,15 +316,19 @@ def _unlearn(home: Home, b: dict, per, world: Path, source, run_dir: Path, seed:
         # repair rounds judge each request (its person) as its answers check does, against the
         # same strangers (the batch world's holdout: `batch_world`); the forget mean at or below the
         # strangers' (`mean_se`): one standard error of a batch's twenty-odd facts left facts answered;
-        # a person its MIA check would fail is repaired too (`repair_auc`, by the AUC's stop alone); a round
-        # starts at its share of the run's learning rate (`repair_lr`: its few facts' steps cost utility)
+        # a person its MIA check would fail is repaired too (`repair_auc`, by the AUC's stop alone), and one
+        # it would fail below the band is lifted back (`lift_rounds`); a round starts at its share of the
+        # run's learning rate (`repair_lr`: its few facts' steps cost utility)
         given = overrides.get("calibration") or {}
         tol = home.settings.mia_tolerance
-        cal = {"utility": "answers", "repair_rounds": home.settings.repair_rounds, "repair_by": "subject",
+        cal = {"utility": "answers", "repair_rounds": home.settings.repair_rounds,
+               "lift_rounds": home.settings.lift_rounds, "repair_by": "subject",
                "repair_tolerance": home.settings.answer_tolerance, "repair_twins": "holdout", "repair_stop": "auc",
                "repair_lr": "share", "mean_se": 0.0, **given}
         if "repair_auc" not in given:
             cal["repair_auc"] = tol if 0 < tol < 0.5 and cal["repair_stop"] == "auc" else None
+        if cal["repair_auc"] is None and "lift_rounds" not in given:
+            cal["lift_rounds"] = 0  # no band to lift into
         train["calibration"] = cal
     out = run_dir / "unlearn"
     forget(source.path, world, b["method"], out, seed=seed, progress=progress, overwrite=True,  # a batch trains again
@@ -333,7 +339,8 @@ def _unlearn(home: Home, b: dict, per, world: Path, source, run_dir: Path, seed:
     rounds = [{"dir": "unlearn", "records": sum(len(recs) for recs, _ in per.values()), "requests": len(per),
                "reason": info.get("reason"), "utility": float((info.get("kept") or {}).get("utility", 1.0))}]
     rounds += [{"dir": r["dir"], "records": r["records"], "requests": n_req(r["ids"]), "reason": r["reason"],
-                "utility": float(r["utility"]), "ids": sorted(r["ids"]), "lr": r.get("lr")}
+                "utility": float(r["utility"]), "ids": sorted(r["ids"]), "lr": r.get("lr"),
+                **({"lift": True} if r.get("lift") else {})}
                for r in info.get("repairs", [])]
     runinfo.write_json(run_dir / "rounds.json", {"rounds": rounds})
 

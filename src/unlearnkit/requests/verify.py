@@ -24,7 +24,7 @@ import numpy as np
 from ..attacks.recovery import forget_metrics
 from ..metrics.mia import auc, loss_score
 from ..metrics.tofu import harmonic_mean
-from ..metrics.twins import answered_test, pooled_test
+from ..metrics.twins import answered_test, beyond, pooled_test
 from .pool import load_pool, utility_slice
 
 
@@ -70,15 +70,15 @@ def answers_check(lm, records, twins, settings, level: float = 0.0) -> dict:
     mine = forget_metrics(lm, records, truth_ratio=False, keep=0, per_record=True)
     if not twins:  # only given facts that do not name the person: the answer rate alone
         rate = mine["forget_contains"]
-        return check("answers", rate, settings.answer_tolerance, rate <= settings.answer_tolerance, person_rate=rate,
-                     note="no strangers' twins for these facts: the rate itself is checked")
+        return check("answers", rate, settings.answer_tolerance, not beyond(rate, settings.answer_tolerance),
+                     person_rate=rate, note="no strangers' twins for these facts: the rate itself is checked")
     theirs = forget_metrics(lm, twins, truth_ratio=False, keep=0, per_record=True)
     gap = mine["forget_contains"] - theirs["forget_contains"]
     own = _by_fact(records, twins)
     test = answered_test(mine["answered"], [[theirs["answered"][j] for j in js] for js in own])
     if not all(own):  # a fact with no twin has nothing to be exchangeable with: the tolerance alone
         test = {**test, "min_p": 1.0}
-    return judged("answers", gap, settings.answer_tolerance, gap > settings.answer_tolerance, test, level,
+    return judged("answers", gap, settings.answer_tolerance, beyond(gap, settings.answer_tolerance), test, level,
                   person_rate=mine["forget_contains"], strangers_rate=theirs["forget_contains"],
                   person_rouge=mine["forget_rouge"], strangers_rouge=theirs["forget_rouge"])
 
@@ -94,7 +94,7 @@ def mia_check(lm, records, twins, settings, level: float = 0.0) -> dict:
         test = {**test, "min_p": 1.0}
     a = auc(sm, sn)  # the test's AUC where every fact has twins
     tol = settings.mia_tolerance
-    return judged("mia_auc", a, [0.5 - tol, 0.5 + tol], abs(a - 0.5) > tol, test, level, attack="loss",
+    return judged("mia_auc", a, [0.5 - tol, 0.5 + tol], beyond(abs(a - 0.5), tol), test, level, attack="loss",
                   n_person=len(sm), n_strangers=len(sn))
 
 
