@@ -283,6 +283,13 @@ def test_bad_input_one_line_errors(home, tmp_path):
     code, _, err = cli("home", "init", "--model", str(home.path / "versions" / "v0000"), "--retain",
                        str(home.path / "retain" / "retain.jsonl"), "--repair-rounds", "-1", "--home", str(tmp_path / "h2"))
     assert code == 2 and "--repair-rounds" in err and not (tmp_path / "h2").exists()
+    code, _, err = cli("home", "init", "--model", str(home.path / "versions" / "v0000"), "--retain",
+                       str(home.path / "retain" / "retain.jsonl"), "--lift-rounds", "-1", "--home", str(tmp_path / "h2"))
+    assert code == 2 and "--lift-rounds" in err and not (tmp_path / "h2").exists()
+    code, _, err = cli("home", "init", "--model", str(home.path / "versions" / "v0000"), "--retain",
+                       str(home.path / "retain" / "retain.jsonl"), "--lift-rounds", "0", "--home", str(tmp_path / "h6"))
+    assert code == 0, err
+    assert json.loads((tmp_path / "h6" / "home.json").read_text())["settings"]["lift_rounds"] == 0
     with pytest.raises(ValueError, match="parameter sam=2"):  # the Python API validates every setting too
         rq.init(tmp_path / "h3", home.path / "versions" / "v0000", home.path / "retain" / "retain.jsonl", sam=2)
     with pytest.raises(ValueError, match="no parameter 'answer_tol'; its parameters: method, sam"):
@@ -989,6 +996,10 @@ def test_repair_round_takes_the_facts_the_first_run_left_answered(tiny_world, tm
     own = json.loads((homes[1].runs_dir / res[1]["batch"] / "unlearn" / "repair-1" / "calibration.json").read_text())
     assert own["settings"]["repair_stop"] == "auc" and all(c["answers_left"] is None for c in own["history"])
     assert own["settings"]["mean_se"] == cal[1]["settings"]["mean_se"] == 0.0
+    # a round measures against its records' own strangers, those the home's checks ask about (the batch's
+    # holdout twins, n_strangers a fact); the run before it, against one invented twin a fact (session 45)
+    assert own["n_reference"] == homes[1].settings.n_strangers * own["n_forget"] and own["n_forget"] == len(left)
+    assert cal[1]["n_reference"] == cal[1]["n_forget"]
     assert f"unlearned {len(recs)} facts of 1 request(s)" in printed
     assert f"repair round 1: {len(left)} facts of 1 request(s)" in printed
     assert homes[1].version(res[1]["new_version"]).weights != homes[0].version(res[0]["new_version"]).weights

@@ -427,7 +427,8 @@ def _repair(res, w: WorldData, m, streams: dict, cfg: TrainConfig, ctx: Context,
     at `settings.floor` x the run's start. It stops when nothing is left, or after a round that
     left every record it took (another would not do better); a round that left others (answers it
     brought back: a request home's batch) is followed by one on those. The run's saliency mask
-    (`masks`) holds in every round. Each round's log and stop go to `out/repair-K/`; the last round's kept weights are
+    (`masks`) holds in every round. Under `repair_twins=holdout` a round's check compares its records with their own
+    holdout twins (`Answers.twins`), not the calibration's. Each round's log and stop go to `out/repair-K/`; the last round's kept weights are
     the result, and the first round's `StopInfo` lists what survived it (`survivors`) and the rounds
     (`repairs`). Sharded weights (FSDP, ZeRO-3) cannot generate outside the training wrapper: each
     round starts from them whole (`_whole`), and its `train` shards them again.
@@ -455,11 +456,14 @@ def _repair(res, w: WorldData, m, streams: dict, cfg: TrainConfig, ctx: Context,
         prompts, answers, subjects = forget_pairs(replace(w, forget=recs, forget_docs=[]))
         sk = {**streams, "forget": encode_pairs(tok, prompts, answers, template=tpl, subjects=subjects)}
         floor = min(1.0, settings.floor / max(kept, 1e-12))
-        at = {r.id: j for j, r in enumerate(given.named)}  # a lift's level: the strangers `forgotten` read it below
+        # its check's reference: the strangers its records were chosen against (`Answers`: a request home's),
+        # where a lift climbs to and where the home's checks judge; else the calibration's invented twins
+        at = {r.id: j for j, r in enumerate(given.named)}
         monitor = Calibrator(tok, w, settings.model_copy(update={"floor": floor}), seed=seed,
                              forget_stream_len=len(sk["forget"]), batch_size=cfg.batch_size, template=tpl, forget=recs,
                              answers=given if settings.repair_stop == "answers" and not lift else None, lift=lift,
-                             reference=[t for i in ids for t in given.twins[at[i]]] if lift else None)
+                             reference=[t for i in ids for t in given.twins[at[i]]]
+                             if lift or settings.repair_twins == "holdout" else None)
         if not lift:
             ctx.forget_text = (prompts, answers, subjects)
             if m.prepare is not None:  # a method's reference (NPO's) is the round's start

@@ -47,7 +47,11 @@ answers and their twins' again (0.13-0.16 s for 110 records and their twins) and
 records' flags from its start (`Answers`). The AUC of so few records against their twins says
 little: on wide seed 0 a round of 110 records came to none left at step 15, and went on, under
 by the AUC, to stall at step 195. A request home keeps the AUC's stop (`repair_stop="auc"`): its
-test's tolerance is its answers check's, and stopping there left a fact or two a batch.
+test's tolerance is its answers check's, and stopping there left a fact or two a batch. With
+`repair_twins="holdout"` a round's check measures its records against their own holdout twins (the
+strangers `survivors` compared them with) instead of `reference`'s: a request home's strangers sat
+3 nats below the invented twins, and rounds that stopped at the invented twins' level left people
+the home's MIA check failed (docs/requests.md, "A round measures against the home's strangers").
 
 Lift rounds. A run can also leave a group below the band: its answers less likely than its twins',
 which the LOSS attack reads as surely as the reverse (a request home's MIA check failed batches on
@@ -55,7 +59,8 @@ one person at AUC 0.155). With `repair_auc`, after the repair rounds, `lift_roun
 take such a group's records scored below their own twins' mean (`Answers.forgotten`) and train
 them back by their own NLL, from the kept weights, with the check mirrored (`Calibrator(lift=True)`:
 the forget and reference scores swap places, so that the rule above, written for a descent, stops
-where the records rise to the twins' level and backtracks where they pass it).
+where the records rise to the twins' level and backtracks where they pass it), against the very
+twins `Answers.forgotten` compared them with.
 
 Facts that survive. At the start and at the kept weights, the forget records' truth ratios (their
 paraphrased true answer against their perturbed false ones, as TOFU computes them) are compared with

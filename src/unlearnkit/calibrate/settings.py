@@ -66,7 +66,8 @@ class CalibrationSettings(BaseModel):
     repair_twins: Literal["twins", "holdout"] = Field(
         "twins", description="the strangers a repair round's answers are compared with: twins, made as the "
                              "reference's are; holdout, the holdout records whose `twin_of` names the forget "
-                             "record (a request home's strangers, those its answers check asks about)")
+                             "record (a request home's strangers, those its answers check asks about), which are "
+                             "then also the round's check's reference (a lift round's always are its twins)")
     repair_lr: Literal["run", "share"] = Field(
         "run", description="a repair round's starting learning rate: run, the run's; share, the run's x the square "
                            "root of the round's share of the run's forget records (a request home's: a round of "

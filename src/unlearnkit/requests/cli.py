@@ -43,6 +43,10 @@ def home_init(model: str = typer.Option(..., help="Base model: checkpoint dir or
                                                 help="Repair rounds of `request process`: the facts a batch's "
                                                      "calibrated run left reproduced, per request, unlearned again "
                                                      "(0: none)."),
+              lift_rounds: int = typer.Option(Settings.model_fields["lift_rounds"].default,
+                                              help="Lift rounds of `request process`: the facts of a person the "
+                                                   "batch's run left below their strangers, trained back to their "
+                                                   "level (0: none)."),
               max_batch: int = typer.Option(Settings.model_fields["max_batch"].default,
                                             help="Most requests one `request process` takes as a batch (0: every "
                                                  "waiting one).")):
@@ -54,10 +58,11 @@ def home_init(model: str = typer.Option(..., help="Base model: checkpoint dir or
     get_method(method)
     if guard_action not in ACTIONS:
         raise ValueError(f"--guard-action {guard_action!r}: choose one of {', '.join(ACTIONS)}")
-    for name, value in (("sam", sam), ("repair_rounds", repair_rounds), ("max_batch", max_batch)):  # before any copy
+    for name, value in (("sam", sam), ("repair_rounds", repair_rounds), ("lift_rounds", lift_rounds),
+                        ("max_batch", max_batch)):  # before any copy
         Settings.parse(f"--{name.replace('_', '-')}", **{name: value})
     h = init(home, model, retain, method=method, guard_action=guard_action, sam=sam, repair_rounds=repair_rounds,
-             max_batch=max_batch)
+             lift_rounds=lift_rounds, max_batch=max_batch)
     out.print(str(h.path))
 
 
