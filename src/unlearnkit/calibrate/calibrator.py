@@ -30,8 +30,8 @@ class Calibrator:
                  answers: Answers | None = None, lift: bool = False, reference: list | None = None):
         """`lift`: a lift round's checks (package docstring: Lift rounds), mirrored: the forget and
         reference scores swap places, so a forget set below its reference reads as one above it.
-        `reference`: these records in place of `settings.reference`'s (a lift round's: the strangers
-        `Answers.forgotten` compared its records with, whose level it lifts them to)."""
+        `reference`: these records in place of `settings.reference`'s (a lift round's, and any
+        round's under `repair_twins="holdout"`: the strangers `Answers` chose its records against)."""
         s = settings or CalibrationSettings()
         self.lift = lift
         forget, ref = (list(forget), list(reference)) if reference is not None else reference_records(
