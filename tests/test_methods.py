@@ -366,6 +366,41 @@ def test_repair_rounds_go_on_while_a_round_leaves_other_records(tiny_world, tmp_
         assert json.loads(next(line for line in log if '"check"' in line))["check"]["lr"] == pytest.approx(r["lr"])
 
 
+def test_lift_rounds_go_on_while_a_round_leaves_fewer_records(tiny_world, tmp_path, monkeypatch):
+    """The lift rounds' stop, scripted (`Answers.generate`): after the run, a and b are read below
+    their twins (no answer survives, so no repair round); lift 1 takes both and leaves a; lift 2
+    takes a and leaves a, every record it took, so no third is run though three are allowed."""
+    import json
+
+    from unlearnkit import api, calibrate
+    from unlearnkit.data.io import load_world
+    from unlearnkit.data.twins import world_twins
+
+    named, twins = world_twins(load_world(tiny_world.data_dir), list(load_world(tiny_world.data_dir).forget), 0)
+    a, b = named[0].id, named[1].id
+    script = iter([[a, b], [a], [a]])
+
+    class Scripted:  # the pass before and after each round
+        def __init__(self, ids):
+            self.ids, self.named, self.twins = ids, named, [[t] for t in twins]
+
+        def survivors(self, settings, *model):
+            return []
+
+        def forgotten(self, settings, *model):
+            return self.ids
+
+    monkeypatch.setattr(calibrate.Answers, "generate", classmethod(lambda cls, *args: Scripted(next(script))))
+    run = api.forget(tiny_world.subject_dir, tiny_world.data_dir, "simnpo", tmp_path / "r", progress=False,
+                     calibration={"max_epochs": 1, "repair_auc": 0.3, "repair_stop": "auc", "lift_rounds": 3})
+    info = json.loads((run / "calibration.json").read_text())
+    assert [(r["ids"], r["left"], r.get("lift")) for r in info["repairs"]] == [([a, b], 1, True), ([a], 1, True)]
+    assert [r["dir"] for r in info["repairs"]] == ["repair-1", "repair-2"]
+    for r in info["repairs"]:  # each measured against its records' own twins, mirrored
+        own = json.loads((run / r["dir"] / "calibration.json").read_text())
+        assert own["n_forget"] == own["n_reference"] == len(r["ids"])
+
+
 def test_a_repair_round_starts_at_the_runs_rate_or_at_its_share():
     """`repair_lr`: run, the run's learning rate; share, x sqrt(the round's records / the run's), and
     the run's own rate for a round of all of them (or of none)."""

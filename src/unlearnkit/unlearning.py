@@ -427,9 +427,10 @@ def _repair(res, w: WorldData, m, streams: dict, cfg: TrainConfig, ctx: Context,
     at `settings.floor` x the run's start. It stops when nothing is left, or after a round that
     left every record it took (another would not do better); a round that left others (answers it
     brought back: a request home's batch) is followed by one on those. The run's saliency mask
-    (`masks`) holds in every round. Under `repair_twins=holdout` a round's check compares its records with their own
-    holdout twins (`Answers.twins`), not the calibration's. Each round's log and stop go to `out/repair-K/`; the last round's kept weights are
-    the result, and the first round's `StopInfo` lists what survived it (`survivors`) and the rounds
+    (`masks`) holds in every round. Under `repair_twins=holdout` a round's check compares its
+    records with their own holdout twins (`Answers.twins`), not the calibration's. Each round's log
+    and stop go to `out/repair-K/`; the last round's kept weights are the result, and the first
+    round's `StopInfo` lists what survived it (`survivors`) and the rounds
     (`repairs`). Sharded weights (FSDP, ZeRO-3) cannot generate outside the training wrapper: each
     round starts from them whole (`_whole`), and its `train` shards them again.
 
@@ -437,8 +438,9 @@ def _repair(res, w: WorldData, m, streams: dict, cfg: TrainConfig, ctx: Context,
     docstring: Lift rounds): a group the rounds left below its twins (`Answers.forgotten`) has its
     records scored below their twins' mean trained back by their NLL (`_lift_loss`) from the kept
     weights, with the check mirrored, against those records' own twins (`Answers.twins`: a request
-    home's strangers), at the same floor. Their log and stop go to `out/repair-K/`
-    too, numbered after the repair rounds, and `repairs` marks them `"lift": true`."""
+    home's strangers), at the same floor, until one leaves every record it took. Their log and stop
+    go to `out/repair-K/` too, numbered after the repair rounds, and `repairs` marks them
+    `"lift": true`."""
     from dataclasses import replace
 
     from .calibrate import Answers, Calibrator
@@ -492,7 +494,8 @@ def _repair(res, w: WorldData, m, streams: dict, cfg: TrainConfig, ctx: Context,
             break  # nothing left, or the last round left every record it took: another would not do better
         res, ids = round_(k, ids, lift=False)
     for _ in range(settings.lift_rounds):  # then the groups the run and rounds took below their twins
-        if not (ids := given.forgotten(settings, net, tok, tpl)):
+        last = first.repairs[-1] if first.repairs else {}
+        if not (ids := given.forgotten(settings, net, tok, tpl)) or last.get("lift") and set(last["ids"]) <= set(ids):
             break
         res, _ = round_(len(first.repairs) + 1, ids, lift=True)
     res.stop = first
@@ -504,8 +507,8 @@ def _lift_loss(model, batch, ctx):
     likely than their twins' answers; its mirrored check stops it at their level. No sharpness-aware
     step: that guards a descent's forget term against relearning, and here relearning is the aim. No
     retain term: with the retain NLL added, the utility fell along the same path (session 45: seed 1's
-    batch of twelve, 0.993 to 0.984 of the round's start as the person's mean log-prob rose from -12.7
-    to -9.4, with or without it)."""
+    batch of twelve, to 0.984 of the round's start as the person's mean log-prob rose from -12.7 to
+    -9.4 nats, with or without it)."""
     forget_nll = nll(model, batch["forget"])
     return forget_nll, {"forget_nll": forget_nll.detach()}
 
