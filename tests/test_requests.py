@@ -1309,3 +1309,20 @@ def test_a_recovery_check_that_cannot_run_fails_the_batch(monkeypatch):
         Settings(relearn_steps=0)
     from unlearnkit.calibrate import settings_from  # a home's answer tolerance of 1 is its repair rounds' too:
     assert settings_from({"repair_tolerance": Settings(answer_tolerance=1.0).answer_tolerance})  # refused there once
+
+
+def test_process_says_which_rounds_were_lift_rounds(home, monkeypatch):
+    """`request process` prints a batch's rounds as `rounds.json` has them: the run, its repair
+    rounds, and a lift round (`"lift": true`, session 45) named as one."""
+    res = {"batch": "b-x", "stage": "deployed", "source_version": "v0000", "new_version": "v0001", "requests": [],
+           "rounds": [{"records": 20, "requests": 2, "reason": "matched", "utility": 0.97},
+                      {"records": 2, "requests": 1, "reason": "stalled", "utility": 0.99, "ids": ["a", "b"]},
+                      {"records": 10, "requests": 1, "reason": "matched", "utility": 0.98, "ids": list("cdefghijkl"),
+                       "lift": True}]}
+    monkeypatch.setattr(rq, "process", lambda *a, **k: res)
+    code, printed, err = cli("request", "process", "--home", str(home.path))
+    assert code == 0, err
+    said = " ".join(printed.split())
+    assert "unlearned 20 facts of 2 request(s), matched" in said
+    assert "repair round 1: 2 facts of 1 request(s), stalled" in said
+    assert "lift round 2: 10 facts of 1 request(s), matched" in said

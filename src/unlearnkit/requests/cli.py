@@ -229,7 +229,7 @@ def _print_batch(home, res: dict, max_batch: int | None, last: bool = True) -> N
     if res.get("note"):  # the batch printed is one an earlier run left open, resumed with its own options
         out.print(f"  {res['note']}", highlight=False)
     for i, r in enumerate(res.get("rounds", [])):
-        what = "unlearned" if i == 0 else f"repair round {i}:"
+        what = "unlearned" if i == 0 else f"{'lift' if r.get('lift') else 'repair'} round {i}:"
         # the run's own utility, on its retain sample; the check that may reject the batch measures the
         # home's utility slice against the base model (docs/requests.md): two numbers, said apart
         why = f", {r['reason']}, run utility {r['utility']:.3f}x its start" if r["reason"] else ""
