@@ -346,6 +346,9 @@ def test_repair_rounds_go_on_while_a_round_leaves_other_records(tiny_world, tmp_
         def survivors(self, settings, *model):  # (the model: for `repair_auc`, unset here)
             return self.ids
 
+        def told(self, settings, *model):  # (survivors, what a lift round would take)
+            return self.ids, []
+
         def again(self, *args):
             return Scripted([a])
 
@@ -384,11 +387,8 @@ def test_lift_rounds_go_on_while_a_round_leaves_fewer_records(tiny_world, tmp_pa
         def __init__(self, ids):
             self.ids, self.named, self.twins = ids, named, [[t] for t in twins]
 
-        def survivors(self, settings, *model):
-            return []
-
-        def forgotten(self, settings, *model):
-            return self.ids
+        def told(self, settings, *model):  # (survivors, what a lift round takes)
+            return [], self.ids
 
     monkeypatch.setattr(calibrate.Answers, "generate", classmethod(lambda cls, *args: Scripted(next(script))))
     run = api.forget(tiny_world.subject_dir, tiny_world.data_dir, "simnpo", tmp_path / "r", progress=False,

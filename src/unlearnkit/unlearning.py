@@ -435,7 +435,7 @@ def _repair(res, w: WorldData, m, streams: dict, cfg: TrainConfig, ctx: Context,
     round starts from them whole (`_whole`), and its `train` shards them again.
 
     Then at most `settings.lift_rounds` lift rounds (with `repair_auc`; `calibrate` package
-    docstring: Lift rounds): a group the rounds left below its twins (`Answers.forgotten`) has its
+    docstring: Lift rounds): a group the rounds left below its twins (`Answers.told`) has its
     records scored below their twins' mean trained back by their NLL (`_lift_loss`) from the kept
     weights, with the check mirrored, against those records' own twins (`Answers.twins`: a request
     home's strangers), at the same floor, until one leaves every record it took. Their log and stop
@@ -448,24 +448,27 @@ def _repair(res, w: WorldData, m, streams: dict, cfg: TrainConfig, ctx: Context,
     first, kept = res.stop, res.stop.kept.get("utility") or 1.0
     net = _whole(res, tok, out / ".whole", m, ctx)
     given = Answers.generate(net, tok, w, settings, seed, tpl)
-    first.survivors = ids = given.survivors(settings, net, tok, tpl)
+    first.survivors, below = given.told(settings, net, tok, tpl)  # below: what a lift round would take
+    ids = first.survivors
     by_id = {r.id: r for r in w.forget}
 
     def round_(k: int, ids: list[str], lift: bool):
         """Round `k` on the records `ids`, from `net`; returns its result and what it left."""
-        nonlocal net, given, kept
+        nonlocal net, given, kept, below
         recs = [by_id[i] for i in ids]
         prompts, answers, subjects = forget_pairs(replace(w, forget=recs, forget_docs=[]))
         sk = {**streams, "forget": encode_pairs(tok, prompts, answers, template=tpl, subjects=subjects)}
         floor = min(1.0, settings.floor / max(kept, 1e-12))
-        # its check's reference: the strangers its records were chosen against (`Answers`: a request home's),
-        # where a lift climbs to and where the home's checks judge; else the calibration's invented twins
-        at = {r.id: j for j, r in enumerate(given.named)}
+        reference = None  # the calibration's invented twins
+        if lift or settings.repair_twins == "holdout":
+            # the strangers its records were chosen against (`Answers`: a request home's), where a lift
+            # climbs to and where the home's checks judge
+            at = {r.id: j for j, r in enumerate(given.named)}
+            reference = [t for i in ids for t in given.twins[at[i]]]
         monitor = Calibrator(tok, w, settings.model_copy(update={"floor": floor}), seed=seed,
                              forget_stream_len=len(sk["forget"]), batch_size=cfg.batch_size, template=tpl, forget=recs,
                              answers=given if settings.repair_stop == "answers" and not lift else None, lift=lift,
-                             reference=[t for i in ids for t in given.twins[at[i]]]
-                             if lift or settings.repair_twins == "holdout" else None)
+                             reference=reference)
         if not lift:
             ctx.forget_text = (prompts, answers, subjects)
             if m.prepare is not None:  # a method's reference (NPO's) is the round's start
@@ -480,8 +483,8 @@ def _repair(res, w: WorldData, m, streams: dict, cfg: TrainConfig, ctx: Context,
         kept *= st.kept.get("utility") or 1.0
         net = _whole(res, tok, out / ".whole", m, ctx)
         given = Answers.generate(net, tok, w, settings, seed, tpl)
-        st.survivors = given.survivors(settings, net, tok, tpl)
-        left = given.forgotten(settings, net, tok, tpl) if lift else st.survivors
+        st.survivors, below = given.told(settings, net, tok, tpl)
+        left = below if lift else st.survivors
         first.repairs.append({"records": len(recs), "reason": st.reason, "stopped_at": st.stopped_at,
                               "kept_step": st.kept_step, "utility": st.kept.get("utility"), "left": len(left),
                               "ids": ids, "dir": f"repair-{k}", "lr": lr, **({"lift": True} if lift else {})})
@@ -495,7 +498,7 @@ def _repair(res, w: WorldData, m, streams: dict, cfg: TrainConfig, ctx: Context,
         res, ids = round_(k, ids, lift=False)
     for _ in range(settings.lift_rounds):  # then the groups the run and rounds took below their twins
         last = first.repairs[-1] if first.repairs else {}
-        if not (ids := given.forgotten(settings, net, tok, tpl)) or last.get("lift") and set(last["ids"]) <= set(ids):
+        if not (ids := below) or last.get("lift") and set(last["ids"]) <= set(ids):
             break
         res, _ = round_(len(first.repairs) + 1, ids, lift=True)
     res.stop = first

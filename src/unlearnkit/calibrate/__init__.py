@@ -56,11 +56,11 @@ the home's MIA check failed (docs/requests.md, "A round measures against the hom
 Lift rounds. A run can also leave a group below the band: its answers less likely than its twins',
 which the LOSS attack reads as surely as the reverse (a request home's MIA check failed batches on
 one person at AUC 0.155). With `repair_auc`, after the repair rounds, `lift_rounds` rounds at most
-take such a group's records scored below their own twins' mean (`Answers.forgotten`) and train
+take such a group's records scored below their own twins' mean (`Answers.told`, `forgotten`) and train
 them back by their own NLL, from the kept weights, with the check mirrored (`Calibrator(lift=True)`:
 the forget and reference scores swap places, so that the rule above, written for a descent, stops
 where the records rise to the twins' level and backtracks where they pass it), against the very
-twins `Answers.forgotten` compared them with.
+twins `Answers.told` compared them with.
 
 Facts that survive. At the start and at the kept weights, the forget records' truth ratios (their
 paraphrased true answer against their perturbed false ones, as TOFU computes them) are compared with

@@ -1,5 +1,5 @@
 """The forget answers a run leaves given where their twins' are not: what a repair round takes
-(`Answers.survivors`, `surviving`); and what a lift round takes (`Answers.forgotten`)."""
+(`Answers.survivors`, `surviving`); and what a lift round takes (`Answers.told`, `forgotten`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -129,18 +129,19 @@ class Answers:
         """The records a repair round takes (`surviving`). Generated answers, because the word-for-word
         count of the checks' scoring pass misses answers given further into a free answer ("Tell me
         about X."). With `settings.repair_auc` (and the model), also `familiar`'s records, after them."""
+        return self.told(settings, model, tokenizer, template)[0]
+
+    def told(self, settings: CalibrationSettings, model=None, tokenizer=None, template=None) -> tuple[list[str], list[str]]:
+        """(`survivors`, the records a lift round takes: `forgotten`'s), from one scoring pass of the
+        model; with no `settings.repair_auc` (or no model), no scores and nothing to lift."""
         ids = surviving(self.named, self.mine, self.theirs, settings.repair_tolerance, settings.repair_by)
         if settings.repair_auc is None or model is None or not self.named:
-            return ids
+            return ids, []
+        mine, theirs = self._scores(model, tokenizer, template)
         have = set(ids)
-        return ids + [i for i in familiar(self.named, *self._scores(model, tokenizer, template), settings.repair_auc,
-                                          settings.repair_by) if i not in have]
-
-    def forgotten(self, settings: CalibrationSettings, model, tokenizer, template=None) -> list[str]:
-        """The records a lift round takes (`forgotten`, at `settings.repair_auc`; none without it)."""
-        if settings.repair_auc is None or not self.named:
-            return []
-        return forgotten(self.named, *self._scores(model, tokenizer, template), settings.repair_auc, settings.repair_by)
+        return (ids + [i for i in familiar(self.named, mine, theirs, settings.repair_auc, settings.repair_by)
+                       if i not in have],
+                forgotten(self.named, mine, theirs, settings.repair_auc, settings.repair_by))
 
     def _scores(self, model, tokenizer, template=None) -> tuple[list[float], list[list[float]]]:
         """The LOSS attack's score of each record's answer, and of its twins' (`mia.loss_score`)."""

@@ -199,9 +199,9 @@ def _confidence(model, items: list[dict], giving: list[list[str]], probes: list[
     probe_of = {p.attribute: pi for pi, p in enumerate(probes)}
     todo = [(it, qs) for it, qs in zip(items, giving) if it["known"]]
     pairs = [(q, it["answer"]) for it, qs in todo for q in qs]
-    scores = iter([min_k_score(x) for x in model.score([q for q, _ in pairs], [a for _, a in pairs])] if pairs else [])
+    mine = iter([min_k_score(x) for x in model.score([q for q, _ in pairs], [a for _, a in pairs])] if pairs else [])
     for it, qs in todo:
-        it["confidence"] = float(np.median([next(scores) for _ in qs]))
+        it["confidence"] = float(np.median([next(mine) for _ in qs]))
         it["known"] = it["confidence"] > max(threshold, default.get(
             (probe_of[it["attribute"]], _about_anyone(it["answer"], it["name"])), threshold))
     return threshold
