@@ -65,10 +65,11 @@ class Settings(BaseModel):
     guard_action: str = Field("pseudonymise", description="answers like a model that never saw the person "
                                                           "(docs/guard.md)")
     keep_guard_after_verified: bool = Field(True, description="names only (docs/requests.md, 'Data minimisation')")
-    repair_rounds: int = Field(3, ge=0, description="repair rounds of a batch's calibrated run, per request, on "
+    repair_rounds: int = Field(4, ge=0, description="repair rounds of a batch's calibrated run, per request, on "
                                                     "the facts it left reproduced (calibrate.surviving); a second "
                                                     "takes the facts a first brought back, a third a person a "
-                                                    "second left past the MIA check (docs/requests.md)")
+                                                    "second left past the MIA check, a fourth the facts a third "
+                                                    "brought back (docs/requests.md)")
     lift_rounds: int = Field(1, ge=0, description="lift rounds after the repair rounds: a person the run left "
                                                  "below their strangers (the MIA check's AUC under 0.5 - "
                                                  "mia_tolerance) has the facts it disfavours trained back to the "
