@@ -492,15 +492,20 @@ def _repair(res, w: WorldData, m, streams: dict, cfg: TrainConfig, ctx: Context,
             runinfo.write_json(out / f"repair-{k}" / "calibration.json", asdict(st))
         return res, left
 
+    def spent(ids: list[str], lift: bool) -> bool:
+        """Nothing left, or the last round of this kind left every record it took: another would not
+        do better."""
+        last = first.repairs[-1] if first.repairs else None
+        return not ids or last is not None and bool(last.get("lift")) == lift and set(last["ids"]) <= set(ids)
+
     for k in range(1, settings.repair_rounds + 1):
-        if not ids or first.repairs and set(first.repairs[-1]["ids"]) <= set(ids):
-            break  # nothing left, or the last round left every record it took: another would not do better
+        if spent(ids, lift=False):
+            break
         res, ids = round_(k, ids, lift=False)
     for _ in range(settings.lift_rounds):  # then the groups the run and rounds took below their twins
-        last = first.repairs[-1] if first.repairs else {}
-        if not (ids := below) or last.get("lift") and set(last["ids"]) <= set(ids):
+        if spent(below, lift=True):
             break
-        res, _ = round_(len(first.repairs) + 1, ids, lift=True)
+        res, _ = round_(len(first.repairs) + 1, below, lift=True)
     res.stop = first
     return res
 
