@@ -3,6 +3,7 @@ difference goes: issue 11's cost line (a calibrated run within 1.5x of the fixed
 
     python bench/calibration_cost.py --shapes wide --seeds 0 --cache DIR          # 2 repeats a world
     python bench/calibration_cost.py --shapes default,sentences --seeds 0,1 --repeats 3
+    python bench/calibration_cost.py --shapes wide --seeds 0 --calibration max_stride=4   # another setting
 
 For each world it builds (or reuses) the world, subject and oracle as bench/methods.py does, in the
 same `--cache` layout, and then runs, `--repeats` times, the default with no budget (calibrated) and
@@ -37,12 +38,14 @@ methods = importlib.util.module_from_spec(_spec)  # its `build`: the same worlds
 _spec.loader.exec_module(methods)
 
 
-def _run(models: dict, data: Path, out: Path, seed: int, method: str | None, budget: dict | None) -> dict:
+def _run(models: dict, data: Path, out: Path, seed: int, method: str | None, budget: dict | None,
+         calibration: dict | None = None) -> dict:
     """One run from the subject, timed, with what its `train.json` and `calibration.json` say."""
     from unlearnkit import api
 
     t0 = time.perf_counter()
-    api.forget(models["subject"], data, method, out, seed=seed, progress=False, overwrite=True, **(budget or {}))
+    api.forget(models["subject"], data, method, out, seed=seed, progress=False, overwrite=True,
+               calibration=calibration, **(budget or {}))
     wall = time.perf_counter() - t0
     info = json.loads((out / "train.json").read_text())
     row = {"wall_s": wall, "steps": info["train_stats"]["steps"], "seconds": info["seconds"],
@@ -53,14 +56,17 @@ def _run(models: dict, data: Path, out: Path, seed: int, method: str | None, bud
     return row
 
 
-def world_cost(cache: Path, shape: str, seed: int, repeats: int, size: str = "tiny") -> dict:
-    """`repeats` calibrated and fixed-budget runs of the default on one world, alternating order."""
+def world_cost(cache: Path, shape: str, seed: int, repeats: int, size: str = "tiny",
+               calibration: dict | None = None) -> dict:
+    """`repeats` calibrated and fixed-budget runs of the default on one world, alternating order;
+    `calibration`: settings for the calibrated runs (their directories are named after them)."""
     import yaml
 
     from unlearnkit.methods import get_method
 
     data, models = methods.build(cache, shape, seed, 0, size)
-    root = methods.world_dir(cache, shape, seed) / "cost"
+    named = "".join(f"-{k}={v}" for k, v in (calibration or {}).items())
+    root = methods.world_dir(cache, shape, seed) / f"cost{named}"
     runs: dict[str, list[dict]] = {"calibrated": [], "fixed": []}
     method = budget = None
     for r in range(repeats):  # the first repeat runs the default first: the fixed run takes its method
@@ -68,9 +74,10 @@ def world_cost(cache: Path, shape: str, seed: int, repeats: int, size: str = "ti
             if kind == "fixed" and method is None:
                 method = yaml.safe_load((root / "calibrated-0" / "config.yaml").read_text())["method"]
                 budget = methods.fixed_budget(get_method(method))
-            plan = (method, budget) if kind == "fixed" else (None, None)  # None, None: the default, calibrated
+            plan = (method, budget, None) if kind == "fixed" else (None, None, calibration)  # the default, calibrated
             runs[kind].append(_run(models, data, root / f"{kind}-{r}", seed, *plan))
-    return {"shape": shape, "seed": seed, "method": method, "budget": budget, "size": size, **runs}
+    return {"shape": shape, "seed": seed, "method": method, "budget": budget, "size": size,
+            "calibration": calibration or {}, **runs}
 
 
 def breakdown(w: dict) -> dict:
@@ -119,17 +126,23 @@ def main():
     ap.add_argument("--repeats", type=int, default=2, help="calibrated and fixed-budget runs a world, interleaved")
     ap.add_argument("--size", default="tiny", choices=sorted(SIZES))
     ap.add_argument("--cache", type=Path, default=Path("runs/bench-methods"))
+    ap.add_argument("--calibration", action="append", default=[], metavar="KEY=VALUE",
+                    help="a calibration setting for the calibrated runs (repeatable)")
     args = ap.parse_args()
+    from unlearnkit.shell import assignments
+
+    calibration = assignments(args.calibration, "--calibration") or None
     if args.repeats < 1:
         raise SystemExit(f"--repeats must be at least 1, got {args.repeats}")
     worlds = []
     for shape in args.shapes.split(","):
         for seed in args.seeds.split(","):
-            worlds.append(world_cost(args.cache, shape, int(seed), args.repeats, args.size))
+            worlds.append(world_cost(args.cache, shape, int(seed), args.repeats, args.size, calibration))
             out = args.cache / "cost.json"
             out.write_text(json.dumps([{**w, "breakdown": breakdown(w)} for w in worlds], indent=1))
     cmd = (f"`python bench/calibration_cost.py --shapes {args.shapes} --seeds {args.seeds} --repeats {args.repeats}"
-           + (f" --size {args.size}" if args.size != "tiny" else "") + "`")
+           + (f" --size {args.size}" if args.size != "tiny" else "")
+           + "".join(f" --calibration {v}" for v in args.calibration) + "`")
     print(f"Command: {cmd}. Medians of {args.repeats} runs each.\n\n{table(worlds)}")
 
 
