@@ -362,6 +362,30 @@ def test_calibration_cost_splits_the_extra_time_of_a_calibrated_run(load_bench):
     assert line.startswith("| wide | 0 | twin_rmu | 100, 14.0 | matched, 150, 23.0 | 1.67x (1.50-1.83) | 5.0 |")
 
 
+
+def test_calibration_cost_hands_its_settings_to_the_calibrated_runs_alone(load_bench, tmp_path, monkeypatch):
+    """`--calibration KEY=VALUE` (an experiment's setting, e.g. max_stride=4) reaches the calibrated
+    runs, never the fixed-budget ones, which take the method the first calibrated run chose; each
+    setting gets directories of its own, so two settings' runs on one world do not overwrite each other."""
+    cost = load_bench("calibration_cost")
+    monkeypatch.setattr(cost.methods, "build", lambda *a: (tmp_path / "data", {"subject": tmp_path / "subject"}))
+    monkeypatch.setattr(cost.methods, "world_dir", lambda cache, shape, seed: cache / f"{shape}-{seed}")
+    calls = []
+
+    def run(models, data, out, seed, method, budget, calibration=None):
+        calls.append((out.parent.name, out.name, method, budget, calibration))
+        out.mkdir(parents=True)
+        (out / "config.yaml").write_text("method: twin_rmu\n")
+        return {"wall_s": 1.0}
+
+    monkeypatch.setattr(cost, "_run", run)
+    w = cost.world_cost(tmp_path / "c", "wide", 0, 2, calibration={"max_stride": 4})
+    assert w["calibration"] == {"max_stride": 4} and w["method"] == "twin_rmu"
+    assert calls == [("cost-max_stride=4", "calibrated-0", None, None, {"max_stride": 4}),
+                     ("cost-max_stride=4", "fixed-0", "twin_rmu", {"epochs": 5.0}, None),
+                     ("cost-max_stride=4", "fixed-1", "twin_rmu", {"epochs": 5.0}, None),
+                     ("cost-max_stride=4", "calibrated-1", None, None, {"max_stride": 4})]
+
 def test_locate_bench_counts_what_locate_makes_up_about_unseen_people(tiny_world, load_bench):
     """bench/locate.py: the forget person's facts are found, and what locate finds about people the
     subject never saw (the holdout people's, names nobody has) is counted: made up, every one; since
