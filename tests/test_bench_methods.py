@@ -362,7 +362,6 @@ def test_calibration_cost_splits_the_extra_time_of_a_calibrated_run(load_bench):
     assert line.startswith("| wide | 0 | twin_rmu | 100, 14.0 | matched, 150, 23.0 | 1.67x (1.50-1.83) | 5.0 |")
 
 
-
 def test_calibration_cost_hands_its_settings_to_the_calibrated_runs_alone(load_bench, tmp_path, monkeypatch):
     """`--calibration KEY=VALUE` (an experiment's setting, e.g. max_stride=4) reaches the calibrated
     runs, never the fixed-budget ones, which take the method the first calibrated run chose; each
@@ -385,6 +384,7 @@ def test_calibration_cost_hands_its_settings_to_the_calibrated_runs_alone(load_b
                      ("cost-max_stride=4", "fixed-0", "twin_rmu", {"epochs": 5.0}, None),
                      ("cost-max_stride=4", "fixed-1", "twin_rmu", {"epochs": 5.0}, None),
                      ("cost-max_stride=4", "calibrated-1", None, None, {"max_stride": 4})]
+
 
 def test_locate_bench_counts_what_locate_makes_up_about_unseen_people(tiny_world, load_bench):
     """bench/locate.py: the forget person's facts are found, and what locate finds about people the
