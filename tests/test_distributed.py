@@ -64,7 +64,8 @@ def _launch(config: Path, args: list[str], module: bool = True, **env_) -> subpr
     free port, one launch at a time, ahead of other work (`_favoured`): the xdist workers run side
     by side, two launches on torchrun's default port collide, and two at once put four processes on
     the two cores, where each gloo collective waits for a process the scheduler has set aside (the
-    ZeRO-3 test took 146 s of its 60 s alone)."""
+    ZeRO-3 test took 146 s of its 60 s alone). Its temporary files (torchrun's log directories) go to
+    a directory of its own, removed after it: they were left in the system's, a dozen a suite."""
     from filelock import FileLock
 
     with socket.socket() as s:
@@ -74,8 +75,9 @@ def _launch(config: Path, args: list[str], module: bool = True, **env_) -> subpr
            "DS_ACCELERATOR": "cpu", **env_}  # as deepspeed_cpu.yaml says (unlearnkit.train sets it in this process)
     cmd = [str(Path(sys.executable).with_name("accelerate")), "launch", "--config_file", str(config),
            "--main_process_port", str(port), *(["-m", "unlearnkit.cli"] if module else []), *args]
-    with FileLock(LAUNCH_LOCK):
-        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, preexec_fn=_favoured)
+    with FileLock(LAUNCH_LOCK), tempfile.TemporaryDirectory() as tmp:
+        return subprocess.run(cmd, env={**env, "TMPDIR": tmp}, capture_output=True, text=True, timeout=600,
+                              preexec_fn=_favoured)
 
 
 def _favoured() -> None:
