@@ -8,14 +8,14 @@ export TOKENIZERS_PARALLELISM := false
 
 .PHONY: install demo test bench clean
 
+# The CPU build of torch first, with pip, from this machine's disk (pip looks there; uv does not):
+# a bare `torch` requirement would pull a multi-GB CUDA build. The rest with uv, which the installed
+# torch satisfies: 24 s here where pip took 66 s (README, "Quick start"). Byte-compiled at install:
+# this machine sets PYTHONDONTWRITEBYTECODE, so a module left uncompiled is compiled again by every
+# process that imports it. Where uv cannot be had, pip installs the rest.
 $(BIN)/unlearn: pyproject.toml
 	$(PY) -m venv $(VENV)
-	# The CPU build of torch first, from this machine's disk (pip looks there; uv does not): a bare
-	# `torch` requirement would pull a multi-GB CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
-	# The rest with uv, which the installed torch satisfies: 24 s here where pip took 66 s (README,
-	# "The suite"). Byte-compiled at install: this machine sets PYTHONDONTWRITEBYTECODE, so a module
-	# left uncompiled is compiled again by every process that imports it. Where uv cannot be had, pip.
 	$(BIN)/pip install -q uv && $(BIN)/uv pip install -q --compile-bytecode --python $(BIN)/python -e ".[test]" \
 	  || $(BIN)/pip install -q -e ".[test]"
 	touch $(BIN)/unlearn
