@@ -19,7 +19,7 @@ class CalibrationSettings(BaseModel):
     max_stride: int = Field(1, ge=1, description="most `every` intervals between two checks: far from the target "
                                                  "(at the last interval's pace, at least three strides away) the "
                                                  "checks thin out to one in two, then one in four with 4 (1, the "
-                                                 "default: every interval; with 4 the wide worlds' runs took 1.4-2.1x "
+                                                 "default: every interval; with 4 the wide worlds' runs took 1.4-2.0x "
                                                  "the steps, docs/methods-log.md, session 47)")
     min_tolerance: float = Field(0.05, ge=0, lt=0.5, description="smallest accepted |AUC - 0.5|")
     mean_se: float = Field(1.0, ge=0, description="how far the forget mean log-prob may sit above the reference's "
