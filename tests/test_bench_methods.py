@@ -396,6 +396,26 @@ def test_locate_bench_counts_what_locate_makes_up_about_unseen_people(tiny_world
     assert len(row["unseen_items"]) == 6 and sum(row["unseen_items"]) <= 18  # a third of the 51-60 without it
 
 
+
+def test_stranger_names_bench_reads_the_mia_check_with_both_kinds_of_names(tiny_world, load_bench):
+    """bench/stranger_names.py: the LOSS AUC of the forget records against twins named both ways,
+    pooled and per person. The subject, trained on the forget set, reads near 1 against either. The
+    oracle never saw the forget people, yet their answers are likelier to it than the same answers
+    about strangers named from retained people's words (0.632 here, 0.63-0.67 on four request
+    worlds), and less so against invented names (0.541 here): the bias docs/requests-log.md,
+    "Session 47", measures."""
+    from unlearnkit.data.io import load_world
+
+    got = load_bench("stranger_names").measure(tiny_world.data_dir, {"oracle": tiny_world.oracle_dir,
+                                                                      "subject": tiny_world.subject_dir}, draws=1)
+    people = sorted({r.subject for r in load_world(tiny_world.data_dir).forget})
+    for model in ("oracle", "subject"):
+        assert set(got[model]) == {"recombined", "invented"}
+        for kind in got[model].values():
+            assert sorted(kind["per_person"]) == people and 0.0 <= kind["auc"] <= 1.0
+    assert min(got["subject"][k]["auc"] for k in ("recombined", "invented")) >= 0.9
+    assert got["oracle"]["recombined"]["auc"] > max(0.55, got["oracle"]["invented"]["auc"] + 0.03)
+
 @pytest.mark.parametrize("script, args, says", [
     ("step_speed.py", ["--batch", "0"], "--batch 0: must be >= 1"),
     ("step_speed.py", ["--methods", "graddiff,nope"], "unknown 'nope'"),
@@ -406,6 +426,8 @@ def test_locate_bench_counts_what_locate_makes_up_about_unseen_people(tiny_world
     ("locate.py", [".", "--people", "0"], "--people must be >= 1"),
     ("locate.py", ["nowhere"], "nowhere: holds no world/ and models/subject/"),
     ("report.py", ["."], "no metrics.json in this directory"),
+    ("stranger_names.py", [".", "--draws", "0"], "--draws must be >= 1"),
+    ("stranger_names.py", ["nowhere"], "nowhere: holds no world, models/oracle, models/subject"),
 ])
 def test_benches_refuse_bad_options_in_one_line(script, args, says, tmp_path, load_bench, monkeypatch, capsys):
     """A bad option or input gets argparse's usage and one error line, not a traceback (a zero
