@@ -33,35 +33,35 @@ KINDS = {"recombined": True, "invented": False}  # name the strangers from the r
 
 
 def measure(world_dir: Path, models: dict[str, Path], draws: int = 3) -> dict:
-    """{model: {kind: {"auc", "per_person"}}}: the LOSS attack's AUC of the forget records against
-    `draws` twins each, named as `KINDS` says, pooled and per forget person."""
+    """{model: {kind: {"auc", "per_person"}}}: the LOSS attack's AUC (`requests.verify.loss_scores`,
+    as the check scores) of the forget records against `draws` twins each, named as `KINDS` says,
+    pooled and per forget person."""
     import numpy as np
 
     from unlearnkit.data.io import load_world
     from unlearnkit.data.twins import twins, words_of
-    from unlearnkit.metrics.mia import auc, loss_score
+    from unlearnkit.metrics.mia import auc
     from unlearnkit.models.load import load_model
+    from unlearnkit.requests.verify import loss_scores
     from unlearnkit.scoring import LM
 
     w = load_world(world_dir)
     forget = w.forget
     people = sorted({r.subject for r in [*w.retain, *w.neighbours]})
     avoid = words_of(r.subject for s in (w.forget, w.retain, w.neighbours, w.holdout) for r in s)
-    subjects = [r.subject for r in forget]
+    at: dict[str, list[int]] = {}  # each forget person's records
+    for i, r in enumerate(forget):
+        at.setdefault(r.subject, []).append(i)
     drawn = {kind: [twins(forget, avoid, seed=d, people=people if named else ()) for d in range(draws)]
              for kind, named in KINDS.items()}
     out = {}
     for name, path in models.items():
         lm = LM(*load_model(str(path)))
-        score = lambda recs: np.array([loss_score(s) for s in lm.score([r.question for r in recs],  # noqa: E731
-                                                                         [r.answer for r in recs])])
-        mine = score(forget)
+        mine = np.array(loss_scores(lm, forget))
         out[name] = {}
         for kind, sets in drawn.items():
-            theirs = [score(t) for t in sets]
-            per = {p: float(auc(mine[[i for i, s in enumerate(subjects) if s == p]],
-                                np.concatenate([t[[i for i, s in enumerate(subjects) if s == p]] for t in theirs])))
-                   for p in sorted(set(subjects))}
+            theirs = [np.array(loss_scores(lm, t)) for t in sets]
+            per = {p: float(auc(mine[ix], np.concatenate([t[ix] for t in theirs]))) for p, ix in sorted(at.items())}
             out[name][kind] = {"auc": float(auc(mine, np.concatenate(theirs))), "per_person": per}
     return out
 

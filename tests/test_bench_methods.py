@@ -396,7 +396,6 @@ def test_locate_bench_counts_what_locate_makes_up_about_unseen_people(tiny_world
     assert len(row["unseen_items"]) == 6 and sum(row["unseen_items"]) <= 18  # a third of the 51-60 without it
 
 
-
 def test_stranger_names_bench_reads_the_mia_check_with_both_kinds_of_names(tiny_world, load_bench):
     """bench/stranger_names.py: the LOSS AUC of the forget records against twins named both ways,
     pooled and per person. The subject, trained on the forget set, reads near 1 against either. The
@@ -415,6 +414,7 @@ def test_stranger_names_bench_reads_the_mia_check_with_both_kinds_of_names(tiny_
             assert sorted(kind["per_person"]) == people and 0.0 <= kind["auc"] <= 1.0
     assert min(got["subject"][k]["auc"] for k in ("recombined", "invented")) >= 0.9
     assert got["oracle"]["recombined"]["auc"] > max(0.55, got["oracle"]["invented"]["auc"] + 0.03)
+
 
 @pytest.mark.parametrize("script, args, says", [
     ("step_speed.py", ["--batch", "0"], "--batch 0: must be >= 1"),

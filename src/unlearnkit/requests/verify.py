@@ -83,11 +83,15 @@ def answers_check(lm, records, twins, settings, level: float = 0.0) -> dict:
                   person_rouge=mine["forget_rouge"], strangers_rouge=theirs["forget_rouge"])
 
 
+def loss_scores(lm, records) -> list[float]:
+    """The LOSS attack's member-ness score of each record's answer to its question under `lm`."""
+    return [loss_score(s) for s in lm.score([r.question for r in records], [r.answer for r in records])]
+
+
 def mia_check(lm, records, twins, settings, level: float = 0.0) -> dict:
     """The MIA check of `records` against `twins`: the LOSS attack's ROC AUC, the person's facts
     against all their twins (`metrics.twins.pooled_test`), judged at `level`."""
-    sm = [loss_score(s) for s in lm.score([r.question for r in records], [r.answer for r in records])]
-    sn = [loss_score(s) for s in lm.score([r.question for r in twins], [r.answer for r in twins])]
+    sm, sn = loss_scores(lm, records), loss_scores(lm, twins)
     own = _by_fact(records, twins)
     test = pooled_test(sm, [[sn[j] for j in js] for js in own], seed=settings.seed)
     if not all(own):  # as in `answers_check`: the tolerance alone
