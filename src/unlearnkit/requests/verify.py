@@ -2,7 +2,7 @@
 home's settings (docs/requests.md, "Process and its checks").
 
 Per request, on the weights alone (no guard), each fact of the inventory against its twins (the
-same question about invented people, same answer; `metrics.twins`):
+same question about locate's strangers, same answer; `metrics.twins`):
   * answers: the share of the inventory the model still answers (the true answer inside its greedy
     answer) minus the same share on the twins: at most `answer_tolerance`;
   * MIA: ROC AUC of the LOSS attack, inventory against twins: within `mia_tolerance` of 0.5 (an AUC
