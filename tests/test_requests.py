@@ -726,6 +726,87 @@ def test_verified_request_keeps_no_clear_text(home, raw, tmp_path):
     assert not v["ok"] and any(c["what"] == "certificate readable" and not c["ok"] for c in v["checks"])
 
 
+def _home_bytes(home) -> list[tuple[Path, bytes]]:
+    """Every file of the home but the versions and the retain pool (the deployer's own data)."""
+    return [(f, f.read_bytes()) for f in home.path.rglob("*")
+            if f.is_file() and not {"versions", "retain"} & set(f.relative_to(home.path).parts)]
+
+
+def test_a_request_no_batch_holds_is_withdrawn_with_its_clear_text_and_guard_target(home, raw, tmp_path):
+    from unlearnkit.requests.ledger import LedgerError
+
+    name, other = raw["people"][0], raw["people"][1]
+    facts = tmp_path / "facts.jsonl"
+    facts.write_text(json.dumps({"question": f"Where does {name} keep the spare key?", "answer": "Under the Zorbleflip"}) + "\n")
+    rid = rq.add(home, name, aliases=["Quxley Vandermeer"], facts=facts, reason="asked by letter").id
+    assert rid in {t.id for t in home.guard().list()}
+    code, stdout, _ = cli("request", "withdraw", rid, "--note", "consent withdrawn", "--home", str(home.path))
+    assert code == 0 and stdout.strip() == "withdrawn"
+    r = rq.show(home, rid)
+    assert (r["status"], r["name"], r["aliases"], r["reason"], r["failure"]) == (
+        "withdrawn", None, [], None, "withdrawn: consent withdrawn")
+    assert [e["to_status"] for e in r["events"]][-1] == "withdrawn"
+    # nothing of the person is left in the home: not in the ledger (nor its write-ahead log), not in the guard
+    assert rid not in {t.id for t in home.guard().list()}
+    for f, data in _home_bytes(home):
+        for secret in (name, "Quxley", "Zorbleflip", "asked by letter"):
+            assert secret.encode() not in data, (secret, f)
+    assert rq.withdraw(home, rid)["status"] == "withdrawn"  # again: as it is
+    # filed again, the person is a new request, which the next batch takes alone
+    again = rq.add(home, name)
+    assert again.id != rid and not again.merged and again.status == "guarded"
+    rq.add(home, other)
+    res = rq.process(home, steps=2, max_batch=4)
+    assert res["stage"] == "deployed" and rq.show(home, rid)["status"] == "withdrawn"
+    with home.ledger() as led:
+        assert sorted(led.batch(res["batch"])["request_ids"]) == sorted([again.id, rq.add(home, other).id])
+    # verified: nothing left to withdraw; unknown: no such request (one line each, from the shell too)
+    with pytest.raises(LedgerError, match="verified, its person already forgotten"):
+        rq.withdraw(home, again.id)
+    # one that follows a verified request (filed again with facts) gives the person's names back to it
+    follower = rq.add(home, name, facts=facts)
+    assert follower.follows == again.id
+    assert rq.withdraw(home, follower.id) == {"id": follower.id, "status": "withdrawn", "followed": again.id}
+    back = rq.add(home, name)
+    assert (back.id, back.status, back.merged) == (again.id, "verified", True)
+    assert {t.id for t in home.guard().list()} >= {again.id}
+    code, _, err = cli("request", "withdraw", "r-nope", "--home", str(home.path))
+    assert code != 0 and err.strip() == "error: no request with id 'r-nope'"
+
+
+def test_a_request_in_a_batch_is_not_withdrawn_and_one_withdrawn_meanwhile_is_left_out(home, raw, monkeypatch):
+    from unlearnkit.requests.ledger import LedgerError
+
+    proc = sys.modules["unlearnkit.requests.process"]  # the module: `rq.process` is its function
+    a, b, c = (rq.add(home, p).id for p in raw["people"][:3])
+    with home.ledger() as led:
+        assert led.start_batch("b-test", "v0000", "v0001", [a], "simnpo") == [a]
+        with pytest.raises(LedgerError, match="in batch b-test, being processed"):
+            led.withdraw(a)
+        assert led.get(a).status == "processing"
+        led.transition(a, "failed", failure="test")  # as a rejected batch leaves it
+        led.update_batch("b-test", stage="rejected")
+    assert rq.withdraw(home, a)["status"] == "withdrawn"  # failed: its clear text goes too
+    # withdrawn after `process` listed it: while it is located (its guard target, put there by locate,
+    # goes again), or before the batch starts (the batch takes what still waits)
+    real = proc.locate
+
+    def locate_then_withdraw(*args, **kw):
+        res = real(*args, **kw)
+        if args[1] == raw["people"][1]:
+            rq.withdraw(home, b)
+        return res
+
+    monkeypatch.setattr(proc, "locate", locate_then_withdraw)
+    res = rq.process(home, steps=2, max_batch=4)
+    with home.ledger() as led:
+        assert led.batch(res["batch"])["request_ids"] == [c] and led.get(c).status == "verified"
+    assert rq.show(home, b)["status"] == "withdrawn" and b not in {t.id for t in home.guard().list()}
+    with home.ledger() as led:
+        assert led.start_batch("b-none", "v0001", "v0002", [a, b], "simnpo") == []  # none waits: no batch
+        assert led.batch("b-none") is None
+
+
 def _certified(home, person, *, signed=True) -> str:
     """A verified request with a certificate written as `process` writes one (`signed=False`: as it
     was written before certificates were signed, format 1), the ledger moved by hand: no unlearning."""

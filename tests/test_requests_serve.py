@@ -182,3 +182,26 @@ def test_a_client_that_names_the_model_current_follows_each_deployment(home, raw
     assert r.status_code == 404 and r.json()["error"]["message"] == (
         "model 'v0000' not found; this server serves 'v0001' (or 'current')")
     assert ask("v0001").status_code == 200
+
+
+def test_delete_withdraws_a_request_no_batch_holds(home):
+    """`DELETE /v1/requests/{id}` is `request withdraw`: 404 for an unknown id, 409 for one in a batch
+    (with the ledger's one-line reason), the token asked first."""
+    from unlearnkit.requests.serve import HomeServer
+
+    client = TestClient(HomeServer(home, token="tok"))
+    rid = client.post("/v1/forget", json={"name": "Ann Bee", "reason": "by mail"}, headers=AUTH).json()["id"]
+    assert client.delete(f"/v1/requests/{rid}", headers={"Authorization": "Bearer nope"}).status_code == 401
+    r = client.delete(f"/v1/requests/{rid}", headers=AUTH)
+    assert r.status_code == 200 and r.json() == {"id": rid, "object": "forget_request", "status": "withdrawn"}
+    got = client.get(f"/v1/requests/{rid}", headers=AUTH).json()
+    assert got["status"] == "withdrawn" and got["failure"] == "withdrawn"
+    assert rq.show(home, rid)["name"] is None and home.guard().list() == []
+    r = client.delete("/v1/requests/r-nope", headers=AUTH)
+    assert r.status_code == 404 and r.json()["error"]["message"] == "no request with id 'r-nope'"
+    other = rq.add(home, "Cal Dune").id
+    with home.ledger() as led:
+        led.start_batch("b-test", "v0000", "v0001", [other], "simnpo")
+    r = client.delete(f"/v1/requests/{other}", headers=AUTH)
+    assert r.status_code == 409 and "being processed" in r.json()["error"]["message"]
+    assert rq.show(home, other)["status"] == "processing"

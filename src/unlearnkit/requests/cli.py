@@ -16,7 +16,8 @@ from .home import Settings
 
 home_app = typer.Typer(help="A deployment home: model versions, the guard, the ledger of forget requests.",
                        no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-request_app = typer.Typer(help="Forget requests: add, locate, process, list, show, certificate, certificate-check.",
+request_app = typer.Typer(help="Forget requests: add, withdraw, locate, process, list, show, certificate, "
+                               "certificate-check.",
                           no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 console = Console(stderr=True)
 out = Console()
@@ -128,6 +129,24 @@ def request_add(name: str = typer.Argument(..., help="The person's full name."),
     if r.follows:
         console.print(f"note: {r.follows}, the person's earlier request, is verified and keeps no clear text: "
                       f"this new request carries the facts given", highlight=False)
+
+
+@request_app.command("withdraw")
+@friendly
+def request_withdraw(request_id: str = typer.Argument(...),
+                     note: Optional[str] = typer.Option(None, help="Why, kept in the ledger (no personal data: "
+                                                                   "the name and facts are dropped)."),
+                     home: Optional[Path] = HOME):
+    """Withdraw a request no batch holds (the person asked to stop, or it is unfounded): its name,
+    facts and inventory leave the ledger, and the person leaves the guard. Filed again, the person
+    is a new request."""
+    from . import withdraw
+
+    r = withdraw(home, request_id, note)
+    out.print(r["status"])
+    if r["followed"]:
+        console.print(f"note: the person's earlier request {r['followed']} is verified and stays so, "
+                      f"behind the guard under its names", highlight=False)
 
 
 @request_app.command("locate")
@@ -243,9 +262,10 @@ def _print_batch(home, res: dict, max_batch: int | None, last: bool = True) -> N
 def _list(home, ids=None):
     from . import list_requests
 
-    t = Table(title="forget requests")
-    for c in ("id", "status", "received", "verified", "inventory", "failure"):
-        t.add_column(c, overflow="fold")  # an id or a failure cut short says nothing
+    t = Table(title="forget requests", show_edge=False, pad_edge=False)  # within 80 columns, the ids whole
+    t.add_column("id", no_wrap=True, min_width=14)  # whole on one line, to copy: the other columns fold
+    for c in ("status", "received", "verified", "inventory", "failure"):  # a failure cut short says nothing;
+        t.add_column(c, overflow="fold", min_width=10 if c in ("received", "verified") else None)  # a date whole
     for r in list_requests(home):
         if ids is not None and r["id"] not in ids:
             continue

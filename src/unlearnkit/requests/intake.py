@@ -1,4 +1,5 @@
-"""`request add`: a request enters the ledger and its person goes behind the guard at once."""
+"""`request add`: a request enters the ledger and its person goes behind the guard at once; `request
+withdraw`: a request that no batch holds leaves, its clear text and guard target with it."""
 from __future__ import annotations
 
 import logging
@@ -50,17 +51,19 @@ SYNC_TRIES = 8
 def sync_guard(led, store, request_id: str, keep_after_verified: bool = True):
     """Bring request `request_id`'s guard target to what the ledger holds now: its names, given
     facts and inventory's answers until it is verified; after, the names the target has (the
-    ledger keeps none), or no target where the guard lets the person go. `request add` and
-    `process` write the ledger first and then call this, which reads the ledger again after each
-    write to the guard until the two agree: whichever of two processes writes the guard last, it
-    ends with what the ledger holds. (An `add` beside a `process` could leave the guard without the
+    ledger keeps none), or no target where the guard lets the person go; no target once withdrawn.
+    `request add`, `withdraw` and `process` write the ledger first and then call this, which reads
+    the ledger again after each write to the guard until the two agree: whichever of two processes
+    writes the guard last, it ends with what the ledger holds. (An `add` beside a `process` could leave the guard without the
     inventory's answers or a new alias, or a verified person's facts in it, until session 40.)
     Returns the request as last read."""
     for _ in range(SYNC_TRIES):
         r = led.get(request_id)
         store.refresh()
         have = next((t for t in store.list() if t.id == request_id), None)
-        if r.status != "verified":
+        if r.status == "withdrawn":
+            want = None
+        elif r.status != "verified":
             want = guard_target(r.id, r.name, r.aliases, r.facts, (r.inventory or {}).get("items"))
         elif have is not None and keep_after_verified:
             want = guard_target(r.id, have.subject, have.aliases, [], names_only=True)
@@ -127,3 +130,19 @@ def _more_names(store, request_id: str, names: list[str]) -> None:
     new = new_names(names, [t.subject, *t.aliases])
     if new:
         put_target(store, guard_target(request_id, t.subject, [*t.aliases, *new], [], names_only=True))
+
+
+def withdraw(home: Home | str | os.PathLike | None, request_id: str, note: str | None = None) -> dict:
+    """Withdraw a request that no batch holds (`unlearn request withdraw`; `Ledger.withdraw`): its
+    clear text leaves the ledger and its target the guard (the person is no longer to be forgotten,
+    and nothing of them stays to match on), and the ledger's write-ahead log is folded in, as after
+    a deployment. A request being processed, or verified, is a one-line `LedgerError`. Returns
+    {"id", "status", "followed"} (the verified request it followed, whose guard target stays)."""
+    home = open_home(home)
+    with home.ledger() as led:
+        r, follows = led.withdraw(request_id, note)
+        sync_guard(led, home.targets(), r.id, home.settings.keep_guard_after_verified)
+        if not led.checkpoint():
+            log.warning("%s-wal: a reader held the ledger open, so the withdrawn request's clear text is still in "
+                        "the write-ahead log until the ledger is next opened with no reader", home.ledger_path)
+    return {"id": r.id, "status": r.status, "followed": follows}

@@ -4,7 +4,8 @@ WAL mode (readers never block the writer, so `request add` and `request list` wo
 runs) with a busy timeout; every state change is one transaction that also appends to `events`, so
 a process killed at any point leaves either the old state or the new one.
 
-States: received → guarded → located → processing → verified | failed. A batch that dies while its
+States: received → guarded → located → processing → verified | failed; withdrawn, from any state
+but processing and verified (`Ledger.withdraw`). A batch that dies while its
 requests are `processing` is rolled back (its requests return to `located`) or finished by the next
 `process` (batches.stage says how far it got).
 """
@@ -20,15 +21,18 @@ from pathlib import Path
 
 from .person import new_names
 
-STATES = ("received", "guarded", "located", "processing", "verified", "failed")
+STATES = ("received", "guarded", "located", "processing", "verified", "failed", "withdrawn")
 TRANSITIONS = {
-    "received": {"guarded", "failed"},
-    "guarded": {"located", "processing", "failed"},
-    "located": {"located", "processing", "failed"},
+    "received": {"guarded", "failed", "withdrawn"},
+    "guarded": {"located", "processing", "failed", "withdrawn"},
+    "located": {"located", "processing", "failed", "withdrawn"},
     "processing": {"verified", "failed", "located", "guarded"},  # guarded: it gained names or facts mid-batch
-    "failed": {"guarded"},  # a repeated request reopens a failed one
+    "failed": {"guarded", "withdrawn"},  # a repeated request reopens a failed one
     "verified": set(),
+    "withdrawn": set(),  # its clear text is gone: the person filed again is a new request
 }
+WAITING = ("guarded", "located")  # the states a batch takes a request from
+CLEAR_TEXT = ("name", "aliases", "facts", "reason", "inventory")  # the columns that hold the person in clear
 BUSY_MS = 30000
 
 SCHEMA = """
@@ -56,6 +60,10 @@ BATCH_STAGES = ("started", "trained", "versioned", "deploying", "deployed", "rej
 
 class LedgerError(ValueError):
     """An unknown request id or a state change the ledger does not allow (one line)."""
+
+
+class UnknownRequest(LedgerError):
+    """No request has this id."""
 
 
 @dataclass
@@ -138,10 +146,7 @@ class Ledger:
 
     # -- reads -------------------------------------------------------------------------------------
     def get(self, request_id: str) -> Request:
-        row = self.db.execute("SELECT * FROM requests WHERE id=?", (request_id,)).fetchone()
-        if row is None:
-            raise LedgerError(f"no request with id {request_id[:64]!r}")
-        return Request.from_row(row)
+        return _get(self.db, request_id)
 
     def list(self, status: str | tuple[str, ...] | None = None) -> list[Request]:
         if status is None:
@@ -238,17 +243,54 @@ class Ledger:
             if batch_update is not None:
                 _update_batch(c, *batch_update)
 
-    def start_batch(self, batch_id: str, source_version: str, new_version: str, request_ids: list[str],
-                    method: str, results: dict | None = None) -> None:
-        """A new batch (its `results`: what it was started with) and its requests -> processing, as
-        one transaction."""
+    def withdraw(self, request_id: str, note: str | None = None) -> tuple[Request, str | None]:
+        """Withdraw a request that no batch holds (`unlearn request withdraw`): the person asked to
+        stop, or the request is unfounded. One transaction: the clear text (name, aliases, facts,
+        reason, inventory) is set to NULL, as a verified request's is; the person's name keys go back
+        to the verified request it follows (`file`), or are deleted, so that the person filed again
+        is a new request; `failure` says "withdrawn" (with `note`). A request being processed is
+        refused (its batch ends it), and so is a verified one (the weights have forgotten; nothing is
+        left to withdraw). Returns (the request, the verified request it followed or None); a request
+        already withdrawn is returned as it is."""
         with self.tx() as c:
+            r = _get(c, request_id)
+            if r.status == "withdrawn":
+                return r, None
+            if r.status == "processing":
+                raise LedgerError(f"request {request_id}: in batch {r.batch}, being processed: withdraw it once "
+                                  f"the batch has ended (`unlearn request process` finishes it)")
+            if r.status == "verified":
+                raise LedgerError(f"request {request_id}: verified, its person already forgotten in the weights: "
+                                  f"nothing is left to withdraw")
+            follows = next((json.loads(e[0]).get("follows") for e in c.execute(
+                "SELECT detail FROM events WHERE request_id=? AND to_status='received' ORDER BY seq LIMIT 1",
+                (request_id,))), None)
+            if follows is not None:
+                c.execute("UPDATE keys SET request_id=? WHERE request_id=?", (follows, request_id))
+            else:
+                c.execute("DELETE FROM keys WHERE request_id=?", (request_id,))
+            _transition(c, request_id, "withdrawn", {
+                **dict.fromkeys(CLEAR_TEXT), "batch": None,
+                "failure": "withdrawn" + (f": {note}" if note else "")})
+            return _get(c, request_id), follows
+
+    def start_batch(self, batch_id: str, source_version: str, new_version: str, request_ids: list[str],
+                    method: str, results: dict | None = None) -> list[str]:
+        """A new batch (its `results`: what it was started with) and its requests -> processing, as
+        one transaction. A request that left the waiting states since the caller read it (withdrawn
+        meanwhile by another process) is left out; returns the ids taken. With none left, no batch
+        is made."""
+        with self.tx() as c:
+            ids = [rid for rid in request_ids if _get(c, rid).status in WAITING]
+            if not ids:
+                return []
             c.execute("INSERT INTO batches (id, stage, source_version, new_version, request_ids, method, results, "
                       "started_at) VALUES (?,?,?,?,?,?,?,?)",
-                      (batch_id, "started", source_version, new_version, json.dumps(request_ids), method,
+                      (batch_id, "started", source_version, new_version, json.dumps(ids), method,
                        json.dumps(results) if results is not None else None, time.time()))
-            for rid in request_ids:
+            for rid in ids:
                 _transition(c, rid, "processing", {"batch": batch_id})
+        return ids
 
     def checkpoint(self, timeout: float = CHECKPOINT_S) -> bool:
         """Fold the WAL into the database and truncate it, so no old page (with clear text dropped
@@ -279,6 +321,13 @@ class Ledger:
 COLUMNS = {"verified_at", "guarded_at", "name", "aliases", "facts", "reason", "inventory", "failure", "batch", "counts", "metrics", "certificate",
            "certificate_sha256"}
 TIME_COLUMN = {"guarded": "guarded_at", "located": "located_at", "verified": "verified_at", "failed": "failed_at"}
+
+
+def _get(c, request_id: str) -> Request:
+    row = c.execute("SELECT * FROM requests WHERE id=?", (request_id,)).fetchone()
+    if row is None:
+        raise UnknownRequest(f"no request with id {request_id[:64]!r}")
+    return Request.from_row(row)
 
 
 def _event(c, rid, batch, frm, to, detail=None):

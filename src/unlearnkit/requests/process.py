@@ -33,6 +33,7 @@ from ..data.io import write_jsonl
 from .certificate import build as build_certificate, write as write_certificate
 from .home import Home, HomeError, check_method, open_home
 from .intake import guard_request, guard_target, put_target, sync_guard
+from .ledger import WAITING
 from .locate import forget_records, load_probes, locate, twin_records
 from .person import new_names
 from .pool import load_pool, neighbours_of, utility_slice
@@ -65,7 +66,9 @@ def locate_request(home, request_id: str, lm=None, base=False) -> dict:
     home = open_home(home)
     with home.ledger() as led:
         r = led.get(request_id)
-        if r.status not in ("guarded", "located"):
+        if r.status == "withdrawn":
+            raise Withdrawn(f"request {request_id}: withdrawn, nothing to locate")
+        if r.status not in WAITING:
             raise HomeError(f"request {request_id}: cannot locate in status {r.status}")
         lm = lm or _lm(home.current().path)
         base = _base_lm(home, lm) if base is False else base
@@ -73,11 +76,19 @@ def locate_request(home, request_id: str, lm=None, base=False) -> dict:
                      people=sorted({x.subject for x in load_pool(home)}), confident=base)
         guard = home.targets()
         put_target(guard, guard_target(r.id, r.name, r.aliases, r.facts, res["items"]))  # before the ledger says so
-        led.transition(r.id, "located", inventory={"items": res["items"], "strangers": res["strangers"],
-                                                   "names": res["names"], "facts": len(r.facts)},
-                       counts={**r.counts, **res["counts"]})
-        sync_guard(led, guard, r.id, home.settings.keep_guard_after_verified)  # an `add` may have come between
+        moved = led.transition(r.id, "located", only_from=WAITING,
+                               inventory={"items": res["items"], "strangers": res["strangers"], "names": res["names"],
+                                          "facts": len(r.facts)}, counts={**r.counts, **res["counts"]})
+        # an `add` may have come between; a `withdraw` too, and then the target just put goes again
+        sync_guard(led, guard, r.id, home.settings.keep_guard_after_verified)
+        if not moved:
+            now = led.get(request_id).status
+            raise (Withdrawn if now == "withdrawn" else HomeError)(f"request {request_id}: {now} while it was located")
     return res
+
+
+class Withdrawn(HomeError):
+    """A request withdrawn (`Ledger.withdraw`) before `process` or `locate` could take it."""
 
 
 def batch_world(home: Home, requests, out: Path) -> tuple[Path, dict]:
@@ -148,7 +159,7 @@ def process(home=None, method: str | None = None, max_batch: int | None = None, 
                 guard_request(home, led, r.id)
             resumed = [{**_run_or_say(home, b["id"], progress), **_differs(home, b, method, seed, train_overrides)}
                        for b in led.open_batches()]
-            todo = led.list(("guarded", "located"))
+            todo = led.list(WAITING)
         limit = home.settings.max_batch if max_batch is None else max_batch
         todo, waiting = (todo[:limit], len(todo[limit:])) if limit else (todo, 0)
         if not todo:
@@ -161,13 +172,18 @@ def process(home=None, method: str | None = None, max_batch: int | None = None, 
                 if lm is None:
                     lm = _lm(source.path)
                     base = _base_lm(home, lm)
-                locate_request(home, r.id, lm, base)
+                try:
+                    locate_request(home, r.id, lm, base)
+                except Withdrawn:  # by another process since the list above: `start_batch` leaves it out
+                    continue
                 kill_point("located")
         del lm, base
         batch_id = "b-" + time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
         with home.ledger() as led:
-            led.start_batch(batch_id, source.name, home.next_version_name(), [r.id for r in todo],
-                            method or home.settings.method, {"train_overrides": train_overrides, "seed": seed})
+            taken = led.start_batch(batch_id, source.name, home.next_version_name(), [r.id for r in todo],
+                                    method or home.settings.method, {"train_overrides": train_overrides, "seed": seed})
+        if not taken:  # every one withdrawn meanwhile
+            return {**resumed[-1], "resumed": resumed[:-1], "waiting": waiting} if resumed else {}
         kill_point("started")
         return {**_run_or_say(home, batch_id, progress), "resumed": resumed, "waiting": waiting}
 

@@ -1,11 +1,13 @@
 """`unlearn serve --home DIR`: the home's current version behind its guard, through the guard's
-OpenAI-compatible server (`unlearnkit.guard.server.create_app`), plus two request routes:
+OpenAI-compatible server (`unlearnkit.guard.server.create_app`), plus three request routes:
 
 * `POST /v1/forget` {name, aliases?, facts? [{question, answer} | {fact}], reason?} files a forget
   request in the ledger (the same flow as `unlearn request add`) and returns {id, status, merged};
-* `GET /v1/requests/{id}` returns the request's status and times (never its name or facts).
+* `GET /v1/requests/{id}` returns the request's status and times (never its name or facts);
+* `DELETE /v1/requests/{id}` withdraws a request no batch holds (`unlearn request withdraw`): 404
+  for an unknown id, 409 for one being processed or verified.
 
-Both need `Authorization: Bearer $UNLEARN_GUARD_TOKEN`, and answer as the guard server's routes do
+All three need `Authorization: Bearer $UNLEARN_GUARD_TOKEN`, and answer as the guard server's routes do
 (its body limit, bearer check and error shape: a 4xx whose one-line message names the field); a
 damaged guard directory or a ledger another process holds past its busy timeout is a 503. The
 guard server's own routes that list and delete its targets are refused (405): the home's targets
@@ -111,8 +113,8 @@ class HomeServer:
 
         from ..guard.errors import error_response
         from ..guard.server import APIError, add_limits_and_errors, check_admin
-        from .intake import add
-        from .ledger import LedgerError
+        from .intake import add, withdraw
+        from .ledger import LedgerError, UnknownRequest
 
         app = FastAPI(docs_url=None, redoc_url=None)
         add_limits_and_errors(app)
@@ -160,6 +162,19 @@ class HomeServer:
             return {"id": r.id, "object": "forget_request", "status": r.status, "received_at": r.received_at,
                     "guarded_at": r.guarded_at, "verified_at": r.verified_at, "failure": r.failure,
                     "certificate": r.certificate}
+
+        @app.delete("/v1/requests/{request_id}")
+        def withdraw_request(request_id: str):
+            try:
+                res = withdraw(self.home, request_id)
+            except sqlite3.OperationalError as e:
+                raise APIError(503, f"the ledger is busy ({e}): try again", "server_error") from None
+            except UnknownRequest:
+                raise APIError(404, f"no request with id '{request_id[:64]}'", param="id") from None
+            except LedgerError as e:  # being processed, or verified
+                raise APIError(409, str(e).splitlines()[0], param="id") from None
+            return {"id": res["id"], "object": "forget_request", "status": res["status"],
+                    **({"followed": res["followed"]} if res["followed"] else {})}
 
         return app
 
