@@ -517,6 +517,25 @@ def test_a_request_add_killed_before_its_guard_step_is_guarded_by_the_next_add_o
     assert [e["to_status"] for e in r2["events"]][:3] == ["received", "guarded", "located"]
 
 
+def test_a_withdraw_killed_before_its_guard_step_is_ended_by_the_next_withdraw_or_process(home, raw):
+    """`request withdraw` SIGKILLed between the ledger's commit and the guard step leaves the person
+    behind the guard, their name in its files, under a request nothing else would touch again."""
+    def killed_withdraw(name):
+        rid = rq.add(home, name).id
+        r = subprocess.run([sys.executable, "-m", "unlearnkit.cli", "request", "withdraw", rid, "--home",
+                            str(home.path)], env=_env(UNLEARNKIT_KILL_AT="withdrawn"), capture_output=True, timeout=120)
+        assert r.returncode == -9, r.stderr.decode()[-2000:]
+        assert rq.show(home, rid)["status"] == "withdrawn" and rid in {t.id for t in home.targets().list()}
+        return rid
+
+    first, second = raw["people"][:2]
+    rid = killed_withdraw(first)
+    assert rq.withdraw(home, rid)["status"] == "withdrawn" and home.targets().list() == []  # again: ended
+    rid2 = killed_withdraw(second)
+    assert rq.process(home, steps=2) == {} and home.targets().list() == []  # nothing to process; ended first
+    assert all(second.encode() not in data for _, data in _home_bytes(home)), rid2
+
+
 def test_process_takes_at_most_the_homes_max_batch_oldest_first(raw, tmp_path):
     """One batch of all twelve forget people was rejected on all four bench worlds, batches of four
     deployed 9 of 12 (session 41): `process` takes at most the home's `max_batch` (4 unless set),

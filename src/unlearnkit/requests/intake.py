@@ -141,8 +141,21 @@ def withdraw(home: Home | str | os.PathLike | None, request_id: str, note: str |
     home = open_home(home)
     with home.ledger() as led:
         r, follows = led.withdraw(request_id, note)
+        kill_point("withdrawn")  # withdrawn, still behind the guard: `withdraw` again or the next `process` ends it
         sync_guard(led, home.targets(), r.id, home.settings.keep_guard_after_verified)
         if not led.checkpoint():
             log.warning("%s-wal: a reader held the ledger open, so the withdrawn request's clear text is still in "
                         "the write-ahead log until the ledger is next opened with no reader", home.ledger_path)
     return {"id": r.id, "status": r.status, "followed": follows}
+
+
+def unguard_withdrawn(home: Home, led) -> list[str]:
+    """Take out of the guard the withdrawn requests it still holds: a `withdraw` killed between the
+    ledger and the guard leaves one there (`process` calls this first, as it guards requests an
+    `add` left `received`). Returns their ids."""
+    store = home.targets()
+    held = {t.id for t in store.list()}
+    left = [r.id for r in led.list("withdrawn") if r.id in held]
+    for rid in left:
+        sync_guard(led, store, rid, home.settings.keep_guard_after_verified)
+    return left

@@ -32,7 +32,7 @@ from ..runinfo import kill_point
 from ..data.io import write_jsonl
 from .certificate import build as build_certificate, write as write_certificate
 from .home import Home, HomeError, check_method, open_home
-from .intake import guard_request, guard_target, put_target, sync_guard
+from .intake import guard_request, guard_target, put_target, sync_guard, unguard_withdrawn
 from .ledger import WAITING
 from .locate import forget_records, load_probes, locate, twin_records
 from .person import new_names
@@ -157,6 +157,7 @@ def process(home=None, method: str | None = None, max_batch: int | None = None, 
         with home.ledger() as led:
             for r in led.list("received"):  # an `add` killed before its guard step: guarded first
                 guard_request(home, led, r.id)
+            unguard_withdrawn(home, led)  # and a `withdraw` killed before its guard step: out of the guard
             resumed = [{**_run_or_say(home, b["id"], progress), **_differs(home, b, method, seed, train_overrides)}
                        for b in led.open_batches()]
             todo = led.list(WAITING)
