@@ -632,6 +632,13 @@ def test_a_batch_that_fails_every_time_can_be_abandoned(home, raw, monkeypatch):
     assert rq.abandon(home) == []
     assert "no open batch to abandon" in cli("request", "process", "--abandon", "--home", str(home.path))[1]
     assert rq.add(home, raw["people"][0]).status == "guarded"  # filed again: taken by the next batch
+    # or retried by its id, the name not at hand: guarded again, whole behind the guard; only a failed one
+    code, out, err = cli("request", "retry", ids[1], "--home", str(home.path))
+    assert (code, out.strip()) == (0, "guarded") and rq.show(home, ids[1])["status"] == "guarded", err
+    (t,) = [t for t in home.targets().list() if t.id == ids[1]]
+    assert t.subject == raw["people"][1] and [q.answer for q in t.qa] == ["Wobbles"]
+    code, _, err = cli("request", "retry", ids[1], "--home", str(home.path))
+    assert code != 0 and err.strip() == f"error: request {ids[1]}: guarded, not failed: only a failed request is retried"
     # a batch whose checks all passed may already be deployed: `process` finishes it, it is not abandoned
     with home.ledger() as led:
         led.start_batch("b-deploying", "v0000", "v0001", [ids[0]], DEFAULT_METHOD)

@@ -7,6 +7,7 @@ batches, a certificate per request. See docs/requests.md.
     rq.locate(home, rid)                           # what the model reveals: the inventory
     rq.process(home)                               # unlearn, verify, deploy, certify
     rq.abandon(home)                               # give up a batch that fails every time: its requests fail
+    rq.retry(home, rid)                            # if it failed: back in the queue (as filing it again)
     rq.withdraw(home, rq.add(home, "Bea Norcott").id)  # one no batch holds: its clear text and guard target go
     rq.show(home, rid)["status"], rq.verify_certificate(home, rid)["ok"]
     key = rq.public_key(home)                      # 64 hex digits, for whoever checks a certificate
@@ -18,7 +19,7 @@ import os
 
 from .certificate import check_file as check_certificate_file, load as certificate, verify_certificate, verify_signature
 from .home import Home, HomeError, Settings, check_method, open_home
-from .intake import Added, add, withdraw
+from .intake import Added, add, retry, withdraw
 from .ledger import STATES, LedgerError, Request
 from .process import abandon, locate_request as locate, process, process_all
 from .signing import SignatureError, public_hex
@@ -89,4 +90,4 @@ def show(home, request_id: str) -> dict:
 
 __all__ = ["Added", "Home", "HomeError", "LedgerError", "Request", "STATES", "Settings", "SignatureError", "abandon", "add",
            "certificate", "check_certificate_file", "init", "list_requests", "locate", "open_home", "process",
-           "process_all", "prune", "public_key", "show", "verify_certificate", "verify_signature", "versions", "withdraw"]
+           "process_all", "prune", "public_key", "retry", "show", "verify_certificate", "verify_signature", "versions", "withdraw"]

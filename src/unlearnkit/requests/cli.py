@@ -16,8 +16,8 @@ from .home import Settings
 
 home_app = typer.Typer(help="A deployment home: model versions, the guard, the ledger of forget requests.",
                        no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-request_app = typer.Typer(help="Forget requests: add, withdraw, locate, process, list, show, certificate, "
-                               "certificate-check.",
+request_app = typer.Typer(help="Forget requests: add, withdraw, retry, locate, process, list, show, "
+                               "certificate, certificate-check.",
                           no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 console = Console(stderr=True)
 out = Console()
@@ -147,6 +147,15 @@ def request_withdraw(request_id: str = typer.Argument(...),
     if r["followed"]:
         console.print(f"note: the person's earlier request {r['followed']} is verified and stays so, "
                       f"behind the guard under its names", highlight=False)
+
+
+@request_app.command("retry")
+@friendly
+def request_retry(request_id: str = typer.Argument(...), home: Optional[Path] = HOME):
+    """Put a failed request back in the queue for the next `process` (as filing the person again does)."""
+    from . import retry
+
+    out.print(retry(home, request_id))
 
 
 @request_app.command("locate")

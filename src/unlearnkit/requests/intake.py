@@ -132,6 +132,20 @@ def _more_names(store, request_id: str, names: list[str]) -> None:
         put_target(store, guard_target(request_id, t.subject, [*t.aliases, *new], [], names_only=True))
 
 
+def retry(home: Home | str | os.PathLike | None, request_id: str) -> str:
+    """Put a failed request back in the queue (`unlearn request retry`): `guarded`, whole behind the
+    guard, for the next `process`, as filing the person again does, without the name at hand. A
+    request in any other state is a one-line `LedgerError`. Returns its status."""
+    from .ledger import LedgerError
+
+    home = open_home(home)
+    with home.ledger() as led:
+        r = led.get(request_id)
+        if r.status != "failed":
+            raise LedgerError(f"request {request_id}: {r.status}, not failed: only a failed request is retried")
+        return guard_request(home, led, request_id)
+
+
 def withdraw(home: Home | str | os.PathLike | None, request_id: str, note: str | None = None) -> dict:
     """Withdraw a request that no batch holds (`unlearn request withdraw`; `Ledger.withdraw`): its
     clear text leaves the ledger and its target the guard (the person is no longer to be forgotten,
