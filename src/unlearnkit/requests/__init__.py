@@ -90,4 +90,5 @@ def show(home, request_id: str) -> dict:
 
 __all__ = ["Added", "Home", "HomeError", "LedgerError", "Request", "STATES", "Settings", "SignatureError", "abandon", "add",
            "certificate", "check_certificate_file", "init", "list_requests", "locate", "open_home", "process",
-           "process_all", "prune", "public_key", "retry", "show", "verify_certificate", "verify_signature", "versions", "withdraw"]
+           "process_all", "prune", "public_key", "retry", "show", "verify_certificate", "verify_signature", "versions",
+           "withdraw"]

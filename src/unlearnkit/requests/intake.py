@@ -54,9 +54,9 @@ def sync_guard(led, store, request_id: str, keep_after_verified: bool = True):
     ledger keeps none), or no target where the guard lets the person go; no target once withdrawn.
     `request add`, `withdraw` and `process` write the ledger first and then call this, which reads
     the ledger again after each write to the guard until the two agree: whichever of two processes
-    writes the guard last, it ends with what the ledger holds. (An `add` beside a `process` could leave the guard without the
-    inventory's answers or a new alias, or a verified person's facts in it, until session 40.)
-    Returns the request as last read."""
+    writes the guard last, it ends with what the ledger holds. (An `add` beside a `process` could
+    leave the guard without the inventory's answers or a new alias, or a verified person's facts in
+    it, until session 40.) Returns the request as last read."""
     for _ in range(SYNC_TRIES):
         r = led.get(request_id)
         store.refresh()
