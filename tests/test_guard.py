@@ -167,6 +167,10 @@ def test_detector_catches_paraphrases_misspellings_partial_names(guard, world):
     assert not missed
     assert all(d.target.subject == s for d, s in zip(dets, [r.subject for r in world.forget]))
     assert dets[-4].target.subject == name
+    # a title before a partial name names the target: it is no other person's first name
+    titled = [f"Where was {t} {last} born?" for t in ("Reverend", "Captain", "Judge", "Senator", "Uncle", "Dame",
+                                                      "Sgt", "Professor")]
+    assert [d.hit and d.target.subject == name for d in guard.detect(titled)] == [True] * len(titled)
 
 
 def test_detector_leaves_other_people_alone(guard, world):

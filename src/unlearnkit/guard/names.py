@@ -17,8 +17,8 @@ A name of a target is matched when its tokens are found, in any order and case:
     letter ("L i n i n e", "L.i.n.i.n.e", "L-i-n-i-n-e"), or, in scripts written without spaces
     (Han, Hiragana, Katakana, Hangul), inside a longer run of characters ("王小明的生日是哪天").
 A *partial* name (only "Vigormont") is a strong match unless a word beside it says it is someone
-else: a capitalised word that is not a function word, not part of the name, not one of its
-initials, not across a sentence end ("Bertram
+else: a capitalised word that is not a function word or a title (`TITLES`: "Reverend Vigormont"
+is the target), not part of the name, not one of its initials, not across a sentence end ("Bertram
 Vigormont" and "Linine O." are other people; "Ask Vigormont" and "Vigormont. Where" are not).
 Such a contradicted partial name, and a capitalised word that is the start of a name token ("Lin"),
 are *weak* references: not enough to act on a prompt, but enough context for the output check to
@@ -36,8 +36,22 @@ from itertools import permutations
 from anyascii import anyascii
 from rapidfuzz import fuzz, process
 
+# Titles, ranks and forms of address: "Reverend Vigormont", "Captain Vigormont" name the target as
+# "Professor Vigormont" does, not someone else (until session 48 a title outside the short list in
+# STOPWORDS vetoed the partial name, and the embedding channel with it). Words that are also common
+# first names (Dean, Don, King, Major, Nurse, Chef...) are left out: "Dean Vigormont" may be another person.
+TITLES = frozenset("""
+reverend rev pastor rabbi imam bishop archbishop cardinal pope vicar canon deacon abbot father mother sister brother
+captain capt colonel col lieutenant lt sergeant sgt corporal cpl admiral commander cmdr commodore marshal
+officer detective inspector sheriff constable agent
+judge justice senator governor mayor chancellor ambassador minister councillor councilman councilwoman
+congressman congresswoman representative president premier secretary
+duke duchess earl countess baron baroness dame madam madame mme mlle monsieur herr frau senor senora
+uncle aunt auntie grandpa grandma grandfather grandmother
+""".split())
+
 # Function words and words that often stand next to a name without being part of it.
-STOPWORDS = frozenset("""
+STOPWORDS = TITLES | frozenset("""
 a an the and or but of in on at to for from by with about as into onto upon over under after before
 is are was were be been being am do does did done has have had having will would shall should can
 could may might must who whom whose what which when where why how whether that this these those there
