@@ -169,7 +169,7 @@ def test_detector_catches_paraphrases_misspellings_partial_names(guard, world):
     assert dets[-4].target.subject == name
     # a title before a partial name names the target: it is no other person's first name
     titled = [f"Where was {t} {last} born?" for t in ("Reverend", "Captain", "Judge", "Senator", "Uncle", "Dame",
-                                                      "Sgt", "Professor")]
+                                                      "Sgt", "Professor", "Mx")] + [f"Where was {last} PhD born?"]
     assert [d.hit and d.target.subject == name for d in guard.detect(titled)] == [True] * len(titled)
 
 

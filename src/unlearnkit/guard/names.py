@@ -47,7 +47,7 @@ officer detective inspector sheriff constable agent
 judge justice senator governor mayor chancellor ambassador minister councillor councilman councilwoman
 congressman congresswoman representative president premier secretary
 duke duchess earl countess baron baroness dame madam madame mme mlle monsieur herr frau senor senora
-uncle aunt auntie grandpa grandma grandfather grandmother
+uncle aunt auntie grandpa grandma grandfather grandmother mx esq phd
 """.split())
 
 # Function words and words that often stand next to a name without being part of it.
