@@ -765,7 +765,8 @@ def test_a_request_no_batch_holds_is_withdrawn_with_its_clear_text_and_guard_tar
     facts = tmp_path / "facts.jsonl"
     facts.write_text(json.dumps({"question": f"Where does {name} keep the spare key?", "answer": "Under the Zorbleflip"}) + "\n")
     rid = rq.add(home, name, aliases=["Quxley Vandermeer"], facts=facts, reason="asked by letter").id
-    assert rid in {t.id for t in home.guard().list()}
+    rq.locate(home, rid)  # an inventory too (the given fact's answer among its items)
+    assert rid in {t.id for t in home.guard().list()} and rq.show(home, rid)["status"] == "located"
     code, stdout, _ = cli("request", "withdraw", rid, "--note", "consent withdrawn", "--home", str(home.path))
     assert code == 0 and stdout.strip() == "withdrawn"
     r = rq.show(home, rid)

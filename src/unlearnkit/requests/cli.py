@@ -142,9 +142,11 @@ def request_withdraw(request_id: str = typer.Argument(...),
     is a new request."""
     from . import withdraw
 
+    from . import open_home
+
     r = withdraw(home, request_id, note)
     out.print(r["status"])
-    if r["followed"]:
+    if r["followed"] and any(t.id == r["followed"] for t in open_home(home).targets().list()):
         console.print(f"note: the person's earlier request {r['followed']} is verified and stays so, "
                       f"behind the guard under its names", highlight=False)
 

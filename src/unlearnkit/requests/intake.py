@@ -72,7 +72,10 @@ def sync_guard(led, store, request_id: str, keep_after_verified: bool = True):
         if _same(have, want):
             return r
         if want is None:
-            store.remove(request_id)
+            try:
+                store.remove(request_id)
+            except KeyError:  # another process took it out meanwhile (two syncs of a withdrawn request)
+                pass
         else:
             put_target(store, want)
     log.warning("request %s: the guard and the ledger still changed after %d tries", request_id, SYNC_TRIES)
