@@ -140,9 +140,7 @@ def request_withdraw(request_id: str = typer.Argument(...),
     """Withdraw a request no batch holds (the person asked to stop, or it is unfounded): its name,
     facts and inventory leave the ledger, and the person leaves the guard. Filed again, the person
     is a new request."""
-    from . import withdraw
-
-    from . import open_home
+    from . import open_home, withdraw
 
     r = withdraw(home, request_id, note)
     out.print(r["status"])

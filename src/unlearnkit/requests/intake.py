@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from ..runinfo import kill_point
 from .home import Home, open_home
+from .ledger import LedgerError
 from .person import check_facts, check_name, new_names, person_hash, read_facts
 
 log = logging.getLogger("unlearnkit.requests")
@@ -139,8 +140,6 @@ def retry(home: Home | str | os.PathLike | None, request_id: str) -> str:
     """Put a failed request back in the queue (`unlearn request retry`): `guarded`, whole behind the
     guard, for the next `process`, as filing the person again does, without the name at hand. A
     request in any other state is a one-line `LedgerError`. Returns its status."""
-    from .ledger import LedgerError
-
     home = open_home(home)
     with home.ledger() as led:
         r = led.get(request_id)
@@ -154,7 +153,8 @@ def withdraw(home: Home | str | os.PathLike | None, request_id: str, note: str |
     clear text leaves the ledger and its target the guard (the person is no longer to be forgotten,
     and nothing of them stays to match on), and the ledger's write-ahead log is folded in, as after
     a deployment. A request being processed, or verified, is a one-line `LedgerError`. Returns
-    {"id", "status", "followed"} (the verified request it followed, whose guard target stays)."""
+    {"id", "status", "followed"} (the verified request it followed, whose guard target, where the
+    home keeps one after verification, stays)."""
     home = open_home(home)
     with home.ledger() as led:
         r, follows = led.withdraw(request_id, note)

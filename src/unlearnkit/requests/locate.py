@@ -226,7 +226,8 @@ def forget_records(request_id: str, name: str, inventory: list[dict]) -> list[QA
 
 def twin_records(request_id: str, name: str, inventory: list[dict], others: list[str], per_item: int = 2) -> list[QARecord]:
     """Counterfactual twins: the inventory's questions about the strangers `others` (locate's:
-    recombined from the pool's name words, else invented), with the same answers. What the model says about people it never saw is the level the person must reach."""
+    recombined from the pool's name words, else invented), with the same answers. What the model
+    says about people it never saw is the level the person must reach."""
     out = []
     for i, it in enumerate(inventory):
         for j, s in enumerate(others[:per_item]):
